@@ -1,0 +1,1 @@
+//! Actor kinds, one file each.

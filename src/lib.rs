@@ -1,0 +1,21 @@
+//! Switchyard: a SIP switch and contact-centre core in the Erlang style.
+//!
+//! Map of the crate (imports flow downward only):
+//! - [`sip`]: pure protocol code (messages, parser, URIs, transactions); no tokio, no actors.
+//! - [`transport`]: UDP and TCP listeners and connections.
+//! - [`timer`]: the one shared timer facility (no task per timer).
+//! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
+//! - [`actors`]: one file per actor kind.
+//! - [`store`]: the embedded SQLite database (CDRs).
+//! - [`api`]: HTTP: `/metrics`, `/health`.
+//! - [`config`]: the config file, its validation and the embedded default.
+//! - [`metrics`]: metric names, described once.
+pub mod actors;
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod sip;
+pub mod store;
+pub mod supervision;
+pub mod timer;
+pub mod transport;

@@ -1,0 +1,2 @@
+//! Pure SIP protocol code: no tokio, no actors.
+pub mod message;
