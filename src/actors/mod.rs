@@ -1,1 +1,2 @@
 //! Actor kinds, one file each.
+pub mod store_writer;

@@ -1,0 +1,606 @@
+//! The store writer: the one writer of the SQLite database, committing CDRs in batches.
+//!
+//! SQLite calls block, so the actor never touches the database itself: it hands records to a
+//! dedicated OS thread that owns the [`Store`] connection. That thread batches everything
+//! handed over since its last commit and commits
+//! - once `flush_interval` has passed since the oldest uncommitted record (default 100 ms, so a
+//!   CDR is durable well within the one second the switch promises),
+//! - at once when `max_batch` records are waiting, or on [`flush`], or when the actor stops.
+//!
+//! Stop it with [`shutdown`] (a drain): ractor's plain `stop` drops queued messages.
+//!
+//! A failed commit keeps its batch, is logged and counted, and is retried with backoff; records
+//! are never dropped silently. If the actor dies without `post_stop` (killed), the thread sees
+//! its channel close and still commits what it holds before exiting.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
+use tokio::sync::oneshot;
+
+use crate::store::{Cdr, Store, StoreError, Synchronous};
+
+/// Rows committed to the database (counter).
+pub const CDR_WRITES_TOTAL: &str = "switchyard_cdr_writes_total";
+/// Failed batch commits; each is retried (counter).
+pub const CDR_WRITE_ERRORS_TOTAL: &str = "switchyard_cdr_write_errors_total";
+/// Latency of one batch commit, insert through fsync (histogram, seconds).
+pub const CDR_WRITE_SECONDS: &str = "switchyard_cdr_write_seconds";
+/// Rows per committed batch (histogram).
+pub const CDR_BATCH_ROWS: &str = "switchyard_cdr_batch_rows";
+/// CDRs handed to the writer and not yet committed (gauge).
+pub const CDR_PENDING: &str = "switchyard_cdr_pending";
+
+/// Default for [`StoreWriterArgs::flush_interval`].
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// Default for [`StoreWriterArgs::max_batch`].
+pub const DEFAULT_MAX_BATCH: usize = 512;
+/// How long [`flush`] waits for the commit before giving up.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`shutdown`] waits for the queue to drain and the last commit.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First wait before retrying a failed commit; doubles up to [`MAX_RETRY_BACKOFF`].
+const FIRST_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(5);
+/// Commit attempts when stopping, before the remaining records are reported lost.
+const SHUTDOWN_ATTEMPTS: u32 = 5;
+
+/// Describe this module's metrics with the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(CDR_WRITES_TOTAL, "CDR rows committed to the database");
+    metrics::describe_counter!(
+        CDR_WRITE_ERRORS_TOTAL,
+        "CDR batch commits that failed (the batch is kept and retried)"
+    );
+    metrics::describe_histogram!(
+        CDR_WRITE_SECONDS,
+        metrics::Unit::Seconds,
+        "Latency of one CDR batch commit"
+    );
+    metrics::describe_histogram!(CDR_BATCH_ROWS, "CDR rows per committed batch");
+    metrics::describe_gauge!(
+        CDR_PENDING,
+        "CDRs handed to the writer and not yet committed"
+    );
+}
+
+/// Errors of the writer's public functions.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreWriterError {
+    /// The writer actor is gone or did not answer in time.
+    #[error("store writer unreachable: {0}")]
+    Unreachable(String),
+    /// The commit failed; the records are kept and retried.
+    #[error("CDR commit failed: {0}")]
+    Commit(String),
+}
+
+/// Hand a finished call's CDR to the writer. It is committed within `flush_interval` (plus the
+/// commit time). Fails only if the writer actor is gone; the error carries the message back so
+/// the caller can log the CDR rather than lose it silently.
+pub fn write_cdr(
+    writer: &ActorRef<StoreWriterMsg>,
+    cdr: Cdr,
+) -> Result<(), MessagingErr<StoreWriterMsg>> {
+    writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr)))
+}
+
+/// Commit everything handed to the writer so far; returns how many rows this commit wrote.
+pub async fn flush(writer: &ActorRef<StoreWriterMsg>) -> Result<usize, StoreWriterError> {
+    let reply = writer
+        .call(StoreWriterMsg::Flush, Some(FLUSH_TIMEOUT))
+        .await
+        .map_err(|e| StoreWriterError::Unreachable(e.to_string()))?;
+    match reply {
+        ractor::rpc::CallResult::Success(result) => result.map_err(StoreWriterError::Commit),
+        ractor::rpc::CallResult::Timeout => {
+            Err(StoreWriterError::Unreachable("flush timed out".to_string()))
+        }
+        ractor::rpc::CallResult::SenderError => Err(StoreWriterError::Unreachable(
+            "writer dropped the flush".to_string(),
+        )),
+    }
+}
+
+/// Stop the writer after it has taken every CDR already sent to it, and wait until those are
+/// committed. Use this, not `stop`: ractor's `stop` discards messages still in the mailbox,
+/// which here would be CDRs.
+pub async fn shutdown(writer: &ActorRef<StoreWriterMsg>) -> Result<(), StoreWriterError> {
+    writer
+        .drain_and_wait(Some(SHUTDOWN_TIMEOUT))
+        .await
+        .map_err(|e| StoreWriterError::Unreachable(e.to_string()))
+}
+
+/// The writer's counters since it started.
+pub async fn stats(
+    writer: &ActorRef<StoreWriterMsg>,
+) -> Result<StoreWriterStats, StoreWriterError> {
+    match writer
+        .call(StoreWriterMsg::GetStats, Some(FLUSH_TIMEOUT))
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(s)) => Ok(s),
+        Ok(_) => Err(StoreWriterError::Unreachable("no stats reply".to_string())),
+        Err(e) => Err(StoreWriterError::Unreachable(e.to_string())),
+    }
+}
+
+/// The store writer actor (no configuration of its own: see [`StoreWriterArgs`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreWriterActor;
+
+/// How the writer opens the database and batches.
+#[derive(Debug, Clone)]
+pub struct StoreWriterArgs {
+    /// The SQLite file; its directory is created if missing.
+    pub path: PathBuf,
+    /// Longest time a record waits before its batch is committed.
+    pub flush_interval: Duration,
+    /// Commit at once when this many records wait.
+    pub max_batch: usize,
+    /// SQLite `synchronous` (FULL survives power loss; both survive `kill -9` in WAL mode).
+    pub synchronous: Synchronous,
+}
+
+impl StoreWriterArgs {
+    /// The defaults (100 ms, 512 rows, `synchronous=FULL`) for the database at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> StoreWriterArgs {
+        StoreWriterArgs {
+            path: path.into(),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            max_batch: DEFAULT_MAX_BATCH,
+            synchronous: Synchronous::Full,
+        }
+    }
+}
+
+/// Messages of the store writer.
+#[derive(Debug)]
+pub enum StoreWriterMsg {
+    /// Store a finished call's record.
+    WriteCdr(Box<Cdr>),
+    /// Commit everything handed over so far; replies with the rows this commit wrote.
+    Flush(RpcReplyPort<Result<usize, String>>),
+    /// The writer's counters.
+    GetStats(RpcReplyPort<StoreWriterStats>),
+}
+
+/// Counters of one writer since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreWriterStats {
+    /// CDRs handed to the writer.
+    pub received: u64,
+    /// CDRs committed.
+    pub committed: u64,
+    /// Failed commit attempts.
+    pub write_errors: u64,
+}
+
+/// The actor's state: the channel to the writer thread.
+pub struct StoreWriterState {
+    tx: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+}
+
+impl Actor for StoreWriterActor {
+    type Msg = StoreWriterMsg;
+    type State = StoreWriterState;
+    type Arguments = StoreWriterArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: StoreWriterArgs,
+    ) -> Result<StoreWriterState, ActorProcessingErr> {
+        let (tx, rx) = mpsc::channel();
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = Arc::clone(&counters);
+        // Opening (migrations included) blocks too, so it happens on the writer thread.
+        std::thread::Builder::new()
+            .name("store-writer".to_string())
+            .spawn(move || {
+                let store = match Store::open_with(&args.path, args.synchronous) {
+                    Ok(store) => {
+                        let _ = opened_tx.send(Ok(()));
+                        store
+                    }
+                    Err(e) => {
+                        let _ = opened_tx.send(Err(e));
+                        return;
+                    }
+                };
+                Writer::new(store, &args, thread_counters).run(rx);
+            })?;
+        match opened_rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Box::new(e)),
+            Err(_) => return Err("store writer thread died while opening".into()),
+        }
+        tracing::info!("store writer started");
+        Ok(StoreWriterState { tx, counters })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut StoreWriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (done_tx, done_rx) = oneshot::channel();
+        if state.tx.send(Command::Shutdown(done_tx)).is_err() {
+            return Err("store writer thread is gone".into());
+        }
+        match done_rx.await {
+            Ok(Ok(n)) => {
+                tracing::info!(flushed = n, "store writer stopped");
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err("store writer thread died while flushing".into()),
+        }
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: StoreWriterMsg,
+        state: &mut StoreWriterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            StoreWriterMsg::WriteCdr(cdr) => {
+                state.counters.received.fetch_add(1, Ordering::Relaxed);
+                state.counters.publish_pending();
+                // The thread only exits after the channel closes or on shutdown, so a send
+                // error means it crashed: fail the actor and let the supervisor restart it.
+                state
+                    .tx
+                    .send(Command::Write(cdr))
+                    .map_err(|_| "store writer thread is gone")?;
+            }
+            StoreWriterMsg::Flush(reply) => {
+                state
+                    .tx
+                    .send(Command::Flush(reply))
+                    .map_err(|_| "store writer thread is gone")?;
+            }
+            StoreWriterMsg::GetStats(reply) => {
+                let _ = reply.send(state.counters.snapshot());
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- helpers: the writer thread ----
+
+/// Work for the writer thread.
+enum Command {
+    Write(Box<Cdr>),
+    Flush(RpcReplyPort<Result<usize, String>>),
+    Shutdown(oneshot::Sender<Result<usize, String>>),
+}
+
+/// Counters shared by the actor (which counts records in) and the thread (which commits).
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    committed: AtomicU64,
+    write_errors: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self) -> StoreWriterStats {
+        StoreWriterStats {
+            received: self.received.load(Ordering::Relaxed),
+            committed: self.committed.load(Ordering::Relaxed),
+            write_errors: self.write_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    fn publish_pending(&self) {
+        let s = self.snapshot();
+        metrics::gauge!(CDR_PENDING).set(s.received.saturating_sub(s.committed) as f64);
+    }
+}
+
+/// The writer thread's state: the connection and the records not yet committed.
+struct Writer {
+    store: Store,
+    flush_interval: Duration,
+    max_batch: usize,
+    counters: Arc<Counters>,
+    pending: Vec<Cdr>,
+    /// When the oldest pending record arrived: its commit is due `flush_interval` later.
+    oldest_pending: Option<Instant>,
+    /// After a failed commit: when to try again, and the wait after the next failure.
+    retry_at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Writer {
+    fn new(store: Store, args: &StoreWriterArgs, counters: Arc<Counters>) -> Writer {
+        Writer {
+            store,
+            flush_interval: args.flush_interval,
+            max_batch: args.max_batch.max(1),
+            counters,
+            pending: Vec::new(),
+            oldest_pending: None,
+            retry_at: None,
+            backoff: FIRST_RETRY_BACKOFF,
+        }
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let cmd = match self.commit_due() {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(due) => match due.checked_duration_since(Instant::now()) {
+                    Some(wait) if !wait.is_zero() => rx.recv_timeout(wait),
+                    _ => Err(RecvTimeoutError::Timeout),
+                },
+            };
+            match cmd {
+                Ok(Command::Write(cdr)) => {
+                    if self.pending.is_empty() {
+                        self.oldest_pending = Some(Instant::now());
+                    }
+                    self.pending.push(*cdr);
+                    // While failing, wait for the retry time instead of hammering the disk.
+                    if self.pending.len() >= self.max_batch && self.retry_at.is_none() {
+                        let _ = self.commit_pending();
+                    }
+                }
+                Ok(Command::Flush(reply)) => {
+                    let _ = reply.send(self.commit_pending());
+                }
+                Ok(Command::Shutdown(done)) => {
+                    let _ = done.send(self.commit_at_shutdown());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.commit_pending();
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // The actor went away without post_stop (killed): still keep the records.
+                    let _ = self.commit_at_shutdown();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// When the pending records must be committed; `None` when nothing is pending.
+    fn commit_due(&self) -> Option<Instant> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        self.retry_at
+            .or_else(|| self.oldest_pending.map(|t| t + self.flush_interval))
+    }
+
+    /// Commit every pending record, `max_batch` rows per transaction. On failure the records
+    /// not yet committed stay pending and a retry is scheduled.
+    fn commit_pending(&mut self) -> Result<usize, String> {
+        let mut written = 0;
+        while !self.pending.is_empty() {
+            let n = self.pending.len().min(self.max_batch);
+            let started = Instant::now();
+            match self.store.insert_cdrs(&self.pending[..n]) {
+                Ok(()) => {
+                    metrics::histogram!(CDR_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+                    metrics::histogram!(CDR_BATCH_ROWS).record(n as f64);
+                    metrics::counter!(CDR_WRITES_TOTAL).increment(n as u64);
+                    self.counters
+                        .committed
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    self.counters.publish_pending();
+                    self.pending.drain(..n);
+                    written += n;
+                }
+                Err(e) => return Err(self.commit_failed(&e)),
+            }
+        }
+        self.oldest_pending = None;
+        self.retry_at = None;
+        self.backoff = FIRST_RETRY_BACKOFF;
+        Ok(written)
+    }
+
+    fn commit_failed(&mut self, e: &StoreError) -> String {
+        metrics::counter!(CDR_WRITE_ERRORS_TOTAL).increment(1);
+        self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            error = %e,
+            pending = self.pending.len(),
+            retry_in_ms = self.backoff.as_millis() as u64,
+            "CDR commit failed; keeping the batch and retrying"
+        );
+        self.retry_at = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_RETRY_BACKOFF);
+        e.to_string()
+    }
+
+    /// Last commit before the thread exits: a few attempts, then the loss is reported loudly.
+    fn commit_at_shutdown(&mut self) -> Result<usize, String> {
+        let before = self.counters.committed.load(Ordering::Relaxed);
+        let mut last_err = String::new();
+        for attempt in 0..SHUTDOWN_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(FIRST_RETRY_BACKOFF * (1 << attempt));
+            }
+            match self.commit_pending() {
+                Ok(_) => {
+                    let after = self.counters.committed.load(Ordering::Relaxed);
+                    return Ok((after - before) as usize);
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        tracing::error!(
+            lost = self.pending.len(),
+            error = %last_err,
+            "store writer stopping with uncommitted CDRs"
+        );
+        Err(format!(
+            "{} CDRs not committed at shutdown: {last_err}",
+            self.pending.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::HangupBy;
+
+    fn cdr(n: usize) -> Cdr {
+        Cdr {
+            a_call_id: format!("writer-{n}"),
+            b_call_id: None,
+            caller: "sip:alice@127.0.0.1".to_string(),
+            callee: "1002".to_string(),
+            route: None,
+            target: None,
+            start_at: 1_700_000_000_000,
+            ringing_at: None,
+            answer_at: None,
+            end_at: 1_700_000_001_000,
+            duration_ms: 1_000,
+            billable_ms: 0,
+            final_status: 487,
+            hangup_by: HangupBy::Caller,
+            disconnect_reason: "CANCEL".to_string(),
+        }
+    }
+
+    async fn spawn(args: StoreWriterArgs) -> ActorRef<StoreWriterMsg> {
+        let (actor, _handle) = Actor::spawn(None, StoreWriterActor, args).await.unwrap();
+        actor
+    }
+
+    #[tokio::test]
+    async fn thousand_cdrs_are_all_there_after_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let writer = spawn(StoreWriterArgs::new(&path)).await;
+        for n in 0..1_000 {
+            write_cdr(&writer, cdr(n)).unwrap();
+        }
+        flush(&writer).await.unwrap();
+        let stats = stats(&writer).await.unwrap();
+        assert_eq!(stats.received, 1_000);
+        assert_eq!(stats.committed, 1_000);
+        assert_eq!(stats.write_errors, 0);
+
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.count_cdrs().unwrap(), 1_000);
+        for n in [0, 511, 512, 999] {
+            assert_eq!(
+                store.get_cdr_by_call_id(&format!("writer-{n}")).unwrap(),
+                Some(cdr(n))
+            );
+        }
+        shutdown(&writer).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn commits_within_the_flush_interval_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let writer = spawn(StoreWriterArgs::new(&path)).await;
+        let reader = Store::open(&path).unwrap();
+        let handed_over = Instant::now();
+        write_cdr(&writer, cdr(1)).unwrap();
+        // Bounded poll: the promise is "durable within a second".
+        let deadline = handed_over + Duration::from_secs(1);
+        while reader.count_cdrs().unwrap() == 0 {
+            assert!(Instant::now() < deadline, "CDR not committed within 1 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(stats(&writer).await.unwrap().committed, 1);
+        shutdown(&writer).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stopping_commits_what_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let mut args = StoreWriterArgs::new(&path);
+        // Far longer than the test: only the stop can commit these.
+        args.flush_interval = Duration::from_secs(3600);
+        let writer = spawn(args).await;
+        for n in 0..10 {
+            write_cdr(&writer, cdr(n)).unwrap();
+        }
+        shutdown(&writer).await.unwrap();
+        assert_eq!(Store::open(&path).unwrap().count_cdrs().unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn killed_actor_still_commits_what_it_handed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let mut args = StoreWriterArgs::new(&path);
+        args.flush_interval = Duration::from_secs(3600);
+        let writer = spawn(args).await;
+        for n in 0..10 {
+            write_cdr(&writer, cdr(n)).unwrap();
+        }
+        // The stats reply comes after the ten writes, so all ten reached the thread.
+        assert_eq!(stats(&writer).await.unwrap().received, 10);
+        // No post_stop: the thread notices its channel closing and commits on its own.
+        writer.kill();
+        let reader = Store::open(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reader.count_cdrs().unwrap() < 10 {
+            assert!(Instant::now() < deadline, "killed writer lost its batch");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_commit_is_retried_not_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let mut args = StoreWriterArgs::new(&path);
+        args.flush_interval = Duration::from_millis(10);
+        let writer = spawn(args).await;
+        // Another connection makes every insert fail until it drops its trigger; the writer's
+        // cached statement is re-prepared by SQLite when the schema changes.
+        let admin = rusqlite::Connection::open(&path).unwrap();
+        admin
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON cdrs BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+            )
+            .unwrap();
+        write_cdr(&writer, cdr(7)).unwrap();
+        let err = flush(&writer).await.unwrap_err();
+        assert!(matches!(err, StoreWriterError::Commit(_)), "{err}");
+        assert!(stats(&writer).await.unwrap().write_errors >= 1);
+        admin.execute_batch("DROP TRIGGER refuse").unwrap();
+        // The kept batch goes in on the scheduled retry, without another flush.
+        let reader = Store::open(&path).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reader.get_cdr_by_call_id("writer-7").unwrap().is_none() {
+            assert!(Instant::now() < deadline, "failed batch was never retried");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(reader.count_cdrs().unwrap(), 1);
+        shutdown(&writer).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unopenable_database_fails_the_spawn() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the file should be.
+        let args = StoreWriterArgs::new(dir.path());
+        assert!(Actor::spawn(None, StoreWriterActor, args).await.is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! The call detail record and its mapping to the `cdrs` table.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{CachedStatement, Row};
+use serde::Serialize;
+
+/// Who ended a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HangupBy {
+    /// The calling party (A leg): BYE or CANCEL from the caller.
+    Caller,
+    /// The called party (B leg): BYE or a final error response from the callee side.
+    Callee,
+    /// The switch itself: timeouts, shutdown, admission, media failure.
+    System,
+}
+
+impl HangupBy {
+    /// The stored text form: `caller`, `callee` or `system`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HangupBy::Caller => "caller",
+            HangupBy::Callee => "callee",
+            HangupBy::System => "system",
+        }
+    }
+
+    fn parse(s: &str) -> Option<HangupBy> {
+        match s {
+            "caller" => Some(HangupBy::Caller),
+            "callee" => Some(HangupBy::Callee),
+            "system" => Some(HangupBy::System),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for HangupBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl ToSql for HangupBy {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for HangupBy {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        HangupBy::parse(s)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown hangup_by {s:?}").into()))
+    }
+}
+
+/// One call detail record: written once, when the call has ended.
+///
+/// Times are Unix epoch milliseconds (UTC); durations are milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Cdr {
+    /// Call-ID of the A (inbound) leg.
+    pub a_call_id: String,
+    /// Call-ID of the B (outbound) leg, if one was created.
+    pub b_call_id: Option<String>,
+    /// The caller: From user or URI of the A leg.
+    pub caller: String,
+    /// The callee: Request-URI user of the A leg.
+    pub callee: String,
+    /// The dial-plan route that matched (its prefix), if any.
+    pub route: Option<String>,
+    /// Where the call was sent (trunk, agent or contact URI), if anywhere.
+    pub target: Option<String>,
+    /// When the INVITE arrived.
+    pub start_at: i64,
+    /// When the first 180/183 was relayed, if ever.
+    pub ringing_at: Option<i64>,
+    /// When the call was answered (200 OK to the INVITE), if ever.
+    pub answer_at: Option<i64>,
+    /// When the call ended.
+    pub end_at: i64,
+    /// `end_at - start_at`.
+    pub duration_ms: i64,
+    /// `end_at - answer_at` for an answered call, 0 otherwise.
+    pub billable_ms: i64,
+    /// The final SIP status of the A leg's INVITE (200 for an answered call).
+    pub final_status: u16,
+    /// Who ended the call.
+    pub hangup_by: HangupBy,
+    /// Why it ended, in words (e.g. `BYE`, `CANCEL`, `486 Busy Here`, `timer B`).
+    pub disconnect_reason: String,
+}
+
+/// Now as Unix epoch milliseconds, the unit of every [`Cdr`] timestamp.
+pub fn now_unix_ms() -> i64 {
+    // A clock before 1970 is a broken host; 0 keeps the CDR writable rather than panicking.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+const COLUMNS: &str = "a_call_id, b_call_id, caller, callee, route, target, start_at, ringing_at, \
+     answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason";
+
+pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, caller, callee, \
+     route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
+     final_status, hangup_by, disconnect_reason) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+
+pub(super) static LIST_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT ?1"));
+
+pub(super) static BY_CALL_ID_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {COLUMNS} FROM cdrs WHERE a_call_id = ?1 ORDER BY id DESC LIMIT 1")
+});
+
+pub(super) fn insert(stmt: &mut CachedStatement<'_>, c: &Cdr) -> rusqlite::Result<()> {
+    stmt.execute(rusqlite::params![
+        c.a_call_id,
+        c.b_call_id,
+        c.caller,
+        c.callee,
+        c.route,
+        c.target,
+        c.start_at,
+        c.ringing_at,
+        c.answer_at,
+        c.end_at,
+        c.duration_ms,
+        c.billable_ms,
+        c.final_status,
+        c.hangup_by,
+        c.disconnect_reason,
+    ])?;
+    Ok(())
+}
+
+/// Read a row selected with `COLUMNS`, in that order.
+pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Cdr> {
+    Ok(Cdr {
+        a_call_id: r.get(0)?,
+        b_call_id: r.get(1)?,
+        caller: r.get(2)?,
+        callee: r.get(3)?,
+        route: r.get(4)?,
+        target: r.get(5)?,
+        start_at: r.get(6)?,
+        ringing_at: r.get(7)?,
+        answer_at: r.get(8)?,
+        end_at: r.get(9)?,
+        duration_ms: r.get(10)?,
+        billable_ms: r.get(11)?,
+        final_status: r.get(12)?,
+        hangup_by: r.get(13)?,
+        disconnect_reason: r.get(14)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hangup_by_text_round_trip() {
+        for h in [HangupBy::Caller, HangupBy::Callee, HangupBy::System] {
+            assert_eq!(HangupBy::parse(h.as_str()), Some(h));
+        }
+        assert_eq!(HangupBy::parse("Caller"), None);
+    }
+
+    #[test]
+    fn now_is_after_2020() {
+        assert!(now_unix_ms() > 1_577_836_800_000);
+    }
+}
