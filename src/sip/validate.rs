@@ -1,0 +1,367 @@
+//! Checks a parsed request before anything acts on it, and names the answer RFC 3261
+//! gives each fault (400 with a reason naming the header, 416 for a URI scheme, ...).
+
+use bytes::Bytes;
+
+use super::headers::{is_token, parse_u32, split_list, CSeq, NameAddr, Via};
+use super::message::{HeaderName, Message, Method};
+use super::uri::{Scheme, Uri};
+
+/// Why a request is refused, with the status and reason phrase to answer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    pub reason: &'static str,
+    /// A metric label for the fault.
+    pub label: &'static str,
+}
+
+const fn bad(reason: &'static str, label: &'static str) -> Rejection {
+    Rejection {
+        status: 400,
+        reason,
+        label,
+    }
+}
+
+/// Headers that may appear once only.
+const SINGLE: [(HeaderName, &str, &str); 7] = [
+    (
+        HeaderName::From,
+        "Bad Request (Multiple From)",
+        "multiple_from",
+    ),
+    (HeaderName::To, "Bad Request (Multiple To)", "multiple_to"),
+    (
+        HeaderName::CallId,
+        "Bad Request (Multiple Call-ID)",
+        "multiple_call_id",
+    ),
+    (
+        HeaderName::CSeq,
+        "Bad Request (Multiple CSeq)",
+        "multiple_cseq",
+    ),
+    (
+        HeaderName::MaxForwards,
+        "Bad Request (Multiple Max-Forwards)",
+        "multiple_max_forwards",
+    ),
+    (
+        HeaderName::ContentType,
+        "Bad Request (Multiple Content-Type)",
+        "multiple_content_type",
+    ),
+    (
+        HeaderName::Expires,
+        "Bad Request (Multiple Expires)",
+        "multiple_expires",
+    ),
+];
+
+/// Checks the structure every request must have (RFC 3261 §8.1.1, §20, §25).
+/// Extension methods pass; whether they are served is the caller's decision.
+pub fn check_request(msg: &Message) -> Result<(), Rejection> {
+    let Some(method) = msg.method() else {
+        return Ok(());
+    };
+    for (name, reason, label) in [
+        (HeaderName::Via, "Bad Request (Missing Via)", "missing_via"),
+        (
+            HeaderName::From,
+            "Bad Request (Missing From)",
+            "missing_from",
+        ),
+        (HeaderName::To, "Bad Request (Missing To)", "missing_to"),
+        (
+            HeaderName::CallId,
+            "Bad Request (Missing Call-ID)",
+            "missing_call_id",
+        ),
+        (
+            HeaderName::CSeq,
+            "Bad Request (Missing CSeq)",
+            "missing_cseq",
+        ),
+    ] {
+        if msg.header(name).is_none() {
+            return Err(bad(reason, label));
+        }
+    }
+    for (name, reason, label) in SINGLE {
+        if msg.headers_named(name).nth(1).is_some() {
+            return Err(bad(reason, label));
+        }
+    }
+    for v in msg.values(HeaderName::Via) {
+        Via::parse(&v).map_err(|_| bad("Bad Request (Malformed Via)", "via"))?;
+    }
+    NameAddr::parse(msg.value(HeaderName::From).expect("checked"))
+        .map_err(|_| bad("Bad Request (Malformed From)", "from"))?;
+    NameAddr::parse(msg.value(HeaderName::To).expect("checked"))
+        .map_err(|_| bad("Bad Request (Malformed To)", "to"))?;
+    let call_id = msg.call_id().expect("checked");
+    if call_id.is_empty() || call_id.iter().any(|&c| c <= b' ') {
+        return Err(bad("Bad Request (Malformed Call-ID)", "call_id"));
+    }
+    let cseq = CSeq::parse(msg.value(HeaderName::CSeq).expect("checked"))
+        .map_err(|_| bad("Bad Request (Malformed CSeq)", "cseq"))?;
+    if &cseq.method != method {
+        return Err(bad(
+            "Bad Request (CSeq Method Does Not Match)",
+            "cseq_method",
+        ));
+    }
+    if let Some(mf) = msg.value(HeaderName::MaxForwards) {
+        if parse_u32(mf).is_none_or(|n| n > 255) {
+            return Err(bad("Bad Request (Malformed Max-Forwards)", "max_forwards"));
+        }
+    }
+    if let Some(e) = msg.value(HeaderName::Expires) {
+        if parse_u32(e).is_none() {
+            return Err(bad("Bad Request (Malformed Expires)", "expires"));
+        }
+    }
+    for v in msg.values(HeaderName::Contact) {
+        NameAddr::parse_contact(&v)
+            .map_err(|_| bad("Bad Request (Malformed Contact)", "contact"))?;
+    }
+    for name in [HeaderName::Route, HeaderName::RecordRoute] {
+        for v in msg.values(name) {
+            NameAddr::parse(&v).map_err(|_| bad("Bad Request (Malformed Route)", "route"))?;
+        }
+    }
+    for name in [
+        HeaderName::Require,
+        HeaderName::ProxyRequire,
+        HeaderName::Supported,
+    ] {
+        if msg.values(name).any(|t| !is_token(&t)) {
+            return Err(bad("Bad Request (Malformed Option Tag)", "option_tag"));
+        }
+    }
+    check_request_uri(msg.request_uri().expect("request"))?;
+    Ok(())
+}
+
+/// The Request-URI must be a well-formed URI; only sip, sips and tel are served (416), and a
+/// SIP Request-URI may not carry headers (RFC 3261 §19.1.1 table: not allowed in R-URI).
+pub fn check_request_uri(uri: &Bytes) -> Result<Uri, Rejection> {
+    let parsed =
+        Uri::parse(uri).map_err(|_| bad("Bad Request (Malformed Request-URI)", "request_uri"))?;
+    match parsed.scheme {
+        Scheme::Sip | Scheme::Sips => {
+            if !parsed.headers.is_empty() {
+                return Err(bad(
+                    "Bad Request (Headers in Request-URI)",
+                    "request_uri_headers",
+                ));
+            }
+            Ok(parsed)
+        }
+        Scheme::Tel => Ok(parsed),
+        Scheme::Other(_) => Err(Rejection {
+            status: 416,
+            reason: "Unsupported URI Scheme",
+            label: "uri_scheme",
+        }),
+    }
+}
+
+/// The option tags of Require that are not in `supported` (RFC 3261 §8.2.2.3 → 420).
+/// Proxy-Require is a proxy's business; a B2BUA acting as UAS reads Require only.
+pub fn unsupported_requires(msg: &Message, supported: &[&str]) -> Vec<Bytes> {
+    if matches!(msg.method(), Some(Method::Ack) | Some(Method::Cancel)) {
+        return Vec::new();
+    }
+    msg.require()
+        .filter(|tag| {
+            !supported
+                .iter()
+                .any(|s| s.as_bytes().eq_ignore_ascii_case(tag))
+        })
+        .collect()
+}
+
+/// For an INVITE this switch answers with SDP: a body it cannot read is 415, an Accept
+/// that excludes SDP is 406.
+pub fn check_invite_media(msg: &Message) -> Result<(), Rejection> {
+    if !msg.body.is_empty() {
+        let ct = msg
+            .content_type()
+            .map(|v| v.as_ref())
+            .unwrap_or(b"application/sdp");
+        let mime = ct.split(|&c| c == b';').next().unwrap_or(b"");
+        let mime = super::headers::trim(&Bytes::copy_from_slice(mime));
+        if !(mime.eq_ignore_ascii_case(b"application/sdp")
+            || mime.eq_ignore_ascii_case(b"multipart/mixed"))
+        {
+            return Err(Rejection {
+                status: 415,
+                reason: "Unsupported Media Type",
+                label: "content_type",
+            });
+        }
+    }
+    if msg.header(HeaderName::Accept).is_some() {
+        let ok = msg.values(HeaderName::Accept).any(|v| {
+            let m = v.split(|&c| c == b';').next().unwrap_or(b"");
+            let m = super::headers::trim(&Bytes::copy_from_slice(m));
+            m.eq_ignore_ascii_case(b"application/sdp")
+                || m.eq_ignore_ascii_case(b"application/*")
+                || m.as_ref() == b"*/*"
+        });
+        if !ok {
+            return Err(Rejection {
+                status: 406,
+                reason: "Not Acceptable",
+                label: "accept",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// All values of a list header, for building `Unsupported:` and similar.
+pub fn join_values(values: &[Bytes]) -> Bytes {
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(v);
+    }
+    Bytes::from(out)
+}
+
+/// Whether `v` is a list of tokens (used by tests and the OPTIONS answer).
+pub fn is_token_list(v: &Bytes) -> bool {
+    split_list(v).all(|t| is_token(&t))
+}
+
+/// What to do with received bytes before any dialog or transaction logic sees them.
+#[derive(Debug)]
+pub enum Screened {
+    /// A well-formed message to act on.
+    Pass(Message),
+    /// A request to answer at once, statelessly, with `status` (and `unsupported` option
+    /// tags for a 420).
+    Answer {
+        request: Box<Message>,
+        rejection: Rejection,
+        unsupported: Vec<Bytes>,
+    },
+    /// Nothing to answer (a broken response, unparseable bytes): drop and count.
+    Drop { label: &'static str },
+}
+
+/// Option tags this switch supports (Require values outside this set get 420).
+pub const SUPPORTED: &[&str] = &["replaces", "timer", "outbound", "path"];
+
+/// Parses and checks a message; the result says whether to act on it, answer it or drop it.
+pub fn screen(
+    buf: Bytes,
+    framing: super::parse::Framing,
+    limits: &super::parse::Limits,
+) -> Screened {
+    use super::parse::parse;
+    let msg = match parse(buf, framing, limits) {
+        Ok(m) => m,
+        Err(e) => {
+            return match e.partial {
+                Some(p) if p.is_request() && answerable(&p) => Screened::Answer {
+                    request: p,
+                    rejection: Rejection {
+                        status: e.error.status(),
+                        reason: e.error.reason(),
+                        label: e.error.label(),
+                    },
+                    unsupported: Vec::new(),
+                },
+                _ => Screened::Drop {
+                    label: e.error.label(),
+                },
+            };
+        }
+    };
+    if !msg.is_request() {
+        // A response that is not well formed is dropped (RFC 4475 §3.1.2.5, §3.1.2.19).
+        return match check_response(&msg) {
+            Ok(()) => Screened::Pass(msg),
+            Err(label) => Screened::Drop { label },
+        };
+    }
+    if let Err(rejection) = check_request(&msg) {
+        if !answerable(&msg) {
+            return Screened::Drop {
+                label: rejection.label,
+            };
+        }
+        return Screened::Answer {
+            request: Box::new(msg),
+            rejection,
+            unsupported: Vec::new(),
+        };
+    }
+    let method = msg.method().expect("request").clone();
+    if method == Method::Ack {
+        return Screened::Pass(msg);
+    }
+    if msg.max_forwards() == Some(0) {
+        let rejection = Rejection {
+            status: 483,
+            reason: "Too Many Hops",
+            label: "max_forwards_zero",
+        };
+        return Screened::Answer {
+            request: Box::new(msg),
+            rejection,
+            unsupported: Vec::new(),
+        };
+    }
+    let unsupported = unsupported_requires(&msg, SUPPORTED);
+    if !unsupported.is_empty() {
+        let rejection = Rejection {
+            status: 420,
+            reason: "Bad Extension",
+            label: "require",
+        };
+        return Screened::Answer {
+            request: Box::new(msg),
+            rejection,
+            unsupported,
+        };
+    }
+    if method == Method::Invite {
+        if let Err(rejection) = check_invite_media(&msg) {
+            return Screened::Answer {
+                request: Box::new(msg),
+                rejection,
+                unsupported: Vec::new(),
+            };
+        }
+    }
+    Screened::Pass(msg)
+}
+
+/// A request can be answered when it has a Via to answer along (the response goes to the
+/// packet's source in any case, RFC 3261 §18.2.2) and is not an ACK (never answered).
+fn answerable(msg: &Message) -> bool {
+    msg.header(HeaderName::Via).is_some() && msg.method() != Some(&Method::Ack)
+}
+
+/// A response needs a parsable top Via, CSeq and Call-ID to be matched to anything.
+pub fn check_response(msg: &Message) -> Result<(), &'static str> {
+    if msg.call_id().is_none() {
+        return Err("response_call_id");
+    }
+    let cseq = msg.value(HeaderName::CSeq).ok_or("response_cseq")?;
+    CSeq::parse(cseq).map_err(|_| "response_cseq")?;
+    msg.top_via().ok_or("response_via")?;
+    for (name, _, _) in SINGLE {
+        if msg.headers_named(name).nth(1).is_some() {
+            return Err("response_multiple");
+        }
+    }
+    Ok(())
+}
