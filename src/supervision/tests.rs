@@ -603,23 +603,36 @@ async fn thousands_of_dynamic_children_that_stop_themselves() {
 }
 
 #[tokio::test]
-async fn dynamic_child_that_fails_before_it_is_known_is_restarted() {
+async fn dynamic_children_that_fail_before_they_are_known_are_restarted() {
     let h = Harness::new();
-    let sup = spawn_sup(SupervisorArgs::new("calls", Strategy::OneForOne)).await;
-    // Panics in post_start of its first generation: its failure can reach the supervisor
-    // before the ChildSpawned message does.
-    start_child(&sup, h.spec_with("x", Restart::Transient, false, 1))
+    let sup = spawn_sup(
+        SupervisorArgs::new("calls", Strategy::OneForOne)
+            .with_intensity(Intensity::new(1000, Duration::from_secs(10))),
+    )
+    .await;
+    // Each panics in post_start of its first generation, so for many of them the failure
+    // reaches the supervisor (supervision events overtake messages) before their
+    // ChildSpawned message does; all must still be restarted exactly once.
+    const N: usize = 200;
+    for i in 0..N {
+        start_child(
+            &sup,
+            h.spec_with(&format!("x{i}"), Restart::Transient, false, 1),
+        )
         .await
         .unwrap();
-    eventually("restarted once", || async { h.starts("x") == 2 }).await;
-    eventually("running", || async {
+    }
+    eventually("all restarted and running", || async {
         count_children(&sup).await.unwrap()
             == ChildCounts {
-                specs: 1,
-                active: 1,
+                specs: N,
+                active: N,
             }
     })
     .await;
+    for i in 0..N {
+        assert_eq!(h.starts(&format!("x{i}")), 2, "x{i} restarted once");
+    }
     sup.stop(None);
 }
 
@@ -729,4 +742,106 @@ async fn named_child_is_found_again_after_restart() {
     .await;
     assert_eq!(gen.load(Ordering::SeqCst), 2);
     sup.stop(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamic_children_on_the_multi_thread_runtime() {
+    // The production runtime: factories, children and the supervisor run in parallel, so
+    // exits and ChildSpawned messages race for real.
+    let h = Harness::new();
+    let sup = spawn_sup(
+        SupervisorArgs::new("calls", Strategy::OneForOne)
+            .with_intensity(Intensity::new(1000, Duration::from_secs(10))),
+    )
+    .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..4 {
+        let sup = sup.clone();
+        let specs: Vec<ChildSpec> = (0..500)
+            .map(|i| {
+                let id = format!("t{t}-{i}");
+                if i % 10 == 0 {
+                    // Fails once in post_start, then lives: must end up running.
+                    h.spec_with(&id, Restart::Transient, false, 1)
+                } else {
+                    h.spec_with(&id, Restart::Transient, true, 0)
+                }
+            })
+            .collect();
+        tasks.spawn(async move {
+            for spec in specs {
+                start_child(&sup, spec).await.expect("child starts");
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    eventually("only the restarted ones remain", || async {
+        count_children(&sup).await.unwrap()
+            == ChildCounts {
+                specs: 200,
+                active: 200,
+            }
+    })
+    .await;
+    for t in 0..4 {
+        for i in (0..500).step_by(10) {
+            assert_eq!(h.starts(&format!("t{t}-{i}")), 2);
+        }
+    }
+    sup.stop(None);
+}
+
+#[tokio::test]
+async fn failed_restart_is_retried_and_persistent_failure_escalates() {
+    let h = Harness::new();
+    // A factory that fails on its calls listed in `fail_on` (1-based), else starts a worker.
+    let flaky = |id: &str, fail_on: Vec<u32>| {
+        let inner = h.spec(id, Restart::Permanent).start;
+        let calls = Arc::new(AtomicU32::new(0));
+        let start: StartFn = Arc::new(move |sup| {
+            let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            if fail_on.contains(&n) {
+                Box::pin(async { Err(ractor::SpawnErr::StartupFailed("flaky".into())) })
+            } else {
+                inner(sup)
+            }
+        });
+        ChildSpec::new(id, "worker", Restart::Permanent, start)
+    };
+
+    // Restart #1 fails, the retry works.
+    let sup = spawn_sup(
+        SupervisorArgs::new("retry", Strategy::OneForOne).with_child(flaky("f", vec![2])),
+    )
+    .await;
+    send(&child_cell(&sup, "f").await.unwrap(), WorkerMsg::Panic);
+    eventually("running after a failed restart", || async {
+        count_children(&sup).await.unwrap().active == 1
+    })
+    .await;
+    assert_eq!(
+        h.starts("f"),
+        2,
+        "worker started twice; the failed call spawned nothing"
+    );
+    sup.stop(None);
+
+    // Every restart fails: bounded by intensity, then the supervisor fails.
+    let (sup, join) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs::new("giveup", Strategy::OneForOne)
+            .with_intensity(Intensity::new(3, Duration::from_secs(10)))
+            .with_child(flaky("g", (2..100).collect())),
+    )
+    .await
+    .unwrap();
+    send(&child_cell(&sup, "g").await.unwrap(), WorkerMsg::Panic);
+    tokio::time::timeout(Duration::from_secs(5), join)
+        .await
+        .expect("supervisor gives up")
+        .unwrap();
+    assert_eq!(sup.get_status(), ActorStatus::Stopped);
 }
