@@ -509,8 +509,6 @@ impl SupervisorState {
             self.children.remove(&slot);
             return Ok(());
         }
-        warn!(supervisor = %self.name, child = %child.spec.id, kind = child.spec.kind,
-            reason = reason.as_deref().unwrap_or(""), ?exit, "child exited; restarting");
         let delay = match self.backoff {
             Some(b) => {
                 if now.duration_since(child.started_at) >= b.max {
@@ -520,6 +518,9 @@ impl SupervisorState {
             }
             None => Duration::ZERO,
         };
+        warn!(supervisor = %self.name, child = %child.spec.id, kind = child.spec.kind,
+            reason = reason.as_deref().unwrap_or(""), ?exit, ?delay, strategy = ?self.strategy,
+            "child exited; restarting");
         child.consecutive = child.consecutive.saturating_add(1);
         let (id, kind) = (child.spec.id.clone(), child.spec.kind);
         if !self.record_restart(now) {
@@ -580,7 +581,8 @@ impl SupervisorState {
                 Ok(cell) => {
                     metrics::counter!(ACTOR_STARTS_TOTAL, "kind" => child.spec.kind).increment(1);
                     metrics::counter!(ACTOR_RESTARTS_TOTAL, "kind" => child.spec.kind).increment(1);
-                    warn!(supervisor = %self.name, child = %child.spec.id,
+                    // The decision was logged at warn with the reason; this confirms it.
+                    tracing::info!(supervisor = %self.name, child = %child.spec.id,
                         kind = child.spec.kind, "child restarted");
                     self.by_actor.insert(cell.get_id(), slot);
                     child.cell = Some(cell);
