@@ -19,7 +19,7 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"
 }
 
 RATE=100
@@ -133,9 +133,10 @@ scrape() { curl -sf --max-time 2 "http://$HTTP_ADDR/metrics" -o "$1" 2>/dev/null
 # scrapes: "series delta" lines.
 counter_deltas() {
     awk '$0 ~ /^#/ || NF < 2 { next }
-         { n=$1; sub(/\{.*/, "", n); if (n !~ /_total$/) next }
-         FNR==NR { before[$1]=$NF; next }
-         { d=$NF-before[$1]; if (d != 0) printf "%s %.0f\n", $1, d }' "$1" "$2"
+         { n=$1; sub(/\{.*/, "", n); if (n !~ /_total$/) next
+           k=$0; sub(/[ \t]+[^ \t]+$/, "", k) }   # label values may hold spaces
+         FNR==NR { before[k]=$NF; next }
+         { d=$NF-before[k]; if (d != 0) printf "%s %.0f\n", k, d }' "$1" "$2"
 }
 
 # utime+stime in clock ticks of pid $1.
@@ -190,6 +191,20 @@ achieved_caps() {
 now_s() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b-a }'; }
 
+# ---------------------------------------------------------------- switch binary
+if [ "$TARGET" = switch ]; then
+    if [ -z "$SWITCH_BIN" ]; then
+        SWITCH_BIN=$REPO_DIR/target/release/switchyard
+        if [ ! -x "$SWITCH_BIN" ]; then
+            echo "run.sh: $SWITCH_BIN missing, building (cargo build --release)" >&2
+            (cd "$REPO_DIR" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
+        elif [ -n "$(find "$REPO_DIR/src" "$REPO_DIR/Cargo.toml" -newer "$SWITCH_BIN" -print -quit 2>/dev/null)" ]; then
+            echo "run.sh: WARNING: $SWITCH_BIN is older than the sources; run cargo build --release" >&2
+        fi
+    fi
+    [ -x "$SWITCH_BIN" ] || die "switch binary not executable: $SWITCH_BIN"
+fi
+
 # ---------------------------------------------------------------- callee
 pick_port CALLEE_PORT
 pick_port CALLEE_CP
@@ -217,15 +232,6 @@ wait_udp_bound "$CALLEE_PORT" "$CALLEE_PID" "SIPp callee"
 SW_PID=""
 HTTP_ADDR=""
 if [ "$TARGET" = switch ]; then
-    if [ -z "$SWITCH_BIN" ]; then
-        SWITCH_BIN=$REPO_DIR/target/release/switchyard
-        if [ ! -x "$SWITCH_BIN" ]; then
-            echo "run.sh: $SWITCH_BIN missing, building (cargo build --release)" >&2
-            (cd "$REPO_DIR" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
-        fi
-    fi
-    [ -x "$SWITCH_BIN" ] || die "switch binary not executable: $SWITCH_BIN"
-
     pick_port SWITCH_SIP_PORT
     pick_port SWITCH_HTTP_PORT
     HTTP_ADDR=$HOST:$SWITCH_HTTP_PORT
@@ -310,7 +316,11 @@ SAMPLES=$OUT/switch_samples.csv
 TIMED_OUT=""
 SW_DIED=""
 deadline=$(( $(date +%s) + HARD_TIMEOUT_S ))
+CALLER_TICKS=NA
+CALLEE_TICKS=NA
 while kill -0 "$CALLER_PID" 2>/dev/null; do
+    CALLER_TICKS=$(cpu_ticks "$CALLER_PID" || echo "$CALLER_TICKS")
+    CALLEE_TICKS=$(cpu_ticks "$CALLEE_PID" || echo "$CALLEE_TICKS")
     if [ "$(date +%s)" -ge "$deadline" ]; then
         TIMED_OUT=1
         echo "run.sh: caller still running after ${HARD_TIMEOUT_S} s, stopping it" >&2
@@ -373,7 +383,11 @@ fi
 
 # The callee stops by itself after -m calls; a callee that got fewer calls
 # (e.g. some were refused by the switch) is told to quit.
-for _ in $(seq 1 75); do kill -0 "$CALLEE_PID" 2>/dev/null || break; sleep 0.2; done
+for _ in $(seq 1 75); do
+    CALLEE_TICKS=$(cpu_ticks "$CALLEE_PID" || echo "$CALLEE_TICKS")
+    kill -0 "$CALLEE_PID" 2>/dev/null || break
+    sleep 0.2
+done
 if kill -0 "$CALLEE_PID" 2>/dev/null; then
     kill -USR1 "$CALLEE_PID" 2>/dev/null || true
     for _ in $(seq 1 25); do kill -0 "$CALLEE_PID" 2>/dev/null || break; sleep 0.2; done
@@ -443,6 +457,7 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
 per_call_us() {
     awk -v s="$1" -v n="$2" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }'
 }
+ticks_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (t=="NA") print "NA"; else printf "%.2f", t/hz }'; }
 PEAK_SW_CALLS=NA
 if [ -n "$SW_PID" ]; then
     PEAK_SW_CALLS=$(awk -F';' 'NR>1 && $4!="NA" { if (!s || $4+0>m) m=$4+0; s=1 } END { print s ? m : "NA" }' "$SAMPLES")
@@ -483,6 +498,7 @@ fi
         echo "switch counters         $(wc -l <"$OUT/metrics_delta.txt") changed (all in metrics_delta.txt):"
         head -25 "$OUT/metrics_delta.txt" | sed 's/^/    /'
     fi
+    echo "SIPp CPU                caller $(ticks_s "$CALLER_TICKS") s, callee $(ticks_s "$CALLEE_TICKS") s (last samples, up to 1 s short)"
     echo "UDP RcvbufErrors        +$((RCVBUF_AFTER - RCVBUF_BEFORE)) (host-wide, /proc/net/snmp)"
     if [ "$VERDICT" = PASS ]; then
         echo "result                  PASS"
