@@ -1,0 +1,229 @@
+//! The API server on a real loopback socket, spoken to in raw HTTP/1.1.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+
+use super::*;
+
+/// Bound on every network step, so a hung server fails the test instead of hanging it.
+const STEP: Duration = Duration::from_secs(5);
+
+struct Server {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+}
+
+async fn start(health: Health) -> Server {
+    let handle = crate::metrics::install().expect("install recorder");
+    let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let state = ApiState::new(handle, health);
+    let task = tokio::spawn(serve(listener, state, async move {
+        let _ = stopped.await;
+    }));
+    Server { addr, stop, task }
+}
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+async fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    let mut stream = timeout(STEP, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut raw))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    let raw = String::from_utf8(raw).expect("utf-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head/body separator");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    // The parsing above is only right for sized bodies; catch a chunked reply loudly.
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "unexpected chunked reply: {headers:?}"
+    );
+    if let Some(len) = headers.get("content-length") {
+        assert_eq!(len.parse::<usize>().expect("length"), body.len());
+    }
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn metrics_renders_recorded_counters_and_build_info() {
+    let server = start(Health::new()).await;
+    metrics::counter!("switchyard_test_api_probe_total").increment(7);
+
+    let reply = request(server.addr, "GET", "/metrics").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], PROMETHEUS_TEXT);
+    assert!(
+        reply.body.contains("switchyard_test_api_probe_total 7"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains(&format!(
+            "switchyard_build_info{{version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        reply.body
+    );
+    // Descriptions from describe_all() are rendered as HELP lines.
+    assert!(
+        reply.body.contains("# HELP switchyard_build_info Always 1"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn health_is_ok_json() {
+    let server = start(Health::new()).await;
+    let reply = request(server.addr, "GET", "/health").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], "application/json");
+    assert!(reply.body.contains(r#""status":"ok""#), "{}", reply.body);
+    assert!(
+        reply
+            .body
+            .contains(&format!(r#""version":"{}""#, env!("CARGO_PKG_VERSION"))),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains(r#""uptime_seconds":"#),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn health_with_a_failing_check_is_503() {
+    let server = start(Health::new().with_check("store", || false)).await;
+    let reply = request(server.addr, "GET", "/health").await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    assert!(
+        reply.body.contains(r#""status":"unavailable""#),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply.body.contains(r#""checks":{"store":"failing"}"#),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn unknown_path_is_a_404_problem() {
+    let server = start(Health::new()).await;
+    let reply = request(server.addr, "GET", "/nope").await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
+    for field in [
+        r#""type":"about:blank""#,
+        r#""title":"Not Found""#,
+        r#""status":404"#,
+        r#""detail":"no route for GET /nope""#,
+    ] {
+        assert!(reply.body.contains(field), "{field} in {}", reply.body);
+    }
+}
+
+#[tokio::test]
+async fn wrong_method_is_a_405_problem() {
+    let server = start(Health::new()).await;
+    let reply = request(server.addr, "POST", "/metrics").await;
+    assert_eq!(reply.status, 405, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
+    assert!(reply.body.contains(r#""status":405"#), "{}", reply.body);
+    // RFC 9110 §15.5.6: a 405 lists the methods the resource does support.
+    let allow = reply.headers.get("allow").expect("Allow header");
+    assert!(allow.contains("GET"), "Allow: {allow}");
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_with_bounded_paths() {
+    let server = start(Health::new()).await;
+    request(server.addr, "GET", "/health").await;
+    request(server.addr, "GET", "/scanner/probe-12345").await;
+    request(server.addr, "POST", "/metrics").await;
+
+    let reply = request(server.addr, "GET", "/metrics").await;
+    // Other tests share the global recorder, so only presence is asserted, not counts.
+    for series in [
+        r#"switchyard_http_requests_total{path="/health",status="200"}"#,
+        r#"switchyard_http_requests_total{path="other",status="404"}"#,
+        r#"switchyard_http_requests_total{path="/metrics",status="405"}"#,
+    ] {
+        assert!(reply.body.contains(series), "{series} in {}", reply.body);
+    }
+    assert!(
+        !reply.body.contains("probe-12345"),
+        "an unknown path must not become a label: {}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_server() {
+    let server = start(Health::new()).await;
+    assert_eq!(request(server.addr, "GET", "/health").await.status, 200);
+    server.stop.send(()).expect("server still running");
+    timeout(STEP, server.task)
+        .await
+        .expect("server stops in time")
+        .expect("server task did not panic")
+        .expect("serve returned Ok");
+    // The listener is closed: connecting now fails (or is reset before any reply).
+    let refused = match TcpStream::connect(server.addr).await {
+        Err(_) => true,
+        Ok(mut s) => {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\n\r\n").await;
+            let mut buf = Vec::new();
+            matches!(
+                timeout(STEP, s.read_to_end(&mut buf)).await,
+                Ok(Ok(0)) | Ok(Err(_))
+            )
+        }
+    };
+    assert!(refused, "server still answers after shutdown");
+}
