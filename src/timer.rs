@@ -79,7 +79,7 @@ const MAX_BATCH: usize = 1024;
 const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// The callback a timer runs when it fires.
-pub type Callback = Box<dyn FnOnce() + Send + 'static>;
+type Callback = Box<dyn FnOnce() + Send + 'static>;
 
 /// Identifies one scheduled timer of a [`TimerService`]; never reused within a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -149,12 +149,7 @@ impl TimerService {
     where
         F: FnOnce() + Send + 'static,
     {
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(after)
-            .or_else(|| now.checked_add(FAR_FUTURE))
-            .unwrap_or(now);
-        self.schedule_at(deadline, callback)
+        self.schedule_at(deadline_after(after), callback)
     }
 
     /// Run `callback` on the timer task at `deadline`; a deadline in the past fires at once.
@@ -162,17 +157,9 @@ impl TimerService {
     where
         F: FnOnce() + Send + 'static,
     {
-        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let cmd = Command::Schedule {
-            id,
-            deadline,
-            callback: Box::new(callback),
-        };
-        if self.tx.send(cmd).is_err() {
-            // Only when the task is gone (runtime shutting down): nothing will fire any more.
-            tracing::debug!(timer = id, "timer task gone; timer dropped");
-        }
-        TimerId(id)
+        let id = self.next_id();
+        self.submit(id, deadline, Box::new(callback));
+        id
     }
 
     /// Cast `message` to `actor` once `after` has elapsed. A send to an actor that has stopped
@@ -189,10 +176,43 @@ impl TimerService {
         })
     }
 
+    /// Like [`TimerService::schedule_cast`], with the message built from the timer's own id,
+    /// so that the owner can recognise (and drop) a fire of a timer it has since cancelled or
+    /// replaced. `make` runs on the timer task when the timer fires.
+    pub fn schedule_cast_with<M, F>(&self, after: Duration, actor: &ActorRef<M>, make: F) -> TimerId
+    where
+        M: Message,
+        F: FnOnce(TimerId) -> M + Send + 'static,
+    {
+        let id = self.next_id();
+        let actor = actor.clone();
+        let callback = Box::new(move || {
+            let _ = actor.send_message(make(id));
+        });
+        self.submit(id, deadline_after(after), callback);
+        id
+    }
+
     /// Cancel a timer. Unknown, fired or already cancelled ids are ignored. Takes effect when
     /// the task processes it, so a fire that is already under way still happens.
     pub fn cancel(&self, id: TimerId) {
         let _ = self.tx.send(Command::Cancel(id.0));
+    }
+
+    fn next_id(&self) -> TimerId {
+        TimerId(self.shared.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn submit(&self, id: TimerId, deadline: Instant, callback: Callback) {
+        let cmd = Command::Schedule {
+            id: id.0,
+            deadline,
+            callback,
+        };
+        if self.tx.send(cmd).is_err() {
+            // Only when the task is gone (runtime shutting down): nothing will fire any more.
+            tracing::debug!(timer = id.0, "timer task gone; timer dropped");
+        }
     }
 
     /// Live timers as of the last batch the task processed (what the gauge shows).
@@ -205,6 +225,14 @@ impl TimerService {
     pub fn heap_entries(&self) -> usize {
         self.shared.heap_entries.load(Ordering::Relaxed)
     }
+}
+
+/// Now plus `after`, saturating at a deadline that never comes.
+fn deadline_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(FAR_FUTURE))
+        .unwrap_or(now)
 }
 
 impl Default for TimerService {
@@ -220,6 +248,9 @@ struct Wheel {
     live: HashMap<u64, Callback>,
     fired: u64,
     cancelled: u64,
+    /// Live count last added to the gauge: the gauge moves by deltas so that several
+    /// services (e.g. shards) add up instead of overwriting each other.
+    published_live: usize,
 }
 
 impl Wheel {
@@ -283,7 +314,12 @@ impl Wheel {
         shared
             .heap_entries
             .store(self.heap.len(), Ordering::Relaxed);
-        metrics::gauge!(TIMERS_ACTIVE).set(self.live.len() as f64);
+        let live = self.live.len();
+        if live != self.published_live {
+            let delta = live as f64 - self.published_live as f64;
+            metrics::gauge!(TIMERS_ACTIVE).increment(delta);
+            self.published_live = live;
+        }
         if self.fired > 0 {
             metrics::counter!(TIMERS_FIRED_TOTAL).increment(self.fired);
             self.fired = 0;
@@ -301,6 +337,7 @@ async fn run(mut rx: mpsc::UnboundedReceiver<Command>, shared: Arc<Shared>) {
         live: HashMap::new(),
         fired: 0,
         cancelled: 0,
+        published_live: 0,
     };
     // One Sleep, reset when the earliest deadline changes, instead of a new one per wake-up.
     let sleep = tokio::time::sleep(FAR_FUTURE);
@@ -635,6 +672,19 @@ mod tests {
         assert_eq!(svc.active(), 0);
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn schedule_cast_with_passes_the_timer_id() {
+        let svc = TimerService::new();
+        let (actor, handle) = ractor::Actor::spawn(None, Probe, ()).await.unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let id = svc.schedule_cast_with(Duration::from_millis(50), &actor, move |id| {
+            (id.as_u64() as u32, tx)
+        });
+        assert_eq!(rx.recv().await, Some(id.as_u64() as u32));
+        actor.stop(None);
+        handle.await.unwrap();
+    }
+
     #[test]
     fn metrics_are_recorded() {
         let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -655,17 +705,21 @@ mod tests {
             svc.schedule(Duration::from_millis(2), || {});
             svc.schedule(Duration::from_secs(9), || {});
             svc.cancel(a);
+            // A second service: the gauge is the sum over services.
+            let other = TimerService::new();
+            other.schedule(Duration::from_secs(9), || {});
+            settle(&other).await;
             tokio::time::advance(Duration::from_millis(10)).await;
             settle(&svc).await;
             assert_eq!(svc.active(), 1);
         });
         let text = handle.render();
-        // Two timers plus the `settle` marker.
-        assert!(text.contains("switchyard_timers_fired_total 3"), "{text}");
+        // Two timers plus the two `settle` markers.
+        assert!(text.contains("switchyard_timers_fired_total 4"), "{text}");
         assert!(
             text.contains("switchyard_timers_cancelled_total 1"),
             "{text}"
         );
-        assert!(text.contains("switchyard_timers_active 1"), "{text}");
+        assert!(text.contains("switchyard_timers_active 2"), "{text}");
     }
 }
