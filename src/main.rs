@@ -1,1 +1,128 @@
-fn main(){}
+//! The `switchyard` binary: parse the command line, load the config, start the node, wait
+//! for a signal.
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use switchyard::config::Config;
+use switchyard::server::Node;
+use switchyard::transport::ListenSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "SIP switch and contact-centre core"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Config file (TOML); without it the embedded default is used.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// SIP listen socket, `udp:IP:PORT` or `tcp:IP:PORT` (repeatable; replaces the config's).
+    #[arg(long = "sip-listen", global = true)]
+    sip_listen: Vec<ListenSpec>,
+    /// HTTP listen address for /metrics and /health.
+    #[arg(long = "http-listen", global = true)]
+    http_listen: Option<SocketAddr>,
+    /// Data directory (database, generated files).
+    #[arg(long = "data-dir", global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the switch (the default).
+    Run,
+    /// Validate a config file and print every fault with its place.
+    CheckConfig { file: PathBuf },
+    /// Print the version.
+    Version,
+}
+
+fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !cli.sip_listen.is_empty() {
+        config.sip.listen = cli.sip_listen.iter().map(ToString::to_string).collect();
+    }
+    if let Some(h) = cli.http_listen {
+        config.http.listen = h;
+    }
+    if let Some(d) = &cli.data_dir {
+        config.data_dir = d.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::Version) => {
+            println!("switchyard {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::CheckConfig { file }) => {
+            return match Config::load(file) {
+                Ok(_) => {
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    for e in errors {
+                        eprintln!("{}: {e}", file.display());
+                    }
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::Run) | None => {}
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "switchyard=info".into()),
+        )
+        .init();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("config: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let node = match Node::start(config).await {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("switchyard: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        node.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -85,6 +85,9 @@ pub fn describe_all() {
     crate::timer::describe();
     crate::actors::store_writer::describe();
     crate::api::describe();
+    crate::transport::describe();
+    crate::actors::router::describe();
+    crate::actors::call::describe();
 
     metrics::describe_gauge!(
         BUILD_INFO,

@@ -28,7 +28,15 @@ fn manifest() -> HashMap<String, Verdict> {
         .skip(1)
         .map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            (f[0].to_string(), Verdict { expected: f[2].into(), action: f[3].into(), codes: f[4].into(), liberal_ok: f[6].into() })
+            (
+                f[0].to_string(),
+                Verdict {
+                    expected: f[2].into(),
+                    action: f[3].into(),
+                    codes: f[4].into(),
+                    liberal_ok: f[6].into(),
+                },
+            )
         })
         .collect()
 }
@@ -40,9 +48,9 @@ fn load(name: &str) -> Bytes {
 /// What this switch does with each message after screening: `Pass`, `Drop`, or the status.
 fn ours(name: &str) -> Option<u16> {
     Some(match name {
-        "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri" | "lwsstart" | "trws"
-        | "escruri" | "regbadct" | "badaspec" | "baddn" | "mismatch01" | "mismatch02" | "insuf" | "multi01"
-        | "mcl01" => 400,
+        "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri"
+        | "lwsstart" | "trws" | "escruri" | "regbadct" | "badaspec" | "baddn" | "mismatch01"
+        | "mismatch02" | "insuf" | "multi01" | "mcl01" => 400,
         "badvers" => 505,
         "unkscm" | "novelsc" => 416,
         "bext01" => 420,
@@ -67,13 +75,26 @@ fn all_49_messages_get_the_rfc_verdict() {
         let outcome = screen_dg(name);
         match (ours(name), &outcome) {
             (Some(code), Screened::Answer { rejection, .. }) => {
-                assert_eq!(rejection.status, code, "{name}: answered {} ({})", rejection.status, rejection.reason);
+                assert_eq!(
+                    rejection.status, code,
+                    "{name}: answered {} ({})",
+                    rejection.status, rejection.reason
+                );
                 // A valid message may still get a code the RFC names for this role (zeromf: a
                 // proxy answers 483).
                 let named = v.action.contains(&code.to_string());
-                assert!(v.expected != "valid" || named, "{name} is valid but we reject it");
-                let allowed = named || v.codes == "error" || v.codes.split('|').any(|c| c == code.to_string());
-                assert!(allowed, "{name}: {code} is not among the RFC's codes {}", v.codes);
+                assert!(
+                    v.expected != "valid" || named,
+                    "{name} is valid but we reject it"
+                );
+                let allowed = named
+                    || v.codes == "error"
+                    || v.codes.split('|').any(|c| c == code.to_string());
+                assert!(
+                    allowed,
+                    "{name}: {code} is not among the RFC's codes {}",
+                    v.codes
+                );
             }
             (None, Screened::Pass(_)) => {
                 assert!(!DROPPED.contains(&name.as_str()), "{name} must be dropped");
@@ -84,7 +105,10 @@ fn all_49_messages_get_the_rfc_verdict() {
                 );
             }
             (None, Screened::Drop { .. }) => {
-                assert!(DROPPED.contains(&name.as_str()), "{name} dropped unexpectedly: {outcome:?}");
+                assert!(
+                    DROPPED.contains(&name.as_str()),
+                    "{name} dropped unexpectedly: {outcome:?}"
+                );
             }
             (want, got) => panic!("{name}: wanted {want:?}, got {got:?}"),
         }
@@ -116,10 +140,19 @@ fn wsinv_fields() {
     assert_eq!(vias[1].host.as_ref(), b"spindle.example.com");
     assert_eq!(vias[2].branch().unwrap().as_ref(), b"z9hG4bK30239");
     let contact = m.contacts().next().unwrap();
-    assert_eq!(contact.params.get("newparam").unwrap().unwrap().as_ref(), b"newvalue");
+    assert_eq!(
+        contact.params.get("newparam").unwrap().unwrap().as_ref(),
+        b"newvalue"
+    );
     assert_eq!(contact.q(), Some(330));
-    assert_eq!(m.other("NewFangledHeader").unwrap().as_ref(), b"newfangled value continued newfangled value");
-    assert_eq!(m.other("UnknownHeaderWithUnusualValue").unwrap().as_ref(), b";;,,;;,;");
+    assert_eq!(
+        m.other("NewFangledHeader").unwrap().as_ref(),
+        b"newfangled value continued newfangled value"
+    );
+    assert_eq!(
+        m.other("UnknownHeaderWithUnusualValue").unwrap().as_ref(),
+        b";;,,;;,;"
+    );
     assert_eq!(m.value(HeaderName::Subject).unwrap().as_ref(), b"");
     assert_eq!(m.body.len(), 150);
 }
@@ -128,7 +161,10 @@ fn wsinv_fields() {
 fn escaping_fields() {
     let m = pass("esc01");
     let ruri = switchyard::sip::uri::Uri::parse(m.request_uri().unwrap()).unwrap();
-    assert_eq!(ruri.user_unescaped().unwrap().as_ref(), b"sips:user@example.com");
+    assert_eq!(
+        ruri.user_unescaped().unwrap().as_ref(),
+        b"sips:user@example.com"
+    );
     let to = m.to().unwrap().parsed_uri().unwrap();
     assert_eq!(to.user_unescaped().unwrap().as_ref(), b"user");
     let from = m.from().unwrap().parsed_uri().unwrap();
@@ -142,25 +178,38 @@ fn escaping_fields() {
 
     let m = pass("esc02");
     assert!(matches!(m.method(), Some(Method::Other(t)) if t.as_ref() == b"RE%47IST%45R"));
-    assert_eq!(m.contacts().count(), 2, "C%6Fntact is an unknown header, not a Contact");
+    assert_eq!(
+        m.contacts().count(),
+        2,
+        "C%6Fntact is an unknown header, not a Contact"
+    );
 
     let m = pass("semiuri");
     let ruri = switchyard::sip::uri::Uri::parse(m.request_uri().unwrap()).unwrap();
-    assert_eq!(ruri.user_unescaped().unwrap().as_ref(), b"user;par=u@example.net");
+    assert_eq!(
+        ruri.user_unescaped().unwrap().as_ref(),
+        b"user;par=u@example.net"
+    );
     assert_eq!(ruri.host.as_ref(), b"example.com");
     assert_eq!(m.values(HeaderName::Accept).count(), 6);
 }
 
 #[test]
 fn other_valid_fields() {
-    assert_eq!(pass("lwsdisp").from().unwrap().display.unwrap().as_ref(), b"caller");
+    assert_eq!(
+        pass("lwsdisp").from().unwrap().display.unwrap().as_ref(),
+        b"caller"
+    );
     let m = pass("longreq");
     assert!(m.to().unwrap().display.unwrap().len() > 100);
     let m = pass("dblreq");
     assert_eq!(m.method(), Some(&Method::Register));
     assert!(m.body.is_empty(), "the extra INVITE octets are ignored");
     let m = pass("transports");
-    let t: Vec<_> = m.vias().map(|v| String::from_utf8(v.transport.to_vec()).unwrap()).collect();
+    let t: Vec<_> = m
+        .vias()
+        .map(|v| String::from_utf8(v.transport.to_vec()).unwrap())
+        .collect();
     assert_eq!(t, ["UDP", "SCTP", "TLS", "UNKNOWN", "TCP"]);
     let m = pass("mpart01");
     assert_eq!(m.body.len(), 553);
@@ -174,14 +223,21 @@ fn other_valid_fields() {
     let m = pass("cparam02");
     let c = m.contacts().next().unwrap();
     assert_eq!(c.params.get("unknownparam"), None);
-    assert_eq!(c.parsed_uri().unwrap().param("unknownparam"), Some(None), "a url-parameter");
+    assert_eq!(
+        c.parsed_uri().unwrap().param("unknownparam"),
+        Some(None),
+        "a url-parameter"
+    );
     let m = pass("regescrt");
     let c = m.contacts().next().unwrap().parsed_uri().unwrap();
     assert_eq!(c.headers.as_ref(), b"Route=%3Csip:sip.example.com%3E");
     let m = pass("inv2543");
     assert!(m.top_via().unwrap().branch().is_none());
     assert!(m.max_forwards().is_none());
-    assert!(!m.body.is_empty(), "no Content-Length on UDP: the body is the rest");
+    assert!(
+        !m.body.is_empty(),
+        "no Content-Length on UDP: the body is the rest"
+    );
     let m = pass("badbranch");
     assert!(!m.top_via().unwrap().is_rfc3261_branch());
     for r in ["unreason", "noreason", "bcast"] {
@@ -189,7 +245,10 @@ fn other_valid_fields() {
     }
     assert_eq!(pass("noreason").status(), Some(100));
     let m = pass("regaut01");
-    assert!(m.value(HeaderName::Authorization).unwrap().starts_with(b"NoOneKnowsThisScheme"));
+    assert!(m
+        .value(HeaderName::Authorization)
+        .unwrap()
+        .starts_with(b"NoOneKnowsThisScheme"));
 }
 
 #[test]
@@ -202,8 +261,12 @@ fn round_trip_of_every_parsable_message_is_stable() {
                 other => panic!("{name}: re-parse failed: {other:?}"),
             };
             assert_eq!(again.encode(), once, "{name}: serialize is not stable");
-            assert_eq!(again.headers.len(), m.headers.len() - usize::from(m.header(HeaderName::ContentLength).is_some())
-                + usize::from(again.header(HeaderName::ContentLength).is_some()), "{name}");
+            assert_eq!(
+                again.headers.len(),
+                m.headers.len() - usize::from(m.header(HeaderName::ContentLength).is_some())
+                    + usize::from(again.header(HeaderName::ContentLength).is_some()),
+                "{name}"
+            );
         }
     }
 }

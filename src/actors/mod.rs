@@ -1,2 +1,9 @@
 //! Actor kinds, one file each.
+//!
+//! - [`call`]: one per call, a B2BUA owning both legs.
+//! - [`router`]: not an actor but the transport's handler: Call-ID directory, admission
+//!   control, stateless answers, call actor start.
+//! - [`store_writer`]: the single writer of the SQLite store.
+pub mod call;
+pub mod router;
 pub mod store_writer;

@@ -225,9 +225,18 @@ pub fn parse(buf: Bytes, framing: Framing, limits: &Limits) -> Result<Message, M
         }
         Err(e) => {
             let line = &s[pos..line_end.content_end];
-            let end = line.iter().position(|&c| !is_token_char(c)).unwrap_or(line.len());
+            let end = line
+                .iter()
+                .position(|&c| !is_token_char(c))
+                .unwrap_or(line.len());
             let method = Method::from_token(&buf.slice(pos..pos + end));
-            (StartLine::Request { method, uri: Bytes::new() }, Some(e))
+            (
+                StartLine::Request {
+                    method,
+                    uri: Bytes::new(),
+                },
+                Some(e),
+            )
         }
     };
     pos = line_end.next;

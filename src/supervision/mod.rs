@@ -60,6 +60,7 @@
 
 mod spec;
 mod supervisor;
+pub mod tree;
 
 #[cfg(test)]
 mod tests;

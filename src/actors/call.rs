@@ -1,0 +1,1629 @@
+//! The call actor: one per call, a back-to-back user agent. It owns both legs'
+//! transactions (the pure machines of `sip::transaction`), both dialogs, the call's timers
+//! and its CDR. The actor is a thin shell: each message is handled by [`CallState`], whose
+//! transaction steps return actions that it executes.
+//!
+//! Flow: A-leg INVITE → 100 Trying → B-leg INVITE (own Call-ID, tags, CSeq; SDP passed
+//! through) → 18x/2xx relayed to A → A's ACK relayed to B (end-to-end) → in-dialog requests
+//! relayed either way → BYE from either side ends the call and writes the CDR.
+//!
+//! The state that matters for an established call ([`Checkpoint`]) is copied into a table
+//! the supervisor's restart factory reads at each phase change, so a restarted call actor
+//! resumes the call. The actor stops itself once the call has ended and its last
+//! transaction has finished lingering.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::router::{Directory, Route};
+use super::store_writer::{self, StoreWriterMsg};
+use crate::sip::dialog::{
+    self, ack_for_failure, cancel_for, cseq_value, new_branch, random_token, Dialog,
+};
+use crate::sip::message::{reason_phrase, response_to, HeaderName, Message, Method};
+use crate::sip::transaction::{
+    Action, Event, Kind, Reliability, TimerConfig, TimerName, Transaction,
+};
+use crate::store::{now_unix_ms, Cdr, HangupBy};
+use crate::supervision::{start_child, ChildSpec, Restart, SupervisorError, SupervisorMsg};
+use crate::timer::{TimerId, TimerService};
+use crate::transport::{status_label, Dest, Inbound, Protocol, Source, Transports};
+
+pub const CALLS_ACTIVE: &str = "switchyard_calls_active";
+pub const CALL_ATTEMPTS: &str = "switchyard_call_attempts_total";
+pub const CALLS_ANSWERED: &str = "switchyard_calls_answered_total";
+pub const CALLS_FAILED: &str = "switchyard_calls_failed_total";
+pub const CALLS_ENDED: &str = "switchyard_calls_ended_total";
+pub const CALL_SETUP: &str = "switchyard_call_setup_seconds";
+pub const CALLS_RESTORED: &str = "switchyard_calls_restored_total";
+pub const TRANSACTIONS_ACTIVE: &str = "switchyard_transactions_active";
+pub const TRANSACTIONS_TIMED_OUT: &str = "switchyard_transactions_timed_out_total";
+pub const DIALOG_481: &str = "switchyard_sip_unknown_dialog_total";
+
+/// Describes the call metrics.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        CALLS_ACTIVE,
+        "Calls in progress (admitted and not yet ended)"
+    );
+    describe_counter!(CALL_ATTEMPTS, "Calls admitted (call actors started)");
+    describe_counter!(CALLS_ANSWERED, "Calls answered (2xx relayed to the caller)");
+    describe_counter!(
+        CALLS_FAILED,
+        "Calls that ended without an answer, by final status"
+    );
+    describe_counter!(CALLS_ENDED, "Calls ended, by who ended them");
+    describe_histogram!(
+        CALL_SETUP,
+        Unit::Seconds,
+        "INVITE received to 180 (stage=ringing) or 200 (stage=answer) sent"
+    );
+    describe_counter!(
+        CALLS_RESTORED,
+        "Call actors restarted from their checkpoint, by phase"
+    );
+    describe_gauge!(TRANSACTIONS_ACTIVE, "SIP transactions in progress");
+    describe_counter!(
+        TRANSACTIONS_TIMED_OUT,
+        "Transactions that timed out, by kind"
+    );
+    describe_counter!(
+        DIALOG_481,
+        "In-dialog requests that matched no dialog (answered 481)"
+    );
+}
+
+/// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
+/// the call settings.
+pub struct CallContext {
+    transports: OnceLock<Transports>,
+    pub timers: TimerService,
+    pub timer_cfg: TimerConfig,
+    pub directory: Directory,
+    pub checkpoints: DashMap<Bytes, Checkpoint>,
+    /// The CDR writer's registered name (looked up per use: it may have restarted).
+    pub store_name: Option<String>,
+    pub no_answer: Duration,
+    pub max_duration: Option<Duration>,
+    /// Calls admitted and not yet ended (admission control reads it).
+    pub active: AtomicUsize,
+    pub user_agent: Bytes,
+    pub advertise: Option<IpAddr>,
+}
+
+impl CallContext {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        timers: TimerService,
+        timer_cfg: TimerConfig,
+        store_name: Option<String>,
+        no_answer: Duration,
+        max_duration: Option<Duration>,
+        user_agent: &str,
+        advertise: Option<IpAddr>,
+    ) -> CallContext {
+        CallContext {
+            transports: OnceLock::new(),
+            timers,
+            timer_cfg,
+            directory: Directory::new(),
+            checkpoints: DashMap::new(),
+            store_name,
+            no_answer,
+            max_duration,
+            active: AtomicUsize::new(0),
+            user_agent: Bytes::copy_from_slice(user_agent.as_bytes()),
+            advertise,
+        }
+    }
+
+    /// Sets the transports once they are bound (they need the router, which needs this).
+    pub fn set_transports(&self, t: Transports) {
+        let _ = self.transports.set(t);
+    }
+
+    /// True once the transports are set.
+    pub fn ready(&self) -> bool {
+        self.transports.get().is_some()
+    }
+
+    fn store(&self) -> Option<ActorRef<StoreWriterMsg>> {
+        let name = self.store_name.clone()?;
+        ractor::registry::where_is(name).map(Into::into)
+    }
+
+    pub fn transports(&self) -> &Transports {
+        self.transports
+            .get()
+            .expect("transports are set before any message arrives")
+    }
+
+    /// The host:port this switch writes in Via and Contact for a protocol.
+    pub fn sent_by(&self, protocol: Protocol) -> (String, u16) {
+        let addr = self
+            .transports()
+            .advertised(protocol)
+            .or_else(|| self.transports().advertised(Protocol::Udp))
+            .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 5060)));
+        let ip = match (self.advertise, addr.ip()) {
+            (Some(ip), _) => ip,
+            (None, ip) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+            (None, ip) => ip,
+        };
+        let host = match ip {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        (host, addr.port())
+    }
+
+    /// Whether a Via sent-by names this switch (loop detection).
+    pub fn is_own_sent_by(&self, host: &[u8], port: Option<u16>) -> bool {
+        [Protocol::Udp, Protocol::Tcp].iter().any(|&p| {
+            let (h, pt) = self.sent_by(p);
+            h.as_bytes() == host && port.unwrap_or(5060) == pt
+        })
+    }
+
+    fn via(&self, protocol: Protocol, branch: &[u8]) -> Bytes {
+        let (host, port) = self.sent_by(protocol);
+        let mut v = BytesMut::with_capacity(64 + branch.len());
+        v.put_slice(b"SIP/2.0/");
+        v.put_slice(protocol.via_token().as_bytes());
+        v.put_u8(b' ');
+        v.put_slice(host.as_bytes());
+        v.put_u8(b':');
+        v.put_slice(itoa::Buffer::new().format(port).as_bytes());
+        v.put_slice(b";branch=");
+        v.put_slice(branch);
+        v.put_slice(b";rport");
+        v.freeze()
+    }
+
+    fn contact(&self, protocol: Protocol) -> Bytes {
+        let (host, port) = self.sent_by(protocol);
+        let transport = if protocol == Protocol::Tcp {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        Bytes::from(format!("<sip:{host}:{port}{transport}>"))
+    }
+
+    fn set_active_gauge(&self) {
+        metrics::gauge!(CALLS_ACTIVE).set(self.active.load(Ordering::Relaxed) as f64);
+    }
+}
+
+/// A new call handed over by the router.
+pub struct NewCall {
+    pub invite: Inbound,
+    pub route: Route,
+    /// The user to dial on the B leg (after strip/prepend).
+    pub dialled: Bytes,
+}
+
+/// Starts a call actor under the calls supervisor. Its restart factory restores the call
+/// from its checkpoint.
+pub async fn start(
+    ctx: &Arc<CallContext>,
+    calls: &ActorRef<SupervisorMsg>,
+    call: NewCall,
+) -> Result<(), SupervisorError> {
+    let a_call_id = call.invite.msg.call_id().cloned().unwrap_or_default();
+    let first = Arc::new(Mutex::new(Some(Box::new(call))));
+    let ctx2 = ctx.clone();
+    let key = a_call_id.clone();
+    let args = move || {
+        let init = match first.lock().expect("call init").take() {
+            Some(call) => CallInit::New(call),
+            None => match ctx2.checkpoints.get(&key) {
+                Some(cp) => CallInit::Restore(Box::new(cp.clone())),
+                None => CallInit::Lost(key.clone()),
+            },
+        };
+        CallArgs {
+            ctx: ctx2.clone(),
+            init,
+        }
+    };
+    let id = String::from_utf8_lossy(&a_call_id).into_owned();
+    start_child(
+        calls,
+        ChildSpec::actor(id, "call", Restart::Transient, CallActor, args),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The call actor (stateless: everything is in [`CallState`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallActor;
+
+pub struct CallArgs {
+    ctx: Arc<CallContext>,
+    init: CallInit,
+}
+
+enum CallInit {
+    New(Box<NewCall>),
+    Restore(Box<Checkpoint>),
+    /// Restarted before the first checkpoint: nothing to resume.
+    Lost(Bytes),
+}
+
+/// Messages of the call actor.
+pub enum CallMsg {
+    /// A SIP message for this call arrived.
+    Sip(Box<Inbound>),
+    /// A transaction timer fired.
+    TxTimerFired {
+        tx: u32,
+        timer: TimerName,
+        id: TimerId,
+    },
+    /// A call-level timer fired.
+    CallTimerFired(CallTimer, TimerId),
+    /// Ends an established call from the switch (BYE to both legs).
+    Hangup(String),
+    /// Describes the call (tests and the API).
+    GetInfo(RpcReplyPort<CallInfo>),
+    /// Fault injection for supervision tests: the actor panics while handling it.
+    InjectPanic,
+}
+
+/// Call-level timers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallTimer {
+    NoAnswer,
+    MaxDuration,
+    /// Retransmit the 2xx to the caller until its ACK arrives (RFC 3261 §13.3.1.4).
+    Resend2xx,
+}
+
+/// A snapshot for tests and the API.
+#[derive(Clone, Debug)]
+pub struct CallInfo {
+    pub phase: Phase,
+    pub a_call_id: Bytes,
+    pub b_call_id: Bytes,
+    pub transactions: usize,
+    pub restored: bool,
+}
+
+/// Where a call is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// B-leg INVITE sent, no provisional yet.
+    Setup,
+    /// Provisional response relayed (early dialog).
+    Early,
+    /// 2xx relayed to the caller, waiting for its ACK.
+    Answered,
+    /// Both legs confirmed.
+    Confirmed,
+    /// Over; transactions may still linger to absorb retransmissions.
+    Ended,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::Setup => "setup",
+            Phase::Early => "early",
+            Phase::Answered => "answered",
+            Phase::Confirmed => "confirmed",
+            Phase::Ended => "ended",
+        }
+    }
+}
+
+/// The part of a call's state that survives a restart of its actor.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub phase: Phase,
+    pub a_call_id: Bytes,
+    pub b_call_id: Bytes,
+    /// The caller's INVITE (responses to it are built from it).
+    a_invite: Message,
+    a_source: Source,
+    /// The B-leg INVITE as sent (CANCEL and the 2xx ACK are built from it).
+    b_invite: Message,
+    b_dest: Dest,
+    /// Dialog with the caller (we are its UAS).
+    a: Dialog,
+    /// Dialog with the callee (we are its UAC).
+    b: Dialog,
+    cdr: CdrDraft,
+    /// The ACK sent to B for its 2xx (resent when B retransmits the 2xx).
+    b_ack: Option<Bytes>,
+    ended: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct CdrDraft {
+    start_ms: i64,
+    ringing_ms: Option<i64>,
+    answer_ms: Option<i64>,
+    end_ms: Option<i64>,
+    caller: String,
+    callee: String,
+    route: String,
+    target: String,
+    final_status: u16,
+    hangup_by: Option<HangupBy>,
+    reason: String,
+}
+
+/// What a transaction is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// The caller's INVITE (server).
+    AInvite,
+    /// Our INVITE to the callee (client).
+    BInvite,
+    /// Our CANCEL of the B-leg INVITE.
+    BCancel,
+    /// A request relayed between legs; `peer` is the transaction on the other leg.
+    Relay { peer: u32 },
+    /// A request we originated whose answer needs no relay (BYE on hangup by the switch).
+    Own,
+    /// A request answered here (CANCEL's 200, 481, ...).
+    Local,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leg {
+    A,
+    B,
+}
+
+struct Tx {
+    id: u32,
+    leg: Leg,
+    role: Role,
+    fsm: Transaction,
+    /// Server: the top Via branch of the request; client: our branch.
+    branch: Bytes,
+    method: Method,
+    /// Server: the request received; client: the request sent.
+    request: Message,
+    /// Client: the request's bytes for retransmission.
+    request_bytes: Bytes,
+    /// Server: the response being handed to the machine / the last one sent.
+    pending: Option<Bytes>,
+    last_response: Option<Bytes>,
+    /// Server: where responses go; client: where the request goes.
+    dest: Dest,
+    timers: [Option<TimerId>; 12],
+    is_client: bool,
+}
+
+/// The state of a call actor.
+pub struct CallState {
+    ctx: Arc<CallContext>,
+    myself: ActorRef<CallMsg>,
+    core: Option<Checkpoint>,
+    txs: Vec<Tx>,
+    next_tx: u32,
+    no_answer: Option<TimerId>,
+    max_duration: Option<TimerId>,
+    resend_2xx: Option<(TimerId, Bytes, Duration, Instant)>,
+    /// The caller cancelled before the B leg had a provisional: CANCEL it when one comes.
+    cancel_pending: bool,
+    received_at: Instant,
+    restored: bool,
+}
+
+impl Actor for CallActor {
+    type Msg = CallMsg;
+    type State = CallState;
+    type Arguments = CallArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CallMsg>,
+        args: CallArgs,
+    ) -> Result<CallState, ActorProcessingErr> {
+        let mut state = CallState {
+            ctx: args.ctx,
+            myself: myself.clone(),
+            core: None,
+            txs: Vec::with_capacity(4),
+            next_tx: 1,
+            no_answer: None,
+            max_duration: None,
+            resend_2xx: None,
+            cancel_pending: false,
+            received_at: Instant::now(),
+            restored: false,
+        };
+        match args.init {
+            CallInit::New(call) => {
+                metrics::counter!(CALL_ATTEMPTS).increment(1);
+                state.ctx.set_active_gauge();
+                state.begin(*call);
+            }
+            CallInit::Restore(cp) => state.restore(*cp),
+            CallInit::Lost(a_call_id) => {
+                tracing::warn!(call_id = %String::from_utf8_lossy(&a_call_id), "call actor restarted before its first checkpoint: call dropped");
+                state.ctx.directory.remove(&a_call_id);
+                state.ctx.active.fetch_sub(1, Ordering::Relaxed);
+                state.ctx.set_active_gauge();
+                myself.stop(Some("lost".into()));
+            }
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CallMsg>,
+        msg: CallMsg,
+        state: &mut CallState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CallMsg::Sip(inbound) => state.on_sip(*inbound),
+            CallMsg::TxTimerFired { tx, timer, id } => state.on_tx_timer(tx, timer, id),
+            CallMsg::CallTimerFired(timer, id) => state.on_call_timer(timer, id),
+            CallMsg::Hangup(reason) => state.hangup_both(HangupBy::System, &reason),
+            CallMsg::GetInfo(reply) => {
+                let info = CallInfo {
+                    phase: state.core.as_ref().map(|c| c.phase).unwrap_or(Phase::Ended),
+                    a_call_id: state
+                        .core
+                        .as_ref()
+                        .map(|c| c.a_call_id.clone())
+                        .unwrap_or_default(),
+                    b_call_id: state
+                        .core
+                        .as_ref()
+                        .map(|c| c.b_call_id.clone())
+                        .unwrap_or_default(),
+                    transactions: state.txs.len(),
+                    restored: state.restored,
+                };
+                let _ = reply.send(info);
+            }
+            CallMsg::InjectPanic => panic!("injected fault"),
+        }
+        state.sweep();
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<CallMsg>,
+        state: &mut CallState,
+    ) -> Result<(), ActorProcessingErr> {
+        for tx in state.txs.drain(..) {
+            for id in tx.timers.into_iter().flatten() {
+                state.ctx.timers.cancel(id);
+            }
+            metrics::gauge!(TRANSACTIONS_ACTIVE).decrement(1.0);
+        }
+        for id in [state.no_answer.take(), state.max_duration.take()]
+            .into_iter()
+            .flatten()
+        {
+            state.ctx.timers.cancel(id);
+        }
+        if let Some((id, ..)) = state.resend_2xx.take() {
+            state.ctx.timers.cancel(id);
+        }
+        if let Some(core) = &state.core {
+            state.ctx.directory.unregister(&core.a_call_id, &myself);
+            state.ctx.directory.unregister(&core.b_call_id, &myself);
+            state.ctx.checkpoints.remove(&core.a_call_id);
+        }
+        Ok(())
+    }
+}
+
+impl CallState {
+    fn core(&mut self) -> &mut Checkpoint {
+        self.core.as_mut().expect("call state")
+    }
+
+    // ---- start and restore ----
+
+    fn begin(&mut self, call: NewCall) {
+        let NewCall {
+            invite,
+            route,
+            dialled,
+        } = call;
+        let Inbound {
+            msg: a_invite,
+            source,
+        } = invite;
+        let ctx = self.ctx.clone();
+        let a_call_id = a_invite.call_id().cloned().unwrap_or_default();
+        let from = a_invite.from().expect("validated");
+        let to = a_invite.to().expect("validated");
+        let a_contact = a_invite
+            .contacts()
+            .next()
+            .map(|c| c.uri)
+            .unwrap_or_else(|| from.uri.clone());
+        let a = Dialog {
+            call_id: a_call_id.clone(),
+            local_tag: random_token(10),
+            remote_tag: from.tag().unwrap_or_default(),
+            local_uri: dialog::without_tag(&to),
+            remote_uri: dialog::without_tag(&from),
+            remote_target: a_contact,
+            route_set: a_invite.values(HeaderName::RecordRoute).collect(),
+            local_cseq: 0,
+            remote_cseq: a_invite.cseq().map(|c| c.seq),
+        };
+        // The B leg: its own Call-ID, tags and CSeq; SDP passed through unchanged.
+        let b_protocol = route.target.protocol;
+        let b_dest = Dest {
+            protocol: b_protocol,
+            addr: route.target.addr,
+            conn: None,
+        };
+        let (host, _) = ctx.sent_by(b_protocol);
+        let b_call_id = {
+            let mut v = BytesMut::with_capacity(40);
+            v.put_slice(&random_token(20));
+            v.put_u8(b'@');
+            v.put_slice(host.as_bytes());
+            v.freeze()
+        };
+        let transport = if b_protocol == Protocol::Tcp {
+            ";transport=tcp"
+        } else {
+            ""
+        };
+        let target = route.target.addr;
+        let ruri = Bytes::from(format!(
+            "sip:{}@{}{}",
+            String::from_utf8_lossy(&dialled),
+            target,
+            transport
+        ));
+        let to_uri = to.parsed_uri().ok();
+        let b_remote_uri = match to_uri {
+            Some(u) if u.user.is_some() => dialog::without_tag(&to),
+            _ => Bytes::from(format!(
+                "<sip:{}@{}>",
+                String::from_utf8_lossy(&dialled),
+                target.ip()
+            )),
+        };
+        let b = Dialog {
+            call_id: b_call_id.clone(),
+            local_tag: random_token(10),
+            remote_tag: Bytes::new(),
+            local_uri: dialog::without_tag(&from),
+            remote_uri: b_remote_uri,
+            remote_target: ruri.clone(),
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: None,
+        };
+        let branch = new_branch();
+        let mut b_invite = Message::request(Method::Invite, ruri);
+        b_invite.push(HeaderName::Via, ctx.via(b_protocol, &branch));
+        let mf = a_invite.max_forwards().unwrap_or(70).saturating_sub(1);
+        b_invite.push(
+            HeaderName::MaxForwards,
+            itoa::Buffer::new().format(mf).to_owned(),
+        );
+        b_invite.push(
+            HeaderName::From,
+            dialog::with_tag(&b.local_uri, &b.local_tag),
+        );
+        b_invite.push(HeaderName::To, b.remote_uri.clone());
+        b_invite.push(HeaderName::CallId, b_call_id.clone());
+        b_invite.push(HeaderName::CSeq, cseq_value(1, &Method::Invite));
+        b_invite.push(HeaderName::Contact, ctx.contact(b_protocol));
+        b_invite.push(HeaderName::Allow, super::router::ALLOW);
+        b_invite.push(HeaderName::UserAgent, ctx.user_agent.clone());
+        for name in [
+            HeaderName::ContentType,
+            HeaderName::Supported,
+            HeaderName::SessionExpires,
+        ] {
+            if let Some(v) = a_invite.value(name) {
+                b_invite.push(name, v.clone());
+            }
+        }
+        b_invite.body = a_invite.body.clone();
+
+        let a_branch = a_invite
+            .top_via()
+            .and_then(|v| v.branch())
+            .unwrap_or_default();
+        let caller = String::from_utf8_lossy(&from.uri).into_owned();
+        let callee = String::from_utf8_lossy(&dialled).into_owned();
+        self.core = Some(Checkpoint {
+            phase: Phase::Setup,
+            a_call_id: a_call_id.clone(),
+            b_call_id: b_call_id.clone(),
+            a_invite: a_invite.clone(),
+            a_source: source,
+            b_invite: b_invite.clone(),
+            b_dest,
+            a,
+            b,
+            cdr: CdrDraft {
+                start_ms: now_unix_ms(),
+                caller,
+                callee,
+                route: route.prefix.clone(),
+                target: route.target_text.clone(),
+                ..CdrDraft::default()
+            },
+            b_ack: None,
+            ended: false,
+        });
+        let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
+        self.ctx.directory.register(b_call_id, self.myself.clone());
+        self.checkpoint();
+
+        // The caller's INVITE server transaction answers 100 Trying at once.
+        let a_dest = self
+            .ctx
+            .transports()
+            .response_dest(&source, a_invite.top_via().as_ref());
+        self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
+        // The B-leg INVITE client transaction.
+        self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, b_dest);
+        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
+        for inbound in queued {
+            self.on_sip(inbound);
+        }
+    }
+
+    fn restore(&mut self, cp: Checkpoint) {
+        let phase = cp.phase;
+        metrics::counter!(CALLS_RESTORED, "phase" => phase.label()).increment(1);
+        tracing::info!(call_id = %String::from_utf8_lossy(&cp.a_call_id), phase = phase.label(), "call restored from checkpoint");
+        self.restored = true;
+        self.ctx
+            .directory
+            .register(cp.a_call_id.clone(), self.myself.clone());
+        self.ctx
+            .directory
+            .register(cp.b_call_id.clone(), self.myself.clone());
+        self.core = Some(cp);
+        match phase {
+            Phase::Setup | Phase::Early => {
+                // Transactions in flight are lost with the actor: end both legs cleanly.
+                let cancel = cancel_for(&self.core().b_invite);
+                let dest = self.core().b_dest;
+                self.new_client_tx(Leg::B, Role::BCancel, cancel, Bytes::new(), dest);
+                let resp = self.a_response(500, "Server Internal Error (Call Restarted)", false);
+                let (source, via) = (self.core().a_source, self.core().a_invite.top_via());
+                self.ctx.transports().send_message(
+                    self.ctx.transports().response_dest(&source, via.as_ref()),
+                    &resp,
+                );
+                self.end(500, HangupBy::System, "restarted during setup");
+            }
+            Phase::Answered | Phase::Confirmed => {
+                if phase == Phase::Answered {
+                    self.ack_b(Bytes::new(), None);
+                    self.core().phase = Phase::Confirmed;
+                }
+                if let Some(max) = self.ctx.max_duration {
+                    let answered = self.core().cdr.answer_ms.unwrap_or_else(now_unix_ms);
+                    let elapsed = Duration::from_millis((now_unix_ms() - answered).max(0) as u64);
+                    let left = max.saturating_sub(elapsed);
+                    self.max_duration =
+                        Some(self.schedule_call_timer(CallTimer::MaxDuration, left));
+                }
+                self.checkpoint();
+            }
+            Phase::Ended => {}
+        }
+    }
+
+    fn checkpoint(&mut self) {
+        if let Some(core) = &self.core {
+            if core.phase == Phase::Ended {
+                self.ctx.checkpoints.remove(&core.a_call_id);
+            } else {
+                self.ctx
+                    .checkpoints
+                    .insert(core.a_call_id.clone(), core.clone());
+            }
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.core().phase != phase {
+            self.core().phase = phase;
+            self.checkpoint();
+        }
+    }
+
+    // ---- inbound SIP ----
+
+    fn on_sip(&mut self, inbound: Inbound) {
+        if self.core.is_none() {
+            return;
+        }
+        let leg = if inbound.msg.call_id() == Some(&self.core().a_call_id) {
+            Leg::A
+        } else {
+            Leg::B
+        };
+        if inbound.msg.is_request() {
+            self.on_request(leg, inbound);
+        } else {
+            self.on_response(inbound.msg);
+        }
+    }
+
+    fn on_response(&mut self, msg: Message) {
+        let Some(branch) = msg.top_via().and_then(|v| v.branch()) else {
+            return;
+        };
+        let Some(method) = msg.cseq().map(|c| c.method) else {
+            return;
+        };
+        let Some(idx) = self
+            .txs
+            .iter()
+            .position(|t| t.is_client && t.branch == branch && t.method == method)
+        else {
+            metrics::counter!(super::router::STRAY, "kind" => "response").increment(1);
+            return;
+        };
+        let status = msg.status().unwrap_or(0);
+        let id = self.txs[idx].id;
+        let actions = self.txs[idx]
+            .fsm
+            .step(Event::ReceivedResponse { status }, &self.ctx.timer_cfg);
+        self.execute(id, &actions, Some(&msg));
+    }
+
+    fn on_request(&mut self, leg: Leg, inbound: Inbound) {
+        let Inbound { msg, source } = inbound;
+        let method = msg.method().cloned().expect("request");
+        let branch = msg.top_via().and_then(|v| v.branch()).unwrap_or_default();
+        // A CANCEL matches the INVITE server transaction with the same branch.
+        if method == Method::Cancel {
+            return self.on_cancel(leg, msg, source, branch);
+        }
+        if method == Method::Ack {
+            return self.on_ack(leg, msg, branch);
+        }
+        // A retransmission of a request we have a server transaction for.
+        if let Some(idx) = self
+            .txs
+            .iter()
+            .position(|t| !t.is_client && t.branch == branch && t.method == method && t.leg == leg)
+        {
+            let id = self.txs[idx].id;
+            let actions = self.txs[idx]
+                .fsm
+                .step(Event::ReceivedRequest, &self.ctx.timer_cfg);
+            return self.execute(id, &actions, None);
+        }
+        // A new request inside a dialog: its To tag must be ours on that leg.
+        let to_tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
+        let ours = match leg {
+            Leg::A => self.core().a.local_tag.clone(),
+            Leg::B => self.core().b.local_tag.clone(),
+        };
+        let dest = self
+            .ctx
+            .transports()
+            .response_dest(&source, msg.top_via().as_ref());
+        if to_tag != ours || self.core().phase == Phase::Ended {
+            metrics::counter!(DIALOG_481).increment(1);
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            return self.respond(id, 481, "Call/Transaction Does Not Exist", None);
+        }
+        let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
+        let dialog = match leg {
+            Leg::A => &mut self.core.as_mut().expect("core").a,
+            Leg::B => &mut self.core.as_mut().expect("core").b,
+        };
+        if dialog.remote_cseq.is_some_and(|r| cseq <= r) {
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            return self.respond(id, 500, "Server Internal Error (CSeq Out of Order)", None);
+        }
+        dialog.remote_cseq = Some(cseq);
+        // Relay to the other leg.
+        let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
+        if method == Method::Bye {
+            let by = if leg == Leg::A {
+                HangupBy::Caller
+            } else {
+                HangupBy::Callee
+            };
+            self.cancel_call_timers();
+            let status = self.core().cdr.final_status.max(200);
+            self.end(status, by, "bye");
+        }
+        let other = if leg == Leg::A { Leg::B } else { Leg::A };
+        let mut out = self.in_dialog_request(other, method, &msg);
+        out.body = msg.body.clone();
+        let (protocol, dest) = self.leg_dest(other);
+        let branch = new_branch();
+        out.push_front(HeaderName::Via, self.ctx.via(protocol, &branch));
+        let client = self.new_client_tx(other, Role::Relay { peer: server }, out, branch, dest);
+        if let Some(t) = self.tx_mut(server) {
+            t.role = Role::Relay { peer: client };
+        }
+    }
+
+    fn on_cancel(&mut self, leg: Leg, msg: Message, source: Source, branch: Bytes) {
+        let dest = self
+            .ctx
+            .transports()
+            .response_dest(&source, msg.top_via().as_ref());
+        let invite = self
+            .txs
+            .iter()
+            .position(|t| leg == Leg::A && t.role == Role::AInvite && t.branch == branch);
+        let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+        let Some(_) = invite else {
+            return self.respond(id, 481, "Call/Transaction Does Not Exist", None);
+        };
+        self.respond(id, 200, "OK", None);
+        if matches!(self.core().phase, Phase::Setup | Phase::Early) {
+            let resp = self.a_response(487, "Request Terminated", false);
+            self.respond_a_invite(resp);
+            self.cancel_b();
+            self.end(487, HangupBy::Caller, "cancelled");
+        }
+    }
+
+    fn on_ack(&mut self, leg: Leg, msg: Message, branch: Bytes) {
+        if let Some(idx) = self.txs.iter().position(|t| {
+            !t.is_client && t.method == Method::Invite && t.branch == branch && t.leg == leg
+        }) {
+            let id = self.txs[idx].id;
+            let actions = self.txs[idx]
+                .fsm
+                .step(Event::ReceivedAck, &self.ctx.timer_cfg);
+            self.execute(id, &actions, None);
+            if self
+                .txs
+                .iter()
+                .find(|t| t.id == id)
+                .is_some_and(|t| t.role != Role::AInvite)
+            {
+                return;
+            }
+        }
+        // The ACK of the caller's 2xx: stop retransmitting it and ACK the callee.
+        if leg == Leg::A
+            && self.core().phase == Phase::Answered
+            && msg.cseq().map(|c| c.seq) == self.core().a_invite.cseq().map(|c| c.seq)
+        {
+            if let Some((id, ..)) = self.resend_2xx.take() {
+                self.ctx.timers.cancel(id);
+            }
+            let ct = msg.content_type().cloned();
+            self.ack_b(msg.body.clone(), ct);
+            self.set_phase(Phase::Confirmed);
+        }
+    }
+
+    // ---- transactions ----
+
+    fn new_server_tx(
+        &mut self,
+        leg: Leg,
+        role: Role,
+        request: Message,
+        branch: Bytes,
+        dest: Dest,
+    ) -> u32 {
+        let id = self.next_tx;
+        self.next_tx += 1;
+        let method = request.method().cloned().unwrap_or(Method::Ack);
+        let kind = if method == Method::Invite {
+            Kind::ServerInvite
+        } else {
+            Kind::ServerNonInvite
+        };
+        let reliability = Reliability::from(dest.protocol.is_reliable());
+        let (fsm, actions) = Transaction::start(kind, reliability, &self.ctx.timer_cfg);
+        metrics::gauge!(TRANSACTIONS_ACTIVE).increment(1.0);
+        self.txs.push(Tx {
+            id,
+            leg,
+            role,
+            fsm,
+            branch,
+            method,
+            request,
+            request_bytes: Bytes::new(),
+            pending: None,
+            last_response: None,
+            dest,
+            timers: [None; 12],
+            is_client: false,
+        });
+        self.execute(id, &actions, None);
+        id
+    }
+
+    fn new_client_tx(
+        &mut self,
+        leg: Leg,
+        role: Role,
+        request: Message,
+        branch: Bytes,
+        dest: Dest,
+    ) -> u32 {
+        let id = self.next_tx;
+        self.next_tx += 1;
+        let method = request.method().cloned().unwrap_or(Method::Ack);
+        let kind = if method == Method::Invite {
+            Kind::ClientInvite
+        } else {
+            Kind::ClientNonInvite
+        };
+        let reliability = Reliability::from(dest.protocol.is_reliable());
+        let (fsm, actions) = Transaction::start(kind, reliability, &self.ctx.timer_cfg);
+        metrics::gauge!(TRANSACTIONS_ACTIVE).increment(1.0);
+        crate::transport::count_sent(dest.protocol, &request);
+        let request_bytes = request.encode();
+        let branch = if branch.is_empty() {
+            request
+                .top_via()
+                .and_then(|v| v.branch())
+                .unwrap_or_default()
+        } else {
+            branch
+        };
+        self.txs.push(Tx {
+            id,
+            leg,
+            role,
+            fsm,
+            branch,
+            method,
+            request,
+            request_bytes,
+            pending: None,
+            last_response: None,
+            dest,
+            timers: [None; 12],
+            is_client: true,
+        });
+        self.execute(id, &actions, None);
+        id
+    }
+
+    fn tx_mut(&mut self, id: u32) -> Option<&mut Tx> {
+        self.txs.iter_mut().find(|t| t.id == id)
+    }
+
+    /// Hands a response to a server transaction; it is sent if the machine allows it.
+    fn respond_msg(&mut self, id: u32, resp: &Message) {
+        let Some(tx) = self.txs.iter_mut().find(|t| t.id == id) else {
+            return;
+        };
+        let status = resp.status().unwrap_or(500);
+        crate::transport::count_sent(tx.dest.protocol, resp);
+        tx.pending = Some(resp.encode());
+        let actions = tx
+            .fsm
+            .step(Event::TuResponse { status }, &self.ctx.timer_cfg);
+        self.execute(id, &actions, None);
+    }
+
+    fn respond(&mut self, id: u32, status: u16, reason: &str, body: Option<(&Message, bool)>) {
+        let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
+            return;
+        };
+        let tag = match tx.leg {
+            Leg::A => self.core.as_ref().map(|c| c.a.local_tag.clone()),
+            Leg::B => self.core.as_ref().map(|c| c.b.local_tag.clone()),
+        };
+        let mut resp = response_to(&tx.request, status, reason, tag.as_deref());
+        if let Some((from, with_contact)) = body {
+            copy_body(from, &mut resp);
+            if with_contact {
+                resp.push(HeaderName::Contact, self.ctx.contact(tx.dest.protocol));
+            }
+        }
+        self.respond_msg(id, &resp);
+    }
+
+    fn execute(&mut self, id: u32, actions: &[Action], msg: Option<&Message>) {
+        for action in actions {
+            match *action {
+                Action::SendRequest => {
+                    if let Some(tx) = self.txs.iter().find(|t| t.id == id) {
+                        self.ctx
+                            .transports()
+                            .send(tx.dest, tx.request_bytes.clone());
+                    }
+                }
+                Action::SendAck => {
+                    if let (Some(tx), Some(resp)) = (self.txs.iter().find(|t| t.id == id), msg) {
+                        let ack = ack_for_failure(&tx.request, resp);
+                        self.ctx.transports().send_message(tx.dest, &ack);
+                    }
+                }
+                Action::SendTrying => {
+                    if let Some(tx) = self.tx_mut(id) {
+                        let trying = response_to(&tx.request, 100, "Trying", None);
+                        let bytes = trying.encode();
+                        crate::transport::count_sent(tx.dest.protocol, &trying);
+                        tx.last_response = Some(bytes.clone());
+                        let dest = tx.dest;
+                        self.ctx.transports().send(dest, bytes);
+                    }
+                }
+                Action::SendResponse => {
+                    if let Some(tx) = self.tx_mut(id) {
+                        if let Some(bytes) = tx.pending.take() {
+                            tx.last_response = Some(bytes.clone());
+                            let dest = tx.dest;
+                            self.ctx.transports().send(dest, bytes);
+                        }
+                    }
+                }
+                Action::ResendResponse => {
+                    if let Some(tx) = self.txs.iter().find(|t| t.id == id) {
+                        if let Some(bytes) = &tx.last_response {
+                            self.ctx.transports().send(tx.dest, bytes.clone());
+                        }
+                    }
+                }
+                Action::StartTimer(name, after) => {
+                    let me = self.myself.clone();
+                    let timer_id = self.ctx.timers.schedule_cast_with(after, &me, move |tid| {
+                        CallMsg::TxTimerFired {
+                            tx: id,
+                            timer: name,
+                            id: tid,
+                        }
+                    });
+                    if let Some(tx) = self.tx_mut(id) {
+                        if let Some(old) = tx.timers[name as usize].replace(timer_id) {
+                            self.ctx.timers.cancel(old);
+                        }
+                    }
+                }
+                Action::CancelTimer(name) => {
+                    if let Some(old) = self
+                        .tx_mut(id)
+                        .and_then(|tx| tx.timers[name as usize].take())
+                    {
+                        self.ctx.timers.cancel(old);
+                    }
+                }
+                Action::PassRequestToTu | Action::PassAckToTu => {}
+                Action::PassResponseToTu => {
+                    if let Some(resp) = msg {
+                        self.tu_response(id, resp);
+                    }
+                }
+                Action::Timeout => {
+                    let kind = self.txs.iter().find(|t| t.id == id).map(|t| t.fsm.kind());
+                    let label = match kind {
+                        Some(Kind::ClientInvite) => "client_invite",
+                        Some(Kind::ClientNonInvite) => "client_non_invite",
+                        Some(Kind::ServerInvite) => "server_invite",
+                        _ => "server_non_invite",
+                    };
+                    metrics::counter!(TRANSACTIONS_TIMED_OUT, "kind" => label).increment(1);
+                    self.tu_failed(id, 408, "Request Timeout");
+                }
+                Action::TransportErrorToTu => {
+                    self.tu_failed(id, 503, "Service Unavailable (Transport Error)")
+                }
+                Action::Terminated => {}
+            }
+        }
+    }
+
+    /// Drops terminated transactions and stops the actor when the call is over and nothing
+    /// is left.
+    fn sweep(&mut self) {
+        let before = self.txs.len();
+        self.txs.retain(|t| !t.fsm.is_terminated());
+        let gone = before - self.txs.len();
+        if gone > 0 {
+            metrics::gauge!(TRANSACTIONS_ACTIVE).decrement(gone as f64);
+        }
+        let ended = self.core.as_ref().is_none_or(|c| c.phase == Phase::Ended);
+        if ended && self.txs.is_empty() && self.resend_2xx.is_none() {
+            self.myself.stop(None);
+        }
+    }
+
+    fn on_tx_timer(&mut self, id: u32, name: TimerName, timer_id: TimerId) {
+        let Some(tx) = self.txs.iter_mut().find(|t| t.id == id) else {
+            return;
+        };
+        if tx.timers[name as usize] != Some(timer_id) {
+            return; // replaced or cancelled meanwhile
+        }
+        tx.timers[name as usize] = None;
+        let actions = tx.fsm.step(Event::TimerFired(name), &self.ctx.timer_cfg);
+        self.execute(id, &actions, None);
+    }
+
+    // ---- the transaction user: what responses and failures mean for the call ----
+
+    fn tu_response(&mut self, id: u32, resp: &Message) {
+        let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
+            return;
+        };
+        let role = tx.role;
+        let method = tx.method.clone();
+        let status = resp.status().unwrap_or(0);
+        match role {
+            Role::BInvite => self.b_invite_response(resp, status),
+            Role::Relay { peer } => {
+                if method == Method::Invite && (200..300).contains(&status) {
+                    // A re-INVITE's 2xx is ACKed hop by hop.
+                    let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
+                    let leg = self
+                        .txs
+                        .iter()
+                        .find(|t| t.id == id)
+                        .map(|t| t.leg)
+                        .unwrap_or(Leg::B);
+                    self.send_ack(leg, cseq, Bytes::new(), None);
+                }
+                if status >= 101 {
+                    let reason = resp_reason(resp);
+                    let with_contact =
+                        matches!(method, Method::Invite | Method::Update) && status < 300;
+                    self.respond(peer, status, &reason, Some((resp, with_contact)));
+                }
+            }
+            Role::BCancel | Role::Own | Role::Local | Role::AInvite => {}
+        }
+    }
+
+    fn tu_failed(&mut self, id: u32, status: u16, reason: &str) {
+        let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
+            return;
+        };
+        match tx.role {
+            Role::BInvite => {
+                if matches!(self.core().phase, Phase::Setup | Phase::Early) {
+                    let resp = self.a_response(status, reason, false);
+                    self.respond_a_invite(resp);
+                    self.end(
+                        status,
+                        HangupBy::System,
+                        if status == 408 {
+                            "no response from callee"
+                        } else {
+                            "transport error"
+                        },
+                    );
+                }
+            }
+            Role::Relay { peer } if tx.is_client => {
+                // The call is over either way after a BYE.
+                let status = if tx.method == Method::Bye {
+                    200
+                } else {
+                    status
+                };
+                let reason = if status == 200 { "OK" } else { reason };
+                self.respond(peer, status, reason, None);
+            }
+            _ => {}
+        }
+    }
+
+    fn b_invite_response(&mut self, resp: &Message, status: u16) {
+        let phase = self.core().phase;
+        if phase == Phase::Ended {
+            // Cancelled or timed out meanwhile.
+            if (101..200).contains(&status) && self.cancel_pending {
+                self.cancel_pending = false;
+                self.send_b_cancel();
+            }
+            if (200..300).contains(&status) {
+                // Answered after all: ACK it and hang up.
+                self.learn_b_dialog(resp);
+                let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
+                self.send_ack(Leg::B, cseq, Bytes::new(), None);
+                self.send_bye(Leg::B);
+            }
+            return;
+        }
+        match status {
+            100 => {}
+            101..=199 => {
+                if let Some(tag) = resp.to().and_then(|t| t.tag()) {
+                    self.core().b.remote_tag = tag;
+                }
+                if self.core().cdr.ringing_ms.is_none() {
+                    self.core().cdr.ringing_ms = Some(now_unix_ms());
+                    metrics::histogram!(CALL_SETUP, "stage" => "ringing")
+                        .record(self.received_at.elapsed().as_secs_f64());
+                }
+                let mut out = self.a_response(status, &resp_reason(resp), true);
+                copy_body(resp, &mut out);
+                self.respond_a_invite(out);
+                self.set_phase(Phase::Early);
+            }
+            200..=299 => {
+                if matches!(phase, Phase::Answered | Phase::Confirmed) {
+                    // A retransmitted 2xx: resend our ACK if we sent one.
+                    if let Some(ack) = self.core().b_ack.clone() {
+                        let dest = self.core().b_dest;
+                        self.ctx.transports().send(dest, ack);
+                    }
+                    return;
+                }
+                self.learn_b_dialog(resp);
+                self.cancel_no_answer();
+                self.core().cdr.answer_ms = Some(now_unix_ms());
+                self.core().cdr.final_status = status;
+                metrics::histogram!(CALL_SETUP, "stage" => "answer")
+                    .record(self.received_at.elapsed().as_secs_f64());
+                metrics::counter!(CALLS_ANSWERED).increment(1);
+                let mut out = self.a_response(status, &resp_reason(resp), true);
+                copy_body(resp, &mut out);
+                let bytes = out.encode();
+                self.respond_a_invite(out);
+                if !self.core().a_source.protocol.is_reliable() {
+                    let t1 = self.ctx.timer_cfg.t1;
+                    let id = self.schedule_call_timer(CallTimer::Resend2xx, t1);
+                    self.resend_2xx = Some((id, bytes, t1, Instant::now()));
+                }
+                if let Some(max) = self.ctx.max_duration {
+                    self.max_duration = Some(self.schedule_call_timer(CallTimer::MaxDuration, max));
+                }
+                self.set_phase(Phase::Answered);
+            }
+            _ => {
+                // A final failure: relay it (authentication challenges are per hop).
+                let (st, reason) = match status {
+                    401 | 407 => (
+                        403,
+                        "Forbidden (Upstream Authentication Required)".to_string(),
+                    ),
+                    _ => (status, resp_reason(resp)),
+                };
+                let mut out = self.a_response(st, &reason, false);
+                if let Some(ra) = resp.value(HeaderName::RetryAfter) {
+                    out.push(HeaderName::RetryAfter, ra.clone());
+                }
+                self.respond_a_invite(out);
+                self.end(st, HangupBy::Callee, &format!("callee answered {status}"));
+            }
+        }
+    }
+
+    fn learn_b_dialog(&mut self, resp: &Message) {
+        let tag = resp.to().and_then(|t| t.tag()).unwrap_or_default();
+        let target = resp.contacts().next().map(|c| c.uri);
+        let routes: Vec<Bytes> = resp.values(HeaderName::RecordRoute).collect();
+        let b = &mut self.core().b;
+        b.remote_tag = tag;
+        if let Some(t) = target {
+            b.remote_target = t;
+        }
+        b.route_set = routes.into_iter().rev().collect();
+    }
+
+    // ---- building and sending ----
+
+    /// A response to the caller's INVITE with our tag (and Contact when it creates a dialog).
+    fn a_response(&mut self, status: u16, reason: &str, with_contact: bool) -> Message {
+        let tag = self.core().a.local_tag.clone();
+        let protocol = self.core().a_source.protocol;
+        let mut resp = response_to(&self.core().a_invite, status, reason, Some(&tag));
+        if with_contact && status > 100 {
+            resp.push(HeaderName::Contact, self.ctx.contact(protocol));
+        }
+        resp.push(HeaderName::Server, self.ctx.user_agent.clone());
+        resp
+    }
+
+    fn respond_a_invite(&mut self, resp: Message) {
+        if let Some(id) = self
+            .txs
+            .iter()
+            .find(|t| t.role == Role::AInvite)
+            .map(|t| t.id)
+        {
+            self.respond_msg(id, &resp);
+        } else {
+            // After a restart the transaction is gone: send directly.
+            let (source, via) = (self.core().a_source, self.core().a_invite.top_via());
+            self.ctx.transports().send_message(
+                self.ctx.transports().response_dest(&source, via.as_ref()),
+                &resp,
+            );
+        }
+    }
+
+    fn leg_dest(&mut self, leg: Leg) -> (Protocol, Dest) {
+        match leg {
+            Leg::A => {
+                let s = self.core().a_source;
+                (
+                    s.protocol,
+                    Dest {
+                        protocol: s.protocol,
+                        addr: s.remote,
+                        conn: s.conn,
+                    },
+                )
+            }
+            Leg::B => {
+                let d = self.core().b_dest;
+                (d.protocol, d)
+            }
+        }
+    }
+
+    /// A request in the dialog of `leg` (Via is added by the caller), with the body and
+    /// content headers of `from`.
+    fn in_dialog_request(&mut self, leg: Leg, method: Method, from: &Message) -> Message {
+        let (protocol, _) = self.leg_dest(leg);
+        let contact = self.ctx.contact(protocol);
+        let mf = from.max_forwards().unwrap_or(70).saturating_sub(1).max(1);
+        let dialog = match leg {
+            Leg::A => &mut self.core.as_mut().expect("core").a,
+            Leg::B => &mut self.core.as_mut().expect("core").b,
+        };
+        let empty = Bytes::new();
+        let mut m = dialog.request(method, &empty, &contact, mf);
+        m.remove(HeaderName::Via);
+        for name in [
+            HeaderName::ContentType,
+            HeaderName::Reason,
+            HeaderName::Event,
+            HeaderName::Supported,
+        ] {
+            if let Some(v) = from.value(name) {
+                m.push(name, v.clone());
+            }
+        }
+        if let Some(v) = from.other("Info-Package") {
+            m.headers.push(crate::sip::message::Header::named(
+                "Info-Package",
+                v.clone(),
+            ));
+        }
+        m
+    }
+
+    fn send_ack(&mut self, leg: Leg, cseq: u32, body: Bytes, content_type: Option<Bytes>) -> Bytes {
+        let (protocol, dest) = self.leg_dest(leg);
+        let via = self.ctx.via(protocol, &new_branch());
+        let contact = self.ctx.contact(protocol);
+        let dialog = match leg {
+            Leg::A => &self.core.as_ref().expect("core").a,
+            Leg::B => &self.core.as_ref().expect("core").b,
+        };
+        let mut ack = dialog.request_with_cseq(Method::Ack, cseq, &via, &contact, 70);
+        if let Some(ct) = content_type {
+            ack.push(HeaderName::ContentType, ct);
+        }
+        ack.body = body;
+        crate::transport::count_sent(protocol, &ack);
+        let bytes = ack.encode();
+        self.ctx.transports().send(dest, bytes.clone());
+        bytes
+    }
+
+    /// ACKs the callee's 2xx (end to end: when the caller's ACK arrives).
+    fn ack_b(&mut self, body: Bytes, content_type: Option<Bytes>) {
+        let cseq = self.core().b_invite.cseq().map(|c| c.seq).unwrap_or(1);
+        let bytes = self.send_ack(Leg::B, cseq, body, content_type);
+        self.core().b_ack = Some(bytes);
+    }
+
+    fn send_bye(&mut self, leg: Leg) {
+        let (protocol, dest) = self.leg_dest(leg);
+        let branch = new_branch();
+        let via = self.ctx.via(protocol, &branch);
+        let contact = self.ctx.contact(protocol);
+        let dialog = match leg {
+            Leg::A => &mut self.core.as_mut().expect("core").a,
+            Leg::B => &mut self.core.as_mut().expect("core").b,
+        };
+        let bye = dialog.request(Method::Bye, &via, &contact, 70);
+        self.new_client_tx(leg, Role::Own, bye, branch, dest);
+    }
+
+    fn cancel_b(&mut self) {
+        let b_has_provisional = self
+            .txs
+            .iter()
+            .find(|t| t.role == Role::BInvite)
+            .is_some_and(|t| matches!(t.fsm, Transaction::ClientInvite(ref c) if c.state() == crate::sip::transaction::ClientInviteState::Proceeding));
+        if b_has_provisional {
+            self.send_b_cancel();
+        } else {
+            // RFC 3261 §9.1: no CANCEL before a provisional response.
+            self.cancel_pending = true;
+        }
+    }
+
+    fn send_b_cancel(&mut self) {
+        let cancel = cancel_for(&self.core().b_invite);
+        let dest = self.core().b_dest;
+        self.new_client_tx(Leg::B, Role::BCancel, cancel, Bytes::new(), dest);
+    }
+
+    /// The switch ends an established call: BYE to both legs.
+    fn hangup_both(&mut self, by: HangupBy, reason: &str) {
+        match self.core.as_ref().map(|c| c.phase) {
+            Some(Phase::Answered | Phase::Confirmed) => {
+                self.cancel_call_timers();
+                if let Some((id, ..)) = self.resend_2xx.take() {
+                    self.ctx.timers.cancel(id);
+                }
+                if self.core().phase == Phase::Answered {
+                    self.ack_b(Bytes::new(), None);
+                }
+                self.send_bye(Leg::A);
+                self.send_bye(Leg::B);
+                let status = self.core().cdr.final_status;
+                self.end(status, by, reason);
+            }
+            Some(Phase::Setup | Phase::Early) => {
+                let resp = self.a_response(480, "Temporarily Unavailable", false);
+                self.respond_a_invite(resp);
+                self.cancel_b();
+                self.end(480, by, reason);
+            }
+            _ => {}
+        }
+    }
+
+    // ---- timers ----
+
+    fn schedule_call_timer(&self, timer: CallTimer, after: Duration) -> TimerId {
+        self.ctx
+            .timers
+            .schedule_cast_with(after, &self.myself, move |id| {
+                CallMsg::CallTimerFired(timer, id)
+            })
+    }
+
+    fn cancel_no_answer(&mut self) {
+        if let Some(id) = self.no_answer.take() {
+            self.ctx.timers.cancel(id);
+        }
+    }
+
+    fn cancel_call_timers(&mut self) {
+        self.cancel_no_answer();
+        if let Some(id) = self.max_duration.take() {
+            self.ctx.timers.cancel(id);
+        }
+    }
+
+    fn on_call_timer(&mut self, timer: CallTimer, id: TimerId) {
+        match timer {
+            CallTimer::NoAnswer if self.no_answer == Some(id) => {
+                self.no_answer = None;
+                self.hangup_both(HangupBy::System, "no answer");
+            }
+            CallTimer::MaxDuration if self.max_duration == Some(id) => {
+                self.max_duration = None;
+                self.hangup_both(HangupBy::System, "maximum call duration");
+            }
+            CallTimer::Resend2xx if self.resend_2xx.as_ref().is_some_and(|r| r.0 == id) => {
+                let (_, bytes, interval, since) = self.resend_2xx.take().expect("checked");
+                if since.elapsed() >= self.ctx.timer_cfg.t1_x64() {
+                    // RFC 3261 §13.3.1.4: no ACK came; end the dialog.
+                    tracing::info!("no ACK for 2xx: ending the call");
+                    self.hangup_both(HangupBy::System, "no ACK from caller");
+                    return;
+                }
+                let (source, via) = (self.core().a_source, self.core().a_invite.top_via());
+                self.ctx.transports().send(
+                    self.ctx.transports().response_dest(&source, via.as_ref()),
+                    bytes.clone(),
+                );
+                let next = (interval * 2).min(self.ctx.timer_cfg.t2);
+                let tid = self.schedule_call_timer(CallTimer::Resend2xx, next);
+                self.resend_2xx = Some((tid, bytes, next, since));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- the end ----
+
+    /// The call is over for its users: count it, write the CDR, free the admission slot.
+    /// Transactions may linger a while to absorb retransmissions.
+    fn end(&mut self, final_status: u16, by: HangupBy, reason: &str) {
+        let ctx = self.ctx.clone();
+        let core = self.core();
+        if core.ended {
+            return;
+        }
+        core.ended = true;
+        core.phase = Phase::Ended;
+        core.cdr.end_ms = Some(now_unix_ms());
+        if core.cdr.final_status == 0 || core.cdr.answer_ms.is_none() {
+            core.cdr.final_status = final_status;
+        }
+        core.cdr.hangup_by = Some(by);
+        core.cdr.reason = reason.to_string();
+        if core.cdr.answer_ms.is_none() {
+            metrics::counter!(CALLS_FAILED, "status" => status_label(final_status)).increment(1);
+        }
+        let hangup = match by {
+            HangupBy::Caller => "caller",
+            HangupBy::Callee => "callee",
+            HangupBy::System => "system",
+        };
+        metrics::counter!(CALLS_ENDED, "by" => hangup).increment(1);
+        let cdr = core.to_cdr();
+        self.cancel_call_timers();
+        self.checkpoint();
+        ctx.active.fetch_sub(1, Ordering::Relaxed);
+        ctx.set_active_gauge();
+        match ctx.store() {
+            Some(store) => {
+                if let Err(e) = store_writer::write_cdr(&store, cdr) {
+                    tracing::error!(error = %e, "CDR writer unavailable: CDR lost");
+                }
+            }
+            None if ctx.store_name.is_some() => tracing::error!("CDR writer not running: CDR lost"),
+            None => {}
+        }
+    }
+}
+
+impl Checkpoint {
+    fn to_cdr(&self) -> Cdr {
+        let d = &self.cdr;
+        let end = d.end_ms.unwrap_or_else(now_unix_ms);
+        Cdr {
+            a_call_id: String::from_utf8_lossy(&self.a_call_id).into_owned(),
+            b_call_id: Some(String::from_utf8_lossy(&self.b_call_id).into_owned()),
+            caller: d.caller.clone(),
+            callee: d.callee.clone(),
+            route: Some(d.route.clone()),
+            target: Some(d.target.clone()),
+            start_at: d.start_ms,
+            ringing_at: d.ringing_ms,
+            answer_at: d.answer_ms,
+            end_at: end,
+            duration_ms: end - d.start_ms,
+            billable_ms: d.answer_ms.map(|a| end - a).unwrap_or(0),
+            final_status: d.final_status,
+            hangup_by: d.hangup_by.unwrap_or(HangupBy::System),
+            disconnect_reason: d.reason.clone(),
+        }
+    }
+}
+
+fn resp_reason(resp: &Message) -> String {
+    match &resp.start {
+        crate::sip::message::StartLine::Response { reason, status } if !reason.is_empty() => {
+            let _ = status;
+            String::from_utf8_lossy(reason).into_owned()
+        }
+        _ => reason_phrase(resp.status().unwrap_or(500)).to_string(),
+    }
+}
+
+/// Copies the body and its content headers.
+fn copy_body(from: &Message, to: &mut Message) {
+    if !from.body.is_empty() {
+        if let Some(ct) = from.content_type() {
+            to.push(HeaderName::ContentType, ct.clone());
+        }
+        to.body = from.body.clone();
+    }
+}

@@ -1,0 +1,445 @@
+//! The router: the transport's [`Handler`]. It finds the call actor that owns a message by
+//! Call-ID through a sharded directory, answers what needs no call (OPTIONS, 404/405/481/501,
+//! admission refusals) statelessly, and starts a call actor for each admitted new INVITE.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use ractor::ActorRef;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::call::{self, CallContext, CallMsg};
+use crate::config::{AdmissionConfig, RouteConfig, RouteTarget};
+use crate::sip::dialog::{random_token, BRANCH_PREFIX};
+use crate::sip::message::{response_to, HeaderName, Message, Method};
+use crate::supervision::SupervisorMsg;
+use crate::transport::{status_label, Handler, Inbound, Source};
+
+pub const ADMISSION_REFUSED: &str = "switchyard_admission_refused_total";
+pub const STRAY: &str = "switchyard_sip_stray_total";
+pub const STATELESS_ANSWERS: &str = "switchyard_sip_stateless_answers_total";
+
+/// Describes the router's metrics.
+pub fn describe() {
+    use metrics::describe_counter;
+    describe_counter!(
+        ADMISSION_REFUSED,
+        "New calls refused by admission control, by reason"
+    );
+    describe_counter!(
+        STRAY,
+        "Responses and ACKs that matched no call, dropped, by kind"
+    );
+    describe_counter!(
+        STATELESS_ANSWERS,
+        "Requests answered without a call (OPTIONS, 404, 481, ...), by status"
+    );
+}
+
+/// Methods this switch serves (the Allow header).
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+
+/// Where a Call-ID's messages go.
+pub enum Slot {
+    /// The call actor is being started; messages wait here (bounded) until it runs.
+    Starting(Vec<Inbound>),
+    Running(ActorRef<CallMsg>),
+}
+
+/// Call-ID → call actor, sharded (dashmap) so receive tasks do not contend on one lock.
+/// No guard is ever held across an `.await`.
+#[derive(Default)]
+pub struct Directory {
+    map: DashMap<Bytes, Slot>,
+}
+
+const STARTING_QUEUE: usize = 32;
+
+impl Directory {
+    pub fn new() -> Directory {
+        Directory {
+            map: DashMap::with_capacity(32 * 1024),
+        }
+    }
+
+    /// Registers a running actor under a Call-ID and returns what was queued while it started.
+    pub fn register(&self, call_id: Bytes, actor: ActorRef<CallMsg>) -> Vec<Inbound> {
+        match self.map.insert(call_id, Slot::Running(actor)) {
+            Some(Slot::Starting(queued)) => queued,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Removes a Call-ID if it still points at `actor` (a restarted actor may own it now).
+    pub fn unregister(&self, call_id: &Bytes, actor: &ActorRef<CallMsg>) {
+        self.map.remove_if(
+            call_id,
+            |_, slot| matches!(slot, Slot::Running(a) if a.get_id() == actor.get_id()),
+        );
+    }
+
+    /// Removes a Call-ID whatever it points at.
+    pub fn remove(&self, call_id: &Bytes) {
+        self.map.remove(call_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// A static route table, longest prefix first.
+pub struct Routes {
+    routes: Vec<Route>,
+}
+
+/// One static route.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub prefix: String,
+    pub target: RouteTarget,
+    pub strip: usize,
+    pub prepend: String,
+    /// The target as configured, for CDRs.
+    pub target_text: String,
+}
+
+impl Routes {
+    pub fn new(config: &[RouteConfig]) -> Routes {
+        let mut routes: Vec<Route> = config
+            .iter()
+            .filter_map(|r| {
+                Some(Route {
+                    prefix: r.prefix.clone(),
+                    target: RouteTarget::parse(&r.target).ok()?,
+                    strip: r.strip,
+                    prepend: r.prepend.clone(),
+                    target_text: r.target.clone(),
+                })
+            })
+            .collect();
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Routes { routes }
+    }
+
+    /// The route for a Request-URI user, longest prefix first.
+    pub fn lookup(&self, user: &[u8]) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| user.starts_with(r.prefix.as_bytes()))
+    }
+
+    /// The user to dial on the B leg: strip, then prepend.
+    pub fn rewrite(route: &Route, user: &[u8]) -> Bytes {
+        let rest = &user[route.strip.min(user.len())..];
+        let mut v = Vec::with_capacity(route.prepend.len() + rest.len());
+        v.extend_from_slice(route.prepend.as_bytes());
+        v.extend_from_slice(rest);
+        Bytes::from(v)
+    }
+}
+
+/// A refusal by admission control.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+    pub label: &'static str,
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    fn new(depth: f64) -> Bucket {
+        Bucket {
+            tokens: depth,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, rate: f64, depth: f64) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * rate).min(depth);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Admission control: concurrent calls, a global CPS token bucket, per-source CPS buckets.
+/// Locks are held for a few arithmetic operations only.
+pub struct Admission {
+    config: AdmissionConfig,
+    global: Mutex<Bucket>,
+    per_source: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig) -> Admission {
+        let depth = Self::depth(config.cps, config.cps_burst);
+        Admission {
+            global: Mutex::new(Bucket::new(depth)),
+            per_source: Mutex::new(HashMap::new()),
+            config,
+        }
+    }
+
+    fn depth(rate: u32, burst: u32) -> f64 {
+        if burst > 0 {
+            f64::from(burst)
+        } else {
+            f64::from(rate.max(1))
+        }
+    }
+
+    /// Decides on a new call from `source` while `active` calls are up.
+    pub fn admit(&self, source: IpAddr, active: usize) -> Result<(), Refusal> {
+        if active >= self.config.max_calls {
+            return Err(Refusal {
+                status: 503,
+                reason: "Service Unavailable (Too Many Calls)",
+                label: "max_calls",
+            });
+        }
+        if self.config.per_source_cps > 0 {
+            let rate = f64::from(self.config.per_source_cps);
+            let mut map = self.per_source.lock().expect("admission lock");
+            if map.len() > 100_000 {
+                // Forget idle sources rather than grow without bound under a spoofed flood.
+                map.retain(|_, b| b.tokens < rate);
+            }
+            let bucket = map.entry(source).or_insert_with(|| Bucket::new(rate));
+            if !bucket.take(rate, rate) {
+                return Err(Refusal {
+                    status: 503,
+                    reason: "Service Unavailable (Source Rate)",
+                    label: "source_cps",
+                });
+            }
+        }
+        if self.config.cps > 0 {
+            let rate = f64::from(self.config.cps);
+            let depth = Self::depth(self.config.cps, self.config.cps_burst);
+            if !self
+                .global
+                .lock()
+                .expect("admission lock")
+                .take(rate, depth)
+            {
+                return Err(Refusal {
+                    status: 503,
+                    reason: "Service Unavailable (Call Rate)",
+                    label: "cps",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn retry_after(&self) -> u32 {
+        self.config.retry_after_secs
+    }
+}
+
+/// The router.
+pub struct Router {
+    ctx: Arc<CallContext>,
+    routes: Routes,
+    admission: Admission,
+    /// The calls supervisor's registered name (found again after a restart).
+    calls: String,
+}
+
+impl Router {
+    pub fn new(
+        ctx: Arc<CallContext>,
+        routes: Routes,
+        admission: Admission,
+        calls: String,
+    ) -> Router {
+        Router {
+            ctx,
+            routes,
+            admission,
+            calls,
+        }
+    }
+
+    fn answer(
+        &self,
+        req: &Message,
+        source: &Source,
+        status: u16,
+        reason: &str,
+        extra: &[(HeaderName, &str)],
+    ) {
+        metrics::counter!(STATELESS_ANSWERS, "status" => status_label(status)).increment(1);
+        let tag = random_token(10);
+        let mut resp = response_to(req, status, reason, Some(&tag));
+        for (name, value) in extra {
+            resp.push(*name, Bytes::copy_from_slice(value.as_bytes()));
+        }
+        resp.push(HeaderName::Server, self.ctx.user_agent.clone());
+        self.ctx.transports().send_response(source, &resp);
+    }
+
+    fn handle_new_request(&self, inbound: Inbound) {
+        let Inbound { msg, source } = inbound;
+        let method = msg.method().cloned().expect("request");
+        let has_to_tag = msg.to().is_some_and(|t| t.tag().is_some());
+        match method {
+            Method::Ack => {
+                metrics::counter!(STRAY, "kind" => "ack").increment(1);
+            }
+            Method::Options if !has_to_tag => self.answer(
+                &msg,
+                &source,
+                200,
+                "OK",
+                &[
+                    (HeaderName::Allow, ALLOW),
+                    (HeaderName::Accept, "application/sdp"),
+                    (HeaderName::Supported, "replaces, timer"),
+                ],
+            ),
+            Method::Invite if !has_to_tag => self.new_call(msg, source),
+            Method::Cancel => {
+                self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[])
+            }
+            Method::Other(_) => self.answer(
+                &msg,
+                &source,
+                501,
+                "Not Implemented",
+                &[(HeaderName::Allow, ALLOW)],
+            ),
+            _ if has_to_tag => {
+                self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[])
+            }
+            Method::Bye | Method::Info | Method::Update | Method::Prack => {
+                self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[])
+            }
+            _ => self.answer(
+                &msg,
+                &source,
+                405,
+                "Method Not Allowed",
+                &[(HeaderName::Allow, ALLOW)],
+            ),
+        }
+    }
+
+    fn new_call(&self, msg: Message, source: Source) {
+        // A loop: our own B-leg INVITE came back to us.
+        if msg.vias().any(|v| {
+            v.branch()
+                .is_some_and(|b| b.starts_with(BRANCH_PREFIX.as_bytes()))
+        }) && msg.vias().any(|v| self.ctx.is_own_sent_by(&v.host, v.port))
+        {
+            return self.answer(&msg, &source, 482, "Loop Detected", &[]);
+        }
+        let user = msg
+            .request_uri()
+            .and_then(|u| crate::sip::uri::Uri::parse(u).ok())
+            .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
+            .unwrap_or_default();
+        let Some(route) = self.routes.lookup(&user) else {
+            return self.answer(&msg, &source, 404, "Not Found", &[]);
+        };
+        let active = self.ctx.active.load(Ordering::Relaxed);
+        if let Err(refusal) = self.admission.admit(source.remote.ip(), active) {
+            metrics::counter!(ADMISSION_REFUSED, "reason" => refusal.label).increment(1);
+            let retry = self.admission.retry_after().to_string();
+            let extra: &[(HeaderName, &str)] = if refusal.status == 503 {
+                &[(HeaderName::RetryAfter, retry.as_str())]
+            } else {
+                &[]
+            };
+            return self.answer(&msg, &source, refusal.status, refusal.reason, extra);
+        }
+        let call_id = msg.call_id().cloned().expect("validated");
+        // Claim the Call-ID before the actor exists, so retransmissions and a CANCEL that
+        // arrive while it starts wait for it instead of starting a second call.
+        match self.ctx.directory.map.entry(call_id.clone()) {
+            dashmap::Entry::Occupied(_) => return,
+            dashmap::Entry::Vacant(v) => {
+                v.insert(Slot::Starting(Vec::new()));
+            }
+        }
+        self.ctx.active.fetch_add(1, Ordering::Relaxed);
+        let dialled = Routes::rewrite(route, &user);
+        let init = call::NewCall {
+            invite: Inbound { msg, source },
+            route: route.clone(),
+            dialled,
+        };
+        let ctx = self.ctx.clone();
+        let Some(calls) =
+            ractor::registry::where_is(self.calls.clone()).map(ActorRef::<SupervisorMsg>::from)
+        else {
+            tracing::error!("calls supervisor not running");
+            self.ctx.directory.remove(&call_id);
+            self.ctx.active.fetch_sub(1, Ordering::Relaxed);
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = call::start(&ctx, &calls, init).await {
+                tracing::error!(call_id = %String::from_utf8_lossy(&call_id), error = %e, "call actor did not start");
+                ctx.directory.remove(&call_id);
+                ctx.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+    }
+}
+
+impl Handler for Router {
+    fn handle(&self, inbound: Inbound) {
+        if !self.ctx.ready() {
+            return; // still starting: UDP peers retransmit
+        }
+        let Some(call_id) = inbound.msg.call_id().cloned() else {
+            return;
+        };
+        let Some(mut slot) = self.ctx.directory.map.get_mut(&call_id) else {
+            if inbound.msg.is_request() {
+                return self.handle_new_request(inbound);
+            }
+            metrics::counter!(STRAY, "kind" => "response").increment(1);
+            return;
+        };
+        let actor = match slot.value_mut() {
+            Slot::Running(actor) => actor.clone(),
+            Slot::Starting(queue) => {
+                if queue.len() < STARTING_QUEUE {
+                    queue.push(inbound);
+                }
+                return;
+            }
+        };
+        // Never hold a directory guard while talking to an actor.
+        drop(slot);
+        if actor.send_message(CallMsg::Sip(Box::new(inbound))).is_err() {
+            // The actor is stopping: its lingering transactions are gone.
+            metrics::counter!(STRAY, "kind" => "late").increment(1);
+        }
+    }
+}
+
+/// Helper for tests and the API: how long to wait for the directory to drain.
+pub fn drain_timeout() -> Duration {
+    Duration::from_secs(40)
+}

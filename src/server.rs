@@ -1,0 +1,126 @@
+//! Starts a node: metrics, the supervision tree, the call context and router, the SIP
+//! transports and the HTTP API. `main` and the integration tests both use [`Node::start`].
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+use crate::actors::call::CallContext;
+use crate::actors::router::{Admission, Router, Routes};
+use crate::actors::store_writer;
+use crate::config::Config;
+use crate::supervision::tree::{self, Tree};
+use crate::timer::TimerService;
+use crate::transport::{ListenSpec, TransportConfig, Transports};
+
+/// A running node.
+pub struct Node {
+    pub transports: Transports,
+    pub http_addr: SocketAddr,
+    pub ctx: Arc<CallContext>,
+    pub tree: Tree,
+    shutdown: watch::Sender<bool>,
+}
+
+static NODE_SEQ: AtomicU64 = AtomicU64::new(1);
+
+impl Node {
+    /// Starts everything the config describes. Listen sockets may use port 0.
+    pub async fn start(config: Config) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
+        let handle = crate::metrics::install()?;
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+        let node_name = format!("n{}", NODE_SEQ.fetch_add(1, Ordering::Relaxed));
+        let tree = tree::start(&config.data_dir, &node_name).await?;
+        let timers = TimerService::new();
+        let max_duration = match config.calls.max_duration_secs {
+            0 => None,
+            s => Some(Duration::from_secs(s)),
+        };
+        let ctx = Arc::new(CallContext::new(
+            timers,
+            config.timer_config(),
+            Some(tree.store_name.clone()),
+            Duration::from_secs(config.calls.no_answer_timeout_secs),
+            max_duration,
+            &config.sip.user_agent,
+            config.sip.advertise,
+        ));
+        let router = Arc::new(Router::new(
+            ctx.clone(),
+            Routes::new(&config.routes),
+            Admission::new(config.admission.clone()),
+            tree.calls_name.clone(),
+        ));
+        let mut tconf = TransportConfig {
+            max_tcp_connections: config.sip.max_tcp_connections,
+            tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
+            udp_workers: config.sip.udp_workers,
+            force_rport: config.sip.force_rport,
+            ..TransportConfig::default()
+        };
+        tconf.limits.max_body_bytes = config
+            .sip
+            .max_message_bytes
+            .saturating_sub(tconf.limits.max_header_bytes)
+            .max(1024);
+        let specs: Vec<ListenSpec> = config.listen_specs();
+        let transports = Transports::start(&specs, tconf, router).await?;
+        ctx.set_transports(transports.clone());
+
+        let (shutdown, mut rx) = watch::channel(false);
+        let listener = crate::api::bind(config.http.listen).await?;
+        let http_addr = listener.local_addr()?;
+        let state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new());
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::api::serve(listener, state, stop).await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        crate::metrics::spawn_upkeep(handle);
+        for l in transports.local_addrs() {
+            tracing::info!(listen = %l, "SIP listening");
+        }
+        tracing::info!(%http_addr, "HTTP listening (/metrics, /health)");
+        Ok(Node {
+            transports,
+            http_addr,
+            ctx,
+            tree,
+            shutdown,
+        })
+    }
+
+    /// The first bound address of a protocol (tests use port 0).
+    pub fn sip_addr(&self, protocol: crate::transport::Protocol) -> Option<SocketAddr> {
+        self.transports
+            .local_addrs()
+            .into_iter()
+            .find(|l| l.protocol == protocol)
+            .map(|l| l.addr)
+    }
+
+    /// Calls in progress.
+    pub fn active_calls(&self) -> usize {
+        self.ctx.active.load(Ordering::Relaxed)
+    }
+
+    /// Stops the node: pending CDRs are committed before the tree stops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Some(store) = self.tree.store() {
+            if let Err(e) = store_writer::flush(&store).await {
+                tracing::error!(error = %e, "CDR flush at shutdown failed");
+            }
+        }
+        self.tree.root.stop(None);
+        if let Some(store) = self.tree.store() {
+            let _ = store_writer::shutdown(&store).await;
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The supervision tree, declared in one place.
+//!
+//! ```text
+//! root (one_for_one, 5 restarts / 10 s)
+//! ├── store_writer   permanent   the SQLite writer (CDRs)
+//! └── calls          permanent   one_for_one supervisor, 100 restarts / 10 s
+//!     └── call actors            transient, one per call, started by the router
+//! ```
+//! The transport receive loops and the HTTP server are tasks owned by the node; they hold
+//! no state a restart could restore.
+
+use ractor::{Actor, ActorRef};
+use std::path::Path;
+use std::time::Duration;
+
+use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
+
+/// The long-lived actors of a node: the root by reference, the others by their stable
+/// names (a restarted actor is found again under the same name).
+pub struct Tree {
+    pub root: ActorRef<SupervisorMsg>,
+    pub calls_name: String,
+    pub store_name: String,
+}
+
+impl Tree {
+    pub fn calls(&self) -> Option<ActorRef<SupervisorMsg>> {
+        ractor::registry::where_is(self.calls_name.clone()).map(Into::into)
+    }
+
+    pub fn store(&self) -> Option<ActorRef<StoreWriterMsg>> {
+        ractor::registry::where_is(self.store_name.clone()).map(Into::into)
+    }
+}
+
+/// Registered names, unique per node (a process may run several nodes in tests, so the
+/// names carry a per-node suffix).
+fn name(base: &str, node: &str) -> String {
+    format!("{base}@{node}")
+}
+
+/// Starts the tree. `node` makes actor names unique within the process.
+pub async fn start(
+    data_dir: &Path,
+    node: &str,
+) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
+    let db = data_dir.join("switchyard.db");
+    let store_name = name("store_writer", node);
+    let calls_name = name("calls", node);
+    let calls = SupervisorArgs::new(calls_name.clone(), Strategy::OneForOne)
+        .with_intensity(Intensity::new(100, Duration::from_secs(10)));
+    let root_args = SupervisorArgs::new(name("root", node), Strategy::OneForOne)
+        .with_intensity(Intensity::new(5, Duration::from_secs(10)))
+        .with_child(ChildSpec::named_actor(
+            store_name.clone(),
+            "store_writer",
+            Restart::Permanent,
+            StoreWriterActor,
+            move || StoreWriterArgs::new(db.clone()),
+        ))
+        .with_child(
+            ChildSpec::named_actor(
+                calls_name.clone(),
+                "supervisor",
+                Restart::Permanent,
+                Supervisor,
+                move || calls.clone(),
+            )
+            .with_shutdown(Duration::from_secs(10)),
+        );
+    let (root, _) = Actor::spawn(Some(name("root", node)), Supervisor, root_args).await?;
+    let tree = Tree {
+        root,
+        calls_name,
+        store_name,
+    };
+    tree.calls().ok_or("calls supervisor not registered")?;
+    tree.store().ok_or("store writer not registered")?;
+    Ok(tree)
+}

@@ -1,0 +1,148 @@
+//! UDP: one or more sockets per listen address (SO_REUSEPORT), each with a receive task.
+
+use bytes::{Bytes, BytesMut};
+use socket2::{Domain, Socket, Type};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::UdpSocket;
+
+use super::{count_send_error, deliver, Handler, Protocol, Source, TransportConfig, Transports};
+use crate::sip::parse::Framing;
+
+/// One UDP listen address: the sockets bound to it.
+pub(crate) struct UdpEndpoint {
+    pub(crate) local: SocketAddr,
+    sockets: Vec<Arc<UdpSocket>>,
+}
+
+fn bind_socket(
+    addr: SocketAddr,
+    buffer: usize,
+    reuse: bool,
+) -> std::io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if reuse {
+        socket.set_reuse_port(true)?;
+    }
+    // Bigger buffers absorb bursts; the kernel caps them at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+impl UdpEndpoint {
+    /// Binds `udp_workers` sockets to `addr` (the first resolves port 0 for the others).
+    pub(crate) fn bind(addr: SocketAddr, config: &TransportConfig) -> std::io::Result<UdpEndpoint> {
+        let workers = config.udp_workers.max(1);
+        let first = bind_socket(addr, config.udp_buffer_bytes, workers > 1)?;
+        let local = first.local_addr()?;
+        let mut sockets = vec![Arc::new(UdpSocket::from_std(first)?)];
+        for _ in 1..workers {
+            let s = bind_socket(local, config.udp_buffer_bytes, true)?;
+            sockets.push(Arc::new(UdpSocket::from_std(s)?));
+        }
+        Ok(UdpEndpoint { local, sockets })
+    }
+
+    pub(crate) fn spawn_receivers(
+        &self,
+        config: &Arc<TransportConfig>,
+        handler: Arc<dyn Handler>,
+        transports: Transports,
+    ) {
+        for socket in &self.sockets {
+            let socket = socket.clone();
+            let handler = handler.clone();
+            let transports = transports.clone();
+            let config = config.clone();
+            let local = self.local;
+            tokio::spawn(async move {
+                recv_loop(socket, local, config, handler, transports).await;
+            });
+        }
+    }
+
+    /// Sends without waiting; if the socket buffer is full, the send is retried on a task.
+    pub(crate) fn send(&self, to: SocketAddr, bytes: Bytes) {
+        let socket = &self.sockets[0];
+        match socket.try_send_to(&bytes, to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = socket.send_to(&bytes, to).await {
+                        count_send_error(Protocol::Udp);
+                        tracing::debug!(%to, error = %e, "udp send failed");
+                    }
+                });
+            }
+            Err(e) => {
+                count_send_error(Protocol::Udp);
+                tracing::debug!(%to, error = %e, "udp send failed");
+            }
+        }
+    }
+}
+
+const DATAGRAM_MAX: usize = 65_535;
+
+async fn recv_loop(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    config: Arc<TransportConfig>,
+    handler: Arc<dyn Handler>,
+    transports: Transports,
+) {
+    // One buffer, split per datagram: each message's Bytes points into a shared chunk,
+    // so a datagram costs no allocation until the chunk is used up.
+    let mut buf = BytesMut::with_capacity(DATAGRAM_MAX * 4);
+    loop {
+        if buf.capacity() - buf.len() < DATAGRAM_MAX {
+            buf = BytesMut::with_capacity(DATAGRAM_MAX * 4);
+        }
+        let spare = buf.capacity() - buf.len();
+        buf.resize(buf.len() + spare.min(DATAGRAM_MAX), 0);
+        let start = buf.len() - spare.min(DATAGRAM_MAX);
+        let res = socket.recv_from(&mut buf[start..]).await;
+        match res {
+            Ok((n, remote)) => {
+                buf.truncate(start + n);
+                let datagram: Bytes = buf.split_to(start + n).split_off(start).freeze();
+                if n == 0 {
+                    continue;
+                }
+                if datagram.iter().all(|&c| c == b'\r' || c == b'\n') {
+                    // RFC 5626 keep-alive on UDP is STUN; a bare CRLF is just ignored.
+                    continue;
+                }
+                if n > config.limits.max_header_bytes + config.limits.max_body_bytes {
+                    metrics::counter!(super::SIP_DROPPED, "reason" => "datagram_too_large")
+                        .increment(1);
+                    continue;
+                }
+                let source = Source {
+                    protocol: Protocol::Udp,
+                    remote,
+                    local,
+                    conn: None,
+                };
+                deliver(
+                    datagram,
+                    source,
+                    Framing::Datagram,
+                    &config.limits,
+                    handler.as_ref(),
+                    &transports,
+                );
+            }
+            Err(e) => {
+                buf.truncate(start);
+                // ICMP port unreachable surfaces as ECONNREFUSED on some systems: not fatal.
+                tracing::debug!(error = %e, "udp receive error");
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Shared pieces of the integration tests: a node on loopback ports and a minimal SIP user
+//! agent over real sockets.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard::config::{Config, RouteConfig};
+use switchyard::server::Node;
+use switchyard::sip::message::Message;
+use switchyard::sip::parse::{parse, Framing, Limits};
+use switchyard::transport::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+pub fn testdata() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475")
+}
+
+/// A config for a node on 127.0.0.1 with ephemeral ports.
+pub fn config(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Config {
+    let mut c = Config::default();
+    c.sip.listen = vec!["udp:127.0.0.1:0".into(), "tcp:127.0.0.1:0".into()];
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = data_dir.to_path_buf();
+    c.routes = routes
+        .iter()
+        .map(|(p, t)| RouteConfig {
+            prefix: p.to_string(),
+            target: t.clone(),
+            strip: 0,
+            prepend: String::new(),
+        })
+        .collect();
+    c
+}
+
+pub async fn start(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Node {
+    start_with(config(data_dir, routes)).await
+}
+
+pub async fn start_with(c: Config) -> Node {
+    c.validate().expect("valid config");
+    Node::start(c).await.expect("node starts")
+}
+
+pub fn udp_addr(node: &Node) -> SocketAddr {
+    node.sip_addr(Protocol::Udp).unwrap()
+}
+
+pub fn tcp_addr(node: &Node) -> SocketAddr {
+    node.sip_addr(Protocol::Tcp).unwrap()
+}
+
+/// A test user agent on a UDP socket.
+pub struct Ua {
+    pub sock: UdpSocket,
+    pub addr: SocketAddr,
+}
+
+impl Ua {
+    pub async fn new() -> Ua {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        Ua { sock, addr }
+    }
+
+    pub async fn send(&self, to: SocketAddr, text: &str) {
+        self.sock.send_to(text.as_bytes(), to).await.unwrap();
+    }
+
+    pub async fn send_bytes(&self, to: SocketAddr, b: &[u8]) {
+        self.sock.send_to(b, to).await.unwrap();
+    }
+
+    /// The next message within `wait`, with its source.
+    pub async fn recv(&self, wait: Duration) -> Option<(Message, SocketAddr)> {
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = tokio::time::timeout(wait, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let m = parse(
+            Bytes::copy_from_slice(&buf[..n]),
+            Framing::Datagram,
+            &Limits::default(),
+        )
+        .ok()?;
+        Some((m, from))
+    }
+
+    /// Waits for a message matching `pred`, skipping others (e.g. retransmissions, 100).
+    pub async fn expect(
+        &self,
+        what: &str,
+        pred: impl Fn(&Message) -> bool,
+    ) -> (Message, SocketAddr) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await {
+                Some((m, from)) if pred(&m) => return (m, from),
+                Some(_) => continue,
+                None => panic!("timed out waiting for {what}"),
+            }
+        }
+    }
+
+    pub async fn expect_status(&self, status: u16) -> (Message, SocketAddr) {
+        self.expect(&format!("a {status} response"), |m| {
+            m.status() == Some(status)
+        })
+        .await
+    }
+
+    pub async fn expect_request(&self, method: &str) -> (Message, SocketAddr) {
+        self.expect(&format!("a {method} request"), |m| {
+            m.method().is_some_and(|x| x.to_string() == method)
+        })
+        .await
+    }
+}
+
+/// Sends raw bytes on a new TCP connection and reads the first response (if any) within
+/// `wait`.
+pub async fn tcp_exchange(to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Message> {
+    let mut s = TcpStream::connect(to).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let mut chunk = [0u8; 4096];
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = &buf[..end];
+            let cl = String::from_utf8_lossy(head)
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("Content-Length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + cl {
+                break;
+            }
+        }
+    }
+    parse(Bytes::from(buf), Framing::Datagram, &Limits::default()).ok()
+}
+
+pub fn options(call_id: &str, ua: SocketAddr, proto: &str) -> String {
+    format!(
+        "OPTIONS sip:switch@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/{proto} {ua};branch=z9hG4bK{call_id};rport\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=p1\r\nTo: <sip:switch@127.0.0.1>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+}
+
+pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+/// An INVITE from `ua` to user `user` at the switch.
+pub fn invite(call_id: &str, user: &str, ua: SocketAddr, to: SocketAddr) -> String {
+    format!(
+        "INVITE sip:{user}@{to} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{call_id}-1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{ua}>;tag=a-{call_id}\r\nTo: <sip:{user}@{to}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    )
+}
+
+/// A response to a received request, built by the test UA (callee side).
+pub fn answer(
+    req: &Message,
+    status: u16,
+    reason: &str,
+    to_tag: &str,
+    contact: SocketAddr,
+    body: &str,
+) -> String {
+    use switchyard::sip::message::HeaderName;
+    let mut s = format!("SIP/2.0 {status} {reason}\r\n");
+    for h in &req.headers {
+        match h.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => s
+                .push_str(&format!(
+                    "{}: {}\r\n",
+                    h.name.canonical().unwrap(),
+                    String::from_utf8_lossy(&h.value)
+                )),
+            HeaderName::To => {
+                let v = String::from_utf8_lossy(&h.value).to_string();
+                let v = if v.contains("tag=") || to_tag.is_empty() {
+                    v
+                } else {
+                    format!("{v};tag={to_tag}")
+                };
+                s.push_str(&format!("To: {v}\r\n"));
+            }
+            _ => {}
+        }
+    }
+    s.push_str(&format!("Contact: <sip:bob@{contact}>\r\n"));
+    if !body.is_empty() {
+        s.push_str("Content-Type: application/sdp\r\n");
+    }
+    s.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s
+}
+
+/// Polls `f` until it is true or `wait` passes.
+pub async fn wait_until(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
