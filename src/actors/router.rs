@@ -86,6 +86,14 @@ impl Directory {
         self.map.remove(call_id);
     }
 
+    /// The running actor of a Call-ID (tests and the API).
+    pub fn lookup(&self, call_id: &[u8]) -> Option<ActorRef<CallMsg>> {
+        match self.map.get(call_id)?.value() {
+            Slot::Running(a) => Some(a.clone()),
+            Slot::Starting(_) => None,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
