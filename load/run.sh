@@ -254,7 +254,7 @@ prefix = ""
 target = "sip:$HOST:$CALLEE_PORT"
 EOF
 
-    "$SWITCH_BIN" --config "$OUT/switch.toml" --sip-listen "udp:$HOST:$SWITCH_SIP_PORT" \
+    NO_COLOR=1 "$SWITCH_BIN" --config "$OUT/switch.toml" --sip-listen "udp:$HOST:$SWITCH_SIP_PORT" \
         --http-listen "$HTTP_ADDR" --data-dir "$DATA_DIR" >"$OUT/switch.log" 2>&1 </dev/null &
     SW_PID=$!
     CHILD_PIDS+=("$SW_PID")
@@ -457,6 +457,16 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
 per_call_us() {
     awk -v s="$1" -v n="$2" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }'
 }
+mem_per_call() {
+    awk -v p="$SW_HWM_KB" -v b="${RSS_BEFORE_KB:-NA}" -v n="$PEAK_SW_CALLS" 'BEGIN {
+        if (p=="NA" || p=="" || b=="NA" || n=="NA" || n+0==0) print "NA"
+        else printf "%.1f KiB", (p-b)/n }'
+}
+# WARN and ERROR lines in a tracing log (colour codes stripped).
+log_levels() {
+    sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null |
+        awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines\n", w, e }'
+}
 ticks_s() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (t=="NA") print "NA"; else printf "%.2f", t/hz }'; }
 PEAK_SW_CALLS=NA
 if [ -n "$SW_PID" ]; then
@@ -491,7 +501,9 @@ fi
     if [ "$TARGET" = switch ]; then
         echo "switch CPU              $SW_CPU_S s ($(per_call_us "$SW_CPU_S" "$ATTEMPTED") us per call attempt)"
         echo "switch RSS              peak $(kib_mib "$SW_PEAK_RSS_KB") (sampled), VmHWM $(kib_mib "$SW_HWM_KB"), before $(kib_mib "$RSS_BEFORE_KB")"
+        echo "switch memory per call  $(mem_per_call) (peak RSS - RSS before) / peak calls_active"
         echo "switch drained          $DRAINED"
+        echo "switch log              $(log_levels "$OUT/switch.log")"
     fi
     if [ "$TARGET" = switch ] && [ -s "$OUT/metrics_after.txt" ]; then
         counter_deltas "$OUT/metrics_before.txt" "$OUT/metrics_after.txt" >"$OUT/metrics_delta.txt" || true
