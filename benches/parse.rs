@@ -108,8 +108,8 @@ fn bench_parse(c: &mut Criterion) {
         )
     });
     g.bench_function("typed_access_invite", |b| {
-        let m = black_box(&parsed);
         b.iter(|| {
+            let m = black_box(&parsed);
             let branch = m.top_via().and_then(|v| v.branch());
             let tag = m.from().and_then(|f| f.tag());
             let cseq = m.cseq().map(|c| c.seq);

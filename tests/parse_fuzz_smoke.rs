@@ -158,3 +158,20 @@ fn mutated_torture_messages_never_panic_and_round_trip() {
         "only {parsed} of {ITERATIONS} mutated inputs parsed"
     );
 }
+
+/// Found by `fuzz/` (parse_roundtrip): a message with exactly `max_headers` lines and no
+/// Content-Length parses, but `encode()` adds a Content-Length line, so the encoding has one
+/// line too many and is refused (`TooManyHeaders`). A node forwarding such a message would
+/// emit something it cannot parse itself. Ignored until `src/sip/parse.rs` settles it (for
+/// example by not counting Content-Length against `max_headers`).
+#[test]
+#[ignore = "known parser bug: encoding at the header limit does not parse again"]
+fn encoding_at_the_header_limit_parses_again() {
+    let limits = Limits::default();
+    let mut raw = b"SIP/2.0 200 OK\r\n".to_vec();
+    for _ in 0..limits.max_headers {
+        raw.extend_from_slice(b"X-Filler: y\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    check(&raw, &limits);
+}
