@@ -6,23 +6,22 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use switchyard::sip::parse::{parse, Framing, Limits};
 
 struct Counting;
 
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
 thread_local! {
     // `const` initialisation: reading it never allocates, so it is safe inside the allocator.
+    // Both the flag and the count are per thread: tests of this binary run in parallel.
     static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
 }
 
 fn note() {
     if COUNTING.with(Cell::get) {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        ALLOCS.with(|a| a.set(a.get() + 1));
     }
 }
 
@@ -52,11 +51,11 @@ static GLOBAL: Counting = Counting;
 /// Runs `f` and returns how many allocations it made on this thread, and its result.
 /// The result is returned (not dropped inside) so only the parse itself is measured.
 fn count<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    ALLOCS.store(0, Ordering::SeqCst);
+    ALLOCS.with(|a| a.set(0));
     COUNTING.with(|c| c.set(true));
     let out = std::hint::black_box(f());
     COUNTING.with(|c| c.set(false));
-    (ALLOCS.load(Ordering::SeqCst), out)
+    (ALLOCS.with(Cell::get), out)
 }
 
 const HEAD: &str = "INVITE sip:+4930123456@switch.example.net;user=phone SIP/2.0\r\n\

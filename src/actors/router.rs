@@ -133,7 +133,7 @@ impl Routes {
                 })
             })
             .collect();
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Routes { routes }
     }
 

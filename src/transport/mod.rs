@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn no_rport_answers_the_sent_by_port_at_the_source_ip() {
         let mut m = req("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKa");
-        assert!(stamp_via(&mut m, &src("192.0.2.7:40000")));
+        assert!(stamp_via(&mut m, &src("192.0.2.7:40000"), false));
         let v = m.top_via().unwrap();
         assert_eq!(v.received().unwrap().as_ref(), b"192.0.2.7");
         assert_eq!(
@@ -568,8 +568,11 @@ mod tests {
         );
         let mut same = req("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKa");
         assert!(
-            !stamp_via(&mut same, &src("192.0.2.7:5070")),
+            !stamp_via(&mut same, &src("192.0.2.7:5070"), false),
             "nothing to stamp"
         );
+        let mut forced = req("SIP/2.0/UDP 192.0.2.7:5070;branch=z9hG4bKa");
+        assert!(stamp_via(&mut forced, &src("192.0.2.7:5070"), true));
+        assert_eq!(forced.top_via().unwrap().rport(), Some(Some(5070)));
     }
 }
