@@ -1,0 +1,948 @@
+//! The B2BUA call actor end to end: a real node on loopback, caller A and callee B as UDP
+//! test user agents. Each test asserts what goes over the wire on both legs, the CDR, and
+//! that the call is forgotten afterwards (active calls and the directory drain to 0).
+
+mod common;
+
+use common::{answer, invite, wait_until, Ua, SDP};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use switchyard::config::Config;
+use switchyard::server::Node;
+use switchyard::sip::message::{HeaderName, Message};
+use switchyard::store::{Cdr, HangupBy, Store};
+use tempfile::TempDir;
+
+/// B's answer SDP (distinct from A's so passing through is visible).
+const SDP_B: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+/// A's hold offer.
+const SDP_HOLD: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 101\r\na=sendonly\r\n";
+const SDP_HELD: &str = "v=0\r\no=- 2 3 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0 101\r\na=recvonly\r\n";
+const DTMF: &str = "Signal=5\r\nDuration=160\r\n";
+
+/// Long enough for UDP transactions to finish lingering (Timer D is 32 s at least).
+const DRAIN: Duration = Duration::from_secs(40);
+const SHORT: Duration = Duration::from_millis(300);
+
+struct Bed {
+    dir: TempDir,
+    node: Node,
+    a: Ua,
+    b: Ua,
+    /// The switch's UDP address.
+    sw: SocketAddr,
+}
+
+/// A node with short RFC 3261 timers routing every number to B.
+async fn bed(tune: impl FnOnce(&mut Config)) -> Bed {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Ua::new().await;
+    let b = Ua::new().await;
+    let mut c = common::config(dir.path(), &[("", format!("sip:{}", b.addr))]);
+    c.timers.t1_ms = 50;
+    c.timers.t2_ms = 200;
+    c.timers.t4_ms = 250;
+    tune(&mut c);
+    let node = common::start_with(c).await;
+    let sw = common::udp_addr(&node);
+    Bed {
+        dir,
+        node,
+        a,
+        b,
+        sw,
+    }
+}
+
+fn val(m: &Message, h: HeaderName) -> String {
+    String::from_utf8_lossy(m.value(h).unwrap_or_else(|| panic!("{h:?} missing"))).into_owned()
+}
+
+fn call_id(m: &Message) -> String {
+    String::from_utf8_lossy(m.call_id().expect("Call-ID")).into_owned()
+}
+
+fn to_tag(m: &Message) -> Option<String> {
+    m.to()
+        .and_then(|t| t.tag())
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+}
+
+fn from_tag(m: &Message) -> Option<String> {
+    m.from()
+        .and_then(|t| t.tag())
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+}
+
+fn branch(m: &Message) -> String {
+    String::from_utf8_lossy(&m.top_via().unwrap().branch().unwrap()).into_owned()
+}
+
+fn cseq(m: &Message) -> (u32, String) {
+    let c = m.cseq().expect("CSeq");
+    (c.seq, c.method.to_string())
+}
+
+fn body(m: &Message) -> &str {
+    std::str::from_utf8(&m.body).unwrap()
+}
+
+fn contact_uri(m: &Message) -> String {
+    String::from_utf8_lossy(&m.contacts().next().expect("Contact").uri).into_owned()
+}
+
+fn is_status(status: u16, method: &'static str) -> impl Fn(&Message) -> bool {
+    move |m| m.status() == Some(status) && m.cseq().is_some_and(|c| c.method.to_string() == method)
+}
+
+fn is_request(method: &'static str) -> impl Fn(&Message) -> bool {
+    move |m| m.method().is_some_and(|x| x.to_string() == method)
+}
+
+/// Every message that arrives within `window` (retransmissions included).
+async fn collect(ua: &Ua, window: Duration) -> Vec<Message> {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return out;
+        }
+        match ua.recv(left).await {
+            Some((m, _)) => out.push(m),
+            None => return out,
+        }
+    }
+}
+
+/// One side of a dialog as a test UA sees it: what it needs to send requests in it.
+struct Side {
+    me: SocketAddr,
+    ruri: String,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+}
+
+impl Side {
+    /// The caller's side after the switch's 2xx (or 18x) to its INVITE `cid`.
+    fn caller(me: SocketAddr, cid: &str, resp: &Message) -> Side {
+        Side {
+            me,
+            ruri: contact_uri(resp),
+            from: val(resp, HeaderName::From),
+            to: val(resp, HeaderName::To),
+            call_id: cid.to_string(),
+            cseq: 1,
+        }
+    }
+
+    /// The callee's side after answering the switch's INVITE with tag `tag`.
+    fn callee(me: SocketAddr, inv: &Message, tag: &str) -> Side {
+        Side {
+            me,
+            ruri: contact_uri(inv),
+            from: format!("{};tag={tag}", val(inv, HeaderName::To)),
+            to: val(inv, HeaderName::From),
+            call_id: call_id(inv),
+            cseq: 0,
+        }
+    }
+
+    /// A request in the dialog (the next CSeq; ACK reuses `ack_cseq`). Returns it and its
+    /// branch.
+    fn request(&mut self, method: &str, ack_cseq: u32, extra: &str, body: &str) -> String {
+        let seq = if method == "ACK" {
+            ack_cseq
+        } else {
+            self.cseq += 1;
+            self.cseq
+        };
+        let br = format!("z9hG4bK-t{}", rand_token());
+        format!(
+            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={br};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:ua@{}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            self.ruri,
+            self.me,
+            self.from,
+            self.to,
+            self.call_id,
+            self.me,
+            body.len()
+        )
+    }
+}
+
+fn rand_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The ACK a UAC sends for a non-2xx final response (same branch as the INVITE).
+fn ack_failure(inv: &str, resp: &Message) -> String {
+    let first = inv.lines().next().unwrap().replacen("INVITE", "ACK", 1);
+    let mut s = format!("{first}\r\n");
+    for line in inv.split("\r\n").skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        let name = line.split(':').next().unwrap();
+        match name {
+            "Via" | "From" | "Call-ID" | "Max-Forwards" => s.push_str(&format!("{line}\r\n")),
+            "CSeq" => s.push_str(&format!("{}\r\n", line.replace("INVITE", "ACK"))),
+            _ => {}
+        }
+    }
+    s.push_str(&format!(
+        "To: {}\r\nContent-Length: 0\r\n\r\n",
+        val(resp, HeaderName::To)
+    ));
+    s
+}
+
+/// The CANCEL a UAC sends for its INVITE.
+fn cancel_of(inv: &str) -> String {
+    let first = inv.lines().next().unwrap().replacen("INVITE", "CANCEL", 1);
+    let mut s = format!("{first}\r\n");
+    for line in inv.split("\r\n").skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        let name = line.split(':').next().unwrap();
+        match name {
+            "Via" | "From" | "To" | "Call-ID" | "Max-Forwards" => {
+                s.push_str(&format!("{line}\r\n"))
+            }
+            "CSeq" => s.push_str(&format!("{}\r\n", line.replace("INVITE", "CANCEL"))),
+            _ => {}
+        }
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s
+}
+
+/// The CDR of `a_call_id`, once the writer has it.
+async fn cdr(t: &Bed, a_call_id: &str) -> Cdr {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        switchyard::actors::store_writer::flush(&t.node.tree.store().unwrap())
+            .await
+            .unwrap();
+        let store = Store::open(&t.dir.path().join("switchyard.db")).unwrap();
+        if let Some(c) = store.get_cdr_by_call_id(a_call_id).unwrap() {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "no CDR for {a_call_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The call is forgotten: no active call, at once; an empty directory once transactions
+/// have finished lingering.
+async fn assert_drained(t: &Bed) {
+    assert!(
+        wait_until(Duration::from_secs(3), || t.node.active_calls() == 0).await,
+        "active calls: {}",
+        t.node.active_calls()
+    );
+    assert!(
+        wait_until(DRAIN, || t.node.ctx.directory.len() == 0).await,
+        "directory still holds {} Call-IDs",
+        t.node.ctx.directory.len()
+    );
+}
+
+/// A calls; B gets the INVITE. Returns A's INVITE text and B's INVITE.
+async fn dial(t: &Bed, cid: &str) -> (String, Message, SocketAddr) {
+    let inv = invite(cid, "1000", t.a.addr, t.sw);
+    t.a.send(t.sw, &inv).await;
+    let (inv_b, sw_b) = t.b.expect_request("INVITE").await;
+    (inv, inv_b, sw_b)
+}
+
+/// A established call: A dialled, B answered 200 with SDP_B, A ACKed, B got the ACK.
+struct Up {
+    a: Side,
+    b: Side,
+    inv_b: Message,
+    sw_b: SocketAddr,
+}
+
+async fn establish(t: &Bed, cid: &str) -> Up {
+    let (_, inv_b, sw_b) = dial(t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect(" 200 to INVITE", is_status(200, "INVITE")).await;
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(call_id(&ack), call_id(&inv_b));
+    Up {
+        a,
+        b: Side::callee(t.b.addr, &inv_b, "btag"),
+        inv_b,
+        sw_b,
+    }
+}
+
+/// A hangs up an established call.
+async fn bye_from_a(t: &Bed, up: &mut Up) {
+    t.a.send(t.sw, &up.a.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.b.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&up.inv_b));
+    t.b.send(from, &answer(&bye, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+}
+
+// ---- 1 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_call_caller_hangs_up() {
+    let t = bed(|_| {}).await;
+    let cid = "basic-1";
+    let inv = invite(cid, "1000", t.a.addr, t.sw);
+    let sent = Instant::now();
+    t.a.send(t.sw, &inv).await;
+    let (trying, _) = t.a.recv(Duration::from_secs(2)).await.expect("100 Trying");
+    assert_eq!(trying.status(), Some(100), "first answer is 100 Trying");
+    assert!(sent.elapsed() < Duration::from_millis(500), "100 at once");
+
+    let (inv_b, sw_b) = t.b.expect_request("INVITE").await;
+    let b_cid = call_id(&inv_b);
+    assert_ne!(b_cid, cid, "B leg has its own Call-ID");
+    let b_from_tag = from_tag(&inv_b).expect("B-leg From tag");
+    assert_ne!(b_from_tag, format!("a-{cid}"), "B leg has its own From tag");
+    assert_eq!(to_tag(&inv_b), None);
+    assert_eq!(cseq(&inv_b).1, "INVITE");
+    assert_eq!(body(&inv_b), SDP, "SDP passed through unchanged");
+    assert_eq!(val(&inv_b, HeaderName::ContentType), "application/sdp");
+    assert!(
+        contact_uri(&inv_b).contains(&t.sw.to_string()),
+        "B-leg Contact is the switch: {}",
+        contact_uri(&inv_b)
+    );
+    assert!(
+        val(&inv_b, HeaderName::Via).contains(&t.sw.to_string()),
+        "B-leg Via is the switch"
+    );
+    assert_ne!(branch(&inv_b), format!("z9hG4bK-{cid}-1"));
+    assert!(inv_b.request_uri().unwrap().starts_with(b"sip:1000@"));
+
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    let (ringing, _) = t.a.expect_status(180).await;
+    assert_eq!(call_id(&ringing), cid);
+    let a_tag = to_tag(&ringing).expect("180 has a To tag");
+    assert_ne!(a_tag, "btag", "A leg has its own To tag");
+
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    assert_eq!(call_id(&ok), cid, "200 carries A's Call-ID");
+    assert_eq!(
+        to_tag(&ok).as_deref(),
+        Some(a_tag.as_str()),
+        "same tag as 180"
+    );
+    assert_eq!(from_tag(&ok).unwrap(), format!("a-{cid}"));
+    assert!(
+        contact_uri(&ok).contains(&t.sw.to_string()),
+        "Contact of the switch: {}",
+        contact_uri(&ok)
+    );
+    assert_eq!(body(&ok), SDP_B, "B's SDP relayed");
+    assert_eq!(val(&ok, HeaderName::ContentType), "application/sdp");
+    assert_eq!(t.node.active_calls(), 1);
+
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(call_id(&ack), b_cid);
+    assert_eq!(cseq(&ack), (cseq(&inv_b).0, "ACK".into()));
+    assert_eq!(to_tag(&ack).as_deref(), Some("btag"));
+    assert_eq!(from_tag(&ack).as_deref(), Some(b_from_tag.as_str()));
+    assert_eq!(
+        ack.request_uri().unwrap().as_ref(),
+        format!("sip:bob@{}", t.b.addr).as_bytes()
+    );
+
+    t.a.send(t.sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.b.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), b_cid);
+    assert_eq!(to_tag(&bye).as_deref(), Some("btag"));
+    assert_eq!(from_tag(&bye).as_deref(), Some(b_from_tag.as_str()));
+    assert!(cseq(&bye).0 > cseq(&inv_b).0, "BYE CSeq above the INVITE's");
+    t.b.send(from, &answer(&bye, 200, "OK", "", t.b.addr, ""))
+        .await;
+    let (bye_ok, _) = t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+    assert_eq!(call_id(&bye_ok), cid);
+
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.caller, format!("sip:alice@{}", t.a.addr));
+    assert_eq!(c.callee, "1000");
+    assert_eq!(c.final_status, 200);
+    assert!(c.answer_at.is_some());
+    assert!(c.ringing_at.is_some());
+    assert_eq!(c.hangup_by, HangupBy::Caller);
+    assert_eq!(c.b_call_id.as_deref(), Some(b_cid.as_str()));
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 2 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_hangs_up() {
+    let t = bed(|_| {}).await;
+    let cid = "calleebye-1";
+    let mut up = establish(&t, cid).await;
+    t.b.send(up.sw_b, &up.b.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.a.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), cid);
+    assert_eq!(from_tag(&bye), to_tag_of_a(&up));
+    assert_eq!(to_tag(&bye).unwrap(), format!("a-{cid}"));
+    assert_eq!(
+        bye.request_uri().unwrap().as_ref(),
+        format!("sip:alice@{}", t.a.addr).as_bytes(),
+        "BYE goes to A's Contact"
+    );
+    t.a.send(from, &answer(&bye, 200, "OK", "", t.a.addr, ""))
+        .await;
+    let (ok, _) = t.b.expect("200 to BYE", is_status(200, "BYE")).await;
+    assert_eq!(call_id(&ok), call_id(&up.inv_b));
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 200);
+    assert_eq!(c.hangup_by, HangupBy::Callee);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+fn to_tag_of_a(up: &Up) -> Option<String> {
+    up.a.to
+        .split(";tag=")
+        .nth(1)
+        .map(|s| s.split(';').next().unwrap().to_string())
+}
+
+// ---- 3 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_media_183_with_sdp_then_200_without() {
+    let t = bed(|_| {}).await;
+    let cid = "early-1";
+    let (_, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(
+        sw_b,
+        &answer(&inv_b, 183, "Session Progress", "btag", t.b.addr, SDP_B),
+    )
+    .await;
+    let (p, _) = t.a.expect_status(183).await;
+    assert_eq!(body(&p), SDP_B, "early media SDP relayed");
+    assert_eq!(val(&p, HeaderName::ContentType), "application/sdp");
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, ""))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    assert!(ok.body.is_empty(), "200 without SDP relayed as is");
+    assert_eq!(to_tag(&ok), to_tag(&p));
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    t.b.expect_request("ACK").await;
+    let mut up = Up {
+        a,
+        b: Side::callee(t.b.addr, &inv_b, "btag"),
+        inv_b,
+        sw_b,
+    };
+    bye_from_a(&t, &mut up).await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 200);
+    assert!(c.ringing_at.is_some());
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 4 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_busy_486_is_relayed_and_acked() {
+    let t = bed(|_| {}).await;
+    let cid = "busy-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(
+        sw_b,
+        &answer(&inv_b, 486, "Busy Here", "btag", t.b.addr, ""),
+    )
+    .await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(branch(&ack), branch(&inv_b), "non-2xx ACK is hop by hop");
+    assert_eq!(cseq(&ack), (cseq(&inv_b).0, "ACK".into()));
+    assert_eq!(to_tag(&ack).as_deref(), Some("btag"));
+    let (busy, _) = t.a.expect_status(486).await;
+    assert_eq!(call_id(&busy), cid);
+    assert!(to_tag(&busy).is_some());
+    t.a.send(t.sw, &ack_failure(&inv, &busy)).await;
+    // No second attempt towards B.
+    let later = collect(&t.b, Duration::from_millis(500)).await;
+    assert!(
+        !later.iter().any(|m| is_request("INVITE")(m)),
+        "no other INVITE"
+    );
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 486);
+    assert!(c.answer_at.is_none());
+    assert_eq!(c.hangup_by, HangupBy::Callee);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 5 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_cancels_while_ringing() {
+    let t = bed(|_| {}).await;
+    let cid = "cancel-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    t.a.expect_status(180).await;
+    t.a.send(t.sw, &cancel_of(&inv)).await;
+    let (c_ok, _) = t.a.expect("200 to CANCEL", is_status(200, "CANCEL")).await;
+    assert_eq!(call_id(&c_ok), cid);
+    let (term, _) = t.a.expect("487 to INVITE", is_status(487, "INVITE")).await;
+    t.a.send(t.sw, &ack_failure(&inv, &term)).await;
+
+    let (cancel, from) = t.b.expect_request("CANCEL").await;
+    assert_eq!(branch(&cancel), branch(&inv_b), "CANCEL matches the INVITE");
+    assert_eq!(call_id(&cancel), call_id(&inv_b));
+    assert_eq!(cseq(&cancel), (cseq(&inv_b).0, "CANCEL".into()));
+    t.b.send(from, &answer(&cancel, 200, "OK", "btag", t.b.addr, ""))
+        .await;
+    t.b.send(
+        from,
+        &answer(&inv_b, 487, "Request Terminated", "btag", t.b.addr, ""),
+    )
+    .await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(branch(&ack), branch(&inv_b));
+
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 487);
+    assert_eq!(c.hangup_by, HangupBy::Caller);
+    assert!(c.answer_at.is_none());
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 6 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_before_provisional_waits_for_one() {
+    let t = bed(|_| {}).await;
+    let cid = "cancel-early-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    t.a.send(t.sw, &cancel_of(&inv)).await;
+    t.a.expect("200 to CANCEL", is_status(200, "CANCEL")).await;
+    let (term, _) = t.a.expect("487 to INVITE", is_status(487, "INVITE")).await;
+    t.a.send(t.sw, &ack_failure(&inv, &term)).await;
+    // RFC 3261 §9.1: no CANCEL towards B until B has sent a provisional.
+    let seen = collect(&t.b, Duration::from_millis(400)).await;
+    assert!(
+        !seen.iter().any(|m| is_request("CANCEL")(m)),
+        "CANCEL sent before any provisional"
+    );
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    let (cancel, from) = t.b.expect_request("CANCEL").await;
+    assert_eq!(branch(&cancel), branch(&inv_b));
+    t.b.send(from, &answer(&cancel, 200, "OK", "btag", t.b.addr, ""))
+        .await;
+    t.b.send(
+        from,
+        &answer(&inv_b, 487, "Request Terminated", "btag", t.b.addr, ""),
+    )
+    .await;
+    t.b.expect_request("ACK").await;
+    // A never hears B's 180 after cancelling.
+    let a_seen = collect(&t.a, Duration::from_millis(200)).await;
+    assert!(!a_seen.iter().any(|m| m.status() == Some(180)));
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 487);
+    assert_eq!(c.hangup_by, HangupBy::Caller);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 7 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_update_and_info_are_relayed() {
+    let t = bed(|_| {}).await;
+    let cid = "reinvite-1";
+    let mut up = establish(&t, cid).await;
+    let b_cid = call_id(&up.inv_b);
+    let b_local = from_tag(&up.inv_b).unwrap();
+
+    // Hold: re-INVITE from A.
+    let ct = "Content-Type: application/sdp\r\n";
+    t.a.send(t.sw, &up.a.request("INVITE", 0, ct, SDP_HOLD))
+        .await;
+    let (re, from) = t.b.expect_request("INVITE").await;
+    assert_eq!(call_id(&re), b_cid);
+    assert_eq!(cseq(&re), (2, "INVITE".into()));
+    assert_eq!(to_tag(&re).as_deref(), Some("btag"));
+    assert_eq!(from_tag(&re).as_deref(), Some(b_local.as_str()));
+    assert_eq!(body(&re), SDP_HOLD);
+    assert_eq!(val(&re, HeaderName::ContentType), "application/sdp");
+    t.b.send(from, &answer(&re, 200, "OK", "", t.b.addr, SDP_HELD))
+        .await;
+    let (ok, _) =
+        t.a.expect("200 to re-INVITE", is_status(200, "INVITE"))
+            .await;
+    assert_eq!(cseq(&ok), (2, "INVITE".into()));
+    assert_eq!(body(&ok), SDP_HELD);
+    assert_eq!(call_id(&ok), cid);
+    // The 2xx of the re-INVITE is ACKed on each leg.
+    t.a.send(t.sw, &up.a.request("ACK", 2, "", "")).await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(cseq(&ack), (2, "ACK".into()));
+
+    // UPDATE A → B.
+    t.a.send(t.sw, &up.a.request("UPDATE", 0, ct, SDP)).await;
+    let (upd, from) = t.b.expect_request("UPDATE").await;
+    assert_eq!(call_id(&upd), b_cid);
+    assert_eq!(body(&upd), SDP);
+    t.b.send(from, &answer(&upd, 200, "OK", "", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to UPDATE", is_status(200, "UPDATE")).await;
+    assert_eq!(body(&ok), SDP_B);
+
+    // UPDATE B → A.
+    t.b.send(up.sw_b, &up.b.request("UPDATE", 0, ct, SDP_B))
+        .await;
+    let (upd, from) = t.a.expect_request("UPDATE").await;
+    assert_eq!(call_id(&upd), cid);
+    assert_eq!(to_tag(&upd).unwrap(), format!("a-{cid}"));
+    assert_eq!(body(&upd), SDP_B);
+    t.a.send(from, &answer(&upd, 200, "OK", "", t.a.addr, SDP))
+        .await;
+    let (ok, _) = t.b.expect("200 to UPDATE", is_status(200, "UPDATE")).await;
+    assert_eq!(call_id(&ok), b_cid);
+    assert_eq!(body(&ok), SDP);
+
+    // INFO (DTMF) both ways.
+    let dtmf = "Content-Type: application/dtmf-relay\r\n";
+    t.a.send(t.sw, &up.a.request("INFO", 0, dtmf, DTMF)).await;
+    let (info, from) = t.b.expect_request("INFO").await;
+    assert_eq!(call_id(&info), b_cid);
+    assert_eq!(body(&info), DTMF);
+    assert_eq!(
+        val(&info, HeaderName::ContentType),
+        "application/dtmf-relay"
+    );
+    t.b.send(from, &answer(&info, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to INFO", is_status(200, "INFO")).await;
+
+    t.b.send(up.sw_b, &up.b.request("INFO", 0, dtmf, DTMF))
+        .await;
+    let (info, from) = t.a.expect_request("INFO").await;
+    assert_eq!(call_id(&info), cid);
+    assert_eq!(body(&info), DTMF);
+    assert_eq!(
+        val(&info, HeaderName::ContentType),
+        "application/dtmf-relay"
+    );
+    t.a.send(from, &answer(&info, 200, "OK", "", t.a.addr, ""))
+        .await;
+    t.b.expect("200 to INFO", is_status(200, "INFO")).await;
+
+    // OPTIONS inside the dialog.
+    t.a.send(t.sw, &up.a.request("OPTIONS", 0, "", "")).await;
+    let (opt, from) = t.b.expect_request("OPTIONS").await;
+    assert_eq!(call_id(&opt), b_cid);
+    t.b.send(from, &answer(&opt, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to OPTIONS", is_status(200, "OPTIONS"))
+        .await;
+
+    bye_from_a(&t, &mut up).await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 200);
+    assert_eq!(c.hangup_by, HangupBy::Caller);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 8 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_dialogs_get_481() {
+    let t = bed(|_| {}).await;
+    let cid = "u481-1";
+    let mut up = establish(&t, cid).await;
+    // Right Call-ID, wrong To tag.
+    let mut wrong = Side {
+        to: "<sip:1000@127.0.0.1>;tag=not-ours".into(),
+        ..Side::caller(t.a.addr, cid, &{
+            let s = format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP x;branch=z9hG4bKx\r\nFrom: {}\r\nTo: x\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <{}>\r\nContent-Length: 0\r\n\r\n",
+                up.a.from, up.a.ruri
+            );
+            parse(&s)
+        })
+    };
+    wrong.cseq = 10;
+    t.a.send(t.sw, &wrong.request("INFO", 0, "", "")).await;
+    let (r, _) =
+        t.a.expect("481 to INFO", |m| {
+            m.cseq().is_some_and(|c| c.method.to_string() == "INFO") && m.status().is_some()
+        })
+        .await;
+    assert_eq!(r.status(), Some(481));
+    // No INFO reached B.
+    let seen = collect(&t.b, SHORT).await;
+    assert!(!seen.iter().any(|m| is_request("INFO")(m)));
+
+    // A BYE for a Call-ID nobody knows: the router answers.
+    let mut ghost = Side {
+        call_id: "no-such-call".into(),
+        to: "<sip:1000@127.0.0.1>;tag=ghost".into(),
+        ruri: format!("sip:1000@{}", t.sw),
+        from: "<sip:alice@127.0.0.1>;tag=g1".into(),
+        me: t.a.addr,
+        cseq: 5,
+    };
+    t.a.send(t.sw, &ghost.request("BYE", 0, "", "")).await;
+    let (r, _) =
+        t.a.expect("481 to BYE", |m| {
+            m.cseq().is_some_and(|c| c.method.to_string() == "BYE") && m.status().is_some()
+        })
+        .await;
+    assert_eq!(r.status(), Some(481));
+    assert_eq!(call_id(&r), "no-such-call");
+
+    // The call itself is untouched.
+    assert_eq!(t.node.active_calls(), 1);
+    bye_from_a(&t, &mut up).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+fn parse(s: &str) -> Message {
+    use switchyard::sip::parse::{parse, Framing, Limits};
+    parse(
+        bytes::Bytes::copy_from_slice(s.as_bytes()),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+// ---- 9 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_timeout_gives_480_and_cancels_b() {
+    let t = bed(|c| c.calls.no_answer_timeout_secs = 1).await;
+    let cid = "noanswer-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    let started = Instant::now();
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    t.a.expect_status(180).await;
+    let (fin, _) =
+        t.a.expect("a final to INVITE", |m| {
+            m.status().is_some_and(|s| s >= 300)
+        })
+        .await;
+    assert_eq!(fin.status(), Some(480));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "no-answer after {waited:?}"
+    );
+    t.a.send(t.sw, &ack_failure(&inv, &fin)).await;
+    let (cancel, from) = t.b.expect_request("CANCEL").await;
+    assert_eq!(branch(&cancel), branch(&inv_b));
+    t.b.send(from, &answer(&cancel, 200, "OK", "btag", t.b.addr, ""))
+        .await;
+    t.b.send(
+        from,
+        &answer(&inv_b, 487, "Request Terminated", "btag", t.b.addr, ""),
+    )
+    .await;
+    t.b.expect_request("ACK").await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 480);
+    assert_eq!(c.hangup_by, HangupBy::System);
+    assert_eq!(c.disconnect_reason, "no answer");
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 10 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_duration_sends_bye_both_ways() {
+    let t = bed(|c| c.calls.max_duration_secs = 1).await;
+    let cid = "maxdur-1";
+    let started = Instant::now();
+    let up = establish(&t, cid).await;
+    let (bye_a, from_a) = t.a.expect_request("BYE").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "BYE after {waited:?}"
+    );
+    assert_eq!(call_id(&bye_a), cid);
+    let (bye_b, from_b) = t.b.expect_request("BYE").await;
+    assert_eq!(call_id(&bye_b), call_id(&up.inv_b));
+    assert_eq!(to_tag(&bye_b).as_deref(), Some("btag"));
+    t.a.send(from_a, &answer(&bye_a, 200, "OK", "", t.a.addr, ""))
+        .await;
+    t.b.send(from_b, &answer(&bye_b, 200, "OK", "", t.b.addr, ""))
+        .await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 200);
+    assert_eq!(c.hangup_by, HangupBy::System);
+    assert!(c.answer_at.is_some());
+    assert!(c.billable_ms >= 800, "billable {} ms", c.billable_ms);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 11 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_callee_times_out_with_408() {
+    let t = bed(|_| {}).await;
+    let cid = "silent-1";
+    let (inv, inv_b, _) = dial(&t, cid).await;
+    let started = Instant::now();
+    // B says nothing; the switch retransmits its INVITE (Timer A) until Timer B.
+    let (fin, _) = {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            assert!(Instant::now() < deadline, "no final for A");
+            if let Some((m, f)) = t.a.recv(Duration::from_secs(1)).await {
+                if m.status().is_some_and(|s| s >= 200) {
+                    break (m, f);
+                }
+            }
+        }
+    };
+    assert_eq!(fin.status(), Some(408));
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(6),
+        "Timer B after {waited:?}"
+    );
+    t.a.send(t.sw, &ack_failure(&inv, &fin)).await;
+    let seen = collect(&t.b, SHORT).await;
+    let retrans = seen
+        .iter()
+        .filter(|m| is_request("INVITE")(m) && branch(m) == branch(&inv_b))
+        .count();
+    assert!(retrans >= 2, "Timer A retransmissions seen by B: {retrans}");
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 408);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 12 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmissions_towards_and_from_caller() {
+    let t = bed(|_| {}).await;
+    let cid = "retrans-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    let (r1, _) = t.a.expect_status(180).await;
+    // A retransmits its INVITE: it gets the last provisional again.
+    t.a.send(t.sw, &inv).await;
+    let (r2, _) = t.a.expect_status(180).await;
+    assert_eq!(to_tag(&r1), to_tag(&r2));
+    // B answers; A withholds its ACK and sees the 200 again and again.
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let seen = collect(&t.a, Duration::from_millis(700)).await;
+    let oks: Vec<&Message> = seen
+        .iter()
+        .filter(|m| is_status(200, "INVITE")(m))
+        .collect();
+    assert!(oks.len() >= 2, "2xx retransmitted: {} copies", oks.len());
+    assert!(oks
+        .iter()
+        .all(|m| body(m) == SDP_B && to_tag(m) == to_tag(&r1)));
+    // A's ACK is not relayed before A sends it.
+    let b_seen = collect(&t.b, Duration::from_millis(50)).await;
+    assert!(
+        !b_seen.iter().any(|m| is_request("ACK")(m)),
+        "ACK before A's"
+    );
+    let mut a = Side::caller(t.a.addr, cid, oks[0]);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    t.b.expect_request("ACK").await;
+    // The retransmissions stop.
+    let _ = collect(&t.a, Duration::from_millis(100)).await;
+    let after = collect(&t.a, Duration::from_millis(600)).await;
+    assert!(
+        !after.iter().any(|m| is_status(200, "INVITE")(m)),
+        "2xx still retransmitted after ACK"
+    );
+    let mut up = Up {
+        a,
+        b: Side::callee(t.b.addr, &inv_b, "btag"),
+        inv_b,
+        sw_b,
+    };
+    bye_from_a(&t, &mut up).await;
+    assert_eq!(cdr(&t, cid).await.final_status, 200);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+// ---- 13 ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invite_retransmission_does_not_start_a_second_call() {
+    let t = bed(|_| {}).await;
+    let cid = "dup-1";
+    let inv = invite(cid, "1000", t.a.addr, t.sw);
+    for _ in 0..3 {
+        t.a.send(t.sw, &inv).await;
+    }
+    let (inv_b, sw_b) = t.b.expect_request("INVITE").await;
+    // Answer 100 so the switch stops retransmitting; any further INVITE would be a new call.
+    t.b.send(sw_b, &answer(&inv_b, 100, "Trying", "", t.b.addr, ""))
+        .await;
+    t.a.send(t.sw, &inv).await;
+    let seen = collect(&t.b, Duration::from_millis(600)).await;
+    let others: Vec<String> = seen
+        .iter()
+        .filter(|m| is_request("INVITE")(m))
+        .map(call_id)
+        .filter(|c| *c != call_id(&inv_b))
+        .collect();
+    assert!(others.is_empty(), "second call started: {others:?}");
+    assert_eq!(t.node.active_calls(), 1);
+    let a_seen = collect(&t.a, SHORT).await;
+    assert!(a_seen.iter().all(|m| m.status() == Some(100)));
+    t.b.send(
+        sw_b,
+        &answer(&inv_b, 486, "Busy Here", "btag", t.b.addr, ""),
+    )
+    .await;
+    let (busy, _) = t.a.expect_status(486).await;
+    t.a.send(t.sw, &ack_failure(&inv, &busy)).await;
+    assert_eq!(cdr(&t, cid).await.final_status, 486);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
