@@ -946,3 +946,156 @@ async fn invite_retransmission_does_not_start_a_second_call() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+// ---- beyond the list: cases a B2BUA commonly gets wrong ----
+
+/// The caller hangs up before its ACK (lost or not yet sent): B must get the ACK of its
+/// 2xx before the BYE, and one BYE only; the 2xx retransmissions to A stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_before_ack_acks_the_callee_first() {
+    let t = bed(|_| {}).await;
+    let cid = "byefirst-1";
+    let (_, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("BYE", 0, "", "")).await;
+    let (first, _) =
+        t.b.expect("ACK or BYE", |m| {
+            is_request("ACK")(m) || is_request("BYE")(m)
+        })
+        .await;
+    assert!(
+        is_request("ACK")(&first),
+        "B got BYE before the ACK of its 2xx"
+    );
+    let (bye, from) = t.b.expect_request("BYE").await;
+    t.b.send(from, &answer(&bye, 200, "OK", "", t.b.addr, ""))
+        .await;
+    // B retransmits its 2xx (it may not have seen the ACK yet): only the ACK is repeated.
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+    let b_later = collect(&t.b, Duration::from_millis(500)).await;
+    assert!(
+        !b_later.iter().any(|m| is_request("BYE")(m)),
+        "a second BYE to B"
+    );
+    assert!(b_later.iter().any(|m| is_request("ACK")(m)), "ACK repeated");
+    let a_later = collect(&t.a, Duration::from_millis(500)).await;
+    assert!(
+        !a_later.iter().any(|m| is_status(200, "INVITE")(m)),
+        "2xx still retransmitted after A's BYE"
+    );
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.hangup_by, HangupBy::Caller);
+    assert_eq!(c.final_status, 200);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// Delayed offer: A's INVITE has no SDP, B's 200 carries the offer, A's ACK the answer,
+/// which must reach B in its ACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_offer_answer_in_ack_reaches_callee() {
+    let t = bed(|_| {}).await;
+    let cid = "delayed-1";
+    let inv = invite(cid, "1000", t.a.addr, t.sw)
+        .replace("Content-Type: application/sdp\r\n", "")
+        .replace(
+            &format!("Content-Length: {}\r\n\r\n{SDP}", SDP.len()),
+            "Content-Length: 0\r\n\r\n",
+        );
+    t.a.send(t.sw, &inv).await;
+    let (inv_b, sw_b) = t.b.expect_request("INVITE").await;
+    assert!(inv_b.body.is_empty(), "no SDP invented");
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    assert_eq!(body(&ok), SDP_B);
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(
+        t.sw,
+        &a.request("ACK", 1, "Content-Type: application/sdp\r\n", SDP),
+    )
+    .await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(body(&ack), SDP, "answer in ACK relayed");
+    assert_eq!(val(&ack, HeaderName::ContentType), "application/sdp");
+
+    // The same with a re-INVITE without SDP (e.g. unhold by a 3pcc controller).
+    t.a.send(t.sw, &a.request("INVITE", 0, "", "")).await;
+    let (re, from) = t.b.expect_request("INVITE").await;
+    assert!(re.body.is_empty());
+    t.b.send(from, &answer(&re, 200, "OK", "", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) =
+        t.a.expect("200 to re-INVITE", is_status(200, "INVITE"))
+            .await;
+    assert_eq!(body(&ok), SDP_B);
+    let seq = cseq(&ok).0;
+    t.a.send(
+        t.sw,
+        &a.request("ACK", seq, "Content-Type: application/sdp\r\n", SDP),
+    )
+    .await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(cseq(&ack), (cseq(&re).0, "ACK".into()));
+    assert_eq!(body(&ack), SDP, "answer in the re-INVITE's ACK relayed");
+
+    let mut up = Up {
+        a,
+        b: Side::callee(t.b.addr, &inv_b, "btag"),
+        inv_b,
+        sw_b,
+    };
+    bye_from_a(&t, &mut up).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// B retransmits its 2xx after the call is confirmed: the switch ACKs it again and relays
+/// nothing to A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmitted_2xx_from_callee_is_acked_again() {
+    let t = bed(|_| {}).await;
+    let cid = "b2xx-1";
+    let mut up = establish(&t, cid).await;
+    t.b.send(
+        up.sw_b,
+        &answer(&up.inv_b, 200, "OK", "btag", t.b.addr, SDP_B),
+    )
+    .await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(cseq(&ack), (cseq(&up.inv_b).0, "ACK".into()));
+    let a_seen = collect(&t.a, SHORT).await;
+    assert!(a_seen.is_empty(), "relayed to A: {}", a_seen.len());
+    bye_from_a(&t, &mut up).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// A re-INVITE refused by B (491) reaches A, and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_reinvite_keeps_the_call() {
+    let t = bed(|_| {}).await;
+    let cid = "re491-1";
+    let mut up = establish(&t, cid).await;
+    let ct = "Content-Type: application/sdp\r\n";
+    let re_a = up.a.request("INVITE", 0, ct, SDP_HOLD);
+    t.a.send(t.sw, &re_a).await;
+    let (re, from) = t.b.expect_request("INVITE").await;
+    t.b.send(from, &answer(&re, 491, "Request Pending", "", t.b.addr, ""))
+        .await;
+    let (ack, _) = t.b.expect_request("ACK").await;
+    assert_eq!(branch(&ack), branch(&re));
+    let (r, _) = t.a.expect("491", is_status(491, "INVITE")).await;
+    t.a.send(t.sw, &ack_failure(&re_a, &r)).await;
+    assert_eq!(t.node.active_calls(), 1);
+    bye_from_a(&t, &mut up).await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 200);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

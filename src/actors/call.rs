@@ -403,6 +403,12 @@ struct Tx {
     dest: Dest,
     timers: [Option<TimerId>; 12],
     is_client: bool,
+    /// Client re-INVITE relayed between legs: the ACK we sent for its 2xx (resent when the
+    /// 2xx is retransmitted).
+    ack: Option<Bytes>,
+    /// Client re-INVITE without an offer: its 2xx carried the offer, so the answer comes in
+    /// the other leg's ACK, which we wait for before ACKing (end to end).
+    ack_due: bool,
 }
 
 /// The state of a call actor.
@@ -839,6 +845,15 @@ impl CallState {
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
         if method == Method::Bye {
+            if leg == Leg::A && self.core().phase == Phase::Answered {
+                // The caller's BYE proves it has our 2xx (its ACK was lost or is late): stop
+                // resending the 2xx, and ACK the callee's 2xx before the BYE reaches it, or
+                // the callee sees a BYE in a dialog it still waits to have confirmed.
+                if let Some((id, ..)) = self.resend_2xx.take() {
+                    self.ctx.timers.cancel(id);
+                }
+                self.ack_b(Bytes::new(), None);
+            }
             let by = if leg == Leg::A {
                 HangupBy::Caller
             } else {
@@ -911,6 +926,38 @@ impl CallState {
             let ct = msg.content_type().cloned();
             self.ack_b(msg.body.clone(), ct);
             self.set_phase(Phase::Confirmed);
+            return;
+        }
+        // The ACK of a relayed re-INVITE's 2xx that waits for it (delayed offer): relay it
+        // with its answer.
+        let seq = msg.cseq().map(|c| c.seq);
+        let peer = self.txs.iter().find_map(|t| match t.role {
+            Role::Relay { peer }
+                if !t.is_client
+                    && t.leg == leg
+                    && t.method == Method::Invite
+                    && t.request.cseq().map(|c| c.seq) == seq =>
+            {
+                Some(peer)
+            }
+            _ => None,
+        });
+        let Some(peer) = peer else {
+            return;
+        };
+        let Some((peer_leg, peer_seq)) = self
+            .txs
+            .iter()
+            .find(|t| t.id == peer && t.ack_due)
+            .map(|t| (t.leg, t.request.cseq().map(|c| c.seq).unwrap_or(1)))
+        else {
+            return;
+        };
+        let ct = msg.content_type().cloned();
+        let ack = self.send_ack(peer_leg, peer_seq, msg.body.clone(), ct);
+        if let Some(t) = self.tx_mut(peer) {
+            t.ack_due = false;
+            t.ack = Some(ack);
         }
     }
 
@@ -949,6 +996,8 @@ impl CallState {
             dest,
             timers: [None; 12],
             is_client: false,
+            ack: None,
+            ack_due: false,
         });
         self.execute(id, &actions, None);
         id
@@ -997,6 +1046,8 @@ impl CallState {
             dest,
             timers: [None; 12],
             is_client: true,
+            ack: None,
+            ack_due: false,
         });
         self.execute(id, &actions, None);
         id
@@ -1131,6 +1182,18 @@ impl CallState {
     /// Drops terminated transactions and stops the actor when the call is over and nothing
     /// is left.
     fn sweep(&mut self) {
+        // A delayed-offer re-INVITE whose 2xx the other leg never ACKed: ACK it without an
+        // answer rather than leave that peer waiting for an ACK forever.
+        let overdue: Vec<(Leg, u32)> = self
+            .txs
+            .iter()
+            .filter(|t| t.ack_due && t.fsm.is_terminated())
+            .map(|t| (t.leg, t.request.cseq().map(|c| c.seq).unwrap_or(1)))
+            .collect();
+        for (leg, seq) in overdue {
+            tracing::info!("no ACK for a relayed re-INVITE's 2xx: ACKing it empty");
+            self.send_ack(leg, seq, Bytes::new(), None);
+        }
         let before = self.txs.len();
         self.txs.retain(|t| !t.fsm.is_terminated());
         let gone = before - self.txs.len();
@@ -1168,15 +1231,30 @@ impl CallState {
             Role::BInvite => self.b_invite_response(resp, status),
             Role::Relay { peer } => {
                 if method == Method::Invite && (200..300).contains(&status) {
-                    // A re-INVITE's 2xx is ACKed hop by hop.
                     let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
-                    let leg = self
-                        .txs
-                        .iter()
-                        .find(|t| t.id == id)
-                        .map(|t| t.leg)
-                        .unwrap_or(Leg::B);
-                    self.send_ack(leg, cseq, Bytes::new(), None);
+                    let (leg, dest, acked, offer) = {
+                        let t = self.txs.iter().find(|t| t.id == id).expect("found above");
+                        (t.leg, t.dest, t.ack.clone(), !t.request.body.is_empty())
+                    };
+                    match acked {
+                        // A retransmitted 2xx: our ACK was lost; send it again.
+                        Some(ack) => self.ctx.transports().send(dest, ack),
+                        // The re-INVITE carried the offer, so the ACK carries nothing the
+                        // other leg has to say: ACK at once, hop by hop.
+                        None if offer => {
+                            let ack = self.send_ack(leg, cseq, Bytes::new(), None);
+                            if let Some(t) = self.tx_mut(id) {
+                                t.ack = Some(ack);
+                            }
+                        }
+                        // Delayed offer: this 2xx carries the offer and the answer comes in
+                        // the other leg's ACK, so the ACK is relayed end to end (`on_ack`).
+                        None => {
+                            if let Some(t) = self.tx_mut(id) {
+                                t.ack_due = true;
+                            }
+                        }
+                    }
                 }
                 if status >= 101 {
                     let reason = resp_reason(resp);
@@ -1232,11 +1310,20 @@ impl CallState {
                 self.send_b_cancel();
             }
             if (200..300).contains(&status) {
-                // Answered after all: ACK it and hang up.
-                self.learn_b_dialog(resp);
-                let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
-                self.send_ack(Leg::B, cseq, Bytes::new(), None);
-                self.send_bye(Leg::B);
+                if let Some(ack) = self.core().b_ack.clone() {
+                    // A retransmission of the 2xx we ACKed before the call ended (our ACK
+                    // was lost): ACK again; the BYE is already on its way.
+                    let dest = self.core().b_dest;
+                    self.ctx.transports().send(dest, ack);
+                } else {
+                    // Answered after all: ACK it and hang up, once (retransmissions of this
+                    // 2xx get the same ACK, not another BYE).
+                    self.learn_b_dialog(resp);
+                    let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
+                    let ack = self.send_ack(Leg::B, cseq, Bytes::new(), None);
+                    self.core().b_ack = Some(ack);
+                    self.send_bye(Leg::B);
+                }
             }
             return;
         }
