@@ -28,6 +28,76 @@ pub struct Config {
     /// Static routes, matched on the Request-URI user by longest prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Tenants with their SIP domains and users (agents' SIP accounts).
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+    #[serde(default)]
+    pub registrar: RegistrarConfig,
+}
+
+/// A tenant: a SIP domain and its users. Tenants never see each other's users or bindings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Stable id (letters, digits, '-', '_').
+    pub id: String,
+    /// The SIP domain users register under (`sip:user@domain`).
+    pub domain: String,
+    /// Digest realm (defaults to the domain).
+    #[serde(default)]
+    pub realm: Option<String>,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// More users from a CSV file: `username,ha1_md5,ha1_sha256` per line (either hash may be
+    /// empty), `#` comments allowed. Relative paths are relative to the working directory.
+    #[serde(default)]
+    pub users_csv: Option<PathBuf>,
+}
+
+impl TenantConfig {
+    pub fn realm(&self) -> &str {
+        self.realm.as_deref().unwrap_or(&self.domain)
+    }
+}
+
+/// A user's credentials as digest HA1 hashes (never the password):
+/// `ha1_md5 = hex(MD5(username:realm:password))`, `ha1_sha256 = hex(SHA-256(...))`.
+/// `switchyard ha1` computes them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    #[serde(default)]
+    pub ha1_md5: Option<String>,
+    #[serde(default)]
+    pub ha1_sha256: Option<String>,
+}
+
+/// Registrar and authentication settings.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// Shorter registrations get 423 with Min-Expires.
+    #[serde(default = "default_min_expires")]
+    pub min_expires_secs: u32,
+    /// Longer registrations are cut to this.
+    #[serde(default = "default_max_expires")]
+    pub max_expires_secs: u32,
+    /// When neither the Expires header nor the contact's parameter says.
+    #[serde(default = "default_expires")]
+    pub default_expires_secs: u32,
+    /// A nonce older than this gets `stale=true`.
+    #[serde(default = "default_nonce_ttl")]
+    pub nonce_ttl_secs: u32,
+    /// Failed authentications in a row (per source IP, or per user) before a lock.
+    #[serde(default = "default_max_failures")]
+    pub max_auth_failures: u32,
+    /// How long a lock lasts; locked sources and users get 403.
+    #[serde(default = "default_lock")]
+    pub lock_secs: u32,
+    /// Challenge INVITEs from a tenant's users (407) before routing them.
+    #[serde(default = "default_true")]
+    pub authenticate_invites: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -55,6 +125,12 @@ pub struct SipConfig {
     /// strict RFC 3261 §18.2.2.
     #[serde(default = "default_true")]
     pub force_rport: bool,
+    /// TLS certificate chain (PEM) for `tls:` listeners.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for `tls:` listeners.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -143,6 +219,24 @@ fn default_udp_workers() -> usize {
 }
 fn default_user_agent() -> String {
     format!("Switchyard/{}", env!("CARGO_PKG_VERSION"))
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    7200
+}
+fn default_expires() -> u32 {
+    3600
+}
+fn default_nonce_ttl() -> u32 {
+    300
+}
+fn default_max_failures() -> u32 {
+    10
+}
+fn default_lock() -> u32 {
+    300
 }
 fn default_true() -> bool {
     true
@@ -296,6 +390,86 @@ impl Config {
                 );
             }
         }
+        if (self.sip.tls_cert.is_some()) != (self.sip.tls_key.is_some()) {
+            err(
+                "sip.tls_cert".into(),
+                "tls_cert and tls_key go together".into(),
+            );
+        }
+        let r = &self.registrar;
+        if r.min_expires_secs == 0 || r.min_expires_secs > r.max_expires_secs {
+            err(
+                "registrar".into(),
+                "need 0 < min_expires_secs <= max_expires_secs".into(),
+            );
+        }
+        if !(r.min_expires_secs..=r.max_expires_secs).contains(&r.default_expires_secs) {
+            err(
+                "registrar.default_expires_secs".into(),
+                "must lie between min and max".into(),
+            );
+        }
+        if r.nonce_ttl_secs == 0 || r.max_auth_failures == 0 {
+            err(
+                "registrar".into(),
+                "nonce_ttl_secs and max_auth_failures must be > 0".into(),
+            );
+        }
+        let mut ids = std::collections::HashSet::new();
+        let mut domains = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.id.is_empty()
+                || !t
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                err(
+                    format!("tenants[{i}].id"),
+                    format!("{:?}: letters, digits, '-' and '_' only", t.id),
+                );
+            }
+            if !ids.insert(t.id.as_str()) {
+                err(
+                    format!("tenants[{i}].id"),
+                    format!("{:?} is used twice", t.id),
+                );
+            }
+            if t.domain.is_empty() || !crate::sip::uri::is_valid_host(t.domain.as_bytes()) {
+                err(
+                    format!("tenants[{i}].domain"),
+                    format!("{:?} is not a host name", t.domain),
+                );
+            }
+            if !domains.insert(t.domain.to_ascii_lowercase()) {
+                err(
+                    format!("tenants[{i}].domain"),
+                    format!("{:?} belongs to another tenant", t.domain),
+                );
+            }
+            let mut users = std::collections::HashSet::new();
+            for (j, u) in t.users.iter().enumerate() {
+                let place = format!("tenants[{i}].users[{j}]");
+                if u.username.is_empty() || !users.insert(u.username.as_str()) {
+                    err(
+                        place.clone(),
+                        format!("username {:?} is empty or used twice", u.username),
+                    );
+                }
+                if u.ha1_md5.is_none() && u.ha1_sha256.is_none() {
+                    err(place.clone(), "needs ha1_md5 or ha1_sha256".into());
+                }
+                if u.ha1_md5.as_ref().is_some_and(|h| !is_hex(h, 32)) {
+                    err(format!("{place}.ha1_md5"), "must be 32 hex digits".into());
+                }
+                if u.ha1_sha256.as_ref().is_some_and(|h| !is_hex(h, 64)) {
+                    err(
+                        format!("{place}.ha1_sha256"),
+                        "must be 64 hex digits".into(),
+                    );
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -319,6 +493,10 @@ impl Config {
             t4: Duration::from_millis(self.timers.t4_ms),
         }
     }
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// A route's target: where B legs go.

@@ -1,7 +1,7 @@
 //! TCP: accepted and outbound connections, each with a reader task (framing by
 //! Content-Length) and a writer task fed by a bounded queue.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -261,7 +261,10 @@ impl TcpRegistry {
                             }
                         }
                         Ok(StreamCheck::Complete { len }) => {
-                            let msg = buf.split_to(len).freeze();
+                            // A copy of exactly this message: a slice of the read buffer would
+                            // pin the whole buffer for as long as a call keeps the message.
+                            let msg = Bytes::copy_from_slice(&buf[..len]);
+                            buf.advance(len);
                             let Some(transports) = self.transports() else {
                                 break 'conn;
                             };

@@ -1,6 +1,6 @@
 //! UDP: one or more sockets per listen address (SO_REUSEPORT), each with a receive task.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -95,21 +95,16 @@ async fn recv_loop(
     handler: Arc<dyn Handler>,
     transports: Transports,
 ) {
-    // One buffer, split per datagram: each message's Bytes points into a shared chunk,
-    // so a datagram costs no allocation until the chunk is used up.
-    let mut buf = BytesMut::with_capacity(DATAGRAM_MAX * 4);
+    // One reusable receive buffer; each datagram is copied into an allocation of its own
+    // size. Slicing datagrams out of a shared chunk would be copy-free, but a call keeps its
+    // INVITE for its whole life, and one retained slice pins the whole chunk: at 500 CAPS
+    // that held about 90 MiB of mostly dead buffer.
+    let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
-        if buf.capacity() - buf.len() < DATAGRAM_MAX {
-            buf = BytesMut::with_capacity(DATAGRAM_MAX * 4);
-        }
-        let spare = buf.capacity() - buf.len();
-        buf.resize(buf.len() + spare.min(DATAGRAM_MAX), 0);
-        let start = buf.len() - spare.min(DATAGRAM_MAX);
-        let res = socket.recv_from(&mut buf[start..]).await;
+        let res = socket.recv_from(&mut buf).await;
         match res {
             Ok((n, remote)) => {
-                buf.truncate(start + n);
-                let datagram: Bytes = buf.split_to(start + n).split_off(start).freeze();
+                let datagram = Bytes::copy_from_slice(&buf[..n]);
                 if n == 0 {
                     continue;
                 }
@@ -138,7 +133,6 @@ async fn recv_loop(
                 );
             }
             Err(e) => {
-                buf.truncate(start);
                 // ICMP port unreachable surfaces as ECONNREFUSED on some systems: not fatal.
                 tracing::debug!(error = %e, "udp receive error");
                 tokio::task::yield_now().await;
