@@ -284,6 +284,7 @@ default_from_serde!(
     TimersConfig,
     CallsConfig,
     AdmissionConfig,
+    RegistrarConfig,
     Config
 );
 
