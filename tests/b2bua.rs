@@ -1099,3 +1099,44 @@ async fn refused_reinvite_keeps_the_call() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// The caller sends BYE in the early dialog (RFC 3261 §15): it gets 200 for the BYE and
+/// 487 for its INVITE, B is CANCELled, and the call is forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bye_in_early_dialog_from_caller() {
+    let t = bed(|_| {}).await;
+    let cid = "earlybye-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    let (ringing, _) = t.a.expect_status(180).await;
+    let mut a = Side::caller(t.a.addr, cid, &ringing);
+    t.a.send(t.sw, &a.request("BYE", 0, "", "")).await;
+    t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+    let (term, _) = t.a.expect("487 to INVITE", is_status(487, "INVITE")).await;
+    t.a.send(t.sw, &ack_failure(&inv, &term)).await;
+    let (cancel, from) =
+        t.b.expect("CANCEL or BYE", |m| {
+            is_request("CANCEL")(m) || is_request("BYE")(m)
+        })
+        .await;
+    assert!(
+        is_request("CANCEL")(&cancel),
+        "the unanswered B leg is CANCELled"
+    );
+    assert_eq!(branch(&cancel), branch(&inv_b));
+    t.b.send(from, &answer(&cancel, 200, "OK", "btag", t.b.addr, ""))
+        .await;
+    t.b.send(
+        from,
+        &answer(&inv_b, 487, "Request Terminated", "btag", t.b.addr, ""),
+    )
+    .await;
+    t.b.expect_request("ACK").await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 487);
+    assert_eq!(c.hangup_by, HangupBy::Caller);
+    assert!(c.answer_at.is_none());
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

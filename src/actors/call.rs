@@ -842,6 +842,22 @@ impl CallState {
             return self.respond(id, 500, "Server Internal Error (CSeq Out of Order)", None);
         }
         dialog.remote_cseq = Some(cseq);
+        if method == Method::Bye && matches!(self.core().phase, Phase::Setup | Phase::Early) {
+            // A BYE in an early dialog (RFC 3261 §15). From the caller it ends the call like
+            // a CANCEL: its INVITE gets 487 (§15.1.2), which a relayed BYE would never
+            // produce, and the B leg is CANCELled. From the callee (which must not send
+            // one) it is only acknowledged: B's final answer or the no-answer timer ends
+            // the call.
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            self.respond(id, 200, "OK", None);
+            if leg == Leg::A {
+                let resp = self.a_response(487, "Request Terminated", false);
+                self.respond_a_invite(resp);
+                self.cancel_b();
+                self.end(487, HangupBy::Caller, "bye before answer");
+            }
+            return;
+        }
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
         if method == Method::Bye {
