@@ -445,12 +445,31 @@ async fn early_media_183_with_sdp_then_200_without() {
     let (p, _) = t.a.expect_status(183).await;
     assert_eq!(body(&p), SDP_B, "early media SDP relayed");
     assert_eq!(val(&p, HeaderName::ContentType), "application/sdp");
+    // An UPDATE in the early dialog goes to B's Contact from its 183 (RFC 3261 §12.1.2).
+    let mut early = Side::caller(t.a.addr, cid, &p);
+    t.a.send(
+        t.sw,
+        &early.request("UPDATE", 0, "Content-Type: application/sdp\r\n", SDP),
+    )
+    .await;
+    let (upd, from) = t.b.expect_request("UPDATE").await;
+    assert_eq!(
+        upd.request_uri().unwrap().as_ref(),
+        format!("sip:bob@{}", t.b.addr).as_bytes()
+    );
+    assert_eq!(to_tag(&upd).as_deref(), Some("btag"));
+    assert_eq!(body(&upd), SDP);
+    t.b.send(from, &answer(&upd, 200, "OK", "", t.b.addr, SDP_B))
+        .await;
+    let (upd_ok, _) = t.a.expect("200 to UPDATE", is_status(200, "UPDATE")).await;
+    assert_eq!(body(&upd_ok), SDP_B);
     t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, ""))
         .await;
     let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
     assert!(ok.body.is_empty(), "200 without SDP relayed as is");
     assert_eq!(to_tag(&ok), to_tag(&p));
     let mut a = Side::caller(t.a.addr, cid, &ok);
+    a.cseq = early.cseq;
     t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
     t.b.expect_request("ACK").await;
     let mut up = Up {
@@ -1137,6 +1156,46 @@ async fn bye_in_early_dialog_from_caller() {
     assert_eq!(c.final_status, 487);
     assert_eq!(c.hangup_by, HangupBy::Caller);
     assert!(c.answer_at.is_none());
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// The callee hangs up before the caller's ACK: B's 2xx is ACKed (so its retransmissions
+/// do not look like a late answer that earns a second BYE), A gets the BYE, and A's late
+/// ACK stops the 2xx retransmissions towards A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_bye_before_caller_ack() {
+    let t = bed(|_| {}).await;
+    let cid = "calleefirst-1";
+    let (_, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    let mut b = Side::callee(t.b.addr, &inv_b, "btag");
+    t.b.send(sw_b, &b.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.a.expect_request("BYE").await;
+    t.a.send(from, &answer(&bye, 200, "OK", "", t.a.addr, ""))
+        .await;
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    t.b.expect("200 to BYE", is_status(200, "BYE")).await;
+    // B retransmits its 2xx: ACK only.
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let b_seen = collect(&t.b, Duration::from_millis(500)).await;
+    assert!(b_seen.iter().any(|m| is_request("ACK")(m)), "2xx ACKed");
+    assert!(
+        !b_seen.iter().any(|m| is_request("BYE")(m)),
+        "BYE sent to B after B's own BYE"
+    );
+    let _ = collect(&t.a, Duration::from_millis(100)).await;
+    let a_seen = collect(&t.a, Duration::from_millis(500)).await;
+    assert!(
+        !a_seen.iter().any(|m| is_status(200, "INVITE")(m)),
+        "2xx resent after A's ACK"
+    );
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.hangup_by, HangupBy::Callee);
     assert_drained(&t).await;
     t.node.shutdown().await;
 }

@@ -861,12 +861,16 @@ impl CallState {
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
         if method == Method::Bye {
-            if leg == Leg::A && self.core().phase == Phase::Answered {
-                // The caller's BYE proves it has our 2xx (its ACK was lost or is late): stop
-                // resending the 2xx, and ACK the callee's 2xx before the BYE reaches it, or
-                // the callee sees a BYE in a dialog it still waits to have confirmed.
-                if let Some((id, ..)) = self.resend_2xx.take() {
-                    self.ctx.timers.cancel(id);
+            if self.core().phase == Phase::Answered {
+                // A BYE before the caller's ACK. From the caller it proves it has our 2xx
+                // (its ACK was lost or is late): stop resending the 2xx. Either way ACK the
+                // callee's 2xx now: before the BYE reaches it (it would see a BYE in a dialog
+                // it still waits to have confirmed), or so that its 2xx retransmissions do
+                // not look like an answer after the end (which gets a second BYE).
+                if leg == Leg::A {
+                    if let Some((id, ..)) = self.resend_2xx.take() {
+                        self.ctx.timers.cancel(id);
+                    }
                 }
                 self.ack_b(Bytes::new(), None);
             }
@@ -931,17 +935,19 @@ impl CallState {
                 return;
             }
         }
-        // The ACK of the caller's 2xx: stop retransmitting it and ACK the callee.
-        if leg == Leg::A
-            && self.core().phase == Phase::Answered
-            && msg.cseq().map(|c| c.seq) == self.core().a_invite.cseq().map(|c| c.seq)
+        // The ACK of the caller's 2xx: stop retransmitting it and ACK the callee. The 2xx
+        // may still be resent after the call ended (the callee hung up first): that stops
+        // here too.
+        if leg == Leg::A && msg.cseq().map(|c| c.seq) == self.core().a_invite.cseq().map(|c| c.seq)
         {
             if let Some((id, ..)) = self.resend_2xx.take() {
                 self.ctx.timers.cancel(id);
             }
-            let ct = msg.content_type().cloned();
-            self.ack_b(msg.body.clone(), ct);
-            self.set_phase(Phase::Confirmed);
+            if self.core().phase == Phase::Answered {
+                let ct = msg.content_type().cloned();
+                self.ack_b(msg.body.clone(), ct);
+                self.set_phase(Phase::Confirmed);
+            }
             return;
         }
         // The ACK of a relayed re-INVITE's 2xx that waits for it (delayed offer): relay it
@@ -1346,8 +1352,10 @@ impl CallState {
         match status {
             100 => {}
             101..=199 => {
-                if let Some(tag) = resp.to().and_then(|t| t.tag()) {
-                    self.core().b.remote_tag = tag;
+                if resp.to().and_then(|t| t.tag()).is_some() {
+                    // An early dialog (RFC 3261 §12.1.2): its tag, remote target and route
+                    // set carry requests sent in it (an UPDATE before the answer).
+                    self.learn_b_dialog(resp);
                 }
                 if self.core().cdr.ringing_ms.is_none() {
                     self.core().cdr.ringing_ms = Some(now_unix_ms());
