@@ -47,13 +47,32 @@ pub enum Slot {
     /// The call actor is being started; messages wait here (bounded) until it runs.
     Starting(Vec<Inbound>),
     Running(ActorRef<CallMsg>),
+    /// The call has ended and its actor has stopped; retransmitted requests are answered
+    /// from here until the entry expires (64*T1), so no actor lingers just to absorb them.
+    Retired(Arc<Retired>),
+}
+
+/// What an ended call leaves behind: the last response of each of its server transactions.
+#[derive(Debug, Default)]
+pub struct Retired {
+    pub responses: Vec<RetiredResponse>,
+}
+
+/// The final response of one server transaction of an ended call.
+#[derive(Debug)]
+pub struct RetiredResponse {
+    /// Top Via branch of the request it answered.
+    pub branch: Bytes,
+    pub method: Method,
+    pub response: Bytes,
+    pub dest: crate::transport::Dest,
 }
 
 /// Call-ID → call actor, sharded (dashmap) so receive tasks do not contend on one lock.
 /// No guard is ever held across an `.await`.
 #[derive(Default)]
 pub struct Directory {
-    map: DashMap<Bytes, Slot>,
+    map: Arc<DashMap<Bytes, Slot>>,
 }
 
 const STARTING_QUEUE: usize = 32;
@@ -61,7 +80,7 @@ const STARTING_QUEUE: usize = 32;
 impl Directory {
     pub fn new() -> Directory {
         Directory {
-            map: DashMap::with_capacity(32 * 1024),
+            map: Arc::new(DashMap::with_capacity(32 * 1024)),
         }
     }
 
@@ -90,8 +109,35 @@ impl Directory {
     pub fn lookup(&self, call_id: &[u8]) -> Option<ActorRef<CallMsg>> {
         match self.map.get(call_id)?.value() {
             Slot::Running(a) => Some(a.clone()),
-            Slot::Starting(_) => None,
+            Slot::Starting(_) | Slot::Retired(_) => None,
         }
+    }
+
+    /// Replaces a stopping actor's entries with what its retransmissions need, and removes
+    /// them after `linger`.
+    pub fn retire(&self, call_ids: &[Bytes], actor: &ActorRef<CallMsg>, retired: Retired, timers: &crate::timer::TimerService, linger: Duration) {
+        let retired = Arc::new(retired);
+        for id in call_ids {
+            if let Some(mut slot) = self.map.get_mut(id) {
+                if matches!(slot.value(), Slot::Running(a) if a.get_id() == actor.get_id()) {
+                    *slot = Slot::Retired(retired.clone());
+                }
+            }
+        }
+        let ids = call_ids.to_vec();
+        let map = self.map.clone();
+        let weak = Arc::downgrade(&retired);
+        drop(retired);
+        timers.schedule(linger, move || {
+            for id in &ids {
+                map.remove_if(id, |_, slot| matches!(slot, Slot::Retired(r) if weak.upgrade().is_some_and(|w| Arc::ptr_eq(r, &w))));
+            }
+        });
+    }
+
+    /// Retired entries (ended calls absorbing retransmissions).
+    pub fn retired(&self) -> usize {
+        self.map.iter().filter(|e| matches!(e.value(), Slot::Retired(_))).count()
     }
 
     pub fn len(&self) -> usize {
@@ -414,6 +460,26 @@ impl Router {
     }
 }
 
+impl Router {
+    /// A message for an ended call: a retransmitted request gets its final response again,
+    /// ACKs and late responses are absorbed, anything new gets 481.
+    fn absorb(&self, retired: &Retired, inbound: Inbound) {
+        let Inbound { msg, source } = inbound;
+        let Some(method) = msg.method().cloned() else {
+            metrics::counter!(STRAY, "kind" => "late_response").increment(1);
+            return;
+        };
+        if method == Method::Ack {
+            return;
+        }
+        let branch = msg.top_via().and_then(|v| v.branch()).unwrap_or_default();
+        match retired.responses.iter().find(|r| r.branch == branch && r.method == method) {
+            Some(r) => self.ctx.transports().send(r.dest, r.response.clone()),
+            None => self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[]),
+        }
+    }
+}
+
 impl Handler for Router {
     fn handle(&self, inbound: Inbound) {
         if !self.ctx.ready() {
@@ -431,6 +497,11 @@ impl Handler for Router {
         };
         let actor = match slot.value_mut() {
             Slot::Running(actor) => actor.clone(),
+            Slot::Retired(retired) => {
+                let retired = retired.clone();
+                drop(slot);
+                return self.absorb(&retired, inbound);
+            }
             Slot::Starting(queue) => {
                 if queue.len() < STARTING_QUEUE {
                     queue.push(inbound);
