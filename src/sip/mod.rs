@@ -4,6 +4,7 @@
 //! - [`parse`]: the parser and stream framing.
 //! - [`headers`], [`uri`]: typed views of header values and URIs.
 //! - [`validate`]: what a request must satisfy before it is acted on.
+pub mod auth;
 pub mod dialog;
 pub mod headers;
 pub mod message;
