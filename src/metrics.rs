@@ -88,6 +88,7 @@ pub fn describe_all() {
     crate::transport::describe();
     crate::actors::router::describe();
     crate::actors::call::describe();
+    crate::actors::tenant::describe();
 
     metrics::describe_gauge!(
         BUILD_INFO,

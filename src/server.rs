@@ -17,6 +17,8 @@ use crate::transport::{ListenSpec, TransportConfig, Transports};
 
 /// A running node.
 pub struct Node {
+    /// This node's name within the process (actor names carry it).
+    pub name: String,
     pub transports: Transports,
     pub http_addr: SocketAddr,
     pub ctx: Arc<CallContext>,
@@ -33,7 +35,12 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
         let node_name = format!("n{}", NODE_SEQ.fetch_add(1, Ordering::Relaxed));
-        let tree = tree::start(&config.data_dir, &node_name).await?;
+        let tenants: Vec<_> = config
+            .tenants
+            .iter()
+            .map(|t| (t.clone(), t.users.len()))
+            .collect();
+        let tree = tree::start(&config.data_dir, &node_name, &tenants).await?;
         let timers = TimerService::new();
         let max_duration = match config.calls.max_duration_secs {
             0 => None,
@@ -88,6 +95,7 @@ impl Node {
         }
         tracing::info!(%http_addr, "HTTP listening (/metrics, /health)");
         Ok(Node {
+            name: node_name,
             transports,
             http_addr,
             ctx,

@@ -4,6 +4,8 @@
 //! - [`router`]: not an actor but the transport's handler: Call-ID directory, admission
 //!   control, stateless answers, call actor start.
 //! - [`store_writer`]: the single writer of the SQLite store.
+//! - [`tenant`]: one per tenant, its identity and (later) limits, rules and numbers.
 pub mod call;
 pub mod router;
 pub mod store_writer;
+pub mod tenant;

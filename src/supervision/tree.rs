@@ -3,6 +3,9 @@
 //! ```text
 //! root (one_for_one, 5 restarts / 10 s)
 //! ├── store_writer   permanent   the SQLite writer (CDRs)
+//! ├── tenants        permanent   one_for_one supervisor, 3 restarts / 10 s
+//! │   └── tenant/<id>            rest_for_one supervisor per tenant
+//! │       └── tenant actor       permanent (queues, agents, campaigns follow it later)
 //! └── calls          permanent   one_for_one supervisor, 100 restarts / 10 s
 //!     └── call actors            transient, one per call, started by the router
 //! ```
@@ -15,6 +18,8 @@ use std::time::Duration;
 
 use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
+use crate::actors::tenant::{self, TenantActor, TenantArgs};
+use crate::config::TenantConfig;
 
 /// The long-lived actors of a node: the root by reference, the others by their stable
 /// names (a restarted actor is found again under the same name).
@@ -40,16 +45,41 @@ fn name(base: &str, node: &str) -> String {
     format!("{base}@{node}")
 }
 
-/// Starts the tree. `node` makes actor names unique within the process.
+/// Starts the tree. `node` makes actor names unique within the process; `tenants` pairs each
+/// tenant's config with its number of users.
 pub async fn start(
     data_dir: &Path,
     node: &str,
+    tenants: &[(TenantConfig, usize)],
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
     let db = data_dir.join("switchyard.db");
     let store_name = name("store_writer", node);
     let calls_name = name("calls", node);
     let calls = SupervisorArgs::new(calls_name.clone(), Strategy::OneForOne)
         .with_intensity(Intensity::new(100, Duration::from_secs(10)));
+    let mut tenants_sup = SupervisorArgs::new(name("tenants", node), Strategy::OneForOne)
+        .with_intensity(Intensity::new(3, Duration::from_secs(10)));
+    for (config, users) in tenants {
+        let id = config.id.clone();
+        let (config, users) = (config.clone(), *users);
+        let per_tenant =
+            SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
+                .with_intensity(Intensity::new(3, Duration::from_secs(10)))
+                .with_child(ChildSpec::named_actor(
+                    tenant::actor_name(&id, node),
+                    "tenant",
+                    Restart::Permanent,
+                    TenantActor,
+                    move || TenantArgs {
+                        config: config.clone(),
+                        users,
+                    },
+                ));
+        tenants_sup = tenants_sup.with_child(ChildSpec::supervisor(
+            format!("tenant-sup/{id}@{node}"),
+            per_tenant,
+        ));
+    }
     let root_args = SupervisorArgs::new(name("root", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(5, Duration::from_secs(10)))
         .with_child(ChildSpec::named_actor(
@@ -59,6 +89,7 @@ pub async fn start(
             StoreWriterActor,
             move || StoreWriterArgs::new(db.clone()),
         ))
+        .with_child(ChildSpec::supervisor(name("tenants", node), tenants_sup))
         .with_child(
             ChildSpec::named_actor(
                 calls_name.clone(),
