@@ -14,6 +14,7 @@ pub mod actors;
 pub mod api;
 pub mod config;
 pub mod metrics;
+pub mod routing;
 pub mod server;
 pub mod sip;
 pub mod store;

@@ -1,0 +1,808 @@
+//! The digest authenticator: who the users of each tenant are, and the stateful half of
+//! digest authentication that `sip::auth` leaves out — nonce-count replay protection and
+//! brute-force locks.
+//!
+//! One [`Authenticator`] is shared (`Arc`) by the registrar (401 for REGISTER) and call
+//! routing (407 for INVITE). Every method takes `&self`: the per-nonce and per-source tables
+//! are sharded maps whose guards are held for a few operations only, so receive tasks and
+//! actors never wait on each other for long.
+//!
+//! Nonces are stateless (`sip::auth::NonceKey`); only nonces that have authenticated a
+//! request get an entry (their last nonce count), and entries go when the nonce expires.
+//! With [`Authenticator::new`] the nonce key is random per process: after a restart clients'
+//! nonces are unknown, they get `stale=true` and retry without asking their user.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::config::{RegistrarConfig, TenantConfig, UserConfig};
+use crate::sip::auth::{Algorithm, Challenge, Credentials, NonceCheck, NonceKey};
+use crate::sip::message::{response_to, HeaderName, Message};
+
+/// Authentication outcomes, by `outcome` (challenge, success, failure, stale, replay, locked,
+/// bad_request) (counter).
+pub const AUTH_TOTAL: &str = "switchyard_auth_total";
+/// Locks imposed after repeated failures, by `scope` (source, user) (counter).
+pub const AUTH_LOCKS_TOTAL: &str = "switchyard_auth_locks_total";
+
+/// Describes this module's metrics.
+pub fn describe() {
+    metrics::describe_counter!(
+        AUTH_TOTAL,
+        "Digest authentication outcomes (challenge, success, failure, stale, replay, locked, bad_request)"
+    );
+    metrics::describe_counter!(
+        AUTH_LOCKS_TOTAL,
+        "Temporary locks after repeated authentication failures, by scope (source, user)"
+    );
+}
+
+/// Nonce-count entries kept at most; beyond this the table is purged, then cleared (clients
+/// whose entry went get `stale=true` on their next nonce count and start a new nonce).
+const MAX_NC_ENTRIES: usize = 500_000;
+/// Failure counters kept at most (per source and per user together).
+const MAX_STRIKE_ENTRIES: usize = 100_000;
+
+/// A user's digest secrets (hex HA1 per algorithm; never the password).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserKeys {
+    pub ha1_md5: Option<String>,
+    pub ha1_sha256: Option<String>,
+}
+
+impl UserKeys {
+    /// The HA1 for an algorithm, if the user has one.
+    pub fn ha1(&self, alg: Algorithm) -> Option<&str> {
+        match alg {
+            Algorithm::Md5 => self.ha1_md5.as_deref(),
+            Algorithm::Sha256 => self.ha1_sha256.as_deref(),
+        }
+    }
+}
+
+/// A tenant as the authenticator knows it: domain, realm and users.
+#[derive(Clone, Debug)]
+pub struct TenantUsers {
+    pub id: String,
+    /// The SIP domain, lowercase.
+    pub domain: String,
+    pub realm: String,
+    users: HashMap<String, UserKeys>,
+}
+
+impl TenantUsers {
+    /// A user's keys.
+    pub fn user(&self, username: &str) -> Option<&UserKeys> {
+        self.users.get(username)
+    }
+
+    /// How many users the tenant has.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+}
+
+/// A tenant's user file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}, line {line}: {message}")]
+    Csv {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+/// What to do with a request after authentication.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The credentials are right: the request comes from `username` of the tenant.
+    Authenticated { username: String },
+    /// Answer `status` (401 or 407) with one `header` line per value (SHA-256 first, then
+    /// MD5, as RFC 8760 §2.4 asks).
+    Challenge {
+        status: u16,
+        header: HeaderName,
+        values: Vec<String>,
+    },
+    /// Answer 403: the source or the user is locked.
+    Forbidden { reason: &'static str },
+    /// Answer 400: the credentials do not parse.
+    BadRequest { reason: &'static str },
+}
+
+impl AuthOutcome {
+    /// The response to send for this outcome (`None` when authenticated).
+    pub fn response(&self, req: &Message, to_tag: &[u8]) -> Option<Message> {
+        match self {
+            AuthOutcome::Authenticated { .. } => None,
+            AuthOutcome::Challenge {
+                status,
+                header,
+                values,
+            } => {
+                let reason = if *status == 407 {
+                    "Proxy Authentication Required"
+                } else {
+                    "Unauthorized"
+                };
+                let mut r = response_to(req, *status, reason, Some(to_tag));
+                for v in values {
+                    r.push(*header, Bytes::from(v.clone()));
+                }
+                Some(r)
+            }
+            AuthOutcome::Forbidden { reason } => {
+                Some(response_to(req, 403, &format!("Forbidden ({reason})"), Some(to_tag)))
+            }
+            AuthOutcome::BadRequest { reason } => Some(response_to(
+                req,
+                400,
+                &format!("Bad Request ({reason})"),
+                Some(to_tag),
+            )),
+        }
+    }
+}
+
+/// The last nonce count seen for a nonce that has authenticated a request.
+#[derive(Clone, Copy, Debug)]
+struct NcEntry {
+    last: u32,
+    issued_ms: u64,
+}
+
+/// Consecutive failures of one source or user, and its lock.
+#[derive(Clone, Copy, Debug, Default)]
+struct Strikes {
+    count: u32,
+    last_ms: u64,
+    locked_until_ms: u64,
+}
+
+/// Users per tenant, nonces, replay tracking and brute-force locks. Send + Sync; share it
+/// through an `Arc`.
+pub struct Authenticator {
+    nonce_ttl_ms: u64,
+    max_failures: u32,
+    lock_ms: u64,
+    tenants: HashMap<String, TenantUsers>,
+    /// Lowercase domain → tenant id.
+    by_domain: HashMap<String, String>,
+    key: NonceKey,
+    nc: DashMap<Bytes, NcEntry>,
+    by_source: DashMap<IpAddr, Strikes>,
+    by_user: DashMap<(String, String), Strikes>,
+}
+
+/// Unix milliseconds of a `SystemTime`.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Authenticator {
+    /// Loads the tenants' users (including each `users_csv`) with a random nonce key.
+    pub fn new(config: &RegistrarConfig, tenants: &[TenantConfig]) -> Result<Self, LoadError> {
+        Self::with_key(config, tenants, NonceKey::random())
+    }
+
+    /// [`Authenticator::new`] with a given nonce key (persist its secret to keep clients'
+    /// nonces valid across a restart).
+    pub fn with_key(
+        config: &RegistrarConfig,
+        tenants: &[TenantConfig],
+        key: NonceKey,
+    ) -> Result<Self, LoadError> {
+        let mut map = HashMap::new();
+        let mut by_domain = HashMap::new();
+        for t in tenants {
+            let mut users: HashMap<String, UserKeys> = t
+                .users
+                .iter()
+                .map(|u: &UserConfig| {
+                    (
+                        u.username.clone(),
+                        UserKeys {
+                            ha1_md5: u.ha1_md5.clone(),
+                            ha1_sha256: u.ha1_sha256.clone(),
+                        },
+                    )
+                })
+                .collect();
+            if let Some(path) = &t.users_csv {
+                for (name, keys) in load_csv(path)? {
+                    users.insert(name, keys);
+                }
+            }
+            let domain = t.domain.to_ascii_lowercase();
+            by_domain.insert(domain.clone(), t.id.clone());
+            map.insert(
+                t.id.clone(),
+                TenantUsers {
+                    id: t.id.clone(),
+                    domain,
+                    realm: t.realm().to_string(),
+                    users,
+                },
+            );
+        }
+        Ok(Authenticator {
+            nonce_ttl_ms: u64::from(config.nonce_ttl_secs) * 1000,
+            max_failures: config.max_auth_failures.max(1),
+            lock_ms: u64::from(config.lock_secs) * 1000,
+            tenants: map,
+            by_domain,
+            key,
+            nc: DashMap::new(),
+            by_source: DashMap::new(),
+            by_user: DashMap::new(),
+        })
+    }
+
+    /// The tenant whose SIP domain is `host` (case-insensitive).
+    pub fn tenant_for_domain(&self, host: &[u8]) -> Option<&TenantUsers> {
+        let host = std::str::from_utf8(host).ok()?.to_ascii_lowercase();
+        self.by_domain.get(&host).and_then(|id| self.tenants.get(id))
+    }
+
+    /// A tenant by id.
+    pub fn tenant(&self, id: &str) -> Option<&TenantUsers> {
+        self.tenants.get(id)
+    }
+
+    /// True when `username` is a user of `tenant`.
+    pub fn has_user(&self, tenant: &str, username: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|t| t.users.contains_key(username))
+    }
+
+    /// True while `ip` is locked.
+    pub fn is_source_locked(&self, ip: IpAddr, now: SystemTime) -> bool {
+        let now = unix_ms(now);
+        self.by_source
+            .get(&ip)
+            .is_some_and(|s| s.locked_until_ms > now)
+    }
+
+    /// Authenticates a request of `tenant` from `source_ip`. `proxy` selects 407 with
+    /// Proxy-Authenticate / Proxy-Authorization (INVITE) instead of 401 with
+    /// WWW-Authenticate / Authorization (REGISTER).
+    pub fn check(
+        &self,
+        req: &Message,
+        tenant: &str,
+        source_ip: IpAddr,
+        proxy: bool,
+        now: SystemTime,
+    ) -> AuthOutcome {
+        let now_ms = unix_ms(now);
+        let Some(t) = self.tenants.get(tenant) else {
+            return self.outcome_forbidden("unknown tenant");
+        };
+        if self
+            .by_source
+            .get(&source_ip)
+            .is_some_and(|s| s.locked_until_ms > now_ms)
+        {
+            return self.outcome_forbidden("source locked");
+        }
+        let cred_header = if proxy {
+            HeaderName::ProxyAuthorization
+        } else {
+            HeaderName::Authorization
+        };
+        // A request may carry credentials for several realms; ours is the one that counts.
+        let mut creds = None;
+        for h in req.headers_named(cred_header) {
+            match Credentials::parse(&h.value) {
+                Ok(c) if c.realm.as_ref() == t.realm.as_bytes() => {
+                    creds = Some(c);
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    metrics::counter!(AUTH_TOTAL, "outcome" => "bad_request").increment(1);
+                    return AuthOutcome::BadRequest {
+                        reason: "malformed credentials",
+                    };
+                }
+            }
+        }
+        let Some(creds) = creds else {
+            return self.challenge(t, proxy, false, None, now_ms, "challenge");
+        };
+        let username = String::from_utf8_lossy(&creds.username).into_owned();
+        let Some(keys) = t.users.get(&username) else {
+            // Unknown users count against the source only: a table per guessed name would
+            // let a scanner grow memory.
+            return self.fail(t, None, source_ip, proxy, now_ms);
+        };
+        let user_key = (t.id.clone(), username.clone());
+        if self
+            .by_user
+            .get(&user_key)
+            .is_some_and(|s| s.locked_until_ms > now_ms)
+        {
+            return self.outcome_forbidden("user locked");
+        }
+        let Some(ha1) = keys.ha1(creds.algorithm) else {
+            // The client chose an algorithm this user has no hash for: offer what it has.
+            return self.challenge(t, proxy, false, Some(keys), now_ms, "challenge");
+        };
+        let method = req.method().map(|m| m.as_bytes()).unwrap_or(b"");
+        if !creds.verify(ha1, method) {
+            return self.fail(t, Some(user_key), source_ip, proxy, now_ms);
+        }
+        // The digest is right; now the nonce must be ours, fresh, and its count new.
+        let issued_ms = match self
+            .key
+            .check(&creds.nonce, now_ms, self.nonce_ttl_ms)
+        {
+            NonceCheck::Valid { issued_at_ms } => issued_at_ms,
+            NonceCheck::Stale | NonceCheck::Invalid => {
+                return self.challenge(t, proxy, true, Some(keys), now_ms, "stale");
+            }
+        };
+        // Without qop (RFC 2069 style) there is no count: such a nonce is good for one use.
+        let nc = creds.nc.unwrap_or(0);
+        match self.record_nc(&creds.nonce, nc, issued_ms, now_ms) {
+            NcVerdict::Fresh => {}
+            NcVerdict::Replay => {
+                return self.challenge(t, proxy, false, Some(keys), now_ms, "replay");
+            }
+            NcVerdict::Unknown => {
+                return self.challenge(t, proxy, true, Some(keys), now_ms, "stale");
+            }
+        }
+        self.by_source.remove(&source_ip);
+        self.by_user.remove(&user_key);
+        metrics::counter!(AUTH_TOTAL, "outcome" => "success").increment(1);
+        AuthOutcome::Authenticated { username }
+    }
+
+    /// Drops nonce counts of expired nonces and failure counters with nothing left to
+    /// remember. Call it periodically (the registrar does, every second or so).
+    pub fn purge(&self, now: SystemTime) {
+        let now_ms = unix_ms(now);
+        self.purge_ms(now_ms);
+    }
+
+    fn purge_ms(&self, now_ms: u64) {
+        let ttl = self.nonce_ttl_ms;
+        self.nc
+            .retain(|_, e| e.issued_ms.saturating_add(ttl) >= now_ms);
+        let lock = self.lock_ms;
+        let keep = |s: &mut Strikes| {
+            s.locked_until_ms > now_ms || s.last_ms.saturating_add(lock.max(60_000)) > now_ms
+        };
+        self.by_source.retain(|_, s| keep(s));
+        self.by_user.retain(|_, s| keep(s));
+    }
+
+    /// Entries in the nonce-count table (tests, gauges).
+    pub fn tracked_nonces(&self) -> usize {
+        self.nc.len()
+    }
+
+    fn outcome_forbidden(&self, reason: &'static str) -> AuthOutcome {
+        metrics::counter!(AUTH_TOTAL, "outcome" => "locked").increment(1);
+        AuthOutcome::Forbidden { reason }
+    }
+
+    /// A challenge with a fresh nonce: one line per algorithm, SHA-256 first. With `keys`
+    /// known, only the algorithms the user has a hash for are offered.
+    fn challenge(
+        &self,
+        t: &TenantUsers,
+        proxy: bool,
+        stale: bool,
+        keys: Option<&UserKeys>,
+        now_ms: u64,
+        outcome: &'static str,
+    ) -> AuthOutcome {
+        metrics::counter!(AUTH_TOTAL, "outcome" => outcome).increment(1);
+        let nonce = self.key.issue(now_ms);
+        let values = [Algorithm::Sha256, Algorithm::Md5]
+            .into_iter()
+            .filter(|&a| keys.is_none_or(|k| k.ha1(a).is_some()))
+            .map(|algorithm| {
+                Challenge {
+                    realm: t.realm.clone(),
+                    nonce: nonce.clone(),
+                    opaque: None,
+                    algorithm,
+                    stale,
+                }
+                .header_value()
+            })
+            .collect();
+        AuthOutcome::Challenge {
+            status: if proxy { 407 } else { 401 },
+            header: if proxy {
+                HeaderName::ProxyAuthenticate
+            } else {
+                HeaderName::WwwAuthenticate
+            },
+            values,
+        }
+    }
+
+    /// Counts a failure against the source (and the user, when known); locks either once it
+    /// reaches the limit. Answers a new challenge, or 403 when this failure locked.
+    fn fail(
+        &self,
+        t: &TenantUsers,
+        user: Option<(String, String)>,
+        ip: IpAddr,
+        proxy: bool,
+        now_ms: u64,
+    ) -> AuthOutcome {
+        metrics::counter!(AUTH_TOTAL, "outcome" => "failure").increment(1);
+        if self.by_source.len() + self.by_user.len() > MAX_STRIKE_ENTRIES {
+            self.purge_ms(now_ms);
+        }
+        let mut locked = self.strike_source(ip, now_ms);
+        if let Some(key) = user {
+            locked |= self.strike_user(key, ip, now_ms);
+        }
+        if locked {
+            return AuthOutcome::Forbidden {
+                reason: "too many authentication failures",
+            };
+        }
+        self.challenge(t, proxy, false, None, now_ms, "challenge")
+    }
+
+    fn strike_source(&self, ip: IpAddr, now_ms: u64) -> bool {
+        let mut s = self.by_source.entry(ip).or_default();
+        if self.bump(&mut s, now_ms) {
+            metrics::counter!(AUTH_LOCKS_TOTAL, "scope" => "source").increment(1);
+            tracing::warn!(source = %ip, lock_secs = self.lock_ms / 1000, "authentication locked for source after repeated failures");
+            return true;
+        }
+        false
+    }
+
+    fn strike_user(&self, key: (String, String), ip: IpAddr, now_ms: u64) -> bool {
+        let mut s = self.by_user.entry(key.clone()).or_default();
+        if self.bump(&mut s, now_ms) {
+            metrics::counter!(AUTH_LOCKS_TOTAL, "scope" => "user").increment(1);
+            tracing::warn!(tenant = %key.0, user = %key.1, last_source = %ip, lock_secs = self.lock_ms / 1000, "authentication locked for user after repeated failures");
+            return true;
+        }
+        false
+    }
+
+    /// One more failure; true when it starts a lock.
+    fn bump(&self, s: &mut Strikes, now_ms: u64) -> bool {
+        s.count += 1;
+        s.last_ms = now_ms;
+        if s.count >= self.max_failures {
+            s.count = 0;
+            s.locked_until_ms = now_ms + self.lock_ms;
+            return true;
+        }
+        false
+    }
+
+    fn record_nc(&self, nonce: &Bytes, nc: u32, issued_ms: u64, now_ms: u64) -> NcVerdict {
+        if let Some(mut e) = self.nc.get_mut(nonce) {
+            if nc <= e.last {
+                return NcVerdict::Replay;
+            }
+            e.last = nc;
+            return NcVerdict::Fresh;
+        }
+        // A valid nonce we hold no count for was either never used (its first count is 1,
+        // or 0 without qop) or its entry was purged: then ask for a new nonce.
+        if nc > 1 {
+            return NcVerdict::Unknown;
+        }
+        if self.nc.len() >= MAX_NC_ENTRIES {
+            self.purge_ms(now_ms);
+            if self.nc.len() >= MAX_NC_ENTRIES {
+                tracing::warn!(
+                    entries = self.nc.len(),
+                    "nonce-count table full: cleared"
+                );
+                self.nc.clear();
+            }
+        }
+        match self.nc.entry(nonce.clone()) {
+            dashmap::Entry::Occupied(_) => NcVerdict::Replay, // raced with the same nonce
+            dashmap::Entry::Vacant(v) => {
+                v.insert(NcEntry {
+                    last: nc,
+                    issued_ms,
+                });
+                NcVerdict::Fresh
+            }
+        }
+    }
+}
+
+enum NcVerdict {
+    Fresh,
+    Replay,
+    Unknown,
+}
+
+/// Reads `username,ha1_md5,ha1_sha256` lines (`#` comments and blank lines skipped; either
+/// hash may be empty but not both).
+fn load_csv(path: &Path) -> Result<Vec<(String, UserKeys)>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_csv(&text).map_err(|(line, message)| LoadError::Csv {
+        path: path.to_path_buf(),
+        line,
+        message,
+    })
+}
+
+fn parse_csv(text: &str) -> Result<Vec<(String, UserKeys)>, (usize, String)> {
+    let hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        if fields.len() != 3 {
+            return Err((i + 1, "expected username,ha1_md5,ha1_sha256".into()));
+        }
+        let (user, md5, sha) = (fields[0], fields[1], fields[2]);
+        if user.is_empty() {
+            return Err((i + 1, "empty username".into()));
+        }
+        if md5.is_empty() && sha.is_empty() {
+            return Err((i + 1, "needs ha1_md5 or ha1_sha256".into()));
+        }
+        if !md5.is_empty() && !hex(md5, 32) {
+            return Err((i + 1, "ha1_md5 must be 32 hex digits".into()));
+        }
+        if !sha.is_empty() && !hex(sha, 64) {
+            return Err((i + 1, "ha1_sha256 must be 64 hex digits".into()));
+        }
+        out.push((
+            user.to_string(),
+            UserKeys {
+                ha1_md5: (!md5.is_empty()).then(|| md5.to_string()),
+                ha1_sha256: (!sha.is_empty()).then(|| sha.to_string()),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::auth::{authorization_value, ha1};
+    use crate::sip::message::Method;
+    use std::time::Duration;
+
+    fn config(max: u32, lock: u32, ttl: u32) -> RegistrarConfig {
+        let mut c = RegistrarConfig::default();
+        c.max_auth_failures = max;
+        c.lock_secs = lock;
+        c.nonce_ttl_secs = ttl;
+        c
+    }
+
+    fn tenant(id: &str, domain: &str, users: &[(&str, &str)]) -> TenantConfig {
+        TenantConfig {
+            id: id.into(),
+            domain: domain.into(),
+            realm: None,
+            users: users
+                .iter()
+                .map(|(u, pw)| UserConfig {
+                    username: u.to_string(),
+                    ha1_md5: Some(ha1(Algorithm::Md5, u, domain, pw)),
+                    ha1_sha256: Some(ha1(Algorithm::Sha256, u, domain, pw)),
+                })
+                .collect(),
+            users_csv: None,
+        }
+    }
+
+    fn auth(max: u32) -> Authenticator {
+        Authenticator::new(
+            &config(max, 60, 300),
+            &[
+                tenant("a", "a.test", &[("alice", "pw-a")]),
+                tenant("b", "b.test", &[("alice", "pw-b")]),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn register(authz: Option<String>) -> Message {
+        let mut m = Message::request(Method::Register, "sip:a.test");
+        if let Some(a) = authz {
+            m.push(HeaderName::Authorization, a);
+        }
+        m
+    }
+
+    fn challenge_of(o: &AuthOutcome) -> Challenge {
+        match o {
+            AuthOutcome::Challenge { values, .. } => {
+                Challenge::parse(&Bytes::from(values[0].clone())).unwrap()
+            }
+            other => panic!("expected a challenge, got {other:?}"),
+        }
+    }
+
+    fn answer(ch: &Challenge, user: &str, pw: &str, nc: u32) -> Message {
+        let h = ha1(ch.algorithm, user, &ch.realm, pw);
+        register(Some(authorization_value(
+            ch, user, &h, "REGISTER", "sip:a.test", nc, "cn",
+        )))
+    }
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn challenge_offers_sha256_then_md5() {
+        let a = auth(10);
+        let o = a.check(&register(None), "a", IP, false, SystemTime::now());
+        let AuthOutcome::Challenge {
+            status,
+            header,
+            values,
+        } = &o
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!((*status, *header), (401, HeaderName::WwwAuthenticate));
+        assert_eq!(values.len(), 2);
+        assert!(values[0].contains("algorithm=SHA-256"), "{values:?}");
+        assert!(values[1].contains("algorithm=MD5"), "{values:?}");
+        assert!(values[0].contains("realm=\"a.test\""));
+        let p = a.check(&register(None), "a", IP, true, SystemTime::now());
+        assert!(matches!(
+            p,
+            AuthOutcome::Challenge {
+                status: 407,
+                header: HeaderName::ProxyAuthenticate,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn right_password_authenticates_and_nc_replay_is_refused() {
+        let a = auth(10);
+        let now = SystemTime::now();
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, now));
+        let ok = a.check(&answer(&ch, "alice", "pw-a", 1), "a", IP, false, now);
+        assert_eq!(
+            ok,
+            AuthOutcome::Authenticated {
+                username: "alice".into()
+            }
+        );
+        // The same nc again is a replay; a higher one is fine.
+        let replay = a.check(&answer(&ch, "alice", "pw-a", 1), "a", IP, false, now);
+        assert!(!challenge_of(&replay).stale);
+        assert!(matches!(
+            a.check(&answer(&ch, "alice", "pw-a", 2), "a", IP, false, now),
+            AuthOutcome::Authenticated { .. }
+        ));
+        assert_eq!(a.tracked_nonces(), 1);
+        // Tenants are separate: alice of tenant b has another password and realm.
+        let ch_b = challenge_of(&a.check(&register(None), "b", IP, false, now));
+        assert_eq!(ch_b.realm, "b.test");
+        assert!(matches!(
+            a.check(&answer(&ch_b, "alice", "pw-a", 1), "b", IP, false, now),
+            AuthOutcome::Challenge { .. }
+        ));
+    }
+
+    #[test]
+    fn stale_nonce_gets_stale_true_and_is_not_a_failure() {
+        let a = Authenticator::new(
+            &config(1, 60, 1),
+            &[tenant("a", "a.test", &[("alice", "pw-a")])],
+        )
+        .unwrap();
+        let t0 = SystemTime::now();
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, t0));
+        let later = t0 + Duration::from_millis(1_500);
+        let o = a.check(&answer(&ch, "alice", "pw-a", 1), "a", IP, false, later);
+        assert!(challenge_of(&o).stale);
+        // max_auth_failures is 1: had that counted, the source would be locked now.
+        assert!(!a.is_source_locked(IP, later));
+        // A wrong password with a stale nonce is a failure, not stale.
+        let o = a.check(&answer(&ch, "alice", "nope", 1), "a", IP, false, later);
+        assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
+    }
+
+    #[test]
+    fn repeated_failures_lock_the_source_until_the_lock_lifts() {
+        let a = auth(3);
+        let t0 = SystemTime::now();
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, t0));
+        for i in 0..2 {
+            let o = a.check(&answer(&ch, "alice", "bad", i + 1), "a", IP, false, t0);
+            assert!(matches!(o, AuthOutcome::Challenge { .. }), "{i}: {o:?}");
+        }
+        let o = a.check(&answer(&ch, "alice", "bad", 3), "a", IP, false, t0);
+        assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
+        // The right password is refused while locked, from this source...
+        let o = a.check(&answer(&ch, "alice", "pw-a", 4), "a", IP, false, t0);
+        assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
+        // ...and for this user from another source.
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let o = a.check(&answer(&ch, "alice", "pw-a", 5), "a", other, false, t0);
+        assert_eq!(o, AuthOutcome::Forbidden { reason: "user locked" });
+        // After the lock: a fresh nonce works.
+        let t1 = t0 + Duration::from_secs(61);
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, t1));
+        assert!(matches!(
+            a.check(&answer(&ch, "alice", "pw-a", 1), "a", IP, false, t1),
+            AuthOutcome::Authenticated { .. }
+        ));
+    }
+
+    #[test]
+    fn unknown_users_count_against_the_source_only() {
+        let a = auth(2);
+        let now = SystemTime::now();
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, now));
+        a.check(&answer(&ch, "mallory", "x", 1), "a", IP, false, now);
+        let o = a.check(&answer(&ch, "eve", "x", 1), "a", IP, false, now);
+        assert!(matches!(o, AuthOutcome::Forbidden { .. }));
+        assert!(a.by_user.is_empty());
+        a.purge(now + Duration::from_secs(3600));
+        assert!(a.by_source.is_empty() && a.nc.is_empty());
+    }
+
+    #[test]
+    fn bad_credentials_are_400() {
+        let a = auth(10);
+        let m = register(Some(r#"Digest username="alice", realm="a.test""#.into()));
+        assert!(matches!(
+            a.check(&m, "a", IP, false, SystemTime::now()),
+            AuthOutcome::BadRequest { .. }
+        ));
+    }
+
+    #[test]
+    fn csv_users() {
+        let md5 = "0".repeat(32);
+        let sha = "a".repeat(64);
+        let text = format!("# users\n\nbob,{md5},\ncarol,,{sha}\n");
+        let users = parse_csv(&text).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].1.ha1_md5.as_deref(), Some(md5.as_str()));
+        assert_eq!(users[1].1.ha1_md5, None);
+        assert_eq!(parse_csv("dave,,\n").unwrap_err().0, 1);
+        assert_eq!(parse_csv("# x\neve,123,\n").unwrap_err().0, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users.csv");
+        std::fs::write(&path, &text).unwrap();
+        let mut t = tenant("a", "a.test", &[]);
+        t.users_csv = Some(path);
+        let a = Authenticator::new(&config(10, 60, 300), &[t]).unwrap();
+        assert!(a.has_user("a", "carol"));
+        assert!(!a.has_user("b", "carol"));
+        assert_eq!(a.tenant_for_domain(b"A.TEST").unwrap().id, "a");
+    }
+}

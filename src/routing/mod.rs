@@ -1,0 +1,5 @@
+//! Routing decisions that sit between the transports and the actors.
+//!
+//! - [`auth`]: the digest authenticator shared by the registrar and call routing: users per
+//!   tenant, nonce-count replay protection and brute-force locks.
+pub mod auth;
