@@ -251,7 +251,7 @@ async fn assert_drained(t: &Bed) {
         t.node.active_calls()
     );
     assert!(
-        wait_until(DRAIN, || t.node.ctx.directory.len() == 0).await,
+        wait_until(DRAIN, || t.node.ctx.directory.is_empty()).await,
         "directory still holds {} Call-IDs",
         t.node.ctx.directory.len()
     );
@@ -1196,6 +1196,77 @@ async fn callee_bye_before_caller_ack() {
     );
     let c = cdr(&t, cid).await;
     assert_eq!(c.hangup_by, HangupBy::Callee);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// Extensions through the switch: 100rel is not offered to B (PRACK is not relayed, so a
+/// reliable 18x would never be acknowledged); session timers (RFC 4028) pass end to end so
+/// that the refresher B names is told so and its refreshes reach B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_timer_passes_and_100rel_is_not_offered() {
+    let t = bed(|_| {}).await;
+    let cid = "timers-1";
+    let inv = invite(cid, "1000", t.a.addr, t.sw).replacen(
+        "Content-Type:",
+        "Supported: 100rel, timer\r\nSession-Expires: 1800\r\nMin-SE: 90\r\nContent-Type:",
+        1,
+    );
+    t.a.send(t.sw, &inv).await;
+    let (inv_b, sw_b) = t.b.expect_request("INVITE").await;
+    let sup = val(&inv_b, HeaderName::Supported);
+    assert!(!sup.contains("100rel"), "100rel offered to B: {sup}");
+    assert!(sup.contains("timer"), "timer not offered to B: {sup}");
+    assert_eq!(val(&inv_b, HeaderName::SessionExpires), "1800");
+    let with_timer = |s: String| {
+        s.replacen(
+            "Content-Length:",
+            "Require: timer\r\nSession-Expires: 1800;refresher=uac\r\nContent-Length:",
+            1,
+        )
+    };
+    t.b.send(
+        sw_b,
+        &with_timer(answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B)),
+    )
+    .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    assert_eq!(val(&ok, HeaderName::Require), "timer");
+    assert_eq!(
+        val(&ok, HeaderName::SessionExpires),
+        "1800;refresher=uac",
+        "A is told it refreshes"
+    );
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    t.b.expect_request("ACK").await;
+    // A refreshes with UPDATE.
+    t.a.send(
+        t.sw,
+        &a.request(
+            "UPDATE",
+            0,
+            "Supported: timer\r\nSession-Expires: 1800;refresher=uac\r\n",
+            "",
+        ),
+    )
+    .await;
+    let (upd, from) = t.b.expect_request("UPDATE").await;
+    assert_eq!(val(&upd, HeaderName::SessionExpires), "1800;refresher=uac");
+    t.b.send(from, &with_timer(answer(&upd, 200, "OK", "", t.b.addr, "")))
+        .await;
+    let (upd_ok, _) = t.a.expect("200 to UPDATE", is_status(200, "UPDATE")).await;
+    assert_eq!(
+        val(&upd_ok, HeaderName::SessionExpires),
+        "1800;refresher=uac"
+    );
+    let mut up = Up {
+        a,
+        b: Side::callee(t.b.addr, &inv_b, "btag"),
+        inv_b,
+        sw_b,
+    };
+    bye_from_a(&t, &mut up).await;
     assert_drained(&t).await;
     t.node.shutdown().await;
 }

@@ -634,15 +634,10 @@ impl CallState {
         b_invite.push(HeaderName::Contact, ctx.contact(b_protocol));
         b_invite.push(HeaderName::Allow, super::router::ALLOW);
         b_invite.push(HeaderName::UserAgent, ctx.user_agent.clone());
-        for name in [
-            HeaderName::ContentType,
-            HeaderName::Supported,
-            HeaderName::SessionExpires,
-        ] {
-            if let Some(v) = a_invite.value(name) {
-                b_invite.push(name, v.clone());
-            }
+        if let Some(v) = a_invite.value(HeaderName::ContentType) {
+            b_invite.push(HeaderName::ContentType, v.clone());
         }
+        copy_extensions(&a_invite, &mut b_invite);
         b_invite.body = a_invite.body.clone();
 
         let a_branch = a_invite
@@ -1104,6 +1099,9 @@ impl CallState {
         let mut resp = response_to(&tx.request, status, reason, tag.as_deref());
         if let Some((from, with_contact)) = body {
             copy_body(from, &mut resp);
+            if (200..300).contains(&status) || status == 422 {
+                copy_extensions(from, &mut resp);
+            }
             if with_contact {
                 resp.push(HeaderName::Contact, self.ctx.contact(tx.dest.protocol));
             }
@@ -1385,6 +1383,7 @@ impl CallState {
                 metrics::counter!(CALLS_ANSWERED).increment(1);
                 let mut out = self.a_response(status, &resp_reason(resp), true);
                 copy_body(resp, &mut out);
+                copy_extensions(resp, &mut out);
                 let bytes = out.encode();
                 self.respond_a_invite(out);
                 if !self.core().a_source.protocol.is_reliable() {
@@ -1409,6 +1408,10 @@ impl CallState {
                 let mut out = self.a_response(st, &reason, false);
                 if let Some(ra) = resp.value(HeaderName::RetryAfter) {
                     out.push(HeaderName::RetryAfter, ra.clone());
+                }
+                if status == 422 {
+                    // Session Interval Too Small: the caller retries with this Min-SE.
+                    copy_extensions(resp, &mut out);
                 }
                 self.respond_a_invite(out);
                 self.end(st, HangupBy::Callee, &format!("callee answered {status}"));
@@ -1497,12 +1500,13 @@ impl CallState {
             HeaderName::ContentType,
             HeaderName::Reason,
             HeaderName::Event,
-            HeaderName::Supported,
         ] {
             if let Some(v) = from.value(name) {
                 m.push(name, v.clone());
             }
         }
+        // Session refreshes (RFC 4028) are relayed with their interval.
+        copy_extensions(from, &mut m);
         if let Some(v) = from.other("Info-Package") {
             m.headers.push(crate::sip::message::Header::named(
                 "Info-Package",
@@ -1726,6 +1730,28 @@ fn resp_reason(resp: &Message) -> String {
             String::from_utf8_lossy(reason).into_owned()
         }
         _ => reason_phrase(resp.status().unwrap_or(500)).to_string(),
+    }
+}
+
+/// Copies the extension headers a call needs end to end: Supported and Require without
+/// 100rel (this switch does not relay PRACK, so a reliable provisional would never be
+/// acknowledged), and the session timer's Session-Expires and Min-SE (RFC 4028), so that
+/// the refresher one end is told to be actually refreshes the other end's session.
+fn copy_extensions(from: &Message, to: &mut Message) {
+    for name in [HeaderName::Supported, HeaderName::Require] {
+        if let Some(v) = from
+            .value(name)
+            .and_then(|v| dialog::without_option_tag(v, "100rel"))
+        {
+            to.push(name, v);
+        }
+    }
+    if let Some(v) = from.value(HeaderName::SessionExpires) {
+        to.push(HeaderName::SessionExpires, v.clone());
+    }
+    if let Some(v) = from.other("Min-SE") {
+        to.headers
+            .push(crate::sip::message::Header::named("Min-SE", v.clone()));
     }
 }
 

@@ -195,6 +195,23 @@ pub fn cancel_for(invite: &Message) -> Message {
     c
 }
 
+/// An option-tag list (Supported, Require) without `tag`; `None` when nothing is left.
+/// A B2BUA forwards the extensions both ends can use through it and drops the ones it
+/// cannot relay (100rel: it does not relay PRACK).
+pub fn without_option_tag(value: &Bytes, tag: &str) -> Option<Bytes> {
+    let mut v = BytesMut::with_capacity(value.len());
+    for t in super::headers::split_list(value) {
+        if t.is_empty() || t.eq_ignore_ascii_case(tag.as_bytes()) {
+            continue;
+        }
+        if !v.is_empty() {
+            v.put_slice(b", ");
+        }
+        v.put_slice(&t);
+    }
+    (!v.is_empty()).then(|| v.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +278,19 @@ mod tests {
         let cancel = cancel_for(&inv);
         assert_eq!(cancel.cseq().unwrap().method, Method::Cancel);
         assert!(cancel.to().unwrap().tag().is_none());
+    }
+
+    #[test]
+    fn option_tags_are_dropped_one_by_one() {
+        let v = Bytes::from_static(b"100rel, timer,replaces");
+        assert_eq!(
+            without_option_tag(&v, "100rel").unwrap().as_ref(),
+            b"timer, replaces"
+        );
+        assert_eq!(
+            without_option_tag(&Bytes::from_static(b"100REL"), "100rel"),
+            None
+        );
     }
 
     #[test]
