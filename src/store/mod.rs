@@ -11,6 +11,7 @@
 //! editing an old one.
 
 mod cdr;
+pub mod registrations;
 
 use std::path::Path;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX cdrs_a_call_id ON cdrs (a_call_id);
     CREATE INDEX cdrs_end_at ON cdrs (end_at);",
+    // 2: registrar bindings (see `registrations`).
+    registrations::MIGRATION,
 ];
 
 /// How long a connection waits for another connection's lock before failing with `SQLITE_BUSY`.
