@@ -1270,3 +1270,129 @@ async fn session_timer_passes_and_100rel_is_not_offered() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// A callee on TCP: one stream in, messages framed by Content-Length.
+struct TcpCallee {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl TcpCallee {
+    fn take_one(&mut self) -> Option<Message> {
+        while self.buf.starts_with(b"\r\n") {
+            self.buf.drain(..2);
+        }
+        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+        let cl = head
+            .lines()
+            .find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                let n = n.trim().to_ascii_lowercase();
+                (n == "content-length" || n == "l").then(|| v.trim().parse::<usize>().unwrap())
+            })
+            .unwrap_or(0);
+        if self.buf.len() < end + 4 + cl {
+            return None;
+        }
+        let bytes: Vec<u8> = self.buf.drain(..end + 4 + cl).collect();
+        Some(parse(std::str::from_utf8(&bytes).unwrap()))
+    }
+
+    async fn expect(&mut self, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            while let Some(m) = self.take_one() {
+                if pred(&m) {
+                    return m;
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.s.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => panic!("timed out (or closed) waiting for {what} over TCP"),
+            }
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.s.write_all(text.as_bytes()).await.unwrap();
+    }
+}
+
+/// The B leg over TCP: Via, Contact and Request-URI name TCP, every message of the call
+/// travels on the stream, and the callee's BYE comes back through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callee_over_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Ua::new().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b_addr = listener.local_addr().unwrap();
+    let mut c = common::config(dir.path(), &[("", format!("sip:{b_addr};transport=tcp"))]);
+    c.timers.t1_ms = 50;
+    c.timers.t2_ms = 200;
+    c.timers.t4_ms = 250;
+    let node = common::start_with(c).await;
+    let sw = common::udp_addr(&node);
+    let sw_tcp = common::tcp_addr(&node);
+    let cid = "tcp-b-1";
+    let inv = invite(cid, "1000", a.addr, sw);
+    a.send(sw, &inv).await;
+    let (s, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("switch connects to B")
+        .unwrap();
+    let mut b = TcpCallee { s, buf: Vec::new() };
+    let inv_b = b.expect("INVITE", is_request("INVITE")).await;
+    assert!(val(&inv_b, HeaderName::Via).starts_with("SIP/2.0/TCP "));
+    assert!(
+        contact_uri(&inv_b).ends_with(&format!("{sw_tcp};transport=tcp")),
+        "Contact names the TCP listener: {}",
+        contact_uri(&inv_b)
+    );
+    assert!(inv_b.request_uri().unwrap().ends_with(b";transport=tcp"));
+    assert_eq!(body(&inv_b), SDP);
+    b.send(&answer(&inv_b, 180, "Ringing", "btag", b_addr, ""))
+        .await;
+    a.expect_status(180).await;
+    b.send(&answer(&inv_b, 200, "OK", "btag", b_addr, SDP_B))
+        .await;
+    let (ok, _) = a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    assert_eq!(body(&ok), SDP_B);
+    assert!(
+        !contact_uri(&ok).contains("transport=tcp"),
+        "A's Contact stays UDP"
+    );
+    let mut side_a = Side::caller(a.addr, cid, &ok);
+    a.send(sw, &side_a.request("ACK", 1, "", "")).await;
+    let ack = b.expect("ACK", is_request("ACK")).await;
+    assert!(val(&ack, HeaderName::Via).starts_with("SIP/2.0/TCP "));
+    // B hangs up over the same stream.
+    let mut side_b = Side::callee(b_addr, &inv_b, "btag");
+    let bye = side_b
+        .request("BYE", 0, "", "")
+        .replace("SIP/2.0/UDP", "SIP/2.0/TCP");
+    b.send(&bye).await;
+    let (bye_a, from) = a.expect_request("BYE").await;
+    a.send(from, &answer(&bye_a, 200, "OK", "", a.addr, ""))
+        .await;
+    let ok_b = b.expect("200 to BYE", is_status(200, "BYE")).await;
+    assert_eq!(call_id(&ok_b), call_id(&inv_b));
+    let _ = side_a.cseq;
+    assert!(wait_until(Duration::from_secs(3), || node.active_calls() == 0).await);
+    assert!(wait_until(DRAIN, || node.ctx.directory.is_empty()).await);
+    switchyard::actors::store_writer::flush(&node.tree.store().unwrap())
+        .await
+        .unwrap();
+    let cdr = Store::open(&dir.path().join("switchyard.db"))
+        .unwrap()
+        .get_cdr_by_call_id(cid)
+        .unwrap()
+        .expect("CDR");
+    assert_eq!(cdr.hangup_by, HangupBy::Callee);
+    assert_eq!(cdr.final_status, 200);
+    node.shutdown().await;
+}

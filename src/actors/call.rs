@@ -188,11 +188,7 @@ impl CallContext {
 
     fn contact(&self, protocol: Protocol) -> Bytes {
         let (host, port) = self.sent_by(protocol);
-        let transport = if protocol == Protocol::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
-        };
+        let transport = transport_param(protocol);
         Bytes::from(format!("<sip:{host}:{port}{transport}>"))
     }
 
@@ -584,11 +580,7 @@ impl CallState {
             v.put_slice(host.as_bytes());
             v.freeze()
         };
-        let transport = if b_protocol == Protocol::Tcp {
-            ";transport=tcp"
-        } else {
-            ""
-        };
+        let transport = transport_param(b_protocol);
         let target = route.target.addr;
         let ruri = Bytes::from(format!(
             "sip:{}@{}{}",
@@ -1730,6 +1722,16 @@ fn resp_reason(resp: &Message) -> String {
             String::from_utf8_lossy(reason).into_owned()
         }
         _ => reason_phrase(resp.status().unwrap_or(500)).to_string(),
+    }
+}
+
+/// The `;transport=` URI parameter for a protocol (none for UDP, the default). Every
+/// stream protocol names itself, so a TLS leg's Contact does not send the peer's
+/// in-dialog requests to the plain UDP port.
+fn transport_param(protocol: Protocol) -> String {
+    match protocol {
+        Protocol::Udp => String::new(),
+        p => format!(";transport={}", p.as_str()),
     }
 }
 
