@@ -74,6 +74,13 @@ impl Node {
             .saturating_sub(tconf.limits.max_header_bytes)
             .max(1024);
         let specs: Vec<ListenSpec> = config.listen_specs();
+        let (cert, key) = (
+            config.sip.tls_cert.as_deref(),
+            config.sip.tls_key.as_deref(),
+        );
+        if let Some(tls) = crate::transport::tls::setup(&specs, cert, key, &[], &config.data_dir)? {
+            (tconf.tls_server, tconf.tls_client) = (Some(tls.server), Some(tls.client));
+        }
         let transports = Transports::start(&specs, tconf, router).await?;
         ctx.set_transports(transports.clone());
 

@@ -1,11 +1,12 @@
-//! SIP transports: UDP sockets and TCP connections, and where responses go.
+//! SIP transports: UDP sockets, TCP and TLS connections, and where responses go.
 //!
 //! Each listener owns a receive loop that turns bytes into screened messages and hands
 //! them to the [`Handler`] (the router). Sending is synchronous and never blocks the caller:
-//! UDP uses a non-blocking send on a socket with a large buffer; TCP queues the bytes to the
-//! connection's writer task.
+//! UDP uses a non-blocking send on a socket with a large buffer; TCP and TLS queue the bytes
+//! to the connection's writer task.
 
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use bytes::Bytes;
@@ -27,6 +28,8 @@ pub const TCP_CONNECTIONS: &str = "switchyard_tcp_connections";
 pub const TCP_ACCEPTED: &str = "switchyard_tcp_connections_accepted_total";
 pub const TCP_REFUSED: &str = "switchyard_tcp_connections_refused_total";
 pub const KEEPALIVES: &str = "switchyard_sip_keepalives_total";
+pub const TLS_CONNECTIONS: &str = "switchyard_tls_connections";
+pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
 
 /// Describes the transport metrics.
 pub fn describe() {
@@ -49,11 +52,22 @@ pub fn describe() {
     );
     describe_counter!(SIP_DROPPED, "Messages dropped without an answer, by reason");
     describe_counter!(SEND_ERRORS, "SIP sends that failed, by transport");
-    describe_gauge!(TCP_CONNECTIONS, "Open TCP connections");
-    describe_counter!(TCP_ACCEPTED, "TCP connections accepted");
+    describe_gauge!(
+        TCP_CONNECTIONS,
+        "Open TCP connections (plain; TLS ones are counted apart)"
+    );
+    describe_counter!(TCP_ACCEPTED, "TCP connections accepted (plain)");
     describe_counter!(
         TCP_REFUSED,
-        "TCP connections refused because the limit was reached"
+        "TCP and TLS connections refused because the shared limit was reached, by transport"
+    );
+    describe_gauge!(
+        TLS_CONNECTIONS,
+        "Open TLS connections, in handshake or established"
+    );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        "TLS handshakes by side (inbound, outbound) and result (ok, failed, timeout)"
     );
     describe_counter!(KEEPALIVES, "CRLF keep-alives received on streams");
 }
@@ -63,6 +77,7 @@ pub fn describe() {
 pub enum Protocol {
     Udp,
     Tcp,
+    Tls,
 }
 
 impl Protocol {
@@ -70,6 +85,7 @@ impl Protocol {
         match self {
             Protocol::Udp => "udp",
             Protocol::Tcp => "tcp",
+            Protocol::Tls => "tls",
         }
     }
 
@@ -78,6 +94,7 @@ impl Protocol {
         match self {
             Protocol::Udp => "UDP",
             Protocol::Tcp => "TCP",
+            Protocol::Tls => "TLS",
         }
     }
 
@@ -91,6 +108,8 @@ impl Protocol {
             Some(Protocol::Udp)
         } else if t.eq_ignore_ascii_case(b"tcp") {
             Some(Protocol::Tcp)
+        } else if t.eq_ignore_ascii_case(b"tls") {
+            Some(Protocol::Tls)
         } else {
             None
         }
@@ -103,7 +122,8 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A listen socket as given on the command line: `udp:IP:PORT` or `tcp:IP:PORT`.
+/// A listen socket as given on the command line: `udp:IP:PORT`, `tcp:IP:PORT` or
+/// `tls:IP:PORT`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenSpec {
     pub protocol: Protocol,
@@ -118,7 +138,7 @@ impl std::str::FromStr for ListenSpec {
             .split_once(':')
             .ok_or_else(|| format!("{s:?}: expected PROTO:IP:PORT"))?;
         let protocol = Protocol::from_token(proto.as_bytes())
-            .ok_or_else(|| format!("{s:?}: unknown transport {proto:?} (udp or tcp)"))?;
+            .ok_or_else(|| format!("{s:?}: unknown transport {proto:?} (udp, tcp or tls)"))?;
         let addr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
         Ok(ListenSpec { protocol, addr })
     }
@@ -130,7 +150,7 @@ impl fmt::Display for ListenSpec {
     }
 }
 
-/// Identifies one TCP connection for its lifetime.
+/// Identifies one stream (TCP or TLS) connection for its lifetime.
 pub type ConnId = u64;
 
 /// Where a message came from: enough to answer it and to reach the sender again.
@@ -178,6 +198,14 @@ pub struct TransportConfig {
     /// response routing for NATed phones, like Kamailio's `force_rport()`); off gives strict
     /// RFC 3261 §18.2.2 (the Via sent-by port).
     pub force_rport: bool,
+    /// Certificate and key for `tls:` listeners (see [`tls::setup`]); a `tls:` listen
+    /// socket without it fails to start.
+    pub tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Whom outbound TLS connections trust; without it, sends to TLS destinations with no
+    /// open connection fail (counted as send errors).
+    pub tls_client: Option<Arc<rustls::ClientConfig>>,
+    /// How long a TLS peer has to finish its handshake.
+    pub tls_handshake_timeout: std::time::Duration,
 }
 
 impl Default for TransportConfig {
@@ -189,6 +217,9 @@ impl Default for TransportConfig {
             udp_workers: 1,
             udp_buffer_bytes: 4 * 1024 * 1024,
             force_rport: true,
+            tls_server: None,
+            tls_client: None,
+            tls_handshake_timeout: tls::HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -204,6 +235,7 @@ struct Inner {
     udp: Vec<udp::UdpEndpoint>,
     tcp: Arc<tcp::TcpRegistry>,
     tcp_listen: Vec<SocketAddr>,
+    tls_listen: Vec<SocketAddr>,
 }
 
 impl Transports {
@@ -218,10 +250,12 @@ impl Transports {
         let tcp = tcp::TcpRegistry::new(config.clone(), handler.clone());
         let mut udp_eps = Vec::new();
         let mut tcp_listen = Vec::new();
+        let mut tls_listen = Vec::new();
         for spec in specs {
             match spec.protocol {
                 Protocol::Udp => udp_eps.push(udp::UdpEndpoint::bind(spec.addr, &config)?),
-                Protocol::Tcp => tcp_listen.push(tcp.listen(spec.addr).await?),
+                Protocol::Tcp => tcp_listen.push(tcp.listen(spec.addr, Protocol::Tcp).await?),
+                Protocol::Tls => tls_listen.push(tcp.listen(spec.addr, Protocol::Tls).await?),
             }
         }
         let transports = Transports {
@@ -230,6 +264,7 @@ impl Transports {
                 udp: udp_eps,
                 tcp,
                 tcp_listen,
+                tls_listen,
             }),
         };
         for ep in &transports.inner.udp {
@@ -254,6 +289,10 @@ impl Transports {
             protocol: Protocol::Tcp,
             addr,
         }));
+        v.extend(self.inner.tls_listen.iter().map(|&addr| ListenSpec {
+            protocol: Protocol::Tls,
+            addr,
+        }));
         v
     }
 
@@ -262,6 +301,7 @@ impl Transports {
         match protocol {
             Protocol::Udp => self.inner.udp.first().map(|e| e.local),
             Protocol::Tcp => self.inner.tcp_listen.first().copied(),
+            Protocol::Tls => self.inner.tls_listen.first().copied(),
         }
     }
 
@@ -272,7 +312,7 @@ impl Transports {
                 Some(ep) => ep.send(dest.addr, bytes),
                 None => count_send_error(Protocol::Udp),
             },
-            Protocol::Tcp => self.inner.tcp.send(dest, bytes),
+            Protocol::Tcp | Protocol::Tls => self.inner.tcp.send(dest, bytes),
         }
     }
 
@@ -305,9 +345,15 @@ impl Transports {
         self.inner.force_rport
     }
 
-    /// Open TCP connections.
+    /// Open stream connections (TCP and TLS).
     pub fn tcp_connections(&self) -> usize {
         self.inner.tcp.len()
+    }
+
+    /// Open connections of one stream protocol (TLS ones count from accept, before their
+    /// handshake ends).
+    pub fn connections(&self, protocol: Protocol) -> usize {
+        self.inner.tcp.count(protocol)
     }
 }
 
@@ -538,6 +584,12 @@ mod tests {
         assert_eq!(s.protocol, Protocol::Udp);
         assert_eq!(s.addr.port(), 5070);
         assert!("sctp:1.2.3.4:5".parse::<ListenSpec>().is_err());
+        let t: ListenSpec = "tls:0.0.0.0:5061".parse().unwrap();
+        assert_eq!(t.protocol, Protocol::Tls);
+        assert_eq!(t.to_string(), "tls:0.0.0.0:5061");
+        assert!(Protocol::Tls.is_reliable());
+        assert_eq!(Protocol::Tls.via_token(), "TLS");
+        assert_eq!(Protocol::from_token(b"TLS"), Some(Protocol::Tls));
         assert!("udp:nonsense".parse::<ListenSpec>().is_err());
     }
 

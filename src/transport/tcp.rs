@@ -1,21 +1,25 @@
-//! TCP: accepted and outbound connections, each with a reader task (framing by
-//! Content-Length) and a writer task fed by a bounded queue.
+//! Stream transports: accepted and outbound TCP and TLS connections, each with a reader
+//! task (framing by Content-Length) and a writer task fed by a bounded queue. TLS
+//! connections live in the same registry as plain TCP ones (same limit, same reuse by
+//! connection id and remote address), tagged with their protocol; the reader and writer
+//! are generic over the stream, so a TLS stream is split and run by the same code.
 
 use bytes::{Buf, Bytes, BytesMut};
 use dashmap::DashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
-    count_send_error, deliver, Dest, Handler, Inner, Protocol, Source, TransportConfig, Transports,
+    count_send_error, deliver, ConnId, Dest, Handler, Inner, Protocol, Source, TransportConfig,
+    Transports,
 };
-use super::{KEEPALIVES, SIP_DROPPED, TCP_ACCEPTED, TCP_CONNECTIONS, TCP_REFUSED};
+use super::{KEEPALIVES, SIP_DROPPED, TCP_ACCEPTED, TCP_CONNECTIONS, TCP_REFUSED, TLS_CONNECTIONS};
 use crate::sip::parse::{check_stream, Framing, StreamCheck};
 
 /// Messages queued per connection before sends are refused (a stuck peer cannot make the
@@ -24,31 +28,43 @@ const WRITE_QUEUE: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Conn {
+    protocol: Protocol,
     remote: SocketAddr,
     tx: mpsc::Sender<Bytes>,
 }
 
-/// All TCP connections of the node, by id and by remote address (for reuse).
+/// All stream connections of the node (TCP and TLS), by id and by protocol and remote
+/// address (for reuse).
 pub(crate) struct TcpRegistry {
     config: Arc<TransportConfig>,
     handler: Arc<dyn Handler>,
-    conns: DashMap<u64, Conn>,
-    by_remote: DashMap<SocketAddr, u64>,
+    conns: DashMap<ConnId, Conn>,
+    by_remote: DashMap<(Protocol, SocketAddr), ConnId>,
     next_id: AtomicU64,
+    open_tcp: AtomicUsize,
+    open_tls: AtomicUsize,
     transports: OnceLock<Weak<Inner>>,
     local: OnceLock<SocketAddr>,
+    tls_acceptor: Option<TlsAcceptor>,
+    tls_connector: Option<TlsConnector>,
 }
 
 impl TcpRegistry {
     pub(crate) fn new(config: Arc<TransportConfig>, handler: Arc<dyn Handler>) -> Arc<TcpRegistry> {
+        let tls_acceptor = config.tls_server.clone().map(TlsAcceptor::from);
+        let tls_connector = config.tls_client.clone().map(TlsConnector::from);
         Arc::new(TcpRegistry {
             config,
             handler,
             conns: DashMap::new(),
             by_remote: DashMap::new(),
             next_id: AtomicU64::new(1),
+            open_tcp: AtomicUsize::new(0),
+            open_tls: AtomicUsize::new(0),
             transports: OnceLock::new(),
             local: OnceLock::new(),
+            tls_acceptor,
+            tls_connector,
         })
     }
 
@@ -63,43 +79,103 @@ impl TcpRegistry {
             .map(|inner| Transports { inner })
     }
 
+    /// Open connections, TCP and TLS together (they share the limit).
     pub(crate) fn len(&self) -> usize {
         self.conns.len()
     }
 
-    /// Binds a listener and starts accepting.
-    pub(crate) async fn listen(self: &Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    /// Open connections of one protocol.
+    pub(crate) fn count(&self, protocol: Protocol) -> usize {
+        match protocol {
+            Protocol::Tcp => self.open_tcp.load(Ordering::Relaxed),
+            Protocol::Tls => self.open_tls.load(Ordering::Relaxed),
+            Protocol::Udp => 0,
+        }
+    }
+
+    /// Binds a TCP or TLS listener and starts accepting.
+    pub(crate) async fn listen(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        protocol: Protocol,
+    ) -> std::io::Result<SocketAddr> {
+        if protocol == Protocol::Tls && self.tls_acceptor.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("tls:{addr}: no TLS certificate configured"),
+            ));
+        }
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let _ = self.local.set(local);
         let reg = self.clone();
-        tokio::spawn(async move { reg.accept_loop(listener, local).await });
+        tokio::spawn(async move { reg.accept_loop(listener, local, protocol).await });
         Ok(local)
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, local: SocketAddr) {
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        local: SocketAddr,
+        protocol: Protocol,
+    ) {
         let mut backoff = Duration::from_millis(5);
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
                     backoff = Duration::from_millis(5);
                     if self.conns.len() >= self.config.max_tcp_connections {
-                        metrics::counter!(TCP_REFUSED).increment(1);
-                        tracing::warn!(%remote, "tcp connection refused: limit reached");
+                        metrics::counter!(TCP_REFUSED, "transport" => protocol.as_str())
+                            .increment(1);
+                        tracing::warn!(%remote, %protocol, "connection refused: limit reached");
                         drop(stream);
                         continue;
                     }
-                    metrics::counter!(TCP_ACCEPTED).increment(1);
                     let _ = stream.set_nodelay(true);
-                    let (rd, wr) = stream.into_split();
-                    let (id, rx) = self.register(remote);
-                    self.clone()
-                        .spawn_writer(id, remote, WriterStart::Accepted(wr), rx);
-                    self.clone().spawn_reader(id, rd, remote, local);
+                    match (&self.tls_acceptor, protocol) {
+                        (Some(acceptor), Protocol::Tls) => {
+                            // The handshake runs in the connection's own task: a slow or
+                            // silent peer must never hold up the accept loop.
+                            let acceptor = acceptor.clone();
+                            let (id, rx) = self.register(Protocol::Tls, remote);
+                            let reg = self.clone();
+                            tokio::spawn(async move {
+                                let timeout = reg.config.tls_handshake_timeout;
+                                match super::tls::accept(&acceptor, stream, remote, timeout).await {
+                                    Some(tls) => {
+                                        let (rd, wr) = tokio::io::split(tls);
+                                        reg.clone().spawn_reader(
+                                            id,
+                                            Protocol::Tls,
+                                            rd,
+                                            remote,
+                                            local,
+                                        );
+                                        reg.run_writer(id, Protocol::Tls, remote, wr, rx).await;
+                                    }
+                                    None => reg.unregister(id),
+                                }
+                            });
+                        }
+                        _ => {
+                            metrics::counter!(TCP_ACCEPTED).increment(1);
+                            let (rd, wr) = stream.into_split();
+                            let (id, rx) = self.register(Protocol::Tcp, remote);
+                            tokio::spawn(self.clone().run_writer(
+                                id,
+                                Protocol::Tcp,
+                                remote,
+                                wr,
+                                rx,
+                            ));
+                            self.clone()
+                                .spawn_reader(id, Protocol::Tcp, rd, remote, local);
+                        }
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and similar: back off, never stop accepting.
-                    tracing::warn!(error = %e, "tcp accept failed");
+                    tracing::warn!(error = %e, %protocol, "accept failed");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
@@ -107,119 +183,192 @@ impl TcpRegistry {
         }
     }
 
-    /// Creates the connection entry (with its queue) before any I/O, so sends made while an
-    /// outbound connection is being set up are queued rather than opening a second one.
-    fn register(&self, remote: SocketAddr) -> (u64, mpsc::Receiver<Bytes>) {
+    /// Creates the connection entry (with its queue) before any I/O, so sends made while a
+    /// connection is being set up (connect, TLS handshake) are queued rather than opening a
+    /// second one.
+    fn register(&self, protocol: Protocol, remote: SocketAddr) -> (ConnId, mpsc::Receiver<Bytes>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        self.conns.insert(id, Conn { remote, tx });
-        self.by_remote.insert(remote, id);
-        metrics::gauge!(TCP_CONNECTIONS).set(self.conns.len() as f64);
+        self.conns.insert(
+            id,
+            Conn {
+                protocol,
+                remote,
+                tx,
+            },
+        );
+        self.by_remote.insert((protocol, remote), id);
+        self.open(protocol).fetch_add(1, Ordering::Relaxed);
+        // By deltas, so several nodes in one process add up.
+        metrics::gauge!(gauge_name(protocol)).increment(1.0);
         (id, rx)
     }
 
-    fn unregister(&self, id: u64) {
+    fn unregister(&self, id: ConnId) {
         if let Some((_, conn)) = self.conns.remove(&id) {
-            self.by_remote.remove_if(&conn.remote, |_, v| *v == id);
+            self.by_remote
+                .remove_if(&(conn.protocol, conn.remote), |_, v| *v == id);
+            self.open(conn.protocol).fetch_sub(1, Ordering::Relaxed);
+            metrics::gauge!(gauge_name(conn.protocol)).decrement(1.0);
         }
-        metrics::gauge!(TCP_CONNECTIONS).set(self.conns.len() as f64);
     }
 
-    /// Queues bytes on the preferred connection, any connection to the address, or a new one.
+    fn open(&self, protocol: Protocol) -> &AtomicUsize {
+        match protocol {
+            Protocol::Tls => &self.open_tls,
+            _ => &self.open_tcp,
+        }
+    }
+
+    /// Queues bytes on the preferred connection, any connection of the protocol to the
+    /// address, or a new one.
     pub(crate) fn send(self: &Arc<Self>, dest: Dest, bytes: Bytes) {
+        let protocol = dest.protocol;
         let id = dest
             .conn
-            .filter(|id| self.conns.contains_key(id))
-            .or_else(|| self.by_remote.get(&dest.addr).map(|e| *e.value()));
-        let id = match id {
+            .filter(|id| self.conns.get(id).is_some_and(|c| c.protocol == protocol))
+            .or_else(|| {
+                self.by_remote
+                    .get(&(protocol, dest.addr))
+                    .map(|e| *e.value())
+            });
+        let id = match id.or_else(|| self.connect(protocol, dest.addr)) {
             Some(id) => id,
             None => {
-                let (id, rx) = self.register(dest.addr);
-                self.clone()
-                    .spawn_writer(id, dest.addr, WriterStart::Connect, rx);
-                id
+                count_send_error(protocol);
+                return;
             }
         };
         let tx = self.conns.get(&id).map(|c| c.tx.clone());
         match tx {
             Some(tx) => {
                 if tx.try_send(bytes).is_err() {
-                    count_send_error(Protocol::Tcp);
-                    tracing::debug!(remote = %dest.addr, "tcp write queue full or closed");
+                    count_send_error(protocol);
+                    tracing::debug!(remote = %dest.addr, %protocol, "write queue full or closed");
                 }
             }
-            None => count_send_error(Protocol::Tcp),
+            None => count_send_error(protocol),
         }
     }
 
-    fn spawn_writer(
-        self: Arc<Self>,
-        id: u64,
-        remote: SocketAddr,
-        start: WriterStart,
-        mut rx: mpsc::Receiver<Bytes>,
-    ) {
-        tokio::spawn(async move {
-            let mut wr = match start {
-                WriterStart::Accepted(wr) => wr,
-                WriterStart::Connect => {
-                    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
-                        Ok(Ok(stream)) => {
-                            let _ = stream.set_nodelay(true);
-                            let local = stream
-                                .local_addr()
-                                .unwrap_or_else(|_| *self.local.get().unwrap_or(&remote));
-                            let (rd, wr) = stream.into_split();
-                            self.clone().spawn_reader(id, rd, remote, local);
-                            wr
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%remote, error = %e, "tcp connect failed");
-                            count_send_error(Protocol::Tcp);
-                            self.unregister(id);
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%remote, "tcp connect timed out");
-                            count_send_error(Protocol::Tcp);
-                            self.unregister(id);
-                            return;
-                        }
-                    }
+    /// Starts an outbound connection; `None` when TLS is asked for but no client
+    /// configuration (whom to trust) was given.
+    fn connect(self: &Arc<Self>, protocol: Protocol, remote: SocketAddr) -> Option<ConnId> {
+        let connector = match protocol {
+            Protocol::Tls => match &self.tls_connector {
+                Some(c) => Some(c.clone()),
+                None => {
+                    tracing::warn!(%remote, "no outbound TLS configuration: cannot connect");
+                    return None;
                 }
-            };
-            let mut batch = BytesMut::new();
-            while let Some(first) = rx.recv().await {
-                // Coalesce whatever is already queued into one write.
-                batch.extend_from_slice(&first);
-                while batch.len() < 64 * 1024 {
-                    match rx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = wr.write_all(&batch).await {
-                    tracing::debug!(%remote, error = %e, "tcp write failed");
-                    count_send_error(Protocol::Tcp);
-                    break;
-                }
-                batch.clear();
-            }
-            let _ = wr.shutdown().await;
-            self.unregister(id);
-        });
+            },
+            _ => None,
+        };
+        let (id, rx) = self.register(protocol, remote);
+        tokio::spawn(
+            self.clone()
+                .connect_and_write(id, protocol, remote, connector, rx),
+        );
+        Some(id)
     }
 
-    fn spawn_reader(
+    async fn connect_and_write(
         self: Arc<Self>,
-        id: u64,
-        mut rd: OwnedReadHalf,
+        id: ConnId,
+        protocol: Protocol,
+        remote: SocketAddr,
+        connector: Option<TlsConnector>,
+        rx: mpsc::Receiver<Bytes>,
+    ) {
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(remote)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%remote, %protocol, error = %e, "connect failed");
+                count_send_error(protocol);
+                self.unregister(id);
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%remote, %protocol, "connect timed out");
+                count_send_error(protocol);
+                self.unregister(id);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| *self.local.get().unwrap_or(&remote));
+        match connector {
+            None => {
+                let (rd, wr) = stream.into_split();
+                self.clone().spawn_reader(id, protocol, rd, remote, local);
+                self.run_writer(id, protocol, remote, wr, rx).await;
+            }
+            Some(connector) => {
+                let timeout = self.config.tls_handshake_timeout;
+                match super::tls::connect(&connector, stream, remote, timeout).await {
+                    Some(tls) => {
+                        let (rd, wr) = tokio::io::split(tls);
+                        self.clone().spawn_reader(id, protocol, rd, remote, local);
+                        self.run_writer(id, protocol, remote, wr, rx).await;
+                    }
+                    None => {
+                        count_send_error(protocol);
+                        self.unregister(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes queued messages until the queue closes (the connection was unregistered) or a
+    /// write fails.
+    async fn run_writer<W: AsyncWrite + Unpin + Send>(
+        self: Arc<Self>,
+        id: ConnId,
+        protocol: Protocol,
+        remote: SocketAddr,
+        mut wr: W,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) {
+        let mut batch = BytesMut::new();
+        while let Some(first) = rx.recv().await {
+            // Coalesce whatever is already queued into one write.
+            batch.extend_from_slice(&first);
+            while batch.len() < 64 * 1024 {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            let written = async {
+                wr.write_all(&batch).await?;
+                // TLS buffers records in the session; flush pushes them to the socket.
+                wr.flush().await
+            };
+            if let Err(e) = written.await {
+                tracing::debug!(%remote, %protocol, error = %e, "write failed");
+                count_send_error(protocol);
+                break;
+            }
+            batch.clear();
+        }
+        let _ = wr.shutdown().await;
+        self.unregister(id);
+    }
+
+    fn spawn_reader<R: AsyncRead + Unpin + Send + 'static>(
+        self: Arc<Self>,
+        id: ConnId,
+        protocol: Protocol,
+        mut rd: R,
         remote: SocketAddr,
         local: SocketAddr,
     ) {
         tokio::spawn(async move {
             let source = Source {
-                protocol: Protocol::Tcp,
+                protocol,
                 remote,
                 local,
                 conn: Some(id),
@@ -234,11 +383,11 @@ impl TcpRegistry {
                     Ok(Ok(0)) => break,
                     Ok(Ok(n)) => n,
                     Ok(Err(e)) => {
-                        tracing::debug!(%remote, error = %e, "tcp read failed");
+                        tracing::debug!(%remote, %protocol, error = %e, "read failed");
                         break;
                     }
                     Err(_) => {
-                        tracing::debug!(%remote, "tcp connection idle: closing");
+                        tracing::debug!(%remote, %protocol, "connection idle: closing");
                         break;
                     }
                 };
@@ -252,7 +401,7 @@ impl TcpRegistry {
                                 // RFC 5626 §3.5.1: a double-CRLF ping gets a CRLF pong.
                                 self.send(
                                     Dest {
-                                        protocol: Protocol::Tcp,
+                                        protocol,
                                         addr: remote,
                                         conn: Some(id),
                                     },
@@ -305,7 +454,9 @@ impl TcpRegistry {
     }
 }
 
-enum WriterStart {
-    Accepted(OwnedWriteHalf),
-    Connect,
+fn gauge_name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Tls => TLS_CONNECTIONS,
+        _ => TCP_CONNECTIONS,
+    }
 }
