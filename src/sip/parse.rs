@@ -248,6 +248,7 @@ pub fn parse(buf: Bytes, framing: Framing, limits: &Limits) -> Result<Message, M
     };
     let mut content_length: Option<Result<usize, ParseError>> = None;
     let mut header_error: Option<ParseError> = None;
+    let mut counted = 0usize;
     let mut headers_end = s.len();
     // Header lines up to the empty line; a line starting with SP/HT continues the previous.
     while pos < s.len() {
@@ -270,6 +271,15 @@ pub fn parse(buf: Bytes, framing: Framing, limits: &Limits) -> Result<Message, M
             next = find_line_end(s, next).next;
         }
         let line = &s[pos..le.content_end];
+        if name_counts(line) {
+            counted += 1;
+        }
+        // A bare CR inside a line would end the line for a peer that splits on CR.
+        if memchr::memchr_iter(b'\r', &s[pos..next])
+            .any(|i| pos + i + 1 < next && s[pos + i + 1] != b'\n')
+        {
+            header_error.get_or_insert(ParseError::HeaderLine);
+        }
         match line.iter().position(|&c| c == b':') {
             Some(colon) if is_token(trim_ws(&line[..colon])) => {
                 let name_raw = trim(&buf.slice(pos..pos + colon));
@@ -287,7 +297,9 @@ pub fn parse(buf: Bytes, framing: Framing, limits: &Limits) -> Result<Message, M
                             .ok_or(ParseError::ContentLength),
                     });
                 }
-                if msg.headers.len() >= limits.max_headers {
+                // Content-Length is not counted: the serializer always writes one, so a
+                // message at the limit must still parse after a round trip.
+                if name != HeaderName::ContentLength && counted > limits.max_headers {
                     header_error.get_or_insert(ParseError::TooManyHeaders);
                 } else {
                     msg.headers.push(Header {
@@ -373,8 +385,13 @@ fn find_line_end(s: &[u8], from: usize) -> LineEnd {
                 next: nl + 1,
             }
         }
+        // The last line of a datagram may end without LF; a final CR still ends it.
         None => LineEnd {
-            content_end: s.len(),
+            content_end: if s.len() > from && s[s.len() - 1] == b'\r' {
+                s.len() - 1
+            } else {
+                s.len()
+            },
             next: s.len(),
         },
     }
@@ -397,8 +414,21 @@ fn unfold(raw: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// Whether a header line counts against `Limits::max_headers` (Content-Length does not).
+fn name_counts(line: &[u8]) -> bool {
+    let name = line
+        .iter()
+        .position(|&c| c == b':')
+        .map(|c| trim_ws(&line[..c]))
+        .unwrap_or(line);
+    HeaderName::lookup(name) != HeaderName::ContentLength
+}
+
 fn parse_start_line(buf: &Bytes, from: usize, to: usize) -> Result<StartLine, ParseError> {
     let line = &buf[from..to];
+    if line.contains(&b'\r') {
+        return Err(ParseError::StartLine);
+    }
     if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
         // '/' is not a token character, so no method can start this way.
         // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
@@ -551,6 +581,16 @@ v=0\n";
         assert_eq!(dg(b"\r\n\r\n").unwrap_err().error, ParseError::Empty);
         let r = dg(b"SIP/2.0 100 \r\nCall-ID: x\r\n\r\n").unwrap();
         assert_eq!(r.status(), Some(100));
+    }
+
+    #[test]
+    fn bare_cr_inside_a_line_is_refused() {
+        let raw = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nSubject: a\rInjected: 1\r\n\r\n";
+        assert_eq!(dg(raw).unwrap_err().error, ParseError::HeaderLine);
+        assert_eq!(
+            dg(b"SIP/2.0 100 a\rb\r\n\r\n").unwrap_err().error,
+            ParseError::StartLine
+        );
     }
 
     #[test]
