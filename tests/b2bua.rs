@@ -1396,3 +1396,54 @@ async fn callee_over_tcp() {
     assert_eq!(cdr.final_status, 200);
     node.shutdown().await;
 }
+
+/// Re-INVITE glare (RFC 3261 §14): while one re-INVITE is relayed and unanswered, a
+/// re-INVITE from either end gets 491 and is not relayed; the first one completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_glare_gets_491() {
+    let t = bed(|_| {}).await;
+    let cid = "glare-1";
+    let mut up = establish(&t, cid).await;
+    let ct = "Content-Type: application/sdp\r\n";
+    t.a.send(t.sw, &up.a.request("INVITE", 0, ct, SDP_HOLD))
+        .await;
+    let (re, from) = t.b.expect_request("INVITE").await;
+    // B's own re-INVITE crosses it.
+    let re_b = up.b.request("INVITE", 0, ct, SDP_B);
+    t.b.send(up.sw_b, &re_b).await;
+    let (r, _) =
+        t.b.expect("491 to B's re-INVITE", |m| {
+            m.status().is_some_and(|s| s >= 200)
+                && m.cseq().is_some_and(|c| c.method.to_string() == "INVITE")
+        })
+        .await;
+    assert_eq!(r.status(), Some(491));
+    t.b.send(up.sw_b, &ack_failure(&re_b, &r)).await;
+    // A tries again before the first is answered.
+    let re_a2 = up.a.request("INVITE", 0, ct, SDP);
+    t.a.send(t.sw, &re_a2).await;
+    let (r, _) =
+        t.a.expect("491 to A's second re-INVITE", |m| {
+            m.status().is_some_and(|s| s >= 200)
+        })
+        .await;
+    assert_eq!(r.status(), Some(491));
+    t.a.send(t.sw, &ack_failure(&re_a2, &r)).await;
+    let a_seen = collect(&t.a, SHORT).await;
+    assert!(
+        !a_seen.iter().any(|m| is_request("INVITE")(m)),
+        "B's re-INVITE relayed"
+    );
+    // The first completes.
+    t.b.send(from, &answer(&re, 200, "OK", "", t.b.addr, SDP_HELD))
+        .await;
+    let (ok, _) =
+        t.a.expect("200 to re-INVITE", is_status(200, "INVITE"))
+            .await;
+    assert_eq!(cseq(&ok).0, 2);
+    assert_eq!(body(&ok), SDP_HELD);
+    t.a.send(t.sw, &up.a.request("ACK", 2, "", "")).await;
+    bye_from_a(&t, &mut up).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

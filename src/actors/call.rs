@@ -829,6 +829,12 @@ impl CallState {
             return self.respond(id, 500, "Server Internal Error (CSeq Out of Order)", None);
         }
         dialog.remote_cseq = Some(cseq);
+        if method == Method::Invite && self.invite_pending() {
+            // Glare (RFC 3261 §14.1, §14.2): one INVITE at a time across the call, both legs
+            // included, or the two ends' offers cross and each gets the other's answer.
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            return self.respond(id, 491, "Request Pending", None);
+        }
         if method == Method::Bye && matches!(self.core().phase, Phase::Setup | Phase::Early) {
             // A BYE in an early dialog (RFC 3261 §15). From the caller it ends the call like
             // a CANCEL: its INVITE gets 487 (§15.1.2), which a relayed BYE would never
@@ -1060,6 +1066,16 @@ impl CallState {
         });
         self.execute(id, &actions, None);
         id
+    }
+
+    /// Whether an INVITE transaction of the call, on either leg, has no final response yet.
+    fn invite_pending(&self) -> bool {
+        use crate::sip::transaction::{ClientInviteState as C, ServerInviteState as S};
+        self.txs.iter().any(|t| match &t.fsm {
+            Transaction::ServerInvite(s) => s.state() == S::Proceeding,
+            Transaction::ClientInvite(c) => matches!(c.state(), C::Calling | C::Proceeding),
+            _ => false,
+        })
     }
 
     fn tx_mut(&mut self, id: u32) -> Option<&mut Tx> {
