@@ -27,7 +27,8 @@ async fn panicking_call_actor_resumes_the_established_call() {
     let call_id = "restart-1";
     a.send(sw, &invite(call_id, "100", a.addr, sw)).await;
     let (b_inv, _) = b.expect_request("INVITE").await;
-    b.send(sw, &answer(&b_inv, 200, "OK", "b-tag", b.addr, SDP)).await;
+    b.send(sw, &answer(&b_inv, 200, "OK", "b-tag", b.addr, SDP))
+        .await;
     let (ok, _) = a.expect_status(200).await;
     let to = String::from_utf8_lossy(ok.value(HeaderName::To).unwrap()).to_string();
     let ack = format!(
@@ -37,7 +38,11 @@ async fn panicking_call_actor_resumes_the_established_call() {
     a.send(sw, &ack).await;
     b.expect_request("ACK").await;
 
-    let before = node.ctx.directory.lookup(call_id.as_bytes()).expect("call actor registered");
+    let before = node
+        .ctx
+        .directory
+        .lookup(call_id.as_bytes())
+        .expect("call actor registered");
     let info = ractor::call_t!(before, CallMsg::GetInfo, 2000).unwrap();
     assert_eq!(info.phase, Phase::Confirmed);
     assert!(!info.restored);
@@ -45,7 +50,10 @@ async fn panicking_call_actor_resumes_the_established_call() {
     // Inject a panic: the supervisor restarts the actor from its checkpoint.
     before.send_message(CallMsg::InjectPanic).unwrap();
     let restarted = wait_until(Duration::from_secs(5), || {
-        node.ctx.directory.lookup(call_id.as_bytes()).is_some_and(|n| n.get_id() != before.get_id())
+        node.ctx
+            .directory
+            .lookup(call_id.as_bytes())
+            .is_some_and(|n| n.get_id() != before.get_id())
     })
     .await;
     assert!(restarted, "a new call actor owns the call");
@@ -72,7 +80,9 @@ async fn panicking_call_actor_resumes_the_established_call() {
 
     // One CDR for the call, ended by the callee.
     assert!(wait_until(Duration::from_secs(5), || node.active_calls() == 0).await);
-    store_writer::flush(&node.tree.store().unwrap()).await.unwrap();
+    store_writer::flush(&node.tree.store().unwrap())
+        .await
+        .unwrap();
     let store = Store::open(&dir.path().join("switchyard.db")).unwrap();
     let all = store.list_cdrs(100).unwrap();
     let ours: Vec<_> = all.iter().filter(|c| c.a_call_id == call_id).collect();
@@ -83,9 +93,18 @@ async fn panicking_call_actor_resumes_the_established_call() {
 
     // The restart is visible in Prometheus.
     let text = switchyard::metrics::handle().unwrap().render();
-    assert!(text.lines().any(|l| l.starts_with("switchyard_actor_restarts_total{kind=\"call\"}")), "restart counted");
-    assert!(text.lines().any(|l| l.starts_with("switchyard_calls_restored_total{phase=\"confirmed\"}")));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("switchyard_actor_restarts_total{kind=\"call\"}")),
+        "restart counted"
+    );
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("switchyard_calls_restored_total{phase=\"confirmed\"}")));
     // Lingering transactions end and the actor leaves the directory.
-    assert!(wait_until(Duration::from_secs(15), || node.ctx.directory.is_empty()).await, "directory drained");
+    assert!(
+        wait_until(Duration::from_secs(15), || node.ctx.directory.is_empty()).await,
+        "directory drained"
+    );
     node.shutdown().await;
 }

@@ -11,11 +11,19 @@ use switchyard::sip::message::HeaderName;
 use switchyard::store::Store;
 
 fn free_udp_port() -> u16 {
-    StdUdp::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdUdp::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn_switch(config: &std::path::Path) -> Child {
@@ -43,11 +51,15 @@ async fn wait_healthy(http: SocketAddr) {
 async fn call(a: &Ua, b: &Ua, sw: SocketAddr, call_id: &str) {
     a.send(sw, &invite(call_id, "100", a.addr, sw)).await;
     let (b_inv, _) = b.expect_request("INVITE").await;
-    b.send(sw, &answer(&b_inv, 200, "OK", "bt", b.addr, SDP)).await;
-    let (ok, _) = a.expect(&format!("200 for {call_id}"), |m| {
-        m.status() == Some(200) && m.call_id().is_some_and(|c| c.as_ref() == call_id.as_bytes())
-    })
-    .await;
+    b.send(sw, &answer(&b_inv, 200, "OK", "bt", b.addr, SDP))
+        .await;
+    let (ok, _) = a
+        .expect(&format!("200 for {call_id}"), |m| {
+            m.status() == Some(200)
+                && m.call_id()
+                    .is_some_and(|c| c.as_ref() == call_id.as_bytes())
+        })
+        .await;
     let to = String::from_utf8_lossy(ok.value(HeaderName::To).unwrap()).to_string();
     let from = format!("\"Alice\" <sip:alice@{}>;tag=a-{call_id}", a.addr);
     let req = |method: &str, seq: u32, branch: &str| {
@@ -104,9 +116,16 @@ async fn cdrs_survive_kill_minus_9() {
     let killed_at = Instant::now();
     child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
     let _ = child.wait();
-    let required: Vec<&String> =
-        ended.iter().filter(|(_, t)| killed_at.duration_since(*t) > Duration::from_secs(1)).map(|(id, _)| id).collect();
-    assert_eq!(required.len(), 25, "the first 25 calls ended over a second before the kill");
+    let required: Vec<&String> = ended
+        .iter()
+        .filter(|(_, t)| killed_at.duration_since(*t) > Duration::from_secs(1))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        required.len(),
+        25,
+        "the first 25 calls ended over a second before the kill"
+    );
 
     // Restart on the same data directory: it comes up, and the CDRs are there.
     let mut child = spawn_switch(&cfg);

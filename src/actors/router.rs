@@ -115,7 +115,14 @@ impl Directory {
 
     /// Replaces a stopping actor's entries with what its retransmissions need, and removes
     /// them after `linger`.
-    pub fn retire(&self, call_ids: &[Bytes], actor: &ActorRef<CallMsg>, retired: Retired, timers: &crate::timer::TimerService, linger: Duration) {
+    pub fn retire(
+        &self,
+        call_ids: &[Bytes],
+        actor: &ActorRef<CallMsg>,
+        retired: Retired,
+        timers: &crate::timer::TimerService,
+        linger: Duration,
+    ) {
         let retired = Arc::new(retired);
         for id in call_ids {
             if let Some(mut slot) = self.map.get_mut(id) {
@@ -137,7 +144,10 @@ impl Directory {
 
     /// Retired entries (ended calls absorbing retransmissions).
     pub fn retired(&self) -> usize {
-        self.map.iter().filter(|e| matches!(e.value(), Slot::Retired(_))).count()
+        self.map
+            .iter()
+            .filter(|e| matches!(e.value(), Slot::Retired(_)))
+            .count()
     }
 
     pub fn len(&self) -> usize {
@@ -473,7 +483,11 @@ impl Router {
             return;
         }
         let branch = msg.top_via().and_then(|v| v.branch()).unwrap_or_default();
-        match retired.responses.iter().find(|r| r.branch == branch && r.method == method) {
+        match retired
+            .responses
+            .iter()
+            .find(|r| r.branch == branch && r.method == method)
+        {
             Some(r) => self.ctx.transports().send(r.dest, r.response.clone()),
             None => self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[]),
         }
