@@ -6,6 +6,7 @@
 //! - [`store_writer`]: the single writer of the SQLite store.
 //! - [`tenant`]: one per tenant, its identity and (later) limits, rules and numbers.
 pub mod call;
+pub mod registrar;
 pub mod router;
 pub mod store_writer;
 pub mod tenant;

@@ -141,9 +141,12 @@ impl AuthOutcome {
                 }
                 Some(r)
             }
-            AuthOutcome::Forbidden { reason } => {
-                Some(response_to(req, 403, &format!("Forbidden ({reason})"), Some(to_tag)))
-            }
+            AuthOutcome::Forbidden { reason } => Some(response_to(
+                req,
+                403,
+                &format!("Forbidden ({reason})"),
+                Some(to_tag),
+            )),
             AuthOutcome::BadRequest { reason } => Some(response_to(
                 req,
                 400,
@@ -253,7 +256,14 @@ impl Authenticator {
     /// The tenant whose SIP domain is `host` (case-insensitive).
     pub fn tenant_for_domain(&self, host: &[u8]) -> Option<&TenantUsers> {
         let host = std::str::from_utf8(host).ok()?.to_ascii_lowercase();
-        self.by_domain.get(&host).and_then(|id| self.tenants.get(id))
+        self.by_domain
+            .get(&host)
+            .and_then(|id| self.tenants.get(id))
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &TenantUsers> + '_ {
+        self.tenants.values()
     }
 
     /// A tenant by id.
@@ -346,10 +356,7 @@ impl Authenticator {
             return self.fail(t, Some(user_key), source_ip, proxy, now_ms);
         }
         // The digest is right; now the nonce must be ours, fresh, and its count new.
-        let issued_ms = match self
-            .key
-            .check(&creds.nonce, now_ms, self.nonce_ttl_ms)
-        {
+        let issued_ms = match self.key.check(&creds.nonce, now_ms, self.nonce_ttl_ms) {
             NonceCheck::Valid { issued_at_ms } => issued_at_ms,
             NonceCheck::Stale | NonceCheck::Invalid => {
                 return self.challenge(t, proxy, true, Some(keys), now_ms, "stale");
@@ -513,10 +520,7 @@ impl Authenticator {
         if self.nc.len() >= MAX_NC_ENTRIES {
             self.purge_ms(now_ms);
             if self.nc.len() >= MAX_NC_ENTRIES {
-                tracing::warn!(
-                    entries = self.nc.len(),
-                    "nonce-count table full: cleared"
-                );
+                tracing::warn!(entries = self.nc.len(), "nonce-count table full: cleared");
                 self.nc.clear();
             }
         }
@@ -652,7 +656,13 @@ mod tests {
     fn answer(ch: &Challenge, user: &str, pw: &str, nc: u32) -> Message {
         let h = ha1(ch.algorithm, user, &ch.realm, pw);
         register(Some(authorization_value(
-            ch, user, &h, "REGISTER", "sip:a.test", nc, "cn",
+            ch,
+            user,
+            &h,
+            "REGISTER",
+            "sip:a.test",
+            nc,
+            "cn",
         )))
     }
 
@@ -751,7 +761,12 @@ mod tests {
         // ...and for this user from another source.
         let other: IpAddr = "127.0.0.2".parse().unwrap();
         let o = a.check(&answer(&ch, "alice", "pw-a", 5), "a", other, false, t0);
-        assert_eq!(o, AuthOutcome::Forbidden { reason: "user locked" });
+        assert_eq!(
+            o,
+            AuthOutcome::Forbidden {
+                reason: "user locked"
+            }
+        );
         // After the lock: a fresh nonce works.
         let t1 = t0 + Duration::from_secs(61);
         let ch = challenge_of(&a.check(&register(None), "a", IP, false, t1));

@@ -157,7 +157,10 @@ mod tests {
                 AorBindings {
                     tenant: "t".into(),
                     username: "a".into(),
-                    rows: vec![row("a", "sip:a@1", 500, 2_000), row("a", "sip:a@2", 1000, 3_000)],
+                    rows: vec![
+                        row("a", "sip:a@1", 500, 2_000),
+                        row("a", "sip:a@2", 1000, 3_000),
+                    ],
                 },
                 AorBindings {
                     tenant: "t".into(),
@@ -168,7 +171,11 @@ mod tests {
             .unwrap();
         let loaded = store.load_registrations(1_000).unwrap();
         assert_eq!(loaded.len(), 2, "b's binding expired");
-        assert_eq!(loaded[0], row("a", "sip:a@2", 1000, 3_000), "highest q first");
+        assert_eq!(
+            loaded[0],
+            row("a", "sip:a@2", 1000, 3_000),
+            "highest q first"
+        );
         // Replacing an AOR drops bindings not in the new set.
         store
             .replace_registrations(&[AorBindings {
