@@ -131,6 +131,10 @@ pub struct SipConfig {
     /// TLS private key (PEM) for `tls:` listeners.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Certificates (PEM) trusted for outbound TLS (B legs to `;transport=tls` targets),
+    /// besides this node's own certificate.
+    #[serde(default)]
+    pub tls_ca: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -203,7 +207,11 @@ fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
 fn default_listen() -> Vec<String> {
-    vec!["udp:0.0.0.0:5060".into(), "tcp:0.0.0.0:5060".into()]
+    vec![
+        "udp:0.0.0.0:5060".into(),
+        "tcp:0.0.0.0:5060".into(),
+        "tls:0.0.0.0:5061".into(),
+    ]
 }
 fn default_max_message() -> usize {
     65_535
@@ -542,7 +550,10 @@ mod tests {
     fn empty_file_is_the_embedded_default() {
         let c = Config::from_toml("").unwrap();
         c.validate().unwrap();
-        assert_eq!(c.sip.listen, ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060"]);
+        assert_eq!(
+            c.sip.listen,
+            ["udp:0.0.0.0:5060", "tcp:0.0.0.0:5060", "tls:0.0.0.0:5061"]
+        );
         assert_eq!(c.http.listen.port(), 8080);
         assert!(c.routes.is_empty(), "nothing is routed by default");
         assert_eq!(c.timers.t1_ms, 500);

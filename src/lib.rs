@@ -2,7 +2,7 @@
 //!
 //! Map of the crate (imports flow downward only):
 //! - [`sip`]: pure protocol code (messages, parser, URIs, transactions); no tokio, no actors.
-//! - [`transport`]: UDP and TCP listeners and connections.
+//! - [`transport`]: UDP, TCP and TLS listeners and connections.
 //! - [`timer`]: the one shared timer facility (no task per timer).
 //! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
 //! - [`actors`]: one file per actor kind.

@@ -41,6 +41,15 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the version.
     Version,
+    /// Print a user's digest HA1 hashes for the config (`ha1_md5`, `ha1_sha256`); the
+    /// password is read from standard input, so it stays out of shell history.
+    Ha1 {
+        #[arg(long)]
+        username: String,
+        /// The tenant's realm (its domain unless configured otherwise).
+        #[arg(long)]
+        realm: String,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
@@ -82,9 +91,29 @@ fn main() -> ExitCode {
                 }
             };
         }
+        Some(Command::Ha1 { username, realm }) => {
+            use switchyard::sip::auth::{ha1, Algorithm};
+            let mut password = String::new();
+            if std::io::stdin().read_line(&mut password).is_err() {
+                eprintln!("switchyard: could not read the password from standard input");
+                return ExitCode::from(2);
+            }
+            let password = password.trim_end_matches(['\r', '\n']);
+            println!("username = \"{username}\"");
+            println!(
+                "ha1_md5 = \"{}\"",
+                ha1(Algorithm::Md5, username, realm, password)
+            );
+            println!(
+                "ha1_sha256 = \"{}\"",
+                ha1(Algorithm::Sha256, username, realm, password)
+            );
+            return ExitCode::SUCCESS;
+        }
         Some(Command::Run) | None => {}
     }
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "switchyard=info".into()),
@@ -111,6 +140,9 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(fp) = &node.tls_fingerprint {
+            println!("TLS certificate fingerprint (SHA-256): {fp}");
+        }
         wait_for_signal().await;
         tracing::info!("shutting down");
         node.shutdown().await;

@@ -21,6 +21,8 @@ pub struct Node {
     pub name: String,
     pub transports: Transports,
     pub http_addr: SocketAddr,
+    /// SHA-256 fingerprint of the TLS certificate, when a TLS listener runs.
+    pub tls_fingerprint: Option<String>,
     pub ctx: Arc<CallContext>,
     pub tree: Tree,
     shutdown: watch::Sender<bool>,
@@ -31,6 +33,7 @@ static NODE_SEQ: AtomicU64 = AtomicU64::new(1);
 impl Node {
     /// Starts everything the config describes. Listen sockets may use port 0.
     pub async fn start(config: Config) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
+        crate::transport::tls::install_crypto_provider();
         let handle = crate::metrics::install()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
@@ -78,7 +81,10 @@ impl Node {
             config.sip.tls_cert.as_deref(),
             config.sip.tls_key.as_deref(),
         );
-        if let Some(tls) = crate::transport::tls::setup(&specs, cert, key, &[], &config.data_dir)? {
+        let ca: Vec<&std::path::Path> = config.sip.tls_ca.iter().map(|p| p.as_path()).collect();
+        let mut tls_fingerprint = None;
+        if let Some(tls) = crate::transport::tls::setup(&specs, cert, key, &ca, &config.data_dir)? {
+            tls_fingerprint = Some(tls.cert.fingerprint.clone());
             (tconf.tls_server, tconf.tls_client) = (Some(tls.server), Some(tls.client));
         }
         let transports = Transports::start(&specs, tconf, router).await?;
@@ -105,6 +111,7 @@ impl Node {
             name: node_name,
             transports,
             http_addr,
+            tls_fingerprint,
             ctx,
             tree,
             shutdown,
