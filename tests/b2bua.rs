@@ -530,7 +530,16 @@ async fn caller_cancels_while_ringing() {
     t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
         .await;
     t.a.expect_status(180).await;
-    t.a.send(t.sw, &cancel_of(&inv)).await;
+    let reason = "SIP;cause=200;text=\"Call completed elsewhere\"";
+    t.a.send(
+        t.sw,
+        &cancel_of(&inv).replacen(
+            "Content-Length:",
+            &format!("Reason: {reason}\r\nContent-Length:"),
+            1,
+        ),
+    )
+    .await;
     let (c_ok, _) = t.a.expect("200 to CANCEL", is_status(200, "CANCEL")).await;
     assert_eq!(call_id(&c_ok), cid);
     let (term, _) = t.a.expect("487 to INVITE", is_status(487, "INVITE")).await;
@@ -538,6 +547,7 @@ async fn caller_cancels_while_ringing() {
 
     let (cancel, from) = t.b.expect_request("CANCEL").await;
     assert_eq!(branch(&cancel), branch(&inv_b), "CANCEL matches the INVITE");
+    assert_eq!(val(&cancel, HeaderName::Reason), reason, "Reason relayed");
     assert_eq!(call_id(&cancel), call_id(&inv_b));
     assert_eq!(cseq(&cancel), (cseq(&inv_b).0, "CANCEL".into()));
     t.b.send(from, &answer(&cancel, 200, "OK", "btag", t.b.addr, ""))
@@ -1444,6 +1454,27 @@ async fn reinvite_glare_gets_491() {
     assert_eq!(body(&ok), SDP_HELD);
     t.a.send(t.sw, &up.a.request("ACK", 2, "", "")).await;
     bye_from_a(&t, &mut up).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// A redirect from B reaches A with its Contact (where to go instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_is_relayed_with_its_contact() {
+    let t = bed(|_| {}).await;
+    let cid = "redirect-1";
+    let (inv, inv_b, sw_b) = dial(&t, cid).await;
+    let moved = answer(&inv_b, 302, "Moved Temporarily", "btag", t.b.addr, "").replace(
+        &format!("Contact: <sip:bob@{}>", t.b.addr),
+        "Contact: <sip:bob@192.0.2.9:5060>",
+    );
+    t.b.send(sw_b, &moved).await;
+    t.b.expect_request("ACK").await;
+    let (r, _) = t.a.expect_status(302).await;
+    assert_eq!(contact_uri(&r), "sip:bob@192.0.2.9:5060");
+    t.a.send(t.sw, &ack_failure(&inv, &r)).await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.final_status, 302);
     assert_drained(&t).await;
     t.node.shutdown().await;
 }

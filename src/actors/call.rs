@@ -419,6 +419,9 @@ pub struct CallState {
     resend_2xx: Option<(TimerId, Bytes, Duration, Instant)>,
     /// The caller cancelled before the B leg had a provisional: CANCEL it when one comes.
     cancel_pending: bool,
+    /// The caller's Reason for cancelling (e.g. "answered elsewhere"), carried on the B
+    /// leg's CANCEL so the callee's phone does not show a missed call for it.
+    cancel_reason: Option<Bytes>,
     received_at: Instant,
     restored: bool,
 }
@@ -443,6 +446,7 @@ impl Actor for CallActor {
             max_duration: None,
             resend_2xx: None,
             cancel_pending: false,
+            cancel_reason: None,
             received_at: Instant::now(),
             restored: false,
         };
@@ -841,9 +845,11 @@ impl CallState {
             // produce, and the B leg is CANCELled. From the callee (which must not send
             // one) it is only acknowledged: B's final answer or the no-answer timer ends
             // the call.
+            let reason = msg.value(HeaderName::Reason).cloned();
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
             self.respond(id, 200, "OK", None);
             if leg == Leg::A {
+                self.cancel_reason = reason;
                 let resp = self.a_response(487, "Request Terminated", false);
                 self.respond_a_invite(resp);
                 self.cancel_b();
@@ -897,12 +903,14 @@ impl CallState {
             .txs
             .iter()
             .position(|t| leg == Leg::A && t.role == Role::AInvite && t.branch == branch);
+        let reason = msg.value(HeaderName::Reason).cloned();
         let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
         let Some(_) = invite else {
             return self.respond(id, 481, "Call/Transaction Does Not Exist", None);
         };
         self.respond(id, 200, "OK", None);
         if matches!(self.core().phase, Phase::Setup | Phase::Early) {
+            self.cancel_reason = reason;
             let resp = self.a_response(487, "Request Terminated", false);
             self.respond_a_invite(resp);
             self.cancel_b();
@@ -1421,6 +1429,19 @@ impl CallState {
                     // Session Interval Too Small: the caller retries with this Min-SE.
                     copy_extensions(resp, &mut out);
                 }
+                // What the caller needs to act on the failure: where to go instead (3xx),
+                // what the callee allows, accepts or lacks (405, 415, 420), why (Warning).
+                for name in [
+                    HeaderName::Contact,
+                    HeaderName::Allow,
+                    HeaderName::Accept,
+                    HeaderName::Unsupported,
+                    HeaderName::Warning,
+                ] {
+                    for h in resp.headers_named(name) {
+                        out.headers.push(h.clone());
+                    }
+                }
                 self.respond_a_invite(out);
                 self.end(st, HangupBy::Callee, &format!("callee answered {status}"));
             }
@@ -1578,7 +1599,10 @@ impl CallState {
     }
 
     fn send_b_cancel(&mut self) {
-        let cancel = cancel_for(&self.core().b_invite);
+        let mut cancel = cancel_for(&self.core().b_invite);
+        if let Some(r) = self.cancel_reason.clone() {
+            cancel.push(HeaderName::Reason, r);
+        }
         let dest = self.core().b_dest;
         self.new_client_tx(Leg::B, Role::BCancel, cancel, Bytes::new(), dest);
     }
