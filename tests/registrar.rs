@@ -62,11 +62,12 @@ fn tenant(id: &str, domain: &str, users: &[(&str, &str)]) -> TenantConfig {
 }
 
 fn base_config() -> RegistrarConfig {
-    let mut c = RegistrarConfig::default();
-    c.min_expires_secs = 1;
-    c.max_expires_secs = 3600;
-    c.default_expires_secs = 600;
-    c
+    RegistrarConfig {
+        min_expires_secs: 1,
+        max_expires_secs: 3600,
+        default_expires_secs: 600,
+        ..RegistrarConfig::default()
+    }
 }
 
 async fn spawn_actor(
@@ -586,5 +587,99 @@ async fn tenants_are_isolated() {
         .await;
     assert_eq!(r.status(), Some(404));
     assert_eq!((env.location.count("a"), env.location.count("b")), (1, 1));
+    env.actor.stop_and_wait(None, None).await.unwrap();
+}
+
+/// Not a correctness test: 20,000 users of one tenant register once each (with a nonce
+/// they already hold, as refreshing phones do) through real UDP, 200 in flight; prints the
+/// rate, then checks every binding reached the location service and the database. Run with
+/// `cargo test --test registrar twenty_thousand -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn twenty_thousand_users_register() {
+    use switchyard::sip::auth::NonceKey;
+    const USERS: usize = 20_000;
+    const WINDOW: usize = 200;
+    let users: Vec<(String, String)> = (0..USERS)
+        .map(|i| (format!("u{i}"), format!("pw{i}")))
+        .collect();
+    let t = TenantConfig {
+        id: "big".into(),
+        domain: "big.test".into(),
+        realm: None,
+        users: users
+            .iter()
+            .map(|(u, pw)| UserConfig {
+                username: u.clone(),
+                ha1_md5: None,
+                ha1_sha256: Some(ha1(Algorithm::Sha256, u, "big.test", pw)),
+            })
+            .collect(),
+        users_csv: None,
+    };
+    let config = base_config();
+    let key = NonceKey::new([9; 32]);
+    let mut env = setup(config.clone(), &[]).await;
+    // Swap in an authenticator whose nonce key the test knows, and a registrar using it.
+    env.actor.stop_and_wait(None, None).await.unwrap();
+    env.auth = Arc::new(Authenticator::with_key(&config, &[t], key.clone()).unwrap());
+    env.start_again().await;
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = sock.local_addr().unwrap();
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let requests: Vec<String> = users
+        .iter()
+        .enumerate()
+        .map(|(i, (u, pw))| {
+            let ch = Challenge {
+                realm: "big.test".into(),
+                nonce: key.issue(now_ms),
+                opaque: None,
+                algorithm: Algorithm::Sha256,
+                stale: false,
+            };
+            let h = ha1(Algorithm::Sha256, u, "big.test", pw);
+            let a = authorization_value(&ch, u, &h, "REGISTER", "sip:big.test", 1, "c");
+            format!(
+                "REGISTER sip:big.test SIP/2.0\r\nVia: SIP/2.0/UDP {addr};branch=z9hG4bK-{i};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{u}@big.test>;tag={i}\r\nTo: <sip:{u}@big.test>\r\nCall-ID: {i}@load\r\nCSeq: 1 REGISTER\r\nContact: <sip:{u}@{addr}>\r\nExpires: 600\r\nAuthorization: {a}\r\nContent-Length: 0\r\n\r\n"
+            )
+        })
+        .collect();
+    let started = Instant::now();
+    let (mut sent, mut ok) = (0usize, 0usize);
+    let mut buf = vec![0u8; 65536];
+    while ok < USERS {
+        while sent < USERS && sent - ok < WINDOW {
+            sock.send_to(requests[sent].as_bytes(), env.server)
+                .await
+                .unwrap();
+            sent += 1;
+        }
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("responses keep coming")
+            .unwrap();
+        assert!(
+            buf[..n].starts_with(b"SIP/2.0 200"),
+            "{}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        ok += 1;
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{USERS} REGISTERs in {elapsed:?}: {:.0}/s (debug build unless --release)",
+        USERS as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(env.location.count("big"), USERS);
+    let flushed = Instant::now();
+    registrar::flush(&env.actor).await.unwrap();
+    println!("final flush {:?}", flushed.elapsed());
+    let store = switchyard::store::Store::open(&env.db).unwrap();
+    assert_eq!(store.load_registrations(0).unwrap().len(), USERS);
     env.actor.stop_and_wait(None, None).await.unwrap();
 }

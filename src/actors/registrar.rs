@@ -211,7 +211,7 @@ impl Location {
 
     /// Replaces an AOR's bindings (sorted here by q, highest first).
     fn set(&self, key: AorKey, mut bindings: Vec<Binding>) {
-        bindings.sort_by(|a, b| b.q.cmp(&a.q));
+        bindings.sort_by_key(|b| std::cmp::Reverse(b.q));
         let new = bindings.len();
         let tenant = key.tenant.clone();
         let old = if bindings.is_empty() {
@@ -353,8 +353,10 @@ pub struct RegistrarState {
     writer: mpsc::Sender<WriterCmd>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
     tick: Option<tokio::task::JoinHandle<()>>,
-    /// Final responses by (Call-ID, CSeq, branch), to answer retransmissions.
-    recent: HashMap<(Bytes, u32, Bytes), (Message, Instant)>,
+    /// Responses to UDP requests by (source, Call-ID, CSeq, branch), encoded, to answer
+    /// retransmissions (only from the address the original came from: the bindings listed
+    /// in a 200 are not for anyone else).
+    recent: HashMap<RetransmissionKey, (Bytes, Dest, Instant)>,
 }
 
 impl Actor for RegistrarActor {
@@ -491,17 +493,27 @@ impl Actor for RegistrarActor {
 impl RegistrarState {
     fn on_register(&mut self, inbound: Inbound) -> Result<(), ActorProcessingErr> {
         let Inbound { msg, source } = inbound;
-        let key = retransmission_key(&msg);
+        let Some(transports) = self.transports.get().cloned() else {
+            tracing::warn!("registrar: transports not set, REGISTER dropped");
+            return Ok(());
+        };
+        // Streams do not retransmit; UDP does until it hears the final response.
+        let key = (source.protocol == Protocol::Udp)
+            .then(|| retransmission_key(&msg, &source))
+            .flatten();
         if let Some(k) = &key {
-            if let Some((resp, _)) = self.recent.get(k) {
+            if let Some((bytes, dest, _)) = self.recent.get(k) {
                 metrics::counter!(REGISTRATIONS_TOTAL, "result" => "retransmission").increment(1);
-                self.send(&source, resp);
+                transports.send(*dest, bytes.clone());
                 return Ok(());
             }
         }
         let out = self.core.register(&msg, &source, SystemTime::now());
         metrics::counter!(REGISTRATIONS_TOTAL, "result" => out.result).increment(1);
-        self.send(&source, &out.response);
+        let dest = transports.response_dest(&source, out.response.top_via().as_ref());
+        let bytes = out.response.encode();
+        crate::transport::count_sent(dest.protocol, &out.response);
+        transports.send(dest, bytes.clone());
         if let Some(aor) = out.changed {
             let rows = self
                 .core
@@ -524,16 +536,9 @@ impl RegistrarState {
             if self.recent.len() >= RESPONSE_CACHE_MAX {
                 self.recent.clear();
             }
-            self.recent.insert(k, (out.response, Instant::now()));
+            self.recent.insert(k, (bytes, dest, Instant::now()));
         }
         Ok(())
-    }
-
-    fn send(&self, source: &Source, resp: &Message) {
-        match self.transports.get() {
-            Some(t) => t.send_response(source, resp),
-            None => tracing::warn!("registrar: transports not set, response dropped"),
-        }
     }
 
     fn on_tick(&mut self) {
@@ -545,15 +550,20 @@ impl RegistrarState {
         }
         self.core.auth.purge(now);
         self.recent
-            .retain(|_, (_, at)| at.elapsed() < RESPONSE_CACHE);
+            .retain(|_, (_, _, at)| at.elapsed() < RESPONSE_CACHE);
     }
 }
 
-fn retransmission_key(msg: &Message) -> Option<(Bytes, u32, Bytes)> {
+/// (source, Call-ID, CSeq, branch) of a request.
+type RetransmissionKey = (SocketAddr, Bytes, u32, Bytes);
+
+fn retransmission_key(msg: &Message, source: &Source) -> Option<RetransmissionKey> {
+    // Copies, so the cache does not keep whole request buffers alive.
     Some((
-        msg.call_id()?.clone(),
+        source.remote,
+        Bytes::copy_from_slice(msg.call_id()?),
         msg.cseq()?.seq,
-        msg.top_via()?.branch()?,
+        Bytes::copy_from_slice(&msg.top_via()?.branch()?),
     ))
 }
 
@@ -737,7 +747,7 @@ impl Registrar {
                 }
             }
         }
-        next.sort_by(|a, b| b.q.cmp(&a.q));
+        next.sort_by_key(|b| std::cmp::Reverse(b.q));
         let result = if removed_any && next.len() < current.len() {
             "unregistered"
         } else {
@@ -917,7 +927,7 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<WriterCmd>) {
         loop {
             let cmd = match self.due {
-                None => rx.recv_timeout(DB_PURGE_EVERY).map_err(|e| e),
+                None => rx.recv_timeout(DB_PURGE_EVERY),
                 Some(due) => match due.checked_duration_since(Instant::now()) {
                     Some(wait) if !wait.is_zero() => rx.recv_timeout(wait),
                     _ => Err(RecvTimeoutError::Timeout),
@@ -990,9 +1000,11 @@ mod tests {
     use crate::sip::message::Method;
 
     fn registrar(min: u32, max: u32) -> Registrar {
-        let mut config = RegistrarConfig::default();
-        config.min_expires_secs = min;
-        config.max_expires_secs = max;
+        let config = RegistrarConfig {
+            min_expires_secs: min,
+            max_expires_secs: max,
+            ..RegistrarConfig::default()
+        };
         let t = TenantConfig {
             id: "a".into(),
             domain: "a.test".into(),
