@@ -1207,6 +1207,106 @@ mod tests {
         assert_eq!(format_q(1000), "1");
     }
 
+    /// The RFC 4475 torture messages that are REGISTERs, against a registrar for
+    /// example.com: the invalid one is refused, the valid ones are challenged and, with
+    /// credentials added, bind exactly the contacts the RFC says.
+    #[test]
+    fn rfc4475_registers() {
+        use crate::sip::parse::{Framing, Limits};
+        use crate::sip::validate::{screen, Screened};
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475");
+        let users = ["j.user", "watson", "user", "null-\0-null"];
+        let config = RegistrarConfig::default();
+        let t = TenantConfig {
+            id: "ex".into(),
+            domain: "example.com".into(),
+            realm: None,
+            users: users
+                .iter()
+                .map(|u| UserConfig {
+                    username: u.to_string(),
+                    ha1_md5: Some(ha1(Algorithm::Md5, u, "example.com", "pw")),
+                    ha1_sha256: None,
+                })
+                .collect(),
+            users_csv: None,
+        };
+        let r = Registrar {
+            auth: Arc::new(Authenticator::new(&config, &[t]).unwrap()),
+            config,
+            location: Arc::new(Location::new()),
+            server: None,
+        };
+        let load = |name: &str| {
+            let bytes = std::fs::read(dir.join(format!("{name}.dat"))).unwrap();
+            match screen(Bytes::from(bytes), Framing::Datagram, &Limits::default()) {
+                Screened::Pass(m) => m,
+                _ => panic!("{name} does not pass screening"),
+            }
+        };
+        let unksm2 = load("unksm2");
+        assert_eq!(
+            r.register(&unksm2, &source(), SystemTime::now())
+                .response
+                .status(),
+            Some(400),
+            "To must be a sip or sips AOR"
+        );
+        let cases: [(&str, &str, &[&str]); 6] = [
+            ("regaut01", "j.user", &[]),
+            ("dblreq", "j.user", &["sip:j.user@host.example.com"]),
+            ("cparam01", "watson", &["sip:+19725552222@gw1.example.net"]),
+            (
+                "cparam02",
+                "watson",
+                &["sip:+19725552222@gw1.example.net;unknownparam"],
+            ),
+            (
+                "regescrt",
+                "user",
+                &["sip:user@example.com?Route=%3Csip:sip.example.com%3E"],
+            ),
+            (
+                "escnull",
+                "null-\0-null",
+                &["sip:%00@host5.example.com", "sip:%00%00@host5.example.com"],
+            ),
+        ];
+        for (name, user, bound) in cases {
+            let m = load(name);
+            let first = r.register(&m, &source(), SystemTime::now());
+            assert_eq!(first.response.status(), Some(401), "{name}");
+            let ch = first
+                .response
+                .headers_named(HeaderName::WwwAuthenticate)
+                .map(|h| Challenge::parse(&h.value).unwrap())
+                .find(|c| c.algorithm == Algorithm::Md5)
+                .expect("MD5 offered");
+            let h = ha1(ch.algorithm, user, "example.com", "pw");
+            let mut authed = m.clone();
+            authed.remove(HeaderName::Authorization);
+            authed.push(
+                HeaderName::Authorization,
+                authorization_value(&ch, user, &h, "REGISTER", "sip:example.com", 1, "c"),
+            );
+            let o = r.register(&authed, &source(), SystemTime::now());
+            assert_eq!(o.response.status(), Some(200), "{name}: {}", o.response);
+            let got: Vec<Bytes> = r
+                .location
+                .lookup("ex", user)
+                .into_iter()
+                .map(|b| b.contact)
+                .collect();
+            for want in bound {
+                assert!(
+                    got.iter().any(|c| c.as_ref() == want.as_bytes()),
+                    "{name}: {want} not in {got:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn location_sweeps_and_counts() {
         let loc = Location::new();

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{RegistrarConfig, TenantConfig, UserConfig};
-use crate::sip::auth::{Algorithm, Challenge, Credentials, NonceCheck, NonceKey};
+use crate::sip::auth::{Algorithm, Challenge, Credentials, DigestError, NonceCheck, NonceKey};
 use crate::sip::message::{response_to, HeaderName, Message};
 
 /// Authentication outcomes, by `outcome` (challenge, success, failure, stale, replay, locked,
@@ -313,7 +313,8 @@ impl Authenticator {
         } else {
             HeaderName::Authorization
         };
-        // A request may carry credentials for several realms; ours is the one that counts.
+        // A request may carry credentials for several realms and schemes; our realm's Digest
+        // credentials are the ones that count. Other schemes are ignored (RFC 4475 regaut01).
         let mut creds = None;
         for h in req.headers_named(cred_header) {
             match Credentials::parse(&h.value) {
@@ -321,7 +322,7 @@ impl Authenticator {
                     creds = Some(c);
                     break;
                 }
-                Ok(_) => {}
+                Ok(_) | Err(DigestError::NotDigest) => {}
                 Err(_) => {
                     metrics::counter!(AUTH_TOTAL, "outcome" => "bad_request").increment(1);
                     return AuthOutcome::BadRequest {
@@ -601,11 +602,12 @@ mod tests {
     use std::time::Duration;
 
     fn config(max: u32, lock: u32, ttl: u32) -> RegistrarConfig {
-        let mut c = RegistrarConfig::default();
-        c.max_auth_failures = max;
-        c.lock_secs = lock;
-        c.nonce_ttl_secs = ttl;
-        c
+        RegistrarConfig {
+            max_auth_failures: max,
+            lock_secs: lock,
+            nonce_ttl_secs: ttl,
+            ..RegistrarConfig::default()
+        }
     }
 
     fn tenant(id: &str, domain: &str, users: &[(&str, &str)]) -> TenantConfig {
@@ -787,6 +789,16 @@ mod tests {
         assert!(a.by_user.is_empty());
         a.purge(now + Duration::from_secs(3600));
         assert!(a.by_source.is_empty() && a.nc.is_empty());
+    }
+
+    #[test]
+    fn unknown_schemes_are_ignored() {
+        let a = auth(10);
+        let m = register(Some("NoOneKnowsThisScheme opaque-data=here".into()));
+        assert!(matches!(
+            a.check(&m, "a", IP, false, SystemTime::now()),
+            AuthOutcome::Challenge { status: 401, .. }
+        ));
     }
 
     #[test]
