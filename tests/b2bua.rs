@@ -619,6 +619,8 @@ async fn reinvite_update_and_info_are_relayed() {
 
     // Hold: re-INVITE from A.
     let ct = "Content-Type: application/sdp\r\n";
+    // A's in-dialog requests carry Contact <sip:ua@..>, not the INVITE's <sip:alice@..>:
+    // a target refresh (RFC 3261 §12.2.2) that requests towards A must follow.
     t.a.send(t.sw, &up.a.request("INVITE", 0, ct, SDP_HOLD))
         .await;
     let (re, from) = t.b.expect_request("INVITE").await;
@@ -656,6 +658,11 @@ async fn reinvite_update_and_info_are_relayed() {
         .await;
     let (upd, from) = t.a.expect_request("UPDATE").await;
     assert_eq!(call_id(&upd), cid);
+    assert_eq!(
+        String::from_utf8_lossy(upd.request_uri().unwrap()),
+        format!("sip:ua@{}", t.a.addr),
+        "A's refreshed target"
+    );
     assert_eq!(to_tag(&upd).unwrap(), format!("a-{cid}"));
     assert_eq!(body(&upd), SDP_B);
     t.a.send(from, &answer(&upd, 200, "OK", "", t.a.addr, SDP))

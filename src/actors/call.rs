@@ -839,6 +839,12 @@ impl CallState {
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
             return self.respond(id, 491, "Request Pending", None);
         }
+        if matches!(method, Method::Invite | Method::Update) {
+            // A target refresh (RFC 3261 §12.2.2): later requests go to the new Contact.
+            if let Some(c) = msg.contacts().next() {
+                self.dialog_mut(leg).remote_target = c.uri;
+            }
+        }
         if method == Method::Bye && matches!(self.core().phase, Phase::Setup | Phase::Early) {
             // A BYE in an early dialog (RFC 3261 §15). From the caller it ends the call like
             // a CANCEL: its INVITE gets 487 (§15.1.2), which a relayed BYE would never
@@ -1086,6 +1092,14 @@ impl CallState {
         })
     }
 
+    fn dialog_mut(&mut self, leg: Leg) -> &mut Dialog {
+        let core = self.core.as_mut().expect("call state");
+        match leg {
+            Leg::A => &mut core.a,
+            Leg::B => &mut core.b,
+        }
+    }
+
     fn tx_mut(&mut self, id: u32) -> Option<&mut Tx> {
         self.txs.iter_mut().find(|t| t.id == id)
     }
@@ -1260,12 +1274,19 @@ impl CallState {
         let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
             return;
         };
-        let role = tx.role;
+        let (role, tx_leg) = (tx.role, tx.leg);
         let method = tx.method.clone();
         let status = resp.status().unwrap_or(0);
         match role {
             Role::BInvite => self.b_invite_response(resp, status),
             Role::Relay { peer } => {
+                if matches!(method, Method::Invite | Method::Update) && (200..300).contains(&status)
+                {
+                    // The answer to a target refresh refreshes the answerer's target too.
+                    if let Some(c) = resp.contacts().next() {
+                        self.dialog_mut(tx_leg).remote_target = c.uri;
+                    }
+                }
                 if method == Method::Invite && (200..300).contains(&status) {
                     let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
                     let (leg, dest, acked, offer) = {
