@@ -24,7 +24,7 @@ use crate::sip::auth::{Algorithm, Challenge, Credentials, DigestError, NonceChec
 use crate::sip::message::{response_to, HeaderName, Message};
 
 /// Authentication outcomes, by `outcome` (challenge, success, failure, stale, replay, locked,
-/// bad_request) (counter).
+/// bad_request, identity_mismatch) (counter).
 pub const AUTH_TOTAL: &str = "switchyard_auth_total";
 /// Locks imposed after repeated failures, by `scope` (source, user) (counter).
 pub const AUTH_LOCKS_TOTAL: &str = "switchyard_auth_locks_total";
@@ -33,7 +33,7 @@ pub const AUTH_LOCKS_TOTAL: &str = "switchyard_auth_locks_total";
 pub fn describe() {
     metrics::describe_counter!(
         AUTH_TOTAL,
-        "Digest authentication outcomes (challenge, success, failure, stale, replay, locked, bad_request)"
+        "Digest authentication outcomes (challenge, success, failure, stale, replay, locked, bad_request, identity_mismatch)"
     );
     metrics::describe_counter!(
         AUTH_LOCKS_TOTAL,
@@ -378,6 +378,33 @@ impl Authenticator {
         self.by_user.remove(&user_key);
         metrics::counter!(AUTH_TOTAL, "outcome" => "success").increment(1);
         AuthOutcome::Authenticated { username }
+    }
+
+    /// Authenticates a new out-of-dialog request (an INVITE) whose From is a tenant's user:
+    /// the tenant is the one whose domain is the From host. Returns `None` when the From
+    /// domain is no tenant's (e.g. a carrier's call: the caller decides whether its source
+    /// is trusted), else the tenant id and the outcome (407 challenges; an authenticated
+    /// user other than the From user is refused with 403).
+    pub fn check_caller(
+        &self,
+        req: &Message,
+        source_ip: IpAddr,
+        now: SystemTime,
+    ) -> Option<(String, AuthOutcome)> {
+        let from = req.from()?.parsed_uri().ok()?;
+        let tenant = self.tenant_for_domain(&from.host)?;
+        let outcome = match self.check(req, &tenant.id, source_ip, true, now) {
+            AuthOutcome::Authenticated { username }
+                if from.user_unescaped().as_deref() != Some(username.as_bytes()) =>
+            {
+                metrics::counter!(AUTH_TOTAL, "outcome" => "identity_mismatch").increment(1);
+                AuthOutcome::Forbidden {
+                    reason: "From is not the authenticated user",
+                }
+            }
+            other => other,
+        };
+        Some((tenant.id.clone(), outcome))
     }
 
     /// Drops nonce counts of expired nonces and failure counters with nothing left to
@@ -789,6 +816,54 @@ mod tests {
         assert!(a.by_user.is_empty());
         a.purge(now + Duration::from_secs(3600));
         assert!(a.by_source.is_empty() && a.nc.is_empty());
+    }
+
+    #[test]
+    fn invites_from_tenant_users_get_407() {
+        let a = auth(10);
+        let now = SystemTime::now();
+        let invite = |from: &str, authz: Option<String>| {
+            let mut m = Message::request(Method::Invite, "sip:bob@a.test");
+            m.push(HeaderName::From, format!("<sip:{from}>;tag=1"));
+            if let Some(v) = authz {
+                m.push(HeaderName::ProxyAuthorization, v);
+            }
+            m
+        };
+        assert!(a
+            .check_caller(&invite("x@carrier.example", None), IP, now)
+            .is_none());
+        let (tenant, o) = a
+            .check_caller(&invite("alice@a.test", None), IP, now)
+            .unwrap();
+        assert_eq!(tenant, "a");
+        let AuthOutcome::Challenge {
+            status,
+            header,
+            values,
+        } = &o
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!((*status, *header), (407, HeaderName::ProxyAuthenticate));
+        let ch = Challenge::parse(&Bytes::from(values[0].clone())).unwrap();
+        let h = ha1(ch.algorithm, "alice", "a.test", "pw-a");
+        let v = authorization_value(&ch, "alice", &h, "INVITE", "sip:bob@a.test", 1, "c");
+        let (_, o) = a
+            .check_caller(&invite("alice@a.test", Some(v.clone())), IP, now)
+            .unwrap();
+        assert_eq!(
+            o,
+            AuthOutcome::Authenticated {
+                username: "alice".into()
+            }
+        );
+        // alice's credentials with someone else's From.
+        let v2 = authorization_value(&ch, "alice", &h, "INVITE", "sip:bob@a.test", 2, "c");
+        let (_, o) = a
+            .check_caller(&invite("carol@a.test", Some(v2)), IP, now)
+            .unwrap();
+        assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
     }
 
     #[test]
