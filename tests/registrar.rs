@@ -41,6 +41,7 @@ struct Env {
     slot: Arc<OnceLock<Transports>>,
     fwd: Arc<Fwd>,
     server: SocketAddr,
+    tcp_server: SocketAddr,
     actor: ActorRef<RegistrarMsg>,
 }
 
@@ -98,11 +99,15 @@ async fn setup(config: RegistrarConfig, tenants: &[TenantConfig]) -> Env {
     let location = Arc::new(Location::new());
     let slot = Arc::new(OnceLock::new());
     let fwd = Arc::new(Fwd::default());
-    let spec: ListenSpec = "udp:127.0.0.1:0".parse().unwrap();
-    let transports = Transports::start(&[spec], TransportConfig::default(), fwd.clone())
+    let specs: [ListenSpec; 2] = [
+        "udp:127.0.0.1:0".parse().unwrap(),
+        "tcp:127.0.0.1:0".parse().unwrap(),
+    ];
+    let transports = Transports::start(&specs, TransportConfig::default(), fwd.clone())
         .await
         .unwrap();
-    let server = transports.local_addrs()[0].addr;
+    let server = transports.advertised(Protocol::Udp).unwrap();
+    let tcp_server = transports.advertised(Protocol::Tcp).unwrap();
     let _ = slot.set(transports);
     let actor = spawn_actor((&config, &auth, &location, &slot, &db)).await;
     *fwd.0.lock().unwrap() = Some(actor.clone());
@@ -115,6 +120,7 @@ async fn setup(config: RegistrarConfig, tenants: &[TenantConfig]) -> Env {
         slot,
         fwd,
         server,
+        tcp_server,
         actor,
     }
 }
@@ -681,5 +687,94 @@ async fn twenty_thousand_users_register() {
     println!("final flush {:?}", flushed.elapsed());
     let store = switchyard::store::Store::open(&env.db).unwrap();
     assert_eq!(store.load_registrations(0).unwrap().len(), USERS);
+    env.actor.stop_and_wait(None, None).await.unwrap();
+}
+
+/// Reads one SIP message from a stream (the registrar's responses have no body).
+async fn read_stream_message(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Message {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let msg: Vec<u8> = buf.drain(..end + 4).collect();
+            return parse(Bytes::from(msg), Framing::Datagram, &Limits::default()).unwrap();
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("a message within 5 s")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The phone is reached through the flow it registered on: over UDP at its source address
+/// and port, over TCP on the very connection its REGISTER came through.
+#[tokio::test]
+async fn phones_are_reached_through_their_registration_flow() {
+    use tokio::io::AsyncWriteExt;
+    let env = setup(base_config(), &[tenant("a", "a.test", &[("alice", "pw")])]).await;
+    let transports = env.slot.get().unwrap().clone();
+
+    // UDP: the Contact names an address the switch cannot reach (a phone behind NAT); the
+    // binding keeps the source it came from.
+    let mut p = Phone::new(&env, "alice", "a.test", "pw", Algorithm::Md5).await;
+    let r = p
+        .register(&[("Contact", "<sip:alice@10.255.0.1:5060>".into())])
+        .await;
+    assert_eq!(r.status(), Some(200));
+    let b = env.location.lookup("a", "alice");
+    assert_eq!(b[0].contact.as_ref(), b"sip:alice@10.255.0.1:5060");
+    transports.send(b[0].dest(), Bytes::from_static(b"OPTIONS-PROBE"));
+    let mut buf = [0u8; 64];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), p.sock.recv_from(&mut buf))
+        .await
+        .expect("reached over UDP")
+        .unwrap();
+    assert_eq!(&buf[..n], b"OPTIONS-PROBE");
+
+    // TCP: register over a connection, then the switch writes to that same connection.
+    let mut stream = tokio::net::TcpStream::connect(env.tcp_server)
+        .await
+        .unwrap();
+    let local = stream.local_addr().unwrap();
+    let mut rbuf = Vec::new();
+    let request = |cseq: u32, authz: Option<String>| {
+        let mut s = format!(
+            "REGISTER sip:a.test SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bK-tcp{cseq}\r\nMax-Forwards: 70\r\nFrom: <sip:alice@a.test>;tag=t\r\nTo: <sip:alice@a.test>\r\nCall-ID: tcp@test\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@10.255.0.2;transport=tcp>\r\n"
+        );
+        if let Some(a) = authz {
+            s.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        s.push_str("Content-Length: 0\r\n\r\n");
+        s
+    };
+    stream.write_all(request(1, None).as_bytes()).await.unwrap();
+    let r = read_stream_message(&mut stream, &mut rbuf).await;
+    assert_eq!(r.status(), Some(401));
+    let ch = Challenge::parse(r.value(HeaderName::WwwAuthenticate).unwrap()).unwrap();
+    let h = ha1(ch.algorithm, "alice", "a.test", "pw");
+    let a = authorization_value(&ch, "alice", &h, "REGISTER", "sip:a.test", 1, "c");
+    stream
+        .write_all(request(2, Some(a)).as_bytes())
+        .await
+        .unwrap();
+    let r = read_stream_message(&mut stream, &mut rbuf).await;
+    assert_eq!(r.status(), Some(200), "{r}");
+    let b = env.location.lookup("a", "alice");
+    let tcp = b
+        .iter()
+        .find(|b| b.source.protocol == Protocol::Tcp)
+        .expect("a TCP binding");
+    assert_eq!(tcp.source.remote, local);
+    assert!(tcp.source.conn.is_some(), "the connection is recorded");
+    let probe = "OPTIONS sip:alice@10.255.0.2 SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1;branch=z9hG4bKp\r\nMax-Forwards: 70\r\nFrom: <sip:sw@a.test>;tag=s\r\nTo: <sip:alice@a.test>\r\nCall-ID: probe@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+    transports.send(tcp.dest(), Bytes::from_static(probe.as_bytes()));
+    let m = read_stream_message(&mut stream, &mut rbuf).await;
+    assert_eq!(
+        m.method(),
+        Some(&Method::Options),
+        "reached on its own connection"
+    );
     env.actor.stop_and_wait(None, None).await.unwrap();
 }
