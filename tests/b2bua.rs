@@ -1485,3 +1485,46 @@ async fn redirect_is_relayed_with_its_contact() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// A call actor restarted after in-dialog requests resumes with the dialogs' current CSeqs
+/// (a stale checkpoint would reuse a CSeq, which the peer refuses as out of order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_call_keeps_dialog_cseqs() {
+    use switchyard::actors::call::CallMsg;
+    let t = bed(|_| {}).await;
+    let cid = "restart-cseq-1";
+    let mut up = establish(&t, cid).await;
+    let dtmf = "Content-Type: application/dtmf-relay\r\n";
+    t.a.send(t.sw, &up.a.request("INFO", 0, dtmf, DTMF)).await;
+    let (info, from) = t.b.expect_request("INFO").await;
+    let info_seq = cseq(&info).0;
+    t.b.send(from, &answer(&info, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to INFO", is_status(200, "INFO")).await;
+
+    let before = t.node.ctx.directory.lookup(cid.as_bytes()).expect("actor");
+    before.send_message(CallMsg::InjectPanic).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            t.node
+                .ctx
+                .directory
+                .lookup(cid.as_bytes())
+                .is_some_and(|n| n.get_id() != before.get_id())
+        })
+        .await,
+        "call actor restarted"
+    );
+    t.a.send(t.sw, &up.a.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.b.expect_request("BYE").await;
+    assert!(
+        cseq(&bye).0 > info_seq,
+        "BYE CSeq {} not above the INFO's {info_seq}",
+        cseq(&bye).0
+    );
+    t.b.send(from, &answer(&bye, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

@@ -898,6 +898,9 @@ impl CallState {
         if let Some(t) = self.tx_mut(server) {
             t.role = Role::Relay { peer: client };
         }
+        // Both dialogs' CSeqs (and maybe a target) moved: a restarted actor must not reuse
+        // a CSeq, which the peer would refuse as out of order.
+        self.checkpoint();
     }
 
     fn on_cancel(&mut self, leg: Leg, msg: Message, source: Source, branch: Bytes) {
@@ -1285,6 +1288,7 @@ impl CallState {
                     // The answer to a target refresh refreshes the answerer's target too.
                     if let Some(c) = resp.contacts().next() {
                         self.dialog_mut(tx_leg).remote_target = c.uri;
+                        self.checkpoint();
                     }
                 }
                 if method == Method::Invite && (200..300).contains(&status) {
