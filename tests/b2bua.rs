@@ -1576,3 +1576,59 @@ async fn caller_over_tcp() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// Two forks behind B answer: the first 2xx is the call's answer; the second fork's 2xx
+/// is ACKed and ended with a BYE in its own dialog (RFC 3261 §13.2.2.4), and only once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_fork_answer_is_acked_and_ended() {
+    let t = bed(|_| {}).await;
+    let cid = "forks-1";
+    let (_, inv_b, sw_b) = dial(&t, cid).await;
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "f1", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    let second = answer(&inv_b, 200, "OK", "f2", t.b.addr, SDP_B);
+    t.b.send(sw_b, &second).await;
+    let (ack2, _) = t.b.expect_request("ACK").await;
+    assert_eq!(
+        to_tag(&ack2).as_deref(),
+        Some("f2"),
+        "second fork ACKed first"
+    );
+    let (bye2, from) = t.b.expect_request("BYE").await;
+    assert_eq!(to_tag(&bye2).as_deref(), Some("f2"));
+    t.b.send(from, &answer(&bye2, 200, "OK", "", t.b.addr, ""))
+        .await;
+    // Its retransmission gets an ACK only.
+    t.b.send(sw_b, &second).await;
+    let seen = collect(&t.b, SHORT).await;
+    assert!(seen
+        .iter()
+        .any(|m| is_request("ACK")(m) && to_tag(m).as_deref() == Some("f2")));
+    assert!(!seen.iter().any(|m| is_request("BYE")(m)), "second BYE");
+    // A sees one answer; the call with fork 1 goes on.
+    let a_seen = collect(&t.a, Duration::from_millis(100)).await;
+    assert!(a_seen
+        .iter()
+        .all(|m| is_status(200, "INVITE")(m) && to_tag(m) == to_tag(&ok)));
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    let (ack1, _) = t.b.expect_request("ACK").await;
+    assert_eq!(to_tag(&ack1).as_deref(), Some("f1"));
+    let mut up = Up {
+        a,
+        b: Side::callee(t.b.addr, &inv_b, "f1"),
+        inv_b,
+        sw_b,
+    };
+    t.a.send(t.sw, &up.a.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.b.expect_request("BYE").await;
+    assert_eq!(to_tag(&bye).as_deref(), Some("f1"));
+    t.b.send(from, &answer(&bye, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+    let _ = &mut up;
+    assert_eq!(cdr(&t, cid).await.final_status, 200);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

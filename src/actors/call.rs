@@ -422,6 +422,8 @@ pub struct CallState {
     /// The caller's Reason for cancelling (e.g. "answered elsewhere"), carried on the B
     /// leg's CANCEL so the callee's phone does not show a missed call for it.
     cancel_reason: Option<Bytes>,
+    /// To tags of B-leg forks whose 2xx came after the answer and that were ended.
+    ended_forks: Vec<Bytes>,
     received_at: Instant,
     restored: bool,
 }
@@ -447,6 +449,7 @@ impl Actor for CallActor {
             resend_2xx: None,
             cancel_pending: false,
             cancel_reason: None,
+            ended_forks: Vec::new(),
             received_at: Instant::now(),
             restored: false,
         };
@@ -1364,6 +1367,22 @@ impl CallState {
 
     fn b_invite_response(&mut self, resp: &Message, status: u16) {
         let phase = self.core().phase;
+        if (200..300).contains(&status)
+            && (self.core().b_ack.is_some() || matches!(phase, Phase::Answered | Phase::Confirmed))
+        {
+            let tag = resp.to().and_then(|t| t.tag()).unwrap_or_default();
+            if tag == self.core().b.remote_tag {
+                // A retransmission of the 2xx (our ACK was lost, or the caller has not
+                // ACKed yet): ACK again if we have; the call goes on or its BYE is on its way.
+                if let Some(ack) = self.core().b_ack.clone() {
+                    let dest = self.core().b_dest;
+                    self.ctx.transports().send(dest, ack);
+                }
+            } else {
+                self.end_other_fork(resp);
+            }
+            return;
+        }
         if phase == Phase::Ended {
             // Cancelled or timed out meanwhile.
             if (101..200).contains(&status) && self.cancel_pending {
@@ -1371,20 +1390,13 @@ impl CallState {
                 self.send_b_cancel();
             }
             if (200..300).contains(&status) {
-                if let Some(ack) = self.core().b_ack.clone() {
-                    // A retransmission of the 2xx we ACKed before the call ended (our ACK
-                    // was lost): ACK again; the BYE is already on its way.
-                    let dest = self.core().b_dest;
-                    self.ctx.transports().send(dest, ack);
-                } else {
-                    // Answered after all: ACK it and hang up, once (retransmissions of this
-                    // 2xx get the same ACK, not another BYE).
-                    self.learn_b_dialog(resp);
-                    let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
-                    let ack = self.send_ack(Leg::B, cseq, Bytes::new(), None);
-                    self.core().b_ack = Some(ack);
-                    self.send_bye(Leg::B);
-                }
+                // Answered after all: ACK it and hang up, once (retransmissions of this 2xx
+                // get the same ACK, not another BYE).
+                self.learn_b_dialog(resp);
+                let cseq = resp.cseq().map(|c| c.seq).unwrap_or(1);
+                let ack = self.send_ack(Leg::B, cseq, Bytes::new(), None);
+                self.core().b_ack = Some(ack);
+                self.send_bye(Leg::B);
             }
             return;
         }
@@ -1407,14 +1419,6 @@ impl CallState {
                 self.set_phase(Phase::Early);
             }
             200..=299 => {
-                if matches!(phase, Phase::Answered | Phase::Confirmed) {
-                    // A retransmitted 2xx: resend our ACK if we sent one.
-                    if let Some(ack) = self.core().b_ack.clone() {
-                        let dest = self.core().b_dest;
-                        self.ctx.transports().send(dest, ack);
-                    }
-                    return;
-                }
                 self.learn_b_dialog(resp);
                 self.cancel_no_answer();
                 self.core().cdr.answer_ms = Some(now_unix_ms());
@@ -1471,6 +1475,36 @@ impl CallState {
                 self.end(st, HangupBy::Callee, &format!("callee answered {status}"));
             }
         }
+    }
+
+    /// A 2xx from a second fork of the B-leg INVITE (a forking proxy's other phone also
+    /// answered): RFC 3261 §13.2.2.4 has it ACKed and, as the call has its answer, ended
+    /// with a BYE, or that phone stays off-hook without media until its own timeout.
+    fn end_other_fork(&mut self, resp: &Message) {
+        let tag = resp.to().and_then(|t| t.tag()).unwrap_or_default();
+        let mut fork = self.core().b.clone();
+        fork.remote_tag = tag.clone();
+        if let Some(c) = resp.contacts().next() {
+            fork.remote_target = c.uri;
+        }
+        let mut routes: Vec<Bytes> = resp.values(HeaderName::RecordRoute).collect();
+        routes.reverse();
+        fork.route_set = routes;
+        fork.local_cseq = self.core().b_invite.cseq().map(|c| c.seq).unwrap_or(1);
+        let (protocol, dest) = self.leg_dest(Leg::B);
+        let contact = self.ctx.contact(protocol);
+        let via = self.ctx.via(protocol, &new_branch());
+        let ack = fork.request_with_cseq(Method::Ack, fork.local_cseq, &via, &contact, 70);
+        self.ctx.transports().send_message(dest, &ack);
+        if self.ended_forks.contains(&tag) {
+            return; // a retransmission: the BYE is on its way
+        }
+        tracing::info!("2xx from a second fork: ACK and BYE");
+        self.ended_forks.push(tag);
+        let branch = new_branch();
+        let via = self.ctx.via(protocol, &branch);
+        let bye = fork.request(Method::Bye, &via, &contact, 70);
+        self.new_client_tx(Leg::B, Role::Own, bye, branch, dest);
     }
 
     fn learn_b_dialog(&mut self, resp: &Message) {
