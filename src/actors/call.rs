@@ -165,10 +165,12 @@ impl CallContext {
 
     /// Whether a Via sent-by names this switch (loop detection).
     pub fn is_own_sent_by(&self, host: &[u8], port: Option<u16>) -> bool {
-        [Protocol::Udp, Protocol::Tcp].iter().any(|&p| {
-            let (h, pt) = self.sent_by(p);
-            h.as_bytes() == host && port.unwrap_or(5060) == pt
-        })
+        [Protocol::Udp, Protocol::Tcp, Protocol::Tls]
+            .iter()
+            .any(|&p| {
+                let (h, pt) = self.sent_by(p);
+                h.as_bytes() == host && port.unwrap_or(5060) == pt
+            })
     }
 
     fn via(&self, protocol: Protocol, branch: &[u8]) -> Bytes {
