@@ -89,6 +89,8 @@ pub fn describe_all() {
     crate::actors::router::describe();
     crate::actors::call::describe();
     crate::actors::tenant::describe();
+    crate::actors::registrar::describe();
+    crate::routing::auth::describe();
 
     metrics::describe_gauge!(
         BUILD_INFO,

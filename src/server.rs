@@ -3,14 +3,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::actors::call::CallContext;
+use crate::actors::registrar::{Location, RegistrarArgs};
 use crate::actors::router::{Admission, Router, Routes};
 use crate::actors::store_writer;
 use crate::config::Config;
+use crate::routing::auth::Authenticator;
 use crate::supervision::tree::{self, Tree};
 use crate::timer::TimerService;
 use crate::transport::{ListenSpec, TransportConfig, Transports};
@@ -24,6 +26,8 @@ pub struct Node {
     /// SHA-256 fingerprint of the TLS certificate, when a TLS listener runs.
     pub tls_fingerprint: Option<String>,
     pub ctx: Arc<CallContext>,
+    /// Registered phones (read by call routing).
+    pub location: Arc<Location>,
     pub tree: Tree,
     shutdown: watch::Sender<bool>,
 }
@@ -38,12 +42,23 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
         let node_name = format!("n{}", NODE_SEQ.fetch_add(1, Ordering::Relaxed));
+        let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants)?);
+        let location = Arc::new(Location::new());
+        let registrar_transports = Arc::new(OnceLock::new());
+        let mut registrar = RegistrarArgs::new(
+            config.registrar.clone(),
+            auth.clone(),
+            location.clone(),
+            registrar_transports.clone(),
+            config.data_dir.join("switchyard.db"),
+        );
+        registrar.server = Some(config.sip.user_agent.clone());
         let tenants: Vec<_> = config
             .tenants
             .iter()
-            .map(|t| (t.clone(), t.users.len()))
+            .map(|t| (t.clone(), auth.tenant(&t.id).map_or(0, |u| u.user_count())))
             .collect();
-        let tree = tree::start(&config.data_dir, &node_name, &tenants).await?;
+        let tree = tree::start(&config.data_dir, &node_name, &tenants, registrar).await?;
         let timers = TimerService::new();
         let max_duration = match config.calls.max_duration_secs {
             0 => None,
@@ -58,12 +73,20 @@ impl Node {
             &config.sip.user_agent,
             config.sip.advertise,
         ));
-        let router = Arc::new(Router::new(
-            ctx.clone(),
-            Routes::new(&config.routes),
-            Admission::new(config.admission.clone()),
-            tree.calls_name.clone(),
-        ));
+        let router = Arc::new(
+            Router::new(
+                ctx.clone(),
+                Routes::new(&config.routes),
+                Admission::new(config.admission.clone()),
+                tree.calls_name.clone(),
+            )
+            .with_registrar(
+                auth,
+                location.clone(),
+                tree.registrar_name.clone(),
+                config.registrar.authenticate_invites,
+            ),
+        );
         let mut tconf = TransportConfig {
             max_tcp_connections: config.sip.max_tcp_connections,
             tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
@@ -89,6 +112,7 @@ impl Node {
         }
         let transports = Transports::start(&specs, tconf, router).await?;
         ctx.set_transports(transports.clone());
+        let _ = registrar_transports.set(transports.clone());
 
         let (shutdown, mut rx) = watch::channel(false);
         let listener = crate::api::bind(config.http.listen).await?;
@@ -113,6 +137,7 @@ impl Node {
             http_addr,
             tls_fingerprint,
             ctx,
+            location,
             tree,
             shutdown,
         })

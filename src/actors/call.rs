@@ -823,6 +823,12 @@ impl CallState {
             .ctx
             .transports()
             .response_dest(&source, msg.top_via().as_ref());
+        if to_tag == ours && method == Method::Bye && self.core().phase == Phase::Ended {
+            // Crossing BYEs (both ends hung up at once): the dialog is ending as this end
+            // asks, so it gets 200, not a 481 it might log as an error.
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            return self.respond(id, 200, "OK", None);
+        }
         if to_tag != ours || self.core().phase == Phase::Ended {
             metrics::counter!(DIALOG_481).increment(1);
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::call::{self, CallContext, CallMsg};
+use super::registrar::{self, Location, RegistrarMsg};
 use crate::config::{AdmissionConfig, RouteConfig, RouteTarget};
+use crate::routing::auth::{AuthOutcome, Authenticator};
 use crate::sip::dialog::{random_token, BRANCH_PREFIX};
 use crate::sip::message::{response_to, HeaderName, Message, Method};
 use crate::supervision::SupervisorMsg;
@@ -40,7 +42,7 @@ pub fn describe() {
 }
 
 /// Methods this switch serves (the Allow header).
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER";
 
 /// Where a Call-ID's messages go.
 pub enum Slot {
@@ -326,6 +328,16 @@ pub struct Router {
     admission: Admission,
     /// The calls supervisor's registered name (found again after a restart).
     calls: String,
+    registrar: Option<RegistrarLink>,
+}
+
+/// What the router needs of the registrar: its name, the authenticator and the location
+/// service (read directly, no actor round trip).
+struct RegistrarLink {
+    auth: Arc<Authenticator>,
+    location: Arc<Location>,
+    name: String,
+    authenticate_invites: bool,
 }
 
 impl Router {
@@ -340,7 +352,26 @@ impl Router {
             routes,
             admission,
             calls,
+            registrar: None,
         }
+    }
+
+    /// Serves tenants' users: REGISTERs go to the registrar, INVITEs from a tenant's users
+    /// are authenticated (407) when `authenticate_invites`, calls to them use their bindings.
+    pub fn with_registrar(
+        mut self,
+        auth: Arc<Authenticator>,
+        location: Arc<Location>,
+        name: String,
+        authenticate_invites: bool,
+    ) -> Router {
+        self.registrar = Some(RegistrarLink {
+            auth,
+            location,
+            name,
+            authenticate_invites,
+        });
+        self
     }
 
     fn answer(
@@ -381,6 +412,7 @@ impl Router {
                 ],
             ),
             Method::Invite if !has_to_tag => self.new_call(msg, source),
+            Method::Register if self.registrar.is_some() => self.register(msg, source),
             Method::Cancel => {
                 self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[])
             }
@@ -407,6 +439,24 @@ impl Router {
         }
     }
 
+    fn register(&self, msg: Message, source: Source) {
+        let reg = self.registrar.as_ref().expect("checked");
+        match ractor::registry::where_is(reg.name.clone()).map(ActorRef::<RegistrarMsg>::from) {
+            Some(actor) => {
+                if registrar::register(&actor, Inbound { msg, source }).is_err() {
+                    tracing::warn!("registrar not accepting messages");
+                }
+            }
+            None => self.answer(
+                &msg,
+                &source,
+                503,
+                "Service Unavailable (Registrar Restarting)",
+                &[(HeaderName::RetryAfter, "1")],
+            ),
+        }
+    }
+
     fn new_call(&self, msg: Message, source: Source) {
         // A loop: our own B-leg INVITE came back to us.
         if msg.vias().any(|v| {
@@ -416,11 +466,43 @@ impl Router {
         {
             return self.answer(&msg, &source, 482, "Loop Detected", &[]);
         }
-        let user = msg
+        let ruri = msg
             .request_uri()
-            .and_then(|u| crate::sip::uri::Uri::parse(u).ok())
+            .and_then(|u| crate::sip::uri::Uri::parse(u).ok());
+        let user = ruri
+            .as_ref()
             .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
             .unwrap_or_default();
+        if let Some(reg) = &self.registrar {
+            // Calls from a tenant's phones are authenticated before they are routed.
+            if reg.authenticate_invites {
+                if let Some((_, outcome)) =
+                    reg.auth
+                        .check_caller(&msg, source.remote.ip(), std::time::SystemTime::now())
+                {
+                    if !matches!(outcome, AuthOutcome::Authenticated { .. }) {
+                        let tag = random_token(10);
+                        if let Some(resp) = outcome.response(&msg, &tag) {
+                            metrics::counter!(STATELESS_ANSWERS, "status" => status_label(resp.status().unwrap_or(0))).increment(1);
+                            self.ctx.transports().send_response(&source, &resp);
+                        }
+                        return;
+                    }
+                }
+            }
+            // A call to a tenant's user goes to the phones it registered.
+            if let Some(tenant) = ruri
+                .as_ref()
+                .and_then(|u| reg.auth.tenant_for_domain(&u.host))
+            {
+                let name = String::from_utf8_lossy(&user).into_owned();
+                if reg.auth.has_user(&tenant.id, &name)
+                    && reg.location.lookup(&tenant.id, &name).is_empty()
+                {
+                    return self.answer(&msg, &source, 480, "Temporarily Unavailable", &[]);
+                }
+            }
+        }
         let Some(route) = self.routes.lookup(&user) else {
             return self.answer(&msg, &source, 404, "Not Found", &[]);
         };

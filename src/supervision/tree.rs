@@ -3,6 +3,8 @@
 //! ```text
 //! root (one_for_one, 5 restarts / 10 s)
 //! ├── store_writer   permanent   the SQLite writer (CDRs)
+//! ├── registrar      permanent   REGISTER, digest auth, bindings (the location service is
+//! │                              shared memory that survives its restarts)
 //! ├── tenants        permanent   one_for_one supervisor, 3 restarts / 10 s
 //! │   └── tenant/<id>            rest_for_one supervisor per tenant
 //! │       └── tenant actor       permanent (queues, agents, campaigns follow it later)
@@ -17,6 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::registrar::{RegistrarActor, RegistrarArgs};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
 use crate::actors::tenant::{self, TenantActor, TenantArgs};
 use crate::config::TenantConfig;
@@ -25,6 +28,7 @@ use crate::config::TenantConfig;
 /// names (a restarted actor is found again under the same name).
 pub struct Tree {
     pub root: ActorRef<SupervisorMsg>,
+    pub registrar_name: String,
     pub calls_name: String,
     pub store_name: String,
 }
@@ -51,7 +55,9 @@ pub async fn start(
     data_dir: &Path,
     node: &str,
     tenants: &[(TenantConfig, usize)],
+    registrar: RegistrarArgs,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
+    let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = name("store_writer", node);
     let calls_name = name("calls", node);
@@ -89,6 +95,13 @@ pub async fn start(
             StoreWriterActor,
             move || StoreWriterArgs::new(db.clone()),
         ))
+        .with_child(ChildSpec::named_actor(
+            registrar_name.clone(),
+            "registrar",
+            Restart::Permanent,
+            RegistrarActor,
+            move || registrar.clone(),
+        ))
         .with_child(ChildSpec::supervisor(name("tenants", node), tenants_sup))
         .with_child(
             ChildSpec::named_actor(
@@ -103,6 +116,7 @@ pub async fn start(
     let (root, _) = Actor::spawn(Some(name("root", node)), Supervisor, root_args).await?;
     let tree = Tree {
         root,
+        registrar_name,
         calls_name,
         store_name,
     };
