@@ -1632,3 +1632,28 @@ async fn second_fork_answer_is_acked_and_ended() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// Both ends hang up at once: each BYE gets 200 (not 481), one CDR says the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossing_byes_both_get_200() {
+    let t = bed(|_| {}).await;
+    let cid = "crossbye-1";
+    let mut up = establish(&t, cid).await;
+    t.a.send(t.sw, &up.a.request("BYE", 0, "", "")).await;
+    let (relayed, from) = t.b.expect_request("BYE").await;
+    // B's own BYE crosses the relayed one.
+    t.b.send(up.sw_b, &up.b.request("BYE", 0, "", "")).await;
+    let (r, _) =
+        t.b.expect("answer to B's BYE", |m| {
+            m.status().is_some_and(|s| s >= 200)
+                && m.cseq().is_some_and(|c| c.method.to_string() == "BYE")
+        })
+        .await;
+    assert_eq!(r.status(), Some(200));
+    t.b.send(from, &answer(&relayed, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.a.expect("200 to BYE", is_status(200, "BYE")).await;
+    assert_eq!(cdr(&t, cid).await.hangup_by, HangupBy::Caller);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
