@@ -6,9 +6,13 @@
 //! Flow: A-leg INVITE → 100 Trying → B-leg INVITE (own Call-ID, tags, CSeq; SDP passed
 //! through) → 18x/2xx relayed to A → A's ACK relayed to B (end-to-end) → in-dialog requests
 //! relayed either way → BYE from either side ends the call and writes the CDR.
+//! The ACK of a re-INVITE's 2xx is hop by hop when the re-INVITE carried the offer, end to
+//! end when it did not (the ACK carries the answer). One INVITE at a time across both legs
+//! (491 otherwise); a 2xx from a second B-leg fork is ACKed and ended with a BYE.
 //!
 //! The state that matters for an established call ([`Checkpoint`]) is copied into a table
-//! the supervisor's restart factory reads at each phase change, so a restarted call actor
+//! the supervisor's restart factory reads at each phase change and after each relayed
+//! in-dialog request (CSeqs, targets), so a restarted call actor
 //! resumes the call. The actor stops itself once the call has ended and its last
 //! transaction has finished lingering.
 
