@@ -1657,3 +1657,71 @@ async fn crossing_byes_both_get_200() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// The switch ends a call on command (`CallMsg::Hangup`, what the API sends): BYE to both
+/// legs, CDR by the system with the reason given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_command_ends_both_legs() {
+    use switchyard::actors::call::CallMsg;
+    let t = bed(|_| {}).await;
+    let cid = "hangup-cmd-1";
+    let up = establish(&t, cid).await;
+    let actor = t.node.ctx.directory.lookup(cid.as_bytes()).expect("actor");
+    actor
+        .send_message(CallMsg::Hangup("operator".into()))
+        .unwrap();
+    let (bye_a, from_a) = t.a.expect_request("BYE").await;
+    let (bye_b, from_b) = t.b.expect_request("BYE").await;
+    assert_eq!(call_id(&bye_b), call_id(&up.inv_b));
+    t.a.send(from_a, &answer(&bye_a, 200, "OK", "", t.a.addr, ""))
+        .await;
+    t.b.send(from_b, &answer(&bye_b, 200, "OK", "", t.b.addr, ""))
+        .await;
+    let c = cdr(&t, cid).await;
+    assert_eq!(c.hangup_by, HangupBy::System);
+    assert_eq!(c.disconnect_reason, "operator");
+    assert_eq!(c.final_status, 200);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}
+
+/// A TCP callee that refuses the connection: the caller gets a final answer and the call
+/// is forgotten (today through Timer B: the transport does not report the refusal).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_tcp_callee_fails_the_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Ua::new().await;
+    // A port with nothing listening.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut c = common::config(dir.path(), &[("", format!("sip:{closed};transport=tcp"))]);
+    c.timers.t1_ms = 50;
+    c.timers.t2_ms = 200;
+    c.timers.t4_ms = 250;
+    let node = common::start_with(c).await;
+    let sw = common::udp_addr(&node);
+    let cid = "tcp-refused-1";
+    let inv = invite(cid, "1000", a.addr, sw);
+    let started = Instant::now();
+    a.send(sw, &inv).await;
+    let (fin, _) = {
+        let deadline = Instant::now() + Duration::from_secs(8);
+        loop {
+            assert!(Instant::now() < deadline, "no final for A");
+            if let Some((m, f)) = a.recv(Duration::from_secs(1)).await {
+                if m.status().is_some_and(|s| s >= 200) {
+                    break (m, f);
+                }
+            }
+        }
+    };
+    let status = fin.status().unwrap();
+    assert!(status == 503 || status == 408, "final {status}");
+    eprintln!("refused TCP callee: {status} after {:?}", started.elapsed());
+    a.send(sw, &ack_failure(&inv, &fin)).await;
+    assert!(wait_until(Duration::from_secs(3), || node.active_calls() == 0).await);
+    assert!(wait_until(DRAIN, || node.ctx.directory.is_empty()).await);
+    node.shutdown().await;
+}
