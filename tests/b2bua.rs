@@ -1725,3 +1725,43 @@ async fn unreachable_tcp_callee_fails_the_call() {
     assert!(wait_until(DRAIN, || node.ctx.directory.is_empty()).await);
     node.shutdown().await;
 }
+
+/// A record-routing proxy in front of the caller: the 18x and 2xx carry its Record-Route
+/// (RFC 3261 §12.1.1), and the switch's requests to the caller are routed through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_record_route_is_honoured() {
+    let t = bed(|_| {}).await;
+    let cid = "rr-1";
+    let rr = "<sip:proxy.example.net;lr>";
+    let inv = invite(cid, "1000", t.a.addr, t.sw).replacen(
+        "Contact:",
+        &format!("Record-Route: {rr}\r\nContact:"),
+        1,
+    );
+    t.a.send(t.sw, &inv).await;
+    let (inv_b, sw_b) = t.b.expect_request("INVITE").await;
+    assert!(
+        inv_b.value(HeaderName::RecordRoute).is_none(),
+        "A's Record-Route is not B's business"
+    );
+    t.b.send(sw_b, &answer(&inv_b, 180, "Ringing", "btag", t.b.addr, ""))
+        .await;
+    let (ringing, _) = t.a.expect_status(180).await;
+    assert_eq!(val(&ringing, HeaderName::RecordRoute), rr);
+    t.b.send(sw_b, &answer(&inv_b, 200, "OK", "btag", t.b.addr, SDP_B))
+        .await;
+    let (ok, _) = t.a.expect("200 to INVITE", is_status(200, "INVITE")).await;
+    assert_eq!(val(&ok, HeaderName::RecordRoute), rr);
+    let mut a = Side::caller(t.a.addr, cid, &ok);
+    t.a.send(t.sw, &a.request("ACK", 1, "", "")).await;
+    t.b.expect_request("ACK").await;
+    let mut b = Side::callee(t.b.addr, &inv_b, "btag");
+    t.b.send(sw_b, &b.request("BYE", 0, "", "")).await;
+    let (bye, from) = t.a.expect_request("BYE").await;
+    assert_eq!(val(&bye, HeaderName::Route), rr, "BYE routed via the proxy");
+    t.a.send(from, &answer(&bye, 200, "OK", "", t.a.addr, ""))
+        .await;
+    t.b.expect("200 to BYE", is_status(200, "BYE")).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

@@ -1539,6 +1539,12 @@ impl CallState {
         let protocol = self.core().a_source.protocol;
         let mut resp = response_to(&self.core().a_invite, status, reason, Some(&tag));
         if with_contact && status > 100 {
+            // RFC 3261 §12.1.1: a dialog-creating response copies the request's
+            // Record-Route, or a record-routing proxy in front of the caller is left out of
+            // the caller's ACK and BYE.
+            for h in self.core().a_invite.headers_named(HeaderName::RecordRoute) {
+                resp.headers.push(h.clone());
+            }
             resp.push(HeaderName::Contact, self.ctx.contact(protocol));
         }
         resp.push(HeaderName::Server, self.ctx.user_agent.clone());
