@@ -1757,3 +1757,39 @@ async fn callers_record_route_is_honoured() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// A re-INVITE's 2xx relayed to a UDP caller is retransmitted until the caller's ACK (B's
+/// own retransmissions stopped with the switch's hop-by-hop ACK), and a 2xx retransmitted
+/// by B after that is ACKed without reaching A again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reinvite_2xx_is_retransmitted_to_the_caller_until_ack() {
+    let t = bed(|_| {}).await;
+    let cid = "re2xx-1";
+    let mut up = establish(&t, cid).await;
+    let ct = "Content-Type: application/sdp\r\n";
+    t.a.send(t.sw, &up.a.request("INVITE", 0, ct, SDP_HOLD))
+        .await;
+    let (re, from) = t.b.expect_request("INVITE").await;
+    let ok_b = answer(&re, 200, "OK", "", t.b.addr, SDP_HELD);
+    t.b.send(from, &ok_b).await;
+    t.b.expect_request("ACK").await;
+    let seen = collect(&t.a, Duration::from_millis(700)).await;
+    let oks = seen
+        .iter()
+        .filter(|m| is_status(200, "INVITE")(m) && cseq(m).0 == 2)
+        .count();
+    assert!(oks >= 2, "re-INVITE 2xx sent {oks} times without an ACK");
+    t.a.send(t.sw, &up.a.request("ACK", 2, "", "")).await;
+    let _ = collect(&t.a, Duration::from_millis(100)).await;
+    // B retransmits its 2xx: the switch ACKs it, A hears nothing more.
+    t.b.send(from, &ok_b).await;
+    t.b.expect_request("ACK").await;
+    let after = collect(&t.a, Duration::from_millis(500)).await;
+    assert!(
+        !after.iter().any(|m| is_status(200, "INVITE")(m)),
+        "2xx still sent to A after its ACK"
+    );
+    bye_from_a(&t, &mut up).await;
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

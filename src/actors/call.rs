@@ -287,6 +287,11 @@ pub enum CallTimer {
     MaxDuration,
     /// Retransmit the 2xx to the caller until its ACK arrives (RFC 3261 §13.3.1.4).
     Resend2xx,
+    /// Retransmit the 2xx of a relayed re-INVITE (server transaction `0`) over UDP until
+    /// its ACK arrives: the ACK towards the answering leg was hop by hop, so that leg's own
+    /// retransmissions have stopped, and one lost 2xx would make the re-INVITE time out,
+    /// which ends the call at the sender (RFC 3261 §14.1).
+    ResendRelayed2xx(u32),
 }
 
 /// A snapshot for tests and the API.
@@ -411,6 +416,8 @@ struct Tx {
     /// Client re-INVITE without an offer: its 2xx carried the offer, so the answer comes in
     /// the other leg's ACK, which we wait for before ACKing (end to end).
     ack_due: bool,
+    /// Server re-INVITE over UDP answered 2xx: its retransmission timer, interval and start.
+    resend: Option<(TimerId, Duration, Instant)>,
 }
 
 /// The state of a call actor.
@@ -518,7 +525,8 @@ impl Actor for CallActor {
         state: &mut CallState,
     ) -> Result<(), ActorProcessingErr> {
         for tx in state.txs.drain(..) {
-            for id in tx.timers.into_iter().flatten() {
+            let resend = tx.resend.map(|r| r.0);
+            for id in tx.timers.into_iter().chain([resend]).flatten() {
                 state.ctx.timers.cancel(id);
             }
             metrics::gauge!(TRANSACTIONS_ACTIVE).decrement(1.0);
@@ -975,23 +983,26 @@ impl CallState {
             }
             return;
         }
-        // The ACK of a relayed re-INVITE's 2xx that waits for it (delayed offer): relay it
-        // with its answer.
+        // The ACK of a relayed re-INVITE's 2xx: stop resending that 2xx, and if the other
+        // leg waits for this ACK (delayed offer), relay it with its answer.
         let seq = msg.cseq().map(|c| c.seq);
-        let peer = self.txs.iter().find_map(|t| match t.role {
+        let found = self.txs.iter().find_map(|t| match t.role {
             Role::Relay { peer }
                 if !t.is_client
                     && t.leg == leg
                     && t.method == Method::Invite
                     && t.request.cseq().map(|c| c.seq) == seq =>
             {
-                Some(peer)
+                Some((t.id, peer))
             }
             _ => None,
         });
-        let Some(peer) = peer else {
+        let Some((server, peer)) = found else {
             return;
         };
+        if let Some((id, ..)) = self.tx_mut(server).and_then(|t| t.resend.take()) {
+            self.ctx.timers.cancel(id);
+        }
         let Some((peer_leg, peer_seq)) = self
             .txs
             .iter()
@@ -1045,6 +1056,7 @@ impl CallState {
             is_client: false,
             ack: None,
             ack_due: false,
+            resend: None,
         });
         self.execute(id, &actions, None);
         id
@@ -1095,6 +1107,7 @@ impl CallState {
             is_client: true,
             ack: None,
             ack_due: false,
+            resend: None,
         });
         self.execute(id, &actions, None);
         id
@@ -1262,6 +1275,11 @@ impl CallState {
             tracing::info!("no ACK for a relayed re-INVITE's 2xx: ACKing it empty");
             self.send_ack(leg, seq, Bytes::new(), None);
         }
+        for t in self.txs.iter_mut().filter(|t| t.fsm.is_terminated()) {
+            if let Some((id, ..)) = t.resend.take() {
+                self.ctx.timers.cancel(id);
+            }
+        }
         let before = self.txs.len();
         self.txs.retain(|t| !t.fsm.is_terminated());
         let gone = before - self.txs.len();
@@ -1313,8 +1331,12 @@ impl CallState {
                         (t.leg, t.dest, t.ack.clone(), !t.request.body.is_empty())
                     };
                     match acked {
-                        // A retransmitted 2xx: our ACK was lost; send it again.
-                        Some(ack) => self.ctx.transports().send(dest, ack),
+                        // A retransmitted 2xx: our ACK was lost; send it again. The other
+                        // leg's copy of the 2xx is ours to retransmit, not this one's.
+                        Some(ack) => {
+                            self.ctx.transports().send(dest, ack);
+                            return;
+                        }
                         // The re-INVITE carried the offer, so the ACK carries nothing the
                         // other leg has to say: ACK at once, hop by hop.
                         None if offer => {
@@ -1337,6 +1359,9 @@ impl CallState {
                     let with_contact =
                         matches!(method, Method::Invite | Method::Update) && status < 300;
                     self.respond(peer, status, &reason, Some((resp, with_contact)));
+                    if method == Method::Invite && (200..300).contains(&status) {
+                        self.start_relayed_2xx_resend(peer);
+                    }
                 }
             }
             Role::BCancel | Role::Own | Role::Local | Role::AInvite => {}
@@ -1760,7 +1785,51 @@ impl CallState {
                 let tid = self.schedule_call_timer(CallTimer::Resend2xx, next);
                 self.resend_2xx = Some((tid, bytes, next, since));
             }
+            CallTimer::ResendRelayed2xx(tx) => self.resend_relayed_2xx(tx, id),
             _ => {}
+        }
+    }
+
+    fn start_relayed_2xx_resend(&mut self, server: u32) {
+        let t1 = self.ctx.timer_cfg.t1;
+        let unreliable = self
+            .txs
+            .iter()
+            .find(|t| t.id == server)
+            .is_some_and(|t| !t.dest.protocol.is_reliable() && t.resend.is_none());
+        if unreliable {
+            let id = self.schedule_call_timer(CallTimer::ResendRelayed2xx(server), t1);
+            if let Some(t) = self.tx_mut(server) {
+                t.resend = Some((id, t1, Instant::now()));
+            }
+        }
+    }
+
+    fn resend_relayed_2xx(&mut self, server: u32, id: TimerId) {
+        let (t1_x64, t2) = (self.ctx.timer_cfg.t1_x64(), self.ctx.timer_cfg.t2);
+        let Some(t) = self.tx_mut(server) else {
+            return;
+        };
+        let Some((tid, interval, since)) = t.resend else {
+            return;
+        };
+        if tid != id {
+            return;
+        }
+        t.resend = None;
+        if since.elapsed() >= t1_x64 {
+            // Its sender will end the call itself (RFC 3261 §14.1); nothing more to do.
+            tracing::info!("no ACK for a relayed re-INVITE's 2xx");
+            return;
+        }
+        let (dest, bytes) = (t.dest, t.last_response.clone());
+        if let Some(bytes) = bytes {
+            self.ctx.transports().send(dest, bytes);
+        }
+        let next = (interval * 2).min(t2);
+        let nid = self.schedule_call_timer(CallTimer::ResendRelayed2xx(server), next);
+        if let Some(t) = self.tx_mut(server) {
+            t.resend = Some((nid, next, since));
         }
     }
 
