@@ -1793,3 +1793,46 @@ async fn reinvite_2xx_is_retransmitted_to_the_caller_until_ack() {
     assert_drained(&t).await;
     t.node.shutdown().await;
 }
+
+/// The caller CANCELs a re-INVITE that B has not answered yet: 200 for the CANCEL, 487
+/// for the re-INVITE, a CANCEL to B's copy (same branch), and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_reinvite_is_cancelled_on_the_other_leg() {
+    let t = bed(|_| {}).await;
+    let cid = "cancel-re-1";
+    let mut up = establish(&t, cid).await;
+    let ct = "Content-Type: application/sdp\r\n";
+    let re_a = up.a.request("INVITE", 0, ct, SDP_HOLD);
+    t.a.send(t.sw, &re_a).await;
+    let (re, from) = t.b.expect_request("INVITE").await;
+    // A provisional, relayed: once A has it, the switch has it too.
+    t.b.send(
+        from,
+        &answer(&re, 183, "Session Progress", "", t.b.addr, ""),
+    )
+    .await;
+    t.a.expect("183 to re-INVITE", is_status(183, "INVITE"))
+        .await;
+    t.a.send(t.sw, &cancel_of(&re_a)).await;
+    t.a.expect("200 to CANCEL", is_status(200, "CANCEL")).await;
+    let (term, _) =
+        t.a.expect("487 to re-INVITE", is_status(487, "INVITE"))
+            .await;
+    t.a.send(t.sw, &ack_failure(&re_a, &term)).await;
+    let (cancel, cfrom) = t.b.expect_request("CANCEL").await;
+    assert_eq!(branch(&cancel), branch(&re));
+    assert_eq!(cseq(&cancel), (cseq(&re).0, "CANCEL".into()));
+    t.b.send(cfrom, &answer(&cancel, 200, "OK", "", t.b.addr, ""))
+        .await;
+    t.b.send(
+        cfrom,
+        &answer(&re, 487, "Request Terminated", "", t.b.addr, ""),
+    )
+    .await;
+    t.b.expect_request("ACK").await;
+    assert_eq!(t.node.active_calls(), 1, "the call goes on");
+    bye_from_a(&t, &mut up).await;
+    assert_eq!(cdr(&t, cid).await.final_status, 200);
+    assert_drained(&t).await;
+    t.node.shutdown().await;
+}

@@ -934,19 +934,48 @@ impl CallState {
         let invite = self
             .txs
             .iter()
-            .position(|t| leg == Leg::A && t.role == Role::AInvite && t.branch == branch);
+            .find(|t| {
+                !t.is_client && t.leg == leg && t.method == Method::Invite && t.branch == branch
+            })
+            .map(|t| (t.id, t.role));
         let reason = msg.value(HeaderName::Reason).cloned();
         let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
-        let Some(_) = invite else {
+        let Some((invite, role)) = invite else {
             return self.respond(id, 481, "Call/Transaction Does Not Exist", None);
         };
         self.respond(id, 200, "OK", None);
+        if let Role::Relay { peer } = role {
+            return self.cancel_relayed_invite(invite, peer);
+        }
         if matches!(self.core().phase, Phase::Setup | Phase::Early) {
             self.cancel_reason = reason;
             let resp = self.a_response(487, "Request Terminated", false);
             self.respond_a_invite(resp);
             self.cancel_b();
             self.end(487, HangupBy::Caller, "cancelled");
+        }
+    }
+
+    /// CANCEL of a re-INVITE we relayed (RFC 3261 §9.2): if it is still unanswered it gets
+    /// 487, and the relayed one is CANCELled once it had a provisional (§9.1; without one,
+    /// its answer comes and is ACKed, but is not relayed to a transaction that is over).
+    fn cancel_relayed_invite(&mut self, server: u32, client: u32) {
+        use crate::sip::transaction::{ClientInviteState as C, ServerInviteState as S};
+        let unanswered = self.txs.iter().any(|t| {
+            t.id == server
+                && matches!(&t.fsm, Transaction::ServerInvite(s) if s.state() == S::Proceeding)
+        });
+        if !unanswered {
+            return;
+        }
+        self.respond(server, 487, "Request Terminated", None);
+        let pending = self.txs.iter().find(|t| {
+            t.id == client
+                && matches!(&t.fsm, Transaction::ClientInvite(c) if c.state() == C::Proceeding)
+        });
+        if let Some(t) = pending {
+            let (leg, dest, cancel) = (t.leg, t.dest, cancel_for(&t.request));
+            self.new_client_tx(leg, Role::Own, cancel, Bytes::new(), dest);
         }
     }
 
