@@ -36,10 +36,11 @@ pick_port() {
     done
     echo "register.sh: no free port" >&2; exit 2
 }
-SIP_PORT=$(pick_port); HTTP_PORT=$(pick_port)
+SIP_PORT=$(pick_port); HTTP_PORT=$(pick_port); PHONES_PORT=$(pick_port)
 while [ "$HTTP_PORT" = "$SIP_PORT" ]; do HTTP_PORT=$(pick_port); done
 
-# Users: SIPp's injection file (username;password;domain) and the switch's users CSV
+# The phones keep their address across both phases (a refresh updates each binding).
+# Users: SIPp's injection file (username;[authentication ...];domain) and the switch's users CSV
 # (username,ha1_md5,ha1_sha256): the switch never sees a password.
 python3 - "$USERS" "$DOMAIN" "$OUT" <<'PY'
 import hashlib, sys
@@ -50,7 +51,9 @@ with open(f"{out}/sipp_users.csv", "w") as s, open(f"{out}/users.csv", "w") as u
     for i in range(n):
         user, pw = f"u{100000 + i}", f"pw-{i}-secret"
         a1 = f"{user}:{domain}:{pw}".encode()
-        s.write(f"{user};{pw};{domain}\n")
+        # SIPp expands keywords from the injection file but not inside [authentication]:
+        # the whole keyword goes in the file (field1), as SIPp's documentation shows.
+        s.write(f"{user};[authentication username={user} password={pw}];{domain}\n")
         u.write(f"{user},{hashlib.md5(a1).hexdigest()},{hashlib.sha256(a1).hexdigest()}\n")
 PY
 cat > "$OUT/switchyard.toml" <<CFG
@@ -61,6 +64,8 @@ listen = ["udp:127.0.0.1:$SIP_PORT"]
 listen = "127.0.0.1:$HTTP_PORT"
 [registrar]
 max_auth_failures = 1000000
+# SIPp 3.6 answers only the first challenge and knows only MD5.
+algorithms = ["MD5"]
 [[tenants]]
 id = "load"
 domain = "$DOMAIN"
@@ -83,7 +88,7 @@ run_sipp() { # name total rate
     c0=$(ticks); t0=$(date +%s.%N)
     (cd "$OUT" && timeout $((total / rate + 60)) sipp 127.0.0.1:"$SIP_PORT" -sf "$here/scenarios/register.xml" \
         -inf "$OUT/sipp_users.csv" -m "$total" -r "$rate" -l $((rate * 2)) -buff_size 4194304 \
-        -i 127.0.0.1 -p "$(pick_port)" -nostdin -trace_stat -trace_err -stf "$name.csv" \
+        -i 127.0.0.1 -p "$PHONES_PORT" -nostdin -trace_stat -trace_err -stf "$name.csv" \
         -fd 1 > "$name.screen" 2>&1) || true
     t1=$(date +%s.%N); c1=$(ticks)
     local ok fail

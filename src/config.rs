@@ -98,6 +98,9 @@ pub struct RegistrarConfig {
     /// Challenge INVITEs from a tenant's users (407) before routing them.
     #[serde(default = "default_true")]
     pub authenticate_invites: bool,
+    /// Digest algorithms offered in challenges, in order: "SHA-256", "MD5".
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -245,6 +248,9 @@ fn default_max_failures() -> u32 {
 }
 fn default_lock() -> u32 {
     300
+}
+fn default_algorithms() -> Vec<String> {
+    vec!["SHA-256".into(), "MD5".into()]
 }
 fn default_true() -> bool {
     true
@@ -417,6 +423,20 @@ impl Config {
                 "registrar.default_expires_secs".into(),
                 "must lie between min and max".into(),
             );
+        }
+        if r.algorithms.is_empty() {
+            err(
+                "registrar.algorithms".into(),
+                "offer at least one of \"SHA-256\", \"MD5\"".into(),
+            );
+        }
+        for (i, a) in r.algorithms.iter().enumerate() {
+            if crate::sip::auth::Algorithm::from_token(a.as_bytes()).is_none() {
+                err(
+                    format!("registrar.algorithms[{i}]"),
+                    format!("{a:?}: \"SHA-256\" or \"MD5\""),
+                );
+            }
         }
         if r.nonce_ttl_secs == 0 || r.max_auth_failures == 0 {
             err(

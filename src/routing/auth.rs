@@ -175,6 +175,8 @@ struct Strikes {
 /// Users per tenant, nonces, replay tracking and brute-force locks. Send + Sync; share it
 /// through an `Arc`.
 pub struct Authenticator {
+    /// Algorithms offered in challenges, in order (`registrar.algorithms`).
+    algorithms: Vec<Algorithm>,
     nonce_ttl_ms: u64,
     max_failures: u32,
     lock_ms: u64,
@@ -240,7 +242,13 @@ impl Authenticator {
                 },
             );
         }
+        let algorithms = config
+            .algorithms
+            .iter()
+            .filter_map(|a| Algorithm::from_token(a.as_bytes()))
+            .collect();
         Ok(Authenticator {
+            algorithms,
             nonce_ttl_ms: u64::from(config.nonce_ttl_secs) * 1000,
             max_failures: config.max_auth_failures.max(1),
             lock_ms: u64::from(config.lock_secs) * 1000,
@@ -436,8 +444,10 @@ impl Authenticator {
         AuthOutcome::Forbidden { reason }
     }
 
-    /// A challenge with a fresh nonce: one line per algorithm, SHA-256 first. With `keys`
-    /// known, only the algorithms the user has a hash for are offered.
+    /// A challenge with a fresh nonce: one line per configured algorithm, in the configured
+    /// order (SHA-256 first by default, RFC 8760 §2.4; clients that only read the first
+    /// challenge, such as SIPp 3.6, need MD5 alone). With `keys` known, only the algorithms
+    /// the user has a hash for are offered.
     fn challenge(
         &self,
         t: &TenantUsers,
@@ -449,8 +459,10 @@ impl Authenticator {
     ) -> AuthOutcome {
         metrics::counter!(AUTH_TOTAL, "outcome" => outcome).increment(1);
         let nonce = self.key.issue(now_ms);
-        let values = [Algorithm::Sha256, Algorithm::Md5]
-            .into_iter()
+        let values = self
+            .algorithms
+            .iter()
+            .copied()
             .filter(|&a| keys.is_none_or(|k| k.ha1(a).is_some()))
             .map(|algorithm| {
                 Challenge {
