@@ -226,7 +226,7 @@ fn cancel_of(inv: &str) -> String {
     s
 }
 
-/// The CDR of `a_call_id`, once the writer has it.
+/// The CDR of `a_call_id`, once the writer has it (and the only one).
 async fn cdr(t: &Bed, a_call_id: &str) -> Cdr {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -235,6 +235,8 @@ async fn cdr(t: &Bed, a_call_id: &str) -> Cdr {
             .unwrap();
         let store = Store::open(&t.dir.path().join("switchyard.db")).unwrap();
         if let Some(c) = store.get_cdr_by_call_id(a_call_id).unwrap() {
+            // Each test's node carries one call: one CDR, never a second from a late path.
+            assert_eq!(store.count_cdrs().unwrap(), 1, "CDRs written");
             return c;
         }
         assert!(Instant::now() < deadline, "no CDR for {a_call_id}");
