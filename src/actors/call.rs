@@ -433,7 +433,10 @@ impl Tx {
             Transaction::ClientNonInvite(c) => matches!(c.state(), CN::Completed | CN::Terminated),
             Transaction::ServerInvite(_) | Transaction::ServerNonInvite(_) => {
                 self.resend.is_none()
-                    && self.last_response.as_ref().is_some_and(|r| r.len() > 8 && r[8] != b'1')
+                    && self
+                        .last_response
+                        .as_ref()
+                        .is_some_and(|r| r.len() > 8 && r[8] != b'1')
             }
         }
     }
@@ -458,6 +461,8 @@ pub struct CallState {
     ended_forks: Vec<Bytes>,
     received_at: Instant,
     restored: bool,
+    /// Handed to the router's retired slot; draining the last messages.
+    retired: bool,
 }
 
 impl Actor for CallActor {
@@ -484,6 +489,7 @@ impl Actor for CallActor {
             ended_forks: Vec::new(),
             received_at: Instant::now(),
             restored: false,
+            retired: false,
         };
         match args.init {
             CallInit::New(call) => {
@@ -1338,9 +1344,10 @@ impl CallState {
         if !ended || self.resend_2xx.is_some() {
             return;
         }
-        if self.txs.is_empty() {
-            self.myself.stop(None);
-        } else if self.txs.iter().all(Tx::settled) {
+        // Even with no transaction left the Call-IDs stay retired for 64*T1: a late 2xx
+        // retransmission still gets its ACK, and a stray INVITE retransmission cannot
+        // start a second call.
+        if !self.retired && self.txs.iter().all(Tx::settled) {
             self.retire();
         }
     }
@@ -1368,11 +1375,19 @@ impl CallState {
         self.ctx.directory.retire(
             &ids,
             &self.myself,
-            Retired { responses },
+            Retired {
+                responses,
+                ack_2xx: core.b_ack.clone().map(|ack| (ack, core.b_dest)),
+            },
             &self.ctx.timers,
             self.ctx.timer_cfg.t1_x64(),
         );
-        self.myself.stop(None);
+        self.retired = true;
+        // Drain, not stop: messages the router queued before the switch (a 2xx
+        // retransmission, say) are still handled.
+        if self.myself.drain().is_err() {
+            self.myself.stop(None);
+        }
     }
 
     fn on_tx_timer(&mut self, id: u32, name: TimerName, timer_id: TimerId) {

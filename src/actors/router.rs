@@ -58,6 +58,9 @@ pub enum Slot {
 #[derive(Debug, Default)]
 pub struct Retired {
     pub responses: Vec<RetiredResponse>,
+    /// The ACK sent for the callee's 2xx: a 2xx retransmitted because that ACK was lost
+    /// gets it again.
+    pub ack_2xx: Option<(Bytes, crate::transport::Dest)>,
 }
 
 /// The final response of one server transaction of an ended call.
@@ -558,7 +561,12 @@ impl Router {
     fn absorb(&self, retired: &Retired, inbound: Inbound) {
         let Inbound { msg, source } = inbound;
         let Some(method) = msg.method().cloned() else {
-            metrics::counter!(STRAY, "kind" => "late_response").increment(1);
+            let invite_2xx = msg.status().is_some_and(|s| (200..300).contains(&s))
+                && msg.cseq().is_some_and(|c| c.method == Method::Invite);
+            match &retired.ack_2xx {
+                Some((ack, dest)) if invite_2xx => self.ctx.transports().send(*dest, ack.clone()),
+                _ => metrics::counter!(STRAY, "kind" => "late_response").increment(1),
+            }
             return;
         };
         if method == Method::Ack {
