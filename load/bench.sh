@@ -5,7 +5,7 @@
 #   load/bench.sh [--only limit|switch|peer[,...]] [--sustained-secs N]
 #                 [--sweep "1000 2000 3000 4000"] [--sweep-secs N]
 #                 [--overload-cps N] [--no-overload] [--quick]
-#                 [--switch-bin PATH] [--out DIR]
+#                 [--switch-bin PATH] [--peer-shm-mb MB] [--out DIR]
 #
 # Targets (all: caller SIPp -> ... -> callee SIPp, load/run.sh does each run):
 #   limit   SIPp caller -> SIPp callee directly: the machine's ceiling.
@@ -23,6 +23,7 @@
 #   overload   switch only: admission cps = the capacity found (or
 #              --overload-cps), offered 2x that with 2 s calls for
 #              --sweep-secs; 503s count as refused, not failed.
+# --peer-shm-mb: Kamailio's shared memory, -m [1024] (see run.sh).
 # --quick: 30 s sustained, sweep "1000 2000" of 10 s each (a try-out).
 # Before each run it waits (up to 20 min) while rustc or cargo runs, so a
 # build never shares the CPU with a measurement.
@@ -44,6 +45,7 @@ OVERLOAD_CPS=""
 OVERLOAD=1
 SWITCH_BIN=""
 OUT=""
+PEER_SHM_MB=1024
 SUSTAINED_SET=""; SWEEP_SET=""; SWEEP_SECS_SET=""
 
 while [ $# -gt 0 ]; do
@@ -57,6 +59,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1; shift ;;
         --switch-bin) SWITCH_BIN=${2:?--switch-bin needs a value}; shift 2 ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
+        --peer-shm-mb) PEER_SHM_MB=${2:?--peer-shm-mb needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -147,7 +150,7 @@ for t in $TARGETS; do
     case "$t" in
         limit) targs=(--target direct) ;;
         switch) targs=(--target switch "${SWITCH_ARGS[@]}" --admission-cps $BIG --admission-max-calls $BIG) ;;
-        peer) targs=(--target peer) ;;
+        peer) targs=(--target peer --peer-shm-mb "$PEER_SHM_MB") ;;
     esac
     run "$t-sustained" "${targs[@]}" --rate $SUSTAINED_RATE --duration-ms $SUSTAINED_CALL_MS \
         --calls $((SUSTAINED_RATE * SUSTAINED_SECS))
@@ -202,6 +205,7 @@ peak_conc() { local s; s=$(get PEAK_SUT "$1"); [ "$s" = NA ] && get PEAK_CALLER 
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); command: \`$CMDLINE\`"
     echo "- machine: nproc $(nproc), $(uname -sr), net.core.rmem_max $(cat /proc/sys/net/core/rmem_max 2>/dev/null || echo NA)"
+    [[ " $TARGETS " != *" peer "* ]] || echo "- Kamailio: load/peers/kamailio.cfg, 2 UDP workers, -m $PEER_SHM_MB -M 32"
     echo "- SIPp $(sipp -v 2>/dev/null | awk '/SIPp v/ { print $2; exit }'); $(kamailio -v 2>/dev/null | head -1)"
     if [ -n "$SWITCH_BIN" ]; then
         echo "- switch: $SWITCH_BIN built $(date -u -r "$SWITCH_BIN" +%Y-%m-%dT%H:%M:%SZ), repo HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo NA)"
@@ -220,6 +224,7 @@ peak_conc() { local s; s=$(get PEAK_SUT "$1"); [ "$s" = NA ] && get PEAK_CALLER 
         sw="—"
         [[ "$name" == switch-* ]] && sw="$(fmt3 "$f" HRING) / $(fmt3 "$f" HANS)"
         res=$(get VERDICT "$f"); n=$(get NOTE "$f"); [ "$n" = NA ] || res="$res ($n)"
+        [ "$(get BUILD_SEEN "$f")" != 1 ] || res="$res (a build ran during the run)"
         echo "| $name | $(get RATE "$f") / $(get ACHIEVED_CAPS "$f") | $(get ATTEMPTED "$f") | $(get FAILED "$f") | $(get RETRANS_CALLER "$f")/$(get RETRANS_CALLEE "$f") | $(peak_conc "$f") | $(fmt3 "$f" RING) | $(fmt3 "$f" ANS) | $sw | $(cpu_per_1k "$f") | $(peak_mib "$f") | $(mem_per_call_kib "$f") | $(sipp_cpu_per_1k "$f") | $(get RCVBUF_ERRORS "$f") | $res |"
     done
     echo

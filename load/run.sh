@@ -4,7 +4,7 @@
 #   load/run.sh [--rate CAPS] [--duration-ms CALL_MS] [--calls TOTAL]
 #               [--target switch|direct|peer] [--switch-bin PATH] [--out DIR]
 #               [--latency-trace] [--overload] [--admission-cps N]
-#               [--admission-max-calls N] [--no-tx-drain]
+#               [--admission-max-calls N] [--no-tx-drain] [--peer-shm-mb MB]
 #
 # One SIPp callee (load/scenarios/uas.xml) and one SIPp caller
 # (load/scenarios/uac.xml) run on 127.0.0.1. With --target switch (default)
@@ -16,7 +16,10 @@
 # counts a 503 as a refused (not failed) call. --admission-cps and
 # --admission-max-calls set the switch's [admission] limits (default: far
 # above the offered load). --no-tx-drain waits only for calls_active (not
-# transactions_active) to reach 0 after the run. Besides report.txt, every
+# transactions_active) to reach 0 after the run. --peer-shm-mb [1024] is
+# Kamailio's shared memory (-m): tm keeps each transaction ~5 s after it
+# ends, about 16 KiB each, so 256 MB runs out near 2,000 CAPS (the pool, not
+# the CPU, would then be the limit). Besides report.txt, every
 # figure goes to summary.env (KEY=VALUE lines) for load/bench.sh.
 #
 # Exit status: 0 when every call succeeded (and, through the switch, the
@@ -41,6 +44,7 @@ OVERLOAD=""
 ADM_CPS=""
 ADM_MAX_CALLS=""
 TX_DRAIN=1
+PEER_SHM_MB=1024
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
         --admission-cps) ADM_CPS=${2:?--admission-cps needs a value}; shift 2 ;;
         --admission-max-calls) ADM_MAX_CALLS=${2:?--admission-max-calls needs a value}; shift 2 ;;
         --no-tx-drain) TX_DRAIN=""; shift ;;
+        --peer-shm-mb) PEER_SHM_MB=${2:?--peer-shm-mb needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -68,6 +73,7 @@ die() { echo "run.sh: $*" >&2; exit 2; }
 [[ "$CALLS" =~ ^[1-9][0-9]*$ ]] || die "--calls must be a positive whole number"
 case "$TARGET" in switch|direct|peer) ;; *) die "--target must be switch, direct or peer" ;; esac
 [ -z "$ADM_CPS" ] || [[ "$ADM_CPS" =~ ^[0-9]+$ ]] || die "--admission-cps must be a whole number"
+[[ "$PEER_SHM_MB" =~ ^[1-9][0-9]*$ ]] || die "--peer-shm-mb must be a positive whole number"
 [ -z "$ADM_MAX_CALLS" ] || [[ "$ADM_MAX_CALLS" =~ ^[0-9]+$ ]] || die "--admission-max-calls must be a whole number"
 if [ "$TARGET" = peer ]; then
     command -v kamailio >/dev/null || die "kamailio not found (Debian/Ubuntu: apt-get install kamailio)"
@@ -333,7 +339,7 @@ if [ "$TARGET" = peer ]; then
     KAM_RUN=$OUT/kamailio-run
     mkdir -p "$KAM_RUN"
     KAM_CTL=unix:$KAM_RUN/kamailio.ctl
-    kamailio -f "$LOAD_DIR/peers/kamailio.cfg" -DD -E -Y "$KAM_RUN" -m 256 -M 32 \
+    kamailio -f "$LOAD_DIR/peers/kamailio.cfg" -DD -E -Y "$KAM_RUN" -m "$PEER_SHM_MB" -M 32 \
         -l "udp:$HOST:$PEER_SIP_PORT" \
         -A "CALLEE=\"sip:$HOST:$CALLEE_PORT\"" -A "CTL=\"$KAM_CTL\"" \
         >"$OUT/kamailio.log" 2>&1 </dev/null &
@@ -448,7 +454,10 @@ SW_DIED=""
 deadline=$(( $(date +%s) + HARD_TIMEOUT_S ))
 CALLER_TICKS=NA
 CALLEE_TICKS=NA
+BUILD_SEEN=0
 while kill -0 "$CALLER_PID" 2>/dev/null; do
+    # A compile during the run steals CPU from the measurement: flag it.
+    if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then BUILD_SEEN=1; fi
     CALLER_TICKS=$(cpu_ticks "$CALLER_PID" || echo "$CALLER_TICKS")
     CALLEE_TICKS=$(cpu_ticks "$CALLEE_PID" || echo "$CALLEE_TICKS")
     if [ "$(date +%s)" -ge "$deadline" ]; then
@@ -702,6 +711,7 @@ fi
     fi
     echo "SIPp CPU                caller $(ticks_s "$CALLER_TICKS") s, callee $(ticks_s "$CALLEE_TICKS") s (last samples, up to 1 s short)"
     echo "UDP RcvbufErrors        +$((RCVBUF_AFTER - RCVBUF_BEFORE)) (host-wide, /proc/net/snmp)"
+    [ "$BUILD_SEEN" = 0 ] || echo "WARNING                 rustc/cargo ran during the run: CPU and latency figures are disturbed"
     if [ "$VERDICT" = PASS ]; then
         echo "result                  PASS"
     else
@@ -715,6 +725,7 @@ fi
 {
     kv() { printf '%s=%s\n' "$1" "${2:-NA}"; }
     kv TARGET "$TARGET"; kv RATE "$RATE"; kv DURATION_MS "$DURATION_MS"; kv CALLS "$CALLS"
+    [ "$TARGET" != peer ] || kv PEER_SHM_MB "$PEER_SHM_MB"
     kv OVERLOAD "${OVERLOAD:-0}"; kv ADMISSION_CPS "${CPS:-NA}"
     kv ATTEMPTED "$ATTEMPTED"; kv SUCCESS "$SUCCESS"; kv FAILED "$FAILED"; kv UNFINISHED "$INCOMPLETE"
     kv FAILED_UNEXPECTED "$CALLER_UNEXPECTED"; kv FAILED_RECV_TIMEOUT "$CALLER_RECV_TIMEOUT"
@@ -733,6 +744,7 @@ fi
     kv SUT_MEM_BEFORE_KB "$RSS_BEFORE_KB"; kv SUT_MEM_PEAK_KB "$SW_PEAK_RSS_KB"; kv SUT_HWM_KB "$SW_HWM_KB"
     kv CALLER_CPU_S "$(ticks_s "$CALLER_TICKS")"; kv CALLEE_CPU_S "$(ticks_s "$CALLEE_TICKS")"
     kv RCVBUF_ERRORS "$((RCVBUF_AFTER - RCVBUF_BEFORE))"
+    kv BUILD_SEEN "$BUILD_SEEN"
     kv VERDICT "$VERDICT"
 } >"$OUT/summary.env"
 
