@@ -209,6 +209,16 @@ pub struct NewCall {
     pub route: Route,
     /// The user to dial on the B leg (after strip/prepend).
     pub dialled: Bytes,
+    /// Where the B leg goes when it is not the route's target: a registered user's phones,
+    /// rung in parallel (first 2xx wins, the others are cancelled). Empty: the route.
+    pub forks: Vec<Fork>,
+}
+
+/// One destination of a forked B leg: a registered contact and the flow to reach it.
+#[derive(Clone, Debug)]
+pub struct Fork {
+    pub ruri: Bytes,
+    pub dest: Dest,
 }
 
 /// Starts a call actor under the calls supervisor. Its restart factory restores the call
@@ -410,6 +420,8 @@ struct Tx {
     dest: Dest,
     timers: [Option<TimerId>; 12],
     is_client: bool,
+    /// A CANCEL was sent for this (B-leg INVITE) transaction.
+    cancelled: bool,
     /// Client re-INVITE relayed between legs: the ACK we sent for its 2xx (resent when the
     /// 2xx is retransmitted).
     ack: Option<Bytes>,
@@ -463,6 +475,10 @@ pub struct CallState {
     restored: bool,
     /// Handed to the router's retired slot; draining the last messages.
     retired: bool,
+    /// The B-leg INVITE transaction (fork) whose response is being handled.
+    fork_tx: Option<u32>,
+    /// The best failure among forks that failed while others were still ringing.
+    best_failure: Option<Message>,
 }
 
 impl Actor for CallActor {
@@ -490,6 +506,8 @@ impl Actor for CallActor {
             received_at: Instant::now(),
             restored: false,
             retired: false,
+            fork_tx: None,
+            best_failure: None,
         };
         match args.init {
             CallInit::New(call) => {
@@ -586,6 +604,7 @@ impl CallState {
             invite,
             route,
             dialled,
+            forks,
         } = call;
         let Inbound {
             msg: a_invite,
@@ -612,12 +631,15 @@ impl CallState {
             remote_cseq: a_invite.cseq().map(|c| c.seq),
         };
         // The B leg: its own Call-ID, tags and CSeq; SDP passed through unchanged.
-        let b_protocol = route.target.protocol;
-        let b_dest = Dest {
-            protocol: b_protocol,
-            addr: route.target.addr,
-            conn: None,
+        let b_dest = match forks.first() {
+            Some(f) => f.dest,
+            None => Dest {
+                protocol: route.target.protocol,
+                addr: route.target.addr,
+                conn: None,
+            },
         };
+        let b_protocol = b_dest.protocol;
         let (host, _) = ctx.sent_by(b_protocol);
         let b_call_id = {
             let mut v = BytesMut::with_capacity(40);
@@ -628,12 +650,15 @@ impl CallState {
         };
         let transport = transport_param(b_protocol);
         let target = route.target.addr;
-        let ruri = Bytes::from(format!(
-            "sip:{}@{}{}",
-            String::from_utf8_lossy(&dialled),
-            target,
-            transport
-        ));
+        let ruri = match forks.first() {
+            Some(f) => f.ruri.clone(),
+            None => Bytes::from(format!(
+                "sip:{}@{}{}",
+                String::from_utf8_lossy(&dialled),
+                target,
+                transport
+            )),
+        };
         let to_uri = to.parsed_uri().ok();
         let b_remote_uri = match to_uri {
             Some(u) if u.user.is_some() => dialog::without_tag(&to),
@@ -716,6 +741,19 @@ impl CallState {
             .response_dest(&source, a_invite.top_via().as_ref());
         self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
         // The B-leg INVITE client transaction.
+        // The other forks: the same INVITE (same Call-ID and From tag, like a forking
+        // proxy's branches) to each contact, each its own transaction.
+        for fork in forks.iter().skip(1) {
+            let mut inv = b_invite.clone();
+            inv.start = crate::sip::message::StartLine::Request {
+                method: Method::Invite,
+                uri: fork.ruri.clone(),
+            };
+            let fork_branch = new_branch();
+            inv.set(HeaderName::Via, ctx.via(fork.dest.protocol, &fork_branch));
+            inv.set(HeaderName::Contact, ctx.contact(fork.dest.protocol));
+            self.new_client_tx(Leg::B, Role::BInvite, inv, fork_branch, fork.dest);
+        }
         self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, b_dest);
         self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
         for inbound in queued {
@@ -1108,6 +1146,7 @@ impl CallState {
             dest,
             timers: [None; 12],
             is_client: false,
+            cancelled: false,
             ack: None,
             ack_due: false,
             resend: None,
@@ -1159,6 +1198,7 @@ impl CallState {
             dest,
             timers: [None; 12],
             is_client: true,
+            cancelled: false,
             ack: None,
             ack_due: false,
             resend: None,
@@ -1412,7 +1452,11 @@ impl CallState {
         let method = tx.method.clone();
         let status = resp.status().unwrap_or(0);
         match role {
-            Role::BInvite => self.b_invite_response(resp, status),
+            Role::BInvite => {
+                self.fork_tx = Some(id);
+                self.b_invite_response(resp, status);
+                self.fork_tx = None;
+            }
             Role::Relay { peer } => {
                 if matches!(method, Method::Invite | Method::Update) && (200..300).contains(&status)
                 {
@@ -1473,6 +1517,26 @@ impl CallState {
         match tx.role {
             Role::BInvite => {
                 if matches!(self.core().phase, Phase::Setup | Phase::Early) {
+                    // One fork timing out while others ring is one failure among theirs.
+                    self.fork_tx = Some(id);
+                    let last = self.last_fork_failed(&Message::response(
+                        status,
+                        Bytes::copy_from_slice(reason.as_bytes()),
+                    ));
+                    if last {
+                        if let Some(best) = self
+                            .best_failure
+                            .take()
+                            .filter(|b| fork_rank(b.status().unwrap_or(500)) < fork_rank(status))
+                        {
+                            let st = best.status().unwrap_or(500);
+                            self.b_invite_response(&best, st);
+                        }
+                    }
+                    self.fork_tx = None;
+                    if !last || self.core().phase == Phase::Ended {
+                        return;
+                    }
                     let resp = self.a_response(status, reason, false);
                     self.respond_a_invite(resp);
                     self.end(
@@ -1502,6 +1566,19 @@ impl CallState {
 
     fn b_invite_response(&mut self, resp: &Message, status: u16) {
         let phase = self.core().phase;
+        if status >= 300 && matches!(phase, Phase::Answered | Phase::Confirmed) {
+            // A losing fork's failure (often the 487 for our CANCEL): its transaction ACKs
+            // it; the call has its answer.
+            return;
+        }
+        if (101..200).contains(&status) && matches!(phase, Phase::Answered | Phase::Confirmed) {
+            // A provisional from a fork that lost the race: never relayed; the CANCEL it
+            // was waiting for (RFC 3261 §9.1) goes now.
+            if let (Some(id), true) = (self.fork_tx, self.cancel_pending) {
+                self.cancel_fork(id);
+            }
+            return;
+        }
         if (200..300).contains(&status)
             && (self.core().b_ack.is_some() || matches!(phase, Phase::Answered | Phase::Confirmed))
         {
@@ -1521,8 +1598,11 @@ impl CallState {
         if phase == Phase::Ended {
             // Cancelled or timed out meanwhile.
             if (101..200).contains(&status) && self.cancel_pending {
-                self.cancel_pending = false;
-                self.send_b_cancel();
+                // This fork may now be cancelled (RFC 3261 §9.1); others when they answer.
+                match self.fork_tx {
+                    Some(id) => self.cancel_fork(id),
+                    None => self.send_b_cancel(),
+                }
             }
             if (200..300).contains(&status) {
                 // Answered after all: ACK it and hang up, once (retransmissions of this 2xx
@@ -1554,6 +1634,7 @@ impl CallState {
                 self.set_phase(Phase::Early);
             }
             200..=299 => {
+                self.adopt_fork();
                 self.learn_b_dialog(resp);
                 self.cancel_no_answer();
                 self.core().cdr.answer_ms = Some(now_unix_ms());
@@ -1575,8 +1656,19 @@ impl CallState {
                     self.max_duration = Some(self.schedule_call_timer(CallTimer::MaxDuration, max));
                 }
                 self.set_phase(Phase::Answered);
+                self.cancel_other_forks();
             }
             _ => {
+                // Other forks still ringing: keep the best failure until the last one ends.
+                if !self.last_fork_failed(resp) {
+                    return;
+                }
+                let best = self.best_failure.take();
+                let resp = match &best {
+                    Some(b) if fork_rank(b.status().unwrap_or(500)) < fork_rank(status) => b,
+                    _ => resp,
+                };
+                let status = resp.status().unwrap_or(status);
                 // A final failure: relay it (authentication challenges are per hop).
                 let (st, reason) = match status {
                     401 | 407 => (
@@ -1626,7 +1718,14 @@ impl CallState {
         routes.reverse();
         fork.route_set = routes;
         fork.local_cseq = self.core().b_invite.cseq().map(|c| c.seq).unwrap_or(1);
-        let (protocol, dest) = self.leg_dest(Leg::B);
+        // A fork of our own (another phone of the user) is reached over its own flow.
+        let (protocol, dest) = match self
+            .fork_tx
+            .and_then(|id| self.txs.iter().find(|t| t.id == id))
+        {
+            Some(t) => (t.dest.protocol, t.dest),
+            None => self.leg_dest(Leg::B),
+        };
         let contact = self.ctx.contact(protocol);
         let via = self.ctx.via(protocol, &new_branch());
         let ack = fork.request_with_cseq(Method::Ack, fork.local_cseq, &via, &contact, 70);
@@ -1785,17 +1884,110 @@ impl CallState {
     }
 
     fn cancel_b(&mut self) {
-        let b_has_provisional = self
+        use crate::sip::transaction::ClientInviteState as CI;
+        let forks: Vec<(u32, Option<CI>)> = self
             .txs
             .iter()
-            .find(|t| t.role == Role::BInvite)
-            .is_some_and(|t| matches!(t.fsm, Transaction::ClientInvite(ref c) if c.state() == crate::sip::transaction::ClientInviteState::Proceeding));
-        if b_has_provisional {
-            self.send_b_cancel();
-        } else {
-            // RFC 3261 §9.1: no CANCEL before a provisional response.
-            self.cancel_pending = true;
+            .filter(|t| t.role == Role::BInvite)
+            .map(|t| {
+                (
+                    t.id,
+                    match &t.fsm {
+                        Transaction::ClientInvite(c) => Some(c.state()),
+                        _ => None,
+                    },
+                )
+            })
+            .collect();
+        for (id, state) in forks {
+            match state {
+                Some(CI::Proceeding) => self.cancel_fork(id),
+                // RFC 3261 §9.1: no CANCEL before a provisional response.
+                Some(CI::Calling) => self.cancel_pending = true,
+                _ => {}
+            }
         }
+    }
+
+    /// CANCELs one fork of the B-leg INVITE (once).
+    fn cancel_fork(&mut self, id: u32) {
+        let Some(tx) = self.txs.iter_mut().find(|t| t.id == id) else {
+            return;
+        };
+        if tx.cancelled {
+            return;
+        }
+        tx.cancelled = true;
+        let mut cancel = cancel_for(&tx.request);
+        let dest = tx.dest;
+        if let Some(r) = self.cancel_reason.clone() {
+            cancel.push(HeaderName::Reason, r);
+        }
+        self.new_client_tx(Leg::B, Role::BCancel, cancel, Bytes::new(), dest);
+    }
+
+    /// The answering fork becomes the B leg: ACK, BYE and re-INVITEs go to its contact
+    /// over its flow.
+    fn adopt_fork(&mut self) {
+        let Some(tx) = self
+            .fork_tx
+            .and_then(|id| self.txs.iter().find(|t| t.id == id))
+        else {
+            return;
+        };
+        let (request, dest) = (tx.request.clone(), tx.dest);
+        let core = self.core();
+        if let Some(uri) = request.request_uri() {
+            core.b.remote_target = uri.clone();
+        }
+        core.b_invite = request;
+        core.b_dest = dest;
+    }
+
+    /// After the answer, the forks still ringing are cancelled (RFC 3261 §16.7 step 10 for
+    /// a forking proxy; the same for a B2BUA ringing several phones).
+    fn cancel_other_forks(&mut self) {
+        let winner = self.fork_tx;
+        let pending: Vec<u32> = self
+            .txs
+            .iter()
+            .filter(|t| t.role == Role::BInvite && Some(t.id) != winner && !t.settled())
+            .map(|t| t.id)
+            .collect();
+        for id in pending {
+            let proceeding = self.txs.iter().find(|t| t.id == id).is_some_and(|t| {
+                matches!(&t.fsm, Transaction::ClientInvite(c) if c.state() == crate::sip::transaction::ClientInviteState::Proceeding)
+            });
+            if proceeding {
+                self.cancel_fork(id);
+            } else {
+                self.cancel_pending = true;
+            }
+        }
+    }
+
+    /// A fork failed: true if it was the last one still ringing (then the best failure is
+    /// relayed), false if others ring on (this failure is kept if it is the best so far).
+    fn last_fork_failed(&mut self, resp: &Message) -> bool {
+        let current = self.fork_tx;
+        let others_ringing = self.txs.iter().any(|t| {
+            t.role == Role::BInvite
+                && Some(t.id) != current
+                && !t.settled()
+                && !t.fsm.is_terminated()
+        });
+        if !others_ringing {
+            return true;
+        }
+        let status = resp.status().unwrap_or(500);
+        let better = self
+            .best_failure
+            .as_ref()
+            .is_none_or(|b| fork_rank(status) < fork_rank(b.status().unwrap_or(500)));
+        if better {
+            self.best_failure = Some(resp.clone());
+        }
+        false
     }
 
     fn send_b_cancel(&mut self) {
@@ -1996,6 +2188,19 @@ impl Checkpoint {
             hangup_by: d.hangup_by.unwrap_or(HangupBy::System),
             disconnect_reason: d.reason.clone(),
         }
+    }
+}
+
+/// Which failure to relay when every fork failed (lower is better), after RFC 3261 §16.7:
+/// a 6xx is final everywhere; a callee's 4xx (busy, declined) says more than a redirect, a
+/// server failure or a timeout.
+fn fork_rank(status: u16) -> u8 {
+    match status {
+        600..=699 => 0,
+        408 => 4,
+        400..=499 => 1,
+        300..=399 => 2,
+        _ => 3,
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::call::{self, CallContext, CallMsg};
+use super::call::{self, CallContext, CallMsg, Fork};
 use super::registrar::{self, Location, RegistrarMsg};
 use crate::config::{AdmissionConfig, RouteConfig, RouteTarget};
 use crate::routing::auth::{AuthOutcome, Authenticator};
@@ -493,22 +493,55 @@ impl Router {
                     }
                 }
             }
-            // A call to a tenant's user goes to the phones it registered.
+            // A call to a tenant's user goes to the phones it registered, all at once.
             if let Some(tenant) = ruri
                 .as_ref()
                 .and_then(|u| reg.auth.tenant_for_domain(&u.host))
             {
                 let name = String::from_utf8_lossy(&user).into_owned();
-                if reg.auth.has_user(&tenant.id, &name)
-                    && reg.location.lookup(&tenant.id, &name).is_empty()
-                {
-                    return self.answer(&msg, &source, 480, "Temporarily Unavailable", &[]);
+                if reg.auth.has_user(&tenant.id, &name) {
+                    let bindings = reg.location.lookup(&tenant.id, &name);
+                    let Some(first) = bindings.first() else {
+                        return self.answer(&msg, &source, 480, "Temporarily Unavailable", &[]);
+                    };
+                    let forks: Vec<Fork> = bindings
+                        .iter()
+                        .map(|b| Fork {
+                            ruri: b.contact.clone(),
+                            dest: b.dest(),
+                        })
+                        .collect();
+                    let route = Route {
+                        prefix: format!("user:{}/{}", tenant.id, name),
+                        target: RouteTarget {
+                            addr: first.dest().addr,
+                            protocol: first.dest().protocol,
+                        },
+                        strip: 0,
+                        prepend: String::new(),
+                        target_text: String::from_utf8_lossy(&first.contact).into_owned(),
+                    };
+                    return self.admit_and_start(msg, source, &route, Bytes::from(user), forks);
                 }
             }
         }
         let Some(route) = self.routes.lookup(&user) else {
             return self.answer(&msg, &source, 404, "Not Found", &[]);
         };
+        let dialled = Routes::rewrite(route, &user);
+        let route = route.clone();
+        self.admit_and_start(msg, source, &route, dialled, Vec::new());
+    }
+
+    /// Admission control, then a call actor for the INVITE (its Call-ID claimed first).
+    fn admit_and_start(
+        &self,
+        msg: Message,
+        source: Source,
+        route: &Route,
+        dialled: Bytes,
+        forks: Vec<Fork>,
+    ) {
         let active = self.ctx.active.load(Ordering::Relaxed);
         if let Err(refusal) = self.admission.admit(source.remote.ip(), active) {
             metrics::counter!(ADMISSION_REFUSED, "reason" => refusal.label).increment(1);
@@ -520,6 +553,18 @@ impl Router {
             };
             return self.answer(&msg, &source, refusal.status, refusal.reason, extra);
         }
+        let Some(calls) =
+            ractor::registry::where_is(self.calls.clone()).map(ActorRef::<SupervisorMsg>::from)
+        else {
+            tracing::error!("calls supervisor not running");
+            return self.answer(
+                &msg,
+                &source,
+                503,
+                "Service Unavailable (Restarting)",
+                &[(HeaderName::RetryAfter, "1")],
+            );
+        };
         let call_id = msg.call_id().cloned().expect("validated");
         // Claim the Call-ID before the actor exists, so retransmissions and a CANCEL that
         // arrive while it starts wait for it instead of starting a second call.
@@ -530,21 +575,13 @@ impl Router {
             }
         }
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
-        let dialled = Routes::rewrite(route, &user);
         let init = call::NewCall {
             invite: Inbound { msg, source },
             route: route.clone(),
             dialled,
+            forks,
         };
         let ctx = self.ctx.clone();
-        let Some(calls) =
-            ractor::registry::where_is(self.calls.clone()).map(ActorRef::<SupervisorMsg>::from)
-        else {
-            tracing::error!("calls supervisor not running");
-            self.ctx.directory.remove(&call_id);
-            self.ctx.active.fetch_sub(1, Ordering::Relaxed);
-            return;
-        };
         tokio::spawn(async move {
             if let Err(e) = call::start(&ctx, &calls, init).await {
                 tracing::error!(call_id = %String::from_utf8_lossy(&call_id), error = %e, "call actor did not start");
