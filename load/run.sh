@@ -339,7 +339,9 @@ if [ "$TARGET" = peer ]; then
     KAM_RUN=$OUT/kamailio-run
     mkdir -p "$KAM_RUN"
     KAM_CTL=unix:$KAM_RUN/kamailio.ctl
-    kamailio -f "$LOAD_DIR/peers/kamailio.cfg" -DD -E -Y "$KAM_RUN" -m "$PEER_SHM_MB" -M 32 \
+    # -b: the same 4 MiB UDP receive buffer SIPp gets (Kamailio's default
+    # probe stops at 256 KiB).
+    kamailio -f "$LOAD_DIR/peers/kamailio.cfg" -DD -E -Y "$KAM_RUN" -m "$PEER_SHM_MB" -M 32 -b "$BUFF" \
         -l "udp:$HOST:$PEER_SIP_PORT" \
         -A "CALLEE=\"sip:$HOST:$CALLEE_PORT\"" -A "CTL=\"$KAM_CTL\"" \
         >"$OUT/kamailio.log" 2>&1 </dev/null &
