@@ -348,10 +348,10 @@ pub struct Checkpoint {
     pub a_call_id: Bytes,
     pub b_call_id: Bytes,
     /// The caller's INVITE (responses to it are built from it).
-    a_invite: Message,
+    a_invite: Arc<Message>,
     a_source: Source,
     /// The B-leg INVITE as sent (CANCEL and the 2xx ACK are built from it).
-    b_invite: Message,
+    b_invite: Arc<Message>,
     b_dest: Dest,
     /// Dialog with the caller (we are its UAS).
     a: Dialog,
@@ -410,7 +410,8 @@ struct Tx {
     branch: Bytes,
     method: Method,
     /// Server: the request received; client: the request sent.
-    request: Message,
+    /// Shared with the checkpoint for the INVITEs (a header Vec is ~1 KB per copy).
+    request: Arc<Message>,
     /// Client: the request's bytes for retransmission.
     request_bytes: Bytes,
     /// Server: the response being handed to the machine / the last one sent.
@@ -703,6 +704,8 @@ impl CallState {
         copy_extensions(&a_invite, &mut b_invite);
         b_invite.body = a_invite.body.clone();
 
+        let a_invite = Arc::new(a_invite);
+        let b_invite = Arc::new(b_invite);
         let a_branch = a_invite
             .top_via()
             .and_then(|v| v.branch())
@@ -744,7 +747,7 @@ impl CallState {
         // The other forks: the same INVITE (same Call-ID and From tag, like a forking
         // proxy's branches) to each contact, each its own transaction.
         for fork in forks.iter().skip(1) {
-            let mut inv = b_invite.clone();
+            let mut inv = (*b_invite).clone();
             inv.start = crate::sip::message::StartLine::Request {
                 method: Method::Invite,
                 uri: fork.ruri.clone(),
@@ -1117,10 +1120,11 @@ impl CallState {
         &mut self,
         leg: Leg,
         role: Role,
-        request: Message,
+        request: impl Into<Arc<Message>>,
         branch: Bytes,
         dest: Dest,
     ) -> u32 {
+        let request: Arc<Message> = request.into();
         let id = self.next_tx;
         self.next_tx += 1;
         let method = request.method().cloned().unwrap_or(Method::Ack);
@@ -1159,10 +1163,11 @@ impl CallState {
         &mut self,
         leg: Leg,
         role: Role,
-        request: Message,
+        request: impl Into<Arc<Message>>,
         branch: Bytes,
         dest: Dest,
     ) -> u32 {
+        let request: Arc<Message> = request.into();
         let id = self.next_tx;
         self.next_tx += 1;
         let method = request.method().cloned().unwrap_or(Method::Ack);
