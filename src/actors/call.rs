@@ -1116,6 +1116,7 @@ impl CallState {
 
     // ---- transactions ----
 
+    /// A server transaction for a request received on `leg`.
     fn new_server_tx(
         &mut self,
         leg: Leg,
@@ -1124,41 +1125,11 @@ impl CallState {
         branch: Bytes,
         dest: Dest,
     ) -> u32 {
-        let request: Arc<Message> = request.into();
-        let id = self.next_tx;
-        self.next_tx += 1;
-        let method = request.method().cloned().unwrap_or(Method::Ack);
-        let kind = if method == Method::Invite {
-            Kind::ServerInvite
-        } else {
-            Kind::ServerNonInvite
-        };
-        let reliability = Reliability::from(dest.protocol.is_reliable());
-        let (fsm, actions) = Transaction::start(kind, reliability, &self.ctx.timer_cfg);
-        metrics::gauge!(TRANSACTIONS_ACTIVE).increment(1.0);
-        self.txs.push(Tx {
-            id,
-            leg,
-            role,
-            fsm,
-            branch,
-            method,
-            request,
-            request_bytes: Bytes::new(),
-            pending: None,
-            last_response: None,
-            dest,
-            timers: [None; 12],
-            is_client: false,
-            cancelled: false,
-            ack: None,
-            ack_due: false,
-            resend: None,
-        });
-        self.execute(id, &actions, None);
-        id
+        self.new_tx(false, leg, role, request.into(), branch, dest)
     }
 
+    /// A client transaction for a request sent on `leg` (an empty `branch` is read from
+    /// the request's top Via).
     fn new_client_tx(
         &mut self,
         leg: Leg,
@@ -1167,27 +1138,43 @@ impl CallState {
         branch: Bytes,
         dest: Dest,
     ) -> u32 {
-        let request: Arc<Message> = request.into();
+        self.new_tx(true, leg, role, request.into(), branch, dest)
+    }
+
+    fn new_tx(
+        &mut self,
+        client: bool,
+        leg: Leg,
+        role: Role,
+        request: Arc<Message>,
+        branch: Bytes,
+        dest: Dest,
+    ) -> u32 {
         let id = self.next_tx;
         self.next_tx += 1;
         let method = request.method().cloned().unwrap_or(Method::Ack);
-        let kind = if method == Method::Invite {
-            Kind::ClientInvite
-        } else {
-            Kind::ClientNonInvite
+        let kind = match (client, method == Method::Invite) {
+            (true, true) => Kind::ClientInvite,
+            (true, false) => Kind::ClientNonInvite,
+            (false, true) => Kind::ServerInvite,
+            (false, false) => Kind::ServerNonInvite,
         };
         let reliability = Reliability::from(dest.protocol.is_reliable());
         let (fsm, actions) = Transaction::start(kind, reliability, &self.ctx.timer_cfg);
         metrics::gauge!(TRANSACTIONS_ACTIVE).increment(1.0);
-        crate::transport::count_sent(dest.protocol, &request);
-        let request_bytes = request.encode();
-        let branch = if branch.is_empty() {
-            request
-                .top_via()
-                .and_then(|v| v.branch())
-                .unwrap_or_default()
+        let (request_bytes, branch) = if client {
+            crate::transport::count_sent(dest.protocol, &request);
+            let branch = if branch.is_empty() {
+                request
+                    .top_via()
+                    .and_then(|v| v.branch())
+                    .unwrap_or_default()
+            } else {
+                branch
+            };
+            (request.encode(), branch)
         } else {
-            branch
+            (Bytes::new(), branch)
         };
         self.txs.push(Tx {
             id,
@@ -1202,7 +1189,7 @@ impl CallState {
             last_response: None,
             dest,
             timers: [None; 12],
-            is_client: true,
+            is_client: client,
             cancelled: false,
             ack: None,
             ack_due: false,
