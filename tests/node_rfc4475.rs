@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// What the node answers, per message: `None` = no answer (responses are never answered).
@@ -37,26 +36,6 @@ fn expected(name: &str) -> Option<u16> {
     })
 }
 
-fn manifest() -> HashMap<String, (String, String, String, String)> {
-    std::fs::read_to_string(testdata().join("manifest.tsv"))
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (
-                f[0].to_string(),
-                (
-                    f[4].to_string(),
-                    f[5].to_string(),
-                    f[2].to_string(),
-                    f[6].to_string(),
-                ),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_torture_message_over_udp_and_tcp() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +60,9 @@ async fn every_torture_message_over_udp_and_tcp() {
     let mut names: Vec<&String> = m.keys().collect();
     names.sort();
     for name in names {
-        let (codes, no_reply_ok, verdict, liberal_ok) = &m[name];
+        let v = &m[name];
+        let (codes, no_reply_ok, verdict, liberal_ok) =
+            (&v.codes, &v.no_reply_ok, &v.expected, &v.liberal_ok);
         let bytes = std::fs::read(testdata().join(format!("{name}.dat"))).unwrap();
         let want = expected(name);
         if let Some(code) = want {

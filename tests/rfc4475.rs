@@ -4,42 +4,13 @@
 //! This test checks the pure layer (parse + screen); `tests/node_rfc4475.rs` sends the same
 //! messages to a running node over UDP and TCP.
 
+mod common;
+
 use bytes::Bytes;
-use std::collections::HashMap;
-use std::path::PathBuf;
+use common::{manifest, testdata};
 use switchyard::sip::message::{HeaderName, Method};
 use switchyard::sip::parse::{Framing, Limits};
 use switchyard::sip::validate::{screen, Screened};
-
-pub fn testdata() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475")
-}
-
-struct Verdict {
-    expected: String,
-    action: String,
-    codes: String,
-    liberal_ok: String,
-}
-
-fn manifest() -> HashMap<String, Verdict> {
-    let text = std::fs::read_to_string(testdata().join("manifest.tsv")).expect("manifest.tsv");
-    text.lines()
-        .skip(1)
-        .map(|l| {
-            let f: Vec<&str> = l.split('\t').collect();
-            (
-                f[0].to_string(),
-                Verdict {
-                    expected: f[2].into(),
-                    action: f[3].into(),
-                    codes: f[4].into(),
-                    liberal_ok: f[6].into(),
-                },
-            )
-        })
-        .collect()
-}
 
 fn load(name: &str) -> Bytes {
     Bytes::from(std::fs::read(testdata().join(format!("{name}.dat"))).expect("message file"))

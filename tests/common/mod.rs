@@ -17,6 +17,40 @@ pub fn testdata() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475")
 }
 
+/// One row of `../shared/testdata/rfc4475/manifest.tsv`: the RFC's verdict on a message.
+pub struct Verdict {
+    /// valid, invalid or semantic-invalid.
+    pub expected: String,
+    /// What the RFC says an element should do.
+    pub action: String,
+    /// Status codes it names (`400`, `501|400`, `error`, `-`).
+    pub codes: String,
+    /// Whether discarding it is allowed (yes / no / tcp).
+    pub no_reply_ok: String,
+    /// Whether a liberal element may repair it.
+    pub liberal_ok: String,
+}
+
+/// The RFC 4475 manifest, by message name.
+pub fn manifest() -> std::collections::HashMap<String, Verdict> {
+    std::fs::read_to_string(testdata().join("manifest.tsv"))
+        .expect("manifest.tsv")
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let v = Verdict {
+                expected: f[2].into(),
+                action: f[3].into(),
+                codes: f[4].into(),
+                no_reply_ok: f[5].into(),
+                liberal_ok: f[6].into(),
+            };
+            (f[0].to_string(), v)
+        })
+        .collect()
+}
+
 /// A config for a node on 127.0.0.1 with ephemeral ports.
 pub fn config(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Config {
     let mut c = Config::default();
