@@ -76,7 +76,8 @@ pub fn parse_u32(b: &[u8]) -> Option<u32> {
     u32::try_from(v).ok()
 }
 
-fn trim_slice(s: &[u8]) -> &[u8] {
+/// Trims spaces and tabs from both ends of a byte slice.
+pub fn trim_slice(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|&c| !is_ws(c)).unwrap_or(s.len());
     let end = s
         .iter()

@@ -6,7 +6,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::headers::{is_token, is_token_char, parse_u32, trim};
+use super::headers::{is_token, is_token_char, parse_u32, trim, trim_slice};
 use super::message::{Header, HeaderName, Message, Method, StartLine};
 
 /// Where the bytes came from: a datagram holds exactly one message (extra octets after
@@ -171,7 +171,7 @@ pub fn check_stream(buf: &[u8], limits: &Limits) -> Result<StreamCheck, ParseErr
         let Some(colon) = line.iter().position(|&c| c == b':') else {
             continue;
         };
-        let name = trim_ws(&line[..colon]);
+        let name = trim_slice(&line[..colon]);
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
             if content_length.is_some() {
                 return Err(ParseError::MultipleContentLength);
@@ -191,19 +191,6 @@ pub fn check_stream(buf: &[u8], limits: &Limits) -> Result<StreamCheck, ParseErr
         return Ok(StreamCheck::Incomplete);
     }
     Ok(StreamCheck::Complete { len })
-}
-
-fn trim_ws(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|&c| c != b' ' && c != b'\t')
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|&c| c != b' ' && c != b'\t')
-        .map(|i| i + 1)
-        .unwrap_or(start);
-    &s[start..end]
 }
 
 /// Parses one message. For `Framing::Stream`, `buf` must be exactly the extent found by
@@ -281,7 +268,7 @@ pub fn parse(buf: Bytes, framing: Framing, limits: &Limits) -> Result<Message, M
             header_error.get_or_insert(ParseError::HeaderLine);
         }
         match line.iter().position(|&c| c == b':') {
-            Some(colon) if is_token(trim_ws(&line[..colon])) => {
+            Some(colon) if is_token(trim_slice(&line[..colon])) => {
                 let name_raw = trim(&buf.slice(pos..pos + colon));
                 let name = HeaderName::lookup(&name_raw);
                 let value = if folded {
@@ -402,7 +389,7 @@ fn unfold(raw: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(raw.len());
     for piece in raw.split(|&c| c == b'\n') {
         let piece = piece.strip_suffix(b"\r").unwrap_or(piece);
-        let piece = trim_ws(piece);
+        let piece = trim_slice(piece);
         if piece.is_empty() {
             continue;
         }
@@ -419,7 +406,7 @@ fn name_counts(line: &[u8]) -> bool {
     let name = line
         .iter()
         .position(|&c| c == b':')
-        .map(|c| trim_ws(&line[..c]))
+        .map(|c| trim_slice(&line[..c]))
         .unwrap_or(line);
     HeaderName::lookup(name) != HeaderName::ContentLength
 }
