@@ -2198,8 +2198,7 @@ fn fork_rank(status: u16) -> u8 {
 
 fn resp_reason(resp: &Message) -> String {
     match &resp.start {
-        crate::sip::message::StartLine::Response { reason, status } if !reason.is_empty() => {
-            let _ = status;
+        crate::sip::message::StartLine::Response { reason, .. } if !reason.is_empty() => {
             String::from_utf8_lossy(reason).into_owned()
         }
         _ => reason_phrase(resp.status().unwrap_or(500)).to_string(),

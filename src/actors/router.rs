@@ -658,8 +658,3 @@ impl Handler for Router {
         }
     }
 }
-
-/// Helper for tests and the API: how long to wait for the directory to drain.
-pub fn drain_timeout() -> Duration {
-    Duration::from_secs(40)
-}

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use super::headers::{is_token, parse_u32, split_list, CSeq, NameAddr, Via};
+use super::headers::{is_token, parse_u32, CSeq, NameAddr, Via};
 use super::message::{HeaderName, Message, Method};
 use super::uri::{Scheme, Uri};
 
@@ -192,7 +192,7 @@ pub fn check_invite_media(msg: &Message) -> Result<(), Rejection> {
             .map(|v| v.as_ref())
             .unwrap_or(b"application/sdp");
         let mime = ct.split(|&c| c == b';').next().unwrap_or(b"");
-        let mime = super::headers::trim(&Bytes::copy_from_slice(mime));
+        let mime = super::headers::trim_slice(mime);
         if !(mime.eq_ignore_ascii_case(b"application/sdp")
             || mime.eq_ignore_ascii_case(b"multipart/mixed"))
         {
@@ -206,10 +206,10 @@ pub fn check_invite_media(msg: &Message) -> Result<(), Rejection> {
     if msg.header(HeaderName::Accept).is_some() {
         let ok = msg.values(HeaderName::Accept).any(|v| {
             let m = v.split(|&c| c == b';').next().unwrap_or(b"");
-            let m = super::headers::trim(&Bytes::copy_from_slice(m));
+            let m = super::headers::trim_slice(m);
             m.eq_ignore_ascii_case(b"application/sdp")
                 || m.eq_ignore_ascii_case(b"application/*")
-                || m.as_ref() == b"*/*"
+                || m == b"*/*"
         });
         if !ok {
             return Err(Rejection {
@@ -232,11 +232,6 @@ pub fn join_values(values: &[Bytes]) -> Bytes {
         out.extend_from_slice(v);
     }
     Bytes::from(out)
-}
-
-/// Whether `v` is a list of tokens (used by tests and the OPTIONS answer).
-pub fn is_token_list(v: &Bytes) -> bool {
-    split_list(v).all(|t| is_token(&t))
 }
 
 /// What to do with received bytes before any dialog or transaction logic sees them.
