@@ -1,0 +1,543 @@
+#!/usr/bin/env bash
+# Contact-centre load: callers dial a queue's number, the switch offers each call to a
+# registered agent phone, the agent answers, talks and hangs up. Prints a report; exits
+# non-zero when a call failed on either side, when not every call succeeded, or when
+# the CDRs show one agent on two answered calls at once.
+#
+#   load/cc.sh [--agents 12000] [--caps 500] [--duration 120] [--talk 20] [--ring-ms 500]
+#              [--wrap-up 1] [--reg-rate 1000] [--switch-bin PATH] [--out DIR] [--quick]
+#
+#   --agents N     agents in queue "support" of tenant cc, each with a SIP user uNNNNNN
+#   --caps R       caller attempts per second; --duration S: seconds of calling
+#                  (duration x caps calls in all)
+#   --talk S       talk time: the agent hangs up S seconds after the ACK
+#   --ring-ms MS   ring time: the agent's phone answers MS ms after the INVITE
+#   --wrap-up S    the queue's wrap-up time (wrap_up_secs)
+#   --reg-rate R   agent registrations per second
+#   --quick        CI size: 200 agents, 20 CAPS, 15 s, talk 3 s (options after it win)
+#
+# Flow: users.csv, agents.csv and SIPp's injection file (python3), switchyard.toml,
+# `switchyard check-config`, the switch, one SIPp UAS answering for every agent
+# (scenarios/cc_agent.xml), every agent registering through SIPp (scenarios/cc_register.xml,
+# Contact on the UAS's port), a wait until the switch counts them available
+# (switchyard_agents{tenant="cc",state="available"}, or GET /agents?tenant=cc), the SIPp
+# callers (scenarios/cc_caller.xml), a drain, then the report: both SIPp sides, the
+# switch's switchyard_queue_* series and GET /queues, time to answer, switch CPU and
+# memory, and an SQL check of the CDRs (sqlite3) after the switch has stopped.
+# Exit status: 0 PASS, 1 FAIL, 2 bad usage or a setup failure.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+scen=$here/scenarios
+
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
+die() { echo "cc.sh: $*" >&2; exit 2; }
+
+AGENTS=12000 CAPS=500 DURATION=120 TALK=20 RING_MS=500 WRAP_UP=1 REG_RATE=1000
+BIN="" OUT=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --agents) AGENTS=${2:?}; shift 2 ;;
+        --caps) CAPS=${2:?}; shift 2 ;;
+        --duration) DURATION=${2:?}; shift 2 ;;
+        --talk) TALK=${2:?}; shift 2 ;;
+        --ring-ms) RING_MS=${2:?}; shift 2 ;;
+        --wrap-up) WRAP_UP=${2:?}; shift 2 ;;
+        --reg-rate) REG_RATE=${2:?}; shift 2 ;;
+        --switch-bin) BIN=${2:?}; shift 2 ;;
+        --out) OUT=${2:?}; shift 2 ;;
+        --quick) AGENTS=200 CAPS=20 DURATION=15 TALK=3; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "cc.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for v in AGENTS CAPS DURATION TALK RING_MS WRAP_UP REG_RATE; do
+    [[ "${!v}" =~ ^[0-9]+$ ]] || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') must be a whole number"
+done
+[ "$AGENTS" -gt 0 ] && [ "$AGENTS" -le 900000 ] || die "--agents must be 1..900000"
+[ "$CAPS" -gt 0 ] && [ "$DURATION" -gt 0 ] && [ "$REG_RATE" -gt 0 ] || die "--caps, --duration and --reg-rate must be > 0"
+for tool in sipp python3 curl sqlite3 ss; do
+    command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: sip-tester, python3, curl, sqlite3, iproute2)"
+done
+
+if [ -z "$BIN" ]; then
+    BIN=$root/target/release/switchyard
+    if [ ! -x "$BIN" ]; then
+        echo "cc.sh: $BIN missing, building (cargo build --release)" >&2
+        (cd "$root" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
+    elif [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+        echo "cc.sh: WARNING: $BIN is older than the sources; run cargo build --release" >&2
+    fi
+fi
+[ -x "$BIN" ] || die "switch binary not executable: $BIN"
+[ -n "$OUT" ] || OUT=$here/out/$(date -u +%Y%m%dT%H%M%SZ)-cc-$$
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+HOST=127.0.0.1
+DOMAIN=cc.example.com
+NUMBER=5000
+TOKEN=secret
+BUFF=4194304
+CALLS=$((CAPS * DURATION))
+TALK_MS=$((TALK * 1000))
+
+# ---------------------------------------------------------------- children
+CHILD_PIDS=()
+cleanup() {
+    local pid
+    for pid in "${CHILD_PIDS[@]:-}"; do
+        [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${CHILD_PIDS[@]:-}"; do
+        [ -n "$pid" ] || continue
+        for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'echo "cc.sh: interrupted" >&2; exit 130' INT TERM
+
+# ---------------------------------------------------------------- helpers
+# A port no socket uses now, below the usual ephemeral range (as run.sh picks them).
+TAKEN_PORTS=" "
+pick_port() {
+    local var=$1 p
+    for _ in $(seq 1 500); do
+        p=$((20000 + RANDOM % 12000))
+        case "$TAKEN_PORTS" in *" $p "*) continue ;; esac
+        if [ -z "$(ss -Htuan "( sport = :$p )" 2>/dev/null)" ]; then
+            TAKEN_PORTS="$TAKEN_PORTS$p "
+            printf -v "$var" '%s' "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+udp_bound() { [ -n "$(ss -Hlun "( sport = :$1 )" 2>/dev/null)" ]; }
+wait_udp_bound() { # port pid what
+    for _ in $(seq 1 100); do
+        udp_bound "$1" && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up (see $OUT)"
+        sleep 0.1
+    done
+    die "$3 did not bind udp:$HOST:$1 within 10 s"
+}
+scrape() { curl -sf --max-time 5 "http://$HOST:$HTTP_PORT/metrics" -o "$1" 2>/dev/null; }
+api_get() { curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" "http://$HOST:$HTTP_PORT$1" 2>/dev/null; }
+# Sum of metric $1 over the series whose labels contain every one of $3...; "NA" if none.
+metric_sum() {
+    local name=$1 file=$2; shift 2
+    awk -v m="$name" -v want="$*" '
+        $0 ~ /^#/ || NF < 2 { next }
+        { n=$1; sub(/\{.*/, "", n); if (n != m) next
+          k=split(want, w, " "); for (i=1;i<=k;i++) if (index($0, w[i]) == 0) next
+          s+=$NF; f=1 }
+        END { if (f) printf "%.0f\n", s; else print "NA" }' "$file"
+}
+cpu_ticks() { # utime+stime of pid $1 (the command name may hold spaces)
+    local s rest
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    rest=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    echo $(( ${12} + ${13} ))
+}
+status_kb() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status" 2>/dev/null; }
+HZ=$(getconf CLK_TCK)
+ticks_s() { awk -v t="$1" -v hz="$HZ" 'BEGIN { if (t=="NA" || t=="") print "NA"; else printf "%.2f", t/hz }'; }
+# Column $2 of SIPp stat file $1: last row, or the maximum with $3 = max.
+stat_col() {
+    [ -s "$1" ] || { echo NA; return; }
+    awk -F';' -v col="$2" -v mode="${3:-last}" '
+        NR==1 { for (i=1;i<=NF;i++) if ($i==col) c=i; next }
+        c && $c != "" { v=$c+0; if (mode=="max") { if (!seen || v>m) m=v } else m=v; seen=1 }
+        END { if (seen) print m; else print "NA" }' "$1"
+}
+# "n p50 p99 max" (nearest rank) of the rtd named $2 in SIPp rtt file $1.
+rtd_stats() {
+    if [ -z "$1" ] || [ ! -s "$1" ]; then echo "0 NA NA NA"; return; fi
+    awk -F';' -v name="$2" 'NR>1 && $3==name { print $2+0 }' "$1" | sort -g | awk '{ v[NR]=$1 }
+        function rank(p,  r) { r=int(p*NR); if (r<p*NR) r++; if (r<1) r=1; return v[r] }
+        END { if (NR==0) print "0 NA NA NA"; else printf "%d %s %s %s\n", NR, rank(0.50), rank(0.99), v[NR] }'
+}
+is_num() { [[ "$1" =~ ^[0-9]+$ ]]; }
+now_s() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b-a }'; }
+sipp_stop() { # pid: SIGUSR1 makes SIPp stop, write its final statistics and quit
+    kill -0 "$1" 2>/dev/null || return 0
+    kill -USR1 "$1" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+pick_port SIP_PORT; pick_port HTTP_PORT
+pick_port AGENT_PORT; pick_port AGENT_CP
+pick_port REG_PORT; pick_port REG_CP
+pick_port CALLER_PORT; pick_port CALLER_CP
+
+# ---------------------------------------------------------------- data and config
+# SIPp's injection file (username;[authentication ...];domain), the switch's users CSV
+# (username,ha1_md5,ha1_sha256: the switch never sees a password) and agents CSV
+# (id,user,queues,skills,state).
+python3 - "$AGENTS" "$DOMAIN" "$OUT" <<'PY'
+import hashlib, sys
+n, domain, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+with open(f"{out}/sipp_users.csv", "w") as s, open(f"{out}/users.csv", "w") as u, \
+        open(f"{out}/agents.csv", "w") as a:
+    s.write("SEQUENTIAL\n")
+    u.write("# username,ha1_md5,ha1_sha256\n")
+    for i in range(n):
+        num = 100000 + i
+        user, pw = f"u{num}", f"pw-{i}-secret"
+        a1 = f"{user}:{domain}:{pw}".encode()
+        # SIPp expands keywords from the injection file but not inside [authentication]:
+        # the whole keyword goes in the file (field1), as register.sh does.
+        s.write(f"{user};[authentication username={user} password={pw}];{domain}\n")
+        u.write(f"{user},{hashlib.md5(a1).hexdigest()},{hashlib.sha256(a1).hexdigest()}\n")
+        a.write(f"a{num},{user},support:1,english:{1 + i % 10},available\n")
+PY
+# Admission far above the offered load, so nothing is refused (as run.sh sets it).
+MAX_CALLS=$(( CAPS * (TALK + 60) * 2 )); [ "$MAX_CALLS" -ge 20000 ] || MAX_CALLS=20000
+ADM_CPS=$(( CAPS * 4 )); [ "$ADM_CPS" -ge 5000 ] || ADM_CPS=5000
+cat > "$OUT/switchyard.toml" <<CFG
+# Written by load/cc.sh.
+data_dir = "$OUT/data"
+[sip]
+listen = ["udp:$HOST:$SIP_PORT"]
+[http]
+listen = "$HOST:$HTTP_PORT"
+token = "$TOKEN"
+[admission]
+max_calls = $MAX_CALLS
+cps = $ADM_CPS
+per_source_cps = 0
+[registrar]
+max_auth_failures = 1000000
+# SIPp 3.6 answers only the first challenge and knows only MD5.
+algorithms = ["MD5"]
+max_expires_secs = 7200
+[[tenants]]
+id = "cc"
+domain = "$DOMAIN"
+users_csv = "$OUT/users.csv"
+agents_csv = "$OUT/agents.csv"
+[[tenants.queues]]
+id = "support"
+strategy = "longest-idle"
+ring_timeout_secs = 15
+wrap_up_secs = $WRAP_UP
+service_level_secs = 20
+[[tenants.numbers]]
+number = "$NUMBER"
+target = "queue:support"
+CFG
+"$BIN" check-config "$OUT/switchyard.toml" > "$OUT/check-config.out" 2>&1 \
+    || { cat "$OUT/check-config.out" >&2; die "switchyard check-config refused $OUT/switchyard.toml"; }
+
+# The agent UAS gets a copy of its scenario with the ring time in place of the default.
+sed 's/timeout="500" ontimeout="answer"/timeout="'"$RING_MS"'" ontimeout="answer"/' \
+    "$scen/cc_agent.xml" > "$OUT/cc_agent.xml"
+grep -q "timeout=\"$RING_MS\" ontimeout=\"answer\"" "$OUT/cc_agent.xml" || die "could not set the ring time in cc_agent.xml"
+
+echo "== switchyard contact-centre load ($(date -u +%FT%TZ), $(nproc) cores)"
+echo "agents                 $AGENTS in queue support of tenant cc ($DOMAIN), longest-idle, wrap-up ${WRAP_UP} s"
+echo "offered                $CALLS calls to $NUMBER at $CAPS CAPS for $DURATION s; ring ${RING_MS} ms, talk ${TALK} s"
+echo "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT ($BIN)"
+echo "agent phones           SIPp UAS udp:$HOST:$AGENT_PORT (registered from udp:$HOST:$REG_PORT)"
+
+# ---------------------------------------------------------------- switch
+NO_COLOR=1 "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
+SW=$!
+CHILD_PIDS+=("$SW")
+healthy=""
+for _ in $(seq 1 150); do
+    kill -0 "$SW" 2>/dev/null || { tail -20 "$OUT/switch.log" >&2; die "switch exited during start-up (log: $OUT/switch.log)"; }
+    if curl -sf --max-time 1 "http://$HOST:$HTTP_PORT/health" >/dev/null 2>&1 && udp_bound "$SIP_PORT"; then
+        healthy=1; break
+    fi
+    sleep 0.2
+done
+[ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
+
+# ---------------------------------------------------------------- agent phones (UAS)
+# One UDP socket for every agent; the calls are told apart by Call-ID. -recv_timeout
+# bounds a call that never gets its ACK or its BYE's 200.
+(
+    cd "$OUT"
+    exec sipp -sf "$OUT/cc_agent.xml" -i "$HOST" -p "$AGENT_PORT" -cp "$AGENT_CP" \
+        -d "$TALK_MS" -nostdin -buff_size "$BUFF" -max_socket 50000 \
+        -recv_timeout $(( (TALK + 60) * 1000 )) \
+        -trace_stat -stf "$OUT/agent_stat.csv" -fd 1 \
+        -trace_rtt -rtt_freq 1 \
+        -trace_err -error_file "$OUT/agent_errors.log" \
+        -trace_screen -screen_file "$OUT/agent_screen.log"
+) > "$OUT/agent.out" 2>&1 < /dev/null &
+AGENT_PID=$!
+CHILD_PIDS+=("$AGENT_PID")
+wait_udp_bound "$AGENT_PORT" "$AGENT_PID" "SIPp agent UAS"
+
+# ---------------------------------------------------------------- registrations
+VERDICT=PASS
+REASONS=()
+fail() { VERDICT=FAIL; REASONS+=("$1"); }
+t0=$(now_s)
+(cd "$OUT" && timeout $((AGENTS / REG_RATE + 60)) sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
+    -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" \
+    -m "$AGENTS" -r "$REG_RATE" -l $((REG_RATE * 2)) -buff_size "$BUFF" \
+    -i "$HOST" -p "$REG_PORT" -cp "$REG_CP" -nostdin \
+    -trace_stat -stf "$OUT/register_stat.csv" -fd 1 -trace_err -error_file "$OUT/register_errors.log" \
+    > "$OUT/register.out" 2>&1 < /dev/null) || true
+t1=$(now_s)
+REG_OK=$(stat_col "$OUT/register_stat.csv" "SuccessfulCall(C)")
+REG_FAIL=$(stat_col "$OUT/register_stat.csv" "FailedCall(C)")
+awk -v ok="$REG_OK" -v f="$REG_FAIL" -v n="$AGENTS" -v a="$t0" -v b="$t1" 'BEGIN {
+    printf "registrations          %s ok, %s failed of %d in %.1f s (%.0f/s)\n", ok, f, n, b - a, (b > a ? ok / (b - a) : 0) }'
+if [ "$REG_OK" != "$AGENTS" ] || [ "$REG_FAIL" != 0 ]; then
+    echo "cc.sh: agent registration failed; first errors:" >&2
+    head -c 2000 "$OUT/register_errors.log" >&2 2>/dev/null || true
+    echo "result                 FAIL: registrations $REG_OK ok, $REG_FAIL failed of $AGENTS"
+    echo "files                  $OUT"
+    exit 1
+fi
+
+# ---------------------------------------------------------------- agents available
+# Every binding is in the registrar and the switch counts every agent available: the
+# gauge switchyard_agents{tenant="cc",state="available"}, else GET /agents?tenant=cc.
+api_available() {
+    local body
+    body=$(api_get "/agents?tenant=cc") || { echo NA; return; }
+    printf '%s' "$body" | python3 -c '
+import json, sys
+try:
+    d = json.load(sys.stdin)
+except Exception:
+    print("NA"); sys.exit()
+if isinstance(d, dict):
+    d = d.get("agents", d.get("items", []))
+print(sum(1 for a in d if isinstance(a, dict) and str(a.get("state", "")).lower() == "available"))
+' 2>/dev/null || echo NA
+}
+AVAIL=NA BINDINGS=NA AVAIL_SRC=metric
+deadline=$(( $(date +%s) + 30 + AGENTS / 1000 ))
+while :; do
+    kill -0 "$SW" 2>/dev/null || die "switch exited while agents registered (log: $OUT/switch.log)"
+    if scrape "$OUT/metrics_agents.txt"; then
+        BINDINGS=$(metric_sum switchyard_registrar_bindings "$OUT/metrics_agents.txt" 'tenant="cc"')
+        AVAIL=$(metric_sum switchyard_agents "$OUT/metrics_agents.txt" 'tenant="cc"' 'state="available"')
+    fi
+    if [ "$AVAIL" = NA ]; then AVAIL=$(api_available); AVAIL_SRC="GET /agents"; else AVAIL_SRC=metric; fi
+    if is_num "$BINDINGS" && [ "$BINDINGS" -ge "$AGENTS" ] && is_num "$AVAIL" && [ "$AVAIL" -ge "$AGENTS" ]; then
+        break
+    fi
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        if ! is_num "$AVAIL" && is_num "$BINDINGS" && [ "$BINDINGS" -ge "$AGENTS" ]; then
+            echo "cc.sh: WARNING: neither switchyard_agents{state=\"available\"} nor GET /agents?tenant=cc says how many agents are available; going on with $BINDINGS bindings" >&2
+            break
+        fi
+        echo "result                 FAIL: agents not ready after the registrations: bindings $BINDINGS, available $AVAIL ($AVAIL_SRC) of $AGENTS"
+        echo "files                  $OUT"
+        exit 1
+    fi
+    sleep 0.5
+done
+echo "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
+
+# ---------------------------------------------------------------- callers
+scrape "$OUT/metrics_before.txt" || die "GET /metrics failed before the calls"
+CPU_BEFORE=$(cpu_ticks "$SW")
+RSS_BEFORE_KB=$(status_kb "$SW" VmRSS)
+# A caller waits in the queue, then rings, then talks: each recv gets talk time + 2 min.
+RECV_TIMEOUT_MS=$(( (TALK + 120) * 1000 ))
+T_START=$(now_s)
+(
+    cd "$OUT"
+    exec sipp "$HOST:$SIP_PORT" -sf "$scen/cc_caller.xml" -s "$NUMBER" -key domain "$DOMAIN" \
+        -i "$HOST" -p "$CALLER_PORT" -cp "$CALLER_CP" \
+        -m "$CALLS" -l "$CALLS" -r "$CAPS" -rp 1000 -nostdin -buff_size "$BUFF" -max_socket 50000 \
+        -recv_timeout "$RECV_TIMEOUT_MS" \
+        -trace_stat -stf "$OUT/caller_stat.csv" -fd 1 \
+        -trace_rtt -rtt_freq 1 \
+        -trace_err -error_file "$OUT/caller_errors.log" \
+        -trace_screen -screen_file "$OUT/caller_screen.log"
+) > "$OUT/caller.out" 2>&1 < /dev/null &
+CALLER_PID=$!
+CHILD_PIDS+=("$CALLER_PID")
+
+# Sample the switch once a second while the callers run.
+SAMPLES=$OUT/switch_samples.csv
+echo "t_s;cpu_ticks;rss_kb;calls_active" > "$SAMPLES"
+HARD_TIMEOUT_S=$(( DURATION + TALK + RING_MS / 1000 + 150 ))
+deadline=$(( $(date +%s) + HARD_TIMEOUT_S ))
+TIMED_OUT="" SW_DIED="" BUILD_SEEN=0 next_note=$(( $(date +%s) + 10 ))
+while kill -0 "$CALLER_PID" 2>/dev/null; do
+    if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then BUILD_SEEN=1; fi
+    kill -0 "$SW" 2>/dev/null || { SW_DIED=1; break; }
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        TIMED_OUT=1
+        echo "cc.sh: callers still running after ${HARD_TIMEOUT_S} s, stopping them" >&2
+        break
+    fi
+    ca=NA
+    scrape "$OUT/metrics_now.txt" && ca=$(metric_sum switchyard_calls_active "$OUT/metrics_now.txt")
+    echo "$(elapsed "$T_START" "$(now_s)");$(cpu_ticks "$SW" || echo NA);$(status_kb "$SW" VmRSS);$ca" >> "$SAMPLES"
+    if [ "$(date +%s)" -ge "$next_note" ]; then
+        next_note=$(( next_note + 10 ))
+        echo "cc.sh: t=$(elapsed "$T_START" "$(now_s)") s: caller created $(stat_col "$OUT/caller_stat.csv" "OutgoingCall(C)"), ok $(stat_col "$OUT/caller_stat.csv" "SuccessfulCall(C)"), failed $(stat_col "$OUT/caller_stat.csv" "FailedCall(C)"); switch calls_active $ca" >&2
+    fi
+    sleep 1
+done
+sipp_stop "$CALLER_PID"
+T_END=$(now_s)
+
+# ---------------------------------------------------------------- drain
+# The switch's calls go back to 0; the agent UAS keeps each call 2 s after its BYE.
+CA_AFTER=NA
+if kill -0 "$SW" 2>/dev/null; then
+    for _ in $(seq 1 120); do
+        scrape "$OUT/metrics_after.txt" && CA_AFTER=$(metric_sum switchyard_calls_active "$OUT/metrics_after.txt")
+        [ "$CA_AFTER" = 0 ] || [ "$CA_AFTER" = NA ] && break
+        sleep 0.5
+    done
+else
+    SW_DIED=1
+fi
+sleep 3
+sipp_stop "$AGENT_PID"
+
+SW_CPU_S=NA SW_CPU_TOTAL_S=NA SW_HWM_KB=NA SW_RSS_KB=NA
+if kill -0 "$SW" 2>/dev/null; then
+    CPU_AFTER=$(cpu_ticks "$SW")
+    SW_CPU_S=$(ticks_s $((CPU_AFTER - CPU_BEFORE)))
+    SW_CPU_TOTAL_S=$(ticks_s "$CPU_AFTER")
+    SW_HWM_KB=$(status_kb "$SW" VmHWM)
+    SW_RSS_KB=$(status_kb "$SW" VmRSS)
+    scrape "$OUT/metrics_after.txt" || true
+    { api_get "/queues?tenant=cc" || api_get "/queues" || echo "(GET /queues failed)"; } > "$OUT/queues.json"
+    # SIGTERM: a clean stop, so every CDR is in the database before it is read.
+    kill -TERM "$SW" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$SW" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$SW" 2>/dev/null; then
+        echo "cc.sh: WARNING: switch still running 30 s after SIGTERM, killing it" >&2
+        kill -KILL "$SW" 2>/dev/null || true
+    fi
+    wait "$SW" 2>/dev/null || true
+fi
+
+# ---------------------------------------------------------------- CDR check
+# Real column names are read from the table: the agent column is "agent" (else "target",
+# the agent's contact), answer/end times "answer_at"/"end_at" (epoch ms).
+DB=$OUT/data/switchyard.db
+CDR_TOTAL=NA CDR_ANSWERED=NA CDR_AGENTS=NA OVERLAPS=NA CDR_NOTE=""
+sq() { sqlite3 -batch -noheader "$DB" "$1" 2>>"$OUT/sqlite.err"; }
+if [ -s "$DB" ]; then
+    cols=" $(sq "SELECT name FROM pragma_table_info('cdrs')" | tr '\n' ' ')"
+    has() { case "$cols" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+    AG=agent; has agent || { AG=target; CDR_NOTE="no agent column; agent = target"; }
+    ANS=answer_at; has answer_at || ANS=answer_ms
+    END=end_at; has end_at || END=end_ms
+    if has "$AG" && has "$ANS" && has "$END"; then
+        where="$AG IS NOT NULL AND $AG <> '' AND $ANS IS NOT NULL"
+        CDR_TOTAL=$(sq "SELECT COUNT(*) FROM cdrs")
+        CDR_ANSWERED=$(sq "SELECT COUNT(*) FROM cdrs WHERE $where")
+        CDR_AGENTS=$(sq "SELECT COUNT(DISTINCT $AG) FROM cdrs WHERE $where")
+        # An agent's answered calls sorted by answer time: one overlaps an earlier one
+        # when it was answered before the latest end among the earlier ones.
+        overlap_sql="WITH t AS (SELECT id, $AG AS agent, $ANS AS a, $END AS e,
+                MAX($END) OVER (PARTITION BY $AG ORDER BY $ANS, id
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+                FROM cdrs WHERE $where)
+            SELECT id, agent, a, e, prev_end FROM t WHERE prev_end IS NOT NULL AND a < prev_end"
+        OVERLAPS=$(sq "SELECT COUNT(*) FROM ($overlap_sql)")
+        [ "$OVERLAPS" = 0 ] || sq "$overlap_sql LIMIT 5" > "$OUT/overlaps.txt"
+        extra=""
+        has queue && extra="$extra, queue calls $(sq "SELECT COUNT(*) FROM cdrs WHERE queue IS NOT NULL AND queue <> ''")"
+        has abandoned && extra="$extra, abandoned $(sq "SELECT COUNT(*) FROM cdrs WHERE abandoned")"
+        has wait_ms && extra="$extra, wait_ms avg $(sq "SELECT IFNULL(ROUND(AVG(wait_ms)),'NA') FROM cdrs WHERE $ANS IS NOT NULL") max $(sq "SELECT IFNULL(MAX(wait_ms),'NA') FROM cdrs")"
+        extra="$extra, most calls by one agent $(sq "SELECT IFNULL(MAX(c),0) FROM (SELECT COUNT(*) AS c FROM cdrs WHERE $where GROUP BY $AG)")"
+        CDR_NOTE="${CDR_NOTE:+$CDR_NOTE; }${extra#, }"
+    else
+        CDR_NOTE="cdrs has no $AG/$ANS/$END columns:$cols"
+    fi
+    [ -n "$OVERLAPS" ] || OVERLAPS=NA
+else
+    CDR_NOTE="no database at $DB"
+fi
+
+# ---------------------------------------------------------------- report
+CS=$OUT/caller_stat.csv AS=$OUT/agent_stat.csv
+CREATED=$(stat_col "$CS" "OutgoingCall(C)")
+SUCCESS=$(stat_col "$CS" "SuccessfulCall(C)")
+FAILED=$(stat_col "$CS" "FailedCall(C)")
+C_UNEXP=$(stat_col "$CS" "FailedUnexpectedMessage(C)")
+C_TIMEOUT=$(stat_col "$CS" "FailedTimeoutOnRecv(C)")
+C_RETRANS=$(stat_col "$CS" "FailedMaxUDPRetrans(C)")
+C_PEAK=$(stat_col "$CS" CurrentCall max)
+A_IN=$(stat_col "$AS" "IncomingCall(C)")
+A_OK=$(stat_col "$AS" "SuccessfulCall(C)")
+A_FAILED=$(stat_col "$AS" "FailedCall(C)")
+A_PEAK=$(stat_col "$AS" CurrentCall max)
+C_RTT=$(ls -1 "$OUT"/cc_caller_*_rtt.csv 2>/dev/null | head -1 || true)
+A_RTT=$(ls -1 "$OUT"/cc_agent_*_rtt.csv 2>/dev/null | head -1 || true)
+read -r ANS_N ANS_P50 ANS_P99 ANS_MAX <<< "$(rtd_stats "$C_RTT" answer)"
+read -r RING_N RING_P50 RING_P99 RING_MAX <<< "$(rtd_stats "$C_RTT" ring)"
+read -r A_ANSWERED _ _ _ <<< "$(rtd_stats "$A_RTT" answered)"
+read -r A_CANCELLED _ _ _ <<< "$(rtd_stats "$A_RTT" cancelled)"
+PEAK_SW=$(awk -F';' 'NR>1 && $4!="NA" && $4!="" { if (!s || $4+0>m) m=$4+0; s=1 } END { print s ? m : "NA" }' "$SAMPLES")
+PEAK_RSS_KB=$(awk -F';' 'NR>1 && $3+0>m { m=$3+0 } END { print m+0 }' "$SAMPLES")
+kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
+
+[ "$FAILED" = 0 ] || fail "caller failed calls: $FAILED"
+[ "$A_FAILED" = 0 ] || fail "agent-side failed calls: $A_FAILED"
+[ "$SUCCESS" = "$CREATED" ] && [ "$CREATED" = "$CALLS" ] || fail "caller successful $SUCCESS of $CREATED created ($CALLS offered)"
+[ "$OVERLAPS" = 0 ] || fail "agents on two answered calls at once (CDR overlaps): $OVERLAPS"
+! is_num "$CDR_ANSWERED" || [ "$CDR_ANSWERED" -gt 0 ] || fail "no answered CDR with an agent to check"
+[ -z "$TIMED_OUT" ] || fail "hard timeout (${HARD_TIMEOUT_S} s) reached"
+[ -z "$SW_DIED" ] || fail "switch died during the run (log: $OUT/switch.log)"
+[ "$CA_AFTER" = 0 ] || fail "switchyard_calls_active $CA_AFTER after the run, not 0"
+
+{
+    echo "caller (SIPp)          created $CREATED, successful $SUCCESS, failed $FAILED (unexpected msg $C_UNEXP, recv timeout $C_TIMEOUT, max retrans $C_RETRANS); peak concurrent $C_PEAK; wall $(elapsed "$T_START" "$T_END") s"
+    echo "agents (SIPp UAS)      incoming $A_IN, successful $A_OK (answered $A_ANSWERED, cancelled $A_CANCELLED), failed $A_FAILED; peak concurrent $A_PEAK"
+    echo "time to answer ms      p50 $ANS_P50  p99 $ANS_P99  max $ANS_MAX  (INVITE->200 = queue wait + ring, n=$ANS_N)"
+    echo "time to ring ms        p50 $RING_P50  p99 $RING_P99  max $RING_MAX  (INVITE->first 180, n=$RING_N)"
+    echo "switch calls_active    peak $PEAK_SW (1 s samples), after the run $CA_AFTER"
+    echo "switch CPU             $SW_CPU_S s during the calls ($(awk -v s="$SW_CPU_S" -v n="$CREATED" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }') us per call), $SW_CPU_TOTAL_S s since start"
+    echo "switch memory          VmHWM $(kib_mib "$SW_HWM_KB"), sampled peak VmRSS $(kib_mib "$PEAK_RSS_KB"), VmRSS before calls $(kib_mib "$RSS_BEFORE_KB"), after $(kib_mib "$SW_RSS_KB")"
+    echo "CDRs                   $CDR_TOTAL rows, $CDR_ANSWERED answered with an agent, $CDR_AGENTS agents; overlapping calls of one agent: $OVERLAPS${CDR_NOTE:+ ($CDR_NOTE)}"
+    echo "switch log             $(awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log")"
+    [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the run: CPU and latency figures are disturbed"
+    echo "switchyard_queue_* (tenant cc, after the run):"
+    if [ -s "$OUT/metrics_after.txt" ]; then
+        grep '^switchyard_queue_' "$OUT/metrics_after.txt" | grep 'tenant="cc"' | sed 's/^/    /' || echo "    (none)"
+    else
+        echo "    (no scrape after the run)"
+    fi
+    echo "GET /queues:"
+    if [ -s "$OUT/queues.json" ]; then
+        python3 -m json.tool "$OUT/queues.json" 2>/dev/null | sed 's/^/    /' || sed 's/^/    /' "$OUT/queues.json"
+    else
+        echo "    (not fetched)"
+    fi
+    if [ "$VERDICT" = PASS ]; then
+        echo "result                 PASS"
+    else
+        joined=$(printf '%s; ' "${REASONS[@]}")
+        echo "result                 FAIL: ${joined%; }"
+    fi
+    echo "files                  $OUT"
+} | tee "$OUT/report.txt"
+
+if [ "$VERDICT" != PASS ]; then
+    # The agent's error log also notes every ring-time expiry ("jumping to label"): not errors.
+    for f in "$OUT/caller_errors.log" "$OUT/agent_errors.log"; do
+        [ -s "$f" ] || continue
+        echo "--- first errors in $f ---" >&2
+        sed 's/\(2[0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]\t\)/\n\1/g' "$f" | grep -v -e "jumping to label" -e "^The following events occurred" | grep -v '^$' | head -20 >&2 || true
+    done
+    [ -s "$OUT/overlaps.txt" ] && { echo "--- overlapping CDRs (id|agent|answer|end|earlier end) ---" >&2; cat "$OUT/overlaps.txt" >&2; }
+    grep -E ' (WARN|ERROR) ' "$OUT/switch.log" | head -20 | sed 's/^/switch.log: /' >&2 || true
+    exit 1
+fi
+exit 0
