@@ -36,7 +36,7 @@ pub struct Config {
 }
 
 /// A tenant: a SIP domain and its users. Tenants never see each other's users or bindings.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Stable id (letters, digits, '-', '_').
@@ -52,6 +52,20 @@ pub struct TenantConfig {
     /// empty), `#` comments allowed. Relative paths are relative to the working directory.
     #[serde(default)]
     pub users_csv: Option<PathBuf>,
+    /// The tenant's queues (contact centre).
+    #[serde(default)]
+    pub queues: Vec<QueueConfig>,
+    /// The tenant's agents.
+    #[serde(default)]
+    pub agents: Vec<AgentConfig>,
+    /// More agents from a CSV file: `id,user,queues,skills,state` per line, queues as
+    /// `queue:tier[:penalty]|...`, skills as `name:level|...`, state `available` or
+    /// `logged_out` (empty: logged_out); `#` comments allowed.
+    #[serde(default)]
+    pub agents_csv: Option<PathBuf>,
+    /// Numbers (DIDs) that lead to this tenant's queues or users.
+    #[serde(default)]
+    pub numbers: Vec<NumberConfig>,
 }
 
 impl TenantConfig {
@@ -145,6 +159,10 @@ pub struct SipConfig {
 pub struct HttpConfig {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// Bearer token for API mutations. Unset: one is generated into
+    /// `data_dir/api-token` at first start (and printed), and read from there afterwards.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// RFC 3261 timer bases (milliseconds).
@@ -499,6 +517,10 @@ impl Config {
                 }
             }
         }
+        let mut numbers = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            validate_contact_centre(i, t, &mut numbers, &mut err);
+        }
         if errors.is_empty() {
             Ok(())
         } else {
@@ -524,8 +546,367 @@ impl Config {
     }
 }
 
+/// Queues, agents and numbers of one tenant.
+fn validate_contact_centre<'a>(
+    i: usize,
+    t: &'a TenantConfig,
+    numbers: &mut std::collections::HashSet<&'a str>,
+    err: &mut impl FnMut(String, String),
+) {
+    let valid_id = |id: &str| {
+        !id.is_empty()
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    let mut queues = std::collections::HashSet::new();
+    for (j, q) in t.queues.iter().enumerate() {
+        let place = format!("tenants[{i}].queues[{j}]");
+        if !valid_id(&q.id) || !queues.insert(q.id.as_str()) {
+            err(
+                format!("{place}.id"),
+                format!("{:?}: letters, digits, '-', '_', unique", q.id),
+            );
+        }
+        if q.answer_first {
+            err(
+                format!("{place}.answer_first"),
+                "needs media (announcements, music), which this build does not have yet".into(),
+            );
+        }
+        if q.ring_timeout_secs == 0 || q.max_no_answer == 0 {
+            err(
+                place.clone(),
+                "ring_timeout_secs and max_no_answer must be > 0".into(),
+            );
+        }
+        for (k, r) in q.required_skills.iter().enumerate() {
+            if !(1..=10).contains(&r.level) {
+                err(
+                    format!("{place}.required_skills[{k}].level"),
+                    "must be 1-10".into(),
+                );
+            }
+        }
+        for (name, v) in [
+            ("overflow_wait", &q.overflow_wait),
+            ("overflow_full", &q.overflow_full),
+        ] {
+            if let Some(Err(e)) = v.as_deref().map(CcTarget::parse) {
+                err(format!("{place}.{name}"), e);
+            }
+        }
+    }
+    for (j, q) in t.queues.iter().enumerate() {
+        for (name, v) in [
+            ("overflow_wait", &q.overflow_wait),
+            ("overflow_full", &q.overflow_full),
+        ] {
+            if let Some(Ok(CcTarget::Queue(other))) = v.as_deref().map(CcTarget::parse) {
+                if !queues.contains(other.as_str()) || other == q.id {
+                    err(
+                        format!("tenants[{i}].queues[{j}].{name}"),
+                        format!("{other:?} is not another queue of this tenant"),
+                    );
+                }
+            }
+        }
+    }
+    for (j, n) in t.numbers.iter().enumerate() {
+        let place = format!("tenants[{i}].numbers[{j}]");
+        if n.number.is_empty()
+            || !n
+                .number
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+*#-._".contains(c))
+            || !numbers.insert(n.number.as_str())
+        {
+            err(
+                format!("{place}.number"),
+                format!("{:?}: a user part, unique across tenants", n.number),
+            );
+        }
+        match CcTarget::parse(&n.target) {
+            Ok(CcTarget::Queue(q)) if !queues.contains(q.as_str()) => {
+                err(format!("{place}.target"), format!("no queue {q:?}"))
+            }
+            Ok(CcTarget::Queue(_)) | Ok(CcTarget::User(_)) => {}
+            Ok(_) => err(
+                format!("{place}.target"),
+                "a number leads to queue:<id> or user:<name>".into(),
+            ),
+            Err(e) => err(format!("{place}.target"), e),
+        }
+    }
+    match t.all_agents() {
+        Err(e) => err(format!("tenants[{i}].agents_csv"), e),
+        Ok(agents) => {
+            let mut ids = std::collections::HashSet::new();
+            for (j, a) in agents.iter().enumerate() {
+                let place = format!("tenants[{i}].agents[{j}]");
+                if !valid_id(&a.id) || !ids.insert(a.id.clone()) {
+                    err(
+                        format!("{place}.id"),
+                        format!("{:?}: letters, digits, '-', '_', unique", a.id),
+                    );
+                }
+                if a.user.is_empty() {
+                    err(
+                        format!("{place}.user"),
+                        "the agent's SIP user is needed".into(),
+                    );
+                }
+                for m in &a.queues {
+                    if !queues.contains(m.queue.as_str()) {
+                        err(format!("{place}.queues"), format!("no queue {:?}", m.queue));
+                    }
+                }
+                if a.skills.values().any(|l| !(1..=10).contains(l)) {
+                    err(format!("{place}.skills"), "levels are 1-10".into());
+                }
+                if !matches!(
+                    a.state.as_deref(),
+                    None | Some("available") | Some("logged_out")
+                ) {
+                    err(
+                        format!("{place}.state"),
+                        "\"available\" or \"logged_out\"".into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// A queue: callers wait here for an agent.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Id within the tenant (letters, digits, '-', '_').
+    pub id: String,
+    #[serde(default = "default_strategy")]
+    pub strategy: crate::routing::acd::Strategy,
+    /// How long an agent's phone rings before the offer goes back to the queue.
+    #[serde(default = "default_ring_timeout")]
+    pub ring_timeout_secs: u64,
+    /// After-call work before the agent is offered the next call (the agent's own setting
+    /// wins when it has one).
+    #[serde(default)]
+    pub wrap_up_secs: u64,
+    /// The longest a caller waits before `overflow_wait` (0: no limit).
+    #[serde(default)]
+    pub max_wait_secs: u64,
+    /// The most callers waiting; the next one goes to `overflow_full` (0: no limit).
+    #[serde(default)]
+    pub max_length: usize,
+    /// Where a caller goes after `max_wait_secs`: `queue:<id>`, `user:<name>`,
+    /// `number:<n>` or `status:<code>` (default `status:480`).
+    #[serde(default)]
+    pub overflow_wait: Option<String>,
+    /// Where a caller goes when the queue is full (default `status:503`).
+    #[serde(default)]
+    pub overflow_full: Option<String>,
+    /// Whether a caller may join when no agent is logged in (default yes).
+    #[serde(default = "yes")]
+    pub join_empty: bool,
+    /// Whether waiting callers are sent to `overflow_wait` when the last agent logs out.
+    #[serde(default)]
+    pub leave_empty: bool,
+    /// Answered within this many seconds counts toward the service level.
+    #[serde(default = "default_service_level")]
+    pub service_level_secs: u64,
+    /// Skills a caller of this queue needs, with minimum levels.
+    #[serde(default)]
+    pub required_skills: Vec<crate::routing::acd::Requirement>,
+    /// How the required levels relax as the caller waits.
+    #[serde(default)]
+    pub relax: Vec<crate::routing::acd::Relax>,
+    /// Answer the caller before an agent is found. Needs media (announcements, music):
+    /// refused by validation until the media issue lands; callers hear ringing (180).
+    #[serde(default)]
+    pub answer_first: bool,
+    /// Consecutive unanswered offers after which an agent goes not-ready ("no-answer").
+    #[serde(default = "default_max_no_answer")]
+    pub max_no_answer: u32,
+    /// Pause before the next offer to an agent that let an offer ring out.
+    #[serde(default)]
+    pub no_answer_delay_secs: u64,
+    /// Pause before the next offer to an agent that rejected one (486/603 from the phone).
+    #[serde(default = "default_reject_delay")]
+    pub reject_delay_secs: u64,
+    /// Pause before the next offer to an agent whose phone was busy (486 Busy Here).
+    #[serde(default = "default_busy_delay")]
+    pub busy_delay_secs: u64,
+}
+
+/// An agent: a person with a SIP phone (a tenant user) who answers queue calls.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Id within the tenant.
+    pub id: String,
+    /// The tenant user whose registered phones ring for this agent.
+    pub user: String,
+    /// Queues with tier (lower first) and penalty.
+    #[serde(default)]
+    pub queues: Vec<MembershipConfig>,
+    /// Skills with levels 1-10.
+    #[serde(default)]
+    pub skills: std::collections::BTreeMap<String, u8>,
+    /// After-call work, overriding the queue's.
+    #[serde(default)]
+    pub wrap_up_secs: Option<u64>,
+    /// The state at first start: `available` (ready once the phone registers) or
+    /// `logged_out`.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// An agent's membership in a queue.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipConfig {
+    pub queue: String,
+    #[serde(default = "one")]
+    pub tier: u32,
+    #[serde(default)]
+    pub penalty: u32,
+}
+
+/// A number (DID) of a tenant: where calls to it go.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberConfig {
+    pub number: String,
+    /// `queue:<id>` or `user:<name>`.
+    pub target: String,
+    /// Caller priority in the queue (higher first).
+    #[serde(default)]
+    pub priority: u32,
+}
+
+/// Where a number, or a queue's overflow, sends a call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CcTarget {
+    Queue(String),
+    User(String),
+    Number(String),
+    Status(u16),
+}
+
+impl CcTarget {
+    pub fn parse(s: &str) -> Result<CcTarget, String> {
+        let (kind, rest) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?}: expected kind:value"))?;
+        if rest.is_empty() {
+            return Err(format!("{s:?}: empty value"));
+        }
+        match kind {
+            "queue" => Ok(CcTarget::Queue(rest.to_string())),
+            "user" => Ok(CcTarget::User(rest.to_string())),
+            "number" => Ok(CcTarget::Number(rest.to_string())),
+            "status" => match rest.parse::<u16>() {
+                Ok(c) if (400..700).contains(&c) => Ok(CcTarget::Status(c)),
+                _ => Err(format!("{s:?}: a final failure status 400-699")),
+            },
+            _ => Err(format!("{s:?}: queue:, user:, number: or status:")),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// Parses one agents CSV line (`id,user,queues,skills,state`); `None` for blank and
+    /// comment lines.
+    pub fn from_csv_line(line: &str) -> Option<Result<AgentConfig, String>> {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() < 2 {
+            return Some(Err(format!("{line:?}: need at least id,user")));
+        }
+        let field = |i: usize| f.get(i).copied().unwrap_or("");
+        let mut queues = Vec::new();
+        for q in field(2).split('|').filter(|q| !q.is_empty()) {
+            let mut parts = q.split(':');
+            let queue = parts.next().unwrap_or("").to_string();
+            let num = |p: Option<&str>, d: u32| p.map_or(Ok(d), |v| v.parse::<u32>());
+            match (num(parts.next(), 1), num(parts.next(), 0)) {
+                (Ok(tier), Ok(penalty)) => queues.push(MembershipConfig {
+                    queue,
+                    tier,
+                    penalty,
+                }),
+                _ => return Some(Err(format!("{q:?}: queue:tier[:penalty]"))),
+            }
+        }
+        let mut skills = std::collections::BTreeMap::new();
+        for s in field(3).split('|').filter(|s| !s.is_empty()) {
+            match s.split_once(':').map(|(n, l)| (n, l.parse::<u8>())) {
+                Some((n, Ok(l))) => {
+                    skills.insert(n.to_string(), l);
+                }
+                _ => return Some(Err(format!("{s:?}: skill:level"))),
+            }
+        }
+        let state = Some(field(4)).filter(|s| !s.is_empty()).map(str::to_string);
+        Some(Ok(AgentConfig {
+            id: field(0).to_string(),
+            user: field(1).to_string(),
+            queues,
+            skills,
+            wrap_up_secs: None,
+            state,
+        }))
+    }
+}
+
+impl TenantConfig {
+    /// The inline agents plus those of `agents_csv`.
+    pub fn all_agents(&self) -> Result<Vec<AgentConfig>, String> {
+        let mut out = self.agents.clone();
+        if let Some(path) = &self.agents_csv {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("agents_csv {}: {e}", path.display()))?;
+            for (n, line) in text.lines().enumerate() {
+                if let Some(a) = AgentConfig::from_csv_line(line) {
+                    out.push(a.map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn default_strategy() -> crate::routing::acd::Strategy {
+    crate::routing::acd::Strategy::LongestIdle
+}
+fn default_ring_timeout() -> u64 {
+    15
+}
+fn default_service_level() -> u64 {
+    20
+}
+fn default_max_no_answer() -> u32 {
+    3
+}
+fn default_reject_delay() -> u64 {
+    10
+}
+fn default_busy_delay() -> u64 {
+    10
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
 }
 
 /// A route's target: where B legs go.

@@ -8,14 +8,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::actors::call::CallContext;
+use crate::actors::queue::CcContext;
 use crate::actors::registrar::{Location, RegistrarArgs};
-use crate::actors::router::{Admission, Router, Routes};
+use crate::actors::router::{Admission, NumberRoute, Router, Routes};
 use crate::actors::store_writer;
+use crate::config::CcTarget;
 use crate::config::Config;
 use crate::routing::auth::Authenticator;
-use crate::supervision::tree::{self, Tree};
+use crate::supervision::tree::{self, TenantSpec, Tree};
 use crate::timer::TimerService;
 use crate::transport::{ListenSpec, TransportConfig, Transports};
+use std::collections::HashMap;
 
 /// A running node.
 pub struct Node {
@@ -28,6 +31,8 @@ pub struct Node {
     pub ctx: Arc<CallContext>,
     /// Registered phones (read by call routing).
     pub location: Arc<Location>,
+    /// Queues and agents.
+    pub cc: Arc<CcContext>,
     pub tree: Tree,
     shutdown: watch::Sender<bool>,
 }
@@ -53,12 +58,6 @@ impl Node {
             config.data_dir.join("switchyard.db"),
         );
         registrar.server = Some(config.sip.user_agent.clone());
-        let tenants: Vec<_> = config
-            .tenants
-            .iter()
-            .map(|t| (t.clone(), auth.tenant(&t.id).map_or(0, |u| u.user_count())))
-            .collect();
-        let tree = tree::start(&config.data_dir, &node_name, &tenants, registrar).await?;
         let timers = TimerService::new();
         let max_duration = match config.calls.max_duration_secs {
             0 => None,
@@ -67,12 +66,57 @@ impl Node {
         let ctx = Arc::new(CallContext::new(
             timers,
             config.timer_config(),
-            Some(tree.store_name.clone()),
+            Some(tree::store_name(&node_name)),
             Duration::from_secs(config.calls.no_answer_timeout_secs),
             max_duration,
             &config.sip.user_agent,
             config.sip.advertise,
         ));
+        // The contact centre: queues and agents share one context with the calls.
+        let cc = Arc::new(CcContext::new(
+            node_name.clone(),
+            location.clone(),
+            ctx.clone(),
+        ));
+        let _ = ctx.cc.set(Arc::downgrade(&cc));
+        let weak = Arc::downgrade(&cc);
+        location.observe(Arc::new(move |key, reachable| {
+            if let Some(cc) = weak.upgrade() {
+                cc.phone_changed(&key.tenant, &key.user, reachable);
+            }
+        }));
+        let mut tenants = Vec::with_capacity(config.tenants.len());
+        let mut numbers = HashMap::new();
+        for t in &config.tenants {
+            let agents = t.all_agents()?;
+            let queues = crate::actors::queue::plan(t, &agents);
+            for n in &t.numbers {
+                if let Ok(target) = CcTarget::parse(&n.target) {
+                    numbers.insert(
+                        n.number.clone(),
+                        NumberRoute {
+                            tenant: Arc::from(t.id.as_str()),
+                            target,
+                            priority: n.priority,
+                        },
+                    );
+                }
+            }
+            tenants.push(TenantSpec {
+                config: t.clone(),
+                users: auth.tenant(&t.id).map_or(0, |u| u.user_count()),
+                queues,
+                agents,
+            });
+        }
+        let tree = tree::start(
+            &config.data_dir,
+            &node_name,
+            &tenants,
+            registrar,
+            cc.clone(),
+        )
+        .await?;
         let router = Arc::new(
             Router::new(
                 ctx.clone(),
@@ -85,7 +129,8 @@ impl Node {
                 location.clone(),
                 tree.registrar_name.clone(),
                 config.registrar.authenticate_invites,
-            ),
+            )
+            .with_numbers(numbers),
         );
         let mut tconf = TransportConfig {
             max_tcp_connections: config.sip.max_tcp_connections,
@@ -138,6 +183,7 @@ impl Node {
             tls_fingerprint,
             ctx,
             location,
+            cc,
             tree,
             shutdown,
         })

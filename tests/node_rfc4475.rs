@@ -50,6 +50,7 @@ async fn every_torture_message_over_udp_and_tcp() {
             ha1_sha256: None,
         }],
         users_csv: None,
+        ..Default::default()
     }];
     let node = start_with(c).await;
     let udp = udp_addr(&node);

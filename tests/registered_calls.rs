@@ -34,6 +34,7 @@ fn tenant() -> TenantConfig {
             user("1003", "pw-1003"),
         ],
         users_csv: None,
+        ..Default::default()
     }
 }
 

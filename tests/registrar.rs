@@ -59,6 +59,7 @@ fn tenant(id: &str, domain: &str, users: &[(&str, &str)]) -> TenantConfig {
             })
             .collect(),
         users_csv: None,
+        ..Default::default()
     }
 }
 
@@ -625,6 +626,7 @@ async fn twenty_thousand_users_register() {
             })
             .collect(),
         users_csv: None,
+        ..Default::default()
     };
     let config = base_config();
     let key = NonceKey::new([9; 32]);

@@ -40,6 +40,10 @@ fn cdr(seq: u64, end_at: i64) -> Cdr {
         final_status: 200,
         hangup_by: HangupBy::Caller,
         disconnect_reason: "BYE".to_string(),
+        queue: None,
+        agent: None,
+        wait_ms: None,
+        abandoned: false,
     }
 }
 

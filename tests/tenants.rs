@@ -22,6 +22,7 @@ fn tenant(id: &str, domain: &str, users: &[&str]) -> TenantConfig {
             })
             .collect(),
         users_csv: None,
+        ..Default::default()
     }
 }
 

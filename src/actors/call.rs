@@ -47,6 +47,9 @@ pub const CALL_SETUP: &str = "switchyard_call_setup_seconds";
 pub const CALLS_RESTORED: &str = "switchyard_calls_restored_total";
 pub const TRANSACTIONS_ACTIVE: &str = "switchyard_transactions_active";
 pub const TRANSACTIONS_TIMED_OUT: &str = "switchyard_transactions_timed_out_total";
+/// How often a queued caller reminds its queue that it waits.
+const QUEUE_KEEPALIVE: Duration = Duration::from_secs(5);
+
 pub const DIALOG_481: &str = "switchyard_sip_unknown_dialog_total";
 
 /// Describes the call metrics.
@@ -99,6 +102,8 @@ pub struct CallContext {
     pub active: AtomicUsize,
     pub user_agent: Bytes,
     pub advertise: Option<IpAddr>,
+    /// Queues and agents, for queued calls (set once the contact centre starts).
+    pub cc: OnceLock<std::sync::Weak<crate::actors::queue::CcContext>>,
 }
 
 impl CallContext {
@@ -124,6 +129,7 @@ impl CallContext {
             active: AtomicUsize::new(0),
             user_agent: Bytes::copy_from_slice(user_agent.as_bytes()),
             advertise,
+            cc: OnceLock::new(),
         }
     }
 
@@ -212,6 +218,52 @@ pub struct NewCall {
     /// Where the B leg goes when it is not the route's target: a registered user's phones,
     /// rung in parallel (first 2xx wins, the others are cancelled). Empty: the route.
     pub forks: Vec<Fork>,
+    /// Set for a call to a queue: the caller waits (hearing ringing) until the queue offers
+    /// it to an agent; `forks` and the route target are then unused.
+    pub queue: Option<QueueJoin>,
+}
+
+/// Which queue a call joins.
+#[derive(Clone, Debug)]
+pub struct QueueJoin {
+    pub tenant: Arc<str>,
+    pub queue: Arc<str>,
+    pub priority: u32,
+}
+
+/// A queue offers a waiting call to an agent: ring the agent's phones.
+#[derive(Clone, Debug)]
+pub struct Offer {
+    pub offer: u64,
+    pub tenant: Arc<str>,
+    pub queue: Arc<str>,
+    pub agent: Arc<str>,
+    pub forks: Vec<Fork>,
+    pub ring_timeout: Duration,
+}
+
+/// A queued call's contact-centre facts (part of the checkpoint, and the CDR's).
+#[derive(Clone, Debug)]
+struct QueueLeg {
+    tenant: Arc<str>,
+    queue: Arc<str>,
+    priority: u32,
+    joined_ms: u64,
+    /// The agent who answered.
+    agent: Option<Arc<str>>,
+    wait_ms: Option<u64>,
+    abandoned: bool,
+    /// Still waiting in (or being offered by) the queue.
+    waiting: bool,
+}
+
+/// One ringing fork of an offer: its B-leg transaction and the agent it rings.
+#[derive(Clone, Debug)]
+struct OfferFork {
+    tx: u32,
+    offer: u64,
+    agent: Arc<str>,
+    rang: bool,
 }
 
 /// One destination of a forked B leg: a registered contact and the flow to reach it.
@@ -288,6 +340,10 @@ pub enum CallMsg {
     GetInfo(RpcReplyPort<CallInfo>),
     /// Fault injection for supervision tests: the actor panics while handling it.
     InjectPanic,
+    /// A queue offers this (queued) call to an agent.
+    Offer(Box<Offer>),
+    /// The queue sends the caller elsewhere (full, waited too long, emptied).
+    QueueOverflow(crate::config::CcTarget),
 }
 
 /// Call-level timers.
@@ -302,6 +358,9 @@ pub enum CallTimer {
     /// retransmissions have stopped, and one lost 2xx would make the re-INVITE time out,
     /// which ends the call at the sender (RFC 3261 §14.1).
     ResendRelayed2xx(u32),
+    /// A queued caller reminds its queue that it waits (a restarted queue actor may have
+    /// lost a message; joining again is idempotent).
+    QueueKeepalive,
 }
 
 /// A snapshot for tests and the API.
@@ -317,6 +376,8 @@ pub struct CallInfo {
 /// Where a call is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
+    /// Waiting in a queue for an agent (the caller has 180).
+    Queued,
     /// B-leg INVITE sent, no provisional yet.
     Setup,
     /// Provisional response relayed (early dialog).
@@ -332,6 +393,7 @@ pub enum Phase {
 impl Phase {
     fn label(self) -> &'static str {
         match self {
+            Phase::Queued => "queued",
             Phase::Setup => "setup",
             Phase::Early => "early",
             Phase::Answered => "answered",
@@ -361,6 +423,7 @@ pub struct Checkpoint {
     /// The ACK sent to B for its 2xx (resent when B retransmits the 2xx).
     b_ack: Option<Bytes>,
     ended: bool,
+    queue: Option<QueueLeg>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -480,6 +543,14 @@ pub struct CallState {
     fork_tx: Option<u32>,
     /// The best failure among forks that failed while others were still ringing.
     best_failure: Option<Message>,
+    /// The forks of the current queue offer (empty when none rings).
+    offer_forks: Vec<OfferFork>,
+    /// B-leg INVITE transactions of earlier offers: their late answers are cancelled or
+    /// ended, never relayed.
+    stale_forks: Vec<u32>,
+    /// B-leg Call-IDs of earlier offers (retired with the call).
+    old_b_ids: Vec<Bytes>,
+    keepalive: Option<TimerId>,
 }
 
 impl Actor for CallActor {
@@ -509,6 +580,10 @@ impl Actor for CallActor {
             retired: false,
             fork_tx: None,
             best_failure: None,
+            offer_forks: Vec::new(),
+            stale_forks: Vec::new(),
+            old_b_ids: Vec::new(),
+            keepalive: None,
         };
         match args.init {
             CallInit::New(call) => {
@@ -558,6 +633,8 @@ impl Actor for CallActor {
                 let _ = reply.send(info);
             }
             CallMsg::InjectPanic => panic!("injected fault"),
+            CallMsg::Offer(offer) => state.on_offer(*offer),
+            CallMsg::QueueOverflow(target) => state.on_overflow(target),
         }
         state.sweep();
         Ok(())
@@ -584,6 +661,12 @@ impl Actor for CallActor {
         if let Some((id, ..)) = state.resend_2xx.take() {
             state.ctx.timers.cancel(id);
         }
+        if let Some(id) = state.keepalive.take() {
+            state.ctx.timers.cancel(id);
+        }
+        for id in &state.old_b_ids {
+            state.ctx.directory.unregister(id, &myself);
+        }
         if let Some(core) = &state.core {
             state.ctx.directory.unregister(&core.a_call_id, &myself);
             state.ctx.directory.unregister(&core.b_call_id, &myself);
@@ -606,6 +689,7 @@ impl CallState {
             route,
             dialled,
             forks,
+            queue,
         } = call;
         let Inbound {
             msg: a_invite,
@@ -631,6 +715,84 @@ impl CallState {
             local_cseq: 0,
             remote_cseq: a_invite.cseq().map(|c| c.seq),
         };
+        let caller = String::from_utf8_lossy(&from.uri).into_owned();
+        let callee = String::from_utf8_lossy(&dialled).into_owned();
+        let a_invite = Arc::new(a_invite);
+        let a_branch = a_invite
+            .top_via()
+            .and_then(|v| v.branch())
+            .unwrap_or_default();
+        let a_dest = ctx
+            .transports()
+            .response_dest(&source, a_invite.top_via().as_ref());
+        let cdr = CdrDraft {
+            start_ms: now_unix_ms(),
+            caller,
+            callee,
+            route: route.prefix.clone(),
+            target: route.target_text.clone(),
+            ..CdrDraft::default()
+        };
+        if let Some(join) = queue {
+            // Queued: no B leg until the queue offers an agent.
+            let b = Dialog {
+                call_id: Bytes::new(),
+                local_tag: Bytes::new(),
+                remote_tag: Bytes::new(),
+                local_uri: Bytes::new(),
+                remote_uri: Bytes::new(),
+                remote_target: Bytes::new(),
+                route_set: Vec::new(),
+                local_cseq: 1,
+                remote_cseq: None,
+            };
+            self.core = Some(Checkpoint {
+                phase: Phase::Queued,
+                a_call_id: a_call_id.clone(),
+                b_call_id: Bytes::new(),
+                a_invite: a_invite.clone(),
+                a_source: source,
+                b_invite: Arc::new(Message::request(
+                    Method::Invite,
+                    Bytes::from_static(b"sip:queued"),
+                )),
+                b_dest: Dest {
+                    protocol: source.protocol,
+                    addr: source.remote,
+                    conn: None,
+                },
+                a,
+                b,
+                cdr,
+                b_ack: None,
+                ended: false,
+                queue: Some(QueueLeg {
+                    tenant: join.tenant,
+                    queue: join.queue,
+                    priority: join.priority,
+                    joined_ms: now_unix_ms() as u64,
+                    agent: None,
+                    wait_ms: None,
+                    abandoned: false,
+                    waiting: true,
+                }),
+            });
+            let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
+            self.checkpoint();
+            self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
+            // The caller hears ringing while it waits (announcements and music are further
+            // actions here once media exists).
+            let ringing = self.a_response(180, "Ringing", true);
+            self.respond_a_invite(ringing);
+            self.core().cdr.ringing_ms = Some(now_unix_ms());
+            metrics::histogram!(CALL_SETUP, "stage" => "ringing")
+                .record(self.received_at.elapsed().as_secs_f64());
+            self.join_queue();
+            for inbound in queued {
+                self.on_sip(inbound);
+            }
+            return;
+        }
         // The B leg: its own Call-ID, tags and CSeq; SDP passed through unchanged.
         let b_dest = match forks.first() {
             Some(f) => f.dest,
@@ -640,6 +802,86 @@ impl CallState {
                 conn: None,
             },
         };
+        let target = route.target.addr;
+        let ruri = match forks.first() {
+            Some(f) => f.ruri.clone(),
+            None => Bytes::from(format!(
+                "sip:{}@{}{}",
+                String::from_utf8_lossy(&dialled),
+                target,
+                transport_param(b_dest.protocol)
+            )),
+        };
+        let (b, b_invite, branch) = self.b_leg(&a_invite, &dialled, ruri, b_dest, target);
+        let b_call_id = b.call_id.clone();
+        let b_invite = Arc::new(b_invite);
+        self.core = Some(Checkpoint {
+            phase: Phase::Setup,
+            a_call_id: a_call_id.clone(),
+            b_call_id: b_call_id.clone(),
+            a_invite: a_invite.clone(),
+            a_source: source,
+            b_invite: b_invite.clone(),
+            b_dest,
+            a,
+            b,
+            cdr,
+            b_ack: None,
+            ended: false,
+            queue: None,
+        });
+        let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
+        self.ctx.directory.register(b_call_id, self.myself.clone());
+        self.checkpoint();
+
+        // The caller's INVITE server transaction answers 100 Trying at once.
+        self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
+        let mut ids = self.send_forks(&b_invite, &forks);
+        ids.push(self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, b_dest));
+        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
+        for inbound in queued {
+            self.on_sip(inbound);
+        }
+    }
+
+    /// The other forks of a B-leg INVITE: the same INVITE (same Call-ID and From tag, like
+    /// a forking proxy's branches) to each contact after the first, each its own
+    /// transaction. Returns their transaction ids.
+    fn send_forks(&mut self, b_invite: &Message, forks: &[Fork]) -> Vec<u32> {
+        let mut ids = Vec::with_capacity(forks.len());
+        for fork in forks.iter().skip(1) {
+            ids.push(self.send_fork(b_invite, fork));
+        }
+        ids
+    }
+
+    fn send_fork(&mut self, b_invite: &Message, fork: &Fork) -> u32 {
+        let mut inv = b_invite.clone();
+        inv.start = crate::sip::message::StartLine::Request {
+            method: Method::Invite,
+            uri: fork.ruri.clone(),
+        };
+        let fork_branch = new_branch();
+        inv.set(
+            HeaderName::Via,
+            self.ctx.via(fork.dest.protocol, &fork_branch),
+        );
+        inv.set(HeaderName::Contact, self.ctx.contact(fork.dest.protocol));
+        self.new_client_tx(Leg::B, Role::BInvite, Arc::new(inv), fork_branch, fork.dest)
+    }
+
+    /// A B-leg dialog and its INVITE (own Call-ID, tags and CSeq; SDP passed through).
+    fn b_leg(
+        &self,
+        a_invite: &Message,
+        dialled: &[u8],
+        ruri: Bytes,
+        b_dest: Dest,
+        target: std::net::SocketAddr,
+    ) -> (Dialog, Message, Bytes) {
+        let ctx = &self.ctx;
+        let from = a_invite.from().expect("validated");
+        let to = a_invite.to().expect("validated");
         let b_protocol = b_dest.protocol;
         let (host, _) = ctx.sent_by(b_protocol);
         let b_call_id = {
@@ -649,23 +891,12 @@ impl CallState {
             v.put_slice(host.as_bytes());
             v.freeze()
         };
-        let transport = transport_param(b_protocol);
-        let target = route.target.addr;
-        let ruri = match forks.first() {
-            Some(f) => f.ruri.clone(),
-            None => Bytes::from(format!(
-                "sip:{}@{}{}",
-                String::from_utf8_lossy(&dialled),
-                target,
-                transport
-            )),
-        };
         let to_uri = to.parsed_uri().ok();
         let b_remote_uri = match to_uri {
             Some(u) if u.user.is_some() => dialog::without_tag(&to),
             _ => Bytes::from(format!(
                 "<sip:{}@{}>",
-                String::from_utf8_lossy(&dialled),
+                String::from_utf8_lossy(dialled),
                 target.ip()
             )),
         };
@@ -693,7 +924,7 @@ impl CallState {
             dialog::with_tag(&b.local_uri, &b.local_tag),
         );
         b_invite.push(HeaderName::To, b.remote_uri.clone());
-        b_invite.push(HeaderName::CallId, b_call_id.clone());
+        b_invite.push(HeaderName::CallId, b_call_id);
         b_invite.push(HeaderName::CSeq, cseq_value(1, &Method::Invite));
         b_invite.push(HeaderName::Contact, ctx.contact(b_protocol));
         b_invite.push(HeaderName::Allow, super::router::ALLOW);
@@ -701,67 +932,9 @@ impl CallState {
         if let Some(v) = a_invite.value(HeaderName::ContentType) {
             b_invite.push(HeaderName::ContentType, v.clone());
         }
-        copy_extensions(&a_invite, &mut b_invite);
+        copy_extensions(a_invite, &mut b_invite);
         b_invite.body = a_invite.body.clone();
-
-        let a_invite = Arc::new(a_invite);
-        let b_invite = Arc::new(b_invite);
-        let a_branch = a_invite
-            .top_via()
-            .and_then(|v| v.branch())
-            .unwrap_or_default();
-        let caller = String::from_utf8_lossy(&from.uri).into_owned();
-        let callee = String::from_utf8_lossy(&dialled).into_owned();
-        self.core = Some(Checkpoint {
-            phase: Phase::Setup,
-            a_call_id: a_call_id.clone(),
-            b_call_id: b_call_id.clone(),
-            a_invite: a_invite.clone(),
-            a_source: source,
-            b_invite: b_invite.clone(),
-            b_dest,
-            a,
-            b,
-            cdr: CdrDraft {
-                start_ms: now_unix_ms(),
-                caller,
-                callee,
-                route: route.prefix.clone(),
-                target: route.target_text.clone(),
-                ..CdrDraft::default()
-            },
-            b_ack: None,
-            ended: false,
-        });
-        let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
-        self.ctx.directory.register(b_call_id, self.myself.clone());
-        self.checkpoint();
-
-        // The caller's INVITE server transaction answers 100 Trying at once.
-        let a_dest = self
-            .ctx
-            .transports()
-            .response_dest(&source, a_invite.top_via().as_ref());
-        self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
-        // The B-leg INVITE client transaction.
-        // The other forks: the same INVITE (same Call-ID and From tag, like a forking
-        // proxy's branches) to each contact, each its own transaction.
-        for fork in forks.iter().skip(1) {
-            let mut inv = (*b_invite).clone();
-            inv.start = crate::sip::message::StartLine::Request {
-                method: Method::Invite,
-                uri: fork.ruri.clone(),
-            };
-            let fork_branch = new_branch();
-            inv.set(HeaderName::Via, ctx.via(fork.dest.protocol, &fork_branch));
-            inv.set(HeaderName::Contact, ctx.contact(fork.dest.protocol));
-            self.new_client_tx(Leg::B, Role::BInvite, inv, fork_branch, fork.dest);
-        }
-        self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, b_dest);
-        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
-        for inbound in queued {
-            self.on_sip(inbound);
-        }
+        (b, b_invite, branch)
     }
 
     fn restore(&mut self, cp: Checkpoint) {
@@ -772,11 +945,22 @@ impl CallState {
         self.ctx
             .directory
             .register(cp.a_call_id.clone(), self.myself.clone());
-        self.ctx
-            .directory
-            .register(cp.b_call_id.clone(), self.myself.clone());
+        if !cp.b_call_id.is_empty() {
+            self.ctx
+                .directory
+                .register(cp.b_call_id.clone(), self.myself.clone());
+        }
         self.core = Some(cp);
         match phase {
+            Phase::Queued => {
+                let resp = self.a_response(500, "Server Internal Error (Call Restarted)", false);
+                let (source, via) = (self.core().a_source, self.core().a_invite.top_via());
+                self.ctx.transports().send_message(
+                    self.ctx.transports().response_dest(&source, via.as_ref()),
+                    &resp,
+                );
+                self.end(500, HangupBy::System, "restarted while queued");
+            }
             Phase::Setup | Phase::Early => {
                 // Transactions in flight are lost with the actor: end both legs cleanly.
                 let cancel = cancel_for(&self.core().b_invite);
@@ -1013,8 +1197,12 @@ impl CallState {
         if let Role::Relay { peer } = role {
             return self.cancel_relayed_invite(invite, peer);
         }
-        if matches!(self.core().phase, Phase::Setup | Phase::Early) {
+        if matches!(
+            self.core().phase,
+            Phase::Setup | Phase::Early | Phase::Queued
+        ) {
             self.cancel_reason = reason;
+            self.abandon_queue();
             let resp = self.a_response(487, "Request Terminated", false);
             self.respond_a_invite(resp);
             self.cancel_b();
@@ -1403,7 +1591,11 @@ impl CallState {
                 })
             })
             .collect();
-        let ids = [core.a_call_id.clone(), core.b_call_id.clone()];
+        let mut ids = vec![core.a_call_id.clone()];
+        if !core.b_call_id.is_empty() {
+            ids.push(core.b_call_id.clone());
+        }
+        ids.extend(self.old_b_ids.iter().cloned());
         self.ctx.directory.retire(
             &ids,
             &self.myself,
@@ -1507,6 +1699,8 @@ impl CallState {
             return;
         };
         match tx.role {
+            Role::BInvite if self.stale_forks.contains(&id) => {}
+            Role::BInvite if self.offering() => self.offer_fork_failed(id, status),
             Role::BInvite => {
                 if matches!(self.core().phase, Phase::Setup | Phase::Early) {
                     // One fork timing out while others ring is one failure among theirs.
@@ -1558,6 +1752,30 @@ impl CallState {
 
     fn b_invite_response(&mut self, resp: &Message, status: u16) {
         let phase = self.core().phase;
+        if let Some(tx) = self.fork_tx.filter(|t| self.stale_forks.contains(t)) {
+            // A fork of an offer that is over (rang out, lost to another agent, the caller
+            // left): never relayed. CANCEL it once it rings; end it if it answers late.
+            match status {
+                101..=199 if self.cancel_pending => self.cancel_fork(tx),
+                200..=299 => self.end_other_fork(resp),
+                _ => {}
+            }
+            return;
+        }
+        if self.offering() && phase != Phase::Ended {
+            if let Some(tx) = self.fork_tx {
+                match status {
+                    101..=199 => {
+                        if let Some(f) = self.offer_forks.iter_mut().find(|f| f.tx == tx) {
+                            f.rang = true;
+                        }
+                    }
+                    200..=299 => self.offer_answered(tx),
+                    300.. => return self.offer_fork_failed(tx, status),
+                    _ => {}
+                }
+            }
+        }
         if status >= 300 && matches!(phase, Phase::Answered | Phase::Confirmed) {
             // A losing fork's failure (often the 487 for our CANCEL): its transaction ACKs
             // it; the call has its answer.
@@ -2007,7 +2225,8 @@ impl CallState {
                 let status = self.core().cdr.final_status;
                 self.end(status, by, reason);
             }
-            Some(Phase::Setup | Phase::Early) => {
+            Some(Phase::Setup | Phase::Early | Phase::Queued) => {
+                self.abandon_queue();
                 let resp = self.a_response(480, "Temporarily Unavailable", false);
                 self.respond_a_invite(resp);
                 self.cancel_b();
@@ -2042,9 +2261,22 @@ impl CallState {
 
     fn on_call_timer(&mut self, timer: CallTimer, id: TimerId) {
         match timer {
+            CallTimer::NoAnswer if self.no_answer == Some(id) && self.offering() => {
+                self.no_answer = None;
+                self.offer_timed_out();
+            }
             CallTimer::NoAnswer if self.no_answer == Some(id) => {
                 self.no_answer = None;
                 self.hangup_both(HangupBy::System, "no answer");
+            }
+            CallTimer::QueueKeepalive if self.keepalive == Some(id) => {
+                self.keepalive = None;
+                let waiting = self.core.as_ref().is_some_and(|c| {
+                    c.phase == Phase::Queued && c.queue.as_ref().is_some_and(|q| q.waiting)
+                });
+                if waiting {
+                    self.join_queue();
+                }
             }
             CallTimer::MaxDuration if self.max_duration == Some(id) => {
                 self.max_duration = None;
@@ -2115,6 +2347,413 @@ impl CallState {
         }
     }
 
+    // ---- the contact centre: a queued call ----
+
+    fn cc(&self) -> Option<Arc<crate::actors::queue::CcContext>> {
+        self.ctx.cc.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    fn a_call_id_str(&mut self) -> Arc<str> {
+        Arc::from(String::from_utf8_lossy(&self.core().a_call_id).as_ref())
+    }
+
+    /// Joins (or reminds) the queue; re-arms the keep-alive.
+    fn join_queue(&mut self) {
+        let Some(cc) = self.cc() else { return };
+        let call_id = self.a_call_id_str();
+        let from = self.core().cdr.caller.clone();
+        let Some(q) = self.core().queue.clone() else {
+            return;
+        };
+        let joined = crate::actors::queue::tell(
+            &cc,
+            &q.tenant,
+            &q.queue,
+            crate::actors::queue::QueueMsg::Join(crate::actors::queue::Join {
+                call_id,
+                from,
+                priority: q.priority,
+                joined_ms: q.joined_ms,
+            }),
+        );
+        if !joined {
+            tracing::warn!(queue = %q.queue, "queue not running: caller waits for its restart");
+        }
+        if let Some(id) = self.keepalive.take() {
+            self.ctx.timers.cancel(id);
+        }
+        self.keepalive = Some(self.schedule_call_timer(CallTimer::QueueKeepalive, QUEUE_KEEPALIVE));
+    }
+
+    /// Tells the queue and the agent how an offer ended.
+    fn report_offer(&mut self, f: &OfferFork, outcome: crate::actors::agent::OfferOutcome) {
+        let Some(cc) = self.cc() else { return };
+        let Some(q) = self.core().queue.clone() else {
+            return;
+        };
+        let call_id = self.a_call_id_str();
+        crate::actors::agent::tell(
+            &cc,
+            &q.tenant,
+            &f.agent,
+            crate::actors::agent::AgentMsg::OfferEnded {
+                offer: f.offer,
+                outcome,
+            },
+        );
+        crate::actors::queue::tell(
+            &cc,
+            &q.tenant,
+            &q.queue,
+            crate::actors::queue::QueueMsg::OfferEnded {
+                offer: f.offer,
+                agent: f.agent.clone(),
+                call_id,
+                outcome,
+            },
+        );
+    }
+
+    /// A queue offers this call to an agent: ring the agent's phones (a B leg of its own
+    /// Call-ID per offer). A ring-all queue sends several offers; they ring together.
+    fn on_offer(&mut self, offer: Offer) {
+        use crate::actors::agent::OfferOutcome;
+        let phase = self.core.as_ref().map(|c| c.phase);
+        let ringing =
+            !self.offer_forks.is_empty() && matches!(phase, Some(Phase::Setup | Phase::Early));
+        let waiting = self
+            .core
+            .as_ref()
+            .and_then(|c| c.queue.as_ref())
+            .is_some_and(|q| q.waiting);
+        let f = OfferFork {
+            tx: 0,
+            offer: offer.offer,
+            agent: offer.agent.clone(),
+            rang: false,
+        };
+        if !waiting || !(phase == Some(Phase::Queued) || ringing) || offer.forks.is_empty() {
+            return self.report_offer(&f, OfferOutcome::Cancelled);
+        }
+        if ringing {
+            // Another agent of a ring-all offer: one more fork of the same B leg.
+            let b_invite = self.core().b_invite.clone();
+            for fork in &offer.forks {
+                let tx = self.send_fork(&b_invite, fork);
+                self.offer_forks.push(OfferFork { tx, ..f.clone() });
+            }
+            return;
+        }
+        if let Some(id) = self.keepalive.take() {
+            self.ctx.timers.cancel(id);
+        }
+        let first = offer.forks[0].clone();
+        let dialled = Bytes::from(self.core().cdr.callee.clone());
+        let a_invite = self.core().a_invite.clone();
+        let (b, b_invite, branch) = self.b_leg(
+            &a_invite,
+            &dialled,
+            first.ruri.clone(),
+            first.dest,
+            first.dest.addr,
+        );
+        let b_call_id = b.call_id.clone();
+        let old = std::mem::replace(&mut self.core().b_call_id, b_call_id.clone());
+        if !old.is_empty() {
+            self.old_b_ids.push(old);
+        }
+        let b_invite = Arc::new(b_invite);
+        {
+            let core = self.core();
+            core.b = b;
+            core.b_invite = b_invite.clone();
+            core.b_dest = first.dest;
+            core.cdr.target = format!("agent:{}", offer.agent);
+        }
+        self.ctx.directory.register(b_call_id, self.myself.clone());
+        self.best_failure = None;
+        self.cancel_pending = false;
+        let mut txs = self.send_forks(&b_invite, &offer.forks);
+        txs.push(self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, first.dest));
+        for tx in txs {
+            self.offer_forks.push(OfferFork { tx, ..f.clone() });
+        }
+        self.cancel_no_answer();
+        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, offer.ring_timeout));
+        self.set_phase(Phase::Setup);
+    }
+
+    /// Whether B-leg responses are offers to agents (failures go back to the queue
+    /// instead of to the caller).
+    fn offering(&self) -> bool {
+        !self.offer_forks.is_empty()
+    }
+
+    /// An offer's fork failed. When it was the last one ringing the caller waits again.
+    fn offer_fork_failed(&mut self, tx: u32, status: u16) {
+        use crate::actors::agent::OfferOutcome;
+        let Some(i) = self.offer_forks.iter().position(|f| f.tx == tx) else {
+            return;
+        };
+        let f = self.offer_forks.remove(i);
+        self.stale_forks.push(tx);
+        // An agent with several phones: the offer failed only when all its phones did.
+        if !self.offer_forks.iter().any(|o| o.offer == f.offer) {
+            self.report_offer(&f, OfferOutcome::from_status(status, f.rang));
+        }
+        if self.offer_forks.is_empty() {
+            self.back_to_queue();
+        }
+    }
+
+    /// Every fork of the offer is over unanswered: wait in the queue again.
+    fn back_to_queue(&mut self) {
+        self.cancel_no_answer();
+        self.best_failure = None;
+        self.set_phase(Phase::Queued);
+        self.join_queue();
+    }
+
+    /// The ring timeout of an offer: cancel its forks, report no answer, wait again.
+    fn offer_timed_out(&mut self) {
+        use crate::actors::agent::OfferOutcome;
+        let forks = std::mem::take(&mut self.offer_forks);
+        let mut reported: Vec<u64> = Vec::new();
+        for f in &forks {
+            self.withdraw_fork(f.tx);
+            if !reported.contains(&f.offer) {
+                reported.push(f.offer);
+                self.report_offer(f, OfferOutcome::NoAnswer);
+            }
+        }
+        self.back_to_queue();
+    }
+
+    /// CANCELs a ringing fork (or marks it for CANCEL at its first provisional) and
+    /// remembers it as stale.
+    fn withdraw_fork(&mut self, tx: u32) {
+        use crate::sip::transaction::ClientInviteState as CI;
+        self.stale_forks.push(tx);
+        let state = self
+            .txs
+            .iter()
+            .find(|t| t.id == tx)
+            .and_then(|t| match &t.fsm {
+                Transaction::ClientInvite(c) => Some(c.state()),
+                _ => None,
+            });
+        match state {
+            Some(CI::Proceeding) => self.cancel_fork(tx),
+            Some(CI::Calling) => self.cancel_pending = true,
+            _ => {}
+        }
+    }
+
+    /// The answering fork wins the offer: its agent is on the call, the other agents'
+    /// offers are cancelled.
+    fn offer_answered(&mut self, tx: u32) {
+        use crate::actors::agent::OfferOutcome;
+        let forks = std::mem::take(&mut self.offer_forks);
+        let Some(winner) = forks.iter().find(|f| f.tx == tx).cloned() else {
+            return;
+        };
+        for f in forks.iter().filter(|f| f.tx != tx) {
+            self.stale_forks.push(f.tx);
+        }
+        let now = now_unix_ms() as u64;
+        if let Some(q) = self.core().queue.as_mut() {
+            q.agent = Some(winner.agent.clone());
+            q.wait_ms = Some(now.saturating_sub(q.joined_ms));
+            q.waiting = false;
+        }
+        self.report_offer(&winner, OfferOutcome::Answered);
+        let mut reported = vec![winner.offer];
+        for f in &forks {
+            if !reported.contains(&f.offer) {
+                reported.push(f.offer);
+                self.report_offer(f, OfferOutcome::Cancelled);
+            }
+        }
+    }
+
+    /// The caller left while waiting or while an agent was ringing.
+    fn abandon_queue(&mut self) {
+        use crate::actors::agent::OfferOutcome;
+        let Some(q) = self.core().queue.clone() else {
+            return;
+        };
+        if !q.waiting {
+            return;
+        }
+        if let Some(qm) = self.core().queue.as_mut() {
+            qm.waiting = false;
+            qm.abandoned = true;
+        }
+        let forks = std::mem::take(&mut self.offer_forks);
+        let mut reported: Vec<u64> = Vec::new();
+        for f in &forks {
+            self.withdraw_fork(f.tx);
+            if !reported.contains(&f.offer) {
+                reported.push(f.offer);
+                self.report_offer(f, OfferOutcome::Cancelled);
+            }
+        }
+        self.leave_queue(true);
+    }
+
+    fn leave_queue(&mut self, abandoned: bool) {
+        if let Some(id) = self.keepalive.take() {
+            self.ctx.timers.cancel(id);
+        }
+        let Some(cc) = self.cc() else { return };
+        let Some(q) = self.core().queue.clone() else {
+            return;
+        };
+        let call_id = self.a_call_id_str();
+        crate::actors::queue::tell(
+            &cc,
+            &q.tenant,
+            &q.queue,
+            crate::actors::queue::QueueMsg::Leave { call_id, abandoned },
+        );
+    }
+
+    /// The queue sends the caller elsewhere.
+    fn on_overflow(&mut self, target: crate::config::CcTarget) {
+        use crate::config::CcTarget;
+        let queued = self
+            .core
+            .as_ref()
+            .is_some_and(|c| c.phase == Phase::Queued && !c.ended);
+        if !queued {
+            return;
+        }
+        if let Some(id) = self.keepalive.take() {
+            self.ctx.timers.cancel(id);
+        }
+        match target {
+            CcTarget::Queue(other) => {
+                tracing::info!(to = %other, "caller overflows to another queue");
+                if let Some(q) = self.core().queue.as_mut() {
+                    q.queue = Arc::from(other.as_str());
+                    q.joined_ms = now_unix_ms() as u64;
+                }
+                self.core().cdr.route = format!("queue:{other}");
+                self.join_queue();
+            }
+            CcTarget::User(user) => {
+                let tenant = self.core().queue.as_ref().map(|q| q.tenant.clone());
+                let bindings = match (self.cc(), tenant) {
+                    (Some(cc), Some(t)) => cc.location.lookup(&t, &user),
+                    _ => Vec::new(),
+                };
+                if let Some(q) = self.core().queue.as_mut() {
+                    q.waiting = false;
+                }
+                if bindings.is_empty() {
+                    return self.fail_queued(
+                        480,
+                        "Temporarily Unavailable",
+                        "overflow user not registered",
+                    );
+                }
+                // From here on an ordinary call to the user's phones: failures are relayed.
+                let forks: Vec<Fork> = bindings
+                    .iter()
+                    .map(|b| Fork {
+                        ruri: b.contact.clone(),
+                        dest: b.dest(),
+                    })
+                    .collect();
+                let first = forks[0].clone();
+                let a_invite = self.core().a_invite.clone();
+                let dialled = Bytes::from(user.clone());
+                let (b, b_invite, branch) = self.b_leg(
+                    &a_invite,
+                    &dialled,
+                    first.ruri.clone(),
+                    first.dest,
+                    first.dest.addr,
+                );
+                let b_call_id = b.call_id.clone();
+                let old = std::mem::replace(&mut self.core().b_call_id, b_call_id.clone());
+                if !old.is_empty() {
+                    self.old_b_ids.push(old);
+                }
+                let b_invite = Arc::new(b_invite);
+                {
+                    let core = self.core();
+                    core.b = b;
+                    core.b_invite = b_invite.clone();
+                    core.b_dest = first.dest;
+                    core.cdr.target = format!("user:{user}");
+                }
+                self.ctx.directory.register(b_call_id, self.myself.clone());
+                self.send_forks(&b_invite, &forks);
+                self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, first.dest);
+                self.no_answer =
+                    Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
+                self.set_phase(Phase::Setup);
+            }
+            CcTarget::Status(code) => {
+                if let Some(q) = self.core().queue.as_mut() {
+                    q.waiting = false;
+                }
+                self.fail_queued(code, reason_phrase(code), "queue overflow")
+            }
+            CcTarget::Number(_) => {
+                if let Some(q) = self.core().queue.as_mut() {
+                    q.waiting = false;
+                }
+                self.fail_queued(480, "Temporarily Unavailable", "overflow number unresolved")
+            }
+        }
+    }
+
+    /// Ends a caller that never reached an agent with a final failure.
+    fn fail_queued(&mut self, status: u16, reason: &str, why: &str) {
+        let resp = self.a_response(status, reason, false);
+        self.respond_a_invite(resp);
+        self.end(status, HangupBy::System, why);
+    }
+
+    /// After the call ends: the agent moves on, the queue counts the handle time, a caller
+    /// still listed leaves.
+    fn queue_call_ended(&mut self) {
+        let Some(q) = self.core().queue.clone() else {
+            return;
+        };
+        if q.waiting {
+            if let Some(qm) = self.core().queue.as_mut() {
+                qm.waiting = false;
+            }
+            self.leave_queue(false);
+        }
+        if let Some(id) = self.keepalive.take() {
+            self.ctx.timers.cancel(id);
+        }
+        let (Some(agent), Some(cc)) = (q.agent.clone(), self.cc()) else {
+            return;
+        };
+        let call_id = self.a_call_id_str();
+        crate::actors::agent::tell(
+            &cc,
+            &q.tenant,
+            &agent,
+            crate::actors::agent::AgentMsg::CallEnded { call_id },
+        );
+        let talk_ms = match (self.core().cdr.answer_ms, self.core().cdr.end_ms) {
+            (Some(a), Some(e)) => (e - a).max(0) as u64,
+            _ => 0,
+        };
+        crate::actors::queue::tell(
+            &cc,
+            &q.tenant,
+            &q.queue,
+            crate::actors::queue::QueueMsg::CallEnded { talk_ms },
+        );
+    }
+
     // ---- the end ----
 
     /// The call is over for its users: count it, write the CDR, free the admission slot.
@@ -2133,6 +2772,8 @@ impl CallState {
         }
         core.cdr.hangup_by = Some(by);
         core.cdr.reason = reason.to_string();
+        self.queue_call_ended();
+        let core = self.core();
         if core.cdr.answer_ms.is_none() {
             metrics::counter!(CALLS_FAILED, "status" => status_label(final_status)).increment(1);
         }
@@ -2179,6 +2820,20 @@ impl Checkpoint {
             final_status: d.final_status,
             hangup_by: d.hangup_by.unwrap_or(HangupBy::System),
             disconnect_reason: d.reason.clone(),
+            queue: self
+                .queue
+                .as_ref()
+                .map(|q| format!("{}/{}", q.tenant, q.queue)),
+            agent: self
+                .queue
+                .as_ref()
+                .and_then(|q| q.agent.as_ref().map(|a| a.to_string())),
+            wait_ms: self.queue.as_ref().map(|q| {
+                q.wait_ms
+                    .map_or((end.max(0) as u64).saturating_sub(q.joined_ms), |w| w)
+                    as i64
+            }),
+            abandoned: self.queue.as_ref().is_some_and(|q| q.abandoned),
         }
     }
 }

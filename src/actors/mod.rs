@@ -1,11 +1,16 @@
 //! Actor kinds, one file each.
 //!
+//! - [`agent`]: one per agent: state, skills, counters; monitors its bridged call.
+//! - [`queue`]: one per queue, the single writer of its waiting list; strategies via
+//!   `routing::acd`.
 //! - [`call`]: one per call, a B2BUA owning both legs.
 //! - [`router`]: not an actor but the transport's handler: Call-ID directory, admission
 //!   control, stateless answers, call actor start.
 //! - [`store_writer`]: the single writer of the SQLite store.
 //! - [`tenant`]: one per tenant, its identity and (later) limits, rules and numbers.
+pub mod agent;
 pub mod call;
+pub mod queue;
 pub mod registrar;
 pub mod router;
 pub mod store_writer;

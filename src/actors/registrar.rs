@@ -106,12 +106,29 @@ impl Binding {
         u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX)
     }
 
-    /// Where to send requests for this binding: the address (and connection) the phone
-    /// registered from. A stream whose connection is gone is reopened by the transport.
+    /// Where to send requests for this binding. Over TCP/TLS: the connection the phone
+    /// registered on (a stream whose connection is gone is reopened by the transport).
+    /// Over UDP: the address the REGISTER came from (a phone behind NAT is reached only
+    /// there), unless the Contact names the same IP with another port: then the phone is not
+    /// behind NAT and listens where its Contact says (one host registering for several
+    /// phones, like a SIPp or a PBX).
     pub fn dest(&self) -> Dest {
+        let mut addr = self.source.remote;
+        if self.source.protocol == Protocol::Udp {
+            if let Ok(uri) = crate::sip::uri::Uri::parse(&self.contact) {
+                let host = std::str::from_utf8(&uri.host).unwrap_or("");
+                let ip: Result<std::net::IpAddr, _> =
+                    host.trim_start_matches('[').trim_end_matches(']').parse();
+                if let (Ok(ip), Some(port)) = (ip, uri.port) {
+                    if ip == addr.ip() {
+                        addr.set_port(port);
+                    }
+                }
+            }
+        }
         Dest {
             protocol: self.source.protocol,
-            addr: self.source.remote,
+            addr,
             conn: self.source.conn,
         }
     }
@@ -167,15 +184,51 @@ pub struct AorKey {
 
 /// The location service: AOR → bindings (highest q first). Written only by the registrar
 /// actor, read by anyone (sharded map; no guard is held beyond a clone).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Location {
     map: DashMap<AorKey, Vec<Binding>>,
     counts: DashMap<String, usize>,
+    observer: OnceLock<ReachabilityObserver>,
+}
+
+/// Told when an AOR gains its first binding (`true`) or loses its last (`false`): agents
+/// are available only while their phone is registered.
+pub type ReachabilityObserver = Arc<dyn Fn(&AorKey, bool) + Send + Sync>;
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Location")
+            .field("aors", &self.map.len())
+            .finish()
+    }
 }
 
 impl Location {
     pub fn new() -> Location {
         Location::default()
+    }
+
+    /// Sets the one observer of reachability changes (the node wires the agents in).
+    pub fn observe(&self, observer: ReachabilityObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn notify(&self, key: &AorKey, reachable: bool) {
+        if let Some(o) = self.observer.get() {
+            o(key, reachable);
+        }
+    }
+
+    /// Whether `user` has an unexpired binding.
+    pub fn is_reachable(&self, tenant: &str, user: &str) -> bool {
+        let now = unix_ms(SystemTime::now());
+        let key = AorKey {
+            tenant: tenant.to_string(),
+            user: user.to_string(),
+        };
+        self.map
+            .get(&key)
+            .is_some_and(|v| v.iter().any(|b| b.expires_at_ms > now))
     }
 
     /// The unexpired bindings of `user` in `tenant`, highest q first.
@@ -217,8 +270,14 @@ impl Location {
         let old = if bindings.is_empty() {
             self.map.remove(&key).map(|(_, v)| v.len()).unwrap_or(0)
         } else {
-            self.map.insert(key, bindings).map(|v| v.len()).unwrap_or(0)
+            self.map
+                .insert(key.clone(), bindings)
+                .map(|v| v.len())
+                .unwrap_or(0)
         };
+        if (old == 0) != (new == 0) {
+            self.notify(&key, new > 0);
+        }
         if new != old {
             let mut c = self.counts.entry(tenant.clone()).or_insert(0);
             *c = (*c + new).saturating_sub(old);
@@ -229,14 +288,22 @@ impl Location {
     /// Removes bindings expired at `now_ms`; returns how many went.
     fn sweep(&self, now_ms: u64) -> usize {
         let mut removed: HashMap<String, usize> = HashMap::new();
+        let mut gone = Vec::new();
         self.map.retain(|k, v| {
             let before = v.len();
             v.retain(|b| b.expires_at_ms > now_ms);
             if v.len() != before {
                 *removed.entry(k.tenant.clone()).or_default() += before - v.len();
             }
+            if v.is_empty() {
+                gone.push(k.clone());
+            }
             !v.is_empty()
         });
+        // Outside the map's shard locks: the observer may read the map.
+        for k in &gone {
+            self.notify(k, false);
+        }
         let mut total = 0;
         for (tenant, n) in removed {
             total += n;
@@ -1015,6 +1082,7 @@ mod tests {
                 ha1_sha256: None,
             }],
             users_csv: None,
+            ..Default::default()
         };
         Registrar {
             auth: Arc::new(Authenticator::new(&config, &[t]).unwrap()),
@@ -1231,6 +1299,7 @@ mod tests {
                 })
                 .collect(),
             users_csv: None,
+            ..Default::default()
         };
         let r = Registrar {
             auth: Arc::new(Authenticator::new(&config, &[t]).unwrap()),

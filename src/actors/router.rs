@@ -11,9 +11,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::call::{self, CallContext, CallMsg, Fork};
+use super::call::{self, CallContext, CallMsg, Fork, QueueJoin};
 use super::registrar::{self, Location, RegistrarMsg};
-use crate::config::{AdmissionConfig, RouteConfig, RouteTarget};
+use crate::config::{AdmissionConfig, CcTarget, RouteConfig, RouteTarget};
 use crate::routing::auth::{AuthOutcome, Authenticator};
 use crate::sip::dialog::{random_token, BRANCH_PREFIX};
 use crate::sip::message::{response_to, HeaderName, Message, Method};
@@ -332,6 +332,16 @@ pub struct Router {
     /// The calls supervisor's registered name (found again after a restart).
     calls: String,
     registrar: Option<RegistrarLink>,
+    /// Numbers (DIDs) → tenant queue or user.
+    numbers: HashMap<String, NumberRoute>,
+}
+
+/// Where a number leads.
+#[derive(Clone, Debug)]
+pub struct NumberRoute {
+    pub tenant: Arc<str>,
+    pub target: CcTarget,
+    pub priority: u32,
 }
 
 /// What the router needs of the registrar: its name, the authenticator and the location
@@ -356,7 +366,14 @@ impl Router {
             admission,
             calls,
             registrar: None,
+            numbers: HashMap::new(),
         }
+    }
+
+    /// Serves the tenants' numbers (DIDs): calls to them go to a queue or a user.
+    pub fn with_numbers(mut self, numbers: HashMap<String, NumberRoute>) -> Router {
+        self.numbers = numbers;
+        self
     }
 
     /// Serves tenants' users: REGISTERs go to the registrar, INVITEs from a tenant's users
@@ -493,6 +510,42 @@ impl Router {
                     }
                 }
             }
+            // A tenant's number (DID): its queue or user.
+            let number = String::from_utf8_lossy(&user);
+            if let Some(n) = self.numbers.get(number.as_ref()) {
+                return match &n.target {
+                    CcTarget::Queue(q) => {
+                        let route = Route {
+                            prefix: format!("queue:{}/{q}", n.tenant),
+                            target: RouteTarget {
+                                addr: source.remote,
+                                protocol: source.protocol,
+                            },
+                            strip: 0,
+                            prepend: String::new(),
+                            target_text: format!("queue:{q}"),
+                        };
+                        let join = QueueJoin {
+                            tenant: n.tenant.clone(),
+                            queue: Arc::from(q.as_str()),
+                            priority: n.priority,
+                        };
+                        self.admit_and_start(
+                            msg,
+                            source,
+                            &route,
+                            Bytes::from(user),
+                            Vec::new(),
+                            Some(join),
+                        )
+                    }
+                    CcTarget::User(u) => {
+                        let (tenant, u) = (n.tenant.clone(), u.clone());
+                        self.call_user(msg, source, &reg.location, &tenant, &u)
+                    }
+                    _ => self.answer(&msg, &source, 404, "Not Found", &[]),
+                };
+            }
             // A call to a tenant's user goes to the phones it registered, all at once.
             if let Some(tenant) = ruri
                 .as_ref()
@@ -500,28 +553,8 @@ impl Router {
             {
                 let name = String::from_utf8_lossy(&user).into_owned();
                 if reg.auth.has_user(&tenant.id, &name) {
-                    let bindings = reg.location.lookup(&tenant.id, &name);
-                    let Some(first) = bindings.first() else {
-                        return self.answer(&msg, &source, 480, "Temporarily Unavailable", &[]);
-                    };
-                    let forks: Vec<Fork> = bindings
-                        .iter()
-                        .map(|b| Fork {
-                            ruri: b.contact.clone(),
-                            dest: b.dest(),
-                        })
-                        .collect();
-                    let route = Route {
-                        prefix: format!("user:{}/{}", tenant.id, name),
-                        target: RouteTarget {
-                            addr: first.dest().addr,
-                            protocol: first.dest().protocol,
-                        },
-                        strip: 0,
-                        prepend: String::new(),
-                        target_text: String::from_utf8_lossy(&first.contact).into_owned(),
-                    };
-                    return self.admit_and_start(msg, source, &route, Bytes::from(user), forks);
+                    let id = tenant.id.clone();
+                    return self.call_user(msg, source, &reg.location, &id, &name);
                 }
             }
         }
@@ -530,7 +563,41 @@ impl Router {
         };
         let dialled = Routes::rewrite(route, &user);
         let route = route.clone();
-        self.admit_and_start(msg, source, &route, dialled, Vec::new());
+        self.admit_and_start(msg, source, &route, dialled, Vec::new(), None);
+    }
+
+    /// A call to a tenant's user: every phone it registered rings at once.
+    fn call_user(
+        &self,
+        msg: Message,
+        source: Source,
+        location: &Location,
+        tenant: &str,
+        name: &str,
+    ) {
+        let bindings = location.lookup(tenant, name);
+        let Some(first) = bindings.first() else {
+            return self.answer(&msg, &source, 480, "Temporarily Unavailable", &[]);
+        };
+        let forks: Vec<Fork> = bindings
+            .iter()
+            .map(|b| Fork {
+                ruri: b.contact.clone(),
+                dest: b.dest(),
+            })
+            .collect();
+        let route = Route {
+            prefix: format!("user:{tenant}/{name}"),
+            target: RouteTarget {
+                addr: first.dest().addr,
+                protocol: first.dest().protocol,
+            },
+            strip: 0,
+            prepend: String::new(),
+            target_text: String::from_utf8_lossy(&first.contact).into_owned(),
+        };
+        let dialled = Bytes::copy_from_slice(name.as_bytes());
+        self.admit_and_start(msg, source, &route, dialled, forks, None);
     }
 
     /// Admission control, then a call actor for the INVITE (its Call-ID claimed first).
@@ -541,6 +608,7 @@ impl Router {
         route: &Route,
         dialled: Bytes,
         forks: Vec<Fork>,
+        queue: Option<QueueJoin>,
     ) {
         let active = self.ctx.active.load(Ordering::Relaxed);
         if let Err(refusal) = self.admission.admit(source.remote.ip(), active) {
@@ -580,6 +648,7 @@ impl Router {
             route: route.clone(),
             dialled,
             forks,
+            queue,
         };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {

@@ -477,6 +477,10 @@ mod tests {
             final_status: 487,
             hangup_by: HangupBy::Caller,
             disconnect_reason: "CANCEL".to_string(),
+            queue: None,
+            agent: None,
+            wait_ms: None,
+            abandoned: false,
         }
     }
 

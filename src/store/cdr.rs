@@ -93,6 +93,14 @@ pub struct Cdr {
     pub hangup_by: HangupBy,
     /// Why it ended, in words (e.g. `BYE`, `CANCEL`, `486 Busy Here`, `timer B`).
     pub disconnect_reason: String,
+    /// The queue the caller waited in (`<tenant>/<queue>`), for contact-centre calls.
+    pub queue: Option<String>,
+    /// The agent who answered.
+    pub agent: Option<String>,
+    /// Time from joining the queue to the agent's answer (or to leaving).
+    pub wait_ms: Option<i64>,
+    /// The caller hung up while waiting in the queue.
+    pub abandoned: bool,
 }
 
 /// Now as Unix epoch milliseconds, the unit of every [`Cdr`] timestamp.
@@ -105,12 +113,13 @@ pub fn now_unix_ms() -> i64 {
 }
 
 const COLUMNS: &str = "a_call_id, b_call_id, caller, callee, route, target, start_at, ringing_at, \
-     answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason";
+     answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason, \
+     queue, agent, wait_ms, abandoned";
 
 pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, caller, callee, \
      route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
-     final_status, hangup_by, disconnect_reason) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+     final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 pub(super) static LIST_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT ?1"));
@@ -136,6 +145,10 @@ pub(super) fn insert(stmt: &mut CachedStatement<'_>, c: &Cdr) -> rusqlite::Resul
         c.final_status,
         c.hangup_by,
         c.disconnect_reason,
+        c.queue,
+        c.agent,
+        c.wait_ms,
+        c.abandoned,
     ])?;
     Ok(())
 }
@@ -158,6 +171,10 @@ pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Cdr> {
         final_status: r.get(12)?,
         hangup_by: r.get(13)?,
         disconnect_reason: r.get(14)?,
+        queue: r.get(15)?,
+        agent: r.get(16)?,
+        wait_ms: r.get(17)?,
+        abandoned: r.get(18)?,
     })
 }
 

@@ -46,6 +46,30 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX cdrs_end_at ON cdrs (end_at);",
     // 2: registrar bindings (see `registrations`).
     registrations::MIGRATION,
+    // 3: contact-centre fields of CDRs, and snapshots of queue statistics.
+    "ALTER TABLE cdrs ADD COLUMN queue TEXT;
+    ALTER TABLE cdrs ADD COLUMN agent TEXT;
+    ALTER TABLE cdrs ADD COLUMN wait_ms INTEGER;
+    ALTER TABLE cdrs ADD COLUMN abandoned INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX cdrs_agent ON cdrs (agent, answer_at);
+    CREATE TABLE queue_stats (
+        id            INTEGER PRIMARY KEY,
+        at            INTEGER NOT NULL,
+        tenant        TEXT    NOT NULL,
+        queue         TEXT    NOT NULL,
+        joined        INTEGER NOT NULL,
+        answered      INTEGER NOT NULL,
+        abandoned     INTEGER NOT NULL,
+        overflowed    INTEGER NOT NULL,
+        within_sl     INTEGER NOT NULL,
+        waiting       INTEGER NOT NULL,
+        longest_wait_ms INTEGER NOT NULL,
+        asa_ms        INTEGER NOT NULL,
+        aht_ms        INTEGER NOT NULL,
+        available     INTEGER NOT NULL,
+        logged_in     INTEGER NOT NULL
+    );
+    CREATE INDEX queue_stats_at ON queue_stats (tenant, queue, at);",
 ];
 
 /// How long a connection waits for another connection's lock before failing with `SQLITE_BUSY`.
@@ -242,6 +266,10 @@ mod tests {
             final_status: 200,
             hangup_by: HangupBy::Callee,
             disconnect_reason: "BYE".to_string(),
+            queue: None,
+            agent: None,
+            wait_ms: None,
+            abandoned: false,
         }
     }
 

@@ -7,7 +7,11 @@
 //! │                              shared memory that survives its restarts)
 //! ├── tenants        permanent   one_for_one supervisor, 3 restarts / 10 s
 //! │   └── tenant/<id>            rest_for_one supervisor per tenant
-//! │       └── tenant actor       permanent (queues, agents, campaigns follow it later)
+//! │       ├── tenant actor       permanent
+//! │       ├── queues             one_for_one, 10 restarts / 10 s: queue/<tenant>/<id>
+//! │       └── agents             one_for_one, 50 restarts / 10 s: agent/<tenant>/<id>
+//! │           (a queue crash restarts that queue only; the tenant actor's restarts its
+//! │           queues and agents, which resume from their checkpoints)
 //! └── calls          permanent   one_for_one supervisor, 100 restarts / 10 s
 //!     └── call actors            transient, one per call, started by the router
 //! ```
@@ -16,13 +20,24 @@
 
 use ractor::{Actor, ActorRef};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::agent::{AgentActor, AgentArgs};
+use crate::actors::queue::{CcContext, QueueActor, QueueArgs, QueueSpec};
 use crate::actors::registrar::{RegistrarActor, RegistrarArgs};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
 use crate::actors::tenant::{self, TenantActor, TenantArgs};
-use crate::config::TenantConfig;
+use crate::config::{AgentConfig, TenantConfig};
+
+/// A tenant to start: its config, user count, queues and agents.
+pub struct TenantSpec {
+    pub config: TenantConfig,
+    pub users: usize,
+    pub queues: Vec<QueueSpec>,
+    pub agents: Vec<AgentConfig>,
+}
 
 /// The long-lived actors of a node: the root by reference, the others by their stable
 /// names (a restarted actor is found again under the same name).
@@ -49,25 +64,71 @@ fn name(base: &str, node: &str) -> String {
     format!("{base}@{node}")
 }
 
+/// The store writer's registered name on a node.
+pub fn store_name(node: &str) -> String {
+    name("store_writer", node)
+}
+
 /// Starts the tree. `node` makes actor names unique within the process; `tenants` pairs each
 /// tenant's config with its number of users.
 pub async fn start(
     data_dir: &Path,
     node: &str,
-    tenants: &[(TenantConfig, usize)],
+    tenants: &[TenantSpec],
     registrar: RegistrarArgs,
+    cc: Arc<CcContext>,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
-    let store_name = name("store_writer", node);
+    let store_name = store_name(node);
     let calls_name = name("calls", node);
     let calls = SupervisorArgs::new(calls_name.clone(), Strategy::OneForOne)
         .with_intensity(Intensity::new(100, Duration::from_secs(10)));
     let mut tenants_sup = SupervisorArgs::new(name("tenants", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(3, Duration::from_secs(10)));
-    for (config, users) in tenants {
-        let id = config.id.clone();
-        let (config, users) = (config.clone(), *users);
+    for spec in tenants {
+        let id = spec.config.id.clone();
+        let (config, users) = (spec.config.clone(), spec.users);
+        let tenant_id: Arc<str> = Arc::from(id.as_str());
+        let mut queues = SupervisorArgs::new(format!("queues/{id}@{node}"), Strategy::OneForOne)
+            .with_intensity(Intensity::new(10, Duration::from_secs(10)));
+        for q in &spec.queues {
+            let (cc, tenant, q) = (cc.clone(), tenant_id.clone(), q.clone());
+            queues = queues.with_child(ChildSpec::named_actor(
+                crate::actors::queue::actor_name(&id, &q.config.id, node),
+                "queue",
+                Restart::Permanent,
+                QueueActor,
+                move || QueueArgs {
+                    cc: cc.clone(),
+                    tenant: tenant.clone(),
+                    config: q.config.clone(),
+                    members: q.members.clone(),
+                    overflow_wait: q.overflow_wait.clone(),
+                    overflow_full: q.overflow_full.clone(),
+                },
+            ));
+        }
+        let mut agents = SupervisorArgs::new(format!("agents/{id}@{node}"), Strategy::OneForOne)
+            .with_intensity(Intensity::new(50, Duration::from_secs(10)));
+        for a in &spec.agents {
+            cc.agents_by_user.insert(
+                (tenant_id.clone(), a.user.clone()),
+                Arc::from(a.id.as_str()),
+            );
+            let (cc, tenant, a) = (cc.clone(), tenant_id.clone(), a.clone());
+            agents = agents.with_child(ChildSpec::named_actor(
+                crate::actors::agent::actor_name(&id, &a.id, node),
+                "agent",
+                Restart::Permanent,
+                AgentActor,
+                move || AgentArgs {
+                    cc: cc.clone(),
+                    tenant: tenant.clone(),
+                    config: a.clone(),
+                },
+            ));
+        }
         let per_tenant =
             SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
                 .with_intensity(Intensity::new(3, Duration::from_secs(10)))
@@ -80,7 +141,9 @@ pub async fn start(
                         config: config.clone(),
                         users,
                     },
-                ));
+                ))
+                .with_child(ChildSpec::supervisor(format!("queues/{id}@{node}"), queues))
+                .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
         tenants_sup = tenants_sup.with_child(ChildSpec::supervisor(
             format!("tenant-sup/{id}@{node}"),
             per_tenant,
