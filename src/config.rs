@@ -186,6 +186,9 @@ pub struct CallsConfig {
     /// Time the callee may ring before the call is given up, seconds.
     #[serde(default = "default_no_answer")]
     pub no_answer_timeout_secs: u64,
+    /// How often queue statistics are snapshotted into the store (`queue_stats` table).
+    #[serde(default = "default_queue_stats")]
+    pub queue_stats_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -884,6 +887,9 @@ impl TenantConfig {
     }
 }
 
+fn default_queue_stats() -> u64 {
+    10
+}
 fn default_strategy() -> crate::routing::acd::Strategy {
     crate::routing::acd::Strategy::LongestIdle
 }

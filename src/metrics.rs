@@ -89,6 +89,8 @@ pub fn describe_all() {
     crate::actors::router::describe();
     crate::actors::call::describe();
     crate::actors::tenant::describe();
+    crate::actors::queue::describe();
+    crate::actors::agent::describe();
     crate::actors::registrar::describe();
     crate::routing::auth::describe();
 

@@ -87,8 +87,14 @@ impl Node {
         }));
         let mut tenants = Vec::with_capacity(config.tenants.len());
         let mut numbers = HashMap::new();
+        let mut directory = crate::api::Directory::new();
         for t in &config.tenants {
             let agents = t.all_agents()?;
+            directory.insert(
+                &t.id,
+                t.queues.iter().map(|q| q.id.as_str()),
+                agents.iter().map(|a| a.id.as_str()),
+            );
             let queues = crate::actors::queue::plan(t, &agents);
             for n in &t.numbers {
                 if let Ok(target) = CcTarget::parse(&n.target) {
@@ -162,7 +168,23 @@ impl Node {
         let (shutdown, mut rx) = watch::channel(false);
         let listener = crate::api::bind(config.http.listen).await?;
         let http_addr = listener.local_addr()?;
-        let state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new());
+        let (token, origin) =
+            crate::api::load_token(config.http.token.as_deref(), &config.data_dir)
+                .map_err(|e| format!("API token: {e}"))?;
+        if origin == crate::api::TokenOrigin::Generated {
+            let path = config.data_dir.join(crate::api::TOKEN_FILE);
+            // Shown once, like the TLS fingerprint; the log line names the file, not the
+            // secret, so the token does not end up in log storage.
+            tracing::info!(path = %path.display(), "API token generated");
+            println!(
+                "API token (Authorization: Bearer, kept in {}): {}",
+                path.display(),
+                token.expose()
+            );
+        }
+        let state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new())
+            .with_token(token)
+            .with_contact_centre(cc.clone(), directory);
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -172,10 +194,23 @@ impl Node {
             }
         });
         crate::metrics::spawn_upkeep(handle);
+        let queues: Vec<(String, String)> = config
+            .tenants
+            .iter()
+            .flat_map(|t| t.queues.iter().map(|q| (t.id.clone(), q.id.clone())))
+            .collect();
+        if !queues.is_empty() {
+            tokio::spawn(crate::actors::queue::snapshot_stats(
+                cc.clone(),
+                queues,
+                config.data_dir.join("switchyard.db"),
+                Duration::from_secs(config.calls.queue_stats_secs.max(1)),
+            ));
+        }
         for l in transports.local_addrs() {
             tracing::info!(listen = %l, "SIP listening");
         }
-        tracing::info!(%http_addr, "HTTP listening (/metrics, /health)");
+        tracing::info!(%http_addr, "HTTP listening (/metrics, /health, /queues, /agents)");
         Ok(Node {
             name: node_name,
             transports,

@@ -10,7 +10,7 @@ use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 use switchyard::config::{TenantConfig, UserConfig};
-use switchyard::sip::auth::{authorization_value, ha1, Algorithm, Challenge};
+use switchyard::sip::auth::{ha1, Algorithm};
 use switchyard::sip::message::{HeaderName, Message};
 use switchyard::sip::parse::{check_stream, parse, Framing, Limits, StreamCheck};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,37 +36,6 @@ fn tenant() -> TenantConfig {
         users_csv: None,
         ..Default::default()
     }
-}
-
-fn register_request(
-    user: &str,
-    contact: &str,
-    proto: &str,
-    via_host: &str,
-    cseq: u32,
-    auth: Option<String>,
-) -> String {
-    let auth = auth
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    format!(
-        "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/{proto} {via_host};branch=z9hG4bK-reg-{user}-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=r{user}\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: reg-{user}-{proto}\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
-    )
-}
-
-/// The Authorization value answering a 401/407 (SHA-256 offered first).
-fn credentials(
-    challenge: &Message,
-    header: HeaderName,
-    user: &str,
-    pw: &str,
-    method: &str,
-    uri: &str,
-) -> String {
-    let ch = Challenge::parse(challenge.value(header).expect("a challenge"))
-        .expect("parsable challenge");
-    let h = ha1(ch.algorithm, user, &ch.realm, pw);
-    authorization_value(&ch, user, &h, method, uri, 1, "0a4f113b")
 }
 
 /// A phone on a TCP connection (its own framing).
@@ -109,30 +78,6 @@ impl TcpPhone {
     }
 }
 
-async fn register_udp(ua: &Ua, sw: SocketAddr, user: &str, pw: &str) {
-    let contact = format!("sip:{user}@{}", ua.addr);
-    ua.send(
-        sw,
-        &register_request(user, &contact, "UDP", &ua.addr.to_string(), 1, None),
-    )
-    .await;
-    let (ch, _) = ua.expect_status(401).await;
-    let auth = credentials(
-        &ch,
-        HeaderName::WwwAuthenticate,
-        user,
-        pw,
-        "REGISTER",
-        &format!("sip:{DOMAIN}"),
-    );
-    ua.send(
-        sw,
-        &register_request(user, &contact, "UDP", &ua.addr.to_string(), 2, Some(auth)),
-    )
-    .await;
-    ua.expect_status(200).await;
-}
-
 /// Registers over TCP with a Contact whose port is NOT the connection's source port (as
 /// behind NAT): the switch must use the connection, not the Contact.
 async fn register_tcp(sw_tcp: SocketAddr, user: &str, pw: &str) -> TcpPhone {
@@ -144,6 +89,7 @@ async fn register_tcp(sw_tcp: SocketAddr, user: &str, pw: &str) -> TcpPhone {
     let contact = format!("sip:{user}@127.0.0.1:5999;transport=tcp");
     phone
         .send(&register_request(
+            DOMAIN,
             user,
             &contact,
             "TCP",
@@ -163,6 +109,7 @@ async fn register_tcp(sw_tcp: SocketAddr, user: &str, pw: &str) -> TcpPhone {
     );
     phone
         .send(&register_request(
+            DOMAIN,
             user,
             &contact,
             "TCP",
@@ -190,7 +137,7 @@ async fn a_call_rings_every_phone_of_the_user_over_its_own_flow() {
     let node = start_with(node_config(dir.path())).await;
     let (sw, sw_tcp) = (udp_addr(&node), tcp_addr(&node));
     let udp_phone = Ua::new().await;
-    register_udp(&udp_phone, sw, "1001", "pw-1001").await;
+    register_udp(&udp_phone, sw, DOMAIN, "1001", "pw-1001").await;
     let mut tcp_phone = register_tcp(sw_tcp, "1001", "pw-1001").await;
     assert_eq!(node.location.lookup("acme", "1001").len(), 2);
 
@@ -310,7 +257,7 @@ async fn tenant_phones_are_challenged_and_unregistered_users_get_480() {
     let node = start_with(node_config(dir.path())).await;
     let sw = udp_addr(&node);
     let phone = Ua::new().await;
-    register_udp(&phone, sw, "1001", "pw-1001").await;
+    register_udp(&phone, sw, DOMAIN, "1001", "pw-1001").await;
 
     // 1002 calls 1001: challenged with 407 first, then put through with credentials.
     let caller = Ua::new().await;
@@ -385,7 +332,7 @@ async fn bindings_survive_a_restart_and_calls_reach_the_phone() {
     let phone = Ua::new().await;
     {
         let node = start_with(node_config(dir.path())).await;
-        register_udp(&phone, udp_addr(&node), "1001", "pw-1001").await;
+        register_udp(&phone, udp_addr(&node), DOMAIN, "1001", "pw-1001").await;
         if let Some(r) = ractor::registry::where_is(node.tree.registrar_name.clone()) {
             switchyard::actors::registrar::flush(&r.into())
                 .await

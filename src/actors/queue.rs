@@ -878,3 +878,55 @@ pub fn plan(
         })
         .collect()
 }
+
+/// Every `every`, snapshots the statistics of `queues` ((tenant, queue) pairs) into the
+/// `queue_stats` table through a connection of its own (blocking work off the runtime
+/// threads). Runs until the node's runtime stops.
+pub async fn snapshot_stats(
+    cc: Arc<CcContext>,
+    queues: Vec<(String, String)>,
+    db: std::path::PathBuf,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = now_unix_ms();
+        let mut rows = Vec::with_capacity(queues.len());
+        for (tenant, queue) in &queues {
+            let Some(q) = lookup(tenant, queue, &cc.node) else {
+                continue;
+            };
+            let Ok(s) = stats(&q).await else { continue };
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            rows.push(crate::store::QueueStatsRow {
+                at: now,
+                tenant: s.tenant,
+                queue: s.queue,
+                joined: n(s.joined),
+                answered: n(s.answered),
+                abandoned: n(s.abandoned),
+                overflowed: n(s.overflowed),
+                within_sl: n(s.answered_within_sl),
+                waiting: s.waiting as i64,
+                longest_wait_ms: n(s.longest_wait_ms),
+                asa_ms: n(s.asa_ms),
+                aht_ms: n(s.aht_ms),
+                available: s.available as i64,
+                logged_in: s.logged_in as i64,
+            });
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        let db = db.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            crate::store::Store::open(&db).and_then(|mut st| st.insert_queue_stats(&rows))
+        })
+        .await;
+        if !matches!(written, Ok(Ok(()))) {
+            tracing::warn!("queue statistics snapshot not written");
+        }
+    }
+}

@@ -72,6 +72,26 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX queue_stats_at ON queue_stats (tenant, queue, at);",
 ];
 
+/// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
+/// the queue started, so a report takes differences between snapshots).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStatsRow {
+    pub at: i64,
+    pub tenant: String,
+    pub queue: String,
+    pub joined: i64,
+    pub answered: i64,
+    pub abandoned: i64,
+    pub overflowed: i64,
+    pub within_sl: i64,
+    pub waiting: i64,
+    pub longest_wait_ms: i64,
+    pub asa_ms: i64,
+    pub aht_ms: i64,
+    pub available: i64,
+    pub logged_in: i64,
+}
+
 /// How long a connection waits for another connection's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -178,6 +198,38 @@ impl Store {
             let mut stmt = tx.prepare_cached(cdr::INSERT_SQL)?;
             for c in cdrs {
                 cdr::insert(&mut stmt, c)?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Appends snapshots of queue statistics (one transaction).
+    pub fn insert_queue_stats(&mut self, rows: &[QueueStatsRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO queue_stats (at, tenant, queue, joined, answered, abandoned, \
+                 overflowed, within_sl, waiting, longest_wait_ms, asa_ms, aht_ms, available, \
+                 logged_in) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )?;
+            for r in rows {
+                stmt.execute(rusqlite::params![
+                    r.at,
+                    r.tenant,
+                    r.queue,
+                    r.joined,
+                    r.answered,
+                    r.abandoned,
+                    r.overflowed,
+                    r.within_sl,
+                    r.waiting,
+                    r.longest_wait_ms,
+                    r.asa_ms,
+                    r.aht_ms,
+                    r.available,
+                    r.logged_in,
+                ])?;
             }
         }
         tx.commit()?;

@@ -252,3 +252,69 @@ pub async fn wait_until(wait: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// A REGISTER for `user` of `domain` (digest `auth` once challenged).
+pub fn register_request(
+    domain: &str,
+    user: &str,
+    contact: &str,
+    proto: &str,
+    via_host: &str,
+    cseq: u32,
+    auth: Option<String>,
+) -> String {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:{domain} SIP/2.0\r\nVia: SIP/2.0/{proto} {via_host};branch=z9hG4bK-reg-{user}-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{user}@{domain}>;tag=r{user}\r\nTo: <sip:{user}@{domain}>\r\nCall-ID: reg-{user}-{proto}\r\nCSeq: {cseq} REGISTER\r\nContact: <{contact}>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// The Authorization value answering a 401/407 (SHA-256 offered first).
+pub fn credentials(
+    challenge: &Message,
+    header: switchyard::sip::message::HeaderName,
+    user: &str,
+    pw: &str,
+    method: &str,
+    uri: &str,
+) -> String {
+    let ch = switchyard::sip::auth::Challenge::parse(challenge.value(header).expect("a challenge"))
+        .expect("parsable challenge");
+    let h = switchyard::sip::auth::ha1(ch.algorithm, user, &ch.realm, pw);
+    switchyard::sip::auth::authorization_value(&ch, user, &h, method, uri, 1, "0a4f113b")
+}
+
+/// Registers a UDP phone with digest authentication (answering the 401).
+pub async fn register_udp(ua: &Ua, sw: SocketAddr, domain: &str, user: &str, pw: &str) {
+    let contact = format!("sip:{user}@{}", ua.addr);
+    ua.send(
+        sw,
+        &register_request(domain, user, &contact, "UDP", &ua.addr.to_string(), 1, None),
+    )
+    .await;
+    let (ch, _) = ua.expect_status(401).await;
+    let auth = credentials(
+        &ch,
+        switchyard::sip::message::HeaderName::WwwAuthenticate,
+        user,
+        pw,
+        "REGISTER",
+        &format!("sip:{domain}"),
+    );
+    ua.send(
+        sw,
+        &register_request(
+            domain,
+            user,
+            &contact,
+            "UDP",
+            &ua.addr.to_string(),
+            2,
+            Some(auth),
+        ),
+    )
+    .await;
+    ua.expect_status(200).await;
+}

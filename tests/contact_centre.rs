@@ -1,0 +1,453 @@
+//! The contact centre end to end on a real node: callers dial a number, wait in a queue
+//! (hearing 180), and are connected to an agent's registered phone; unanswered offers go
+//! back to the queue; a caller who hangs up while waiting is an abandon; agent and queue
+//! actors that crash resume from their checkpoints without losing a caller.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard::actors::{agent, queue};
+use switchyard::config::{
+    AgentConfig, Config, MembershipConfig, NumberConfig, QueueConfig, TenantConfig, UserConfig,
+};
+use switchyard::server::Node;
+use switchyard::sip::auth::{ha1, Algorithm};
+use switchyard::sip::message::Message;
+
+const DOMAIN: &str = "cc.test";
+
+fn queue_config(id: &str) -> QueueConfig {
+    toml::from_str(&format!(
+        "id = \"{id}\"\nring_timeout_secs = 2\nmax_no_answer = 1\nno_answer_delay_secs = 0"
+    ))
+    .unwrap()
+}
+
+fn agent_config(id: &str, user: &str, queues: &[&str]) -> AgentConfig {
+    AgentConfig {
+        id: id.into(),
+        user: user.into(),
+        queues: queues
+            .iter()
+            .map(|q| MembershipConfig {
+                queue: q.to_string(),
+                tier: 1,
+                penalty: 0,
+            })
+            .collect(),
+        skills: Default::default(),
+        wrap_up_secs: None,
+        state: Some("available".into()),
+    }
+}
+
+/// A node with one tenant: queues `q0..qN`, numbers `500i` → `qi`, and agents.
+async fn node(dir: &std::path::Path, queues: usize, agents: &[(&str, &str, &[&str])]) -> Node {
+    let mut c: Config = config(dir, &[]);
+    c.registrar.algorithms = vec!["MD5".into()];
+    let users = agents
+        .iter()
+        .map(|(_, u, _)| UserConfig {
+            username: u.to_string(),
+            ha1_md5: Some(ha1(Algorithm::Md5, u, DOMAIN, "pw")),
+            ha1_sha256: None,
+        })
+        .collect();
+    c.tenants = vec![TenantConfig {
+        id: "cc".into(),
+        domain: DOMAIN.into(),
+        users,
+        queues: (0..queues)
+            .map(|i| queue_config(&format!("q{i}")))
+            .collect(),
+        agents: agents
+            .iter()
+            .map(|(id, u, qs)| agent_config(id, u, qs))
+            .collect(),
+        numbers: (0..queues)
+            .map(|i| NumberConfig {
+                number: format!("500{i}"),
+                target: format!("queue:q{i}"),
+                priority: 0,
+            })
+            .collect(),
+        ..Default::default()
+    }];
+    start_with(c).await
+}
+
+async fn agent_info(node: &Node, id: &str) -> agent::AgentInfo {
+    let a = agent::lookup("cc", id, &node.name).expect("agent running");
+    agent::info(&a).await.expect("agent answers")
+}
+
+async fn queue_stats(node: &Node, q: &str) -> queue::QueueStats {
+    let a = queue::lookup("cc", q, &node.name).expect("queue running");
+    queue::stats(&a).await.expect("queue answers")
+}
+
+/// Polls an agent until `pred` holds (bounded).
+async fn wait_agent(node: &Node, id: &str, what: &str, pred: impl Fn(&agent::AgentInfo) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = agent_info(node, id).await;
+        if pred(&info) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent {id}: {what}; is {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A caller's side of a queued call: INVITE to the number, 180 at once.
+async fn call_number(caller: &Ua, sw: SocketAddr, call_id: &str, number: &str) {
+    caller
+        .send(sw, &invite(call_id, number, caller.addr, sw))
+        .await;
+    caller
+        .expect("180 while queued", |m| m.status() == Some(180))
+        .await;
+}
+
+/// The agent's phone answers an INVITE: 180 then 200; returns the INVITE.
+async fn phone_answers(phone: &Ua, sw: SocketAddr) -> Message {
+    let (inv, _) = phone.expect_request("INVITE").await;
+    phone
+        .send(sw, &answer(&inv, 180, "Ringing", "ag", phone.addr, ""))
+        .await;
+    phone
+        .send(sw, &answer(&inv, 200, "OK", "ag", phone.addr, SDP))
+        .await;
+    inv
+}
+
+fn header(m: &Message, name: &str) -> String {
+    m.headers
+        .iter()
+        .find(|h| {
+            h.name
+                .canonical()
+                .is_some_and(|c| c.eq_ignore_ascii_case(name))
+        })
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .unwrap_or_default()
+}
+
+fn ack_for(resp: &Message, caller: &Ua, sw: SocketAddr, call_id: &str, number: &str) -> String {
+    format!(
+        "ACK sip:{number}@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-ack-{call_id};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        caller.addr,
+        header(resp, "From"),
+        header(resp, "To"),
+    )
+}
+
+/// The agent hangs up: BYE from the phone in its dialog.
+fn bye_from_phone(inv: &Message, phone: &Ua) -> String {
+    format!(
+        "BYE sip:switch@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-bye-{};rport\r\nMax-Forwards: 70\r\nFrom: {};tag=ag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        phone.addr,
+        header(inv, "Call-ID").len(),
+        header(inv, "To"),
+        header(inv, "From"),
+        header(inv, "Call-ID"),
+    )
+}
+
+fn cancel_for(caller: &Ua, sw: SocketAddr, call_id: &str, number: &str) -> String {
+    format!(
+        "CANCEL sip:{number}@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-{call_id}-1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{}>;tag=a-{call_id}\r\nTo: <sip:{number}@{sw}>\r\nCall-ID: {call_id}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
+        caller.addr, caller.addr
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_reaches_agent_and_agent_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), 1, &[("a1", "2001", &["q0"])]).await;
+    let sw = udp_addr(&node);
+    // Not offerable before its phone registers.
+    let info = agent_info(&node, "a1").await;
+    assert_eq!(info.state, "available");
+    assert!(!info.offerable && !info.phone_registered);
+    let phone = Ua::new().await;
+    register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    wait_agent(&node, "a1", "offerable once registered", |i| i.offerable).await;
+
+    let caller = Ua::new().await;
+    call_number(&caller, sw, "cc-1", "5000").await;
+    let inv = phone_answers(&phone, sw).await;
+    let (ok, _) = caller
+        .expect("200 from the agent", |m| m.status() == Some(200))
+        .await;
+    wait_agent(&node, "a1", "on call", |i| i.state == "on_call").await;
+    caller
+        .send(sw, &ack_for(&ok, &caller, sw, "cc-1", "5000"))
+        .await;
+    phone.expect_request("ACK").await;
+    phone.send(sw, &bye_from_phone(&inv, &phone)).await;
+    let (bye, _) = caller.expect_request("BYE").await;
+    caller
+        .send(sw, &answer(&bye, 200, "OK", "", caller.addr, ""))
+        .await;
+    // No stuck agent: wrap-up is 0, so straight back to available, with the call counted.
+    wait_agent(&node, "a1", "available after the call", |i| {
+        i.state == "available" && i.calls == 1
+    })
+    .await;
+    let s = queue_stats(&node, "q0").await;
+    assert_eq!((s.joined, s.answered, s.abandoned), (1, 1, 0), "{s:?}");
+    assert_eq!(s.answered_within_sl, 1);
+    let store = node.tree.store().unwrap();
+    switchyard::actors::store_writer::flush(&store)
+        .await
+        .unwrap();
+    let cdr = switchyard::store::Store::open(&dir.path().join("switchyard.db"))
+        .unwrap()
+        .get_cdr_by_call_id("cc-1")
+        .unwrap()
+        .expect("CDR written");
+    assert_eq!(cdr.queue.as_deref(), Some("cc/q0"));
+    assert_eq!(cdr.agent.as_deref(), Some("a1"));
+    assert!(!cdr.abandoned && cdr.wait_ms.is_some());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_offer_goes_to_the_next_agent_and_the_first_goes_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(
+        dir.path(),
+        1,
+        &[("a1", "2001", &["q0"]), ("a2", "2002", &["q0"])],
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let (p1, p2) = (Ua::new().await, Ua::new().await);
+    register_udp(&p1, sw, DOMAIN, "2001", "pw").await;
+    wait_agent(&node, "a1", "offerable", |i| i.offerable).await;
+    // a2 registers later: a1 has been idle longest and gets the first offer.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    register_udp(&p2, sw, DOMAIN, "2002", "pw").await;
+    wait_agent(&node, "a2", "offerable", |i| i.offerable).await;
+
+    let caller = Ua::new().await;
+    call_number(&caller, sw, "cc-2", "5000").await;
+    // a1's phone rings and is never answered: after the 2 s ring timeout it is cancelled.
+    let (inv1, _) = p1.expect_request("INVITE").await;
+    p1.send(sw, &answer(&inv1, 180, "Ringing", "p1", p1.addr, ""))
+        .await;
+    let (cancel, _) = p1
+        .expect("CANCEL after the ring timeout", |m| {
+            m.method().is_some_and(|x| x.to_string() == "CANCEL")
+        })
+        .await;
+    p1.send(sw, &answer(&cancel, 200, "OK", "p1", p1.addr, ""))
+        .await;
+    p1.send(
+        sw,
+        &answer(&inv1, 487, "Request Terminated", "p1", p1.addr, ""),
+    )
+    .await;
+    // max_no_answer = 1: a1 is not ready now, reason no-answer.
+    wait_agent(&node, "a1", "not ready after no answer", |i| {
+        i.state == "not_ready" && i.detail.as_deref() == Some("no-answer")
+    })
+    .await;
+    // The caller never saw a failure and goes to a2.
+    let inv2 = phone_answers(&p2, sw).await;
+    let (ok, _) = caller
+        .expect("200 from a2", |m| m.status() == Some(200))
+        .await;
+    caller
+        .send(sw, &ack_for(&ok, &caller, sw, "cc-2", "5000"))
+        .await;
+    p2.send(sw, &bye_from_phone(&inv2, &p2)).await;
+    let (bye, _) = caller.expect_request("BYE").await;
+    caller
+        .send(sw, &answer(&bye, 200, "OK", "", caller.addr, ""))
+        .await;
+    let q = queue::lookup("cc", "q0", &node.name).unwrap();
+    let decisions = queue::decisions(&q).await.unwrap();
+    assert_eq!(decisions.len(), 2, "{decisions:?}");
+    assert_eq!(decisions[0].chosen, vec!["a1".to_string()]);
+    assert!(
+        decisions[0].reason.contains("longest-idle"),
+        "{decisions:?}"
+    );
+    assert!(decisions[0]
+        .outcome
+        .as_deref()
+        .unwrap_or("")
+        .contains("no_answer"));
+    assert_eq!(decisions[1].chosen, vec!["a2".to_string()]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_hanging_up_while_waiting_is_an_abandon() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), 1, &[("a1", "2001", &["q0"])]).await;
+    let sw = udp_addr(&node);
+    // a1 has no phone: nobody can take the call.
+    let caller = Ua::new().await;
+    call_number(&caller, sw, "cc-3", "5000").await;
+    let q = queue::lookup("cc", "q0", &node.name).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || true).await);
+    let waiting = queue::waiting(&q).await.unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].call_id, "cc-3");
+    caller
+        .send(sw, &cancel_for(&caller, sw, "cc-3", "5000"))
+        .await;
+    caller.expect_status(487).await;
+    let s = queue_stats(&node, "q0").await;
+    assert_eq!((s.joined, s.abandoned, s.waiting), (1, 1, 0), "{s:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_queue_keeps_its_callers_in_order_and_crashed_agent_its_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(dir.path(), 1, &[("a1", "2001", &["q0"])]).await;
+    let sw = udp_addr(&node);
+    // Three callers wait (no phone registered yet).
+    let callers = [Ua::new().await, Ua::new().await, Ua::new().await];
+    for (i, c) in callers.iter().enumerate() {
+        call_number(c, sw, &format!("cc-q{i}"), "5000").await;
+    }
+    let q = queue::lookup("cc", "q0", &node.name).unwrap();
+    q.cast(queue::QueueMsg::InjectPanic).unwrap();
+    // The restarted queue (a new actor under the same name) has them in their order.
+    let mut restarted = None;
+    for _ in 0..100 {
+        if let Some(n) = queue::lookup("cc", "q0", &node.name).filter(|n| n.get_id() != q.get_id())
+        {
+            restarted = Some(n);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let q2 = restarted.expect("queue restarted");
+    let order: Vec<String> = queue::waiting(&q2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.call_id)
+        .collect();
+    assert_eq!(order, vec!["cc-q0", "cc-q1", "cc-q2"]);
+    // The agent's phone registers; the first caller is offered first.
+    let phone = Ua::new().await;
+    register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    let inv = phone_answers(&phone, sw).await;
+    // The B leg's From is the caller's (without its tag): each caller has its own address.
+    assert!(
+        header(&inv, "From").contains(&callers[0].addr.to_string()),
+        "{inv:?}"
+    );
+    let (ok, _) = callers[0]
+        .expect("200 for the first caller", |m| m.status() == Some(200))
+        .await;
+    callers[0]
+        .send(sw, &ack_for(&ok, &callers[0], sw, "cc-q0", "5000"))
+        .await;
+    wait_agent(&node, "a1", "on call", |i| i.state == "on_call").await;
+    // The agent actor crashes mid-call: it comes back on the call, then moves on when the
+    // call ends.
+    let a = agent::lookup("cc", "a1", &node.name).unwrap();
+    a.cast(agent::AgentMsg::InjectPanic).unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if agent::lookup("cc", "a1", &node.name).is_some_and(|n| n.get_id() != a.get_id()) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(back, "agent restarted");
+    assert_eq!(agent_info(&node, "a1").await.state, "on_call");
+    phone.send(sw, &bye_from_phone(&inv, &phone)).await;
+    let (bye, _) = callers[0].expect_request("BYE").await;
+    callers[0]
+        .send(sw, &answer(&bye, 200, "OK", "", callers[0].addr, ""))
+        .await;
+    // Free at once (wrap-up 0), so the next caller is offered straight away.
+    wait_agent(&node, "a1", "off the call", |i| {
+        i.calls == 1 && matches!(i.state, "available" | "offered")
+    })
+    .await;
+    // The next caller in order is offered next.
+    let (inv2, _) = phone.expect_request("INVITE").await;
+    assert!(
+        header(&inv2, "From").contains(&callers[1].addr.to_string()),
+        "{inv2:?}"
+    );
+    let s = queue_stats(&node, "q0").await;
+    assert_eq!(s.joined, 3, "{s:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_in_five_queues_takes_one_call_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let qs: &[&str] = &["q0", "q1", "q2", "q3", "q4"];
+    let node = node(dir.path(), 5, &[("a1", "2001", qs)]).await;
+    let sw = udp_addr(&node);
+    let phone = Ua::new().await;
+    register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    wait_agent(&node, "a1", "offerable", |i| i.offerable).await;
+    // Five callers (one UA, five calls), one per queue, at once.
+    let caller = Ua::new().await;
+    for i in 0..5 {
+        caller
+            .send(
+                sw,
+                &invite(&format!("cc-m{i}"), &format!("500{i}"), caller.addr, sw),
+            )
+            .await;
+    }
+    // The phone gets one INVITE at a time: answer, hang up, then the next one comes.
+    let mut served = Vec::new();
+    for round in 0..5 {
+        let (inv, _) = phone.expect_request("INVITE").await;
+        phone
+            .send(sw, &answer(&inv, 200, "OK", "ag", phone.addr, SDP))
+            .await;
+        let (ok, _) = caller
+            .expect("a 200 from the agent", |m| m.status() == Some(200))
+            .await;
+        let call_id = header(&ok, "Call-ID");
+        assert!(!served.contains(&call_id), "round {round}: {call_id} twice");
+        let number = format!("500{}", &call_id[4..]);
+        caller
+            .send(sw, &ack_for(&ok, &caller, sw, &call_id, &number))
+            .await;
+        // No second INVITE while this call is up.
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Some((m, _)) = phone
+            .recv(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await
+        {
+            assert!(
+                m.method().is_none_or(|x| x.to_string() != "INVITE"),
+                "round {round}: a second offer while on a call"
+            );
+        }
+        phone.send(sw, &bye_from_phone(&inv, &phone)).await;
+        let (bye, _) = caller.expect_request("BYE").await;
+        caller
+            .send(sw, &answer(&bye, 200, "OK", "", caller.addr, ""))
+            .await;
+        served.push(call_id);
+    }
+    wait_agent(&node, "a1", "five calls", |i| {
+        i.calls == 5 && i.state == "available"
+    })
+    .await;
+    node.shutdown().await;
+}
