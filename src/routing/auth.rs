@@ -663,6 +663,7 @@ mod tests {
                 })
                 .collect(),
             users_csv: None,
+            ..Default::default()
         }
     }
 
