@@ -1,32 +1,42 @@
-//! HTTP API: `GET /metrics` (Prometheus text format) and `GET /health`, on axum.
+//! HTTP API on axum: `GET /metrics` (Prometheus text format), `GET /health`, and the
+//! contact-centre routes of [`cc`] (queues and agents).
 //!
-//! The metrics recorder is installed by [`crate::metrics::install`]; this module only renders
+//! Reads are open to whoever reaches the listener (it binds 127.0.0.1 by default);
+//! mutations need `Authorization: Bearer <token>` with the node's [`Token`] (see
+//! [`load_token`]). The metrics recorder is installed by [`crate::metrics::install`]; this module only renders
 //! its handle. Every response is counted in [`HTTP_REQUESTS_TOTAL`] by route template, so an
 //! unknown path (a scanner) cannot create new series. Errors are RFC 9457 problem bodies.
 //!
 //! Adding a route: register it with [`route`] (not `Router::route`) in [`router`], so that it
 //! gets its own `path` label; routes added otherwise are counted as `other`.
 
+pub mod cc;
 mod health;
 mod problem;
 
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
+use crate::actors::queue::CcContext;
+
+pub use cc::{Directory, AGENT_COMMANDS_TOTAL};
 pub use health::{Health, HealthCheck, HealthReport};
 pub use problem::{Problem, PROBLEM_JSON};
 
@@ -39,19 +49,27 @@ pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// `path` label of requests that matched no route.
 const OTHER_PATH: &str = "other";
 
+/// Name of the file in the data directory that holds the generated API token.
+pub const TOKEN_FILE: &str = "api-token";
+
 /// Describe this module's metrics with the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(
         HTTP_REQUESTS_TOTAL,
         "HTTP API requests answered, by route template (`other` if unrouted) and status code"
     );
+    cc::describe();
 }
 
-/// Shared state of the HTTP handlers; cheap to clone (one per request).
+/// Shared state of the HTTP handlers; cheap to clone (one per request): handles and `Arc`s.
 #[derive(Clone, Debug)]
 pub struct ApiState {
     metrics: PrometheusHandle,
     health: Arc<Health>,
+    /// Without a token every mutation is refused (401): the API fails closed.
+    token: Option<Token>,
+    /// Without a contact centre the queue and agent routes find nothing (404).
+    cc: Option<Arc<cc::ContactCentre>>,
 }
 
 impl ApiState {
@@ -60,7 +78,163 @@ impl ApiState {
         Self {
             metrics,
             health: Arc::new(health),
+            token: None,
+            cc: None,
         }
+    }
+
+    /// Accept mutations that present `token` as `Authorization: Bearer <token>`.
+    pub fn with_token(mut self, token: Token) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Serve the queues and agents listed in `directory`, whose actors are found by name
+    /// on `cc.node`.
+    pub fn with_contact_centre(mut self, cc: Arc<CcContext>, directory: Directory) -> Self {
+        self.cc = Some(Arc::new(cc::ContactCentre::new(cc, directory)));
+        self
+    }
+
+    /// Check a mutation's `Authorization` header: 401 (with `WWW-Authenticate: Bearer`)
+    /// when it is missing or not a bearer credential, 403 when the token is wrong.
+    #[allow(clippy::result_large_err)] // a Response on the error path only, once per request
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_credential);
+        let Some(presented) = presented else {
+            let problem = Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "this request needs Authorization: Bearer <token>",
+            );
+            return Err((
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                problem,
+            )
+                .into_response());
+        };
+        match &self.token {
+            Some(token) if token.matches(presented) => Ok(()),
+            _ => Err(
+                Problem::new(StatusCode::FORBIDDEN, "the bearer token is not valid")
+                    .into_response(),
+            ),
+        }
+    }
+}
+
+/// The credential of an `Authorization: Bearer <token>` value (the scheme is
+/// case-insensitive, RFC 9110 §11.1); `None` for another scheme or an empty credential.
+fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.trim().split_once(' ')?;
+    let credential = credential.trim_start();
+    (scheme.eq_ignore_ascii_case("bearer") && !credential.is_empty()).then_some(credential)
+}
+
+/// The bearer token that authorises API mutations. Its `Debug` form hides it, so it cannot
+/// leak into a log through a `{:?}` of the state.
+#[derive(Clone)]
+pub struct Token {
+    secret: Arc<str>,
+    /// SHA-256 of the secret: presented tokens are hashed and the digests compared in
+    /// constant time, so neither the content nor the length of the secret shows in timing.
+    digest: [u8; 32],
+}
+
+impl Token {
+    /// A token from its text; `None` if it is empty or not printable ASCII without spaces
+    /// (it must fit in an `Authorization` header as typed).
+    pub fn new(secret: &str) -> Option<Token> {
+        let valid = !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_graphic());
+        valid.then(|| Token {
+            secret: Arc::from(secret),
+            digest: Sha256::digest(secret.as_bytes()).into(),
+        })
+    }
+
+    /// A fresh random token: 128 bits from the thread's CSPRNG as 32 lowercase hex digits.
+    pub fn generate() -> Token {
+        let bytes: [u8; 16] = rand::random();
+        let mut hex = String::with_capacity(32);
+        for b in bytes {
+            hex.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+            hex.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+        }
+        Token::new(&hex).expect("hex digits are a valid token")
+    }
+
+    /// The secret itself, to print once for the operator.
+    pub fn expose(&self) -> &str {
+        &self.secret
+    }
+
+    /// Whether `presented` is this token, in time independent of where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let diff = self
+            .digest
+            .iter()
+            .zip(other.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        // black_box keeps the optimiser from turning the fold into an early exit.
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Where the node's API token came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// `http.token` in the config.
+    Config,
+    /// `data_dir/api-token`, written at an earlier start.
+    File,
+    /// Generated now into `data_dir/api-token`: the caller shows it once.
+    Generated,
+}
+
+/// The API token: `configured` (`http.token`) when set; otherwise the one in
+/// `data_dir/api-token`, generated there (mode 0600) if the file does not exist yet.
+/// An empty or malformed token is an error rather than an open API.
+pub fn load_token(configured: Option<&str>, data_dir: &Path) -> io::Result<(Token, TokenOrigin)> {
+    let invalid = |what: String| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{what}: a token is printable ASCII without spaces, not empty"),
+        )
+    };
+    if let Some(text) = configured {
+        let token = Token::new(text).ok_or_else(|| invalid("http.token".into()))?;
+        return Ok((token, TokenOrigin::Config));
+    }
+    let path = data_dir.join(TOKEN_FILE);
+    let token = Token::generate();
+    let mut options = std::fs::OpenOptions::new();
+    // create_new: two nodes sharing a data directory cannot overwrite each other's token.
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(&path) {
+        Ok(mut file) => {
+            writeln!(file, "{}", token.expose())?;
+            file.sync_all()?;
+            Ok((token, TokenOrigin::Generated))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(&path)?;
+            let token =
+                Token::new(text.trim()).ok_or_else(|| invalid(path.display().to_string()))?;
+            Ok((token, TokenOrigin::File))
+        }
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
     }
 }
 
@@ -89,6 +263,7 @@ pub fn router(state: ApiState) -> Router {
     let router = Router::new();
     let router = route(router, "/metrics", get(render_metrics));
     let router = route(router, "/health", get(report_health));
+    let router = cc::routes(router);
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -44,12 +44,17 @@ struct Reply {
 
 /// One request on a fresh connection (`Connection: close`), read to the end.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
+    request_with(addr, method, path, "").await
+}
+
+/// [`request`] with `extra` header lines (each ending in CRLF).
+async fn request_with(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Reply {
     let mut stream = timeout(STEP, TcpStream::connect(addr))
         .await
         .expect("connect in time")
         .expect("connect");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
@@ -226,4 +231,104 @@ async fn shutdown_stops_the_server() {
         }
     };
     assert!(refused, "server still answers after shutdown");
+}
+
+#[test]
+fn bearer_credential_needs_the_scheme_and_a_value() {
+    assert_eq!(bearer_credential("Bearer abc"), Some("abc"));
+    assert_eq!(bearer_credential("bearer  abc "), Some("abc"));
+    assert_eq!(bearer_credential("Basic abc"), None);
+    assert_eq!(bearer_credential("Bearer"), None);
+    assert_eq!(bearer_credential("Bearer  "), None);
+    assert_eq!(bearer_credential("abc"), None);
+}
+
+#[test]
+fn token_matches_only_itself_and_hides_in_debug() {
+    let token = Token::new("s3cret").expect("valid");
+    assert!(token.matches("s3cret"));
+    assert!(!token.matches("s3cre"));
+    assert!(!token.matches("s3cret "));
+    assert!(!token.matches(""));
+    assert!(!format!("{token:?}").contains("s3cret"));
+    assert!(Token::new("").is_none());
+    assert!(Token::new("has space").is_none());
+    assert!(Token::new("tab\t").is_none());
+
+    let a = Token::generate();
+    let b = Token::generate();
+    assert_eq!(a.expose().len(), 32);
+    assert!(a.expose().bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a.expose(), b.expose());
+}
+
+#[test]
+fn token_is_configured_or_generated_once_then_reused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(TOKEN_FILE);
+
+    let (token, origin) = load_token(Some("from-config"), dir.path()).expect("configured");
+    assert_eq!(
+        (token.expose(), origin),
+        ("from-config", TokenOrigin::Config)
+    );
+    assert!(!path.exists(), "a configured token writes no file");
+
+    let (first, origin) = load_token(None, dir.path()).expect("generated");
+    assert_eq!(origin, TokenOrigin::Generated);
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("file").trim(),
+        first.expose()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    let (again, origin) = load_token(None, dir.path()).expect("read back");
+    assert_eq!(
+        (again.expose(), origin),
+        (first.expose(), TokenOrigin::File)
+    );
+
+    assert!(load_token(Some(""), dir.path()).is_err());
+    std::fs::write(&path, "\n").expect("empty the file");
+    assert!(
+        load_token(None, dir.path()).is_err(),
+        "an empty token file is an error, not an open API"
+    );
+}
+
+#[tokio::test]
+async fn without_a_contact_centre_lists_are_empty_and_items_unknown() {
+    let server = start(Health::new()).await;
+    let reply = request(server.addr, "GET", "/queues").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "[]"));
+    let reply = request(server.addr, "GET", "/agents").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(reply.body.contains(r#""total":0"#), "{}", reply.body);
+    let reply = request(server.addr, "GET", "/agents/t/a1").await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
+}
+
+#[tokio::test]
+async fn without_a_token_every_mutation_is_refused() {
+    let server = start(Health::new()).await;
+    // No Authorization at all: 401 with the challenge.
+    let reply = request(server.addr, "POST", "/agents/t/a1/logout").await;
+    assert_eq!(reply.status, 401, "{}", reply.body);
+    assert_eq!(reply.headers["www-authenticate"], "Bearer");
+    assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
+    // A node without a token fails closed: no presented token can match.
+    let reply = request_with(
+        server.addr,
+        "POST",
+        "/agents/t/a1/logout",
+        "Authorization: Bearer anything\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
 }

@@ -1,0 +1,759 @@
+//! Contact-centre routes: queues and agents, as thin handlers over their actors' messages.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /queues[?tenant=T]` | every queue's [`QueueStats`] |
+//! | `GET /queues/{tenant}/{queue}` | one queue's [`QueueStats`] |
+//! | `GET /queues/{tenant}/{queue}/waiting` | its waiting callers in order ([`queue::WaitingCaller`]) |
+//! | `GET /queues/{tenant}/{queue}/decisions` | its recent routing decisions ([`queue::Decision`]) |
+//! | `GET /agents[?tenant=T][&state=S][&limit=N][&offset=N]` | [`AgentList`] |
+//! | `GET /agents/{tenant}/{agent}` | one agent's [`AgentInfo`] |
+//! | `POST /agents/{tenant}/{agent}/{login,logout,ready,not-ready}` | [`AgentInfo`] after the change |
+//!
+//! Actors are found by name (`queue/<tenant>/<id>@<node>`) at each request, never held,
+//! so a restarted actor is found again. Which tenants, queues and agents exist comes from
+//! the [`Directory`] built from the config: a name it does not list is a 404; a listed
+//! actor that is not running or does not answer in time is a 503; an agent's refusal of a
+//! command (busy, no registered phone) is a 409 with its reason.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{route, ApiState, Problem};
+use crate::actors::agent::{self, AgentInfo, AgentMsg, Command};
+use crate::actors::queue::{self, CcContext, QueueStats};
+
+/// Counter, labels `command` (login, logout, ready, not_ready) and `result` (ok, refused,
+/// not_found, unavailable, unauthorized, forbidden, bad_request): agent state commands
+/// received on the API.
+pub const AGENT_COMMANDS_TOTAL: &str = "switchyard_api_agent_commands_total";
+
+/// `limit` of `GET /agents` when none is given.
+pub const DEFAULT_LIMIT: usize = 1000;
+
+/// The largest `limit` of `GET /agents`: bounds one response (about 0.5 KB per agent).
+pub const MAX_LIMIT: usize = 10_000;
+
+/// Agents asked at once while listing: enough to keep both cores busy, few enough that a
+/// listing of 20,000 agents does not flood the runtime with tasks and the agents' mailboxes
+/// with queries ahead of queue traffic.
+const CONCURRENT_ASKS: usize = 128;
+
+/// The not-ready reason when the body gives none.
+const DEFAULT_REASON: &str = "break";
+
+/// Longest not-ready reason accepted: it is shown in every listing of the agent.
+const MAX_REASON: usize = 64;
+
+/// Agent state labels as [`AgentInfo::state`] reports them (the agent module's `Status`
+/// labels), to reject a misspelt `state=` filter instead of answering an empty list.
+const STATES: [&str; 6] = [
+    "logged_out",
+    "available",
+    "not_ready",
+    "offered",
+    "on_call",
+    "wrap_up",
+];
+
+/// Describe this module's metrics (called from [`super::describe`]).
+pub fn describe() {
+    metrics::describe_counter!(
+        AGENT_COMMANDS_TOTAL,
+        "Agent state commands on the HTTP API, by command and result"
+    );
+}
+
+/// Which queues and agents each tenant has, by id: the API's map of the contact centre,
+/// built from the config at start. Ids are kept sorted, so listings and pages are stable.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    tenants: BTreeMap<Arc<str>, Members>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Members {
+    queues: Vec<Arc<str>>,
+    agents: Vec<Arc<str>>,
+}
+
+impl Directory {
+    /// An empty directory.
+    pub fn new() -> Directory {
+        Directory::default()
+    }
+
+    /// Add a tenant's queues and agents (merged with what is already listed for it).
+    pub fn insert<'a>(
+        &mut self,
+        tenant: &str,
+        queues: impl IntoIterator<Item = &'a str>,
+        agents: impl IntoIterator<Item = &'a str>,
+    ) {
+        let entry = self.tenants.entry(Arc::from(tenant)).or_default();
+        entry.queues.extend(queues.into_iter().map(Arc::from));
+        entry.agents.extend(agents.into_iter().map(Arc::from));
+        for ids in [&mut entry.queues, &mut entry.agents] {
+            ids.sort_unstable();
+            ids.dedup();
+        }
+    }
+
+    /// Number of agents listed, over all tenants.
+    pub fn agent_count(&self) -> usize {
+        self.tenants.values().map(|m| m.agents.len()).sum()
+    }
+
+    fn tenant(&self, tenant: &str) -> Result<(&Arc<str>, &Members), Problem> {
+        self.tenants
+            .get_key_value(tenant)
+            .ok_or_else(|| Problem::not_found(format!("no tenant {tenant:?}")))
+    }
+
+    /// The tenants a listing covers: one (404 if unknown) or all.
+    fn select(&self, tenant: Option<&str>) -> Result<Vec<(&Arc<str>, &Members)>, Problem> {
+        match tenant {
+            Some(t) => Ok(vec![self.tenant(t)?]),
+            None => Ok(self.tenants.iter().collect()),
+        }
+    }
+
+    fn has_queue(&self, tenant: &str, queue: &str) -> Result<(), Problem> {
+        let (_, m) = self.tenant(tenant)?;
+        match m.queues.binary_search_by(|q| (**q).cmp(queue)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Problem::not_found(format!(
+                "tenant {tenant:?} has no queue {queue:?}"
+            ))),
+        }
+    }
+
+    fn has_agent(&self, tenant: &str, agent: &str) -> Result<(), Problem> {
+        let (_, m) = self.tenant(tenant)?;
+        match m.agents.binary_search_by(|a| (**a).cmp(agent)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Problem::not_found(format!(
+                "tenant {tenant:?} has no agent {agent:?}"
+            ))),
+        }
+    }
+}
+
+/// What the contact-centre handlers share (behind an `Arc` in [`ApiState`]).
+pub(super) struct ContactCentre {
+    cc: Arc<CcContext>,
+    directory: Directory,
+}
+
+impl ContactCentre {
+    pub(super) fn new(cc: Arc<CcContext>, directory: Directory) -> ContactCentre {
+        ContactCentre { cc, directory }
+    }
+}
+
+impl std::fmt::Debug for ContactCentre {
+    // The context's tables (checkpoints of every agent) are not worth printing.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContactCentre")
+            .field("node", &self.cc.node)
+            .field("tenants", &self.directory.tenants.len())
+            .field("agents", &self.directory.agent_count())
+            .finish()
+    }
+}
+
+/// The body of `GET /agents`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AgentList {
+    /// Agents that match the filters, over all pages.
+    pub total: usize,
+    /// This page, in tenant then agent id order.
+    pub agents: Vec<AgentInfo>,
+    /// Agents that did not answer in time (restarting, overloaded) and are left out: out
+    /// of this page without a state filter, out of `total` with one.
+    pub unanswered: usize,
+}
+
+/// The optional body of `POST .../not-ready`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotReadyBody {
+    reason: Option<String>,
+}
+
+/// Register the contact-centre routes (each with its `path` label).
+pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
+    let router = route(router, "/queues", get(list_queues));
+    let router = route(router, "/queues/{tenant}/{queue}", get(get_queue));
+    let router = route(router, "/queues/{tenant}/{queue}/waiting", get(get_waiting));
+    let router = route(
+        router,
+        "/queues/{tenant}/{queue}/decisions",
+        get(get_decisions),
+    );
+    let router = route(router, "/agents", get(list_agents));
+    let router = route(router, "/agents/{tenant}/{agent}", get(get_agent));
+    let router = route(router, "/agents/{tenant}/{agent}/login", post(login));
+    let router = route(router, "/agents/{tenant}/{agent}/logout", post(logout));
+    let router = route(router, "/agents/{tenant}/{agent}/ready", post(ready));
+    route(
+        router,
+        "/agents/{tenant}/{agent}/not-ready",
+        post(not_ready),
+    )
+}
+
+// ---------------------------------------------------------------------------- queues
+
+async fn list_queues(State(state): State<ApiState>, uri: Uri) -> Response {
+    respond(list_queues_inner(&state, &uri).await)
+}
+
+async fn list_queues_inner(state: &ApiState, uri: &Uri) -> Result<Vec<QueueStats>, Problem> {
+    let params = Params::parse(uri, &["tenant"])?;
+    let Some(cc) = &state.cc else {
+        return Ok(Vec::new());
+    };
+    let keys: Vec<(Arc<str>, Arc<str>)> = cc
+        .directory
+        .select(params.get("tenant"))?
+        .into_iter()
+        .flat_map(|(t, m)| m.queues.iter().map(move |q| (t.clone(), q.clone())))
+        .collect();
+    let node: Arc<str> = Arc::from(cc.cc.node.as_str());
+    let answers = ask_all(&keys, |(t, q)| {
+        let (t, q, node) = (t.clone(), q.clone(), node.clone());
+        async move { queue::stats(&queue::lookup(&t, &q, &node)?).await.ok() }
+    })
+    .await;
+    // Queues are few and restart in milliseconds: a short list would hide the sick one,
+    // so the listing fails and names it instead.
+    let missing: Vec<String> = keys
+        .iter()
+        .zip(&answers)
+        .filter(|(_, a)| a.is_none())
+        .map(|((t, q), _)| format!("{t}/{q}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(unavailable(format!(
+            "queues not answering: {}",
+            missing.join(", ")
+        )));
+    }
+    Ok(answers.into_iter().flatten().collect())
+}
+
+async fn get_queue(
+    State(state): State<ApiState>,
+    Path((tenant, queue)): Path<(String, String)>,
+) -> Response {
+    respond(
+        ask_queue(&state, &tenant, &queue, |q| async move {
+            queue::stats(&q).await
+        })
+        .await,
+    )
+}
+
+async fn get_waiting(
+    State(state): State<ApiState>,
+    Path((tenant, queue)): Path<(String, String)>,
+) -> Response {
+    respond(
+        ask_queue(&state, &tenant, &queue, |q| async move {
+            queue::waiting(&q).await
+        })
+        .await,
+    )
+}
+
+async fn get_decisions(
+    State(state): State<ApiState>,
+    Path((tenant, queue)): Path<(String, String)>,
+) -> Response {
+    respond(
+        ask_queue(&state, &tenant, &queue, |q| async move {
+            queue::decisions(&q).await
+        })
+        .await,
+    )
+}
+
+/// Find a listed queue's actor and ask it one query.
+async fn ask_queue<T, F, Fut>(
+    state: &ApiState,
+    tenant: &str,
+    queue_id: &str,
+    ask: F,
+) -> Result<T, Problem>
+where
+    F: FnOnce(ractor::ActorRef<queue::QueueMsg>) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let cc = contact_centre(state)?;
+    cc.directory.has_queue(tenant, queue_id)?;
+    let actor = queue::lookup(tenant, queue_id, &cc.cc.node)
+        .ok_or_else(|| unavailable(format!("queue {tenant}/{queue_id} is not running")))?;
+    ask(actor)
+        .await
+        .map_err(|e| unavailable(format!("queue {tenant}/{queue_id} did not answer: {e}")))
+}
+
+// ---------------------------------------------------------------------------- agents
+
+async fn list_agents(State(state): State<ApiState>, uri: Uri) -> Response {
+    respond(list_agents_inner(&state, &uri).await)
+}
+
+async fn list_agents_inner(state: &ApiState, uri: &Uri) -> Result<AgentList, Problem> {
+    let params = Params::parse(uri, &["tenant", "state", "limit", "offset"])?;
+    let wanted_state = match params.get("state") {
+        Some(s) if !STATES.contains(&s) => {
+            return Err(bad_request(format!(
+                "state {s:?} is not one of {}",
+                STATES.join(", ")
+            )))
+        }
+        s => s,
+    };
+    let limit = params.number("limit", DEFAULT_LIMIT)?;
+    if limit > MAX_LIMIT {
+        return Err(bad_request(format!("limit is at most {MAX_LIMIT}")));
+    }
+    let offset = params.number("offset", 0)?;
+    let empty = AgentList {
+        total: 0,
+        agents: Vec::new(),
+        unanswered: 0,
+    };
+    let Some(cc) = &state.cc else {
+        return Ok(empty);
+    };
+    let keys: Vec<(Arc<str>, Arc<str>)> = cc
+        .directory
+        .select(params.get("tenant"))?
+        .into_iter()
+        .flat_map(|(t, m)| m.agents.iter().map(move |a| (t.clone(), a.clone())))
+        .collect();
+    let node: Arc<str> = Arc::from(cc.cc.node.as_str());
+    let ask = |(t, a): &(Arc<str>, Arc<str>)| {
+        let (t, a, node) = (t.clone(), a.clone(), node.clone());
+        async move { agent::info(&agent::lookup(&t, &a, &node)?).await.ok() }
+    };
+    match wanted_state {
+        // Without a state filter the total is known from the directory: ask only this page.
+        None => {
+            let page = page(&keys, offset, limit);
+            let answers = ask_all(page, ask).await;
+            let unanswered = answers.iter().filter(|a| a.is_none()).count();
+            Ok(AgentList {
+                total: keys.len(),
+                agents: answers.into_iter().flatten().collect(),
+                unanswered,
+            })
+        }
+        // A state is only known by asking, so every agent of the selected tenants is asked.
+        Some(wanted) => {
+            let answers = ask_all(&keys, ask).await;
+            let unanswered = answers.iter().filter(|a| a.is_none()).count();
+            let matching: Vec<AgentInfo> = answers
+                .into_iter()
+                .flatten()
+                .filter(|a| a.state == wanted)
+                .collect();
+            Ok(AgentList {
+                total: matching.len(),
+                agents: page(&matching, offset, limit).to_vec(),
+                unanswered,
+            })
+        }
+    }
+}
+
+async fn get_agent(
+    State(state): State<ApiState>,
+    Path((tenant, agent_id)): Path<(String, String)>,
+) -> Response {
+    let answer = async {
+        let actor = find_agent(&state, &tenant, &agent_id)?;
+        agent::info(&actor)
+            .await
+            .map_err(|e| unavailable(format!("agent {tenant}/{agent_id} did not answer: {e}")))
+    };
+    respond(answer.await)
+}
+
+async fn login(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, agent_id)): Path<(String, String)>,
+) -> Response {
+    apply(
+        &state,
+        &headers,
+        &tenant,
+        &agent_id,
+        "login",
+        Ok(Command::Login),
+    )
+    .await
+}
+
+async fn logout(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, agent_id)): Path<(String, String)>,
+) -> Response {
+    apply(
+        &state,
+        &headers,
+        &tenant,
+        &agent_id,
+        "logout",
+        Ok(Command::Logout),
+    )
+    .await
+}
+
+async fn ready(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, agent_id)): Path<(String, String)>,
+) -> Response {
+    apply(
+        &state,
+        &headers,
+        &tenant,
+        &agent_id,
+        "ready",
+        Ok(Command::Ready),
+    )
+    .await
+}
+
+async fn not_ready(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((tenant, agent_id)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let command = not_ready_command(&body);
+    apply(&state, &headers, &tenant, &agent_id, "not_ready", command).await
+}
+
+/// The command of a not-ready body: empty, `{}` or `{"reason": "..."}`.
+fn not_ready_command(body: &[u8]) -> Result<Command, Problem> {
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        NotReadyBody::default()
+    } else {
+        Json::<NotReadyBody>::from_bytes(body)
+            .map_err(|e| bad_request(e.body_text()))?
+            .0
+    };
+    let reason = parsed.reason.unwrap_or_else(|| DEFAULT_REASON.to_owned());
+    if reason.trim().is_empty() || reason.chars().count() > MAX_REASON {
+        return Err(bad_request(format!(
+            "reason is 1 to {MAX_REASON} characters"
+        )));
+    }
+    Ok(Command::NotReady(reason))
+}
+
+/// Run an agent command: authorise, check the body, find the agent, ask it. Every outcome
+/// is counted in [`AGENT_COMMANDS_TOTAL`].
+async fn apply(
+    state: &ApiState,
+    headers: &HeaderMap,
+    tenant: &str,
+    agent_id: &str,
+    name: &'static str,
+    command: Result<Command, Problem>,
+) -> Response {
+    // Authorisation comes first, so that a caller without the token learns nothing about
+    // which tenants and agents exist or what a valid body looks like.
+    let (result, response) = match state.authorize(headers) {
+        Err(response) => {
+            let result = if response.status() == StatusCode::UNAUTHORIZED {
+                "unauthorized"
+            } else {
+                "forbidden"
+            };
+            (result, response)
+        }
+        Ok(()) => match run_command(state, tenant, agent_id, command).await {
+            Ok(info) => ("ok", Json(info).into_response()),
+            Err(problem) => (result_label(problem.status), problem.into_response()),
+        },
+    };
+    metrics::counter!(AGENT_COMMANDS_TOTAL, "command" => name, "result" => result).increment(1);
+    response
+}
+
+async fn run_command(
+    state: &ApiState,
+    tenant: &str,
+    agent_id: &str,
+    command: Result<Command, Problem>,
+) -> Result<AgentInfo, Problem> {
+    let command = command?;
+    let actor = find_agent(state, tenant, agent_id)?;
+    // Called directly rather than through `agent::command`, which folds "the agent refused"
+    // and "the agent did not answer" into one string: here they are 409 and 503.
+    match ractor::call_t!(actor, AgentMsg::Command, 2000, command) {
+        Ok(Ok(info)) => Ok(info),
+        Ok(Err(reason)) => Err(Problem::new(StatusCode::CONFLICT, reason)),
+        Err(e) => Err(unavailable(format!(
+            "agent {tenant}/{agent_id} did not answer: {e}"
+        ))),
+    }
+}
+
+fn result_label(status: u16) -> &'static str {
+    match status {
+        404 => "not_found",
+        409 => "refused",
+        503 => "unavailable",
+        _ => "bad_request",
+    }
+}
+
+/// Find a listed agent's actor: 404 if the directory does not list it, 503 if it is not
+/// running (between a crash and its restart).
+fn find_agent(
+    state: &ApiState,
+    tenant: &str,
+    agent_id: &str,
+) -> Result<ractor::ActorRef<AgentMsg>, Problem> {
+    let cc = contact_centre(state)?;
+    cc.directory.has_agent(tenant, agent_id)?;
+    agent::lookup(tenant, agent_id, &cc.cc.node)
+        .ok_or_else(|| unavailable(format!("agent {tenant}/{agent_id} is not running")))
+}
+
+// ---------------------------------------------------------------------------- helpers
+
+fn contact_centre(state: &ApiState) -> Result<&ContactCentre, Problem> {
+    state
+        .cc
+        .as_deref()
+        .ok_or_else(|| Problem::not_found("this node runs no contact centre"))
+}
+
+fn respond<T: Serialize>(answer: Result<T, Problem>) -> Response {
+    match answer {
+        Ok(body) => Json(body).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+fn unavailable(detail: String) -> Problem {
+    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+}
+
+fn bad_request(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::BAD_REQUEST, detail)
+}
+
+/// `items[offset..offset + limit]`, clamped to the slice.
+fn page<T>(items: &[T], offset: usize, limit: usize) -> &[T] {
+    let start = offset.min(items.len());
+    let end = start.saturating_add(limit).min(items.len());
+    &items[start..end]
+}
+
+/// Ask `ask(key)` for every key with at most [`CONCURRENT_ASKS`] in flight; the answers
+/// come back in the keys' order, `None` where there was none (or the task failed).
+/// Dropping the future (the client went away) aborts the asks still running.
+async fn ask_all<K, T, F, Fut>(keys: &[K], ask: F) -> Vec<Option<T>>
+where
+    F: Fn(&K) -> Fut,
+    Fut: Future<Output = Option<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut answers: Vec<Option<T>> = std::iter::repeat_with(|| None).take(keys.len()).collect();
+    let mut tasks = JoinSet::new();
+    let mut store = |joined: Option<Result<(usize, Option<T>), _>>| {
+        if let Some(Ok((i, answer))) = joined {
+            answers[i] = answer;
+        }
+    };
+    for (i, key) in keys.iter().enumerate() {
+        if tasks.len() >= CONCURRENT_ASKS {
+            store(tasks.join_next().await);
+        }
+        let asked = ask(key);
+        tasks.spawn(async move { (i, asked.await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        store(Some(joined));
+    }
+    answers
+}
+
+/// The query parameters of a listing. Values are taken as they are, without percent
+/// decoding: ids and state labels are letters, digits, `-` and `_`, which need none.
+#[derive(Debug)]
+struct Params<'a>(HashMap<&'a str, &'a str>);
+
+impl<'a> Params<'a> {
+    /// The parameters of `uri`; an unknown or repeated name is a 400, so a misspelt filter
+    /// is not silently ignored.
+    fn parse(uri: &'a Uri, known: &[&str]) -> Result<Params<'a>, Problem> {
+        let mut params = HashMap::new();
+        for pair in uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !known.contains(&name) {
+                return Err(bad_request(format!(
+                    "unknown parameter {name:?}; known: {}",
+                    known.join(", ")
+                )));
+            }
+            if params.insert(name, value).is_some() {
+                return Err(bad_request(format!("parameter {name:?} is repeated")));
+            }
+        }
+        Ok(Params(params))
+    }
+
+    /// A non-empty value.
+    fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).copied().filter(|v| !v.is_empty())
+    }
+
+    fn number(&self, name: &str, default: usize) -> Result<usize, Problem> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse()
+                .map_err(|_| bad_request(format!("{name} must be a whole number, not {v:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directory() -> Directory {
+        let mut d = Directory::new();
+        d.insert("t", ["support", "sales"], ["a2", "a1"]);
+        d.insert("t", ["support"], ["a3"]);
+        d.insert("u", [], ["b1"]);
+        d
+    }
+
+    #[test]
+    fn directory_sorts_merges_and_finds() {
+        let d = directory();
+        assert_eq!(d.agent_count(), 4);
+        let (_, t) = d.tenant("t").unwrap();
+        let agents: Vec<&str> = t.agents.iter().map(|a| &**a).collect();
+        assert_eq!(agents, ["a1", "a2", "a3"]);
+        let queues: Vec<&str> = t.queues.iter().map(|q| &**q).collect();
+        assert_eq!(queues, ["sales", "support"]);
+        assert!(d.has_queue("t", "sales").is_ok());
+        assert_eq!(d.has_queue("t", "billing").unwrap_err().status, 404);
+        assert_eq!(d.has_queue("x", "sales").unwrap_err().status, 404);
+        assert!(d.has_agent("u", "b1").is_ok());
+        assert_eq!(d.has_agent("u", "a1").unwrap_err().status, 404);
+        assert_eq!(d.select(None).unwrap().len(), 2);
+        assert_eq!(d.select(Some("nope")).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn params_reject_unknown_and_repeated_names() {
+        let uri: Uri = "/agents?tenant=t&state=available&limit=5".parse().unwrap();
+        let p = Params::parse(&uri, &["tenant", "state", "limit", "offset"]).unwrap();
+        assert_eq!(p.get("tenant"), Some("t"));
+        assert_eq!(p.number("limit", 1000).unwrap(), 5);
+        assert_eq!(p.number("offset", 0).unwrap(), 0);
+
+        let uri: Uri = "/agents?tenat=t".parse().unwrap();
+        assert_eq!(Params::parse(&uri, &["tenant"]).unwrap_err().status, 400);
+        let uri: Uri = "/agents?tenant=t&tenant=u".parse().unwrap();
+        assert_eq!(Params::parse(&uri, &["tenant"]).unwrap_err().status, 400);
+        let uri: Uri = "/agents?limit=-1".parse().unwrap();
+        let p = Params::parse(&uri, &["limit"]).unwrap();
+        assert_eq!(p.number("limit", 1000).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn page_is_clamped() {
+        let items = [1, 2, 3, 4, 5];
+        assert_eq!(page(&items, 1, 2), &[2, 3]);
+        assert_eq!(page(&items, 4, 10), &[5]);
+        assert!(page(&items, 9, 10).is_empty());
+        assert!(page(&items, 0, 0).is_empty());
+        assert_eq!(page(&items, 3, usize::MAX), &[4, 5]);
+    }
+
+    #[test]
+    fn not_ready_reason_defaults_and_is_bounded() {
+        assert_eq!(
+            not_ready_command(b"").unwrap(),
+            Command::NotReady("break".into())
+        );
+        assert_eq!(
+            not_ready_command(b"{}").unwrap(),
+            Command::NotReady("break".into())
+        );
+        assert_eq!(
+            not_ready_command(br#"{"reason":"lunch"}"#).unwrap(),
+            Command::NotReady("lunch".into())
+        );
+        assert_eq!(not_ready_command(b"{").unwrap_err().status, 400);
+        assert_eq!(
+            not_ready_command(br#"{"reason":"x","extra":1}"#)
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            not_ready_command(br#"{"reason":" "}"#).unwrap_err().status,
+            400
+        );
+        let long = format!(r#"{{"reason":"{}"}}"#, "x".repeat(MAX_REASON + 1));
+        assert_eq!(not_ready_command(long.as_bytes()).unwrap_err().status, 400);
+    }
+
+    #[tokio::test]
+    async fn ask_all_keeps_order_and_bounds_concurrency() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let keys: Vec<usize> = (0..1000).collect();
+        let answers = ask_all(&keys, |k| {
+            let (k, in_flight, peak) = (*k, in_flight.clone(), peak.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                tokio::task::yield_now().await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                // Every seventh key has no answer, like an agent that timed out.
+                (k % 7 != 0).then_some(k * 2)
+            }
+        })
+        .await;
+        assert_eq!(answers.len(), 1000);
+        for (k, a) in answers.iter().enumerate() {
+            assert_eq!(*a, (k % 7 != 0).then_some(k * 2), "key {k}");
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!((1..=CONCURRENT_ASKS).contains(&peak), "peak {peak}");
+    }
+}

@@ -1,0 +1,331 @@
+//! The contact-centre HTTP API on a real node: queues and agents listed from their actors,
+//! agent commands behind the bearer token, problem bodies for what is refused or missing.
+//! Spoken to in raw HTTP/1.1 over a loopback TCP socket.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchyard::config::Config;
+use switchyard::server::Node;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const TOKEN: &str = "s3cret-token-for-tests";
+
+/// Bound on every network step, so a hung server fails the test instead of hanging it.
+const STEP: Duration = Duration::from_secs(5);
+
+/// Tenant `t` with queue `q` and agents `a1`, `a2` (users 1001, 1002) in it; `token` set
+/// or not.
+fn cc_config(dir: &std::path::Path, token: Option<&str>) -> Config {
+    let ha1 = "0".repeat(32);
+    let text = format!(
+        r#"
+[[tenants]]
+id = "t"
+domain = "t.test"
+users = [
+  {{ username = "1001", ha1_md5 = "{ha1}" }},
+  {{ username = "1002", ha1_md5 = "{ha1}" }},
+]
+
+[[tenants.queues]]
+id = "q"
+
+[[tenants.agents]]
+id = "a1"
+user = "1001"
+queues = [{{ queue = "q" }}]
+
+[[tenants.agents]]
+id = "a2"
+user = "1002"
+queues = [{{ queue = "q" }}]
+"#
+    );
+    let mut c = Config::from_toml(&text).expect("test config parses");
+    let base = common::config(dir, &[]);
+    c.sip.listen = base.sip.listen;
+    c.http.listen = base.http.listen;
+    c.http.token = token.map(str::to_owned);
+    c.data_dir = base.data_dir;
+    c
+}
+
+async fn start(dir: &std::path::Path, token: Option<&str>) -> Node {
+    common::start_with(cc_config(dir, token)).await
+}
+
+struct Reply {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to the end.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> Reply {
+    let mut stream = timeout(STEP, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut raw))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    let raw = String::from_utf8(raw).expect("utf-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head/body separator");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    // The parsing above is only right for sized bodies; catch a chunked reply loudly.
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "unexpected chunked reply: {headers:?}"
+    );
+    if let Some(len) = headers.get("content-length") {
+        assert_eq!(len.parse::<usize>().expect("length"), body.len());
+    }
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
+
+async fn get(node: &Node, path: &str) -> Reply {
+    request(node.http_addr, "GET", path, None, "").await
+}
+
+/// A POST with `Authorization: Bearer <token>` when a token is given.
+async fn post(node: &Node, path: &str, token: Option<&str>, body: &str) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    request(node.http_addr, "POST", path, auth.as_deref(), body).await
+}
+
+fn assert_has(reply: &Reply, fragments: &[&str]) {
+    for f in fragments {
+        assert!(reply.body.contains(f), "{f} in {}", reply.body);
+    }
+}
+
+/// A problem body (RFC 9457) with `status`, its media type and `detail_part` in its detail.
+fn assert_problem(reply: &Reply, status: u16, detail_part: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.header("content-type"), "application/problem+json");
+    assert_has(reply, &[&format!(r#""status":{status}"#), detail_part]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_and_agents_are_listed_from_their_actors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), Some(TOKEN)).await;
+
+    let r = get(&node, "/queues").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(r.body.starts_with('['), "a list: {}", r.body);
+    assert_has(&r, &[r#""tenant":"t""#, r#""queue":"q""#, r#""members":2"#]);
+    assert_eq!(r.body.matches(r#""queue":"#).count(), 1, "{}", r.body);
+
+    let r = get(&node, "/queues?tenant=t").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""members":2"#]);
+    assert_problem(&get(&node, "/queues?tenant=nope").await, 404, "nope");
+
+    let r = get(&node, "/queues/t/q").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.starts_with('{'), "one queue: {}", r.body);
+    assert_has(&r, &[r#""queue":"q""#, r#""waiting":0"#]);
+    let r = get(&node, "/queues/t/q/waiting").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    let r = get(&node, "/queues/t/q/decisions").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "[]"));
+    assert_problem(&get(&node, "/queues/t/nope").await, 404, "no queue");
+    assert_problem(&get(&node, "/queues/x/q/waiting").await, 404, "no tenant");
+
+    let r = get(&node, "/agents").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(
+        &r,
+        &[
+            r#""total":2"#,
+            r#""unanswered":0"#,
+            r#""id":"a1""#,
+            r#""id":"a2""#,
+            r#""state":"logged_out""#,
+        ],
+    );
+    assert_eq!(r.body.matches(r#""tenant":"t""#).count(), 2, "{}", r.body);
+
+    // Pages are in agent id order; the total counts every page.
+    let r = get(&node, "/agents?tenant=t&limit=1&offset=1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""total":2"#, r#""id":"a2""#]);
+    assert!(!r.body.contains(r#""id":"a1""#), "{}", r.body);
+
+    let r = get(&node, "/agents?state=available").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""total":0"#, r#""agents":[]"#]);
+
+    let r = get(&node, "/agents/t/a2").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(
+        &r,
+        &[r#""id":"a2""#, r#""user":"1002""#, r#""queues":["q"]"#],
+    );
+
+    assert_problem(&get(&node, "/agents/t/nobody").await, 404, "no agent");
+    assert_problem(&get(&node, "/agents?state=asleep").await, 400, "asleep");
+    assert_problem(&get(&node, "/agents?limt=5").await, 400, "limt");
+    assert_problem(&get(&node, "/agents?tenant=nope").await, 404, "nope");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_commands_need_the_token_and_report_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), Some(TOKEN)).await;
+    let lunch = r#"{"reason":"lunch"}"#;
+
+    // No credentials: 401 with a challenge, before anything else is looked at.
+    let r = post(&node, "/agents/t/a1/not-ready", None, lunch).await;
+    assert_problem(&r, 401, "Bearer");
+    assert_eq!(r.header("www-authenticate"), "Bearer");
+    let r = post(&node, "/agents/t/nobody/login", None, "").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
+    // A wrong token (or a different scheme) gets nowhere either.
+    let r = post(&node, "/agents/t/a1/not-ready", Some("guess"), lunch).await;
+    assert_problem(&r, 403, "not valid");
+    let basic = format!("Basic {TOKEN}");
+    let r = request(
+        node.http_addr,
+        "POST",
+        "/agents/t/a1/not-ready",
+        Some(&basic),
+        "",
+    )
+    .await;
+    assert_problem(&r, 401, "Bearer");
+    let r = get(&node, "/agents/t/a1").await;
+    assert_has(&r, &[r#""state":"logged_out""#]);
+
+    // The token works: the agent's figures after the change come back.
+    let r = post(&node, "/agents/t/a1/not-ready", Some(TOKEN), lunch).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), "application/json");
+    assert_has(
+        &r,
+        &[
+            r#""id":"a1""#,
+            r#""state":"not_ready""#,
+            r#""detail":"lunch""#,
+        ],
+    );
+    let r = get(&node, "/agents?state=not_ready").await;
+    assert_has(&r, &[r#""total":1"#, r#""id":"a1""#]);
+
+    // Without a body the reason is "break".
+    let r = post(&node, "/agents/t/a2/not-ready", Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""state":"not_ready""#, r#""detail":"break""#]);
+    let r = post(&node, "/agents/t/a2/not-ready", Some(TOKEN), r#"{"why":1}"#).await;
+    assert_problem(&r, 400, "why");
+
+    // The agent refuses to be ready without a registered phone: 409 with its reason.
+    let r = post(&node, "/agents/t/a1/ready", Some(TOKEN), "").await;
+    assert_problem(&r, 409, "no registered phone");
+    let r = post(&node, "/agents/t/a1/login", Some(TOKEN), "").await;
+    assert_problem(&r, 409, "no registered phone");
+    let r = post(&node, "/agents/t/a1/logout", Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""state":"logged_out""#]);
+
+    let r = post(&node, "/agents/t/nobody/logout", Some(TOKEN), "").await;
+    assert_problem(&r, 404, "no agent");
+    let r = post(&node, "/agents/x/a1/logout", Some(TOKEN), "").await;
+    assert_problem(&r, 404, "no tenant");
+    // Reads are open, mutations are POST only.
+    let r = get(&node, "/agents/t/a1/logout").await;
+    assert_problem(&r, 405, "GET");
+
+    // Every command outcome is counted, by command and result.
+    let r = get(&node, "/metrics").await;
+    for (command, result) in [
+        ("not_ready", "unauthorized"),
+        ("not_ready", "forbidden"),
+        ("not_ready", "ok"),
+        ("not_ready", "bad_request"),
+        ("ready", "refused"),
+        ("logout", "not_found"),
+    ] {
+        let found = r.body.lines().any(|l| {
+            l.starts_with("switchyard_api_agent_commands_total{")
+                && l.contains(&format!(r#"command="{command}""#))
+                && l.contains(&format!(r#"result="{result}""#))
+        });
+        assert!(found, "{command}/{result} counted in {}", r.body);
+    }
+    assert_has(&r, &["# HELP switchyard_api_agent_commands_total"]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_generated_into_the_data_dir_when_none_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), None).await;
+    let path = dir.path().join(switchyard::api::TOKEN_FILE);
+    let saved = std::fs::read_to_string(&path).expect("token file written");
+    let token = saved.trim();
+    assert_eq!(token.len(), 32, "{token:?}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token:?}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    let r = post(&node, "/agents/t/a1/not-ready", Some(token), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = post(&node, "/agents/t/a1/not-ready", Some(TOKEN), "").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    node.shutdown().await;
+}
