@@ -451,3 +451,148 @@ async fn agent_in_five_queues_takes_one_call_at_a_time() {
     .await;
     node.shutdown().await;
 }
+
+/// An agent's phone in a task of its own: answers every INVITE at once, talks `talk`, hangs
+/// up; counts calls and any INVITE that arrives while it is on a call.
+fn spawn_phone(
+    phone: Ua,
+    sw: SocketAddr,
+    talk: Duration,
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    doubles: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        loop {
+            let Some((inv, _)) = phone.recv(Duration::from_secs(30)).await else {
+                return;
+            };
+            if inv.method().is_none_or(|m| m.to_string() != "INVITE") {
+                continue;
+            }
+            phone
+                .send(sw, &answer(&inv, 200, "OK", "ag", phone.addr, SDP))
+                .await;
+            let until = tokio::time::Instant::now() + talk;
+            while let Some((m, _)) = phone
+                .recv(until.saturating_duration_since(tokio::time::Instant::now()))
+                .await
+            {
+                if m.method().is_some_and(|x| x.to_string() == "INVITE")
+                    && header(&m, "Call-ID") != header(&inv, "Call-ID")
+                {
+                    doubles.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            phone.send(sw, &bye_from_phone(&inv, &phone)).await;
+            calls.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_and_agent_crashes_under_load_lose_no_caller() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let ids: Vec<(String, String)> = (0..8)
+        .map(|i| (format!("a{i}"), format!("30{i:02}")))
+        .collect();
+    let agents: Vec<(&str, &str, &[&str])> = ids
+        .iter()
+        .map(|(a, u)| (a.as_str(), u.as_str(), &["q0"][..]))
+        .collect();
+    let node = node(dir.path(), 1, &agents).await;
+    let sw = udp_addr(&node);
+    let (calls, doubles) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut phones = Vec::new();
+    for (a, u) in &ids {
+        let p = Ua::new().await;
+        register_udp(&p, sw, DOMAIN, u, "pw").await;
+        wait_agent(&node, a, "offerable", |i| i.offerable).await;
+        phones.push(spawn_phone(
+            p,
+            sw,
+            Duration::from_millis(150),
+            calls.clone(),
+            doubles.clone(),
+        ));
+    }
+    // 60 callers at ~30 per second; a queue crash and agent crashes while they come.
+    const CALLS: usize = 60;
+    let caller = Arc::new(Ua::new().await);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let c_task = {
+        let (answered, caller) = (answered.clone(), caller.clone());
+        tokio::spawn(async move {
+            let mut acked = std::collections::HashSet::new();
+            let mut failures = Vec::new();
+            while answered.load(Ordering::Relaxed) < CALLS {
+                let Some((m, _)) = caller.recv(Duration::from_secs(15)).await else {
+                    break;
+                };
+                let invite = header(&m, "CSeq").contains("INVITE");
+                match m.status() {
+                    Some(200) if invite => {
+                        let cid = header(&m, "Call-ID");
+                        caller
+                            .send(sw, &ack_for(&m, &caller, sw, &cid, "5000"))
+                            .await;
+                        if acked.insert(cid) {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Some(s) if s >= 300 && invite => failures.push(s),
+                    _ => {}
+                }
+                if m.method().is_some_and(|x| x.to_string() == "BYE") {
+                    caller
+                        .send(sw, &answer(&m, 200, "OK", "", caller.addr, ""))
+                        .await;
+                }
+            }
+            failures
+        })
+    };
+    for i in 0..CALLS {
+        caller
+            .send(sw, &invite(&format!("load-{i}"), "5000", caller.addr, sw))
+            .await;
+        if i == 20 || i == 40 {
+            queue::lookup("cc", "q0", &node.name)
+                .unwrap()
+                .cast(queue::QueueMsg::InjectPanic)
+                .unwrap();
+        }
+        if i % 10 == 5 {
+            if let Some(a) = agent::lookup("cc", &format!("a{}", i % 8), &node.name) {
+                a.cast(agent::AgentMsg::InjectPanic).unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(33)).await;
+    }
+    let failures = tokio::time::timeout(Duration::from_secs(60), c_task)
+        .await
+        .expect("all callers connected in time")
+        .unwrap();
+    assert!(failures.is_empty(), "callers got failures: {failures:?}");
+    assert_eq!(answered.load(Ordering::Relaxed), CALLS);
+    assert_eq!(
+        doubles.load(Ordering::Relaxed),
+        0,
+        "an agent got two offers at once"
+    );
+    // The statistics may miss an outcome reported to a queue actor in the instant it died
+    // (its mailbox dies with it); callers are never lost, which is what matters.
+    let s = queue_stats(&node, "q0").await;
+    assert_eq!(s.abandoned, 0, "{s:?}");
+    assert!(
+        s.answered <= CALLS as u64 && s.answered + 4 >= CALLS as u64,
+        "{s:?}"
+    );
+    assert_eq!(s.waiting, 0, "{s:?}");
+    for p in phones {
+        p.abort();
+    }
+    node.shutdown().await;
+}

@@ -2433,7 +2433,13 @@ impl CallState {
             rang: false,
         };
         if !waiting || !(phase == Some(Phase::Queued) || ringing) || offer.forks.is_empty() {
-            return self.report_offer(&f, OfferOutcome::Cancelled);
+            self.report_offer(&f, OfferOutcome::Cancelled);
+            if !waiting && self.core.is_some() {
+                // The queue still lists a caller that is no longer waiting (a message to a
+                // restarting queue was lost): it leaves now.
+                self.leave_queue(false);
+            }
+            return;
         }
         if ringing {
             // Another agent of a ring-all offer: one more fork of the same B leg.
