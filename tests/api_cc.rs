@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use switchyard::config::Config;
 use switchyard::server::Node;
+use switchyard::sip::auth::{ha1, Algorithm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -19,18 +20,24 @@ const TOKEN: &str = "s3cret-token-for-tests";
 /// Bound on every network step, so a hung server fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(5);
 
-/// Tenant `t` with queue `q` and agents `a1`, `a2` (users 1001, 1002) in it; `token` set
-/// or not.
+const DOMAIN: &str = "t.test";
+
+/// Tenant `t` with queue `q` and agents `a1`, `a2` (users 1001, 1002, password `pw`) in it;
+/// `token` set or not.
 fn cc_config(dir: &std::path::Path, token: Option<&str>) -> Config {
-    let ha1 = "0".repeat(32);
+    let ha1 = |user| ha1(Algorithm::Md5, user, DOMAIN, "pw");
+    let (h1, h2) = (ha1("1001"), ha1("1002"));
     let text = format!(
         r#"
+[registrar]
+algorithms = ["MD5"]
+
 [[tenants]]
 id = "t"
-domain = "t.test"
+domain = "{DOMAIN}"
 users = [
-  {{ username = "1001", ha1_md5 = "{ha1}" }},
-  {{ username = "1002", ha1_md5 = "{ha1}" }},
+  {{ username = "1001", ha1_md5 = "{h1}" }},
+  {{ username = "1002", ha1_md5 = "{h2}" }},
 ]
 
 [[tenants.queues]]
@@ -327,5 +334,88 @@ async fn a_token_is_generated_into_the_data_dir_when_none_is_configured() {
     assert_eq!(r.status, 200, "{}", r.body);
     let r = post(&node, "/agents/t/a1/not-ready", Some(TOKEN), "").await;
     assert_eq!(r.status, 403, "{}", r.body);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_registered_phone_can_be_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(dir.path(), Some(TOKEN)).await;
+    let phone = common::Ua::new().await;
+    common::register_udp(&phone, common::udp_addr(&node), DOMAIN, "1001", "pw").await;
+
+    // The registrar tells the agent by message: wait for it, bounded.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = get(&node, "/agents/t/a1").await;
+        if r.body.contains(r#""phone_registered":true"#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "phone never registered: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let r = post(&node, "/agents/t/a1/ready", Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""state":"available""#, r#""offerable":true"#]);
+    let r = get(&node, "/agents?state=available").await;
+    assert_has(&r, &[r#""total":1"#, r#""id":"a1""#]);
+    // The queue hears of its available member by message too.
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let r = get(&node, "/queues/t/q").await;
+        if r.body.contains(r#""available":1"#) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never saw the agent: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = post(
+        &node,
+        "/agents/t/a1/not-ready",
+        Some(TOKEN),
+        r#"{"reason":"lunch"}"#,
+    )
+    .await;
+    assert_has(&r, &[r#""state":"not_ready""#, r#""detail":"lunch""#]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_agents_are_asked_concurrently_and_paged_in_order() {
+    // More agents than the API asks at once, from a CSV as large tenants configure them.
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("agents.csv");
+    let rows: String = (0..300).map(|i| format!("m{i:04},u{i:04},q,,\n")).collect();
+    std::fs::write(&csv, rows).unwrap();
+    let mut c = cc_config(dir.path(), Some(TOKEN));
+    c.tenants[0].agents_csv = Some(csv);
+    let node = common::start_with(c).await;
+
+    let r = get(&node, "/agents?tenant=t&limit=100&offset=250").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_has(&r, &[r#""total":302"#, r#""unanswered":0"#]);
+    // a1, a2, then m0000..m0299: offset 250 is m0248, and the page runs to the end.
+    assert_eq!(r.body.matches(r#""tenant":"t""#).count(), 52, "{}", r.body);
+    let first = r.body.find(r#""id":"m0248""#).expect("m0248 first");
+    let last = r.body.find(r#""id":"m0299""#).expect("m0299 last");
+    assert!(first < last, "in id order");
+    assert!(!r.body.contains(r#""id":"m0247""#), "{}", r.body);
+
+    let r = post(&node, "/agents/t/m0123/not-ready", Some(TOKEN), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(&node, "/agents?state=not_ready").await;
+    assert_has(&r, &[r#""total":1"#, r#""id":"m0123""#]);
+    let r = get(&node, "/agents?state=logged_out&limit=10&offset=295").await;
+    assert_has(&r, &[r#""total":301"#, r#""unanswered":0"#]);
+    assert_eq!(r.body.matches(r#""tenant":"t""#).count(), 6, "{}", r.body);
     node.shutdown().await;
 }

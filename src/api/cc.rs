@@ -366,14 +366,17 @@ async fn list_agents_inner(state: &ApiState, uri: &Uri) -> Result<AgentList, Pro
         Some(wanted) => {
             let answers = ask_all(&keys, ask).await;
             let unanswered = answers.iter().filter(|a| a.is_none()).count();
-            let matching: Vec<AgentInfo> = answers
-                .into_iter()
-                .flatten()
-                .filter(|a| a.state == wanted)
-                .collect();
+            let mut total = 0;
+            let mut agents = Vec::new();
+            for info in answers.into_iter().flatten().filter(|a| a.state == wanted) {
+                if total >= offset && agents.len() < limit {
+                    agents.push(info);
+                }
+                total += 1;
+            }
             Ok(AgentList {
-                total: matching.len(),
-                agents: page(&matching, offset, limit).to_vec(),
+                total,
+                agents,
                 unanswered,
             })
         }
@@ -482,14 +485,7 @@ async fn apply(
     // Authorisation comes first, so that a caller without the token learns nothing about
     // which tenants and agents exist or what a valid body looks like.
     let (result, response) = match state.authorize(headers) {
-        Err(response) => {
-            let result = if response.status() == StatusCode::UNAUTHORIZED {
-                "unauthorized"
-            } else {
-                "forbidden"
-            };
-            (result, response)
-        }
+        Err(denied) => (denied.label(), denied.into_response()),
         Ok(()) => match run_command(state, tenant, agent_id, command).await {
             Ok(info) => ("ok", Json(info).into_response()),
             Err(problem) => (result_label(problem.status), problem.into_response()),

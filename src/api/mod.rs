@@ -96,32 +96,53 @@ impl ApiState {
         self
     }
 
-    /// Check a mutation's `Authorization` header: 401 (with `WWW-Authenticate: Bearer`)
-    /// when it is missing or not a bearer credential, 403 when the token is wrong.
-    #[allow(clippy::result_large_err)] // a Response on the error path only, once per request
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Response> {
+    /// Check a mutation's `Authorization` header against the token.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), Denied> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(bearer_credential);
-        let Some(presented) = presented else {
-            let problem = Problem::new(
-                StatusCode::UNAUTHORIZED,
-                "this request needs Authorization: Bearer <token>",
-            );
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                problem,
-            )
-                .into_response());
-        };
+            .and_then(bearer_credential)
+            .ok_or(Denied::NoCredentials)?;
         match &self.token {
             Some(token) if token.matches(presented) => Ok(()),
-            _ => Err(
-                Problem::new(StatusCode::FORBIDDEN, "the bearer token is not valid")
-                    .into_response(),
-            ),
+            _ => Err(Denied::WrongToken),
+        }
+    }
+}
+
+/// Why a mutation was refused before it was looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denied {
+    /// No `Authorization: Bearer` credential: 401 with `WWW-Authenticate: Bearer`.
+    NoCredentials,
+    /// A bearer token that is not the node's: 403.
+    WrongToken,
+}
+
+impl Denied {
+    /// The `result` label of a refused command.
+    fn label(self) -> &'static str {
+        match self {
+            Denied::NoCredentials => "unauthorized",
+            Denied::WrongToken => "forbidden",
+        }
+    }
+}
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        match self {
+            Denied::NoCredentials => {
+                let problem = Problem::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this request needs Authorization: Bearer <token>",
+                );
+                let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
+                (StatusCode::UNAUTHORIZED, challenge, problem).into_response()
+            }
+            Denied::WrongToken => {
+                Problem::new(StatusCode::FORBIDDEN, "the bearer token is not valid").into_response()
+            }
         }
     }
 }
