@@ -67,11 +67,21 @@ pub async fn info(agent: &ActorRef<AgentMsg>) -> Result<AgentInfo, String> {
     ractor::call_t!(agent, AgentMsg::GetInfo, 2000).map_err(|e| e.to_string())
 }
 
+/// Why a state command did not apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// The agent refused it (e.g. on a call, or no registered phone).
+    Refused(String),
+    /// The agent actor did not answer (restarting or stopped).
+    Unavailable(String),
+}
+
 /// Applies a state command (API): log in, log out, ready, not ready.
-pub async fn command(agent: &ActorRef<AgentMsg>, cmd: Command) -> Result<AgentInfo, String> {
+pub async fn command(agent: &ActorRef<AgentMsg>, cmd: Command) -> Result<AgentInfo, CommandError> {
     match ractor::call_t!(agent, AgentMsg::Command, 2000, cmd) {
-        Ok(r) => r,
-        Err(e) => Err(e.to_string()),
+        Ok(Ok(info)) => Ok(info),
+        Ok(Err(reason)) => Err(CommandError::Refused(reason)),
+        Err(e) => Err(CommandError::Unavailable(e.to_string())),
     }
 }
 

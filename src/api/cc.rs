@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{route, ApiState, Problem};
-use crate::actors::agent::{self, AgentInfo, AgentMsg, Command};
+use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
 
 /// Counter, labels `command` (login, logout, ready, not_ready) and `result` (ok, refused,
@@ -503,12 +503,10 @@ async fn run_command(
 ) -> Result<AgentInfo, Problem> {
     let command = command?;
     let actor = find_agent(state, tenant, agent_id)?;
-    // Called directly rather than through `agent::command`, which folds "the agent refused"
-    // and "the agent did not answer" into one string: here they are 409 and 503.
-    match ractor::call_t!(actor, AgentMsg::Command, 2000, command) {
-        Ok(Ok(info)) => Ok(info),
-        Ok(Err(reason)) => Err(Problem::new(StatusCode::CONFLICT, reason)),
-        Err(e) => Err(unavailable(format!(
+    match agent::command(&actor, command).await {
+        Ok(info) => Ok(info),
+        Err(CommandError::Refused(reason)) => Err(Problem::new(StatusCode::CONFLICT, reason)),
+        Err(CommandError::Unavailable(e)) => Err(unavailable(format!(
             "agent {tenant}/{agent_id} did not answer: {e}"
         ))),
     }
