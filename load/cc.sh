@@ -5,7 +5,8 @@
 # the CDRs show one agent on two answered calls at once.
 #
 #   load/cc.sh [--agents 12000] [--caps 500] [--duration 120] [--talk 20] [--ring-ms 500]
-#              [--wrap-up 1] [--reg-rate 1000] [--switch-bin PATH] [--out DIR] [--quick]
+#              [--wrap-up 1] [--strategy longest-idle] [--reg-rate 1000]
+#              [--switch-bin PATH] [--out DIR] [--quick]
 #
 #   --agents N     agents in queue "support" of tenant cc, each with a SIP user uNNNNNN
 #   --caps R       caller attempts per second; --duration S: seconds of calling
@@ -13,6 +14,7 @@
 #   --talk S       talk time: the agent hangs up S seconds after the ACK
 #   --ring-ms MS   ring time: the agent's phone answers MS ms after the INVITE
 #   --wrap-up S    the queue's wrap-up time (wrap_up_secs)
+#   --strategy S   the queue's strategy (ring-all also exercises the phones' CANCEL path)
 #   --reg-rate R   agent registrations per second
 #   --quick        CI size: 200 agents, 20 CAPS, 15 s, talk 3 s (options after it win)
 #
@@ -34,6 +36,7 @@ usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' 
 die() { echo "cc.sh: $*" >&2; exit 2; }
 
 AGENTS=12000 CAPS=500 DURATION=120 TALK=20 RING_MS=500 WRAP_UP=1 REG_RATE=1000
+STRATEGY=longest-idle
 BIN="" OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
         --talk) TALK=${2:?}; shift 2 ;;
         --ring-ms) RING_MS=${2:?}; shift 2 ;;
         --wrap-up) WRAP_UP=${2:?}; shift 2 ;;
+        --strategy) STRATEGY=${2:?}; shift 2 ;;
         --reg-rate) REG_RATE=${2:?}; shift 2 ;;
         --switch-bin) BIN=${2:?}; shift 2 ;;
         --out) OUT=${2:?}; shift 2 ;;
@@ -56,6 +60,7 @@ for v in AGENTS CAPS DURATION TALK RING_MS WRAP_UP REG_RATE; do
 done
 [ "$AGENTS" -gt 0 ] && [ "$AGENTS" -le 900000 ] || die "--agents must be 1..900000"
 [ "$CAPS" -gt 0 ] && [ "$DURATION" -gt 0 ] && [ "$REG_RATE" -gt 0 ] || die "--caps, --duration and --reg-rate must be > 0"
+[[ "$STRATEGY" =~ ^[a-z-]+$ ]] || die "--strategy must be a strategy name such as longest-idle or ring-all"
 for tool in sipp python3 curl sqlite3 ss; do
     command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: sip-tester, python3, curl, sqlite3, iproute2)"
 done
@@ -225,7 +230,7 @@ users_csv = "$OUT/users.csv"
 agents_csv = "$OUT/agents.csv"
 [[tenants.queues]]
 id = "support"
-strategy = "longest-idle"
+strategy = "$STRATEGY"
 ring_timeout_secs = 15
 wrap_up_secs = $WRAP_UP
 service_level_secs = 20
@@ -236,16 +241,23 @@ CFG
 "$BIN" check-config "$OUT/switchyard.toml" > "$OUT/check-config.out" 2>&1 \
     || { cat "$OUT/check-config.out" >&2; die "switchyard check-config refused $OUT/switchyard.toml"; }
 
-# The agent UAS gets a copy of its scenario with the ring time in place of the default.
-sed 's/timeout="500" ontimeout="answer"/timeout="'"$RING_MS"'" ontimeout="answer"/' \
+# The agent UAS gets a copy of its scenario with the ring and talk times in place of
+# the defaults (both are waits that end by timeout, see the scenario).
+sed -e 's/timeout="500" ontimeout="answer"/timeout="'"$RING_MS"'" ontimeout="answer"/' \
+    -e 's/timeout="20000" ontimeout="hangup"/timeout="'"$TALK_MS"'" ontimeout="hangup"/' \
     "$scen/cc_agent.xml" > "$OUT/cc_agent.xml"
-grep -q "timeout=\"$RING_MS\" ontimeout=\"answer\"" "$OUT/cc_agent.xml" || die "could not set the ring time in cc_agent.xml"
+grep -q "timeout=\"$RING_MS\" ontimeout=\"answer\"" "$OUT/cc_agent.xml" \
+    && grep -q "timeout=\"$TALK_MS\" ontimeout=\"hangup\"" "$OUT/cc_agent.xml" \
+    || die "could not set the ring and talk times in cc_agent.xml"
 
-echo "== switchyard contact-centre load ($(date -u +%FT%TZ), $(nproc) cores)"
-echo "agents                 $AGENTS in queue support of tenant cc ($DOMAIN), longest-idle, wrap-up ${WRAP_UP} s"
-echo "offered                $CALLS calls to $NUMBER at $CAPS CAPS for $DURATION s; ring ${RING_MS} ms, talk ${TALK} s"
-echo "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT ($BIN)"
-echo "agent phones           SIPp UAS udp:$HOST:$AGENT_PORT (registered from udp:$HOST:$REG_PORT)"
+# Report lines go to the terminal and to report.txt.
+: > "$OUT/report.txt"
+say() { echo "$@" | tee -a "$OUT/report.txt"; }
+say "== switchyard contact-centre load ($(date -u +%FT%TZ), $(nproc) cores)"
+say "agents                 $AGENTS in queue support of tenant cc ($DOMAIN), $STRATEGY, wrap-up ${WRAP_UP} s"
+say "offered                $CALLS calls to $NUMBER at $CAPS CAPS for $DURATION s; ring ${RING_MS} ms, talk ${TALK} s"
+say "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT ($BIN)"
+say "agent phones           SIPp UAS udp:$HOST:$AGENT_PORT (registered from udp:$HOST:$REG_PORT)"
 
 # ---------------------------------------------------------------- switch
 NO_COLOR=1 "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
@@ -267,7 +279,7 @@ done
 (
     cd "$OUT"
     exec sipp -sf "$OUT/cc_agent.xml" -i "$HOST" -p "$AGENT_PORT" -cp "$AGENT_CP" \
-        -d "$TALK_MS" -nostdin -buff_size "$BUFF" -max_socket 50000 \
+        -nostdin -buff_size "$BUFF" -max_socket 50000 \
         -recv_timeout $(( (TALK + 60) * 1000 )) \
         -trace_stat -stf "$OUT/agent_stat.csv" -fd 1 \
         -trace_rtt -rtt_freq 1 \
@@ -293,30 +305,28 @@ t1=$(now_s)
 REG_OK=$(stat_col "$OUT/register_stat.csv" "SuccessfulCall(C)")
 REG_FAIL=$(stat_col "$OUT/register_stat.csv" "FailedCall(C)")
 awk -v ok="$REG_OK" -v f="$REG_FAIL" -v n="$AGENTS" -v a="$t0" -v b="$t1" 'BEGIN {
-    printf "registrations          %s ok, %s failed of %d in %.1f s (%.0f/s)\n", ok, f, n, b - a, (b > a ? ok / (b - a) : 0) }'
+    printf "registrations          %s ok, %s failed of %d in %.1f s (%.0f/s)\n", ok, f, n, b - a, (b > a ? ok / (b - a) : 0) }' | tee -a "$OUT/report.txt"
 if [ "$REG_OK" != "$AGENTS" ] || [ "$REG_FAIL" != 0 ]; then
     echo "cc.sh: agent registration failed; first errors:" >&2
     head -c 2000 "$OUT/register_errors.log" >&2 2>/dev/null || true
-    echo "result                 FAIL: registrations $REG_OK ok, $REG_FAIL failed of $AGENTS"
-    echo "files                  $OUT"
+    say "result                 FAIL: registrations $REG_OK ok, $REG_FAIL failed of $AGENTS"
+    say "files                  $OUT"
     exit 1
 fi
 
 # ---------------------------------------------------------------- agents available
 # Every binding is in the registrar and the switch counts every agent available: the
-# gauge switchyard_agents{tenant="cc",state="available"}, else GET /agents?tenant=cc.
+# gauge switchyard_agents{tenant="cc",state="available"}, else GET /agents (its "total").
 api_available() {
     local body
-    body=$(api_get "/agents?tenant=cc") || { echo NA; return; }
+    body=$(api_get "/agents?tenant=cc&state=available&limit=1") || { echo NA; return; }
     printf '%s' "$body" | python3 -c '
 import json, sys
 try:
-    d = json.load(sys.stdin)
+    t = json.load(sys.stdin)["total"]
+    print(int(t))
 except Exception:
-    print("NA"); sys.exit()
-if isinstance(d, dict):
-    d = d.get("agents", d.get("items", []))
-print(sum(1 for a in d if isinstance(a, dict) and str(a.get("state", "")).lower() == "available"))
+    print("NA")
 ' 2>/dev/null || echo NA
 }
 AVAIL=NA BINDINGS=NA AVAIL_SRC=metric
@@ -336,13 +346,13 @@ while :; do
             echo "cc.sh: WARNING: neither switchyard_agents{state=\"available\"} nor GET /agents?tenant=cc says how many agents are available; going on with $BINDINGS bindings" >&2
             break
         fi
-        echo "result                 FAIL: agents not ready after the registrations: bindings $BINDINGS, available $AVAIL ($AVAIL_SRC) of $AGENTS"
-        echo "files                  $OUT"
+        say "result                 FAIL: agents not ready after the registrations: bindings $BINDINGS, available $AVAIL ($AVAIL_SRC) of $AGENTS"
+        say "files                  $OUT"
         exit 1
     fi
     sleep 0.5
 done
-echo "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
+say "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
 
 # ---------------------------------------------------------------- callers
 scrape "$OUT/metrics_before.txt" || die "GET /metrics failed before the calls"
@@ -482,7 +492,8 @@ C_RTT=$(ls -1 "$OUT"/cc_caller_*_rtt.csv 2>/dev/null | head -1 || true)
 A_RTT=$(ls -1 "$OUT"/cc_agent_*_rtt.csv 2>/dev/null | head -1 || true)
 read -r ANS_N ANS_P50 ANS_P99 ANS_MAX <<< "$(rtd_stats "$C_RTT" answer)"
 read -r RING_N RING_P50 RING_P99 RING_MAX <<< "$(rtd_stats "$C_RTT" ring)"
-read -r A_ANSWERED _ _ _ <<< "$(rtd_stats "$A_RTT" answered)"
+read -r A_HUNGUP _ _ _ <<< "$(rtd_stats "$A_RTT" hungup)"
+read -r A_RELEASED _ _ _ <<< "$(rtd_stats "$A_RTT" released)"
 read -r A_CANCELLED _ _ _ <<< "$(rtd_stats "$A_RTT" cancelled)"
 PEAK_SW=$(awk -F';' 'NR>1 && $4!="NA" && $4!="" { if (!s || $4+0>m) m=$4+0; s=1 } END { print s ? m : "NA" }' "$SAMPLES")
 PEAK_RSS_KB=$(awk -F';' 'NR>1 && $3+0>m { m=$3+0 } END { print m+0 }' "$SAMPLES")
@@ -499,9 +510,9 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
 
 {
     echo "caller (SIPp)          created $CREATED, successful $SUCCESS, failed $FAILED (unexpected msg $C_UNEXP, recv timeout $C_TIMEOUT, max retrans $C_RETRANS); peak concurrent $C_PEAK; wall $(elapsed "$T_START" "$T_END") s"
-    echo "agents (SIPp UAS)      incoming $A_IN, successful $A_OK (answered $A_ANSWERED, cancelled $A_CANCELLED), failed $A_FAILED; peak concurrent $A_PEAK"
+    echo "agents (SIPp UAS)      incoming $A_IN, successful $A_OK (answered and hung up $A_HUNGUP, answered and released by the switch $A_RELEASED, cancelled while ringing $A_CANCELLED), failed $A_FAILED; peak concurrent $A_PEAK"
     echo "time to answer ms      p50 $ANS_P50  p99 $ANS_P99  max $ANS_MAX  (INVITE->200 = queue wait + ring, n=$ANS_N)"
-    echo "time to ring ms        p50 $RING_P50  p99 $RING_P99  max $RING_MAX  (INVITE->first 180, n=$RING_N)"
+    echo "time to ring ms        p50 $RING_P50  p99 $RING_P99  max $RING_MAX  (INVITE->first 180: queue ringback or agent ringing, n=$RING_N)"
     echo "switch calls_active    peak $PEAK_SW (1 s samples), after the run $CA_AFTER"
     echo "switch CPU             $SW_CPU_S s during the calls ($(awk -v s="$SW_CPU_S" -v n="$CREATED" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }') us per call), $SW_CPU_TOTAL_S s since start"
     echo "switch memory          VmHWM $(kib_mib "$SW_HWM_KB"), sampled peak VmRSS $(kib_mib "$PEAK_RSS_KB"), VmRSS before calls $(kib_mib "$RSS_BEFORE_KB"), after $(kib_mib "$SW_RSS_KB")"
@@ -513,6 +524,10 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
         grep '^switchyard_queue_' "$OUT/metrics_after.txt" | grep 'tenant="cc"' | sed 's/^/    /' || echo "    (none)"
     else
         echo "    (no scrape after the run)"
+    fi
+    echo "switchyard_agent* (tenant cc, after the run):"
+    if [ -s "$OUT/metrics_after.txt" ]; then
+        grep '^switchyard_agent' "$OUT/metrics_after.txt" | grep 'tenant="cc"' | sed 's/^/    /' || echo "    (none)"
     fi
     echo "GET /queues:"
     if [ -s "$OUT/queues.json" ]; then
@@ -527,7 +542,7 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
         echo "result                 FAIL: ${joined%; }"
     fi
     echo "files                  $OUT"
-} | tee "$OUT/report.txt"
+} | tee -a "$OUT/report.txt"
 
 if [ "$VERDICT" != PASS ]; then
     # The agent's error log also notes every ring-time expiry ("jumping to label"): not errors.
