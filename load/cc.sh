@@ -14,7 +14,8 @@
 #   --talk S       talk time: the agent hangs up S seconds after the ACK
 #   --ring-ms MS   ring time: the agent's phone answers MS ms after the INVITE
 #   --wrap-up S    the queue's wrap-up time (wrap_up_secs)
-#   --strategy S   the queue's strategy (ring-all also exercises the phones' CANCEL path)
+#   --strategy S   the queue's strategy; not ring-all: its forks to the agents share one
+#                  Call-ID, and one SIPp plays every phone, so it would see them as one call
 #   --reg-rate R   agent registrations per second
 #   --quick        CI size: 200 agents, 20 CAPS, 15 s, talk 3 s (options after it win)
 #
@@ -60,7 +61,8 @@ for v in AGENTS CAPS DURATION TALK RING_MS WRAP_UP REG_RATE; do
 done
 [ "$AGENTS" -gt 0 ] && [ "$AGENTS" -le 900000 ] || die "--agents must be 1..900000"
 [ "$CAPS" -gt 0 ] && [ "$DURATION" -gt 0 ] && [ "$REG_RATE" -gt 0 ] || die "--caps, --duration and --reg-rate must be > 0"
-[[ "$STRATEGY" =~ ^[a-z-]+$ ]] || die "--strategy must be a strategy name such as longest-idle or ring-all"
+[[ "$STRATEGY" =~ ^[a-z-]+$ ]] || die "--strategy must be a strategy name such as longest-idle"
+[ "$STRATEGY" != ring-all ] || die "--strategy ring-all: the forks share a Call-ID and one SIPp UAS plays every phone, so SIPp takes them for one call"
 for tool in sipp python3 curl sqlite3 ss; do
     command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: sip-tester, python3, curl, sqlite3, iproute2)"
 done
