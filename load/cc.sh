@@ -2,7 +2,7 @@
 # Contact-centre load: callers dial a queue's number, the switch offers each call to a
 # registered agent phone, the agent answers, talks and hangs up. Prints a report; exits
 # non-zero when a call failed on either side, when not every call succeeded, or when
-# the CDRs show one agent on two answered calls at once.
+# the CDRs show one agent on two answered calls at once (or a next call before wrap-up).
 #
 #   load/cc.sh [--agents 12000] [--caps 500] [--duration 120] [--talk 20] [--ring-ms 500]
 #              [--wrap-up 1] [--strategy longest-idle] [--reg-rate 1000]
@@ -441,7 +441,7 @@ fi
 # Real column names are read from the table: the agent column is "agent" (else "target",
 # the agent's contact), answer/end times "answer_at"/"end_at" (epoch ms).
 DB=$OUT/data/switchyard.db
-CDR_TOTAL=NA CDR_ANSWERED=NA CDR_AGENTS=NA OVERLAPS=NA CDR_NOTE=""
+CDR_TOTAL=NA CDR_ANSWERED=NA CDR_AGENTS=NA OVERLAPS=NA SHORT_WRAPS=NA MIN_GAP=NA CDR_NOTE="" MIN_ALLOWED=NA
 sq() { sqlite3 -batch -noheader "$DB" "$1" 2>>"$OUT/sqlite.err"; }
 if [ -s "$DB" ]; then
     cols=" $(sq "SELECT name FROM pragma_table_info('cdrs')" | tr '\n' ' ')"
@@ -456,12 +456,18 @@ if [ -s "$DB" ]; then
         CDR_AGENTS=$(sq "SELECT COUNT(DISTINCT $AG) FROM cdrs WHERE $where")
         # An agent's answered calls sorted by answer time: one overlaps an earlier one
         # when it was answered before the latest end among the earlier ones.
-        overlap_sql="WITH t AS (SELECT id, $AG AS agent, $ANS AS a, $END AS e,
+        gaps="WITH t AS (SELECT id, $AG AS agent, $ANS AS a, $END AS e,
                 MAX($END) OVER (PARTITION BY $AG ORDER BY $ANS, id
                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
                 FROM cdrs WHERE $where)
-            SELECT id, agent, a, e, prev_end FROM t WHERE prev_end IS NOT NULL AND a < prev_end"
+            SELECT id, agent, a, e, prev_end FROM t WHERE prev_end IS NOT NULL"
+        overlap_sql="$gaps AND a < prev_end"
         OVERLAPS=$(sq "SELECT COUNT(*) FROM ($overlap_sql)")
+        # An agent's next call is offered after its wrap-up and answered a ring time later:
+        # no gap may be shorter than both (100 ms allowed for timer and clock steps).
+        MIN_ALLOWED=$(( WRAP_UP * 1000 + RING_MS - 100 )); [ "$MIN_ALLOWED" -ge 0 ] || MIN_ALLOWED=0
+        SHORT_WRAPS=$(sq "SELECT COUNT(*) FROM ($gaps AND a >= prev_end AND a - prev_end < $MIN_ALLOWED)")
+        MIN_GAP=$(sq "SELECT IFNULL(MIN(a - prev_end), 'NA') FROM ($gaps)")
         [ "$OVERLAPS" = 0 ] || sq "$overlap_sql LIMIT 5" > "$OUT/overlaps.txt"
         extra=""
         has queue && extra="$extra, queue calls $(sq "SELECT COUNT(*) FROM cdrs WHERE queue IS NOT NULL AND queue <> ''")"
@@ -505,6 +511,7 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
 [ "$A_FAILED" = 0 ] || fail "agent-side failed calls: $A_FAILED"
 [ "$SUCCESS" = "$CREATED" ] && [ "$CREATED" = "$CALLS" ] || fail "caller successful $SUCCESS of $CREATED created ($CALLS offered)"
 [ "$OVERLAPS" = 0 ] || fail "agents on two answered calls at once (CDR overlaps): $OVERLAPS"
+[ "$SHORT_WRAPS" = 0 ] || fail "agents answered a call less than wrap-up + ring ($MIN_ALLOWED ms) after their last: $SHORT_WRAPS"
 ! is_num "$CDR_ANSWERED" || [ "$CDR_ANSWERED" -gt 0 ] || fail "no answered CDR with an agent to check"
 [ -z "$TIMED_OUT" ] || fail "hard timeout (${HARD_TIMEOUT_S} s) reached"
 [ -z "$SW_DIED" ] || fail "switch died during the run (log: $OUT/switch.log)"
@@ -518,7 +525,7 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
     echo "switch calls_active    peak $PEAK_SW (1 s samples), after the run $CA_AFTER"
     echo "switch CPU             $SW_CPU_S s during the calls ($(awk -v s="$SW_CPU_S" -v n="$CREATED" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }') us per call), $SW_CPU_TOTAL_S s since start"
     echo "switch memory          VmHWM $(kib_mib "$SW_HWM_KB"), sampled peak VmRSS $(kib_mib "$PEAK_RSS_KB"), VmRSS before calls $(kib_mib "$RSS_BEFORE_KB"), after $(kib_mib "$SW_RSS_KB")"
-    echo "CDRs                   $CDR_TOTAL rows, $CDR_ANSWERED answered with an agent, $CDR_AGENTS agents; overlapping calls of one agent: $OVERLAPS${CDR_NOTE:+ ($CDR_NOTE)}"
+    echo "CDRs                   $CDR_TOTAL rows, $CDR_ANSWERED answered with an agent, $CDR_AGENTS agents; overlapping calls of one agent: $OVERLAPS; shortest time from an agent's call end to its next answer $MIN_GAP ms, shorter than wrap-up + ring - 100 ms ($MIN_ALLOWED): $SHORT_WRAPS${CDR_NOTE:+ ($CDR_NOTE)}"
     echo "switch log             $(awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log")"
     [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the run: CPU and latency figures are disturbed"
     echo "switchyard_queue_* (tenant cc, after the run):"
