@@ -12,7 +12,7 @@
 #   --caps R       caller attempts per second; --duration S: seconds of calling
 #                  (duration x caps calls in all)
 #   --talk S       talk time: the agent hangs up S seconds after the ACK
-#   --ring-ms MS   ring time: the agent's phone answers MS ms after the INVITE
+#   --ring-ms MS   ring time: the agent's phone answers MS ms after its 180
 #   --wrap-up S    the queue's wrap-up time (wrap_up_secs)
 #   --strategy S   the queue's strategy; not ring-all: its forks to the agents share one
 #                  Call-ID, and one SIPp plays every phone, so it would see them as one call
@@ -23,7 +23,7 @@
 # `switchyard check-config`, the switch, one SIPp UAS answering for every agent
 # (scenarios/cc_agent.xml), every agent registering through SIPp (scenarios/cc_register.xml,
 # Contact on the UAS's port), a wait until the switch counts them available
-# (switchyard_agents{tenant="cc",state="available"}, or GET /agents?tenant=cc), the SIPp
+# (switchyard_agents{tenant="cc",state="available"}, else GET /agents' total), the SIPp
 # callers (scenarios/cc_caller.xml), a drain, then the report: both SIPp sides, the
 # switch's switchyard_queue_* series and GET /queues, time to answer, switch CPU and
 # memory, and an SQL check of the CDRs (sqlite3) after the switch has stopped.
@@ -276,8 +276,9 @@ done
 [ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
 
 # ---------------------------------------------------------------- agent phones (UAS)
-# One UDP socket for every agent; the calls are told apart by Call-ID. -recv_timeout
-# bounds a call that never gets its ACK or its BYE's 200.
+# One UDP socket for every agent; the calls are told apart by Call-ID (so a switch that
+# forked one Call-ID to several agents would confuse it). -recv_timeout bounds a call that
+# never gets its ACK or its BYE's 200; -max_socket only matters with -t un.
 (
     cd "$OUT"
     exec sipp -sf "$OUT/cc_agent.xml" -i "$HOST" -p "$AGENT_PORT" -cp "$AGENT_CP" \
