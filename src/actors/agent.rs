@@ -448,12 +448,22 @@ impl AgentState {
                 let left = self.cp.wrap_up_until_ms.saturating_sub(now);
                 self.schedule(AgentTimer::WrapUp, Duration::from_millis(left));
             }
-            Status::Offered { .. } => {
+            Status::Offered { call_id, offer, .. } => {
                 let ring = self
                     .cp
                     .rules
                     .map_or(Duration::from_secs(30), |r| r.ring_timeout);
                 self.schedule(AgentTimer::OfferGuard, ring + Duration::from_secs(10));
+                // The offer's outcome may have died with the previous actor: ask the call.
+                match self.cc.calls.directory.lookup(call_id.as_bytes()) {
+                    Some(call) => {
+                        let _ = call.cast(CallMsg::AgentResync {
+                            agent: self.id.clone(),
+                            offer,
+                        });
+                    }
+                    None => self.on_offer_ended(offer, OfferOutcome::Cancelled, now),
+                }
             }
             Status::OnCall { .. } => self.monitor_call(now),
             Status::Available if self.cp.pause_until_ms > now => {

@@ -240,6 +240,8 @@ pub struct Offer {
     pub agent: Arc<str>,
     pub forks: Vec<Fork>,
     pub ring_timeout: Duration,
+    /// A ring-all offer: rings together with the other agents' offers of the same round.
+    pub ring_all: bool,
 }
 
 /// A queued call's contact-centre facts (part of the checkpoint, and the CDR's).
@@ -249,8 +251,9 @@ struct QueueLeg {
     queue: Arc<str>,
     priority: u32,
     joined_ms: u64,
-    /// The agent who answered.
+    /// The agent who answered, and the offer it answered.
     agent: Option<Arc<str>>,
+    answered_offer: Option<u64>,
     wait_ms: Option<u64>,
     abandoned: bool,
     /// Still waiting in (or being offered by) the queue.
@@ -344,6 +347,10 @@ pub enum CallMsg {
     Offer(Box<Offer>),
     /// The queue sends the caller elsewhere (full, waited too long, emptied).
     QueueOverflow(crate::config::CcTarget),
+    /// A restarted queue asks where this caller stands (messages to the dead actor are lost).
+    QueueResync,
+    /// A restarted agent asks how its offer stands.
+    AgentResync { agent: Arc<str>, offer: u64 },
 }
 
 /// Call-level timers.
@@ -551,6 +558,9 @@ pub struct CallState {
     /// B-leg Call-IDs of earlier offers (retired with the call).
     old_b_ids: Vec<Bytes>,
     keepalive: Option<TimerId>,
+    /// Offers of this call already reported over (a restarted agent asking about one gets
+    /// its outcome; one never seen may still be on its way).
+    ended_offers: Vec<u64>,
 }
 
 impl Actor for CallActor {
@@ -584,6 +594,7 @@ impl Actor for CallActor {
             stale_forks: Vec::new(),
             old_b_ids: Vec::new(),
             keepalive: None,
+            ended_offers: Vec::new(),
         };
         match args.init {
             CallInit::New(call) => {
@@ -635,6 +646,8 @@ impl Actor for CallActor {
             CallMsg::InjectPanic => panic!("injected fault"),
             CallMsg::Offer(offer) => state.on_offer(*offer),
             CallMsg::QueueOverflow(target) => state.on_overflow(target),
+            CallMsg::QueueResync => state.on_queue_resync(),
+            CallMsg::AgentResync { agent, offer } => state.on_agent_resync(agent, offer),
         }
         state.sweep();
         Ok(())
@@ -772,6 +785,7 @@ impl CallState {
                     priority: join.priority,
                     joined_ms: now_unix_ms() as u64,
                     agent: None,
+                    answered_offer: None,
                     wait_ms: None,
                     abandoned: false,
                     waiting: true,
@@ -2387,6 +2401,10 @@ impl CallState {
 
     /// Tells the queue and the agent how an offer ended.
     fn report_offer(&mut self, f: &OfferFork, outcome: crate::actors::agent::OfferOutcome) {
+        if self.ended_offers.len() >= 16 {
+            self.ended_offers.remove(0);
+        }
+        self.ended_offers.push(f.offer);
         let Some(cc) = self.cc() else { return };
         let Some(q) = self.core().queue.clone() else {
             return;
@@ -2441,6 +2459,10 @@ impl CallState {
             }
             return;
         }
+        if ringing && !offer.ring_all {
+            // One agent at a time outside ring-all (a restarted queue's stale view).
+            return self.report_offer(&f, OfferOutcome::Cancelled);
+        }
         if ringing {
             // Another agent of a ring-all offer: one more fork of the same B leg.
             let b_invite = self.core().b_invite.clone();
@@ -2487,6 +2509,66 @@ impl CallState {
         self.cancel_no_answer();
         self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, offer.ring_timeout));
         self.set_phase(Phase::Setup);
+    }
+
+    /// Tells a restarted agent how its offer stands: still ringing (nothing to say: the
+    /// outcome comes), answered by it, or over.
+    fn on_agent_resync(&mut self, agent: Arc<str>, offer: u64) {
+        use crate::actors::agent::{AgentMsg, OfferOutcome};
+        if self.offer_forks.iter().any(|f| f.offer == offer) {
+            return;
+        }
+        let Some(cc) = self.cc() else { return };
+        let Some(q) = self.core.as_ref().and_then(|c| c.queue.clone()) else {
+            return;
+        };
+        let outcome = if q.answered_offer == Some(offer) {
+            OfferOutcome::Answered
+        } else if q.waiting && !self.ended_offers.contains(&offer) {
+            // Not seen yet: the queue's Offer may still be on its way here. The agent stays
+            // offered; the offer's outcome, or the agent's guard timer, frees it.
+            return;
+        } else {
+            OfferOutcome::Cancelled
+        };
+        crate::actors::agent::tell(
+            &cc,
+            &q.tenant,
+            &agent,
+            AgentMsg::OfferEnded { offer, outcome },
+        );
+    }
+
+    /// Tells a restarted queue where this caller stands.
+    fn on_queue_resync(&mut self) {
+        use crate::actors::queue::{CallerState, QueueMsg};
+        let Some(cc) = self.cc() else { return };
+        let Some(q) = self.core.as_ref().and_then(|c| c.queue.clone()) else {
+            return;
+        };
+        let state = if q.waiting {
+            CallerState::Waiting {
+                ringing: self
+                    .offer_forks
+                    .iter()
+                    .map(|f| (f.offer, f.agent.clone()))
+                    .collect(),
+            }
+        } else {
+            match (q.answered_offer, q.agent.clone()) {
+                (Some(offer), Some(agent)) => CallerState::Answered { offer, agent },
+                _ => CallerState::Gone {
+                    abandoned: q.abandoned,
+                },
+            }
+        };
+        let call_id = self.a_call_id_str();
+        crate::actors::queue::tell(
+            &cc,
+            &q.tenant,
+            &q.queue,
+            QueueMsg::CallerState { call_id, state },
+        );
     }
 
     /// Whether B-leg responses are offers to agents (failures go back to the queue
@@ -2569,6 +2651,7 @@ impl CallState {
         let now = now_unix_ms() as u64;
         if let Some(q) = self.core().queue.as_mut() {
             q.agent = Some(winner.agent.clone());
+            q.answered_offer = Some(winner.offer);
             q.wait_ms = Some(now.saturating_sub(q.joined_ms));
             q.waiting = false;
         }

@@ -211,6 +211,11 @@ pub enum QueueMsg {
     CallEnded {
         talk_ms: u64,
     },
+    /// A call's answer to a restarted queue's resync.
+    CallerState {
+        call_id: Arc<str>,
+        state: CallerState,
+    },
     MemberChanged(MemberUpdate),
     Tick,
     GetStats(RpcReplyPort<QueueStats>),
@@ -218,6 +223,17 @@ pub enum QueueMsg {
     GetDecisions(RpcReplyPort<Vec<Decision>>),
     /// Fault injection for supervision tests.
     InjectPanic,
+}
+
+/// Where a listed caller stands, as its call actor says.
+#[derive(Clone, Debug)]
+pub enum CallerState {
+    /// Still waiting; these offers are ringing.
+    Waiting { ringing: Vec<(u64, Arc<str>)> },
+    /// An agent answered (the outcome may have been lost with the previous actor).
+    Answered { offer: u64, agent: Arc<str> },
+    /// Left without an agent.
+    Gone { abandoned: bool },
 }
 
 /// Live statistics of a queue.
@@ -279,9 +295,15 @@ pub struct QueueCheckpoint {
     /// Offer id → (caller, agent, when): reservations and offers in flight.
     offers: HashMap<u64, (Arc<str>, Arc<str>, u64)>,
     next_offer: u64,
+    /// Offers whose reservation the agent granted (the call has them).
+    granted: std::collections::HashSet<u64>,
     rr_last: Option<u32>,
     counts: Counts,
 }
+
+/// A reservation not answered within this time was lost (the agent actor died with it in
+/// its mailbox): it is withdrawn and the caller offered again.
+const RESERVE_TIMEOUT_MS: u64 = 2000;
 
 #[derive(Clone, Debug, Default)]
 struct Counts {
@@ -307,6 +329,8 @@ pub struct QueueState {
     logged_in: Vec<bool>,
     by_id: HashMap<Arc<str>, usize>,
     cp: QueueCheckpoint,
+    /// Offers granted by this actor (not a predecessor): a resync never withdraws them.
+    granted_here: std::collections::HashSet<u64>,
     dirty: bool,
     decisions: VecDeque<Decision>,
     rules: OfferRules,
@@ -362,6 +386,7 @@ impl Actor for QueueActor {
             members: args.members,
             by_id,
             cp: restored.clone().unwrap_or_default(),
+            granted_here: std::collections::HashSet::new(),
             dirty: false,
             decisions: VecDeque::new(),
             rules,
@@ -373,6 +398,9 @@ impl Actor for QueueActor {
         // Agents that are already running (a queue restart) tell us their state again.
         for m in &state.members {
             agent::tell(&state.cc, &state.tenant, &m.id, AgentMsg::Announce);
+        }
+        if restored.is_some() {
+            state.resync_callers();
         }
         state.schedule_tick();
         state.publish();
@@ -408,8 +436,10 @@ impl Actor for QueueActor {
                 state.dirty = true;
             }
             QueueMsg::MemberChanged(u) => state.on_member(u),
+            QueueMsg::CallerState { call_id, state: cs } => state.on_caller_state(call_id, cs, now),
             QueueMsg::Tick => {
                 state.on_tick(now);
+                state.forget_granted();
                 state.schedule_tick();
                 state.publish();
             }
@@ -534,10 +564,14 @@ impl QueueState {
                         agent: agent.clone(),
                         forks,
                         ring_timeout: self.rules.ring_timeout,
+                        ring_all: self.config.strategy == Strategy::RingAll,
                     })))
                     .is_ok()
                 });
-                if !sent {
+                if sent {
+                    self.cp.granted.insert(offer);
+                    self.granted_here.insert(offer);
+                } else {
                     // The call is gone without telling us: it leaves the list.
                     tracing::info!(queue = %self.name, call_id = %call_id, "queued call vanished");
                     self.cp.offers.remove(&offer);
@@ -591,6 +625,56 @@ impl QueueState {
             }
         } else if let Some(c) = self.cp.waiting.get_mut(call_id) {
             c.offered.retain(|a| a != agent);
+        }
+        self.dirty = true;
+    }
+
+    /// After a restart: outcomes reported to the dead actor are lost, so each listed
+    /// caller's call is asked where it stands; callers whose call is gone leave.
+    fn resync_callers(&mut self) {
+        let listed: Vec<Arc<str>> = self.cp.waiting.iter().map(|c| c.call_id.clone()).collect();
+        for call_id in listed {
+            match self.cc.calls.directory.lookup(call_id.as_bytes()) {
+                Some(call) if call.cast(CallMsg::QueueResync).is_ok() => {}
+                _ => {
+                    self.cp.waiting.remove(&call_id);
+                    self.cp.offers.retain(|_, (c, _, _)| *c != call_id);
+                    self.dirty = true;
+                }
+            }
+        }
+        if self.dirty {
+            self.cc
+                .queue_checkpoints
+                .insert(self.name.clone(), self.cp.clone());
+            self.dirty = false;
+        }
+    }
+
+    fn on_caller_state(&mut self, call_id: Arc<str>, cs: CallerState, now: u64) {
+        match cs {
+            CallerState::Waiting { ringing } => {
+                // Offers whose outcome was lost are over and the caller can be offered again;
+                // offers this actor granted since are newer than the call's answer.
+                let here = &self.granted_here;
+                self.cp.offers.retain(|id, (c, _, _)| {
+                    *c != call_id || ringing.iter().any(|(o, _)| o == id) || here.contains(id)
+                });
+                let live: Vec<Arc<str>> = self
+                    .cp
+                    .offers
+                    .values()
+                    .filter(|(c, _, _)| *c == call_id)
+                    .map(|(_, a, _)| a.clone())
+                    .collect();
+                if let Some(c) = self.cp.waiting.get_mut(&call_id) {
+                    c.offered = live;
+                }
+            }
+            CallerState::Answered { offer, agent } => {
+                self.on_offer_ended(offer, &agent, &call_id, OfferOutcome::Answered, now)
+            }
+            CallerState::Gone { abandoned } => self.on_leave(&call_id, abandoned, now),
         }
         self.dirty = true;
     }
@@ -724,21 +808,40 @@ impl QueueState {
         // An offer whose reservation or outcome was lost (an actor restarted between the
         // two casts) would hold its caller forever.
         let limit = (self.rules.ring_timeout + Duration::from_secs(15)).as_millis() as u64;
+        let granted = &self.cp.granted;
         let stale: Vec<(u64, Arc<str>, Arc<str>)> = self
             .cp
             .offers
             .iter()
-            .filter(|(_, (_, _, at))| now.saturating_sub(*at) > limit)
+            .filter(|(id, (_, _, at))| {
+                let age = now.saturating_sub(*at);
+                age > limit || (!granted.contains(id) && age > RESERVE_TIMEOUT_MS)
+            })
             .map(|(id, (c, a, _))| (*id, c.clone(), a.clone()))
             .collect();
         for (id, call_id, agent) in stale {
             tracing::warn!(queue = %self.name, offer = id, agent = %agent, "offer without outcome: withdrawn");
             self.cp.offers.remove(&id);
+            if !self.cp.granted.remove(&id) {
+                // Reserved late after all: the agent frees itself on this.
+                agent::tell(
+                    &self.cc,
+                    &self.tenant,
+                    &agent,
+                    AgentMsg::Release { offer: id },
+                );
+            }
             if let Some(c) = self.cp.waiting.get_mut(&call_id) {
                 c.offered.retain(|a| *a != agent);
             }
             self.dirty = true;
         }
+    }
+
+    fn forget_granted(&mut self) {
+        let offers = &self.cp.offers;
+        self.cp.granted.retain(|o| offers.contains_key(o));
+        self.granted_here.retain(|o| offers.contains_key(o));
     }
 
     fn schedule_tick(&mut self) {
