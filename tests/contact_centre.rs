@@ -47,6 +47,7 @@ fn agent_config(id: &str, user: &str, queues: &[&str]) -> AgentConfig {
 async fn node(dir: &std::path::Path, queues: usize, agents: &[(&str, &str, &[&str])]) -> Node {
     let mut c: Config = config(dir, &[]);
     c.registrar.algorithms = vec!["MD5".into()];
+    c.calls.queue_stats_secs = 1;
     let users = agents
         .iter()
         .map(|(_, u, _)| UserConfig {
@@ -215,6 +216,23 @@ async fn caller_reaches_agent_and_agent_moves_on() {
     assert_eq!(cdr.queue.as_deref(), Some("cc/q0"));
     assert_eq!(cdr.agent.as_deref(), Some("a1"));
     assert!(!cdr.abandoned && cdr.wait_ms.is_some());
+    // The queue's statistics are snapshotted into the store (every second here).
+    let db = rusqlite::Connection::open(dir.path().join("switchyard.db")).unwrap();
+    let mut answered = 0i64;
+    for _ in 0..100 {
+        answered = db
+            .query_row(
+                "SELECT COALESCE(MAX(answered), 0) FROM queue_stats WHERE tenant = 'cc' AND queue = 'q0'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if answered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(answered, 1, "queue_stats snapshot with the answered call");
     node.shutdown().await;
 }
 
