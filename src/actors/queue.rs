@@ -292,11 +292,12 @@ pub struct Decision {
 #[derive(Clone, Debug, Default)]
 pub struct QueueCheckpoint {
     waiting: Waiting,
-    /// Offer id → (caller, agent, when): reservations and offers in flight.
-    offers: HashMap<u64, (Arc<str>, Arc<str>, u64)>,
+    /// Offer id → (caller, agent, when): reservations and offers in flight. Persistent maps
+    /// (`imbl`): the checkpoint is cloned after every message.
+    offers: imbl::HashMap<u64, (Arc<str>, Arc<str>, u64)>,
     next_offer: u64,
     /// Offers whose reservation the agent granted (the call has them).
-    granted: std::collections::HashSet<u64>,
+    granted: imbl::HashSet<u64>,
     rr_last: Option<u32>,
     counts: Counts,
 }
@@ -479,7 +480,7 @@ impl Actor for QueueActor {
 
 impl QueueState {
     fn on_join(&mut self, j: Join, now: u64) {
-        if self.cp.waiting.position(&j.call_id).is_some() {
+        if self.cp.waiting.get(&j.call_id).is_some() {
             return; // a keep-alive of a caller already here
         }
         if self.config.max_length > 0 && self.cp.waiting.len() >= self.config.max_length {
@@ -698,7 +699,8 @@ impl QueueState {
                 return;
             };
             let waited = now.saturating_sub(caller.joined_ms);
-            let ranking = acd::rank(
+            let ring_all = self.config.strategy == Strategy::RingAll;
+            let ranking = acd::rank_top(
                 self.config.strategy,
                 &self.members,
                 &self.config.required_skills,
@@ -707,6 +709,7 @@ impl QueueState {
                 now,
                 self.cp.rr_last,
                 rand::random(),
+                if ring_all { usize::MAX } else { 1 },
             );
             if ranking.order.is_empty() {
                 // Callers behind the first wait less, so their requirements are no looser.
@@ -815,14 +818,14 @@ impl QueueState {
             .iter()
             .filter(|(id, (_, _, at))| {
                 let age = now.saturating_sub(*at);
-                age > limit || (!granted.contains(id) && age > RESERVE_TIMEOUT_MS)
+                age > limit || (!granted.contains(*id) && age > RESERVE_TIMEOUT_MS)
             })
             .map(|(id, (c, a, _))| (*id, c.clone(), a.clone()))
             .collect();
         for (id, call_id, agent) in stale {
             tracing::warn!(queue = %self.name, offer = id, agent = %agent, "offer without outcome: withdrawn");
             self.cp.offers.remove(&id);
-            if !self.cp.granted.remove(&id) {
+            if self.cp.granted.remove(&id).is_none() {
                 // Reserved late after all: the agent frees itself on this.
                 agent::tell(
                     &self.cc,

@@ -4,7 +4,6 @@
 //! Time is passed in (milliseconds), so every rule is tested with a fixed clock.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -161,6 +160,33 @@ pub fn rank(
     rr_last: Option<u32>,
     rand_seed: u64,
 ) -> Ranking {
+    rank_top(
+        strategy,
+        members,
+        reqs,
+        relax,
+        waited_ms,
+        now_ms,
+        rr_last,
+        rand_seed,
+        usize::MAX,
+    )
+}
+
+/// [`rank`] for the best `limit` candidates only (`order` holds at most `limit`; `eligible`
+/// still counts them all): what a queue offering one agent at a time needs, in linear time.
+#[allow(clippy::too_many_arguments)]
+pub fn rank_top(
+    strategy: Strategy,
+    members: &[Member],
+    reqs: &[Requirement],
+    relax: &[Relax],
+    waited_ms: u64,
+    now_ms: u64,
+    rr_last: Option<u32>,
+    rand_seed: u64,
+    limit: usize,
+) -> Ranking {
     use Strategy::*;
     let drop = relaxed_by(relax, waited_ms);
     // Borrowed names: no String per decision, let alone per member.
@@ -204,12 +230,21 @@ pub fn rank(
     }
     // The index last makes the order total, so equal keys (duplicate positions) are still
     // ranked deterministically by an unstable sort.
-    cands.sort_unstable_by_key(|c| (c.tier, c.penalty, c.first, c.second, c.position, c.idx));
+    let key = |c: &Candidate| (c.tier, c.penalty, c.first, c.second, c.position, c.idx);
     let eligible = cands.len();
-    let reason = match cands.first() {
+    // The reason is worded over every candidate (group sizes, counts), before any cut.
+    let reason = match cands.iter().min_by_key(|c| key(c)) {
         Some(best) => chosen_reason(strategy, members, &cands, best, &required, now_ms, rr_last),
         None => no_eligible_reason(members.len(), available, reqs, &required, waited_ms),
     };
+    if limit < cands.len() {
+        // Only the best `limit` are wanted (a queue offers one agent at a time): select them
+        // in linear time instead of sorting every available agent.
+        let limit = limit.max(1);
+        cands.select_nth_unstable_by_key(limit - 1, key);
+        cands.truncate(limit);
+    }
+    cands.sort_unstable_by_key(key);
     Ranking {
         order: cands.iter().map(|c| c.idx).collect(),
         eligible,
@@ -391,13 +426,14 @@ pub struct Caller {
 }
 
 /// The waiting list: priority (higher first), then arrival order. Single writer: the queue
-/// actor. Cloned as the queue's checkpoint.
+/// actor. Cloned as the queue's checkpoint after every change, so both maps are persistent
+/// (`imbl`): a clone shares structure and costs O(1), not a copy of every waiting caller.
 #[derive(Clone, Debug, Default)]
 pub struct Waiting {
-    by_order: BTreeMap<WaitKey, Caller>,
+    by_order: imbl::OrdMap<WaitKey, Caller>,
     next_seq: u64,
     /// Call-ID to the caller's key in `by_order`, so lookups by Call-ID do not scan.
-    index: HashMap<Arc<str>, WaitKey>,
+    index: imbl::HashMap<Arc<str>, WaitKey>,
 }
 
 /// A caller's place: priority (higher first), then arrival.
@@ -1174,5 +1210,38 @@ mod tests {
         }
         assert_eq!(t.s.len(), 8);
         assert!(toml::from_str::<T>(r#"s = ["fastest"]"#).is_err());
+    }
+
+    #[test]
+    fn rank_top_picks_the_same_first_as_a_full_rank() {
+        let members: Vec<Member> = (0..500u32)
+            .map(|i| {
+                member(
+                    &format!("a{i}"),
+                    1 + i % 3,
+                    i % 2,
+                    i,
+                    i % 7 != 0,
+                    u64::from((i * 37) % 101),
+                    u64::from(i % 11),
+                    u64::from(i % 13),
+                    &[],
+                )
+            })
+            .collect();
+        for strategy in [
+            Strategy::LongestIdle,
+            Strategy::RoundRobin,
+            Strategy::FewestCalls,
+            Strategy::LeastTalkTime,
+            Strategy::TopDown,
+            Strategy::Random,
+        ] {
+            let full = rank(strategy, &members, &[], &[], 0, NOW, Some(100), 7);
+            let top = rank_top(strategy, &members, &[], &[], 0, NOW, Some(100), 7, 1);
+            assert_eq!(top.order, full.order[..1].to_vec(), "{strategy:?}");
+            assert_eq!(top.eligible, full.eligible);
+            assert_eq!(top.reason, full.reason);
+        }
     }
 }
