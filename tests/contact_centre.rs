@@ -19,10 +19,7 @@ use switchyard::sip::message::Message;
 const DOMAIN: &str = "cc.test";
 
 fn queue_config(id: &str) -> QueueConfig {
-    toml::from_str(&format!(
-        "id = \"{id}\"\nring_timeout_secs = 2\nmax_no_answer = 1\nno_answer_delay_secs = 0"
-    ))
-    .unwrap()
+    queue_toml(id, "no_answer_delay_secs = 0")
 }
 
 fn agent_config(id: &str, user: &str, queues: &[&str]) -> AgentConfig {
@@ -45,6 +42,19 @@ fn agent_config(id: &str, user: &str, queues: &[&str]) -> AgentConfig {
 
 /// A node with one tenant: queues `q0..qN`, numbers `500i` → `qi`, and agents.
 async fn node(dir: &std::path::Path, queues: usize, agents: &[(&str, &str, &[&str])]) -> Node {
+    let queues = (0..queues)
+        .map(|i| queue_config(&format!("q{i}")))
+        .collect();
+    node_with(dir, queues, agents, |_| {}).await
+}
+
+/// [`node`] with queues given (`extra` TOML lines each) and a last touch to the tenant.
+async fn node_with(
+    dir: &std::path::Path,
+    queues: Vec<QueueConfig>,
+    agents: &[(&str, &str, &[&str])],
+    touch: impl FnOnce(&mut TenantConfig),
+) -> Node {
     let mut c: Config = config(dir, &[]);
     c.registrar.algorithms = vec!["MD5".into()];
     c.calls.queue_stats_secs = 1;
@@ -60,23 +70,29 @@ async fn node(dir: &std::path::Path, queues: usize, agents: &[(&str, &str, &[&st
         id: "cc".into(),
         domain: DOMAIN.into(),
         users,
-        queues: (0..queues)
-            .map(|i| queue_config(&format!("q{i}")))
-            .collect(),
-        agents: agents
-            .iter()
-            .map(|(id, u, qs)| agent_config(id, u, qs))
-            .collect(),
-        numbers: (0..queues)
+        numbers: (0..queues.len())
             .map(|i| NumberConfig {
                 number: format!("500{i}"),
                 target: format!("queue:q{i}"),
                 priority: 0,
             })
             .collect(),
+        queues,
+        agents: agents
+            .iter()
+            .map(|(id, u, qs)| agent_config(id, u, qs))
+            .collect(),
         ..Default::default()
     }];
+    touch(&mut c.tenants[0]);
     start_with(c).await
+}
+
+fn queue_toml(id: &str, extra: &str) -> QueueConfig {
+    toml::from_str(&format!(
+        "id = \"{id}\"\nring_timeout_secs = 2\nmax_no_answer = 1\n{extra}"
+    ))
+    .unwrap()
 }
 
 async fn agent_info(node: &Node, id: &str) -> agent::AgentInfo {
@@ -715,5 +731,171 @@ async fn agents_in_five_queues_under_load_never_get_two_offers() {
     for p in phones {
         p.abort();
     }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_overflows_after_max_wait_and_a_full_queue_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    // q0 has no agent and sends callers on to q1 after 1 s; it holds one caller at most.
+    let queues = vec![
+        queue_toml(
+            "q0",
+            "max_wait_secs = 1\noverflow_wait = \"queue:q1\"\nmax_length = 1",
+        ),
+        queue_toml("q1", ""),
+    ];
+    let node = node_with(dir.path(), queues, &[("a1", "2001", &["q1"])], |_| {}).await;
+    let sw = udp_addr(&node);
+    let phone = Ua::new().await;
+    register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    wait_agent(&node, "a1", "offerable", |i| i.offerable).await;
+    let caller = Ua::new().await;
+    call_number(&caller, sw, "of-1", "5000").await;
+    // Full: the second caller of q0 gets the overflow_full default, 503.
+    let other = Ua::new().await;
+    let q0 = queue::lookup("cc", "q0", &node.name).unwrap();
+    for _ in 0..100 {
+        if queue::stats(&q0).await.unwrap().waiting == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    other
+        .send(sw, &invite("of-2", "5000", other.addr, sw))
+        .await;
+    other.expect_status(503).await;
+    // After a second in q0 the first caller moves to q1, where a1 answers.
+    let started = tokio::time::Instant::now();
+    let inv = phone_answers(&phone, sw).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "offered before max_wait"
+    );
+    let (ok, _) = caller
+        .expect("200 via q1", |m| m.status() == Some(200))
+        .await;
+    caller
+        .send(sw, &ack_for(&ok, &caller, sw, "of-1", "5000"))
+        .await;
+    phone.send(sw, &bye_from_phone(&inv, &phone)).await;
+    let (bye, _) = caller.expect_request("BYE").await;
+    caller
+        .send(sw, &answer(&bye, 200, "OK", "", caller.addr, ""))
+        .await;
+    let (s0, s1) = (
+        queue_stats(&node, "q0").await,
+        queue_stats(&node, "q1").await,
+    );
+    assert_eq!((s0.joined, s0.overflowed, s0.answered), (1, 2, 0), "{s0:?}");
+    assert_eq!((s1.joined, s1.answered), (1, 1), "{s1:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skills_requirement_relaxes_while_the_caller_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    // The queue wants english 7; after 1 s of waiting 4 is enough. a1 has english 5.
+    let queues = vec![queue_toml(
+        "q0",
+        "strategy = \"skills\"\nrequired_skills = [{ skill = \"english\", level = 7 }]\nrelax = [{ after_secs = 1, by = 3 }]",
+    )];
+    let node = node_with(dir.path(), queues, &[("a1", "2001", &["q0"])], |t| {
+        t.agents[0].skills.insert("english".into(), 5);
+    })
+    .await;
+    let sw = udp_addr(&node);
+    let phone = Ua::new().await;
+    register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    wait_agent(&node, "a1", "offerable", |i| i.offerable).await;
+    let caller = Ua::new().await;
+    let started = tokio::time::Instant::now();
+    call_number(&caller, sw, "sk-1", "5000").await;
+    // Nobody meets english 7: the caller waits until the requirement relaxes.
+    let (inv, _) = phone.expect_request("INVITE").await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "offered after {waited:?}"
+    );
+    let q = queue::lookup("cc", "q0", &node.name).unwrap();
+    let d = queue::decisions(&q).await.unwrap();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].chosen, vec!["a1".to_string()]);
+    assert!(d[0].reason.starts_with("skills:"), "{d:?}");
+    phone
+        .send(sw, &answer(&inv, 486, "Busy Here", "ag", phone.addr, ""))
+        .await;
+    // A busy phone: the caller goes back to the queue (no failure reaches it) and the agent
+    // pauses for busy_delay_secs (10 s by default), so it is not offered again meanwhile.
+    wait_agent(&node, "a1", "paused after busy", |i| {
+        i.state == "available" && !i.offerable
+    })
+    .await;
+    assert!(caller
+        .recv(Duration::from_millis(300))
+        .await
+        .is_none_or(|(m, _)| m.status().is_none_or(|s| s < 300)));
+    caller
+        .send(sw, &cancel_for(&caller, sw, "sk-1", "5000"))
+        .await;
+    caller.expect_status(487).await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_all_rings_every_available_agent_and_the_first_answer_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let queues = vec![queue_toml("q0", "strategy = \"ring-all\"")];
+    let node = node_with(
+        dir.path(),
+        queues,
+        &[("a1", "2001", &["q0"]), ("a2", "2002", &["q0"])],
+        |_| {},
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let (p1, p2) = (Ua::new().await, Ua::new().await);
+    register_udp(&p1, sw, DOMAIN, "2001", "pw").await;
+    register_udp(&p2, sw, DOMAIN, "2002", "pw").await;
+    wait_agent(&node, "a1", "offerable", |i| i.offerable).await;
+    wait_agent(&node, "a2", "offerable", |i| i.offerable).await;
+    let caller = Ua::new().await;
+    call_number(&caller, sw, "ra-1", "5000").await;
+    let (inv1, _) = p1.expect_request("INVITE").await;
+    let (inv2, _) = p2.expect_request("INVITE").await;
+    p1.send(sw, &answer(&inv1, 180, "Ringing", "p1", p1.addr, ""))
+        .await;
+    p2.send(sw, &answer(&inv2, 180, "Ringing", "p2", p2.addr, ""))
+        .await;
+    p2.send(sw, &answer(&inv2, 200, "OK", "p2", p2.addr, SDP))
+        .await;
+    let (ok, _) = caller
+        .expect("200 from a2", |m| m.status() == Some(200))
+        .await;
+    caller
+        .send(sw, &ack_for(&ok, &caller, sw, "ra-1", "5000"))
+        .await;
+    // a1's phone is cancelled; a1 is free again, a2 is on the call.
+    let (cancel, _) = p1
+        .expect("CANCEL for the losing phone", |m| {
+            m.method().is_some_and(|x| x.to_string() == "CANCEL")
+        })
+        .await;
+    p1.send(sw, &answer(&cancel, 200, "OK", "p1", p1.addr, ""))
+        .await;
+    p1.send(
+        sw,
+        &answer(&inv1, 487, "Request Terminated", "p1", p1.addr, ""),
+    )
+    .await;
+    wait_agent(&node, "a2", "on call", |i| i.state == "on_call").await;
+    wait_agent(&node, "a1", "available", |i| {
+        i.state == "available" && i.offerable
+    })
+    .await;
+    let q = queue::lookup("cc", "q0", &node.name).unwrap();
+    let d = queue::decisions(&q).await.unwrap();
+    assert_eq!(d[0].chosen.len(), 2, "{d:?}");
     node.shutdown().await;
 }
