@@ -645,8 +645,15 @@ fn validate_contact_centre<'a>(
         Err(e) => err(format!("tenants[{i}].agents_csv"), e),
         Ok(agents) => {
             let mut ids = std::collections::HashSet::new();
+            let mut users = std::collections::HashSet::new();
             for (j, a) in agents.iter().enumerate() {
                 let place = format!("tenants[{i}].agents[{j}]");
+                if !a.user.is_empty() && !users.insert(a.user.as_str()) {
+                    err(
+                        format!("{place}.user"),
+                        format!("{:?} is already another agent's phone user", a.user),
+                    );
+                }
                 if !valid_id(&a.id) || !ids.insert(a.id.clone()) {
                     err(
                         format!("{place}.id"),
@@ -992,6 +999,83 @@ mod tests {
             places,
             ["sip.listen[0]", "routes[0].target", "routes[1].prefix"]
         );
+    }
+
+    #[test]
+    fn contact_centre_faults_name_their_place() {
+        let c = Config::from_toml(
+            r#"
+[[tenants]]
+id = "t"
+domain = "t.example"
+[[tenants.queues]]
+id = "q"
+answer_first = true
+overflow_wait = "queue:nope"
+[[tenants.agents]]
+id = "a1"
+user = "1001"
+queues = [{ queue = "other" }]
+skills = { english = 11 }
+[[tenants.agents]]
+id = "a2"
+user = "1001"
+[[tenants.numbers]]
+number = "5000"
+target = "queue:missing"
+"#,
+        )
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let places: Vec<&str> = errs.iter().map(|e| e.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "tenants[0].queues[0].answer_first",
+                "tenants[0].queues[0].overflow_wait",
+                "tenants[0].numbers[0].target",
+                "tenants[0].agents[0].queues",
+                "tenants[0].agents[0].skills",
+                "tenants[0].agents[1].user",
+            ],
+            "{errs:?}"
+        );
+        assert!(Config::from_toml("[[tenants]]\nid = \"t\"\ndomain = \"d\"\n[[tenants.queues]]\nid = \"q\"\nstrategy = \"fastest\"\n").is_err());
+    }
+
+    #[test]
+    fn agents_csv_lines() {
+        let a = AgentConfig::from_csv_line(
+            "a1, 1001, sales:1|support:2:5, english:7|billing:3, available",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.id.as_str(), a.user.as_str()), ("a1", "1001"));
+        assert_eq!(
+            a.queues,
+            vec![
+                MembershipConfig {
+                    queue: "sales".into(),
+                    tier: 1,
+                    penalty: 0
+                },
+                MembershipConfig {
+                    queue: "support".into(),
+                    tier: 2,
+                    penalty: 5
+                },
+            ]
+        );
+        assert_eq!(a.skills.get("english"), Some(&7));
+        assert_eq!(a.state.as_deref(), Some("available"));
+        assert!(AgentConfig::from_csv_line("# comment").is_none());
+        assert!(AgentConfig::from_csv_line("a2,1002,q:x").unwrap().is_err());
+        assert!(AgentConfig::from_csv_line("a2,1002,,english:ten")
+            .unwrap()
+            .is_err());
+        assert_eq!(CcTarget::parse("status:486"), Ok(CcTarget::Status(486)));
+        assert!(CcTarget::parse("status:200").is_err());
+        assert!(CcTarget::parse("trunk:x").is_err());
     }
 
     #[test]
