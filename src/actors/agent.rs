@@ -234,7 +234,8 @@ impl Status {
         }
     }
 
-    const LABELS: [&'static str; 6] = [
+    /// Every state's label, in a fixed order.
+    pub const LABELS: [&'static str; 6] = [
         "logged_out",
         "available",
         "not_ready",
@@ -499,13 +500,7 @@ impl AgentState {
                     self.phone = false;
                     Err("no_phone")
                 } else {
-                    Ok(bindings
-                        .iter()
-                        .map(|b| Fork {
-                            ruri: b.contact.clone(),
-                            dest: b.dest(),
-                        })
-                        .collect())
+                    Ok(Fork::all(&bindings))
                 }
             }
         };

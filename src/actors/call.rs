@@ -276,6 +276,19 @@ pub struct Fork {
     pub dest: Dest,
 }
 
+impl Fork {
+    /// One fork per registered contact, in the bindings' order (highest q first).
+    pub fn all(bindings: &[super::registrar::Binding]) -> Vec<Fork> {
+        bindings
+            .iter()
+            .map(|b| Fork {
+                ruri: b.contact.clone(),
+                dest: b.dest(),
+            })
+            .collect()
+    }
+}
+
 /// Starts a call actor under the calls supervisor. Its restart factory restores the call
 /// from its checkpoint.
 pub async fn start(
@@ -1770,7 +1783,7 @@ impl CallState {
             // A fork of an offer that is over (rang out, lost to another agent, the caller
             // left): never relayed. CANCEL it once it rings; end it if it answers late.
             match status {
-                101..=199 if self.cancel_pending => self.cancel_fork(tx),
+                101..=199 => self.cancel_fork(tx),
                 200..=299 => self.end_other_fork(resp),
                 _ => {}
             }
@@ -2475,8 +2488,21 @@ impl CallState {
         if let Some(id) = self.keepalive.take() {
             self.ctx.timers.cancel(id);
         }
-        let first = offer.forks[0].clone();
         let dialled = Bytes::from(self.core().cdr.callee.clone());
+        let txs = self.place_b_leg(&offer.forks, dialled, format!("agent:{}", offer.agent));
+        for tx in txs {
+            self.offer_forks.push(OfferFork { tx, ..f.clone() });
+        }
+        self.cancel_no_answer();
+        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, offer.ring_timeout));
+        self.set_phase(Phase::Setup);
+    }
+
+    /// A new B leg for a queued call (an offer, or an overflow to a user): its own Call-ID,
+    /// the INVITE to every fork; earlier B Call-IDs stay known for late answers. Returns
+    /// the INVITE transactions.
+    fn place_b_leg(&mut self, forks: &[Fork], dialled: Bytes, target: String) -> Vec<u32> {
+        let first = forks[0].clone();
         let a_invite = self.core().a_invite.clone();
         let (b, b_invite, branch) = self.b_leg(
             &a_invite,
@@ -2496,19 +2522,14 @@ impl CallState {
             core.b = b;
             core.b_invite = b_invite.clone();
             core.b_dest = first.dest;
-            core.cdr.target = format!("agent:{}", offer.agent);
+            core.cdr.target = target;
         }
         self.ctx.directory.register(b_call_id, self.myself.clone());
         self.best_failure = None;
         self.cancel_pending = false;
-        let mut txs = self.send_forks(&b_invite, &offer.forks);
+        let mut txs = self.send_forks(&b_invite, forks);
         txs.push(self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, first.dest));
-        for tx in txs {
-            self.offer_forks.push(OfferFork { tx, ..f.clone() });
-        }
-        self.cancel_no_answer();
-        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, offer.ring_timeout));
-        self.set_phase(Phase::Setup);
+        txs
     }
 
     /// Tells a restarted agent how its offer stands: still ringing (nothing to say: the
@@ -2747,39 +2768,8 @@ impl CallState {
                     );
                 }
                 // From here on an ordinary call to the user's phones: failures are relayed.
-                let forks: Vec<Fork> = bindings
-                    .iter()
-                    .map(|b| Fork {
-                        ruri: b.contact.clone(),
-                        dest: b.dest(),
-                    })
-                    .collect();
-                let first = forks[0].clone();
-                let a_invite = self.core().a_invite.clone();
-                let dialled = Bytes::from(user.clone());
-                let (b, b_invite, branch) = self.b_leg(
-                    &a_invite,
-                    &dialled,
-                    first.ruri.clone(),
-                    first.dest,
-                    first.dest.addr,
-                );
-                let b_call_id = b.call_id.clone();
-                let old = std::mem::replace(&mut self.core().b_call_id, b_call_id.clone());
-                if !old.is_empty() {
-                    self.old_b_ids.push(old);
-                }
-                let b_invite = Arc::new(b_invite);
-                {
-                    let core = self.core();
-                    core.b = b;
-                    core.b_invite = b_invite.clone();
-                    core.b_dest = first.dest;
-                    core.cdr.target = format!("user:{user}");
-                }
-                self.ctx.directory.register(b_call_id, self.myself.clone());
-                self.send_forks(&b_invite, &forks);
-                self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, first.dest);
+                let forks = Fork::all(&bindings);
+                self.place_b_leg(&forks, Bytes::from(user.clone()), format!("user:{user}"));
                 self.no_answer =
                     Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
                 self.set_phase(Phase::Setup);

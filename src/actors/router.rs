@@ -579,13 +579,7 @@ impl Router {
         let Some(first) = bindings.first() else {
             return self.answer(&msg, &source, 480, "Temporarily Unavailable", &[]);
         };
-        let forks: Vec<Fork> = bindings
-            .iter()
-            .map(|b| Fork {
-                ruri: b.contact.clone(),
-                dest: b.dest(),
-            })
-            .collect();
+        let forks = Fork::all(&bindings);
         let route = Route {
             prefix: format!("user:{tenant}/{name}"),
             target: RouteTarget {

@@ -55,16 +55,9 @@ const DEFAULT_REASON: &str = "break";
 /// Longest not-ready reason accepted: it is shown in every listing of the agent.
 const MAX_REASON: usize = 64;
 
-/// Agent state labels as [`AgentInfo::state`] reports them (the agent module's `Status`
-/// labels), to reject a misspelt `state=` filter instead of answering an empty list.
-const STATES: [&str; 6] = [
-    "logged_out",
-    "available",
-    "not_ready",
-    "offered",
-    "on_call",
-    "wrap_up",
-];
+/// Agent state labels as [`AgentInfo::state`] reports them, to reject a misspelt `state=`
+/// filter instead of answering an empty list.
+const STATES: [&str; 6] = agent::Status::LABELS;
 
 /// Describe this module's metrics (called from [`super::describe`]).
 pub fn describe() {
