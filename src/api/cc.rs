@@ -196,13 +196,10 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     );
     let router = route(router, "/agents", get(list_agents));
     let router = route(router, "/agents/{tenant}/{agent}", get(get_agent));
-    let router = route(router, "/agents/{tenant}/{agent}/login", post(login));
-    let router = route(router, "/agents/{tenant}/{agent}/logout", post(logout));
-    let router = route(router, "/agents/{tenant}/{agent}/ready", post(ready));
     route(
         router,
-        "/agents/{tenant}/{agent}/not-ready",
-        post(not_ready),
+        "/agents/{tenant}/{agent}/{command}",
+        post(agent_command),
     )
 }
 
@@ -389,62 +386,29 @@ async fn get_agent(
     respond(answer.await)
 }
 
-async fn login(
+/// `POST /agents/{tenant}/{agent}/{command}`: `login`, `logout`, `ready`, `not-ready` (the
+/// last with an optional `{"reason": ...}` body). One handler, so every command gets the same
+/// authorisation, counting and problem bodies.
+async fn agent_command(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path((tenant, agent_id)): Path<(String, String)>,
-) -> Response {
-    apply(
-        &state,
-        &headers,
-        &tenant,
-        &agent_id,
-        "login",
-        Ok(Command::Login),
-    )
-    .await
-}
-
-async fn logout(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path((tenant, agent_id)): Path<(String, String)>,
-) -> Response {
-    apply(
-        &state,
-        &headers,
-        &tenant,
-        &agent_id,
-        "logout",
-        Ok(Command::Logout),
-    )
-    .await
-}
-
-async fn ready(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path((tenant, agent_id)): Path<(String, String)>,
-) -> Response {
-    apply(
-        &state,
-        &headers,
-        &tenant,
-        &agent_id,
-        "ready",
-        Ok(Command::Ready),
-    )
-    .await
-}
-
-async fn not_ready(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    Path((tenant, agent_id)): Path<(String, String)>,
+    Path((tenant, agent_id, verb)): Path<(String, String, String)>,
     body: Bytes,
 ) -> Response {
-    let command = not_ready_command(&body);
-    apply(&state, &headers, &tenant, &agent_id, "not_ready", command).await
+    let (name, command) = match verb.as_str() {
+        "login" => ("login", Ok(Command::Login)),
+        "logout" => ("logout", Ok(Command::Logout)),
+        "ready" => ("ready", Ok(Command::Ready)),
+        "not-ready" => ("not_ready", not_ready_command(&body)),
+        _ => {
+            return Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no agent command {verb:?}: login, logout, ready or not-ready"),
+            )
+            .into_response()
+        }
+    };
+    apply(&state, &headers, &tenant, &agent_id, name, command).await
 }
 
 /// The command of a not-ready body: empty, `{}` or `{"reason": "..."}`.
