@@ -1558,8 +1558,8 @@ fn smooth_wrr(
     if let Some(e) = rr.current.get_mut(&trunks[weighted[0]].id) {
         e.0 -= total;
     }
-    // The pick now has the least credit among equals, which is where it belongs in the
-    // fallback order too; the others keep their order.
+    // The pick stays first (its credit was read before it paid); the fallbacks follow by
+    // credit, i.e. in the order they would be picked next, then the weight-0 trunks.
     weighted.extend(unweighted);
     weighted
 }
