@@ -249,6 +249,22 @@ async fn caller_reaches_agent_and_agent_moves_on() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(answered, 1, "queue_stats snapshot with the answered call");
+    // And the agent's figures into agent_stats.
+    let mut calls = 0i64;
+    for _ in 0..100 {
+        calls = db
+            .query_row(
+                "SELECT COALESCE(MAX(calls), 0) FROM agent_stats WHERE tenant = 'cc' AND agent = 'a1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if calls == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(calls, 1, "agent_stats row with the agent's call");
     node.shutdown().await;
 }
 

@@ -986,7 +986,8 @@ pub fn plan(
 }
 
 /// Every `every`, snapshots the statistics of `queues` ((tenant, queue) pairs) into the
-/// `queue_stats` table through a connection of its own (blocking work off the runtime
+/// `queue_stats` table, and every agent's figures into `agent_stats`, through a connection
+/// of its own (blocking work off the runtime
 /// threads). Runs until the node's runtime stops.
 pub async fn snapshot_stats(
     cc: Arc<CcContext>,
@@ -1023,16 +1024,50 @@ pub async fn snapshot_stats(
                 logged_in: s.logged_in as i64,
             });
         }
-        if rows.is_empty() {
+        // Each agent's figures (per-agent data is not a Prometheus series: it goes here).
+        let agents: Vec<(Arc<str>, Arc<str>)> = cc
+            .agents_by_user
+            .iter()
+            .map(|e| (e.key().0.clone(), e.value().clone()))
+            .collect();
+        let mut agent_rows = Vec::with_capacity(agents.len());
+        for (tenant, id) in agents {
+            let Some(a) = super::agent::lookup(&tenant, &id, &cc.node) else {
+                continue;
+            };
+            let Ok(info) = super::agent::info(&a).await else {
+                continue;
+            };
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let state_ms = info
+                .state_ms
+                .iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            agent_rows.push(crate::store::AgentStatsRow {
+                tenant: info.tenant,
+                agent: info.id,
+                at: now,
+                state: info.state.to_string(),
+                calls: n(info.calls),
+                talk_ms: n(info.talk_ms),
+                offers: n(info.offers),
+                state_ms: format!("{{{state_ms}}}"),
+            });
+        }
+        if rows.is_empty() && agent_rows.is_empty() {
             continue;
         }
         let db = db.clone();
         let written = tokio::task::spawn_blocking(move || {
-            crate::store::Store::open(&db).and_then(|mut st| st.insert_queue_stats(&rows))
+            let mut st = crate::store::Store::open(&db)?;
+            st.insert_queue_stats(&rows)?;
+            st.upsert_agent_stats(&agent_rows)
         })
         .await;
         if !matches!(written, Ok(Ok(()))) {
-            tracing::warn!("queue statistics snapshot not written");
+            tracing::warn!("queue and agent statistics snapshot not written");
         }
     }
 }

@@ -70,6 +70,18 @@ pub const MIGRATIONS: &[&str] = &[
         logged_in     INTEGER NOT NULL
     );
     CREATE INDEX queue_stats_at ON queue_stats (tenant, queue, at);",
+    // 4: each agent's latest figures (state, counters, time in each state).
+    "CREATE TABLE agent_stats (
+        tenant        TEXT    NOT NULL,
+        agent         TEXT    NOT NULL,
+        at            INTEGER NOT NULL,
+        state         TEXT    NOT NULL,
+        calls         INTEGER NOT NULL,
+        talk_ms       INTEGER NOT NULL,
+        offers        INTEGER NOT NULL,
+        state_ms      TEXT    NOT NULL,
+        PRIMARY KEY (tenant, agent)
+    );",
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -90,6 +102,20 @@ pub struct QueueStatsRow {
     pub aht_ms: i64,
     pub available: i64,
     pub logged_in: i64,
+}
+
+/// An agent's latest figures (the `agent_stats` table). `state_ms` is JSON: milliseconds
+/// spent in each state, e.g. `{"available":1200,"on_call":20000,...}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentStatsRow {
+    pub tenant: String,
+    pub agent: String,
+    pub at: i64,
+    pub state: String,
+    pub calls: i64,
+    pub talk_ms: i64,
+    pub offers: i64,
+    pub state_ms: String,
 }
 
 /// How long a connection waits for another connection's lock before failing with `SQLITE_BUSY`.
@@ -229,6 +255,24 @@ impl Store {
                     r.aht_ms,
                     r.available,
                     r.logged_in,
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Stores each agent's latest figures (one row per agent, replaced; one transaction).
+    pub fn upsert_agent_stats(&mut self, rows: &[AgentStatsRow]) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO agent_stats (tenant, agent, at, state, calls, talk_ms, \
+                 offers, state_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for r in rows {
+                stmt.execute(rusqlite::params![
+                    r.tenant, r.agent, r.at, r.state, r.calls, r.talk_ms, r.offers, r.state_ms,
                 ])?;
             }
         }
