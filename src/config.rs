@@ -28,6 +28,9 @@ pub struct Config {
     /// Static routes, matched on the Request-URI user by longest prefix.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Carrier gateways (SIP trunks) that routes send calls to.
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
     /// Tenants with their SIP domains and users (agents' SIP accounts).
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -217,14 +220,97 @@ pub struct RouteConfig {
     /// Request-URI user prefix ("" matches everything).
     #[serde(default)]
     pub prefix: String,
-    /// Where the B leg goes: `sip:HOST:PORT[;transport=tcp]`.
+    /// Where the B leg goes: `sip:HOST:PORT[;transport=tcp]` (or `trunks` instead).
+    #[serde(default)]
     pub target: String,
+    /// A trunk group instead of a target: these trunks (by id), ordered per call by `policy`,
+    /// tried in turn on failover causes (503, 500, timeout, ...).
+    #[serde(default)]
+    pub trunks: Vec<String>,
+    /// How the group's trunks are ordered: `priority`, `weighted-round-robin`,
+    /// `least-cost`, `answer-rate`, `quality`, or `{ weighted = { asr, quality, cost } }`.
+    #[serde(default = "default_policy")]
+    pub policy: crate::routing::trunks::Policy,
+    /// The most trunks one call tries.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
     /// Digits removed from the start of the user before dialling.
     #[serde(default)]
     pub strip: usize,
     /// Digits put in front of the user (after stripping).
     #[serde(default)]
     pub prepend: String,
+}
+
+/// A carrier's SIP trunk (one gateway or several, tried in turn per attempt).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Stable id (letters, digits, '-', '_').
+    pub id: String,
+    /// Gateway addresses, `sip:IP:PORT[;transport=udp|tcp|tls]`; calls rotate over them.
+    pub gateways: Vec<String>,
+    /// Concurrent calls at most (0: unlimited).
+    #[serde(default)]
+    pub max_channels: u32,
+    /// Call attempts per second at most (0: unlimited).
+    #[serde(default)]
+    pub max_cps: u32,
+    /// Lower first under the `priority` policy, and the tie-break of the others.
+    #[serde(default = "one")]
+    pub priority: u32,
+    /// Share under `weighted-round-robin`.
+    #[serde(default = "one")]
+    pub weight: u32,
+    /// No response at all (not even 100 Trying) within this time: fail over.
+    #[serde(default = "default_invite_timeout")]
+    pub invite_timeout_ms: u64,
+    /// OPTIONS probe interval (0: no probes; the trunk then comes back up on its own after
+    /// `down_hold_secs`).
+    #[serde(default = "default_probe_interval")]
+    pub probe_interval_secs: u64,
+    /// With probes off: how long a trunk taken down by failed calls stays down.
+    #[serde(default = "default_down_hold")]
+    pub down_hold_secs: u64,
+    #[serde(default = "default_failed_probes")]
+    pub down_after_failed_probes: u32,
+    #[serde(default = "default_failed_calls")]
+    pub down_after_failed_calls: u32,
+    #[serde(default = "default_good_probes")]
+    pub up_after_good_probes: u32,
+    /// Digits removed from the dialled number for this carrier, then `prefix` put in front.
+    #[serde(default)]
+    pub strip: usize,
+    #[serde(default)]
+    pub prefix: String,
+    /// Per-minute rates by destination prefix (least-cost routing and CDR cost).
+    #[serde(default)]
+    pub costs: Vec<crate::routing::trunks::CostEntry>,
+}
+
+fn default_policy() -> crate::routing::trunks::Policy {
+    crate::routing::trunks::Policy::Priority
+}
+fn default_max_attempts() -> usize {
+    3
+}
+fn default_invite_timeout() -> u64 {
+    3000
+}
+fn default_probe_interval() -> u64 {
+    10
+}
+fn default_down_hold() -> u64 {
+    30
+}
+fn default_failed_probes() -> u32 {
+    3
+}
+fn default_failed_calls() -> u32 {
+    5
+}
+fn default_good_probes() -> u32 {
+    3
 }
 
 fn default_data_dir() -> PathBuf {
@@ -406,8 +492,25 @@ impl Config {
         }
         let mut prefixes = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            if let Err(e) = RouteTarget::parse(&r.target) {
-                err(format!("routes[{i}].target"), e);
+            if r.trunks.is_empty() {
+                if let Err(e) = RouteTarget::parse(&r.target) {
+                    err(format!("routes[{i}].target"), e);
+                }
+            } else {
+                if !r.target.is_empty() {
+                    err(
+                        format!("routes[{i}].target"),
+                        "a route has a target or trunks, not both".into(),
+                    );
+                }
+                for t in &r.trunks {
+                    if !self.trunks.iter().any(|x| &x.id == t) {
+                        err(format!("routes[{i}].trunks"), format!("no trunk {t:?}"));
+                    }
+                }
+                if r.max_attempts == 0 {
+                    err(format!("routes[{i}].max_attempts"), "must be > 0".into());
+                }
             }
             if !r
                 .prefix
@@ -518,6 +621,43 @@ impl Config {
                         "must be 64 hex digits".into(),
                     );
                 }
+            }
+        }
+        let mut trunk_ids = std::collections::HashSet::new();
+        for (i, t) in self.trunks.iter().enumerate() {
+            let place = format!("trunks[{i}]");
+            if t.id.is_empty()
+                || !t
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !trunk_ids.insert(t.id.as_str())
+            {
+                err(
+                    format!("{place}.id"),
+                    format!("{:?}: letters, digits, '-', '_', unique", t.id),
+                );
+            }
+            if t.gateways.is_empty() {
+                err(format!("{place}.gateways"), "at least one gateway".into());
+            }
+            for (j, g) in t.gateways.iter().enumerate() {
+                if let Err(e) = RouteTarget::parse(g) {
+                    err(format!("{place}.gateways[{j}]"), e);
+                }
+            }
+            if let Err(e) = crate::routing::trunks::CostTable::new(t.costs.clone()) {
+                err(format!("{place}.costs"), e.to_string());
+            }
+            if t.invite_timeout_ms == 0
+                || t.down_after_failed_probes == 0
+                || t.down_after_failed_calls == 0
+                || t.up_after_good_probes == 0
+            {
+                err(
+                    place.clone(),
+                    "invite_timeout_ms and the health thresholds must be > 0".into(),
+                );
             }
         }
         let mut numbers = std::collections::HashSet::new();

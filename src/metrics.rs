@@ -91,6 +91,7 @@ pub fn describe_all() {
     crate::actors::tenant::describe();
     crate::actors::queue::describe();
     crate::actors::agent::describe();
+    crate::actors::trunk::describe();
     crate::actors::registrar::describe();
     crate::routing::auth::describe();
 

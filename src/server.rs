@@ -12,6 +12,7 @@ use crate::actors::queue::CcContext;
 use crate::actors::registrar::{Location, RegistrarArgs};
 use crate::actors::router::{Admission, NumberRoute, Router, Routes};
 use crate::actors::store_writer;
+use crate::actors::trunk::{TrunkShared, TrunkTable};
 use crate::config::CcTarget;
 use crate::config::Config;
 use crate::routing::auth::Authenticator;
@@ -72,6 +73,18 @@ impl Node {
             &config.sip.user_agent,
             config.sip.advertise,
         ));
+        // Trunks: budgets and health flags shared by calls and trunk actors.
+        let trunk_table: Arc<TrunkTable> = Arc::new(
+            config
+                .trunks
+                .iter()
+                .map(|t| {
+                    let shared = Arc::new(TrunkShared::new(t.clone()));
+                    (shared.id.clone(), shared)
+                })
+                .collect(),
+        );
+        let _ = ctx.trunks.set(trunk_table.clone());
         // The contact centre: queues and agents share one context with the calls.
         let cc = Arc::new(CcContext::new(
             node_name.clone(),
@@ -121,12 +134,13 @@ impl Node {
             &tenants,
             registrar,
             cc.clone(),
+            trunk_table.values().cloned().collect(),
         )
         .await?;
         let router = Arc::new(
             Router::new(
                 ctx.clone(),
-                Routes::new(&config.routes),
+                Routes::new(&config.routes, &trunk_table),
                 Admission::new(config.admission.clone()),
                 tree.calls_name.clone(),
             )

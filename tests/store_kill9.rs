@@ -44,6 +44,8 @@ fn cdr(seq: u64, end_at: i64) -> Cdr {
         agent: None,
         wait_ms: None,
         abandoned: false,
+        trunk: None,
+        attempts: None,
     }
 }
 

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use super::router::{Directory, Retired, RetiredResponse, Route};
 use super::store_writer::{self, StoreWriterMsg};
+use super::trunk::{self, AttemptReport, TrunkShared};
+use crate::routing::trunks::{classify, FailoverCause, Outcome};
 use crate::sip::dialog::{
     self, ack_for_failure, cancel_for, cseq_value, new_branch, random_token, Dialog,
 };
@@ -104,6 +106,8 @@ pub struct CallContext {
     pub advertise: Option<IpAddr>,
     /// Queues and agents, for queued calls (set once the contact centre starts).
     pub cc: OnceLock<std::sync::Weak<crate::actors::queue::CcContext>>,
+    /// The node's trunks (channels are given back through it, also after a restart).
+    pub trunks: OnceLock<Arc<super::trunk::TrunkTable>>,
 }
 
 impl CallContext {
@@ -130,6 +134,7 @@ impl CallContext {
             user_agent: Bytes::copy_from_slice(user_agent.as_bytes()),
             advertise,
             cc: OnceLock::new(),
+            trunks: OnceLock::new(),
         }
     }
 
@@ -381,6 +386,8 @@ pub enum CallTimer {
     /// A queued caller reminds its queue that it waits (a restarted queue actor may have
     /// lost a message; joining again is idempotent).
     QueueKeepalive,
+    /// A trunk attempt had no response at all in the trunk's INVITE timeout.
+    InviteTimeout,
 }
 
 /// A snapshot for tests and the API.
@@ -444,6 +451,26 @@ pub struct Checkpoint {
     b_ack: Option<Bytes>,
     ended: bool,
     queue: Option<QueueLeg>,
+    /// The trunk whose channel this call holds (given back when the call ends, also by a
+    /// restarted actor).
+    trunk: Option<Arc<str>>,
+}
+
+/// A call through a trunk group: the trunks still to try, the attempt in progress, and the
+/// causes of the ones given up (for the CDR).
+struct TrunkLeg {
+    plan: std::collections::VecDeque<Arc<TrunkShared>>,
+    attempts: Vec<String>,
+    current: Option<TrunkAttempt>,
+}
+
+struct TrunkAttempt {
+    trunk: Arc<TrunkShared>,
+    tx: u32,
+    sent: Instant,
+    responded: bool,
+    pdd_ms: Option<u64>,
+    answered_at: Option<Instant>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -459,6 +486,8 @@ struct CdrDraft {
     final_status: u16,
     hangup_by: Option<HangupBy>,
     reason: String,
+    /// Trunk attempts in order, `trunk:cause` (e.g. `a:503,b:timeout,c:answered`).
+    attempts: Option<String>,
 }
 
 /// What a transaction is for.
@@ -571,6 +600,8 @@ pub struct CallState {
     /// B-leg Call-IDs of earlier offers (retired with the call).
     old_b_ids: Vec<Bytes>,
     keepalive: Option<TimerId>,
+    trunk_leg: Option<TrunkLeg>,
+    invite_timer: Option<TimerId>,
     /// Offers of this call already reported over (a restarted agent asking about one gets
     /// its outcome; one never seen may still be on its way).
     ended_offers: Vec<u64>,
@@ -607,6 +638,8 @@ impl Actor for CallActor {
             stale_forks: Vec::new(),
             old_b_ids: Vec::new(),
             keepalive: None,
+            trunk_leg: None,
+            invite_timer: None,
             ended_offers: Vec::new(),
         };
         match args.init {
@@ -759,8 +792,9 @@ impl CallState {
             target: route.target_text.clone(),
             ..CdrDraft::default()
         };
-        if let Some(join) = queue {
-            // Queued: no B leg until the queue offers an agent.
+        if queue.is_some() || route.group.is_some() {
+            // Queued: no B leg until the queue offers an agent. Through a trunk group: the
+            // B leg goes to the first trunk of the call's plan, then the next on failover.
             let b = Dialog {
                 call_id: Bytes::new(),
                 local_tag: Bytes::new(),
@@ -773,7 +807,11 @@ impl CallState {
                 remote_cseq: None,
             };
             self.core = Some(Checkpoint {
-                phase: Phase::Queued,
+                phase: if queue.is_some() {
+                    Phase::Queued
+                } else {
+                    Phase::Setup
+                },
                 a_call_id: a_call_id.clone(),
                 b_call_id: Bytes::new(),
                 a_invite: a_invite.clone(),
@@ -792,7 +830,7 @@ impl CallState {
                 cdr,
                 b_ack: None,
                 ended: false,
-                queue: Some(QueueLeg {
+                queue: queue.map(|join| QueueLeg {
                     tenant: join.tenant,
                     queue: join.queue,
                     priority: join.priority,
@@ -803,10 +841,25 @@ impl CallState {
                     abandoned: false,
                     waiting: true,
                 }),
+                trunk: None,
             });
             let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
             self.checkpoint();
             self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
+            if let Some(group) = &route.group {
+                let (order, skipped) =
+                    group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
+                self.trunk_leg = Some(TrunkLeg {
+                    plan: order.into(),
+                    attempts: skipped,
+                    current: None,
+                });
+                self.next_trunk();
+                for inbound in queued {
+                    self.on_sip(inbound);
+                }
+                return;
+            }
             // The caller hears ringing while it waits (announcements and music are further
             // actions here once media exists).
             let ringing = self.a_response(180, "Ringing", true);
@@ -856,6 +909,7 @@ impl CallState {
             b_ack: None,
             ended: false,
             queue: None,
+            trunk: None,
         });
         let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
         self.ctx.directory.register(b_call_id, self.myself.clone());
@@ -1722,6 +1776,20 @@ impl CallState {
     }
 
     fn tu_failed(&mut self, id: u32, status: u16, reason: &str) {
+        let Some(role) = self.txs.iter().find(|t| t.id == id).map(|t| t.role) else {
+            return;
+        };
+        if role == Role::BInvite && !self.stale_forks.contains(&id) && self.trunk_tx() == Some(id) {
+            // Timer B or a transport error on a trunk: fail over if another trunk is left.
+            let cause = if status == 408 {
+                FailoverCause::Timeout
+            } else {
+                FailoverCause::NoResponse
+            };
+            if self.trunk_failed(Outcome::Failover(cause), Some(status)) {
+                return;
+            }
+        }
         let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
             return;
         };
@@ -1788,6 +1856,11 @@ impl CallState {
                 _ => {}
             }
             return;
+        }
+        if let (Some(tx), true) = (self.fork_tx, phase != Phase::Ended) {
+            if self.trunk_response(tx, resp, status) {
+                return;
+            }
         }
         if self.offering() && phase != Phase::Ended {
             if let Some(tx) = self.fork_tx {
@@ -2210,6 +2283,7 @@ impl CallState {
         let others_ringing = self.txs.iter().any(|t| {
             t.role == Role::BInvite
                 && Some(t.id) != current
+                && !self.stale_forks.contains(&t.id)
                 && !t.settled()
                 && !t.fsm.is_terminated()
         });
@@ -2295,6 +2369,10 @@ impl CallState {
             CallTimer::NoAnswer if self.no_answer == Some(id) => {
                 self.no_answer = None;
                 self.hangup_both(HangupBy::System, "no answer");
+            }
+            CallTimer::InviteTimeout if self.invite_timer == Some(id) => {
+                self.invite_timer = None;
+                self.trunk_timed_out();
             }
             CallTimer::QueueKeepalive if self.keepalive == Some(id) => {
                 self.keepalive = None;
@@ -2833,6 +2911,236 @@ impl CallState {
         );
     }
 
+    // ---- trunks: one attempt after another along the call's plan ----
+
+    fn trunk_tx(&self) -> Option<u32> {
+        self.trunk_leg
+            .as_ref()
+            .and_then(|l| l.current.as_ref())
+            .map(|c| c.tx)
+    }
+
+    fn node(&self) -> Option<String> {
+        self.cc().map(|c| c.node.clone())
+    }
+
+    fn cancel_invite_timer(&mut self) {
+        if let Some(id) = self.invite_timer.take() {
+            self.ctx.timers.cancel(id);
+        }
+    }
+
+    /// Sends the B leg to the next trunk of the plan that has a channel and a CPS token;
+    /// with none left the caller gets 503.
+    fn next_trunk(&mut self) {
+        loop {
+            let Some(t) = self.trunk_leg.as_mut().and_then(|l| l.plan.pop_front()) else {
+                let tried = self
+                    .trunk_leg
+                    .as_ref()
+                    .map(|l| l.attempts.join(","))
+                    .unwrap_or_default();
+                let resp = self.a_response(503, "Service Unavailable (No Trunk Available)", false);
+                self.respond_a_invite(resp);
+                self.end(503, HangupBy::System, &format!("no trunk left ({tried})"));
+                return;
+            };
+            let gw = match t.seize() {
+                Ok(()) => match t.gateway() {
+                    Some(gw) => gw,
+                    None => {
+                        t.release();
+                        continue;
+                    }
+                },
+                Err(cause) => {
+                    metrics::counter!(trunk::TRUNK_FAILOVERS, "trunk" => t.id.to_string(), "cause" => cause.label()).increment(1);
+                    if let Some(l) = self.trunk_leg.as_mut() {
+                        l.attempts.push(format!("{}:{}", t.id, cause.label()));
+                    }
+                    continue;
+                }
+            };
+            let dialled = t.rewrite(&self.core().cdr.callee);
+            let fork = Fork {
+                ruri: Bytes::from(format!(
+                    "sip:{dialled}@{}{}",
+                    gw.addr,
+                    transport_param(gw.protocol)
+                )),
+                dest: Dest {
+                    protocol: gw.protocol,
+                    addr: gw.addr,
+                    conn: None,
+                },
+            };
+            let txs = self.place_b_leg(&[fork], Bytes::from(dialled), format!("trunk:{}", t.id));
+            self.core().trunk = Some(t.id.clone());
+            self.checkpoint();
+            let timeout = Duration::from_millis(t.config.invite_timeout_ms);
+            if let (Some(l), Some(&tx)) = (self.trunk_leg.as_mut(), txs.last()) {
+                l.current = Some(TrunkAttempt {
+                    trunk: t,
+                    tx,
+                    sent: Instant::now(),
+                    responded: false,
+                    pdd_ms: None,
+                    answered_at: None,
+                });
+            }
+            self.cancel_invite_timer();
+            self.invite_timer = Some(self.schedule_call_timer(CallTimer::InviteTimeout, timeout));
+            if self.no_answer.is_none() {
+                self.no_answer =
+                    Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
+            }
+            return;
+        }
+    }
+
+    /// A response on the current trunk attempt. True when it was a failover cause and the
+    /// call moved on to the next trunk (nothing to relay).
+    fn trunk_response(&mut self, tx: u32, _resp: &Message, status: u16) -> bool {
+        let Some(cur) = self
+            .trunk_leg
+            .as_mut()
+            .and_then(|l| l.current.as_mut())
+            .filter(|c| c.tx == tx)
+        else {
+            return false;
+        };
+        cur.responded = true;
+        if (180..300).contains(&status) && cur.pdd_ms.is_none() {
+            cur.pdd_ms = Some(cur.sent.elapsed().as_millis() as u64);
+        }
+        if (200..300).contains(&status) {
+            cur.answered_at = Some(Instant::now());
+        }
+        if status < 300 {
+            // Any response, 100 Trying included, shows the trunk alive.
+            self.cancel_invite_timer();
+            return false;
+        }
+        self.cancel_invite_timer();
+        match classify(Some(status), false) {
+            outcome @ Outcome::Failover(_) => self.trunk_failed(outcome, Some(status)),
+            _ => false,
+        }
+    }
+
+    /// The current attempt failed over: report it, give its channel back, try the next
+    /// trunk. False when no trunk is left (the failure is then the caller's answer).
+    fn trunk_failed(&mut self, outcome: Outcome, status: Option<u16>) -> bool {
+        let Some(cur) = self.trunk_leg.as_mut().and_then(|l| l.current.take()) else {
+            return false;
+        };
+        self.cancel_invite_timer();
+        let label = match outcome {
+            Outcome::Failover(c) => c.label(),
+            _ => "failed",
+        };
+        if let Some(l) = self.trunk_leg.as_mut() {
+            l.attempts.push(format!("{}:{label}", cur.trunk.id));
+        }
+        cur.trunk.release();
+        self.core().trunk = None;
+        if let Some(node) = self.node() {
+            trunk::report(
+                &cur.trunk.id,
+                &node,
+                AttemptReport {
+                    outcome,
+                    status,
+                    pdd_ms: cur.pdd_ms,
+                    duration_ms: None,
+                },
+            );
+        }
+        let waiting = self
+            .core
+            .as_ref()
+            .is_some_and(|c| matches!(c.phase, Phase::Setup | Phase::Early) && !c.ended);
+        let more = self.trunk_leg.as_ref().is_some_and(|l| !l.plan.is_empty());
+        if !(waiting && more) {
+            return false;
+        }
+        // The abandoned attempt: a late provisional is CANCELled, a late 2xx ended.
+        self.stale_forks.push(cur.tx);
+        self.withdraw_fork(cur.tx);
+        self.next_trunk();
+        true
+    }
+
+    /// No response at all from the trunk in its INVITE timeout.
+    fn trunk_timed_out(&mut self) {
+        let silent = self
+            .trunk_leg
+            .as_ref()
+            .and_then(|l| l.current.as_ref())
+            .is_some_and(|c| !c.responded);
+        if !silent {
+            return;
+        }
+        let tx = self.trunk_tx();
+        if self.trunk_failed(Outcome::Failover(FailoverCause::Timeout), None) {
+            return;
+        }
+        // No trunk left: the caller gets the failure now rather than after Timer B.
+        if let Some(tx) = tx {
+            self.stale_forks.push(tx);
+            self.withdraw_fork(tx);
+        }
+        let resp = self.a_response(503, "Service Unavailable (All Trunks Failed)", false);
+        self.respond_a_invite(resp);
+        self.end(503, HangupBy::System, "no trunk answered");
+    }
+
+    /// The call is over: its attempt's result goes to the trunk, its channel back.
+    fn trunk_call_ended(&mut self, final_status: u16) {
+        self.cancel_invite_timer();
+        let node = self.node();
+        if let Some(cur) = self.trunk_leg.as_mut().and_then(|l| l.current.take()) {
+            let (outcome, duration_ms) = match cur.answered_at {
+                Some(at) => (Outcome::Answered, Some(at.elapsed().as_millis() as u64)),
+                None => (classify(Some(final_status), false), None),
+            };
+            let outcome = match outcome {
+                // The caller hung up first: not the trunk's failure.
+                Outcome::Failover(_) if final_status == 487 => Outcome::CalleeFinal,
+                o => o,
+            };
+            let label = match outcome {
+                Outcome::Answered => "answered".to_string(),
+                _ => final_status.to_string(),
+            };
+            if let Some(l) = self.trunk_leg.as_mut() {
+                l.attempts.push(format!("{}:{label}", cur.trunk.id));
+            }
+            if let Some(node) = &node {
+                trunk::report(
+                    &cur.trunk.id,
+                    node,
+                    AttemptReport {
+                        outcome,
+                        status: Some(final_status),
+                        pdd_ms: cur.pdd_ms,
+                        duration_ms,
+                    },
+                );
+            }
+        }
+        // The channel, also when a restarted actor ends the call.
+        if let Some(id) = self.core.as_mut().and_then(|c| c.trunk.take()) {
+            if let Some(t) = self.ctx.trunks.get().and_then(|table| table.get(&id)) {
+                t.release();
+            }
+        }
+        if let Some(l) = &self.trunk_leg {
+            let attempts = l.attempts.join(",");
+            self.core().cdr.attempts = Some(attempts);
+        }
+    }
+
     // ---- the end ----
 
     /// The call is over for its users: count it, write the CDR, free the admission slot.
@@ -2852,6 +3160,7 @@ impl CallState {
         core.cdr.hangup_by = Some(by);
         core.cdr.reason = reason.to_string();
         self.queue_call_ended();
+        self.trunk_call_ended(final_status);
         let core = self.core();
         if core.cdr.answer_ms.is_none() {
             metrics::counter!(CALLS_FAILED, "status" => status_label(final_status)).increment(1);
@@ -2913,6 +3222,8 @@ impl Checkpoint {
                     as i64
             }),
             abandoned: self.queue.as_ref().is_some_and(|q| q.abandoned),
+            trunk: self.cdr.target.strip_prefix("trunk:").map(str::to_string),
+            attempts: d.attempts.clone(),
         }
     }
 }

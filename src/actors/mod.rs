@@ -7,6 +7,7 @@
 //! - [`router`]: not an actor but the transport's handler: Call-ID directory, admission
 //!   control, stateless answers, call actor start.
 //! - [`store_writer`]: the single writer of the SQLite store.
+//! - [`trunk`]: one per carrier trunk: health, probes, statistics; shared channel budgets.
 //! - [`tenant`]: one per tenant, its identity and (later) limits, rules and numbers.
 pub mod agent;
 pub mod call;
@@ -15,3 +16,4 @@ pub mod registrar;
 pub mod router;
 pub mod store_writer;
 pub mod tenant;
+pub mod trunk;

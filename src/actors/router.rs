@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use super::call::{self, CallContext, CallMsg, Fork, QueueJoin};
 use super::registrar::{self, Location, RegistrarMsg};
+use super::trunk::{TrunkShared, TrunkTable};
 use crate::config::{AdmissionConfig, CcTarget, RouteConfig, RouteTarget};
 use crate::routing::auth::{AuthOutcome, Authenticator};
+use crate::routing::trunks::{self as trunk_policy, Policy, RrState};
 use crate::sip::dialog::{random_token, BRANCH_PREFIX};
 use crate::sip::message::{response_to, HeaderName, Message, Method};
 use crate::supervision::SupervisorMsg;
@@ -178,19 +180,86 @@ pub struct Route {
     pub prepend: String,
     /// The target as configured, for CDRs.
     pub target_text: String,
+    /// A trunk group instead of the target: the call fails over along the group's plan.
+    pub group: Option<Arc<TrunkGroup>>,
+}
+
+/// A route's trunks and how one call's order over them is chosen.
+#[derive(Debug)]
+pub struct TrunkGroup {
+    pub trunks: Vec<Arc<TrunkShared>>,
+    pub policy: Policy,
+    pub max_attempts: usize,
+    rr: Mutex<RrState>,
+}
+
+impl std::fmt::Debug for TrunkShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrunkShared").field("id", &self.id).finish()
+    }
+}
+
+impl TrunkGroup {
+    /// The order to try the trunks in for one call to `dialled` (down and full trunks left
+    /// out, with why).
+    pub fn plan(&self, route: &str, dialled: &str) -> (Vec<Arc<TrunkShared>>, Vec<String>) {
+        let views: Vec<_> = self.trunks.iter().map(|t| t.view()).collect();
+        let now = crate::store::now_unix_ms() as u64;
+        let plan = {
+            let mut rr = self.rr.lock().unwrap_or_else(|e| e.into_inner());
+            trunk_policy::order(self.policy, &views, dialled, &mut rr, now)
+        };
+        if let Some(first) = plan.first() {
+            metrics::counter!(super::trunk::ROUTE_CHOICES, "route" => route.to_string(), "trunk" => self.trunks[first].id.to_string(), "policy" => self.policy.label()).increment(1);
+        }
+        let skipped = plan
+            .skipped
+            .iter()
+            .map(|s| format!("{}:{}", self.trunks[s.index].id, s.cause.label()))
+            .collect();
+        let order = plan
+            .order
+            .iter()
+            .take(self.max_attempts)
+            .map(|&i| self.trunks[i].clone())
+            .collect();
+        (order, skipped)
+    }
 }
 
 impl Routes {
-    pub fn new(config: &[RouteConfig]) -> Routes {
+    pub fn new(config: &[RouteConfig], trunks: &TrunkTable) -> Routes {
         let mut routes: Vec<Route> = config
             .iter()
             .filter_map(|r| {
+                if r.trunks.is_empty() {
+                    return Some(Route {
+                        prefix: r.prefix.clone(),
+                        target: RouteTarget::parse(&r.target).ok()?,
+                        strip: r.strip,
+                        prepend: r.prepend.clone(),
+                        target_text: r.target.clone(),
+                        group: None,
+                    });
+                }
+                let members: Vec<Arc<TrunkShared>> = r
+                    .trunks
+                    .iter()
+                    .filter_map(|t| trunks.get(t.as_str()).cloned())
+                    .collect();
+                let first = members.first()?.gateway()?;
                 Some(Route {
                     prefix: r.prefix.clone(),
-                    target: RouteTarget::parse(&r.target).ok()?,
+                    target: first,
                     strip: r.strip,
                     prepend: r.prepend.clone(),
-                    target_text: r.target.clone(),
+                    target_text: format!("trunks:{}", r.trunks.join(",")),
+                    group: Some(Arc::new(TrunkGroup {
+                        trunks: members,
+                        policy: r.policy,
+                        max_attempts: r.max_attempts,
+                        rr: Mutex::new(RrState::new()),
+                    })),
                 })
             })
             .collect();
@@ -524,6 +593,7 @@ impl Router {
                             strip: 0,
                             prepend: String::new(),
                             target_text: format!("queue:{q}"),
+                            group: None,
                         };
                         let join = QueueJoin {
                             tenant: n.tenant.clone(),
@@ -589,6 +659,7 @@ impl Router {
             strip: 0,
             prepend: String::new(),
             target_text: String::from_utf8_lossy(&first.contact).into_owned(),
+            group: None,
         };
         let dialled = Bytes::copy_from_slice(name.as_bytes());
         self.admit_and_start(msg, source, &route, dialled, forks, None);
@@ -695,6 +766,15 @@ impl Handler for Router {
         let Some(mut slot) = self.ctx.directory.map.get_mut(&call_id) else {
             if inbound.msg.is_request() {
                 return self.handle_new_request(inbound);
+            }
+            if let Some((trunk, seq)) = super::trunk::parse_probe_call_id(&call_id) {
+                // The answer to a trunk's OPTIONS probe.
+                let status = inbound.msg.status().unwrap_or(0);
+                let node = self.ctx.cc.get().and_then(std::sync::Weak::upgrade);
+                if let Some(t) = node.and_then(|cc| super::trunk::lookup(&trunk, &cc.node)) {
+                    let _ = t.cast(super::trunk::TrunkMsg::ProbeAnswered { seq, status });
+                }
+                return;
             }
             metrics::counter!(STRAY, "kind" => "response").increment(1);
             return;

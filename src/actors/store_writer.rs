@@ -481,6 +481,8 @@ mod tests {
             agent: None,
             wait_ms: None,
             abandoned: false,
+            trunk: None,
+            attempts: None,
         }
     }
 

@@ -101,6 +101,10 @@ pub struct Cdr {
     pub wait_ms: Option<i64>,
     /// The caller hung up while waiting in the queue.
     pub abandoned: bool,
+    /// The trunk that carried the call's last attempt.
+    pub trunk: Option<String>,
+    /// Trunk attempts in order with their causes, e.g. `a:503,b:timeout,c:answered`.
+    pub attempts: Option<String>,
 }
 
 /// Now as Unix epoch milliseconds, the unit of every [`Cdr`] timestamp.
@@ -114,12 +118,13 @@ pub fn now_unix_ms() -> i64 {
 
 const COLUMNS: &str = "a_call_id, b_call_id, caller, callee, route, target, start_at, ringing_at, \
      answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason, \
-     queue, agent, wait_ms, abandoned";
+     queue, agent, wait_ms, abandoned, trunk, attempts";
 
 pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, caller, callee, \
      route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
-     final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
+     final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned, trunk, \
+     attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+     ?17, ?18, ?19, ?20, ?21)";
 
 pub(super) static LIST_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT ?1"));
@@ -149,6 +154,8 @@ pub(super) fn insert(stmt: &mut CachedStatement<'_>, c: &Cdr) -> rusqlite::Resul
         c.agent,
         c.wait_ms,
         c.abandoned,
+        c.trunk,
+        c.attempts,
     ])?;
     Ok(())
 }
@@ -175,6 +182,8 @@ pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Cdr> {
         agent: r.get(16)?,
         wait_ms: r.get(17)?,
         abandoned: r.get(18)?,
+        trunk: r.get(19)?,
+        attempts: r.get(20)?,
     })
 }
 

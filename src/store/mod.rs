@@ -82,6 +82,9 @@ pub const MIGRATIONS: &[&str] = &[
         state_ms      TEXT    NOT NULL,
         PRIMARY KEY (tenant, agent)
     );",
+    // 5: trunk attempts of CDRs.
+    "ALTER TABLE cdrs ADD COLUMN trunk TEXT;
+    ALTER TABLE cdrs ADD COLUMN attempts TEXT;",
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -366,6 +369,8 @@ mod tests {
             agent: None,
             wait_ms: None,
             abandoned: false,
+            trunk: None,
+            attempts: None,
         }
     }
 

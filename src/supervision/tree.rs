@@ -5,6 +5,8 @@
 //! ├── store_writer   permanent   the SQLite writer (CDRs)
 //! ├── registrar      permanent   REGISTER, digest auth, bindings (the location service is
 //! │                              shared memory that survives its restarts)
+//! ├── trunks         permanent   one_for_one supervisor, 10 restarts / 10 s
+//! │   └── trunk/<id>             one per carrier trunk (channels live in a shared table)
 //! ├── tenants        permanent   one_for_one supervisor, 3 restarts / 10 s
 //! │   └── tenant/<id>            rest_for_one supervisor per tenant
 //! │       ├── tenant actor       permanent
@@ -29,6 +31,7 @@ use crate::actors::queue::{CcContext, QueueActor, QueueArgs, QueueSpec};
 use crate::actors::registrar::{RegistrarActor, RegistrarArgs};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
 use crate::actors::tenant::{self, TenantActor, TenantArgs};
+use crate::actors::trunk::{TrunkActor, TrunkArgs, TrunkShared};
 use crate::config::{AgentConfig, TenantConfig};
 
 /// A tenant to start: its config, user count, queues and agents.
@@ -77,6 +80,7 @@ pub async fn start(
     tenants: &[TenantSpec],
     registrar: RegistrarArgs,
     cc: Arc<CcContext>,
+    trunks: Vec<Arc<TrunkShared>>,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
@@ -149,6 +153,23 @@ pub async fn start(
             per_tenant,
         ));
     }
+    let checkpoints = Arc::new(dashmap::DashMap::new());
+    let mut trunks_sup = SupervisorArgs::new(name("trunks", node), Strategy::OneForOne)
+        .with_intensity(Intensity::new(10, Duration::from_secs(10)));
+    for t in trunks {
+        let (ctx, checkpoints) = (cc.calls.clone(), checkpoints.clone());
+        trunks_sup = trunks_sup.with_child(ChildSpec::named_actor(
+            crate::actors::trunk::actor_name(&t.id, node),
+            "trunk",
+            Restart::Permanent,
+            TrunkActor,
+            move || TrunkArgs {
+                shared: t.clone(),
+                ctx: ctx.clone(),
+                checkpoints: checkpoints.clone(),
+            },
+        ));
+    }
     let root_args = SupervisorArgs::new(name("root", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(5, Duration::from_secs(10)))
         .with_child(ChildSpec::named_actor(
@@ -165,6 +186,7 @@ pub async fn start(
             RegistrarActor,
             move || registrar.clone(),
         ))
+        .with_child(ChildSpec::supervisor(name("trunks", node), trunks_sup))
         .with_child(ChildSpec::supervisor(name("tenants", node), tenants_sup))
         .with_child(
             ChildSpec::named_actor(

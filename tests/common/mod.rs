@@ -64,6 +64,9 @@ pub fn config(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Config {
             target: t.clone(),
             strip: 0,
             prepend: String::new(),
+            trunks: Vec::new(),
+            policy: switchyard::routing::trunks::Policy::Priority,
+            max_attempts: 3,
         })
         .collect();
     c

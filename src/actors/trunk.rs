@@ -1,0 +1,633 @@
+//! The trunk actor: one per carrier gateway (trunk), under the trunks supervisor. It owns the
+//! trunk's health (OPTIONS probes and failed calls, with hysteresis), its sliding-window
+//! statistics (answer rate, PDD, ACD, status distribution, quality) and its alarms, all
+//! decided by the pure [`crate::routing::trunks`].
+//!
+//! The budgets a call must take before it is sent — channels and CPS — and the up/down flag
+//! live in a [`TrunkShared`] table outside the actor: call actors take and give back
+//! channels without a round trip, and a restarted trunk actor finds the channel count as it
+//! was, so no limit is exceeded across a restart. Statistics and health are checkpointed
+//! after each change and restored by a restarted actor.
+
+use dashmap::DashMap;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::call::CallContext;
+use crate::config::{RouteTarget, TrunkConfig};
+use crate::routing::trunks::{
+    CallRecord, CostTable, FailoverCause, Health, HealthConfig, Outcome, Transition, TrunkView,
+    Window, WindowConfig,
+};
+use crate::sip::dialog::{new_branch, random_token};
+use crate::sip::message::{HeaderName, Message, Method};
+use crate::store::now_unix_ms;
+use crate::timer::TimerId;
+use crate::transport::Dest;
+
+pub const TRUNK_UP: &str = "switchyard_trunk_up";
+pub const TRUNK_CHANNELS: &str = "switchyard_trunk_channels";
+pub const TRUNK_ATTEMPTS: &str = "switchyard_trunk_attempts_total";
+pub const TRUNK_ANSWERS: &str = "switchyard_trunk_answers_total";
+pub const TRUNK_FAILOVERS: &str = "switchyard_trunk_failovers_total";
+pub const TRUNK_ASR: &str = "switchyard_trunk_asr_ratio";
+pub const TRUNK_PDD: &str = "switchyard_trunk_pdd_seconds";
+pub const TRUNK_QUALITY: &str = "switchyard_trunk_quality_score";
+pub const TRUNK_PROBES: &str = "switchyard_trunk_probes_total";
+pub const TRUNK_STATE_CHANGES: &str = "switchyard_trunk_state_changes_total";
+pub const ROUTE_CHOICES: &str = "switchyard_route_trunk_choices_total";
+
+/// Describes the trunk metrics (label `trunk`; route choices by route, trunk and policy).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(TRUNK_UP, "1 while the trunk is up, 0 while down");
+    describe_gauge!(TRUNK_CHANNELS, "Channels (calls) in use on the trunk");
+    describe_counter!(TRUNK_ATTEMPTS, "Call attempts sent to the trunk");
+    describe_counter!(TRUNK_ANSWERS, "Attempts the trunk's far end answered");
+    describe_counter!(
+        TRUNK_FAILOVERS,
+        "Attempts that moved on to the next trunk, by cause (503, timeout, channels-full, ...)"
+    );
+    describe_gauge!(TRUNK_ASR, "Answer-seizure ratio over the recent window");
+    describe_histogram!(
+        TRUNK_PDD,
+        Unit::Seconds,
+        "Post-dial delay: INVITE sent to the first ringing response"
+    );
+    describe_gauge!(
+        TRUNK_QUALITY,
+        "Quality score 0-100 (PDD and failure causes)"
+    );
+    describe_counter!(TRUNK_PROBES, "OPTIONS probes, by result (ok, failed)");
+    describe_counter!(TRUNK_STATE_CHANGES, "Trunk state changes, by new state");
+    describe_counter!(
+        ROUTE_CHOICES,
+        "First-choice trunk of a route's plan, by route, trunk and policy"
+    );
+}
+
+/// The registered name of a trunk's actor.
+pub fn actor_name(trunk: &str, node: &str) -> String {
+    format!("trunk/{trunk}@{node}")
+}
+
+/// Finds a trunk's actor by name.
+pub fn lookup(trunk: &str, node: &str) -> Option<ActorRef<TrunkMsg>> {
+    ractor::registry::where_is(actor_name(trunk, node)).map(Into::into)
+}
+
+/// What every call actor and the trunk actor share of one trunk: budgets, the up flag and
+/// the figures policies read. Outlives any actor restart.
+pub struct TrunkShared {
+    pub id: Arc<str>,
+    pub config: TrunkConfig,
+    gateways: Vec<RouteTarget>,
+    next_gateway: AtomicUsize,
+    channels: AtomicU32,
+    cps: Mutex<(f64, Instant)>,
+    up: AtomicBool,
+    /// Recent answer rate and quality score (None until enough calls), for policies.
+    figures: Mutex<(Option<f64>, Option<f64>)>,
+    pub costs: Option<Arc<CostTable>>,
+}
+
+impl TrunkShared {
+    pub fn new(config: TrunkConfig) -> TrunkShared {
+        let gateways = config
+            .gateways
+            .iter()
+            .filter_map(|g| RouteTarget::parse(g).ok())
+            .collect();
+        let costs = CostTable::new(config.costs.clone())
+            .ok()
+            .filter(|c| !c.is_empty())
+            .map(Arc::new);
+        let id: Arc<str> = Arc::from(config.id.as_str());
+        metrics::gauge!(TRUNK_UP, "trunk" => id.to_string()).set(1.0);
+        TrunkShared {
+            id,
+            gateways,
+            next_gateway: AtomicUsize::new(0),
+            channels: AtomicU32::new(0),
+            cps: Mutex::new((f64::from(config.max_cps.max(1)), Instant::now())),
+            up: AtomicBool::new(true),
+            figures: Mutex::new((None, None)),
+            costs,
+            config,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn channels(&self) -> u32 {
+        self.channels.load(Ordering::Relaxed)
+    }
+
+    /// Takes a channel and a CPS token, or says why not. Never exceeds `max_channels`, also
+    /// under concurrent callers (compare-and-swap).
+    pub fn seize(&self) -> Result<(), FailoverCause> {
+        if !self.is_up() {
+            return Err(FailoverCause::TrunkDown);
+        }
+        let max = self.config.max_channels;
+        let taken = self
+            .channels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (max == 0 || c < max).then_some(c + 1)
+            });
+        if taken.is_err() {
+            return Err(FailoverCause::ChannelsFull);
+        }
+        if self.config.max_cps > 0 {
+            let rate = f64::from(self.config.max_cps);
+            let mut b = self.cps.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate);
+            b.1 = now;
+            if b.0 < 1.0 {
+                drop(b);
+                self.release();
+                return Err(FailoverCause::CpsFull);
+            }
+            b.0 -= 1.0;
+        }
+        metrics::gauge!(TRUNK_CHANNELS, "trunk" => self.id.to_string()).increment(1.0);
+        Ok(())
+    }
+
+    /// Gives a channel back.
+    pub fn release(&self) {
+        let _ = self
+            .channels
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| c.checked_sub(1));
+        metrics::gauge!(TRUNK_CHANNELS, "trunk" => self.id.to_string())
+            .set(f64::from(self.channels()));
+    }
+
+    /// The next gateway (round robin over the trunk's addresses).
+    pub fn gateway(&self) -> Option<RouteTarget> {
+        if self.gateways.is_empty() {
+            return None;
+        }
+        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateways.len();
+        Some(self.gateways[i].clone())
+    }
+
+    /// The number to send this carrier: strip, then prefix.
+    pub fn rewrite(&self, dialled: &str) -> String {
+        let rest = dialled
+            .get(self.config.strip.min(dialled.len())..)
+            .unwrap_or("");
+        format!("{}{rest}", self.config.prefix)
+    }
+
+    /// What a route policy needs to know of this trunk now.
+    pub fn view(&self) -> TrunkView {
+        let (asr, quality) = *self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let opt = |v: u32| (v > 0).then_some(v);
+        TrunkView {
+            id: self.id.clone(),
+            priority: self.config.priority,
+            weight: self.config.weight,
+            up: self.is_up(),
+            channels_used: self.channels(),
+            channels_max: opt(self.config.max_channels),
+            cps_now: 0,
+            cps_max: None,
+            asr,
+            quality,
+            costs: self.costs.clone(),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+        metrics::gauge!(TRUNK_UP, "trunk" => self.id.to_string()).set(if up { 1.0 } else { 0.0 });
+    }
+}
+
+/// All trunks of a node, by id (fixed at start).
+pub type TrunkTable = std::collections::HashMap<Arc<str>, Arc<TrunkShared>>;
+
+/// How one attempt on a trunk ended (sent by the call actor).
+#[derive(Clone, Debug)]
+pub struct AttemptReport {
+    pub outcome: Outcome,
+    pub status: Option<u16>,
+    pub pdd_ms: Option<u64>,
+    pub duration_ms: Option<u64>,
+}
+
+/// Tells a trunk's actor how an attempt ended (a stopped actor loses one sample only).
+pub fn report(trunk: &str, node: &str, r: AttemptReport) {
+    if let Some(t) = lookup(trunk, node) {
+        let _ = t.cast(TrunkMsg::Attempt(r));
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrunkActor;
+
+pub struct TrunkArgs {
+    pub shared: Arc<TrunkShared>,
+    pub ctx: Arc<CallContext>,
+    pub checkpoints: Arc<DashMap<Arc<str>, TrunkCheckpoint>>,
+}
+
+pub enum TrunkMsg {
+    Attempt(AttemptReport),
+    /// Time for the next OPTIONS probe (and to judge the last one).
+    Probe,
+    /// The answer to a probe (its Call-ID's sequence number).
+    ProbeAnswered {
+        seq: u64,
+        status: u16,
+    },
+    /// With probes off: the hold-down after failed calls is over.
+    HoldOver,
+    GetInfo(RpcReplyPort<TrunkInfo>),
+    InjectPanic,
+}
+
+/// A trunk's figures (API, tests).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct TrunkInfo {
+    pub id: String,
+    pub up: bool,
+    pub channels: u32,
+    pub attempts: u64,
+    pub answered: u64,
+    pub asr: Option<f64>,
+    pub mean_pdd_ms: Option<f64>,
+    pub acd_ms: Option<f64>,
+    pub quality: Option<f64>,
+}
+
+/// What survives a restart of the trunk actor (channels and the up flag are in
+/// [`TrunkShared`]).
+#[derive(Clone, Debug)]
+pub struct TrunkCheckpoint {
+    window: Window,
+    health: Health,
+}
+
+pub struct TrunkState {
+    shared: Arc<TrunkShared>,
+    ctx: Arc<CallContext>,
+    checkpoints: Arc<DashMap<Arc<str>, TrunkCheckpoint>>,
+    cp: TrunkCheckpoint,
+    myself: ActorRef<TrunkMsg>,
+    probe_seq: u64,
+    /// The probe in flight (sequence number) and whether it was answered.
+    probe_out: Option<(u64, bool)>,
+    timer: Option<TimerId>,
+}
+
+impl Actor for TrunkActor {
+    type Msg = TrunkMsg;
+    type State = TrunkState;
+    type Arguments = TrunkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TrunkMsg>,
+        args: TrunkArgs,
+    ) -> Result<TrunkState, ActorProcessingErr> {
+        let c = &args.shared.config;
+        let now = now_unix_ms() as u64;
+        let cp = match args.checkpoints.get(&args.shared.id) {
+            Some(cp) => cp.clone(),
+            None => TrunkCheckpoint {
+                window: Window::new(WindowConfig::default()),
+                health: Health::new(
+                    HealthConfig {
+                        down_after_failed_probes: c.down_after_failed_probes,
+                        down_after_failed_calls: c.down_after_failed_calls,
+                        up_after_good_probes: c.up_after_good_probes,
+                    },
+                    now,
+                ),
+            },
+        };
+        let mut state = TrunkState {
+            shared: args.shared,
+            ctx: args.ctx,
+            checkpoints: args.checkpoints,
+            cp,
+            myself,
+            probe_seq: 0,
+            probe_out: None,
+            timer: None,
+        };
+        state.schedule_probe();
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<TrunkMsg>,
+        msg: TrunkMsg,
+        state: &mut TrunkState,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = now_unix_ms() as u64;
+        match msg {
+            TrunkMsg::Attempt(r) => state.on_attempt(r, now),
+            TrunkMsg::Probe => {
+                state.judge_probe(now);
+                state.send_probe();
+                state.schedule_probe();
+            }
+            TrunkMsg::ProbeAnswered { seq, status } => {
+                if let Some((s, answered)) = &mut state.probe_out {
+                    if *s == seq && !*answered {
+                        *answered = true;
+                        // Any answer shows the gateway alive; a 5xx says it is not serving.
+                        let ok = status < 500;
+                        state.probe_result(ok, now);
+                    }
+                }
+            }
+            TrunkMsg::HoldOver => {
+                if !state.shared.is_up() {
+                    let t = state.cp.health.probe_ok(now);
+                    let t = t.or_else(|| {
+                        // Without probes the hold-down alone brings the trunk back.
+                        let n = state.shared.config.up_after_good_probes;
+                        (1..n).find_map(|_| state.cp.health.probe_ok(now))
+                    });
+                    state.transition(t);
+                }
+            }
+            TrunkMsg::GetInfo(reply) => {
+                let _ = reply.send(state.info(now));
+            }
+            TrunkMsg::InjectPanic => panic!("injected fault"),
+        }
+        state.publish(now);
+        state
+            .checkpoints
+            .insert(state.shared.id.clone(), state.cp.clone());
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TrunkMsg>,
+        state: &mut TrunkState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(id) = state.timer.take() {
+            state.ctx.timers.cancel(id);
+        }
+        Ok(())
+    }
+}
+
+impl TrunkState {
+    fn labels(&self) -> [(&'static str, String); 1] {
+        [("trunk", self.shared.id.to_string())]
+    }
+
+    fn on_attempt(&mut self, r: AttemptReport, now: u64) {
+        let labels = self.labels();
+        metrics::counter!(TRUNK_ATTEMPTS, &labels).increment(1);
+        if let Some(pdd) = r.pdd_ms {
+            metrics::histogram!(TRUNK_PDD, &labels).record(pdd as f64 / 1000.0);
+        }
+        let transition = match r.outcome {
+            Outcome::Answered => {
+                metrics::counter!(TRUNK_ANSWERS, &labels).increment(1);
+                self.cp.health.call_ok(now)
+            }
+            Outcome::CalleeFinal => self.cp.health.call_ok(now),
+            Outcome::Failover(cause) => {
+                metrics::counter!(TRUNK_FAILOVERS, "trunk" => self.shared.id.to_string(), "cause" => cause.label()).increment(1);
+                self.cp.health.call_failed_failover(now)
+            }
+        };
+        self.cp.window.record_call(
+            now,
+            CallRecord {
+                outcome: r.outcome,
+                pdd_ms: r.pdd_ms,
+                duration_ms: r.duration_ms,
+                status: r.status,
+            },
+        );
+        self.transition(transition);
+    }
+
+    fn transition(&mut self, t: Option<Transition>) {
+        let Some(t) = t else { return };
+        let up = matches!(t, Transition::Up { .. });
+        self.shared.set_up(up);
+        let state = if up { "up" } else { "down" };
+        metrics::counter!(TRUNK_STATE_CHANGES, "trunk" => self.shared.id.to_string(), "state" => state).increment(1);
+        match t {
+            Transition::Down { reason, .. } => {
+                tracing::warn!(trunk = %self.shared.id, reason = reason.label(), "trunk down");
+                if self.shared.config.probe_interval_secs == 0 {
+                    let hold = Duration::from_secs(self.shared.config.down_hold_secs.max(1));
+                    self.ctx
+                        .timers
+                        .schedule_cast_with(hold, &self.myself, |_| TrunkMsg::HoldOver);
+                }
+            }
+            Transition::Up { down_ms, .. } => {
+                tracing::info!(trunk = %self.shared.id, down_ms, "trunk up")
+            }
+        }
+    }
+
+    fn schedule_probe(&mut self) {
+        let secs = self.shared.config.probe_interval_secs;
+        if secs == 0 {
+            return;
+        }
+        let id =
+            self.ctx
+                .timers
+                .schedule_cast_with(Duration::from_secs(secs), &self.myself, |_| TrunkMsg::Probe);
+        self.timer = Some(id);
+    }
+
+    /// The previous probe had its whole interval to be answered.
+    fn judge_probe(&mut self, now: u64) {
+        if let Some((_, false)) = self.probe_out.take() {
+            self.probe_result(false, now);
+        }
+    }
+
+    fn probe_result(&mut self, ok: bool, now: u64) {
+        metrics::counter!(TRUNK_PROBES, "trunk" => self.shared.id.to_string(), "result" => if ok { "ok" } else { "failed" }).increment(1);
+        let t = if ok {
+            self.cp.health.probe_ok(now)
+        } else {
+            self.cp.health.probe_failed(now)
+        };
+        self.transition(t);
+    }
+
+    /// An OPTIONS to the next gateway, outside any transaction (one shot per interval: a
+    /// lost probe is a failed probe). Its answer reaches us through the router by Call-ID.
+    fn send_probe(&mut self) {
+        if !self.ctx.ready() {
+            return;
+        }
+        let Some(gw) = self.shared.gateway() else {
+            return;
+        };
+        self.probe_seq += 1;
+        let seq = self.probe_seq;
+        let (host, port) = self.ctx.sent_by(gw.protocol);
+        let call_id = probe_call_id(&self.shared.id, seq, &host);
+        let mut m = Message::request(
+            Method::Options,
+            format!("sip:{}{}", gw.addr, transport_param(gw.protocol)),
+        );
+        m.push(
+            HeaderName::Via,
+            format!(
+                "SIP/2.0/{} {host}:{port};branch={};rport",
+                gw.protocol.as_str().to_ascii_uppercase(),
+                String::from_utf8_lossy(&new_branch())
+            ),
+        );
+        m.push(HeaderName::MaxForwards, "70");
+        m.push(
+            HeaderName::From,
+            format!(
+                "<sip:probe@{host}>;tag={}",
+                String::from_utf8_lossy(&random_token(8))
+            ),
+        );
+        m.push(HeaderName::To, format!("<sip:{}>", gw.addr));
+        m.push(HeaderName::CallId, call_id);
+        m.push(HeaderName::CSeq, format!("{seq} OPTIONS"));
+        m.push(HeaderName::UserAgent, self.ctx.user_agent.clone());
+        self.ctx.transports().send_message(
+            Dest {
+                protocol: gw.protocol,
+                addr: gw.addr,
+                conn: None,
+            },
+            &m,
+        );
+        self.probe_out = Some((seq, false));
+    }
+
+    fn publish(&mut self, now: u64) {
+        let labels = self.labels();
+        let (asr, quality) = {
+            let stats = self.cp.window.recent(now);
+            (stats.asr_if(20), None::<f64>)
+        };
+        let quality = quality.or_else(|| self.cp.window.quality_score(now));
+        if let Some(a) = asr {
+            metrics::gauge!(TRUNK_ASR, &labels).set(a);
+        }
+        if let Some(q) = quality {
+            metrics::gauge!(TRUNK_QUALITY, &labels).set(q);
+        }
+        *self
+            .shared
+            .figures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = (asr, quality);
+    }
+
+    fn info(&mut self, now: u64) -> TrunkInfo {
+        let quality = self.cp.window.quality_score(now);
+        let s = self.cp.window.recent(now);
+        TrunkInfo {
+            id: self.shared.id.to_string(),
+            up: self.shared.is_up(),
+            channels: self.shared.channels(),
+            attempts: s.attempts,
+            answered: s.answered,
+            asr: s.asr(),
+            mean_pdd_ms: s.mean_pdd_ms(),
+            acd_ms: s.acd_ms(),
+            quality,
+        }
+    }
+}
+
+/// Probe Call-IDs name their trunk, so the router can hand the answer back:
+/// `sy-probe-<seq>-<trunk>@<host>`.
+pub const PROBE_PREFIX: &str = "sy-probe-";
+
+fn probe_call_id(trunk: &str, seq: u64, host: &str) -> String {
+    format!("{PROBE_PREFIX}{seq}-{trunk}@{host}")
+}
+
+/// The trunk and sequence number of a probe's Call-ID.
+pub fn parse_probe_call_id(call_id: &[u8]) -> Option<(String, u64)> {
+    let s = std::str::from_utf8(call_id).ok()?;
+    let rest = s.strip_prefix(PROBE_PREFIX)?;
+    let (seq, rest) = rest.split_once('-')?;
+    let (trunk, _) = rest.rsplit_once('@')?;
+    Some((trunk.to_string(), seq.parse().ok()?))
+}
+
+fn transport_param(p: crate::transport::Protocol) -> &'static str {
+    match p {
+        crate::transport::Protocol::Udp => "",
+        crate::transport::Protocol::Tcp => ";transport=tcp",
+        crate::transport::Protocol::Tls => ";transport=tls",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(max_channels: u32) -> TrunkConfig {
+        toml::from_str(&format!(
+            "id = \"t1\"\ngateways = [\"sip:127.0.0.1:5070\", \"sip:127.0.0.1:5071;transport=tcp\"]\nmax_channels = {max_channels}\nstrip = 1\nprefix = \"00\"\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn channels_never_exceed_the_limit_under_contention() {
+        let t = Arc::new(TrunkShared::new(config(50)));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || (0..100).filter(|_| t.seize().is_ok()).count())
+            })
+            .collect();
+        let taken: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(taken, 50);
+        assert_eq!(t.channels(), 50);
+        assert_eq!(t.seize(), Err(FailoverCause::ChannelsFull));
+        t.release();
+        assert_eq!(t.seize(), Ok(()));
+        t.set_up(false);
+        assert_eq!(t.seize(), Err(FailoverCause::TrunkDown));
+    }
+
+    #[test]
+    fn gateways_rotate_and_numbers_are_rewritten() {
+        let t = TrunkShared::new(config(0));
+        let a = t.gateway().unwrap();
+        let b = t.gateway().unwrap();
+        assert_ne!(a.addr, b.addr);
+        assert_eq!(t.gateway().unwrap().addr, a.addr);
+        assert_eq!(t.rewrite("9441234"), "00441234");
+    }
+
+    #[test]
+    fn probe_call_ids_round_trip() {
+        let id = probe_call_id("carrier-a", 42, "10.0.0.1");
+        assert_eq!(
+            parse_probe_call_id(id.as_bytes()),
+            Some(("carrier-a".into(), 42))
+        );
+        assert_eq!(parse_probe_call_id(b"abc@host"), None);
+    }
+}

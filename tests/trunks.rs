@@ -1,0 +1,302 @@
+//! Calls through a trunk group on a real node: carriers are test user agents on loopback.
+//! A failover cause (503, silence, ...) moves the call to the next trunk within the same
+//! attempt; a callee's answer (486) is relayed at once; channel limits overflow to the next
+//! trunk; failed calls take a trunk down; least-cost picks the cheapest trunk.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard::config::{Config, TrunkConfig};
+use switchyard::server::Node;
+use switchyard::sip::message::Message;
+
+fn trunk(id: &str, gw: SocketAddr, extra: &str) -> TrunkConfig {
+    toml::from_str(&format!(
+        "id = \"{id}\"\ngateways = [\"sip:{gw}\"]\ninvite_timeout_ms = 400\nprobe_interval_secs = 0\n{extra}"
+    ))
+    .unwrap()
+}
+
+/// A node whose route `9` goes to the given trunks under `policy`.
+async fn node(dir: &std::path::Path, trunks: Vec<TrunkConfig>, policy: &str) -> Node {
+    let mut c: Config = config(dir, &[]);
+    let route: switchyard::config::RouteConfig = toml::from_str(&format!(
+        "prefix = \"9\"\nstrip = 1\ntrunks = [{}]\npolicy = \"{policy}\"",
+        trunks
+            .iter()
+            .map(|t| format!("\"{}\"", t.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .unwrap();
+    c.routes = vec![route];
+    c.trunks = trunks;
+    start_with(c).await
+}
+
+fn header(m: &Message, name: &str) -> String {
+    m.headers
+        .iter()
+        .find(|h| {
+            h.name
+                .canonical()
+                .is_some_and(|c| c.eq_ignore_ascii_case(name))
+        })
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .unwrap_or_default()
+}
+
+async fn cdr(node: &Node, dir: &std::path::Path, call_id: &str) -> switchyard::store::Cdr {
+    let store = node.tree.store().unwrap();
+    switchyard::actors::store_writer::flush(&store)
+        .await
+        .unwrap();
+    switchyard::store::Store::open(&dir.join("switchyard.db"))
+        .unwrap()
+        .get_cdr_by_call_id(call_id)
+        .unwrap()
+        .expect("CDR written")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_along_the_plan_until_a_trunk_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, c) = (Ua::new().await, Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1"),
+            trunk("b", b.addr, "priority = 2"),
+            trunk("c", c.addr, "priority = 3"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let caller = Ua::new().await;
+    caller
+        .send(sw, &invite("tr-1", "9441234", caller.addr, sw))
+        .await;
+    // a: 503 → the call moves on; the caller never sees it.
+    let (inv_a, _) = a.expect_request("INVITE").await;
+    assert!(header(&inv_a, "CSeq").contains("INVITE"));
+    assert!(
+        String::from_utf8_lossy(inv_a.request_uri().unwrap()).starts_with("sip:441234@"),
+        "strip 1 applied: {inv_a:?}"
+    );
+    a.send(
+        sw,
+        &answer(&inv_a, 503, "Service Unavailable", "ta", a.addr, ""),
+    )
+    .await;
+    a.expect_request("ACK").await;
+    // b: silent → after its 400 ms INVITE timeout the call moves on.
+    b.expect_request("INVITE").await;
+    // c answers.
+    let (inv_c, _) = c.expect_request("INVITE").await;
+    c.send(sw, &answer(&inv_c, 200, "OK", "tc", c.addr, SDP))
+        .await;
+    let (ok, _) = caller
+        .expect("200 through c", |m| m.status() == Some(200))
+        .await;
+    assert_eq!(ok.status(), Some(200));
+    // End the call from the switch so its CDR is written.
+    node.ctx
+        .directory
+        .lookup(b"tr-1")
+        .expect("call running")
+        .cast(switchyard::actors::call::CallMsg::Hangup(
+            "test over".into(),
+        ))
+        .unwrap();
+    c.expect_request("BYE").await;
+    let r = cdr(&node, dir.path(), "tr-1").await;
+    assert_eq!(r.trunk.as_deref(), Some("c"));
+    assert_eq!(
+        r.attempts.as_deref(),
+        Some("a:503,b:timeout,c:answered"),
+        "{r:?}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callee_busy_is_relayed_without_trying_another_trunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1"),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let caller = Ua::new().await;
+    caller
+        .send(sw, &invite("tr-2", "9555", caller.addr, sw))
+        .await;
+    let (inv, _) = a.expect_request("INVITE").await;
+    a.send(sw, &answer(&inv, 486, "Busy Here", "ta", a.addr, ""))
+        .await;
+    caller.expect_status(486).await;
+    assert!(
+        b.recv(Duration::from_millis(500)).await.is_none(),
+        "b must not be tried after a callee's 486"
+    );
+    let r = cdr(&node, dir.path(), "tr-2").await;
+    assert_eq!(r.attempts.as_deref(), Some("a:486"), "{r:?}");
+    assert_eq!(node.ctx.trunks.get().unwrap()["a"].channels(), 0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_trunk_overflows_and_failed_calls_take_a_trunk_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk(
+                "a",
+                a.addr,
+                "priority = 1\nmax_channels = 1\ndown_after_failed_calls = 2",
+            ),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let table = node.ctx.trunks.get().unwrap().clone();
+    let caller = Ua::new().await;
+    // Call 1 holds a's only channel (ringing).
+    caller
+        .send(sw, &invite("tr-3", "9100", caller.addr, sw))
+        .await;
+    let (inv1, _) = a.expect_request("INVITE").await;
+    a.send(sw, &answer(&inv1, 180, "Ringing", "ta", a.addr, ""))
+        .await;
+    assert!(wait_until(Duration::from_secs(2), || table["a"].channels() == 1).await);
+    // Call 2 finds a full and goes to b at once.
+    caller
+        .send(sw, &invite("tr-4", "9200", caller.addr, sw))
+        .await;
+    let (inv2, _) = b.expect_request("INVITE").await;
+    assert!(header(&inv2, "To").contains("9200"), "{inv2:?}");
+    assert!(
+        a.recv(Duration::from_millis(200))
+            .await
+            .is_none_or(|(m, _)| header(&m, "Call-ID") == header(&inv1, "Call-ID")),
+        "a got a second call beyond its channel limit"
+    );
+    // Call 1 fails with 503 twice over (two calls): a goes down.
+    a.send(
+        sw,
+        &answer(&inv1, 503, "Service Unavailable", "ta", a.addr, ""),
+    )
+    .await;
+    let (inv1b, _) = b.expect_request("INVITE").await;
+    assert!(header(&inv1b, "To").contains("9100"));
+    caller
+        .send(sw, &invite("tr-5", "9300", caller.addr, sw))
+        .await;
+    let (inv3, _) = a.expect_request("INVITE").await;
+    a.send(
+        sw,
+        &answer(&inv3, 503, "Service Unavailable", "ta", a.addr, ""),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(2), || !table["a"].is_up()).await,
+        "a down after 2 failed calls"
+    );
+    // A new call skips a.
+    caller
+        .send(sw, &invite("tr-6", "9400", caller.addr, sw))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut got = false;
+    while tokio::time::Instant::now() < deadline {
+        match b.recv(Duration::from_millis(200)).await {
+            Some((m, _)) if header(&m, "To").contains("9400") => {
+                got = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(got, "the call after a went down went to b");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_cost_picks_the_cheapest_trunk_for_each_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk(
+                "a",
+                a.addr,
+                "costs = [{ prefix = \"44\", per_minute = 0.010 }, { prefix = \"1\", per_minute = 0.050 }]",
+            ),
+            trunk(
+                "b",
+                b.addr,
+                "costs = [{ prefix = \"44\", per_minute = 0.020 }, { prefix = \"1\", per_minute = 0.005 }]",
+            ),
+        ],
+        "least-cost",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let caller = Ua::new().await;
+    caller
+        .send(sw, &invite("lc-1", "9441234", caller.addr, sw))
+        .await;
+    a.expect_request("INVITE").await;
+    caller
+        .send(sw, &invite("lc-2", "912125551234", caller.addr, sw))
+        .await;
+    b.expect_request("INVITE").await;
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_probes_take_a_silent_gateway_down_and_bring_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Ua::new().await;
+    let mut t = trunk(
+        "a",
+        gw.addr,
+        "down_after_failed_probes = 2\nup_after_good_probes = 2",
+    );
+    t.probe_interval_secs = 1;
+    let node = node(dir.path(), vec![t], "priority").await;
+    let table = node.ctx.trunks.get().unwrap().clone();
+    // The gateway ignores the probes: down after two unanswered ones.
+    let (probe, _) = gw.expect_request("OPTIONS").await;
+    assert!(header(&probe, "Call-ID").starts_with("sy-probe-"));
+    assert!(
+        wait_until(Duration::from_secs(5), || !table["a"].is_up()).await,
+        "down after unanswered probes"
+    );
+    // Now it answers: up again after two good probes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline && !table["a"].is_up() {
+        if let Some((m, _)) = gw.recv(Duration::from_millis(200)).await {
+            if m.method().is_some_and(|x| x.to_string() == "OPTIONS") {
+                let sw = udp_addr(&node);
+                gw.send(sw, &answer(&m, 200, "OK", "gw", gw.addr, "")).await;
+            }
+        }
+    }
+    assert!(table["a"].is_up(), "up after good probes");
+    node.shutdown().await;
+}
