@@ -300,3 +300,63 @@ async fn options_probes_take_a_silent_gateway_down_and_bring_it_back() {
     assert!(table["a"].is_up(), "up after good probes");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_trunk_actor_keeps_the_channel_count_and_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1\nmax_channels = 1"),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let table = node.ctx.trunks.get().unwrap().clone();
+    let caller = Ua::new().await;
+    caller
+        .send(sw, &invite("kc-1", "9100", caller.addr, sw))
+        .await;
+    let (inv1, _) = a.expect_request("INVITE").await;
+    a.send(sw, &answer(&inv1, 200, "OK", "ta", a.addr, SDP))
+        .await;
+    caller
+        .expect("200 through a", |m| m.status() == Some(200))
+        .await;
+    // The trunk actor dies and is restarted; the call holding a's channel goes on.
+    let actor = switchyard::actors::trunk::lookup("a", &node.name).unwrap();
+    actor
+        .cast(switchyard::actors::trunk::TrunkMsg::InjectPanic)
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            switchyard::actors::trunk::lookup("a", &node.name)
+                .is_some_and(|n| n.get_id() != actor.get_id())
+        })
+        .await,
+        "trunk actor restarted"
+    );
+    assert_eq!(
+        table["a"].channels(),
+        1,
+        "channel count survives the restart"
+    );
+    // The limit still holds: the next call goes to b.
+    caller
+        .send(sw, &invite("kc-2", "9200", caller.addr, sw))
+        .await;
+    let (inv2, _) = b.expect_request("INVITE").await;
+    assert!(header(&inv2, "To").contains("9200"));
+    // Ending call 1 gives the channel back.
+    node.ctx
+        .directory
+        .lookup(b"kc-1")
+        .unwrap()
+        .cast(switchyard::actors::call::CallMsg::Hangup("test".into()))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(2), || table["a"].channels() == 0).await);
+    node.shutdown().await;
+}
