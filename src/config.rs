@@ -286,6 +286,15 @@ pub struct TrunkConfig {
     /// Per-minute rates by destination prefix (least-cost routing and CDR cost).
     #[serde(default)]
     pub costs: Vec<crate::routing::trunks::CostEntry>,
+    /// Digest credentials for the carrier's 401/407 challenges (the switch's own account
+    /// with the carrier, so a password, not an HA1).
+    #[serde(default)]
+    pub auth_username: Option<String>,
+    #[serde(default)]
+    pub auth_password: Option<String>,
+    /// Caller-ID presented to this carrier: the From user is replaced by it.
+    #[serde(default)]
+    pub caller_id: Option<String>,
 }
 
 fn default_policy() -> crate::routing::trunks::Policy {
