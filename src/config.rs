@@ -36,6 +36,9 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     #[serde(default)]
     pub registrar: RegistrarConfig,
+    /// Trunk alarms: thresholds and the webhook they are posted to.
+    #[serde(default)]
+    pub alarms: AlarmsConfig,
 }
 
 /// A tenant: a SIP domain and its users. Tenants never see each other's users or bindings.
@@ -297,6 +300,36 @@ pub struct TrunkConfig {
     pub caller_id: Option<String>,
 }
 
+/// Trunk alarms (answer-rate deviation, failure streaks, down/up, saturation): each is logged,
+/// counted, and POSTed as JSON to `webhook_url` when one is set.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmsConfig {
+    /// `http://host[:port]/path` (https is not supported yet). None: log and count only.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Raise when a trunk's answer rate leaves its own baseline by more than this (ASR
+    /// points, 0..1).
+    #[serde(default = "default_asr_deviation")]
+    pub asr_deviation: f64,
+    /// Answer rates backed by fewer calls are ignored (no baseline, no alarm).
+    #[serde(default = "default_asr_min_calls")]
+    pub asr_min_calls: u64,
+    /// Raise after this many calls in a row failed over.
+    #[serde(default = "default_failure_streak")]
+    pub failure_streak: u32,
+}
+
+fn default_asr_deviation() -> f64 {
+    0.2
+}
+fn default_asr_min_calls() -> u64 {
+    30
+}
+fn default_failure_streak() -> u32 {
+    10
+}
+
 fn default_policy() -> crate::routing::trunks::Policy {
     crate::routing::trunks::Policy::Priority
 }
@@ -415,6 +448,7 @@ default_from_serde!(
     CallsConfig,
     AdmissionConfig,
     RegistrarConfig,
+    AlarmsConfig,
     Config
 );
 
@@ -668,6 +702,40 @@ impl Config {
                     "invite_timeout_ms and the health thresholds must be > 0".into(),
                 );
             }
+        }
+        let a = &self.alarms;
+        if let Some(url) = &a.webhook_url {
+            // Only plain HTTP is spoken by the webhook sender; say so before start.
+            let host = url
+                .strip_prefix("http://")
+                .map(|r| r.split('/').next().unwrap_or(""));
+            match host {
+                None if url.starts_with("https://") => err(
+                    "alarms.webhook_url".into(),
+                    "https is not supported yet: use http://".into(),
+                ),
+                None => err(
+                    "alarms.webhook_url".into(),
+                    format!("{url:?}: must start with http://"),
+                ),
+                Some(h) if h.is_empty() || h.contains(['@', ' ', '?', '#']) => err(
+                    "alarms.webhook_url".into(),
+                    format!("{url:?}: needs a host[:port] and no user info"),
+                ),
+                Some(_) => {}
+            }
+        }
+        if !(a.asr_deviation > 0.0 && a.asr_deviation < 1.0) {
+            err(
+                "alarms.asr_deviation".into(),
+                "must lie between 0 and 1 (exclusive)".into(),
+            );
+        }
+        if a.asr_min_calls == 0 || a.failure_streak == 0 {
+            err(
+                "alarms".into(),
+                "asr_min_calls and failure_streak must be > 0".into(),
+            );
         }
         let mut numbers = std::collections::HashSet::new();
         for (i, t) in self.tenants.iter().enumerate() {

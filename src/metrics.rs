@@ -92,6 +92,7 @@ pub fn describe_all() {
     crate::actors::queue::describe();
     crate::actors::agent::describe();
     crate::actors::trunk::describe();
+    crate::actors::alarms::describe();
     crate::actors::registrar::describe();
     crate::routing::auth::describe();
 

@@ -135,6 +135,8 @@ impl Node {
             registrar,
             cc.clone(),
             trunk_table.values().cloned().collect(),
+            crate::actors::alarms::AlarmSink::start(&config.alarms, &node_name)
+                .map_err(|e| format!("alarms.webhook_url: {e}"))?,
         )
         .await?;
         let router = Arc::new(

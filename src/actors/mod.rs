@@ -1,6 +1,7 @@
 //! Actor kinds, one file each.
 //!
 //! - [`agent`]: one per agent: state, skills, counters; monitors its bridged call.
+//! - [`alarms`]: not an actor but a task: trunk alarms to the log, metrics and a webhook.
 //! - [`queue`]: one per queue, the single writer of its waiting list; strategies via
 //!   `routing::acd`.
 //! - [`call`]: one per call, a B2BUA owning both legs.
@@ -10,6 +11,7 @@
 //! - [`trunk`]: one per carrier trunk: health, probes, statistics; shared channel budgets.
 //! - [`tenant`]: one per tenant, its identity and (later) limits, rules and numbers.
 pub mod agent;
+pub mod alarms;
 pub mod call;
 pub mod queue;
 pub mod registrar;

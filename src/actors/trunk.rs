@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::alarms::{Alarm, AlarmSink};
 use super::call::CallContext;
 use crate::config::{RouteTarget, TrunkConfig};
 use crate::routing::trunks::{
-    CallRecord, CostTable, FailoverCause, Health, HealthConfig, Outcome, Transition, TrunkView,
-    Window, WindowConfig,
+    AlarmEvent, AsrAlarm, CallRecord, CostTable, FailoverCause, FailureStreakAlarm, Health,
+    HealthConfig, Outcome, Resource, SaturationAlarm, Transition, TrunkView, Window, WindowConfig,
 };
 use crate::sip::dialog::{new_branch, random_token};
 use crate::sip::message::{HeaderName, Message, Method};
@@ -88,6 +89,10 @@ pub struct TrunkShared {
     channels: AtomicU32,
     cps: Mutex<(f64, Instant)>,
     up: AtomicBool,
+    /// Seizures refused for want of a channel / a CPS token since the trunk actor last
+    /// looked (its saturation alarms read and reset them).
+    refused_channels: AtomicU32,
+    refused_cps: AtomicU32,
     /// Recent answer rate and quality score (None until enough calls), for policies.
     figures: Mutex<(Option<f64>, Option<f64>)>,
     pub costs: Option<Arc<CostTable>>,
@@ -113,6 +118,8 @@ impl TrunkShared {
             channels: AtomicU32::new(0),
             cps: Mutex::new((f64::from(config.max_cps.max(1)), Instant::now())),
             up: AtomicBool::new(true),
+            refused_channels: AtomicU32::new(0),
+            refused_cps: AtomicU32::new(0),
             figures: Mutex::new((None, None)),
             costs,
             config,
@@ -140,6 +147,7 @@ impl TrunkShared {
                 (max == 0 || c < max).then_some(c + 1)
             });
         if taken.is_err() {
+            self.refused_channels.fetch_add(1, Ordering::Relaxed);
             return Err(FailoverCause::ChannelsFull);
         }
         if self.config.max_cps > 0 {
@@ -151,6 +159,7 @@ impl TrunkShared {
             if b.0 < 1.0 {
                 drop(b);
                 self.release();
+                self.refused_cps.fetch_add(1, Ordering::Relaxed);
                 return Err(FailoverCause::CpsFull);
             }
             b.0 -= 1.0;
@@ -236,6 +245,8 @@ pub struct TrunkArgs {
     pub shared: Arc<TrunkShared>,
     pub ctx: Arc<CallContext>,
     pub checkpoints: Arc<DashMap<Arc<str>, TrunkCheckpoint>>,
+    /// Where alarms go (log, metric, webhook).
+    pub alarms: AlarmSink,
 }
 
 pub enum TrunkMsg {
@@ -249,6 +260,8 @@ pub enum TrunkMsg {
     },
     /// With probes off: the hold-down after failed calls is over.
     HoldOver,
+    /// Time to look at channel and CPS use (saturation alarms).
+    CheckSaturation,
     GetInfo(RpcReplyPort<TrunkInfo>),
     InjectPanic,
 }
@@ -273,12 +286,27 @@ pub struct TrunkInfo {
 pub struct TrunkCheckpoint {
     window: Window,
     health: Health,
+    alarms: TrunkAlarms,
 }
+
+/// The trunk's alarm edges (in the checkpoint, so a restart neither re-raises nor forgets a
+/// raised alarm).
+#[derive(Clone, Debug)]
+struct TrunkAlarms {
+    asr: AsrAlarm,
+    streak: FailureStreakAlarm,
+    channels: SaturationAlarm,
+    cps: SaturationAlarm,
+}
+
+/// How often channel and CPS use are checked against the limits.
+const SATURATION_CHECK: Duration = Duration::from_secs(1);
 
 pub struct TrunkState {
     shared: Arc<TrunkShared>,
     ctx: Arc<CallContext>,
     checkpoints: Arc<DashMap<Arc<str>, TrunkCheckpoint>>,
+    alarms: AlarmSink,
     cp: TrunkCheckpoint,
     myself: ActorRef<TrunkMsg>,
     probe_seq: u64,
@@ -311,12 +339,19 @@ impl Actor for TrunkActor {
                     },
                     now,
                 ),
+                alarms: TrunkAlarms {
+                    asr: AsrAlarm::new(args.alarms.asr_config()),
+                    streak: FailureStreakAlarm::new(args.alarms.config().failure_streak),
+                    channels: SaturationAlarm::new(Resource::Channels),
+                    cps: SaturationAlarm::new(Resource::Cps),
+                },
             },
         };
         let mut state = TrunkState {
             shared: args.shared,
             ctx: args.ctx,
             checkpoints: args.checkpoints,
+            alarms: args.alarms,
             cp,
             myself,
             probe_seq: 0,
@@ -324,6 +359,7 @@ impl Actor for TrunkActor {
             timer: None,
         };
         state.schedule_probe();
+        state.schedule_saturation_check();
         Ok(state)
     }
 
@@ -362,6 +398,10 @@ impl Actor for TrunkActor {
                     state.transition(t);
                 }
             }
+            TrunkMsg::CheckSaturation => {
+                state.check_saturation(now);
+                state.schedule_saturation_check();
+            }
             TrunkMsg::GetInfo(reply) => {
                 let _ = reply.send(state.info(now));
             }
@@ -397,6 +437,7 @@ impl TrunkState {
         if let Some(pdd) = r.pdd_ms {
             metrics::histogram!(TRUNK_PDD, &labels).record(pdd as f64 / 1000.0);
         }
+        let failed_over = matches!(r.outcome, Outcome::Failover(c) if !c.is_pre_send());
         let transition = match r.outcome {
             Outcome::Answered => {
                 metrics::counter!(TRUNK_ANSWERS, &labels).increment(1);
@@ -417,7 +458,53 @@ impl TrunkState {
                 status: r.status,
             },
         );
+        let streak = self.cp.alarms.streak.on_call(now, failed_over);
+        self.alarm(streak);
+        let stats = self.cp.window.recent(now);
+        if let Some(asr) = stats.asr() {
+            let calls = stats.attempts;
+            let asr = self.cp.alarms.asr.check_asr(now, asr, calls);
+            self.alarm(asr);
+        }
         self.transition(transition);
+    }
+
+    /// Hands an alarm edge of the pure alarms to the sink (log, metric, webhook).
+    fn alarm(&self, ev: Option<AlarmEvent>) {
+        if let Some(ev) = ev {
+            self.alarms
+                .raise(Alarm::from_event(self.shared.id.clone(), &ev));
+        }
+    }
+
+    fn schedule_saturation_check(&mut self) {
+        let c = &self.shared.config;
+        if c.max_channels == 0 && c.max_cps == 0 {
+            return;
+        }
+        self.ctx
+            .timers
+            .schedule_cast_with(SATURATION_CHECK, &self.myself, |_| {
+                TrunkMsg::CheckSaturation
+            });
+    }
+
+    /// A limit counts as reached when a seizure was refused for it since the last check (a
+    /// burst between checks is not missed), or when the channels in use stand at the limit.
+    fn check_saturation(&mut self, now: u64) {
+        let (max_ch, max_cps) = (self.shared.config.max_channels, self.shared.config.max_cps);
+        let refused_ch = self.shared.refused_channels.swap(0, Ordering::Relaxed);
+        let refused_cps = self.shared.refused_cps.swap(0, Ordering::Relaxed);
+        let used_ch = if refused_ch > 0 {
+            max_ch
+        } else {
+            self.shared.channels()
+        };
+        let ev = self.cp.alarms.channels.check(now, used_ch, max_ch);
+        self.alarm(ev);
+        let used_cps = if refused_cps > 0 { max_cps } else { 0 };
+        let ev = self.cp.alarms.cps.check(now, used_cps, max_cps);
+        self.alarm(ev);
     }
 
     fn transition(&mut self, t: Option<Transition>) {
@@ -427,8 +514,13 @@ impl TrunkState {
         let state = if up { "up" } else { "down" };
         metrics::counter!(TRUNK_STATE_CHANGES, "trunk" => self.shared.id.to_string(), "state" => state).increment(1);
         match t {
-            Transition::Down { reason, .. } => {
-                tracing::warn!(trunk = %self.shared.id, reason = reason.label(), "trunk down");
+            Transition::Down { reason, at_ms } => {
+                // The alarm is the log line (warn) as well.
+                self.alarms.raise(Alarm::trunk_down(
+                    self.shared.id.clone(),
+                    reason.label(),
+                    at_ms,
+                ));
                 if self.shared.config.probe_interval_secs == 0 {
                     let hold = Duration::from_secs(self.shared.config.down_hold_secs.max(1));
                     self.ctx
@@ -436,8 +528,9 @@ impl TrunkState {
                         .schedule_cast_with(hold, &self.myself, |_| TrunkMsg::HoldOver);
                 }
             }
-            Transition::Up { down_ms, .. } => {
-                tracing::info!(trunk = %self.shared.id, down_ms, "trunk up")
+            Transition::Up { down_ms, at_ms, .. } => {
+                self.alarms
+                    .raise(Alarm::trunk_up(self.shared.id.clone(), down_ms, at_ms))
             }
         }
     }

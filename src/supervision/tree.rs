@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::agent::{AgentActor, AgentArgs};
+use crate::actors::alarms::AlarmSink;
 use crate::actors::queue::{CcContext, QueueActor, QueueArgs, QueueSpec};
 use crate::actors::registrar::{RegistrarActor, RegistrarArgs};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
@@ -81,6 +82,7 @@ pub async fn start(
     registrar: RegistrarArgs,
     cc: Arc<CcContext>,
     trunks: Vec<Arc<TrunkShared>>,
+    alarms: AlarmSink,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
@@ -157,7 +159,7 @@ pub async fn start(
     let mut trunks_sup = SupervisorArgs::new(name("trunks", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(10, Duration::from_secs(10)));
     for t in trunks {
-        let (ctx, checkpoints) = (cc.calls.clone(), checkpoints.clone());
+        let (ctx, checkpoints, alarms) = (cc.calls.clone(), checkpoints.clone(), alarms.clone());
         trunks_sup = trunks_sup.with_child(ChildSpec::named_actor(
             crate::actors::trunk::actor_name(&t.id, node),
             "trunk",
@@ -167,6 +169,7 @@ pub async fn start(
                 shared: t.clone(),
                 ctx: ctx.clone(),
                 checkpoints: checkpoints.clone(),
+                alarms: alarms.clone(),
             },
         ));
     }
