@@ -360,3 +360,54 @@ async fn a_crashed_trunk_actor_keeps_the_channel_count_and_its_limit() {
     assert!(wait_until(Duration::from_secs(2), || table["a"].channels() == 0).await);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carrier_challenge_is_answered_with_the_trunk_credentials_and_caller_id() {
+    use switchyard::sip::auth::{ha1, Algorithm, Credentials};
+    let dir = tempfile::tempdir().unwrap();
+    let a = Ua::new().await;
+    let node = node(
+        dir.path(),
+        vec![trunk(
+            "a",
+            a.addr,
+            "auth_username = \"acct7\"\nauth_password = \"s3cret\"\ncaller_id = \"+441110000\"",
+        )],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let caller = Ua::new().await;
+    caller
+        .send(sw, &invite("au-1", "9777", caller.addr, sw))
+        .await;
+    let (inv, _) = a.expect_request("INVITE").await;
+    assert!(header(&inv, "From").contains("sip:+441110000@"), "{inv:?}");
+    // The carrier challenges (407, as a proxy would).
+    let mut challenge = answer(&inv, 407, "Proxy Authentication Required", "ta", a.addr, "");
+    challenge = challenge.replacen(
+        "Content-Length: 0",
+        "Proxy-Authenticate: Digest realm=\"carrier.example\", nonce=\"abc123\", algorithm=MD5, qop=\"auth\"\r\nContent-Length: 0",
+        1,
+    );
+    a.send(sw, &challenge).await;
+    // The ACK of the 407 and the new INVITE come in either order.
+    let (inv2, _) = a.expect_request("INVITE").await;
+    let creds = inv2
+        .value(switchyard::sip::message::HeaderName::ProxyAuthorization)
+        .expect("Proxy-Authorization on the second INVITE");
+    let c = Credentials::parse(creds).unwrap();
+    assert_eq!(&c.username[..], b"acct7");
+    let key = ha1(Algorithm::Md5, "acct7", "carrier.example", "s3cret");
+    assert!(c.verify(&key, b"INVITE"), "digest response verifies: {c:?}");
+    assert_ne!(header(&inv2, "CSeq"), header(&inv, "CSeq"));
+    assert_eq!(header(&inv2, "Call-ID"), header(&inv, "Call-ID"));
+    a.send(sw, &answer(&inv2, 200, "OK", "ta", a.addr, SDP))
+        .await;
+    caller
+        .expect("200 after the carrier's challenge", |m| {
+            m.status() == Some(200)
+        })
+        .await;
+    node.shutdown().await;
+}

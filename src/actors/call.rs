@@ -467,6 +467,8 @@ struct TrunkLeg {
 struct TrunkAttempt {
     trunk: Arc<TrunkShared>,
     tx: u32,
+    /// The INVITE was resent with credentials after a 401/407 (once per attempt).
+    authenticated: bool,
     sent: Instant,
     responded: bool,
     pdd_ms: Option<u64>,
@@ -2567,7 +2569,12 @@ impl CallState {
             self.ctx.timers.cancel(id);
         }
         let dialled = Bytes::from(self.core().cdr.callee.clone());
-        let txs = self.place_b_leg(&offer.forks, dialled, format!("agent:{}", offer.agent));
+        let txs = self.place_b_leg(
+            &offer.forks,
+            dialled,
+            format!("agent:{}", offer.agent),
+            None,
+        );
         for tx in txs {
             self.offer_forks.push(OfferFork { tx, ..f.clone() });
         }
@@ -2579,16 +2586,31 @@ impl CallState {
     /// A new B leg for a queued call (an offer, or an overflow to a user): its own Call-ID,
     /// the INVITE to every fork; earlier B Call-IDs stay known for late answers. Returns
     /// the INVITE transactions.
-    fn place_b_leg(&mut self, forks: &[Fork], dialled: Bytes, target: String) -> Vec<u32> {
+    fn place_b_leg(
+        &mut self,
+        forks: &[Fork],
+        dialled: Bytes,
+        target: String,
+        caller_id: Option<&str>,
+    ) -> Vec<u32> {
         let first = forks[0].clone();
         let a_invite = self.core().a_invite.clone();
-        let (b, b_invite, branch) = self.b_leg(
+        let (mut b, mut b_invite, branch) = self.b_leg(
             &a_invite,
             &dialled,
             first.ruri.clone(),
             first.dest,
             first.dest.addr,
         );
+        if let Some(cid) = caller_id {
+            // The caller-ID the carrier is to present (its trunk's setting).
+            let (host, _) = self.ctx.sent_by(first.dest.protocol);
+            b.local_uri = Bytes::from(format!("<sip:{cid}@{host}>"));
+            b_invite.set(
+                HeaderName::From,
+                dialog::with_tag(&b.local_uri, &b.local_tag),
+            );
+        }
         let b_call_id = b.call_id.clone();
         let old = std::mem::replace(&mut self.core().b_call_id, b_call_id.clone());
         if !old.is_empty() {
@@ -2847,7 +2869,12 @@ impl CallState {
                 }
                 // From here on an ordinary call to the user's phones: failures are relayed.
                 let forks = Fork::all(&bindings);
-                self.place_b_leg(&forks, Bytes::from(user.clone()), format!("user:{user}"));
+                self.place_b_leg(
+                    &forks,
+                    Bytes::from(user.clone()),
+                    format!("user:{user}"),
+                    None,
+                );
                 self.no_answer =
                     Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
                 self.set_phase(Phase::Setup);
@@ -2974,7 +3001,13 @@ impl CallState {
                     conn: None,
                 },
             };
-            let txs = self.place_b_leg(&[fork], Bytes::from(dialled), format!("trunk:{}", t.id));
+            let caller_id = t.config.caller_id.clone();
+            let txs = self.place_b_leg(
+                &[fork],
+                Bytes::from(dialled),
+                format!("trunk:{}", t.id),
+                caller_id.as_deref(),
+            );
             self.core().trunk = Some(t.id.clone());
             self.checkpoint();
             let timeout = Duration::from_millis(t.config.invite_timeout_ms);
@@ -2982,6 +3015,7 @@ impl CallState {
                 l.current = Some(TrunkAttempt {
                     trunk: t,
                     tx,
+                    authenticated: false,
                     sent: Instant::now(),
                     responded: false,
                     pdd_ms: None,
@@ -3022,10 +3056,76 @@ impl CallState {
             return false;
         }
         self.cancel_invite_timer();
+        if matches!(status, 401 | 407) && self.trunk_authenticate(_resp, status) {
+            return true;
+        }
         match classify(Some(status), false) {
             outcome @ Outcome::Failover(_) => self.trunk_failed(outcome, Some(status)),
             _ => false,
         }
+    }
+
+    /// The carrier challenged our INVITE: send it again with credentials (RFC 3261 §22.2),
+    /// once per attempt. False without credentials or after a second challenge (then the
+    /// challenge is a failover cause: the carrier refused us, not the callee).
+    fn trunk_authenticate(&mut self, resp: &Message, status: u16) -> bool {
+        use crate::sip::auth::{authorization_value, ha1, Challenge};
+        let Some(cur) = self.trunk_leg.as_ref().and_then(|l| l.current.as_ref()) else {
+            return false;
+        };
+        let (Some(user), Some(password)) = (
+            cur.trunk.config.auth_username.clone(),
+            cur.trunk.config.auth_password.clone(),
+        ) else {
+            return false;
+        };
+        if cur.authenticated {
+            return false;
+        }
+        let old_tx = cur.tx;
+        let (challenge_header, credentials_header) = if status == 407 {
+            (
+                HeaderName::ProxyAuthenticate,
+                HeaderName::ProxyAuthorization,
+            )
+        } else {
+            (HeaderName::WwwAuthenticate, HeaderName::Authorization)
+        };
+        let Some(challenge) = resp
+            .value(challenge_header)
+            .and_then(|v| Challenge::parse(v).ok())
+        else {
+            return false;
+        };
+        let dest = self.core().b_dest;
+        // The challenged transaction ACKs its 401/407 itself; anything more from it is
+        // ignored.
+        self.stale_forks.push(old_tx);
+        let mut invite = (*self.core().b_invite).clone();
+        let uri = invite
+            .request_uri()
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default();
+        let key = ha1(challenge.algorithm, &user, &challenge.realm, &password);
+        let cnonce = String::from_utf8_lossy(&random_token(12)).into_owned();
+        let value = authorization_value(&challenge, &user, &key, "INVITE", &uri, 1, &cnonce);
+        self.core().b.local_cseq += 1;
+        let cseq = self.core().b.local_cseq;
+        let branch = new_branch();
+        invite.set(HeaderName::Via, self.ctx.via(dest.protocol, &branch));
+        invite.set(HeaderName::CSeq, cseq_value(cseq, &Method::Invite));
+        invite.set(credentials_header, value);
+        let invite = Arc::new(invite);
+        self.core().b_invite = invite.clone();
+        let tx = self.new_client_tx(Leg::B, Role::BInvite, invite, branch, dest);
+        let timeout = Duration::from_millis(cur_timeout(self));
+        if let Some(cur) = self.trunk_leg.as_mut().and_then(|l| l.current.as_mut()) {
+            cur.tx = tx;
+            cur.authenticated = true;
+            cur.responded = false;
+        }
+        self.invite_timer = Some(self.schedule_call_timer(CallTimer::InviteTimeout, timeout));
+        true
     }
 
     /// The current attempt failed over: report it, give its channel back, try the next
@@ -3226,6 +3326,15 @@ impl Checkpoint {
             attempts: d.attempts.clone(),
         }
     }
+}
+
+/// The current trunk attempt's INVITE timeout.
+fn cur_timeout(state: &CallState) -> u64 {
+    state
+        .trunk_leg
+        .as_ref()
+        .and_then(|l| l.current.as_ref())
+        .map_or(3000, |c| c.trunk.config.invite_timeout_ms)
 }
 
 /// Which failure to relay when every fork failed (lower is better), after RFC 3261 §16.7:
