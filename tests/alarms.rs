@@ -190,7 +190,11 @@ async fn trunk_down_is_posted_to_the_webhook_and_a_500_is_retried() {
     let gw = Ua::new().await;
     let node = node(
         dir.path(),
-        vec![trunk("down-a", gw.addr, "down_after_failed_calls = 3")],
+        vec![trunk(
+            "down-a",
+            gw.addr,
+            "down_after_failed_calls = 3\ndown_hold_secs = 1",
+        )],
         &url,
         "failure_streak = 2",
     )
@@ -253,6 +257,14 @@ async fn trunk_down_is_posted_to_the_webhook_and_a_500_is_retried() {
                 && l.contains("result=\"retried\"")),
         "retry counted"
     );
+    // Without probes the hold-down brings the trunk back: the down alarm clears.
+    let seen = expect_alarm(&mut hooks, "trunk-up").await;
+    let up = seen.last().unwrap();
+    assert_eq!(field(&up.body, "kind"), Some("trunk-down"));
+    assert_eq!(field(&up.body, "raised"), Some("false"));
+    let down_ms: u64 = field(&up.body, "down_ms").unwrap().parse().unwrap();
+    assert!(down_ms >= 900, "down {down_ms} ms, hold-down 1 s");
+    assert!(table["down-a"].is_up());
     node.shutdown().await;
 }
 
@@ -356,4 +368,52 @@ fn webhook_urls_must_be_plain_http() {
         ),
         (None, 0.2, 30, 10)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_trunk_raises_and_clears_the_channels_alarm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, mut hooks) = webhook_server().await;
+    let gw = Ua::new().await;
+    let node = node(
+        dir.path(),
+        vec![trunk("sat-a", gw.addr, "max_channels = 1")],
+        &url,
+        "",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let table = node.ctx.trunks.get().unwrap().clone();
+    let caller = Ua::new().await;
+    // Call 1 rings and holds the only channel; call 2 finds the trunk full.
+    caller
+        .send(sw, &invite("al-sat-1", "9401", caller.addr, sw))
+        .await;
+    let inv = expect_invite(&gw, "401").await;
+    gw.send(sw, &answer(&inv, 180, "Ringing", "gw", gw.addr, ""))
+        .await;
+    assert!(wait_until(Duration::from_secs(2), || table["sat-a"].channels() == 1).await);
+    caller
+        .send(sw, &invite("al-sat-2", "9402", caller.addr, sw))
+        .await;
+    expect_final(&caller, "al-sat-2", 503).await;
+    let seen = expect_alarm(&mut hooks, "saturated").await;
+    let hit = seen.last().unwrap();
+    assert_eq!(field(&hit.body, "kind"), Some("channels-saturated"));
+    assert_eq!(field(&hit.body, "resource"), Some("channels"));
+    assert_eq!(field(&hit.body, "max"), Some("1"));
+    // The ringing call ends: the channel is free and the alarm clears.
+    node.ctx
+        .directory
+        .lookup(b"al-sat-1")
+        .expect("call running")
+        .cast(switchyard::actors::call::CallMsg::Hangup(
+            "test over".into(),
+        ))
+        .unwrap();
+    let seen = expect_alarm(&mut hooks, "saturation-cleared").await;
+    let hit = seen.last().unwrap();
+    assert_eq!(field(&hit.body, "kind"), Some("channels-saturated"));
+    assert_eq!(field(&hit.body, "used"), Some("0"));
+    node.shutdown().await;
 }
