@@ -313,6 +313,8 @@ pub struct TrunkState {
     /// The probe in flight (sequence number) and whether it was answered.
     probe_out: Option<(u64, bool)>,
     timer: Option<TimerId>,
+    /// The pending saturation check.
+    saturation_timer: Option<TimerId>,
 }
 
 impl Actor for TrunkActor {
@@ -357,6 +359,7 @@ impl Actor for TrunkActor {
             probe_seq: 0,
             probe_out: None,
             timer: None,
+            saturation_timer: None,
         };
         state.schedule_probe();
         state.schedule_saturation_check();
@@ -419,7 +422,10 @@ impl Actor for TrunkActor {
         _myself: ActorRef<TrunkMsg>,
         state: &mut TrunkState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(id) = state.timer.take() {
+        for id in [state.timer.take(), state.saturation_timer.take()]
+            .into_iter()
+            .flatten()
+        {
             state.ctx.timers.cancel(id);
         }
         Ok(())
@@ -482,11 +488,13 @@ impl TrunkState {
         if c.max_channels == 0 && c.max_cps == 0 {
             return;
         }
-        self.ctx
+        let id = self
+            .ctx
             .timers
             .schedule_cast_with(SATURATION_CHECK, &self.myself, |_| {
                 TrunkMsg::CheckSaturation
             });
+        self.saturation_timer = Some(id);
     }
 
     /// A limit counts as reached when a seizure was refused for it since the last check (a
