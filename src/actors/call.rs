@@ -47,6 +47,7 @@ pub const CALLS_FAILED: &str = "switchyard_calls_failed_total";
 pub const CALLS_ENDED: &str = "switchyard_calls_ended_total";
 pub const CALL_SETUP: &str = "switchyard_call_setup_seconds";
 pub const CALLS_RESTORED: &str = "switchyard_calls_restored_total";
+pub const CLICK_TO_CALL: &str = "switchyard_click_to_call_seconds";
 pub const TRANSACTIONS_ACTIVE: &str = "switchyard_transactions_active";
 pub const TRANSACTIONS_TIMED_OUT: &str = "switchyard_transactions_timed_out_total";
 /// How often a queued caller reminds its queue that it waits.
@@ -72,6 +73,11 @@ pub fn describe() {
         CALL_SETUP,
         Unit::Seconds,
         "INVITE received to 180 (stage=ringing) or 200 (stage=answer) sent"
+    );
+    describe_histogram!(
+        CLICK_TO_CALL,
+        Unit::Seconds,
+        "Click-to-call: API request to the customer's INVITE sent (stage=customer_invite)"
     );
     describe_counter!(
         CALLS_RESTORED,
@@ -104,6 +110,8 @@ pub struct CallContext {
     pub active: AtomicUsize,
     pub user_agent: Bytes,
     pub advertise: Option<IpAddr>,
+    /// The static routes and trunk groups (click-to-call routes the customer's number).
+    pub routes: OnceLock<Arc<super::router::Routes>>,
     /// Queues and agents, for queued calls (set once the contact centre starts).
     pub cc: OnceLock<std::sync::Weak<crate::actors::queue::CcContext>>,
     /// The node's trunks (channels are given back through it, also after a restart).
@@ -135,6 +143,7 @@ impl CallContext {
             advertise,
             cc: OnceLock::new(),
             trunks: OnceLock::new(),
+            routes: OnceLock::new(),
         }
     }
 
@@ -226,6 +235,77 @@ pub struct NewCall {
     /// Set for a call to a queue: the caller waits (hearing ringing) until the queue offers
     /// it to an agent; `forks` and the route target are then unused.
     pub queue: Option<QueueJoin>,
+    /// Set for a call the switch originates (click-to-call): `invite` is then a synthetic
+    /// stand-in for the agent's side, and `forks` are the agent's phones, rung first.
+    pub originate: bool,
+}
+
+/// Starts a click-to-call: rings the agent's phones (`forks`) with an INVITE without SDP;
+/// when one answers, its offer goes to `number` along `route` (trunks), and the answer comes
+/// back to the agent in the ACK (RFC 3725, flow I). Returns the agent leg's Call-ID.
+pub async fn originate(
+    ctx: &Arc<CallContext>,
+    calls: &ActorRef<SupervisorMsg>,
+    agent_aor: &str,
+    forks: Vec<Fork>,
+    number: &str,
+    route: Route,
+) -> Result<String, SupervisorError> {
+    let first = forks.first().map(|f| f.dest);
+    let dest = first.unwrap_or(Dest {
+        protocol: Protocol::Udp,
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        conn: None,
+    });
+    let (host, _) = ctx.sent_by(dest.protocol);
+    let call_id = format!("{}@{host}", String::from_utf8_lossy(&random_token(20)));
+    // The agent's side as the rest of the call sees it: as if the agent had called the
+    // number (From the agent, To the number), completed once the agent answers.
+    let mut invite = Message::request(Method::Invite, format!("sip:{number}@{host}"));
+    invite.push(
+        HeaderName::Via,
+        format!(
+            "SIP/2.0/UDP {host};branch={}",
+            String::from_utf8_lossy(&new_branch())
+        ),
+    );
+    invite.push(HeaderName::MaxForwards, "70");
+    invite.push(HeaderName::From, format!("<{agent_aor}>"));
+    invite.push(HeaderName::To, format!("<sip:{number}@{host}>"));
+    invite.push(HeaderName::CallId, call_id.clone());
+    invite.push(HeaderName::CSeq, "1 INVITE");
+    ctx.active.fetch_add(1, Ordering::Relaxed);
+    let source = Source {
+        protocol: dest.protocol,
+        remote: dest.addr,
+        local: dest.addr,
+        conn: dest.conn,
+    };
+    let call = NewCall {
+        invite: Inbound {
+            msg: invite,
+            source,
+        },
+        route,
+        dialled: Bytes::copy_from_slice(number.as_bytes()),
+        forks,
+        queue: None,
+        originate: true,
+    };
+    match start(ctx, calls, call).await {
+        Ok(()) => Ok(call_id),
+        Err(e) => {
+            ctx.active.fetch_sub(1, Ordering::Relaxed);
+            Err(e)
+        }
+    }
+}
+
+/// A click-to-call's agent side before and after the agent answers.
+struct Originated {
+    answered: bool,
+    /// The ACK sent for the agent's 2xx (resent if the 2xx is).
+    ack: Option<Bytes>,
 }
 
 /// Which queue a call joins.
@@ -497,6 +577,8 @@ struct CdrDraft {
 enum Role {
     /// The caller's INVITE (server).
     AInvite,
+    /// Click-to-call: our INVITE to the agent's phone (client).
+    AOriginate,
     /// Our INVITE to the callee (client).
     BInvite,
     /// Our CANCEL of the B-leg INVITE.
@@ -604,6 +686,9 @@ pub struct CallState {
     keepalive: Option<TimerId>,
     trunk_leg: Option<TrunkLeg>,
     invite_timer: Option<TimerId>,
+    /// Click-to-call: the agent side, and the route to the customer until it is used.
+    orig: Option<Originated>,
+    orig_route: Option<Route>,
     /// Offers of this call already reported over (a restarted agent asking about one gets
     /// its outcome; one never seen may still be on its way).
     ended_offers: Vec<u64>,
@@ -642,6 +727,8 @@ impl Actor for CallActor {
             keepalive: None,
             trunk_leg: None,
             invite_timer: None,
+            orig: None,
+            orig_route: None,
             ended_offers: Vec::new(),
         };
         match args.init {
@@ -751,6 +838,7 @@ impl CallState {
             dialled,
             forks,
             queue,
+            originate,
         } = call;
         let Inbound {
             msg: a_invite,
@@ -778,6 +866,9 @@ impl CallState {
         };
         let caller = String::from_utf8_lossy(&from.uri).into_owned();
         let callee = String::from_utf8_lossy(&dialled).into_owned();
+        if originate {
+            return self.begin_originate(a_invite, source, a, route, dialled, forks, caller);
+        }
         let a_invite = Arc::new(a_invite);
         let a_branch = a_invite
             .top_via()
@@ -1018,6 +1109,263 @@ impl CallState {
         copy_extensions(a_invite, &mut b_invite);
         b_invite.body = a_invite.body.clone();
         (b, b_invite, branch)
+    }
+
+    /// Click-to-call, first half: ring the agent. The customer is called when it answers
+    /// ([`CallState::agent_answered`]).
+    #[allow(clippy::too_many_arguments)]
+    fn begin_originate(
+        &mut self,
+        a_invite: Message,
+        source: Source,
+        mut a: Dialog,
+        route: Route,
+        dialled: Bytes,
+        forks: Vec<Fork>,
+        caller: String,
+    ) {
+        let a_call_id = a.call_id.clone();
+        // We are the agent leg's UAC: our tag is its From tag, the agent's comes in its 2xx.
+        a.local_uri = dialog::without_tag(&a_invite.to().expect("built"));
+        a.remote_uri = dialog::without_tag(&a_invite.from().expect("built"));
+        a.remote_tag = Bytes::new();
+        a.local_cseq = 1;
+        a.remote_cseq = None;
+        let a_invite = Arc::new(a_invite);
+        let b = Dialog {
+            call_id: Bytes::new(),
+            local_tag: Bytes::new(),
+            remote_tag: Bytes::new(),
+            local_uri: Bytes::new(),
+            remote_uri: Bytes::new(),
+            remote_target: Bytes::new(),
+            route_set: Vec::new(),
+            local_cseq: 1,
+            remote_cseq: None,
+        };
+        self.core = Some(Checkpoint {
+            phase: Phase::Setup,
+            a_call_id: a_call_id.clone(),
+            b_call_id: Bytes::new(),
+            a_invite: a_invite.clone(),
+            a_source: source,
+            b_invite: Arc::new(Message::request(
+                Method::Invite,
+                Bytes::from_static(b"sip:pending"),
+            )),
+            b_dest: Dest {
+                protocol: source.protocol,
+                addr: source.remote,
+                conn: None,
+            },
+            a,
+            b,
+            cdr: CdrDraft {
+                start_ms: now_unix_ms(),
+                caller,
+                callee: String::from_utf8_lossy(&dialled).into_owned(),
+                route: route.prefix.clone(),
+                target: route.target_text.clone(),
+                ..CdrDraft::default()
+            },
+            b_ack: None,
+            ended: false,
+            queue: None,
+            trunk: None,
+        });
+        self.orig_route = Some(route);
+        self.orig = Some(Originated {
+            answered: false,
+            ack: None,
+        });
+        let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
+        self.checkpoint();
+        for fork in &forks {
+            let (local_uri, local_tag) = {
+                let a = &self.core().a;
+                (a.local_uri.clone(), a.local_tag.clone())
+            };
+            let mut inv = Message::request(Method::Invite, fork.ruri.clone());
+            let branch = new_branch();
+            inv.push(HeaderName::Via, self.ctx.via(fork.dest.protocol, &branch));
+            inv.push(HeaderName::MaxForwards, "70");
+            inv.push(HeaderName::From, dialog::with_tag(&local_uri, &local_tag));
+            inv.push(HeaderName::To, self.core().a.remote_uri.clone());
+            inv.push(HeaderName::CallId, self.core().a_call_id.clone());
+            inv.push(HeaderName::CSeq, cseq_value(1, &Method::Invite));
+            inv.push(HeaderName::Contact, self.ctx.contact(fork.dest.protocol));
+            inv.push(HeaderName::Allow, super::router::ALLOW);
+            inv.push(HeaderName::UserAgent, self.ctx.user_agent.clone());
+            self.new_client_tx(Leg::A, Role::AOriginate, inv, branch, fork.dest);
+        }
+        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
+        for inbound in queued {
+            self.on_sip(inbound);
+        }
+    }
+
+    /// A response from an agent's phone to our click-to-call INVITE.
+    fn agent_response(&mut self, id: u32, resp: &Message, status: u16) {
+        let answered = self.orig.as_ref().is_some_and(|o| o.answered);
+        if answered {
+            if (200..300).contains(&status) {
+                // Our ACK was lost (or another phone answered too): ACK again.
+                if let Some(ack) = self.orig.as_ref().and_then(|o| o.ack.clone()) {
+                    let (_, dest) = self.leg_dest(Leg::A);
+                    self.ctx.transports().send(dest, ack);
+                }
+            }
+            return;
+        }
+        match status {
+            100..=199 => {}
+            200..=299 => self.agent_answered(id, resp),
+            _ => {
+                let others = self.txs.iter().any(|t| {
+                    t.role == Role::AOriginate
+                        && t.id != id
+                        && !t.settled()
+                        && !t.fsm.is_terminated()
+                });
+                if !others {
+                    self.cancel_no_answer();
+                    self.end(
+                        status,
+                        HangupBy::Callee,
+                        &format!("agent answered {status}"),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Click-to-call, second half: the agent answered with its offer; call the customer.
+    fn agent_answered(&mut self, id: u32, resp: &Message) {
+        self.cancel_no_answer();
+        if let Some(o) = self.orig.as_mut() {
+            o.answered = true;
+        }
+        let dest = self.txs.iter().find(|t| t.id == id).map(|t| t.dest);
+        let tag = resp.to().and_then(|t| t.tag()).unwrap_or_default();
+        let target = resp.contacts().next().map(|c| c.uri);
+        let routes: Vec<Bytes> = resp.values(HeaderName::RecordRoute).collect();
+        {
+            let core = self.core();
+            core.a.remote_tag = tag.clone();
+            if let Some(t) = target {
+                core.a.remote_target = t;
+            }
+            core.a.route_set = routes.into_iter().rev().collect();
+            if let Some(d) = dest {
+                core.a_source.protocol = d.protocol;
+                core.a_source.remote = d.addr;
+                core.a_source.conn = d.conn;
+            }
+            // The agent's side now carries its offer, as an INVITE from it would have.
+            let mut inv = (*core.a_invite).clone();
+            inv.set(HeaderName::From, dialog::with_tag(&core.a.remote_uri, &tag));
+            if let Some(ct) = resp.value(HeaderName::ContentType) {
+                inv.set(HeaderName::ContentType, ct.clone());
+            }
+            inv.body = resp.body.clone();
+            core.a_invite = Arc::new(inv);
+        }
+        // Other phones of the agent that still ring are cancelled.
+        let ringing: Vec<u32> = self
+            .txs
+            .iter()
+            .filter(|t| t.role == Role::AOriginate && t.id != id && !t.settled())
+            .map(|t| t.id)
+            .collect();
+        for t in ringing {
+            if let Some(tx) = self.txs.iter_mut().find(|x| x.id == t) {
+                let cancel = cancel_for(&tx.request);
+                let dest = tx.dest;
+                tx.cancelled = true;
+                self.new_client_tx(Leg::A, Role::Own, cancel, Bytes::new(), dest);
+            }
+        }
+        self.checkpoint();
+        let Some(route) = self.orig_route.take() else {
+            return;
+        };
+        let dialled = Bytes::from(self.core().cdr.callee.clone());
+        match &route.group {
+            Some(group) => {
+                let (order, skipped) =
+                    group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
+                self.trunk_leg = Some(TrunkLeg {
+                    plan: order.into(),
+                    attempts: skipped,
+                    current: None,
+                });
+                self.next_trunk();
+            }
+            None => {
+                let fork = Fork {
+                    ruri: Bytes::from(format!(
+                        "sip:{}@{}{}",
+                        String::from_utf8_lossy(&dialled),
+                        route.target.addr,
+                        transport_param(route.target.protocol)
+                    )),
+                    dest: Dest {
+                        protocol: route.target.protocol,
+                        addr: route.target.addr,
+                        conn: None,
+                    },
+                };
+                self.place_b_leg(&[fork], dialled, route.target_text.clone(), None);
+                self.no_answer =
+                    Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
+            }
+        }
+        metrics::histogram!(CLICK_TO_CALL, "stage" => "customer_invite")
+            .record(self.received_at.elapsed().as_secs_f64());
+    }
+
+    /// What the caller would have been told, for a click-to-call: the agent's 2xx is ACKed
+    /// with the customer's answer (or, if the customer failed, ACKed and hung up).
+    fn originated_answer(&mut self, resp: &Message) {
+        let answered = self.orig.as_ref().is_some_and(|o| o.answered);
+        let status = resp.status().unwrap_or(0);
+        if status < 200 {
+            return;
+        }
+        if !answered {
+            // The agent never answered: stop ringing its phones.
+            let ringing: Vec<(u32, Arc<Message>, Dest)> = self
+                .txs
+                .iter()
+                .filter(|t| t.role == Role::AOriginate && !t.settled() && !t.cancelled)
+                .map(|t| (t.id, t.request.clone(), t.dest))
+                .collect();
+            for (id, req, dest) in ringing {
+                if let Some(t) = self.txs.iter_mut().find(|t| t.id == id) {
+                    t.cancelled = true;
+                }
+                self.new_client_tx(Leg::A, Role::Own, cancel_for(&req), Bytes::new(), dest);
+            }
+            return;
+        }
+        if self.orig.as_ref().is_some_and(|o| o.ack.is_some()) {
+            return;
+        }
+        let (body, ct) = if (200..300).contains(&status) {
+            (
+                resp.body.clone(),
+                resp.value(HeaderName::ContentType).cloned(),
+            )
+        } else {
+            (Bytes::new(), None)
+        };
+        let ack = self.send_ack(Leg::A, 1, body, ct);
+        if let Some(o) = self.orig.as_mut() {
+            o.ack = Some(ack);
+        }
+        if status >= 300 {
+            self.send_bye(Leg::A);
+        }
     }
 
     fn restore(&mut self, cp: Checkpoint) {
@@ -1724,6 +2072,7 @@ impl CallState {
                 self.b_invite_response(resp, status);
                 self.fork_tx = None;
             }
+            Role::AOriginate => self.agent_response(id, resp, status),
             Role::Relay { peer } => {
                 if matches!(method, Method::Invite | Method::Update) && (200..300).contains(&status)
                 {
@@ -1796,6 +2145,9 @@ impl CallState {
             return;
         };
         match tx.role {
+            Role::AOriginate => {
+                self.agent_response(id, &Message::response(status, Bytes::new()), status)
+            }
             Role::BInvite if self.stale_forks.contains(&id) => {}
             Role::BInvite if self.offering() => self.offer_fork_failed(id, status),
             Role::BInvite => {
@@ -1959,7 +2311,7 @@ impl CallState {
                 copy_extensions(resp, &mut out);
                 let bytes = out.encode();
                 self.respond_a_invite(out);
-                if !self.core().a_source.protocol.is_reliable() {
+                if !self.core().a_source.protocol.is_reliable() && self.orig.is_none() {
                     let t1 = self.ctx.timer_cfg.t1;
                     let id = self.schedule_call_timer(CallTimer::Resend2xx, t1);
                     self.resend_2xx = Some((id, bytes, t1, Instant::now()));
@@ -1969,6 +2321,12 @@ impl CallState {
                 }
                 self.set_phase(Phase::Answered);
                 self.cancel_other_forks();
+                if self.orig.is_some() {
+                    // Click-to-call: the agent has had the answer in our ACK; the customer's
+                    // 2xx answered our offer, so its ACK is ours to send now.
+                    self.ack_b(Bytes::new(), None);
+                    self.set_phase(Phase::Confirmed);
+                }
             }
             _ => {
                 // Other forks still ringing: keep the best failure until the last one ends.
@@ -2086,6 +2444,9 @@ impl CallState {
     }
 
     fn respond_a_invite(&mut self, resp: Message) {
+        if self.orig.is_some() {
+            return self.originated_answer(&resp);
+        }
         if let Some(id) = self
             .txs
             .iter()

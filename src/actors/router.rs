@@ -396,7 +396,7 @@ impl Admission {
 /// The router.
 pub struct Router {
     ctx: Arc<CallContext>,
-    routes: Routes,
+    routes: Arc<Routes>,
     admission: Admission,
     /// The calls supervisor's registered name (found again after a restart).
     calls: String,
@@ -429,6 +429,8 @@ impl Router {
         admission: Admission,
         calls: String,
     ) -> Router {
+        let routes = Arc::new(routes);
+        let _ = ctx.routes.set(routes.clone());
         Router {
             ctx,
             routes,
@@ -714,6 +716,7 @@ impl Router {
             dialled,
             forks,
             queue,
+            originate: false,
         };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {

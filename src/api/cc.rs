@@ -184,6 +184,22 @@ struct NotReadyBody {
     reason: Option<String>,
 }
 
+/// `POST /calls` body: ring `agent`'s phone, then call `number` (through the routes and
+/// trunks) and bridge.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClickToCall {
+    tenant: String,
+    agent: String,
+    number: String,
+}
+
+/// The answer to `POST /calls`: the agent leg's Call-ID (the CDR's `a_call_id`).
+#[derive(Debug, Serialize)]
+struct CallStarted {
+    call_id: String,
+}
+
 /// Register the contact-centre routes (each with its `path` label).
 pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     let router = route(router, "/queues", get(list_queues));
@@ -194,6 +210,7 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         "/queues/{tenant}/{queue}/decisions",
         get(get_decisions),
     );
+    let router = route(router, "/calls", post(click_to_call));
     let router = route(router, "/agents", get(list_agents));
     let router = route(router, "/agents/{tenant}/{agent}", get(get_agent));
     route(
@@ -489,6 +506,80 @@ fn find_agent(
     cc.directory.has_agent(tenant, agent_id)?;
     agent::lookup(tenant, agent_id, &cc.cc.node)
         .ok_or_else(|| unavailable(format!("agent {tenant}/{agent_id} is not running")))
+}
+
+/// `POST /calls`: click-to-call.
+async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(denied) = state.authorize(&headers) {
+        return denied.into_response();
+    }
+    let answer = async {
+        let req: ClickToCall = Json::<ClickToCall>::from_bytes(&body)
+            .map_err(|e| bad_request(e.body_text()))?
+            .0;
+        if req.number.is_empty()
+            || !req
+                .number
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+*#".contains(c))
+        {
+            return Err(bad_request("number: digits, letters, + * # only"));
+        }
+        let actor = find_agent(&state, &req.tenant, &req.agent)?;
+        let cc = contact_centre(&state)?.cc.clone();
+        let info = agent::info(&actor)
+            .await
+            .map_err(|e| unavailable(format!("agent did not answer: {e}")))?;
+        let bindings = cc.location.lookup(&req.tenant, &info.user);
+        if bindings.is_empty() {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                format!("agent {} has no registered phone", req.agent),
+            ));
+        }
+        let domain = match crate::actors::tenant::lookup(&req.tenant, &cc.node) {
+            Some(t) => crate::actors::tenant::info(&t)
+                .await
+                .map(|i| i.domain)
+                .unwrap_or_else(|_| req.tenant.clone()),
+            None => req.tenant.clone(),
+        };
+        let ctx = cc.calls.clone();
+        let routes = ctx
+            .routes
+            .get()
+            .ok_or_else(|| unavailable("the switch is starting".into()))?;
+        let route = routes
+            .lookup(req.number.as_bytes())
+            .cloned()
+            .ok_or_else(|| {
+                Problem::new(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {}", req.number),
+                )
+            })?;
+        let dialled = crate::actors::router::Routes::rewrite(&route, req.number.as_bytes());
+        let calls = ractor::registry::where_is(format!("calls@{}", cc.node))
+            .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)
+            .ok_or_else(|| unavailable("calls supervisor not running".into()))?;
+        let forks = crate::actors::call::Fork::all(&bindings);
+        let aor = format!("sip:{}@{domain}", info.user);
+        crate::actors::call::originate(
+            &ctx,
+            &calls,
+            &aor,
+            forks,
+            &String::from_utf8_lossy(&dialled),
+            route,
+        )
+        .await
+        .map(|call_id| CallStarted { call_id })
+        .map_err(|e| unavailable(format!("call not started: {e}")))
+    };
+    match answer.await {
+        Ok(started) => (StatusCode::ACCEPTED, Json(started)).into_response(),
+        Err(problem) => problem.into_response(),
+    }
 }
 
 // ---------------------------------------------------------------------------- helpers

@@ -1,0 +1,159 @@
+//! Click-to-call on a real node: `POST /calls` rings the agent's registered phone with an
+//! INVITE without SDP; when it answers with its offer, the customer is called through a
+//! trunk with that offer; the customer's answer reaches the agent in the ACK (RFC 3725,
+//! flow I), and the two are bridged.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+use switchyard::config::{AgentConfig, TenantConfig, UserConfig};
+use switchyard::sip::auth::{ha1, Algorithm};
+use switchyard::sip::message::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DOMAIN: &str = "c2c.test";
+
+fn header(m: &Message, name: &str) -> String {
+    m.headers
+        .iter()
+        .find(|h| {
+            h.name
+                .canonical()
+                .is_some_and(|c| c.eq_ignore_ascii_case(name))
+        })
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .unwrap_or_default()
+}
+
+/// One HTTP/1.1 request; the status code and body.
+async fn http(addr: std::net::SocketAddr, req: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+fn post_call(token: &str, body: &str) -> String {
+    format!(
+        "POST /calls HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let carrier = Ua::new().await;
+    let mut c = config(dir.path(), &[]);
+    c.http.token = Some("tok".into());
+    c.registrar.algorithms = vec!["MD5".into()];
+    c.trunks = vec![toml::from_str(&format!(
+        "id = \"a\"\ngateways = [\"sip:{}\"]\nprobe_interval_secs = 0",
+        carrier.addr
+    ))
+    .unwrap()];
+    c.routes = vec![toml::from_str("prefix = \"9\"\nstrip = 1\ntrunks = [\"a\"]").unwrap()];
+    c.tenants = vec![TenantConfig {
+        id: "t".into(),
+        domain: DOMAIN.into(),
+        users: vec![UserConfig {
+            username: "2001".into(),
+            ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
+            ha1_sha256: None,
+        }],
+        agents: vec![AgentConfig {
+            id: "a1".into(),
+            user: "2001".into(),
+            queues: Vec::new(),
+            skills: Default::default(),
+            wrap_up_secs: None,
+            state: Some("available".into()),
+        }],
+        ..Default::default()
+    }];
+    let node = start_with(c).await;
+    let sw = udp_addr(&node);
+    let http_addr = node.http_addr;
+
+    // Refusals first: no token, no phone registered yet, an unknown agent.
+    let body = r#"{"tenant": "t", "agent": "a1", "number": "9441234"}"#;
+    let (st, _) = http(http_addr, &post_call("wrong", body)).await;
+    assert_eq!(st, 403);
+    let (st, problem) = http(http_addr, &post_call("tok", body)).await;
+    assert_eq!(st, 409, "{problem}");
+    let (st, _) = http(
+        http_addr,
+        &post_call(
+            "tok",
+            r#"{"tenant": "t", "agent": "zz", "number": "9441234"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(st, 404);
+
+    let phone = Ua::new().await;
+    register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    let (st, started) = http(http_addr, &post_call("tok", body)).await;
+    assert_eq!(st, 202, "{started}");
+    assert!(started.contains("call_id"), "{started}");
+
+    // The agent's phone rings first, with no offer.
+    let (inv_a, _) = phone.expect_request("INVITE").await;
+    assert!(inv_a.body.is_empty(), "late offer to the agent");
+    phone
+        .send(sw, &answer(&inv_a, 180, "Ringing", "ag", phone.addr, ""))
+        .await;
+    assert!(
+        carrier.recv(Duration::from_millis(200)).await.is_none(),
+        "the customer is not called before the agent answers"
+    );
+    phone
+        .send(sw, &answer(&inv_a, 200, "OK", "ag", phone.addr, SDP))
+        .await;
+    // The customer gets the agent's offer, number rewritten by the route.
+    let (inv_c, _) = carrier.expect_request("INVITE").await;
+    assert!(
+        String::from_utf8_lossy(inv_c.request_uri().unwrap()).starts_with("sip:441234@"),
+        "{inv_c:?}"
+    );
+    assert_eq!(&inv_c.body[..], SDP.as_bytes());
+    let customer_sdp = SDP.replace("6000", "7000");
+    carrier
+        .send(
+            sw,
+            &answer(&inv_c, 200, "OK", "cu", carrier.addr, &customer_sdp),
+        )
+        .await;
+    // Both are ACKed; the agent's ACK carries the customer's answer.
+    let (ack_a, _) = phone.expect_request("ACK").await;
+    assert!(
+        String::from_utf8_lossy(&ack_a.body).contains("7000"),
+        "{ack_a:?}"
+    );
+    carrier.expect_request("ACK").await;
+    // The agent hangs up: the customer gets the BYE.
+    let bye = format!(
+        "BYE sip:switch@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-c2c-bye;rport\r\nMax-Forwards: 70\r\nFrom: {};tag=ag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        phone.addr,
+        header(&inv_a, "To"),
+        header(&inv_a, "From"),
+        header(&inv_a, "Call-ID"),
+    );
+    phone.send(sw, &bye).await;
+    let (bye_c, _) = carrier.expect_request("BYE").await;
+    carrier
+        .send(sw, &answer(&bye_c, 200, "OK", "", carrier.addr, ""))
+        .await;
+    phone
+        .expect("200 for the agent's BYE", |m| m.status() == Some(200))
+        .await;
+    node.shutdown().await;
+}
