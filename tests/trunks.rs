@@ -411,3 +411,147 @@ async fn carrier_challenge_is_answered_with_the_trunk_credentials_and_caller_id(
         .await;
     node.shutdown().await;
 }
+
+/// A carrier in a task of its own: for its `n`th INVITE it waits `delay(n)`, sends 180, then
+/// answers `status(n)` (200 with SDP, or a failure); counts the INVITEs it got.
+fn spawn_carrier(
+    ua: Ua,
+    sw: SocketAddr,
+    delay: fn(usize) -> Duration,
+    status: fn(usize) -> u16,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut seen = std::collections::HashSet::new();
+        while let Some((m, _)) = ua.recv(Duration::from_secs(30)).await {
+            if m.method().is_none_or(|x| x.to_string() != "INVITE") {
+                if m.method().is_some_and(|x| x.to_string() == "BYE") {
+                    ua.send(sw, &answer(&m, 200, "OK", "", ua.addr, "")).await;
+                }
+                continue;
+            }
+            if !seen.insert(header(&m, "Call-ID")) {
+                continue;
+            }
+            let n = count.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(delay(n)).await;
+            ua.send(sw, &answer(&m, 180, "Ringing", "cx", ua.addr, ""))
+                .await;
+            let st = status(n);
+            let (reason, body) = if st == 200 {
+                ("OK", SDP)
+            } else {
+                ("Refused", "")
+            };
+            ua.send(sw, &answer(&m, st, reason, "cx", ua.addr, body))
+                .await;
+        }
+    })
+}
+
+/// Places `n` calls one after the other (each answered or failed, then hung up) and returns
+/// how many of them each trunk received first (a's INVITE count before b's).
+async fn sequential_calls(node: &Node, caller: &Ua, first: usize, n: usize) {
+    let sw = udp_addr(node);
+    for i in first..first + n {
+        let call_id = format!("seq-{i}");
+        caller
+            .send(sw, &invite(&call_id, "9123", caller.addr, sw))
+            .await;
+        let (m, _) = caller
+            .expect("a final answer", |m| m.status().is_some_and(|s| s >= 200))
+            .await;
+        if m.status() == Some(200) {
+            if let Some(call) = node.ctx.directory.lookup(call_id.as_bytes()) {
+                let _ = call.cast(switchyard::actors::call::CallMsg::Hangup("done".into()));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_rate_first_moves_traffic_away_from_a_trunk_that_starts_refusing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1"),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "answer-rate",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let (na, nb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // a answers its first 25 calls, then refuses 4 in 10 (a callee-final 480: the caller
+    // hears it, a's answer rate drops); b always answers.
+    let ta = spawn_carrier(
+        a,
+        sw,
+        |_| Duration::ZERO,
+        |n| if n >= 25 && n % 10 < 4 { 480 } else { 200 },
+        na.clone(),
+    );
+    let tb = spawn_carrier(b, sw, |_| Duration::ZERO, |_| 200, nb.clone());
+    let caller = Ua::new().await;
+    // Equal answer rates at first: the tie goes to a (priority).
+    sequential_calls(&node, &caller, 0, 25).await;
+    assert_eq!(
+        (na.load(Ordering::Relaxed), nb.load(Ordering::Relaxed)),
+        (25, 0)
+    );
+    // a starts refusing; its answer rate falls below b's prior and traffic moves to b.
+    sequential_calls(&node, &caller, 25, 30).await;
+    let (a_calls, b_calls) = (na.load(Ordering::Relaxed), nb.load(Ordering::Relaxed));
+    assert!(
+        b_calls >= 15,
+        "traffic moved to b: a {a_calls}, b {b_calls}"
+    );
+    let before = nb.load(Ordering::Relaxed);
+    sequential_calls(&node, &caller, 55, 5).await;
+    assert_eq!(nb.load(Ordering::Relaxed) - before, 5, "new calls go to b");
+    ta.abort();
+    tb.abort();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quality_first_prefers_the_trunk_with_the_lower_post_dial_delay() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1\nweight = 1"),
+            trunk("b", b.addr, "priority = 1\nweight = 1"),
+        ],
+        "quality",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let (na, nb) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // a rings after 300 ms, b at once.
+    let ta = spawn_carrier(a, sw, |_| Duration::from_millis(300), |_| 200, na.clone());
+    let tb = spawn_carrier(b, sw, |_| Duration::ZERO, |_| 200, nb.clone());
+    let caller = Ua::new().await;
+    sequential_calls(&node, &caller, 0, 12).await;
+    // Once both have a measured PDD, b (lower PDD, higher quality) takes the calls.
+    let before = (na.load(Ordering::Relaxed), nb.load(Ordering::Relaxed));
+    sequential_calls(&node, &caller, 12, 6).await;
+    let after = (na.load(Ordering::Relaxed), nb.load(Ordering::Relaxed));
+    assert!(before.0 >= 1, "a was tried at first: {before:?}");
+    assert_eq!(
+        after.1 - before.1,
+        6,
+        "the last calls went to b: {before:?} → {after:?}"
+    );
+    ta.abort();
+    tb.abort();
+    node.shutdown().await;
+}

@@ -195,8 +195,12 @@ impl TrunkShared {
     }
 
     /// What a route policy needs to know of this trunk now.
+    /// A trunk not measured yet (too few calls in its window) is seen at its best: the
+    /// answer-rate and quality policies then send it calls until it is measured, instead of
+    /// starving it behind a measured trunk forever (optimism under uncertainty).
     pub fn view(&self) -> TrunkView {
         let (asr, quality) = *self.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let (asr, quality) = (asr.or(Some(1.0)), quality.or(Some(100.0)));
         let opt = |v: u32| (v > 0).then_some(v);
         TrunkView {
             id: self.id.clone(),
