@@ -220,15 +220,23 @@ async fn caller_reaches_agent_and_agent_moves_on() {
     let s = queue_stats(&node, "q0").await;
     assert_eq!((s.joined, s.answered, s.abandoned), (1, 1, 0), "{s:?}");
     assert_eq!(s.answered_within_sl, 1);
+    // The call hands its CDR to the writer as it ends: poll (bounded) until it is there.
     let store = node.tree.store().unwrap();
-    switchyard::actors::store_writer::flush(&store)
-        .await
-        .unwrap();
-    let cdr = switchyard::store::Store::open(&dir.path().join("switchyard.db"))
-        .unwrap()
-        .get_cdr_by_call_id("cc-1")
-        .unwrap()
-        .expect("CDR written");
+    let mut found = None;
+    for _ in 0..100 {
+        switchyard::actors::store_writer::flush(&store)
+            .await
+            .unwrap();
+        found = switchyard::store::Store::open(&dir.path().join("switchyard.db"))
+            .unwrap()
+            .get_cdr_by_call_id("cc-1")
+            .unwrap();
+        if found.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cdr = found.expect("CDR written");
     assert_eq!(cdr.queue.as_deref(), Some("cc/q0"));
     assert_eq!(cdr.agent.as_deref(), Some("a1"));
     assert!(!cdr.abandoned && cdr.wait_ms.is_some());
