@@ -563,3 +563,119 @@ async fn quality_first_prefers_the_trunk_with_the_lower_post_dial_delay() {
     tb.abort();
     node.shutdown().await;
 }
+
+/// A carrier that answers every INVITE at once and counts the calls it holds (answered,
+/// not yet hung up), keeping the peak.
+fn spawn_counting_carrier(
+    ua: Ua,
+    sw: SocketAddr,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut up = std::collections::HashSet::new();
+        while let Some((m, _)) = ua.recv(Duration::from_secs(30)).await {
+            let cid = header(&m, "Call-ID");
+            match m.method().map(|x| x.to_string()).as_deref() {
+                Some("INVITE") if up.insert(cid.clone()) => {
+                    total.fetch_add(1, Ordering::Relaxed);
+                    peak.fetch_max(up.len(), Ordering::Relaxed);
+                    ua.send(sw, &answer(&m, 200, "OK", "cx", ua.addr, SDP))
+                        .await;
+                }
+                Some("BYE") => {
+                    up.remove(&cid);
+                    ua.send(sw, &answer(&m, 200, "OK", "", ua.addr, "")).await;
+                }
+                _ => {}
+            }
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_limit_holds_under_load_while_the_trunk_actor_crashes() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1\nmax_channels = 5"),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let (peak_a, total_a) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (peak_b, total_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let ta = spawn_counting_carrier(a, sw, peak_a.clone(), total_a.clone());
+    let tb = spawn_counting_carrier(b, sw, peak_b.clone(), total_b.clone());
+    // 60 calls over ~2 s, each held ~300 ms, the trunk actor killed three times meanwhile.
+    const CALLS: usize = 60;
+    let caller = Arc::new(Ua::new().await);
+    let answered = Arc::new(AtomicUsize::new(0));
+    let listener = {
+        let (caller, answered, ctx) = (caller.clone(), answered.clone(), node.ctx.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while answered.load(Ordering::Relaxed) < CALLS {
+                let Some((m, _)) = caller.recv(Duration::from_secs(10)).await else {
+                    break;
+                };
+                match m.status() {
+                    Some(200) if header(&m, "CSeq").contains("INVITE") => {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        let cid = header(&m, "Call-ID");
+                        let ctx = ctx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            if let Some(call) = ctx.directory.lookup(cid.as_bytes()) {
+                                let _ = call
+                                    .cast(switchyard::actors::call::CallMsg::Hangup("done".into()));
+                            }
+                        });
+                    }
+                    Some(s) if s >= 300 => failures.push(s),
+                    _ => {}
+                }
+            }
+            failures
+        })
+    };
+    for i in 0..CALLS {
+        caller
+            .send(sw, &invite(&format!("ld-{i}"), "9123", caller.addr, sw))
+            .await;
+        if i % 20 == 10 {
+            if let Some(t) = switchyard::actors::trunk::lookup("a", &node.name) {
+                t.cast(switchyard::actors::trunk::TrunkMsg::InjectPanic)
+                    .unwrap();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(33)).await;
+    }
+    let failures = tokio::time::timeout(Duration::from_secs(30), listener)
+        .await
+        .expect("every call answered in time")
+        .unwrap();
+    assert!(failures.is_empty(), "callers got failures: {failures:?}");
+    assert_eq!(answered.load(Ordering::Relaxed), CALLS);
+    let (pa, ca, cb) = (
+        peak_a.load(Ordering::Relaxed),
+        total_a.load(Ordering::Relaxed),
+        total_b.load(Ordering::Relaxed),
+    );
+    assert!(pa <= 5, "carrier a held {pa} calls at once, limit 5");
+    assert!(
+        pa == 5 && cb > 0,
+        "a was full and calls overflowed to b: a {ca}, b {cb}, peak {pa}"
+    );
+    assert_eq!(ca + cb, CALLS);
+    ta.abort();
+    tb.abort();
+    node.shutdown().await;
+}
