@@ -679,3 +679,49 @@ async fn channel_limit_holds_under_load_while_the_trunk_actor_crashes() {
     tb.abort();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cps_limit_overflows_the_excess_to_the_next_trunk() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1\nmax_cps = 5"),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let (peak_a, total_a) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (peak_b, total_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let ta = spawn_counting_carrier(a, sw, peak_a, total_a.clone());
+    let tb = spawn_counting_carrier(b, sw, peak_b, total_b.clone());
+    let caller = Ua::new().await;
+    // 20 calls in about 0.4 s: a's bucket holds 5 and refills 5 per second.
+    for i in 0..20 {
+        caller
+            .send(sw, &invite(&format!("cps-{i}"), "9123", caller.addr, sw))
+            .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            total_a.load(Ordering::Relaxed) + total_b.load(Ordering::Relaxed) == 20
+        })
+        .await,
+        "every call reached a carrier"
+    );
+    let (ca, cb) = (
+        total_a.load(Ordering::Relaxed),
+        total_b.load(Ordering::Relaxed),
+    );
+    assert!((5..=7).contains(&ca), "a took {ca} calls in 0.4 s at 5 CPS");
+    assert_eq!(cb, 20 - ca);
+    ta.abort();
+    tb.abort();
+    node.shutdown().await;
+}
