@@ -488,10 +488,12 @@ first_rise() {
 }
 first_down() { # T0 T_END TRUNK: seconds from T0 to the first sample saying down
     awk -F';' -v t0="$1" -v t1="$2" -v id="$3" '
-        NR==1 || $2 != id || $3 == "NA" || $1+0 < t0 || $1+0 > t1 || done { next }
-        $3 == 0 { if (!n) printf "already down at the start"; else printf "+%.2f s", $1 - t0; done=1 }
-        { n++ }
-        END { if (!done) printf (n ? "never" : "NA (no samples)") }' "$SAMPLES"
+        NR==1 || $2 != id || $3 == "NA" || $1+0 > t1 || done { next }
+        $1+0 < t0 { last=$3; next }
+        last == "0" { printf "already down at the start"; done=1; next }
+        $3 == 0 { printf "+%.2f s", $1 - t0; done=1 }
+        { last=$3 }
+        END { if (!done) printf (last != "" ? "never" : "NA (no samples)") }' "$SAMPLES"
 }
 failover_causes() { # before after TRUNK: "cause=n ..." deltas of switchyard_trunk_failovers_total
     awk -v id="$3" '
@@ -558,7 +560,10 @@ for p in 1 2; do
                [ "$att" != 0 ] || timing="$timing (no call reached it)" ;;
         esac
         say "trunk $t ($role)$(printf '%*s' $((9 - ${#role})) '')$timing; attempts +$att, answers +$ans, failovers +$fo${causes:+ ($causes)}"
+        downs=$(metric_delta switchyard_trunk_state_changes_total "$b" "$a" "trunk=\"$t\"" 'state="down"')
+        ups=$(metric_delta switchyard_trunk_state_changes_total "$b" "$a" "trunk=\"$t\"" 'state="up"')
         say "    up/down            $(trunk_flips "$t0" "$tw" "$t")"
+        say "    state changes      down +$downs, up +$ups in the phase (switchyard_trunk_state_changes_total; 100 ms samples miss shorter spells)"
         cs=$dir/carrier_${t}_stat.csv
         say "    carrier (SIPp)     incoming $(stat_col "$cs" "IncomingCall(C)"), successful $(stat_col "$cs" "SuccessfulCall(C)"), failed $(stat_col "$cs" "FailedCall(C)"), open when stopped $(stat_col "$cs" CurrentCall) (incoming and open include OPTIONS probes)"
         [ -z "$TRACE_CARRIERS" ] || say "    carrier got        $(msg_counts "$dir/carrier_${t}_msgs.log")"
@@ -571,6 +576,7 @@ kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { pr
 {
     echo "-- overall"
     echo "switch                 CPU $SW_CPU_TOTAL_S s since start, VmHWM $(kib_mib "$SW_HWM_KB"), calls_active $CA_AFTER after the run"
+    echo "metrics samples        $(awk -F';' -v k="${TRUNKS[0]}" 'NR>1 && $2==k { if (n) gap+=$1-prev; prev=$1; n++ } $2=="-" { f++ } END { printf "%d, mean interval %.0f ms, %d failed scrapes", n, (n>1 ? gap*1000/(n-1) : 0), f }' "$SAMPLES")"
     echo "switch log             $(sed 's/\x1b\[[0-9;]*m//g' "$OUT/switch.log" | awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }'), $(grep -ci trunk "$OUT/switch.log" || true) mentioning trunks"
     [ "$CA_AFTER" = 0 ] || [ "$CA_AFTER" = NA ] || echo "WARNING                switchyard_calls_active is $CA_AFTER 30 s after the calls, not 0"
     [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the run: CPU and latency figures are disturbed"
