@@ -725,3 +725,64 @@ async fn cps_limit_overflows_the_excess_to_the_next_trunk() {
     tb.abort();
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_downed_by_failed_calls_is_held_down_despite_good_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Ua::new().await;
+    let mut t = trunk(
+        "a",
+        gw.addr,
+        "down_after_failed_calls = 2\nup_after_good_probes = 1\ndown_hold_secs = 2",
+    );
+    t.probe_interval_secs = 1;
+    let node = node(dir.path(), vec![t], "priority").await;
+    let sw = udp_addr(&node);
+    let table = node.ctx.trunks.get().unwrap().clone();
+    let caller = Ua::new().await;
+    // The gateway answers OPTIONS but refuses calls (503): down after two calls.
+    for i in 0..2 {
+        caller
+            .send(sw, &invite(&format!("fl-{i}"), "9123", caller.addr, sw))
+            .await;
+    }
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while refused < 2 && tokio::time::Instant::now() < deadline {
+        if let Some((m, _)) = gw.recv(Duration::from_millis(100)).await {
+            match m.method().map(|x| x.to_string()).as_deref() {
+                Some("INVITE") => {
+                    refused += 1;
+                    gw.send(
+                        sw,
+                        &answer(&m, 503, "Service Unavailable", "g", gw.addr, ""),
+                    )
+                    .await;
+                }
+                Some("OPTIONS") => gw.send(sw, &answer(&m, 200, "OK", "g", gw.addr, "")).await,
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || !table["a"].is_up()).await,
+        "down after failed calls"
+    );
+    let down_at = tokio::time::Instant::now();
+    // Good probes keep coming; the trunk stays down for the 2 s hold, then comes back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < deadline && !table["a"].is_up() {
+        if let Some((m, _)) = gw.recv(Duration::from_millis(100)).await {
+            if m.method().is_some_and(|x| x.to_string() == "OPTIONS") {
+                gw.send(sw, &answer(&m, 200, "OK", "g", gw.addr, "")).await;
+            }
+        }
+    }
+    let held = down_at.elapsed();
+    assert!(table["a"].is_up(), "back up after the hold");
+    assert!(
+        held >= Duration::from_millis(1500),
+        "held down {held:?} despite good probes"
+    );
+    node.shutdown().await;
+}

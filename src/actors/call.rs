@@ -3369,6 +3369,7 @@ impl CallState {
                 format!("trunk:{}", t.id),
                 caller_id.as_deref(),
             );
+            metrics::counter!(trunk::TRUNK_ATTEMPTS, "trunk" => t.id.to_string()).increment(1);
             self.core().trunk = Some(t.id.clone());
             self.checkpoint();
             let timeout = Duration::from_millis(t.config.invite_timeout_ms);
@@ -3408,8 +3409,10 @@ impl CallState {
         if (180..300).contains(&status) && cur.pdd_ms.is_none() {
             cur.pdd_ms = Some(cur.sent.elapsed().as_millis() as u64);
         }
-        if (200..300).contains(&status) {
+        if (200..300).contains(&status) && cur.answered_at.is_none() {
             cur.answered_at = Some(Instant::now());
+            metrics::counter!(trunk::TRUNK_ANSWERS, "trunk" => cur.trunk.id.to_string())
+                .increment(1);
         }
         if status < 300 {
             // Any response, 100 Trying included, shows the trunk alive.
@@ -3528,6 +3531,9 @@ impl CallState {
         // The abandoned attempt: a late provisional is CANCELled, a late 2xx ended.
         self.stale_forks.push(cur.tx);
         self.withdraw_fork(cur.tx);
+        if !cur.responded {
+            self.stop_retransmitting(cur.tx);
+        }
         self.next_trunk();
         true
     }
@@ -3550,10 +3556,25 @@ impl CallState {
         if let Some(tx) = tx {
             self.stale_forks.push(tx);
             self.withdraw_fork(tx);
+            self.stop_retransmitting(tx);
         }
         let resp = self.a_response(503, "Service Unavailable (All Trunks Failed)", false);
         self.respond_a_invite(resp);
         self.end(503, HangupBy::System, "no trunk answered");
+    }
+
+    /// Gives up on a silent attempt like a proxy's final-response timer does (Kamailio's
+    /// fr_timer): no more retransmissions of its INVITE (Timer A off). The transaction stays
+    /// until Timer B, so a late answer is still CANCELled or ended.
+    fn stop_retransmitting(&mut self, tx: u32) {
+        let id = self
+            .txs
+            .iter_mut()
+            .find(|t| t.id == tx)
+            .and_then(|t| t.timers[TimerName::A as usize].take());
+        if let Some(id) = id {
+            self.ctx.timers.cancel(id);
+        }
     }
 
     /// The call is over: its attempt's result goes to the trunk, its channel back.

@@ -36,6 +36,8 @@ pub const TRUNK_FAILOVERS: &str = "switchyard_trunk_failovers_total";
 pub const TRUNK_ASR: &str = "switchyard_trunk_asr_ratio";
 pub const TRUNK_PDD: &str = "switchyard_trunk_pdd_seconds";
 pub const TRUNK_QUALITY: &str = "switchyard_trunk_quality_score";
+pub const TRUNK_ACD: &str = "switchyard_trunk_acd_seconds";
+pub const TRUNK_CPS: &str = "switchyard_trunk_cps";
 pub const TRUNK_PROBES: &str = "switchyard_trunk_probes_total";
 pub const TRUNK_STATE_CHANGES: &str = "switchyard_trunk_state_changes_total";
 pub const ROUTE_CHOICES: &str = "switchyard_route_trunk_choices_total";
@@ -45,8 +47,14 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_gauge!(TRUNK_UP, "1 while the trunk is up, 0 while down");
     describe_gauge!(TRUNK_CHANNELS, "Channels (calls) in use on the trunk");
-    describe_counter!(TRUNK_ATTEMPTS, "Call attempts sent to the trunk");
-    describe_counter!(TRUNK_ANSWERS, "Attempts the trunk's far end answered");
+    describe_counter!(
+        TRUNK_ATTEMPTS,
+        "Call attempts sent to the trunk (when sent)"
+    );
+    describe_counter!(
+        TRUNK_ANSWERS,
+        "Attempts the trunk's far end answered (when answered)"
+    );
     describe_counter!(
         TRUNK_FAILOVERS,
         "Attempts that moved on to the next trunk, by cause (503, timeout, channels-full, ...)"
@@ -61,6 +69,12 @@ pub fn describe() {
         TRUNK_QUALITY,
         "Quality score 0-100 (PDD and failure causes)"
     );
+    describe_gauge!(
+        TRUNK_ACD,
+        Unit::Seconds,
+        "Average duration of answered calls over the recent window"
+    );
+    describe_gauge!(TRUNK_CPS, "Call attempts on the trunk in the last second");
     describe_counter!(TRUNK_PROBES, "OPTIONS probes, by result (ok, failed)");
     describe_counter!(TRUNK_STATE_CHANGES, "Trunk state changes, by new state");
     describe_counter!(
@@ -291,6 +305,13 @@ pub struct TrunkCheckpoint {
     window: Window,
     health: Health,
     alarms: TrunkAlarms,
+    /// After a down caused by failed calls, good probes do not count before this time: a
+    /// gateway that answers OPTIONS but fails calls would otherwise come back after a few
+    /// probes and fail calls again (flapping). The hold doubles each time the trunk falls
+    /// again soon after coming back.
+    hold_until_ms: u64,
+    hold_ms: u64,
+    up_since_ms: u64,
 }
 
 /// The trunk's alarm edges (in the checkpoint, so a restart neither re-raises nor forgets a
@@ -345,6 +366,9 @@ impl Actor for TrunkActor {
                     },
                     now,
                 ),
+                hold_until_ms: 0,
+                hold_ms: 0,
+                up_since_ms: now,
                 alarms: TrunkAlarms {
                     asr: AsrAlarm::new(args.alarms.asr_config()),
                     streak: FailureStreakAlarm::new(args.alarms.config().failure_streak),
@@ -443,16 +467,13 @@ impl TrunkState {
 
     fn on_attempt(&mut self, r: AttemptReport, now: u64) {
         let labels = self.labels();
-        metrics::counter!(TRUNK_ATTEMPTS, &labels).increment(1);
+        self.cp.window.note_attempt(now);
         if let Some(pdd) = r.pdd_ms {
             metrics::histogram!(TRUNK_PDD, &labels).record(pdd as f64 / 1000.0);
         }
         let failed_over = matches!(r.outcome, Outcome::Failover(c) if !c.is_pre_send());
         let transition = match r.outcome {
-            Outcome::Answered => {
-                metrics::counter!(TRUNK_ANSWERS, &labels).increment(1);
-                self.cp.health.call_ok(now)
-            }
+            Outcome::Answered => self.cp.health.call_ok(now),
             Outcome::CalleeFinal => self.cp.health.call_ok(now),
             Outcome::Failover(cause) => {
                 metrics::counter!(TRUNK_FAILOVERS, "trunk" => self.shared.id.to_string(), "cause" => cause.label()).increment(1);
@@ -527,6 +548,19 @@ impl TrunkState {
         metrics::counter!(TRUNK_STATE_CHANGES, "trunk" => self.shared.id.to_string(), "state" => state).increment(1);
         match t {
             Transition::Down { reason, at_ms } => {
+                if matches!(reason, crate::routing::trunks::DownReason::FailedCalls(_)) {
+                    let base = self.shared.config.down_hold_secs.max(1) * 1000;
+                    // Fell again within 5 minutes of coming back: hold twice as long (5 min
+                    // at most); otherwise start from the configured hold.
+                    self.cp.hold_ms = if at_ms.saturating_sub(self.cp.up_since_ms) < 300_000
+                        && self.cp.hold_ms > 0
+                    {
+                        (self.cp.hold_ms * 2).min(300_000)
+                    } else {
+                        base
+                    };
+                    self.cp.hold_until_ms = at_ms + self.cp.hold_ms;
+                }
                 // The alarm is the log line (warn) as well.
                 self.alarms.raise(Alarm::trunk_down(
                     self.shared.id.clone(),
@@ -541,6 +575,7 @@ impl TrunkState {
                 }
             }
             Transition::Up { down_ms, at_ms, .. } => {
+                self.cp.up_since_ms = at_ms;
                 self.alarms
                     .raise(Alarm::trunk_up(self.shared.id.clone(), down_ms, at_ms))
             }
@@ -569,6 +604,10 @@ impl TrunkState {
     fn probe_result(&mut self, ok: bool, now: u64) {
         metrics::counter!(TRUNK_PROBES, "trunk" => self.shared.id.to_string(), "result" => if ok { "ok" } else { "failed" }).increment(1);
         let t = if ok {
+            if now < self.cp.hold_until_ms {
+                // Held down after failed calls: this probe does not count yet.
+                return;
+            }
             self.cp.health.probe_ok(now)
         } else {
             self.cp.health.probe_failed(now)
@@ -626,10 +665,14 @@ impl TrunkState {
 
     fn publish(&mut self, now: u64) {
         let labels = self.labels();
-        let (asr, quality) = {
+        let (asr, quality, acd) = {
             let stats = self.cp.window.recent(now);
-            (stats.asr_if(20), None::<f64>)
+            (stats.asr_if(20), None::<f64>, stats.acd_ms())
         };
+        if let Some(acd) = acd {
+            metrics::gauge!(TRUNK_ACD, &labels).set(acd / 1000.0);
+        }
+        metrics::gauge!(TRUNK_CPS, &labels).set(f64::from(self.cp.window.cps(now)));
         let quality = quality.or_else(|| self.cp.window.quality_score(now));
         if let Some(a) = asr {
             metrics::gauge!(TRUNK_ASR, &labels).set(a);
