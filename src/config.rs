@@ -272,7 +272,9 @@ pub struct TrunkConfig {
     /// `down_hold_secs`).
     #[serde(default = "default_probe_interval")]
     pub probe_interval_secs: u64,
-    /// With probes off: how long a trunk taken down by failed calls stays down.
+    /// How long a trunk taken down by failed calls stays down before good probes count
+    /// (doubling when it falls again soon after coming back); with probes off, it comes
+    /// back by itself after this.
     #[serde(default = "default_down_hold")]
     pub down_hold_secs: u64,
     #[serde(default = "default_failed_probes")]
