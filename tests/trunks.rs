@@ -786,3 +786,64 @@ async fn a_trunk_downed_by_failed_calls_is_held_down_despite_good_probes() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_marked_down_is_the_last_resort_when_every_up_trunk_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Ua::new().await, Ua::new().await);
+    let node = node(
+        dir.path(),
+        vec![
+            trunk("a", a.addr, "priority = 1\ndown_after_failed_calls = 1"),
+            trunk("b", b.addr, "priority = 2"),
+        ],
+        "priority",
+    )
+    .await;
+    let sw = udp_addr(&node);
+    let table = node.ctx.trunks.get().unwrap().clone();
+    let caller = Ua::new().await;
+    // One 503 from a takes it down (the call goes on to b, which answers).
+    caller
+        .send(sw, &invite("lr-1", "9100", caller.addr, sw))
+        .await;
+    let (inv, _) = a.expect_request("INVITE").await;
+    a.send(
+        sw,
+        &answer(&inv, 503, "Service Unavailable", "ta", a.addr, ""),
+    )
+    .await;
+    let (inv, _) = b.expect_request("INVITE").await;
+    b.send(sw, &answer(&inv, 200, "OK", "tb", b.addr, SDP))
+        .await;
+    assert!(wait_until(Duration::from_secs(2), || !table["a"].is_up()).await);
+    // Now b refuses: a, though marked down, is tried before the caller is failed.
+    caller
+        .send(sw, &invite("lr-2", "9200", caller.addr, sw))
+        .await;
+    let (inv, _) = b
+        .expect("INVITE for lr-2", |m| header(m, "To").contains("9200"))
+        .await;
+    b.send(
+        sw,
+        &answer(&inv, 503, "Service Unavailable", "tb", b.addr, ""),
+    )
+    .await;
+    let (inv, _) = a.expect_request("INVITE").await;
+    a.send(sw, &answer(&inv, 200, "OK", "ta", a.addr, SDP))
+        .await;
+    caller
+        .expect("200 through the last resort", |m| {
+            m.status() == Some(200) && header(m, "Call-ID") == "lr-2"
+        })
+        .await;
+    node.ctx
+        .directory
+        .lookup(b"lr-2")
+        .unwrap()
+        .cast(switchyard::actors::call::CallMsg::Hangup("done".into()))
+        .unwrap();
+    let r = cdr(&node, dir.path(), "lr-2").await;
+    assert_eq!(r.attempts.as_deref(), Some("b:503,a:answered"), "{r:?}");
+    node.shutdown().await;
+}

@@ -540,6 +540,8 @@ pub struct Checkpoint {
 /// causes of the ones given up (for the CDR).
 struct TrunkLeg {
     plan: std::collections::VecDeque<Arc<TrunkShared>>,
+    /// Trunks marked down, tried only when every trunk in `plan` failed.
+    last_resort: std::collections::VecDeque<Arc<TrunkShared>>,
     attempts: Vec<String>,
     current: Option<TrunkAttempt>,
 }
@@ -940,11 +942,11 @@ impl CallState {
             self.checkpoint();
             self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
             if let Some(group) = &route.group {
-                let (order, skipped) =
-                    group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
+                let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
                 self.trunk_leg = Some(TrunkLeg {
-                    plan: order.into(),
-                    attempts: skipped,
+                    plan: plan.order.into(),
+                    last_resort: plan.last_resort.into(),
+                    attempts: plan.skipped,
                     current: None,
                 });
                 self.next_trunk();
@@ -1292,11 +1294,11 @@ impl CallState {
         let dialled = Bytes::from(self.core().cdr.callee.clone());
         match &route.group {
             Some(group) => {
-                let (order, skipped) =
-                    group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
+                let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
                 self.trunk_leg = Some(TrunkLeg {
-                    plan: order.into(),
-                    attempts: skipped,
+                    plan: plan.order.into(),
+                    last_resort: plan.last_resort.into(),
+                    attempts: plan.skipped,
                     current: None,
                 });
                 self.next_trunk();
@@ -3322,7 +3324,13 @@ impl CallState {
     /// with none left the caller gets 503.
     fn next_trunk(&mut self) {
         loop {
-            let Some(t) = self.trunk_leg.as_mut().and_then(|l| l.plan.pop_front()) else {
+            let next = self.trunk_leg.as_mut().and_then(|l| {
+                l.plan
+                    .pop_front()
+                    .map(|t| (t, false))
+                    .or_else(|| l.last_resort.pop_front().map(|t| (t, true)))
+            });
+            let Some((t, last_resort)) = next else {
                 let tried = self
                     .trunk_leg
                     .as_ref()
@@ -3333,7 +3341,12 @@ impl CallState {
                 self.end(503, HangupBy::System, &format!("no trunk left ({tried})"));
                 return;
             };
-            let gw = match t.seize() {
+            let seized = if last_resort {
+                t.seize_last_resort()
+            } else {
+                t.seize()
+            };
+            let gw = match seized {
                 Ok(()) => match t.gateway() {
                     Some(gw) => gw,
                     None => {
@@ -3524,7 +3537,10 @@ impl CallState {
             .core
             .as_ref()
             .is_some_and(|c| matches!(c.phase, Phase::Setup | Phase::Early) && !c.ended);
-        let more = self.trunk_leg.as_ref().is_some_and(|l| !l.plan.is_empty());
+        let more = self
+            .trunk_leg
+            .as_ref()
+            .is_some_and(|l| !l.plan.is_empty() || !l.last_resort.is_empty());
         if !(waiting && more) {
             return false;
         }

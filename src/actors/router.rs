@@ -200,9 +200,11 @@ impl std::fmt::Debug for TrunkShared {
 }
 
 impl TrunkGroup {
-    /// The order to try the trunks in for one call to `dialled` (down and full trunks left
-    /// out, with why).
-    pub fn plan(&self, route: &str, dialled: &str) -> (Vec<Arc<TrunkShared>>, Vec<String>) {
+    /// The order to try the trunks in for one call to `dialled`: the trunks that are up, in
+    /// the policy's order; then, as a last resort, the ones marked down (a call that every
+    /// trunk that is up has failed may still get through one that recovered before its
+    /// probes said so). Full trunks are left out, with why. At most `max_attempts` in all.
+    pub fn plan(&self, route: &str, dialled: &str) -> TrunkPlan {
         let views: Vec<_> = self.trunks.iter().map(|t| t.view()).collect();
         let now = crate::store::now_unix_ms() as u64;
         let plan = {
@@ -215,16 +217,41 @@ impl TrunkGroup {
         let skipped = plan
             .skipped
             .iter()
+            .filter(|s| s.cause != trunk_policy::FailoverCause::TrunkDown)
             .map(|s| format!("{}:{}", self.trunks[s.index].id, s.cause.label()))
             .collect();
-        let order = plan
+        let order: Vec<Arc<TrunkShared>> = plan
             .order
             .iter()
             .take(self.max_attempts)
             .map(|&i| self.trunks[i].clone())
             .collect();
-        (order, skipped)
+        let mut down: Vec<&Arc<TrunkShared>> = plan
+            .skipped
+            .iter()
+            .filter(|s| s.cause == trunk_policy::FailoverCause::TrunkDown)
+            .map(|s| &self.trunks[s.index])
+            .collect();
+        down.sort_by(|a, b| (a.config.priority, &a.id).cmp(&(b.config.priority, &b.id)));
+        let last_resort = down
+            .into_iter()
+            .take(self.max_attempts.saturating_sub(order.len()))
+            .cloned()
+            .collect();
+        TrunkPlan {
+            order,
+            last_resort,
+            skipped,
+        }
     }
+}
+
+/// One call's trunks: to try in order, then the down ones as a last resort; the full ones
+/// left out (`trunk:cause`, for the CDR).
+pub struct TrunkPlan {
+    pub order: Vec<Arc<TrunkShared>>,
+    pub last_resort: Vec<Arc<TrunkShared>>,
+    pub skipped: Vec<String>,
 }
 
 impl Routes {

@@ -154,6 +154,12 @@ impl TrunkShared {
         if !self.is_up() {
             return Err(FailoverCause::TrunkDown);
         }
+        self.seize_last_resort()
+    }
+
+    /// [`TrunkShared::seize`] for a trunk marked down, tried as a last resort when every
+    /// trunk that is up has failed the call: limits still hold.
+    pub fn seize_last_resort(&self) -> Result<(), FailoverCause> {
         let max = self.config.max_channels;
         let taken = self
             .channels
