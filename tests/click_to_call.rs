@@ -139,6 +139,13 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
         "{ack_a:?}"
     );
     carrier.expect_request("ACK").await;
+    // The agent is on this call: no queue can offer it another, a second click-to-call is
+    // refused.
+    let agent = switchyard::actors::agent::lookup("t", "a1", &node.name).unwrap();
+    let info = switchyard::actors::agent::info(&agent).await.unwrap();
+    assert_eq!(info.state, "on_call", "{info:?}");
+    let (st, problem) = http(http_addr, &post_call("tok", body)).await;
+    assert_eq!(st, 409, "{problem}");
     // The agent hangs up: the customer gets the BYE.
     let bye = format!(
         "BYE sip:switch@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-c2c-bye;rport\r\nMax-Forwards: 70\r\nFrom: {};tag=ag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
@@ -155,5 +162,15 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
     phone
         .expect("200 for the agent's BYE", |m| m.status() == Some(200))
         .await;
+    // And is free again once the call is over.
+    let mut state = "";
+    for _ in 0..100 {
+        state = switchyard::actors::agent::info(&agent).await.unwrap().state;
+        if state == "available" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state, "available");
     node.shutdown().await;
 }

@@ -47,6 +47,27 @@ pub fn describe() {
     );
 }
 
+/// The offer id of an agent's outbound (click-to-call) call.
+pub const OUTBOUND_OFFER: u64 = u64::MAX;
+/// The "queue" an outbound call is shown under.
+pub const OUTBOUND_QUEUE: &str = "outbound";
+
+/// Reserves an agent for a click-to-call (see [`AgentMsg::ReserveOutbound`]).
+pub async fn reserve_outbound(
+    agent: &ActorRef<AgentMsg>,
+    call_id: Arc<str>,
+) -> Result<Vec<Fork>, String> {
+    match ractor::call_t!(
+        agent,
+        |reply| AgentMsg::ReserveOutbound { call_id, reply },
+        2000
+    ) {
+        Ok(Ok(forks)) => Ok(forks),
+        Ok(Err(why)) => Err(why.to_string()),
+        Err(e) => Err(format!("agent did not answer: {e}")),
+    }
+}
+
 /// The registered name of an agent's actor.
 pub fn actor_name(tenant: &str, agent: &str, node: &str) -> String {
     format!("agent/{tenant}/{agent}@{node}")
@@ -185,6 +206,12 @@ pub enum AgentMsg {
     PhoneChanged(bool),
     /// A (restarted) queue asks its members to tell it their state again.
     Announce,
+    /// Click-to-call: reserve the agent for an outbound call with this (agent-leg) Call-ID;
+    /// the answer is its phones, or why not. The call reports with offer [`OUTBOUND_OFFER`].
+    ReserveOutbound {
+        call_id: Arc<str>,
+        reply: RpcReplyPort<Result<Vec<Fork>, &'static str>>,
+    },
     Command(Command, RpcReplyPort<Result<AgentInfo, String>>),
     TimerFired(AgentTimer, TimerId),
     GetInfo(RpcReplyPort<AgentInfo>),
@@ -381,6 +408,9 @@ impl Actor for AgentActor {
         let now = now_unix_ms() as u64;
         match msg {
             AgentMsg::Reserve(r) => state.on_reserve(r, now),
+            AgentMsg::ReserveOutbound { call_id, reply } => {
+                let _ = reply.send(state.on_reserve_outbound(call_id, now));
+            }
             AgentMsg::Release { offer } => {
                 if matches!(&state.cp.status, Status::Offered { offer: o, .. } if *o == offer) {
                     state.set_status(Status::Available, now);
@@ -477,6 +507,54 @@ impl AgentState {
 
     fn offerable(&self, now: u64) -> bool {
         self.cp.status == Status::Available && self.phone && self.cp.pause_until_ms <= now
+    }
+
+    /// An outbound call (click-to-call) for this agent: allowed unless it has a call or an
+    /// offer already (not-ready agents may dial out), with a registered phone.
+    fn on_reserve_outbound(
+        &mut self,
+        call_id: Arc<str>,
+        now: u64,
+    ) -> Result<Vec<Fork>, &'static str> {
+        let why = match &self.cp.status {
+            Status::Offered { .. } => Some("offered"),
+            Status::OnCall { .. } => Some("on_call"),
+            Status::LoggedOut => Some("logged_out"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            metrics::counter!(AGENT_RESERVATIONS, "result" => why).increment(1);
+            return Err(why);
+        }
+        let bindings = self.cc.location.lookup(&self.tenant, &self.config.user);
+        if bindings.is_empty() {
+            self.phone = false;
+            return Err("no_phone");
+        }
+        metrics::counter!(AGENT_RESERVATIONS, "result" => "outbound").increment(1);
+        let rules = OfferRules {
+            ring_timeout: Duration::from_secs(60),
+            wrap_up: Duration::ZERO,
+            max_no_answer: u32::MAX,
+            no_answer_delay: Duration::ZERO,
+            reject_delay: Duration::ZERO,
+            busy_delay: Duration::ZERO,
+        };
+        self.cp.rules = Some(rules);
+        self.set_status(
+            Status::Offered {
+                queue: Arc::from(OUTBOUND_QUEUE),
+                call_id,
+                offer: OUTBOUND_OFFER,
+            },
+            now,
+        );
+        self.schedule(
+            AgentTimer::OfferGuard,
+            rules.ring_timeout + Duration::from_secs(10),
+        );
+        self.after_change();
+        Ok(Fork::all(&bindings))
     }
 
     fn on_reserve(&mut self, r: Reserve, now: u64) {

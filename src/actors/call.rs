@@ -237,16 +237,25 @@ pub struct NewCall {
     pub queue: Option<QueueJoin>,
     /// Set for a call the switch originates (click-to-call): `invite` is then a synthetic
     /// stand-in for the agent's side, and `forks` are the agent's phones, rung first.
-    pub originate: bool,
+    pub originate: Option<Originator>,
+}
+
+/// Who a click-to-call is for: the agent (tenant, id) reserved for it, told how it goes.
+#[derive(Clone, Debug, Default)]
+pub struct Originator {
+    pub agent: Option<(Arc<str>, Arc<str>)>,
 }
 
 /// Starts a click-to-call: rings the agent's phones (`forks`) with an INVITE without SDP;
 /// when one answers, its offer goes to `number` along `route` (trunks), and the answer comes
 /// back to the agent in the ACK (RFC 3725, flow I). Returns the agent leg's Call-ID.
+#[allow(clippy::too_many_arguments)]
 pub async fn originate(
     ctx: &Arc<CallContext>,
     calls: &ActorRef<SupervisorMsg>,
+    call_id: String,
     agent_aor: &str,
+    agent: Option<(Arc<str>, Arc<str>)>,
     forks: Vec<Fork>,
     number: &str,
     route: Route,
@@ -258,7 +267,6 @@ pub async fn originate(
         conn: None,
     });
     let (host, _) = ctx.sent_by(dest.protocol);
-    let call_id = format!("{}@{host}", String::from_utf8_lossy(&random_token(20)));
     // The agent's side as the rest of the call sees it: as if the agent had called the
     // number (From the agent, To the number), completed once the agent answers.
     let mut invite = Message::request(Method::Invite, format!("sip:{number}@{host}"));
@@ -290,7 +298,7 @@ pub async fn originate(
         dialled: Bytes::copy_from_slice(number.as_bytes()),
         forks,
         queue: None,
-        originate: true,
+        originate: Some(Originator { agent }),
     };
     match start(ctx, calls, call).await {
         Ok(()) => Ok(call_id),
@@ -691,6 +699,8 @@ pub struct CallState {
     /// Click-to-call: the agent side, and the route to the customer until it is used.
     orig: Option<Originated>,
     orig_route: Option<Route>,
+    /// The agent reserved for this click-to-call, told how its call goes.
+    orig_agent: Option<(Arc<str>, Arc<str>)>,
     /// Offers of this call already reported over (a restarted agent asking about one gets
     /// its outcome; one never seen may still be on its way).
     ended_offers: Vec<u64>,
@@ -731,6 +741,7 @@ impl Actor for CallActor {
             invite_timer: None,
             orig: None,
             orig_route: None,
+            orig_agent: None,
             ended_offers: Vec::new(),
         };
         match args.init {
@@ -868,7 +879,8 @@ impl CallState {
         };
         let caller = String::from_utf8_lossy(&from.uri).into_owned();
         let callee = String::from_utf8_lossy(&dialled).into_owned();
-        if originate {
+        if let Some(o) = originate {
+            self.orig_agent = o.agent;
             return self.begin_originate(a_invite, source, a, route, dialled, forks, caller);
         }
         let a_invite = Arc::new(a_invite);
@@ -1247,6 +1259,7 @@ impl CallState {
         if let Some(o) = self.orig.as_mut() {
             o.answered = true;
         }
+        self.tell_orig_agent(crate::actors::agent::OfferOutcome::Answered);
         let dest = self.txs.iter().find(|t| t.id == id).map(|t| t.dest);
         let tag = resp.to().and_then(|t| t.tag()).unwrap_or_default();
         let target = resp.contacts().next().map(|c| c.uri);
@@ -1324,6 +1337,40 @@ impl CallState {
         }
         metrics::histogram!(CLICK_TO_CALL, "stage" => "customer_invite")
             .record(self.received_at.elapsed().as_secs_f64());
+    }
+
+    /// Tells the click-to-call's agent how its phone's leg went.
+    fn tell_orig_agent(&self, outcome: crate::actors::agent::OfferOutcome) {
+        use crate::actors::agent::{self, AgentMsg, OUTBOUND_OFFER};
+        let (Some((tenant, id)), Some(cc)) = (&self.orig_agent, self.cc()) else {
+            return;
+        };
+        agent::tell(
+            &cc,
+            tenant,
+            id,
+            AgentMsg::OfferEnded {
+                offer: OUTBOUND_OFFER,
+                outcome,
+            },
+        );
+    }
+
+    /// At the end of a click-to-call: the agent is told the call is over (or that its phone
+    /// never answered).
+    fn orig_call_ended(&mut self, final_status: u16) {
+        use crate::actors::agent::{self, AgentMsg, OfferOutcome};
+        let Some(answered) = self.orig.as_ref().map(|o| o.answered) else {
+            return;
+        };
+        if !answered {
+            return self.tell_orig_agent(OfferOutcome::from_status(final_status, false));
+        }
+        let (Some((tenant, id)), Some(cc)) = (self.orig_agent.clone(), self.cc()) else {
+            return;
+        };
+        let call_id = self.a_call_id_str();
+        agent::tell(&cc, &tenant, &id, AgentMsg::CallEnded { call_id });
     }
 
     /// What the caller would have been told, for a click-to-call: the agent's 2xx is ACKed
@@ -3659,6 +3706,7 @@ impl CallState {
         core.cdr.reason = reason.to_string();
         self.queue_call_ended();
         self.trunk_call_ended(final_status);
+        self.orig_call_ended(final_status);
         let core = self.core();
         if core.cdr.answer_ms.is_none() {
             metrics::counter!(CALLS_FAILED, "status" => status_label(final_status)).increment(1);

@@ -743,7 +743,7 @@ impl Router {
             dialled,
             forks,
             queue,
-            originate: false,
+            originate: None,
         };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {

@@ -530,13 +530,7 @@ async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: 
         let info = agent::info(&actor)
             .await
             .map_err(|e| unavailable(format!("agent did not answer: {e}")))?;
-        let bindings = cc.location.lookup(&req.tenant, &info.user);
-        if bindings.is_empty() {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                format!("agent {} has no registered phone", req.agent),
-            ));
-        }
+
         let domain = match crate::actors::tenant::lookup(&req.tenant, &cc.node) {
             Some(t) => crate::actors::tenant::info(&t)
                 .await
@@ -562,19 +556,53 @@ async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: 
         let calls = ractor::registry::where_is(format!("calls@{}", cc.node))
             .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)
             .ok_or_else(|| unavailable("calls supervisor not running".into()))?;
-        let forks = crate::actors::call::Fork::all(&bindings);
+        // The agent is reserved first (no queue can offer it a call meanwhile, and an agent
+        // already on a call or offered one is refused), then its phones ring.
+        let (host, _) = ctx.sent_by(crate::transport::Protocol::Udp);
+        let call_id = format!(
+            "c2c-{}@{host}",
+            crate::sip::dialog::random_token(16).escape_ascii()
+        );
+        let forks = agent::reserve_outbound(&actor, Arc::from(call_id.as_str()))
+            .await
+            .map_err(|why| {
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    format!("agent {} cannot take an outbound call: {why}", req.agent),
+                )
+            })?;
         let aor = format!("sip:{}@{domain}", info.user);
-        crate::actors::call::originate(
+        let who = Some((
+            Arc::from(req.tenant.as_str()),
+            Arc::from(req.agent.as_str()),
+        ));
+        let started = crate::actors::call::originate(
             &ctx,
             &calls,
+            call_id.clone(),
             &aor,
+            who,
             forks,
             &String::from_utf8_lossy(&dialled),
             route,
         )
-        .await
-        .map(|call_id| CallStarted { call_id })
-        .map_err(|e| unavailable(format!("call not started: {e}")))
+        .await;
+        match started {
+            Ok(call_id) => Ok(CallStarted { call_id }),
+            Err(e) => {
+                // Free the agent again.
+                agent::tell(
+                    &cc,
+                    &req.tenant,
+                    &req.agent,
+                    AgentMsg::OfferEnded {
+                        offer: agent::OUTBOUND_OFFER,
+                        outcome: agent::OfferOutcome::Cancelled,
+                    },
+                );
+                Err(unavailable(format!("call not started: {e}")))
+            }
+        }
     };
     match answer.await {
         Ok(started) => (StatusCode::ACCEPTED, Json(started)).into_response(),
