@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::net::SocketAddr;
 use std::time::Duration;
 use switchyard::config::{Config, TrunkConfig};
 use switchyard::server::Node;
@@ -15,41 +14,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-fn trunk(id: &str, gw: SocketAddr, extra: &str) -> TrunkConfig {
-    toml::from_str(&format!(
-        "id = \"{id}\"\ngateways = [\"sip:{gw}\"]\ninvite_timeout_ms = 400\nprobe_interval_secs = 0\n{extra}"
-    ))
-    .unwrap()
-}
-
 /// A node whose route `9` goes to `trunks`, posting alarms to `hook` with `alarms` settings.
 async fn node(dir: &std::path::Path, trunks: Vec<TrunkConfig>, hook: &str, alarms: &str) -> Node {
-    let mut c: Config = config(dir, &[]);
-    let route: switchyard::config::RouteConfig = toml::from_str(&format!(
-        "prefix = \"9\"\nstrip = 1\ntrunks = [{}]",
-        trunks
-            .iter()
-            .map(|t| format!("\"{}\"", t.id))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .unwrap();
-    c.routes = vec![route];
-    c.trunks = trunks;
+    let mut c = trunk_config(dir, trunks, "priority");
     c.alarms = toml::from_str(&format!("webhook_url = \"{hook}\"\n{alarms}")).unwrap();
     start_with(c).await
-}
-
-fn header(m: &Message, name: &str) -> String {
-    m.headers
-        .iter()
-        .find(|h| {
-            h.name
-                .canonical()
-                .is_some_and(|c| c.eq_ignore_ascii_case(name))
-        })
-        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-        .unwrap_or_default()
 }
 
 /// The carrier's INVITE for `number` (retransmissions of earlier calls are skipped).

@@ -9,22 +9,9 @@ use common::*;
 use std::time::Duration;
 use switchyard::config::{AgentConfig, TenantConfig, UserConfig};
 use switchyard::sip::auth::{ha1, Algorithm};
-use switchyard::sip::message::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOMAIN: &str = "c2c.test";
-
-fn header(m: &Message, name: &str) -> String {
-    m.headers
-        .iter()
-        .find(|h| {
-            h.name
-                .canonical()
-                .is_some_and(|c| c.eq_ignore_ascii_case(name))
-        })
-        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-        .unwrap_or_default()
-}
 
 /// One HTTP/1.1 request; the status code and body.
 async fn http(addr: std::net::SocketAddr, req: &str) -> (u16, String) {

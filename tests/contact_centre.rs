@@ -143,18 +143,6 @@ async fn phone_answers(phone: &Ua, sw: SocketAddr) -> Message {
     inv
 }
 
-fn header(m: &Message, name: &str) -> String {
-    m.headers
-        .iter()
-        .find(|h| {
-            h.name
-                .canonical()
-                .is_some_and(|c| c.eq_ignore_ascii_case(name))
-        })
-        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-        .unwrap_or_default()
-}
-
 fn ack_for(resp: &Message, caller: &Ua, sw: SocketAddr, call_id: &str, number: &str) -> String {
     format!(
         "ACK sip:{number}@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-ack-{call_id};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",

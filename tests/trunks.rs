@@ -8,44 +8,12 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
-use switchyard::config::{Config, TrunkConfig};
+use switchyard::config::TrunkConfig;
 use switchyard::server::Node;
-use switchyard::sip::message::Message;
-
-fn trunk(id: &str, gw: SocketAddr, extra: &str) -> TrunkConfig {
-    toml::from_str(&format!(
-        "id = \"{id}\"\ngateways = [\"sip:{gw}\"]\ninvite_timeout_ms = 400\nprobe_interval_secs = 0\n{extra}"
-    ))
-    .unwrap()
-}
 
 /// A node whose route `9` goes to the given trunks under `policy`.
 async fn node(dir: &std::path::Path, trunks: Vec<TrunkConfig>, policy: &str) -> Node {
-    let mut c: Config = config(dir, &[]);
-    let route: switchyard::config::RouteConfig = toml::from_str(&format!(
-        "prefix = \"9\"\nstrip = 1\ntrunks = [{}]\npolicy = \"{policy}\"",
-        trunks
-            .iter()
-            .map(|t| format!("\"{}\"", t.id))
-            .collect::<Vec<_>>()
-            .join(", ")
-    ))
-    .unwrap();
-    c.routes = vec![route];
-    c.trunks = trunks;
-    start_with(c).await
-}
-
-fn header(m: &Message, name: &str) -> String {
-    m.headers
-        .iter()
-        .find(|h| {
-            h.name
-                .canonical()
-                .is_some_and(|c| c.eq_ignore_ascii_case(name))
-        })
-        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-        .unwrap_or_default()
+    start_with(trunk_config(dir, trunks, policy)).await
 }
 
 /// The CDR of a call, once written (the call hands it to the writer as it ends, which may be

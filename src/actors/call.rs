@@ -902,17 +902,7 @@ impl CallState {
         if queue.is_some() || route.group.is_some() {
             // Queued: no B leg until the queue offers an agent. Through a trunk group: the
             // B leg goes to the first trunk of the call's plan, then the next on failover.
-            let b = Dialog {
-                call_id: Bytes::new(),
-                local_tag: Bytes::new(),
-                remote_tag: Bytes::new(),
-                local_uri: Bytes::new(),
-                remote_uri: Bytes::new(),
-                remote_target: Bytes::new(),
-                route_set: Vec::new(),
-                local_cseq: 1,
-                remote_cseq: None,
-            };
+            let b = pending_b_dialog();
             self.core = Some(Checkpoint {
                 phase: if queue.is_some() {
                     Phase::Queued
@@ -1146,17 +1136,7 @@ impl CallState {
         a.local_cseq = 1;
         a.remote_cseq = None;
         let a_invite = Arc::new(a_invite);
-        let b = Dialog {
-            call_id: Bytes::new(),
-            local_tag: Bytes::new(),
-            remote_tag: Bytes::new(),
-            local_uri: Bytes::new(),
-            remote_uri: Bytes::new(),
-            remote_target: Bytes::new(),
-            route_set: Vec::new(),
-            local_cseq: 1,
-            remote_cseq: None,
-        };
+        let b = pending_b_dialog();
         self.core = Some(Checkpoint {
             phase: Phase::Setup,
             a_call_id: a_call_id.clone(),
@@ -3771,6 +3751,22 @@ impl Checkpoint {
             trunk: self.cdr.target.strip_prefix("trunk:").map(str::to_string),
             attempts: d.attempts.clone(),
         }
+    }
+}
+
+/// The B dialog of a call whose B leg is not placed yet (queued, or waiting for the agent
+/// of a click-to-call): filled in when the first B INVITE goes out.
+fn pending_b_dialog() -> Dialog {
+    Dialog {
+        call_id: Bytes::new(),
+        local_tag: Bytes::new(),
+        remote_tag: Bytes::new(),
+        local_uri: Bytes::new(),
+        remote_uri: Bytes::new(),
+        remote_target: Bytes::new(),
+        route_set: Vec::new(),
+        local_cseq: 1,
+        remote_cseq: None,
     }
 }
 

@@ -321,3 +321,45 @@ pub async fn register_udp(ua: &Ua, sw: SocketAddr, domain: &str, user: &str, pw:
     .await;
     ua.expect_status(200).await;
 }
+
+/// The value of the first header called `name` (case-insensitive), or "".
+pub fn header(m: &Message, name: &str) -> String {
+    m.headers
+        .iter()
+        .find(|h| {
+            h.name
+                .canonical()
+                .is_some_and(|c| c.eq_ignore_ascii_case(name))
+        })
+        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .unwrap_or_default()
+}
+
+/// A trunk to a gateway on loopback: probes off, a 400 ms INVITE timeout, `extra` TOML lines.
+pub fn trunk(id: &str, gw: SocketAddr, extra: &str) -> switchyard::config::TrunkConfig {
+    toml::from_str(&format!(
+        "id = \"{id}\"\ngateways = [\"sip:{gw}\"]\ninvite_timeout_ms = 400\nprobe_interval_secs = 0\n{extra}"
+    ))
+    .unwrap()
+}
+
+/// A config whose route `9` (strip 1) goes to `trunks` under `policy`.
+pub fn trunk_config(
+    dir: &std::path::Path,
+    trunks: Vec<switchyard::config::TrunkConfig>,
+    policy: &str,
+) -> Config {
+    let mut c: Config = config(dir, &[]);
+    let route: RouteConfig = toml::from_str(&format!(
+        "prefix = \"9\"\nstrip = 1\ntrunks = [{}]\npolicy = \"{policy}\"",
+        trunks
+            .iter()
+            .map(|t| format!("\"{}\"", t.id))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .unwrap();
+    c.routes = vec![route];
+    c.trunks = trunks;
+    c
+}
