@@ -32,10 +32,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+# shellcheck source=lib/common.sh
+. "$here/lib/common.sh"
 scen=$here/scenarios
 
-usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
-die() { echo "c2c.sh: $*" >&2; exit 2; }
 
 AGENTS=10000 RATE=50 CALLS=2000 TALK=5 REG_RATE=1000
 BIN="" OUT=""
@@ -87,90 +87,12 @@ TALK_MS=$((TALK * 1000))
 NUM_BASE=10000000
 
 # ---------------------------------------------------------------- children
-CHILD_PIDS=()
-cleanup() {
-    local pid
-    for pid in "${CHILD_PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${CHILD_PIDS[@]:-}"; do
-        [ -n "$pid" ] || continue
-        for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'echo "c2c.sh: interrupted" >&2; exit 130' INT TERM
 
 # ---------------------------------------------------------------- helpers (as in cc.sh)
-TAKEN_PORTS=" "
-pick_port() {
-    local var=$1 p
-    for _ in $(seq 1 500); do
-        p=$((20000 + RANDOM % 12000))
-        case "$TAKEN_PORTS" in *" $p "*) continue ;; esac
-        if [ -z "$(ss -Htuan "( sport = :$p )" 2>/dev/null)" ]; then
-            TAKEN_PORTS="$TAKEN_PORTS$p "
-            printf -v "$var" '%s' "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-udp_bound() { [ -n "$(ss -Hlun "( sport = :$1 )" 2>/dev/null)" ]; }
-wait_udp_bound() { # port pid what
-    for _ in $(seq 1 100); do
-        udp_bound "$1" && return 0
-        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up (see $OUT)"
-        sleep 0.1
-    done
-    die "$3 did not bind udp:$HOST:$1 within 10 s"
-}
-scrape() { curl -sf --max-time 5 "http://$HOST:$HTTP_PORT/metrics" -o "$1" 2>/dev/null; }
-api_get() { curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" "http://$HOST:$HTTP_PORT$1" 2>/dev/null; }
-# Sum of metric $1 over the series whose labels contain every one of $3...; "NA" if none.
-metric_sum() {
-    local name=$1 file=$2; shift 2
-    awk -v m="$name" -v want="$*" '
-        $0 ~ /^#/ || NF < 2 { next }
-        { n=$1; sub(/\{.*/, "", n); if (n != m) next
-          k=split(want, w, " "); for (i=1;i<=k;i++) if (index($0, w[i]) == 0) next
-          s+=$NF; f=1 }
-        END { if (f) printf "%.0f\n", s; else print "NA" }' "$file"
-}
-cpu_ticks() { # utime+stime of pid $1 (the command name may hold spaces)
-    local s rest
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    rest=${s##*) }
-    # shellcheck disable=SC2086
-    set -- $rest
-    echo $(( ${12} + ${13} ))
-}
-status_kb() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status" 2>/dev/null; }
-HZ=$(getconf CLK_TCK)
-ticks_s() { awk -v t="$1" -v hz="$HZ" 'BEGIN { if (t=="NA" || t=="") print "NA"; else printf "%.2f", t/hz }'; }
-# Column $2 of SIPp stat file $1: last row, or the maximum with $3 = max.
-stat_col() {
-    [ -s "$1" ] || { echo NA; return; }
-    awk -F';' -v col="$2" -v mode="${3:-last}" '
-        NR==1 { for (i=1;i<=NF;i++) if ($i==col) c=i; next }
-        c && $c != "" { v=$c+0; if (mode=="max") { if (!seen || v>m) m=v } else m=v; seen=1 }
-        END { if (seen) print m; else print "NA" }' "$1"
-}
 # Number of rtd $2 samples in SIPp rtt file $1.
 rtd_count() {
     if [ -z "$1" ] || [ ! -s "$1" ]; then echo 0; return; fi
     awk -F';' -v name="$2" 'NR>1 && $3==name { n++ } END { print n+0 }' "$1"
-}
-is_num() { [[ "$1" =~ ^[0-9]+$ ]]; }
-now_s() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b-a }'; }
-sipp_stop() { # pid: SIGUSR1 makes SIPp stop, write its final statistics and quit
-    kill -0 "$1" 2>/dev/null || return 0
-    kill -USR1 "$1" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
 }
 
 pick_port SIP_PORT; pick_port HTTP_PORT
@@ -310,7 +232,6 @@ PY
 
 # Report lines go to the terminal and to report.txt.
 : > "$OUT/report.txt"
-say() { echo "$@" | tee -a "$OUT/report.txt"; }
 say "== switchyard click-to-call load ($(date -u +%FT%TZ), $(nproc) cores)"
 say "agents                 $AGENTS of tenant cc ($DOMAIN), available, no queue"
 say "offered                $CALLS POST /calls at $RATE/s; agents round-robin; talk ${TALK} s"
@@ -351,7 +272,6 @@ wait_udp_bound "$AGENT_PORT" "$AGENT_PID" "SIPp agent UAS"
 # ---------------------------------------------------------------- registrations
 VERDICT=PASS
 REASONS=()
-fail() { VERDICT=FAIL; REASONS+=("$1"); }
 t0=$(now_s)
 (cd "$OUT" && timeout $((AGENTS / REG_RATE + 60)) sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
     -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" \
@@ -621,7 +541,6 @@ A_HUNGUP=$(rtd_count "$A_RTT" hungup)
 A_RELEASED=$(rtd_count "$A_RTT" released)
 PEAK_SW=$(awk -F';' 'NR>1 && $4!="NA" && $4!="" { if (!s || $4+0>m) m=$4+0; s=1 } END { print s ? m : "NA" }' "$SAMPLES")
 PEAK_RSS_KB=$(awk -F';' 'NR>1 && $3+0>m { m=$3+0 } END { print m+0 }' "$SAMPLES")
-kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
 POST_SPAN=$(awk -F';' 'NR==2 { a=$4 } NR>1 { b=$4 } END { printf "%.1f", b-a }' "$OUT/posts.csv" 2>/dev/null || echo NA)
 
 [ "$POSTS" = "$CALLS" ] || fail "the client posted $POSTS of $CALLS"

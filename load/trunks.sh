@@ -38,10 +38,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
+# shellcheck source=lib/common.sh
+. "$here/lib/common.sh"
 scen=$here/scenarios
 
-usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
-die() { echo "trunks.sh: $*" >&2; exit 2; }
 
 CAPS=200 PHASE_SECS=30 CALL_MS=2000 INVITE_TIMEOUT_MS=2000
 BIN="" OUT="" TRACE_CARRIERS=""
@@ -95,38 +95,9 @@ RECV_TIMEOUT_MS=20000
 PHASE_LIMIT_S=$(( PHASE_SECS + CALL_S + 2 * INVITE_TIMEOUT_MS / 1000 + 60 ))
 
 # ---------------------------------------------------------------- children
-CHILD_PIDS=()
-cleanup() {
-    local pid
-    for pid in "${CHILD_PIDS[@]:-}"; do
-        [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${CHILD_PIDS[@]:-}"; do
-        [ -n "$pid" ] || continue
-        for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-}
-trap cleanup EXIT
-trap 'echo "trunks.sh: interrupted" >&2; exit 130' INT TERM
 
 # ---------------------------------------------------------------- helpers
 # A port no socket uses now, below the usual ephemeral range (as run.sh picks them).
-TAKEN_PORTS=" "
-pick_port() {
-    local var=$1 p
-    for _ in $(seq 1 500); do
-        p=$((20000 + RANDOM % 12000))
-        case "$TAKEN_PORTS" in *" $p "*) continue ;; esac
-        if [ -z "$(ss -Htuan "( sport = :$p )" 2>/dev/null)" ]; then
-            TAKEN_PORTS="$TAKEN_PORTS$p "
-            printf -v "$var" '%s' "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
-udp_bound() { [ -n "$(ss -Hlun "( sport = :$1 )" 2>/dev/null)" ]; }
 wait_udp_bound() { # port pid what (bounded, 10 s)
     for _ in $(seq 1 500); do
         udp_bound "$1" && return 0
@@ -139,7 +110,6 @@ wait_udp_free() { # port: a stopped SIPp's socket is gone (bounded, 5 s)
     for _ in $(seq 1 250); do udp_bound "$1" || return 0; sleep 0.02; done
     return 1
 }
-scrape() { curl -sf --max-time 5 "http://$HOST:$HTTP_PORT/metrics" -o "$1" 2>/dev/null; }
 # Sum of metric $1 over the series whose labels contain every one of $3...; "NA" if none.
 metric_sum() {
     local name=$1 file=$2; shift 2
@@ -163,25 +133,6 @@ metric_delta() {
     [ "$b" != NA ] || b=0
     echo $((a - b))
 }
-cpu_ticks() { # utime+stime of pid $1 (the command name may hold spaces)
-    local s rest
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    rest=${s##*) }
-    # shellcheck disable=SC2086
-    set -- $rest
-    echo $(( ${12} + ${13} ))
-}
-status_kb() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status" 2>/dev/null; }
-HZ=$(getconf CLK_TCK)
-ticks_s() { awk -v t="$1" -v hz="$HZ" 'BEGIN { if (t=="NA" || t=="") print "NA"; else printf "%.2f", t/hz }'; }
-# Column $2 of SIPp stat file $1: last row, or the maximum with $3 = max.
-stat_col() {
-    [ -s "$1" ] || { echo NA; return; }
-    awk -F';' -v col="$2" -v mode="${3:-last}" '
-        NR==1 { for (i=1;i<=NF;i++) if ($i==col) c=i; next }
-        c && $c != "" { v=$c+0; if (mode=="max") { if (!seen || v>m) m=v } else m=v; seen=1 }
-        END { if (seen) print m; else print "NA" }' "$1"
-}
 # "n p50 p99 max" (nearest rank) of the rtd named $2 in SIPp rtt file $1.
 rtd_stats() {
     if [ -z "$1" ] || [ ! -s "$1" ]; then echo "0 NA NA NA"; return; fi
@@ -194,7 +145,6 @@ rtd_at_least() {
     if [ -z "$1" ] || [ ! -s "$1" ]; then echo NA; return; fi
     awk -F';' -v name="$2" -v lim="$3" 'NR>1 && $3==name && $2+0 >= lim { n++ } END { print n+0 }' "$1"
 }
-is_num() { [[ "$1" =~ ^[0-9]+$ ]]; }
 rel() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b-a }'; }
 sipp_stop() { # pid: SIGUSR1 makes SIPp stop, write its final statistics and quit
     kill -0 "$1" 2>/dev/null || { wait "$1" 2>/dev/null || true; return 0; }
@@ -255,7 +205,6 @@ CFG
 
 # Report lines go to the terminal and to report.txt.
 : > "$OUT/report.txt"
-say() { echo "$@" | tee -a "$OUT/report.txt"; }
 say "== switchyard trunk failover load ($(date -u +%FT%TZ), $(nproc) cores)"
 say "offered                2 phases x $CALLS calls ($CAPS CAPS x $PHASE_SECS s) to $DIALLED, ${CALL_MS} ms calls; invite_timeout ${INVITE_TIMEOUT_MS} ms, probes 1 s, down after 3 failed probes / 3 failed calls, up after 3 good probes"
 say "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT ($BIN)"
@@ -369,7 +318,6 @@ case " $UPS" in *"=NA"*) echo "trunks.sh: WARNING: switchyard_trunk_up missing f
 
 VERDICT=PASS
 REASONS=()
-fail() { VERDICT=FAIL; REASONS+=("$1"); }
 BUILD_SEEN=0
 
 # ---------------------------------------------------------------- one phase
@@ -572,7 +520,6 @@ for p in 1 2; do
 done
 
 [ -z "$SW_DIED" ] || fail "switch died during the run (log: $OUT/switch.log)"
-kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
 {
     echo "-- overall"
     echo "switch                 CPU $SW_CPU_TOTAL_S s since start, VmHWM $(kib_mib "$SW_HWM_KB"), calls_active $CA_AFTER after the run"

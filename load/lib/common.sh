@@ -1,0 +1,88 @@
+# Shared by the load scripts (cc.sh, c2c.sh, trunks.sh): children and clean-up, ports,
+# metrics and SIPp statistics, process figures, the report. Sourced after `here`/`root`
+# are set; the caller defines its own variables (HOST, HTTP_PORT, TOKEN, OUT, ...).
+# shellcheck shell=bash
+SCRIPT=${0##*/}
+die() { echo "$SCRIPT: $*" >&2; exit 2; }
+CHILD_PIDS=()
+TAKEN_PORTS=" "
+HZ=$(getconf CLK_TCK)
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "$0"; }
+cleanup() {
+    local pid
+    for pid in "${CHILD_PIDS[@]:-}"; do
+        [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${CHILD_PIDS[@]:-}"; do
+        [ -n "$pid" ] || continue
+        for _ in $(seq 1 25); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+        kill -KILL "$pid" 2>/dev/null || true
+    done
+}
+pick_port() {
+    local var=$1 p
+    for _ in $(seq 1 500); do
+        p=$((20000 + RANDOM % 12000))
+        case "$TAKEN_PORTS" in *" $p "*) continue ;; esac
+        if [ -z "$(ss -Htuan "( sport = :$p )" 2>/dev/null)" ]; then
+            TAKEN_PORTS="$TAKEN_PORTS$p "
+            printf -v "$var" '%s' "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+udp_bound() { [ -n "$(ss -Hlun "( sport = :$1 )" 2>/dev/null)" ]; }
+wait_udp_bound() { # port pid what
+    for _ in $(seq 1 100); do
+        udp_bound "$1" && return 0
+        kill -0 "$2" 2>/dev/null || die "$3 exited during start-up (see $OUT)"
+        sleep 0.1
+    done
+    die "$3 did not bind udp:$HOST:$1 within 10 s"
+}
+scrape() { curl -sf --max-time 5 "http://$HOST:$HTTP_PORT/metrics" -o "$1" 2>/dev/null; }
+api_get() { curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" "http://$HOST:$HTTP_PORT$1" 2>/dev/null; }
+# Sum of metric $1 over the series whose labels contain every one of $3...; "NA" if none.
+metric_sum() {
+    local name=$1 file=$2; shift 2
+    awk -v m="$name" -v want="$*" '
+        $0 ~ /^#/ || NF < 2 { next }
+        { n=$1; sub(/\{.*/, "", n); if (n != m) next
+          k=split(want, w, " "); for (i=1;i<=k;i++) if (index($0, w[i]) == 0) next
+          s+=$NF; f=1 }
+        END { if (f) printf "%.0f\n", s; else print "NA" }' "$file"
+}
+cpu_ticks() { # utime+stime of pid $1 (the command name may hold spaces)
+    local s rest
+    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    rest=${s##*) }
+    # shellcheck disable=SC2086
+    set -- $rest
+    echo $(( ${12} + ${13} ))
+}
+status_kb() { awk -v k="$2:" '$1==k {print $2}' "/proc/$1/status" 2>/dev/null; }
+ticks_s() { awk -v t="$1" -v hz="$HZ" 'BEGIN { if (t=="NA" || t=="") print "NA"; else printf "%.2f", t/hz }'; }
+# Column $2 of SIPp stat file $1: last row, or the maximum with $3 = max.
+stat_col() {
+    [ -s "$1" ] || { echo NA; return; }
+    awk -F';' -v col="$2" -v mode="${3:-last}" '
+        NR==1 { for (i=1;i<=NF;i++) if ($i==col) c=i; next }
+        c && $c != "" { v=$c+0; if (mode=="max") { if (!seen || v>m) m=v } else m=v; seen=1 }
+        END { if (seen) print m; else print "NA" }' "$1"
+}
+is_num() { [[ "$1" =~ ^[0-9]+$ ]]; }
+now_s() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b-a }'; }
+sipp_stop() { # pid: SIGUSR1 makes SIPp stop, write its final statistics and quit
+    kill -0 "$1" 2>/dev/null || return 0
+    kill -USR1 "$1" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$1" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
+say() { echo "$@" | tee -a "$OUT/report.txt"; }
+fail() { VERDICT=FAIL; REASONS+=("$1"); }
+trap cleanup EXIT
+trap 'echo "$SCRIPT: interrupted" >&2; exit 130' INT TERM
