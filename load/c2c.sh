@@ -101,23 +101,7 @@ pick_port REG_PORT; pick_port REG_CP
 pick_port CUST_PORT; pick_port CUST_CP
 
 # ---------------------------------------------------------------- data and config
-# SIPp's injection file (username;[authentication ...];domain), the switch's users CSV
-# (username,ha1_md5,ha1_sha256) and agents CSV (id,user,queues,skills,state: no queue).
-python3 - "$AGENTS" "$DOMAIN" "$OUT" <<'PY'
-import hashlib, sys
-n, domain, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-with open(f"{out}/sipp_users.csv", "w") as s, open(f"{out}/users.csv", "w") as u, \
-        open(f"{out}/agents.csv", "w") as a:
-    s.write("SEQUENTIAL\n")
-    u.write("# username,ha1_md5,ha1_sha256\n")
-    for i in range(n):
-        num = 100000 + i
-        user, pw = f"u{num}", f"pw-{i}-secret"
-        a1 = f"{user}:{domain}:{pw}".encode()
-        s.write(f"{user};[authentication username={user} password={pw}];{domain}\n")
-        u.write(f"{user},{hashlib.md5(a1).hexdigest()},{hashlib.sha256(a1).hexdigest()}\n")
-        a.write(f"a{num},{user},,,available\n")
-PY
+gen_agents "$AGENTS" "$DOMAIN" "$OUT" "" none
 # Admission far above the offered load, so nothing is refused.
 MAX_CALLS=$(( RATE * (TALK + 60) * 2 )); [ "$MAX_CALLS" -ge 20000 ] || MAX_CALLS=20000
 ADM_CPS=$(( RATE * 4 )); [ "$ADM_CPS" -ge 5000 ] || ADM_CPS=5000

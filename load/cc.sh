@@ -92,7 +92,6 @@ TALK_MS=$((TALK * 1000))
 # ---------------------------------------------------------------- children
 
 # ---------------------------------------------------------------- helpers
-# A port no socket uses now, below the usual ephemeral range (as run.sh picks them).
 # "n p50 p99 max" (nearest rank) of the rtd named $2 in SIPp rtt file $1.
 rtd_stats() {
     if [ -z "$1" ] || [ ! -s "$1" ]; then echo "0 NA NA NA"; return; fi
@@ -107,26 +106,7 @@ pick_port REG_PORT; pick_port REG_CP
 pick_port CALLER_PORT; pick_port CALLER_CP
 
 # ---------------------------------------------------------------- data and config
-# SIPp's injection file (username;[authentication ...];domain), the switch's users CSV
-# (username,ha1_md5,ha1_sha256: the switch never sees a password) and agents CSV
-# (id,user,queues,skills,state).
-python3 - "$AGENTS" "$DOMAIN" "$OUT" <<'PY'
-import hashlib, sys
-n, domain, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-with open(f"{out}/sipp_users.csv", "w") as s, open(f"{out}/users.csv", "w") as u, \
-        open(f"{out}/agents.csv", "w") as a:
-    s.write("SEQUENTIAL\n")
-    u.write("# username,ha1_md5,ha1_sha256\n")
-    for i in range(n):
-        num = 100000 + i
-        user, pw = f"u{num}", f"pw-{i}-secret"
-        a1 = f"{user}:{domain}:{pw}".encode()
-        # SIPp expands keywords from the injection file but not inside [authentication]:
-        # the whole keyword goes in the file (field1), as register.sh does.
-        s.write(f"{user};[authentication username={user} password={pw}];{domain}\n")
-        u.write(f"{user},{hashlib.md5(a1).hexdigest()},{hashlib.sha256(a1).hexdigest()}\n")
-        a.write(f"a{num},{user},support:1,english:{1 + i % 10},available\n")
-PY
+gen_agents "$AGENTS" "$DOMAIN" "$OUT" "support:1" skills
 # Admission far above the offered load, so nothing is refused (as run.sh sets it).
 MAX_CALLS=$(( CAPS * (TALK + 60) * 2 )); [ "$MAX_CALLS" -ge 20000 ] || MAX_CALLS=20000
 ADM_CPS=$(( CAPS * 4 )); [ "$ADM_CPS" -ge 5000 ] || ADM_CPS=5000

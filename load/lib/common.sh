@@ -84,5 +84,29 @@ sipp_stop() { # pid: SIGUSR1 makes SIPp stop, write its final statistics and qui
 kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
 say() { echo "$@" | tee -a "$OUT/report.txt"; }
 fail() { VERDICT=FAIL; REASONS+=("$1"); }
+# Agents' accounts: SIPp's injection file (username;[authentication ...];domain), the
+# switch's users CSV (username,ha1_md5,ha1_sha256: the switch never sees a password) and
+# agents CSV (id,user,queues,skills,state), for N agents a<100000+i> with users u<100000+i>.
+# $4: the queues column ("" for none); $5: "skills" gives each agent english 1-10, else none.
+gen_agents() { # n domain out queues skills
+    python3 - "$1" "$2" "$3" "$4" "$5" <<'PY'
+import hashlib, sys
+n, domain, out, queues, skills = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+with open(f"{out}/sipp_users.csv", "w") as s, open(f"{out}/users.csv", "w") as u, \
+        open(f"{out}/agents.csv", "w") as a:
+    s.write("SEQUENTIAL\n")
+    u.write("# username,ha1_md5,ha1_sha256\n")
+    for i in range(n):
+        num = 100000 + i
+        user, pw = f"u{num}", f"pw-{i}-secret"
+        a1 = f"{user}:{domain}:{pw}".encode()
+        # SIPp expands keywords from the injection file but not inside [authentication]:
+        # the whole keyword goes in the file (field1), as register.sh does.
+        s.write(f"{user};[authentication username={user} password={pw}];{domain}\n")
+        u.write(f"{user},{hashlib.md5(a1).hexdigest()},{hashlib.sha256(a1).hexdigest()}\n")
+        skill = f"english:{1 + i % 10}" if skills == "skills" else ""
+        a.write(f"a{num},{user},{queues},{skill},available\n")
+PY
+}
 trap cleanup EXIT
 trap 'echo "$SCRIPT: interrupted" >&2; exit 130' INT TERM
