@@ -105,6 +105,19 @@ async fn queue_stats(node: &Node, q: &str) -> queue::QueueStats {
     queue::stats(&a).await.expect("queue answers")
 }
 
+/// Polls a one-number query until it gives `want` (bounded); returns the last value.
+async fn poll_sql(db: &rusqlite::Connection, sql: &str, want: i64) -> i64 {
+    let mut got = 0;
+    for _ in 0..100 {
+        got = db.query_row(sql, [], |r| r.get(0)).unwrap();
+        if got == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got
+}
+
 /// Polls an agent until `pred` holds (bounded).
 async fn wait_agent(node: &Node, id: &str, what: &str, pred: impl Fn(&agent::AgentInfo) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -228,39 +241,23 @@ async fn caller_reaches_agent_and_agent_moves_on() {
     assert_eq!(cdr.queue.as_deref(), Some("cc/q0"));
     assert_eq!(cdr.agent.as_deref(), Some("a1"));
     assert!(!cdr.abandoned && cdr.wait_ms.is_some());
-    // The queue's statistics are snapshotted into the store (every second here).
+    // The queue's statistics are snapshotted into the store (every second here), and the
+    // agent's figures too.
     let db = rusqlite::Connection::open(dir.path().join("switchyard.db")).unwrap();
-    let mut answered = 0i64;
-    for _ in 0..100 {
-        answered = db
-            .query_row(
-                "SELECT COALESCE(MAX(answered), 0) FROM queue_stats WHERE tenant = 'cc' AND queue = 'q0'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if answered == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(answered, 1, "queue_stats snapshot with the answered call");
-    // And the agent's figures into agent_stats.
-    let mut calls = 0i64;
-    for _ in 0..100 {
-        calls = db
-            .query_row(
-                "SELECT COALESCE(MAX(calls), 0) FROM agent_stats WHERE tenant = 'cc' AND agent = 'a1'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
-        if calls == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(calls, 1, "agent_stats row with the agent's call");
+    let answered =
+        "SELECT COALESCE(MAX(answered), 0) FROM queue_stats WHERE tenant = 'cc' AND queue = 'q0'";
+    assert_eq!(
+        poll_sql(&db, answered, 1).await,
+        1,
+        "queue_stats snapshot with the answered call"
+    );
+    let calls =
+        "SELECT COALESCE(MAX(calls), 0) FROM agent_stats WHERE tenant = 'cc' AND agent = 'a1'";
+    assert_eq!(
+        poll_sql(&db, calls, 1).await,
+        1,
+        "agent_stats row with the agent's call"
+    );
     node.shutdown().await;
 }
 
