@@ -4,16 +4,13 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
+use common::{http_request, Reply};
+
 use std::time::Duration;
 
 use switchyard::config::Config;
 use switchyard::server::Node;
 use switchyard::sip::auth::{ha1, Algorithm};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 const TOKEN: &str = "s3cret-token-for-tests";
 
@@ -67,84 +64,14 @@ async fn start(dir: &std::path::Path, token: Option<&str>) -> Node {
     common::start_with(cc_config(dir, token)).await
 }
 
-struct Reply {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`), read to the end.
-async fn request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-    body: &str,
-) -> Reply {
-    let mut stream = timeout(STEP, TcpStream::connect(addr))
-        .await
-        .expect("connect in time")
-        .expect("connect");
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    let content_type = if body.is_empty() {
-        ""
-    } else {
-        "Content-Type: application/json\r\n"
-    };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(req.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    timeout(STEP, stream.read_to_end(&mut raw))
-        .await
-        .expect("reply in time")
-        .expect("read");
-    let raw = String::from_utf8(raw).expect("utf-8 reply");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("head/body separator");
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    // The parsing above is only right for sized bodies; catch a chunked reply loudly.
-    assert!(
-        !headers.contains_key("transfer-encoding"),
-        "unexpected chunked reply: {headers:?}"
-    );
-    if let Some(len) = headers.get("content-length") {
-        assert_eq!(len.parse::<usize>().expect("length"), body.len());
-    }
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
-
 async fn get(node: &Node, path: &str) -> Reply {
-    request(node.http_addr, "GET", path, None, "").await
+    http_request(node.http_addr, "GET", path, None, "").await
 }
 
 /// A POST with `Authorization: Bearer <token>` when a token is given.
 async fn post(node: &Node, path: &str, token: Option<&str>, body: &str) -> Reply {
     let auth = token.map(|t| format!("Bearer {t}"));
-    request(node.http_addr, "POST", path, auth.as_deref(), body).await
+    http_request(node.http_addr, "POST", path, auth.as_deref(), body).await
 }
 
 fn assert_has(reply: &Reply, fragments: &[&str]) {
@@ -243,7 +170,7 @@ async fn agent_commands_need_the_token_and_report_refusals() {
     let r = post(&node, "/agents/t/a1/not-ready", Some("guess"), lunch).await;
     assert_problem(&r, 403, "not valid");
     let basic = format!("Basic {TOKEN}");
-    let r = request(
+    let r = http_request(
         node.http_addr,
         "POST",
         "/agents/t/a1/not-ready",

@@ -9,30 +9,20 @@ use common::*;
 use std::time::Duration;
 use switchyard::config::{AgentConfig, TenantConfig, UserConfig};
 use switchyard::sip::auth::{ha1, Algorithm};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOMAIN: &str = "c2c.test";
 
-/// One HTTP/1.1 request; the status code and body.
-async fn http(addr: std::net::SocketAddr, req: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .expect("HTTP answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    (status, body)
-}
-
-fn post_call(token: &str, body: &str) -> String {
-    format!(
-        "POST /calls HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+/// `POST /calls` with `body` and bearer `token`: the status and the body.
+async fn post_call(addr: std::net::SocketAddr, token: &str, body: &str) -> (u16, String) {
+    let r = http_request(
+        addr,
+        "POST",
+        "/calls",
+        Some(&format!("Bearer {token}")),
+        body,
     )
+    .await;
+    (r.status, r.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,23 +62,17 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
 
     // Refusals first: no token, no phone registered yet, an unknown agent.
     let body = r#"{"tenant": "t", "agent": "a1", "number": "9441234"}"#;
-    let (st, _) = http(http_addr, &post_call("wrong", body)).await;
+    let (st, _) = post_call(http_addr, "wrong", body).await;
     assert_eq!(st, 403);
-    let (st, problem) = http(http_addr, &post_call("tok", body)).await;
+    let (st, problem) = post_call(http_addr, "tok", body).await;
     assert_eq!(st, 409, "{problem}");
-    let (st, _) = http(
-        http_addr,
-        &post_call(
-            "tok",
-            r#"{"tenant": "t", "agent": "zz", "number": "9441234"}"#,
-        ),
-    )
-    .await;
+    let unknown = r#"{"tenant": "t", "agent": "zz", "number": "9441234"}"#;
+    let (st, _) = post_call(http_addr, "tok", unknown).await;
     assert_eq!(st, 404);
 
     let phone = Ua::new().await;
     register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
-    let (st, started) = http(http_addr, &post_call("tok", body)).await;
+    let (st, started) = post_call(http_addr, "tok", body).await;
     assert_eq!(st, 202, "{started}");
     assert!(started.contains("call_id"), "{started}");
 
@@ -131,7 +115,7 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
     let agent = switchyard::actors::agent::lookup("t", "a1", &node.name).unwrap();
     let info = switchyard::actors::agent::info(&agent).await.unwrap();
     assert_eq!(info.state, "on_call", "{info:?}");
-    let (st, problem) = http(http_addr, &post_call("tok", body)).await;
+    let (st, problem) = post_call(http_addr, "tok", body).await;
     assert_eq!(st, 409, "{problem}");
     // The agent hangs up: the customer gets the BYE.
     let bye = format!(

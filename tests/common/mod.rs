@@ -363,3 +363,74 @@ pub fn trunk_config(
     c.trunks = trunks;
     c
 }
+
+/// An HTTP reply as the API tests read it.
+pub struct Reply {
+    pub status: u16,
+    pub headers: std::collections::HashMap<String, String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`), read to the end.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    body: &str,
+) -> Reply {
+    let mut stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw))
+        .await
+        .expect("reply in time")
+        .expect("read");
+    let raw = String::from_utf8(raw).expect("utf-8 reply");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("head/body separator");
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: std::collections::HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    // The parsing above is only right for sized bodies; catch a chunked reply loudly.
+    assert!(
+        !headers.contains_key("transfer-encoding"),
+        "unexpected chunked reply: {headers:?}"
+    );
+    if let Some(len) = headers.get("content-length") {
+        assert_eq!(len.parse::<usize>().expect("length"), body.len());
+    }
+    Reply {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
+}
