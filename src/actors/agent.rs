@@ -526,11 +526,7 @@ impl AgentState {
             metrics::counter!(AGENT_RESERVATIONS, "result" => why).increment(1);
             return Err(why);
         }
-        let bindings = self.cc.location.lookup(&self.tenant, &self.config.user);
-        if bindings.is_empty() {
-            self.phone = false;
-            return Err("no_phone");
-        }
+        let forks = self.phone_forks()?;
         metrics::counter!(AGENT_RESERVATIONS, "result" => "outbound").increment(1);
         let rules = OfferRules {
             ring_timeout: Duration::from_secs(60),
@@ -554,6 +550,17 @@ impl AgentState {
             rules.ring_timeout + Duration::from_secs(10),
         );
         self.after_change();
+        Ok(forks)
+    }
+
+    /// The agent's registered phones as forks; none registered (a binding just expired)
+    /// marks the phone gone.
+    fn phone_forks(&mut self) -> Result<Vec<Fork>, &'static str> {
+        let bindings = self.cc.location.lookup(&self.tenant, &self.config.user);
+        if bindings.is_empty() {
+            self.phone = false;
+            return Err("no_phone");
+        }
         Ok(Fork::all(&bindings))
     }
 
@@ -572,15 +579,7 @@ impl AgentState {
         };
         let forks: Result<Vec<Fork>, &'static str> = match refusal {
             Some(why) => Err(why),
-            None => {
-                let bindings = self.cc.location.lookup(&self.tenant, &self.config.user);
-                if bindings.is_empty() {
-                    self.phone = false;
-                    Err("no_phone")
-                } else {
-                    Ok(Fork::all(&bindings))
-                }
-            }
+            None => self.phone_forks(),
         };
         metrics::counter!(AGENT_RESERVATIONS, "result" => match &forks {
             Ok(_) => "granted",

@@ -214,7 +214,7 @@ impl CallContext {
 
     fn contact(&self, protocol: Protocol) -> Bytes {
         let (host, port) = self.sent_by(protocol);
-        let transport = transport_param(protocol);
+        let transport = protocol.uri_param();
         Bytes::from(format!("<sip:{host}:{port}{transport}>"))
     }
 
@@ -986,7 +986,7 @@ impl CallState {
                 "sip:{}@{}{}",
                 String::from_utf8_lossy(&dialled),
                 target,
-                transport_param(b_dest.protocol)
+                b_dest.protocol.uri_param()
             )),
         };
         let (b, b_invite, branch) = self.b_leg(&a_invite, &dialled, ruri, b_dest, target);
@@ -1302,7 +1302,7 @@ impl CallState {
                         "sip:{}@{}{}",
                         String::from_utf8_lossy(&dialled),
                         route.target.addr,
-                        transport_param(route.target.protocol)
+                        route.target.protocol.uri_param()
                     )),
                     dest: Dest {
                         protocol: route.target.protocol,
@@ -3394,7 +3394,7 @@ impl CallState {
                 ruri: Bytes::from(format!(
                     "sip:{dialled}@{}{}",
                     gw.addr,
-                    transport_param(gw.protocol)
+                    gw.protocol.uri_param()
                 )),
                 dest: Dest {
                     protocol: gw.protocol,
@@ -3798,16 +3798,6 @@ fn resp_reason(resp: &Message) -> String {
             String::from_utf8_lossy(reason).into_owned()
         }
         _ => reason_phrase(resp.status().unwrap_or(500)).to_string(),
-    }
-}
-
-/// The `;transport=` URI parameter for a protocol (none for UDP, the default). Every
-/// stream protocol names itself, so a TLS leg's Contact does not send the peer's
-/// in-dialog requests to the plain UDP port.
-fn transport_param(protocol: Protocol) -> String {
-    match protocol {
-        Protocol::Udp => String::new(),
-        p => format!(";transport={}", p.as_str()),
     }
 }
 

@@ -636,7 +636,7 @@ impl TrunkState {
         let call_id = probe_call_id(&self.shared.id, seq, &host);
         let mut m = Message::request(
             Method::Options,
-            format!("sip:{}{}", gw.addr, transport_param(gw.protocol)),
+            format!("sip:{}{}", gw.addr, gw.protocol.uri_param()),
         );
         m.push(
             HeaderName::Via,
@@ -725,14 +725,6 @@ pub fn parse_probe_call_id(call_id: &[u8]) -> Option<(String, u64)> {
     let (seq, rest) = rest.split_once('-')?;
     let (trunk, _) = rest.rsplit_once('@')?;
     Some((trunk.to_string(), seq.parse().ok()?))
-}
-
-fn transport_param(p: crate::transport::Protocol) -> &'static str {
-    match p {
-        crate::transport::Protocol::Udp => "",
-        crate::transport::Protocol::Tcp => ";transport=tcp",
-        crate::transport::Protocol::Tls => ";transport=tls",
-    }
 }
 
 #[cfg(test)]

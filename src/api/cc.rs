@@ -553,7 +553,7 @@ async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: 
                 )
             })?;
         let dialled = crate::actors::router::Routes::rewrite(&route, req.number.as_bytes());
-        let calls = ractor::registry::where_is(format!("calls@{}", cc.node))
+        let calls = ractor::registry::where_is(crate::supervision::tree::calls_name(&cc.node))
             .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)
             .ok_or_else(|| unavailable("calls supervisor not running".into()))?;
         // The agent is reserved first (no queue can offer it a call meanwhile, and an agent

@@ -68,6 +68,11 @@ fn name(base: &str, node: &str) -> String {
     format!("{base}@{node}")
 }
 
+/// The calls supervisor's registered name on a node (call actors are started under it).
+pub fn calls_name(node: &str) -> String {
+    name("calls", node)
+}
+
 /// The store writer's registered name on a node.
 pub fn store_name(node: &str) -> String {
     name("store_writer", node)
@@ -87,7 +92,7 @@ pub async fn start(
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = store_name(node);
-    let calls_name = name("calls", node);
+    let calls_name = calls_name(node);
     let calls = SupervisorArgs::new(calls_name.clone(), Strategy::OneForOne)
         .with_intensity(Intensity::new(100, Duration::from_secs(10)));
     let mut tenants_sup = SupervisorArgs::new(name("tenants", node), Strategy::OneForOne)

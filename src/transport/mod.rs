@@ -81,6 +81,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The `;transport=` URI parameter that names this transport ("" for UDP, the default).
+    pub fn uri_param(self) -> &'static str {
+        match self {
+            Protocol::Udp => "",
+            Protocol::Tcp => ";transport=tcp",
+            Protocol::Tls => ";transport=tls",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Udp => "udp",
