@@ -6,6 +6,7 @@
 //! - [`timer`]: the one shared timer facility (no task per timer).
 //! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
 //! - [`actors`]: one file per actor kind.
+//! - [`media`]: RTP anchoring, codecs, DTMF, recording, playback, call quality.
 //! - [`store`]: the embedded SQLite database (CDRs).
 //! - [`api`]: HTTP: `/metrics`, `/health`.
 //! - [`config`]: the config file, its validation and the embedded default.
@@ -13,6 +14,7 @@
 pub mod actors;
 pub mod api;
 pub mod config;
+pub mod media;
 pub mod metrics;
 pub mod routing;
 pub mod server;

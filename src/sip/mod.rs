@@ -9,6 +9,7 @@ pub mod dialog;
 pub mod headers;
 pub mod message;
 pub mod parse;
+pub mod sdp;
 pub mod transaction;
 pub mod uri;
 pub mod validate;
