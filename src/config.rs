@@ -39,6 +39,105 @@ pub struct Config {
     /// Trunk alarms: thresholds and the webhook they are posted to.
     #[serde(default)]
     pub alarms: AlarmsConfig,
+    /// Media anchoring, recording and prompts.
+    #[serde(default)]
+    pub media: MediaConfig,
+}
+
+/// How a route, queue or trunk treats a call's audio.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MediaMode {
+    /// SDP untouched; audio flows between the phones (the default).
+    #[default]
+    Pass,
+    /// The switch allocates ports per leg, rewrites SDP and relays the audio.
+    Anchor,
+}
+
+/// `[media]`: the RTP port range, where recordings and prompts live, recording keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// RTP ports `FIRST-LAST`; each leg takes an even RTP port and the odd one above for RTCP.
+    #[serde(default = "default_rtp_ports")]
+    pub rtp_ports: String,
+    /// The address the RTP sockets bind to.
+    #[serde(default = "default_media_bind")]
+    pub bind: std::net::IpAddr,
+    /// The address written in rewritten SDP (default: `sip.advertise`, else the bind
+    /// address, else 127.0.0.1 when bound to the unspecified address).
+    #[serde(default)]
+    pub advertise: Option<std::net::IpAddr>,
+    /// Relay threads (each polls its share of the sockets).
+    #[serde(default = "one_usize")]
+    pub relay_threads: usize,
+    /// Where recordings are written (default: `data_dir/recordings`).
+    #[serde(default)]
+    pub recordings_dir: Option<PathBuf>,
+    /// Prompt WAVs (default: the shipped `prompts/` directory).
+    #[serde(default)]
+    pub prompts_dir: Option<PathBuf>,
+    /// Music on hold WAV (default: a generated melody).
+    #[serde(default)]
+    pub music: Option<PathBuf>,
+    /// Prompts given as text, spoken by espeak-ng at start (id = text).
+    #[serde(default)]
+    pub tts: std::collections::BTreeMap<String, String>,
+    /// Recording master keys by id: `hex:<64 hex digits>`, `file:<path>` (32 raw bytes or
+    /// 64 hex digits) or `env:<VAR>`. Empty: a key `k1` is generated into
+    /// `data_dir/recording-keys/k1` (0600) at first start.
+    #[serde(default)]
+    pub recording_keys: std::collections::BTreeMap<String, String>,
+    /// The key id new recordings are wrapped with (default: the last id in order).
+    #[serde(default)]
+    pub recording_key: Option<String>,
+    /// Anchor media on every call (routes, queues and trunks may also ask for it).
+    #[serde(default)]
+    pub anchor_all: bool,
+    /// Record every anchored call.
+    #[serde(default)]
+    pub record_all: bool,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            rtp_ports: default_rtp_ports(),
+            bind: default_media_bind(),
+            advertise: None,
+            relay_threads: 1,
+            recordings_dir: None,
+            prompts_dir: None,
+            music: None,
+            tts: Default::default(),
+            recording_keys: Default::default(),
+            recording_key: None,
+            anchor_all: false,
+            record_all: false,
+        }
+    }
+}
+
+impl MediaConfig {
+    /// The port range as (first, last), both inclusive.
+    pub fn port_range(&self) -> Option<(u16, u16)> {
+        let (a, b) = self.rtp_ports.split_once('-')?;
+        let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a < b && a >= 1024).then_some((a, b))
+    }
+}
+
+fn default_rtp_ports() -> String {
+    "20000-39999".into()
+}
+
+fn default_media_bind() -> std::net::IpAddr {
+    std::net::IpAddr::from([0, 0, 0, 0])
+}
+
+fn one_usize() -> usize {
+    1
 }
 
 /// A tenant: a SIP domain and its users. Tenants never see each other's users or bindings.
@@ -72,6 +171,13 @@ pub struct TenantConfig {
     /// Numbers (DIDs) that lead to this tenant's queues or users.
     #[serde(default)]
     pub numbers: Vec<NumberConfig>,
+    /// Record every call of this tenant's queues (anchors their media).
+    #[serde(default)]
+    pub record: bool,
+    /// A bearer token for the tenant's own API calls (its recordings); the node's token
+    /// (`http.token`) reaches every tenant.
+    #[serde(default)]
+    pub api_token: Option<String>,
 }
 
 impl TenantConfig {
@@ -243,6 +349,12 @@ pub struct RouteConfig {
     /// Digits put in front of the user (after stripping).
     #[serde(default)]
     pub prepend: String,
+    /// `pass` (SDP untouched) or `anchor` (audio relayed by the switch).
+    #[serde(default)]
+    pub media: MediaMode,
+    /// Record calls on this route (anchors their media).
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// A carrier's SIP trunk (one gateway or several, tried in turn per attempt).
@@ -300,6 +412,10 @@ pub struct TrunkConfig {
     /// Caller-ID presented to this carrier: the From user is replaced by it.
     #[serde(default)]
     pub caller_id: Option<String>,
+    /// `pass` or `anchor`: calls through this trunk have their media anchored (RTCP quality
+    /// then feeds the trunk's quality score).
+    #[serde(default)]
+    pub media: MediaMode,
 }
 
 /// Trunk alarms (answer-rate deviation, failure streaks, down/up, saturation): each is logged,
@@ -668,6 +784,44 @@ impl Config {
                 }
             }
         }
+        let m = &self.media;
+        match m.port_range() {
+            Some((a, b)) if b - a >= 3 => {}
+            _ => err(
+                "media.rtp_ports".into(),
+                format!("{:?}: FIRST-LAST with 1024 <= FIRST, at least 4 ports", m.rtp_ports),
+            ),
+        }
+        if m.relay_threads == 0 || m.relay_threads > 64 {
+            err("media.relay_threads".into(), "1 to 64".into());
+        }
+        for (id, spec) in &m.recording_keys {
+            let ok_id = !id.is_empty()
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            let ok_spec = spec
+                .strip_prefix("hex:")
+                .map(|h| is_hex(h, 64))
+                .or_else(|| spec.strip_prefix("file:").map(|p| !p.is_empty()))
+                .or_else(|| spec.strip_prefix("env:").map(|v| !v.is_empty()))
+                .unwrap_or(false);
+            if !ok_id || !ok_spec {
+                err(
+                    format!("media.recording_keys.{id}"),
+                    "id of letters, digits, '-', '_'; value hex:<64 hex>, file:<path> or env:<VAR>"
+                        .into(),
+                );
+            }
+        }
+        if let Some(k) = &m.recording_key {
+            if !m.recording_keys.contains_key(k) {
+                err(
+                    "media.recording_key".into(),
+                    format!("{k:?} is not in media.recording_keys"),
+                );
+            }
+        }
         let mut trunk_ids = std::collections::HashSet::new();
         for (i, t) in self.trunks.iter().enumerate() {
             let place = format!("trunks[{i}]");
@@ -790,12 +944,6 @@ fn validate_contact_centre<'a>(
                 format!("{:?}: letters, digits, '-', '_', unique", q.id),
             );
         }
-        if q.answer_first {
-            err(
-                format!("{place}.answer_first"),
-                "needs media (announcements, music), which this build does not have yet".into(),
-            );
-        }
         if q.ring_timeout_secs == 0 || q.max_no_answer == 0 {
             err(
                 place.clone(),
@@ -907,6 +1055,10 @@ fn validate_contact_centre<'a>(
     }
 }
 
+fn default_announce_secs() -> u64 {
+    30
+}
+
 fn is_hex(s: &str, len: usize) -> bool {
     s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -954,10 +1106,18 @@ pub struct QueueConfig {
     /// How the required levels relax as the caller waits.
     #[serde(default)]
     pub relax: Vec<crate::routing::acd::Relax>,
-    /// Answer the caller before an agent is found. Needs media (announcements, music):
-    /// refused by validation until the media issue lands; callers hear ringing (180).
+    /// Answer the caller on joining (media anchored): the caller hears music and position
+    /// announcements while waiting, and the agent is bridged into the call on answer.
+    /// Otherwise callers hear ringing (180) until an agent answers.
     #[serde(default)]
     pub answer_first: bool,
+    /// Record this queue's calls (anchors their media).
+    #[serde(default)]
+    pub record: bool,
+    /// Seconds between position / estimated-wait announcements (0: none) while answered
+    /// callers wait.
+    #[serde(default = "default_announce_secs")]
+    pub announce_secs: u64,
     /// Consecutive unanswered offers after which an agent goes not-ready ("no-answer").
     #[serde(default = "default_max_no_answer")]
     pub max_no_answer: u32,
@@ -1229,7 +1389,6 @@ id = "t"
 domain = "t.example"
 [[tenants.queues]]
 id = "q"
-answer_first = true
 overflow_wait = "queue:nope"
 [[tenants.agents]]
 id = "a1"
@@ -1250,7 +1409,6 @@ target = "queue:missing"
         assert_eq!(
             places,
             [
-                "tenants[0].queues[0].answer_first",
                 "tenants[0].queues[0].overflow_wait",
                 "tenants[0].numbers[0].target",
                 "tenants[0].agents[0].queues",
