@@ -11,6 +11,7 @@
 //! editing an old one.
 
 mod cdr;
+pub mod recordings;
 pub mod registrations;
 
 use std::path::Path;
@@ -85,6 +86,8 @@ pub const MIGRATIONS: &[&str] = &[
     // 5: trunk attempts of CDRs.
     "ALTER TABLE cdrs ADD COLUMN trunk TEXT;
     ALTER TABLE cdrs ADD COLUMN attempts TEXT;",
+    // 6: the recording index (see `recordings`).
+    recordings::MIGRATION,
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
