@@ -113,6 +113,12 @@ impl Format {
         self.encoding == "TELEPHONE-EVENT"
     }
 
+    /// Whether both name the same codec (encoding and clock rate), whatever their payload
+    /// types: dynamic payload types are per offer, so codecs are matched by name.
+    pub fn same_codec(&self, other: &Format) -> bool {
+        self.encoding.eq_ignore_ascii_case(&other.encoding) && self.clock_rate == other.clock_rate
+    }
+
     /// The encoding name as conventionally written in `a=rtpmap` (some endpoints compare
     /// `telephone-event` case-sensitively although RFC 4855 says names are case-insensitive).
     fn rtpmap_name(&self) -> &str {
@@ -669,6 +675,48 @@ pub fn offer(
     }
 }
 
+/// An RFC 3264 answer from the switch to `offer`: one `m=` line per offered stream, in the
+/// same order; the first audio stream is accepted at `addr:port` with the offered codecs
+/// (offer order, offer payload types) that match one of `supported` by name and clock rate,
+/// every other stream is rejected with port 0. The body is otherwise built as by [`offer`],
+/// with `direction` (usually `offer.direction().reverse()`, or inactive while the switch
+/// holds). `None` when there is no audio stream or no common audio codec other than
+/// telephone-event: the caller answers 488.
+pub fn answer(
+    offer_sdp: &Sdp,
+    addr: IpAddr,
+    port: u16,
+    session_id: u64,
+    supported: &[Format],
+    direction: Direction,
+) -> Option<Sdp> {
+    let audio = offer_sdp.audio_index()?;
+    let common: Vec<Format> = offer_sdp.media[audio]
+        .codecs()
+        .into_iter()
+        .filter(|f| supported.iter().any(|s| s.same_codec(f)))
+        .collect();
+    if common.iter().all(Format::is_telephone_event) {
+        return None;
+    }
+    let mut sdp = offer(addr, port, session_id, &common, direction);
+    let accepted = sdp.media.pop()?;
+    for (i, offered) in offer_sdp.media.iter().enumerate() {
+        if i == audio {
+            sdp.media.push(accepted.clone());
+        } else {
+            sdp.media.push(MediaDesc {
+                kind: offered.kind.clone(),
+                port: 0,
+                proto: offered.proto.clone(),
+                formats: offered.formats.clone(),
+                lines: Vec::new(),
+            });
+        }
+    }
+    Some(sdp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1061,6 +1109,82 @@ a=sendrecv\r\n";
         held.set_session_version(8);
         assert_eq!(held.session_version(), Some(8));
         assert_eq!(held.lines[1].1, "switchyard 7 8 IN IP4 127.0.0.1");
+    }
+
+    #[test]
+    fn answer_matches_codecs_by_name_and_rejects_other_streams() {
+        let offered = parse(LINPHONE.as_bytes()).unwrap();
+        let supported = [Format::pcma(), Format::pcmu(), Format::telephone_event(96)];
+        let sdp = answer(
+            &offered,
+            v4(127, 0, 0, 1),
+            20000,
+            9,
+            &supported,
+            offered.direction().reverse(),
+        )
+        .unwrap();
+        assert_eq!(
+            lines_of(&sdp),
+            [
+                "v=0",
+                "o=switchyard 9 9 IN IP4 127.0.0.1",
+                "s=-",
+                "c=IN IP4 127.0.0.1",
+                "t=0 0",
+                // Offer order and the offer's telephone-event payload type.
+                "m=audio 20000 RTP/AVP 0 8 101",
+                "a=rtpmap:0 PCMU/8000",
+                "a=rtpmap:8 PCMA/8000",
+                "a=rtpmap:101 telephone-event/8000",
+                "a=fmtp:101 0-15",
+                "a=ptime:20",
+                "a=sendrecv",
+                "m=video 0 RTP/AVP 97",
+            ]
+        );
+        // A held call is answered recvonly.
+        let hold = parse(HOLD.as_bytes()).unwrap();
+        let sdp = answer(
+            &hold,
+            v4(127, 0, 0, 1),
+            1,
+            1,
+            &supported,
+            hold.direction().reverse(),
+        )
+        .unwrap();
+        assert_eq!(sdp.direction(), Direction::RecvOnly);
+        assert_eq!(
+            sdp.codecs(),
+            vec![Format::pcma(), Format::telephone_event(101)]
+        );
+        // Only telephone-event in common, or no audio at all: no answer (488).
+        let mut opus_only = offered.clone();
+        opus_only.retain_formats(|f| f.encoding == "OPUS" || f.is_telephone_event());
+        assert_eq!(
+            answer(
+                &opus_only,
+                v4(127, 0, 0, 1),
+                1,
+                1,
+                &supported,
+                Direction::SendRecv
+            ),
+            None
+        );
+        let video = parse(b"v=0\r\nm=video 5000 RTP/AVP 97\r\n").unwrap();
+        assert_eq!(
+            answer(
+                &video,
+                v4(127, 0, 0, 1),
+                1,
+                1,
+                &supported,
+                Direction::SendRecv
+            ),
+            None
+        );
     }
 
     #[test]
