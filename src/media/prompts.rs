@@ -20,10 +20,21 @@ use super::wav;
 const SAMPLES_PER_MS: usize = 8;
 
 /// Prompts by id, as 8 kHz mono 16-bit samples shared without copying.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct PromptLibrary {
     prompts: HashMap<String, Arc<[i16]>>,
     skipped: usize,
+}
+
+impl std::fmt::Debug for PromptLibrary {
+    // Ids and lengths only: the samples would flood any log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut map = f.debug_map();
+        for id in self.ids() {
+            map.entry(&id, &self.prompts[&id].len());
+        }
+        map.finish()
+    }
 }
 
 impl PromptLibrary {
@@ -324,6 +335,7 @@ mod tests {
         assert_eq!(library.skipped(), 1);
         assert_eq!(library.get("beep").unwrap().len(), 800);
         assert!(PromptLibrary::load(&dir.path().join("nowhere")).is_err());
+        assert_eq!(format!("{library:?}"), r#"{"LOUD": 80, "beep": 800}"#);
     }
 
     #[test]
