@@ -1,4 +1,5 @@
-//! The store writer: the one writer of the SQLite database, committing CDRs in batches.
+//! The store writer: the one writer of the SQLite database, committing CDRs and recording
+//! index changes in batches.
 //!
 //! SQLite calls block, so the actor never touches the database itself: it hands records to a
 //! dedicated OS thread that owns the [`Store`] connection. That thread batches everything
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::store::{Cdr, Store, StoreError, Synchronous};
+use crate::media::recording::Finished;
+use crate::store::recordings::{RecordingComplete, RecordingOp, RecordingRow};
+use crate::store::{now_unix_ms, Cdr, Store, StoreError, Synchronous};
 
 /// Rows committed to the database (counter).
 pub const CDR_WRITES_TOTAL: &str = "switchyard_cdr_writes_total";
@@ -90,7 +93,41 @@ pub fn write_cdr(
     writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr)))
 }
 
-/// Commit everything handed to the writer so far; returns how many rows this commit wrote.
+/// Record that a recording started (its row, state `recording`). Committed in the next batch;
+/// a crash before that leaves a `.syrec.tmp` without a row, which recovery removes.
+pub fn recording_started(
+    writer: &ActorRef<StoreWriterMsg>,
+    row: RecordingRow,
+) -> Result<(), MessagingErr<StoreWriterMsg>> {
+    writer.cast(StoreWriterMsg::RecordingStarted(Box::new(row)))
+}
+
+/// Record that recording `id` completed; call only after [`crate::media::recording::Recorder::finish`]
+/// returned (the file is fsynced and renamed), so the row never says `complete` before the file
+/// is. A crash before the commit leaves the row in `recording`, which recovery completes from
+/// the file.
+pub fn recording_finished(
+    writer: &ActorRef<StoreWriterMsg>,
+    id: String,
+    finished: &Finished,
+) -> Result<(), MessagingErr<StoreWriterMsg>> {
+    writer.cast(StoreWriterMsg::RecordingFinished {
+        id,
+        complete: Box::new(RecordingComplete::from_finished(finished, now_unix_ms())),
+    })
+}
+
+/// Record that recording `id` failed (`reason` is logged, not stored).
+pub fn recording_failed(
+    writer: &ActorRef<StoreWriterMsg>,
+    id: String,
+    reason: String,
+) -> Result<(), MessagingErr<StoreWriterMsg>> {
+    writer.cast(StoreWriterMsg::RecordingFailed { id, reason })
+}
+
+/// Commit everything handed to the writer so far (CDRs and recording index changes); returns
+/// how many rows this commit wrote.
 pub async fn flush(writer: &ActorRef<StoreWriterMsg>) -> Result<usize, StoreWriterError> {
     let reply = writer
         .call(StoreWriterMsg::Flush, Some(FLUSH_TIMEOUT))
@@ -165,6 +202,22 @@ impl StoreWriterArgs {
 pub enum StoreWriterMsg {
     /// Store a finished call's record.
     WriteCdr(Box<Cdr>),
+    /// A recording started: insert its index row (state `recording`).
+    RecordingStarted(Box<RecordingRow>),
+    /// A recording's file is complete (fsynced and renamed): mark its row `complete`.
+    RecordingFinished {
+        /// The recording id.
+        id: String,
+        /// Size, checksum, duration, key id and path of the file.
+        complete: Box<RecordingComplete>,
+    },
+    /// A recording failed: mark its row `failed` (`reason` goes to the log).
+    RecordingFailed {
+        /// The recording id.
+        id: String,
+        /// Why, for the log.
+        reason: String,
+    },
     /// Commit everything handed over so far; replies with the rows this commit wrote.
     Flush(RpcReplyPort<Result<usize, String>>),
     /// The writer's counters.
@@ -263,6 +316,29 @@ impl Actor for StoreWriterActor {
                     .send(Command::Write(cdr))
                     .map_err(|_| "store writer thread is gone")?;
             }
+            StoreWriterMsg::RecordingStarted(row) => {
+                state
+                    .tx
+                    .send(Command::Recording(RecordingOp::Started(row)))
+                    .map_err(|_| "store writer thread is gone")?;
+            }
+            StoreWriterMsg::RecordingFinished { id, complete } => {
+                state
+                    .tx
+                    .send(Command::Recording(RecordingOp::Finished { id, complete }))
+                    .map_err(|_| "store writer thread is gone")?;
+            }
+            StoreWriterMsg::RecordingFailed { id, reason } => {
+                let op = RecordingOp::Failed {
+                    id,
+                    ended_ms: now_unix_ms(),
+                    reason,
+                };
+                state
+                    .tx
+                    .send(Command::Recording(op))
+                    .map_err(|_| "store writer thread is gone")?;
+            }
             StoreWriterMsg::Flush(reply) => {
                 state
                     .tx
@@ -282,6 +358,7 @@ impl Actor for StoreWriterActor {
 /// Work for the writer thread.
 enum Command {
     Write(Box<Cdr>),
+    Recording(RecordingOp),
     Flush(RpcReplyPort<Result<usize, String>>),
     Shutdown(oneshot::Sender<Result<usize, String>>),
 }
@@ -316,6 +393,8 @@ struct Writer {
     max_batch: usize,
     counters: Arc<Counters>,
     pending: Vec<Cdr>,
+    /// Recording index changes not yet committed, in arrival order.
+    pending_recordings: Vec<RecordingOp>,
     /// When the oldest pending record arrived: its commit is due `flush_interval` later.
     oldest_pending: Option<Instant>,
     /// After a failed commit: when to try again, and the wait after the next failure.
@@ -331,6 +410,7 @@ impl Writer {
             max_batch: args.max_batch.max(1),
             counters,
             pending: Vec::new(),
+            pending_recordings: Vec::new(),
             oldest_pending: None,
             retry_at: None,
             backoff: FIRST_RETRY_BACKOFF,
@@ -348,14 +428,16 @@ impl Writer {
             };
             match cmd {
                 Ok(Command::Write(cdr)) => {
-                    if self.pending.is_empty() {
-                        self.oldest_pending = Some(Instant::now());
-                    }
+                    self.note_arrival();
                     self.pending.push(*cdr);
                     // While failing, wait for the retry time instead of hammering the disk.
                     if self.pending.len() >= self.max_batch && self.retry_at.is_none() {
                         let _ = self.commit_pending();
                     }
+                }
+                Ok(Command::Recording(op)) => {
+                    self.note_arrival();
+                    self.pending_recordings.push(op);
                 }
                 Ok(Command::Flush(reply)) => {
                     let _ = reply.send(self.commit_pending());
@@ -376,9 +458,16 @@ impl Writer {
         }
     }
 
+    /// Start the flush clock when the first record of a batch arrives.
+    fn note_arrival(&mut self) {
+        if self.pending.is_empty() && self.pending_recordings.is_empty() {
+            self.oldest_pending = Some(Instant::now());
+        }
+    }
+
     /// When the pending records must be committed; `None` when nothing is pending.
     fn commit_due(&self) -> Option<Instant> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && self.pending_recordings.is_empty() {
             return None;
         }
         self.retry_at
@@ -407,6 +496,16 @@ impl Writer {
                 Err(e) => return Err(self.commit_failed(&e)),
             }
         }
+        if !self.pending_recordings.is_empty() {
+            // Few and small (a handful per call): one transaction for all of them.
+            match self.store.apply_recording_ops(&self.pending_recordings) {
+                Ok(()) => {
+                    written += self.pending_recordings.len();
+                    self.pending_recordings.clear();
+                }
+                Err(e) => return Err(self.commit_failed(&e)),
+            }
+        }
         self.oldest_pending = None;
         self.retry_at = None;
         self.backoff = FIRST_RETRY_BACKOFF;
@@ -419,6 +518,7 @@ impl Writer {
         tracing::warn!(
             error = %e,
             pending = self.pending.len(),
+            pending_recordings = self.pending_recordings.len(),
             retry_in_ms = self.backoff.as_millis() as u64,
             "CDR commit failed; keeping the batch and retrying"
         );
@@ -445,12 +545,14 @@ impl Writer {
         }
         tracing::error!(
             lost = self.pending.len(),
+            lost_recording_changes = self.pending_recordings.len(),
             error = %last_err,
             "store writer stopping with uncommitted CDRs"
         );
         Err(format!(
-            "{} CDRs not committed at shutdown: {last_err}",
-            self.pending.len()
+            "{} CDRs and {} recording index changes not committed at shutdown: {last_err}",
+            self.pending.len(),
+            self.pending_recordings.len()
         ))
     }
 }
@@ -599,6 +701,50 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(reader.count_cdrs().unwrap(), 1);
+        shutdown(&writer).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn recording_index_changes_are_committed_by_a_flush() {
+        use crate::store::recordings::{RecordingIndex, STATE_COMPLETE, STATE_FAILED};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let mut args = StoreWriterArgs::new(&path);
+        // Only the flush can commit within the test.
+        args.flush_interval = Duration::from_secs(3600);
+        let writer = spawn(args).await;
+        for id in ["r1", "r2"] {
+            let row = RecordingRow::started(
+                id,
+                Some(format!("call-{id}")),
+                Some("t".to_string()),
+                1,
+                &dir.path().join(format!("{id}.syrec.tmp")),
+                "k1",
+            );
+            recording_started(&writer, row).unwrap();
+        }
+        let finished = Finished {
+            path: dir.path().join("r1.syrec"),
+            size: 1234,
+            sha256: "ab".repeat(32),
+            duration_ms: 5000,
+            key_id: "k1".to_string(),
+        };
+        recording_finished(&writer, "r1".to_string(), &finished).unwrap();
+        recording_failed(&writer, "r2".to_string(), "disk full".to_string()).unwrap();
+        write_cdr(&writer, cdr(1)).unwrap();
+        assert_eq!(flush(&writer).await.unwrap(), 5, "1 CDR + 4 index changes");
+
+        let index = RecordingIndex::open(&path).unwrap();
+        let r1 = index.get("r1").unwrap().unwrap();
+        assert_eq!(r1.state, STATE_COMPLETE);
+        assert_eq!(r1.size, Some(1234));
+        assert_eq!(r1.duration_ms, Some(5000));
+        assert_eq!(r1.path.as_deref(), finished.path.to_str());
+        assert_eq!(index.get("r2").unwrap().unwrap().state, STATE_FAILED);
+        // CDR counters are not disturbed by index changes.
+        assert_eq!(stats(&writer).await.unwrap().committed, 1);
         shutdown(&writer).await.unwrap();
     }
 
