@@ -13,6 +13,7 @@
 pub mod cc;
 mod health;
 mod problem;
+pub mod recordings;
 
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,7 @@ pub fn describe() {
         "HTTP API requests answered, by route template (`other` if unrouted) and status code"
     );
     cc::describe();
+    recordings::describe();
 }
 
 /// Shared state of the HTTP handlers; cheap to clone (one per request): handles and `Arc`s.
@@ -70,6 +72,8 @@ pub struct ApiState {
     token: Option<Token>,
     /// Without a contact centre the queue and agent routes find nothing (404).
     cc: Option<Arc<cc::ContactCentre>>,
+    /// Without recordings the recording routes find nothing (404).
+    recordings: Option<Arc<recordings::Recordings>>,
 }
 
 impl ApiState {
@@ -80,6 +84,7 @@ impl ApiState {
             health: Arc::new(health),
             token: None,
             cc: None,
+            recordings: None,
         }
     }
 
@@ -93,6 +98,12 @@ impl ApiState {
     /// on `cc.node`.
     pub fn with_contact_centre(mut self, cc: Arc<CcContext>, directory: Directory) -> Self {
         self.cc = Some(Arc::new(cc::ContactCentre::new(cc, directory)));
+        self
+    }
+
+    /// Serve the recording index and audio of `recordings` (see [`recordings`]).
+    pub fn with_recordings(mut self, recordings: recordings::Recordings) -> Self {
+        self.recordings = Some(Arc::new(recordings));
         self
     }
 
@@ -285,6 +296,7 @@ pub fn router(state: ApiState) -> Router {
     let router = route(router, "/metrics", get(render_metrics));
     let router = route(router, "/health", get(report_health));
     let router = cc::routes(router);
+    let router = recordings::routes(router);
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -57,7 +57,9 @@ pub struct RecordingRow {
     pub key_id: Option<String>,
     /// SHA-256 of the encrypted file, hex.
     pub sha256: Option<String>,
-    /// Where the file is (`<dir>/<id>.syrec`; the `.tmp` name while recording).
+    /// Where the file is (`<dir>/<id>.syrec`; the `.tmp` name while recording). Not shown
+    /// on the API: a server path is none of a tenant's business.
+    #[serde(skip_serializing)]
     pub path: Option<String>,
 }
 
