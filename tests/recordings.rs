@@ -306,3 +306,195 @@ async fn recordings_are_indexed_recovered_and_served_per_tenant() {
         .unwrap();
     store_writer::shutdown(&writer).await.unwrap();
 }
+
+// ---- kill -9 during recording ----
+
+const KILL9_CHILD_ENV: &str = "SWITCHYARD_RECORDINGS_KILL9_CHILD";
+/// Recordings written at once by the child.
+const KILL9_RECORDERS: usize = 4;
+/// A safety net: the child stops by itself if the parent never kills it.
+const KILL9_CHILD_MAX_LIFETIME: Duration = Duration::from_secs(60);
+
+/// The child: `KILL9_RECORDERS` threads record one recording after another (about 0.3 s and
+/// 5 chunks each) through the store writer, printing `started <id> at <ms>` after the start
+/// is handed to the writer and `finished <id>` once `finish` returned. A no-op unless
+/// [`KILL9_CHILD_ENV`] names the data directory.
+#[test]
+fn recordings_kill9_child() {
+    let Ok(data) = std::env::var(KILL9_CHILD_ENV) else {
+        return;
+    };
+    let data = std::path::PathBuf::from(data);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let writer = rt.block_on(async {
+        let args = StoreWriterArgs::new(data.join("switchyard.db"));
+        let (writer, _) = Actor::spawn(None, StoreWriterActor, args).await.unwrap();
+        writer
+    });
+    let keys = Arc::new(keys());
+    let rec_dir = data.join("recordings");
+    let started = std::time::Instant::now();
+    let threads: Vec<_> = (0..KILL9_RECORDERS)
+        .map(|t| {
+            let (writer, keys, rec_dir) = (writer.clone(), Arc::clone(&keys), rec_dir.clone());
+            std::thread::spawn(move || {
+                let (left, right) = tracks(4000);
+                let mut n = 0;
+                while started.elapsed() < KILL9_CHILD_MAX_LIFETIME {
+                    let id = format!("k{t}-{n}");
+                    n += 1;
+                    let mut rec = Recorder::create(&rec_dir, &id, &keys).unwrap();
+                    let row = RecordingRow::started(
+                        id.as_str(),
+                        None,
+                        Some("t".to_string()),
+                        now_unix_ms(),
+                        &recording::tmp_path(&rec_dir, &id),
+                        keys.current_id(),
+                    );
+                    store_writer::recording_started(&writer, row).unwrap();
+                    println!("started {id} at {}", now_unix_ms());
+                    for _ in 0..20 {
+                        rec.write_stereo(&left, &right).unwrap();
+                        std::thread::sleep(Duration::from_millis(15));
+                    }
+                    let finished = rec.finish().unwrap();
+                    store_writer::recording_finished(&writer, id.clone(), &finished).unwrap();
+                    println!("finished {id}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+/// Record a child's `started <id> at <ms>` or `finished <id>` line.
+/// The harness's `test ... ` may precede the first line on the same line, hence the search.
+fn note(line: &str, started_at: &mut HashMap<String, i64>, finished: &mut Vec<String>) {
+    if let Some((_, rest)) = line.split_once("started ") {
+        if let Some((id, at)) = rest.split_once(" at ") {
+            started_at.insert(id.to_string(), at.trim().parse().unwrap());
+        }
+    } else if let Some((_, id)) = line.split_once("finished ") {
+        finished.push(id.trim().to_string());
+    }
+}
+
+/// Kills the child if the test fails before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `kill -9` while recordings are being written: after recovery no row is left `recording`,
+/// every `complete` row's file decrypts and verifies with the size and checksum the row
+/// gives, no temporary file is left, and every recording that finished (started well before
+/// the kill, so its row was committed) is listed complete.
+#[tokio::test]
+async fn kill9_during_recording_leaves_no_unverifiable_complete_recording() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "recordings_kill9_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(KILL9_CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut started_at: HashMap<String, i64> = HashMap::new();
+    let mut finished: Vec<String> = Vec::new();
+    // Let at least a dozen recordings complete, then kill in the middle of the next ones.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while finished.len() < 12 {
+        let line = lines
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("child stopped recording");
+        note(&line, &mut started_at, &mut finished);
+    }
+    std::thread::sleep(Duration::from_millis(170));
+    let killed_at = now_unix_ms();
+    child.0.kill().unwrap();
+    assert!(!child.0.wait().unwrap().success(), "child died of SIGKILL");
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(10)) {
+        note(&line, &mut started_at, &mut finished);
+    }
+
+    let db = dir.path().join("switchyard.db");
+    let rec_dir = dir.path().join("recordings");
+    let keys = keys();
+    let mut store = Store::open(&db).unwrap();
+    let report = recover(&mut store, &rec_dir, &keys).unwrap();
+    eprintln!(
+        "kill -9: {} started, {} finished; recovery completed {:?}, failed {:?}, removed {} stray",
+        started_at.len(),
+        finished.len(),
+        report.completed,
+        report.failed,
+        report.stray_tmp_removed
+    );
+    assert!(
+        !report.failed.is_empty() || report.stray_tmp_removed > 0,
+        "the kill interrupted no recording: the test proved nothing"
+    );
+
+    let rows = store.list_recordings(None, usize::MAX).unwrap();
+    let mut complete = 0;
+    for row in &rows {
+        assert_ne!(row.state, "recording", "{} left open", row.id);
+        if row.state != "complete" {
+            continue;
+        }
+        complete += 1;
+        let path = std::path::PathBuf::from(row.path.as_deref().unwrap());
+        let plaintext = recording::verify(&path, &keys)
+            .unwrap_or_else(|e| panic!("{} is complete but does not verify: {e}", row.id));
+        assert_eq!(plaintext, 44 + 20 * 4000 * 4, "{}", row.id);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(row.size, Some(bytes.len() as i64), "{}", row.id);
+        let sha = {
+            use sha2::Digest;
+            recording::to_hex(&sha2::Sha256::digest(&bytes))
+        };
+        assert_eq!(row.sha256.as_deref(), Some(sha.as_str()), "{}", row.id);
+    }
+    for id in &finished {
+        if started_at[id] < killed_at - 1_000 {
+            let row = store.get_recording(id).unwrap();
+            assert_eq!(
+                row.map(|r| r.state).as_deref(),
+                Some("complete"),
+                "{id} finished before the kill but is not complete"
+            );
+        }
+    }
+    assert!(complete >= 12, "only {complete} complete recordings");
+    for entry in std::fs::read_dir(&rec_dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(!name.ends_with(".tmp"), "{name} left behind");
+    }
+}
