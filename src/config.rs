@@ -98,6 +98,9 @@ pub struct MediaConfig {
     /// Record every anchored call.
     #[serde(default)]
     pub record_all: bool,
+    /// Listen for in-band DTMF tones (Goertzel) on every anchored G.711 leg.
+    #[serde(default = "yes")]
+    pub inband_dtmf: bool,
 }
 
 impl Default for MediaConfig {
@@ -115,6 +118,7 @@ impl Default for MediaConfig {
             recording_key: None,
             anchor_all: false,
             record_all: false,
+            inband_dtmf: true,
         }
     }
 }
@@ -789,7 +793,10 @@ impl Config {
             Some((a, b)) if b - a >= 3 => {}
             _ => err(
                 "media.rtp_ports".into(),
-                format!("{:?}: FIRST-LAST with 1024 <= FIRST, at least 4 ports", m.rtp_ports),
+                format!(
+                    "{:?}: FIRST-LAST with 1024 <= FIRST, at least 4 ports",
+                    m.rtp_ports
+                ),
             ),
         }
         if m.relay_threads == 0 || m.relay_threads > 64 {

@@ -95,6 +95,9 @@ pub fn describe_all() {
     crate::actors::alarms::describe();
     crate::actors::registrar::describe();
     crate::routing::auth::describe();
+    crate::media::relay::describe();
+    crate::media::recording::describe();
+    crate::actors::call::describe_media();
 
     metrics::describe_gauge!(
         BUILD_INFO,

@@ -40,6 +40,104 @@ pub struct Node {
 
 static NODE_SEQ: AtomicU64 = AtomicU64::new(1);
 
+/// Settles recordings an earlier run left unfinished (before any call records).
+fn recover_recordings(
+    config: &Config,
+    dir: &std::path::Path,
+    keys: &crate::media::recording::KeyRing,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut store = crate::store::Store::open(&config.data_dir.join("switchyard.db"))?;
+    let report = crate::store::recordings::recover(&mut store, dir, keys)?;
+    if report != Default::default() {
+        tracing::warn!(
+            completed = report.completed.len(),
+            failed = report.failed.len(),
+            stray = report.stray_tmp_removed,
+            "recordings interrupted by the last stop settled"
+        );
+    }
+    Ok(())
+}
+
+/// Starts the media relay (threads, port pool, recording keys, prompts and music) and
+/// hands it to the calls. Unfinished recordings of an earlier run are settled first.
+fn start_media(
+    config: &Config,
+    ctx: &Arc<CallContext>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use crate::media::{prompts, relay, tone, wav};
+    let m = &config.media;
+    let advertise = m
+        .advertise
+        .or(config.sip.advertise)
+        .unwrap_or(if m.bind.is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            m.bind
+        });
+    let keys = crate::media::recording::KeyRing::from_config(
+        &m.recording_keys,
+        m.recording_key.as_deref(),
+        &config.data_dir,
+    )
+    .map_err(|e| format!("media.recording_keys: {e}"))?;
+    let recordings_dir = m
+        .recordings_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("recordings"));
+    let keys = Arc::new(keys);
+    recover_recordings(config, &recordings_dir, &keys)?;
+    let (first, last) = m.port_range().ok_or("media.rtp_ports: FIRST-LAST")?;
+    let engine = relay::MediaEngine::start(relay::EngineConfig {
+        bind: m.bind,
+        advertise,
+        ports: (first, last),
+        threads: m.relay_threads,
+        recordings_dir,
+        keys: Some(keys),
+        inband_dtmf: m.inband_dtmf,
+    })?;
+    engine.set_sink(crate::actors::call::event_sink(ctx));
+    let weak = Arc::downgrade(ctx);
+    engine.set_alive_check(Arc::new(move |call| {
+        weak.upgrade()
+            .is_none_or(|ctx| ctx.directory.lookup(call).is_some())
+    }));
+    let dir = m.prompts_dir.clone().unwrap_or_else(prompts::default_dir);
+    let mut library = match prompts::PromptLibrary::load(&dir) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "no prompts: announcements are silent");
+            prompts::PromptLibrary::new()
+        }
+    };
+    for (id, text) in &m.tts {
+        match prompts::speak(text, &config.data_dir.join("tts-cache")) {
+            Ok(samples) => library.insert(id, samples),
+            Err(e) => return Err(format!("media.tts.{id}: {e}").into()),
+        }
+    }
+    let music: Arc<[i16]> = match &m.music {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).map_err(|e| format!("media.music {}: {e}", path.display()))?;
+            wav::read_8k_mono(&bytes)
+                .map_err(|e| format!("media.music {}: {e}", path.display()))?
+                .into()
+        }
+        None => tone::melody().into(),
+    };
+    tracing::info!(prompts = library.len(), ports = %m.rtp_ports, %advertise, "media relay started");
+    let _ = ctx.media.set(Arc::new(crate::actors::call::MediaCtx {
+        engine,
+        anchor_all: m.anchor_all,
+        record_all: m.record_all,
+        prompts: Arc::new(library),
+        music,
+    }));
+    Ok(())
+}
+
 impl Node {
     /// Starts everything the config describes. Listen sockets may use port 0.
     pub async fn start(config: Config) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
@@ -73,6 +171,7 @@ impl Node {
             &config.sip.user_agent,
             config.sip.advertise,
         ));
+        start_media(&config, &ctx)?;
         // Trunks: budgets and health flags shared by calls and trunk actors.
         let trunk_table: Arc<TrunkTable> = Arc::new(
             config
@@ -111,12 +210,26 @@ impl Node {
             let queues = crate::actors::queue::plan(t, &agents);
             for n in &t.numbers {
                 if let Ok(target) = CcTarget::parse(&n.target) {
+                    let queue = match &target {
+                        CcTarget::Queue(q) => t.queues.iter().find(|c| &c.id == q),
+                        _ => None,
+                    };
+                    let record = t.record || queue.is_some_and(|q| q.record);
+                    let answer_first = queue.is_some_and(|q| q.answer_first);
+                    let media = crate::actors::router::MediaPolicy {
+                        anchor: record || answer_first,
+                        record,
+                        answer_first,
+                        announce_secs: queue.map_or(0, |q| q.announce_secs),
+                        tenant: Some(Arc::from(t.id.as_str())),
+                    };
                     numbers.insert(
                         n.number.clone(),
                         NumberRoute {
                             tenant: Arc::from(t.id.as_str()),
                             target,
                             priority: n.priority,
+                            media,
                         },
                     );
                 }

@@ -46,6 +46,9 @@ fn cdr(seq: u64, end_at: i64) -> Cdr {
         abandoned: false,
         trunk: None,
         attempts: None,
+        dtmf: None,
+        recording: None,
+        media: None,
     }
 }
 

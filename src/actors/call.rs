@@ -40,6 +40,9 @@ use crate::supervision::{start_child, ChildSpec, Restart, SupervisorError, Super
 use crate::timer::{TimerId, TimerService};
 use crate::transport::{status_label, Dest, Inbound, Protocol, Source, Transports};
 
+mod media;
+pub use media::{describe as describe_media, event_sink, MediaCtx, RecordingCommand};
+
 pub const CALLS_ACTIVE: &str = "switchyard_calls_active";
 pub const CALL_ATTEMPTS: &str = "switchyard_call_attempts_total";
 pub const CALLS_ANSWERED: &str = "switchyard_calls_answered_total";
@@ -116,6 +119,8 @@ pub struct CallContext {
     pub cc: OnceLock<std::sync::Weak<crate::actors::queue::CcContext>>,
     /// The node's trunks (channels are given back through it, also after a restart).
     pub trunks: OnceLock<Arc<super::trunk::TrunkTable>>,
+    /// Media anchoring (set once the relay engine runs).
+    pub media: OnceLock<Arc<MediaCtx>>,
 }
 
 impl CallContext {
@@ -144,6 +149,7 @@ impl CallContext {
             cc: OnceLock::new(),
             trunks: OnceLock::new(),
             routes: OnceLock::new(),
+            media: OnceLock::new(),
         }
     }
 
@@ -157,7 +163,7 @@ impl CallContext {
         self.transports.get().is_some()
     }
 
-    fn store(&self) -> Option<ActorRef<StoreWriterMsg>> {
+    pub(crate) fn store(&self) -> Option<ActorRef<StoreWriterMsg>> {
         let name = self.store_name.clone()?;
         ractor::registry::where_is(name).map(Into::into)
     }
@@ -457,6 +463,20 @@ pub enum CallMsg {
     QueueResync,
     /// A restarted agent asks how its offer stands.
     AgentResync { agent: Arc<str>, offer: u64 },
+    /// The relay detected a DTMF digit on a leg.
+    Dtmf {
+        side: crate::media::relay::Side,
+        digit: char,
+        source: crate::media::relay::DtmfSource,
+    },
+    /// The queue says where a waiting caller stands (for its announcement).
+    QueuePosition {
+        position: u32,
+        wait_secs: Option<u64>,
+    },
+    /// Starts, stops, pauses or resumes the call's recording (the API); replies with the
+    /// recording's id or why not.
+    Recording(RecordingCommand, RpcReplyPort<Result<String, String>>),
 }
 
 /// Call-level timers.
@@ -476,6 +496,8 @@ pub enum CallTimer {
     QueueKeepalive,
     /// A trunk attempt had no response at all in the trunk's INVITE timeout.
     InviteTimeout,
+    /// Time to tell a caller waiting with music where it stands.
+    Announce,
 }
 
 /// A snapshot for tests and the API.
@@ -486,6 +508,10 @@ pub struct CallInfo {
     pub b_call_id: Bytes,
     pub transactions: usize,
     pub restored: bool,
+    /// DTMF digits detected so far (both legs, in order).
+    pub dtmf: String,
+    /// Whether the call's media is anchored.
+    pub anchored: bool,
 }
 
 /// Where a call is.
@@ -542,6 +568,9 @@ pub struct Checkpoint {
     /// The trunk whose channel this call holds (given back when the call ends, also by a
     /// restarted actor).
     trunk: Option<Arc<str>>,
+    /// Set when the call's media is anchored (the relay session is found by the A-leg
+    /// Call-ID, also by a restarted actor).
+    media: Option<super::router::MediaPolicy>,
 }
 
 /// A call through a trunk group: the trunks still to try, the attempt in progress, and the
@@ -580,6 +609,12 @@ struct CdrDraft {
     reason: String,
     /// Trunk attempts in order, `trunk:cause` (e.g. `a:503,b:timeout,c:answered`).
     attempts: Option<String>,
+    /// DTMF digits detected (both legs).
+    dtmf: String,
+    /// The call's recording, if any.
+    recording: Option<String>,
+    /// Legs A and B at the end of an anchored call.
+    quality: Option<[crate::media::quality::LegQuality; 2]>,
 }
 
 /// What a transaction is for.
@@ -704,6 +739,10 @@ pub struct CallState {
     /// Offers of this call already reported over (a restarted agent asking about one gets
     /// its outcome; one never seen may still be on its way).
     ended_offers: Vec<u64>,
+    /// The relay session of an anchored call.
+    session: Option<Arc<crate::media::relay::Session>>,
+    /// The next position announcement to a caller waiting with music.
+    announce: Option<TimerId>,
 }
 
 impl Actor for CallActor {
@@ -743,6 +782,8 @@ impl Actor for CallActor {
             orig_route: None,
             orig_agent: None,
             ended_offers: Vec::new(),
+            session: None,
+            announce: None,
         };
         match args.init {
             CallInit::New(call) => {
@@ -754,6 +795,9 @@ impl Actor for CallActor {
             CallInit::Lost(a_call_id) => {
                 tracing::warn!(call_id = %String::from_utf8_lossy(&a_call_id), "call actor restarted before its first checkpoint: call dropped");
                 state.ctx.directory.remove(&a_call_id);
+                if let Some(m) = state.ctx.media.get() {
+                    m.engine.release(&a_call_id);
+                }
                 state.ctx.active.fetch_sub(1, Ordering::Relaxed);
                 state.ctx.set_active_gauge();
                 myself.stop(Some("lost".into()));
@@ -788,6 +832,12 @@ impl Actor for CallActor {
                         .unwrap_or_default(),
                     transactions: state.txs.len(),
                     restored: state.restored,
+                    dtmf: state
+                        .core
+                        .as_ref()
+                        .map(|c| c.cdr.dtmf.clone())
+                        .unwrap_or_default(),
+                    anchored: state.session.is_some(),
                 };
                 let _ = reply.send(info);
             }
@@ -796,6 +846,18 @@ impl Actor for CallActor {
             CallMsg::QueueOverflow(target) => state.on_overflow(target),
             CallMsg::QueueResync => state.on_queue_resync(),
             CallMsg::AgentResync { agent, offer } => state.on_agent_resync(agent, offer),
+            CallMsg::Dtmf {
+                side,
+                digit,
+                source,
+            } => state.on_dtmf(side, digit, source),
+            CallMsg::QueuePosition {
+                position,
+                wait_secs,
+            } => state.on_position(position, wait_secs),
+            CallMsg::Recording(cmd, reply) => {
+                let _ = reply.send(state.recording_command(cmd));
+            }
         }
         state.sweep();
         Ok(())
@@ -822,7 +884,10 @@ impl Actor for CallActor {
         if let Some((id, ..)) = state.resend_2xx.take() {
             state.ctx.timers.cancel(id);
         }
-        if let Some(id) = state.keepalive.take() {
+        for id in [state.keepalive.take(), state.announce.take()]
+            .into_iter()
+            .flatten()
+        {
             state.ctx.timers.cancel(id);
         }
         for id in &state.old_b_ids {
@@ -939,10 +1004,19 @@ impl CallState {
                     waiting: true,
                 }),
                 trunk: None,
+                media: None,
             });
+            let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
-            self.checkpoint();
             self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
+            match anchored {
+                Ok(policy) => self.core().media = policy,
+                Err((status, reason)) => return self.refuse(status, reason),
+            }
+            self.checkpoint();
+            if self.core().media.as_ref().is_some_and(|m| m.record) {
+                self.start_recording("config");
+            }
             if let Some(group) = &route.group {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
                 self.trunk_leg = Some(TrunkLeg {
@@ -957,10 +1031,15 @@ impl CallState {
                 }
                 return;
             }
-            // The caller hears ringing while it waits (announcements and music are further
-            // actions here once media exists).
-            let ringing = self.a_response(180, "Ringing", true);
-            self.respond_a_invite(ringing);
+            // The caller hears ringing while it waits, or (a queue that answers first) is
+            // answered and hears music and its position.
+            match self.answer_first() {
+                Some(ok) => self.answer_a(ok),
+                None => {
+                    let ringing = self.a_response(180, "Ringing", true);
+                    self.respond_a_invite(ringing);
+                }
+            }
             self.core().cdr.ringing_ms = Some(now_unix_ms());
             metrics::histogram!(CALL_SETUP, "stage" => "ringing")
                 .record(self.received_at.elapsed().as_secs_f64());
@@ -989,6 +1068,7 @@ impl CallState {
                 b_dest.protocol.uri_param()
             )),
         };
+        let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
         let (b, b_invite, branch) = self.b_leg(&a_invite, &dialled, ruri, b_dest, target);
         let b_call_id = b.call_id.clone();
         let b_invite = Arc::new(b_invite);
@@ -1007,13 +1087,21 @@ impl CallState {
             ended: false,
             queue: None,
             trunk: None,
+            media: None,
         });
         let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
         self.ctx.directory.register(b_call_id, self.myself.clone());
-        self.checkpoint();
 
         // The caller's INVITE server transaction answers 100 Trying at once.
         self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
+        match anchored {
+            Ok(policy) => self.core().media = policy,
+            Err((status, reason)) => return self.refuse(status, reason),
+        }
+        self.checkpoint();
+        if self.core().media.as_ref().is_some_and(|m| m.record) {
+            self.start_recording("config");
+        }
         let mut ids = self.send_forks(&b_invite, &forks);
         ids.push(self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, b_dest));
         self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.ctx.no_answer));
@@ -1111,7 +1199,10 @@ impl CallState {
             b_invite.push(HeaderName::ContentType, v.clone());
         }
         copy_extensions(a_invite, &mut b_invite);
-        b_invite.body = a_invite.body.clone();
+        b_invite.body = self.b_offer(&a_invite.body);
+        if self.a_answered() {
+            b_invite.set(HeaderName::ContentType, "application/sdp");
+        }
         (b, b_invite, branch)
     }
 
@@ -1166,6 +1257,7 @@ impl CallState {
             ended: false,
             queue: None,
             trunk: None,
+            media: None,
         });
         self.orig_route = Some(route);
         self.orig = Some(Originated {
@@ -1411,6 +1503,23 @@ impl CallState {
                 .register(cp.b_call_id.clone(), self.myself.clone());
         }
         self.core = Some(cp);
+        self.reattach_media();
+        let waiting = self.core().queue.as_ref().is_some_and(|q| q.waiting);
+        if self.a_answered()
+            && waiting
+            && matches!(phase, Phase::Queued | Phase::Setup | Phase::Early)
+        {
+            // A caller the switch answered keeps its call: a ringing agent's offer is
+            // withdrawn (its transaction died with the actor) and the caller waits again,
+            // in its place, with music.
+            if phase != Phase::Queued {
+                let cancel = cancel_for(&self.core().b_invite);
+                let dest = self.core().b_dest;
+                self.new_client_tx(Leg::B, Role::BCancel, cancel, Bytes::new(), dest);
+            }
+            self.play_music(None);
+            return self.back_to_queue();
+        }
         match phase {
             Phase::Queued => {
                 let resp = self.a_response(500, "Server Internal Error (Call Restarted)", false);
@@ -1572,6 +1681,27 @@ impl CallState {
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
             return self.respond(id, 491, "Request Pending", None);
         }
+        if method == Method::Info {
+            self.info_dtmf(leg, &msg);
+        }
+        if leg == Leg::A
+            && self.a_answered()
+            && matches!(
+                self.core().phase,
+                Phase::Queued | Phase::Setup | Phase::Early
+            )
+        {
+            // A caller the switch answered, still waiting: nothing to relay its requests to.
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            return match method {
+                Method::Bye => {
+                    self.respond(id, 200, "OK", None);
+                    self.hang_up_answered_caller(HangupBy::Caller, "caller hung up in queue");
+                }
+                Method::Invite | Method::Update => self.respond(id, 491, "Request Pending", None),
+                _ => self.respond(id, 200, "OK", None),
+            };
+        }
         if matches!(method, Method::Invite | Method::Update) {
             // A target refresh (RFC 3261 §12.2.2): later requests go to the new Contact.
             if let Some(c) = msg.contacts().next() {
@@ -1624,6 +1754,8 @@ impl CallState {
         let other = if leg == Leg::A { Leg::B } else { Leg::A };
         let mut out = self.in_dialog_request(other, method, &msg);
         out.body = msg.body.clone();
+        // An offer (re-INVITE, UPDATE) of an anchored call: the switch's address and port.
+        self.rewrite_body_of(leg, &mut out, false);
         let (protocol, dest) = self.leg_dest(other);
         let branch = new_branch();
         out.push_front(HeaderName::Via, self.ctx.via(protocol, &branch));
@@ -1721,7 +1853,8 @@ impl CallState {
             }
             if self.core().phase == Phase::Answered {
                 let ct = msg.content_type().cloned();
-                self.ack_b(msg.body.clone(), ct);
+                let body = self.rewrite_sdp(Leg::A, &msg.body, true);
+                self.ack_b(body, ct);
                 self.set_phase(Phase::Confirmed);
             }
             return;
@@ -1755,7 +1888,8 @@ impl CallState {
             return;
         };
         let ct = msg.content_type().cloned();
-        let ack = self.send_ack(peer_leg, peer_seq, msg.body.clone(), ct);
+        let body = self.rewrite_sdp(leg, &msg.body, true);
+        let ack = self.send_ack(peer_leg, peer_seq, body, ct);
         if let Some(t) = self.tx_mut(peer) {
             t.ack_due = false;
             t.ack = Some(ack);
@@ -2145,7 +2279,13 @@ impl CallState {
                     let reason = resp_reason(resp);
                     let with_contact =
                         matches!(method, Method::Invite | Method::Update) && status < 300;
-                    self.respond(peer, status, &reason, Some((resp, with_contact)));
+                    if self.session.is_some() && !resp.body.is_empty() {
+                        let mut rewritten = resp.clone();
+                        self.rewrite_body_of(tx_leg, &mut rewritten, true);
+                        self.respond(peer, status, &reason, Some((&rewritten, with_contact)));
+                    } else {
+                        self.respond(peer, status, &reason, Some((resp, with_contact)));
+                    }
                     if method == Method::Invite && (200..300).contains(&status) {
                         self.start_relayed_2xx_resend(peer);
                     }
@@ -2321,8 +2461,13 @@ impl CallState {
                     metrics::histogram!(CALL_SETUP, "stage" => "ringing")
                         .record(self.received_at.elapsed().as_secs_f64());
                 }
+                if self.a_answered() {
+                    // The caller, answered by the switch, hears music, not the agent's ring.
+                    return self.set_phase(Phase::Early);
+                }
                 let mut out = self.a_response(status, &resp_reason(resp), true);
                 copy_body(resp, &mut out);
+                self.rewrite_body_of(Leg::B, &mut out, true);
                 self.respond_a_invite(out);
                 self.set_phase(Phase::Early);
             }
@@ -2335,8 +2480,20 @@ impl CallState {
                 metrics::histogram!(CALL_SETUP, "stage" => "answer")
                     .record(self.received_at.elapsed().as_secs_f64());
                 metrics::counter!(CALLS_ANSWERED).increment(1);
+                if self.a_answered() {
+                    // The agent answers a caller the switch answered: bridge them.
+                    self.bridge_agent(resp);
+                    self.ack_b(Bytes::new(), None);
+                    if let Some(max) = self.ctx.max_duration {
+                        self.max_duration =
+                            Some(self.schedule_call_timer(CallTimer::MaxDuration, max));
+                    }
+                    self.set_phase(Phase::Confirmed);
+                    return self.cancel_other_forks();
+                }
                 let mut out = self.a_response(status, &resp_reason(resp), true);
                 copy_body(resp, &mut out);
+                self.rewrite_body_of(Leg::B, &mut out, true);
                 copy_extensions(resp, &mut out);
                 let bytes = out.encode();
                 self.respond_a_invite(out);
@@ -2470,6 +2627,25 @@ impl CallState {
         }
         resp.push(HeaderName::Server, self.ctx.user_agent.clone());
         resp
+    }
+
+    /// Refuses the caller's INVITE before a B leg exists and ends the call.
+    fn refuse(&mut self, status: u16, reason: &str) {
+        let resp = self.a_response(status, reason, false);
+        self.respond_a_invite(resp);
+        self.end(status, HangupBy::System, reason);
+    }
+
+    /// Answers the caller's INVITE from the switch itself (retransmitted over UDP until
+    /// its ACK comes).
+    fn answer_a(&mut self, ok: Message) {
+        let bytes = ok.encode();
+        self.respond_a_invite(ok);
+        if !self.core().a_source.protocol.is_reliable() {
+            let t1 = self.ctx.timer_cfg.t1;
+            let id = self.schedule_call_timer(CallTimer::Resend2xx, t1);
+            self.resend_2xx = Some((id, bytes, t1, Instant::now()));
+        }
     }
 
     fn respond_a_invite(&mut self, resp: Message) {
@@ -2718,6 +2894,9 @@ impl CallState {
                 let status = self.core().cdr.final_status;
                 self.end(status, by, reason);
             }
+            Some(Phase::Setup | Phase::Early | Phase::Queued) if self.a_answered() => {
+                self.hang_up_answered_caller(by, reason);
+            }
             Some(Phase::Setup | Phase::Early | Phase::Queued) => {
                 self.abandon_queue();
                 let resp = self.a_response(480, "Temporarily Unavailable", false);
@@ -2797,6 +2976,7 @@ impl CallState {
                 self.resend_2xx = Some((tid, bytes, next, since));
             }
             CallTimer::ResendRelayed2xx(tx) => self.resend_relayed_2xx(tx, id),
+            CallTimer::Announce if self.announce == Some(id) => self.request_position(),
             _ => {}
         }
     }
@@ -3286,9 +3466,26 @@ impl CallState {
 
     /// Ends a caller that never reached an agent with a final failure.
     fn fail_queued(&mut self, status: u16, reason: &str, why: &str) {
+        if self.a_answered() {
+            return self.hang_up_answered_caller(HangupBy::System, why);
+        }
         let resp = self.a_response(status, reason, false);
         self.respond_a_invite(resp);
         self.end(status, HangupBy::System, why);
+    }
+
+    /// Ends the call of a caller the switch answered (waiting with music, or its agent
+    /// ringing): a BYE to the caller, the ringing agent cancelled.
+    fn hang_up_answered_caller(&mut self, by: HangupBy, why: &str) {
+        self.abandon_queue();
+        if let Some((id, ..)) = self.resend_2xx.take() {
+            self.ctx.timers.cancel(id);
+        }
+        if by != HangupBy::Caller {
+            self.send_bye(Leg::A);
+        }
+        self.cancel_b();
+        self.end(200, by, why);
     }
 
     /// After the call ends: the agent moves on, the queue counts the handle time, a caller
@@ -3557,6 +3754,7 @@ impl CallState {
                     status,
                     pdd_ms: cur.pdd_ms,
                     duration_ms: None,
+                    media: None,
                 },
             );
         }
@@ -3624,6 +3822,18 @@ impl CallState {
     fn trunk_call_ended(&mut self, final_status: u16) {
         self.cancel_invite_timer();
         let node = self.node();
+        // The carrier's leg (B) as measured by the relay, for the trunk's quality score.
+        let media = self
+            .core
+            .as_ref()
+            .and_then(|c| c.cdr.quality)
+            .map(|[_, b]| b)
+            .filter(|b| b.packets > 0)
+            .map(|b| crate::routing::trunks::MediaQuality {
+                loss: b.loss,
+                jitter_ms: b.jitter_ms,
+                mos: b.mos,
+            });
         if let Some(cur) = self.trunk_leg.as_mut().and_then(|l| l.current.take()) {
             let (outcome, duration_ms) = match cur.answered_at {
                 Some(at) => (Outcome::Answered, Some(at.elapsed().as_millis() as u64)),
@@ -3650,6 +3860,7 @@ impl CallState {
                         status: Some(final_status),
                         pdd_ms: cur.pdd_ms,
                         duration_ms,
+                        media,
                     },
                 );
             }
@@ -3684,6 +3895,10 @@ impl CallState {
         }
         core.cdr.hangup_by = Some(by);
         core.cdr.reason = reason.to_string();
+        if let Some(id) = self.announce.take() {
+            self.ctx.timers.cancel(id);
+        }
+        self.release_media();
         self.queue_call_ended();
         self.trunk_call_ended(final_status);
         self.orig_call_ended(final_status);
@@ -3750,6 +3965,19 @@ impl Checkpoint {
             abandoned: self.queue.as_ref().is_some_and(|q| q.abandoned),
             trunk: self.cdr.target.strip_prefix("trunk:").map(str::to_string),
             attempts: d.attempts.clone(),
+            dtmf: (!d.dtmf.is_empty()).then(|| d.dtmf.clone()),
+            recording: d.recording.clone(),
+            media: d.quality.map(|[a, b]| crate::store::CdrMedia {
+                mos_a: a.mos,
+                mos_b: b.mos,
+                loss_a: a.loss,
+                loss_b: b.loss,
+                jitter_a_ms: a.jitter_ms,
+                jitter_b_ms: b.jitter_ms,
+                rtt_ms: a.rtt_ms.or(b.rtt_ms),
+                packets_a: a.packets as i64,
+                packets_b: b.packets as i64,
+            }),
         }
     }
 }

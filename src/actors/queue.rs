@@ -217,6 +217,11 @@ pub enum QueueMsg {
         state: CallerState,
     },
     MemberChanged(MemberUpdate),
+    /// A caller waiting with music asks where it stands (answered with
+    /// [`CallMsg::QueuePosition`]).
+    Announce {
+        call_id: Arc<str>,
+    },
     Tick,
     GetStats(RpcReplyPort<QueueStats>),
     GetWaiting(RpcReplyPort<Vec<WaitingCaller>>),
@@ -438,6 +443,7 @@ impl Actor for QueueActor {
             }
             QueueMsg::MemberChanged(u) => state.on_member(u),
             QueueMsg::CallerState { call_id, state: cs } => state.on_caller_state(call_id, cs, now),
+            QueueMsg::Announce { call_id } => state.announce(&call_id, now),
             QueueMsg::Tick => {
                 state.on_tick(now);
                 state.forget_granted();
@@ -870,6 +876,26 @@ impl QueueState {
             metrics::gauge!(QUEUE_AGENTS, "tenant" => self.labels[0].1.clone(), "queue" => self.labels[1].1.clone(), "state" => state)
                 .set(n as f64);
         }
+    }
+
+    /// Tells a waiting caller its position and, once calls have been handled, an estimate
+    /// of its wait: callers ahead of it (and itself) times the average handle time, shared
+    /// by the agents logged in.
+    fn announce(&self, call_id: &str, now: u64) {
+        let Some(i) = self.cp.waiting.iter().position(|c| &*c.call_id == call_id) else {
+            return;
+        };
+        let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
+        let stats = self.stats(now);
+        let agents = stats.logged_in.max(1) as u64;
+        let wait_secs = (stats.handled > 0).then(|| (i as u64 + 1) * stats.aht_ms / agents / 1000);
+        self.tell_call(
+            call_id,
+            CallMsg::QueuePosition {
+                position,
+                wait_secs,
+            },
+        );
     }
 
     fn tell_call(&self, call_id: &str, msg: CallMsg) {

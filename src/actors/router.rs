@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::call::{self, CallContext, CallMsg, Fork, QueueJoin};
 use super::registrar::{self, Location, RegistrarMsg};
 use super::trunk::{TrunkShared, TrunkTable};
-use crate::config::{AdmissionConfig, CcTarget, RouteConfig, RouteTarget};
+use crate::config::{AdmissionConfig, CcTarget, MediaMode, RouteConfig, RouteTarget};
 use crate::routing::auth::{AuthOutcome, Authenticator};
 use crate::routing::trunks::{self as trunk_policy, Policy, RrState};
 use crate::sip::dialog::{random_token, BRANCH_PREFIX};
@@ -182,6 +182,22 @@ pub struct Route {
     pub target_text: String,
     /// A trunk group instead of the target: the call fails over along the group's plan.
     pub group: Option<Arc<TrunkGroup>>,
+    /// What the call does with its audio.
+    pub media: MediaPolicy,
+}
+
+/// What a call does with its audio: passed through (default) or anchored, recorded,
+/// answered first with music and announcements (queues).
+#[derive(Clone, Debug, Default)]
+pub struct MediaPolicy {
+    pub anchor: bool,
+    pub record: bool,
+    /// Answer the caller on joining a queue; music and announcements until the agent.
+    pub answer_first: bool,
+    /// Seconds between position announcements (0: none).
+    pub announce_secs: u64,
+    /// The tenant recordings are filed under.
+    pub tenant: Option<Arc<str>>,
 }
 
 /// A route's trunks and how one call's order over them is chosen.
@@ -267,6 +283,11 @@ impl Routes {
                         prepend: r.prepend.clone(),
                         target_text: r.target.clone(),
                         group: None,
+                        media: MediaPolicy {
+                            anchor: r.media == MediaMode::Anchor || r.record,
+                            record: r.record,
+                            ..MediaPolicy::default()
+                        },
                     });
                 }
                 let members: Vec<Arc<TrunkShared>> = r
@@ -275,6 +296,7 @@ impl Routes {
                     .filter_map(|t| trunks.get(t.as_str()).cloned())
                     .collect();
                 let first = members.first()?.gateway()?;
+                let trunk_anchors = members.iter().any(|t| t.config.media == MediaMode::Anchor);
                 Some(Route {
                     prefix: r.prefix.clone(),
                     target: first,
@@ -287,6 +309,11 @@ impl Routes {
                         max_attempts: r.max_attempts,
                         rr: Mutex::new(RrState::new()),
                     })),
+                    media: MediaPolicy {
+                        anchor: r.media == MediaMode::Anchor || r.record || trunk_anchors,
+                        record: r.record,
+                        ..MediaPolicy::default()
+                    },
                 })
             })
             .collect();
@@ -438,6 +465,8 @@ pub struct NumberRoute {
     pub tenant: Arc<str>,
     pub target: CcTarget,
     pub priority: u32,
+    /// The media of calls to a queue (its answer-first and recording settings).
+    pub media: MediaPolicy,
 }
 
 /// What the router needs of the registrar: its name, the authenticator and the location
@@ -623,6 +652,7 @@ impl Router {
                             prepend: String::new(),
                             target_text: format!("queue:{q}"),
                             group: None,
+                            media: n.media.clone(),
                         };
                         let join = QueueJoin {
                             tenant: n.tenant.clone(),
@@ -689,6 +719,7 @@ impl Router {
             prepend: String::new(),
             target_text: String::from_utf8_lossy(&first.contact).into_owned(),
             group: None,
+            media: MediaPolicy::default(),
         };
         let dialled = Bytes::copy_from_slice(name.as_bytes());
         self.admit_and_start(msg, source, &route, dialled, forks, None);

@@ -585,6 +585,9 @@ mod tests {
             abandoned: false,
             trunk: None,
             attempts: None,
+            dtmf: None,
+            recording: None,
+            media: None,
         }
     }
 

@@ -253,6 +253,8 @@ pub struct AttemptReport {
     pub status: Option<u16>,
     pub pdd_ms: Option<u64>,
     pub duration_ms: Option<u64>,
+    /// The carrier leg's measured quality when the call's media was anchored.
+    pub media: Option<crate::routing::trunks::MediaQuality>,
 }
 
 /// Tells a trunk's actor how an attempt ended (a stopped actor loses one sample only).
@@ -495,6 +497,18 @@ impl TrunkState {
                 status: r.status,
             },
         );
+        if let Some(m) = r.media {
+            // A moving average over anchored calls (one bad call moves it a fifth).
+            let avg = match self.cp.window.media() {
+                Some(old) => crate::routing::trunks::MediaQuality {
+                    loss: 0.8 * old.loss + 0.2 * m.loss,
+                    jitter_ms: 0.8 * old.jitter_ms + 0.2 * m.jitter_ms,
+                    mos: 0.8 * old.mos + 0.2 * m.mos,
+                },
+                None => m,
+            };
+            self.cp.window.with_media(Some(avg));
+        }
         let streak = self.cp.alarms.streak.on_call(now, failed_over);
         self.alarm(streak);
         let stats = self.cp.window.recent(now);

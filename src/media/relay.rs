@@ -1,1 +1,1549 @@
-//! (being written)
+//! The relay engine: anchored calls' RTP and RTCP, relayed between the two legs by a few
+//! dedicated threads (`media.relay_threads`), each polling its share of the sockets with
+//! epoll (mio). A call's [`Session`] lives here, not in the call actor: the relay goes on
+//! while a call actor restarts, and the restarted actor finds its session again by the
+//! call's Call-ID ([`MediaEngine::get`]).
+//!
+//! Per packet the path is: `recv_from` into the thread's one buffer → latch the source
+//! (symmetric RTP: the first packet's source address becomes the leg's remote, for phones
+//! behind NAT) → receive statistics (loss, jitter) → taps (RFC 4733 and in-band DTMF,
+//! recording) → transcode in place if the legs' G.711 laws differ → `send_to` from the other
+//! leg's socket. No allocation on that path. Every 20 ms a tick plays prompts and music to
+//! legs that have a playback, writes recorded audio, and once a second publishes quality
+//! figures and metrics (counted per thread, flushed in one go).
+//!
+//! Commands from the call actors reach a thread over a channel plus a mio waker, so a
+//! caller never blocks on the relay.
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::dtmf::{EventDetector, InbandDetector};
+use super::g711::Codec;
+use super::ports::PortPool;
+use super::quality::{self, LegQuality, RecvStats};
+use super::recording::{Finished, KeyRing, Recorder};
+use super::rtp;
+use crate::sip::sdp::Direction;
+
+pub const SESSIONS_ACTIVE: &str = "switchyard_media_sessions_active";
+pub const PORTS_IN_USE: &str = "switchyard_media_ports_in_use";
+pub const PORTS_EXHAUSTED: &str = "switchyard_media_ports_exhausted_total";
+pub const PACKETS: &str = "switchyard_media_packets_total";
+pub const BYTES: &str = "switchyard_media_bytes_total";
+pub const DROPPED: &str = "switchyard_media_dropped_total";
+pub const LOST: &str = "switchyard_media_lost_packets_total";
+pub const LATE: &str = "switchyard_media_late_packets_total";
+pub const EXPECTED: &str = "switchyard_media_expected_packets_total";
+pub const PLAYBACKS: &str = "switchyard_media_playback_streams";
+pub const DTMF: &str = "switchyard_media_dtmf_digits_total";
+pub const REAPED: &str = "switchyard_media_sessions_reaped_total";
+use super::recording::RECORDINGS_ACTIVE;
+
+/// Describes the relay's metrics.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        SESSIONS_ACTIVE,
+        "Calls with anchored media (relay sessions)"
+    );
+    describe_gauge!(
+        PORTS_IN_USE,
+        "RTP/RTCP port pairs in use (two per anchored call)"
+    );
+    describe_counter!(
+        PORTS_EXHAUSTED,
+        "Anchoring refused because the RTP port range was used up"
+    );
+    describe_counter!(PACKETS, "RTP and RTCP packets, by dir (in, out) and kind");
+    describe_counter!(BYTES, "RTP and RTCP bytes, by dir (in, out)");
+    describe_counter!(
+        DROPPED,
+        "Packets not relayed, by reason (malformed, no_peer, direction, send_error, playback)"
+    );
+    describe_counter!(
+        LOST,
+        "RTP packets lost on the way to the switch (sequence gaps, RFC 3550)"
+    );
+    describe_counter!(
+        EXPECTED,
+        "RTP packets expected from the sequence numbers (the base of the loss ratio)"
+    );
+    describe_counter!(
+        LATE,
+        "RTP packets that arrived after a later one (reordered)"
+    );
+    describe_gauge!(PLAYBACKS, "Prompt or music streams being played to legs");
+    describe_counter!(
+        DTMF,
+        "DTMF digits detected, by source (rfc4733, inband, info)"
+    );
+    describe_counter!(
+        REAPED,
+        "Relay sessions removed because no call actor owned them any more"
+    );
+}
+
+/// A call's two legs: A (the caller) and B (the callee or agent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    A,
+    B,
+}
+
+impl Side {
+    fn idx(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+    /// The other leg.
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::A => "a",
+            Side::B => "b",
+        }
+    }
+}
+
+/// Where a DTMF digit was detected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DtmfSource {
+    Rfc4733,
+    Inband,
+    Info,
+}
+
+impl DtmfSource {
+    pub fn label(self) -> &'static str {
+        match self {
+            DtmfSource::Rfc4733 => "rfc4733",
+            DtmfSource::Inband => "inband",
+            DtmfSource::Info => "info",
+        }
+    }
+}
+
+/// What the relay tells the rest of the switch (through the [`EventSink`]).
+#[derive(Debug)]
+pub enum MediaEvent {
+    Dtmf {
+        call: Bytes,
+        side: Side,
+        digit: char,
+        source: DtmfSource,
+    },
+    RecordingStarted {
+        id: String,
+        call: Bytes,
+        tenant: String,
+        key_id: String,
+        path: PathBuf,
+        started_ms: i64,
+    },
+    RecordingFinished {
+        id: String,
+        call: Bytes,
+        finished: Finished,
+    },
+    RecordingFailed {
+        id: String,
+        call: Bytes,
+        reason: String,
+    },
+}
+
+/// Receives the relay's events (called on relay threads: must not block).
+pub type EventSink = Arc<dyn Fn(MediaEvent) + Send + Sync>;
+/// Whether a call (by A-leg Call-ID) still has an actor (sessions of calls that have none
+/// are reaped).
+pub type AliveCheck = Arc<dyn Fn(&Bytes) -> bool + Send + Sync>;
+
+/// The engine's settings (from `[media]`).
+#[derive(Clone)]
+pub struct EngineConfig {
+    pub bind: IpAddr,
+    pub advertise: IpAddr,
+    pub ports: (u16, u16),
+    pub threads: usize,
+    pub recordings_dir: PathBuf,
+    pub keys: Option<Arc<KeyRing>>,
+    /// Run the in-band (Goertzel) DTMF detector on every G.711 leg.
+    pub inband_dtmf: bool,
+}
+
+/// Why a session could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("no free RTP ports")]
+    NoPorts,
+    #[error("cannot bind RTP socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("relay thread is gone")]
+    Gone,
+}
+
+/// A frame of audio: 20 ms at 8 kHz.
+pub const FRAME: usize = 160;
+const TICK: Duration = Duration::from_millis(20);
+const WAKER: Token = Token(usize::MAX);
+/// Recorded audio a leg may run ahead of the other before the oldest is dropped (1 s).
+const REC_BUFFER: usize = 8000;
+
+/// What a leg is played: items in order, then (optionally) a loop.
+#[derive(Clone, Default)]
+pub struct Playlist {
+    pub items: Vec<Arc<[i16]>>,
+    pub then_loop: Option<Arc<[i16]>>,
+}
+
+/// Counters and quality of one leg, published by its relay thread once a second.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LegStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub quality: LegQuality,
+    /// The leg's remote address as latched or signalled.
+    pub remote: Option<SocketAddr>,
+}
+
+/// A call's relay session as the call actor sees it: its ports, and commands to its thread.
+pub struct Session {
+    call: Bytes,
+    ports: [u16; 2],
+    advertise: IpAddr,
+    thread: usize,
+    slot: usize,
+    serial: u64,
+    engine: std::sync::Weak<EngineInner>,
+    stats: Mutex<[LegStats; 2]>,
+    recording: Mutex<Option<String>>,
+    released: AtomicBool,
+}
+
+impl Session {
+    /// The RTP port the switch uses facing `side` (RTCP is the port above).
+    pub fn port(&self, side: Side) -> u16 {
+        self.ports[side.idx()]
+    }
+    /// The address written in rewritten SDP.
+    pub fn address(&self) -> IpAddr {
+        self.advertise
+    }
+    /// The A-leg Call-ID the session belongs to.
+    pub fn call(&self) -> &Bytes {
+        &self.call
+    }
+    /// Where `side` sends from and wants media at (from its SDP), its codec, and its
+    /// telephone-event payload type. Re-latches on the next packet.
+    pub fn set_remote(
+        &self,
+        side: Side,
+        addr: SocketAddr,
+        codec: Option<Codec>,
+        te_pt: Option<u8>,
+    ) {
+        self.send(Command::Remote {
+            side,
+            addr,
+            codec,
+            te_pt,
+        });
+    }
+    /// The G.711 law `side` is sent in (its own negotiation, e.g. the switch's answer).
+    pub fn set_remote_codec(&self, side: Side, codec: Codec) {
+        self.send(Command::Codec { side, codec });
+    }
+    /// The direction `side` declared in its SDP (sendonly: it only sends, so nothing is
+    /// relayed to it; recvonly: nothing it sends is relayed; inactive: neither).
+    pub fn set_direction(&self, side: Side, direction: Direction) {
+        self.send(Command::Direction { side, direction });
+    }
+    /// Relay between the legs (on) or keep them apart (off: e.g. a caller waiting in a queue).
+    pub fn bridge(&self, on: bool) {
+        self.send(Command::Bridge(on));
+    }
+    /// Plays a playlist to `side` (replacing what it is hearing).
+    pub fn play(&self, side: Side, playlist: Playlist) {
+        self.send(Command::Play { side, playlist });
+    }
+    /// Stops what `side` is being played.
+    pub fn stop_play(&self, side: Side) {
+        self.send(Command::StopPlay(side));
+    }
+    /// Starts recording both legs (left: A, right: B) as recording `id` of `tenant`.
+    pub fn record(&self, id: String, tenant: String) {
+        *lock(&self.recording) = Some(id.clone());
+        self.send(Command::Record { id, tenant });
+    }
+    /// Pauses (true) or resumes (false) the recording.
+    pub fn pause_recording(&self, paused: bool) {
+        self.send(Command::PauseRecording(paused));
+    }
+    /// Stops and finishes the recording.
+    pub fn stop_recording(&self) {
+        *lock(&self.recording) = None;
+        self.send(Command::StopRecording);
+    }
+    /// The recording in progress, if any.
+    pub fn recording(&self) -> Option<String> {
+        lock(&self.recording).clone()
+    }
+    /// Sends a DTMF digit to `side` (RFC 4733 when it has telephone-event, else in-band).
+    pub fn send_dtmf(&self, side: Side, digit: char) {
+        self.send(Command::SendDtmf { side, digit });
+    }
+    /// The leg's counters and quality (published once a second; see [`Session::flush`]).
+    pub fn stats(&self, side: Side) -> LegStats {
+        lock(&self.stats)[side.idx()]
+    }
+    /// Asks the thread to publish the figures now (they are then at most a tick old).
+    pub fn flush(&self) {
+        self.send(Command::Publish);
+    }
+
+    fn send(&self, cmd: Command) {
+        if let Some(engine) = self.engine.upgrade() {
+            engine.threads[self.thread].send(Envelope {
+                slot: self.slot,
+                serial: self.serial,
+                cmd,
+            });
+        }
+    }
+}
+
+enum Command {
+    Add(Box<Sess>),
+    Remove,
+    Remote {
+        side: Side,
+        addr: SocketAddr,
+        codec: Option<Codec>,
+        te_pt: Option<u8>,
+    },
+    Direction {
+        side: Side,
+        direction: Direction,
+    },
+    Codec {
+        side: Side,
+        codec: Codec,
+    },
+    Bridge(bool),
+    Play {
+        side: Side,
+        playlist: Playlist,
+    },
+    StopPlay(Side),
+    Record {
+        id: String,
+        tenant: String,
+    },
+    PauseRecording(bool),
+    StopRecording,
+    SendDtmf {
+        side: Side,
+        digit: char,
+    },
+    Publish,
+}
+
+struct Envelope {
+    slot: usize,
+    /// The session the command is for (a slot is reused once its session is gone).
+    serial: u64,
+    cmd: Command,
+}
+
+struct ThreadHandle {
+    tx: Mutex<mpsc::Sender<Envelope>>,
+    waker: Waker,
+    /// Slots handed out for new sessions (the thread fills them in order).
+    next_slot: Mutex<SlotAlloc>,
+}
+
+#[derive(Default)]
+struct SlotAlloc {
+    next: usize,
+    free: Vec<usize>,
+}
+
+impl ThreadHandle {
+    fn send(&self, env: Envelope) {
+        let sent = lock(&self.tx).send(env).is_ok();
+        if sent {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+struct EngineInner {
+    cfg: EngineConfig,
+    pool: PortPool,
+    threads: Vec<ThreadHandle>,
+    sessions: DashMap<Bytes, Arc<Session>>,
+    sink: OnceLock<EventSink>,
+    alive: OnceLock<AliveCheck>,
+    next_thread: AtomicUsize,
+    next_serial: AtomicU64,
+    recordings_active: AtomicU64,
+    playbacks: AtomicU64,
+}
+
+/// The relay engine: the port pool, the relay threads and the sessions by Call-ID.
+#[derive(Clone)]
+pub struct MediaEngine {
+    inner: Arc<EngineInner>,
+}
+
+impl MediaEngine {
+    /// Starts the relay threads.
+    pub fn start(cfg: EngineConfig) -> io::Result<MediaEngine> {
+        let threads = cfg.threads.max(1);
+        let mut handles = Vec::with_capacity(threads);
+        let mut loops = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = Poll::new()?;
+            let waker = Waker::new(poll.registry(), WAKER)?;
+            let (tx, rx) = mpsc::channel();
+            handles.push(ThreadHandle {
+                tx: Mutex::new(tx),
+                waker,
+                next_slot: Mutex::new(SlotAlloc::default()),
+            });
+            loops.push((poll, rx));
+        }
+        let inner = Arc::new(EngineInner {
+            pool: PortPool::new(cfg.ports.0, cfg.ports.1),
+            cfg,
+            threads: handles,
+            sessions: DashMap::new(),
+            sink: OnceLock::new(),
+            alive: OnceLock::new(),
+            next_thread: AtomicUsize::new(0),
+            next_serial: AtomicU64::new(1),
+            recordings_active: AtomicU64::new(0),
+            playbacks: AtomicU64::new(0),
+        });
+        for (i, (poll, rx)) in loops.into_iter().enumerate() {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name(format!("media-relay-{i}"))
+                .spawn(move || RelayThread::new(i, poll, rx, weak).run())?;
+        }
+        Ok(MediaEngine { inner })
+    }
+
+    /// Where the relay's events go (set once, at start).
+    pub fn set_sink(&self, sink: EventSink) {
+        let _ = self.inner.sink.set(sink);
+    }
+
+    /// How the engine learns that a call has no actor any more (set once, at start).
+    pub fn set_alive_check(&self, alive: AliveCheck) {
+        let _ = self.inner.alive.set(alive);
+    }
+
+    /// The address rewritten SDP carries.
+    pub fn advertise(&self) -> IpAddr {
+        self.inner.cfg.advertise
+    }
+
+    /// Whether recordings can be made (a key ring is loaded).
+    pub fn can_record(&self) -> bool {
+        self.inner.cfg.keys.is_some()
+    }
+
+    /// The call's session, set up now (two port pairs bound) or found if it exists.
+    pub fn allocate(&self, call: &Bytes) -> Result<Arc<Session>, MediaError> {
+        if let Some(s) = self.get(call) {
+            return Ok(s);
+        }
+        let inner = &self.inner;
+        let (a, b) = (self.bind_leg()?, self.bind_leg());
+        let b = match b {
+            Ok(b) => b,
+            Err(e) => {
+                inner.pool.give(a.0);
+                return Err(e);
+            }
+        };
+        let thread = inner.next_thread.fetch_add(1, Ordering::Relaxed) % inner.threads.len();
+        let slot = {
+            let mut alloc = lock(&inner.threads[thread].next_slot);
+            alloc.free.pop().unwrap_or_else(|| {
+                alloc.next += 1;
+                alloc.next - 1
+            })
+        };
+        let session = Arc::new(Session {
+            call: call.clone(),
+            ports: [a.0, b.0],
+            advertise: inner.cfg.advertise,
+            thread,
+            slot,
+            serial: inner.next_serial.fetch_add(1, Ordering::Relaxed),
+            engine: Arc::downgrade(inner),
+            stats: Mutex::new([LegStats::default(); 2]),
+            recording: Mutex::new(None),
+            released: AtomicBool::new(false),
+        });
+        let sess = Sess::new(session.clone(), [a, b], inner.cfg.inband_dtmf);
+        inner.threads[thread].send(Envelope {
+            slot,
+            serial: session.serial,
+            cmd: Command::Add(Box::new(sess)),
+        });
+        inner.sessions.insert(call.clone(), session.clone());
+        self.gauges();
+        Ok(session)
+    }
+
+    /// The call's session, if it has one.
+    pub fn get(&self, call: &[u8]) -> Option<Arc<Session>> {
+        self.inner.sessions.get(call).map(|s| s.clone())
+    }
+
+    /// Ends the call's session: sockets closed, ports given back, recording finished.
+    pub fn release(&self, call: &[u8]) {
+        if let Some((_, s)) = self.inner.sessions.remove(call) {
+            if !s.released.swap(true, Ordering::AcqRel) {
+                s.send(Command::Remove);
+            }
+        }
+        self.gauges();
+    }
+
+    /// Sessions in progress.
+    pub fn sessions(&self) -> usize {
+        self.inner.sessions.len()
+    }
+
+    /// Port pairs in use.
+    pub fn ports_in_use(&self) -> usize {
+        self.inner.pool.in_use()
+    }
+
+    /// Reports a DTMF digit that arrived in signalling (SIP INFO) like the relay's own.
+    pub fn dtmf_from_signalling(&self, call: &Bytes, side: Side, digit: char) {
+        metrics::counter!(DTMF, "source" => DtmfSource::Info.label()).increment(1);
+        if let Some(sink) = self.inner.sink.get() {
+            sink(MediaEvent::Dtmf {
+                call: call.clone(),
+                side,
+                digit,
+                source: DtmfSource::Info,
+            });
+        }
+    }
+
+    fn gauges(&self) {
+        metrics::gauge!(SESSIONS_ACTIVE).set(self.inner.sessions.len() as f64);
+        metrics::gauge!(PORTS_IN_USE).set((self.inner.pool.in_use() * 2) as f64);
+    }
+
+    /// Takes a port pair and binds its two sockets (a port another program holds is
+    /// skipped and put back at the end of the line).
+    fn bind_leg(&self) -> Result<(u16, UdpSocket, UdpSocket), MediaError> {
+        let pool = &self.inner.pool;
+        for _ in 0..16 {
+            let Some(port) = pool.take() else {
+                metrics::counter!(PORTS_EXHAUSTED).increment(1);
+                return Err(MediaError::NoPorts);
+            };
+            let bind = self.inner.cfg.bind;
+            let rtp = std::net::UdpSocket::bind(SocketAddr::new(bind, port));
+            let rtcp = std::net::UdpSocket::bind(SocketAddr::new(bind, port + 1));
+            match (rtp, rtcp) {
+                (Ok(rtp), Ok(rtcp)) => {
+                    rtp.set_nonblocking(true)?;
+                    rtcp.set_nonblocking(true)?;
+                    return Ok((port, UdpSocket::from_std(rtp), UdpSocket::from_std(rtcp)));
+                }
+                _ => pool.give(port),
+            }
+        }
+        Err(MediaError::NoPorts)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One leg's sockets and relay state (owned by its thread).
+struct LegIo {
+    port: u16,
+    rtp: UdpSocket,
+    rtcp: UdpSocket,
+    remote: Option<SocketAddr>,
+    remote_rtcp: Option<SocketAddr>,
+    latched: bool,
+    rtcp_latched: bool,
+    codec: Option<Codec>,
+    te_pt: Option<u8>,
+    /// Packets may be relayed to this leg / from this leg (its SDP direction).
+    send_ok: bool,
+    recv_ok: bool,
+    stats: RecvStats,
+    stats_started: bool,
+    ssrc_in: Option<u32>,
+    events: EventDetector,
+    inband: Option<InbandDetector>,
+    play: Option<Player>,
+    dtmf_out: VecDeque<rtp::TelephoneEvent>,
+    dtmf_ts: u32,
+    out_ssrc: u32,
+    out_seq: u16,
+    out_ts: u32,
+    rec_buf: VecDeque<i16>,
+    packets_in: u64,
+    bytes_in: u64,
+    packets_out: u64,
+    /// Loss and jitter this leg's RTCP reports for what it receives; round-trip time.
+    remote_loss: f64,
+    remote_jitter_ms: f64,
+    rtt_ms: Option<f64>,
+    last_lost: i64,
+    last_expected: u64,
+    max_seq: Option<u16>,
+}
+
+impl LegIo {
+    fn new(port: u16, rtp: UdpSocket, rtcp: UdpSocket, inband: bool) -> LegIo {
+        LegIo {
+            port,
+            rtp,
+            rtcp,
+            remote: None,
+            remote_rtcp: None,
+            latched: false,
+            rtcp_latched: false,
+            codec: None,
+            te_pt: None,
+            send_ok: true,
+            recv_ok: true,
+            stats: RecvStats::new(),
+            stats_started: false,
+            ssrc_in: None,
+            events: EventDetector::new(),
+            inband: inband.then(InbandDetector::new),
+            play: None,
+            dtmf_out: VecDeque::new(),
+            dtmf_ts: 0,
+            out_ssrc: rand::random(),
+            out_seq: rand::random(),
+            out_ts: rand::random(),
+            rec_buf: VecDeque::new(),
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            remote_loss: 0.0,
+            remote_jitter_ms: 0.0,
+            rtt_ms: None,
+            last_lost: 0,
+            last_expected: 0,
+            max_seq: None,
+        }
+    }
+
+    fn quality(&self) -> LegQuality {
+        let loss = self.stats.loss_fraction().max(self.remote_loss);
+        let jitter_ms = self.stats.jitter_ms(8000).max(self.remote_jitter_ms);
+        LegQuality {
+            packets: self.stats.received(),
+            lost: self.stats.lost(),
+            loss,
+            jitter_ms,
+            rtt_ms: self.rtt_ms,
+            mos: quality::mos(loss, jitter_ms, self.rtt_ms.unwrap_or(0.0)),
+        }
+    }
+}
+
+/// A playlist being played: the current item and position.
+struct Player {
+    items: VecDeque<Arc<[i16]>>,
+    then_loop: Option<Arc<[i16]>>,
+    pos: usize,
+}
+
+impl Player {
+    fn new(p: Playlist) -> Player {
+        Player {
+            items: p.items.into(),
+            then_loop: p.then_loop,
+            pos: 0,
+        }
+    }
+
+    /// Fills a frame; false once the playlist is over (no loop).
+    fn next_frame(&mut self, out: &mut [i16; FRAME]) -> bool {
+        let mut filled = 0;
+        while filled < FRAME {
+            let cur = match self.items.front() {
+                Some(item) => item.clone(),
+                None => match &self.then_loop {
+                    Some(l) if !l.is_empty() => l.clone(),
+                    _ => break,
+                },
+            };
+            let take = (cur.len() - self.pos.min(cur.len())).min(FRAME - filled);
+            out[filled..filled + take].copy_from_slice(&cur[self.pos..self.pos + take]);
+            filled += take;
+            self.pos += take;
+            if self.pos >= cur.len() {
+                self.pos = 0;
+                if self.items.pop_front().is_none() && self.then_loop.is_none() {
+                    break;
+                }
+            }
+        }
+        out[filled..].fill(0);
+        filled > 0
+    }
+}
+
+/// A recording in progress on a session.
+struct Rec {
+    id: String,
+    recorder: Recorder,
+    paused: bool,
+}
+
+/// A session as its relay thread holds it.
+struct Sess {
+    shared: Arc<Session>,
+    legs: [LegIo; 2],
+    bridged: bool,
+    rec: Option<Rec>,
+    created: Instant,
+    /// Consecutive reaper checks that found no call actor.
+    orphan_checks: u8,
+}
+
+impl Sess {
+    fn new(shared: Arc<Session>, legs: [(u16, UdpSocket, UdpSocket); 2], inband: bool) -> Sess {
+        let [a, b] = legs;
+        Sess {
+            shared,
+            legs: [
+                LegIo::new(a.0, a.1, a.2, inband),
+                LegIo::new(b.0, b.1, b.2, inband),
+            ],
+            bridged: true,
+            rec: None,
+            created: Instant::now(),
+            orphan_checks: 0,
+        }
+    }
+}
+
+/// Counters a thread accumulates between metric flushes.
+#[derive(Default)]
+struct Counters {
+    rtp_in: u64,
+    rtcp_in: u64,
+    rtp_out: u64,
+    rtcp_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    malformed: u64,
+    no_peer: u64,
+    direction: u64,
+    send_error: u64,
+    playback: u64,
+    lost: i64,
+    expected: u64,
+    late: u64,
+    dtmf_rfc4733: u64,
+    dtmf_inband: u64,
+}
+
+struct RelayThread {
+    index: usize,
+    poll: Poll,
+    rx: mpsc::Receiver<Envelope>,
+    engine: std::sync::Weak<EngineInner>,
+    sessions: Vec<Option<Sess>>,
+    buf: Box<[u8; 2048]>,
+    pcm: Box<[i16; 1024]>,
+    counters: Counters,
+    ticks: u64,
+    digits: Vec<char>,
+}
+
+impl RelayThread {
+    fn new(
+        index: usize,
+        poll: Poll,
+        rx: mpsc::Receiver<Envelope>,
+        engine: std::sync::Weak<EngineInner>,
+    ) -> RelayThread {
+        RelayThread {
+            index,
+            poll,
+            rx,
+            engine,
+            sessions: Vec::new(),
+            buf: Box::new([0; 2048]),
+            pcm: Box::new([0; 1024]),
+            counters: Counters::default(),
+            ticks: 0,
+            digits: Vec::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(error = %e, "media relay poll failed");
+                    std::thread::sleep(TICK);
+                }
+            }
+            for ev in events.iter() {
+                let token = ev.token();
+                if token == WAKER {
+                    continue;
+                }
+                let (slot, side, rtcp) = (token.0 >> 2, (token.0 >> 1) & 1, token.0 & 1 == 1);
+                if rtcp {
+                    self.read_rtcp(slot, side);
+                } else {
+                    self.read_rtp(slot, side);
+                }
+            }
+            if !self.commands() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick();
+                next_tick += TICK;
+                if next_tick < now {
+                    // Fell behind (a stall): do not burst the missed ticks.
+                    next_tick = now + TICK;
+                }
+            }
+        }
+    }
+
+    /// Applies queued commands; false once the engine is gone.
+    fn commands(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(env) => self.command(env),
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => return self.engine.strong_count() > 0,
+            }
+        }
+    }
+
+    fn command(&mut self, env: Envelope) {
+        let slot = env.slot;
+        if let Command::Add(sess) = env.cmd {
+            self.add(slot, *sess);
+            return;
+        }
+        match self.sessions.get(slot) {
+            Some(Some(s)) if s.shared.serial == env.serial => {}
+            // A command for a session that is gone (its slot may hold a new one now).
+            _ => return,
+        }
+        match env.cmd {
+            Command::Add(_) => {}
+            Command::Remove => self.remove(slot),
+            Command::Record { id, tenant } => self.start_recording(slot, id, tenant),
+            Command::StopRecording => self.stop_recording(slot),
+            Command::Publish => self.publish(slot),
+            cmd => {
+                let engine = self.engine.clone();
+                apply(self.sess(slot), cmd, &engine);
+            }
+        }
+    }
+
+    fn sess(&mut self, slot: usize) -> &mut Sess {
+        self.sessions[slot].as_mut().expect("live slot")
+    }
+
+    fn playbacks(&self, delta: i64) {
+        playbacks(&self.engine, delta);
+    }
+
+    fn add(&mut self, slot: usize, mut sess: Sess) {
+        if self.sessions.len() <= slot {
+            self.sessions.resize_with(slot + 1, || None);
+        }
+        let registry = self.poll.registry();
+        for (i, leg) in sess.legs.iter_mut().enumerate() {
+            let base = (slot << 2) | (i << 1);
+            let r1 = registry.register(&mut leg.rtp, Token(base), Interest::READABLE);
+            let r2 = registry.register(&mut leg.rtcp, Token(base | 1), Interest::READABLE);
+            if let Err(e) = r1.and(r2) {
+                tracing::error!(error = %e, "media: cannot poll RTP socket");
+            }
+        }
+        self.sessions[slot] = Some(sess);
+    }
+
+    fn remove(&mut self, slot: usize) {
+        self.publish(slot);
+        self.stop_recording(slot);
+        let Some(mut s) = self.sessions[slot].take() else {
+            return;
+        };
+        let registry = self.poll.registry();
+        for leg in s.legs.iter_mut() {
+            let _ = registry.deregister(&mut leg.rtp);
+            let _ = registry.deregister(&mut leg.rtcp);
+            if leg.play.is_some() {
+                self.playbacks(-1);
+            }
+        }
+        if let Some(engine) = self.engine.upgrade() {
+            for leg in &s.legs {
+                engine.pool.give(leg.port);
+            }
+            lock(&engine.threads[self.index].next_slot).free.push(slot);
+            metrics::gauge!(PORTS_IN_USE).set((engine.pool.in_use() * 2) as f64);
+        }
+        drop(s);
+    }
+
+    fn read_rtp(&mut self, slot: usize, side: usize) {
+        loop {
+            let Some(Some(s)) = self.sessions.get_mut(slot) else {
+                return;
+            };
+            let (n, from) = match s.legs[side].rtp.recv_from(&mut self.buf[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return,
+            };
+            self.counters.rtp_in += 1;
+            self.counters.bytes_in += n as u64;
+            self.on_rtp(slot, side, n, from);
+        }
+    }
+
+    fn on_rtp(&mut self, slot: usize, side: usize, n: usize, from: SocketAddr) {
+        let s = self.sessions[slot].as_mut().expect("live slot");
+        let bridged = s.bridged;
+        let recording = s.rec.as_ref().is_some_and(|r| !r.paused);
+        let (this, other) = pair(&mut s.legs, side);
+        if !this.latched {
+            // Symmetric RTP: answer where the leg really sends from.
+            this.remote = Some(from);
+            this.latched = true;
+            if !this.rtcp_latched {
+                this.remote_rtcp = Some(SocketAddr::new(from.ip(), from.port().wrapping_add(1)));
+            }
+        }
+        this.packets_in += 1;
+        this.bytes_in += n as u64;
+        let Some(h) = rtp::parse_rtp(&self.buf[..n]) else {
+            self.counters.malformed += 1;
+            return;
+        };
+        if this.ssrc_in != Some(h.ssrc) {
+            // A new source (e.g. the phone restarted its stream): new statistics.
+            if this.ssrc_in.is_some() {
+                self.counters.lost += this.stats.lost() - this.last_lost;
+                self.counters.expected += this.stats.expected() - this.last_expected;
+            }
+            this.ssrc_in = Some(h.ssrc);
+            this.stats = RecvStats::new();
+            this.last_lost = 0;
+            this.last_expected = 0;
+            this.max_seq = None;
+        }
+        if let Some(max) = this.max_seq {
+            if (h.seq.wrapping_sub(max) as i16) < 0 {
+                self.counters.late += 1;
+            } else {
+                this.max_seq = Some(h.seq);
+            }
+        } else {
+            this.max_seq = Some(h.seq);
+        }
+        let arrival_ms = s.created.elapsed().as_secs_f64() * 1000.0;
+        this.stats.on_packet(h.seq, h.timestamp, arrival_ms, 8000);
+        this.stats_started = true;
+        let payload = h.payload_offset..h.payload_offset + h.payload_len;
+        let call = &s.shared.call;
+        // Taps: DTMF and recording.
+        if Some(h.payload_type) == this.te_pt {
+            if let Some(ev) = rtp::parse_telephone_event(&self.buf[payload.clone()]) {
+                if let Some(digit) = this.events.on_event(h.timestamp, &ev) {
+                    self.counters.dtmf_rfc4733 += 1;
+                    emit_dtmf(&self.engine, call, side, digit, DtmfSource::Rfc4733);
+                }
+            }
+        } else if let Some(codec) = this.codec.filter(|c| c.payload_type() == h.payload_type) {
+            let len = h.payload_len.min(self.pcm.len());
+            let need_pcm = this.inband.is_some() || recording;
+            if need_pcm {
+                codec.decode_into(
+                    &self.buf[payload.start..payload.start + len],
+                    &mut self.pcm[..len],
+                );
+            }
+            if let Some(det) = &mut this.inband {
+                self.digits.clear();
+                det.push(&self.pcm[..len], &mut self.digits);
+                for &digit in &self.digits {
+                    self.counters.dtmf_inband += 1;
+                    emit_dtmf(&self.engine, call, side, digit, DtmfSource::Inband);
+                }
+            }
+            if recording {
+                this.rec_buf.extend(self.pcm[..len].iter().copied());
+                let over = this.rec_buf.len().saturating_sub(REC_BUFFER);
+                this.rec_buf.drain(..over);
+            }
+        }
+        if !bridged {
+            return;
+        }
+        if !this.recv_ok || !other.send_ok {
+            self.counters.direction += 1;
+            return;
+        }
+        if other.play.is_some() {
+            self.counters.playback += 1;
+            return;
+        }
+        let Some(dest) = other.remote else {
+            self.counters.no_peer += 1;
+            return;
+        };
+        // The other leg may use the other G.711 law or another telephone-event number.
+        if let (Some(from_c), Some(to_c)) = (this.codec, other.codec) {
+            if from_c != to_c && h.payload_type == from_c.payload_type() {
+                super::g711::transcode_in_place(&mut self.buf[payload.clone()], from_c, to_c);
+                self.buf[1] = (self.buf[1] & 0x80) | to_c.payload_type();
+            }
+        }
+        if let (Some(a), Some(b)) = (this.te_pt, other.te_pt) {
+            if a != b && h.payload_type == a {
+                self.buf[1] = (self.buf[1] & 0x80) | b;
+            }
+        }
+        match other.rtp.send_to(&self.buf[..n], dest) {
+            Ok(_) => {
+                other.packets_out += 1;
+                self.counters.rtp_out += 1;
+                self.counters.bytes_out += n as u64;
+            }
+            Err(_) => self.counters.send_error += 1,
+        }
+    }
+
+    fn read_rtcp(&mut self, slot: usize, side: usize) {
+        loop {
+            let Some(Some(s)) = self.sessions.get_mut(slot) else {
+                return;
+            };
+            let (n, from) = match s.legs[side].rtcp.recv_from(&mut self.buf[..]) {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            self.counters.rtcp_in += 1;
+            self.counters.bytes_in += n as u64;
+            let bridged = s.bridged;
+            let (this, other) = pair(&mut s.legs, side);
+            if !this.rtcp_latched {
+                this.remote_rtcp = Some(from);
+                this.rtcp_latched = true;
+            }
+            let (ntp_sec, ntp_frac) = rtp::ntp_now();
+            let now_mid = rtp::ntp_middle(ntp_sec, ntp_frac);
+            for p in rtp::parse_rtcp(&self.buf[..n]) {
+                let blocks = match &p {
+                    rtp::RtcpPacket::SenderReport { blocks, .. } => blocks,
+                    rtp::RtcpPacket::ReceiverReport { blocks, .. } => blocks,
+                    rtp::RtcpPacket::Other { .. } => continue,
+                };
+                if let Some(b) = blocks.first() {
+                    this.remote_loss = b.fraction_lost as f64 / 256.0;
+                    this.remote_jitter_ms = b.jitter as f64 / 8.0;
+                    if let Some(rtt) = quality::rtt_ms(now_mid, b.lsr, b.dlsr) {
+                        this.rtt_ms = Some(rtt);
+                    }
+                }
+            }
+            if bridged && other.play.is_none() {
+                if let Some(dest) = other.remote_rtcp {
+                    if other.rtcp.send_to(&self.buf[..n], dest).is_ok() {
+                        self.counters.rtcp_out += 1;
+                        self.counters.bytes_out += n as u64;
+                    }
+                }
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let mut frame = [0i16; FRAME];
+        let mut out = [0u8; 12 + FRAME];
+        let mut ended = 0i64;
+        for slot in 0..self.sessions.len() {
+            let Some(s) = self.sessions[slot].as_mut() else {
+                continue;
+            };
+            for leg in s.legs.iter_mut() {
+                // Outgoing RFC 4733 digits first, then playback.
+                if let (Some(ev), Some(pt), Some(dest)) =
+                    (leg.dtmf_out.pop_front(), leg.te_pt, leg.remote)
+                {
+                    let h = rtp::write_rtp_header(
+                        &mut out,
+                        false,
+                        pt,
+                        leg.out_seq,
+                        leg.dtmf_ts,
+                        leg.out_ssrc,
+                    );
+                    let len = h + rtp::write_telephone_event(&mut out[h..], &ev);
+                    leg.out_seq = leg.out_seq.wrapping_add(1);
+                    let _ = leg.rtp.send_to(&out[..len], dest);
+                    self.counters.rtp_out += 1;
+                    if leg.dtmf_out.is_empty() {
+                        leg.out_ts = leg.out_ts.wrapping_add(800);
+                    }
+                    continue;
+                }
+                let Some(player) = &mut leg.play else {
+                    continue;
+                };
+                let more = player.next_frame(&mut frame);
+                if !more {
+                    leg.play = None;
+                    ended += 1;
+                    continue;
+                }
+                let (Some(dest), true) = (leg.remote, leg.send_ok) else {
+                    continue;
+                };
+                let codec = leg.codec.unwrap_or(Codec::Pcmu);
+                let h = rtp::write_rtp_header(
+                    &mut out,
+                    false,
+                    codec.payload_type(),
+                    leg.out_seq,
+                    leg.out_ts,
+                    leg.out_ssrc,
+                );
+                codec.encode_into(&frame, &mut out[h..h + FRAME]);
+                leg.out_seq = leg.out_seq.wrapping_add(1);
+                leg.out_ts = leg.out_ts.wrapping_add(FRAME as u32);
+                match leg.rtp.send_to(&out[..h + FRAME], dest) {
+                    Ok(_) => {
+                        leg.packets_out += 1;
+                        self.counters.rtp_out += 1;
+                        self.counters.bytes_out += (h + FRAME) as u64;
+                    }
+                    Err(_) => self.counters.send_error += 1,
+                }
+            }
+            if let Some(rec) = s.rec.as_mut().filter(|r| !r.paused) {
+                let mut l = [0i16; FRAME];
+                let mut r = [0i16; FRAME];
+                let [la, lb] = &mut s.legs;
+                for (dst, leg) in [(&mut l, la), (&mut r, lb)] {
+                    let n = leg.rec_buf.len().min(FRAME);
+                    for (d, v) in dst.iter_mut().zip(leg.rec_buf.drain(..n)) {
+                        *d = v;
+                    }
+                }
+                if let Err(e) = rec.recorder.write_stereo(&l, &r) {
+                    tracing::error!(recording = %rec.id, error = %e, "recording write failed");
+                    let id = rec.id.clone();
+                    self.fail_recording(slot, id, e.to_string());
+                }
+            }
+        }
+        for _ in 0..ended {
+            self.playbacks(-1);
+        }
+        if self.ticks % 50 == 0 {
+            for slot in 0..self.sessions.len() {
+                if self.sessions[slot].is_some() {
+                    self.publish(slot);
+                }
+            }
+            self.flush_metrics();
+        }
+        if self.ticks % 250 == 0 {
+            self.reap();
+        }
+    }
+
+    /// Copies a session's figures to its shared view and counts its new losses.
+    fn publish(&mut self, slot: usize) {
+        let Some(Some(s)) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let mut out = [LegStats::default(); 2];
+        for (i, leg) in s.legs.iter_mut().enumerate() {
+            if leg.stats_started {
+                let lost = leg.stats.lost();
+                let expected = leg.stats.expected();
+                self.counters.lost += lost - leg.last_lost;
+                self.counters.expected += expected.saturating_sub(leg.last_expected);
+                leg.last_lost = lost;
+                leg.last_expected = expected;
+            }
+            out[i] = LegStats {
+                packets_in: leg.packets_in,
+                bytes_in: leg.bytes_in,
+                packets_out: leg.packets_out,
+                quality: leg.quality(),
+                remote: leg.remote,
+            };
+        }
+        *lock(&s.shared.stats) = out;
+    }
+
+    fn flush_metrics(&mut self) {
+        let c = std::mem::take(&mut self.counters);
+        let add = |name: &'static str, labels: &[(&'static str, &'static str)], v: u64| {
+            if v > 0 {
+                let labels: Vec<metrics::Label> = labels
+                    .iter()
+                    .map(|(k, v)| metrics::Label::new(*k, *v))
+                    .collect();
+                metrics::counter!(name, labels).increment(v);
+            }
+        };
+        add(PACKETS, &[("dir", "in"), ("kind", "rtp")], c.rtp_in);
+        add(PACKETS, &[("dir", "in"), ("kind", "rtcp")], c.rtcp_in);
+        add(PACKETS, &[("dir", "out"), ("kind", "rtp")], c.rtp_out);
+        add(PACKETS, &[("dir", "out"), ("kind", "rtcp")], c.rtcp_out);
+        add(BYTES, &[("dir", "in")], c.bytes_in);
+        add(BYTES, &[("dir", "out")], c.bytes_out);
+        add(DROPPED, &[("reason", "malformed")], c.malformed);
+        add(DROPPED, &[("reason", "no_peer")], c.no_peer);
+        add(DROPPED, &[("reason", "direction")], c.direction);
+        add(DROPPED, &[("reason", "send_error")], c.send_error);
+        add(DROPPED, &[("reason", "playback")], c.playback);
+        add(LOST, &[], c.lost.max(0) as u64);
+        add(EXPECTED, &[], c.expected);
+        add(LATE, &[], c.late);
+        add(DTMF, &[("source", "rfc4733")], c.dtmf_rfc4733);
+        add(DTMF, &[("source", "inband")], c.dtmf_inband);
+    }
+
+    /// Removes sessions whose call has had no actor for two checks in a row (a call actor
+    /// that died for good without releasing its ports).
+    fn reap(&mut self) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let Some(alive) = engine.alive.get().cloned() else {
+            return;
+        };
+        for slot in 0..self.sessions.len() {
+            let Some(s) = self.sessions[slot].as_mut() else {
+                continue;
+            };
+            if s.created.elapsed() < Duration::from_secs(10) {
+                continue;
+            }
+            if alive(&s.shared.call) {
+                s.orphan_checks = 0;
+                continue;
+            }
+            s.orphan_checks += 1;
+            if s.orphan_checks >= 2 {
+                let call = s.shared.call.clone();
+                tracing::warn!(call_id = %String::from_utf8_lossy(&call), "media session without a call: reaped");
+                metrics::counter!(REAPED).increment(1);
+                engine
+                    .sessions
+                    .remove_if(&call, |_, v| Arc::ptr_eq(v, &s.shared));
+                s.shared.released.store(true, Ordering::Release);
+                self.remove(slot);
+            }
+        }
+        metrics::gauge!(SESSIONS_ACTIVE).set(engine.sessions.len() as f64);
+    }
+
+    fn start_recording(&mut self, slot: usize, id: String, tenant: String) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let s = self.sess(slot);
+        if s.rec.is_some() {
+            return;
+        }
+        let call = s.shared.call.clone();
+        let Some(keys) = engine.cfg.keys.clone() else {
+            emit(
+                &engine,
+                MediaEvent::RecordingFailed {
+                    id,
+                    call,
+                    reason: "no recording key".into(),
+                },
+            );
+            return;
+        };
+        match Recorder::create(&engine.cfg.recordings_dir, &id, &keys) {
+            Ok(recorder) => {
+                let n = engine.recordings_active.fetch_add(1, Ordering::Relaxed) + 1;
+                metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
+                let path = engine.cfg.recordings_dir.join(format!("{id}.syrec"));
+                emit(
+                    &engine,
+                    MediaEvent::RecordingStarted {
+                        id: id.clone(),
+                        call,
+                        tenant,
+                        key_id: keys.current_id().to_string(),
+                        path,
+                        started_ms: crate::store::now_unix_ms(),
+                    },
+                );
+                let s = self.sess(slot);
+                for leg in s.legs.iter_mut() {
+                    leg.rec_buf.clear();
+                }
+                s.rec = Some(Rec {
+                    id,
+                    recorder,
+                    paused: false,
+                });
+            }
+            Err(e) => {
+                tracing::error!(recording = %id, error = %e, "cannot start recording");
+                emit(
+                    &engine,
+                    MediaEvent::RecordingFailed {
+                        id,
+                        call,
+                        reason: e.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Finishes the recording off the relay thread (fsync and rename take milliseconds).
+    fn stop_recording(&mut self, slot: usize) {
+        let Some(Some(s)) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let Some(rec) = s.rec.take() else {
+            return;
+        };
+        let call = s.shared.call.clone();
+        let engine = self.engine.clone();
+        let finish = move || {
+            let result = rec.recorder.finish();
+            let Some(engine) = engine.upgrade() else {
+                return;
+            };
+            let n = engine.recordings_active.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
+            match result {
+                Ok(finished) => emit(
+                    &engine,
+                    MediaEvent::RecordingFinished {
+                        id: rec.id,
+                        call,
+                        finished,
+                    },
+                ),
+                Err(e) => emit(
+                    &engine,
+                    MediaEvent::RecordingFailed {
+                        id: rec.id,
+                        call,
+                        reason: e.to_string(),
+                    },
+                ),
+            }
+        };
+        if std::thread::Builder::new()
+            .name("recording-finish".into())
+            .spawn(finish)
+            .is_err()
+        {
+            tracing::error!("cannot start a thread to finish a recording");
+        }
+    }
+
+    fn fail_recording(&mut self, slot: usize, id: String, reason: String) {
+        let s = self.sess(slot);
+        let call = s.shared.call.clone();
+        if let Some(rec) = s.rec.take() {
+            rec.recorder.abort();
+        }
+        *lock(&s.shared.recording) = None;
+        if let Some(engine) = self.engine.upgrade() {
+            let n = engine.recordings_active.fetch_sub(1, Ordering::Relaxed) - 1;
+            metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
+            emit(&engine, MediaEvent::RecordingFailed { id, call, reason });
+        }
+    }
+}
+
+/// Applies a command that only touches the session itself.
+fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
+    match cmd {
+        Command::Remote {
+            side,
+            addr,
+            codec,
+            te_pt,
+        } => {
+            let leg = &mut s.legs[side.idx()];
+            if leg.remote != Some(addr) {
+                leg.remote = Some(addr);
+                leg.remote_rtcp = Some(SocketAddr::new(addr.ip(), addr.port().wrapping_add(1)));
+                leg.latched = false;
+                leg.rtcp_latched = false;
+            }
+            if codec.is_some() {
+                leg.codec = codec;
+            }
+            leg.te_pt = te_pt.or(leg.te_pt);
+        }
+        Command::Direction { side, direction } => {
+            let leg = &mut s.legs[side.idx()];
+            let (sends, receives) = match direction {
+                Direction::SendRecv => (true, true),
+                Direction::SendOnly => (true, false),
+                Direction::RecvOnly => (false, true),
+                Direction::Inactive => (false, false),
+            };
+            leg.recv_ok = sends;
+            leg.send_ok = receives;
+        }
+        Command::Codec { side, codec } => s.legs[side.idx()].codec = Some(codec),
+        Command::Bridge(on) => s.bridged = on,
+        Command::Play { side, playlist } => {
+            let leg = &mut s.legs[side.idx()];
+            if leg.play.is_none() {
+                playbacks(engine, 1);
+            }
+            leg.play = Some(Player::new(playlist));
+        }
+        Command::StopPlay(side) => {
+            if s.legs[side.idx()].play.take().is_some() {
+                playbacks(engine, -1);
+            }
+        }
+        Command::PauseRecording(p) => {
+            if let Some(rec) = &mut s.rec {
+                rec.paused = p;
+            }
+        }
+        Command::SendDtmf { side, digit } => {
+            let leg = &mut s.legs[side.idx()];
+            if leg.te_pt.is_some() {
+                leg.dtmf_out.extend(super::dtmf::event_packets(digit, 100));
+                leg.dtmf_ts = leg.out_ts;
+                return;
+            }
+            // No telephone-event on this leg: the digit is played as a tone.
+            let mut tone = Vec::with_capacity(1600);
+            if !super::dtmf::dtmf_tone(digit, 100, &mut tone) {
+                return;
+            }
+            tone.extend(std::iter::repeat_n(0, 400));
+            let mut playlist = Playlist {
+                items: vec![Arc::<[i16]>::from(tone)],
+                then_loop: None,
+            };
+            match leg.play.take() {
+                Some(p) => {
+                    playlist.items.extend(p.items);
+                    playlist.then_loop = p.then_loop;
+                }
+                None => playbacks(engine, 1),
+            }
+            leg.play = Some(Player::new(playlist));
+        }
+        Command::Add(_)
+        | Command::Remove
+        | Command::Record { .. }
+        | Command::StopRecording
+        | Command::Publish => {}
+    }
+}
+
+fn playbacks(engine: &std::sync::Weak<EngineInner>, delta: i64) {
+    if let Some(e) = engine.upgrade() {
+        let n = if delta > 0 {
+            e.playbacks.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            e.playbacks
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1)
+        };
+        metrics::gauge!(PLAYBACKS).set(n as f64);
+    }
+}
+
+/// The leg at `side` and the other one, both mutable.
+fn pair(legs: &mut [LegIo; 2], side: usize) -> (&mut LegIo, &mut LegIo) {
+    let [a, b] = legs;
+    if side == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+fn emit(engine: &EngineInner, event: MediaEvent) {
+    if let Some(sink) = engine.sink.get() {
+        sink(event);
+    }
+}
+
+fn emit_dtmf(
+    engine: &std::sync::Weak<EngineInner>,
+    call: &Bytes,
+    side: usize,
+    digit: char,
+    source: DtmfSource,
+) {
+    if let Some(engine) = engine.upgrade() {
+        emit(
+            &engine,
+            MediaEvent::Dtmf {
+                call: call.clone(),
+                side: if side == 0 { Side::A } else { Side::B },
+                digit,
+                source,
+            },
+        );
+    }
+}

@@ -61,7 +61,7 @@ impl FromSql for HangupBy {
 /// One call detail record: written once, when the call has ended.
 ///
 /// Times are Unix epoch milliseconds (UTC); durations are milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Cdr {
     /// Call-ID of the A (inbound) leg.
     pub a_call_id: String,
@@ -105,6 +105,28 @@ pub struct Cdr {
     pub trunk: Option<String>,
     /// Trunk attempts in order with their causes, e.g. `a:503,b:timeout,c:answered`.
     pub attempts: Option<String>,
+    /// DTMF digits detected during the call (both legs, in order).
+    pub dtmf: Option<String>,
+    /// The call's recording id (see the recording index).
+    pub recording: Option<String>,
+    /// Anchored calls: each leg's quality as the switch measured it (A: caller, B: callee).
+    pub media: Option<CdrMedia>,
+}
+
+/// The media figures of an anchored call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct CdrMedia {
+    pub mos_a: f64,
+    pub mos_b: f64,
+    /// Loss fractions 0..=1.
+    pub loss_a: f64,
+    pub loss_b: f64,
+    pub jitter_a_ms: f64,
+    pub jitter_b_ms: f64,
+    /// Round-trip time from RTCP, if the phones sent reports.
+    pub rtt_ms: Option<f64>,
+    pub packets_a: i64,
+    pub packets_b: i64,
 }
 
 /// Now as Unix epoch milliseconds, the unit of every [`Cdr`] timestamp.
@@ -118,13 +140,15 @@ pub fn now_unix_ms() -> i64 {
 
 const COLUMNS: &str = "a_call_id, b_call_id, caller, callee, route, target, start_at, ringing_at, \
      answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason, \
-     queue, agent, wait_ms, abandoned, trunk, attempts";
+     queue, agent, wait_ms, abandoned, trunk, attempts, dtmf, recording, mos_a, mos_b, loss_a, \
+     loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, packets_a, packets_b";
 
 pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, caller, callee, \
      route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
      final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned, trunk, \
-     attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-     ?17, ?18, ?19, ?20, ?21)";
+     attempts, dtmf, recording, mos_a, mos_b, loss_a, loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, \
+     packets_a, packets_b) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+     ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)";
 
 pub(super) static LIST_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT ?1"));
@@ -156,6 +180,17 @@ pub(super) fn insert(stmt: &mut CachedStatement<'_>, c: &Cdr) -> rusqlite::Resul
         c.abandoned,
         c.trunk,
         c.attempts,
+        c.dtmf,
+        c.recording,
+        c.media.map(|m| m.mos_a),
+        c.media.map(|m| m.mos_b),
+        c.media.map(|m| m.loss_a),
+        c.media.map(|m| m.loss_b),
+        c.media.map(|m| m.jitter_a_ms),
+        c.media.map(|m| m.jitter_b_ms),
+        c.media.and_then(|m| m.rtt_ms),
+        c.media.map(|m| m.packets_a),
+        c.media.map(|m| m.packets_b),
     ])?;
     Ok(())
 }
@@ -184,6 +219,22 @@ pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Cdr> {
         abandoned: r.get(18)?,
         trunk: r.get(19)?,
         attempts: r.get(20)?,
+        dtmf: r.get(21)?,
+        recording: r.get(22)?,
+        media: match r.get::<_, Option<f64>>(23)? {
+            None => None,
+            Some(mos_a) => Some(CdrMedia {
+                mos_a,
+                mos_b: r.get::<_, Option<f64>>(24)?.unwrap_or(0.0),
+                loss_a: r.get::<_, Option<f64>>(25)?.unwrap_or(0.0),
+                loss_b: r.get::<_, Option<f64>>(26)?.unwrap_or(0.0),
+                jitter_a_ms: r.get::<_, Option<f64>>(27)?.unwrap_or(0.0),
+                jitter_b_ms: r.get::<_, Option<f64>>(28)?.unwrap_or(0.0),
+                rtt_ms: r.get(29)?,
+                packets_a: r.get::<_, Option<i64>>(30)?.unwrap_or(0),
+                packets_b: r.get::<_, Option<i64>>(31)?.unwrap_or(0),
+            }),
+        },
     })
 }
 

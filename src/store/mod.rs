@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use cdr::{now_unix_ms, Cdr, HangupBy};
+pub use cdr::{now_unix_ms, Cdr, CdrMedia, HangupBy};
 
 /// Migration `n` (1-based) is `MIGRATIONS[n - 1]`; `PRAGMA user_version` holds how many of
 /// them a database has had applied. Append only: an applied migration is never edited.
@@ -88,6 +88,18 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE cdrs ADD COLUMN attempts TEXT;",
     // 6: the recording index (see `recordings`).
     recordings::MIGRATION,
+    // 7: media of anchored calls in CDRs: DTMF digits, recording, quality per leg.
+    "ALTER TABLE cdrs ADD COLUMN dtmf TEXT;
+    ALTER TABLE cdrs ADD COLUMN recording TEXT;
+    ALTER TABLE cdrs ADD COLUMN mos_a REAL;
+    ALTER TABLE cdrs ADD COLUMN mos_b REAL;
+    ALTER TABLE cdrs ADD COLUMN loss_a REAL;
+    ALTER TABLE cdrs ADD COLUMN loss_b REAL;
+    ALTER TABLE cdrs ADD COLUMN jitter_a_ms REAL;
+    ALTER TABLE cdrs ADD COLUMN jitter_b_ms REAL;
+    ALTER TABLE cdrs ADD COLUMN rtt_ms REAL;
+    ALTER TABLE cdrs ADD COLUMN packets_a INTEGER;
+    ALTER TABLE cdrs ADD COLUMN packets_b INTEGER;",
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -374,6 +386,9 @@ mod tests {
             abandoned: false,
             trunk: None,
             attempts: None,
+            dtmf: None,
+            recording: None,
+            media: None,
         }
     }
 

@@ -67,8 +67,11 @@ pub fn config(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Config {
             trunks: Vec::new(),
             policy: switchyard::routing::trunks::Policy::Priority,
             max_attempts: 3,
+            media: Default::default(),
+            record: false,
         })
         .collect();
+    c.media.bind = "127.0.0.1".parse().unwrap();
     c
 }
 

@@ -1,0 +1,616 @@
+//! The call actor's media side: when a call's audio is anchored, the relay session
+//! ([`crate::media::relay::Session`]) is set up when the call starts, every SDP body that
+//! crosses from one leg to the other is rewritten to the switch's address and the port
+//! facing the receiver (and teaches the session where the sender wants its audio), and the
+//! session is released, with its quality figures read into the CDR, when the call ends.
+//!
+//! Queues that answer first: the caller gets a 200 with the switch's own SDP, hears music
+//! and position announcements, and the agent is offered a fresh SDP of the switch; when the
+//! agent answers, playback stops and the legs are bridged (transcoding between μ-law and
+//! A-law if they chose differently).
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::{CallState, CallTimer, Leg};
+use crate::actors::router::MediaPolicy;
+use crate::media::g711::Codec;
+use crate::media::prompts::{position_announcement, PromptLibrary};
+use crate::media::relay::{DtmfSource, MediaEngine, Playlist, Session, Side};
+use crate::sip::message::{HeaderName, Message};
+use crate::sip::sdp::{self, Direction, Format, Sdp};
+
+pub const ANCHOR_REFUSED: &str = "switchyard_media_anchor_refused_total";
+pub const MOS: &str = "switchyard_media_mos";
+pub const RECORDINGS_STARTED: &str = "switchyard_recordings_started_total";
+
+/// Describes the call-side media metrics.
+pub fn describe() {
+    use metrics::{describe_counter, describe_histogram};
+    describe_counter!(
+        ANCHOR_REFUSED,
+        "Calls refused because their media could not be anchored, by reason (ports, codec)"
+    );
+    describe_histogram!(
+        MOS,
+        "Estimated MOS (E-model) per anchored leg at call end, by trunk (\"\" off-trunk)"
+    );
+    describe_counter!(
+        RECORDINGS_STARTED,
+        "Recordings started, by trigger (config, api)"
+    );
+}
+
+/// What calls share for media: the relay engine, the node-wide switches and the sounds.
+pub struct MediaCtx {
+    pub engine: MediaEngine,
+    pub anchor_all: bool,
+    pub record_all: bool,
+    pub prompts: Arc<PromptLibrary>,
+    pub music: Arc<[i16]>,
+}
+
+/// Where the relay's events go: DTMF digits to the call's actor, recording index changes
+/// to the store writer (looked up per event: either may have restarted).
+pub fn event_sink(ctx: &Arc<super::CallContext>) -> crate::media::relay::EventSink {
+    use crate::actors::store_writer;
+    use crate::media::relay::MediaEvent;
+    use crate::store::recordings::RecordingRow;
+    let weak = Arc::downgrade(ctx);
+    Arc::new(move |event| {
+        let Some(ctx) = weak.upgrade() else { return };
+        let store = || {
+            let store = ctx.store();
+            if store.is_none() {
+                tracing::error!("store writer not running: recording index change lost");
+            }
+            store
+        };
+        match event {
+            MediaEvent::Dtmf {
+                call,
+                side,
+                digit,
+                source,
+            } => {
+                if let Some(actor) = ctx.directory.lookup(&call) {
+                    let _ = actor.cast(super::CallMsg::Dtmf {
+                        side,
+                        digit,
+                        source,
+                    });
+                }
+            }
+            MediaEvent::RecordingStarted {
+                id,
+                call,
+                tenant,
+                key_id,
+                path,
+                started_ms,
+            } => {
+                let row = RecordingRow::started(
+                    id,
+                    Some(String::from_utf8_lossy(&call).into_owned()),
+                    (!tenant.is_empty()).then_some(tenant),
+                    started_ms,
+                    &path,
+                    &key_id,
+                );
+                if let Some(w) = store() {
+                    let _ = store_writer::recording_started(&w, row);
+                }
+            }
+            MediaEvent::RecordingFinished { id, finished, .. } => {
+                tracing::info!(recording = %id, bytes = finished.size, ms = finished.duration_ms, "recording complete");
+                if let Some(w) = store() {
+                    let _ = store_writer::recording_finished(&w, id, &finished);
+                }
+            }
+            MediaEvent::RecordingFailed { id, reason, .. } => {
+                tracing::error!(recording = %id, %reason, "recording failed");
+                if let Some(w) = store() {
+                    let _ = store_writer::recording_failed(&w, id, reason);
+                }
+            }
+        }
+    })
+}
+
+/// The telephone-event payload type the switch offers.
+const TE_PT: u8 = 101;
+
+fn side(leg: Leg) -> Side {
+    match leg {
+        Leg::A => Side::A,
+        Leg::B => Side::B,
+    }
+}
+
+/// The G.711 law a format names, if any.
+fn g711(f: &Format) -> Option<Codec> {
+    match f.encoding.as_str() {
+        "PCMU" => Some(Codec::Pcmu),
+        "PCMA" => Some(Codec::Pcma),
+        _ => None,
+    }
+}
+
+fn telephone_event(sdp: &Sdp) -> Option<u8> {
+    sdp.codecs()
+        .iter()
+        .find(|f| f.encoding == "TELEPHONE-EVENT")
+        .map(|f| f.pt)
+}
+
+/// Tells the session where `side` wants its audio, in which codec, and its direction.
+/// `follow`: the other leg uses the same codec (one end-to-end negotiation).
+fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool) {
+    let Some(idx) = sdp
+        .media
+        .iter()
+        .position(|m| m.kind == "audio" && m.port != 0)
+    else {
+        return;
+    };
+    let port = sdp.media[idx].port;
+    let codec = sdp.codecs().iter().find_map(g711);
+    let te = telephone_event(sdp);
+    if let Some(ip) = sdp.connection(idx) {
+        session.set_remote(side, SocketAddr::new(ip, port), codec, te);
+    }
+    session.set_direction(side, sdp.direction());
+    if let (true, Some(c)) = (follow, codec) {
+        session.set_remote_codec(side.other(), c);
+    }
+}
+
+impl CallState {
+    fn media_ctx(&self) -> Option<Arc<MediaCtx>> {
+        self.ctx.media.get().cloned()
+    }
+
+    /// Whether the caller was answered by the switch (a queue that answers first).
+    pub(super) fn a_answered(&self) -> bool {
+        self.core
+            .as_ref()
+            .and_then(|c| c.media.as_ref())
+            .is_some_and(|m| m.answer_first && self.session.is_some())
+    }
+
+    /// Sets up the relay session if the call's media is anchored. Err: the status and
+    /// reason the caller is to get (no ports; recording or playback need G.711).
+    pub(super) fn anchor_media(
+        &mut self,
+        a_invite: &Message,
+        a_call_id: &Bytes,
+        policy: &MediaPolicy,
+    ) -> Result<Option<MediaPolicy>, (u16, &'static str)> {
+        let Some(m) = self.media_ctx() else {
+            return Ok(None);
+        };
+        let mut policy = policy.clone();
+        policy.record |= m.record_all;
+        policy.anchor |= m.anchor_all || policy.record || policy.answer_first;
+        if !policy.anchor {
+            return Ok(None);
+        }
+        let offer = (!a_invite.body.is_empty())
+            .then(|| sdp::parse(&a_invite.body).ok())
+            .flatten();
+        if policy.answer_first && offer.is_none() {
+            // Answering first needs the caller's offer (a delayed offer is rung as before).
+            policy.answer_first = false;
+        }
+        if policy.record || policy.answer_first {
+            let has_g711 = offer
+                .as_ref()
+                .is_none_or(|o| o.codecs().iter().any(|f| g711(f).is_some()));
+            if !has_g711 {
+                metrics::counter!(ANCHOR_REFUSED, "reason" => "codec").increment(1);
+                return Err((488, "Not Acceptable Here (G.711 Needed)"));
+            }
+        }
+        match m.engine.allocate(a_call_id) {
+            Ok(session) => {
+                if let Some(o) = &offer {
+                    learn(&session, Side::A, o, false);
+                }
+                self.session = Some(session);
+                Ok(Some(policy))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "media not anchored");
+                metrics::counter!(ANCHOR_REFUSED, "reason" => "ports").increment(1);
+                Err((503, "Service Unavailable (No Media Ports)"))
+            }
+        }
+    }
+
+    /// A restarted call actor finds its relay session again.
+    pub(super) fn reattach_media(&mut self) {
+        let anchored = self.core.as_ref().is_some_and(|c| c.media.is_some());
+        if let (true, Some(m)) = (anchored, self.media_ctx()) {
+            let id = self.core().a_call_id.clone();
+            self.session = m.engine.get(&id);
+        }
+    }
+
+    /// The body of the B-leg INVITE: the caller's offer rewritten to the switch, or (the
+    /// caller already answered by the switch) a fresh offer of the switch's.
+    pub(super) fn b_offer(&self, a_body: &Bytes) -> Bytes {
+        let Some(session) = &self.session else {
+            return a_body.clone();
+        };
+        if self.a_answered() {
+            let formats = [
+                Format {
+                    pt: 0,
+                    encoding: "PCMU".into(),
+                    clock_rate: 8000,
+                },
+                Format {
+                    pt: 8,
+                    encoding: "PCMA".into(),
+                    clock_rate: 8000,
+                },
+                Format {
+                    pt: TE_PT,
+                    encoding: "TELEPHONE-EVENT".into(),
+                    clock_rate: 8000,
+                },
+            ];
+            let sdp = sdp::offer(
+                session.address(),
+                session.port(Side::B),
+                rand::random::<u32>() as u64,
+                &formats,
+                Direction::SendRecv,
+            );
+            return Bytes::from(sdp.to_bytes());
+        }
+        self.rewrite_sdp(Leg::A, a_body, false)
+    }
+
+    /// An SDP body crossing from `from` to the other leg: the session learns where `from`
+    /// wants its audio; the receiver is given the switch's address and the port facing it.
+    /// `answer`: the body answers the other leg's offer (both legs then use its codec).
+    pub(super) fn rewrite_sdp(&self, from: Leg, body: &Bytes, answer: bool) -> Bytes {
+        let Some(session) = &self.session else {
+            return body.clone();
+        };
+        if body.is_empty() {
+            return body.clone();
+        }
+        let Ok(mut sdp) = sdp::parse(body) else {
+            return body.clone();
+        };
+        let s = side(from);
+        learn(session, s, &sdp, answer && !self.a_answered());
+        sdp.anchor(session.address(), session.port(s.other()));
+        Bytes::from(sdp.to_bytes())
+    }
+
+    /// A message relayed from `from`: its body rewritten when it is SDP.
+    pub(super) fn rewrite_body_of(&self, from: Leg, msg: &mut Message, answer: bool) {
+        if self.session.is_some() && !msg.body.is_empty() && is_sdp(msg) {
+            msg.body = self.rewrite_sdp(from, &msg.body, answer);
+        }
+    }
+
+    /// A queue that answers first: the caller gets the switch's answer, music, and its
+    /// position. Returns the 200 to send (None: not answering first).
+    pub(super) fn answer_first(&mut self) -> Option<Message> {
+        if !self.a_answered() {
+            return None;
+        }
+        let session = self.session.clone()?;
+        let offer = sdp::parse(&self.core().a_invite.body).ok()?;
+        let codecs = offer.codecs();
+        let chosen = codecs.iter().find(|f| g711(f).is_some())?.clone();
+        let mut formats = vec![chosen.clone()];
+        let te = telephone_event(&offer);
+        if let Some(pt) = te {
+            formats.push(Format {
+                pt,
+                encoding: "TELEPHONE-EVENT".into(),
+                clock_rate: 8000,
+            });
+        }
+        let direction = offer.direction().reverse();
+        let answer = sdp::offer(
+            session.address(),
+            session.port(Side::A),
+            rand::random::<u32>() as u64,
+            &formats,
+            direction,
+        );
+        session.set_remote_codec(Side::A, g711(&chosen)?);
+        session.bridge(false);
+        self.play_music(None);
+        let mut ok = self.a_response(200, "OK", true);
+        ok.push(HeaderName::ContentType, "application/sdp");
+        ok.body = Bytes::from(answer.to_bytes());
+        self.schedule_announcement(std::time::Duration::ZERO);
+        Some(ok)
+    }
+
+    /// Plays music to a waiting caller, after `first` (an announcement) when given.
+    pub(super) fn play_music(&self, first: Option<Vec<i16>>) {
+        let (Some(session), Some(m)) = (&self.session, self.media_ctx()) else {
+            return;
+        };
+        session.play(
+            Side::A,
+            Playlist {
+                items: first.map(Arc::from).into_iter().collect(),
+                then_loop: Some(m.music.clone()),
+            },
+        );
+    }
+
+    pub(super) fn schedule_announcement(&mut self, after: std::time::Duration) {
+        let every = self
+            .core
+            .as_ref()
+            .and_then(|c| c.media.as_ref())
+            .map_or(0, |m| m.announce_secs);
+        if every == 0 && !after.is_zero() {
+            return;
+        }
+        if let Some(id) = self.announce.take() {
+            self.ctx.timers.cancel(id);
+        }
+        self.announce = Some(self.schedule_call_timer(CallTimer::Announce, after));
+    }
+
+    /// The announcement timer: ask the queue where the caller stands (it answers with
+    /// [`super::CallMsg::QueuePosition`]).
+    pub(super) fn request_position(&mut self) {
+        self.announce = None;
+        let waiting = self
+            .core
+            .as_ref()
+            .and_then(|c| c.queue.as_ref())
+            .is_some_and(|q| q.waiting);
+        if !waiting || !self.a_answered() {
+            return;
+        }
+        if let (Some(cc), Some(q)) = (self.cc(), self.core().queue.clone()) {
+            let call_id = self.a_call_id_str();
+            crate::actors::queue::tell(
+                &cc,
+                &q.tenant,
+                &q.queue,
+                crate::actors::queue::QueueMsg::Announce { call_id },
+            );
+        }
+        let every = self
+            .core
+            .as_ref()
+            .and_then(|c| c.media.as_ref())
+            .map_or(0, |m| m.announce_secs);
+        if every > 0 {
+            self.schedule_announcement(std::time::Duration::from_secs(every));
+        }
+    }
+
+    /// The queue says where the caller stands: announce it, then music again.
+    pub(super) fn on_position(&mut self, position: u32, wait_secs: Option<u64>) {
+        let waiting = self
+            .core
+            .as_ref()
+            .and_then(|c| c.queue.as_ref())
+            .is_some_and(|q| q.waiting);
+        let Some(m) = self.media_ctx() else { return };
+        if !waiting || !self.a_answered() || self.offering() {
+            return;
+        }
+        let ids = position_announcement(position, wait_secs);
+        let audio = m.prompts.compose(&ids, 150);
+        self.play_music(Some(audio));
+    }
+
+    /// The agent answered a caller the switch had answered: learn the agent's SDP, ACK,
+    /// stop the music and bridge.
+    pub(super) fn bridge_agent(&mut self, resp: &Message) {
+        if let (Some(session), Ok(sdp)) = (&self.session, sdp::parse(&resp.body)) {
+            learn(session, Side::B, &sdp, false);
+            session.stop_play(Side::A);
+            session.bridge(true);
+        }
+        if let Some(id) = self.announce.take() {
+            self.ctx.timers.cancel(id);
+        }
+    }
+
+    /// A DTMF digit from the relay or a SIP INFO: kept for the CDR.
+    pub(super) fn on_dtmf(&mut self, leg: Side, digit: char, source: DtmfSource) {
+        tracing::debug!(leg = leg.label(), %digit, source = source.label(), "DTMF");
+        if let Some(core) = self.core.as_mut() {
+            if core.cdr.dtmf.len() < 64 {
+                core.cdr.dtmf.push(digit);
+            }
+        }
+    }
+
+    /// A SIP INFO carrying a digit (application/dtmf-relay or application/dtmf).
+    pub(super) fn info_dtmf(&mut self, leg: Leg, msg: &Message) {
+        let Some(digit) = info_digit(msg) else {
+            return;
+        };
+        if let Some(m) = self.media_ctx() {
+            let call = self.core().a_call_id.clone();
+            m.engine.dtmf_from_signalling(&call, side(leg), digit);
+        } else {
+            metrics::counter!(crate::media::relay::DTMF, "source" => "info").increment(1);
+            self.on_dtmf(side(leg), digit, DtmfSource::Info);
+        }
+    }
+
+    /// Starts recording the call (policy or API) when it is anchored.
+    pub(super) fn start_recording(&mut self, trigger: &'static str) -> Option<String> {
+        let session = self.session.clone()?;
+        if let Some(id) = session.recording() {
+            return Some(id);
+        }
+        let m = self.media_ctx()?;
+        if !m.engine.can_record() {
+            return None;
+        }
+        let tenant = self
+            .core
+            .as_ref()
+            .and_then(|c| c.media.as_ref())
+            .and_then(|m| m.tenant.as_deref())
+            .unwrap_or("")
+            .to_string();
+        let id = format!(
+            "{}-{}",
+            crate::store::now_unix_ms(),
+            String::from_utf8_lossy(&crate::sip::dialog::random_token(8))
+        );
+        session.record(id.clone(), tenant);
+        metrics::counter!(RECORDINGS_STARTED, "trigger" => trigger).increment(1);
+        if let Some(core) = self.core.as_mut() {
+            core.cdr.recording = Some(id.clone());
+        }
+        Some(id)
+    }
+
+    /// The API's recording commands.
+    pub(super) fn recording_command(&mut self, cmd: RecordingCommand) -> Result<String, String> {
+        let Some(session) = self.session.clone() else {
+            return Err("the call's media is not anchored".into());
+        };
+        match cmd {
+            RecordingCommand::Start => self
+                .start_recording("api")
+                .ok_or_else(|| "recording is not available (no key)".to_string()),
+            RecordingCommand::Stop => {
+                let id = session.recording().ok_or("no recording in progress")?;
+                session.stop_recording();
+                Ok(id)
+            }
+            RecordingCommand::Pause | RecordingCommand::Resume => {
+                let id = session.recording().ok_or("no recording in progress")?;
+                session.pause_recording(cmd == RecordingCommand::Pause);
+                Ok(id)
+            }
+        }
+    }
+
+    /// The call is over: its quality goes to the CDR (and the trunk), the session is
+    /// released (recording finished, ports back).
+    pub(super) fn release_media(&mut self) -> Option<[crate::media::quality::LegQuality; 2]> {
+        let session = self.session.take()?;
+        let m = self.media_ctx()?;
+        let qa = session.stats(Side::A).quality;
+        let qb = session.stats(Side::B).quality;
+        m.engine.release(session.call());
+        let trunk = self
+            .core
+            .as_ref()
+            .and_then(|c| c.trunk.as_deref())
+            .unwrap_or("")
+            .to_string();
+        for q in [qa, qb] {
+            if q.packets > 0 {
+                metrics::histogram!(MOS, "trunk" => trunk.clone()).record(q.mos);
+            }
+        }
+        if let Some(core) = self.core.as_mut() {
+            core.cdr.quality = Some([qa, qb]);
+        }
+        Some([qa, qb])
+    }
+}
+
+/// The API's recording commands on a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordingCommand {
+    Start,
+    Stop,
+    Pause,
+    Resume,
+}
+
+impl RecordingCommand {
+    pub fn parse(s: &str) -> Option<RecordingCommand> {
+        Some(match s {
+            "start" => RecordingCommand::Start,
+            "stop" => RecordingCommand::Stop,
+            "pause" => RecordingCommand::Pause,
+            "resume" => RecordingCommand::Resume,
+            _ => return None,
+        })
+    }
+}
+
+fn is_sdp(msg: &Message) -> bool {
+    msg.content_type()
+        .is_none_or(|ct| ct.len() >= 15 && ct[..15].eq_ignore_ascii_case(b"application/sdp"))
+}
+
+/// The digit of a SIP INFO: `application/dtmf-relay` (`Signal=5`) or `application/dtmf`
+/// (the digit alone).
+pub(super) fn info_digit(msg: &Message) -> Option<char> {
+    let ct = msg.content_type()?;
+    let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
+    let body = String::from_utf8_lossy(&msg.body);
+    let text = if ct.starts_with("application/dtmf-relay") {
+        body.lines().find_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| v.trim().to_string())
+        })?
+    } else if ct.starts_with("application/dtmf") {
+        body.trim().to_string()
+    } else {
+        return None;
+    };
+    let mut chars = text.chars();
+    let c = chars.next()?.to_ascii_uppercase();
+    match (c, chars.next()) {
+        ('0'..='9' | '*' | '#' | 'A'..='D', None) => Some(c),
+        ('1', Some('0')) => Some('*'),
+        ('1', Some('1')) => Some('#'),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(ct: &str, body: &str) -> Message {
+        let mut m = Message::request(crate::sip::message::Method::Info, "sip:a@b");
+        m.push(HeaderName::ContentType, ct.to_string());
+        m.body = Bytes::from(body.to_string());
+        m
+    }
+
+    #[test]
+    fn reads_the_digit_of_a_sip_info() {
+        assert_eq!(
+            info_digit(&info(
+                "application/dtmf-relay",
+                "Signal=5\r\nDuration=160\r\n"
+            )),
+            Some('5')
+        );
+        assert_eq!(
+            info_digit(&info("application/dtmf-relay", "Signal= #\r\n")),
+            Some('#')
+        );
+        assert_eq!(info_digit(&info("application/dtmf", "11")), Some('#'));
+        assert_eq!(info_digit(&info("application/dtmf", "a")), Some('A'));
+        assert_eq!(
+            info_digit(&info("application/dtmf-relay", "Signal=55")),
+            None
+        );
+        assert_eq!(info_digit(&info("text/plain", "5")), None);
+    }
+}
