@@ -332,6 +332,9 @@ pub struct Recorder {
     samples: u64,
     size: u64,
     hash: Sha256,
+    /// A write failed part-way: the file may hold half a chunk, so nothing more may be
+    /// appended and it must never be completed.
+    broken: bool,
 }
 
 impl fmt::Debug for Recorder {
@@ -400,6 +403,7 @@ impl Recorder {
             samples: 0,
             size: 0,
             hash: Sha256::new(),
+            broken: false,
         };
         rec.write_out(&header)?;
         rec.chunk.extend_from_slice(&wav_header(0));
@@ -408,7 +412,11 @@ impl Recorder {
 
     /// Append `left.len()` stereo frames (left = leg A, right = leg B). The slices must have
     /// equal lengths. No allocation once the scratch buffer has grown to the largest call.
+    ///
+    /// After a failed write every later call (and [`Recorder::finish`]) fails too: the file
+    /// may end in a partial chunk, so the recording can only be aborted.
     pub fn write_stereo(&mut self, left: &[i16], right: &[i16]) -> io::Result<()> {
+        self.check_usable()?;
         if left.len() != right.len() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -456,7 +464,17 @@ impl Recorder {
         let _ = std::fs::remove_file(&self.tmp);
     }
 
+    fn check_usable(&self) -> io::Result<()> {
+        if self.broken {
+            return Err(io::Error::other(
+                "an earlier write of this recording failed",
+            ));
+        }
+        Ok(())
+    }
+
     fn finish_inner(&mut self) -> io::Result<Finished> {
+        self.check_usable()?;
         // The last chunk is always shorter than a full one (possibly empty): a full chunk
         // is sealed as soon as it fills, so this is never a full one.
         self.seal(true)?;
@@ -510,7 +528,10 @@ impl Recorder {
     }
 
     fn write_out(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.file.write_all(bytes)?;
+        if let Err(e) = self.file.write_all(bytes) {
+            self.broken = true;
+            return Err(e);
+        }
         self.hash.update(bytes);
         self.size += bytes.len() as u64;
         metrics::counter!(RECORDING_BYTES_WRITTEN_TOTAL).increment(bytes.len() as u64);
@@ -978,6 +999,18 @@ mod tests {
         assert!(!tmp_path(dir.path(), "x").exists());
         assert!(!final_path(dir.path(), "x").exists());
         assert!(Recorder::create(dir.path(), "../x", &keys).is_err());
+    }
+
+    #[test]
+    fn a_failed_write_poisons_the_recorder() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = ring(&[("a", 1)], None);
+        let mut rec = Recorder::create(dir.path(), "p", &keys).unwrap();
+        rec.broken = true; // as after a write_all that failed part-way (disk full)
+        assert!(rec.write_stereo(&[1], &[2]).is_err());
+        assert!(rec.finish().is_err());
+        assert!(!final_path(dir.path(), "p").exists(), "never completed");
+        assert!(!tmp_path(dir.path(), "p").exists(), "tmp removed");
     }
 
     #[test]
