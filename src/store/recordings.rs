@@ -12,7 +12,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use serde::Serialize;
 
 use super::{Store, StoreError};
-use crate::media::recording::{self, Finished, KeyRing, RECORDINGS_RECOVERED_TOTAL};
+use crate::media::recording::{
+    self, Finished, KeyRing, RecordingError, RECORDINGS_RECOVERED_TOTAL,
+};
 
 /// Migration text for the `recordings` table (appended to `MIGRATIONS`).
 pub(crate) const MIGRATION: &str = "CREATE TABLE recordings (
@@ -338,6 +340,10 @@ pub struct RecoveryReport {
     pub failed: Vec<String>,
     /// `.syrec.tmp` files without a row, removed.
     pub stray_tmp_removed: usize,
+    /// Rows left in `recording` whose complete-looking file could not be judged (its master
+    /// key is not configured, or reading it failed): left as they are, files kept, so that a
+    /// start with the key configured settles them. They are not listed complete meanwhile.
+    pub skipped: Vec<String>,
 }
 
 /// Errors of [`recover`].
@@ -357,7 +363,8 @@ pub enum RecoverError {
 /// passes, it becomes `complete` with the file's size, checksum and duration; otherwise it
 /// becomes `failed` and its `.syrec.tmp` and any bad `.syrec` are deleted. `.syrec.tmp` files
 /// without a row are deleted. Each outcome is counted in [`RECORDINGS_RECOVERED_TOTAL`].
-/// A file wrapped with a key that is no longer configured counts as bad: it can never be read.
+/// A file that cannot be judged (its master key is not configured, or reading it fails) is
+/// left alone with its row in `recording`: see [`RecoveryReport::skipped`].
 pub fn recover(
     store: &mut Store,
     dir: &Path,
@@ -372,6 +379,15 @@ pub fn recover(
         let verified = if final_path.exists() {
             match recording::verify(&final_path, keys) {
                 Ok(plaintext) => Some(plaintext),
+                Err(e @ (RecordingError::UnknownKey(_) | RecordingError::Io(_))) => {
+                    // Not proof the file is bad: deleting it would destroy a recording
+                    // because of a configuration mistake or a passing I/O error.
+                    tracing::error!(recording = %row.id, error = %e, "recovery: recording left unsettled");
+                    metrics::counter!(RECORDINGS_RECOVERED_TOTAL, "outcome" => "skipped")
+                        .increment(1);
+                    report.skipped.push(row.id.clone());
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(recording = %row.id, error = %e, "recovery: file does not verify");
                     None
@@ -437,11 +453,12 @@ pub fn recover(
         metrics::counter!(RECORDINGS_RECOVERED_TOTAL, "outcome" => "stray_tmp").increment(1);
         report.stray_tmp_removed += 1;
     }
-    if !report.completed.is_empty() || !report.failed.is_empty() || report.stray_tmp_removed > 0 {
+    if report != RecoveryReport::default() {
         tracing::info!(
             completed = report.completed.len(),
             failed = report.failed.len(),
             stray_tmp_removed = report.stray_tmp_removed,
+            skipped = report.skipped.len(),
             "recording recovery done"
         );
     }
@@ -578,7 +595,17 @@ mod tests {
             .unwrap();
         // 5. A stray tmp without a row.
         std::fs::write(recording::tmp_path(&rec_dir, "stray"), b"x").unwrap();
-        // 6. A complete row is left alone.
+        // 6. Complete on disk but wrapped with a key this start does not have: kept as is.
+        let mut other = BTreeMap::new();
+        other.insert("k0".to_string(), format!("hex:{}", "cd".repeat(32)));
+        let other = KeyRing::from_config(&other, None, Path::new("/nonexistent")).unwrap();
+        let mut r = recording::Recorder::create(&rec_dir, "rotated", &other).unwrap();
+        r.write_stereo(&[1; 10], &[2; 10]).unwrap();
+        r.finish().unwrap();
+        store
+            .insert_recording(&started("rotated", "t", 5, &rec_dir))
+            .unwrap();
+        // 7. A complete row is left alone.
         let mut r = recording::Recorder::create(&rec_dir, "old", &keys).unwrap();
         r.write_stereo(&[1; 10], &[2; 10]).unwrap();
         let old = r.finish().unwrap();
@@ -595,6 +622,16 @@ mod tests {
         assert_eq!(report.completed, ["done"]);
         assert_eq!(failed, ["bad", "gone", "mid"]);
         assert_eq!(report.stray_tmp_removed, 1);
+        assert_eq!(report.skipped, ["rotated"]);
+        let rotated = store.get_recording("rotated").unwrap().unwrap();
+        assert_eq!(
+            rotated.state, STATE_RECORDING,
+            "not listed complete, not failed"
+        );
+        assert!(
+            recording::final_path(&rec_dir, "rotated").exists(),
+            "file kept"
+        );
 
         let done = store.get_recording("done").unwrap().unwrap();
         assert_eq!(done.state, STATE_COMPLETE);
@@ -623,9 +660,18 @@ mod tests {
                 recording::verify(Path::new(row.path.as_deref().unwrap()), &keys).unwrap();
             }
         }
-        // Idempotent.
+        // Idempotent, and the skipped one is settled once its key is there.
+        let again = recover(&mut store, &rec_dir, &keys).unwrap();
+        assert_eq!(again.skipped, ["rotated"]);
+        assert!(again.completed.is_empty() && again.failed.is_empty());
+        let mut both = BTreeMap::new();
+        both.insert("k0".to_string(), format!("hex:{}", "cd".repeat(32)));
+        both.insert("k1".to_string(), format!("hex:{}", "ab".repeat(32)));
+        let both = KeyRing::from_config(&both, None, Path::new("/nonexistent")).unwrap();
+        let settled = recover(&mut store, &rec_dir, &both).unwrap();
+        assert_eq!(settled.completed, ["rotated"]);
         assert_eq!(
-            recover(&mut store, &rec_dir, &keys).unwrap(),
+            recover(&mut store, &rec_dir, &both).unwrap(),
             RecoveryReport::default()
         );
     }
