@@ -53,6 +53,7 @@ fn recover_recordings(
             completed = report.completed.len(),
             failed = report.failed.len(),
             stray = report.stray_tmp_removed,
+            skipped = report.skipped.len(),
             "recordings interrupted by the last stop settled"
         );
     }
@@ -64,7 +65,7 @@ fn recover_recordings(
 fn start_media(
     config: &Config,
     ctx: &Arc<CallContext>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Arc<crate::media::recording::KeyRing>, Box<dyn std::error::Error + Send + Sync>> {
     use crate::media::{prompts, relay, tone, wav};
     let m = &config.media;
     let advertise = m
@@ -94,7 +95,7 @@ fn start_media(
         ports: (first, last),
         threads: m.relay_threads,
         recordings_dir,
-        keys: Some(keys),
+        keys: Some(keys.clone()),
         inband_dtmf: m.inband_dtmf,
     })?;
     engine.set_sink(crate::actors::call::event_sink(ctx));
@@ -135,7 +136,7 @@ fn start_media(
         prompts: Arc::new(library),
         music,
     }));
-    Ok(())
+    Ok(keys)
 }
 
 impl Node {
@@ -171,7 +172,7 @@ impl Node {
             &config.sip.user_agent,
             config.sip.advertise,
         ));
-        start_media(&config, &ctx)?;
+        let keys = start_media(&config, &ctx)?;
         // Trunks: budgets and health flags shared by calls and trunk actors.
         let trunk_table: Arc<TrunkTable> = Arc::new(
             config
@@ -311,9 +312,20 @@ impl Node {
                 token.expose()
             );
         }
+        let mut recordings =
+            crate::api::recordings::Recordings::new(config.data_dir.join("switchyard.db"), keys);
+        for t in &config.tenants {
+            if let Some(secret) = &t.api_token {
+                let tok = crate::api::Token::new(secret).ok_or_else(|| {
+                    format!("tenants.{}.api_token: printable ASCII without spaces", t.id)
+                })?;
+                recordings = recordings.with_tenant_token(&t.id, tok);
+            }
+        }
         let state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new())
             .with_token(token)
-            .with_contact_centre(cc.clone(), directory);
+            .with_contact_centre(cc.clone(), directory)
+            .with_recordings(recordings);
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{answer, invite, wait_until, Ua, SDP};
+use common::{answer, call_id, contact_uri, invite, val, wait_until, Side, Ua, SDP};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use switchyard::config::Config;
@@ -54,14 +54,6 @@ async fn bed(tune: impl FnOnce(&mut Config)) -> Bed {
     }
 }
 
-fn val(m: &Message, h: HeaderName) -> String {
-    String::from_utf8_lossy(m.value(h).unwrap_or_else(|| panic!("{h:?} missing"))).into_owned()
-}
-
-fn call_id(m: &Message) -> String {
-    String::from_utf8_lossy(m.call_id().expect("Call-ID")).into_owned()
-}
-
 fn to_tag(m: &Message) -> Option<String> {
     m.to()
         .and_then(|t| t.tag())
@@ -87,10 +79,6 @@ fn body(m: &Message) -> &str {
     std::str::from_utf8(&m.body).unwrap()
 }
 
-fn contact_uri(m: &Message) -> String {
-    String::from_utf8_lossy(&m.contacts().next().expect("Contact").uri).into_owned()
-}
-
 fn is_status(status: u16, method: &'static str) -> impl Fn(&Message) -> bool {
     move |m| m.status() == Some(status) && m.cseq().is_some_and(|c| c.method.to_string() == method)
 }
@@ -113,74 +101,6 @@ async fn collect(ua: &Ua, window: Duration) -> Vec<Message> {
             None => return out,
         }
     }
-}
-
-/// One side of a dialog as a test UA sees it: what it needs to send requests in it.
-struct Side {
-    me: SocketAddr,
-    ruri: String,
-    from: String,
-    to: String,
-    call_id: String,
-    cseq: u32,
-}
-
-impl Side {
-    /// The caller's side after the switch's 2xx (or 18x) to its INVITE `cid`.
-    fn caller(me: SocketAddr, cid: &str, resp: &Message) -> Side {
-        Side {
-            me,
-            ruri: contact_uri(resp),
-            from: val(resp, HeaderName::From),
-            to: val(resp, HeaderName::To),
-            call_id: cid.to_string(),
-            cseq: 1,
-        }
-    }
-
-    /// The callee's side after answering the switch's INVITE with tag `tag`.
-    fn callee(me: SocketAddr, inv: &Message, tag: &str) -> Side {
-        Side {
-            me,
-            ruri: contact_uri(inv),
-            from: format!("{};tag={tag}", val(inv, HeaderName::To)),
-            to: val(inv, HeaderName::From),
-            call_id: call_id(inv),
-            cseq: 0,
-        }
-    }
-
-    /// A request in the dialog (the next CSeq; ACK reuses `ack_cseq`). Returns it and its
-    /// branch.
-    fn request(&mut self, method: &str, ack_cseq: u32, extra: &str, body: &str) -> String {
-        let seq = if method == "ACK" {
-            ack_cseq
-        } else {
-            self.cseq += 1;
-            self.cseq
-        };
-        let br = format!("z9hG4bK-t{}", rand_token());
-        format!(
-            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={br};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:ua@{}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-            self.ruri,
-            self.me,
-            self.from,
-            self.to,
-            self.call_id,
-            self.me,
-            body.len()
-        )
-    }
-}
-
-fn rand_token() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "{}x{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// The ACK a UAC sends for a non-2xx final response (same branch as the INVITE).

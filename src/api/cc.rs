@@ -211,6 +211,11 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         get(get_decisions),
     );
     let router = route(router, "/calls", post(click_to_call));
+    let router = route(
+        router,
+        "/calls/{call_id}/recording/{command}",
+        post(recording_command),
+    );
     let router = route(router, "/agents", get(list_agents));
     let router = route(router, "/agents/{tenant}/{agent}", get(get_agent));
     route(
@@ -611,6 +616,45 @@ async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: 
 }
 
 // ---------------------------------------------------------------------------- helpers
+
+/// The answer to a recording command: the recording's id.
+#[derive(Debug, Serialize)]
+struct RecordingAnswer {
+    call_id: String,
+    recording: String,
+}
+
+/// `POST /calls/{call_id}/recording/{start|stop|pause|resume}`: the call (its A-leg
+/// Call-ID, the CDR's `a_call_id`) must be in progress with anchored media.
+async fn recording_command(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((call_id, verb)): Path<(String, String)>,
+) -> Response {
+    use crate::actors::call::{CallMsg, RecordingCommand};
+    if let Err(denied) = state.authorize(&headers) {
+        return denied.into_response();
+    }
+    let answer = async {
+        let cmd = RecordingCommand::parse(&verb).ok_or_else(|| {
+            Problem::not_found(format!(
+                "no recording command {verb:?}: start, stop, pause or resume"
+            ))
+        })?;
+        let cc = contact_centre(&state)?;
+        let call = cc
+            .cc
+            .calls
+            .directory
+            .lookup(call_id.as_bytes())
+            .ok_or_else(|| Problem::not_found(format!("no call {call_id:?} in progress")))?;
+        let reply = ractor::call!(call, CallMsg::Recording, cmd)
+            .map_err(|e| unavailable(format!("the call did not answer: {e}")))?;
+        let recording = reply.map_err(|why| Problem::new(StatusCode::CONFLICT, why))?;
+        Ok(RecordingAnswer { call_id, recording })
+    };
+    respond(answer.await)
+}
 
 fn contact_centre(state: &ApiState) -> Result<&ContactCentre, Problem> {
     state

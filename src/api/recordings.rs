@@ -15,14 +15,17 @@
 //! before it is sent.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
 use super::{bearer_credential, route, ApiState, Problem, Token};
@@ -199,12 +202,10 @@ async fn audio_inner(
         })
     })
     .await?;
-    let len = reader.plaintext_len();
     let body = audio_body(row.id.clone(), reader).await?;
     Ok((
         [
             (header::CONTENT_TYPE, "audio/wav".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{}.wav\"", row.id),
@@ -237,22 +238,72 @@ fn decrypt_chunks(
     rx
 }
 
-/// The response body of a recording's audio.
+/// The response body of a recording's audio, streamed as the chunks are decrypted.
 ///
-/// The crate has no `Stream`/`http_body::Body` trait to implement in its dependencies yet, so
-/// the authenticated chunks are gathered here before the response starts; a verification
-/// failure is then a clean 500 instead of a cut-off download. Streaming them as they come
-/// only needs this function replaced (the channel stays).
+/// The first chunk is awaited before the response starts, so a recording whose start does not
+/// verify is a clean 500; a later chunk that fails ends the body with an error, which aborts
+/// the connection short of the announced `Content-Length`, so the client cannot take a cut
+/// recording for a whole one.
 async fn audio_body(id: String, reader: RecordingReader) -> Result<Body, Problem> {
+    let remaining = reader.plaintext_len();
     let mut rx = decrypt_chunks(id.clone(), reader);
-    let mut wav = Vec::new();
-    while let Some(chunk) = rx.recv().await {
-        match chunk {
-            Ok(bytes) => wav.extend_from_slice(&bytes),
-            Err(_) => return Err(internal(format!("recording {id:?} fails verification"))),
+    let first = match rx.recv().await {
+        Some(Ok(chunk)) => chunk,
+        Some(Err(_)) | None => {
+            return Err(internal(format!("recording {id:?} fails verification")))
+        }
+    };
+    Ok(Body::new(AudioBody {
+        first: Some(first),
+        rx,
+        remaining,
+    }))
+}
+
+/// A recording's decrypted chunks as an HTTP body of known length.
+struct AudioBody {
+    first: Option<Vec<u8>>,
+    rx: mpsc::Receiver<Result<Vec<u8>, RecordingError>>,
+    /// Bytes still to send: the exact size hint gives the response its `Content-Length`.
+    remaining: u64,
+}
+
+impl AudioBody {
+    fn frame(&mut self, chunk: Vec<u8>) -> Frame<Bytes> {
+        self.remaining = self.remaining.saturating_sub(chunk.len() as u64);
+        Frame::data(Bytes::from(chunk))
+    }
+}
+
+impl http_body::Body for AudioBody {
+    type Data = Bytes;
+    type Error = RecordingError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RecordingError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(self.frame(first))));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(chunk))) => Poll::Ready(Some(Ok(self.frame(chunk)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) if self.remaining > 0 => Poll::Ready(Some(Err(
+                RecordingError::Corrupt("decryption stopped early".into()),
+            ))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
     }
-    Ok(Body::from(wav))
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
 }
 
 /// The row of `id` if `scope` may see it; otherwise, as when it does not exist, a 404.

@@ -333,7 +333,8 @@ impl Session {
 
 enum Command {
     Add(Box<Sess>),
-    Remove,
+    /// Ends the session; its final figures go back on the channel if one is given.
+    Remove(Option<mpsc::SyncSender<[LegStats; 2]>>),
     Remote {
         side: Side,
         addr: SocketAddr,
@@ -527,10 +528,23 @@ impl MediaEngine {
     pub fn release(&self, call: &[u8]) {
         if let Some((_, s)) = self.inner.sessions.remove(call) {
             if !s.released.swap(true, Ordering::AcqRel) {
-                s.send(Command::Remove);
+                s.send(Command::Remove(None));
             }
         }
         self.gauges();
+    }
+
+    /// Ends the call's session like [`MediaEngine::release`] and returns its final figures
+    /// (waiting at most `wait` for the relay thread; else the last published ones).
+    pub fn release_with_stats(&self, call: &[u8], wait: Duration) -> Option<[LegStats; 2]> {
+        let (_, s) = self.inner.sessions.remove(call)?;
+        self.gauges();
+        if s.released.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        s.send(Command::Remove(Some(tx)));
+        Some(rx.recv_timeout(wait).unwrap_or_else(|_| *lock(&s.stats)))
     }
 
     /// Sessions in progress.
@@ -790,6 +804,8 @@ struct RelayThread {
     counters: Counters,
     ticks: u64,
     digits: Vec<char>,
+    /// The figures of the session published last (handed to a release that waits).
+    last_stats: Option<[LegStats; 2]>,
 }
 
 impl RelayThread {
@@ -810,6 +826,7 @@ impl RelayThread {
             counters: Counters::default(),
             ticks: 0,
             digits: Vec::new(),
+            last_stats: None,
         }
     }
 
@@ -875,7 +892,13 @@ impl RelayThread {
         }
         match env.cmd {
             Command::Add(_) => {}
-            Command::Remove => self.remove(slot),
+            Command::Remove(reply) => {
+                self.remove(slot);
+                if let Some(reply) = reply {
+                    let stats = self.last_stats.take().unwrap_or_default();
+                    let _ = reply.try_send(stats);
+                }
+            }
             Command::Record { id, tenant } => self.start_recording(slot, id, tenant),
             Command::StopRecording => self.stop_recording(slot),
             Command::Publish => self.publish(slot),
@@ -1228,6 +1251,7 @@ impl RelayThread {
             };
         }
         *lock(&s.shared.stats) = out;
+        self.last_stats = Some(out);
     }
 
     fn flush_metrics(&mut self) {
@@ -1289,6 +1313,7 @@ impl RelayThread {
                     .remove_if(&call, |_, v| Arc::ptr_eq(v, &s.shared));
                 s.shared.released.store(true, Ordering::Release);
                 self.remove(slot);
+                self.last_stats = None;
             }
         }
         metrics::gauge!(SESSIONS_ACTIVE).set(engine.sessions.len() as f64);
@@ -1492,7 +1517,7 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
             leg.play = Some(Player::new(playlist));
         }
         Command::Add(_)
-        | Command::Remove
+        | Command::Remove(_)
         | Command::Record { .. }
         | Command::StopRecording
         | Command::Publish => {}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use switchyard::config::{Config, RouteConfig};
 use switchyard::server::Node;
-use switchyard::sip::message::Message;
+use switchyard::sip::message::{HeaderName, Message};
 use switchyard::sip::parse::{parse, Framing, Limits};
 use switchyard::transport::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -217,7 +217,6 @@ pub fn answer(
     contact: SocketAddr,
     body: &str,
 ) -> String {
-    use switchyard::sip::message::HeaderName;
     let mut s = format!("SIP/2.0 {status} {reason}\r\n");
     for h in &req.headers {
         match h.name {
@@ -435,5 +434,89 @@ pub async fn http_request(
         status,
         headers,
         body: body.to_owned(),
+    }
+}
+
+/// A header's value as text (panics if missing).
+pub fn val(m: &Message, h: HeaderName) -> String {
+    String::from_utf8_lossy(m.value(h).unwrap_or_else(|| panic!("{h:?} missing"))).into_owned()
+}
+
+/// The Call-ID as text.
+pub fn call_id(m: &Message) -> String {
+    String::from_utf8_lossy(m.call_id().expect("Call-ID")).into_owned()
+}
+
+/// The first Contact's URI.
+pub fn contact_uri(m: &Message) -> String {
+    String::from_utf8_lossy(&m.contacts().next().expect("Contact").uri).into_owned()
+}
+
+/// A token unique within the test process.
+pub fn rand_token() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One side of a dialog as a test UA sees it: what it needs to send requests in it.
+pub struct Side {
+    pub me: SocketAddr,
+    pub ruri: String,
+    pub from: String,
+    pub to: String,
+    pub call_id: String,
+    pub cseq: u32,
+}
+
+impl Side {
+    /// The caller's side after the switch's 2xx (or 18x) to its INVITE `cid`.
+    pub fn caller(me: SocketAddr, cid: &str, resp: &Message) -> Side {
+        Side {
+            me,
+            ruri: contact_uri(resp),
+            from: val(resp, HeaderName::From),
+            to: val(resp, HeaderName::To),
+            call_id: cid.to_string(),
+            cseq: 1,
+        }
+    }
+
+    /// The callee's side after answering the switch's INVITE with tag `tag`.
+    pub fn callee(me: SocketAddr, inv: &Message, tag: &str) -> Side {
+        Side {
+            me,
+            ruri: contact_uri(inv),
+            from: format!("{};tag={tag}", val(inv, HeaderName::To)),
+            to: val(inv, HeaderName::From),
+            call_id: call_id(inv),
+            cseq: 0,
+        }
+    }
+
+    /// A request in the dialog (the next CSeq; ACK reuses `ack_cseq`). Returns it and its
+    /// branch.
+    pub fn request(&mut self, method: &str, ack_cseq: u32, extra: &str, body: &str) -> String {
+        let seq = if method == "ACK" {
+            ack_cseq
+        } else {
+            self.cseq += 1;
+            self.cseq
+        };
+        let br = format!("z9hG4bK-t{}", rand_token());
+        format!(
+            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={br};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:ua@{}>\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+            self.ruri,
+            self.me,
+            self.from,
+            self.to,
+            self.call_id,
+            self.me,
+            body.len()
+        )
     }
 }

@@ -506,9 +506,12 @@ impl CallState {
     pub(super) fn release_media(&mut self) -> Option<[crate::media::quality::LegQuality; 2]> {
         let session = self.session.take()?;
         let m = self.media_ctx()?;
-        let qa = session.stats(Side::A).quality;
-        let qb = session.stats(Side::B).quality;
-        m.engine.release(session.call());
+        // The relay publishes once a second: the final figures come with the release.
+        let stats = m
+            .engine
+            .release_with_stats(session.call(), std::time::Duration::from_millis(50))
+            .unwrap_or_else(|| [session.stats(Side::A), session.stats(Side::B)]);
+        let (qa, qb) = (stats[0].quality, stats[1].quality);
         let trunk = self
             .core
             .as_ref()

@@ -1,0 +1,352 @@
+//! Anchored media end to end: a real node on loopback, caller and callee as UDP test user
+//! agents with their own RTP sockets sending G.711 tones. Asserts what each side hears,
+//! the encrypted two-track recording, DTMF from RFC 4733 / SIP INFO / in-band tones, the
+//! CDR's quality figures, and that ports and sessions are given back.
+
+mod common;
+
+use common::{answer, call_id, wait_until, Side, Ua};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard::config::{Config, MediaMode};
+use switchyard::media::g711::Codec;
+use switchyard::media::{dtmf, recording, rtp, tone, wav};
+use switchyard::server::Node;
+use switchyard::sip::message::Message;
+use switchyard::store::{Cdr, Store};
+use tokio::net::UdpSocket;
+
+/// An RTP endpoint of a test phone.
+struct Rtp {
+    sock: Arc<UdpSocket>,
+    port: u16,
+}
+
+impl Rtp {
+    async fn new() -> Rtp {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        Rtp {
+            sock: Arc::new(sock),
+            port,
+        }
+    }
+
+    fn sdp(&self, pts: &str) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP {pts}\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n",
+            self.port
+        )
+    }
+
+    /// Sends `frames` 20 ms PCMU frames of `audio` (looped) to `to`, paced in real time,
+    /// then the RFC 4733 packets of `digit` if given.
+    fn send(
+        &self,
+        to: SocketAddr,
+        audio: Vec<i16>,
+        frames: usize,
+        digit: Option<char>,
+    ) -> tokio::task::JoinHandle<()> {
+        let sock = self.sock.clone();
+        tokio::spawn(async move {
+            let ssrc: u32 = rand::random();
+            let (mut seq, mut ts) = (1u16, 0u32);
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let mut buf = [0u8; 172];
+            for f in 0..frames {
+                tick.tick().await;
+                let h = rtp::write_rtp_header(&mut buf, f == 0, 0, seq, ts, ssrc);
+                let start = (f * 160) % audio.len().max(1);
+                let mut frame = [0i16; 160];
+                for (i, s) in frame.iter_mut().enumerate() {
+                    *s = audio[(start + i) % audio.len()];
+                }
+                Codec::Pcmu.encode_into(&frame, &mut buf[h..h + 160]);
+                sock.send_to(&buf[..h + 160], to).await.unwrap();
+                seq = seq.wrapping_add(1);
+                ts = ts.wrapping_add(160);
+            }
+            if let Some(d) = digit {
+                for ev in dtmf::event_packets(d, 100) {
+                    tick.tick().await;
+                    let h = rtp::write_rtp_header(&mut buf, false, 101, seq, ts, ssrc);
+                    let n = rtp::write_telephone_event(&mut buf[h..], &ev);
+                    sock.send_to(&buf[..h + n], to).await.unwrap();
+                    seq = seq.wrapping_add(1);
+                }
+            }
+        })
+    }
+
+    /// Collects decoded PCMU audio for `window`.
+    async fn listen(&self, window: Duration) -> Vec<i16> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut pcm = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(Ok((n, _))) = tokio::time::timeout(left, self.sock.recv_from(&mut buf)).await
+            else {
+                return pcm;
+            };
+            let Some(h) = rtp::parse_rtp(&buf[..n]) else {
+                continue;
+            };
+            if h.payload_type == 0 {
+                let p = h.payload(&buf[..n]);
+                pcm.extend(p.iter().map(|&b| Codec::Pcmu.decode(b)));
+            }
+        }
+    }
+}
+
+fn tone_of(hz: f32, ms: usize) -> Vec<i16> {
+    let mut t = tone::ToneGen::new(&[hz], 8000);
+    let mut out = vec![0i16; ms * 8];
+    t.fill(&mut out);
+    out
+}
+
+/// The switch's audio address in an SDP body.
+fn sdp_addr(m: &Message) -> SocketAddr {
+    let sdp = switchyard::sip::sdp::parse(&m.body).expect("SDP");
+    let audio = sdp.audio().expect("audio");
+    SocketAddr::new(sdp.connection(0).expect("c="), audio.port)
+}
+
+fn node_config(
+    dir: &std::path::Path,
+    callee: SocketAddr,
+    tune: impl FnOnce(&mut Config),
+) -> Config {
+    let mut c = common::config(dir, &[("", format!("sip:{callee}"))]);
+    c.routes[0].media = MediaMode::Anchor;
+    c.media.rtp_ports = "42000-42999".into();
+    tune(&mut c);
+    c
+}
+
+async fn cdr(node: &Node, dir: &std::path::Path, call_id: &str) -> Cdr {
+    let store = node.tree.store().unwrap();
+    for _ in 0..200 {
+        switchyard::actors::store_writer::flush(&store)
+            .await
+            .unwrap();
+        let found = Store::open(&dir.join("switchyard.db"))
+            .unwrap()
+            .get_cdr_by_call_id(call_id)
+            .unwrap();
+        if let Some(c) = found {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no CDR for {call_id}");
+}
+
+fn invite(cid: &str, ua: SocketAddr, sw: SocketAddr, sdp: &str) -> String {
+    format!(
+        "INVITE sip:1000@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{ua}>;tag=a-{cid}\r\nTo: <sip:1000@{sw}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+fn is_ok_to(method: &'static str) -> impl Fn(&Message) -> bool {
+    move |m| m.status() == Some(200) && m.cseq().is_some_and(|c| c.method.to_string() == method)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (Ua::new().await, Ua::new().await);
+    let (ra, rb) = (Rtp::new().await, Rtp::new().await);
+    let node = common::start_with(node_config(dir.path(), bob.addr, |c| {
+        c.routes[0].record = true;
+    }))
+    .await;
+    let sw = common::udp_addr(&node);
+    let cid = "media-1";
+    alice
+        .send(sw, &invite(cid, alice.addr, sw, &ra.sdp("0 101")))
+        .await;
+
+    // The callee is offered the switch's address, not the caller's.
+    let (inv_b, sw_b) = bob.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&inv_b);
+    assert_eq!(to_switch_b.ip().to_string(), "127.0.0.1");
+    assert_ne!(
+        to_switch_b.port(),
+        ra.port,
+        "the B leg's SDP points at the switch"
+    );
+    bob.send(
+        sw_b,
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("0 101")),
+    )
+    .await;
+    let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    let to_switch_a = sdp_addr(&ok);
+    assert_ne!(
+        to_switch_a.port(),
+        rb.port,
+        "the A leg's SDP points at the switch"
+    );
+    assert_ne!(
+        to_switch_a.port(),
+        to_switch_b.port(),
+        "a port pair per leg"
+    );
+    let mut a = Side::caller(alice.addr, cid, &ok);
+    alice.send(sw, &a.request("ACK", 1, "", "")).await;
+    bob.expect_request("ACK").await;
+
+    // 3 s of audio each way: 1000 Hz from the caller, 2000 Hz from the callee, each
+    // followed by a digit (RFC 4733 from the caller, an in-band tone from the callee).
+    let mut b_audio = tone_of(2000.0, 2400);
+    dtmf::dtmf_tone('3', 120, &mut b_audio);
+    b_audio.extend(std::iter::repeat_n(0, 800));
+    let send_a = ra.send(to_switch_a, tone_of(1000.0, 3000), 150, Some('7'));
+    let send_b = rb.send(to_switch_b, b_audio, 150, None);
+    let (heard_by_b, heard_by_a) = tokio::join!(
+        rb.listen(Duration::from_millis(3300)),
+        ra.listen(Duration::from_millis(3300))
+    );
+    send_a.await.unwrap();
+    send_b.await.unwrap();
+    assert!(
+        heard_by_b.len() >= 140 * 160,
+        "callee heard {} samples",
+        heard_by_b.len()
+    );
+    assert!(
+        heard_by_a.len() >= 140 * 160,
+        "caller heard {} samples",
+        heard_by_a.len()
+    );
+    let f_b = tone::dominant_frequency(&heard_by_b[8000..16000], 8000, 300.0, 3400.0, 50.0);
+    let f_a = tone::dominant_frequency(&heard_by_a[8000..16000], 8000, 300.0, 3400.0, 50.0);
+    assert!(
+        (f_b - 1000.0).abs() <= 50.0,
+        "callee hears the caller's 1000 Hz: {f_b}"
+    );
+    assert!(
+        (f_a - 2000.0).abs() <= 50.0,
+        "caller hears the callee's 2000 Hz: {f_a}"
+    );
+
+    // A digit by SIP INFO, relayed and detected too.
+    let info = a.request(
+        "INFO",
+        0,
+        "Content-Type: application/dtmf-relay\r\n",
+        "Signal=9\r\nDuration=160\r\n",
+    );
+    alice.send(sw, &info).await;
+    let (info_b, from) = bob.expect_request("INFO").await;
+    bob.send(from, &answer(&info_b, 200, "OK", "", bob.addr, ""))
+        .await;
+    alice.expect("200 to INFO", is_ok_to("INFO")).await;
+
+    alice.send(sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = bob.expect_request("BYE").await;
+    bob.send(from, &answer(&bye, 200, "OK", "", bob.addr, ""))
+        .await;
+    alice.expect("200 to BYE", is_ok_to("BYE")).await;
+
+    let cdr = cdr(&node, dir.path(), cid).await;
+    let digits = cdr.dtmf.clone().unwrap_or_default();
+    for d in ['7', '3', '9'] {
+        assert!(digits.contains(d), "digit {d} detected: {digits:?}");
+    }
+    assert_eq!(digits.len(), 3, "each digit once: {digits:?}");
+    let m = cdr.media.expect("anchored call has media figures");
+    assert!(m.packets_a >= 140 && m.packets_b >= 140, "{m:?}");
+    assert!(m.loss_a < 0.01 && m.loss_b < 0.01, "{m:?}");
+    assert!(
+        m.mos_a > 4.0 && m.mos_b > 4.0,
+        "clean loopback audio: {m:?}"
+    );
+
+    // The recording: complete in the index, decrypts to a stereo WAV whose left track is
+    // the caller (1000 Hz) and right track the callee (2000 Hz).
+    let id = cdr.recording.clone().expect("the route records");
+    let db = dir.path().join("switchyard.db");
+    let store = node.tree.store().unwrap();
+    let mut row = None;
+    for _ in 0..200 {
+        switchyard::actors::store_writer::flush(&store)
+            .await
+            .unwrap();
+        let r = Store::open(&db).unwrap().get_recording(&id).unwrap();
+        if r.as_ref().is_some_and(|r| r.state == "complete") {
+            row = r;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let row = row.expect("recording completed");
+    assert_eq!(row.call_id.as_deref(), Some(cid));
+    let keys = recording::KeyRing::from_config(&Default::default(), None, dir.path()).unwrap();
+    let path = recording::final_path(&dir.path().join("recordings"), &id);
+    let mut wav_bytes = Vec::new();
+    for chunk in recording::open(&path, &keys).unwrap() {
+        wav_bytes.extend(chunk.unwrap());
+    }
+    let (left, right, rate) = wav::read_stereo(&wav_bytes).unwrap();
+    assert_eq!(rate, 8000);
+    assert!(
+        left.len() >= 2 * 8000,
+        "at least 2 s recorded: {}",
+        left.len()
+    );
+    let mid = left.len() / 2;
+    let fl = tone::dominant_frequency(&left[mid - 4000..mid + 4000], 8000, 300.0, 3400.0, 50.0);
+    let fr = tone::dominant_frequency(&right[mid - 4000..mid + 4000], 8000, 300.0, 3400.0, 50.0);
+    assert!(
+        (fl - 1000.0).abs() <= 50.0,
+        "left channel is the caller: {fl}"
+    );
+    assert!(
+        (fr - 2000.0).abs() <= 50.0,
+        "right channel is the callee: {fr}"
+    );
+
+    let engine = &node.ctx.media.get().unwrap().engine;
+    assert!(
+        wait_until(Duration::from_secs(5), || engine.sessions() == 0
+            && engine.ports_in_use() == 0)
+        .await,
+        "session and ports given back"
+    );
+    let _ = call_id(&inv_b);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_a_call_without_g711_is_refused_with_488() {
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (Ua::new().await, Ua::new().await);
+    let ra = Rtp::new().await;
+    let node = common::start_with(node_config(dir.path(), bob.addr, |c| {
+        c.routes[0].record = true;
+    }))
+    .await;
+    let sw = common::udp_addr(&node);
+    let sdp = ra
+        .sdp("18 101")
+        .replace("a=rtpmap:101", "a=rtpmap:18 G729/8000\r\na=rtpmap:101");
+    alice
+        .send(sw, &invite("media-488", alice.addr, sw, &sdp))
+        .await;
+    let (resp, _) = alice.expect("488", |m| m.status() == Some(488)).await;
+    assert_eq!(resp.status(), Some(488));
+    assert!(
+        bob.recv(Duration::from_millis(300)).await.is_none(),
+        "no B leg"
+    );
+    let engine = &node.ctx.media.get().unwrap().engine;
+    assert_eq!(engine.sessions(), 0);
+    node.shutdown().await;
+}
