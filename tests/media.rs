@@ -49,6 +49,17 @@ impl Rtp {
         frames: usize,
         digit: Option<char>,
     ) -> tokio::task::JoinHandle<()> {
+        self.send_as(Codec::Pcmu, to, audio, frames, digit)
+    }
+
+    fn send_as(
+        &self,
+        codec: Codec,
+        to: SocketAddr,
+        audio: Vec<i16>,
+        frames: usize,
+        digit: Option<char>,
+    ) -> tokio::task::JoinHandle<()> {
         let sock = self.sock.clone();
         tokio::spawn(async move {
             let ssrc: u32 = rand::random();
@@ -57,13 +68,14 @@ impl Rtp {
             let mut buf = [0u8; 172];
             for f in 0..frames {
                 tick.tick().await;
-                let h = rtp::write_rtp_header(&mut buf, f == 0, 0, seq, ts, ssrc);
+                let pt = codec.payload_type();
+                let h = rtp::write_rtp_header(&mut buf, f == 0, pt, seq, ts, ssrc);
                 let start = (f * 160) % audio.len().max(1);
                 let mut frame = [0i16; 160];
                 for (i, s) in frame.iter_mut().enumerate() {
                     *s = audio[(start + i) % audio.len()];
                 }
-                Codec::Pcmu.encode_into(&frame, &mut buf[h..h + 160]);
+                codec.encode_into(&frame, &mut buf[h..h + 160]);
                 sock.send_to(&buf[..h + 160], to).await.unwrap();
                 seq = seq.wrapping_add(1);
                 ts = ts.wrapping_add(160);
@@ -82,6 +94,12 @@ impl Rtp {
 
     /// Collects decoded PCMU audio for `window`.
     async fn listen(&self, window: Duration) -> Vec<i16> {
+        let bytes = self.listen_raw(window).await;
+        bytes.iter().map(|&b| Codec::Pcmu.decode(b)).collect()
+    }
+
+    /// Collects the PCMU payload bytes received for `window`, in order.
+    async fn listen_raw(&self, window: Duration) -> Vec<u8> {
         let deadline = tokio::time::Instant::now() + window;
         let mut pcm = Vec::new();
         let mut buf = [0u8; 2048];
@@ -95,8 +113,7 @@ impl Rtp {
                 continue;
             };
             if h.payload_type == 0 {
-                let p = h.payload(&buf[..n]);
-                pcm.extend(p.iter().map(|&b| Codec::Pcmu.decode(b)));
+                pcm.extend_from_slice(h.payload(&buf[..n]));
             }
         }
     }
@@ -348,5 +365,165 @@ async fn recording_a_call_without_g711_is_refused_with_488() {
     );
     let engine = &node.ctx.media.get().unwrap().engine;
     assert_eq!(engine.sessions(), 0);
+    node.shutdown().await;
+}
+
+/// Whether `window` occurs in `haystack`.
+fn contains(haystack: &[u8], window: &[u8]) -> bool {
+    haystack.windows(window.len()).any(|w| w == window)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_answers_first_plays_position_and_music_then_bridges_the_agent() {
+    use switchyard::config::{
+        AgentConfig, MembershipConfig, NumberConfig, TenantConfig, UserConfig,
+    };
+    use switchyard::media::prompts::{default_dir, position_announcement, PromptLibrary};
+    use switchyard::sip::auth::{ha1, Algorithm};
+    const DOMAIN: &str = "media.test";
+    let dir = tempfile::tempdir().unwrap();
+    let (caller, phone) = (Ua::new().await, Ua::new().await);
+    let (rc, rp) = (Rtp::new().await, Rtp::new().await);
+    let mut c = common::config(dir.path(), &[]);
+    c.media.rtp_ports = "43000-43999".into();
+    c.registrar.algorithms = vec!["MD5".into()];
+    c.tenants = vec![TenantConfig {
+        id: "cc".into(),
+        domain: DOMAIN.into(),
+        users: vec![UserConfig {
+            username: "2001".into(),
+            ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
+            ha1_sha256: None,
+        }],
+        numbers: vec![NumberConfig {
+            number: "5000".into(),
+            target: "queue:q".into(),
+            priority: 0,
+        }],
+        queues: vec![toml::from_str(
+            "id = \"q\"\nanswer_first = true\nannounce_secs = 0\nring_timeout_secs = 5",
+        )
+        .unwrap()],
+        agents: vec![AgentConfig {
+            id: "a1".into(),
+            user: "2001".into(),
+            queues: vec![MembershipConfig {
+                queue: "q".into(),
+                tier: 1,
+                penalty: 0,
+            }],
+            skills: Default::default(),
+            wrap_up_secs: None,
+            state: Some("available".into()),
+        }],
+        ..Default::default()
+    }];
+    let node = common::start_with(c).await;
+    let sw = common::udp_addr(&node);
+
+    // The caller is answered by the switch at once (no agent is reachable yet).
+    let cid = "media-queue-1";
+    let inv = invite(cid, caller.addr, sw, &rc.sdp("0 8 101")).replace("sip:1000@", "sip:5000@");
+    caller.send(sw, &inv).await;
+    let (ok, _) = caller.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    let to_switch_a = sdp_addr(&ok);
+    let mut a = Side::caller(caller.addr, cid, &ok);
+    caller.send(sw, &a.request("ACK", 1, "", "")).await;
+
+    // It hears its position, then music: compared byte for byte with what the switch plays.
+    let heard = rc.listen_raw(Duration::from_secs(6)).await;
+    let library = PromptLibrary::load(&default_dir()).unwrap();
+    let announcement = library.compose(&position_announcement(1, None), 150);
+    assert!(announcement.len() > 8000, "the announcement is real audio");
+    let encode = |pcm: &[i16]| -> Vec<u8> { pcm.iter().map(|&s| Codec::Pcmu.encode(s)).collect() };
+    let spoken = encode(&announcement);
+    let mid = spoken.len() / 2;
+    assert!(
+        contains(&heard, &spoken[mid..mid + 1600]),
+        "the caller heard its position announcement ({} bytes heard)",
+        heard.len()
+    );
+    let music = encode(&tone::melody());
+    assert!(
+        contains(&heard, &music[800..2400]),
+        "the caller heard the music on hold"
+    );
+
+    // The agent's phone registers: the queue offers the call with the switch's own SDP.
+    common::register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
+    let (offer, from) = phone.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&offer);
+    assert_ne!(
+        to_switch_b.port(),
+        rc.port,
+        "the agent is offered the switch's address"
+    );
+    // The agent answers in A-law: the switch converts for the caller, who chose μ-law.
+    phone
+        .send(
+            from,
+            &answer(&offer, 200, "OK", "ptag", phone.addr, &rp.sdp("8 101")),
+        )
+        .await;
+    phone.expect_request("ACK").await;
+    let send_agent = rp.send_as(Codec::Pcma, to_switch_b, tone_of(2000.0, 3000), 100, None);
+    let send_caller = rc.send(to_switch_a, tone_of(1000.0, 3000), 100, None);
+    let heard_by_agent = tokio::spawn({
+        let sock = rp.sock.clone();
+        async move {
+            let mut buf = [0u8; 2048];
+            let mut pcm = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(2300);
+            while let Ok(Ok((n, _))) = tokio::time::timeout(
+                deadline.saturating_duration_since(tokio::time::Instant::now()),
+                sock.recv_from(&mut buf),
+            )
+            .await
+            {
+                if let Some(h) = rtp::parse_rtp(&buf[..n]) {
+                    if h.payload_type == 8 {
+                        pcm.extend(h.payload(&buf[..n]).iter().map(|&b| Codec::Pcma.decode(b)));
+                    }
+                }
+            }
+            pcm
+        }
+    });
+    let heard_by_caller = rc.listen(Duration::from_millis(2300)).await;
+    let heard_by_agent = heard_by_agent.await.unwrap();
+    send_agent.await.unwrap();
+    send_caller.await.unwrap();
+    let tail = &heard_by_caller[heard_by_caller.len().saturating_sub(8000)..];
+    let f = tone::dominant_frequency(tail, 8000, 300.0, 3400.0, 50.0);
+    assert!(
+        (f - 2000.0).abs() <= 50.0,
+        "after the bridge the caller hears the agent: {f} Hz"
+    );
+    assert!(
+        heard_by_agent.len() >= 8000,
+        "the agent hears the caller ({} samples)",
+        heard_by_agent.len()
+    );
+    let f = tone::dominant_frequency(
+        &heard_by_agent[heard_by_agent.len() - 8000..],
+        8000,
+        300.0,
+        3400.0,
+        50.0,
+    );
+    assert!(
+        (f - 1000.0).abs() <= 50.0,
+        "the agent hears the caller in A-law: {f} Hz"
+    );
+
+    caller.send(sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = phone.expect_request("BYE").await;
+    phone
+        .send(from, &answer(&bye, 200, "OK", "", phone.addr, ""))
+        .await;
+    caller.expect("200 to BYE", is_ok_to("BYE")).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.agent.as_deref(), Some("a1"));
+    assert!(cdr.media.is_some());
     node.shutdown().await;
 }
