@@ -200,7 +200,8 @@ async fn recordings_survive_kill_minus_9() {
     let keys = KeyRing::from_config(&Default::default(), None, &data).unwrap();
     let rec_dir = data.join("recordings");
     let db = rusqlite::Connection::open(data.join("switchyard.db")).unwrap();
-    let rows: Vec<(String, String, String, Option<i64>, Option<String>)> = db
+    type Row = (String, String, String, Option<i64>, Option<String>);
+    let rows: Vec<Row> = db
         .prepare("SELECT id, call_id, state, size, sha256 FROM recordings")
         .unwrap()
         .query_map([], |r| {
