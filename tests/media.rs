@@ -527,3 +527,126 @@ async fn queue_answers_first_plays_position_and_music_then_bridges_the_agent() {
     assert!(cdr.media.is_some());
     node.shutdown().await;
 }
+
+/// Counts the RTP packets arriving on a socket for `window`.
+async fn count_packets(sock: &UdpSocket, window: Duration) -> usize {
+    let deadline = tokio::time::Instant::now() + window;
+    let mut buf = [0u8; 2048];
+    let mut n = 0;
+    while let Ok(Ok(_)) = tokio::time::timeout(
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+        sock.recv_from(&mut buf),
+    )
+    .await
+    {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
+    use switchyard::actors::call::CallMsg;
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (Ua::new().await, Ua::new().await);
+    let (ra, rb) = (Rtp::new().await, Rtp::new().await);
+    let node = common::start_with(node_config(dir.path(), bob.addr, |c| {
+        c.media.rtp_ports = "45000-45999".into();
+    }))
+    .await;
+    let sw = common::udp_addr(&node);
+    let cid = "media-restart";
+    alice
+        .send(sw, &invite(cid, alice.addr, sw, &ra.sdp("0 101")))
+        .await;
+    let (inv_b, sw_b) = bob.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&inv_b);
+    bob.send(
+        sw_b,
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("0 101")),
+    )
+    .await;
+    let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    let to_switch_a = sdp_addr(&ok);
+    let mut a = Side::caller(alice.addr, cid, &ok);
+    alice.send(sw, &a.request("ACK", 1, "", "")).await;
+    bob.expect_request("ACK").await;
+
+    // 100 packets from the caller while its call actor panics and is restored: the callee
+    // gets every one of them.
+    let sending = ra.send(to_switch_a, tone_of(1000.0, 1000), 100, None);
+    let counting = tokio::spawn({
+        let sock = rb.sock.clone();
+        async move { count_packets(&sock, Duration::from_millis(2600)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = node.ctx.directory.lookup(cid.as_bytes()).unwrap();
+    before.send_message(CallMsg::InjectPanic).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || node
+            .ctx
+            .directory
+            .lookup(cid.as_bytes())
+            .is_some_and(|after| after.get_id() != before.get_id()))
+        .await,
+        "the call actor was restarted"
+    );
+    sending.await.unwrap();
+    assert_eq!(
+        counting.await.unwrap(),
+        100,
+        "no packet lost while the actor restarted"
+    );
+
+    // Hold from the caller (sendonly): the callee is offered the switch's address with
+    // sendonly, answers recvonly; the callee's audio no longer reaches the caller.
+    let hold = ra.sdp("0 101") + "a=sendonly\r\n";
+    alice
+        .send(
+            sw,
+            &a.request("INVITE", 0, "Content-Type: application/sdp\r\n", &hold),
+        )
+        .await;
+    let (reinv, from) = bob.expect_request("INVITE").await;
+    let body = String::from_utf8_lossy(&reinv.body).into_owned();
+    assert!(
+        body.contains("a=sendonly"),
+        "hold reaches the callee: {body}"
+    );
+    assert_eq!(
+        sdp_addr(&reinv),
+        to_switch_b,
+        "the same switch port for the callee"
+    );
+    let held = rb.sdp("0 101") + "a=recvonly\r\n";
+    bob.send(from, &answer(&reinv, 200, "OK", "", bob.addr, &held))
+        .await;
+    let (ok2, _) = alice.expect("200 to re-INVITE", is_ok_to("INVITE")).await;
+    assert_eq!(
+        sdp_addr(&ok2),
+        to_switch_a,
+        "the same switch port for the caller"
+    );
+    alice.send(sw, &a.request("ACK", a.cseq, "", "")).await;
+    let sending = rb.send(to_switch_b, tone_of(2000.0, 1000), 25, None);
+    assert_eq!(
+        count_packets(&ra.sock, Duration::from_millis(800)).await,
+        0,
+        "on hold: nothing relayed to the caller"
+    );
+    sending.await.unwrap();
+
+    alice.send(sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = bob.expect_request("BYE").await;
+    bob.send(from, &answer(&bye, 200, "OK", "", bob.addr, ""))
+        .await;
+    alice.expect("200 to BYE", is_ok_to("BYE")).await;
+    let engine = &node.ctx.media.get().unwrap().engine;
+    assert!(
+        wait_until(Duration::from_secs(5), || engine.sessions() == 0
+            && engine.ports_in_use() == 0)
+        .await,
+        "ports given back after a restarted call ends"
+    );
+    node.shutdown().await;
+}
