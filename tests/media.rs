@@ -266,6 +266,27 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
         .await;
     alice.expect("200 to INFO", is_ok_to("INFO")).await;
 
+    // The switch sends a digit to the caller as RFC 4733 events (101, as it offered).
+    let engine = &node.ctx.media.get().unwrap().engine;
+    let session = engine.get(cid.as_bytes()).expect("session");
+    session.send_dtmf(switchyard::media::relay::Side::A, '4');
+    let mut buf = [0u8; 2048];
+    let mut ends = 0;
+    while ends == 0 {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), ra.sock.recv_from(&mut buf))
+            .await
+            .expect("RFC 4733 digit sent by the switch")
+            .unwrap();
+        let Some(h) = rtp::parse_rtp(&buf[..n]) else {
+            continue;
+        };
+        if h.payload_type == 101 {
+            let ev = rtp::parse_telephone_event(h.payload(&buf[..n])).unwrap();
+            assert_eq!(rtp::event_digit(ev.event), Some('4'));
+            ends += ev.end as usize;
+        }
+    }
+
     alice.send(sw, &a.request("BYE", 0, "", "")).await;
     let (bye, from) = bob.expect_request("BYE").await;
     bob.send(from, &answer(&bye, 200, "OK", "", bob.addr, ""))
@@ -330,7 +351,6 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
         "right channel is the callee: {fr}"
     );
 
-    let engine = &node.ctx.media.get().unwrap().engine;
     assert!(
         wait_until(Duration::from_secs(5), || engine.sessions() == 0
             && engine.ports_in_use() == 0)
