@@ -5,16 +5,15 @@
 
 mod common;
 
-use common::{answer, call_id, wait_until, Side, Ua};
+use common::{answer, cdr, wait_until, Side, Ua};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use switchyard::config::{Config, MediaMode};
 use switchyard::media::g711::Codec;
 use switchyard::media::{dtmf, recording, rtp, tone, wav};
-use switchyard::server::Node;
 use switchyard::sip::message::Message;
-use switchyard::store::{Cdr, Store};
+use switchyard::store::Store;
 use tokio::net::UdpSocket;
 
 /// An RTP endpoint of a test phone.
@@ -145,29 +144,51 @@ fn node_config(
     c
 }
 
-async fn cdr(node: &Node, dir: &std::path::Path, call_id: &str) -> Cdr {
-    let store = node.tree.store().unwrap();
-    for _ in 0..200 {
-        switchyard::actors::store_writer::flush(&store)
-            .await
-            .unwrap();
-        let found = Store::open(&dir.join("switchyard.db"))
-            .unwrap()
-            .get_cdr_by_call_id(call_id)
-            .unwrap();
-        if let Some(c) = found {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no CDR for {call_id}");
-}
-
 fn invite(cid: &str, ua: SocketAddr, sw: SocketAddr, sdp: &str) -> String {
     format!(
         "INVITE sip:1000@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{ua}>;tag=a-{cid}\r\nTo: <sip:1000@{sw}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         sdp.len()
     )
+}
+
+/// A call through the switch: the caller's dialog and where each side sends its audio.
+struct Up {
+    a: Side,
+    to_switch_a: SocketAddr,
+    to_switch_b: SocketAddr,
+}
+
+/// Caller `alice` (RTP `ra`) calls callee `bob` (RTP `rb`), both offering PCMU and
+/// telephone-event; up to the ACK.
+async fn establish(alice: &Ua, bob: &Ua, ra: &Rtp, rb: &Rtp, sw: SocketAddr, cid: &str) -> Up {
+    alice
+        .send(sw, &invite(cid, alice.addr, sw, &ra.sdp("0 101")))
+        .await;
+    let (inv_b, sw_b) = bob.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&inv_b);
+    bob.send(
+        sw_b,
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("0 101")),
+    )
+    .await;
+    let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    let mut a = Side::caller(alice.addr, cid, &ok);
+    alice.send(sw, &a.request("ACK", 1, "", "")).await;
+    bob.expect_request("ACK").await;
+    Up {
+        to_switch_a: sdp_addr(&ok),
+        to_switch_b,
+        a,
+    }
+}
+
+/// The caller hangs up; the callee answers the BYE.
+async fn hang_up(alice: &Ua, bob: &Ua, sw: SocketAddr, a: &mut Side) {
+    alice.send(sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = bob.expect_request("BYE").await;
+    bob.send(from, &answer(&bye, 200, "OK", "", bob.addr, ""))
+        .await;
+    alice.expect("200 to BYE", is_ok_to("BYE")).await;
 }
 
 fn is_ok_to(method: &'static str) -> impl Fn(&Message) -> bool {
@@ -185,26 +206,18 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
     .await;
     let sw = common::udp_addr(&node);
     let cid = "media-1";
-    alice
-        .send(sw, &invite(cid, alice.addr, sw, &ra.sdp("0 101")))
-        .await;
-
-    // The callee is offered the switch's address, not the caller's.
-    let (inv_b, sw_b) = bob.expect_request("INVITE").await;
-    let to_switch_b = sdp_addr(&inv_b);
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+    } = establish(&alice, &bob, &ra, &rb, sw, cid).await;
+    // Each side is offered the switch's address and a port of its own, not the other's.
     assert_eq!(to_switch_b.ip().to_string(), "127.0.0.1");
     assert_ne!(
         to_switch_b.port(),
         ra.port,
         "the B leg's SDP points at the switch"
     );
-    bob.send(
-        sw_b,
-        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("0 101")),
-    )
-    .await;
-    let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
-    let to_switch_a = sdp_addr(&ok);
     assert_ne!(
         to_switch_a.port(),
         rb.port,
@@ -215,9 +228,6 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
         to_switch_b.port(),
         "a port pair per leg"
     );
-    let mut a = Side::caller(alice.addr, cid, &ok);
-    alice.send(sw, &a.request("ACK", 1, "", "")).await;
-    bob.expect_request("ACK").await;
 
     // 3 s of audio each way: 1000 Hz from the caller, 2000 Hz from the callee, each
     // followed by a digit (RFC 4733 from the caller, an in-band tone from the callee).
@@ -287,11 +297,7 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
         }
     }
 
-    alice.send(sw, &a.request("BYE", 0, "", "")).await;
-    let (bye, from) = bob.expect_request("BYE").await;
-    bob.send(from, &answer(&bye, 200, "OK", "", bob.addr, ""))
-        .await;
-    alice.expect("200 to BYE", is_ok_to("BYE")).await;
+    hang_up(&alice, &bob, sw, &mut a).await;
 
     let cdr = cdr(&node, dir.path(), cid).await;
     let digits = cdr.dtmf.clone().unwrap_or_default();
@@ -357,7 +363,6 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
         .await,
         "session and ports given back"
     );
-    let _ = call_id(&inv_b);
     node.shutdown().await;
 }
 
@@ -536,12 +541,7 @@ async fn queue_answers_first_plays_position_and_music_then_bridges_the_agent() {
         "the agent hears the caller in A-law: {f} Hz"
     );
 
-    caller.send(sw, &a.request("BYE", 0, "", "")).await;
-    let (bye, from) = phone.expect_request("BYE").await;
-    phone
-        .send(from, &answer(&bye, 200, "OK", "", phone.addr, ""))
-        .await;
-    caller.expect("200 to BYE", is_ok_to("BYE")).await;
+    hang_up(&caller, &phone, sw, &mut a).await;
     let cdr = cdr(&node, dir.path(), cid).await;
     assert_eq!(cdr.agent.as_deref(), Some("a1"));
     assert!(cdr.media.is_some());
@@ -576,21 +576,11 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
     .await;
     let sw = common::udp_addr(&node);
     let cid = "media-restart";
-    alice
-        .send(sw, &invite(cid, alice.addr, sw, &ra.sdp("0 101")))
-        .await;
-    let (inv_b, sw_b) = bob.expect_request("INVITE").await;
-    let to_switch_b = sdp_addr(&inv_b);
-    bob.send(
-        sw_b,
-        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("0 101")),
-    )
-    .await;
-    let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
-    let to_switch_a = sdp_addr(&ok);
-    let mut a = Side::caller(alice.addr, cid, &ok);
-    alice.send(sw, &a.request("ACK", 1, "", "")).await;
-    bob.expect_request("ACK").await;
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+    } = establish(&alice, &bob, &ra, &rb, sw, cid).await;
 
     // 100 packets from the caller while its call actor panics and is restored: the callee
     // gets every one of them.
@@ -656,11 +646,7 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
     );
     sending.await.unwrap();
 
-    alice.send(sw, &a.request("BYE", 0, "", "")).await;
-    let (bye, from) = bob.expect_request("BYE").await;
-    bob.send(from, &answer(&bye, 200, "OK", "", bob.addr, ""))
-        .await;
-    alice.expect("200 to BYE", is_ok_to("BYE")).await;
+    hang_up(&alice, &bob, sw, &mut a).await;
     let engine = &node.ctx.media.get().unwrap().engine;
     assert!(
         wait_until(Duration::from_secs(5), || engine.sessions() == 0

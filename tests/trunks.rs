@@ -18,23 +18,6 @@ async fn node(dir: &std::path::Path, trunks: Vec<TrunkConfig>, policy: &str) -> 
 
 /// The CDR of a call, once written (the call hands it to the writer as it ends, which may be
 /// a moment after the last SIP message a test sees).
-async fn cdr(node: &Node, dir: &std::path::Path, call_id: &str) -> switchyard::store::Cdr {
-    let store = node.tree.store().unwrap();
-    for _ in 0..100 {
-        switchyard::actors::store_writer::flush(&store)
-            .await
-            .unwrap();
-        let found = switchyard::store::Store::open(&dir.join("switchyard.db"))
-            .unwrap()
-            .get_cdr_by_call_id(call_id)
-            .unwrap();
-        if let Some(c) = found {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("no CDR for {call_id}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_along_the_plan_until_a_trunk_answers() {

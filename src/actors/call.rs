@@ -1009,13 +1009,8 @@ impl CallState {
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             let queued = self.ctx.directory.register(a_call_id, self.myself.clone());
             self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
-            match anchored {
-                Ok(policy) => self.core().media = policy,
-                Err((status, reason)) => return self.refuse(status, reason),
-            }
-            self.checkpoint();
-            if self.core().media.as_ref().is_some_and(|m| m.record) {
-                self.start_recording("config");
+            if !self.media_settled(anchored) {
+                return;
             }
             if let Some(group) = &route.group {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
@@ -1094,13 +1089,8 @@ impl CallState {
 
         // The caller's INVITE server transaction answers 100 Trying at once.
         self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
-        match anchored {
-            Ok(policy) => self.core().media = policy,
-            Err((status, reason)) => return self.refuse(status, reason),
-        }
-        self.checkpoint();
-        if self.core().media.as_ref().is_some_and(|m| m.record) {
-            self.start_recording("config");
+        if !self.media_settled(anchored) {
+            return;
         }
         let mut ids = self.send_forks(&b_invite, &forks);
         ids.push(self.new_client_tx(Leg::B, Role::BInvite, b_invite, branch, b_dest));

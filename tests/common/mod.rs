@@ -520,3 +520,22 @@ impl Side {
         )
     }
 }
+
+/// The CDR of a call, once the store writer has committed it (flushing and polling, bounded).
+pub async fn cdr(node: &Node, dir: &std::path::Path, call_id: &str) -> switchyard::store::Cdr {
+    let store = node.tree.store().unwrap();
+    for _ in 0..200 {
+        switchyard::actors::store_writer::flush(&store)
+            .await
+            .unwrap();
+        let found = switchyard::store::Store::open(&dir.join("switchyard.db"))
+            .unwrap()
+            .get_cdr_by_call_id(call_id)
+            .unwrap();
+        if let Some(c) = found {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no CDR for {call_id}");
+}

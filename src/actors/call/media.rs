@@ -228,6 +228,27 @@ impl CallState {
         }
     }
 
+    /// Takes the outcome of [`CallState::anchor_media`] once the caller's transaction
+    /// exists: records the policy (checkpointed) and starts a configured recording, or
+    /// refuses the call. False when the call was refused.
+    pub(super) fn media_settled(
+        &mut self,
+        anchored: Result<Option<MediaPolicy>, (u16, &'static str)>,
+    ) -> bool {
+        match anchored {
+            Ok(policy) => self.core().media = policy,
+            Err((status, reason)) => {
+                self.refuse(status, reason);
+                return false;
+            }
+        }
+        self.checkpoint();
+        if self.core().media.as_ref().is_some_and(|m| m.record) {
+            self.start_recording("config");
+        }
+        true
+    }
+
     /// A restarted call actor finds its relay session again.
     pub(super) fn reattach_media(&mut self) {
         let anchored = self.core.as_ref().is_some_and(|c| c.media.is_some());
