@@ -16,7 +16,7 @@
 //! actor that is not running or does not answer in time is a 503; an agent's refusal of a
 //! command (busy, no registered phone) is a 409 with its reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::{route, ApiState, Problem};
+use super::{route, ApiState, Params, Problem};
 use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
 
@@ -712,51 +712,6 @@ where
         store(Some(joined));
     }
     answers
-}
-
-/// The query parameters of a listing. Values are taken as they are, without percent
-/// decoding: ids and state labels are letters, digits, `-` and `_`, which need none.
-#[derive(Debug)]
-struct Params<'a>(HashMap<&'a str, &'a str>);
-
-impl<'a> Params<'a> {
-    /// The parameters of `uri`; an unknown or repeated name is a 400, so a misspelt filter
-    /// is not silently ignored.
-    fn parse(uri: &'a Uri, known: &[&str]) -> Result<Params<'a>, Problem> {
-        let mut params = HashMap::new();
-        for pair in uri
-            .query()
-            .unwrap_or("")
-            .split('&')
-            .filter(|p| !p.is_empty())
-        {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !known.contains(&name) {
-                return Err(bad_request(format!(
-                    "unknown parameter {name:?}; known: {}",
-                    known.join(", ")
-                )));
-            }
-            if params.insert(name, value).is_some() {
-                return Err(bad_request(format!("parameter {name:?} is repeated")));
-            }
-        }
-        Ok(Params(params))
-    }
-
-    /// A non-empty value.
-    fn get(&self, name: &str) -> Option<&'a str> {
-        self.0.get(name).copied().filter(|v| !v.is_empty())
-    }
-
-    fn number(&self, name: &str, default: usize) -> Result<usize, Problem> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| bad_request(format!("{name} must be a whole number, not {v:?}"))),
-        }
-    }
 }
 
 #[cfg(test)]

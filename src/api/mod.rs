@@ -365,3 +365,54 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Problem {
         format!("{method} is not allowed on {}", uri.path()),
     )
 }
+
+/// The query parameters of a listing. Values are taken as they are, without percent
+/// decoding: ids and state labels are letters, digits, `-` and `_`, which need none.
+#[derive(Debug)]
+pub(crate) struct Params<'a>(std::collections::HashMap<&'a str, &'a str>);
+
+impl<'a> Params<'a> {
+    /// The parameters of `uri`; an unknown or repeated name is a 400, so a misspelt filter
+    /// is not silently ignored.
+    pub(crate) fn parse(uri: &'a Uri, known: &[&str]) -> Result<Params<'a>, Problem> {
+        let mut params = std::collections::HashMap::new();
+        for pair in uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if !known.contains(&name) {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown parameter {name:?}; known: {}", known.join(", ")),
+                ));
+            }
+            if params.insert(name, value).is_some() {
+                return Err(Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("parameter {name:?} is repeated"),
+                ));
+            }
+        }
+        Ok(Params(params))
+    }
+
+    /// A non-empty value.
+    pub(crate) fn get(&self, name: &str) -> Option<&'a str> {
+        self.0.get(name).copied().filter(|v| !v.is_empty())
+    }
+
+    pub(crate) fn number(&self, name: &str, default: usize) -> Result<usize, Problem> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| {
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("{name} must be a whole number, not {v:?}"),
+                )
+            }),
+        }
+    }
+}

@@ -28,7 +28,7 @@ use axum::{Json, Router};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use super::{bearer_credential, route, ApiState, Problem, Token};
+use super::{bearer_credential, route, ApiState, Params, Problem, Token};
 use crate::media::recording::{self, KeyRing, RecordingError, RecordingReader};
 use crate::store::recordings::{RecordingIndex, RecordingRow, STATE_COMPLETE};
 
@@ -364,42 +364,9 @@ fn internal(detail: String) -> Problem {
 
 /// `tenant` and `limit` of the query; other or repeated names are a 400.
 fn parse_query(uri: &Uri) -> Result<(Option<String>, usize), Problem> {
-    let mut tenant = None;
-    let mut limit = None;
-    for pair in uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot_taken = match name {
-            "tenant" => tenant.replace(value.to_string()).is_some(),
-            "limit" => {
-                let n: usize = value.parse().map_err(|_| {
-                    Problem::new(
-                        StatusCode::BAD_REQUEST,
-                        format!("limit must be a whole number, not {value:?}"),
-                    )
-                })?;
-                limit.replace(n).is_some()
-            }
-            _ => {
-                return Err(Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown parameter {name:?}; known: tenant, limit"),
-                ))
-            }
-        };
-        if slot_taken {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                format!("parameter {name:?} is repeated"),
-            ));
-        }
-    }
-    let limit = limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    Ok((tenant.filter(|t| !t.is_empty()), limit))
+    let params = Params::parse(uri, &["tenant", "limit"])?;
+    let limit = params.number("limit", DEFAULT_LIMIT)?.min(MAX_LIMIT);
+    Ok((params.get("tenant").map(str::to_string), limit))
 }
 
 /// Run blocking SQLite or file work off the runtime's worker threads.
