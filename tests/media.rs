@@ -572,6 +572,7 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
     let (ra, rb) = (Rtp::new().await, Rtp::new().await);
     let node = common::start_with(node_config(dir.path(), bob.addr, |c| {
         c.media.rtp_ports = "45000-45999".into();
+        c.http.token = Some("media-token".into());
     }))
     .await;
     let sw = common::udp_addr(&node);
@@ -606,6 +607,69 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
         counting.await.unwrap(),
         100,
         "no packet lost while the actor restarted"
+    );
+
+    // The recording is started and stopped through the API.
+    let api = node.http_addr;
+    let path = format!("/calls/{cid}/recording/start");
+    let auth = Some("Bearer media-token");
+    let r = common::http_request(api, "POST", &path, None, "").await;
+    assert_eq!(r.status, 401, "recording commands need the token");
+    let r = common::http_request(api, "POST", &path, auth, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let id = r
+        .body
+        .split("\"recording\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("the recording's id")
+        .to_string();
+    let r = common::http_request(
+        api,
+        "POST",
+        &format!("/calls/{cid}/recording/pause"),
+        auth,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = common::http_request(
+        api,
+        "POST",
+        &format!("/calls/{cid}/recording/stop"),
+        auth,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = common::http_request(
+        api,
+        "POST",
+        &format!("/calls/{cid}/recording/stop"),
+        auth,
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 409, "nothing records any more: {}", r.body);
+    let r = common::http_request(api, "POST", "/calls/nope/recording/start", auth, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let store = node.tree.store().unwrap();
+    let db = dir.path().join("switchyard.db");
+    let mut complete = false;
+    for _ in 0..200 {
+        switchyard::actors::store_writer::flush(&store)
+            .await
+            .unwrap();
+        let row = Store::open(&db).unwrap().get_recording(&id).unwrap();
+        if row.is_some_and(|r| r.state == "complete") {
+            complete = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        complete,
+        "the recording stopped through the API is complete"
     );
 
     // Hold from the caller (sendonly): the callee is offered the switch's address with
