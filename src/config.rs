@@ -98,8 +98,9 @@ pub struct MediaConfig {
     /// Record every anchored call.
     #[serde(default)]
     pub record_all: bool,
-    /// Listen for in-band DTMF tones (Goertzel) on every anchored G.711 leg.
-    #[serde(default = "yes")]
+    /// Listen for in-band DTMF tones (Goertzel) on every anchored G.711 leg. Off by
+    /// default: it decodes every packet (RFC 4733 and SIP INFO digits are always detected).
+    #[serde(default)]
     pub inband_dtmf: bool,
 }
 
@@ -118,7 +119,7 @@ impl Default for MediaConfig {
             recording_key: None,
             anchor_all: false,
             record_all: false,
-            inband_dtmf: true,
+            inband_dtmf: false,
         }
     }
 }

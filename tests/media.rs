@@ -202,6 +202,7 @@ async fn anchored_call_relays_records_two_tracks_detects_dtmf_and_measures_quali
     let (ra, rb) = (Rtp::new().await, Rtp::new().await);
     let node = common::start_with(node_config(dir.path(), bob.addr, |c| {
         c.routes[0].record = true;
+        c.media.inband_dtmf = true;
     }))
     .await;
     let sw = common::udp_addr(&node);

@@ -204,6 +204,11 @@ pub enum MediaError {
 pub const FRAME: usize = 160;
 const TICK: Duration = Duration::from_millis(20);
 const WAKER: Token = Token(usize::MAX);
+/// Packets read from one socket per round before the others get their turn.
+const BUDGET: usize = 16;
+/// How often figures are published and metrics flushed, and sessions checked for an owner.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Recorded audio a leg may run ahead of the other before the oldest is dropped (1 s).
 const REC_BUFFER: usize = 8000;
 
@@ -802,10 +807,13 @@ struct RelayThread {
     buf: Box<[u8; 2048]>,
     pcm: Box<[i16; 1024]>,
     counters: Counters,
-    ticks: u64,
     digits: Vec<char>,
     /// The figures of the session published last (handed to a release that waits).
     last_stats: Option<[LegStats; 2]>,
+    /// Sockets with packets still waiting after their budget (read first next round).
+    pending: VecDeque<Token>,
+    last_publish: Instant,
+    last_reap: Instant,
 }
 
 impl RelayThread {
@@ -824,9 +832,11 @@ impl RelayThread {
             buf: Box::new([0; 2048]),
             pcm: Box::new([0; 1024]),
             counters: Counters::default(),
-            ticks: 0,
             digits: Vec::new(),
             last_stats: None,
+            pending: VecDeque::new(),
+            last_publish: Instant::now(),
+            last_reap: Instant::now(),
         }
     }
 
@@ -834,23 +844,27 @@ impl RelayThread {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
         loop {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = if self.pending.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(error = %e, "media relay poll failed");
                     std::thread::sleep(TICK);
                 }
             }
+            // Sockets with packets left from the last round first, then the new events;
+            // each socket gives at most BUDGET packets a round, so one busy socket cannot
+            // hold up the others or the 20 ms tick.
+            for _ in 0..self.pending.len() {
+                let token = self.pending.pop_front().expect("counted");
+                self.read(token);
+            }
             for ev in events.iter() {
-                let token = ev.token();
-                if token == WAKER {
-                    continue;
-                }
-                let (slot, side, rtcp) = (token.0 >> 2, (token.0 >> 1) & 1, token.0 & 1 == 1);
-                if rtcp {
-                    self.read_rtcp(slot, side);
-                } else {
-                    self.read_rtp(slot, side);
+                if ev.token() != WAKER {
+                    self.read(ev.token());
                 }
             }
             if !self.commands() {
@@ -957,20 +971,37 @@ impl RelayThread {
         drop(s);
     }
 
-    fn read_rtp(&mut self, slot: usize, side: usize) {
-        loop {
+    /// Reads a ready socket (up to [`BUDGET`] packets); one with more waiting is kept for
+    /// the next round (epoll is edge-triggered: it will not be reported again).
+    fn read(&mut self, token: Token) {
+        let (slot, side, rtcp) = (token.0 >> 2, (token.0 >> 1) & 1, token.0 & 1 == 1);
+        let drained = if rtcp {
+            self.read_rtcp(slot, side)
+        } else {
+            self.read_rtp(slot, side)
+        };
+        if !drained {
+            self.pending.push_back(token);
+        }
+    }
+
+    /// True once the socket is empty (or gone).
+    fn read_rtp(&mut self, slot: usize, side: usize) -> bool {
+        for _ in 0..BUDGET {
             let Some(Some(s)) = self.sessions.get_mut(slot) else {
-                return;
+                return true;
             };
             let (n, from) = match s.legs[side].rtp.recv_from(&mut self.buf[..]) {
                 Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                // An ICMP error reported on the socket (e.g. port unreachable): go on.
+                Err(_) => continue,
             };
             self.counters.rtp_in += 1;
             self.counters.bytes_in += n as u64;
             self.on_rtp(slot, side, n, from);
         }
+        false
     }
 
     fn on_rtp(&mut self, slot: usize, side: usize, n: usize, from: SocketAddr) {
@@ -1086,14 +1117,15 @@ impl RelayThread {
         }
     }
 
-    fn read_rtcp(&mut self, slot: usize, side: usize) {
-        loop {
+    fn read_rtcp(&mut self, slot: usize, side: usize) -> bool {
+        for _ in 0..BUDGET {
             let Some(Some(s)) = self.sessions.get_mut(slot) else {
-                return;
+                return true;
             };
             let (n, from) = match s.legs[side].rtcp.recv_from(&mut self.buf[..]) {
                 Ok(r) => r,
-                Err(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => continue,
             };
             self.counters.rtcp_in += 1;
             self.counters.bytes_in += n as u64;
@@ -1128,10 +1160,10 @@ impl RelayThread {
                 }
             }
         }
+        false
     }
 
     fn tick(&mut self) {
-        self.ticks += 1;
         let mut frame = [0i16; FRAME];
         let mut out = [0u8; 12 + FRAME];
         let mut ended = 0i64;
@@ -1214,7 +1246,10 @@ impl RelayThread {
         for _ in 0..ended {
             self.playbacks(-1);
         }
-        if self.ticks % 50 == 0 {
+        // By the clock, not by tick count: an overloaded thread that falls behind its ticks
+        // still reports.
+        if self.last_publish.elapsed() >= PUBLISH_EVERY {
+            self.last_publish = Instant::now();
             for slot in 0..self.sessions.len() {
                 if self.sessions[slot].is_some() {
                     self.publish(slot);
@@ -1222,7 +1257,8 @@ impl RelayThread {
             }
             self.flush_metrics();
         }
-        if self.ticks % 250 == 0 {
+        if self.last_reap.elapsed() >= REAP_EVERY {
+            self.last_reap = Instant::now();
             self.reap();
         }
     }
