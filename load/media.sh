@@ -7,6 +7,7 @@
 #   load/media.sh [--calls 2000] [--hold 30] [--rate 100] [--relay-threads 1]
 #                 [--rtp-ports 20000-39999] [--sample-secs 2] [--switch-bin PATH]
 #                 [--out DIR] [--quick] [--baseline] [--capture] [--no-udp-buffers]
+#                 [--inband-dtmf | --no-inband-dtmf]
 #
 #   --calls N          concurrent calls to reach and hold (SIPp -l N -m N)
 #   --hold S           seconds every call is up together (the steady window); each call
@@ -20,6 +21,9 @@
 #                      RTP (the machine's limit); loss is then the echo socket's drops
 #   --capture          tshark on lo for 2 s in the window: packets per direction and leg
 #   --no-udp-buffers   leave the callee's echo socket at the kernel's default buffer
+#   --inband-dtmf      [media] inband_dtmf = true: the Goertzel DTMF detector decodes
+#                      every packet of every anchored G.711 leg (--no-inband-dtmf: false;
+#                      neither: the switch's default)
 #
 # Media: rtp_stream (scenarios/media_uac.xml) plays raw A-law extracted from SIPp's
 # g711a.pcap in a loop: 20 ms packets, 50/s per call, one SSRC per call, continuous
@@ -57,7 +61,7 @@ root=$(cd "$here/.." && pwd)
 scen=$here/scenarios
 
 CALLS=2000 HOLD=30 RATE=100 RELAY_THREADS=1 RTP_PORTS=20000-39999 SAMPLE_S=2
-BIN="" OUT="" BASELINE="" CAPTURE="" UDP_BUFFERS=1
+BIN="" OUT="" BASELINE="" CAPTURE="" UDP_BUFFERS=1 INBAND_DTMF=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --calls) CALLS=${2:?--calls needs a value}; shift 2 ;;
@@ -72,6 +76,8 @@ while [ $# -gt 0 ]; do
         --baseline) BASELINE=1; shift ;;
         --capture) CAPTURE=1; shift ;;
         --no-udp-buffers) UDP_BUFFERS=""; shift ;;
+        --inband-dtmf) INBAND_DTMF=true; shift ;;
+        --no-inband-dtmf) INBAND_DTMF=false; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "media.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -224,6 +230,7 @@ per_source_cps = 0
 rtp_ports = "$RTP_PORTS"
 bind = "$HOST"
 relay_threads = $RELAY_THREADS
+$([ -z "$INBAND_DTMF" ] || echo "inband_dtmf = $INBAND_DTMF")
 [[routes]]
 prefix = ""
 target = "sip:$HOST:$UAS_PORT"
@@ -237,7 +244,7 @@ fi
 say "== switchyard media anchoring load ($(date -u +%FT%TZ), $(nproc) cores, $MODE)"
 say "offered                $CALLS concurrent calls, ramp at $RATE CAPS, each call ${CALL_S} s (ramp ${RAMP_S} + settle ${SETTLE_S} + hold ${HOLD} + 1); G.711 A-law 20 ms, $PPS packets/s each way per call"
 if [ -z "$BASELINE" ]; then
-    say "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT rtp_ports $RTP_PORTS relay_threads $RELAY_THREADS ($BIN)"
+    say "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT rtp_ports $RTP_PORTS relay_threads $RELAY_THREADS inband_dtmf ${INBAND_DTMF:-default} ($BIN)"
 else
     say "switch                 none: the caller sends to the callee directly (the machine's limit)"
 fi
@@ -293,6 +300,15 @@ sock_drops() { # sum of the kernel's drop counters of UDP sockets on ports $1..$
         { keep = (pid == "" || index($0, "pid=" pid ",") > 0) }
         END { print s+0 }'
 }
+thread_ticks() { # pid: "name ticks" per thread of the process (utime+stime)
+    local t s
+    for t in /proc/"$1"/task/*; do
+        s=$(cat "$t/stat" 2>/dev/null) || continue
+        # shellcheck disable=SC2086
+        set -- ${s##*) }
+        echo "$(cat "$t/comm" 2>/dev/null) $(( ${12} + ${13} ))"
+    done
+}
 sample() { # tag
     local tag=$1 m=$OUT/m_cur.txt ts row
     ts=$EPOCHREALTIME
@@ -308,6 +324,8 @@ sample() { # tag
         ex=$(metric_sum switchyard_media_expected_packets_total "$m")
         la=$(metric_sum switchyard_media_late_packets_total "$m")
         dr=$(metric_sum switchyard_media_dropped_total "$m")
+        # Counters appear at their first increment: absent from a good scrape means 0.
+        for c in ri ro ci co lo ex la dr; do [ "${!c}" != NA ] || printf -v "$c" 0; done
         case "$tag" in w0|w1|end) cp "$m" "$OUT/metrics_$tag.txt" ;; esac
     fi
     [ -z "$SW" ] || { swt=$(cpu_ticks "$SW" || echo NA); rss=$(status_kb "$SW" VmRSS); }
@@ -367,7 +385,7 @@ while kill -0 "$UAC" 2>/dev/null; do
             W0_DONE=late
         else
             sample w0; W0_DONE=1
-            [ -z "$SW" ] || sock_drops "$RTP_FIRST" "$RTP_LAST" "$SW" > "$OUT/sw_drops_w0"
+            [ -z "$SW" ] || { sock_drops "$RTP_FIRST" "$RTP_LAST" "$SW" > "$OUT/sw_drops_w0"; thread_ticks "$SW" > "$OUT/sw_threads_w0"; }
             if [ -n "$CAPTURE" ]; then
                 timeout 10 tshark -i lo -n -q -a duration:2 -c 200000 -w "$OUT/capture.pcapng" \
                     -f "udp and (port $UAC_MP or port $UAS_MP)" > "$OUT/capture.out" 2>&1 &
@@ -377,7 +395,7 @@ while kill -0 "$UAC" 2>/dev/null; do
     fi
     if [ "$W0_DONE" = 1 ] && [ -z "$W1_DONE" ] && past "$W1"; then
         sample w1; W1_DONE=1
-        [ -z "$SW" ] || sock_drops "$RTP_FIRST" "$RTP_LAST" "$SW" > "$OUT/sw_drops_w1"
+        [ -z "$SW" ] || { sock_drops "$RTP_FIRST" "$RTP_LAST" "$SW" > "$OUT/sw_drops_w1"; thread_ticks "$SW" > "$OUT/sw_threads_w1"; }
     fi
     if [ "${EPOCHREALTIME%.*}" -ge "$next_note" ]; then
         next_note=$(( next_note + 10 ))
@@ -499,6 +517,13 @@ if [ "$W0_DONE" = 1 ] && [ "$W1_DONE" = 1 ]; then
         say "loss (window)          $LOSS_PCT % ($LOST lost of $EXPECTED expected, switchyard_media_lost/expected_packets_total); late $(d late); dropped $(d dropped) ($(label_deltas switchyard_media_dropped_total reason "$OUT/metrics_w0.txt" "$OUT/metrics_w1.txt"))"
         say "kernel drops (window)  switch's RTP sockets $SWD, callee's echo socket $ED (ss -m)"
         say "switch CPU (window)    $SW_PCT % of a core; $US_STREAM us per stream-second (stream = one direction of one call, 50 packets/s in + 50 out); $US_PKT us per packet in"
+        # Per thread name (relay threads by name, the rest summed as "other").
+        THREADS=$(awk -v hz="$HZ" -v w="$WIN_S" '
+            { n=($1 ~ /^media-relay/ ? $1 : "other") }
+            FNR==NR { b[n]+=$2; next }
+            { a[n]+=$2; seen[n]=1 }
+            END { for (n in seen) printf "%s %.1f %%, ", n, (a[n]-b[n])/hz/w*100 }' "$OUT/sw_threads_w0" "$OUT/sw_threads_w1" 2>/dev/null | sed 's/, $//')
+        say "switch threads         ${THREADS:-NA} of a core (window)"
         say "switch memory          VmRSS $(kib_mib "$(col w1 sw_rss_kb)") at the window's end ($(calc "printf \"%.1f\", $(col w1 sw_rss_kb) / $CALLS") KiB per call with the rest of the switch), VmHWM $(kib_mib "${SW_HWM_KB:-NA}")"
         is_num "$(d rtp_out)" && [ "$(d rtp_out)" -gt 0 ] || fail "no RTP relayed in the window (rtp out $(d rtp_out))"
         if [ "$LOSS_PCT" = NA ]; then
@@ -536,8 +561,8 @@ if [ -n "$CAPTURE" ] && [ -s "$OUT/capture.pcapng" ]; then
     say "capture (2 s, lo)      $(cat "$OUT/capture.txt")"
 fi
 [ "$BUILD_SEEN" = 0 ] || say "WARNING                rustc/cargo ran during the run (shared machine)"
-printf '%s\n' "mode;calls;relay_threads;rate;window_s;peak_sessions;rtp_in_pps;rtp_out_pps;loss_pct;switch_core_pct;us_per_stream_s;uac_core_pct;uas_core_pct;machine_busy_pct;failed;result" \
-    "$MODE;$CALLS;$RELAY_THREADS;$RATE;$WIN_S;$PEAK_SESSIONS;$IN_PPS;$OUT_PPS;$LOSS_PCT;$SW_PCT;$US_STREAM;$UAC_PCT;$UAS_PCT;$BUSY_PCT;$FAILED;$VERDICT" > "$OUT/summary.csv"
+printf '%s\n' "mode;calls;relay_threads;inband_dtmf;rate;window_s;peak_sessions;rtp_in_pps;rtp_out_pps;loss_pct;switch_core_pct;us_per_stream_s;uac_core_pct;uas_core_pct;machine_busy_pct;failed;result" \
+    "$MODE;$CALLS;$RELAY_THREADS;${INBAND_DTMF:-default};$RATE;$WIN_S;$PEAK_SESSIONS;$IN_PPS;$OUT_PPS;$LOSS_PCT;$SW_PCT;$US_STREAM;$UAC_PCT;$UAS_PCT;$BUSY_PCT;$FAILED;$VERDICT" > "$OUT/summary.csv"
 if [ "$VERDICT" = PASS ]; then
     say "result                 PASS"
 else
