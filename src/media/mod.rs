@@ -11,8 +11,10 @@
 //! - [`wav`]: WAV files in and out (8 kHz mono for prompts, stereo for recordings).
 //! - [`prompts`]: the prompt library (files, espeak-ng text to speech, number composition).
 //! - [`recording`]: envelope-encrypted two-track recordings (AES-256-GCM) and their keys.
+//! - [`batch`]: batched UDP receive (`recvmmsg`).
 //! - [`ports`]: the RTP/RTCP port pool.
 //! - [`relay`]: the relay engine: per-call sessions, symmetric RTP, playback, taps.
+pub mod batch;
 pub mod dtmf;
 pub mod g711;
 pub mod ports;

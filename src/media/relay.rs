@@ -22,12 +22,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::batch::{Batch, BATCH};
 use super::dtmf::{EventDetector, InbandDetector};
 use super::g711::Codec;
 use super::ports::PortPool;
@@ -204,8 +206,6 @@ pub enum MediaError {
 pub const FRAME: usize = 160;
 const TICK: Duration = Duration::from_millis(20);
 const WAKER: Token = Token(usize::MAX);
-/// Packets read from one socket per round before the others get their turn.
-const BUDGET: usize = 16;
 /// How often figures are published and metrics flushed, and sessions checked for an owner.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 const REAP_EVERY: Duration = Duration::from_secs(5);
@@ -805,6 +805,7 @@ struct RelayThread {
     engine: std::sync::Weak<EngineInner>,
     sessions: Vec<Option<Sess>>,
     buf: Box<[u8; 2048]>,
+    batch: Batch,
     pcm: Box<[i16; 1024]>,
     counters: Counters,
     digits: Vec<char>,
@@ -830,6 +831,7 @@ impl RelayThread {
             engine,
             sessions: Vec::new(),
             buf: Box::new([0; 2048]),
+            batch: Batch::new(),
             pcm: Box::new([0; 1024]),
             counters: Counters::default(),
             digits: Vec::new(),
@@ -856,8 +858,8 @@ impl RelayThread {
                 }
             }
             // Sockets with packets left from the last round first, then the new events;
-            // each socket gives at most BUDGET packets a round, so one busy socket cannot
-            // hold up the others or the 20 ms tick.
+            // each socket gives at most one batch a round, so one busy socket cannot hold
+            // up the others or the 20 ms tick.
             for _ in 0..self.pending.len() {
                 let token = self.pending.pop_front().expect("counted");
                 self.read(token);
@@ -971,8 +973,8 @@ impl RelayThread {
         drop(s);
     }
 
-    /// Reads a ready socket (up to [`BUDGET`] packets); one with more waiting is kept for
-    /// the next round (epoll is edge-triggered: it will not be reported again).
+    /// Reads a ready socket (one batch of up to [`BATCH`] packets); one with more waiting
+    /// is kept for the next round (epoll is edge-triggered: it will not be reported again).
     fn read(&mut self, token: Token) {
         let (slot, side, rtcp) = (token.0 >> 2, (token.0 >> 1) & 1, token.0 & 1 == 1);
         let drained = if rtcp {
@@ -985,23 +987,42 @@ impl RelayThread {
         }
     }
 
+    /// Receives what the socket holds (one batch): how many datagrams, and whether the
+    /// socket is now empty. None: the session is gone.
+    fn receive(&mut self, slot: usize, side: usize, rtcp: bool) -> Option<(usize, bool)> {
+        let Some(Some(s)) = self.sessions.get(slot) else {
+            return None;
+        };
+        let leg = &s.legs[side];
+        let fd = if rtcp {
+            leg.rtcp.as_raw_fd()
+        } else {
+            leg.rtp.as_raw_fd()
+        };
+        // An error (an ICMP port unreachable reported on the socket) consumes itself: the
+        // socket is read again next round.
+        Some(match self.batch.recv(fd) {
+            Ok(n) => (n, n < BATCH),
+            Err(_) => (0, false),
+        })
+    }
+
     /// True once the socket is empty (or gone).
     fn read_rtp(&mut self, slot: usize, side: usize) -> bool {
-        for _ in 0..BUDGET {
-            let Some(Some(s)) = self.sessions.get_mut(slot) else {
-                return true;
+        let Some((n, drained)) = self.receive(slot, side, false) else {
+            return true;
+        };
+        for i in 0..n {
+            let (data, from) = self.batch.get(i);
+            let (len, Some(from)) = (data.len(), from) else {
+                continue;
             };
-            let (n, from) = match s.legs[side].rtp.recv_from(&mut self.buf[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                // An ICMP error reported on the socket (e.g. port unreachable): go on.
-                Err(_) => continue,
-            };
+            self.buf[..len].copy_from_slice(data);
             self.counters.rtp_in += 1;
-            self.counters.bytes_in += n as u64;
-            self.on_rtp(slot, side, n, from);
+            self.counters.bytes_in += len as u64;
+            self.on_rtp(slot, side, len, from);
         }
-        false
+        drained
     }
 
     fn on_rtp(&mut self, slot: usize, side: usize, n: usize, from: SocketAddr) {
@@ -1118,14 +1139,17 @@ impl RelayThread {
     }
 
     fn read_rtcp(&mut self, slot: usize, side: usize) -> bool {
-        for _ in 0..BUDGET {
+        let Some((count, drained)) = self.receive(slot, side, true) else {
+            return true;
+        };
+        for i in 0..count {
+            let (data, from) = self.batch.get(i);
+            let (n, Some(from)) = (data.len(), from) else {
+                continue;
+            };
+            self.buf[..n].copy_from_slice(data);
             let Some(Some(s)) = self.sessions.get_mut(slot) else {
                 return true;
-            };
-            let (n, from) = match s.legs[side].rtcp.recv_from(&mut self.buf[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(_) => continue,
             };
             self.counters.rtcp_in += 1;
             self.counters.bytes_in += n as u64;
@@ -1160,7 +1184,7 @@ impl RelayThread {
                 }
             }
         }
-        false
+        drained
     }
 
     fn tick(&mut self) {
