@@ -53,6 +53,15 @@ async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> Reply {
         .await
         .expect("reply in time")
         .expect("read");
+    if raw.is_empty() {
+        // The server closed the connection without a byte (an aborted stream whose headers
+        // were never flushed): status 0.
+        return Reply {
+            status: 0,
+            headers: HashMap::new(),
+            body: Vec::new(),
+        };
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -298,10 +307,15 @@ async fn recordings_are_indexed_recovered_and_served_per_tenant() {
     bytes[n] ^= 0xff;
     std::fs::write(&path, &bytes).unwrap();
     let r = get(addr, "/recordings/t1-b/audio", Some(T1_TOKEN)).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let announced: usize = r.headers["content-length"].parse().unwrap();
-    assert_eq!(announced, 44 + 20_000 * 4);
-    assert!(r.body.len() < announced, "a cut stream, not a whole WAV");
+    // Either the headers went out with the first chunk and the body stops short of its
+    // length, or the stream failed before anything was flushed and the connection closed
+    // empty (which one depends on scheduling); never a whole WAV.
+    if r.status != 0 {
+        assert_eq!(r.status, 200, "{}", r.text());
+        let announced: usize = r.headers["content-length"].parse().unwrap();
+        assert_eq!(announced, 44 + 20_000 * 4);
+        assert!(r.body.len() < announced, "a cut stream, not a whole WAV");
+    }
     let mut bytes = good.clone();
     bytes[100] ^= 0xff; // in the first chunk
     std::fs::write(&path, &bytes).unwrap();
