@@ -7,7 +7,7 @@
 #   load/media.sh [--calls 2000] [--hold 30] [--rate 100] [--relay-threads 1]
 #                 [--rtp-ports 20000-39999] [--sample-secs 2] [--switch-bin PATH]
 #                 [--out DIR] [--quick] [--baseline] [--capture] [--no-udp-buffers]
-#                 [--inband-dtmf | --no-inband-dtmf]
+#                 [--inband-dtmf | --no-inband-dtmf] [--nice N] [--rtp-tasks N]
 #
 #   --calls N          concurrent calls to reach and hold (SIPp -l N -m N)
 #   --hold S           seconds every call is up together (the steady window); each call
@@ -24,6 +24,10 @@
 #   --inband-dtmf      [media] inband_dtmf = true: the Goertzel DTMF detector decodes
 #                      every packet of every anchored G.711 leg (--no-inband-dtmf: false;
 #                      neither: the switch's default)
+#   --nice N           run the switch and both SIPps at this niceness (negative needs root):
+#                      on a shared machine, other work (builds) then gets what they leave
+#   --rtp-tasks N      the caller's -rtp_threadtasks (calls streamed per SIPp thread;
+#                      SIPp's default 20 means 100 threads for 2,000 calls)
 #
 # Media: rtp_stream (scenarios/media_uac.xml) plays raw A-law extracted from SIPp's
 # g711a.pcap in a loop: 20 ms packets, 50/s per call, one SSRC per call, continuous
@@ -61,7 +65,7 @@ root=$(cd "$here/.." && pwd)
 scen=$here/scenarios
 
 CALLS=2000 HOLD=30 RATE=100 RELAY_THREADS=1 RTP_PORTS=20000-39999 SAMPLE_S=2
-BIN="" OUT="" BASELINE="" CAPTURE="" UDP_BUFFERS=1 INBAND_DTMF=""
+BIN="" OUT="" BASELINE="" CAPTURE="" UDP_BUFFERS=1 INBAND_DTMF="" NICE=0 RTP_TASKS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --calls) CALLS=${2:?--calls needs a value}; shift 2 ;;
@@ -78,6 +82,8 @@ while [ $# -gt 0 ]; do
         --no-udp-buffers) UDP_BUFFERS=""; shift ;;
         --inband-dtmf) INBAND_DTMF=true; shift ;;
         --no-inband-dtmf) INBAND_DTMF=false; shift ;;
+        --nice) NICE=${2:?--nice needs a value}; shift 2 ;;
+        --rtp-tasks) RTP_TASKS=${2:?--rtp-tasks needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "media.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -85,6 +91,8 @@ done
 for v in CALLS HOLD RATE RELAY_THREADS SAMPLE_S; do
     is_num "${!v}" && [ "${!v}" -gt 0 ] || die "--$(echo "$v" | tr 'A-Z_' 'a-z-') must be a whole number > 0"
 done
+[[ "$NICE" =~ ^-?[0-9]+$ ]] || die "--nice must be a whole number"
+[ -z "$RTP_TASKS" ] || { is_num "$RTP_TASKS" && [ "$RTP_TASKS" -gt 0 ]; } || die "--rtp-tasks must be a whole number > 0"
 [[ "$RTP_PORTS" =~ ^([0-9]+)-([0-9]+)$ ]] || die "--rtp-ports must be FIRST-LAST"
 RTP_FIRST=${BASH_REMATCH[1]} RTP_LAST=${BASH_REMATCH[2]}
 [ $(( (RTP_LAST - RTP_FIRST + 1) / 4 )) -ge "$CALLS" ] \
@@ -248,13 +256,13 @@ if [ -z "$BASELINE" ]; then
 else
     say "switch                 none: the caller sends to the callee directly (the machine's limit)"
 fi
-say "SIPp                   caller udp:$HOST:$UAC_PORT rtp $UAC_MP (rtp_stream), callee udp:$HOST:$UAS_PORT rtp echo $UAS_MP; UDP buffers $([ -n "$SHIM" ] && echo "$BUFF bytes (LD_PRELOAD)" || echo "kernel default")"
+say "SIPp                   caller udp:$HOST:$UAC_PORT rtp $UAC_MP (rtp_stream), callee udp:$HOST:$UAS_PORT rtp echo $UAS_MP; UDP buffers $([ -n "$SHIM" ] && echo "$BUFF bytes (LD_PRELOAD)" || echo "kernel default"); nice $NICE${RTP_TASKS:+; caller -rtp_threadtasks $RTP_TASKS}"
 
 # ---------------------------------------------------------------- callee
 (
     cd "$OUT"
     if [ -n "$SHIM" ]; then export LD_PRELOAD=$SHIM UDPBUF_BYTES=$BUFF; fi
-    exec sipp -sf "$scen/media_uas.xml" -i "$HOST" -p "$UAS_PORT" -mi "$HOST" -mp "$UAS_MP" \
+    exec nice -n "$NICE" sipp -sf "$scen/media_uas.xml" -i "$HOST" -p "$UAS_PORT" -mi "$HOST" -mp "$UAS_MP" \
         -rtp_echo -nostdin -buff_size "$BUFF" -recv_timeout $(( CALL_S * 1000 + 60000 )) \
         -trace_stat -stf "$OUT/uas_stat.csv" -fd 1 \
         -trace_err -error_file "$OUT/uas_errors.log" \
@@ -268,7 +276,7 @@ wait_udp_bound "$UAS_MP" "$UAS" "SIPp callee's echo"
 # ---------------------------------------------------------------- switch
 SW=""
 if [ -z "$BASELINE" ]; then
-    NO_COLOR=1 "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
+    NO_COLOR=1 nice -n "$NICE" "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
     SW=$!
     CHILD_PIDS+=("$SW")
     healthy=""
@@ -281,9 +289,7 @@ if [ -z "$BASELINE" ]; then
     done
     [ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
     scrape "$OUT/metrics_start.txt" || die "GET /metrics failed"
-    grep -q '^switchyard_media_ports_in_use' "$OUT/metrics_start.txt" \
-        || echo "media.sh: WARNING: no switchyard_media_ports_in_use in /metrics at start (series may appear later)" >&2
-    TARGET=$HOST:$SIP_PORT
+        TARGET=$HOST:$SIP_PORT
 else
     TARGET=$HOST:$UAS_PORT
 fi
@@ -348,8 +354,8 @@ BUILD_SEEN=0
 T0=$EPOCHREALTIME
 (
     cd "$OUT"
-    exec sipp "$TARGET" -sf "$scen/media_uac.xml" -s "$DIALLED" -i "$HOST" -p "$UAC_PORT" \
-        -mi "$HOST" -mp "$UAC_MP" \
+    exec nice -n "$NICE" sipp "$TARGET" -sf "$scen/media_uac.xml" -s "$DIALLED" -i "$HOST" -p "$UAC_PORT" \
+        -mi "$HOST" -mp "$UAC_MP" ${RTP_TASKS:+-rtp_threadtasks "$RTP_TASKS"} \
         -m "$CALLS" -l "$CALLS" -r "$RATE" -rp 1000 -d $(( CALL_S * 1000 )) -nostdin \
         -buff_size "$BUFF" -recv_timeout 30000 \
         -trace_stat -stf "$OUT/uac_stat.csv" -fd 1 \
@@ -516,6 +522,12 @@ if [ "$W0_DONE" = 1 ] && [ "$W1_DONE" = 1 ]; then
         say "packets/s              rtp in $IN_PPS (offered $EXP_PPS: $CALLS calls x 2 directions x $PPS), rtp out $OUT_PPS; rtcp in $(rate rtcp_in), out $(rate rtcp_out)"
         say "loss (window)          $LOSS_PCT % ($LOST lost of $EXPECTED expected, switchyard_media_lost/expected_packets_total); late $(d late); dropped $(d dropped) ($(label_deltas switchyard_media_dropped_total reason "$OUT/metrics_w0.txt" "$OUT/metrics_w1.txt"))"
         say "kernel drops (window)  switch's RTP sockets $SWD, callee's echo socket $ED (ss -m)"
+        # A packet the echo socket dropped is a gap on a B leg: the switch counts it lost
+        # although SIPp lost it. What remains is the switch's share (roughly: the switch
+        # publishes its counters once a second, ss is read at the window's ends).
+        if is_num "$LOST" && is_num "$ED" && is_num "$EXPECTED" && [ "$EXPECTED" -gt 0 ]; then
+            say "loss beyond the echo   $(calc "printf \"%.4f\", ($LOST - $ED) / $EXPECTED * 100") % ((lost - echo socket drops) / expected: the switch's share, roughly)"
+        fi
         say "switch CPU (window)    $SW_PCT % of a core; $US_STREAM us per stream-second (stream = one direction of one call, 50 packets/s in + 50 out); $US_PKT us per packet in"
         # Per thread name (relay threads by name, the rest summed as "other").
         THREADS=$(awk -v hz="$HZ" -v w="$WIN_S" '
@@ -549,7 +561,7 @@ if [ -n "$SW" ]; then
     END_S=$(col end sessions) END_P=$(col end ports)
     say "after the calls        sessions_active $END_S, ports_in_use $END_P $([ "$DRAIN_S" != NA ] && echo "(0 after $DRAIN_S s)" || echo "(not 0 within 30 s)")"
     [ "$END_S" = 0 ] && [ "$END_P" = 0 ] || fail "switch holds sessions $END_S, ports $END_P after the calls"
-    say "whole run              loss $(calc "printf \"%.4f\", $(col end lost) / $(col end expected) * 100") % ($(col end lost) of $(col end expected)); rtp in $(col end rtp_in), out $(col end rtp_out); late $(col end late); dropped ($(label_deltas switchyard_media_dropped_total reason "$OUT/metrics_start.txt" "$OUT/metrics_end.txt")); switch CPU ${SW_CPU_TOTAL_S:-NA} s since start"
+    say "whole run              loss $(calc "printf \"%.4f\", $(col end lost) / $(col end expected) * 100") % ($(col end lost) of $(col end expected); the echo socket dropped $(col end echo_drops)); rtp in $(col end rtp_in), out $(col end rtp_out); late $(col end late); dropped ($(label_deltas switchyard_media_dropped_total reason "$OUT/metrics_start.txt" "$OUT/metrics_end.txt")); switch CPU ${SW_CPU_TOTAL_S:-NA} s since start"
     say "switch log             $(sed 's/\x1b\[[0-9;]*m//g' "$OUT/switch.log" | awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }')"
 fi
 if [ -n "$CAPTURE" ] && [ -s "$OUT/capture.pcapng" ]; then
