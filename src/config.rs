@@ -133,8 +133,9 @@ impl MediaConfig {
     }
 }
 
+/// Below Linux's ephemeral ports (32768-60999), so outgoing connections never hold one.
 fn default_rtp_ports() -> String {
-    "20000-39999".into()
+    "16384-32767".into()
 }
 
 fn default_media_bind() -> std::net::IpAddr {

@@ -617,6 +617,9 @@ struct LegIo {
     remote: Option<SocketAddr>,
     remote_rtcp: Option<SocketAddr>,
     latched: bool,
+    /// The RTP socket is connected to the latched source: the kernel skips the route
+    /// lookup on each send and drops packets from anyone else (no RTP injection).
+    connected: bool,
     rtcp_latched: bool,
     codec: Option<Codec>,
     te_pt: Option<u8>,
@@ -656,6 +659,7 @@ impl LegIo {
             remote: None,
             remote_rtcp: None,
             latched: false,
+            connected: false,
             rtcp_latched: false,
             codec: None,
             te_pt: None,
@@ -682,6 +686,15 @@ impl LegIo {
             last_lost: 0,
             last_expected: 0,
             max_seq: None,
+        }
+    }
+
+    /// Sends on the leg's RTP socket: to its peer when connected, else to `dest`.
+    fn send_rtp(&self, buf: &[u8], dest: SocketAddr) -> io::Result<usize> {
+        if self.connected {
+            self.rtp.send(buf)
+        } else {
+            self.rtp.send_to(buf, dest)
         }
     }
 
@@ -1034,6 +1047,7 @@ impl RelayThread {
             // Symmetric RTP: answer where the leg really sends from.
             this.remote = Some(from);
             this.latched = true;
+            this.connected = this.rtp.connect(from).is_ok();
             if !this.rtcp_latched {
                 this.remote_rtcp = Some(SocketAddr::new(from.ip(), from.port().wrapping_add(1)));
             }
@@ -1128,7 +1142,7 @@ impl RelayThread {
                 self.buf[1] = (self.buf[1] & 0x80) | b;
             }
         }
-        match other.rtp.send_to(&self.buf[..n], dest) {
+        match other.send_rtp(&self.buf[..n], dest) {
             Ok(_) => {
                 other.packets_out += 1;
                 self.counters.rtp_out += 1;
@@ -1210,7 +1224,7 @@ impl RelayThread {
                     );
                     let len = h + rtp::write_telephone_event(&mut out[h..], &ev);
                     leg.out_seq = leg.out_seq.wrapping_add(1);
-                    let _ = leg.rtp.send_to(&out[..len], dest);
+                    let _ = leg.send_rtp(&out[..len], dest);
                     self.counters.rtp_out += 1;
                     if leg.dtmf_out.is_empty() {
                         leg.out_ts = leg.out_ts.wrapping_add(800);
@@ -1241,7 +1255,7 @@ impl RelayThread {
                 codec.encode_into(&frame, &mut out[h..h + FRAME]);
                 leg.out_seq = leg.out_seq.wrapping_add(1);
                 leg.out_ts = leg.out_ts.wrapping_add(FRAME as u32);
-                match leg.rtp.send_to(&out[..h + FRAME], dest) {
+                match leg.send_rtp(&out[..h + FRAME], dest) {
                     Ok(_) => {
                         leg.packets_out += 1;
                         self.counters.rtp_out += 1;
@@ -1514,6 +1528,11 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
                 leg.remote_rtcp = Some(SocketAddr::new(addr.ip(), addr.port().wrapping_add(1)));
                 leg.latched = false;
                 leg.rtcp_latched = false;
+                // The new address (or a NAT in front of it) may send from elsewhere: hear
+                // anyone until the next packet latches again.
+                if leg.connected {
+                    leg.connected = super::batch::disconnect(leg.rtp.as_raw_fd()).is_err();
+                }
             }
             if codec.is_some() {
                 leg.codec = codec;

@@ -527,10 +527,11 @@ impl CallState {
     pub(super) fn release_media(&mut self) -> Option<[crate::media::quality::LegQuality; 2]> {
         let session = self.session.take()?;
         let m = self.media_ctx()?;
-        // The relay publishes once a second: the final figures come with the release.
+        // The relay publishes once a second: the final figures come with the release (a
+        // busy relay thread that does not answer in 10 ms leaves the last published ones).
         let stats = m
             .engine
-            .release_with_stats(session.call(), std::time::Duration::from_millis(50))
+            .release_with_stats(session.call(), std::time::Duration::from_millis(10))
             .unwrap_or_else(|| [session.stats(Side::A), session.stats(Side::B)]);
         let (qa, qb) = (stats[0].quality, stats[1].quality);
         let trunk = self
