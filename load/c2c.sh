@@ -224,18 +224,7 @@ say "agent phones           SIPp UAS udp:$HOST:$AGENT_PORT (registered from udp:
 say "customer               SIPp UAS udp:$HOST:$CUST_PORT (trunk carrier, route 9 strip 1)"
 
 # ---------------------------------------------------------------- switch
-NO_COLOR=1 "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
-SW=$!
-CHILD_PIDS+=("$SW")
-healthy=""
-for _ in $(seq 1 150); do
-    kill -0 "$SW" 2>/dev/null || { tail -20 "$OUT/switch.log" >&2; die "switch exited during start-up (log: $OUT/switch.log)"; }
-    if curl -sf --max-time 1 "http://$HOST:$HTTP_PORT/health" >/dev/null 2>&1 && udp_bound "$SIP_PORT"; then
-        healthy=1; break
-    fi
-    sleep 0.2
-done
-[ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
+start_switch
 
 # ---------------------------------------------------------------- agent phones (UAS)
 AGENT_RECV_MS=$(( (TALK + 60) * 1000 ))

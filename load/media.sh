@@ -276,18 +276,7 @@ wait_udp_bound "$UAS_MP" "$UAS" "SIPp callee's echo"
 # ---------------------------------------------------------------- switch
 SW=""
 if [ -z "$BASELINE" ]; then
-    NO_COLOR=1 nice -n "$NICE" "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
-    SW=$!
-    CHILD_PIDS+=("$SW")
-    healthy=""
-    for _ in $(seq 1 150); do
-        kill -0 "$SW" 2>/dev/null || { tail -20 "$OUT/switch.log" >&2; die "switch exited during start-up (log: $OUT/switch.log)"; }
-        if curl -sf --max-time 1 "http://$HOST:$HTTP_PORT/health" >/dev/null 2>&1 && udp_bound "$SIP_PORT"; then
-            healthy=1; break
-        fi
-        sleep 0.2
-    done
-    [ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
+    start_switch "$NICE"
     scrape "$OUT/metrics_start.txt" || die "GET /metrics failed"
         TARGET=$HOST:$SIP_PORT
 else

@@ -257,18 +257,7 @@ ROLES_2=(ok 503 silent)
 start_carriers 1 "${ROLES_1[@]}"
 
 # ---------------------------------------------------------------- switch
-NO_COLOR=1 "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
-SW=$!
-CHILD_PIDS+=("$SW")
-healthy=""
-for _ in $(seq 1 150); do
-    kill -0 "$SW" 2>/dev/null || { tail -20 "$OUT/switch.log" >&2; die "switch exited during start-up (log: $OUT/switch.log)"; }
-    if curl -sf --max-time 1 "http://$HOST:$HTTP_PORT/health" >/dev/null 2>&1 && udp_bound "$SIP_PORT"; then
-        healthy=1; break
-    fi
-    sleep 0.2
-done
-[ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
+start_switch
 
 # ---------------------------------------------------------------- metrics poller
 # Every 100 ms: "epoch_s;trunk;up;channels;attempts;answers;failovers" for each trunk

@@ -110,3 +110,21 @@ PY
 }
 trap cleanup EXIT
 trap 'echo "$SCRIPT: interrupted" >&2; exit 130' INT TERM
+
+# start_switch [NICE]: starts $BIN with $OUT/switchyard.toml (log $OUT/switch.log) as a child,
+# sets SW to its pid and waits until /health answers on $HOST:$HTTP_PORT and $SIP_PORT is
+# bound (30 s at most; dies with the log's tail if the switch exits or never gets there).
+start_switch() {
+    NO_COLOR=1 nice -n "${1:-0}" "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 < /dev/null &
+    SW=$!
+    CHILD_PIDS+=("$SW")
+    local healthy=""
+    for _ in $(seq 1 150); do
+        kill -0 "$SW" 2>/dev/null || { tail -20 "$OUT/switch.log" >&2; die "switch exited during start-up (log: $OUT/switch.log)"; }
+        if curl -sf --max-time 1 "http://$HOST:$HTTP_PORT/health" >/dev/null 2>&1 && udp_bound "$SIP_PORT"; then
+            healthy=1; break
+        fi
+        sleep 0.2
+    done
+    [ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
+}
