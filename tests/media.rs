@@ -457,7 +457,19 @@ async fn queue_answers_first_plays_position_and_music_then_bridges_the_agent() {
     caller.send(sw, &a.request("ACK", 1, "", "")).await;
 
     // It hears its position, then music: compared byte for byte with what the switch plays.
+    // The switch is the caller's sender now: its RTCP reports go to the caller's RTCP port.
+    let rtcp = UdpSocket::bind(("127.0.0.1", rc.port + 1)).await.unwrap();
     let heard = rc.listen_raw(Duration::from_secs(6)).await;
+    let mut buf = [0u8; 1500];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(1), rtcp.recv_from(&mut buf))
+        .await
+        .expect("an RTCP report from the switch")
+        .unwrap();
+    let reports = rtp::parse_rtcp(&buf[..n]);
+    assert!(
+        matches!(reports.first(), Some(rtp::RtcpPacket::SenderReport { info, .. }) if info.packets >= 1),
+        "a sender report for the music stream: {reports:?}"
+    );
     let library = PromptLibrary::load(&default_dir()).unwrap();
     let announcement = library.compose(&position_announcement(1, None), 150);
     assert!(announcement.len() > 8000, "the announcement is real audio");

@@ -208,6 +208,8 @@ const TICK: Duration = Duration::from_millis(20);
 const WAKER: Token = Token(usize::MAX);
 /// How often figures are published and metrics flushed, and sessions checked for an owner.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// How often the switch sends its own RTCP to a leg it plays to (RFC 3550 §6.2: 5 s).
+const OWN_RTCP_EVERY: Duration = Duration::from_secs(5);
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// Recorded audio a leg may run ahead of the other before the oldest is dropped (1 s).
 const REC_BUFFER: usize = 8000;
@@ -645,6 +647,12 @@ struct LegIo {
     remote_loss: f64,
     remote_jitter_ms: f64,
     rtt_ms: Option<f64>,
+    /// The switch's own stream to the leg (playback): packets and octets for its SR, when
+    /// the last SR went, and the leg's last SR (middle NTP bits, arrival) for LSR/DLSR.
+    own_packets: u32,
+    own_octets: u32,
+    last_own_rtcp: Option<Instant>,
+    last_sr: Option<(u32, Instant)>,
     last_lost: i64,
     last_expected: u64,
     max_seq: Option<u16>,
@@ -683,10 +691,42 @@ impl LegIo {
             remote_loss: 0.0,
             remote_jitter_ms: 0.0,
             rtt_ms: None,
+            own_packets: 0,
+            own_octets: 0,
+            last_own_rtcp: None,
+            last_sr: None,
             last_lost: 0,
             last_expected: 0,
             max_seq: None,
         }
+    }
+
+    /// Sends the switch's own RTCP sender report to the leg (its playback stream), with a
+    /// report block on the leg's stream when it sends one. True when sent.
+    fn send_own_rtcp(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(dest) = self.remote_rtcp else {
+            return false;
+        };
+        let (ntp_sec, ntp_frac) = rtp::ntp_now();
+        let info = rtp::SenderInfo {
+            ntp_sec,
+            ntp_frac,
+            rtp_ts: self.out_ts,
+            packets: self.own_packets,
+            octets: self.own_octets,
+        };
+        let mut blocks = Vec::new();
+        if let (true, Some(ssrc)) = (self.stats_started, self.ssrc_in) {
+            // LSR/DLSR from the leg's last SR let it measure the round trip (RFC 3550 §6.4.1).
+            let (lsr, dlsr) = match self.last_sr {
+                Some((mid, at)) => (mid, (at.elapsed().as_secs_f64() * 65536.0) as u32),
+                None => (0, 0),
+            };
+            blocks.push(self.stats.report_block(ssrc, lsr, dlsr));
+        }
+        out.clear();
+        rtp::write_sender_report(out, self.out_ssrc, &info, &blocks);
+        self.rtcp.send_to(out, dest).is_ok()
     }
 
     /// Sends on the leg's RTP socket: to its peer when connected, else to `dest`.
@@ -819,6 +859,8 @@ struct RelayThread {
     sessions: Vec<Option<Sess>>,
     buf: Box<[u8; 2048]>,
     batch: Batch,
+    /// The switch's own RTCP reports are built here.
+    rtcp_out: Vec<u8>,
     pcm: Box<[i16; 1024]>,
     counters: Counters,
     digits: Vec<char>,
@@ -845,6 +887,7 @@ impl RelayThread {
             sessions: Vec::new(),
             buf: Box::new([0; 2048]),
             batch: Batch::new(),
+            rtcp_out: Vec::with_capacity(128),
             pcm: Box::new([0; 1024]),
             counters: Counters::default(),
             digits: Vec::new(),
@@ -1177,7 +1220,11 @@ impl RelayThread {
             let now_mid = rtp::ntp_middle(ntp_sec, ntp_frac);
             for p in rtp::parse_rtcp(&self.buf[..n]) {
                 let blocks = match &p {
-                    rtp::RtcpPacket::SenderReport { blocks, .. } => blocks,
+                    rtp::RtcpPacket::SenderReport { blocks, info, .. } => {
+                        this.last_sr =
+                            Some((rtp::ntp_middle(info.ntp_sec, info.ntp_frac), Instant::now()));
+                        blocks
+                    }
                     rtp::RtcpPacket::ReceiverReport { blocks, .. } => blocks,
                     rtp::RtcpPacket::Other { .. } => continue,
                 };
@@ -1258,10 +1305,23 @@ impl RelayThread {
                 match leg.send_rtp(&out[..h + FRAME], dest) {
                     Ok(_) => {
                         leg.packets_out += 1;
+                        leg.own_packets = leg.own_packets.wrapping_add(1);
+                        leg.own_octets = leg.own_octets.wrapping_add(FRAME as u32);
                         self.counters.rtp_out += 1;
                         self.counters.bytes_out += (h + FRAME) as u64;
                     }
                     Err(_) => self.counters.send_error += 1,
+                }
+                // The leg hears the switch, not the other phone: the switch reports as its
+                // sender (RTCP SR with a block on what the leg sends).
+                if leg
+                    .last_own_rtcp
+                    .is_none_or(|t| t.elapsed() >= OWN_RTCP_EVERY)
+                {
+                    leg.last_own_rtcp = Some(Instant::now());
+                    if leg.send_own_rtcp(&mut self.rtcp_out) {
+                        self.counters.rtcp_out += 1;
+                    }
                 }
             }
             if let Some(rec) = s.rec.as_mut().filter(|r| !r.paused) {
