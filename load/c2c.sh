@@ -64,16 +64,7 @@ for tool in sipp python3 curl ss; do
     command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: sip-tester, python3, curl, iproute2)"
 done
 
-if [ -z "$BIN" ]; then
-    BIN=$root/target/release/switchyard
-    if [ ! -x "$BIN" ]; then
-        echo "c2c.sh: $BIN missing, building (cargo build --release)" >&2
-        (cd "$root" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
-    elif [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
-        echo "c2c.sh: WARNING: $BIN is older than the sources; run cargo build --release" >&2
-    fi
-fi
-[ -x "$BIN" ] || die "switch binary not executable: $BIN"
+ensure_switch_bin
 [ -n "$OUT" ] || OUT=$here/out/$(date -u +%Y%m%dT%H%M%SZ)-c2c-$$
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

@@ -107,16 +107,7 @@ PCAP=/usr/share/sip-tester/g711a.pcap
 case "$(sipp -v 2>&1 || true)" in *RTPSTREAM*) ;; *) die "this sipp has no RTPSTREAM support (sipp -v)" ;; esac
 
 if [ -z "$BASELINE" ]; then
-    if [ -z "$BIN" ]; then
-        BIN=$root/target/release/switchyard
-        if [ ! -x "$BIN" ]; then
-            echo "media.sh: $BIN missing, building (cargo build --release)" >&2
-            (cd "$root" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
-        elif [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
-            echo "media.sh: WARNING: $BIN is older than the sources; run cargo build --release" >&2
-        fi
-    fi
-    [ -x "$BIN" ] || die "switch binary not executable: $BIN"
+    ensure_switch_bin
 fi
 MODE=switch; [ -z "$BASELINE" ] || MODE=baseline
 [ -n "$OUT" ] || OUT=$here/out/$(date -u +%Y%m%dT%H%M%SZ)-media-$MODE-$$

@@ -70,16 +70,7 @@ done
 # EPOCHREALTIME (bash 5) times the 100 ms samples without a process per timestamp.
 [ -n "${EPOCHREALTIME:-}" ] || die "bash 5 or later is needed (EPOCHREALTIME)"
 
-if [ -z "$BIN" ]; then
-    BIN=$root/target/release/switchyard
-    if [ ! -x "$BIN" ]; then
-        echo "trunks.sh: $BIN missing, building (cargo build --release)" >&2
-        (cd "$root" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
-    elif [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
-        echo "trunks.sh: WARNING: $BIN is older than the sources; run cargo build --release" >&2
-    fi
-fi
-[ -x "$BIN" ] || die "switch binary not executable: $BIN"
+ensure_switch_bin
 [ -n "$OUT" ] || OUT=$here/out/$(date -u +%Y%m%dT%H%M%SZ)-trunks-$$
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)

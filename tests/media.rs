@@ -637,32 +637,15 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
         .and_then(|rest| rest.split('"').next())
         .expect("the recording's id")
         .to_string();
-    let r = common::http_request(
-        api,
-        "POST",
-        &format!("/calls/{cid}/recording/pause"),
-        auth,
-        "",
-    )
-    .await;
+    let command = |verb: &str| {
+        let path = format!("/calls/{cid}/recording/{verb}");
+        async move { common::http_request(api, "POST", &path, auth, "").await }
+    };
+    let r = command("pause").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = common::http_request(
-        api,
-        "POST",
-        &format!("/calls/{cid}/recording/stop"),
-        auth,
-        "",
-    )
-    .await;
+    let r = command("stop").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = common::http_request(
-        api,
-        "POST",
-        &format!("/calls/{cid}/recording/stop"),
-        auth,
-        "",
-    )
-    .await;
+    let r = command("stop").await;
     assert_eq!(r.status, 409, "nothing records any more: {}", r.body);
     let r = common::http_request(api, "POST", "/calls/nope/recording/start", auth, "").await;
     assert_eq!(r.status, 404, "{}", r.body);

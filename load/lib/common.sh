@@ -128,3 +128,18 @@ start_switch() {
     done
     [ -n "$healthy" ] || die "switch not healthy within 30 s (log: $OUT/switch.log)"
 }
+
+# ensure_switch_bin: BIN defaults to $root/target/release/switchyard, built when missing;
+# warns when it is older than the sources; dies if it is not executable.
+ensure_switch_bin() {
+    if [ -z "$BIN" ]; then
+        BIN=$root/target/release/switchyard
+        if [ ! -x "$BIN" ]; then
+            echo "$SCRIPT: $BIN missing, building (cargo build --release)" >&2
+            (cd "$root" && cargo build --release --bin switchyard) >&2 || die "cargo build --release failed"
+        elif [ -n "$(find "$root/src" "$root/Cargo.toml" -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+            echo "$SCRIPT: WARNING: $BIN is older than the sources; run cargo build --release" >&2
+        fi
+    fi
+    [ -x "$BIN" ] || die "switch binary not executable: $BIN"
+}
