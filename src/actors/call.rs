@@ -1494,7 +1494,7 @@ impl CallState {
         }
         self.core = Some(cp);
         self.reattach_media();
-        let waiting = self.core().queue.as_ref().is_some_and(|q| q.waiting);
+        let waiting = self.queue_waiting();
         if self.a_answered()
             && waiting
             && matches!(phase, Phase::Queued | Phase::Setup | Phase::Early)
@@ -3020,6 +3020,14 @@ impl CallState {
         self.ctx.cc.get().and_then(std::sync::Weak::upgrade)
     }
 
+    /// Whether the caller is waiting in a queue (not yet answered by an agent, not gone).
+    fn queue_waiting(&self) -> bool {
+        self.core
+            .as_ref()
+            .and_then(|c| c.queue.as_ref())
+            .is_some_and(|q| q.waiting)
+    }
+
     fn a_call_id_str(&mut self) -> Arc<str> {
         Arc::from(String::from_utf8_lossy(&self.core().a_call_id).as_ref())
     }
@@ -3092,11 +3100,7 @@ impl CallState {
         let phase = self.core.as_ref().map(|c| c.phase);
         let ringing =
             !self.offer_forks.is_empty() && matches!(phase, Some(Phase::Setup | Phase::Early));
-        let waiting = self
-            .core
-            .as_ref()
-            .and_then(|c| c.queue.as_ref())
-            .is_some_and(|q| q.waiting);
+        let waiting = self.queue_waiting();
         let f = OfferFork {
             tx: 0,
             offer: offer.offer,

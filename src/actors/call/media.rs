@@ -140,18 +140,14 @@ fn g711(f: &Format) -> Option<Codec> {
 fn telephone_event(sdp: &Sdp) -> Option<u8> {
     sdp.codecs()
         .iter()
-        .find(|f| f.encoding == "TELEPHONE-EVENT")
+        .find(|f| f.is_telephone_event())
         .map(|f| f.pt)
 }
 
 /// Tells the session where `side` wants its audio, in which codec, and its direction.
 /// `follow`: the other leg uses the same codec (one end-to-end negotiation).
 fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool) {
-    let Some(idx) = sdp
-        .media
-        .iter()
-        .position(|m| m.kind == "audio" && m.port != 0)
-    else {
+    let Some(idx) = sdp.audio_index() else {
         return;
     };
     let port = sdp.media[idx].port;
@@ -266,21 +262,9 @@ impl CallState {
         };
         if self.a_answered() {
             let formats = [
-                Format {
-                    pt: 0,
-                    encoding: "PCMU".into(),
-                    clock_rate: 8000,
-                },
-                Format {
-                    pt: 8,
-                    encoding: "PCMA".into(),
-                    clock_rate: 8000,
-                },
-                Format {
-                    pt: TE_PT,
-                    encoding: "TELEPHONE-EVENT".into(),
-                    clock_rate: 8000,
-                },
+                Format::pcmu(),
+                Format::pcma(),
+                Format::telephone_event(TE_PT),
             ];
             let sdp = sdp::offer(
                 session.address(),
@@ -333,11 +317,7 @@ impl CallState {
         let mut formats = vec![chosen.clone()];
         let te = telephone_event(&offer);
         if let Some(pt) = te {
-            formats.push(Format {
-                pt,
-                encoding: "TELEPHONE-EVENT".into(),
-                clock_rate: 8000,
-            });
+            formats.push(Format::telephone_event(pt));
         }
         let direction = offer.direction().reverse();
         let answer = sdp::offer(
@@ -371,13 +351,16 @@ impl CallState {
         );
     }
 
-    pub(super) fn schedule_announcement(&mut self, after: std::time::Duration) {
-        let every = self
-            .core
+    /// Seconds between position announcements (0: only the first, on joining).
+    fn announce_secs(&self) -> u64 {
+        self.core
             .as_ref()
             .and_then(|c| c.media.as_ref())
-            .map_or(0, |m| m.announce_secs);
-        if every == 0 && !after.is_zero() {
+            .map_or(0, |m| m.announce_secs)
+    }
+
+    pub(super) fn schedule_announcement(&mut self, after: std::time::Duration) {
+        if self.announce_secs() == 0 && !after.is_zero() {
             return;
         }
         if let Some(id) = self.announce.take() {
@@ -390,12 +373,7 @@ impl CallState {
     /// [`super::CallMsg::QueuePosition`]).
     pub(super) fn request_position(&mut self) {
         self.announce = None;
-        let waiting = self
-            .core
-            .as_ref()
-            .and_then(|c| c.queue.as_ref())
-            .is_some_and(|q| q.waiting);
-        if !waiting || !self.a_answered() {
+        if !self.queue_waiting() || !self.a_answered() {
             return;
         }
         if let (Some(cc), Some(q)) = (self.cc(), self.core().queue.clone()) {
@@ -407,11 +385,7 @@ impl CallState {
                 crate::actors::queue::QueueMsg::Announce { call_id },
             );
         }
-        let every = self
-            .core
-            .as_ref()
-            .and_then(|c| c.media.as_ref())
-            .map_or(0, |m| m.announce_secs);
+        let every = self.announce_secs();
         if every > 0 {
             self.schedule_announcement(std::time::Duration::from_secs(every));
         }
@@ -419,13 +393,8 @@ impl CallState {
 
     /// The queue says where the caller stands: announce it, then music again.
     pub(super) fn on_position(&mut self, position: u32, wait_secs: Option<u64>) {
-        let waiting = self
-            .core
-            .as_ref()
-            .and_then(|c| c.queue.as_ref())
-            .is_some_and(|q| q.waiting);
         let Some(m) = self.media_ctx() else { return };
-        if !waiting || !self.a_answered() || self.offering() {
+        if !self.queue_waiting() || !self.a_answered() || self.offering() {
             return;
         }
         let ids = position_announcement(position, wait_secs);
