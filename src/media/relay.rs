@@ -198,8 +198,6 @@ pub enum MediaError {
     NoPorts,
     #[error("cannot bind RTP socket: {0}")]
     Io(#[from] io::Error),
-    #[error("relay thread is gone")]
-    Gone,
 }
 
 /// A frame of audio: 20 ms at 8 kHz.
@@ -318,13 +316,10 @@ impl Session {
     pub fn send_dtmf(&self, side: Side, digit: char) {
         self.send(Command::SendDtmf { side, digit });
     }
-    /// The leg's counters and quality (published once a second; see [`Session::flush`]).
+    /// The leg's counters and quality (published once a second; the final figures come
+    /// with [`MediaEngine::release_with_stats`]).
     pub fn stats(&self, side: Side) -> LegStats {
         lock(&self.stats)[side.idx()]
-    }
-    /// Asks the thread to publish the figures now (they are then at most a tick old).
-    pub fn flush(&self) {
-        self.send(Command::Publish);
     }
 
     fn send(&self, cmd: Command) {
@@ -372,7 +367,6 @@ enum Command {
         side: Side,
         digit: char,
     },
-    Publish,
 }
 
 struct Envelope {
@@ -973,7 +967,6 @@ impl RelayThread {
             }
             Command::Record { id, tenant } => self.start_recording(slot, id, tenant),
             Command::StopRecording => self.stop_recording(slot),
-            Command::Publish => self.publish(slot),
             cmd => {
                 let engine = self.engine.clone();
                 apply(self.sess(slot), cmd, &engine);
@@ -1655,11 +1648,7 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
             }
             leg.play = Some(Player::new(playlist));
         }
-        Command::Add(_)
-        | Command::Remove(_)
-        | Command::Record { .. }
-        | Command::StopRecording
-        | Command::Publish => {}
+        Command::Add(_) | Command::Remove(_) | Command::Record { .. } | Command::StopRecording => {}
     }
 }
 
