@@ -1468,9 +1468,8 @@ impl RelayThread {
         };
         match Recorder::create(&engine.cfg.recordings_dir, &id, &keys) {
             Ok(recorder) => {
-                let n = engine.recordings_active.fetch_add(1, Ordering::Relaxed) + 1;
-                metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
-                let path = engine.cfg.recordings_dir.join(format!("{id}.syrec"));
+                engine.recordings_active(1);
+                let path = super::recording::final_path(&engine.cfg.recordings_dir, &id);
                 emit(
                     &engine,
                     MediaEvent::RecordingStarted {
@@ -1521,8 +1520,7 @@ impl RelayThread {
             let Some(engine) = engine.upgrade() else {
                 return;
             };
-            let n = engine.recordings_active.fetch_sub(1, Ordering::Relaxed) - 1;
-            metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
+            engine.recordings_active(-1);
             match result {
                 Ok(finished) => emit(
                     &engine,
@@ -1559,8 +1557,7 @@ impl RelayThread {
         }
         *lock(&s.shared.recording) = None;
         if let Some(engine) = self.engine.upgrade() {
-            let n = engine.recordings_active.fetch_sub(1, Ordering::Relaxed) - 1;
-            metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
+            engine.recordings_active(-1);
             emit(&engine, MediaEvent::RecordingFailed { id, call, reason });
         }
     }
@@ -1649,6 +1646,20 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
             leg.play = Some(Player::new(playlist));
         }
         Command::Add(_) | Command::Remove(_) | Command::Record { .. } | Command::StopRecording => {}
+    }
+}
+
+impl EngineInner {
+    /// Counts a recording starting (+1) or ending (-1) and sets the gauge.
+    fn recordings_active(&self, delta: i64) {
+        let n = if delta > 0 {
+            self.recordings_active.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.recordings_active
+                .fetch_sub(1, Ordering::Relaxed)
+                .saturating_sub(1)
+        };
+        metrics::gauge!(RECORDINGS_ACTIVE).set(n as f64);
     }
 }
 
