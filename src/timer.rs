@@ -628,8 +628,12 @@ mod tests {
 
     struct Probe;
 
+    struct ProbeMsg(u32, mpsc::UnboundedSender<u32>);
+
+    impl ractor::Message for ProbeMsg {}
+
     impl ractor::Actor for Probe {
-        type Msg = (u32, mpsc::UnboundedSender<u32>);
+        type Msg = ProbeMsg;
         type State = ();
         type Arguments = ();
 
@@ -644,7 +648,7 @@ mod tests {
         async fn handle(
             &self,
             _myself: ActorRef<Self::Msg>,
-            (n, reply): Self::Msg,
+            ProbeMsg(n, reply): Self::Msg,
             _state: &mut (),
         ) -> Result<(), ractor::ActorProcessingErr> {
             let _ = reply.send(n);
@@ -658,8 +662,8 @@ mod tests {
         let (actor, handle) = ractor::Actor::spawn(None, Probe, ()).await.unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let t0 = Instant::now();
-        svc.schedule_cast(Duration::from_millis(200), &actor, (7, tx.clone()));
-        let cancelled = svc.schedule_cast(Duration::from_millis(100), &actor, (8, tx));
+        svc.schedule_cast(Duration::from_millis(200), &actor, ProbeMsg(7, tx.clone()));
+        let cancelled = svc.schedule_cast(Duration::from_millis(100), &actor, ProbeMsg(8, tx));
         svc.cancel(cancelled);
         assert_eq!(rx.recv().await, Some(7));
         assert!(Instant::now() - t0 >= Duration::from_millis(200));
@@ -667,7 +671,7 @@ mod tests {
         handle.await.unwrap();
         // A cast to a stopped actor is dropped silently.
         let (tx, _rx) = mpsc::unbounded_channel();
-        svc.schedule_cast(Duration::ZERO, &actor, (9, tx));
+        svc.schedule_cast(Duration::ZERO, &actor, ProbeMsg(9, tx));
         settle(&svc).await;
         assert_eq!(svc.active(), 0);
     }
@@ -678,7 +682,7 @@ mod tests {
         let (actor, handle) = ractor::Actor::spawn(None, Probe, ()).await.unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let id = svc.schedule_cast_with(Duration::from_millis(50), &actor, move |id| {
-            (id.as_u64() as u32, tx)
+            ProbeMsg(id.as_u64() as u32, tx)
         });
         assert_eq!(rx.recv().await, Some(id.as_u64() as u32));
         actor.stop(None);

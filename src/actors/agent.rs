@@ -219,6 +219,10 @@ pub enum AgentMsg {
     InjectPanic,
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for AgentMsg {}
+
 /// Agent timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AgentTimer {

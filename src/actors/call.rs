@@ -479,6 +479,10 @@ pub enum CallMsg {
     Recording(RecordingCommand, RpcReplyPort<Result<String, String>>),
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for CallMsg {}
+
 /// Call-level timers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallTimer {

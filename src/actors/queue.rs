@@ -230,6 +230,10 @@ pub enum QueueMsg {
     InjectPanic,
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for QueueMsg {}
+
 /// Where a listed caller stands, as its call actor says.
 #[derive(Clone, Debug)]
 pub enum CallerState {

@@ -413,6 +413,10 @@ pub enum RegistrarMsg {
     Tick,
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for RegistrarMsg {}
+
 /// The actor's state.
 pub struct RegistrarState {
     core: Registrar,

@@ -224,6 +224,10 @@ pub enum StoreWriterMsg {
     GetStats(RpcReplyPort<StoreWriterStats>),
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for StoreWriterMsg {}
+
 /// Counters of one writer since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreWriterStats {

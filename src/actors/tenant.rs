@@ -47,6 +47,10 @@ pub enum TenantMsg {
     GetInfo(RpcReplyPort<TenantInfo>),
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for TenantMsg {}
+
 /// A tenant's summary (API and tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TenantInfo {

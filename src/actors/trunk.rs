@@ -292,6 +292,10 @@ pub enum TrunkMsg {
     InjectPanic,
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for TrunkMsg {}
+
 /// A trunk's figures (API, tests).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct TrunkInfo {

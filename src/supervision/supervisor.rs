@@ -125,6 +125,10 @@ pub enum SupervisorMsg {
     RestartTimerFired(Vec<u64>),
 }
 
+// Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
+// say whether it can cross nodes; this one never does (the cluster module carries what does).
+impl ractor::Message for SupervisorMsg {}
+
 /// Answer of [`count_children`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildCounts {

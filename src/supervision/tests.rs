@@ -48,6 +48,7 @@ enum WorkerMsg {
     Stop,
     Checkpoint(u32),
 }
+impl ractor::Message for WorkerMsg {}
 
 impl Actor for Worker {
     type Msg = WorkerMsg;
