@@ -7,12 +7,14 @@
 //! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
 //! - [`actors`]: one file per actor kind.
 //! - [`media`]: RTP anchoring, codecs, DTMF, recording, playback, call quality.
+//! - [`cluster`]: cluster mode: etcd membership and ownership, messages between nodes.
 //! - [`store`]: the embedded SQLite database (CDRs).
 //! - [`api`]: HTTP: `/metrics`, `/health`.
 //! - [`config`]: the config file, its validation and the embedded default.
 //! - [`metrics`]: metric names, described once.
 pub mod actors;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod media;
 pub mod metrics;

@@ -1,0 +1,1 @@
+//! cluster.toml (filled in next).

@@ -1,0 +1,145 @@
+//! Cluster mode (DESIGN.md, "Cluster"): nodes that share the work.
+//!
+//! - [`config`]: `cluster.toml` (this node's name and addresses, etcd, the inter-node listener,
+//!   the shared secret, the shared database).
+//! - [`ownership`]: pure placement: which live node should own each singleton (rendezvous
+//!   hashing), so every node computes the same answer from the same membership.
+//! - [`membership`]: the node's lease in etcd, the watch of nodes and owners, claiming and
+//!   releasing singletons (starting and stopping their actors), draining, `GET /cluster`.
+//! - [`port`] and [`wire`]: actor messages between nodes over ractor_cluster.
+//!
+//! etcd decides who is alive and who owns what; ractor_cluster's own failure detection is not
+//! relied on. The [`Directory`] is this node's view of both, shared with the message port.
+
+pub mod config;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+
+/// A node as it announces itself in etcd (`<prefix>/nodes/<name>`, bound to its lease).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// SIP address callers and phones use (informational; `GET /cluster`).
+    pub sip: String,
+    /// HTTP API address.
+    pub http: String,
+    /// Inter-node (ractor_cluster) listener.
+    pub cluster: SocketAddr,
+    pub state: NodeState,
+    /// When the node joined (Unix ms).
+    pub since_ms: u64,
+}
+
+/// A live node's state: `up` nodes are given singletons, `draining` ones give theirs away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Up,
+    Draining,
+}
+
+/// Singleton keys as written under `<prefix>/owners/`.
+pub fn tenant_key(tenant: &str) -> String {
+    format!("tenant/{tenant}")
+}
+
+pub fn queue_key(tenant: &str, queue: &str) -> String {
+    format!("queue/{tenant}/{queue}")
+}
+
+pub fn trunk_key(trunk: &str) -> String {
+    format!("trunk/{trunk}")
+}
+
+/// This node's view of the cluster: live nodes and who owns each singleton, as last seen in
+/// etcd. Written by the membership task only; read by anyone (the message port, the API).
+#[derive(Debug)]
+pub struct Directory {
+    me: String,
+    nodes: DashMap<String, NodeInfo>,
+    owners: DashMap<String, String>,
+    changes: watch::Sender<u64>,
+}
+
+impl Directory {
+    pub fn new(me: &str) -> Arc<Directory> {
+        Arc::new(Directory {
+            me: me.to_string(),
+            nodes: DashMap::new(),
+            owners: DashMap::new(),
+            changes: watch::channel(0).0,
+        })
+    }
+
+    /// This node's cluster name.
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// The live node owning a singleton key (see [`tenant_key`], [`queue_key`],
+    /// [`trunk_key`]), if any owns it right now (none during a takeover).
+    pub fn owner(&self, key: &str) -> Option<String> {
+        let owner = self.owners.get(key)?.clone();
+        self.nodes.contains_key(&owner).then_some(owner)
+    }
+
+    /// A live node.
+    pub fn node(&self, name: &str) -> Option<NodeInfo> {
+        self.nodes.get(name).map(|n| n.clone())
+    }
+
+    /// Live nodes, sorted by name.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        let mut v: Vec<NodeInfo> = self.nodes.iter().map(|n| n.value().clone()).collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Every owned singleton key with its owner, sorted by key.
+    pub fn owners(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .owners
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A receiver that changes whenever nodes or owners change (its value counts changes).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    pub fn set_node(&self, info: NodeInfo) {
+        self.nodes.insert(info.name.clone(), info);
+        self.bump();
+    }
+
+    pub fn remove_node(&self, name: &str) -> Option<NodeInfo> {
+        let gone = self.nodes.remove(name).map(|(_, n)| n);
+        self.bump();
+        gone
+    }
+
+    pub fn set_owner(&self, key: &str, node: &str) {
+        self.owners.insert(key.to_string(), node.to_string());
+        self.bump();
+    }
+
+    pub fn remove_owner(&self, key: &str) -> Option<String> {
+        let gone = self.owners.remove(key).map(|(_, n)| n);
+        self.bump();
+        gone
+    }
+
+    fn bump(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+}
