@@ -10,11 +10,20 @@
 //!   is reached through the address and connection it registered from (NAT, RFC 5626-style
 //!   flow reuse), not the possibly private address in its Contact.
 //! - Persistence: the actor hands each changed AOR's full binding set to its own writer thread
-//!   (its own SQLite connection on the node's database file, `synchronous=NORMAL`, busy
-//!   timeout); the thread coalesces and commits every `flush_interval` (100 ms) in one
-//!   transaction, so 1,000 REGISTER/s cost about ten commits per second and no fsync each.
-//!   At start the unexpired rows are loaded back; a binding's TCP connection does not survive
-//!   a restart, so reloaded bindings keep transport and address only.
+//!   (its own connection to [`RegistrarArgs::database`]: the node's SQLite file, or a
+//!   cluster's PostgreSQL; `synchronous=NORMAL`); the thread coalesces and commits every
+//!   `flush_interval` (100 ms) in one transaction, so 1,000 REGISTER/s cost about ten commits
+//!   per second and no fsync each. At start the unexpired rows are loaded back; a binding's
+//!   TCP connection does not survive a restart, so reloaded bindings keep transport and
+//!   address only.
+//! - Cluster (PostgreSQL): each commit also sends `NOTIFY switchyard_registrations,
+//!   '<node>|<tenant>|<user>'` per AOR in the same transaction. A listener thread per
+//!   registrar (own connection, reconnecting with backoff) reloads the AORs other nodes
+//!   changed and hands them to the actor, which replaces them in [`Location`] (telling the
+//!   reachability observer, hence the agents, as a local change does). At each (re)connect it
+//!   reloads every binding, so a notification missed while disconnected is repaired. A local
+//!   change not yet committed, or committed after the listener read the database, wins over
+//!   what the listener read (see [`RegistrarMsg::RemoteBindings`]).
 //! - A tick every second removes expired bindings (lookups never return them meanwhile),
 //!   purges the authenticator's tables and the response cache.
 //! - Retransmitted REGISTERs (same Call-ID, CSeq and branch) get the cached response again
@@ -25,9 +34,11 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::oneshot;
@@ -38,8 +49,8 @@ use crate::sip::dialog::random_token;
 use crate::sip::headers::NameAddr;
 use crate::sip::message::{response_to, HeaderName, Message};
 use crate::sip::uri::{Scheme, Uri};
-use crate::store::registrations::{AorBindings, RegistrationRow};
-use crate::store::{Store, Synchronous};
+use crate::store::registrations::{self, AorBindings, RegistrationRow};
+use crate::store::{Database, Store, StoreError, Synchronous};
 use crate::transport::{Dest, Inbound, Protocol, Source, Transports};
 
 /// Current bindings, by `tenant` (gauge).
@@ -53,6 +64,13 @@ pub const REGISTRAR_EXPIRED_TOTAL: &str = "switchyard_registrar_expired_total";
 pub const REGISTRAR_DB_WRITES_TOTAL: &str = "switchyard_registrar_db_writes_total";
 /// Failed binding commits; the batch is kept and retried (counter).
 pub const REGISTRAR_DB_ERRORS_TOTAL: &str = "switchyard_registrar_db_errors_total";
+/// Cluster: AOR binding sets changed through another node and applied to this node's
+/// Location (counter).
+pub const REGISTRAR_REMOTE_UPDATES_TOTAL: &str = "switchyard_registrar_remote_updates_total";
+/// Cluster: times the binding-change listener lost or could not open its PostgreSQL
+/// connection and will connect again (counter).
+pub const REGISTRAR_LISTENER_RECONNECTS_TOTAL: &str =
+    "switchyard_registrar_listener_reconnects_total";
 
 /// Describes the registrar's metrics.
 pub fn describe() {
@@ -71,6 +89,14 @@ pub fn describe() {
         REGISTRAR_DB_ERRORS_TOTAL,
         "Failed registrar database commits (retried)"
     );
+    describe_counter!(
+        REGISTRAR_REMOTE_UPDATES_TOTAL,
+        "Binding sets changed through another cluster node and applied here"
+    );
+    describe_counter!(
+        REGISTRAR_LISTENER_RECONNECTS_TOTAL,
+        "Reconnections of the cluster binding-change listener"
+    );
 }
 
 /// Bindings per AOR at most; more gets 403 (bounds memory per authenticated user).
@@ -80,6 +106,17 @@ const RESPONSE_CACHE: Duration = Duration::from_secs(32);
 const RESPONSE_CACHE_MAX: usize = 100_000;
 /// How often the writer deletes expired rows.
 const DB_PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How long the listener waits for notifications before checking whether it should stop.
+const LISTEN_POLL: Duration = Duration::from_millis(200);
+/// Silence after which the listener checks its connection with a round trip (a dead server
+/// behind a silent network would otherwise go unnoticed).
+const LISTEN_PING_EVERY: Duration = Duration::from_secs(5);
+/// The listener's reconnect backoff: first wait, doubled up to the maximum.
+const LISTEN_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const LISTEN_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a record of a local change is kept once committed (longer than any listener
+/// message can be in flight).
+const LOCAL_CHANGE_MEMORY: Duration = Duration::from_secs(10);
 
 // ---- location service ----
 
@@ -371,8 +408,12 @@ pub struct RegistrarArgs {
     pub location: Arc<Location>,
     /// Set once the transports are bound (they need the router, which needs this actor).
     pub transports: Arc<OnceLock<Transports>>,
-    /// The node's SQLite file (the store writer's too: WAL lets both connections write).
-    pub db_path: PathBuf,
+    /// Where bindings are kept: the node's SQLite file (the store writer's too: WAL lets both
+    /// connections write), or a cluster's PostgreSQL, shared by every node's registrar.
+    pub database: Database,
+    /// This node's name, naming the writer in binding-change notifications (PostgreSQL) so a
+    /// node ignores its own.
+    pub node: String,
     /// Longest time a binding change waits before its batch is committed.
     pub flush_interval: Duration,
     /// The Server header of responses.
@@ -393,7 +434,8 @@ impl RegistrarArgs {
             auth,
             location,
             transports,
-            db_path: db_path.into(),
+            database: Database::Sqlite(db_path.into()),
+            node: "local".to_string(),
             flush_interval: Duration::from_millis(100),
             server: None,
         }
@@ -411,6 +453,26 @@ pub enum RegistrarMsg {
     Flush(RpcReplyPort<Result<(), String>>),
     /// Periodic: expire bindings, purge caches.
     Tick,
+    /// Cluster: another node changed `aor`; `bindings` is its unexpired set as the listener
+    /// read it once every local change numbered up to `read_after` was committed. Applied
+    /// unless this node changed the AOR later than that (its own commit then tells the
+    /// others).
+    RemoteBindings {
+        /// The address-of-record.
+        aor: AorKey,
+        /// Its complete binding set (empty: unregistered).
+        bindings: Vec<Binding>,
+        /// The local change number committed when the listener read the database.
+        read_after: u64,
+    },
+    /// Cluster: every unexpired binding, read by the listener at (re)connect; AORs missing
+    /// from it are removed, under the same rule as [`RegistrarMsg::RemoteBindings`].
+    RemoteSnapshot {
+        /// Every AOR with bindings.
+        aors: Vec<(AorKey, Vec<Binding>)>,
+        /// The local change number committed when the listener read the database.
+        read_after: u64,
+    },
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -423,6 +485,13 @@ pub struct RegistrarState {
     transports: Arc<OnceLock<Transports>>,
     writer: mpsc::Sender<WriterCmd>,
     writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Cluster: the binding-change listener (stopped by dropping `stop`).
+    listener: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// Numbers local changes; shared with the writer, which reports what it committed.
+    seqs: Arc<ChangeSeqs>,
+    /// Cluster: AORs changed here, with the change's number and time, so a remote update read
+    /// before that change reached the database does not undo it.
+    local_changes: HashMap<AorKey, (u64, Instant)>,
     tick: Option<tokio::task::JoinHandle<()>>,
     /// Responses to UDP requests by (source, Call-ID, CSeq, branch), encoded, to answer
     /// retransmissions (only from the address the original came from: the bindings listed
@@ -442,13 +511,16 @@ impl Actor for RegistrarActor {
     ) -> Result<RegistrarState, ActorProcessingErr> {
         let (tx, rx) = mpsc::channel();
         let (loaded_tx, loaded_rx) = oneshot::channel();
-        let path = args.db_path.clone();
+        let database = args.database.clone();
         let flush_interval = args.flush_interval;
+        let seqs = Arc::new(ChangeSeqs::default());
+        let writer_seqs = seqs.clone();
+        let node = args.node.clone();
         // Opening and loading block, so they happen on the writer thread.
         let thread = std::thread::Builder::new()
             .name("registrar-writer".into())
             .spawn(move || {
-                let store = match Store::open_with(&path, Synchronous::Normal) {
+                let store = match Store::connect(&database, Synchronous::Normal) {
                     Ok(s) => s,
                     Err(e) => {
                         let _ = loaded_tx.send(Err(e.to_string()));
@@ -465,7 +537,7 @@ impl Actor for RegistrarActor {
                         return;
                     }
                 }
-                Writer::new(store, flush_interval).run(rx);
+                Writer::new(store, flush_interval, node, writer_seqs).run(rx);
             })?;
         let rows = match loaded_rx.await {
             Ok(Ok(rows)) => rows,
@@ -501,7 +573,25 @@ impl Actor for RegistrarActor {
             metrics::gauge!(REGISTRAR_BINDINGS, "tenant" => t.id.clone())
                 .set(args.location.count(&t.id) as f64);
         }
-        tracing::info!(loaded, "registrar started");
+        args.database.record_backend("registrations");
+        let listener = match &args.database {
+            Database::Sqlite(_) => None,
+            Database::Postgres(conninfo) => {
+                let (stop_tx, stop_rx) = mpsc::channel();
+                let listener = Listener {
+                    conninfo: conninfo.clone(),
+                    node: args.node.clone(),
+                    registrar: myself.clone(),
+                    seqs: seqs.clone(),
+                    stop: stop_rx,
+                };
+                let thread = std::thread::Builder::new()
+                    .name("registrar-listener".into())
+                    .spawn(move || listener.run())?;
+                Some((stop_tx, thread))
+            }
+        };
+        tracing::info!(loaded, database = %args.database, node = %args.node, "registrar started");
         let tick = myself.send_interval(Duration::from_secs(1), || RegistrarMsg::Tick);
         Ok(RegistrarState {
             core: Registrar {
@@ -513,6 +603,9 @@ impl Actor for RegistrarActor {
             transports: args.transports,
             writer: tx,
             writer_thread: Some(thread),
+            listener,
+            seqs,
+            local_changes: HashMap::new(),
             tick: Some(tick),
             recent: HashMap::new(),
         })
@@ -525,6 +618,11 @@ impl Actor for RegistrarActor {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.tick.take() {
             t.abort();
+        }
+        if let Some((stop, thread)) = state.listener.take() {
+            // Dropping the sender is the stop signal; the thread notices within LISTEN_POLL.
+            drop(stop);
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         // Commit what is pending before the actor is reported stopped, so a successor
         // opening the same database finds it.
@@ -556,6 +654,16 @@ impl Actor for RegistrarActor {
                     .map_err(|_| "registrar writer thread is gone")?;
             }
             RegistrarMsg::Tick => state.on_tick(),
+            RegistrarMsg::RemoteBindings {
+                aor,
+                bindings,
+                read_after,
+            } => {
+                state.on_remote(aor, bindings, read_after);
+            }
+            RegistrarMsg::RemoteSnapshot { aors, read_after } => {
+                state.on_remote_snapshot(aors, read_after)
+            }
         }
         Ok(())
     }
@@ -593,14 +701,22 @@ impl RegistrarState {
                 .get(&aor)
                 .map(|v| v.iter().map(|b| b.to_row(&aor.tenant, &aor.user)).collect())
                 .unwrap_or_default();
+            let seq = self.seqs.handed.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.listener.is_some() {
+                self.local_changes
+                    .insert(aor.clone(), (seq, Instant::now()));
+            }
             // The thread exits only on shutdown or when this sender is dropped, so a send
             // error means it crashed: fail and let the supervisor restart the registrar.
             self.writer
-                .send(WriterCmd::Put(AorBindings {
-                    tenant: aor.tenant,
-                    username: aor.user,
-                    rows,
-                }))
+                .send(WriterCmd::Put(
+                    AorBindings {
+                        tenant: aor.tenant,
+                        username: aor.user,
+                        rows,
+                    },
+                    seq,
+                ))
                 .map_err(|_| "registrar writer thread is gone")?;
         }
         if let Some(k) = key {
@@ -622,6 +738,75 @@ impl RegistrarState {
         self.core.auth.purge(now);
         self.recent
             .retain(|_, (_, _, at)| at.elapsed() < RESPONSE_CACHE);
+        let committed = self.seqs.committed.load(Ordering::Acquire);
+        self.local_changes
+            .retain(|_, (seq, at)| *seq > committed || at.elapsed() < LOCAL_CHANGE_MEMORY);
+    }
+
+    /// Applies another node's binding set for `aor` (see [`RegistrarMsg::RemoteBindings`]);
+    /// returns whether the Location changed.
+    fn on_remote(&mut self, aor: AorKey, bindings: Vec<Binding>, read_after: u64) -> bool {
+        if self.core.auth.tenant(&aor.tenant).is_none() {
+            return false; // a tenant this node's configuration does not have (yet)
+        }
+        if let Some((seq, _)) = self.local_changes.get(&aor) {
+            // `read_after` never exceeds what is committed, so this also covers a local
+            // change still waiting in the writer.
+            if *seq > read_after {
+                tracing::debug!(tenant = %aor.tenant, user = %aor.user, "remote bindings older than a local change; kept the local ones");
+                return false;
+            }
+        }
+        let now = unix_ms(SystemTime::now());
+        let bindings: Vec<Binding> = bindings
+            .into_iter()
+            .filter(|b| b.expires_at_ms > now)
+            .collect();
+        // The same set as here (e.g. this node's own AOR in a snapshot): keep the local
+        // bindings, whose TCP connections a reloaded binding would not know.
+        let same = {
+            let current = self.core.location.lookup_at(&aor.tenant, &aor.user, now);
+            let rows = |v: &[Binding]| -> Vec<RegistrationRow> {
+                let mut r: Vec<RegistrationRow> =
+                    v.iter().map(|b| b.to_row(&aor.tenant, &aor.user)).collect();
+                r.sort_by(|a, b| a.contact.cmp(&b.contact));
+                r
+            };
+            rows(&current) == rows(&bindings)
+        };
+        if same {
+            return false;
+        }
+        tracing::debug!(tenant = %aor.tenant, user = %aor.user, bindings = bindings.len(), "bindings changed through another node");
+        self.core.location.set(aor, bindings);
+        metrics::counter!(REGISTRAR_REMOTE_UPDATES_TOTAL).increment(1);
+        true
+    }
+
+    /// Applies the listener's full reload: every AOR in it, and removal of the AORs it lacks.
+    fn on_remote_snapshot(&mut self, aors: Vec<(AorKey, Vec<Binding>)>, read_after: u64) {
+        let mut seen = HashSet::with_capacity(aors.len());
+        let mut changed = 0usize;
+        for (aor, bindings) in aors {
+            seen.insert(aor.clone());
+            changed += usize::from(self.on_remote(aor, bindings, read_after));
+        }
+        let gone: Vec<AorKey> = self
+            .core
+            .location
+            .map
+            .iter()
+            .map(|e| e.key().clone())
+            .filter(|k| !seen.contains(k))
+            .collect();
+        for aor in gone {
+            changed += usize::from(self.on_remote(aor, Vec::new(), read_after));
+        }
+        tracing::info!(
+            aors = seen.len(),
+            changed,
+            "registrar caught up with the shared database"
+        );
     }
 }
 
@@ -967,9 +1152,17 @@ fn http_date(unix_secs: u64) -> String {
 
 // ---- the writer thread ----
 
+/// Local change numbers: handed to the writer (the actor counts) and committed (the writer
+/// reports the highest number in each successful commit).
+#[derive(Default)]
+struct ChangeSeqs {
+    handed: AtomicU64,
+    committed: AtomicU64,
+}
+
 enum WriterCmd {
-    /// An AOR's complete binding set (replaces what is stored).
-    Put(AorBindings),
+    /// An AOR's complete binding set (replaces what is stored), with its change number.
+    Put(AorBindings, u64),
     Flush(RpcReplyPort<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -979,17 +1172,25 @@ enum WriterCmd {
 struct Writer {
     store: Store,
     flush_interval: Duration,
+    /// This node's name, in the NOTIFY of each committed AOR (PostgreSQL).
+    node: String,
+    seqs: Arc<ChangeSeqs>,
     pending: HashMap<(String, String), AorBindings>,
+    /// The highest change number among `pending`.
+    pending_seq: u64,
     due: Option<Instant>,
     last_purge: Instant,
 }
 
 impl Writer {
-    fn new(store: Store, flush_interval: Duration) -> Writer {
+    fn new(store: Store, flush_interval: Duration, node: String, seqs: Arc<ChangeSeqs>) -> Writer {
         Writer {
             store,
             flush_interval,
+            node,
+            seqs,
             pending: HashMap::new(),
+            pending_seq: 0,
             due: None,
             last_purge: Instant::now(),
         }
@@ -1005,10 +1206,11 @@ impl Writer {
                 },
             };
             match cmd {
-                Ok(WriterCmd::Put(aor)) => {
+                Ok(WriterCmd::Put(aor, seq)) => {
                     if self.pending.is_empty() {
                         self.due = Some(Instant::now() + self.flush_interval);
                     }
+                    self.pending_seq = self.pending_seq.max(seq);
                     self.pending
                         .insert((aor.tenant.clone(), aor.username.clone()), aor);
                 }
@@ -1045,9 +1247,12 @@ impl Writer {
             return Ok(());
         }
         let batch: Vec<AorBindings> = self.pending.values().cloned().collect();
-        match self.store.replace_registrations(&batch) {
+        match self.store.publish_registrations(&self.node, &batch) {
             Ok(()) => {
                 metrics::counter!(REGISTRAR_DB_WRITES_TOTAL).increment(batch.len() as u64);
+                self.seqs
+                    .committed
+                    .fetch_max(self.pending_seq, Ordering::AcqRel);
                 self.pending.clear();
                 self.due = None;
                 Ok(())
@@ -1061,6 +1266,160 @@ impl Writer {
             }
         }
     }
+}
+
+// ---- the cluster listener thread ----
+
+/// Follows other nodes' binding changes on PostgreSQL (LISTEN/NOTIFY) and hands them to the
+/// registrar actor. Runs on its own OS thread with its own connection.
+struct Listener {
+    conninfo: String,
+    node: String,
+    registrar: ActorRef<RegistrarMsg>,
+    seqs: Arc<ChangeSeqs>,
+    /// Closed (sender dropped) when the registrar stops.
+    stop: mpsc::Receiver<()>,
+}
+
+/// Why a listening session ended.
+enum SessionEnd {
+    /// The registrar stopped (or is gone): the thread exits.
+    Stop,
+    /// The connection failed: reconnect after a backoff.
+    Lost(StoreError),
+}
+
+impl From<StoreError> for SessionEnd {
+    fn from(e: StoreError) -> Self {
+        SessionEnd::Lost(e)
+    }
+}
+
+impl Listener {
+    fn run(self) {
+        let mut backoff = LISTEN_FIRST_BACKOFF;
+        loop {
+            let started = Instant::now();
+            match self.session() {
+                SessionEnd::Stop => return,
+                SessionEnd::Lost(e) => {
+                    metrics::counter!(REGISTRAR_LISTENER_RECONNECTS_TOTAL).increment(1);
+                    // A session that ran a while was healthy: start the backoff over.
+                    if started.elapsed() > LISTEN_MAX_BACKOFF {
+                        backoff = LISTEN_FIRST_BACKOFF;
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "registrar listener lost its database connection");
+                }
+            }
+            match self.stop.recv_timeout(backoff) {
+                Err(RecvTimeoutError::Timeout) => {}
+                _ => return,
+            }
+            backoff = (backoff * 2).min(LISTEN_MAX_BACKOFF);
+        }
+    }
+
+    /// One connection: LISTEN, catch up with everything, then follow notifications.
+    fn session(&self) -> SessionEnd {
+        let database = Database::Postgres(self.conninfo.clone());
+        let mut store = match Store::connect(&database, Synchronous::Normal) {
+            Ok(s) => s,
+            Err(e) => return SessionEnd::Lost(e),
+        };
+        if let Err(e) = store.listen(registrations::CHANNEL) {
+            return SessionEnd::Lost(e);
+        }
+        // Listening first, then reading: a change committed in between is both in the
+        // snapshot and notified, never in neither.
+        let read_after = self.seqs.committed.load(Ordering::Acquire);
+        let rows = match store.load_registrations(now_i64()) {
+            Ok(rows) => rows,
+            Err(e) => return SessionEnd::Lost(e),
+        };
+        let mut by_aor: HashMap<AorKey, Vec<Binding>> = HashMap::new();
+        for r in &rows {
+            if let Some(b) = Binding::from_row(r) {
+                by_aor
+                    .entry(AorKey {
+                        tenant: r.tenant.clone(),
+                        user: r.username.clone(),
+                    })
+                    .or_default()
+                    .push(b);
+            }
+        }
+        let msg = RegistrarMsg::RemoteSnapshot {
+            aors: by_aor.into_iter().collect(),
+            read_after,
+        };
+        if self.registrar.cast(msg).is_err() {
+            return SessionEnd::Stop;
+        }
+        tracing::info!(
+            bindings = rows.len(),
+            "registrar listener following other nodes"
+        );
+        let mut last_heard = Instant::now();
+        loop {
+            match self.stop.try_recv() {
+                Err(TryRecvError::Empty) => {}
+                _ => return SessionEnd::Stop,
+            }
+            let batch = match store.notifications(LISTEN_POLL) {
+                Ok(b) => b,
+                Err(e) => return SessionEnd::Lost(e),
+            };
+            if batch.is_empty() {
+                if last_heard.elapsed() >= LISTEN_PING_EVERY {
+                    if let Err(e) = store.ping() {
+                        return SessionEnd::Lost(e);
+                    }
+                    last_heard = Instant::now();
+                }
+                continue;
+            }
+            last_heard = Instant::now();
+            // One reload per AOR however often it was notified in the batch.
+            let mut aors: Vec<AorKey> = Vec::new();
+            let mut seen = HashSet::new();
+            for (_, payload) in &batch {
+                match registrations::parse_notification(payload) {
+                    Some((node, tenant, user)) if node != self.node => {
+                        let key = AorKey {
+                            tenant: tenant.to_string(),
+                            user: user.to_string(),
+                        };
+                        if seen.insert(key.clone()) {
+                            aors.push(key);
+                        }
+                    }
+                    Some(_) => {} // this node's own change
+                    None => tracing::warn!(payload, "unreadable binding notification"),
+                }
+            }
+            let read_after = self.seqs.committed.load(Ordering::Acquire);
+            for aor in aors {
+                let rows = match store.load_aor_registrations(&aor.tenant, &aor.user, now_i64()) {
+                    Ok(rows) => rows,
+                    Err(e) => return SessionEnd::Lost(e),
+                };
+                let bindings = rows.iter().filter_map(Binding::from_row).collect();
+                let msg = RegistrarMsg::RemoteBindings {
+                    aor,
+                    bindings,
+                    read_after,
+                };
+                if self.registrar.cast(msg).is_err() {
+                    return SessionEnd::Stop;
+                }
+            }
+        }
+    }
+}
+
+/// Now in Unix milliseconds as the store wants it.
+fn now_i64() -> i64 {
+    i64::try_from(unix_ms(SystemTime::now())).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
-//! The store writer: the one writer of the SQLite database, committing CDRs and recording
-//! index changes in batches.
+//! The store writer: the one writer of CDRs and recording index changes, committing them in
+//! batches.
 //!
-//! SQLite calls block, so the actor never touches the database itself: it hands records to a
-//! dedicated OS thread that owns the [`Store`] connection. That thread batches everything
+//! CDRs go to [`StoreWriterArgs::database`]: the node's SQLite file, or in a cluster the shared
+//! PostgreSQL database. The recording index always stays in the node's SQLite file
+//! ([`StoreWriterArgs::path`]), because the recordings are files on this node.
+//!
+//! Database calls block (SQLite, and the sync PostgreSQL client, which must not run on a
+//! tokio worker), so the actor never touches the database itself: it hands records to a
+//! dedicated OS thread that owns the [`Store`] connections. That thread batches everything
 //! handed over since its last commit and commits
 //! - once `flush_interval` has passed since the oldest uncommitted record (default 100 ms, so a
 //!   CDR is durable well within the one second the switch promises),
@@ -25,7 +30,7 @@ use tokio::sync::oneshot;
 
 use crate::media::recording::Finished;
 use crate::store::recordings::{RecordingComplete, RecordingOp, RecordingRow};
-use crate::store::{now_unix_ms, Cdr, Store, StoreError, Synchronous};
+use crate::store::{now_unix_ms, Cdr, Database, Store, StoreError, Synchronous};
 
 /// Rows committed to the database (counter).
 pub const CDR_WRITES_TOTAL: &str = "switchyard_cdr_writes_total";
@@ -175,25 +180,47 @@ pub struct StoreWriterActor;
 /// How the writer opens the database and batches.
 #[derive(Debug, Clone)]
 pub struct StoreWriterArgs {
-    /// The SQLite file; its directory is created if missing.
+    /// The node's SQLite file (the recording index, and the CDRs unless `database` says
+    /// otherwise); its directory is created if missing.
     pub path: PathBuf,
+    /// Where CDRs go: `Database::Sqlite(path)` on a single node (one connection serves both),
+    /// `Database::Postgres(url)` in a cluster.
+    pub database: Database,
     /// Longest time a record waits before its batch is committed.
     pub flush_interval: Duration,
     /// Commit at once when this many records wait.
     pub max_batch: usize,
-    /// SQLite `synchronous` (FULL survives power loss; both survive `kill -9` in WAL mode).
+    /// What a commit waits for (SQLite: FULL survives power loss, both survive `kill -9` in
+    /// WAL mode; PostgreSQL: FULL keeps the server's `synchronous_commit`).
     pub synchronous: Synchronous,
 }
 
 impl StoreWriterArgs {
-    /// The defaults (100 ms, 512 rows, `synchronous=FULL`) for the database at `path`.
+    /// The defaults (100 ms, 512 rows, `synchronous=FULL`) for the database at `path`
+    /// (CDRs and recording index both there).
     pub fn new(path: impl Into<PathBuf>) -> StoreWriterArgs {
+        let path = path.into();
         StoreWriterArgs {
-            path: path.into(),
+            database: Database::Sqlite(path.clone()),
+            path,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             max_batch: DEFAULT_MAX_BATCH,
             synchronous: Synchronous::Full,
         }
+    }
+
+    /// The same, with CDRs in `database` (a cluster's PostgreSQL) and the recording index in
+    /// the SQLite file at `path`.
+    pub fn with_database(path: impl Into<PathBuf>, database: Database) -> StoreWriterArgs {
+        StoreWriterArgs {
+            database,
+            ..StoreWriterArgs::new(path)
+        }
+    }
+
+    /// Whether CDRs go to a database of their own (not the recording index's file).
+    fn separate_cdr_database(&self) -> bool {
+        self.database != Database::Sqlite(self.path.clone())
     }
 }
 
@@ -258,29 +285,40 @@ impl Actor for StoreWriterActor {
         let (tx, rx) = mpsc::channel();
         let (opened_tx, opened_rx) = oneshot::channel();
         let counters = Arc::new(Counters::default());
+        let args_db = args.database.clone();
         let thread_counters = Arc::clone(&counters);
         // Opening (migrations included) blocks too, so it happens on the writer thread.
         std::thread::Builder::new()
             .name("store-writer".to_string())
             .spawn(move || {
-                let store = match Store::open_with(&args.path, args.synchronous) {
-                    Ok(store) => {
+                let opened = Store::open_with(&args.path, args.synchronous).and_then(|store| {
+                    let cdr_store = if args.separate_cdr_database() {
+                        Some(Store::connect(&args.database, args.synchronous)?)
+                    } else {
+                        None
+                    };
+                    Ok((store, cdr_store))
+                });
+                let (store, cdr_store) = match opened {
+                    Ok(stores) => {
                         let _ = opened_tx.send(Ok(()));
-                        store
+                        stores
                     }
                     Err(e) => {
                         let _ = opened_tx.send(Err(e));
                         return;
                     }
                 };
-                Writer::new(store, &args, thread_counters).run(rx);
+                args.database.record_backend("cdrs");
+                Database::Sqlite(args.path.clone()).record_backend("recordings");
+                Writer::new(store, cdr_store, &args, thread_counters).run(rx);
             })?;
         match opened_rx.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(Box::new(e)),
             Err(_) => return Err("store writer thread died while opening".into()),
         }
-        tracing::info!("store writer started");
+        tracing::info!(cdrs = %args_db, "store writer started");
         Ok(StoreWriterState { tx, counters })
     }
 
@@ -390,9 +428,12 @@ impl Counters {
     }
 }
 
-/// The writer thread's state: the connection and the records not yet committed.
+/// The writer thread's state: the connections and the records not yet committed.
 struct Writer {
+    /// The node's SQLite file: the recording index, and the CDRs when `cdr_store` is `None`.
     store: Store,
+    /// The CDRs' own database (a cluster's PostgreSQL), if not `store`.
+    cdr_store: Option<Store>,
     flush_interval: Duration,
     max_batch: usize,
     counters: Arc<Counters>,
@@ -407,9 +448,15 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(store: Store, args: &StoreWriterArgs, counters: Arc<Counters>) -> Writer {
+    fn new(
+        store: Store,
+        cdr_store: Option<Store>,
+        args: &StoreWriterArgs,
+        counters: Arc<Counters>,
+    ) -> Writer {
         Writer {
             store,
+            cdr_store,
             flush_interval: args.flush_interval,
             max_batch: args.max_batch.max(1),
             counters,
@@ -485,7 +532,8 @@ impl Writer {
         while !self.pending.is_empty() {
             let n = self.pending.len().min(self.max_batch);
             let started = Instant::now();
-            match self.store.insert_cdrs(&self.pending[..n]) {
+            let cdrs = self.cdr_store.as_mut().unwrap_or(&mut self.store);
+            match cdrs.insert_cdrs(&self.pending[..n]) {
                 Ok(()) => {
                     metrics::histogram!(CDR_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
                     metrics::histogram!(CDR_BATCH_ROWS).record(n as f64);

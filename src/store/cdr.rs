@@ -2,9 +2,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{CachedStatement, Row};
 use serde::Serialize;
+
+use super::{narrow, req, SqlRow, StoreError, Value};
 
 /// Who ended a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -41,20 +41,6 @@ impl HangupBy {
 impl std::fmt::Display for HangupBy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl ToSql for HangupBy {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::from(self.as_str()))
-    }
-}
-
-impl FromSql for HangupBy {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        let s = value.as_str()?;
-        HangupBy::parse(s)
-            .ok_or_else(|| FromSqlError::Other(format!("unknown hangup_by {s:?}").into()))
     }
 }
 
@@ -147,92 +133,97 @@ pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, cal
      route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
      final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned, trunk, \
      attempts, dtmf, recording, mos_a, mos_b, loss_a, loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, \
-     packets_a, packets_b) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-     ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)";
+     packets_a, packets_b) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)";
 
 pub(super) static LIST_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT ?1"));
+    std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT $1"));
 
 pub(super) static BY_CALL_ID_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("SELECT {COLUMNS} FROM cdrs WHERE a_call_id = ?1 ORDER BY id DESC LIMIT 1")
+    format!("SELECT {COLUMNS} FROM cdrs WHERE a_call_id = $1 ORDER BY id DESC LIMIT 1")
 });
 
-pub(super) fn insert(stmt: &mut CachedStatement<'_>, c: &Cdr) -> rusqlite::Result<()> {
-    stmt.execute(rusqlite::params![
-        c.a_call_id,
-        c.b_call_id,
-        c.caller,
-        c.callee,
-        c.route,
-        c.target,
-        c.start_at,
-        c.ringing_at,
-        c.answer_at,
-        c.end_at,
-        c.duration_ms,
-        c.billable_ms,
-        c.final_status,
-        c.hangup_by,
-        c.disconnect_reason,
-        c.queue,
-        c.agent,
-        c.wait_ms,
-        c.abandoned,
-        c.trunk,
-        c.attempts,
-        c.dtmf,
-        c.recording,
-        c.media.map(|m| m.mos_a),
-        c.media.map(|m| m.mos_b),
-        c.media.map(|m| m.loss_a),
-        c.media.map(|m| m.loss_b),
-        c.media.map(|m| m.jitter_a_ms),
-        c.media.map(|m| m.jitter_b_ms),
-        c.media.and_then(|m| m.rtt_ms),
-        c.media.map(|m| m.packets_a),
-        c.media.map(|m| m.packets_b),
-    ])?;
-    Ok(())
+/// The values of [`INSERT_SQL`]'s placeholders for `c`, in order.
+pub(super) fn values(c: &Cdr) -> [Value<'_>; 32] {
+    let m = c.media;
+    [
+        c.a_call_id.as_str().into(),
+        c.b_call_id.as_deref().into(),
+        c.caller.as_str().into(),
+        c.callee.as_str().into(),
+        c.route.as_deref().into(),
+        c.target.as_deref().into(),
+        c.start_at.into(),
+        c.ringing_at.into(),
+        c.answer_at.into(),
+        c.end_at.into(),
+        c.duration_ms.into(),
+        c.billable_ms.into(),
+        i64::from(c.final_status).into(),
+        c.hangup_by.as_str().into(),
+        c.disconnect_reason.as_str().into(),
+        c.queue.as_deref().into(),
+        c.agent.as_deref().into(),
+        c.wait_ms.into(),
+        i64::from(c.abandoned).into(),
+        c.trunk.as_deref().into(),
+        c.attempts.as_deref().into(),
+        c.dtmf.as_deref().into(),
+        c.recording.as_deref().into(),
+        m.map(|m| m.mos_a).into(),
+        m.map(|m| m.mos_b).into(),
+        m.map(|m| m.loss_a).into(),
+        m.map(|m| m.loss_b).into(),
+        m.map(|m| m.jitter_a_ms).into(),
+        m.map(|m| m.jitter_b_ms).into(),
+        m.and_then(|m| m.rtt_ms).into(),
+        m.map(|m| m.packets_a).into(),
+        m.map(|m| m.packets_b).into(),
+    ]
 }
 
 /// Read a row selected with `COLUMNS`, in that order.
-pub(super) fn from_row(r: &Row<'_>) -> rusqlite::Result<Cdr> {
+pub(super) fn from_row(r: &dyn SqlRow) -> Result<Cdr, StoreError> {
+    let text = |i: usize| -> Result<String, StoreError> { req(r.text(i)?, i) };
+    let int = |i: usize| -> Result<i64, StoreError> { req(r.int(i)?, i) };
+    let hangup_by = text(13)?;
     Ok(Cdr {
-        a_call_id: r.get(0)?,
-        b_call_id: r.get(1)?,
-        caller: r.get(2)?,
-        callee: r.get(3)?,
-        route: r.get(4)?,
-        target: r.get(5)?,
-        start_at: r.get(6)?,
-        ringing_at: r.get(7)?,
-        answer_at: r.get(8)?,
-        end_at: r.get(9)?,
-        duration_ms: r.get(10)?,
-        billable_ms: r.get(11)?,
-        final_status: r.get(12)?,
-        hangup_by: r.get(13)?,
-        disconnect_reason: r.get(14)?,
-        queue: r.get(15)?,
-        agent: r.get(16)?,
-        wait_ms: r.get(17)?,
-        abandoned: r.get(18)?,
-        trunk: r.get(19)?,
-        attempts: r.get(20)?,
-        dtmf: r.get(21)?,
-        recording: r.get(22)?,
-        media: match r.get::<_, Option<f64>>(23)? {
+        a_call_id: text(0)?,
+        b_call_id: r.text(1)?,
+        caller: text(2)?,
+        callee: text(3)?,
+        route: r.text(4)?,
+        target: r.text(5)?,
+        start_at: int(6)?,
+        ringing_at: r.int(7)?,
+        answer_at: r.int(8)?,
+        end_at: int(9)?,
+        duration_ms: int(10)?,
+        billable_ms: int(11)?,
+        final_status: narrow(int(12)?, 12)?,
+        hangup_by: HangupBy::parse(&hangup_by)
+            .ok_or_else(|| StoreError::BadValue(format!("unknown hangup_by {hangup_by:?}")))?,
+        disconnect_reason: text(14)?,
+        queue: r.text(15)?,
+        agent: r.text(16)?,
+        wait_ms: r.int(17)?,
+        abandoned: int(18)? != 0,
+        trunk: r.text(19)?,
+        attempts: r.text(20)?,
+        dtmf: r.text(21)?,
+        recording: r.text(22)?,
+        media: match r.real(23)? {
             None => None,
             Some(mos_a) => Some(CdrMedia {
                 mos_a,
-                mos_b: r.get::<_, Option<f64>>(24)?.unwrap_or(0.0),
-                loss_a: r.get::<_, Option<f64>>(25)?.unwrap_or(0.0),
-                loss_b: r.get::<_, Option<f64>>(26)?.unwrap_or(0.0),
-                jitter_a_ms: r.get::<_, Option<f64>>(27)?.unwrap_or(0.0),
-                jitter_b_ms: r.get::<_, Option<f64>>(28)?.unwrap_or(0.0),
-                rtt_ms: r.get(29)?,
-                packets_a: r.get::<_, Option<i64>>(30)?.unwrap_or(0),
-                packets_b: r.get::<_, Option<i64>>(31)?.unwrap_or(0),
+                mos_b: r.real(24)?.unwrap_or(0.0),
+                loss_a: r.real(25)?.unwrap_or(0.0),
+                loss_b: r.real(26)?.unwrap_or(0.0),
+                jitter_a_ms: r.real(27)?.unwrap_or(0.0),
+                jitter_b_ms: r.real(28)?.unwrap_or(0.0),
+                rtt_ms: r.real(29)?,
+                packets_a: r.int(30)?.unwrap_or(0),
+                packets_b: r.int(31)?.unwrap_or(0),
             }),
         },
     })

@@ -1,28 +1,47 @@
-//! The embedded database: SQLite in WAL mode (DESIGN.md, "Storage", says why not sled).
+//! The database: SQLite in WAL mode on a single node (DESIGN.md, "Storage", says why not
+//! sled), PostgreSQL for the shared data of a cluster (registrations, CDRs, statistics).
 //!
-//! One [`Store`] is one connection. The switch writes through exactly one connection, owned by
-//! the store writer actor (`actors::store_writer`) on its own OS thread, because SQLite calls
-//! block; readers (tests, the API) may open further connections to the same file, which WAL
-//! lets them do without blocking the writer.
+//! One [`Store`] is one connection, to either engine ([`Database`] says which). The switch
+//! writes through a few connections owned by actors on their own OS threads (the store writer,
+//! the registrar's writer), because both clients block: the PostgreSQL client is the sync
+//! `postgres` crate, which runs its own small runtime and panics if called from a tokio worker.
+//! Readers (tests, the API) may open further connections; SQLite's WAL lets them read without
+//! blocking the writer.
 //!
-//! The schema evolves through numbered migrations ([`MIGRATIONS`]): the number applied so far
-//! is kept in `PRAGMA user_version`, and opening a database applies the missing ones in order.
-//! A later feature adds a table or a column by appending one SQL string to the list, never by
-//! editing an old one.
+//! **Same queries, same migrations.** Every query is one SQL text for both engines: `$1`, `$2`
+//! ... placeholders (SQLite binds them positionally in order of first appearance, so each text
+//! names them in ascending order), `INSERT ... ON CONFLICT ... DO UPDATE` instead of
+//! `INSERT OR REPLACE`, integers bound as `i64`. The schema evolves through numbered
+//! migrations ([`MIGRATIONS`]), written in SQLite's spelling and passed through
+//! [`postgres_dialect`] for PostgreSQL, which rewrites the few type spellings that differ.
+//! The number applied so far is kept in `PRAGMA user_version` on SQLite and in the one-row
+//! table `switchyard_schema` on PostgreSQL; opening a database applies the missing ones in
+//! order, one transaction each, under a lock (SQLite's write lock, PostgreSQL's advisory lock
+//! [`MIGRATION_LOCK_KEY`]) so nodes starting together never apply one twice. A later feature
+//! adds a table or a column by appending one SQL string to the list, never by editing an old
+//! one.
+//!
+//! The recording index (`recordings`) stays in each node's SQLite file, because the files it
+//! indexes are node-local.
 
 mod cdr;
 pub mod recordings;
 pub mod registrations;
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use postgres::fallible_iterator::FallibleIterator;
 use rusqlite::{Connection, TransactionBehavior};
 
 pub use cdr::{now_unix_ms, Cdr, CdrMedia, HangupBy};
 
-/// Migration `n` (1-based) is `MIGRATIONS[n - 1]`; `PRAGMA user_version` holds how many of
-/// them a database has had applied. Append only: an applied migration is never edited.
+/// Migration `n` (1-based) is `MIGRATIONS[n - 1]`; `PRAGMA user_version` (SQLite) or
+/// `switchyard_schema.version` (PostgreSQL) holds how many of them a database has had applied.
+/// Written in SQLite's spelling; PostgreSQL gets them through [`postgres_dialect`]. Append
+/// only: an applied migration is never edited.
 pub const MIGRATIONS: &[&str] = &[
     // 1: call detail records, one per call.
     "CREATE TABLE cdrs (
@@ -136,8 +155,103 @@ pub struct AgentStatsRow {
     pub state_ms: String,
 }
 
+/// Which engine a store uses, by role (gauge, always 1; labels `store` = cdrs, registrations,
+/// recordings, statistics and `backend` = sqlite or postgres).
+pub const STORE_BACKEND: &str = "switchyard_store_backend";
+/// PostgreSQL connections of a store re-opened after the server closed them (counter).
+pub const STORE_RECONNECTS_TOTAL: &str = "switchyard_store_reconnects_total";
+
+/// Describes the storage layer's metrics (the writers describe their own).
+pub fn describe() {
+    metrics::describe_gauge!(
+        STORE_BACKEND,
+        "Always 1; labels say which engine (sqlite, postgres) holds which data (store)"
+    );
+    metrics::describe_counter!(
+        STORE_RECONNECTS_TOTAL,
+        "PostgreSQL store connections re-opened after the server closed them"
+    );
+}
+
 /// How long a connection waits for another connection's lock before failing with `SQLITE_BUSY`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to PostgreSQL may take before it fails.
+const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL advisory lock taken (per transaction) while checking and applying
+/// migrations, so nodes starting at once apply each migration exactly once. Any fixed number
+/// works as long as nothing else on the server uses it; this one spells "SWYDMIGR".
+pub const MIGRATION_LOCK_KEY: i64 = 0x5357_5944_4d49_4752;
+
+/// The PostgreSQL table holding how many migrations were applied (SQLite: `user_version`).
+const PG_SCHEMA_TABLE: &str = "switchyard_schema";
+
+/// Where a store's data lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    /// The node's own SQLite file (created with its directory if missing).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server shared by the nodes of a cluster: a libpq URL
+    /// (`postgresql://user:pw@host:port/db`) or key=value conninfo (`host=... port=...`).
+    Postgres(String),
+}
+
+impl Database {
+    /// `sqlite` or `postgres` (the `backend` label of [`STORE_BACKEND`]).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Database::Sqlite(_) => "sqlite",
+            Database::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Database::Postgres(_))
+    }
+
+    /// Sets [`STORE_BACKEND`] for the data called `store` (cdrs, registrations, ...).
+    pub fn record_backend(&self, store: &'static str) {
+        metrics::gauge!(STORE_BACKEND, "store" => store, "backend" => self.backend()).set(1.0);
+    }
+}
+
+/// Shows where the data is without the password a PostgreSQL URL may carry.
+impl std::fmt::Display for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            Database::Postgres(conninfo) => match conninfo.parse::<postgres::Config>() {
+                Ok(c) => {
+                    let hosts: Vec<String> = c
+                        .get_hosts()
+                        .iter()
+                        .zip(c.get_ports().iter().chain(std::iter::repeat(&5432)))
+                        .map(|(h, p)| match h {
+                            postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                            postgres::config::Host::Unix(d) => format!("{}:{p}", d.display()),
+                        })
+                        .collect();
+                    write!(
+                        f,
+                        "postgres://{}@{}/{}",
+                        c.get_user().unwrap_or(""),
+                        hosts.join(","),
+                        c.get_dbname().unwrap_or("")
+                    )
+                }
+                Err(_) => f.write_str("postgres:<unparsable conninfo>"),
+            },
+        }
+    }
+}
+
+/// Same as `Display`: never prints a password.
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Database({self})")
+    }
+}
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +259,9 @@ pub enum StoreError {
     /// SQLite refused an operation.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused an operation, or the connection failed.
+    #[error("postgres: {0}")]
+    Postgres(#[from] postgres::Error),
     /// The database directory could not be created.
     #[error("creating the database directory {path}: {source}")]
     CreateDir {
@@ -153,10 +270,10 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
-    /// The file was written by a newer Switchyard whose schema this build does not know.
+    /// The database was written by a newer Switchyard whose schema this build does not know.
     #[error("database schema version {found} is newer than this build knows ({known})")]
     SchemaTooNew {
-        /// `PRAGMA user_version` of the file.
+        /// `PRAGMA user_version` of the file, or `switchyard_schema.version`.
         found: i64,
         /// The number of migrations this build has.
         known: usize,
@@ -164,13 +281,29 @@ pub enum StoreError {
     /// SQLite would not switch the file to WAL mode (e.g. an in-memory database).
     #[error("database refused WAL mode (journal_mode is {0})")]
     NotWal(String),
+    /// A stored value does not fit the Rust type (a NULL in a required column, a number out
+    /// of range, an unknown enum text).
+    #[error("bad stored value: {0}")]
+    BadValue(String),
+    /// The PostgreSQL connection was closed (the server went away); the next operation on
+    /// the store reconnects.
+    #[error("the database connection is closed")]
+    Closed,
+    /// The operation exists for one engine only (e.g. LISTEN is PostgreSQL's).
+    #[error("{0} is not supported on this database engine")]
+    Unsupported(&'static str),
 }
 
-/// SQLite's `synchronous` setting: what a commit waits for before it returns.
+/// What a commit waits for before it returns.
 ///
-/// In WAL mode both settings survive the process being killed (`kill -9`): a committed
+/// SQLite: in WAL mode both settings survive the process being killed (`kill -9`): a committed
 /// transaction is in the WAL file in the OS page cache either way. Only `Full` also survives
 /// a power loss or kernel crash, because it fsyncs the WAL at every commit.
+///
+/// PostgreSQL: `Full` is the server's default (`synchronous_commit` as configured, normally
+/// on); `Normal` sets `synchronous_commit = off` for the session, so a commit does not wait for
+/// the server's WAL flush (a server crash may lose the last fraction of a second of commits,
+/// never consistency), which suits registrations as it does on SQLite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Synchronous {
     /// fsync the WAL only at checkpoints: survives process death, not power loss.
@@ -191,14 +324,47 @@ impl Synchronous {
 
 /// One connection to the Switchyard database, with the schema migrated to this build.
 pub struct Store {
+    /// SQLite: the database. PostgreSQL: an empty in-memory SQLite database. It exists only
+    /// because the recording index code (`recordings`, node-local by design and SQLite only)
+    /// reaches for this field: on a PostgreSQL store its calls fail with "no such table"
+    /// instead of touching the shared server.
     conn: Connection,
+    /// Set for a PostgreSQL store; every query but the recording index's goes here. In a
+    /// `RefCell` because reads take `&self` while the client needs `&mut` (a `Store` is used
+    /// by one thread at a time, as a SQLite connection is).
+    pg: Option<RefCell<Pg>>,
+}
+
+/// A PostgreSQL connection with what is needed to re-open it and its prepared statements.
+struct Pg {
+    client: postgres::Client,
+    conninfo: String,
+    synchronous: Synchronous,
+    /// Prepared statements by SQL text; dropped on reconnect and after any error (a failed
+    /// transaction may have been the one that prepared them).
+    statements: HashMap<String, postgres::Statement>,
+    /// Set by [`Store::listen`]: a lost connection is then an error, never silently replaced
+    /// by a fresh one that listens to nothing.
+    listening: bool,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.conn.path())
-            .finish()
+        match &self.pg {
+            None => f
+                .debug_struct("Store")
+                .field("path", &self.conn.path())
+                .finish(),
+            Some(pg) => {
+                let conninfo = pg
+                    .try_borrow()
+                    .map(|p| Database::Postgres(p.conninfo.clone()).to_string())
+                    .unwrap_or_default();
+                f.debug_struct("Store")
+                    .field("postgres", &conninfo)
+                    .finish()
+            }
+        }
     }
 }
 
@@ -227,106 +393,609 @@ impl Store {
         conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
-        Ok(Store { conn })
+        Ok(Store { conn, pg: None })
     }
 
-    /// The schema version of the open database (`PRAGMA user_version`).
+    /// Opens `database` (SQLite: as [`Store::open_with`]; PostgreSQL: connects and applies the
+    /// missing migrations under [`MIGRATION_LOCK_KEY`]). Blocks: call it on a thread of its
+    /// own or in `spawn_blocking`, never on a tokio worker (the PostgreSQL client panics there).
+    pub fn connect(database: &Database, synchronous: Synchronous) -> Result<Store, StoreError> {
+        match database {
+            Database::Sqlite(path) => Store::open_with(path, synchronous),
+            Database::Postgres(conninfo) => {
+                let mut client = pg_connect(conninfo, synchronous)?;
+                migrate_pg(&mut client)?;
+                Ok(Store {
+                    conn: Connection::open_in_memory()?,
+                    pg: Some(RefCell::new(Pg {
+                        client,
+                        conninfo: conninfo.clone(),
+                        synchronous,
+                        statements: HashMap::new(),
+                        listening: false,
+                    })),
+                })
+            }
+        }
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        if self.pg.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// The schema version of the open database: how many [`MIGRATIONS`] it has.
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(user_version(&self.conn)?)
-    }
-
-    /// Insert `cdrs` in one transaction: either all of them are committed or none is.
-    pub fn insert_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(cdr::INSERT_SQL)?;
-            for c in cdrs {
-                cdr::insert(&mut stmt, c)?;
+        match &self.pg {
+            None => Ok(user_version(&self.conn)?),
+            Some(_) => {
+                let sql = format!("SELECT version FROM {PG_SCHEMA_TABLE} WHERE id = 1");
+                let v = self.query(&sql, &[], |r| req(r.int(0)?, 0))?;
+                Ok(v.first().copied().unwrap_or(0))
             }
         }
-        tx.commit()?;
-        Ok(())
     }
 
-    /// Appends snapshots of queue statistics (one transaction).
-    pub fn insert_queue_stats(&mut self, rows: &[QueueStatsRow]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO queue_stats (at, tenant, queue, joined, answered, abandoned, \
-                 overflowed, within_sl, waiting, longest_wait_ms, asa_ms, aht_ms, available, \
-                 logged_in) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            )?;
-            for r in rows {
-                stmt.execute(rusqlite::params![
-                    r.at,
-                    r.tenant,
-                    r.queue,
-                    r.joined,
-                    r.answered,
-                    r.abandoned,
-                    r.overflowed,
-                    r.within_sl,
-                    r.waiting,
-                    r.longest_wait_ms,
-                    r.asa_ms,
-                    r.aht_ms,
-                    r.available,
-                    r.logged_in,
-                ])?;
+    /// Every table of the schema with its column names in order (the engine's own
+    /// bookkeeping tables left out): what a comparison of the two engines' schemas needs.
+    pub fn schema_columns(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        match &self.pg {
+            None => {
+                let tables = self.query(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' \
+                     AND name NOT LIKE 'sqlite_%' ORDER BY name",
+                    &[],
+                    |r| req(r.text(0)?, 0),
+                )?;
+                for t in tables {
+                    let cols = self.query(
+                        "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+                        &[Value::from(t.as_str())],
+                        |r| req(r.text(0)?, 0),
+                    )?;
+                    out.insert(t, cols);
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Stores each agent's latest figures (one row per agent, replaced; one transaction).
-    pub fn upsert_agent_stats(&mut self, rows: &[AgentStatsRow]) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO agent_stats (tenant, agent, at, state, calls, talk_ms, \
-                 offers, state_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            for r in rows {
-                stmt.execute(rusqlite::params![
-                    r.tenant, r.agent, r.at, r.state, r.calls, r.talk_ms, r.offers, r.state_ms,
-                ])?;
+            Some(_) => {
+                let rows = self.query(
+                    "SELECT table_name::text, column_name::text FROM information_schema.columns \
+                     WHERE table_schema = current_schema() AND table_name <> $1 \
+                     ORDER BY table_name, ordinal_position",
+                    &[Value::from(PG_SCHEMA_TABLE)],
+                    |r| Ok((req(r.text(0)?, 0)?, req(r.text(1)?, 1)?)),
+                )?;
+                for (t, c) in rows {
+                    out.entry(t).or_default().push(c);
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The newest `limit` CDRs, newest first.
-    pub fn list_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&cdr::LIST_SQL)?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = stmt.query_map([limit], cdr::from_row)?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row?);
         }
         Ok(out)
     }
 
+    /// Insert `cdrs` in one transaction: either all of them are committed or none is.
+    pub fn insert_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for c in cdrs {
+                tx.execute(cdr::INSERT_SQL, &cdr::values(c))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Appends snapshots of queue statistics (one transaction).
+    pub fn insert_queue_stats(&mut self, rows: &[QueueStatsRow]) -> Result<(), StoreError> {
+        const SQL: &str = "INSERT INTO queue_stats (at, tenant, queue, joined, answered, \
+             abandoned, overflowed, within_sl, waiting, longest_wait_ms, asa_ms, aht_ms, \
+             available, logged_in) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+        self.write(|tx| {
+            for r in rows {
+                tx.execute(
+                    SQL,
+                    &[
+                        r.at.into(),
+                        r.tenant.as_str().into(),
+                        r.queue.as_str().into(),
+                        r.joined.into(),
+                        r.answered.into(),
+                        r.abandoned.into(),
+                        r.overflowed.into(),
+                        r.within_sl.into(),
+                        r.waiting.into(),
+                        r.longest_wait_ms.into(),
+                        r.asa_ms.into(),
+                        r.aht_ms.into(),
+                        r.available.into(),
+                        r.logged_in.into(),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Stores each agent's latest figures (one row per agent, replaced; one transaction).
+    pub fn upsert_agent_stats(&mut self, rows: &[AgentStatsRow]) -> Result<(), StoreError> {
+        self.write(|tx| {
+            for r in rows {
+                tx.execute(
+                    UPSERT_AGENT_STATS_SQL,
+                    &[
+                        r.tenant.as_str().into(),
+                        r.agent.as_str().into(),
+                        r.at.into(),
+                        r.state.as_str().into(),
+                        r.calls.into(),
+                        r.talk_ms.into(),
+                        r.offers.into(),
+                        r.state_ms.as_str().into(),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` CDRs, newest first.
+    pub fn list_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query(&cdr::LIST_SQL, &[limit.into()], cdr::from_row)
+    }
+
     /// How many CDRs are stored.
     pub fn count_cdrs(&self) -> Result<u64, StoreError> {
-        let n: i64 = self
-            .conn
-            .query_row("SELECT COUNT(*) FROM cdrs", [], |r| r.get(0))?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let n = self.query("SELECT COUNT(*) FROM cdrs", &[], |r| req(r.int(0)?, 0))?;
+        Ok(n.first().and_then(|n| u64::try_from(*n).ok()).unwrap_or(0))
     }
 
     /// The CDR whose A-leg Call-ID is `a_call_id` (the newest, should a Call-ID repeat).
     pub fn get_cdr_by_call_id(&self, a_call_id: &str) -> Result<Option<Cdr>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&cdr::BY_CALL_ID_SQL)?;
-        let mut rows = stmt.query_map([a_call_id], cdr::from_row)?;
-        match rows.next() {
-            Some(row) => Ok(Some(row?)),
-            None => Ok(None),
+        let mut rows = self.query(&cdr::BY_CALL_ID_SQL, &[a_call_id.into()], cdr::from_row)?;
+        Ok(rows.pop())
+    }
+
+    // ---- the two engines behind one interface ----
+
+    /// Runs `sql` (placeholders `$1`, `$2`, ... in ascending order) and maps each row.
+    fn query<T>(
+        &self,
+        sql: &str,
+        params: &[Value<'_>],
+        mut map: impl FnMut(&dyn SqlRow) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        match &self.pg {
+            None => {
+                let mut stmt = self.conn.prepare_cached(sql)?;
+                let mut rows = stmt.query(rusqlite::params_from_iter(params.iter()))?;
+                while let Some(row) = rows.next()? {
+                    out.push(map(row)?);
+                }
+            }
+            Some(pg) => with_pg(&mut pg.borrow_mut(), |pg| {
+                let stmt = pg.statement(sql)?;
+                for row in pg.client.query(&stmt, &pg_params(params))? {
+                    out.push(map(&row)?);
+                }
+                Ok(())
+            })?,
+        }
+        Ok(out)
+    }
+
+    /// Runs `work` in one transaction, committed if it returns `Ok`, rolled back otherwise.
+    fn write<T>(
+        &mut self,
+        work: impl FnOnce(&mut Tx<'_, '_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.pg {
+            None => {
+                let tx = self.conn.transaction()?;
+                let out = work(&mut Tx::Sqlite(&tx))?;
+                tx.commit()?;
+                Ok(out)
+            }
+            Some(pg) => with_pg(&mut pg.borrow_mut(), |pg| {
+                let mut tx = pg.client.transaction()?;
+                let out = work(&mut Tx::Postgres {
+                    tx: &mut tx,
+                    statements: &mut pg.statements,
+                })?;
+                tx.commit()?;
+                Ok(out)
+            }),
         }
     }
+
+    /// Runs `work` on the PostgreSQL connection (reopened if the server closed it).
+    fn pg_only<T>(
+        &self,
+        what: &'static str,
+        work: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.pg {
+            None => Err(StoreError::Unsupported(what)),
+            Some(pg) => with_pg(&mut pg.borrow_mut(), |pg| work(&mut pg.client)),
+        }
+    }
+
+    /// PostgreSQL only: `LISTEN channel` on this connection (see [`Store::notifications`]).
+    /// `channel` must be a plain identifier.
+    pub fn listen(&mut self, channel: &str) -> Result<(), StoreError> {
+        if channel.is_empty()
+            || !channel
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StoreError::BadValue(format!(
+                "channel {channel:?} is not a plain identifier"
+            )));
+        }
+        self.pg_only("LISTEN", |c| {
+            Ok(c.batch_execute(&format!("LISTEN {channel}"))?)
+        })?;
+        if let Some(pg) = &self.pg {
+            pg.borrow_mut().listening = true;
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL only: the notifications that arrived on the channels this connection
+    /// listens to, as `(channel, payload)`: those already buffered, else the first ones
+    /// within `timeout` (an empty list when none came). Fails when the connection is lost,
+    /// so a listener knows to reconnect and catch up.
+    pub fn notifications(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        /// Enough to return promptly under a burst; the rest stays buffered for the next call.
+        const MAX_PER_CALL: usize = 10_000;
+        self.pg_only("notifications", |c| {
+            let mut out = Vec::new();
+            {
+                let mut notifications = c.notifications();
+                let mut iter = notifications.timeout_iter(timeout);
+                while let Some(n) = iter.next()? {
+                    out.push((n.channel().to_string(), n.payload().to_string()));
+                    if out.len() >= MAX_PER_CALL {
+                        break;
+                    }
+                }
+            }
+            // `None` also means "disconnected": tell the caller rather than wait forever.
+            if out.is_empty() && c.is_closed() {
+                return Err(StoreError::Closed);
+            }
+            Ok(out)
+        })
+    }
+
+    /// PostgreSQL: a round trip that fails if the connection is gone (a listener's liveness
+    /// check between notifications). SQLite: always fine.
+    pub fn ping(&mut self) -> Result<(), StoreError> {
+        match &self.pg {
+            None => Ok(()),
+            Some(pg) => with_pg(&mut pg.borrow_mut(), |pg| {
+                Ok(pg.client.batch_execute("SELECT 1")?)
+            }),
+        }
+    }
+}
+
+/// `agent_stats` upsert: one spelling both engines accept (`INSERT OR REPLACE` is SQLite's).
+const UPSERT_AGENT_STATS_SQL: &str = "INSERT INTO agent_stats (tenant, agent, at, state, calls, \
+     talk_ms, offers, state_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+     ON CONFLICT (tenant, agent) DO UPDATE SET at = excluded.at, state = excluded.state, \
+     calls = excluded.calls, talk_ms = excluded.talk_ms, offers = excluded.offers, \
+     state_ms = excluded.state_ms";
+
+/// One open transaction on either engine.
+enum Tx<'a, 'b> {
+    Sqlite(&'a Connection),
+    Postgres {
+        tx: &'a mut postgres::Transaction<'b>,
+        statements: &'a mut HashMap<String, postgres::Statement>,
+    },
+}
+
+impl Tx<'_, '_> {
+    /// Runs one statement (placeholders `$1`, `$2`, ... in ascending order); returns the
+    /// number of rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
+        match self {
+            Tx::Sqlite(conn) => {
+                let n = conn
+                    .prepare_cached(sql)?
+                    .execute(rusqlite::params_from_iter(params.iter()))?;
+                Ok(n as u64)
+            }
+            Tx::Postgres { tx, statements } => {
+                let stmt = match statements.get(sql) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = tx.prepare(sql)?;
+                        statements.insert(sql.to_string(), s.clone());
+                        s
+                    }
+                };
+                Ok(tx.execute(&stmt, &pg_params(params))?)
+            }
+        }
+    }
+}
+
+impl Pg {
+    /// The prepared statement for `sql`, preparing it on first use.
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, StoreError> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
+}
+
+/// Runs `work` on `pg`, first reopening the connection if the server closed it (a restarted
+/// server, a failover): the store's owner keeps its data and retries, and the next attempt
+/// gets a fresh connection. A listening connection is not reopened (the caller must LISTEN
+/// again and catch up). Any error drops the prepared statements.
+fn with_pg<T>(
+    pg: &mut Pg,
+    work: impl FnOnce(&mut Pg) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    if pg.client.is_closed() {
+        if pg.listening {
+            return Err(StoreError::Closed);
+        }
+        pg.statements.clear();
+        pg.client = pg_connect(&pg.conninfo, pg.synchronous)?;
+        metrics::counter!(STORE_RECONNECTS_TOTAL).increment(1);
+        tracing::info!(database = %Database::Postgres(pg.conninfo.clone()), "store reconnected");
+    }
+    let out = work(pg);
+    if out.is_err() {
+        pg.statements.clear();
+    }
+    out
+}
+
+fn pg_connect(conninfo: &str, synchronous: Synchronous) -> Result<postgres::Client, StoreError> {
+    let mut config: postgres::Config = conninfo.parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name("switchyard");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(PG_CONNECT_TIMEOUT);
+    }
+    let mut client = config.connect(postgres::NoTls)?;
+    if synchronous == Synchronous::Normal {
+        client.batch_execute("SET synchronous_commit = off")?;
+    }
+    Ok(client)
+}
+
+fn pg_params<'v>(params: &'v [Value<'_>]) -> Vec<&'v (dyn postgres::types::ToSql + Sync)> {
+    params
+        .iter()
+        .map(|p| p as &(dyn postgres::types::ToSql + Sync))
+        .collect()
+}
+
+/// A value bound to a placeholder, in the three types the schema uses. Integers are `i64`
+/// because [`postgres_dialect`] makes every integer column `BIGINT` (PostgreSQL checks bound
+/// types strictly; SQLite does not care).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Value<'a> {
+    Int(Option<i64>),
+    Real(Option<f64>),
+    Text(Option<&'a str>),
+}
+
+impl From<i64> for Value<'_> {
+    fn from(v: i64) -> Self {
+        Value::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Value<'_> {
+    fn from(v: Option<i64>) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<Option<f64>> for Value<'_> {
+    fn from(v: Option<f64>) -> Self {
+        Value::Real(v)
+    }
+}
+impl<'a> From<&'a str> for Value<'a> {
+    fn from(v: &'a str) -> Self {
+        Value::Text(Some(v))
+    }
+}
+impl<'a> From<Option<&'a str>> for Value<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        Value::Text(v)
+    }
+}
+
+impl rusqlite::ToSql for Value<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{Null, ToSqlOutput};
+        Ok(match *self {
+            Value::Int(Some(v)) => ToSqlOutput::from(v),
+            Value::Real(Some(v)) => ToSqlOutput::from(v),
+            Value::Text(Some(v)) => ToSqlOutput::from(v),
+            Value::Int(None) | Value::Real(None) | Value::Text(None) => ToSqlOutput::from(Null),
+        })
+    }
+}
+
+impl postgres::types::ToSql for Value<'_> {
+    fn to_sql(
+        &self,
+        ty: &postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        // The inner value checks the column type itself (an i64 for a TEXT column fails
+        // instead of sending eight bytes the server would misread).
+        match self {
+            Value::Int(v) => v.to_sql_checked(ty, out),
+            Value::Real(v) => v.to_sql_checked(ty, out),
+            Value::Text(v) => v.to_sql_checked(ty, out),
+        }
+    }
+
+    fn accepts(_: &postgres::types::Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A result row of either engine, read by column index.
+trait SqlRow {
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError>;
+    fn real(&self, i: usize) -> Result<Option<f64>, StoreError>;
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError>;
+}
+
+impl SqlRow for rusqlite::Row<'_> {
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn real(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        Ok(self.get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.get(i)?)
+    }
+}
+
+impl SqlRow for postgres::Row {
+    fn int(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn real(&self, i: usize) -> Result<Option<f64>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+    fn text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(i)?)
+    }
+}
+
+/// A required (NOT NULL) column's value.
+fn req<T>(v: Option<T>, column: usize) -> Result<T, StoreError> {
+    v.ok_or_else(|| StoreError::BadValue(format!("column {column} is NULL")))
+}
+
+/// A stored integer converted to a narrower type.
+fn narrow<T: TryFrom<i64>>(v: i64, column: usize) -> Result<T, StoreError> {
+    T::try_from(v).map_err(|_| StoreError::BadValue(format!("column {column}: {v} out of range")))
+}
+
+/// Rewrites a migration from SQLite's spelling into PostgreSQL's. The only differences the
+/// schema uses are type names and a table option:
+///
+/// | SQLite                 | PostgreSQL              | why |
+/// |------------------------|-------------------------|-----|
+/// | `INTEGER PRIMARY KEY`  | `BIGSERIAL PRIMARY KEY` | SQLite makes such a column the rowid, numbered on insert |
+/// | `INTEGER`              | `BIGINT`                | SQLite integers are 64-bit; PostgreSQL's `INTEGER` is 32 |
+/// | `REAL`                 | `DOUBLE PRECISION`      | SQLite's `REAL` is 8 bytes; PostgreSQL's is 4 |
+/// | `BLOB`                 | `BYTEA`                 | the name |
+/// | `WITHOUT ROWID`        | (dropped)               | a SQLite storage option |
+///
+/// Keywords are matched case-insensitively as whole words outside string literals, so a
+/// `CHECK (state IN ('real'))` is left alone. A column must not be named like one of these
+/// types (none is, and a new migration must keep it so).
+pub fn postgres_dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 32);
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    let word_at = |from: usize| -> (usize, usize) {
+        // Skips whitespace, then returns the span of the word that follows (empty if none).
+        let mut s = from;
+        while s < bytes.len() && bytes[s].is_ascii_whitespace() {
+            s += 1;
+        }
+        let mut e = s;
+        while e < bytes.len() && (bytes[e].is_ascii_alphanumeric() || bytes[e] == b'_') {
+            e += 1;
+        }
+        (s, e)
+    };
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\'' {
+            // A string literal, copied untouched ('' is an escaped quote).
+            let mut j = i + 1;
+            while j < bytes.len() {
+                if bytes[j] == b'\'' {
+                    if bytes.get(j + 1) == Some(&b'\'') {
+                        j += 2;
+                        continue;
+                    }
+                    break;
+                }
+                j += 1;
+            }
+            let end = (j + 1).min(bytes.len());
+            out.push_str(&sql[i..end]);
+            i = end;
+        } else if b.is_ascii_alphabetic() || b == b'_' {
+            let (_, e) = word_at(i);
+            let word = &sql[i..e];
+            let next = |from: usize, want: &str| {
+                let (s, e) = word_at(from);
+                (sql[s..e].eq_ignore_ascii_case(want)).then_some(e)
+            };
+            if word.eq_ignore_ascii_case("INTEGER") {
+                match next(e, "PRIMARY").and_then(|p| next(p, "KEY")) {
+                    Some(end) => {
+                        out.push_str("BIGSERIAL PRIMARY KEY");
+                        i = end;
+                    }
+                    None => {
+                        out.push_str("BIGINT");
+                        i = e;
+                    }
+                }
+            } else if word.eq_ignore_ascii_case("REAL") {
+                out.push_str("DOUBLE PRECISION");
+                i = e;
+            } else if word.eq_ignore_ascii_case("BLOB") {
+                out.push_str("BYTEA");
+                i = e;
+            } else if let Some(end) = word
+                .eq_ignore_ascii_case("WITHOUT")
+                .then(|| next(e, "ROWID"))
+                .flatten()
+            {
+                i = end;
+            } else {
+                out.push_str(word);
+                i = e;
+            }
+        } else if b.is_ascii_digit() {
+            // A number or the digits of a word like `loss_a2`: copied as one token so the
+            // tail is never read as a keyword.
+            let mut e = i;
+            while e < bytes.len() && (bytes[e].is_ascii_alphanumeric() || bytes[e] == b'_') {
+                e += 1;
+            }
+            out.push_str(&sql[i..e]);
+            i = e;
+        } else {
+            let ch = sql[i..].chars().next().unwrap_or(' ');
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
@@ -355,6 +1024,49 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", version + 1)?;
         tx.commit()?;
         tracing::info!(version = version + 1, "store schema migrated");
+    }
+}
+
+/// [`migrate`] for PostgreSQL: the same migrations through [`postgres_dialect`], each in its
+/// own transaction that first takes the advisory lock [`MIGRATION_LOCK_KEY`] (released at
+/// commit) and only then reads the version, so nodes starting at once queue up instead of
+/// applying a migration twice. DDL is transactional in PostgreSQL, so a crash mid-way leaves
+/// the migration unapplied and the version unchanged.
+fn migrate_pg(client: &mut postgres::Client) -> Result<(), StoreError> {
+    loop {
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY});
+             CREATE TABLE IF NOT EXISTS {PG_SCHEMA_TABLE} (
+                 id      INTEGER PRIMARY KEY CHECK (id = 1),
+                 version BIGINT  NOT NULL
+             );
+             INSERT INTO {PG_SCHEMA_TABLE} (id, version) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;"
+        ))?;
+        let version: i64 = tx
+            .query_one(
+                &format!("SELECT version FROM {PG_SCHEMA_TABLE} WHERE id = 1"),
+                &[],
+            )?
+            .try_get(0)?;
+        let applied = usize::try_from(version).unwrap_or(usize::MAX);
+        if applied > MIGRATIONS.len() {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known: MIGRATIONS.len(),
+            });
+        }
+        let Some(sql) = MIGRATIONS.get(applied) else {
+            tx.commit()?;
+            return Ok(());
+        };
+        tx.batch_execute(&postgres_dialect(sql))?;
+        tx.execute(
+            &format!("UPDATE {PG_SCHEMA_TABLE} SET version = $1 WHERE id = 1"),
+            &[&(version + 1)],
+        )?;
+        tx.commit()?;
+        tracing::info!(version = version + 1, "store schema migrated (postgres)");
     }
 }
 
@@ -490,6 +1202,168 @@ mod tests {
         assert_eq!(store.count_cdrs().unwrap(), 0);
         store.insert_cdrs(&[sample(1)]).unwrap();
         assert_eq!(store.count_cdrs().unwrap(), 1);
+    }
+
+    #[test]
+    fn dialect_rewrites_types_and_drops_without_rowid() {
+        let sqlite = "CREATE TABLE t (
+            id     INTEGER PRIMARY KEY,
+            n      integer NOT NULL DEFAULT 0,
+            x      REAL,
+            b      BLOB,
+            state  TEXT CHECK (state IN ('real', 'INTEGER', 'it''s BLOB'))
+        ) WITHOUT ROWID;
+        ALTER TABLE t ADD COLUMN loss_2 REAL;
+        CREATE TABLE u (a TEXT, k INTEGER NOT NULL, PRIMARY KEY (a, k)) without  rowid;";
+        let pg = postgres_dialect(sqlite);
+        assert_eq!(
+            pg,
+            "CREATE TABLE t (
+            id     BIGSERIAL PRIMARY KEY,
+            n      BIGINT NOT NULL DEFAULT 0,
+            x      DOUBLE PRECISION,
+            b      BYTEA,
+            state  TEXT CHECK (state IN ('real', 'INTEGER', 'it''s BLOB'))
+        ) ;
+        ALTER TABLE t ADD COLUMN loss_2 DOUBLE PRECISION;
+        CREATE TABLE u (a TEXT, k BIGINT NOT NULL, PRIMARY KEY (a, k)) ;"
+        );
+        // Words that merely contain a keyword are not touched.
+        assert_eq!(
+            postgres_dialect("CREATE TABLE realm (integers TEXT, blobby REAL_X)"),
+            "CREATE TABLE realm (integers TEXT, blobby REAL_X)"
+        );
+    }
+
+    #[test]
+    fn dialect_leaves_no_sqlite_spelling_in_the_migrations() {
+        for (n, m) in MIGRATIONS.iter().enumerate() {
+            let pg = postgres_dialect(m).to_ascii_uppercase();
+            let words: Vec<&str> = pg
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .collect();
+            for bad in ["INTEGER", "REAL", "BLOB", "ROWID"] {
+                assert!(
+                    !words.contains(&bad),
+                    "migration {}: {bad} left in {pg}",
+                    n + 1
+                );
+            }
+            // The rewrite changes types only: the same statements, in the same order.
+            assert_eq!(
+                m.matches(';').count(),
+                pg.matches(';').count(),
+                "migration {}",
+                n + 1
+            );
+        }
+    }
+
+    /// `$n` placeholders must appear in ascending order of first use: SQLite numbers them by
+    /// first appearance, PostgreSQL by their digits; only then do both bind the same values.
+    #[test]
+    fn placeholders_are_numbered_in_order_of_first_use() {
+        fn in_order(sql: &str) -> bool {
+            let mut next = 1;
+            let mut rest = sql;
+            while let Some(i) = rest.find('$') {
+                let digits: String = rest[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_digit())
+                    .collect();
+                rest = &rest[i + 1 + digits.len()..];
+                let n: u32 = digits.parse().expect("a numbered placeholder");
+                if n == next {
+                    next += 1;
+                } else if n > next {
+                    return false;
+                }
+            }
+            true
+        }
+        assert!(!in_order("SELECT $2, $1"), "the check itself works");
+        assert!(in_order("SELECT $1, $2, $1"));
+        let mut all = vec![
+            cdr::INSERT_SQL.to_string(),
+            cdr::LIST_SQL.to_string(),
+            cdr::BY_CALL_ID_SQL.to_string(),
+            UPSERT_AGENT_STATS_SQL.to_string(),
+        ];
+        all.extend(registrations::all_sql());
+        for sql in all {
+            assert!(in_order(&sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn agent_stats_upsert_replaces_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        let mut row = AgentStatsRow {
+            tenant: "t".into(),
+            agent: "a".into(),
+            at: 1,
+            state: "available".into(),
+            calls: 1,
+            talk_ms: 10,
+            offers: 2,
+            state_ms: "{}".into(),
+        };
+        store.upsert_agent_stats(&[row.clone()]).unwrap();
+        row.at = 2;
+        row.calls = 5;
+        store.upsert_agent_stats(&[row.clone()]).unwrap();
+        let got: Vec<(i64, i64)> = store
+            .query("SELECT at, calls FROM agent_stats", &[], |r| {
+                Ok((req(r.int(0)?, 0)?, req(r.int(1)?, 1)?))
+            })
+            .unwrap();
+        assert_eq!(got, vec![(2, 5)]);
+    }
+
+    #[test]
+    fn sqlite_schema_columns_lists_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let cols = store.schema_columns().unwrap();
+        let tables: Vec<&str> = cols.keys().map(String::as_str).collect();
+        assert_eq!(
+            tables,
+            [
+                "agent_stats",
+                "cdrs",
+                "queue_stats",
+                "recordings",
+                "registrations"
+            ]
+        );
+        assert_eq!(cols["cdrs"][0], "id");
+        assert_eq!(cols["cdrs"].last().unwrap(), "packets_b");
+    }
+
+    #[test]
+    fn database_display_hides_the_password() {
+        let db = Database::Postgres("postgresql://sw:secret@10.0.0.5:5433/calls".into());
+        let shown = format!("{db} {db:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("10.0.0.5:5433"), "{shown}");
+        let kv = Database::Postgres("host=h port=1 user=u password=hunter2 dbname=d".into());
+        assert!(!kv.to_string().contains("hunter2"));
+        assert_eq!(
+            Database::Sqlite("/x/s.db".into()).to_string(),
+            "sqlite:/x/s.db"
+        );
+    }
+
+    #[test]
+    fn postgres_only_calls_fail_cleanly_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        assert!(matches!(
+            store.listen("switchyard_registrations"),
+            Err(StoreError::Unsupported(_))
+        ));
+        assert!(store.ping().is_ok());
     }
 
     /// Not a correctness test: prints the cost of committing a 500-row batch with
