@@ -42,6 +42,9 @@ pub struct Config {
     /// Media anchoring, recording and prompts.
     #[serde(default)]
     pub media: MediaConfig,
+    /// Cluster membership (`--cluster cluster.toml`); None for a node alone.
+    #[serde(skip)]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// How a route, queue or trunk treats a call's audio.

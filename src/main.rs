@@ -31,6 +31,10 @@ struct Cli {
     /// Data directory (database, generated files).
     #[arg(long = "data-dir", global = true)]
     data_dir: Option<PathBuf>,
+    /// Join a cluster described by this file (see cluster.toml); without it the node runs
+    /// alone with no external service.
+    #[arg(long, global = true)]
+    cluster: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -119,7 +123,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "switchyard=info".into()),
         )
         .init();
-    let config = match load(&cli) {
+    let mut config = match load(&cli) {
         Ok(c) => c,
         Err(errors) => {
             for e in errors {
@@ -128,6 +132,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = &cli.cluster {
+        match switchyard::cluster::ClusterConfig::load(path) {
+            Ok(c) => config.cluster = Some(c),
+            Err(e) => {
+                eprintln!("cluster: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

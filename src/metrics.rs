@@ -21,6 +21,12 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 
+/// Buckets (seconds) of the cluster takeover histogram: a lease's time to live plus a claim,
+/// around the 5 s a takeover must stay under.
+pub const TAKEOVER_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 30.0,
+];
+
 /// How often [`spawn_upkeep`] drains histogram samples into their buckets. Without the
 /// exporter's own listener nobody else does, and samples would accumulate without bound.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -58,6 +64,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(crate::cluster::membership::CLUSTER_TAKEOVER_SECONDS.to_owned()),
+            TAKEOVER_BUCKETS,
+        )?
         .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), SECONDS_BUCKETS)?
         .install_recorder()?;
     let handle = HANDLE.get_or_init(|| handle).clone();
@@ -97,6 +107,7 @@ pub fn describe_all() {
     crate::routing::auth::describe();
     crate::media::relay::describe();
     crate::media::recording::describe();
+    crate::cluster::membership::describe();
     crate::actors::call::describe_media();
 
     metrics::describe_gauge!(

@@ -35,6 +35,8 @@ pub struct Node {
     /// Queues and agents.
     pub cc: Arc<CcContext>,
     pub tree: Tree,
+    /// Cluster membership (None for a node alone).
+    pub membership: Option<Arc<crate::cluster::membership::Membership>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -146,7 +148,12 @@ impl Node {
         let handle = crate::metrics::install()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
-        let node_name = format!("n{}", NODE_SEQ.fetch_add(1, Ordering::Relaxed));
+        // In a cluster the node's name is its cluster name (actor names carry it, so several
+        // nodes of one process, as in tests, stay apart); alone, a per-process sequence.
+        let node_name = match &config.cluster {
+            Some(c) => c.name.clone(),
+            None => format!("n{}", NODE_SEQ.fetch_add(1, Ordering::Relaxed)),
+        };
         let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants)?);
         let location = Arc::new(Location::new());
         let registrar_transports = Arc::new(OnceLock::new());
@@ -251,6 +258,11 @@ impl Node {
             trunk_table.values().cloned().collect(),
             crate::actors::alarms::AlarmSink::start(&config.alarms, &node_name)
                 .map_err(|e| format!("alarms.webhook_url: {e}"))?,
+            if config.cluster.is_some() {
+                tree::Singletons::OnClaim
+            } else {
+                tree::Singletons::All
+            },
         )
         .await?;
         let router = Arc::new(
@@ -322,10 +334,40 @@ impl Node {
                 recordings = recordings.with_tenant_token(&t.id, tok);
             }
         }
-        let state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new())
+        let membership = match &config.cluster {
+            Some(c) => {
+                let directory = crate::cluster::Directory::new(&c.name);
+                let sip = transports
+                    .local_addrs()
+                    .first()
+                    .map_or_else(String::new, |l| format!("{}:{}", l.protocol, l.addr));
+                let info = crate::cluster::NodeInfo {
+                    name: c.name.clone(),
+                    sip,
+                    http: http_addr.to_string(),
+                    cluster: c.listen,
+                    state: crate::cluster::NodeState::Up,
+                    since_ms: crate::store::now_unix_ms() as u64,
+                };
+                let m = crate::cluster::membership::Membership::join(
+                    c,
+                    info,
+                    directory,
+                    tree.singletons.clone(),
+                )
+                .await?;
+                tracing::info!(node = %c.name, etcd = ?c.etcd.endpoints, "joined the cluster");
+                Some(Arc::new(m))
+            }
+            None => None,
+        };
+        let mut state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new())
             .with_token(token)
             .with_contact_centre(cc.clone(), directory)
             .with_recordings(recordings);
+        if let Some(m) = &membership {
+            state = state.with_cluster(m.clone());
+        }
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
@@ -361,6 +403,7 @@ impl Node {
             location,
             cc,
             tree,
+            membership,
             shutdown,
         })
     }
@@ -381,6 +424,10 @@ impl Node {
 
     /// Stops the node: pending CDRs are committed before the tree stops.
     pub async fn shutdown(self) {
+        if let Some(m) = &self.membership {
+            // Hand the singletons over now rather than after the lease expires.
+            m.leave().await;
+        }
         let _ = self.shutdown.send(true);
         if let Some(store) = self.tree.store() {
             if let Err(e) = store_writer::flush(&store).await {

@@ -11,6 +11,7 @@
 //! gets its own `path` label; routes added otherwise are counted as `other`.
 
 pub mod cc;
+mod cluster;
 mod health;
 mod problem;
 pub mod recordings;
@@ -74,6 +75,8 @@ pub struct ApiState {
     cc: Option<Arc<cc::ContactCentre>>,
     /// Without recordings the recording routes find nothing (404).
     recordings: Option<Arc<recordings::Recordings>>,
+    /// Without cluster membership the cluster routes answer 404.
+    cluster: Option<Arc<crate::cluster::membership::Membership>>,
 }
 
 impl ApiState {
@@ -85,6 +88,7 @@ impl ApiState {
             token: None,
             cc: None,
             recordings: None,
+            cluster: None,
         }
     }
 
@@ -104,6 +108,12 @@ impl ApiState {
     /// Serve the recording index and audio of `recordings` (see [`recordings`]).
     pub fn with_recordings(mut self, recordings: recordings::Recordings) -> Self {
         self.recordings = Some(Arc::new(recordings));
+        self
+    }
+
+    /// Serve `GET /cluster` and the drain commands of this node's membership.
+    pub fn with_cluster(mut self, membership: Arc<crate::cluster::membership::Membership>) -> Self {
+        self.cluster = Some(membership);
         self
     }
 
@@ -297,6 +307,7 @@ pub fn router(state: ApiState) -> Router {
     let router = route(router, "/health", get(report_health));
     let router = cc::routes(router);
     let router = recordings::routes(router);
+    let router = cluster::routes(router);
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -12,6 +12,10 @@
 //! relied on. The [`Directory`] is this node's view of both, shared with the message port.
 
 pub mod config;
+pub mod membership;
+pub mod ownership;
+
+pub use config::ClusterConfig;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,7 +23,6 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-
 
 /// A node as it announces itself in etcd (`<prefix>/nodes/<name>`, bound to its lease).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,18 +47,8 @@ pub enum NodeState {
     Draining,
 }
 
-/// Singleton keys as written under `<prefix>/owners/`.
-pub fn tenant_key(tenant: &str) -> String {
-    format!("tenant/{tenant}")
-}
-
-pub fn queue_key(tenant: &str, queue: &str) -> String {
-    format!("queue/{tenant}/{queue}")
-}
-
-pub fn trunk_key(trunk: &str) -> String {
-    format!("trunk/{trunk}")
-}
+/// Singleton keys (declared with the tree, which starts and stops their actors).
+pub use crate::supervision::tree::{queue_key, tenant_key, trunk_key};
 
 /// This node's view of the cluster: live nodes and who owns each singleton, as last seen in
 /// etcd. Written by the membership task only; read by anyone (the message port, the API).
@@ -87,6 +80,11 @@ impl Directory {
     pub fn owner(&self, key: &str) -> Option<String> {
         let owner = self.owners.get(key)?.clone();
         self.nodes.contains_key(&owner).then_some(owner)
+    }
+
+    /// Who holds a singleton key in etcd, live or not (membership's reconciliation).
+    pub(crate) fn owners_raw(&self, key: &str) -> Option<String> {
+        self.owners.get(key).map(|o| o.clone())
     }
 
     /// A live node.

@@ -50,6 +50,8 @@ pub struct Tree {
     pub registrar_name: String,
     pub calls_name: String,
     pub store_name: String,
+    /// The singletons (tenants with their queues and agents, trunks) this node can run.
+    pub singletons: Catalog,
 }
 
 impl Tree {
@@ -62,10 +64,119 @@ impl Tree {
     }
 }
 
+/// One singleton: its key, the keys owned with it (a tenant's queues), the supervisor it
+/// runs under and how to start it.
+struct Entry {
+    also: Vec<String>,
+    supervisor: String,
+    spec: ChildSpec,
+}
+
+/// The singletons of a node's configuration by cluster key (`tenant/<id>`, `trunk/<id>`).
+/// Cheap to clone; cluster mode starts and stops them as this node claims and releases them.
+#[derive(Clone, Default)]
+pub struct Catalog(Arc<std::collections::BTreeMap<String, Entry>>);
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+impl Catalog {
+    /// Every singleton key, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    /// The keys owned together with `key` (a tenant's queues: `queue/<tenant>/<id>`).
+    pub fn also(&self, key: &str) -> &[String] {
+        self.0.get(key).map_or(&[], |e| e.also.as_slice())
+    }
+
+    /// Whether a singleton's actor (its supervisor, for a tenant) runs on this node.
+    pub fn running(&self, key: &str) -> bool {
+        self.0
+            .get(key)
+            .is_some_and(|e| ractor::registry::where_is(e.spec.id.clone()).is_some())
+    }
+
+    /// Starts a singleton under its supervisor (on claiming it). Its actors resume from the
+    /// checkpoints this node holds, if any; idempotent.
+    pub async fn start(&self, key: &str) -> Result<(), String> {
+        let e = self
+            .0
+            .get(key)
+            .ok_or_else(|| format!("unknown singleton {key}"))?;
+        if self.running(key) {
+            return Ok(());
+        }
+        let sup: ActorRef<SupervisorMsg> = ractor::registry::where_is(e.supervisor.clone())
+            .ok_or_else(|| format!("supervisor {} not running", e.supervisor))?
+            .into();
+        super::start_child_sync(&sup, e.spec.clone())
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
+
+    /// Stops a singleton (before giving it to another node); idempotent.
+    pub async fn stop(&self, key: &str) -> Result<(), String> {
+        let e = self
+            .0
+            .get(key)
+            .ok_or_else(|| format!("unknown singleton {key}"))?;
+        let Some(sup) = ractor::registry::where_is(e.supervisor.clone()) else {
+            return Ok(()); // the node is stopping
+        };
+        super::terminate_child(&sup.into(), &e.spec.id)
+            .await
+            .map(|_| ())
+            .map_err(|err| err.to_string())
+    }
+}
+
+/// A supervisor child registered under its id, so it can be found by name.
+fn registered_supervisor(id: String, args: SupervisorArgs) -> ChildSpec {
+    ChildSpec::named_actor(
+        id,
+        "supervisor",
+        Restart::Permanent,
+        Supervisor,
+        move || args.clone(),
+    )
+    .with_shutdown(Duration::from_secs(30))
+}
+
+/// Which singletons the tree starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Singletons {
+    /// All of them (a node alone).
+    All,
+    /// None: cluster mode starts each one when this node claims it in etcd.
+    OnClaim,
+}
+
 /// Registered names, unique per node (a process may run several nodes in tests, so the
 /// names carry a per-node suffix).
 fn name(base: &str, node: &str) -> String {
     format!("{base}@{node}")
+}
+
+/// A tenant's singleton key (cluster ownership in etcd: `owners/tenant/<id>`); its queues
+/// and agents run where the tenant runs.
+pub fn tenant_key(tenant: &str) -> String {
+    format!("tenant/{tenant}")
+}
+
+/// A queue's key (owned together with its tenant's).
+pub fn queue_key(tenant: &str, queue: &str) -> String {
+    format!("queue/{tenant}/{queue}")
+}
+
+/// A trunk's singleton key.
+pub fn trunk_key(trunk: &str) -> String {
+    format!("trunk/{trunk}")
 }
 
 /// The calls supervisor's registered name on a node (call actors are started under it).
@@ -88,7 +199,9 @@ pub async fn start(
     cc: Arc<CcContext>,
     trunks: Vec<Arc<TrunkShared>>,
     alarms: AlarmSink,
+    placement: Singletons,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
+    let mut singletons = std::collections::BTreeMap::new();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = store_name(node);
@@ -140,6 +253,7 @@ pub async fn start(
                 },
             ));
         }
+        let spec_queues: Vec<&str> = spec.queues.iter().map(|q| q.config.id.as_str()).collect();
         let per_tenant =
             SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
                 .with_intensity(Intensity::new(3, Duration::from_secs(10)))
@@ -155,17 +269,26 @@ pub async fn start(
                 ))
                 .with_child(ChildSpec::supervisor(format!("queues/{id}@{node}"), queues))
                 .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
-        tenants_sup = tenants_sup.with_child(ChildSpec::supervisor(
-            format!("tenant-sup/{id}@{node}"),
-            per_tenant,
-        ));
+        let spec = registered_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
+        singletons.insert(
+            tenant_key(&id),
+            Entry {
+                also: spec_queues.iter().map(|q| queue_key(&id, q)).collect(),
+                supervisor: name("tenants", node),
+                spec: spec.clone(),
+            },
+        );
+        if placement == Singletons::All {
+            tenants_sup = tenants_sup.with_child(spec);
+        }
     }
     let checkpoints = Arc::new(dashmap::DashMap::new());
     let mut trunks_sup = SupervisorArgs::new(name("trunks", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(10, Duration::from_secs(10)));
     for t in trunks {
+        let key = trunk_key(&t.id);
         let (ctx, checkpoints, alarms) = (cc.calls.clone(), checkpoints.clone(), alarms.clone());
-        trunks_sup = trunks_sup.with_child(ChildSpec::named_actor(
+        let spec = ChildSpec::named_actor(
             crate::actors::trunk::actor_name(&t.id, node),
             "trunk",
             Restart::Permanent,
@@ -176,7 +299,18 @@ pub async fn start(
                 checkpoints: checkpoints.clone(),
                 alarms: alarms.clone(),
             },
-        ));
+        );
+        singletons.insert(
+            key,
+            Entry {
+                also: Vec::new(),
+                supervisor: name("trunks", node),
+                spec: spec.clone(),
+            },
+        );
+        if placement == Singletons::All {
+            trunks_sup = trunks_sup.with_child(spec);
+        }
     }
     let root_args = SupervisorArgs::new(name("root", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(5, Duration::from_secs(10)))
@@ -194,8 +328,9 @@ pub async fn start(
             RegistrarActor,
             move || registrar.clone(),
         ))
-        .with_child(ChildSpec::supervisor(name("trunks", node), trunks_sup))
-        .with_child(ChildSpec::supervisor(name("tenants", node), tenants_sup))
+        // Registered by name: cluster mode starts and stops singletons under them.
+        .with_child(registered_supervisor(name("trunks", node), trunks_sup))
+        .with_child(registered_supervisor(name("tenants", node), tenants_sup))
         .with_child(
             ChildSpec::named_actor(
                 calls_name.clone(),
@@ -212,6 +347,7 @@ pub async fn start(
         registrar_name,
         calls_name,
         store_name,
+        singletons: Catalog(Arc::new(singletons)),
     };
     tree.calls().ok_or("calls supervisor not registered")?;
     tree.store().ok_or("store writer not registered")?;
