@@ -78,9 +78,13 @@ pub fn lookup(tenant: &str, agent: &str, node: &str) -> Option<ActorRef<AgentMsg
     ractor::registry::where_is(actor_name(tenant, agent, node)).map(Into::into)
 }
 
-/// Casts a message to an agent found by name; false when it is not running.
+/// Casts a message to an agent found by name; false when it is not running. In cluster mode
+/// an agent not running here goes to its owner node through [`CcContext::remote`].
 pub fn tell(cc: &CcContext, tenant: &str, agent: &str, msg: AgentMsg) -> bool {
-    lookup(tenant, agent, &cc.node).is_some_and(|a| a.cast(msg).is_ok())
+    match lookup(tenant, agent, &cc.node) {
+        Some(a) => a.cast(msg).is_ok(),
+        None => cc.remote.get().is_some_and(|r| r.agent(tenant, agent, msg)),
+    }
 }
 
 /// Describes an agent (API, tests).
@@ -489,15 +493,17 @@ impl AgentState {
                     .rules
                     .map_or(Duration::from_secs(30), |r| r.ring_timeout);
                 self.schedule(AgentTimer::OfferGuard, ring + Duration::from_secs(10));
-                // The offer's outcome may have died with the previous actor: ask the call.
-                match self.cc.calls.directory.lookup(call_id.as_bytes()) {
-                    Some(call) => {
-                        let _ = call.cast(CallMsg::AgentResync {
-                            agent: self.id.clone(),
-                            offer,
-                        });
-                    }
-                    None => self.on_offer_ended(offer, OfferOutcome::Cancelled, now),
+                // The offer's outcome may have died with the previous actor: ask the call
+                // (here, or on the node it runs on in cluster mode).
+                let asked = self.cc.tell_call(
+                    &call_id,
+                    CallMsg::AgentResync {
+                        agent: self.id.clone(),
+                        offer,
+                    },
+                );
+                if !asked {
+                    self.on_offer_ended(offer, OfferOutcome::Cancelled, now);
                 }
             }
             Status::OnCall { .. } => self.monitor_call(now),
@@ -682,6 +688,9 @@ impl AgentState {
                 self.myself.get_cell().monitor(actor.get_cell());
                 self.monitored = Some(actor);
             }
+            // A call on another node cannot be monitored: its node reports the end
+            // (CallEnded), or the cluster port does when that node dies.
+            None if self.cc.call_elsewhere(call_id) => {}
             None => self.call_over(now),
         }
     }

@@ -4,6 +4,8 @@
 //! - [`alarms`]: not an actor but a task: trunk alarms to the log, metrics and a webhook.
 //! - [`queue`]: one per queue, the single writer of its waiting list; strategies via
 //!   `routing::acd`.
+//! - [`remote`]: the hook through which messages reach queues, agents and calls on other
+//!   nodes (cluster mode).
 //! - [`call`]: one per call, a B2BUA owning both legs.
 //! - [`router`]: not an actor but the transport's handler: Call-ID directory, admission
 //!   control, stateless answers, call actor start.
@@ -15,6 +17,7 @@ pub mod alarms;
 pub mod call;
 pub mod queue;
 pub mod registrar;
+pub mod remote;
 pub mod router;
 pub mod store_writer;
 pub mod tenant;

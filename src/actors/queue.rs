@@ -16,7 +16,7 @@
 use dashmap::DashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::agent::{self, AgentCheckpoints, AgentMsg, OfferOutcome, OfferRules, Reserve};
@@ -97,6 +97,9 @@ pub struct CcContext {
     pub queue_checkpoints: DashMap<String, QueueCheckpoint>,
     /// Agent id by (tenant, SIP user), for phone reachability changes.
     pub agents_by_user: DashMap<(Arc<str>, String), Arc<str>>,
+    /// Cluster mode: where messages go whose queue, agent or call is not on this node
+    /// (set once by `cluster::port`; never set on a node alone).
+    pub remote: OnceLock<Arc<dyn super::remote::Remote>>,
 }
 
 impl CcContext {
@@ -109,7 +112,22 @@ impl CcContext {
             agent_checkpoints: DashMap::new(),
             queue_checkpoints: DashMap::new(),
             agents_by_user: DashMap::new(),
+            remote: OnceLock::new(),
         }
+    }
+
+    /// Casts a message to a call actor by its A-leg Call-ID: on this node, else (cluster
+    /// mode) on the node it runs on; false when it runs nowhere known.
+    pub fn tell_call(&self, call_id: &str, msg: CallMsg) -> bool {
+        match self.calls.directory.lookup(call_id.as_bytes()) {
+            Some(c) => c.cast(msg).is_ok(),
+            None => self.remote.get().is_some_and(|r| r.call(call_id, msg)),
+        }
+    }
+
+    /// Whether a call that is not on this node runs on another live one (cluster mode).
+    pub fn call_elsewhere(&self, call_id: &str) -> bool {
+        self.remote.get().is_some_and(|r| r.call_elsewhere(call_id))
     }
 
     /// Tells the agent of a SIP user that its phone became (un)reachable.
@@ -131,9 +149,13 @@ pub fn lookup(tenant: &str, queue: &str, node: &str) -> Option<ActorRef<QueueMsg
     ractor::registry::where_is(actor_name(tenant, queue, node)).map(Into::into)
 }
 
-/// Casts a message to a queue found by name; false when it is not running.
+/// Casts a message to a queue found by name; false when it is not running. In cluster mode
+/// a queue not running here goes to its owner node through [`CcContext::remote`].
 pub fn tell(cc: &CcContext, tenant: &str, queue: &str, msg: QueueMsg) -> bool {
-    lookup(tenant, queue, &cc.node).is_some_and(|q| q.cast(msg).is_ok())
+    match lookup(tenant, queue, &cc.node) {
+        Some(q) => q.cast(msg).is_ok(),
+        None => cc.remote.get().is_some_and(|r| r.queue(tenant, queue, msg)),
+    }
 }
 
 /// A queue's live statistics (API).
@@ -566,9 +588,10 @@ impl QueueState {
         };
         match forks {
             Ok(forks) => {
-                let call = self.cc.calls.directory.lookup(call_id.as_bytes());
-                let sent = call.is_some_and(|c| {
-                    c.cast(CallMsg::Offer(Box::new(super::call::Offer {
+                // The call may run on another node (cluster mode): tell_call reaches it there.
+                let sent = self.cc.tell_call(
+                    &call_id,
+                    CallMsg::Offer(Box::new(super::call::Offer {
                         offer,
                         tenant: self.tenant.clone(),
                         queue: Arc::from(self.config.id.as_str()),
@@ -576,9 +599,8 @@ impl QueueState {
                         forks,
                         ring_timeout: self.rules.ring_timeout,
                         ring_all: self.config.strategy == Strategy::RingAll,
-                    })))
-                    .is_ok()
-                });
+                    })),
+                );
                 if sent {
                     self.cp.granted.insert(offer);
                     self.granted_here.insert(offer);
@@ -645,13 +667,10 @@ impl QueueState {
     fn resync_callers(&mut self) {
         let listed: Vec<Arc<str>> = self.cp.waiting.iter().map(|c| c.call_id.clone()).collect();
         for call_id in listed {
-            match self.cc.calls.directory.lookup(call_id.as_bytes()) {
-                Some(call) if call.cast(CallMsg::QueueResync).is_ok() => {}
-                _ => {
-                    self.cp.waiting.remove(&call_id);
-                    self.cp.offers.retain(|_, (c, _, _)| *c != call_id);
-                    self.dirty = true;
-                }
+            if !self.cc.tell_call(&call_id, CallMsg::QueueResync) {
+                self.cp.waiting.remove(&call_id);
+                self.cp.offers.retain(|_, (c, _, _)| *c != call_id);
+                self.dirty = true;
             }
         }
         if self.dirty {
@@ -903,9 +922,7 @@ impl QueueState {
     }
 
     fn tell_call(&self, call_id: &str, msg: CallMsg) {
-        if let Some(c) = self.cc.calls.directory.lookup(call_id.as_bytes()) {
-            let _ = c.cast(msg);
-        }
+        self.cc.tell_call(call_id, msg);
     }
 
     fn stats(&self, now: u64) -> QueueStats {

@@ -12,6 +12,8 @@
 //! relied on. The [`Directory`] is this node's view of both, shared with the message port.
 
 pub mod config;
+pub mod port;
+pub mod wire;
 pub mod membership;
 pub mod ownership;
 
