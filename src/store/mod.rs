@@ -260,7 +260,7 @@ pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL refused an operation, or the connection failed.
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", pg_error_text(.0))]
     Postgres(#[from] postgres::Error),
     /// The database directory could not be created.
     #[error("creating the database directory {path}: {source}")]
@@ -292,6 +292,18 @@ pub enum StoreError {
     /// The operation exists for one engine only (e.g. LISTEN is PostgreSQL's).
     #[error("{0} is not supported on this database engine")]
     Unsupported(&'static str),
+}
+
+/// A PostgreSQL error with the server's message and SQLSTATE (the client's own `Display`
+/// says only "db error" for those).
+fn pg_error_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 /// What a commit waits for before it returns.
@@ -659,11 +671,17 @@ impl Store {
             let mut out = Vec::new();
             {
                 let mut notifications = c.notifications();
-                let mut iter = notifications.timeout_iter(timeout);
-                while let Some(n) = iter.next()? {
+                // Wait for the first one only: `timeout_iter` would wait the whole timeout
+                // again after each notification; what else has arrived is taken at once.
+                let first = notifications.timeout_iter(timeout).next()?;
+                if let Some(n) = first {
                     out.push((n.channel().to_string(), n.payload().to_string()));
-                    if out.len() >= MAX_PER_CALL {
-                        break;
+                    let mut rest = notifications.iter();
+                    while out.len() < MAX_PER_CALL {
+                        match rest.next()? {
+                            Some(n) => out.push((n.channel().to_string(), n.payload().to_string())),
+                            None => break,
+                        }
                     }
                 }
             }
@@ -675,8 +693,9 @@ impl Store {
         })
     }
 
-    /// PostgreSQL: a round trip that fails if the connection is gone (a listener's liveness
-    /// check between notifications). SQLite: always fine.
+    /// PostgreSQL: a round trip, a listener's liveness check between notifications (a
+    /// listening store fails if the connection is gone; any other reconnects first).
+    /// SQLite: always fine.
     pub fn ping(&mut self) -> Result<(), StoreError> {
         match &self.pg {
             None => Ok(()),

@@ -2,6 +2,8 @@
 //! agent over real sockets.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::time::Duration;
