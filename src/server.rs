@@ -191,6 +191,13 @@ impl Node {
                 })
                 .collect(),
         );
+        if config.cluster.is_some() {
+            // A trunk's limits are the cluster's: no channel is used here before this node's
+            // part is known (cluster::channels).
+            for t in trunk_table.values() {
+                t.set_caps(0, 0);
+            }
+        }
         let _ = ctx.trunks.set(trunk_table.clone());
         // The contact centre: queues and agents share one context with the calls.
         let cc = Arc::new(CcContext::new(
@@ -354,6 +361,7 @@ impl Node {
                     info,
                     directory,
                     tree.singletons.clone(),
+                    trunk_table.clone(),
                 )
                 .await?;
                 tracing::info!(node = %c.name, etcd = ?c.etcd.endpoints, "joined the cluster");

@@ -102,6 +102,10 @@ pub struct TrunkShared {
     next_gateway: AtomicUsize,
     channels: AtomicU32,
     cps: Mutex<(f64, Instant)>,
+    /// This node's part of `max_channels` and `max_cps` in a cluster (the limits hold for
+    /// the whole cluster); the configured limits themselves on a node alone.
+    channel_cap: AtomicU32,
+    cps_cap: AtomicU32,
     up: AtomicBool,
     /// Seizures refused for want of a channel / a CPS token since the trunk actor last
     /// looked (its saturation alarms read and reset them).
@@ -131,6 +135,8 @@ impl TrunkShared {
             next_gateway: AtomicUsize::new(0),
             channels: AtomicU32::new(0),
             cps: Mutex::new((f64::from(config.max_cps.max(1)), Instant::now())),
+            channel_cap: AtomicU32::new(config.max_channels),
+            cps_cap: AtomicU32::new(config.max_cps),
             up: AtomicBool::new(true),
             refused_channels: AtomicU32::new(0),
             refused_cps: AtomicU32::new(0),
@@ -160,18 +166,19 @@ impl TrunkShared {
     /// [`TrunkShared::seize`] for a trunk marked down, tried as a last resort when every
     /// trunk that is up has failed the call: limits still hold.
     pub fn seize_last_resort(&self) -> Result<(), FailoverCause> {
-        let max = self.config.max_channels;
+        let unlimited = self.config.max_channels == 0;
+        let cap = self.channel_cap.load(Ordering::Relaxed);
         let taken = self
             .channels
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (max == 0 || c < max).then_some(c + 1)
+                (unlimited || c < cap).then_some(c + 1)
             });
         if taken.is_err() {
             self.refused_channels.fetch_add(1, Ordering::Relaxed);
             return Err(FailoverCause::ChannelsFull);
         }
         if self.config.max_cps > 0 {
-            let rate = f64::from(self.config.max_cps);
+            let rate = f64::from(self.cps_cap.load(Ordering::Relaxed));
             let mut b = self.cps.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(rate);
@@ -186,6 +193,18 @@ impl TrunkShared {
         }
         metrics::gauge!(TRUNK_CHANNELS, "trunk" => self.id.to_string()).increment(1.0);
         Ok(())
+    }
+
+    /// Sets this node's part of the trunk's limits (cluster mode; see `cluster::channels`).
+    /// Calls already up keep their channels: a lowered cap only refuses new seizures.
+    pub fn set_caps(&self, channels: u32, cps: u32) {
+        self.channel_cap.store(channels, Ordering::Relaxed);
+        self.cps_cap.store(cps, Ordering::Relaxed);
+    }
+
+    /// This node's channel cap (the configured `max_channels` on a node alone).
+    pub fn channel_cap(&self) -> u32 {
+        self.channel_cap.load(Ordering::Relaxed)
     }
 
     /// Gives a channel back.

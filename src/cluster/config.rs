@@ -36,6 +36,11 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     pub etcd: EtcdConfig,
+    /// How long a dead node's trunk channels still count against the trunks' limits (its
+    /// calls are gone for the switch, but the carrier may count them until its own timers end
+    /// them).
+    #[serde(default = "default_hold")]
+    pub channel_hold_secs: u64,
     /// The shared database (PostgreSQL) for registrations and CDRs.
     #[serde(default)]
     pub database: Option<DatabaseConfig>,
@@ -65,6 +70,10 @@ pub struct DatabaseConfig {
 
 fn default_prefix() -> String {
     "/switchyard".into()
+}
+
+fn default_hold() -> u64 {
+    60
 }
 
 fn default_ttl() -> u64 {

@@ -25,7 +25,8 @@ use etcd_client::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{ownership, ClusterConfig, Directory, NodeInfo, NodeState};
+use super::{channels, ownership, ClusterConfig, Directory, NodeInfo, NodeState};
+use crate::actors::trunk::TrunkTable;
 use crate::supervision::tree::Catalog;
 
 /// Live nodes by state (`up`, `draining`).
@@ -45,6 +46,8 @@ pub const CLUSTER_ETCD_ERRORS: &str = "switchyard_cluster_etcd_errors_total";
 pub const CLUSTER_LEASE_LOST: &str = "switchyard_cluster_lease_lost_total";
 /// 1 while this node drains (gives its singletons away and claims none).
 pub const CLUSTER_DRAINING: &str = "switchyard_cluster_draining";
+/// This node's part of a trunk's `max_channels` (see `cluster::channels`).
+pub const CLUSTER_TRUNK_CHANNEL_CAP: &str = "switchyard_cluster_trunk_channel_cap";
 
 /// Describes the membership metrics (called once by `metrics::describe_all`).
 pub fn describe() {
@@ -72,6 +75,10 @@ pub fn describe() {
         "Times this node's etcd lease expired under it (it released everything and rejoined)."
     );
     metrics::describe_gauge!(CLUSTER_DRAINING, "1 while this node drains its singletons.");
+    metrics::describe_gauge!(
+        CLUSTER_TRUNK_CHANNEL_CAP,
+        "This node's part of a trunk's max_channels, so the limit holds cluster-wide."
+    );
 }
 
 /// What the API asks of the membership task.
@@ -120,6 +127,7 @@ impl Membership {
         info: NodeInfo,
         directory: Arc<Directory>,
         catalog: Catalog,
+        trunks: Arc<TrunkTable>,
     ) -> Result<Membership, String> {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
@@ -140,6 +148,11 @@ impl Membership {
             vacated: HashMap::new(),
             revision: 0,
             draining_reply: None,
+            trunks,
+            usage: HashMap::new(),
+            held: Vec::new(),
+            hold: Duration::from_secs(cfg.channel_hold_secs),
+            published: (HashMap::new(), Instant::now()),
         };
         let lost = task.take_lease().await?;
         task.load().await?;
@@ -241,6 +254,14 @@ struct Task {
     /// The etcd revision the directory reflects.
     revision: i64,
     draining_reply: Option<oneshot::Sender<()>>,
+    trunks: Arc<TrunkTable>,
+    /// Channels in use per trunk, as each live node last published them.
+    usage: HashMap<String, HashMap<String, u32>>,
+    /// What dead nodes last held, counted against the limits until the deadline.
+    held: Vec<(Instant, HashMap<String, u32>)>,
+    hold: Duration,
+    /// What this node last published, and when.
+    published: (HashMap<String, u32>, Instant),
 }
 
 fn kind_of(key: &str) -> &str {
@@ -250,6 +271,10 @@ fn kind_of(key: &str) -> &str {
 impl Task {
     fn node_key(&self, name: &str) -> String {
         format!("{}/nodes/{name}", self.prefix)
+    }
+
+    fn usage_key(&self) -> String {
+        format!("{}/usage/{}", self.prefix, self.info.name)
     }
 
     fn owner_key(&self, key: &str) -> String {
@@ -335,6 +360,11 @@ impl Task {
                         owners.insert(key.to_string());
                         self.directory.set_owner(key, v);
                     }
+                    Some(Key::Usage(node)) => {
+                        if let Ok(u) = serde_json::from_str(v) {
+                            self.usage.insert(node.to_string(), u);
+                        }
+                    }
                     None => {}
                 }
             }
@@ -357,6 +387,8 @@ impl Task {
         let rest = key.strip_prefix(self.prefix.as_str())?.strip_prefix('/')?;
         if let Some(name) = rest.strip_prefix("nodes/") {
             Some(Key::Node(name))
+        } else if let Some(name) = rest.strip_prefix("usage/") {
+            Some(Key::Usage(name))
         } else {
             rest.strip_prefix("owners/").map(Key::Owner)
         }
@@ -481,6 +513,9 @@ impl Task {
                     tracing::warn!(node = %name, "cluster node left");
                     self.directory.remove_node(name);
                     nodes_changed = true;
+                    if let Some(u) = self.usage.remove(name) {
+                        self.held.push((Instant::now() + self.hold, u));
+                    }
                     let now = Instant::now();
                     for (key, owner) in self.directory.owners() {
                         if owner == name {
@@ -494,6 +529,11 @@ impl Task {
                         self.vacated.remove(key);
                     }
                     self.directory.set_owner(key, v);
+                }
+                (Some(Key::Usage(node)), EventType::Put) => {
+                    if let Ok(u) = serde_json::from_str(kv.value_str().unwrap_or("")) {
+                        self.usage.insert(node.to_string(), u);
+                    }
                 }
                 (Some(Key::Owner(key)), EventType::Delete) => {
                     self.vacated
@@ -554,6 +594,7 @@ impl Task {
                 }
             }
         }
+        self.share_trunks().await;
         // A drain is done when nothing is ours and every singleton has a new owner (or no
         // node is up to take it), so the operator may stop the node right after.
         let taken = up.is_empty()
@@ -647,6 +688,59 @@ impl Task {
         self.count_owned();
     }
 
+    /// Publishes this node's trunk usage and sets its part of every trunk's limits.
+    async fn share_trunks(&mut self) {
+        let limited: Vec<_> = self
+            .trunks
+            .values()
+            .filter(|t| t.config.max_channels > 0 || t.config.max_cps > 0)
+            .cloned()
+            .collect();
+        if limited.is_empty() {
+            return;
+        }
+        let mine: HashMap<String, u32> = limited
+            .iter()
+            .map(|t| (t.id.to_string(), t.channels()))
+            .collect();
+        let stale = self.published.1.elapsed() > Duration::from_secs(2);
+        if mine != self.published.0 || stale {
+            let value = serde_json::to_string(&mine).unwrap_or_default();
+            let put = PutOptions::new().with_lease(self.lease);
+            match self.client.put(self.usage_key(), value, Some(put)).await {
+                Ok(_) => self.published = (mine.clone(), Instant::now()),
+                Err(_) => {
+                    metrics::counter!(CLUSTER_ETCD_ERRORS, "op" => "usage").increment(1);
+                }
+            }
+        }
+        self.usage.insert(self.info.name.clone(), mine);
+        let now = Instant::now();
+        self.held.retain(|(until, _)| *until > now);
+        let live_names: Vec<String> = self.directory.nodes().into_iter().map(|n| n.name).collect();
+        let live: Vec<&str> = live_names.iter().map(String::as_str).collect();
+        for t in limited {
+            let id = t.id.as_ref();
+            let usage: std::collections::BTreeMap<&str, u32> = live
+                .iter()
+                .map(|n| {
+                    let u = self.usage.get(*n).and_then(|u| u.get(id)).copied();
+                    (*n, u.unwrap_or(0))
+                })
+                .collect();
+            let held: u32 = self.held.iter().filter_map(|(_, u)| u.get(id)).sum();
+            let me = self.info.name.as_str();
+            let ch = channels::cap(t.config.max_channels, me, &live, &usage, held);
+            let cps = channels::shares(t.config.max_cps, &live)
+                .get(me)
+                .copied()
+                .unwrap_or(0);
+            t.set_caps(ch, cps);
+            metrics::gauge!(CLUSTER_TRUNK_CHANNEL_CAP, "trunk" => id.to_string())
+                .set(f64::from(ch));
+        }
+    }
+
     fn count_owned(&self) {
         for kind in ["tenant", "trunk"] {
             let n = self.owned.iter().filter(|k| kind_of(k) == kind).count();
@@ -694,4 +788,5 @@ impl Task {
 enum Key<'k> {
     Node(&'k str),
     Owner(&'k str),
+    Usage(&'k str),
 }

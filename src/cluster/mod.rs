@@ -11,11 +11,12 @@
 //! etcd decides who is alive and who owns what; ractor_cluster's own failure detection is not
 //! relied on. The [`Directory`] is this node's view of both, shared with the message port.
 
+pub mod channels;
 pub mod config;
-pub mod port;
-pub mod wire;
 pub mod membership;
 pub mod ownership;
+pub mod port;
+pub mod wire;
 
 pub use config::ClusterConfig;
 
