@@ -412,7 +412,8 @@ pub struct RegistrarArgs {
     /// connections write), or a cluster's PostgreSQL, shared by every node's registrar.
     pub database: Database,
     /// This node's name, naming the writer in binding-change notifications (PostgreSQL) so a
-    /// node ignores its own.
+    /// node ignores its own. Must differ between nodes and contain no `|`; [`RegistrarArgs::new`]
+    /// makes a random one, the cluster sets the node's configured name.
     pub node: String,
     /// Longest time a binding change waits before its batch is committed.
     pub flush_interval: Duration,
@@ -421,7 +422,8 @@ pub struct RegistrarArgs {
 }
 
 impl RegistrarArgs {
-    /// Arguments with a 100 ms flush interval and no Server header.
+    /// Arguments with a 100 ms flush interval, no Server header, bindings in the SQLite file
+    /// `db_path` and a random node name (set `database` and `node` for a cluster).
     pub fn new(
         config: RegistrarConfig,
         auth: Arc<Authenticator>,
@@ -435,7 +437,9 @@ impl RegistrarArgs {
             location,
             transports,
             database: Database::Sqlite(db_path.into()),
-            node: "local".to_string(),
+            // Unique unless set: nodes that all kept one default name would ignore each
+            // other's notifications as their own.
+            node: format!("node-{}", String::from_utf8_lossy(&random_token(10))),
             flush_interval: Duration::from_millis(100),
             server: None,
         }
