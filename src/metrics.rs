@@ -108,6 +108,7 @@ pub fn describe_all() {
     crate::media::relay::describe();
     crate::media::recording::describe();
     crate::cluster::membership::describe();
+    crate::cluster::port::describe();
     crate::actors::call::describe_media();
 
     metrics::describe_gauge!(

@@ -37,6 +37,8 @@ pub struct Node {
     pub tree: Tree,
     /// Cluster membership (None for a node alone).
     pub membership: Option<Arc<crate::cluster::membership::Membership>>,
+    /// Actor messages to and from the other nodes (cluster mode).
+    pub port: Option<Arc<crate::cluster::port::Port>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -341,9 +343,20 @@ impl Node {
                 recordings = recordings.with_tenant_token(&t.id, tok);
             }
         }
+        let mut port = None;
         let membership = match &config.cluster {
             Some(c) => {
                 let directory = crate::cluster::Directory::new(&c.name);
+                // The port listens before the node is announced, so peers that see it can
+                // reach it at once.
+                let p = crate::cluster::port::start(crate::cluster::port::PortConfig::new(
+                    &c.name,
+                    c.listen,
+                    c.secret(),
+                    directory.clone(),
+                    cc.clone(),
+                ))
+                .await?;
                 let sip = transports
                     .local_addrs()
                     .first()
@@ -352,7 +365,7 @@ impl Node {
                     name: c.name.clone(),
                     sip,
                     http: http_addr.to_string(),
-                    cluster: c.listen,
+                    cluster: p.listen_addr(),
                     state: crate::cluster::NodeState::Up,
                     since_ms: crate::store::now_unix_ms() as u64,
                 };
@@ -365,6 +378,7 @@ impl Node {
                 )
                 .await?;
                 tracing::info!(node = %c.name, etcd = ?c.etcd.endpoints, "joined the cluster");
+                port = Some(p);
                 Some(Arc::new(m))
             }
             None => None,
@@ -412,6 +426,7 @@ impl Node {
             cc,
             tree,
             membership,
+            port,
             shutdown,
         })
     }
@@ -435,6 +450,9 @@ impl Node {
         if let Some(m) = &self.membership {
             // Hand the singletons over now rather than after the lease expires.
             m.leave().await;
+        }
+        if let Some(p) = &self.port {
+            p.stop().await;
         }
         let _ = self.shutdown.send(true);
         if let Some(store) = self.tree.store() {
