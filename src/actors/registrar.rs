@@ -1743,6 +1743,83 @@ mod tests {
         }
     }
 
+    /// Remote binding sets replace the Location's unless a local change is newer than what
+    /// the listener read; a snapshot also removes the AORs it lacks, under the same rule.
+    #[test]
+    fn remote_updates_yield_to_newer_local_changes() {
+        let (writer, _rx) = mpsc::channel();
+        let mut state = RegistrarState {
+            core: registrar(60, 3600),
+            transports: Arc::new(OnceLock::new()),
+            writer,
+            writer_thread: None,
+            listener: None,
+            seqs: Arc::new(ChangeSeqs::default()),
+            local_changes: HashMap::new(),
+            tick: None,
+            recent: HashMap::new(),
+        };
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        state.core.location.observe(Arc::new(move |k: &AorKey, up| {
+            log.lock().unwrap().push((k.user.clone(), up))
+        }));
+        let far = unix_ms(SystemTime::now()) + 600_000;
+        let b = |c: &str| Binding {
+            contact: Bytes::from(c.to_string()),
+            q: 1000,
+            expires_at_ms: far,
+            source: source(),
+            call_id: Bytes::from_static(b"c"),
+            cseq: 1,
+            user_agent: None,
+        };
+        let key = |user: &str| AorKey {
+            tenant: "a".into(),
+            user: user.into(),
+        };
+        assert!(state.on_remote(key("alice"), vec![b("sip:1")], 0));
+        assert_eq!(state.core.location.lookup("a", "alice").len(), 1);
+        assert!(
+            !state.on_remote(key("alice"), vec![b("sip:1")], 0),
+            "same set: no change"
+        );
+        let unknown = AorKey {
+            tenant: "nope".into(),
+            user: "x".into(),
+        };
+        assert!(
+            !state.on_remote(unknown, vec![b("sip:9")], 0),
+            "unknown tenant"
+        );
+
+        // A local change numbered 5: a read made before it was committed does not undo it.
+        state
+            .local_changes
+            .insert(key("alice"), (5, Instant::now()));
+        assert!(!state.on_remote(key("alice"), vec![], 4));
+        assert!(state.core.location.is_reachable("a", "alice"));
+        assert!(
+            state.on_remote(key("alice"), vec![], 5),
+            "read after the commit"
+        );
+        assert!(!state.core.location.is_reachable("a", "alice"));
+
+        // Snapshot: bob (changed remotely) goes, carol (changed here later) stays.
+        state.core.location.set(key("bob"), vec![b("sip:b")]);
+        state.core.location.set(key("carol"), vec![b("sip:c")]);
+        state
+            .local_changes
+            .insert(key("carol"), (9, Instant::now()));
+        state.on_remote_snapshot(vec![(key("dave"), vec![b("sip:d")])], 8);
+        assert!(!state.core.location.is_reachable("a", "bob"));
+        assert!(state.core.location.is_reachable("a", "carol"));
+        assert!(state.core.location.is_reachable("a", "dave"));
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.contains(&("bob".to_string(), false)), "{seen:?}");
+        assert!(seen.contains(&("dave".to_string(), true)), "{seen:?}");
+    }
+
     #[test]
     fn location_sweeps_and_counts() {
         let loc = Location::new();
