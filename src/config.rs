@@ -335,6 +335,9 @@ pub struct AdmissionConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// A stable name for the route in the API (`/routes/{id}`); the prefix when not given.
+    #[serde(default)]
+    pub id: Option<String>,
     /// Request-URI user prefix ("" matches everything).
     #[serde(default)]
     pub prefix: String,
@@ -364,6 +367,17 @@ pub struct RouteConfig {
     /// Record calls on this route (anchors their media).
     #[serde(default)]
     pub record: bool,
+}
+
+impl RouteConfig {
+    /// The route's stable id: `id`, else its prefix, else `default` (the catch-all route).
+    pub fn key(&self) -> &str {
+        match (&self.id, self.prefix.as_str()) {
+            (Some(id), _) => id,
+            (None, "") => "default",
+            (None, prefix) => prefix,
+        }
+    }
 }
 
 /// A carrier's SIP trunk (one gateway or several, tried in turn per attempt).
@@ -661,7 +675,21 @@ impl Config {
             err("admission.max_calls".into(), "must be > 0".into());
         }
         let mut prefixes = std::collections::HashSet::new();
+        let mut route_ids = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
+            // The id names the route in the API path and in etcd keys.
+            let id = r.key();
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+*#-._".contains(c))
+                || !route_ids.insert(id)
+            {
+                err(
+                    format!("routes[{i}].id"),
+                    format!("{id:?}: letters, digits, + * # - . _ only, unique"),
+                );
+            }
             if r.trunks.is_empty() {
                 if let Err(e) = RouteTarget::parse(&r.target) {
                     err(format!("routes[{i}].target"), e);

@@ -10,10 +10,9 @@ use tokio::sync::watch;
 use crate::actors::call::CallContext;
 use crate::actors::queue::CcContext;
 use crate::actors::registrar::{Location, RegistrarArgs};
-use crate::actors::router::{Admission, NumberRoute, Router, Routes};
+use crate::actors::router::{Admission, NumberRoute, Numbers, Router, Routes};
 use crate::actors::store_writer;
 use crate::actors::trunk::{TrunkShared, TrunkTable};
-use crate::config::CcTarget;
 use crate::config::Config;
 use crate::routing::auth::Authenticator;
 use crate::supervision::tree::{self, TenantSpec, Tree};
@@ -226,29 +225,8 @@ impl Node {
             );
             let queues = crate::actors::queue::plan(t, &agents);
             for n in &t.numbers {
-                if let Ok(target) = CcTarget::parse(&n.target) {
-                    let queue = match &target {
-                        CcTarget::Queue(q) => t.queues.iter().find(|c| &c.id == q),
-                        _ => None,
-                    };
-                    let record = t.record || queue.is_some_and(|q| q.record);
-                    let answer_first = queue.is_some_and(|q| q.answer_first);
-                    let media = crate::actors::router::MediaPolicy {
-                        anchor: record || answer_first,
-                        record,
-                        answer_first,
-                        announce_secs: queue.map_or(0, |q| q.announce_secs),
-                        tenant: Some(Arc::from(t.id.as_str())),
-                    };
-                    numbers.insert(
-                        n.number.clone(),
-                        NumberRoute {
-                            tenant: Arc::from(t.id.as_str()),
-                            target,
-                            priority: n.priority,
-                            media,
-                        },
-                    );
+                if let Some(route) = NumberRoute::from_config(t, &n.target, n.priority) {
+                    numbers.insert(n.number.clone(), route);
                 }
             }
             tenants.push(TenantSpec {
@@ -274,10 +252,21 @@ impl Node {
             },
         )
         .await?;
+        let routes = Arc::new(Routes::new(&config.routes, &trunk_table));
+        let numbers = Arc::new(Numbers::new(numbers));
+        // Routes and numbers changed through the API (kept in SQLite, or in etcd for a
+        // cluster) are put in force over the file's before the first call.
+        let shared_config = crate::cluster::shared_config::SharedConfig::start(
+            &config,
+            routes.clone(),
+            numbers.clone(),
+            trunk_table.clone(),
+        )
+        .await?;
         let router = Arc::new(
             Router::new(
                 ctx.clone(),
-                Routes::new(&config.routes, &trunk_table),
+                routes,
                 Admission::new(config.admission.clone()),
                 tree.calls_name.clone(),
             )
@@ -386,7 +375,8 @@ impl Node {
         let mut state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new())
             .with_token(token)
             .with_contact_centre(cc.clone(), directory)
-            .with_recordings(recordings);
+            .with_recordings(recordings)
+            .with_config(shared_config);
         if let Some(m) = &membership {
             state = state.with_cluster(m.clone());
         }

@@ -8,7 +8,7 @@ use ractor::ActorRef;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::call::{self, CallContext, CallMsg, Fork, QueueJoin};
@@ -166,8 +166,14 @@ impl Directory {
     }
 }
 
-/// A static route table, longest prefix first.
+/// The route table the router reads: replaced whole when routes change through the API or
+/// the cluster (an INVITE takes a read lock for one lookup; writers are rare).
 pub struct Routes {
+    table: RwLock<Arc<RouteTable>>,
+}
+
+/// One version of the static routes, longest prefix first.
+pub struct RouteTable {
     routes: Vec<Route>,
 }
 
@@ -271,7 +277,43 @@ pub struct TrunkPlan {
 }
 
 impl Routes {
+    /// The routes of `config` (routes whose trunks are all unknown are left out).
     pub fn new(config: &[RouteConfig], trunks: &TrunkTable) -> Routes {
+        Routes {
+            table: RwLock::new(Arc::new(RouteTable::new(config, trunks))),
+        }
+    }
+
+    /// The route for a Request-URI user, longest prefix first (a copy: the table may be
+    /// replaced while the call uses it).
+    pub fn lookup(&self, user: &[u8]) -> Option<Route> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.lookup(user).cloned()
+    }
+
+    /// The table in force now.
+    pub fn current(&self) -> Arc<RouteTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `table` in force for the next INVITE; calls in progress keep their route.
+    pub fn replace(&self, table: RouteTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+
+    /// The user to dial on the B leg: strip, then prepend.
+    pub fn rewrite(route: &Route, user: &[u8]) -> Bytes {
+        let rest = &user[route.strip.min(user.len())..];
+        let mut v = Vec::with_capacity(route.prepend.len() + rest.len());
+        v.extend_from_slice(route.prepend.as_bytes());
+        v.extend_from_slice(rest);
+        Bytes::from(v)
+    }
+}
+
+impl RouteTable {
+    /// Builds the table of `config`, longest prefix first.
+    pub fn new(config: &[RouteConfig], trunks: &TrunkTable) -> RouteTable {
         let mut routes: Vec<Route> = config
             .iter()
             .filter_map(|r| {
@@ -318,7 +360,7 @@ impl Routes {
             })
             .collect();
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
-        Routes { routes }
+        RouteTable { routes }
     }
 
     /// The route for a Request-URI user, longest prefix first.
@@ -328,13 +370,14 @@ impl Routes {
             .find(|r| user.starts_with(r.prefix.as_bytes()))
     }
 
-    /// The user to dial on the B leg: strip, then prepend.
-    pub fn rewrite(route: &Route, user: &[u8]) -> Bytes {
-        let rest = &user[route.strip.min(user.len())..];
-        let mut v = Vec::with_capacity(route.prepend.len() + rest.len());
-        v.extend_from_slice(route.prepend.as_bytes());
-        v.extend_from_slice(rest);
-        Bytes::from(v)
+    /// How many routes the table has.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no route.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
     }
 }
 
@@ -456,7 +499,48 @@ pub struct Router {
     calls: String,
     registrar: Option<RegistrarLink>,
     /// Numbers (DIDs) → tenant queue or user.
-    numbers: HashMap<String, NumberRoute>,
+    numbers: Arc<Numbers>,
+}
+
+/// The numbers (DIDs) the router serves: replaced whole when numbers change through the
+/// API or the cluster; an INVITE takes a read lock for one lookup.
+#[derive(Default)]
+pub struct Numbers {
+    map: RwLock<Arc<HashMap<String, Arc<NumberRoute>>>>,
+}
+
+impl Numbers {
+    /// A table of `numbers`.
+    pub fn new(numbers: HashMap<String, NumberRoute>) -> Numbers {
+        let n = Numbers::default();
+        n.replace(numbers);
+        n
+    }
+
+    /// Where `number` leads, if it is served.
+    pub fn get(&self, number: &str) -> Option<Arc<NumberRoute>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(number)
+            .cloned()
+    }
+
+    /// Puts `numbers` in force for the next INVITE.
+    pub fn replace(&self, numbers: HashMap<String, NumberRoute>) {
+        let map = numbers.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(map);
+    }
+
+    /// How many numbers are served.
+    pub fn len(&self) -> usize {
+        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no number is served.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Where a number leads.
@@ -469,6 +553,39 @@ pub struct NumberRoute {
     pub media: MediaPolicy,
 }
 
+impl NumberRoute {
+    /// Where a number of `tenant` leads: `target` (`queue:<id>` or `user:<name>`) with the
+    /// media its queue asks for (recording, answer-first, announcements). `None` if the
+    /// target does not parse. The server (file numbers) and shared configuration (numbers
+    /// set through the API) both build numbers here, so they behave alike.
+    pub fn from_config(
+        tenant: &crate::config::TenantConfig,
+        target: &str,
+        priority: u32,
+    ) -> Option<NumberRoute> {
+        let target = CcTarget::parse(target).ok()?;
+        let queue = match &target {
+            CcTarget::Queue(q) => tenant.queues.iter().find(|c| &c.id == q),
+            _ => None,
+        };
+        let record = tenant.record || queue.is_some_and(|q| q.record);
+        let answer_first = queue.is_some_and(|q| q.answer_first);
+        let id: Arc<str> = Arc::from(tenant.id.as_str());
+        Some(NumberRoute {
+            tenant: id.clone(),
+            target,
+            priority,
+            media: MediaPolicy {
+                anchor: record || answer_first,
+                record,
+                answer_first,
+                announce_secs: queue.map_or(0, |q| q.announce_secs),
+                tenant: Some(id),
+            },
+        })
+    }
+}
+
 /// What the router needs of the registrar: its name, the authenticator and the location
 /// service (read directly, no actor round trip).
 struct RegistrarLink {
@@ -479,13 +596,13 @@ struct RegistrarLink {
 }
 
 impl Router {
+    /// A router over `routes` (shared with whoever replaces them on a configuration change).
     pub fn new(
         ctx: Arc<CallContext>,
-        routes: Routes,
+        routes: Arc<Routes>,
         admission: Admission,
         calls: String,
     ) -> Router {
-        let routes = Arc::new(routes);
         let _ = ctx.routes.set(routes.clone());
         Router {
             ctx,
@@ -493,12 +610,12 @@ impl Router {
             admission,
             calls,
             registrar: None,
-            numbers: HashMap::new(),
+            numbers: Arc::default(),
         }
     }
 
     /// Serves the tenants' numbers (DIDs): calls to them go to a queue or a user.
-    pub fn with_numbers(mut self, numbers: HashMap<String, NumberRoute>) -> Router {
+    pub fn with_numbers(mut self, numbers: Arc<Numbers>) -> Router {
         self.numbers = numbers;
         self
     }
@@ -690,8 +807,7 @@ impl Router {
         let Some(route) = self.routes.lookup(&user) else {
             return self.answer(&msg, &source, 404, "Not Found", &[]);
         };
-        let dialled = Routes::rewrite(route, &user);
-        let route = route.clone();
+        let dialled = Routes::rewrite(&route, &user);
         self.admit_and_start(msg, source, &route, dialled, Vec::new(), None);
     }
 

@@ -548,15 +548,12 @@ async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: 
             .routes
             .get()
             .ok_or_else(|| unavailable("the switch is starting".into()))?;
-        let route = routes
-            .lookup(req.number.as_bytes())
-            .cloned()
-            .ok_or_else(|| {
-                Problem::new(
-                    StatusCode::NOT_FOUND,
-                    format!("no route for {}", req.number),
-                )
-            })?;
+        let route = routes.lookup(req.number.as_bytes()).ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                format!("no route for {}", req.number),
+            )
+        })?;
         let dialled = crate::actors::router::Routes::rewrite(&route, req.number.as_bytes());
         let calls = ractor::registry::where_is(crate::supervision::tree::calls_name(&cc.node))
             .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)

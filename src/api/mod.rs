@@ -12,6 +12,7 @@
 
 pub mod cc;
 mod cluster;
+mod config;
 mod health;
 mod problem;
 pub mod recordings;
@@ -77,6 +78,8 @@ pub struct ApiState {
     recordings: Option<Arc<recordings::Recordings>>,
     /// Without cluster membership the cluster routes answer 404.
     cluster: Option<Arc<crate::cluster::membership::Membership>>,
+    /// Without live configuration the route and number routes answer 404.
+    config: Option<Arc<crate::cluster::shared_config::SharedConfig>>,
 }
 
 impl ApiState {
@@ -89,6 +92,7 @@ impl ApiState {
             cc: None,
             recordings: None,
             cluster: None,
+            config: None,
         }
     }
 
@@ -114,6 +118,12 @@ impl ApiState {
     /// Serve `GET /cluster` and the drain commands of this node's membership.
     pub fn with_cluster(mut self, membership: Arc<crate::cluster::membership::Membership>) -> Self {
         self.cluster = Some(membership);
+        self
+    }
+
+    /// Serve `/routes` and `/numbers` from `config` (changes are put in force at once).
+    pub fn with_config(mut self, config: Arc<crate::cluster::shared_config::SharedConfig>) -> Self {
+        self.config = Some(config);
         self
     }
 
@@ -308,6 +318,7 @@ pub fn router(state: ApiState) -> Router {
     let router = cc::routes(router);
     let router = recordings::routes(router);
     let router = cluster::routes(router);
+    let router = config::routes(router);
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

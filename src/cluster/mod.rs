@@ -16,6 +16,7 @@ pub mod config;
 pub mod membership;
 pub mod ownership;
 pub mod port;
+pub mod shared_config;
 pub mod wire;
 
 pub use config::ClusterConfig;

@@ -62,6 +62,7 @@ pub fn config(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Config {
     c.routes = routes
         .iter()
         .map(|(p, t)| RouteConfig {
+            id: None,
             prefix: p.to_string(),
             target: t.clone(),
             strip: 0,
