@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 use ractor_cluster::node::NodeServerSessionInformation;
 use ractor_cluster::{
     IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
@@ -333,10 +333,10 @@ pub enum Control {
     Tick,
     /// Nodes or owners changed in the Directory.
     DirectoryChanged,
-    /// A connection to a peer finished its handshake.
-    PeerUp(String),
+    /// A connection to a peer finished its handshake (the peer, its session actor).
+    PeerUp(String, ActorCell),
     /// A connection to a peer closed.
-    PeerDown(String),
+    PeerDown(String, ActorCell),
     /// A dial attempt's result.
     Dialed(String, Result<(), String>),
 }
@@ -461,7 +461,9 @@ impl NodeEventSubscription for Events {
 
     fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
         if let Some(n) = peer_name(&ses) {
-            let _ = self.port.cast(PortMsg::Local(Control::PeerDown(n)));
+            let _ = self
+                .port
+                .cast(PortMsg::Local(Control::PeerDown(n, ses.actor.get_cell())));
         }
     }
 
@@ -469,7 +471,9 @@ impl NodeEventSubscription for Events {
 
     fn node_session_ready(&self, ses: NodeServerSessionInformation) {
         if let Some(n) = peer_name(&ses) {
-            let _ = self.port.cast(PortMsg::Local(Control::PeerUp(n)));
+            let _ = self
+                .port
+                .cast(PortMsg::Local(Control::PeerUp(n, ses.actor.get_cell())));
         }
     }
 }
@@ -505,6 +509,8 @@ struct PortState {
     pending_keys: HashMap<String, usize>,
     /// Live nodes at the last Directory change.
     live: HashSet<String>,
+    /// This node's ready session with each connected peer.
+    sessions: HashMap<String, ActorCell>,
     dialing: HashSet<String>,
     last_dial: HashMap<String, Instant>,
     last_warn: HashMap<String, Instant>,
@@ -529,6 +535,7 @@ impl Actor for PortActor {
             pending: VecDeque::new(),
             pending_keys: HashMap::new(),
             live: HashSet::new(),
+            sessions: HashMap::new(),
             dialing: HashSet::new(),
             last_dial: HashMap::new(),
             last_warn: HashMap::new(),
@@ -565,13 +572,22 @@ impl Actor for PortActor {
                 state.on_directory().await;
                 state.flush();
             }
-            PortMsg::Local(Control::PeerUp(n)) => {
+            PortMsg::Local(Control::PeerUp(n, session)) => {
                 tracing::info!(peer = %n, "cluster peer connected");
+                state.sessions.insert(n, session);
                 state.publish_peers();
                 state.flush();
             }
-            PortMsg::Local(Control::PeerDown(n)) => {
+            PortMsg::Local(Control::PeerDown(n, session)) => {
                 tracing::info!(peer = %n, "cluster peer disconnected");
+                // Only that session: a newer one with the same peer may be up already.
+                if state
+                    .sessions
+                    .get(&n)
+                    .is_some_and(|s| s.get_id() == session.get_id())
+                {
+                    state.sessions.remove(&n);
+                }
                 state.publish_peers();
             }
             PortMsg::Local(Control::Dialed(n, r)) => {
@@ -650,7 +666,7 @@ impl PortState {
         if node == self.a.me {
             return self.deliver_local(env);
         }
-        let port = peer_port(&node).ok_or("unreachable")?;
+        let port = peer_port(self.sessions.get(&node), &node).ok_or("unreachable")?;
         port.cast(PortMsg::Envelope(Box::new(env.clone())))
             .map_err(|_| "unreachable")?;
         self.a.shared.sent.fetch_add(1, Ordering::Relaxed);
@@ -877,6 +893,10 @@ impl PortState {
     /// A node left the cluster: its connection is closed, and the queues and agents here
     /// are told that the calls it ran are over.
     async fn node_gone(&mut self, node: &str) {
+        if let Some(s) = self.sessions.remove(node) {
+            s.stop(Some("node left the cluster".into()));
+        }
+        // Also sessions that never finished their handshake.
         if let Ok(sessions) = ractor::call_t!(self.a.server, NodeServerMessage::GetSessions, 1000) {
             for s in sessions.values() {
                 if peer_name(s).as_deref() == Some(node) {
@@ -946,7 +966,7 @@ impl PortState {
         for n in self.a.directory.nodes() {
             if n.name <= self.a.me
                 || self.dialing.contains(&n.name)
-                || peer_port(&n.name).is_some()
+                || self.connected(&n.name)
                 || self
                     .last_dial
                     .get(&n.name)
@@ -1003,12 +1023,16 @@ impl PortState {
         }
     }
 
+    fn connected(&self, node: &str) -> bool {
+        peer_port(self.sessions.get(node), node).is_some()
+    }
+
     /// Connected live peers: the gauge and the stats.
     fn publish_peers(&self) {
         let mut peers: Vec<String> = self
             .live
             .iter()
-            .filter(|n| **n != self.a.me && peer_port(n).is_some())
+            .filter(|n| **n != self.a.me && self.connected(n))
             .cloned()
             .collect();
         peers.sort();
@@ -1028,11 +1052,23 @@ impl PortState {
     }
 }
 
-/// A connected peer's port: a member of its group that lives on another node.
-fn peer_port(node: &str) -> Option<ActorRef<PortMsg>> {
-    ractor::pg::get_members(&group(node))
+/// A connected peer's port, through this node's own session with that peer: the session's
+/// stand-in (`RemoteActor`) for the actor that the peer's process group names.
+///
+/// Not just any remote member of the group: ractor's registry and process groups are
+/// process-wide, so when several nodes share a process (tests) every node's sessions mirror
+/// every group, and a stand-in owned by another node's session (whose ids can even collide
+/// with ours, node ids being per NodeServer) would route through someone else's connection.
+fn peer_port(session: Option<&ActorCell>, node: &str) -> Option<ActorRef<PortMsg>> {
+    let session = session?;
+    let pids: HashSet<u64> = ractor::pg::get_members(&group(node))
+        .iter()
+        .map(|c| c.get_id().pid())
+        .collect();
+    session
+        .get_children()
         .into_iter()
-        .find(|c| !c.get_id().is_local())
+        .find(|c| !c.get_id().is_local() && pids.contains(&c.get_id().pid()))
         .map(ActorRef::from)
 }
 

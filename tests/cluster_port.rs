@@ -1,0 +1,393 @@
+//! Actor messages between two real nodes in one process over ractor_cluster (loopback):
+//! a caller on node A's SIP port waits in a queue whose queue and agent actors run on node B,
+//! B's agent is offered the call whose actor runs on A, answers, and B's queue counts it; a
+//! message to a singleton without a reachable owner is retried, delivered to the new owner
+//! when one appears, and otherwise dropped and counted by cause after the retry time.
+//!
+//! Both nodes start from the same configuration (one tenant, queue q0, agent a1) as a node
+//! alone does, with every tenant running; node A's tenant singleton (its tenant, queue and
+//! agent actors) is then stopped through the tree's catalog, as cluster mode does for a
+//! singleton another node owns. The Directory of each node is filled by hand (no etcd):
+//! both nodes live, node B owns the tenant and its queue. The agent's phone registers
+//! through node B only (registrations are per node here); the call's node rings it with the
+//! contact B's agent hands over.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use switchyard::actors::{agent, queue};
+use switchyard::cluster::port::{self, Port, PortConfig};
+use switchyard::cluster::{queue_key, tenant_key, Directory, NodeInfo, NodeState};
+use switchyard::config::{
+    AgentConfig, Config, MembershipConfig, NumberConfig, QueueConfig, TenantConfig, UserConfig,
+};
+use switchyard::server::Node;
+use switchyard::sip::auth::{ha1, Algorithm};
+use switchyard::sip::message::Message;
+
+const DOMAIN: &str = "cc.test";
+const SECRET: &str = "cluster-port-test-secret";
+
+/// A node alone with tenant `cc`: queue q0 (number 5000), agent a1 (user 2001) in it.
+async fn cc_node(dir: &std::path::Path) -> Node {
+    let mut c: Config = config(dir, &[]);
+    c.registrar.algorithms = vec!["MD5".into()];
+    let q: QueueConfig =
+        toml::from_str("id = \"q0\"\nring_timeout_secs = 5\nno_answer_delay_secs = 0").unwrap();
+    c.tenants = vec![TenantConfig {
+        id: "cc".into(),
+        domain: DOMAIN.into(),
+        users: vec![UserConfig {
+            username: "2001".into(),
+            ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
+            ha1_sha256: None,
+        }],
+        numbers: vec![NumberConfig {
+            number: "5000".into(),
+            target: "queue:q0".into(),
+            priority: 0,
+        }],
+        queues: vec![q],
+        agents: vec![AgentConfig {
+            id: "a1".into(),
+            user: "2001".into(),
+            queues: vec![MembershipConfig {
+                queue: "q0".into(),
+                tier: 1,
+                penalty: 0,
+            }],
+            skills: Default::default(),
+            wrap_up_secs: None,
+            state: Some("available".into()),
+        }],
+        ..Default::default()
+    }];
+    start_with(c).await
+}
+
+fn node_info(name: &str, cluster: SocketAddr) -> NodeInfo {
+    NodeInfo {
+        name: name.to_string(),
+        sip: String::new(),
+        http: String::new(),
+        cluster,
+        state: NodeState::Up,
+        since_ms: 0,
+    }
+}
+
+/// Two nodes with ports; A's tenant stopped; both Directories list both nodes, B owning
+/// tenant `cc` and queue q0.
+struct Pair {
+    a: Node,
+    b: Node,
+    dir_a: Arc<Directory>,
+    dir_b: Arc<Directory>,
+    port_a: Arc<Port>,
+    port_b: Arc<Port>,
+    _tmp: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn pair(retry_for: Duration) -> Pair {
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = cc_node(ta.path()).await;
+    let b = cc_node(tb.path()).await;
+    a.tree.singletons.stop(&tenant_key("cc")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            queue::lookup("cc", "q0", &a.name).is_none()
+                && agent::lookup("cc", "a1", &a.name).is_none()
+        })
+        .await,
+        "node A's queue and agent actors stopped"
+    );
+    let (dir_a, dir_b) = (Directory::new(&a.name), Directory::new(&b.name));
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut ca = PortConfig::new(&a.name, listen, SECRET, dir_a.clone(), a.cc.clone());
+    ca.retry_for = retry_for;
+    let port_a = port::start(ca).await.expect("port A starts");
+    let cb = PortConfig::new(&b.name, listen, SECRET, dir_b.clone(), b.cc.clone());
+    let port_b = port::start(cb).await.expect("port B starts");
+    for d in [&dir_a, &dir_b] {
+        d.set_node(node_info(&a.name, port_a.listen_addr()));
+        d.set_node(node_info(&b.name, port_b.listen_addr()));
+        d.set_owner(&tenant_key("cc"), &b.name);
+        d.set_owner(&queue_key("cc", "q0"), &b.name);
+    }
+    let connected = wait_until(Duration::from_secs(10), || {
+        port_a.stats().peers == vec![b.name.clone()] && port_b.stats().peers == vec![a.name.clone()]
+    })
+    .await;
+    assert!(
+        connected,
+        "ports connected: A {:?}, B {:?}",
+        port_a.stats(),
+        port_b.stats()
+    );
+    Pair {
+        a,
+        b,
+        dir_a,
+        dir_b,
+        port_a,
+        port_b,
+        _tmp: (ta, tb),
+    }
+}
+
+impl Pair {
+    async fn stop(self) {
+        self.port_a.stop().await;
+        self.port_b.stop().await;
+        self.a.shutdown().await;
+        self.b.shutdown().await;
+    }
+}
+
+async fn agent_info(node: &Node, id: &str) -> agent::AgentInfo {
+    let a = agent::lookup("cc", id, &node.name).expect("agent running");
+    agent::info(&a).await.expect("agent answers")
+}
+
+/// Polls an agent until `pred` holds (bounded).
+async fn wait_agent(node: &Node, id: &str, what: &str, pred: impl Fn(&agent::AgentInfo) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = agent_info(node, id).await;
+        if pred(&info) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent {id}: {what}; is {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn queue_stats(node: &Node) -> queue::QueueStats {
+    let q = queue::lookup("cc", "q0", &node.name).expect("queue running");
+    queue::stats(&q).await.expect("queue answers")
+}
+
+async fn waiting_ids(node: &Node) -> Vec<String> {
+    let q = queue::lookup("cc", "q0", &node.name).expect("queue running");
+    queue::waiting(&q)
+        .await
+        .expect("queue answers")
+        .into_iter()
+        .map(|w| w.call_id)
+        .collect()
+}
+
+/// Polls the waiting list of B's queue until `pred` holds (bounded); returns the last list.
+async fn wait_waiting(node: &Node, pred: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ids = waiting_ids(node).await;
+        if pred(&ids) || tokio::time::Instant::now() >= deadline {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ack_for(resp: &Message, caller: &Ua, sw: SocketAddr, call_id: &str, number: &str) -> String {
+    format!(
+        "ACK sip:{number}@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-ack-{call_id};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n",
+        caller.addr,
+        header(resp, "From"),
+        header(resp, "To"),
+    )
+}
+
+fn bye_from_phone(inv: &Message, phone: &Ua) -> String {
+    format!(
+        "BYE sip:switch@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-bye-{};rport\r\nMax-Forwards: 70\r\nFrom: {};tag=ag\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: 1 BYE\r\nContent-Length: 0\r\n\r\n",
+        phone.addr,
+        header(inv, "Call-ID").len(),
+        header(inv, "To"),
+        header(inv, "From"),
+        header(inv, "Call-ID"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_on_node_a_reaches_the_agent_of_a_queue_on_node_b() {
+    let p = pair(port::DEFAULT_RETRY_FOR).await;
+    let (sw_a, sw_b) = (udp_addr(&p.a), udp_addr(&p.b));
+    // The agent's phone registers through B, where its agent actor runs.
+    let phone = Ua::new().await;
+    register_udp(&phone, sw_b, DOMAIN, "2001", "pw").await;
+    wait_agent(&p.b, "a1", "offerable once registered", |i| i.offerable).await;
+
+    // The caller dials the queue's number on node A: A's call actor joins B's queue.
+    let caller = Ua::new().await;
+    caller
+        .send(sw_a, &invite("xn-1", "5000", caller.addr, sw_a))
+        .await;
+    caller
+        .expect("180 while queued", |m| m.status() == Some(180))
+        .await;
+    // B's queue offers B's agent; A's call actor rings the phone (from A's SIP socket).
+    let (inv, from) = phone.expect_request("INVITE").await;
+    assert_eq!(from, sw_a, "the agent's phone is rung by the call's node");
+    wait_agent(&p.b, "a1", "offered", |i| i.state == "offered").await;
+    phone
+        .send(sw_a, &answer(&inv, 180, "Ringing", "ag", phone.addr, ""))
+        .await;
+    phone
+        .send(sw_a, &answer(&inv, 200, "OK", "ag", phone.addr, SDP))
+        .await;
+    let (ok, _) = caller
+        .expect("200 from the agent", |m| m.status() == Some(200))
+        .await;
+    caller
+        .send(sw_a, &ack_for(&ok, &caller, sw_a, "xn-1", "5000"))
+        .await;
+    phone.expect_request("ACK").await;
+    // The agent on B is on the call, though it cannot monitor a call actor on A.
+    wait_agent(&p.b, "a1", "on call", |i| i.state == "on_call").await;
+    let mut s = queue_stats(&p.b).await;
+    for _ in 0..100 {
+        if s.answered == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        s = queue_stats(&p.b).await;
+    }
+    assert_eq!((s.joined, s.answered, s.abandoned), (1, 1, 0), "{s:?}");
+    // Still on call a moment later (no false "call actor gone").
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent_info(&p.b, "a1").await.state, "on_call");
+
+    // The agent hangs up: the call on A tells B's agent and queue.
+    phone.send(sw_a, &bye_from_phone(&inv, &phone)).await;
+    let (bye, _) = caller.expect_request("BYE").await;
+    caller
+        .send(sw_a, &answer(&bye, 200, "OK", "", caller.addr, ""))
+        .await;
+    wait_agent(&p.b, "a1", "available after the call", |i| {
+        i.state == "available" && i.calls == 1
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while queue_stats(&p.b).await.handled < 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(queue_stats(&p.b).await.handled, 1, "handle time reported");
+
+    let (sa, sb) = (p.port_a.stats(), p.port_b.stats());
+    // A sent Join (and keep-alives), OfferEnded x2, CallEnded x2; B sent the Offer.
+    assert!(sa.sent >= 5 && sb.received >= 5, "A {sa:?} B {sb:?}");
+    assert!(sb.sent >= 1 && sa.received >= 1, "A {sa:?} B {sb:?}");
+    assert!(
+        sa.failed.is_empty() && sb.failed.is_empty(),
+        "A {sa:?} B {sb:?}"
+    );
+    // B forgot the call once it ended.
+    assert_eq!(sb.calls, 0, "{sb:?}");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_without_a_reachable_owner_are_retried_then_counted() {
+    let retry_for = Duration::from_secs(1);
+    let p = pair(retry_for).await;
+    let join = |id: &str| {
+        queue::QueueMsg::Join(queue::Join {
+            call_id: Arc::from(id),
+            from: "\"X\" <sip:x@127.0.0.1>".into(),
+            priority: 0,
+            joined_ms: 0,
+        })
+    };
+
+    // A message that cannot cross (it carries a reply port) is refused at once.
+    let (tx, _rx) = ractor::concurrency::oneshot();
+    assert!(!queue::tell(
+        &p.a.cc,
+        "cc",
+        "q0",
+        queue::QueueMsg::GetStats(tx.into())
+    ));
+
+    // 1. The owner just died (none yet): the message waits, and reaches the new owner.
+    p.dir_a.remove_owner(&queue_key("cc", "q0"));
+    p.dir_a.set_owner(&tenant_key("cc"), "dead-node");
+    assert!(queue::tell(&p.a.cc, "cc", "q0", join("retry-1")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiting_ids(&p.b).await.is_empty(),
+        "not delivered without an owner"
+    );
+    p.dir_a.set_owner(&tenant_key("cc"), &p.b.name);
+    let ids = wait_waiting(&p.b, |ids| ids.contains(&"retry-1".to_string())).await;
+    assert_eq!(
+        ids,
+        vec!["retry-1".to_string()],
+        "delivered to the new owner"
+    );
+    let s = p.port_a.stats();
+    assert!(s.retried >= 1 && s.failed.is_empty(), "{s:?}");
+    // And it leaves again through the port.
+    assert!(queue::tell(
+        &p.a.cc,
+        "cc",
+        "q0",
+        queue::QueueMsg::Leave {
+            call_id: Arc::from("retry-1"),
+            abandoned: false,
+        }
+    ));
+    let ids = wait_waiting(&p.b, |ids| ids.is_empty()).await;
+    assert!(ids.is_empty(), "{ids:?}");
+
+    // 2. No owner for the whole retry time: dropped, counted as no_owner, not before.
+    p.dir_a.set_owner(&tenant_key("cc"), "dead-node");
+    let sent = Instant::now();
+    assert!(agent::tell(&p.a.cc, "cc", "a1", agent::AgentMsg::Announce));
+    let counted = wait_until(Duration::from_secs(5), || {
+        p.port_a.stats().failed.get("no_owner") == Some(&1)
+    })
+    .await;
+    assert!(counted, "{:?}", p.port_a.stats());
+    assert!(
+        sent.elapsed() >= retry_for,
+        "dropped only after the retry time"
+    );
+
+    // 3. An owner that is listed live but whose port cannot be reached: unreachable.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    p.dir_a.set_node(node_info("zz-unreachable", closed));
+    p.dir_a.set_owner(&tenant_key("cc"), "zz-unreachable");
+    assert!(queue::tell(&p.a.cc, "cc", "q0", join("retry-2")));
+    let counted = wait_until(Duration::from_secs(5), || {
+        p.port_a.stats().failed.get("unreachable") == Some(&1)
+    })
+    .await;
+    assert!(counted, "{:?}", p.port_a.stats());
+    assert!(waiting_ids(&p.b).await.is_empty(), "never reached B");
+
+    // 4. A node leaving the Directory releases B's agents from the calls it ran: a call
+    //    on A joined B's queue, then A is gone.
+    p.dir_a.set_owner(&tenant_key("cc"), &p.b.name);
+    assert!(queue::tell(&p.a.cc, "cc", "q0", join("orphan-1")));
+    let ids = wait_waiting(&p.b, |ids| ids.contains(&"orphan-1".to_string())).await;
+    assert!(ids.contains(&"orphan-1".to_string()), "{ids:?}");
+    assert_eq!(p.port_b.stats().calls, 1, "B remembers the call's node");
+    p.dir_b.remove_node(&p.a.name);
+    let ids = wait_waiting(&p.b, |ids| ids.is_empty()).await;
+    assert!(
+        ids.is_empty(),
+        "the dead node's caller left B's queue: {ids:?}"
+    );
+    assert_eq!(p.port_b.stats().calls, 0);
+    p.stop().await;
+}
