@@ -166,6 +166,16 @@ impl Node {
             config.data_dir.join("switchyard.db"),
         );
         registrar.server = Some(config.sip.user_agent.clone());
+        // Registrations, CDRs and statistics: the node's SQLite file, or in a cluster the
+        // shared PostgreSQL (bindings made through one node reach the others by NOTIFY).
+        let database = match config.cluster.as_ref().and_then(|c| c.database.as_ref()) {
+            Some(db) => crate::store::Database::Postgres(db.url.clone()),
+            None => crate::store::Database::Sqlite(config.data_dir.join("switchyard.db")),
+        };
+        if let Some(c) = &config.cluster {
+            registrar.database = database.clone();
+            registrar.node = c.name.clone();
+        }
         let timers = TimerService::new();
         let max_duration = match config.calls.max_duration_secs {
             0 => None,
@@ -245,10 +255,13 @@ impl Node {
             trunk_table.values().cloned().collect(),
             crate::actors::alarms::AlarmSink::start(&config.alarms, &node_name)
                 .map_err(|e| format!("alarms.webhook_url: {e}"))?,
-            if config.cluster.is_some() {
-                tree::Singletons::OnClaim
-            } else {
-                tree::Singletons::All
+            tree::TreeOptions {
+                placement: if config.cluster.is_some() {
+                    tree::Singletons::OnClaim
+                } else {
+                    tree::Singletons::All
+                },
+                database: database.clone(),
             },
         )
         .await?;
@@ -398,7 +411,7 @@ impl Node {
             tokio::spawn(crate::actors::queue::snapshot_stats(
                 cc.clone(),
                 queues,
-                config.data_dir.join("switchyard.db"),
+                database.clone(),
                 Duration::from_secs(config.calls.queue_stats_secs.max(1)),
             ));
         }

@@ -1039,7 +1039,7 @@ pub fn plan(
 pub async fn snapshot_stats(
     cc: Arc<CcContext>,
     queues: Vec<(String, String)>,
-    db: std::path::PathBuf,
+    db: crate::store::Database,
     every: Duration,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -1108,7 +1108,7 @@ pub async fn snapshot_stats(
         }
         let db = db.clone();
         let written = tokio::task::spawn_blocking(move || {
-            let mut st = crate::store::Store::open(&db)?;
+            let mut st = crate::store::Store::connect(&db, crate::store::Synchronous::Normal)?;
             st.insert_queue_stats(&rows)?;
             st.upsert_agent_stats(&agent_rows)
         })

@@ -148,6 +148,14 @@ fn registered_supervisor(id: String, args: SupervisorArgs) -> ChildSpec {
     .with_shutdown(Duration::from_secs(30))
 }
 
+/// How the tree differs between a node alone and a cluster node.
+#[derive(Clone, Debug)]
+pub struct TreeOptions {
+    pub placement: Singletons,
+    /// Where CDRs go: the node's SQLite file, or the cluster's PostgreSQL.
+    pub database: crate::store::Database,
+}
+
 /// Which singletons the tree starts with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Singletons {
@@ -199,8 +207,9 @@ pub async fn start(
     cc: Arc<CcContext>,
     trunks: Vec<Arc<TrunkShared>>,
     alarms: AlarmSink,
-    placement: Singletons,
+    options: TreeOptions,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
+    let TreeOptions { placement, database } = options;
     let mut singletons = std::collections::BTreeMap::new();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
@@ -319,7 +328,7 @@ pub async fn start(
             "store_writer",
             Restart::Permanent,
             StoreWriterActor,
-            move || StoreWriterArgs::new(db.clone()),
+            move || StoreWriterArgs::with_database(db.clone(), database.clone()),
         ))
         .with_child(ChildSpec::named_actor(
             registrar_name.clone(),
