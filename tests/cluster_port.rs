@@ -92,6 +92,14 @@ struct Pair {
 }
 
 async fn pair(retry_for: Duration) -> Pair {
+    let p = pair_with(|a, _| a.retry_for = retry_for).await;
+    p.wait_connected().await;
+    p
+}
+
+/// Two nodes and their ports, the configs touched by `touch` (A's, B's); not waiting for
+/// the connection.
+async fn pair_with(touch: impl FnOnce(&mut PortConfig, &mut PortConfig)) -> Pair {
     let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = cc_node(ta.path()).await;
     let b = cc_node(tb.path()).await;
@@ -107,9 +115,9 @@ async fn pair(retry_for: Duration) -> Pair {
     let (dir_a, dir_b) = (Directory::new(&a.name), Directory::new(&b.name));
     let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut ca = PortConfig::new(&a.name, listen, SECRET, dir_a.clone(), a.cc.clone());
-    ca.retry_for = retry_for;
+    let mut cb = PortConfig::new(&b.name, listen, SECRET, dir_b.clone(), b.cc.clone());
+    touch(&mut ca, &mut cb);
     let port_a = port::start(ca).await.expect("port A starts");
-    let cb = PortConfig::new(&b.name, listen, SECRET, dir_b.clone(), b.cc.clone());
     let port_b = port::start(cb).await.expect("port B starts");
     for d in [&dir_a, &dir_b] {
         d.set_node(node_info(&a.name, port_a.listen_addr()));
@@ -117,16 +125,6 @@ async fn pair(retry_for: Duration) -> Pair {
         d.set_owner(&tenant_key("cc"), &b.name);
         d.set_owner(&queue_key("cc", "q0"), &b.name);
     }
-    let connected = wait_until(Duration::from_secs(10), || {
-        port_a.stats().peers == vec![b.name.clone()] && port_b.stats().peers == vec![a.name.clone()]
-    })
-    .await;
-    assert!(
-        connected,
-        "ports connected: A {:?}, B {:?}",
-        port_a.stats(),
-        port_b.stats()
-    );
     Pair {
         a,
         b,
@@ -139,6 +137,21 @@ async fn pair(retry_for: Duration) -> Pair {
 }
 
 impl Pair {
+    async fn wait_connected(&self) {
+        let (a, b) = (&self.port_a, &self.port_b);
+        let connected = wait_until(Duration::from_secs(10), || {
+            a.stats().peers == vec![self.b.name.clone()]
+                && b.stats().peers == vec![self.a.name.clone()]
+        })
+        .await;
+        assert!(
+            connected,
+            "ports connected: A {:?}, B {:?}",
+            a.stats(),
+            b.stats()
+        );
+    }
+
     async fn stop(self) {
         self.port_a.stop().await;
         self.port_b.stop().await;
@@ -389,5 +402,68 @@ async fn messages_without_a_reachable_owner_are_retried_then_counted() {
         "the dead node's caller left B's queue: {ids:?}"
     );
     assert_eq!(p.port_b.stats().calls, 0);
+    p.stop().await;
+}
+
+/// The cluster's TLS: one self-signed certificate for `switchyard.test`, trusted by all.
+fn tls() -> port::PortTls {
+    let ck = rcgen::generate_simple_self_signed(vec!["switchyard.test".to_string()]).unwrap();
+    let cert = ck.cert.der().clone();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    port::PortTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+        connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+        server_name: rustls_pki_types::ServerName::try_from("switchyard.test").unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ports_connect_over_tls() {
+    let tls = tls();
+    let p = pair_with(|a, b| {
+        a.tls = Some(tls.clone());
+        b.tls = Some(tls);
+    })
+    .await;
+    p.wait_connected().await;
+    let join = queue::QueueMsg::Join(queue::Join {
+        call_id: Arc::from("tls-1"),
+        from: "\"X\" <sip:x@127.0.0.1>".into(),
+        priority: 0,
+        joined_ms: 0,
+    });
+    assert!(queue::tell(&p.a.cc, "cc", "q0", join));
+    let ids = wait_waiting(&p.b, |ids| !ids.is_empty()).await;
+    assert_eq!(ids, vec!["tls-1".to_string()], "crossed over TLS");
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_secret_is_refused() {
+    let p = pair_with(|a, b| {
+        a.retry_for = Duration::from_secs(1);
+        b.secret = "another-cluster-entirely".into();
+    })
+    .await;
+    // Dials are retried every 2 s: none gets through the handshake.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(p.port_a.stats().peers.is_empty(), "{:?}", p.port_a.stats());
+    assert!(p.port_b.stats().peers.is_empty(), "{:?}", p.port_b.stats());
+    assert!(agent::tell(&p.a.cc, "cc", "a1", agent::AgentMsg::Announce));
+    let counted = wait_until(Duration::from_secs(5), || {
+        p.port_a.stats().failed.get("unreachable") == Some(&1)
+    })
+    .await;
+    assert!(counted, "{:?}", p.port_a.stats());
+    assert_eq!(p.port_b.stats().received, 0);
     p.stop().await;
 }

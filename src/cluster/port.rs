@@ -507,8 +507,8 @@ struct PortState {
     myself: ActorRef<PortMsg>,
     pending: VecDeque<Pending>,
     pending_keys: HashMap<String, usize>,
-    /// Live nodes at the last Directory change.
-    live: HashSet<String>,
+    /// Live nodes at the last Directory change, with their start time.
+    live: HashMap<String, u64>,
     /// This node's ready session with each connected peer.
     sessions: HashMap<String, ActorCell>,
     dialing: HashSet<String>,
@@ -534,7 +534,7 @@ impl Actor for PortActor {
             myself,
             pending: VecDeque::new(),
             pending_keys: HashMap::new(),
-            live: HashSet::new(),
+            live: HashMap::new(),
             sessions: HashMap::new(),
             dialing: HashSet::new(),
             last_dial: HashMap::new(),
@@ -691,8 +691,13 @@ impl PortState {
                     .get(call_id.as_str())
                     .map(|e| e.node.clone())
                     .ok_or("gone")?;
-                // A call on a dead node is gone with it.
-                dir.node(&node).map(|_| node).ok_or("gone")
+                // A call on a dead node is gone with it. A node connected to us that this
+                // node's Directory does not show yet (the etcd watch lags) is not dead.
+                if dir.node(&node).is_some() || self.sessions.contains_key(&node) {
+                    Ok(node)
+                } else {
+                    Err("gone")
+                }
             }
         }
     }
@@ -874,14 +879,21 @@ impl PortState {
 
     /// Follows the Directory: forgets nodes that left (and their calls), connects to new ones.
     async fn on_directory(&mut self) {
-        let live: HashSet<String> = self
+        let live: HashMap<String, u64> = self
             .a
             .directory
             .nodes()
             .into_iter()
-            .map(|n| n.name)
+            .map(|n| (n.name, n.since_ms))
             .collect();
-        let gone: Vec<String> = self.live.difference(&live).cloned().collect();
+        // Gone, or back under the same name with another start time (restarted within its
+        // lease's time to live): either way the calls it ran died with the old process.
+        let gone: Vec<String> = self
+            .live
+            .iter()
+            .filter(|(n, since)| live.get(*n) != Some(since))
+            .map(|(n, _)| n.clone())
+            .collect();
         self.live = live;
         for node in gone {
             self.node_gone(&node).await;
@@ -1031,7 +1043,7 @@ impl PortState {
     fn publish_peers(&self) {
         let mut peers: Vec<String> = self
             .live
-            .iter()
+            .keys()
             .filter(|n| **n != self.a.me && self.connected(n))
             .cloned()
             .collect();
