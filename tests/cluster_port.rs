@@ -303,6 +303,16 @@ async fn caller_on_node_a_reaches_the_agent_of_a_queue_on_node_b() {
     );
     // B forgot the call once it ended.
     assert_eq!(sb.calls, 0, "{sb:?}");
+    // The same as Prometheus metrics (by kind; the latency from the envelopes' stamps).
+    let text = switchyard::metrics::handle().expect("recorder").render();
+    for line in [
+        "switchyard_cluster_messages_sent_total{kind=\"call.offer\"}",
+        "switchyard_cluster_messages_received_total{kind=\"queue.offer_ended\"}",
+        "switchyard_cluster_message_latency_seconds_count",
+        "switchyard_cluster_peers",
+    ] {
+        assert!(text.contains(line), "/metrics has {line}");
+    }
     p.stop().await;
 }
 

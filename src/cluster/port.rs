@@ -649,7 +649,7 @@ impl PortState {
         }
         match self.attempt(&env, local_only) {
             Ok(()) => {}
-            Err("gone") => self.gone(&env),
+            Err(cause @ ("gone" | "decode")) => self.drop_now(&env, cause),
             Err(cause) => {
                 let key = target_key(&env.to);
                 self.defer(env, key, local_only, cause);
@@ -732,9 +732,15 @@ impl PortState {
         }
     }
 
-    fn gone(&self, env: &Envelope) {
-        self.a.shared.fail("gone", 1);
-        tracing::debug!(kind = env.to.kind(), target = %describe_target(&env.to), "inter-node message for an ended call dropped");
+    /// A message no retry can help: its call ended (or its node died), or it does not
+    /// convert back.
+    fn drop_now(&self, env: &Envelope, cause: &'static str) {
+        self.a.shared.fail(cause, 1);
+        tracing::debug!(
+            cause,
+            target = %describe_target(&env.to),
+            "inter-node message dropped"
+        );
     }
 
     fn defer(&mut self, env: Box<Envelope>, key: String, local_only: bool, cause: &'static str) {
@@ -773,8 +779,8 @@ impl PortState {
                 }
                 None => match self.attempt(&p.env, p.local_only) {
                     Ok(()) => true,
-                    Err("gone") => {
-                        self.gone(&p.env);
+                    Err(cause @ ("gone" | "decode")) => {
+                        self.drop_now(&p.env, cause);
                         true
                     }
                     Err(cause) => {
