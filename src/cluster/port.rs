@@ -114,10 +114,15 @@ pub fn group(node: &str) -> String {
     format!("switchyard-port/{node}")
 }
 
-/// TLS between nodes: both sides present and check certificates with these.
+/// TLS between nodes: the listener accepts with `acceptor`, dials go out with `connector`
+/// checking the peer's certificate against `server_name`. Whether a dialing peer must show
+/// a certificate too is the acceptor's configuration; the shared secret authenticates peers
+/// either way.
 #[derive(Clone)]
 pub struct PortTls {
+    /// Incoming connections.
     pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Outgoing connections.
     pub connector: tokio_rustls::TlsConnector,
     /// The name peers' certificates are checked against.
     pub server_name: ServerName<'static>,
