@@ -1,11 +1,16 @@
 //! Routes and numbers changed through the API on a node alone: in force for the next call,
 //! kept across a restart, refused (400 naming the field, 401/403 without the token) exactly
-//! where the config file would be.
+//! where the config file would be. And in a cluster (a real etcd, three switchyard
+//! processes on 127.0.0.1-3): a route put through one node routes calls on another within a
+//! second.
 
 mod common;
 
 use common::*;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 use switchyard::config::Config;
 use switchyard::server::Node;
 
@@ -275,4 +280,263 @@ async fn bad_changes_are_refused_and_change_nothing() {
     assert_eq!(ids, ["9"], "nothing refused was applied");
     assert_eq!(get(&node, "/numbers").await.as_array().unwrap().len(), 1);
     node.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster: etcd and switchyard processes (the launcher is tests/cluster.rs's)
+// ---------------------------------------------------------------------------------------------
+
+/// A free TCP port on `ip`.
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free UDP port on `ip`.
+fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The etcd binary, or None (with a loud line) when it is not installed outside CI.
+fn etcd_binary() -> Option<PathBuf> {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("etcd");
+        if p.is_file() {
+            return Some(p);
+        }
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("etcd is not installed: apt-get install etcd-server");
+    }
+    eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
+    None
+}
+
+/// A child process killed (SIGKILL) when dropped, also when the test panics.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A one-member etcd on loopback, its data in `dir`, serving clients at `client` (started
+/// again on the same URLs and data, it is the same etcd).
+fn start_etcd(bin: &Path, dir: &Path, client: &str, peer: &str) -> Proc {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .unwrap();
+    let child = Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir.join("etcd"))
+        .args(["--listen-client-urls", client])
+        .args(["--advertise-client-urls", client])
+        .args(["--listen-peer-urls", peer])
+        .args(["--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("etcd starts");
+    Proc(child)
+}
+
+/// One switchyard process of the cluster.
+struct Member {
+    http: SocketAddr,
+    sip: SocketAddr,
+    _proc: Proc,
+}
+
+/// Route ids as `GET /routes` on `http` lists them; None while the node is not up.
+async fn route_ids(http: SocketAddr) -> Option<Vec<String>> {
+    tokio::net::TcpStream::connect(http).await.ok()?;
+    let r = http_request(http, "GET", "/routes", None, "").await;
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    Some(
+        v.as_array()?
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+/// Polls `GET /routes` on `http` until `pred` holds on its ids; the time it took.
+async fn wait_routes(
+    http: SocketAddr,
+    limit: Duration,
+    pred: impl Fn(&[String]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < limit {
+        last = route_ids(http).await;
+        if last.as_deref().is_some_and(&pred) {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("routes on {http} not as expected in {limit:?}: last {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
+    let Some(etcd_bin) = etcd_binary() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let etcd_url = format!("http://127.0.0.1:{}", free_port("127.0.0.1"));
+    let peer_url = format!("http://127.0.0.1:{}", free_port("127.0.0.1"));
+    let etcd = start_etcd(&etcd_bin, dir.path(), &etcd_url, &peer_url);
+    let (caller, uk, file_target) = (Ua::new().await, Ua::new().await, Ua::new().await);
+    let config_path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[http]\ntoken = \"{TOKEN}\"\n[[routes]]\nprefix = \"9\"\ntarget = \"sip:{}\"\n",
+            file_target.addr
+        ),
+    )
+    .unwrap();
+    // Serving reads, not only accepting connections (a node started before etcd has a leader
+    // fails to join).
+    let ready = async {
+        loop {
+            let client = etcd_client::Client::connect([etcd_url.as_str()], None).await;
+            if let Ok(mut c) = client {
+                if c.get("/", None).await.is_ok() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("etcd did not come up");
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let ip = format!("127.0.0.{i}");
+        let name = format!("n{i}");
+        let cluster = dir.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cluster,
+            format!(
+                "name = \"{name}\"\nlisten = \"{ip}:{}\"\nsecret = \"a-test-secret-0123456789\"\n\
+                 [etcd]\nendpoints = [\"{etcd_url}\"]\nprefix = \"/cfg\"\nlease_ttl_secs = 3\n",
+                free_port(&ip)
+            ),
+        )
+        .unwrap();
+        let http: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
+        let sip: SocketAddr = format!("{ip}:{}", free_udp_port(&ip)).parse().unwrap();
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--cluster")
+            .arg(&cluster)
+            .args(["--sip-listen", &format!("udp:{sip}")])
+            .args(["--http-listen", &http.to_string()])
+            .arg("--data-dir")
+            .arg(dir.path().join(&name))
+            .env("RUST_LOG", "switchyard=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("switchyard starts");
+        nodes.push(Member {
+            http,
+            sip,
+            _proc: Proc(child),
+        });
+    }
+    // The first node seeds etcd from its file; every node then serves the file's route.
+    for n in &nodes {
+        wait_routes(n.http, Duration::from_secs(20), |ids| ids == ["9"]).await;
+    }
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let status_on = |node: SocketAddr, user: &'static str| {
+        let caller = &caller;
+        async move {
+            let cid = rand_token();
+            caller
+                .send(node, &invite(&cid, user, caller.addr, node))
+                .await;
+            let (m, _) = caller
+                .expect("a final response", |m| {
+                    m.status().is_some_and(|s| s >= 200) && call_id(m) == cid
+                })
+                .await;
+            m.status().unwrap()
+        }
+    };
+    assert_eq!(status_on(n3.sip, "4420").await, 404);
+
+    // PUT on node 1; node 3 routes with it within a second.
+    let body = format!(r#"{{"prefix": "44", "target": "sip:{}"}}"#, uk.addr);
+    let bearer = format!("Bearer {TOKEN}");
+    let start = Instant::now();
+    let r = http_request(n1.http, "PUT", "/routes/uk", Some(&bearer), &body).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let answered = start.elapsed();
+    wait_routes(n3.http, Duration::from_secs(1), |ids| {
+        ids.iter().any(|i| i == "uk")
+    })
+    .await;
+    let in_force = start.elapsed();
+    eprintln!("route put on n1: answered after {answered:?}, in force on n3 after {in_force:?}");
+    assert!(in_force < Duration::from_secs(1), "took {in_force:?}");
+    let cid = rand_token();
+    caller
+        .send(n3.sip, &invite(&cid, "4420", caller.addr, n3.sip))
+        .await;
+    let (inv, from) = uk.expect_request("INVITE").await;
+    uk.send(from, &answer(&inv, 486, "Busy Here", "b1", uk.addr, ""))
+        .await;
+    caller
+        .expect("486 through n3", |m| {
+            m.status() == Some(486) && call_id(m) == cid
+        })
+        .await;
+
+    // A delete on node 2 (of the file's route too) is in force on all nodes.
+    let r = http_request(n2.http, "DELETE", "/routes/9", Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    for n in &nodes {
+        wait_routes(n.http, Duration::from_secs(1), |ids| ids == ["uk"]).await;
+    }
+    assert_eq!(status_on(n1.sip, "900").await, 404);
+    // etcd unreachable: a change is refused with 503 and nothing changes.
+    drop(etcd);
+    let fr = body.replace("44", "33");
+    let r = http_request(n2.http, "PUT", "/routes/fr", Some(&bearer), &fr).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(route_ids(n2.http).await.unwrap(), ["uk"]);
+    // etcd back: the nodes reconnect, and changes flow again to every node.
+    let _etcd = start_etcd(&etcd_bin, dir.path(), &etcd_url, &peer_url);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = http_request(n2.http, "PUT", "/routes/fr", Some(&bearer), &fr).await;
+        if r.status == 201 {
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert!(Instant::now() < deadline, "etcd writes did not resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in &nodes {
+        wait_routes(n.http, Duration::from_secs(5), |ids| ids == ["fr", "uk"]).await;
+    }
 }
