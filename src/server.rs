@@ -253,9 +253,9 @@ impl Node {
             registrar,
             cc.clone(),
             trunk_table.values().cloned().collect(),
-            crate::actors::alarms::AlarmSink::start(&config.alarms, &node_name)
-                .map_err(|e| format!("alarms.webhook_url: {e}"))?,
             tree::TreeOptions {
+                alarms: crate::actors::alarms::AlarmSink::start(&config.alarms, &node_name)
+                    .map_err(|e| format!("alarms.webhook_url: {e}"))?,
                 placement: if config.cluster.is_some() {
                     tree::Singletons::OnClaim
                 } else {

@@ -149,11 +149,13 @@ fn registered_supervisor(id: String, args: SupervisorArgs) -> ChildSpec {
 }
 
 /// How the tree differs between a node alone and a cluster node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TreeOptions {
     pub placement: Singletons,
     /// Where CDRs go: the node's SQLite file, or the cluster's PostgreSQL.
     pub database: crate::store::Database,
+    /// Where trunk alarms go.
+    pub alarms: AlarmSink,
 }
 
 /// Which singletons the tree starts with.
@@ -206,10 +208,13 @@ pub async fn start(
     registrar: RegistrarArgs,
     cc: Arc<CcContext>,
     trunks: Vec<Arc<TrunkShared>>,
-    alarms: AlarmSink,
     options: TreeOptions,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
-    let TreeOptions { placement, database } = options;
+    let TreeOptions {
+        placement,
+        database,
+        alarms,
+    } = options;
     let mut singletons = std::collections::BTreeMap::new();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
