@@ -511,6 +511,29 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         })
         .await;
 
+    // Two nodes accepting clashing routes at once (two ids, one prefix): exactly one wins,
+    // the other is refused on the prefix, however the two interleave.
+    let clash = format!(r#"{{"prefix": "55", "target": "sip:{}"}}"#, uk.addr);
+    let (a, b) = tokio::join!(
+        http_request(n1.http, "PUT", "/routes/a55", Some(&bearer), &clash),
+        http_request(n2.http, "PUT", "/routes/b55", Some(&bearer), &clash),
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(statuses, [201, 400], "{} / {}", a.body, b.body);
+    let loser = if a.status == 400 { &a } else { &b };
+    assert!(loser.body.contains(r#""field":"prefix""#), "{}", loser.body);
+    let winner = if a.status == 201 { "a55" } else { "b55" };
+    let r = http_request(
+        n3.http,
+        "DELETE",
+        &format!("/routes/{winner}"),
+        Some(&bearer),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+
     // A delete on node 2 (of the file's route too) is in force on all nodes.
     let r = http_request(n2.http, "DELETE", "/routes/9", Some(&bearer), "").await;
     assert_eq!(r.status, 204, "{}", r.body);

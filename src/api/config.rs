@@ -11,7 +11,8 @@
 //! | `DELETE /numbers/{number}` | (token) 204; 404 if there is no such number |
 //!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
-//! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing.
+//! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
+//! a 409 when other nodes kept changing the configuration while it was checked (try again).
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -68,6 +69,9 @@ fn error_response(e: ChangeError) -> Response {
         ChangeError::NotFound(what) => Problem::not_found(what).into_response(),
         ChangeError::Unavailable(why) => {
             Problem::new(StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+        }
+        ChangeError::Conflict => {
+            Problem::new(StatusCode::CONFLICT, ChangeError::Conflict.to_string()).into_response()
         }
     }
 }

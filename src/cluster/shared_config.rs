@@ -68,6 +68,8 @@ pub fn describe() {
 
 /// How long the API waits for its own node to apply a change it wrote to etcd.
 const APPLY_WAIT: Duration = Duration::from_secs(3);
+/// How often a change is checked again after another node changed the configuration first.
+const CONFLICT_RETRIES: usize = 3;
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
 
@@ -125,6 +127,16 @@ pub enum ChangeError {
     /// The change could not be stored (SQLite or etcd): nothing changed (a 503).
     #[error("{0}")]
     Unavailable(String),
+    /// Other nodes kept changing the configuration while this change was checked (a 409).
+    #[error("the configuration kept changing while this change was checked; try again")]
+    Conflict,
+}
+
+/// What a write did.
+enum Written {
+    Done,
+    /// Another change came first (cluster): etcd is at this revision.
+    Stale(i64),
 }
 
 impl ChangeError {
@@ -141,6 +153,7 @@ impl ChangeError {
             ChangeError::Invalid { .. } => "invalid",
             ChangeError::NotFound(_) => "not_found",
             ChangeError::Unavailable(_) => "unavailable",
+            ChangeError::Conflict => "conflict",
         }
     }
 }
@@ -230,7 +243,16 @@ impl SharedConfig {
                 .map_err(|e| format!("configuration overrides: {e}"))?;
                 let mut tables = file;
                 for o in &saved {
-                    shared.replay(&mut tables, o);
+                    match shared.apply_override(&mut tables, o) {
+                        Ok(()) => {
+                            metrics::counter!(CONFIG_CHANGES_TOTAL, "kind" => o.kind.clone(), "source" => "store").increment(1);
+                        }
+                        Err(e) => {
+                            // The file changed under it (a trunk or queue removed): the file wins.
+                            metrics::counter!(CONFIG_REJECTED_TOTAL, "kind" => o.kind.clone(), "reason" => "stale").increment(1);
+                            tracing::warn!(kind = %o.kind, id = %o.id, error = %e, "saved configuration change no longer valid; skipped");
+                        }
+                    }
                 }
                 if !saved.is_empty() {
                     tracing::info!(overrides = saved.len(), "configuration changes restored");
@@ -307,14 +329,13 @@ impl SharedConfig {
             }
             _ => route.id = Some(id.to_string()),
         }
-        let _one = self.writing.lock().await;
-        let existed = {
-            let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-            self.check_route(&t, id, &route)?;
-            t.routes.contains_key(id)
-        };
         let stored = route_json(id, &route);
-        self.write(Kind::Route, id, Some(&stored)).await?;
+        let existed = self
+            .change(Kind::Route, id, Some(&stored), |t| {
+                self.check_route(t, id, &route)?;
+                Ok(t.routes.contains_key(id))
+            })
+            .await?;
         Ok((!existed, stored))
     }
 
@@ -350,14 +371,13 @@ impl SharedConfig {
             ));
         }
         entry.number = number.to_string();
-        let _one = self.writing.lock().await;
-        let existed = {
-            let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-            self.check_number(&t, &entry)?;
-            t.numbers.contains_key(number)
-        };
         let stored = serde_json::to_value(&entry).expect("a number serializes");
-        self.write(Kind::Number, number, Some(&stored)).await?;
+        let existed = self
+            .change(Kind::Number, number, Some(&stored), |t| {
+                self.check_number(t, &entry)?;
+                Ok(t.numbers.contains_key(number))
+            })
+            .await?;
         Ok((!existed, entry))
     }
 
@@ -369,23 +389,77 @@ impl SharedConfig {
     }
 
     async fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
-        let _one = self.writing.lock().await;
-        let exists = {
-            let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-            match kind {
+        self.change(kind, id, None, |t| {
+            let exists = match kind {
                 Kind::Route => t.routes.contains_key(id),
                 Kind::Number => t.numbers.contains_key(id),
+            };
+            if exists {
+                Ok(true)
+            } else {
+                Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())))
             }
-        };
-        if !exists {
-            return Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())));
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Checks a change against the tables in force (`check` says whether the entry exists)
+    /// and writes it (None: a deletion). In a cluster the write only succeeds if nothing under
+    /// `<prefix>/config/` changed since the revision the check saw; otherwise this node
+    /// catches up and checks again, so two nodes cannot both accept changes that clash.
+    async fn change(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: Option<&Value>,
+        check: impl Fn(&Tables) -> Result<bool, ChangeError>,
+    ) -> Result<bool, ChangeError> {
+        let _one = self.writing.lock().await;
+        for _ in 0..CONFLICT_RETRIES {
+            // Read before the tables: tables newer than `seen` only make the write's
+            // comparison fail (and the check run again), never pass on an older view.
+            let seen = self.seen_revision();
+            let existed = check(&self.tables.lock().unwrap_or_else(|e| e.into_inner()))?;
+            match self.write(kind, id, value, seen).await? {
+                Written::Done => return Ok(existed),
+                Written::Stale(revision) => {
+                    self.catch_up(revision).await;
+                }
+            }
         }
-        self.write(kind, id, None).await
+        Err(ChangeError::Conflict)
+    }
+
+    /// The etcd revision this node's tables reflect (0 alone).
+    fn seen_revision(&self) -> i64 {
+        match &self.backend {
+            Backend::Sqlite(_) => 0,
+            Backend::Etcd(e) => *e.applied.borrow(),
+        }
+    }
+
+    /// Waits (bounded) until this node has applied etcd's changes up to `revision`; whether
+    /// it did.
+    async fn catch_up(&self, revision: i64) -> bool {
+        let Backend::Etcd(e) = &self.backend else {
+            return true;
+        };
+        let mut applied = e.applied.clone();
+        let waited = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|r| *r >= revision)).await;
+        matches!(waited, Ok(Ok(_)))
     }
 
     /// Stores a change (None: a deletion) and puts it in force: alone, after it is durable
-    /// in SQLite; in a cluster, once the watch has brought it back from etcd.
-    async fn write(&self, kind: Kind, id: &str, value: Option<&Value>) -> Result<(), ChangeError> {
+    /// in SQLite; in a cluster, once the watch has brought it back from etcd. `seen`: the
+    /// revision the change was checked at (cluster).
+    async fn write(
+        &self,
+        kind: Kind,
+        id: &str,
+        value: Option<&Value>,
+        seen: i64,
+    ) -> Result<Written, ChangeError> {
         match &self.backend {
             Backend::Sqlite(path) => {
                 let o = overrides::Override {
@@ -403,39 +477,40 @@ impl SharedConfig {
                 .map_err(|e| ChangeError::Unavailable(e.to_string()))?
                 .map_err(|e| ChangeError::Unavailable(format!("saving the change: {e}")))?;
                 let mut tables = self.snapshot();
-                if self.replay(&mut tables, &o) {
-                    metrics::counter!(CONFIG_CHANGES_TOTAL, "kind" => kind.label(), "source" => "api")
-                        .increment(1);
-                }
+                // Checked under the writing lock just before: this cannot fail now.
+                self.apply_override(&mut tables, &o)?;
+                metrics::counter!(CONFIG_CHANGES_TOTAL, "kind" => kind.label(), "source" => "api")
+                    .increment(1);
                 self.install(tables);
-                Ok(())
+                Ok(Written::Done)
             }
             Backend::Etcd(e) => {
                 let key = format!("{}{}/{id}", e.prefix, kind.segment());
-                let mut client = e.client.clone();
-                let revision = match value {
-                    Some(v) => client
-                        .put(key, v.to_string(), None)
-                        .await
-                        .map(|r| r.header().map_or(0, |h| h.revision())),
-                    None => client
-                        .delete(key, None)
-                        .await
-                        .map(|r| r.header().map_or(0, |h| h.revision())),
+                let op = match value {
+                    Some(v) => TxnOp::put(key, v.to_string(), None),
+                    None => TxnOp::delete(key, None),
+                };
+                let unchanged = Compare::mod_revision(e.prefix.as_str(), CompareOp::Less, seen + 1)
+                    .with_prefix();
+                let resp = e
+                    .client
+                    .clone()
+                    .txn(Txn::new().when([unchanged]).and_then([op]))
+                    .await
+                    .map_err(|err| ChangeError::Unavailable(format!("etcd: {err}")))?;
+                let revision = resp.header().map_or(0, |h| h.revision());
+                if !resp.succeeded() {
+                    return Ok(Written::Stale(revision));
                 }
-                .map_err(|err| ChangeError::Unavailable(format!("etcd: {err}")))?;
                 // Answer once this node routes with it, so a call right after the answer
                 // sees the change here too.
-                let mut applied = e.applied.clone();
-                let waited =
-                    tokio::time::timeout(APPLY_WAIT, applied.wait_for(|r| *r >= revision)).await;
-                if !matches!(waited, Ok(Ok(_))) {
+                if !self.catch_up(revision).await {
                     tracing::warn!(
                         revision,
                         "configuration change stored in etcd but not yet applied here"
                     );
                 }
-                Ok(())
+                Ok(Written::Done)
             }
         }
     }
@@ -447,51 +522,45 @@ impl SharedConfig {
             .clone()
     }
 
-    /// Applies one saved override to `tables` if it is still valid; whether it was.
-    fn replay(&self, tables: &mut Tables, o: &overrides::Override) -> bool {
+    /// Applies one saved override to `tables` if it is still valid.
+    fn apply_override(
+        &self,
+        tables: &mut Tables,
+        o: &overrides::Override,
+    ) -> Result<(), ChangeError> {
         let kind = match o.kind.as_str() {
             "route" => Kind::Route,
             "number" => Kind::Number,
-            _ => return false,
+            other => return Err(ChangeError::invalid("kind", format!("{other:?}"))),
         };
-        let applied = if o.deleted {
+        if o.deleted {
             match kind {
-                Kind::Route => tables.routes.remove(&o.id).is_some(),
-                Kind::Number => tables.numbers.remove(&o.id).is_some(),
-            }
-        } else {
-            let parsed = serde_json::from_str::<Value>(&o.json)
-                .map_err(|e| ChangeError::invalid("json", e.to_string()));
-            let checked = parsed.and_then(|v| match kind {
                 Kind::Route => {
-                    let r = parse_route(v)?;
-                    self.check_route(tables, &o.id, &r)?;
-                    tables.routes.insert(o.id.clone(), r);
-                    Ok(())
+                    tables.routes.remove(&o.id);
                 }
                 Kind::Number => {
-                    let mut n = parse_number(v)?;
-                    n.number = o.id.clone();
-                    self.check_number(tables, &n)?;
-                    tables.numbers.insert(o.id.clone(), n);
-                    Ok(())
-                }
-            });
-            match checked {
-                Ok(()) => true,
-                Err(e) => {
-                    // The file changed under it (a trunk or queue removed): the file wins.
-                    metrics::counter!(CONFIG_REJECTED_TOTAL, "kind" => kind.label(), "reason" => "stale").increment(1);
-                    tracing::warn!(kind = kind.label(), id = %o.id, error = %e, "saved configuration change no longer valid; skipped");
-                    false
+                    tables.numbers.remove(&o.id);
                 }
             }
-        };
-        if applied {
-            metrics::counter!(CONFIG_CHANGES_TOTAL, "kind" => kind.label(), "source" => "store")
-                .increment(1);
+            return Ok(());
         }
-        applied
+        let v = serde_json::from_str::<Value>(&o.json)
+            .map_err(|e| ChangeError::invalid("json", e.to_string()))?;
+        match kind {
+            Kind::Route => {
+                let mut r = parse_route(v)?;
+                r.id = Some(o.id.clone());
+                self.check_route(tables, &o.id, &r)?;
+                tables.routes.insert(o.id.clone(), r);
+            }
+            Kind::Number => {
+                let mut n = parse_number(v)?;
+                n.number = o.id.clone();
+                self.check_number(tables, &n)?;
+                tables.numbers.insert(o.id.clone(), n);
+            }
+        }
+        Ok(())
     }
 
     /// The file's validation of route `id` as `route`, among the other current routes.
