@@ -314,6 +314,24 @@ impl Routes {
 impl RouteTable {
     /// Builds the table of `config`, longest prefix first.
     pub fn new(config: &[RouteConfig], trunks: &TrunkTable) -> RouteTable {
+        RouteTable::build(config, trunks, None)
+    }
+
+    /// Builds the table of `config` after a change to `previous`: a route whose trunk group
+    /// is unchanged keeps it, so its round-robin state carries over.
+    pub fn rebuilt(
+        config: &[RouteConfig],
+        trunks: &TrunkTable,
+        previous: &RouteTable,
+    ) -> RouteTable {
+        RouteTable::build(config, trunks, Some(previous))
+    }
+
+    fn build(
+        config: &[RouteConfig],
+        trunks: &TrunkTable,
+        previous: Option<&RouteTable>,
+    ) -> RouteTable {
         let mut routes: Vec<Route> = config
             .iter()
             .filter_map(|r| {
@@ -339,18 +357,35 @@ impl RouteTable {
                     .collect();
                 let first = members.first()?.gateway()?;
                 let trunk_anchors = members.iter().any(|t| t.config.media == MediaMode::Anchor);
+                let target_text = format!("trunks:{}", r.trunks.join(","));
+                // Trunks are file-configured, so the same ids are the same trunks.
+                let kept = previous
+                    .and_then(|p| {
+                        p.routes
+                            .iter()
+                            .find(|x| x.prefix == r.prefix && x.target_text == target_text)
+                    })
+                    .and_then(|x| x.group.clone())
+                    .filter(|g| {
+                        g.policy == r.policy
+                            && g.max_attempts == r.max_attempts
+                            && g.trunks.len() == members.len()
+                    });
+                let group = kept.unwrap_or_else(|| {
+                    Arc::new(TrunkGroup {
+                        trunks: members,
+                        policy: r.policy,
+                        max_attempts: r.max_attempts,
+                        rr: Mutex::new(RrState::new()),
+                    })
+                });
                 Some(Route {
                     prefix: r.prefix.clone(),
                     target: first,
                     strip: r.strip,
                     prepend: r.prepend.clone(),
-                    target_text: format!("trunks:{}", r.trunks.join(",")),
-                    group: Some(Arc::new(TrunkGroup {
-                        trunks: members,
-                        policy: r.policy,
-                        max_attempts: r.max_attempts,
-                        rr: Mutex::new(RrState::new()),
-                    })),
+                    target_text,
+                    group: Some(group),
                     media: MediaPolicy {
                         anchor: r.media == MediaMode::Anchor || r.record || trunk_anchors,
                         record: r.record,

@@ -612,8 +612,9 @@ impl SharedConfig {
     /// Puts `tables` in force: the router's tables are rebuilt and swapped.
     fn install(&self, tables: Tables) {
         let routes: Vec<RouteConfig> = tables.routes.values().cloned().collect();
-        self.routes
-            .replace(RouteTable::new(&routes, &self.trunk_table));
+        let previous = self.routes.current();
+        let table = RouteTable::rebuilt(&routes, &self.trunk_table, &previous);
+        self.routes.replace(table);
         let mut numbers = HashMap::with_capacity(tables.numbers.len());
         for n in tables.numbers.values() {
             let route = self
@@ -1165,6 +1166,54 @@ mod tests {
         assert_eq!(s.routes.lookup(b"4411").unwrap().target.addr.port(), 5071);
         assert!(s.numbers.get("100").is_none());
         assert_eq!(s.generation(), 2);
+    }
+
+    #[test]
+    fn an_unchanged_trunk_group_keeps_its_state_across_a_change() {
+        let c = Config::from_toml(
+            r#"
+            [[trunks]]
+            id = "a"
+            gateways = ["sip:127.0.0.1:5090"]
+            [[trunks]]
+            id = "b"
+            gateways = ["sip:127.0.0.1:5091"]
+            [[routes]]
+            prefix = "1"
+            trunks = ["a", "b"]
+            policy = "weighted-round-robin"
+            "#,
+        )
+        .unwrap();
+        let mut s = shared(&c);
+        s.trunk_table = Arc::new(
+            c.trunks
+                .iter()
+                .map(|t| {
+                    let shared = Arc::new(crate::actors::trunk::TrunkShared::new(t.clone()));
+                    (shared.id.clone(), shared)
+                })
+                .collect(),
+        );
+        s.install(s.snapshot());
+        let group = |s: &SharedConfig| s.routes.lookup(b"100").unwrap().group.unwrap();
+        let before = group(&s);
+        let mut t = s.snapshot();
+        t.routes.insert(
+            "44".into(),
+            route(json!({"prefix": "44", "target": "sip:127.0.0.1:5080"})).unwrap(),
+        );
+        s.install(t);
+        assert!(
+            Arc::ptr_eq(&before, &group(&s)),
+            "untouched route keeps its group"
+        );
+        let mut t = s.snapshot();
+        t.routes.get_mut("1").unwrap().max_attempts = 1;
+        s.install(t);
+        let after = group(&s);
+        assert!(!Arc::ptr_eq(&before, &after), "a changed group is new");
+        assert_eq!(after.max_attempts, 1);
     }
 
     #[test]
