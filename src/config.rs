@@ -677,13 +677,15 @@ impl Config {
         let mut prefixes = std::collections::HashSet::new();
         let mut route_ids = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
-            // The id names the route in the API path and in etcd keys.
+            // The id names the route in the API path and in etcd keys. A route without one
+            // is named by its prefix, whose clash is reported as the prefix's.
             let id = r.key();
+            let clash = !route_ids.insert(id.clone()) && r.id.is_some();
             if id.is_empty()
                 || !id
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "+*#-._".contains(c))
-                || !route_ids.insert(id)
+                || clash
             {
                 err(
                     format!("routes[{i}].id"),

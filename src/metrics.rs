@@ -109,6 +109,7 @@ pub fn describe_all() {
     crate::media::recording::describe();
     crate::cluster::membership::describe();
     crate::cluster::port::describe();
+    crate::cluster::shared_config::describe();
     crate::store::describe();
     crate::actors::call::describe_media();
 

@@ -7,6 +7,8 @@
 //! - [`membership`]: the node's lease in etcd, the watch of nodes and owners, claiming and
 //!   releasing singletons (starting and stopping their actors), draining, `GET /cluster`.
 //! - [`port`] and [`wire`]: actor messages between nodes over ractor_cluster.
+//! - [`channels`]: a trunk's limits split over the nodes so they hold cluster-wide.
+//! - [`shared_config`]: routes and numbers changed through any node's API, shared in etcd.
 //!
 //! etcd decides who is alive and who owns what; ractor_cluster's own failure detection is not
 //! relied on. The [`Directory`] is this node's view of both, shared with the message port.

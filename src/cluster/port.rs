@@ -106,8 +106,6 @@ const MAX_PENDING: usize = 50_000;
 const MAX_TRACKED_CALLS: usize = 200_000;
 /// A remembered call not heard of for this long is forgotten (it ended without telling).
 const CALL_IDLE: Duration = Duration::from_secs(12 * 3600);
-/// ractor_cluster's host part of node names (`<node>@switchyard`).
-const HOST: &str = "switchyard";
 
 /// The process group a node's port joins.
 pub fn group(node: &str) -> String {
@@ -265,7 +263,10 @@ pub async fn start(cfg: PortConfig) -> Result<Arc<Port>, Error> {
         listen.port(),
         cfg.secret.clone(),
         cfg.me.clone(),
-        HOST.to_string(),
+        // ractor_cluster takes a peer whose "host:port" equals its own for itself and drops
+        // the session ("self_connection"): nodes on one port of different addresses (as on
+        // 127.0.0.1/2/3) must differ here, so the host is the listen address.
+        listen.ip().to_string(),
         encryption,
         Some(ractor_cluster::node::NodeConnectionMode::Isolated),
     )

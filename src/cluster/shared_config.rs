@@ -36,9 +36,7 @@ use crate::actors::router::{NumberRoute, Numbers, RouteTable, Routes};
 use crate::actors::trunk::TrunkTable;
 use crate::config::{Config, MediaMode, NumberConfig, RouteConfig, TenantConfig, TrunkConfig};
 use crate::routing::trunks::Policy;
-// `store::config` until the store module declares it (the lead adds `pub mod config;` there).
-#[path = "../store/config.rs"]
-mod overrides;
+use crate::store::config as overrides;
 
 /// Counter, labels `kind` (`route`, `number`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.

@@ -25,6 +25,7 @@
 //! indexes are node-local.
 
 mod cdr;
+pub mod config;
 pub mod recordings;
 pub mod registrations;
 
@@ -119,6 +120,8 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE cdrs ADD COLUMN rtt_ms REAL;
     ALTER TABLE cdrs ADD COLUMN packets_a INTEGER;
     ALTER TABLE cdrs ADD COLUMN packets_b INTEGER;",
+    // 8: routes and numbers changed through the API on a node alone (see `config`).
+    config::MIGRATION,
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -1348,13 +1351,14 @@ mod tests {
         let tables: Vec<&str> = cols.keys().map(String::as_str).collect();
         assert_eq!(
             tables,
-            [
+            vec![
                 "agent_stats",
                 "cdrs",
+                "config_overrides",
                 "queue_stats",
                 "recordings",
                 "registrations"
-            ]
+            ],
         );
         assert_eq!(cols["cdrs"][0], "id");
         assert_eq!(cols["cdrs"].last().unwrap(), "packets_b");
