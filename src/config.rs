@@ -680,7 +680,7 @@ impl Config {
             // The id names the route in the API path and in etcd keys. A route without one
             // is named by its prefix, whose clash is reported as the prefix's.
             let id = r.key();
-            let clash = !route_ids.insert(id.clone()) && r.id.is_some();
+            let clash = !route_ids.insert(id) && r.id.is_some();
             if id.is_empty()
                 || !id
                     .chars()
