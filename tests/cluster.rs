@@ -5,69 +5,22 @@
 
 mod common;
 
+use common::etcd::{etcd_binary, etcd_urls, free_port, start_etcd, Proc};
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::cluster::ownership;
 
 const TOKEN: &str = "cluster-test-token-0123456789";
 
-/// A free TCP port on `ip`.
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The etcd binary, or None (with a loud line) when it is not installed outside CI.
-fn etcd_binary() -> Option<PathBuf> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("etcd");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("etcd is not installed: apt-get install etcd-server");
-    }
-    eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
-    None
-}
-
-/// A child process killed (SIGKILL) when dropped, also when the test panics.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A one-member etcd on loopback in a temporary directory.
-fn start_etcd(bin: &Path, dir: &Path) -> (Proc, String) {
-    let client = format!("http://127.0.0.1:{}", free_port("127.0.0.1"));
-    let peer = format!("http://127.0.0.1:{}", free_port("127.0.0.1"));
-    let log = std::fs::File::create(dir.join("etcd.log")).unwrap();
-    let child = Command::new(bin)
-        .arg("--data-dir")
-        .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", &client])
-        .args(["--advertise-client-urls", &client])
-        .args(["--listen-peer-urls", &peer])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("etcd starts");
-    (Proc(child), client)
+/// A one-member etcd on loopback in a temporary directory, with its client URL.
+fn etcd_in(bin: &Path, dir: &Path) -> (Proc, String) {
+    let (client, peer) = etcd_urls();
+    (start_etcd(bin, dir, &client, &peer), client)
 }
 
 struct NodeProc {
@@ -189,7 +142,7 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (_etcd, etcd_url) = start_etcd(&etcd_bin, dir.path());
+    let (_etcd, etcd_url) = etcd_in(&etcd_bin, dir.path());
 
     let mut config = String::from("[http]\ntoken = \"");
     config.push_str(TOKEN);

@@ -6,10 +6,10 @@
 
 mod common;
 
+use common::etcd::{etcd_binary, free_port, start_etcd, Proc};
 use common::*;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::config::Config;
 use switchyard::server::Node;
@@ -286,15 +286,6 @@ async fn bad_changes_are_refused_and_change_nothing() {
 // Cluster: etcd and switchyard processes (the launcher is tests/cluster.rs's)
 // ---------------------------------------------------------------------------------------------
 
-/// A free TCP port on `ip`.
-fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A free UDP port on `ip`.
 fn free_udp_port(ip: &str) -> u16 {
     std::net::UdpSocket::bind((ip, 0))
@@ -302,54 +293,6 @@ fn free_udp_port(ip: &str) -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The etcd binary, or None (with a loud line) when it is not installed outside CI.
-fn etcd_binary() -> Option<PathBuf> {
-    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
-        let p = Path::new(dir).join("etcd");
-        if p.is_file() {
-            return Some(p);
-        }
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!("etcd is not installed: apt-get install etcd-server");
-    }
-    eprintln!("SKIPPED: etcd is not installed (apt-get install etcd-server)");
-    None
-}
-
-/// A child process killed (SIGKILL) when dropped, also when the test panics.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A one-member etcd on loopback, its data in `dir`, serving clients at `client` (started
-/// again on the same URLs and data, it is the same etcd).
-fn start_etcd(bin: &Path, dir: &Path, client: &str, peer: &str) -> Proc {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("etcd.log"))
-        .unwrap();
-    let child = Command::new(bin)
-        .arg("--data-dir")
-        .arg(dir.join("etcd"))
-        .args(["--listen-client-urls", client])
-        .args(["--advertise-client-urls", client])
-        .args(["--listen-peer-urls", peer])
-        .args(["--initial-advertise-peer-urls", peer])
-        .args(["--initial-cluster", &format!("default={peer}")])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("etcd starts");
-    Proc(child)
 }
 
 /// One switchyard process of the cluster.
