@@ -503,6 +503,27 @@ pub struct RegistrarState {
     recent: HashMap<RetransmissionKey, (Bytes, Dest, Instant)>,
 }
 
+/// Stored bindings grouped by address-of-record (the rows `keep` accepts; a row that does not
+/// make a binding is skipped).
+fn group_by_aor(
+    rows: &[RegistrationRow],
+    keep: impl Fn(&RegistrationRow) -> bool,
+) -> HashMap<AorKey, Vec<Binding>> {
+    let mut by_aor: HashMap<AorKey, Vec<Binding>> = HashMap::new();
+    for r in rows.iter().filter(|r| keep(r)) {
+        if let Some(b) = Binding::from_row(r) {
+            by_aor
+                .entry(AorKey {
+                    tenant: r.tenant.clone(),
+                    user: r.username.clone(),
+                })
+                .or_default()
+                .push(b);
+        }
+    }
+    by_aor
+}
+
 impl Actor for RegistrarActor {
     type Msg = RegistrarMsg;
     type State = RegistrarState;
@@ -553,21 +574,8 @@ impl Actor for RegistrarActor {
         // filled from the database.
         let mut loaded = 0;
         if args.location.total() == 0 {
-            let mut by_aor: HashMap<AorKey, Vec<Binding>> = HashMap::new();
-            for r in &rows {
-                if args.auth.tenant(&r.tenant).is_none() {
-                    continue; // the tenant was removed from the configuration
-                }
-                if let Some(b) = Binding::from_row(r) {
-                    by_aor
-                        .entry(AorKey {
-                            tenant: r.tenant.clone(),
-                            user: r.username.clone(),
-                        })
-                        .or_default()
-                        .push(b);
-                }
-            }
+            // A tenant removed from the configuration keeps no bindings.
+            let by_aor = group_by_aor(&rows, |r| args.auth.tenant(&r.tenant).is_some());
             for (k, v) in by_aor {
                 loaded += v.len();
                 args.location.set(k, v);
@@ -1340,18 +1348,7 @@ impl Listener {
             Ok(rows) => rows,
             Err(e) => return SessionEnd::Lost(e),
         };
-        let mut by_aor: HashMap<AorKey, Vec<Binding>> = HashMap::new();
-        for r in &rows {
-            if let Some(b) = Binding::from_row(r) {
-                by_aor
-                    .entry(AorKey {
-                        tenant: r.tenant.clone(),
-                        user: r.username.clone(),
-                    })
-                    .or_default()
-                    .push(b);
-            }
-        }
+        let by_aor = group_by_aor(&rows, |_| true);
         let msg = RegistrarMsg::RemoteSnapshot {
             aors: by_aor.into_iter().collect(),
             read_after,
