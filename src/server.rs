@@ -142,6 +142,23 @@ fn start_media(
     Ok(keys)
 }
 
+/// The inter-node TLS of `cluster.toml`'s `[tls]`.
+fn cluster_tls(
+    t: &crate::cluster::config::TlsConfig,
+) -> Result<crate::cluster::port::PortTls, Box<dyn std::error::Error + Send + Sync>> {
+    use crate::transport::tls;
+    let server = tls::server_config(&t.cert, &t.key).map_err(|e| format!("cluster tls: {e}"))?;
+    let ca = t.ca.as_deref().unwrap_or(&t.cert);
+    let client = tls::client_config(&[ca]).map_err(|e| format!("cluster tls.ca: {e}"))?;
+    let server_name = rustls_pki_types::ServerName::try_from(t.server_name.clone())
+        .map_err(|e| format!("cluster tls.server_name {:?}: {e}", t.server_name))?;
+    Ok(crate::cluster::port::PortTls {
+        acceptor: tokio_rustls::TlsAcceptor::from(server),
+        connector: tokio_rustls::TlsConnector::from(client),
+        server_name,
+    })
+}
+
 impl Node {
     /// Starts everything the config describes. Listen sockets may use port 0.
     pub async fn start(config: Config) -> Result<Node, Box<dyn std::error::Error + Send + Sync>> {
@@ -351,14 +368,17 @@ impl Node {
                 let directory = crate::cluster::Directory::new(&c.name);
                 // The port listens before the node is announced, so peers that see it can
                 // reach it at once.
-                let p = crate::cluster::port::start(crate::cluster::port::PortConfig::new(
+                let mut port_config = crate::cluster::port::PortConfig::new(
                     &c.name,
                     c.listen,
                     c.secret(),
                     directory.clone(),
                     cc.clone(),
-                ))
-                .await?;
+                );
+                if let Some(t) = &c.tls {
+                    port_config.tls = Some(cluster_tls(t)?);
+                }
+                let p = crate::cluster::port::start(port_config).await?;
                 let sip = transports
                     .local_addrs()
                     .first()

@@ -1,7 +1,8 @@
 //! Cluster membership and ownership with a real etcd and three real switchyard processes on
 //! 127.0.0.1, 127.0.0.2 and 127.0.0.3: every singleton owned exactly once and spread by
 //! rendezvous hashing, SIGKILL of a node and the takeover by the survivors, the killed node's
-//! rejoin taking its fair share back, and a drain.
+//! rejoin taking its fair share back, and a drain. The nodes talk to each other over TLS
+//! (`[tls]` in cluster.toml, one certificate for the cluster).
 
 mod common;
 
@@ -160,6 +161,14 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
     }
     let config_path = dir.path().join("switchyard.toml");
     std::fs::write(&config_path, config).unwrap();
+    // One certificate for the cluster, valid for the name the nodes check.
+    let ck = rcgen::generate_simple_self_signed(vec!["switchyard-cluster".to_string()]).unwrap();
+    let (cert, key) = (
+        dir.path().join("cluster.crt"),
+        dir.path().join("cluster.key"),
+    );
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
 
     let mut nodes = Vec::new();
     for i in 1..=3 {
@@ -170,8 +179,11 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
             &cluster,
             format!(
                 "name = \"{name}\"\nlisten = \"{ip}:{}\"\nsecret = \"a-test-secret-0123456789\"\n\
-                 [etcd]\nendpoints = [\"{etcd_url}\"]\nprefix = \"/test\"\nlease_ttl_secs = 3\n",
-                free_port(&ip)
+                 [etcd]\nendpoints = [\"{etcd_url}\"]\nprefix = \"/test\"\nlease_ttl_secs = 3\n\
+                 [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                free_port(&ip),
+                cert.display(),
+                key.display()
             ),
         )
         .unwrap();
@@ -215,6 +227,18 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
     for n in &nodes {
         // Every node sees the same.
         wait_owned(n.http, &expected(&all), Duration::from_secs(5)).await;
+    }
+    // The nodes' message ports are connected to each other (over TLS).
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let peers = loop {
+            let peers = metric(n.http, "switchyard_cluster_peers").await;
+            if peers == 2.0 || Instant::now() > deadline {
+                break peers;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(peers, 2.0, "{} is not connected to both peers", n.name);
     }
     // The owners really run them: each queue answers on its owner.
     let want = expected(&all);

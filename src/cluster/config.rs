@@ -36,6 +36,9 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
     pub etcd: EtcdConfig,
+    /// TLS between the nodes (their actor messages); plain TCP without it.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// How long a dead node's trunk channels still count against the trunks' limits (its
     /// calls are gone for the switch, but the carrier may count them until its own timers end
     /// them).
@@ -58,6 +61,25 @@ pub struct EtcdConfig {
     /// singletons are taken over. etcd refuses less than its minimum (about 3 s by default).
     #[serde(default = "default_ttl")]
     pub lease_ttl_secs: u64,
+}
+
+/// TLS between nodes: every node presents `cert` (valid for `server_name`) and accepts peers
+/// whose certificate chains to `ca` (default: `cert` itself, for one certificate shared by
+/// the cluster). The shared secret is still checked inside the TLS session.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// The name the peers' certificates are checked against.
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+}
+
+fn default_server_name() -> String {
+    "switchyard-cluster".into()
 }
 
 /// The shared database.
