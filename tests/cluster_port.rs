@@ -415,6 +415,167 @@ async fn messages_without_a_reachable_owner_are_retried_then_counted() {
     p.stop().await;
 }
 
+/// Moves tenant `cc` (its queue and agent actors) from node B to node A, as a takeover
+/// does: B stops it, both Directories name A the owner, A starts it. A ran the tenant at
+/// boot, so its agent starts from that old (stale: available) checkpoint.
+async fn move_tenant_to_a(p: &Pair) {
+    p.b.tree.singletons.stop(&tenant_key("cc")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || agent::lookup(
+            "cc", "a1", &p.b.name
+        )
+        .is_none())
+        .await,
+        "node B's agent stopped"
+    );
+    for d in [&p.dir_a, &p.dir_b] {
+        d.set_owner(&tenant_key("cc"), &p.a.name);
+        d.set_owner(&queue_key("cc", "q0"), &p.a.name);
+    }
+    p.a.tree.singletons.start(&tenant_key("cc")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || agent::lookup(
+            "cc", "a1", &p.a.name
+        )
+        .is_some())
+        .await,
+        "node A's agent started"
+    );
+}
+
+/// A caller on node B (the tenant's owner) reaches B's agent, whose phone registered
+/// through B; returns the phone's INVITE once it rings.
+async fn ring_agent_on_b(p: &Pair, call_id: &str) -> (Ua, Ua, Message) {
+    let sw_b = udp_addr(&p.b);
+    let phone = Ua::new().await;
+    register_udp(&phone, sw_b, DOMAIN, "2001", "pw").await;
+    wait_agent(&p.b, "a1", "offerable once registered", |i| i.offerable).await;
+    let caller = Ua::new().await;
+    caller
+        .send(sw_b, &invite(call_id, "5000", caller.addr, sw_b))
+        .await;
+    caller
+        .expect("180 while queued", |m| m.status() == Some(180))
+        .await;
+    let (inv, _) = phone.expect_request("INVITE").await;
+    wait_agent(&p.b, "a1", "offered", |i| i.state == "offered").await;
+    phone
+        .send(sw_b, &answer(&inv, 180, "Ringing", "ag", phone.addr, ""))
+        .await;
+    (caller, phone, inv)
+}
+
+/// The agent answers; the caller gets the 200 and ACKs it.
+async fn agent_answers(p: &Pair, caller: &Ua, phone: &Ua, inv: &Message, call_id: &str) {
+    let sw_b = udp_addr(&p.b);
+    phone
+        .send(sw_b, &answer(inv, 200, "OK", "ag", phone.addr, SDP))
+        .await;
+    let (ok, _) = caller
+        .expect("200 from the agent", |m| m.status() == Some(200))
+        .await;
+    caller
+        .send(sw_b, &ack_for(&ok, caller, sw_b, call_id, "5000"))
+        .await;
+    phone.expect_request("ACK").await;
+}
+
+/// The agent hangs up; the caller answers the BYE.
+async fn agent_hangs_up(p: &Pair, caller: &Ua, phone: &Ua, inv: &Message) {
+    let sw_b = udp_addr(&p.b);
+    phone.send(sw_b, &bye_from_phone(inv, phone)).await;
+    let (bye, _) = caller.expect_request("BYE").await;
+    caller
+        .send(sw_b, &answer(&bye, 200, "OK", "", caller.addr, ""))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_a_call_stays_on_it_when_its_tenant_moves() {
+    let p = pair(port::DEFAULT_RETRY_FOR).await;
+    let (caller, phone, inv) = ring_agent_on_b(&p, "mv-1").await;
+    agent_answers(&p, &caller, &phone, &inv, "mv-1").await;
+    wait_agent(&p.b, "a1", "on call on B", |i| i.state == "on_call").await;
+
+    // The tenant moves to A while the call (its actor on B) goes on: A's agent learns from
+    // B's call actor that it is on that call, instead of looking available.
+    move_tenant_to_a(&p).await;
+    wait_agent(&p.a, "a1", "on the call after the move", |i| {
+        i.state == "on_call" && i.detail.as_deref().is_some_and(|d| d.ends_with(" mv-1"))
+    })
+    .await;
+    let info = agent_info(&p.a, "a1").await;
+    assert!(!info.offerable, "{info:?}");
+    assert_eq!(
+        info.detail.as_deref(),
+        Some("q0 mv-1"),
+        "the call's queue too"
+    );
+    // Still on the call a moment later: A knows the call runs on B (no false "call gone").
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent_info(&p.a, "a1").await.state, "on_call");
+    assert_eq!(p.port_a.stats().calls, 1, "A remembers the call's node");
+
+    // The call ends on B: B's call actor tells the agent at its new owner.
+    agent_hangs_up(&p, &caller, &phone, &inv).await;
+    wait_agent(&p.a, "a1", "available after the call", |i| {
+        i.state == "available" && i.calls == 1
+    })
+    .await;
+    let (sa, sb) = (p.port_a.stats(), p.port_b.stats());
+    assert!(
+        sa.failed.is_empty() && sb.failed.is_empty(),
+        "A {sa:?} B {sb:?}"
+    );
+    assert_eq!(sa.calls, 0, "A forgot the call once it ended: {sa:?}");
+    assert!(
+        p.b.cc.agent_calls.is_empty(),
+        "B's index forgot the agent's call"
+    );
+    let text = switchyard::metrics::handle().expect("recorder").render();
+    for line in [
+        "switchyard_agent_resumed_total{tenant=\"cc\",state=\"answered\"}",
+        "switchyard_agent_call_lookups_total",
+        "switchyard_cluster_messages_sent_total{kind=\"node.find_agent_call\"}",
+        "switchyard_cluster_messages_received_total{kind=\"agent.resume\"}",
+    ] {
+        assert!(text.contains(line), "/metrics has {line}");
+    }
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_offered_a_call_stays_offered_when_its_tenant_moves() {
+    let p = pair(port::DEFAULT_RETRY_FOR).await;
+    let (caller, phone, inv) = ring_agent_on_b(&p, "mv-2").await;
+
+    // The tenant moves while the agent's phone rings: A's agent is offered that call.
+    move_tenant_to_a(&p).await;
+    wait_agent(&p.a, "a1", "offered after the move", |i| {
+        i.state == "offered" && i.detail.as_deref() == Some("q0 mv-2")
+    })
+    .await;
+    assert!(!agent_info(&p.a, "a1").await.offerable);
+
+    // The phone answers: the call on B reports it to the agent's new owner.
+    agent_answers(&p, &caller, &phone, &inv, "mv-2").await;
+    wait_agent(&p.a, "a1", "on call once answered", |i| {
+        i.state == "on_call"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(agent_info(&p.a, "a1").await.state, "on_call");
+    agent_hangs_up(&p, &caller, &phone, &inv).await;
+    wait_agent(&p.a, "a1", "available after the call", |i| {
+        i.state == "available" && i.calls == 1
+    })
+    .await;
+    let text = switchyard::metrics::handle().expect("recorder").render();
+    let line = "switchyard_agent_resumed_total{tenant=\"cc\",state=\"offered\"}";
+    assert!(text.contains(line), "/metrics has {line}");
+    p.stop().await;
+}
+
 /// The cluster's TLS: one self-signed certificate for `switchyard.test`, trusted by all.
 fn tls() -> port::PortTls {
     let ck = rcgen::generate_simple_self_signed(vec!["switchyard.test".to_string()]).unwrap();

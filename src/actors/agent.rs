@@ -27,6 +27,8 @@ pub const AGENTS: &str = "switchyard_agents";
 pub const AGENT_OFFERS: &str = "switchyard_agent_offers_total";
 pub const AGENT_RESERVATIONS: &str = "switchyard_agent_reservations_total";
 pub const AGENT_RESTORED: &str = "switchyard_agents_restored_total";
+pub const AGENT_RESUMED: &str = "switchyard_agent_resumed_total";
+pub const AGENT_CALL_LOOKUPS: &str = "switchyard_agent_call_lookups_total";
 
 /// Describes the agent metrics (counts by state and outcome; per-agent figures are API data,
 /// not series, so 20,000 agents do not make 20,000 series).
@@ -45,6 +47,47 @@ pub fn describe() {
         AGENT_RESTORED,
         "Agent actors restarted from their checkpoint"
     );
+    describe_counter!(
+        AGENT_RESUMED,
+        "Agent actors that learned from a call actor (on any node) that they are on its call \
+         or offered it, after starting on a new owner; by tenant and state (answered, offered)"
+    );
+    describe_counter!(
+        AGENT_CALL_LOOKUPS,
+        "Cluster-wide lookups sent by starting agent actors for a call that holds them"
+    );
+}
+
+/// How long an agent actor that starts in cluster mode is not offered calls: the time for
+/// the nodes' answers to its call lookup (a loopback or LAN round trip) with a wide margin.
+pub const RESYNC_HOLD: Duration = Duration::from_secs(1);
+/// How long after its start an agent takes a [`AgentMsg::Resume`]; a later one is stale.
+const RESUME_WINDOW_MS: u64 = 5_000;
+
+/// A call that a call actor on this node holds for an agent: ringing it (an offer) or
+/// answered by it. Lets an agent actor that starts on a new owner learn it is busy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentCall {
+    pub call_id: Arc<str>,
+    pub queue: Arc<str>,
+    pub offer: u64,
+    pub answered: bool,
+}
+
+/// The node's index of [`AgentCall`]s by (tenant, agent), kept by the call actors: one
+/// insert or removal per offer and outcome, nothing per message.
+pub type AgentCalls = DashMap<(Arc<str>, Arc<str>), AgentCall>;
+
+/// Records that a call holds an agent (an offer rings it, or it answered).
+pub fn note_call(calls: &AgentCalls, tenant: &Arc<str>, agent: &Arc<str>, call: AgentCall) {
+    calls.insert((tenant.clone(), agent.clone()), call);
+}
+
+/// Forgets an agent's call, only if it is still `call_id` (a later call of the agent stays).
+pub fn forget_call(calls: &AgentCalls, tenant: &Arc<str>, agent: &Arc<str>, call_id: &str) {
+    calls.remove_if(&(tenant.clone(), agent.clone()), |_, c| {
+        &*c.call_id == call_id
+    });
 }
 
 /// The offer id of an agent's outbound (click-to-call) call.
@@ -210,6 +253,14 @@ pub enum AgentMsg {
     PhoneChanged(bool),
     /// A (restarted) queue asks its members to tell it their state again.
     Announce,
+    /// A call actor (on any node) holds this agent: answered, or ringing it with `offer`.
+    /// The answer to the lookup an agent sends when it starts in cluster mode.
+    Resume {
+        call_id: Arc<str>,
+        queue: Arc<str>,
+        offer: u64,
+        answered: bool,
+    },
     /// Click-to-call: reserve the agent for an outbound call with this (agent-leg) Call-ID;
     /// the answer is its phones, or why not. The call reports with offer [`OUTBOUND_OFFER`].
     ReserveOutbound {
@@ -341,6 +392,8 @@ pub struct AgentState {
     timer: Option<(AgentTimer, TimerId)>,
     /// The call actor being monitored.
     monitored: Option<ActorRef<CallMsg>>,
+    /// Until when a [`AgentMsg::Resume`] is taken (cluster mode: set at start).
+    resume_until_ms: u64,
 }
 
 impl Actor for AgentActor {
@@ -398,10 +451,12 @@ impl Actor for AgentActor {
             announced: None,
             timer: None,
             monitored: None,
+            resume_until_ms: 0,
         };
         if restored.is_none() {
             state.gauge(&state.cp.status.clone(), 1.0);
         }
+        state.find_call(now);
         state.resume(now);
         state.after_change();
         Ok(state)
@@ -432,6 +487,12 @@ impl Actor for AgentActor {
             }
             AgentMsg::PhoneChanged(up) => state.phone = up,
             AgentMsg::Announce => state.announced = None,
+            AgentMsg::Resume {
+                call_id,
+                queue,
+                offer,
+                answered,
+            } => state.on_resume(call_id, queue, offer, answered, now),
             AgentMsg::Command(cmd, reply) => {
                 let r = state.on_command(cmd, now).map(|_| state.info(now));
                 let _ = reply.send(r);
@@ -480,6 +541,74 @@ impl Actor for AgentActor {
 }
 
 impl AgentState {
+    /// Cluster mode, at start: the state this agent had may have stayed on another node
+    /// (its tenant moved here), or be stale here (the tenant comes back to a node that ran
+    /// it before), while a call actor on some node still rings it or talks to it. Every
+    /// node is asked; the agent is held unofferable for [`RESYNC_HOLD`] meanwhile (as a
+    /// pause, so the queues see it unavailable). A node alone asks nothing.
+    fn find_call(&mut self, now: u64) {
+        let Some(remote) = self.cc.remote.get() else {
+            return;
+        };
+        if !remote.find_agent_call(&self.tenant, &self.id) {
+            return;
+        }
+        metrics::counter!(AGENT_CALL_LOOKUPS).increment(1);
+        self.resume_until_ms = now + RESUME_WINDOW_MS;
+        // Whatever the state now: a restored call or offer may turn out to be over here
+        // (the call is not known on this node) before the answers arrive.
+        let hold = now + RESYNC_HOLD.as_millis() as u64;
+        self.cp.pause_until_ms = self.cp.pause_until_ms.max(hold);
+    }
+
+    /// A call actor holds this agent (the answer to [`Self::find_call`]): take the call or
+    /// offer over unless the agent has moved on to another one meanwhile.
+    fn on_resume(
+        &mut self,
+        call_id: Arc<str>,
+        queue: Arc<str>,
+        offer: u64,
+        answered: bool,
+        now: u64,
+    ) {
+        if now > self.resume_until_ms {
+            tracing::debug!(agent = %self.name, call_id = %call_id, "late resume ignored");
+            return;
+        }
+        let take = match &self.cp.status {
+            // Already on it, or on another call (its own end frees the agent).
+            Status::OnCall { .. } => false,
+            // Offered this very call: the answer may be news; another offer stands.
+            Status::Offered { call_id: c, .. } => *c == call_id && answered,
+            _ => true,
+        };
+        if !take {
+            return;
+        }
+        let label = if answered { "answered" } else { "offered" };
+        metrics::counter!(AGENT_RESUMED, "tenant" => self.tenant.to_string(), "state" => label)
+            .increment(1);
+        tracing::info!(agent = %self.name, call_id = %call_id, state = label, "agent resumes a call held on another actor");
+        if answered {
+            // The answer time stayed with the previous actor: talk time counts from here.
+            self.cp.answered_ms = now;
+            self.cp.no_answer_streak = 0;
+            self.set_status(Status::OnCall { queue, call_id }, now);
+        } else {
+            self.set_status(
+                Status::Offered {
+                    queue,
+                    call_id,
+                    offer,
+                },
+                now,
+            );
+        }
+        // The guard timer and the call's resync for an offer; the monitor (or, for a call
+        // on another node, the port's bookkeeping) for a call.
+        self.resume(now);
+    }
+
     /// After a (re)start: timers and the call monitor for the state we are in.
     fn resume(&mut self, now: u64) {
         match self.cp.status.clone() {
@@ -813,6 +942,15 @@ impl AgentState {
                 self.timer = None;
             }
         }
+        // Back to available within a pause set earlier (the hold at a cluster start): the
+        // queues hear of it when the pause is over.
+        if self.cp.status == Status::Available
+            && self.timer.is_none()
+            && self.cp.pause_until_ms > now
+        {
+            let left = self.cp.pause_until_ms - now;
+            self.schedule(AgentTimer::Pause, Duration::from_millis(left));
+        }
     }
 
     fn gauge(&self, status: &Status, delta: f64) {
@@ -885,3 +1023,39 @@ impl AgentState {
 
 /// The agents' checkpoints, by actor name.
 pub type AgentCheckpoints = DashMap<String, AgentCheckpoint>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(id: &str, answered: bool) -> AgentCall {
+        AgentCall {
+            call_id: Arc::from(id),
+            queue: Arc::from("q0"),
+            offer: 7,
+            answered,
+        }
+    }
+
+    #[test]
+    fn the_index_forgets_only_the_call_it_is_told_about() {
+        let calls = AgentCalls::new();
+        let (t, a): (Arc<str>, Arc<str>) = (Arc::from("t1"), Arc::from("a1"));
+        let key = (t.clone(), a.clone());
+        note_call(&calls, &t, &a, call("c1", false));
+        // The offer is answered: the same entry, now answered.
+        note_call(&calls, &t, &a, call("c1", true));
+        assert_eq!(calls.len(), 1);
+        assert!(calls.get(&key).unwrap().answered);
+        // A late end of an earlier call does not erase the agent's current one.
+        forget_call(&calls, &t, &a, "c0");
+        assert_eq!(calls.get(&key).unwrap().call_id.as_ref(), "c1");
+        forget_call(&calls, &t, &a, "c1");
+        assert!(calls.is_empty());
+        // Another tenant's agent of the same id is another entry.
+        let t2: Arc<str> = Arc::from("t2");
+        note_call(&calls, &t, &a, call("c2", true));
+        forget_call(&calls, &t2, &a, "c2");
+        assert_eq!(calls.len(), 1);
+    }
+}

@@ -1411,6 +1411,20 @@ impl CallState {
         let (Some((tenant, id)), Some(cc)) = (&self.orig_agent, self.cc()) else {
             return;
         };
+        if let Some(core) = self.core.as_ref() {
+            let call_id: Arc<str> = Arc::from(String::from_utf8_lossy(&core.a_call_id).as_ref());
+            if outcome == crate::actors::agent::OfferOutcome::Answered {
+                let call = agent::AgentCall {
+                    call_id,
+                    queue: Arc::from(agent::OUTBOUND_QUEUE),
+                    offer: OUTBOUND_OFFER,
+                    answered: true,
+                };
+                agent::note_call(&cc.agent_calls, tenant, id, call);
+            } else {
+                agent::forget_call(&cc.agent_calls, tenant, id, &call_id);
+            }
+        }
         agent::tell(
             &cc,
             tenant,
@@ -1436,6 +1450,7 @@ impl CallState {
             return;
         };
         let call_id = self.a_call_id_str();
+        agent::forget_call(&cc.agent_calls, &tenant, &id, &call_id);
         agent::tell(&cc, &tenant, &id, AgentMsg::CallEnded { call_id });
     }
 
@@ -3075,6 +3090,22 @@ impl CallState {
             return;
         };
         let call_id = self.a_call_id_str();
+        // The node's index of busy agents (for an agent actor restarted on a new owner).
+        if outcome == crate::actors::agent::OfferOutcome::Answered {
+            crate::actors::agent::note_call(
+                &cc.agent_calls,
+                &q.tenant,
+                &f.agent,
+                crate::actors::agent::AgentCall {
+                    call_id: call_id.clone(),
+                    queue: q.queue.clone(),
+                    offer: f.offer,
+                    answered: true,
+                },
+            );
+        } else {
+            crate::actors::agent::forget_call(&cc.agent_calls, &q.tenant, &f.agent, &call_id);
+        }
         crate::actors::agent::tell(
             &cc,
             &q.tenant,
@@ -3131,7 +3162,7 @@ impl CallState {
                 let tx = self.send_fork(&b_invite, fork);
                 self.offer_forks.push(OfferFork { tx, ..f.clone() });
             }
-            return;
+            return self.note_offer(&f);
         }
         if let Some(id) = self.keepalive.take() {
             self.ctx.timers.cancel(id);
@@ -3146,9 +3177,29 @@ impl CallState {
         for tx in txs {
             self.offer_forks.push(OfferFork { tx, ..f.clone() });
         }
+        self.note_offer(&f);
         self.cancel_no_answer();
         self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, offer.ring_timeout));
         self.set_phase(Phase::Setup);
+    }
+
+    /// Indexes a ringing offer's agent as held by this call (until the offer's outcome).
+    fn note_offer(&mut self, f: &OfferFork) {
+        let (Some(cc), Some(q)) = (self.cc(), self.core().queue.clone()) else {
+            return;
+        };
+        let call_id = self.a_call_id_str();
+        crate::actors::agent::note_call(
+            &cc.agent_calls,
+            &q.tenant,
+            &f.agent,
+            crate::actors::agent::AgentCall {
+                call_id,
+                queue: q.queue.clone(),
+                offer: f.offer,
+                answered: false,
+            },
+        );
     }
 
     /// A new B leg for a queued call (an offer, or an overflow to a user): its own Call-ID,
@@ -3505,6 +3556,7 @@ impl CallState {
             return;
         };
         let call_id = self.a_call_id_str();
+        crate::actors::agent::forget_call(&cc.agent_calls, &q.tenant, &agent, &call_id);
         crate::actors::agent::tell(
             &cc,
             &q.tenant,

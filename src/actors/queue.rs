@@ -94,6 +94,9 @@ pub struct CcContext {
     pub location: Arc<Location>,
     pub calls: Arc<CallContext>,
     pub agent_checkpoints: AgentCheckpoints,
+    /// The agents this node's call actors ring or talk to, by (tenant, agent): what an agent
+    /// actor starting on a new owner asks for (cluster mode; see `agent::AgentCall`).
+    pub agent_calls: agent::AgentCalls,
     pub queue_checkpoints: DashMap<String, QueueCheckpoint>,
     /// Agent id by (tenant, SIP user), for phone reachability changes.
     pub agents_by_user: DashMap<(Arc<str>, String), Arc<str>>,
@@ -110,6 +113,7 @@ impl CcContext {
             location,
             calls,
             agent_checkpoints: DashMap::new(),
+            agent_calls: DashMap::new(),
             queue_checkpoints: DashMap::new(),
             agents_by_user: DashMap::new(),
             remote: OnceLock::new(),

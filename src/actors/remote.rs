@@ -33,4 +33,10 @@ pub trait Remote: Send + Sync {
     /// monitor a call actor on another node: not finding it here must not end its call
     /// (the call's node reports the end, or the hook does when that node dies).
     fn call_elsewhere(&self, call_id: &str) -> bool;
+    /// Asks every live node, this one included, whether one of its call actors holds agent
+    /// `agent` of `tenant` (offered or answered). A node that finds it answers the agent with
+    /// [`AgentMsg::Resume`]; a node that does not stays silent. Sent by an agent actor that
+    /// starts after a takeover, whose state stayed on the previous owner. False when it could
+    /// not be sent.
+    fn find_agent_call(&self, tenant: &str, agent: &str) -> bool;
 }

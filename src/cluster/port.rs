@@ -345,6 +345,9 @@ pub enum Control {
     PeerDown(String, ActorCell),
     /// A dial attempt's result.
     Dialed(String, Result<(), String>),
+    /// An agent actor starting here asks every live node for a call that holds it
+    /// (tenant, agent): see [`Remote::find_agent_call`].
+    FindAgentCall(String, String),
 }
 
 /// What the hook and the port actor share.
@@ -445,6 +448,15 @@ impl Remote for Hook {
 
     fn call_elsewhere(&self, call_id: &str) -> bool {
         self.shared.calls.contains_key(call_id)
+    }
+
+    fn find_agent_call(&self, tenant: &str, agent: &str) -> bool {
+        self.port
+            .cast(PortMsg::Local(Control::FindAgentCall(
+                tenant.to_string(),
+                agent.to_string(),
+            )))
+            .is_ok()
     }
 }
 
@@ -602,6 +614,9 @@ impl Actor for PortActor {
                     state.warn_peer(&n, &e);
                 }
             }
+            PortMsg::Local(Control::FindAgentCall(tenant, agent)) => {
+                state.find_agent_call(tenant, agent)
+            }
         }
         Ok(())
     }
@@ -689,6 +704,8 @@ impl PortState {
                 .or_else(|| dir.owner(&tenant_key(tenant)))
                 .ok_or("no_owner"),
             Payload::Agent { tenant, .. } => dir.owner(&tenant_key(tenant)).ok_or("no_owner"),
+            // Sent to each peer directly (find_agent_call), never routed.
+            Payload::FindAgentCall { .. } => Err("gone"),
             Payload::Call { call_id, .. } => {
                 let node = self
                     .a
@@ -735,7 +752,84 @@ impl PortState {
                     .cast(local)
                     .map_err(|_| "gone")
             }
+            Payload::FindAgentCall { tenant, agent } => {
+                self.answer_agent_call(tenant, agent, &env.from);
+                Ok(())
+            }
         }
+    }
+
+    /// Asks every connected live peer, and this node, for a call that holds an agent.
+    /// Peers not connected are not waited for: the asking agent's hold is short, and a peer
+    /// that cannot be reached cannot run the agent's call for long either (its calls end
+    /// here when it leaves the Directory).
+    fn find_agent_call(&mut self, tenant: String, agent: String) {
+        let me = self.a.me.clone();
+        self.answer_agent_call(&tenant, &agent, &me);
+        let env = Envelope {
+            v: wire::VERSION,
+            from: me.clone(),
+            sent_us: now_us(),
+            to: Payload::FindAgentCall { tenant, agent },
+        };
+        for node in self.live.keys().filter(|n| **n != me) {
+            let Some(port) = peer_port(self.sessions.get(node), node) else {
+                continue;
+            };
+            if port.cast(PortMsg::Envelope(Box::new(env.clone()))).is_ok() {
+                self.a.shared.sent.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(MESSAGES_SENT, "kind" => env.to.kind()).increment(1);
+            }
+        }
+    }
+
+    /// Answers a lookup from node `asker` (or this node) for a call that holds an agent:
+    /// when a call actor here rings or talks to it, the agent is sent
+    /// [`AgentMsg::Resume`], straight to the asker's port (the asker runs the agent, even if
+    /// this node's Directory does not show it as the tenant's owner yet), or else through
+    /// the owner. An entry whose call actor is gone is stale: dropped, not reported.
+    fn answer_agent_call(&self, tenant: &str, agent: &str, asker: &str) {
+        let cc = &self.a.cc;
+        let key = (Arc::<str>::from(tenant), Arc::<str>::from(agent));
+        let Some(found) = cc.agent_calls.get(&key).map(|c| c.clone()) else {
+            return;
+        };
+        if cc
+            .calls
+            .directory
+            .lookup(found.call_id.as_bytes())
+            .is_none()
+        {
+            agent::forget_call(&cc.agent_calls, &key.0, &key.1, &found.call_id);
+            return;
+        }
+        tracing::debug!(tenant, agent, call_id = %found.call_id, asker, "agent's call found here");
+        let resume = wire::WireAgentMsg::Resume {
+            call_id: found.call_id.to_string(),
+            queue: found.queue.to_string(),
+            offer: found.offer,
+            answered: found.answered,
+        };
+        if asker != self.a.me {
+            let env = Envelope {
+                v: wire::VERSION,
+                from: self.a.me.clone(),
+                sent_us: now_us(),
+                to: Payload::Agent {
+                    tenant: tenant.to_string(),
+                    agent: agent.to_string(),
+                    msg: resume.clone(),
+                },
+            };
+            let direct = peer_port(self.sessions.get(asker), asker)
+                .is_some_and(|p| p.cast(PortMsg::Envelope(Box::new(env))).is_ok());
+            if direct {
+                self.a.shared.sent.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(MESSAGES_SENT, "kind" => "agent.resume").increment(1);
+                return;
+            }
+        }
+        agent::tell(cc, tenant, agent, resume.to_local());
     }
 
     /// A message no retry can help: its call ended (or its node died), or it does not
@@ -885,7 +979,36 @@ impl PortState {
             } => {
                 calls.remove(call_id.as_str());
             }
-            Payload::Agent { .. } | Payload::Call { .. } => {}
+            Payload::Agent {
+                tenant,
+                agent,
+                msg: WireAgentMsg::Resume { call_id, offer, .. },
+            } => {
+                // The agent takes over a call that runs on the sender: remembered so that
+                // the agent knows it runs elsewhere, and is freed if that node dies.
+                let agent: Arc<str> = Arc::from(agent.as_str());
+                if let Some(mut e) = calls.get_mut(call_id.as_str()) {
+                    e.node = env.from.clone();
+                    e.touched = Instant::now();
+                    if !e.agents.iter().any(|(a, _)| *a == agent) {
+                        e.agents.push((agent, *offer));
+                    }
+                    return;
+                }
+                if calls.len() < MAX_TRACKED_CALLS {
+                    calls.insert(
+                        Arc::from(call_id.as_str()),
+                        CallEntry {
+                            node: env.from.clone(),
+                            tenant: Arc::from(tenant.as_str()),
+                            queue: None,
+                            agents: vec![(agent, *offer)],
+                            touched: Instant::now(),
+                        },
+                    );
+                }
+            }
+            Payload::Agent { .. } | Payload::Call { .. } | Payload::FindAgentCall { .. } => {}
         }
     }
 
@@ -1102,6 +1225,7 @@ fn target_key(to: &Payload) -> String {
         Payload::Queue { tenant, queue, .. } => format!("q/{tenant}/{queue}"),
         Payload::Agent { tenant, agent, .. } => format!("a/{tenant}/{agent}"),
         Payload::Call { call_id, .. } => format!("c/{call_id}"),
+        Payload::FindAgentCall { tenant, agent } => format!("f/{tenant}/{agent}"),
     }
 }
 
@@ -1111,6 +1235,9 @@ fn describe_target(to: &Payload) -> String {
         Payload::Queue { tenant, queue, .. } => format!("queue {tenant}/{queue} ({})", to.kind()),
         Payload::Agent { tenant, agent, .. } => format!("agent {tenant}/{agent} ({})", to.kind()),
         Payload::Call { call_id, .. } => format!("call {call_id} ({})", to.kind()),
+        Payload::FindAgentCall { tenant, agent } => {
+            format!("lookup for agent {tenant}/{agent} ({})", to.kind())
+        }
     }
 }
 

@@ -61,6 +61,13 @@ pub enum Payload {
         call_id: String,
         msg: WireCallMsg,
     },
+    /// For the receiving node itself: does one of its call actors hold this agent (offered
+    /// or answered)? Sent to every live node by an agent actor that starts in cluster mode;
+    /// a node that finds it answers the agent with [`WireAgentMsg::Resume`].
+    FindAgentCall {
+        tenant: String,
+        agent: String,
+    },
 }
 
 impl Payload {
@@ -70,6 +77,7 @@ impl Payload {
             Payload::Queue { msg, .. } => msg.kind(),
             Payload::Agent { msg, .. } => msg.kind(),
             Payload::Call { msg, .. } => msg.kind(),
+            Payload::FindAgentCall { .. } => "node.find_agent_call",
         }
     }
 }
@@ -374,6 +382,12 @@ pub enum WireAgentMsg {
     },
     PhoneChanged(bool),
     Announce,
+    Resume {
+        call_id: String,
+        queue: String,
+        offer: u64,
+        answered: bool,
+    },
 }
 
 /// [`OfferRules`] on the wire (durations in milliseconds).
@@ -471,6 +485,17 @@ impl WireAgentMsg {
             },
             AgentMsg::PhoneChanged(up) => WireAgentMsg::PhoneChanged(up),
             AgentMsg::Announce => WireAgentMsg::Announce,
+            AgentMsg::Resume {
+                call_id,
+                queue,
+                offer,
+                answered,
+            } => WireAgentMsg::Resume {
+                call_id: call_id.to_string(),
+                queue: queue.to_string(),
+                offer,
+                answered,
+            },
             AgentMsg::ReserveOutbound { .. }
             | AgentMsg::Command(..)
             | AgentMsg::TimerFired(..)
@@ -503,6 +528,17 @@ impl WireAgentMsg {
             },
             WireAgentMsg::PhoneChanged(up) => AgentMsg::PhoneChanged(*up),
             WireAgentMsg::Announce => AgentMsg::Announce,
+            WireAgentMsg::Resume {
+                call_id,
+                queue,
+                offer,
+                answered,
+            } => AgentMsg::Resume {
+                call_id: Arc::from(call_id.as_str()),
+                queue: Arc::from(queue.as_str()),
+                offer: *offer,
+                answered: *answered,
+            },
         }
     }
 
@@ -514,6 +550,7 @@ impl WireAgentMsg {
             WireAgentMsg::CallEnded { .. } => "agent.call_ended",
             WireAgentMsg::PhoneChanged(_) => "agent.phone_changed",
             WireAgentMsg::Announce => "agent.announce",
+            WireAgentMsg::Resume { .. } => "agent.resume",
         }
     }
 }
@@ -820,6 +857,18 @@ mod tests {
             },
             AgentMsg::PhoneChanged(true),
             AgentMsg::Announce,
+            AgentMsg::Resume {
+                call_id: Arc::from("abc@host"),
+                queue: Arc::from("sales"),
+                offer: 12,
+                answered: true,
+            },
+            AgentMsg::Resume {
+                call_id: Arc::from("abc@host"),
+                queue: Arc::from(crate::actors::agent::OUTBOUND_QUEUE),
+                offer: crate::actors::agent::OUTBOUND_OFFER,
+                answered: false,
+            },
         ];
         for m in msgs {
             let back = round_trip(env(agent(m)));
@@ -843,6 +892,37 @@ mod tests {
         let local: OfferRules = r.into();
         assert_eq!(local.wrap_up, Duration::from_millis(2500));
         assert_eq!(local.busy_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn an_agent_call_lookup_survives_a_round_trip() {
+        let to = Payload::FindAgentCall {
+            tenant: "t1".into(),
+            agent: "a7".into(),
+        };
+        assert_eq!(to.kind(), "node.find_agent_call");
+        let back = round_trip(env(to.clone()));
+        assert_eq!(back.to, to);
+        // A resume keeps every field, and is labelled as such.
+        let p = agent(AgentMsg::Resume {
+            call_id: Arc::from("c1"),
+            queue: Arc::from("q"),
+            offer: 3,
+            answered: false,
+        });
+        assert_eq!(p.kind(), "agent.resume");
+        let Payload::Agent { msg, .. } = round_trip(env(p)).to else {
+            panic!("agent payload");
+        };
+        assert_eq!(
+            msg,
+            WireAgentMsg::Resume {
+                call_id: "c1".into(),
+                queue: "q".into(),
+                offer: 3,
+                answered: false,
+            }
+        );
     }
 
     #[test]
