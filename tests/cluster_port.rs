@@ -576,6 +576,56 @@ async fn an_agent_offered_a_call_stays_offered_when_its_tenant_moves() {
     p.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_lookup_waits_for_a_peer_that_connects_late() {
+    let p = pair(port::DEFAULT_RETRY_FOR).await;
+    // The call and its agent both run on B (the owner): no message crosses.
+    let (caller, phone, inv) = ring_agent_on_b(&p, "mv-3").await;
+    agent_answers(&p, &caller, &phone, &inv, "mv-3").await;
+    wait_agent(&p.b, "a1", "on call on B", |i| i.state == "on_call").await;
+
+    // The nodes lose each other; then A sees B live again at an address it cannot reach yet
+    // (B, not seeing A, does not dial it either).
+    p.dir_a.remove_node(&p.b.name);
+    p.dir_b.remove_node(&p.a.name);
+    assert!(
+        wait_until(Duration::from_secs(5), || p.port_a.stats().peers.is_empty()
+            && p.port_b.stats().peers.is_empty())
+        .await,
+        "ports disconnected"
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    p.dir_a.set_node(node_info(&p.b.name, closed));
+
+    // A takes the tenant over while B is not connected: its agent's lookup waits for B.
+    move_tenant_to_a(&p).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        agent_info(&p.a, "a1").await.state,
+        "available",
+        "B not asked yet"
+    );
+    p.dir_a
+        .set_node(node_info(&p.b.name, p.port_b.listen_addr()));
+    p.dir_b
+        .set_node(node_info(&p.a.name, p.port_a.listen_addr()));
+    p.wait_connected().await;
+    wait_agent(&p.a, "a1", "on the call once B is connected", |i| {
+        i.state == "on_call" && i.detail.as_deref() == Some("q0 mv-3")
+    })
+    .await;
+
+    agent_hangs_up(&p, &caller, &phone, &inv).await;
+    wait_agent(&p.a, "a1", "available after the call", |i| {
+        i.state == "available" && i.calls == 1
+    })
+    .await;
+    p.stop().await;
+}
+
 /// The cluster's TLS: one self-signed certificate for `switchyard.test`, trusted by all.
 fn tls() -> port::PortTls {
     let ck = rcgen::generate_simple_self_signed(vec!["switchyard.test".to_string()]).unwrap();

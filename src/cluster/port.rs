@@ -22,6 +22,10 @@
 //! messages), so that queues can offer it agents and agents can tell it ended; when a node
 //! leaves the Directory, the queues and agents here are told its calls are over (an agent
 //! cannot monitor a call actor on another node).
+//!
+//! After a takeover: an agent actor starting here asks every live node for a call that holds
+//! it ([`Remote::find_agent_call`]); each node answers from its `CcContext::agent_calls`
+//! index with an `AgentMsg::Resume`, sent straight back to the asking node.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -106,6 +110,11 @@ const MAX_PENDING: usize = 50_000;
 const MAX_TRACKED_CALLS: usize = 200_000;
 /// A remembered call not heard of for this long is forgotten (it ended without telling).
 const CALL_IDLE: Duration = Duration::from_secs(12 * 3600);
+
+/// How long an agent's call lookup waits for a live peer that is not connected yet (a node
+/// that just joined and took tenants over may start their agents before its connections
+/// are up); the agent takes an answer for 5 s after its start.
+const LOOKUP_WAIT: Duration = Duration::from_secs(4);
 
 /// The process group a node's port joins.
 pub fn group(node: &str) -> String {
@@ -534,6 +543,17 @@ struct PortState {
     last_warn: HashMap<String, Instant>,
     ticks: u64,
     tick: Option<tokio::task::JoinHandle<()>>,
+    /// Agent call lookups still to send to live peers that were not connected when asked.
+    lookups: Vec<WaitingLookup>,
+}
+
+/// An agent's call lookup (see [`Remote::find_agent_call`]) waiting for peers to connect.
+struct WaitingLookup {
+    tenant: String,
+    agent: String,
+    since: Instant,
+    /// The live peers not asked yet.
+    missing: Vec<String>,
 }
 
 impl Actor for PortActor {
@@ -559,6 +579,7 @@ impl Actor for PortActor {
             last_warn: HashMap::new(),
             ticks: 0,
             tick: Some(tick),
+            lookups: Vec::new(),
         })
     }
 
@@ -578,6 +599,11 @@ impl Actor for PortActor {
             PortMsg::Local(Control::Tick) => {
                 state.ticks += 1;
                 state.flush();
+                if !state.lookups.is_empty() {
+                    state
+                        .lookups
+                        .retain(|l| l.since.elapsed() < LOOKUP_WAIT && !l.missing.is_empty());
+                }
                 if state.ticks % DIAL_TICKS == 0 {
                     state.dial();
                     state.publish_peers();
@@ -592,9 +618,10 @@ impl Actor for PortActor {
             }
             PortMsg::Local(Control::PeerUp(n, session)) => {
                 tracing::info!(peer = %n, "cluster peer connected");
-                state.sessions.insert(n, session);
+                state.sessions.insert(n.clone(), session);
                 state.publish_peers();
                 state.flush();
+                state.send_waiting_lookups(&n);
             }
             PortMsg::Local(Control::PeerDown(n, session)) => {
                 tracing::info!(peer = %n, "cluster peer disconnected");
@@ -759,28 +786,63 @@ impl PortState {
         }
     }
 
-    /// Asks every connected live peer, and this node, for a call that holds an agent.
-    /// Peers not connected are not waited for: the asking agent's hold is short, and a peer
-    /// that cannot be reached cannot run the agent's call for long either (its calls end
-    /// here when it leaves the Directory).
+    /// Asks every live peer, and this node, for a call that holds an agent.
+    /// A live peer not connected yet is asked when it connects, for up to [`LOOKUP_WAIT`].
     fn find_agent_call(&mut self, tenant: String, agent: String) {
         let me = self.a.me.clone();
         self.answer_agent_call(&tenant, &agent, &me);
-        let env = Envelope {
-            v: wire::VERSION,
-            from: me.clone(),
-            sent_us: now_us(),
-            to: Payload::FindAgentCall { tenant, agent },
-        };
-        for node in self.live.keys().filter(|n| **n != me) {
-            let Some(port) = peer_port(self.sessions.get(node), node) else {
-                continue;
-            };
-            if port.cast(PortMsg::Envelope(Box::new(env.clone()))).is_ok() {
-                self.a.shared.sent.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(MESSAGES_SENT, "kind" => env.to.kind()).increment(1);
+        let missing: Vec<String> = self
+            .live
+            .keys()
+            .filter(|n| **n != me && !self.send_lookup(n, &tenant, &agent))
+            .cloned()
+            .collect();
+        if !missing.is_empty() && self.lookups.len() < MAX_PENDING {
+            self.lookups.push(WaitingLookup {
+                tenant,
+                agent,
+                since: Instant::now(),
+                missing,
+            });
+        }
+    }
+
+    /// Sends the lookups that waited for `node` to connect.
+    fn send_waiting_lookups(&mut self, node: &str) {
+        let mut lookups = std::mem::take(&mut self.lookups);
+        for l in &mut lookups {
+            if l.since.elapsed() < LOOKUP_WAIT
+                && l.missing.iter().any(|m| m == node)
+                && self.send_lookup(node, &l.tenant, &l.agent)
+            {
+                l.missing.retain(|m| m != node);
             }
         }
+        lookups.retain(|l| l.since.elapsed() < LOOKUP_WAIT && !l.missing.is_empty());
+        self.lookups = lookups;
+    }
+
+    /// One agent call lookup to a connected peer's port; false when it is not connected.
+    fn send_lookup(&self, node: &str, tenant: &str, agent: &str) -> bool {
+        let Some(port) = peer_port(self.sessions.get(node), node) else {
+            return false;
+        };
+        let env = Envelope {
+            v: wire::VERSION,
+            from: self.a.me.clone(),
+            sent_us: now_us(),
+            to: Payload::FindAgentCall {
+                tenant: tenant.to_string(),
+                agent: agent.to_string(),
+            },
+        };
+        let kind = env.to.kind();
+        if port.cast(PortMsg::Envelope(Box::new(env))).is_err() {
+            return false;
+        }
+        self.a.shared.sent.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(MESSAGES_SENT, "kind" => kind).increment(1);
+        true
     }
 
     /// Answers a lookup from node `asker` (or this node) for a call that holds an agent:
