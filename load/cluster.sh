@@ -32,6 +32,7 @@
 #     PostgreSQL;
 #   - the carrier SIPp never holds more than --trunk-limit calls (1 s samples, and the sum of
 #     the nodes' switchyard_trunk_channels), also across the takeover;
+#   - no agent on two answered calls at once (CDRs), also across the takeover and the rejoin;
 #   - the rejoined node owns its fair share again (what rendezvous hashing gives it).
 # Exit status: 0 PASS, 1 FAIL, 2 bad usage or a setup failure.
 set -euo pipefail
@@ -401,6 +402,15 @@ if [ -n "$KILL" ]; then
 fi
 say "CDRs in PostgreSQL     $(psql_q "SELECT count(*) FROM cdrs" || echo NA) rows, $CDR_ANSWERED answered queue calls; callers saw $SUCC_TOTAL answered and completed, $EXPECTED of them more than 1 s before their node's end"
 is_num "$CDR_ANSWERED" && [ "$CDR_ANSWERED" -ge "$EXPECTED" ] || fail "CDRs lost: $CDR_ANSWERED answered queue CDRs for $EXPECTED calls completed more than 1 s before their node's end"
+# One agent on two answered calls at once (an agent that moved with its tenant must come back
+# busy, not available): its answered calls sorted by answer time, each against the latest end
+# among the earlier ones.
+OVERLAPS=$(psql_q "WITH t AS (SELECT agent, answer_at AS a, MAX(end_at) OVER (PARTITION BY agent
+    ORDER BY answer_at, id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_end
+    FROM cdrs WHERE agent IS NOT NULL AND answer_at IS NOT NULL)
+    SELECT count(*) FROM t WHERE prev_end IS NOT NULL AND a < prev_end" || echo NA)
+say "agent overlaps         $OVERLAPS answered calls of an agent that began before its previous one ended (CDRs)"
+[ "$OVERLAPS" = 0 ] || fail "agents on two answered calls at once: $OVERLAPS"
 if [ -n "$REJOINED" ]; then
     say "after rejoin           $(tr '\n' ' ' < "$OUT/owners_end.txt")"
     cmp -s "$OUT/owners_before.txt" "$OUT/owners_end.txt" || fail "the rejoined node did not get its share back (see owners_before.txt / owners_end.txt)"
