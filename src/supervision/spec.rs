@@ -170,12 +170,22 @@ impl ChildSpec {
     /// A nested supervisor as a permanent child of kind `"supervisor"`; every restart starts
     /// it afresh from a clone of `args`.
     pub fn supervisor(id: impl Into<String>, args: SupervisorArgs) -> Self {
-        Self::actor(
+        Self::nested(id.into(), args, false)
+    }
+
+    /// Like [`ChildSpec::supervisor`], registered in ractor's registry under `id` so children
+    /// can be started and stopped under it by name (cluster mode's singletons).
+    pub fn named_supervisor(id: impl Into<String>, args: SupervisorArgs) -> Self {
+        Self::nested(id.into(), args, true)
+    }
+
+    fn nested(id: String, args: SupervisorArgs, named: bool) -> Self {
+        let name = named.then(|| id.clone());
+        Self::new(
             id,
             "supervisor",
             Restart::Permanent,
-            Supervisor,
-            move || args.clone(),
+            factory(name, Supervisor, move || args.clone()),
         )
         .with_shutdown(Duration::from_secs(30))
     }

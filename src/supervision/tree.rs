@@ -136,18 +136,6 @@ impl Catalog {
     }
 }
 
-/// A supervisor child registered under its id, so it can be found by name.
-fn registered_supervisor(id: String, args: SupervisorArgs) -> ChildSpec {
-    ChildSpec::named_actor(
-        id,
-        "supervisor",
-        Restart::Permanent,
-        Supervisor,
-        move || args.clone(),
-    )
-    .with_shutdown(Duration::from_secs(30))
-}
-
 /// How the tree differs between a node alone and a cluster node.
 #[derive(Clone)]
 pub struct TreeOptions {
@@ -283,7 +271,7 @@ pub async fn start(
                 ))
                 .with_child(ChildSpec::supervisor(format!("queues/{id}@{node}"), queues))
                 .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
-        let spec = registered_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
+        let spec = ChildSpec::named_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
         singletons.insert(
             tenant_key(&id),
             Entry {
@@ -343,8 +331,14 @@ pub async fn start(
             move || registrar.clone(),
         ))
         // Registered by name: cluster mode starts and stops singletons under them.
-        .with_child(registered_supervisor(name("trunks", node), trunks_sup))
-        .with_child(registered_supervisor(name("tenants", node), tenants_sup))
+        .with_child(ChildSpec::named_supervisor(
+            name("trunks", node),
+            trunks_sup,
+        ))
+        .with_child(ChildSpec::named_supervisor(
+            name("tenants", node),
+            tenants_sup,
+        ))
         .with_child(
             ChildSpec::named_actor(
                 calls_name.clone(),
