@@ -132,7 +132,7 @@ impl Membership {
         let opts = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+            .with_keep_alive(super::ETCD_KEEP_ALIVE, Duration::from_secs(5));
         let client = Client::connect(&cfg.etcd.endpoints, Some(opts))
             .await
             .map_err(|e| format!("etcd {:?}: {e}", cfg.etcd.endpoints))?;

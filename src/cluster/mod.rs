@@ -30,6 +30,11 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+/// HTTP/2 keep-alive pings to etcd: etcd answers a client that pings more often than every
+/// 5 s (`--grpc-keepalive-min-time`) on an idle connection with GOAWAY ("too many pings"),
+/// which ends its watches (seen every ~8 s with a 2 s interval).
+pub(crate) const ETCD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A node as it announces itself in etcd (`<prefix>/nodes/<name>`, bound to its lease).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInfo {

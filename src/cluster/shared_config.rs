@@ -262,7 +262,7 @@ impl SharedConfig {
                 let opts = ConnectOptions::new()
                     .with_connect_timeout(Duration::from_secs(3))
                     .with_timeout(Duration::from_secs(3))
-                    .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+                    .with_keep_alive(super::ETCD_KEEP_ALIVE, Duration::from_secs(5));
                 let mut client = Client::connect(&c.etcd.endpoints, Some(opts))
                     .await
                     .map_err(|e| format!("etcd {:?}: {e}", c.etcd.endpoints))?;
