@@ -20,8 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -81,6 +80,11 @@ pub fn describe() {
     );
 }
 
+/// The least time between two publications of this node's trunk usage.
+const USAGE_MIN_INTERVAL: Duration = Duration::from_millis(500);
+/// Usage is published again after this long even when unchanged.
+const USAGE_REFRESH: Duration = Duration::from_secs(2);
+
 /// What the API asks of the membership task.
 enum Cmd {
     /// Become `state`; for `Draining`, answer once every singleton here is released.
@@ -129,13 +133,7 @@ impl Membership {
         catalog: Catalog,
         trunks: Arc<TrunkTable>,
     ) -> Result<Membership, String> {
-        let opts = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(Duration::from_secs(3))
-            .with_keep_alive(super::ETCD_KEEP_ALIVE, Duration::from_secs(5));
-        let client = Client::connect(&cfg.etcd.endpoints, Some(opts))
-            .await
-            .map_err(|e| format!("etcd {:?}: {e}", cfg.etcd.endpoints))?;
+        let client = super::etcd_connect(cfg).await?;
         let mut task = Task {
             client,
             prefix: cfg.etcd.prefix.clone(),
@@ -703,8 +701,12 @@ impl Task {
             .iter()
             .map(|t| (t.id.to_string(), t.channels()))
             .collect();
-        let stale = self.published.1.elapsed() > Duration::from_secs(2);
-        if mine != self.published.0 || stale {
+        // At most every half second (reconciling runs after every watch event, and the other
+        // nodes' usage puts are such events), and at least every 2 s. A late figure is safe:
+        // a node above its share takes no new channel, so its usage only falls meanwhile.
+        let since = self.published.1.elapsed();
+        let due = since >= USAGE_MIN_INTERVAL && mine != self.published.0;
+        if due || since > USAGE_REFRESH {
             let value = serde_json::to_string(&mine).unwrap_or_default();
             let put = PutOptions::new().with_lease(self.lease);
             match self.client.put(self.usage_key(), value, Some(put)).await {
