@@ -189,8 +189,8 @@ impl Node {
             Some(db) => crate::store::Database::Postgres(db.url.clone()),
             None => crate::store::Database::Sqlite(config.data_dir.join("switchyard.db")),
         };
+        registrar.database = database.clone();
         if let Some(c) = &config.cluster {
-            registrar.database = database.clone();
             registrar.node = c.name.clone();
         }
         let timers = TimerService::new();

@@ -33,7 +33,20 @@ use tokio::sync::watch;
 /// HTTP/2 keep-alive pings to etcd: etcd answers a client that pings more often than every
 /// 5 s (`--grpc-keepalive-min-time`) on an idle connection with GOAWAY ("too many pings"),
 /// which ends its watches (seen every ~8 s with a 2 s interval).
-pub(crate) const ETCD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+const ETCD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A client of the cluster's etcd (membership and the shared configuration each hold one):
+/// 3 s to connect and per request, keep-alive pings as etcd accepts them.
+pub(crate) async fn etcd_connect(cfg: &ClusterConfig) -> Result<etcd_client::Client, String> {
+    use std::time::Duration;
+    let opts = etcd_client::ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        .with_timeout(Duration::from_secs(3))
+        .with_keep_alive(ETCD_KEEP_ALIVE, Duration::from_secs(5));
+    etcd_client::Client::connect(&cfg.etcd.endpoints, Some(opts))
+        .await
+        .map_err(|e| format!("etcd {:?}: {e}", cfg.etcd.endpoints))
+}
 
 /// A node as it announces itself in etcd (`<prefix>/nodes/<name>`, bound to its lease).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,9 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -259,13 +257,7 @@ impl SharedConfig {
                 Ok(shared)
             }
             Some(c) => {
-                let opts = ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(3))
-                    .with_timeout(Duration::from_secs(3))
-                    .with_keep_alive(super::ETCD_KEEP_ALIVE, Duration::from_secs(5));
-                let mut client = Client::connect(&c.etcd.endpoints, Some(opts))
-                    .await
-                    .map_err(|e| format!("etcd {:?}: {e}", c.etcd.endpoints))?;
+                let mut client = super::etcd_connect(c).await?;
                 let prefix = format!("{}/config/", c.etcd.prefix);
                 seed(&mut client, &prefix, &file, &c.name).await?;
                 let (tables, revision) = read_all(&mut client, &prefix).await?;
