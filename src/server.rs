@@ -284,13 +284,14 @@ impl Node {
         .await?;
         let routes = Arc::new(Routes::new(&config.routes, &trunk_table));
         let numbers = Arc::new(Numbers::new(numbers));
-        // Routes and numbers changed through the API (kept in SQLite, or in etcd for a
-        // cluster) are put in force over the file's before the first call.
+        // Routes, numbers and users changed through the API (kept in SQLite, or in etcd for
+        // a cluster) are put in force over the file's before the first call.
         let shared_config = crate::cluster::shared_config::SharedConfig::start(
             &config,
             routes.clone(),
             numbers.clone(),
             trunk_table.clone(),
+            auth.clone(),
         )
         .await?;
         let router = Arc::new(

@@ -1,8 +1,9 @@
-//! Routes and numbers changed through the API on a node alone: in force for the next call,
-//! kept across a restart, refused (400 naming the field, 401/403 without the token) exactly
-//! where the config file would be. And in a cluster (a real etcd, three switchyard
-//! processes on 127.0.0.1-3): a route put through one node routes calls on another within a
-//! second.
+//! Routes, numbers and users changed through the API on a node alone: in force for the next
+//! call or REGISTER, kept across a restart, refused (400 naming the field, 401/403 without
+//! the token) exactly where the config file would be. And in a cluster (a real etcd, three
+//! switchyard processes on 127.0.0.1-3): a route put through one node routes calls on
+//! another within a second, and a user put through one node registers through another
+//! within a second.
 
 mod common;
 
@@ -13,6 +14,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::config::Config;
 use switchyard::server::Node;
+use switchyard::sip::auth::{ha1, Algorithm};
+use switchyard::sip::message::HeaderName;
 
 const TOKEN: &str = "config-api-token-for-tests";
 const AUTH: Option<&str> = Some("Bearer config-api-token-for-tests");
@@ -73,6 +76,45 @@ async fn call_status(node: &Node, caller: &Ua, user: &str) -> u16 {
     let (m, _) = caller
         .expect("a response other than 100", |m| {
             m.status().is_some_and(|s| s > 100) && call_id(m) == cid
+        })
+        .await;
+    m.status().unwrap()
+}
+
+/// A user's body for `PUT /tenants/cc/users/{user}`: both hashes of `pw` in realm `cc.test`.
+fn user_body(user: &str, pw: &str) -> String {
+    format!(
+        r#"{{"ha1_md5": "{}", "ha1_sha256": "{}"}}"#,
+        ha1(Algorithm::Md5, user, "cc.test", pw),
+        ha1(Algorithm::Sha256, user, "cc.test", pw)
+    )
+}
+
+/// Registers `user` of `cc.test` from `phone` through `sw` (answering the 401 with `pw`);
+/// the final status of the authenticated REGISTER (CSeq `cseq` + 1).
+async fn register_status(sw: SocketAddr, phone: &Ua, user: &str, pw: &str, cseq: u32) -> u16 {
+    let contact = format!("sip:{user}@{}", phone.addr);
+    let via = phone.addr.to_string();
+    let request = |cseq, auth| register_request("cc.test", user, &contact, "UDP", &via, cseq, auth);
+    phone.send(sw, &request(cseq, None)).await;
+    let (ch, _) = phone
+        .expect("a 401 challenge", |m| {
+            m.status() == Some(401) && header(m, "CSeq").starts_with(&format!("{cseq} "))
+        })
+        .await;
+    let auth = credentials(
+        &ch,
+        HeaderName::WwwAuthenticate,
+        user,
+        pw,
+        "REGISTER",
+        "sip:cc.test",
+    );
+    phone.send(sw, &request(cseq + 1, Some(auth))).await;
+    let (m, _) = phone
+        .expect("the authenticated REGISTER's answer", |m| {
+            m.status().is_some_and(|s| s >= 200)
+                && header(m, "CSeq").starts_with(&format!("{} ", cseq + 1))
         })
         .await;
     m.status().unwrap()
@@ -179,6 +221,128 @@ async fn a_number_put_through_the_api_leads_to_its_queue() {
 
     assert_eq!(delete(&node, "/numbers/7000").await.status, 204);
     assert_eq!(call_status(&node, &caller, "7000").await, 404);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (phone, target) = (Ua::new().await, Ua::new().await);
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    let sw = udp_addr(&node);
+
+    assert_eq!(get(&node, "/tenants/cc/users").await, serde_json::json!([]));
+    assert_eq!(register_status(sw, &phone, "dave", "pw-1", 1).await, 401);
+
+    let r = put(
+        &node,
+        "/tenants/cc/users/dave",
+        AUTH,
+        &user_body("dave", "pw-1"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(
+        !r.body.contains("ha1"),
+        "hashes are never echoed: {}",
+        r.body
+    );
+    let shown: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(shown["username"], "dave");
+    assert_eq!(shown["algorithms"], serde_json::json!(["SHA-256", "MD5"]));
+    assert_eq!(register_status(sw, &phone, "dave", "pw-1", 3).await, 200);
+    let users = get(&node, "/tenants/cc/users").await;
+    assert_eq!(users[0]["username"], "dave", "{users}");
+    assert!(!users.to_string().contains("ha1"), "{users}");
+
+    // A new password is in force at once; the old one no longer works.
+    let r = put(
+        &node,
+        "/tenants/cc/users/dave",
+        AUTH,
+        &user_body("dave", "pw-2"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(register_status(sw, &phone, "dave", "pw-1", 5).await, 401);
+    assert_eq!(register_status(sw, &phone, "dave", "pw-2", 7).await, 200);
+
+    // Refused: no token, a bad hash, an unknown tenant, a name the body contradicts.
+    let body = user_body("erin", "pw");
+    assert_eq!(
+        put(&node, "/tenants/cc/users/erin", None, &body)
+            .await
+            .status,
+        401
+    );
+    assert_bad(
+        &put(
+            &node,
+            "/tenants/cc/users/erin",
+            AUTH,
+            r#"{"ha1_md5": "abc"}"#,
+        )
+        .await,
+        "ha1_md5",
+    );
+    assert_bad(
+        &put(
+            &node,
+            "/tenants/cc/users/erin",
+            AUTH,
+            r#"{"password": "pw"}"#,
+        )
+        .await,
+        "password",
+    );
+    assert_bad(
+        &put(
+            &node,
+            "/tenants/cc/users/erin",
+            AUTH,
+            r#"{"username": "x"}"#,
+        )
+        .await,
+        "username",
+    );
+    assert_eq!(
+        put(&node, "/tenants/nope/users/erin", AUTH, &body)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        http_request(node.http_addr, "GET", "/tenants/nope/users", None, "")
+            .await
+            .status,
+        404
+    );
+    // What stays file-configured is refused, not ignored.
+    for path in ["/trunks/t1", "/tenants/cc/queues/q", "/tenants/cc"] {
+        let r = put(&node, path, AUTH, "{}").await;
+        assert_eq!(r.status, 501, "{path}: {}", r.body);
+    }
+
+    assert_eq!(delete(&node, "/tenants/cc/users/dave").await.status, 204);
+    assert_eq!(register_status(sw, &phone, "dave", "pw-2", 9).await, 401);
+    assert_eq!(delete(&node, "/tenants/cc/users/dave").await.status, 404);
+
+    // A user put back is remembered across a restart.
+    let r = put(
+        &node,
+        "/tenants/cc/users/dave",
+        AUTH,
+        &user_body("dave", "pw-3"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    node.shutdown().await;
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    assert_eq!(get(&node, "/tenants/cc/users").await[0]["username"], "dave");
+    assert_eq!(
+        register_status(udp_addr(&node), &phone, "dave", "pw-3", 11).await,
+        200
+    );
     node.shutdown().await;
 }
 
@@ -347,7 +511,8 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     std::fs::write(
         &config_path,
         format!(
-            "[http]\ntoken = \"{TOKEN}\"\n[[routes]]\nprefix = \"9\"\ntarget = \"sip:{}\"\n",
+            "[http]\ntoken = \"{TOKEN}\"\n[[routes]]\nprefix = \"9\"\ntarget = \"sip:{}\"\n\
+             [[tenants]]\nid = \"cc\"\ndomain = \"cc.test\"\n",
             file_target.addr
         ),
     )
@@ -453,6 +618,48 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
             m.status() == Some(486) && call_id(m) == cid
         })
         .await;
+
+    // A user put on node 1 registers through node 3 within a second.
+    let phone = Ua::new().await;
+    let start = Instant::now();
+    let r = http_request(
+        n1.http,
+        "PUT",
+        "/tenants/cc/users/dave",
+        Some(&bearer),
+        &user_body("dave", "pw"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let mut cseq = 1;
+    while register_status(n3.sip, &phone, "dave", "pw", cseq).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "user not in force on n3"
+        );
+        cseq += 2;
+    }
+    let in_force = start.elapsed();
+    eprintln!("user put on n1: registered through n3 after {in_force:?}");
+    assert!(in_force < Duration::from_secs(1), "took {in_force:?}");
+    // Deleted through node 2: node 3 refuses it.
+    let r = http_request(
+        n2.http,
+        "DELETE",
+        "/tenants/cc/users/dave",
+        Some(&bearer),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    cseq += 2;
+    while register_status(n3.sip, &phone, "dave", "pw", cseq).await == 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "deleted user still in force on n3"
+        );
+        cseq += 2;
+    }
 
     // Two nodes accepting clashing routes at once (two ids, one prefix): exactly one wins,
     // the other is refused on the prefix, however the two interleave.

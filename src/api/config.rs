@@ -1,5 +1,6 @@
-//! Configuration routes: routes and numbers changed while the switch runs, in force at once
-//! (on every node of a cluster within a second). See [`crate::cluster::shared_config`].
+//! Configuration routes: routes, numbers and tenants' users changed while the switch runs, in
+//! force at once (on every node of a cluster within a second). See
+//! [`crate::cluster::shared_config`].
 //!
 //! | route | answer |
 //! |---|---|
@@ -9,6 +10,10 @@
 //! | `GET /numbers` | every number: `number`, `tenant`, `target`, `priority` |
 //! | `PUT /numbers/{number}` | (token) body `{"tenant", "target", "priority"}`; 201 or 200 with the number as stored |
 //! | `DELETE /numbers/{number}` | (token) 204; 404 if there is no such number |
+//! | `GET /tenants/{tenant}/users` | the tenant's users: `tenant`, `username`, `algorithms` (never the hashes); 404 for no such tenant |
+//! | `PUT /tenants/{tenant}/users/{name}` | (token) body: the `[[tenants.users]]` fields (`ha1_md5`, `ha1_sha256`); 201 or 200 with the user as shown; 404 for no such tenant |
+//! | `DELETE /tenants/{tenant}/users/{name}` | (token) 204; 404 if there is no such user |
+//! | `PUT`/`DELETE /trunks/{id}`, `/tenants/{id}`, `/tenants/{tenant}/queues/{id}` | 501: file-configured |
 //!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
 //! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
@@ -23,7 +28,9 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use super::{route, ApiState, Problem, PROBLEM_JSON};
-use crate::cluster::shared_config::{ChangeError, Kind, SharedConfig, CONFIG_REJECTED_TOTAL};
+use crate::cluster::shared_config::{
+    user_id, ChangeError, Kind, SharedConfig, CONFIG_REJECTED_TOTAL,
+};
 
 pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     let router = route(router, "/routes", get(list_routes));
@@ -33,11 +40,21 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         axum::routing::put(put_route).delete(delete_route),
     );
     let router = route(router, "/numbers", get(list_numbers));
-    route(
+    let router = route(
         router,
         "/numbers/{number}",
         axum::routing::put(put_number).delete(delete_number),
-    )
+    );
+    let router = route(router, "/tenants/{tenant}/users", get(list_users));
+    let router = route(
+        router,
+        "/tenants/{tenant}/users/{name}",
+        axum::routing::put(put_user).delete(delete_user),
+    );
+    let refuse = || axum::routing::put(file_configured).delete(file_configured);
+    let router = route(router, "/trunks/{id}", refuse());
+    let router = route(router, "/tenants/{tenant}/queues/{id}", refuse());
+    route(router, "/tenants/{id}", refuse())
 }
 
 /// A 400 problem that names the field at fault (RFC 9457 allows extension members).
@@ -136,19 +153,55 @@ async fn list_routes(State(state): State<ApiState>) -> Result<Response, Refused>
     Ok(Json(config.routes()).into_response())
 }
 
+async fn list_numbers(State(state): State<ApiState>) -> Result<Response, Refused> {
+    let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
+    Ok(Json(config.numbers()).into_response())
+}
+
+async fn list_users(
+    State(state): State<ApiState>,
+    Path(tenant): Path<String>,
+) -> Result<Response, Refused> {
+    let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
+    let users = config
+        .users(&tenant)
+        .ok_or_else(|| Refused::Change(ChangeError::NotFound(format!("tenant {tenant:?}"))))?;
+    Ok(Json(users).into_response())
+}
+
+/// Creates or replaces the entry of `kind` at `id` from the body.
+async fn put_entry(
+    state: &ApiState,
+    headers: &HeaderMap,
+    kind: Kind,
+    id: &str,
+    body: &Bytes,
+) -> Result<Response, Refused> {
+    let config = authorized(state, headers, kind)?;
+    let value = json_body(body)?;
+    let (created, entry) = config.put(kind, id, value).await.map_err(Refused::Change)?;
+    Ok(stored(created, entry))
+}
+
+/// Removes the entry of `kind` at `id`.
+async fn delete_entry(
+    state: &ApiState,
+    headers: &HeaderMap,
+    kind: Kind,
+    id: &str,
+) -> Result<Response, Refused> {
+    let config = authorized(state, headers, kind)?;
+    config.delete(kind, id).await.map_err(Refused::Change)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 async fn put_route(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let config = authorized(&state, &headers, Kind::Route)?;
-    let value = json_body(&body)?;
-    let (created, route) = config
-        .put_route(&id, value)
-        .await
-        .map_err(Refused::Change)?;
-    Ok(stored(created, route))
+    put_entry(&state, &headers, Kind::Route, &id, &body).await
 }
 
 async fn delete_route(
@@ -156,14 +209,7 @@ async fn delete_route(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let config = authorized(&state, &headers, Kind::Route)?;
-    config.delete_route(&id).await.map_err(Refused::Change)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn list_numbers(State(state): State<ApiState>) -> Result<Response, Refused> {
-    let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
-    Ok(Json(config.numbers()).into_response())
+    delete_entry(&state, &headers, Kind::Route, &id).await
 }
 
 async fn put_number(
@@ -172,13 +218,7 @@ async fn put_number(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Refused> {
-    let config = authorized(&state, &headers, Kind::Number)?;
-    let value = json_body(&body)?;
-    let (created, entry) = config
-        .put_number(&number, value)
-        .await
-        .map_err(Refused::Change)?;
-    Ok(stored(created, entry))
+    put_entry(&state, &headers, Kind::Number, &number, &body).await
 }
 
 async fn delete_number(
@@ -186,10 +226,39 @@ async fn delete_number(
     Path(number): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let config = authorized(&state, &headers, Kind::Number)?;
-    config
-        .delete_number(&number)
-        .await
-        .map_err(Refused::Change)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    delete_entry(&state, &headers, Kind::Number, &number).await
+}
+
+async fn put_user(
+    State(state): State<ApiState>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    put_entry(
+        &state,
+        &headers,
+        Kind::User,
+        &user_id(&tenant, &name),
+        &body,
+    )
+    .await
+}
+
+async fn delete_user(
+    State(state): State<ApiState>,
+    Path((tenant, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    delete_entry(&state, &headers, Kind::User, &user_id(&tenant, &name)).await
+}
+
+/// Changes to what stays file-configured (trunks, queues, tenants) are refused, not ignored:
+/// 501 saying so.
+async fn file_configured() -> Response {
+    Problem::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "trunks, queues and tenants are configured in the config file only: change the file and restart the node",
+    )
+    .into_response()
 }

@@ -1,23 +1,27 @@
-//! Routes and numbers changed while the switch runs (`PUT /routes/{id}`, `PUT
-//! /numbers/{number}`, ...), put in force in the router without a restart.
+//! Routes, numbers and tenants' users changed while the switch runs (`PUT /routes/{id}`, `PUT
+//! /numbers/{number}`, `PUT /tenants/{tenant}/users/{name}`, ...), put in force without a
+//! restart.
 //!
-//! [`SharedConfig`] holds the current routes and numbers (the config file's, with the changes
-//! applied over them) and swaps the router's [`Routes`] and [`Numbers`] tables whole on every
-//! change; calls in progress keep the route they started with.
+//! [`SharedConfig`] holds the current routes, numbers and users (the config file's, with the
+//! changes applied over them) and swaps the router's [`Routes`] and [`Numbers`] tables and
+//! the [`Authenticator`]'s user tables whole on every change; calls in progress keep the
+//! route they started with. A removed user's registrations stay until they expire (at most
+//! `registrar.max_expires_secs`), but the user can neither refresh them nor authenticate.
 //!
 //! - **Alone**, a change is validated, written to the node's SQLite overrides table
 //!   (`store::config`) and applied at once; at start the overrides are applied over the file.
-//! - **In a cluster**, etcd holds the shared copy: `<prefix>/config/routes/<id>` and
-//!   `<prefix>/config/numbers/<number>` (JSON). The first node that finds no
-//!   `<prefix>/config/seeded` marker seeds etcd from its file (in a transaction, so only one
-//!   does). A change is written to etcd, and every node, the writer included, applies it from
+//! - **In a cluster**, etcd holds the shared copy: `<prefix>/config/routes/<id>`,
+//!   `<prefix>/config/numbers/<number>` and `<prefix>/config/users/<tenant>/<name>` (JSON).
+//!   The first node that finds no `<prefix>/config/seeded` marker seeds etcd from its file
+//!   (in a transaction, so only one does); users have their own marker (`seeded-users`), so
+//!   a cluster seeded before users were shared gets its users from the next node to start. A change is written to etcd, and every node, the writer included, applies it from
 //!   its watch, so all nodes agree on one order; the API answers once its own node has applied
 //!   the write. The task has its own etcd client and reloads everything if the watch fails or
 //!   falls behind a compaction.
 //!
 //! Validation is the config file's own ([`Config::validate`]), run on a configuration made of
 //! the current entries plus the changed one, so the API refuses exactly what a file would.
-//! Tenants, users, queues and trunks stay file-configured.
+//! Tenants, queues and trunks stay file-configured (the API refuses their changes with 501).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,11 +36,14 @@ use tokio::sync::watch;
 
 use crate::actors::router::{NumberRoute, Numbers, RouteTable, Routes};
 use crate::actors::trunk::TrunkTable;
-use crate::config::{Config, MediaMode, NumberConfig, RouteConfig, TenantConfig, TrunkConfig};
+use crate::config::{
+    Config, MediaMode, NumberConfig, RouteConfig, TenantConfig, TrunkConfig, UserConfig,
+};
+use crate::routing::auth::{Authenticator, UserKeys, UserMap};
 use crate::routing::trunks::Policy;
 use crate::store::config as overrides;
 
-/// Counter, labels `kind` (`route`, `number`) and `source` (`api`: this node's API, alone;
+/// Counter, labels `kind` (`route`, `number`, `user`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.
 pub const CONFIG_CHANGES_TOTAL: &str = "switchyard_config_changes_total";
 /// Counter, labels `kind` and `reason` (`invalid`, `unauthorized`, `unavailable`,
@@ -50,11 +57,11 @@ pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub fn describe() {
     metrics::describe_counter!(
         CONFIG_CHANGES_TOTAL,
-        "Route and number changes applied, by kind and source (api, cluster, store)"
+        "Route, number and user changes applied, by kind and source (api, cluster, store)"
     );
     metrics::describe_counter!(
         CONFIG_REJECTED_TOTAL,
-        "Route and number changes refused or skipped, by kind and reason"
+        "Route, number and user changes refused or skipped, by kind and reason"
     );
     metrics::describe_gauge!(
         CONFIG_GENERATION,
@@ -72,17 +79,28 @@ const MAX_TXN_OPS: usize = 128;
 /// What a change is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// A route, by id.
     Route,
+    /// A number (DID), by the number.
     Number,
+    /// A tenant's SIP user, by `<tenant>/<username>` (see [`user_id`]).
+    User,
 }
 
 impl Kind {
+    const ALL: [Kind; 3] = [Kind::Route, Kind::Number, Kind::User];
+
     /// The metric label and the overrides table's `kind`.
     pub fn label(self) -> &'static str {
         match self {
             Kind::Route => "route",
             Kind::Number => "number",
+            Kind::User => "user",
         }
+    }
+
+    fn from_label(label: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.label() == label)
     }
 
     /// The etcd key segment under `<prefix>/config/`.
@@ -90,8 +108,23 @@ impl Kind {
         match self {
             Kind::Route => "routes",
             Kind::Number => "numbers",
+            Kind::User => "users",
         }
     }
+
+    /// The etcd marker (under `<prefix>/config/`) of the node that seeded this kind. Users
+    /// have their own, so that a cluster seeded before they were shared still gets them.
+    fn marker(self) -> &'static str {
+        match self {
+            Kind::Route | Kind::Number => "seeded",
+            Kind::User => "seeded-users",
+        }
+    }
+}
+
+/// The id of `username` of `tenant` (tenant ids have no `/`, so the first one splits).
+pub fn user_id(tenant: &str, username: &str) -> String {
+    format!("{tenant}/{username}")
 }
 
 /// A number (DID) as the API reads and writes it: `PUT /numbers/{number}` with
@@ -109,6 +142,47 @@ pub struct NumberEntry {
     /// Caller priority in the queue (higher first).
     #[serde(default)]
     pub priority: u32,
+}
+
+/// A tenant's SIP user as stored: `PUT /tenants/{tenant}/users/{username}` with the
+/// `[[tenants.users]]` fields, `{"ha1_md5": "...", "ha1_sha256": "..."}`. Its hashes are
+/// never shown by the API ([`UserEntry::view`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    /// The tenant (from the path; a body may repeat it).
+    #[serde(default)]
+    pub tenant: String,
+    /// The digest username (from the path; a body may repeat it).
+    #[serde(default)]
+    pub username: String,
+    /// `hex(MD5(username:realm:password))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha1_md5: Option<String>,
+    /// `hex(SHA-256(username:realm:password))`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha1_sha256: Option<String>,
+}
+
+impl UserEntry {
+    /// The user as the API shows it: which algorithms it has a hash for, never the hashes.
+    pub fn view(&self) -> Value {
+        let mut algorithms = Vec::new();
+        if self.ha1_sha256.is_some() {
+            algorithms.push("SHA-256");
+        }
+        if self.ha1_md5.is_some() {
+            algorithms.push("MD5");
+        }
+        json!({ "tenant": self.tenant, "username": self.username, "algorithms": algorithms })
+    }
+
+    fn keys(&self) -> UserKeys {
+        UserKeys {
+            ha1_md5: self.ha1_md5.clone(),
+            ha1_sha256: self.ha1_sha256.clone(),
+        }
+    }
 }
 
 /// Why a change was refused.
@@ -154,11 +228,102 @@ impl ChangeError {
     }
 }
 
-/// The routes and numbers in force, by id and by number.
+/// The routes, numbers and users in force, by id, by number and by [`user_id`].
 #[derive(Clone, Debug, Default)]
 struct Tables {
     routes: BTreeMap<String, RouteConfig>,
     numbers: BTreeMap<String, NumberEntry>,
+    users: BTreeMap<String, UserEntry>,
+}
+
+/// One entry of any kind, parsed and keyed by its id.
+#[derive(Clone, Debug)]
+enum Entry {
+    Route(RouteConfig),
+    Number(NumberEntry),
+    User(UserEntry),
+}
+
+impl Entry {
+    /// The JSON kept in SQLite or etcd (parses back into the same entry).
+    fn stored(&self, id: &str) -> Value {
+        match self {
+            Entry::Route(r) => route_json(id, r),
+            Entry::Number(n) => serde_json::to_value(n).expect("a number serializes"),
+            Entry::User(u) => serde_json::to_value(u).expect("a user serializes"),
+        }
+    }
+
+    /// The JSON the API answers with (a user's hashes left out).
+    fn view(&self, id: &str) -> Value {
+        match self {
+            Entry::User(u) => u.view(),
+            other => other.stored(id),
+        }
+    }
+}
+
+impl Tables {
+    fn contains(&self, kind: Kind, id: &str) -> bool {
+        match kind {
+            Kind::Route => self.routes.contains_key(id),
+            Kind::Number => self.numbers.contains_key(id),
+            Kind::User => self.users.contains_key(id),
+        }
+    }
+
+    /// Removes an entry; whether there was one.
+    fn remove(&mut self, kind: Kind, id: &str) -> bool {
+        match kind {
+            Kind::Route => self.routes.remove(id).is_some(),
+            Kind::Number => self.numbers.remove(id).is_some(),
+            Kind::User => self.users.remove(id).is_some(),
+        }
+    }
+
+    fn insert(&mut self, id: &str, entry: Entry) {
+        let id = id.to_string();
+        match entry {
+            Entry::Route(r) => {
+                self.routes.insert(id, r);
+            }
+            Entry::Number(n) => {
+                self.numbers.insert(id, n);
+            }
+            Entry::User(u) => {
+                self.users.insert(id, u);
+            }
+        }
+    }
+
+    /// Every entry with its id and stored JSON.
+    fn stored(&self) -> Vec<(Kind, &str, Value)> {
+        let routes = self
+            .routes
+            .iter()
+            .map(|(id, r)| (Kind::Route, id.as_str(), route_json(id, r)));
+        let numbers = self.numbers.iter().map(|(id, n)| {
+            (
+                Kind::Number,
+                id.as_str(),
+                Entry::Number(n.clone()).stored(id),
+            )
+        });
+        let users = self
+            .users
+            .iter()
+            .map(|(id, u)| (Kind::User, id.as_str(), Entry::User(u.clone()).stored(id)));
+        routes.chain(numbers).chain(users).collect()
+    }
+
+    /// `tenant`'s users, by name.
+    fn users_of<'t>(&'t self, tenant: &str) -> impl Iterator<Item = &'t UserEntry> + 't {
+        let start = user_id(tenant, "");
+        self.users
+            .range(start.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&start))
+            .map(|(_, u)| u)
+    }
 }
 
 /// Where changes are kept.
@@ -178,8 +343,8 @@ struct Etcd {
     _stop: watch::Sender<()>,
 }
 
-/// The node's live routes and numbers: read by the API, changed through it, and put in force
-/// in the router by swapping its tables.
+/// The node's live routes, numbers and users: read by the API, changed through it, and put in
+/// force in the router and the authenticator by swapping their tables.
 pub struct SharedConfig {
     /// The file's tenants without users and agents (numbers are checked against their
     /// queues) and its trunks (routes name them).
@@ -188,6 +353,8 @@ pub struct SharedConfig {
     trunk_table: Arc<TrunkTable>,
     routes: Arc<Routes>,
     numbers: Arc<Numbers>,
+    /// The registrar's and call routing's users.
+    auth: Arc<Authenticator>,
     tables: Mutex<Tables>,
     generation: AtomicU64,
     backend: Backend,
@@ -205,16 +372,18 @@ impl std::fmt::Debug for SharedConfig {
 
 impl SharedConfig {
     /// Starts with the file's routes and numbers in `config`, whose tables the router reads
-    /// (`routes`, `numbers`). Alone: the saved overrides are applied over them. In a cluster:
-    /// etcd is seeded (first node) or read, the router gets etcd's routes and numbers, and a
-    /// task follows the changes. Fails when the overrides or etcd cannot be read.
+    /// (`routes`, `numbers`), and the users `auth` loaded from it (CSV files included).
+    /// Alone: the saved overrides are applied over them. In a cluster: etcd is seeded (first
+    /// node) or read, the router and `auth` get etcd's entries, and a task follows the
+    /// changes. Fails when the overrides or etcd cannot be read.
     pub async fn start(
         config: &Config,
         routes: Arc<Routes>,
         numbers: Arc<Numbers>,
         trunk_table: Arc<TrunkTable>,
+        auth: Arc<Authenticator>,
     ) -> Result<Arc<SharedConfig>, String> {
-        let file = file_tables(config);
+        let file = file_tables(config, &auth);
         let tenants = bare_tenants(config);
         let make = |backend| SharedConfig {
             tenants,
@@ -222,6 +391,7 @@ impl SharedConfig {
             trunk_table,
             routes,
             numbers,
+            auth,
             tables: Mutex::new(Tables::default()),
             generation: AtomicU64::new(0),
             backend,
@@ -300,98 +470,58 @@ impl SharedConfig {
         t.numbers.values().cloned().collect()
     }
 
-    /// Creates or replaces route `id` from a JSON body with [`RouteConfig`]'s fields.
-    /// Returns whether it was created, and the route as stored.
-    pub async fn put_route(&self, id: &str, body: Value) -> Result<(bool, Value), ChangeError> {
-        let result = self.put_route_inner(id, body).await;
-        count_rejected(Kind::Route, &result);
+    /// `tenant`'s users as the API shows them (no hashes); None if there is no such tenant.
+    pub fn users(&self, tenant: &str) -> Option<Vec<Value>> {
+        self.tenants.iter().find(|t| t.id == tenant)?;
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        Some(t.users_of(tenant).map(UserEntry::view).collect())
+    }
+
+    /// Creates or replaces the entry `id` of `kind` from a JSON body with the config file's
+    /// fields (a user's id: [`user_id`]). Returns whether it was created, and the entry as the
+    /// API shows it (a route or number as stored; a user without its hashes).
+    pub async fn put(
+        &self,
+        kind: Kind,
+        id: &str,
+        body: Value,
+    ) -> Result<(bool, Value), ChangeError> {
+        let result = self.put_inner(kind, id, body).await;
+        count_rejected(kind, &result);
         result
     }
 
-    async fn put_route_inner(&self, id: &str, body: Value) -> Result<(bool, Value), ChangeError> {
-        let mut route = parse_route(body)?;
-        match route.id.as_deref() {
-            Some(given) if given != id => {
-                return Err(ChangeError::invalid(
-                    "id",
-                    format!("{given:?} differs from the path's {id:?}"),
-                ))
-            }
-            _ => route.id = Some(id.to_string()),
-        }
-        let stored = route_json(id, &route);
+    async fn put_inner(
+        &self,
+        kind: Kind,
+        id: &str,
+        body: Value,
+    ) -> Result<(bool, Value), ChangeError> {
+        let entry = parse_entry(kind, id, body)?;
+        let stored = entry.stored(id);
         let existed = self
-            .change(Kind::Route, id, Some(&stored), |t| {
-                self.check_route(t, id, &route)?;
-                Ok(t.routes.contains_key(id))
+            .change(kind, id, Some(&stored), |t| {
+                self.check(t, id, &entry)?;
+                Ok(t.contains(kind, id))
             })
             .await?;
-        Ok((!existed, stored))
+        Ok((!existed, entry.view(id)))
     }
 
-    /// Removes route `id` (a file route too).
-    pub async fn delete_route(&self, id: &str) -> Result<(), ChangeError> {
-        let result = self.delete(Kind::Route, id).await;
-        count_rejected(Kind::Route, &result);
-        result
-    }
-
-    /// Creates or replaces `number` from a JSON body `{tenant, target, priority}`. Returns
-    /// whether it was created, and the number as stored.
-    pub async fn put_number(
-        &self,
-        number: &str,
-        body: Value,
-    ) -> Result<(bool, NumberEntry), ChangeError> {
-        let result = self.put_number_inner(number, body).await;
-        count_rejected(Kind::Number, &result);
-        result
-    }
-
-    async fn put_number_inner(
-        &self,
-        number: &str,
-        body: Value,
-    ) -> Result<(bool, NumberEntry), ChangeError> {
-        let mut entry = parse_number(body)?;
-        if !entry.number.is_empty() && entry.number != number {
-            return Err(ChangeError::invalid(
-                "number",
-                format!("{:?} differs from the path's {number:?}", entry.number),
-            ));
-        }
-        entry.number = number.to_string();
-        let stored = serde_json::to_value(&entry).expect("a number serializes");
-        let existed = self
-            .change(Kind::Number, number, Some(&stored), |t| {
-                self.check_number(t, &entry)?;
-                Ok(t.numbers.contains_key(number))
+    /// Removes the entry `id` of `kind` (a file entry too).
+    pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        let result = self
+            .change(kind, id, None, |t| {
+                if t.contains(kind, id) {
+                    Ok(true)
+                } else {
+                    Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())))
+                }
             })
-            .await?;
-        Ok((!existed, entry))
-    }
-
-    /// Removes `number` (a file number too).
-    pub async fn delete_number(&self, number: &str) -> Result<(), ChangeError> {
-        let result = self.delete(Kind::Number, number).await;
-        count_rejected(Kind::Number, &result);
+            .await
+            .map(|_| ());
+        count_rejected(kind, &result);
         result
-    }
-
-    async fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
-        self.change(kind, id, None, |t| {
-            let exists = match kind {
-                Kind::Route => t.routes.contains_key(id),
-                Kind::Number => t.numbers.contains_key(id),
-            };
-            if exists {
-                Ok(true)
-            } else {
-                Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())))
-            }
-        })
-        .await
-        .map(|_| ())
     }
 
     /// Checks a change against the tables in force (`check` says whether the entry exists)
@@ -518,39 +648,46 @@ impl SharedConfig {
         tables: &mut Tables,
         o: &overrides::Override,
     ) -> Result<(), ChangeError> {
-        let kind = match o.kind.as_str() {
-            "route" => Kind::Route,
-            "number" => Kind::Number,
-            other => return Err(ChangeError::invalid("kind", format!("{other:?}"))),
+        let Some(kind) = Kind::from_label(&o.kind) else {
+            return Err(ChangeError::invalid("kind", format!("{:?}", o.kind)));
         };
         if o.deleted {
-            match kind {
-                Kind::Route => {
-                    tables.routes.remove(&o.id);
-                }
-                Kind::Number => {
-                    tables.numbers.remove(&o.id);
-                }
-            }
+            tables.remove(kind, &o.id);
             return Ok(());
         }
         let v = serde_json::from_str::<Value>(&o.json)
             .map_err(|e| ChangeError::invalid("json", e.to_string()))?;
-        match kind {
-            Kind::Route => {
-                let mut r = parse_route(v)?;
-                r.id = Some(o.id.clone());
-                self.check_route(tables, &o.id, &r)?;
-                tables.routes.insert(o.id.clone(), r);
-            }
-            Kind::Number => {
-                let mut n = parse_number(v)?;
-                n.number = o.id.clone();
-                self.check_number(tables, &n)?;
-                tables.numbers.insert(o.id.clone(), n);
-            }
-        }
+        let entry = parse_entry(kind, &o.id, v)?;
+        self.check(tables, &o.id, &entry)?;
+        tables.insert(&o.id, entry);
         Ok(())
+    }
+
+    /// The file's validation of `entry` as entry `id` among the current ones.
+    fn check(&self, t: &Tables, id: &str, entry: &Entry) -> Result<(), ChangeError> {
+        match entry {
+            Entry::Route(r) => self.check_route(t, id, r),
+            Entry::Number(n) => self.check_number(t, n),
+            Entry::User(u) => self.check_user(u),
+        }
+    }
+
+    /// The file's validation of a user as its tenant's only one (its name is unique by its
+    /// id): the hashes' forms.
+    fn check_user(&self, u: &UserEntry) -> Result<(), ChangeError> {
+        let Some(ti) = self.tenants.iter().position(|x| x.id == u.tenant) else {
+            return Err(ChangeError::NotFound(format!("tenant {:?}", u.tenant)));
+        };
+        let mut c = Config {
+            tenants: self.tenants.clone(),
+            ..Config::default()
+        };
+        c.tenants[ti].users = vec![UserConfig {
+            username: u.username.clone(),
+            ha1_md5: u.ha1_md5.clone(),
+            ha1_sha256: u.ha1_sha256.clone(),
+        }];
+        first_error(c.validate(), &format!("tenants[{ti}].users[0]"))
     }
 
     /// The file's validation of route `id` as `route`, among the other current routes.
@@ -617,7 +754,21 @@ impl SharedConfig {
             }
         }
         self.numbers.replace(numbers);
-        *self.tables.lock().unwrap_or_else(|e| e.into_inner()) = tables;
+        let mut current = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let first = self.generation() == 0;
+        for tenant in &self.tenants {
+            // Only a tenant whose users changed gets a new table (tenants of 20,000 agents
+            // are not rebuilt for a route change).
+            if first || !tables.users_of(&tenant.id).eq(current.users_of(&tenant.id)) {
+                let users: UserMap = tables
+                    .users_of(&tenant.id)
+                    .map(|u| (u.username.clone(), u.keys()))
+                    .collect();
+                self.auth.set_users(&tenant.id, users);
+            }
+        }
+        *current = tables;
+        drop(current);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
     }
@@ -674,8 +825,9 @@ fn number_config(n: &NumberEntry) -> NumberConfig {
     }
 }
 
-/// The file's routes by id and numbers by number.
-fn file_tables(config: &Config) -> Tables {
+/// The file's routes by id, numbers by number, and the users `auth` loaded (the file's and
+/// its CSV files') by [`user_id`].
+fn file_tables(config: &Config, auth: &Authenticator) -> Tables {
     let mut t = Tables::default();
     for r in &config.routes {
         let mut r = r.clone();
@@ -692,6 +844,21 @@ fn file_tables(config: &Config) -> Tables {
                     tenant: tenant.id.clone(),
                     target: n.target.clone(),
                     priority: n.priority,
+                },
+            );
+        }
+        let users = auth
+            .tenant(&tenant.id)
+            .map(|u| u.users())
+            .unwrap_or_default();
+        for (name, keys) in users.iter() {
+            t.users.insert(
+                user_id(&tenant.id, name),
+                UserEntry {
+                    tenant: tenant.id.clone(),
+                    username: name.clone(),
+                    ha1_md5: keys.ha1_md5.clone(),
+                    ha1_sha256: keys.ha1_sha256.clone(),
                 },
             );
         }
@@ -733,6 +900,53 @@ pub fn parse_number(body: Value) -> Result<NumberEntry, ChangeError> {
     parse_fields(body)
 }
 
+/// An entry of `kind` from a JSON body; the body may repeat the id's parts (`id`, `number`,
+/// `tenant` and `username`), which must then be the path's.
+fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> {
+    let differs = |field: &str, given: &str, path: &str| {
+        Err(ChangeError::invalid(
+            field,
+            format!("{given:?} differs from the path's {path:?}"),
+        ))
+    };
+    match kind {
+        Kind::Route => {
+            let mut route = parse_route(body)?;
+            if let Some(given) = route.id.as_deref().filter(|g| *g != id) {
+                return differs("id", given, id);
+            }
+            route.id = Some(id.to_string());
+            Ok(Entry::Route(route))
+        }
+        Kind::Number => {
+            let mut n = parse_number(body)?;
+            if !n.number.is_empty() && n.number != id {
+                return differs("number", &n.number, id);
+            }
+            n.number = id.to_string();
+            Ok(Entry::Number(n))
+        }
+        Kind::User => {
+            let Some((tenant, username)) = id.split_once('/') else {
+                return Err(ChangeError::invalid(
+                    "id",
+                    format!("{id:?} is not tenant/name"),
+                ));
+            };
+            let mut u: UserEntry = parse_fields(body)?;
+            if !u.tenant.is_empty() && u.tenant != tenant {
+                return differs("tenant", &u.tenant, tenant);
+            }
+            if !u.username.is_empty() && u.username != username {
+                return differs("username", &u.username, username);
+            }
+            u.tenant = tenant.to_string();
+            u.username = username.to_string();
+            Ok(Entry::User(u))
+        }
+    }
+}
+
 /// Deserializes an object; on failure, finds the field at fault by trying each field of the
 /// body alone (serde_json names the line and column, not the field).
 fn parse_fields<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, ChangeError> {
@@ -765,25 +979,47 @@ fn parse_fields<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Change
     }
 }
 
-/// Seeds `<prefix>` from the file unless some node did so before (the `seeded` marker),
-/// in transactions of at most etcd's operation limit, the first of which claims the marker.
+/// Seeds `<prefix>` from the file, each kind unless some node did so before (its marker,
+/// [`Kind::marker`]).
 async fn seed(client: &mut Client, prefix: &str, file: &Tables, node: &str) -> Result<(), String> {
-    let marker = format!("{prefix}seeded");
-    let mut ops: Vec<TxnOp> = Vec::new();
-    for (id, r) in &file.routes {
-        ops.push(TxnOp::put(
-            format!("{prefix}routes/{id}"),
-            route_json(id, r).to_string(),
-            None,
-        ));
+    let entries = file.stored();
+    let mut markers: Vec<&str> = Kind::ALL.iter().map(|k| k.marker()).collect();
+    markers.dedup();
+    for marker in markers {
+        let ops: Vec<TxnOp> = entries
+            .iter()
+            .filter(|(kind, _, _)| kind.marker() == marker)
+            .map(|(kind, id, v)| {
+                TxnOp::put(
+                    format!("{prefix}{}/{id}", kind.segment()),
+                    v.to_string(),
+                    None,
+                )
+            })
+            .collect();
+        let count = ops.len();
+        if seed_once(client, &format!("{prefix}{marker}"), ops, node).await? {
+            tracing::info!(
+                marker,
+                entries = count,
+                "shared configuration seeded from this node's file"
+            );
+        }
     }
-    for (number, n) in &file.numbers {
-        let v = serde_json::to_string(n).expect("a number serializes");
-        ops.push(TxnOp::put(format!("{prefix}numbers/{number}"), v, None));
-    }
+    Ok(())
+}
+
+/// Writes `ops` unless `marker` exists, in transactions of at most etcd's operation limit,
+/// the first of which claims the marker. Whether this node did.
+async fn seed_once(
+    client: &mut Client,
+    marker: &str,
+    ops: Vec<TxnOp>,
+    node: &str,
+) -> Result<bool, String> {
     let mut rest = ops.into_iter();
     let mut first: Vec<TxnOp> = rest.by_ref().take(MAX_TXN_OPS - 1).collect();
-    first.push(TxnOp::put(marker.clone(), node.to_string(), None));
+    first.push(TxnOp::put(marker, node.to_string(), None));
     let txn = Txn::new()
         .when([Compare::create_revision(marker, CompareOp::Equal, 0)])
         .and_then(first);
@@ -792,7 +1028,7 @@ async fn seed(client: &mut Client, prefix: &str, file: &Tables, node: &str) -> R
         .await
         .map_err(|e| format!("etcd seed: {e}"))?;
     if !resp.succeeded() {
-        return Ok(()); // another node seeded (or is seeding) the shared configuration
+        return Ok(false); // another node seeded (or is seeding) these entries
     }
     let rest: Vec<TxnOp> = rest.collect();
     for chunk in rest.chunks(MAX_TXN_OPS) {
@@ -801,38 +1037,24 @@ async fn seed(client: &mut Client, prefix: &str, file: &Tables, node: &str) -> R
             .await
             .map_err(|e| format!("etcd seed: {e}"))?;
     }
-    tracing::info!(
-        routes = file.routes.len(),
-        numbers = file.numbers.len(),
-        "shared configuration seeded from this node's file"
-    );
-    Ok(())
+    Ok(true)
 }
 
 /// Which entry a key under `<prefix>` is.
 fn classify<'k>(prefix: &str, key: &'k str) -> Option<(Kind, &'k str)> {
     let rest = key.strip_prefix(prefix)?;
-    if let Some(id) = rest.strip_prefix("routes/") {
-        Some((Kind::Route, id))
-    } else {
-        rest.strip_prefix("numbers/").map(|n| (Kind::Number, n))
-    }
+    Kind::ALL.into_iter().find_map(|kind| {
+        let id = rest.strip_prefix(kind.segment())?.strip_prefix('/')?;
+        Some((kind, id))
+    })
 }
 
 /// Sets one entry from its etcd value; false (and counted) if the value does not parse.
 fn set_entry(t: &mut Tables, kind: Kind, id: &str, value: &str) -> bool {
     let parsed = serde_json::from_str::<Value>(value)
         .map_err(|e| ChangeError::invalid("json", e.to_string()))
-        .and_then(|v| match kind {
-            Kind::Route => parse_route(v).map(|mut r| {
-                r.id = Some(id.to_string());
-                t.routes.insert(id.to_string(), r);
-            }),
-            Kind::Number => parse_number(v).map(|mut n| {
-                n.number = id.to_string();
-                t.numbers.insert(id.to_string(), n);
-            }),
-        });
+        .and_then(|v| parse_entry(kind, id, v))
+        .map(|entry| t.insert(id, entry));
     if let Err(e) = parsed {
         metrics::counter!(CONFIG_REJECTED_TOTAL, "kind" => kind.label(), "reason" => "bad_json")
             .increment(1);
@@ -842,7 +1064,7 @@ fn set_entry(t: &mut Tables, kind: Kind, id: &str, value: &str) -> bool {
     true
 }
 
-/// Every route and number under `prefix`, and the revision they were read at.
+/// Every entry under `prefix`, and the revision they were read at.
 async fn read_all(client: &mut Client, prefix: &str) -> Result<(Tables, i64), String> {
     let resp = client
         .get(prefix, Some(GetOptions::new().with_prefix()))
@@ -920,10 +1142,7 @@ async fn follow(
                             EventType::Put => {
                                 set_entry(&mut tables, kind, id, kv.value_str().unwrap_or(""))
                             }
-                            EventType::Delete => match kind {
-                                Kind::Route => tables.routes.remove(id).is_some(),
-                                Kind::Number => tables.numbers.remove(id).is_some(),
-                            },
+                            EventType::Delete => tables.remove(kind, id),
                         };
                         if changed {
                             metrics::counter!(CONFIG_CHANGES_TOTAL, "kind" => kind.label(), "source" => "cluster").increment(1);
@@ -1018,13 +1237,15 @@ mod tests {
     }
 
     fn shared(config: &Config) -> SharedConfig {
+        let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants).unwrap());
         SharedConfig {
             tenants: bare_tenants(config),
             trunks: config.trunks.clone(),
             trunk_table: Arc::new(TrunkTable::new()),
             routes: Arc::new(Routes::new(&[], &TrunkTable::new())),
             numbers: Arc::new(Numbers::default()),
-            tables: Mutex::new(file_tables(config)),
+            tables: Mutex::new(file_tables(config, &auth)),
+            auth,
             generation: AtomicU64::new(0),
             backend: Backend::Sqlite(PathBuf::new()),
             writing: tokio::sync::Mutex::new(()),
@@ -1206,6 +1427,128 @@ mod tests {
         assert_eq!(after.max_attempts, 1);
     }
 
+    const MD5: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn users_are_validated_like_the_file() {
+        let s = shared(&config());
+        let put = |id: &str, body: Value| parse_entry(Kind::User, id, body);
+        let ok = put("acme/bob", json!({"ha1_md5": MD5})).unwrap();
+        assert!(s.check(&s.snapshot(), "acme/bob", &ok).is_ok());
+        let Entry::User(u) = &ok else {
+            panic!("{ok:?}")
+        };
+        assert_eq!((u.tenant.as_str(), u.username.as_str()), ("acme", "bob"));
+        let e = put("acme/bob", json!({"ha1_md5": MD5, "password": "pw"})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "password"),
+            "{e:?}"
+        );
+        let e = put("acme/bob", json!({"username": "carol", "ha1_md5": MD5})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "username"),
+            "{e:?}"
+        );
+        let short = put("acme/bob", json!({"ha1_md5": "abc"})).unwrap();
+        let e = s.check(&s.snapshot(), "acme/bob", &short).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "ha1_md5"),
+            "{e:?}"
+        );
+        let none = put("acme/bob", json!({})).unwrap();
+        let e = s.check(&s.snapshot(), "acme/bob", &none).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "body"),
+            "{e:?}"
+        );
+        let elsewhere = put("other/bob", json!({"ha1_md5": MD5})).unwrap();
+        let e = s.check(&s.snapshot(), "other/bob", &elsewhere).unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+    }
+
+    #[test]
+    fn users_are_put_in_force_in_the_authenticator_and_never_shown() {
+        let c = Config::from_toml(
+            r#"
+            [[tenants]]
+            id = "acme"
+            domain = "acme.test"
+            [[tenants.users]]
+            username = "alice"
+            ha1_md5 = "0123456789abcdef0123456789abcdef"
+            [[tenants]]
+            id = "beta"
+            domain = "beta.test"
+            "#,
+        )
+        .unwrap();
+        let s = shared(&c);
+        assert!(s.snapshot().users.contains_key("acme/alice"), "file user");
+        s.install(s.snapshot()); // the first install sets every tenant's table
+        let beta_before = s.auth.tenant("beta").unwrap().users();
+        let mut t = s.snapshot();
+        let bob = parse_entry(Kind::User, "acme/bob", json!({"ha1_sha256": MD5.repeat(2)}));
+        t.insert("acme/bob", bob.unwrap());
+        t.remove(Kind::User, "acme/alice");
+        s.install(t);
+        assert!(s.auth.has_user("acme", "bob"));
+        assert!(
+            !s.auth.has_user("acme", "alice"),
+            "a removed user is gone at once"
+        );
+        assert_eq!(
+            s.auth
+                .tenant("acme")
+                .unwrap()
+                .user("bob")
+                .unwrap()
+                .ha1_sha256,
+            Some(MD5.repeat(2))
+        );
+        assert!(
+            Arc::ptr_eq(&beta_before, &s.auth.tenant("beta").unwrap().users()),
+            "an untouched tenant keeps its table"
+        );
+        let shown = s.users("acme").unwrap();
+        assert_eq!(
+            shown,
+            [json!({"tenant": "acme", "username": "bob", "algorithms": ["SHA-256"]})]
+        );
+        assert!(
+            !shown[0].to_string().contains(MD5),
+            "hashes are never shown"
+        );
+        assert!(s.users("nope").is_none());
+        // The stored form keeps the hashes (a restart or another node needs them).
+        let snapshot = s.snapshot();
+        let stored = snapshot.stored();
+        let (_, _, v) = stored.iter().find(|(k, _, _)| *k == Kind::User).unwrap();
+        assert_eq!(v["ha1_sha256"], MD5.repeat(2));
+    }
+
+    #[test]
+    fn saved_user_overrides_apply_over_the_file() {
+        let s = shared(&config());
+        let mut t = s.snapshot();
+        let o = |id: &str, json: &str, deleted| overrides::Override {
+            kind: "user".into(),
+            id: id.into(),
+            json: json.into(),
+            deleted,
+        };
+        let body = json!({"tenant": "acme", "username": "bob", "ha1_md5": MD5}).to_string();
+        s.apply_override(&mut t, &o("acme/bob", &body, false))
+            .unwrap();
+        assert_eq!(t.users["acme/bob"].ha1_md5.as_deref(), Some(MD5));
+        s.apply_override(&mut t, &o("acme/bob", "", true)).unwrap();
+        assert!(t.users.is_empty());
+        // A saved user of a tenant the file no longer has is skipped.
+        let gone = body.replace("acme", "gone");
+        assert!(s
+            .apply_override(&mut t, &o("gone/bob", &gone, false))
+            .is_err());
+    }
+
     #[test]
     fn keys_are_classified() {
         let p = "/sy/config/";
@@ -1217,7 +1560,13 @@ mod tests {
             classify(p, "/sy/config/numbers/+100"),
             Some((Kind::Number, "+100"))
         );
+        assert_eq!(
+            classify(p, "/sy/config/users/acme/bob"),
+            Some((Kind::User, "acme/bob"))
+        );
         assert_eq!(classify(p, "/sy/config/seeded"), None);
+        assert_eq!(classify(p, "/sy/config/seeded-users"), None);
+        assert_eq!(classify(p, "/sy/config/usersx/a"), None);
         assert_eq!(classify(p, "/sy/nodes/n1"), None);
     }
 }

@@ -17,6 +17,7 @@ use dashmap::DashMap;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{RegistrarConfig, TenantConfig, UserConfig};
@@ -64,25 +65,35 @@ impl UserKeys {
     }
 }
 
+/// One tenant's users by name; replaced whole when the users change through the API.
+pub type UserMap = HashMap<String, UserKeys>;
+
 /// A tenant as the authenticator knows it: domain, realm and users.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct TenantUsers {
     pub id: String,
     /// The SIP domain, lowercase.
     pub domain: String,
     pub realm: String,
-    users: HashMap<String, UserKeys>,
+    /// Swapped whole by [`Authenticator::set_users`]; a request reads it once, so it sees one
+    /// version of the table from its challenge to its verdict.
+    users: RwLock<Arc<UserMap>>,
 }
 
 impl TenantUsers {
+    /// The users in force (a snapshot: a change after this call is not in it).
+    pub fn users(&self) -> Arc<UserMap> {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// A user's keys.
-    pub fn user(&self, username: &str) -> Option<&UserKeys> {
-        self.users.get(username)
+    pub fn user(&self, username: &str) -> Option<UserKeys> {
+        self.users().get(username).cloned()
     }
 
     /// How many users the tenant has.
     pub fn user_count(&self) -> usize {
-        self.users.len()
+        self.users().len()
     }
 }
 
@@ -238,7 +249,7 @@ impl Authenticator {
                     id: t.id.clone(),
                     domain,
                     realm: t.realm().to_string(),
-                    users,
+                    users: RwLock::new(Arc::new(users)),
                 },
             );
         }
@@ -283,7 +294,18 @@ impl Authenticator {
     pub fn has_user(&self, tenant: &str, username: &str) -> bool {
         self.tenants
             .get(tenant)
-            .is_some_and(|t| t.users.contains_key(username))
+            .is_some_and(|t| t.users().contains_key(username))
+    }
+
+    /// Puts `users` in force for `tenant` (the next request sees them; one in progress keeps
+    /// the table it read). False when there is no such tenant. A removed user's nonce counts
+    /// and locks stay until they expire: they are no use without the user.
+    pub fn set_users(&self, tenant: &str, users: UserMap) -> bool {
+        let Some(t) = self.tenants.get(tenant) else {
+            return false;
+        };
+        *t.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
+        true
     }
 
     /// True while `ip` is locked.
@@ -343,7 +365,8 @@ impl Authenticator {
             return self.challenge(t, proxy, false, None, now_ms, "challenge");
         };
         let username = String::from_utf8_lossy(&creds.username).into_owned();
-        let Some(keys) = t.users.get(&username) else {
+        let users = t.users();
+        let Some(keys) = users.get(&username) else {
             // Unknown users count against the source only: a table per guessed name would
             // let a scanner grow memory.
             return self.fail(t, None, source_ip, proxy, now_ms);
@@ -897,6 +920,26 @@ mod tests {
             a.check(&m, "a", IP, false, SystemTime::now()),
             AuthOutcome::BadRequest { .. }
         ));
+    }
+
+    #[test]
+    fn users_can_be_replaced_while_running() {
+        let a = auth(10);
+        let before = a.tenant("a").unwrap().users();
+        let keys = UserKeys {
+            ha1_md5: Some(ha1(Algorithm::Md5, "bob", "a.test", "pw")),
+            ha1_sha256: None,
+        };
+        assert!(a.set_users("a", [("bob".to_string(), keys.clone())].into()));
+        assert!(a.has_user("a", "bob"));
+        assert!(!a.has_user("a", "alice"));
+        assert_eq!(a.tenant("a").unwrap().user("bob"), Some(keys));
+        assert!(
+            before.contains_key("alice"),
+            "a snapshot taken before is unchanged"
+        );
+        assert!(a.has_user("b", "alice"), "other tenants are untouched");
+        assert!(!a.set_users("nope", UserMap::new()));
     }
 
     #[test]
