@@ -398,6 +398,7 @@ impl Node {
                     directory,
                     tree.singletons.clone(),
                     trunk_table.clone(),
+                    cc.clone(),
                 )
                 .await?;
                 tracing::info!(node = %c.name, etcd = ?c.etcd.endpoints, "joined the cluster");

@@ -337,21 +337,50 @@ pub struct QueueCheckpoint {
     counts: Counts,
 }
 
+impl QueueCheckpoint {
+    /// The statistics (what cluster mode writes to etcd).
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// A checkpoint holding statistics only, for a queue that starts on a new owner: its
+    /// waiting callers re-join from their call actors and its agents re-announce themselves,
+    /// so neither is carried across nodes.
+    pub fn from_counts(counts: Counts) -> QueueCheckpoint {
+        QueueCheckpoint {
+            counts,
+            ..QueueCheckpoint::default()
+        }
+    }
+}
+
 /// A reservation not answered within this time was lost (the agent actor died with it in
 /// its mailbox): it is withdrawn and the caller offered again.
 const RESERVE_TIMEOUT_MS: u64 = 2000;
 
-#[derive(Clone, Debug, Default)]
-struct Counts {
-    joined: u64,
-    answered: u64,
-    abandoned: u64,
-    overflowed: u64,
-    within_sl: u64,
-    wait_answered_ms: u64,
-    handled: u64,
-    handle_ms: u64,
-    offers: u64,
+/// A queue's statistics since it was first started: the durable part of its checkpoint,
+/// which cluster mode carries to the next owner (`cluster::checkpoints`). Durations are sums
+/// of ms, not clock readings, so they mean the same on any node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    /// Callers that joined.
+    pub joined: u64,
+    /// Callers connected to an agent.
+    pub answered: u64,
+    /// Callers that hung up while waiting.
+    pub abandoned: u64,
+    /// Callers sent to an overflow target.
+    pub overflowed: u64,
+    /// Answered within the service-level threshold.
+    pub within_sl: u64,
+    /// Sum of the waits of answered callers (ms).
+    pub wait_answered_ms: u64,
+    /// Answered calls that ended (handle time known).
+    pub handled: u64,
+    /// Sum of their talk times (ms).
+    pub handle_ms: u64,
+    /// Offers made to agents.
+    pub offers: u64,
 }
 
 pub struct QueueState {

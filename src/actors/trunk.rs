@@ -20,7 +20,8 @@ use super::call::CallContext;
 use crate::config::{RouteTarget, TrunkConfig};
 use crate::routing::trunks::{
     AlarmEvent, AsrAlarm, CallRecord, CostTable, FailoverCause, FailureStreakAlarm, Health,
-    HealthConfig, Outcome, Resource, SaturationAlarm, Transition, TrunkView, Window, WindowConfig,
+    HealthConfig, HealthState, Outcome, Resource, SaturationAlarm, Transition, TrunkView, Window,
+    WindowConfig,
 };
 use crate::sip::dialog::{new_branch, random_token};
 use crate::sip::message::{HeaderName, Message, Method};
@@ -114,6 +115,11 @@ pub struct TrunkShared {
     /// Recent answer rate and quality score (None until enough calls), for policies.
     figures: Mutex<(Option<f64>, Option<f64>)>,
     pub costs: Option<Arc<CostTable>>,
+    /// The durable part of the actor's checkpoint as it last published it (cluster mode
+    /// writes it to etcd), and one read from etcd for the actor's next start.
+    durable: Mutex<Option<TrunkDurable>>,
+    /// Some(None): start from the configuration.
+    restore: Mutex<Option<Option<TrunkDurable>>>,
 }
 
 impl TrunkShared {
@@ -143,7 +149,25 @@ impl TrunkShared {
             figures: Mutex::new((None, None)),
             costs,
             config,
+            durable: Mutex::new(None),
+            restore: Mutex::new(None),
         }
+    }
+
+    /// The durable part of the trunk actor's checkpoint, as of its last message (None
+    /// before its first start on this node).
+    pub fn durable(&self) -> Option<TrunkDurable> {
+        self.durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Hands the trunk actor's next start a checkpoint from another node (cluster mode, on
+    /// claiming the trunk); None makes it start from its configuration. Either way the next
+    /// start ignores this node's own, older checkpoint.
+    pub fn restore_from(&self, d: Option<TrunkDurable>) {
+        *self.restore.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
     }
 
     pub fn is_up(&self) -> bool {
@@ -345,6 +369,150 @@ pub struct TrunkCheckpoint {
     up_since_ms: u64,
 }
 
+/// What a trunk's checkpoint carries to another node (cluster mode, JSON in etcd): health,
+/// hold-down and alarm edges. Every time is wall-clock Unix ms (`now_unix_ms`), the clock
+/// the actor runs on, so it means the same on another node (up to the nodes' clock offset).
+///
+/// The sliding window's calls are not here: `routing::trunks::Window` keeps its buckets
+/// private and can only be refilled call by call, so a trunk restarted on another node
+/// measures its answer rate afresh (seen at its best until measured, as a new trunk). Its
+/// media average is carried. Health's progress counters towards down (failed probes and calls
+/// in a row while up) are private too and start again at zero; good probes while down are
+/// carried.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrunkDurable {
+    /// Up (calls may be sent) or down.
+    pub up: bool,
+    /// When the current health state began.
+    pub since_ms: u64,
+    /// Good probes in a row while down.
+    pub good_probes: u32,
+    /// Good probes do not count before this time (hold-down after failed calls).
+    pub hold_until_ms: u64,
+    /// The current hold-down length (doubles on flapping).
+    pub hold_ms: u64,
+    /// When the trunk last came up.
+    pub up_since_ms: u64,
+    /// The answer-rate alarm's learned baseline, and whether it is raised.
+    pub asr_baseline: Option<f64>,
+    pub asr_raised: bool,
+    /// Failed-over calls in a row (the streak alarm is raised at its threshold).
+    pub failure_streak: u32,
+    /// Saturation alarms raised.
+    pub channels_saturated: bool,
+    pub cps_saturated: bool,
+    /// The moving average of anchored calls' media quality: loss, jitter (ms), MOS.
+    pub media: Option<(f64, f64, f64)>,
+}
+
+impl TrunkCheckpoint {
+    /// A trunk that starts from its configuration: up, empty window, no alarm.
+    fn fresh(c: &TrunkConfig, alarms: &AlarmSink, now: u64) -> TrunkCheckpoint {
+        TrunkCheckpoint {
+            window: Window::new(WindowConfig::default()),
+            health: Health::new(health_config(c), now),
+            hold_until_ms: 0,
+            hold_ms: 0,
+            up_since_ms: now,
+            alarms: TrunkAlarms {
+                asr: AsrAlarm::new(alarms.asr_config()),
+                streak: FailureStreakAlarm::new(alarms.config().failure_streak),
+                channels: SaturationAlarm::new(Resource::Channels),
+                cps: SaturationAlarm::new(Resource::Cps),
+            },
+        }
+    }
+
+    /// The part of this checkpoint that crosses nodes.
+    pub fn durable(&self) -> TrunkDurable {
+        TrunkDurable {
+            up: self.health.is_up(),
+            since_ms: self.health.since_ms(),
+            good_probes: self.health.good_probes(),
+            hold_until_ms: self.hold_until_ms,
+            hold_ms: self.hold_ms,
+            up_since_ms: self.up_since_ms,
+            asr_baseline: self.alarms.asr.baseline(),
+            asr_raised: self.alarms.asr.is_raised(),
+            failure_streak: self.alarms.streak.streak(),
+            channels_saturated: self.alarms.channels.is_raised(),
+            cps_saturated: self.alarms.cps.is_raised(),
+            media: self.window.media().map(|m| (m.loss, m.jitter_ms, m.mos)),
+        }
+    }
+
+    /// A checkpoint rebuilt from another node's [`TrunkDurable`] at `now`. The pure types
+    /// keep their fields private, so their state is rebuilt through their own API (the alarm
+    /// edges they return are dropped: they were raised on the other node already). Start
+    /// times from a node whose clock runs ahead are clamped to `now`; the hold-down end
+    /// stays absolute, so the time it has left shrinks by the time the takeover took.
+    pub fn from_durable(
+        d: &TrunkDurable,
+        c: &TrunkConfig,
+        alarms: &AlarmSink,
+        now: u64,
+    ) -> TrunkCheckpoint {
+        let mut cp = TrunkCheckpoint::fresh(c, alarms, now);
+        let state = if d.up {
+            HealthState::Up
+        } else {
+            HealthState::Down
+        };
+        cp.health = Health::starting(health_config(c), state, d.since_ms.min(now));
+        if !d.up {
+            // Below the threshold (else it would be up), so no transition happens here.
+            let need = c.up_after_good_probes.max(1);
+            for _ in 0..d.good_probes.min(need - 1) {
+                let _ = cp.health.probe_ok(now);
+            }
+        }
+        cp.hold_until_ms = d.hold_until_ms;
+        cp.hold_ms = d.hold_ms;
+        cp.up_since_ms = d.up_since_ms.min(now);
+        if let Some(b) = d.asr_baseline.filter(|b| b.is_finite()) {
+            let a = alarms.asr_config();
+            let calls = a.min_calls.max(1);
+            let _ = cp.alarms.asr.check_asr(now, b, calls);
+            if d.asr_raised {
+                // Any ASR further than the deviation from the baseline raises it.
+                let _ = cp
+                    .alarms
+                    .asr
+                    .check_asr(now, b + a.deviation.abs() + 1.0, calls);
+            }
+        }
+        // The streak alarm is raised exactly when the streak reaches its threshold; the
+        // replay stops there (a longer streak only counts on).
+        let threshold = alarms.config().failure_streak.max(1);
+        for _ in 0..d.failure_streak.min(threshold) {
+            let _ = cp.alarms.streak.on_call(now, true);
+        }
+        if d.channels_saturated {
+            let _ = cp.alarms.channels.check(now, 1, 1);
+        }
+        if d.cps_saturated {
+            let _ = cp.alarms.cps.check(now, 1, 1);
+        }
+        if let Some((loss, jitter_ms, mos)) = d.media {
+            cp.window
+                .with_media(Some(crate::routing::trunks::MediaQuality {
+                    loss,
+                    jitter_ms,
+                    mos,
+                }));
+        }
+        cp
+    }
+}
+
+fn health_config(c: &TrunkConfig) -> HealthConfig {
+    HealthConfig {
+        down_after_failed_probes: c.down_after_failed_probes,
+        down_after_failed_calls: c.down_after_failed_calls,
+        up_after_good_probes: c.up_after_good_probes,
+    }
+}
+
 /// The trunk's alarm edges (in the checkpoint, so a restart neither re-raises nor forgets a
 /// raised alarm).
 #[derive(Clone, Debug)]
@@ -385,29 +553,25 @@ impl Actor for TrunkActor {
     ) -> Result<TrunkState, ActorProcessingErr> {
         let c = &args.shared.config;
         let now = now_unix_ms() as u64;
-        let cp = match args.checkpoints.get(&args.shared.id) {
-            Some(cp) => cp.clone(),
-            None => TrunkCheckpoint {
-                window: Window::new(WindowConfig::default()),
-                health: Health::new(
-                    HealthConfig {
-                        down_after_failed_probes: c.down_after_failed_probes,
-                        down_after_failed_calls: c.down_after_failed_calls,
-                        up_after_good_probes: c.up_after_good_probes,
-                    },
-                    now,
-                ),
-                hold_until_ms: 0,
-                hold_ms: 0,
-                up_since_ms: now,
-                alarms: TrunkAlarms {
-                    asr: AsrAlarm::new(args.alarms.asr_config()),
-                    streak: FailureStreakAlarm::new(args.alarms.config().failure_streak),
-                    channels: SaturationAlarm::new(Resource::Channels),
-                    cps: SaturationAlarm::new(Resource::Cps),
-                },
+        // A checkpoint from another node (handed over on claiming the trunk in cluster mode)
+        // comes first: this node's own one, if any, is from before the trunk left it.
+        let handed = args
+            .shared
+            .restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let cp = match handed {
+            Some(Some(d)) => TrunkCheckpoint::from_durable(&d, c, &args.alarms, now),
+            Some(None) => TrunkCheckpoint::fresh(c, &args.alarms, now),
+            None => match args.checkpoints.get(&args.shared.id) {
+                Some(cp) => cp.clone(),
+                None => TrunkCheckpoint::fresh(c, &args.alarms, now),
             },
         };
+        // The up flag outlives the actor on this node, but a trunk that moved here finds
+        // this node's flag as it was (or up): the health it resumes decides.
+        args.shared.set_up(cp.health.is_up());
         let mut state = TrunkState {
             shared: args.shared,
             ctx: args.ctx,
@@ -422,6 +586,18 @@ impl Actor for TrunkActor {
         };
         state.schedule_probe();
         state.schedule_saturation_check();
+        if !state.cp.health.is_up() && state.shared.config.probe_interval_secs == 0 {
+            // Without probes only the hold-down timer brings it back, and that timer was
+            // the previous actor's.
+            let left = state.cp.hold_until_ms.saturating_sub(now).max(1);
+            state
+                .ctx
+                .timers
+                .schedule_cast_with(Duration::from_millis(left), &state.myself, |_| {
+                    TrunkMsg::HoldOver
+                });
+        }
+        state.publish_durable();
         Ok(state)
     }
 
@@ -473,6 +649,7 @@ impl Actor for TrunkActor {
         state
             .checkpoints
             .insert(state.shared.id.clone(), state.cp.clone());
+        state.publish_durable();
         Ok(())
     }
 
@@ -492,6 +669,20 @@ impl Actor for TrunkActor {
 }
 
 impl TrunkState {
+    /// Shares the durable part of the checkpoint with the cluster's checkpoint writer (a
+    /// small copy, only when it changed).
+    fn publish_durable(&self) {
+        let d = self.cp.durable();
+        let mut slot = self
+            .shared
+            .durable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref() != Some(&d) {
+            *slot = Some(d);
+        }
+    }
+
     fn labels(&self) -> [(&'static str, String); 1] {
         [("trunk", self.shared.id.to_string())]
     }
@@ -802,6 +993,85 @@ mod tests {
         assert_ne!(a.addr, b.addr);
         assert_eq!(t.gateway().unwrap().addr, a.addr);
         assert_eq!(t.rewrite("9441234"), "00441234");
+    }
+
+    fn sink() -> AlarmSink {
+        let c: crate::config::AlarmsConfig = toml::from_str("failure_streak = 3").unwrap();
+        AlarmSink::log_only(&c, "n1")
+    }
+
+    /// A trunk that was down, held, alarmed and measured on one node.
+    fn worn(now: u64) -> TrunkCheckpoint {
+        let c = config(10);
+        let alarms = sink();
+        let mut cp = TrunkCheckpoint::fresh(&c, &alarms, now - 60_000);
+        let asr = alarms.asr_config();
+        cp.alarms.asr.check_asr(now - 50_000, 0.6, asr.min_calls);
+        assert!(cp
+            .alarms
+            .asr
+            .check_asr(now - 40_000, 0.1, asr.min_calls)
+            .is_some());
+        for _ in 0..5 {
+            let _ = cp.alarms.streak.on_call(now - 30_000, true);
+        }
+        assert!(cp.alarms.channels.check(now - 30_000, 10, 10).is_some());
+        let down = (0..c.down_after_failed_calls.max(1))
+            .find_map(|_| cp.health.call_failed_failover(now - 20_000));
+        assert!(down.is_some(), "the trunk goes down");
+        let _ = cp.health.probe_ok(now - 10_000);
+        cp.hold_until_ms = now + 30_000;
+        cp.hold_ms = 40_000;
+        cp.up_since_ms = now - 50_000;
+        cp.window
+            .with_media(Some(crate::routing::trunks::MediaQuality {
+                loss: 0.02,
+                jitter_ms: 8.0,
+                mos: 4.0,
+            }));
+        cp
+    }
+
+    #[test]
+    fn durable_part_survives_the_trip_to_another_node() {
+        let now = 1_700_000_000_000;
+        let cp = worn(now);
+        let d = cp.durable();
+        assert!(!d.up && d.asr_raised && d.channels_saturated && !d.cps_saturated);
+        assert_eq!((d.failure_streak, d.good_probes), (5, 1));
+        // Another node, 4 s later (the lease and the takeover).
+        let later = now + 4_000;
+        let back = TrunkCheckpoint::from_durable(&d, &config(10), &sink(), later);
+        let again = back.durable();
+        // The streak is replayed up to its threshold (3): the alarm is raised as before.
+        assert_eq!(again.failure_streak, 3);
+        assert!(back.alarms.streak.clone().on_call(later, false).is_some());
+        assert_eq!(
+            TrunkDurable {
+                failure_streak: 5,
+                ..again
+            },
+            d
+        );
+        assert!(!back.health.is_up());
+        assert_eq!(back.alarms.asr.baseline(), Some(0.6));
+    }
+
+    #[test]
+    fn checkpoint_times_are_wall_clock_and_clamped_to_the_new_node() {
+        let now = 1_700_000_000_000;
+        let d = worn(now).durable();
+        // Wall-clock Unix ms: the hold-down end is absolute, so the time left shrinks by
+        // the time the move took.
+        let later = now + 10_000;
+        let back = TrunkCheckpoint::from_durable(&d, &config(10), &sink(), later);
+        assert_eq!(back.hold_until_ms - later, 20_000);
+        assert_eq!(back.health.since_ms(), d.since_ms);
+        // A checkpoint from a node whose clock ran 5 s ahead: no start lies in the future.
+        let behind = d.since_ms - 5_000;
+        let back = TrunkCheckpoint::from_durable(&d, &config(10), &sink(), behind);
+        assert_eq!(back.health.since_ms(), behind);
+        assert!(back.up_since_ms <= behind);
     }
 
     #[test]

@@ -24,7 +24,9 @@ use etcd_client::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::checkpoints::Checkpoints;
 use super::{channels, ownership, ClusterConfig, Directory, NodeInfo, NodeState};
+use crate::actors::queue::CcContext;
 use crate::actors::trunk::TrunkTable;
 use crate::supervision::tree::Catalog;
 
@@ -125,15 +127,26 @@ pub struct NodeView {
 impl Membership {
     /// Joins the cluster: connects to etcd, takes a lease, announces `info`, reads the
     /// current nodes and owners, and starts the task that claims and releases `catalog`'s
-    /// singletons. Fails (so the node does not start) when etcd cannot be reached.
+    /// singletons (handing their checkpoints over through etcd, see `cluster::checkpoints`;
+    /// `cc` holds the queues' checkpoints). Fails (so the node does not start) when etcd
+    /// cannot be reached.
     pub async fn join(
         cfg: &ClusterConfig,
         info: NodeInfo,
         directory: Arc<Directory>,
         catalog: Catalog,
         trunks: Arc<TrunkTable>,
+        cc: Arc<CcContext>,
     ) -> Result<Membership, String> {
         let client = super::etcd_connect(cfg).await?;
+        let checkpoints = Checkpoints::new(
+            client.clone(),
+            &cfg.etcd.prefix,
+            directory.clone(),
+            catalog.clone(),
+            cc,
+            trunks.clone(),
+        );
         let mut task = Task {
             client,
             prefix: cfg.etcd.prefix.clone(),
@@ -151,9 +164,11 @@ impl Membership {
             held: Vec::new(),
             hold: Duration::from_secs(cfg.channel_hold_secs),
             published: (HashMap::new(), Instant::now()),
+            checkpoints: checkpoints.clone(),
         };
         let lost = task.take_lease().await?;
         task.load().await?;
+        checkpoints.spawn_writer();
         let state = Arc::new(Mutex::new(NodeState::Up));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(task.run(rx, lost, state.clone()));
@@ -260,6 +275,8 @@ struct Task {
     hold: Duration,
     /// What this node last published, and when.
     published: (HashMap<String, u32>, Instant),
+    /// The owned singletons' checkpoints in etcd.
+    checkpoints: Checkpoints,
 }
 
 fn kind_of(key: &str) -> &str {
@@ -639,6 +656,8 @@ impl Task {
         for also in self.catalog.also(key).to_vec() {
             self.directory.set_owner(&also, &self.info.name);
         }
+        // Before the actor starts, so it resumes from where its previous owner left it.
+        self.checkpoints.restore(key).await;
         match self.catalog.start(key).await {
             Ok(()) => {
                 let kind = kind_of(key).to_string();
@@ -662,6 +681,8 @@ impl Task {
         if let Err(e) = self.catalog.stop(key).await {
             tracing::warn!(key, error = %e, "stopping a released singleton failed");
         }
+        // Stopped, still ours: the next owner resumes from exactly here.
+        self.checkpoints.write_final(key).await;
         let okey = self.owner_key(key);
         let mut ops = vec![TxnOp::delete(okey.clone(), None)];
         for also in self.catalog.also(key) {
@@ -778,6 +799,8 @@ impl Task {
     async fn leave(&mut self) {
         for key in std::mem::take(&mut self.owned) {
             let _ = self.catalog.stop(&key).await;
+            // Before the lease (and with it the owner key) goes.
+            self.checkpoints.write_final(&key).await;
         }
         self.count_owned();
         if let Err(e) = self.client.lease_revoke(self.lease).await {

@@ -9,11 +9,13 @@
 //! - [`port`] and [`wire`]: actor messages between nodes over ractor_cluster.
 //! - [`channels`]: a trunk's limits split over the nodes so they hold cluster-wide.
 //! - [`shared_config`]: routes and numbers changed through any node's API, shared in etcd.
+//! - [`checkpoints`]: queue statistics and trunk health carried to a singleton's next owner.
 //!
 //! etcd decides who is alive and who owns what; ractor_cluster's own failure detection is not
 //! relied on. The [`Directory`] is this node's view of both, shared with the message port.
 
 pub mod channels;
+pub mod checkpoints;
 pub mod config;
 pub mod membership;
 pub mod ownership;
