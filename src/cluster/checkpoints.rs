@@ -266,10 +266,10 @@ impl Checkpoints {
         Some(Payload::Queue(cp.counts().clone()))
     }
 
-    /// The final write of a singleton given away (after its actor stopped, before its owner
-    /// key is deleted).
-    pub async fn write_final(&self, singleton: &str) {
-        let keys = self.covered(singleton);
+    /// The final write of singletons given away (after their actors stopped, before their
+    /// owner keys are deleted).
+    pub async fn write_final(&self, singletons: &[String]) {
+        let keys: Vec<String> = singletons.iter().flat_map(|s| self.covered(s)).collect();
         self.write(&keys).await;
     }
 

@@ -682,7 +682,7 @@ impl Task {
             tracing::warn!(key, error = %e, "stopping a released singleton failed");
         }
         // Stopped, still ours: the next owner resumes from exactly here.
-        self.checkpoints.write_final(key).await;
+        self.checkpoints.write_final(&[key.to_string()]).await;
         let okey = self.owner_key(key);
         let mut ops = vec![TxnOp::delete(okey.clone(), None)];
         for also in self.catalog.also(key) {
@@ -797,11 +797,12 @@ impl Task {
     }
 
     async fn leave(&mut self) {
-        for key in std::mem::take(&mut self.owned) {
-            let _ = self.catalog.stop(&key).await;
-            // Before the lease (and with it the owner key) goes.
-            self.checkpoints.write_final(&key).await;
+        let owned: Vec<String> = std::mem::take(&mut self.owned).into_iter().collect();
+        for key in &owned {
+            let _ = self.catalog.stop(key).await;
         }
+        // Before the lease (and with it the owner keys) goes; batched, as a node may own many.
+        self.checkpoints.write_final(&owned).await;
         self.count_owned();
         if let Err(e) = self.client.lease_revoke(self.lease).await {
             tracing::warn!(error = %e, "lease revoke failed; it expires by itself");
