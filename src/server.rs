@@ -243,8 +243,11 @@ impl Node {
         let mut tenants = Vec::with_capacity(config.tenants.len());
         let mut numbers = HashMap::new();
         let mut directory = crate::api::Directory::new();
+        // Each tenant's agents, for re-planning a queue changed through the API.
+        let mut tenant_agents = HashMap::new();
         for t in &config.tenants {
             let agents = t.all_agents()?;
+            tenant_agents.insert(t.id.clone(), agents.clone());
             directory.insert(
                 &t.id,
                 t.queues.iter().map(|q| q.id.as_str()),
@@ -284,14 +287,18 @@ impl Node {
         .await?;
         let routes = Arc::new(Routes::new(&config.routes, &trunk_table));
         let numbers = Arc::new(Numbers::new(numbers));
-        // Routes, numbers and users changed through the API (kept in SQLite, or in etcd for
-        // a cluster) are put in force over the file's before the first call.
+        // Routes, numbers, users and queues changed through the API (kept in SQLite, or in
+        // etcd for a cluster) are put in force over the file's before the first call.
         let shared_config = crate::cluster::shared_config::SharedConfig::start(
             &config,
             routes.clone(),
             numbers.clone(),
             trunk_table.clone(),
             auth.clone(),
+            crate::cluster::shared_config::LiveQueues {
+                catalog: tree.singletons.clone(),
+                agents: tenant_agents,
+            },
         )
         .await?;
         let router = Arc::new(

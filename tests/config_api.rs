@@ -318,7 +318,7 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
         404
     );
     // What stays file-configured is refused, not ignored.
-    for path in ["/trunks/t1", "/tenants/cc/queues/q", "/tenants/cc"] {
+    for path in ["/trunks/t1", "/tenants/cc/queues/new", "/tenants/cc"] {
         let r = put(&node, path, AUTH, "{}").await;
         assert_eq!(r.status, 501, "{path}: {}", r.body);
     }
@@ -343,6 +343,92 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
         register_status(udp_addr(&node), &phone, "dave", "pw-3", 11).await,
         200
     );
+    node.shutdown().await;
+}
+
+/// Polls `GET /queues/cc/q` until `pred` holds (bounded); the last answer.
+async fn wait_queue(node: &Node, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let q = get(node, "/queues/cc/q").await;
+        if pred(&q) {
+            return q;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "queue not as expected: {q}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_changed_through_the_api_keeps_its_callers_and_takes_the_new_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second, target) = (Ua::new().await, Ua::new().await, Ua::new().await);
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    assert_eq!(call_status(&node, &first, "5000").await, 180);
+    let q = wait_queue(&node, |q| q["waiting"] == 1).await;
+    assert_ne!(q["service_level_secs"], 42);
+
+    let body = r#"{"max_length": 1, "overflow_full": "status:486", "service_level_secs": 42}"#;
+    let r = put(&node, "/tenants/cc/queues/q", AUTH, body).await;
+    assert_eq!(r.status, 200, "a file queue is replaced: {}", r.body);
+    let stored: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(stored["id"], "q");
+    // The queue actor restarts with it and keeps its waiting caller.
+    let q = wait_queue(&node, |q| q["service_level_secs"] == 42).await;
+    assert_eq!(q["waiting"], 1, "{q}");
+    // Full at one caller now: the next one overflows to 486.
+    let cid = rand_token();
+    let sw = udp_addr(&node);
+    second
+        .send(sw, &invite(&cid, "5000", second.addr, sw))
+        .await;
+    let (m, _) = second
+        .expect("a final response", |m| {
+            m.status().is_some_and(|s| s >= 200) && call_id(m) == cid
+        })
+        .await;
+    assert_eq!(m.status(), Some(486));
+
+    assert_bad(
+        &put(
+            &node,
+            "/tenants/cc/queues/q",
+            AUTH,
+            r#"{"overflow_full": "queue:nope"}"#,
+        )
+        .await,
+        "overflow_full",
+    );
+    assert_bad(
+        &put(&node, "/tenants/cc/queues/q", AUTH, r#"{"id": "other"}"#).await,
+        "id",
+    );
+    assert_eq!(
+        put(&node, "/tenants/cc/queues/q", None, body).await.status,
+        401
+    );
+    // Adding or removing a queue stays with the file.
+    assert_eq!(
+        put(&node, "/tenants/cc/queues/new", AUTH, "{}")
+            .await
+            .status,
+        501
+    );
+    assert_eq!(delete(&node, "/tenants/cc/queues/q").await.status, 501);
+    assert_eq!(
+        put(&node, "/tenants/nope/queues/q", AUTH, "{}")
+            .await
+            .status,
+        404
+    );
+
+    // The change outlives a restart.
+    node.shutdown().await;
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    wait_queue(&node, |q| q["service_level_secs"] == 42).await;
     node.shutdown().await;
 }
 

@@ -1,5 +1,5 @@
-//! Configuration routes: routes, numbers and tenants' users changed while the switch runs, in
-//! force at once (on every node of a cluster within a second). See
+//! Configuration routes: routes, numbers, tenants' users and queues changed while the switch
+//! runs, in force at once (on every node of a cluster within a second). See
 //! [`crate::cluster::shared_config`].
 //!
 //! | route | answer |
@@ -13,7 +13,8 @@
 //! | `GET /tenants/{tenant}/users` | the tenant's users: `tenant`, `username`, `algorithms` (never the hashes); 404 for no such tenant |
 //! | `PUT /tenants/{tenant}/users/{name}` | (token) body: the `[[tenants.users]]` fields (`ha1_md5`, `ha1_sha256`); 201 or 200 with the user as shown; 404 for no such tenant |
 //! | `DELETE /tenants/{tenant}/users/{name}` | (token) 204; 404 if there is no such user |
-//! | `PUT`/`DELETE /trunks/{id}`, `/tenants/{id}`, `/tenants/{tenant}/queues/{id}` | 501: file-configured |
+//! | `PUT /tenants/{tenant}/queues/{id}` | (token) body: the `[[tenants.queues]]` fields, replacing the queue's (left-out fields take their defaults); 200 with the body as stored; the queue actor restarts with it and keeps its callers; 501 for a queue the file does not have |
+//! | `PUT`/`DELETE /trunks/{id}`, `/tenants/{id}`; `DELETE /tenants/{tenant}/queues/{id}` | 501: file-configured |
 //!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
 //! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
@@ -51,9 +52,13 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         "/tenants/{tenant}/users/{name}",
         axum::routing::put(put_user).delete(delete_user),
     );
+    let router = route(
+        router,
+        "/tenants/{tenant}/queues/{id}",
+        axum::routing::put(put_queue).delete(file_configured),
+    );
     let refuse = || axum::routing::put(file_configured).delete(file_configured);
     let router = route(router, "/trunks/{id}", refuse());
-    let router = route(router, "/tenants/{tenant}/queues/{id}", refuse());
     route(router, "/tenants/{id}", refuse())
 }
 
@@ -89,6 +94,9 @@ fn error_response(e: ChangeError) -> Response {
         }
         ChangeError::Conflict => {
             Problem::new(StatusCode::CONFLICT, ChangeError::Conflict.to_string()).into_response()
+        }
+        ChangeError::Unsupported(why) => {
+            Problem::new(StatusCode::NOT_IMPLEMENTED, why).into_response()
         }
     }
 }
@@ -253,12 +261,28 @@ async fn delete_user(
     delete_entry(&state, &headers, Kind::User, &user_id(&tenant, &name)).await
 }
 
-/// Changes to what stays file-configured (trunks, queues, tenants) are refused, not ignored:
-/// 501 saying so.
+async fn put_queue(
+    State(state): State<ApiState>,
+    Path((tenant, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    put_entry(
+        &state,
+        &headers,
+        Kind::Queue,
+        &user_id(&tenant, &queue),
+        &body,
+    )
+    .await
+}
+
+/// Changes to what stays file-configured (trunks, tenants, adding or removing a queue) are
+/// refused, not ignored: 501 saying so.
 async fn file_configured() -> Response {
     Problem::new(
         StatusCode::NOT_IMPLEMENTED,
-        "trunks, queues and tenants are configured in the config file only: change the file and restart the node",
+        "trunks and tenants, and which queues a tenant has, are configured in the config file only: change the file and restart the node",
     )
     .into_response()
 }

@@ -21,7 +21,11 @@
 //!
 //! Validation is the config file's own ([`Config::validate`]), run on a configuration made of
 //! the current entries plus the changed one, so the API refuses exactly what a file would.
-//! Tenants, queues and trunks stay file-configured (the API refuses their changes with 501).
+//! A queue of the file may get a new configuration (`PUT /tenants/{tenant}/queues/{id}`,
+//! stored under `queues/<tenant>/<id>`, never seeded): every node keeps it for the queue's
+//! next start, and the node running the queue restarts its actor, which resumes its callers
+//! from its checkpoint. Trunks, tenants and which queues a tenant has stay file-configured
+//! (the API refuses their changes with 501).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -37,11 +41,13 @@ use tokio::sync::watch;
 use crate::actors::router::{NumberRoute, Numbers, RouteTable, Routes};
 use crate::actors::trunk::TrunkTable;
 use crate::config::{
-    Config, MediaMode, NumberConfig, RouteConfig, TenantConfig, TrunkConfig, UserConfig,
+    AgentConfig, Config, MediaMode, NumberConfig, QueueConfig, RouteConfig, TenantConfig,
+    TrunkConfig, UserConfig,
 };
 use crate::routing::auth::{Authenticator, UserKeys, UserMap};
 use crate::routing::trunks::Policy;
 use crate::store::config as overrides;
+use crate::supervision::tree::Catalog;
 
 /// Counter, labels `kind` (`route`, `number`, `user`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.
@@ -85,10 +91,12 @@ pub enum Kind {
     Number,
     /// A tenant's SIP user, by `<tenant>/<username>` (see [`user_id`]).
     User,
+    /// A new configuration for one of a tenant's (file) queues, by `<tenant>/<queue>`.
+    Queue,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Route, Kind::Number, Kind::User];
+    const ALL: [Kind; 4] = [Kind::Route, Kind::Number, Kind::User, Kind::Queue];
 
     /// The metric label and the overrides table's `kind`.
     pub fn label(self) -> &'static str {
@@ -96,6 +104,7 @@ impl Kind {
             Kind::Route => "route",
             Kind::Number => "number",
             Kind::User => "user",
+            Kind::Queue => "queue",
         }
     }
 
@@ -109,6 +118,7 @@ impl Kind {
             Kind::Route => "routes",
             Kind::Number => "numbers",
             Kind::User => "users",
+            Kind::Queue => "queues",
         }
     }
 
@@ -116,15 +126,28 @@ impl Kind {
     /// have their own, so that a cluster seeded before they were shared still gets them.
     fn marker(self) -> &'static str {
         match self {
-            Kind::Route | Kind::Number => "seeded",
+            // Queues are never seeded: an entry is a change over the file's queue.
+            Kind::Route | Kind::Number | Kind::Queue => "seeded",
             Kind::User => "seeded-users",
         }
     }
 }
 
-/// The id of `username` of `tenant` (tenant ids have no `/`, so the first one splits).
+/// The id of `username` (or a queue) of `tenant` (tenant ids have no `/`, so the first one
+/// splits).
 pub fn user_id(tenant: &str, username: &str) -> String {
     format!("{tenant}/{username}")
+}
+
+/// A tenant's queue as changed through the API: `PUT /tenants/{tenant}/queues/{id}` with
+/// the `[[tenants.queues]]` fields, which replace the file's (a field left out takes its
+/// default, as in the file).
+#[derive(Clone, Debug)]
+pub struct QueueEntry {
+    pub tenant: String,
+    pub config: QueueConfig,
+    /// The body as given, with its `id`: what is stored and shown.
+    pub body: Value,
 }
 
 /// A number (DID) as the API reads and writes it: `PUT /numbers/{number}` with
@@ -200,6 +223,9 @@ pub enum ChangeError {
     /// Other nodes kept changing the configuration while this change was checked (a 409).
     #[error("the configuration kept changing while this change was checked; try again")]
     Conflict,
+    /// What the change asks for is configured in the file only (a 501): why.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// What a write did.
@@ -224,6 +250,7 @@ impl ChangeError {
             ChangeError::NotFound(_) => "not_found",
             ChangeError::Unavailable(_) => "unavailable",
             ChangeError::Conflict => "conflict",
+            ChangeError::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -234,6 +261,16 @@ struct Tables {
     routes: BTreeMap<String, RouteConfig>,
     numbers: BTreeMap<String, NumberEntry>,
     users: BTreeMap<String, UserEntry>,
+    /// Changed queues only (the others run with the file's configuration).
+    queues: BTreeMap<String, QueueEntry>,
+}
+
+/// What a queue change needs to be put in force: the tree's queue actors and each tenant's
+/// agents (a queue's members come from their memberships).
+#[derive(Clone, Debug, Default)]
+pub struct LiveQueues {
+    pub catalog: Catalog,
+    pub agents: HashMap<String, Vec<AgentConfig>>,
 }
 
 /// One entry of any kind, parsed and keyed by its id.
@@ -242,6 +279,7 @@ enum Entry {
     Route(RouteConfig),
     Number(NumberEntry),
     User(UserEntry),
+    Queue(QueueEntry),
 }
 
 impl Entry {
@@ -251,6 +289,7 @@ impl Entry {
             Entry::Route(r) => route_json(id, r),
             Entry::Number(n) => serde_json::to_value(n).expect("a number serializes"),
             Entry::User(u) => serde_json::to_value(u).expect("a user serializes"),
+            Entry::Queue(q) => q.body.clone(),
         }
     }
 
@@ -269,6 +308,7 @@ impl Tables {
             Kind::Route => self.routes.contains_key(id),
             Kind::Number => self.numbers.contains_key(id),
             Kind::User => self.users.contains_key(id),
+            Kind::Queue => self.queues.contains_key(id),
         }
     }
 
@@ -278,6 +318,7 @@ impl Tables {
             Kind::Route => self.routes.remove(id).is_some(),
             Kind::Number => self.numbers.remove(id).is_some(),
             Kind::User => self.users.remove(id).is_some(),
+            Kind::Queue => self.queues.remove(id).is_some(),
         }
     }
 
@@ -292,6 +333,9 @@ impl Tables {
             }
             Entry::User(u) => {
                 self.users.insert(id, u);
+            }
+            Entry::Queue(q) => {
+                self.queues.insert(id, q);
             }
         }
     }
@@ -313,7 +357,11 @@ impl Tables {
             .users
             .iter()
             .map(|(id, u)| (Kind::User, id.as_str(), Entry::User(u.clone()).stored(id)));
-        routes.chain(numbers).chain(users).collect()
+        let queues = self
+            .queues
+            .iter()
+            .map(|(id, q)| (Kind::Queue, id.as_str(), q.body.clone()));
+        routes.chain(numbers).chain(users).chain(queues).collect()
     }
 
     /// `tenant`'s users, by name.
@@ -355,6 +403,10 @@ pub struct SharedConfig {
     numbers: Arc<Numbers>,
     /// The registrar's and call routing's users.
     auth: Arc<Authenticator>,
+    /// Where queue changes are put in force (the tree's queue actors).
+    queues: LiveQueues,
+    /// One queue restart at a time (a restart reads the latest spec).
+    restarting: Arc<tokio::sync::Mutex<()>>,
     tables: Mutex<Tables>,
     generation: AtomicU64,
     backend: Backend,
@@ -372,7 +424,8 @@ impl std::fmt::Debug for SharedConfig {
 
 impl SharedConfig {
     /// Starts with the file's routes and numbers in `config`, whose tables the router reads
-    /// (`routes`, `numbers`), and the users `auth` loaded from it (CSV files included).
+    /// (`routes`, `numbers`), the users `auth` loaded from it (CSV files included), and its
+    /// queues as `queues` runs them.
     /// Alone: the saved overrides are applied over them. In a cluster: etcd is seeded (first
     /// node) or read, the router and `auth` get etcd's entries, and a task follows the
     /// changes. Fails when the overrides or etcd cannot be read.
@@ -382,6 +435,7 @@ impl SharedConfig {
         numbers: Arc<Numbers>,
         trunk_table: Arc<TrunkTable>,
         auth: Arc<Authenticator>,
+        queues: LiveQueues,
     ) -> Result<Arc<SharedConfig>, String> {
         let file = file_tables(config, &auth);
         let tenants = bare_tenants(config);
@@ -392,6 +446,8 @@ impl SharedConfig {
             routes,
             numbers,
             auth,
+            queues,
+            restarting: Arc::default(),
             tables: Mutex::new(Tables::default()),
             generation: AtomicU64::new(0),
             backend,
@@ -502,7 +558,8 @@ impl SharedConfig {
         let existed = self
             .change(kind, id, Some(&stored), |t| {
                 self.check(t, id, &entry)?;
-                Ok(t.contains(kind, id))
+                // A queue changed for the first time is the file's: replaced, not created.
+                Ok(kind == Kind::Queue || t.contains(kind, id))
             })
             .await?;
         Ok((!existed, entry.view(id)))
@@ -669,7 +726,113 @@ impl SharedConfig {
             Entry::Route(r) => self.check_route(t, id, r),
             Entry::Number(n) => self.check_number(t, n),
             Entry::User(u) => self.check_user(u),
+            Entry::Queue(q) => self.check_queue(t, q),
         }
+    }
+
+    /// The file's validation of a queue's new configuration in its tenant, with the current
+    /// numbers (an overflow may name one) and the other changed queues. Only the file's
+    /// queues may change: a new one needs its actor placed with its tenant (not done here).
+    fn check_queue(&self, t: &Tables, q: &QueueEntry) -> Result<(), ChangeError> {
+        let Some(ti) = self.tenants.iter().position(|x| x.id == q.tenant) else {
+            return Err(ChangeError::NotFound(format!("tenant {:?}", q.tenant)));
+        };
+        let id = &q.config.id;
+        let Some(qi) = self.tenants[ti].queues.iter().position(|x| &x.id == id) else {
+            return Err(ChangeError::Unsupported(format!(
+                "tenant {:?} has no queue {id:?} in its config file; new queues are added in the file",
+                q.tenant
+            )));
+        };
+        let mut c = Config {
+            tenants: self.tenants.clone(),
+            ..Config::default()
+        };
+        let tenant = &mut c.tenants[ti];
+        tenant.numbers = self.numbers_of(t, &q.tenant);
+        for other in t.queues.values().filter(|o| o.tenant == q.tenant) {
+            if let Some(x) = tenant.queues.iter_mut().find(|x| x.id == other.config.id) {
+                *x = other.config.clone();
+            }
+        }
+        tenant.queues[qi] = q.config.clone();
+        first_error(c.validate(), &format!("tenants[{ti}].queues[{qi}]"))
+    }
+
+    /// `tenant`'s current numbers as the file writes them.
+    fn numbers_of(&self, t: &Tables, tenant: &str) -> Vec<NumberConfig> {
+        t.numbers
+            .values()
+            .filter(|n| n.tenant == tenant)
+            .map(number_config)
+            .collect()
+    }
+
+    /// A queue as `tables` configure it (changed, or the file's), ready to start.
+    fn queue_spec(
+        &self,
+        t: &Tables,
+        tenant: &str,
+        queue: &str,
+    ) -> Option<crate::actors::queue::QueueSpec> {
+        let bare = self.tenants.iter().find(|x| x.id == tenant)?;
+        let file = bare.queues.iter().find(|q| q.id == queue)?;
+        let config = t
+            .queues
+            .get(&user_id(tenant, queue))
+            .map_or_else(|| file.clone(), |e| e.config.clone());
+        let one = TenantConfig {
+            queues: vec![config],
+            numbers: self.numbers_of(t, tenant),
+            ..bare.clone()
+        };
+        let agents = self
+            .queues
+            .agents
+            .get(tenant)
+            .map_or(&[][..], Vec::as_slice);
+        crate::actors::queue::plan(&one, agents).pop()
+    }
+
+    /// Puts the queues whose configuration differs between `old` and `new` (all changed
+    /// ones on the `first` install) in force: their specs at once, their actors restarted in
+    /// the background (one at a time), resuming their callers from their checkpoints.
+    fn install_queues(&self, old: &Tables, new: &Tables, first: bool) {
+        let mut ids: Vec<&String> = new.queues.keys().chain(old.queues.keys()).collect();
+        ids.sort();
+        ids.dedup();
+        let mut restart = Vec::new();
+        for id in ids {
+            let body = |t: &Tables| t.queues.get(id).map(|q| q.body.clone());
+            if !first && body(old) == body(new) {
+                continue;
+            }
+            let Some((tenant, queue)) = id.split_once('/') else {
+                continue;
+            };
+            if let Some(spec) = self.queue_spec(new, tenant, queue) {
+                if self.queues.catalog.set_queue(tenant, spec) {
+                    restart.push((tenant.to_string(), queue.to_string()));
+                }
+            }
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if restart.is_empty() {
+            return;
+        }
+        let (catalog, one) = (self.queues.catalog.clone(), self.restarting.clone());
+        runtime.spawn(async move {
+            let _one = one.lock().await;
+            for (tenant, queue) in restart {
+                match catalog.restart_queue(&tenant, &queue).await {
+                    Ok(true) => tracing::info!(tenant, queue, "queue restarted with its new configuration"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(tenant, queue, error = %e, "queue restart for a configuration change failed"),
+                }
+            }
+        });
     }
 
     /// The file's validation of a user as its tenant's only one (its name is unique by its
@@ -767,6 +930,7 @@ impl SharedConfig {
                 self.auth.set_users(&tenant.id, users);
             }
         }
+        self.install_queues(&current, &tables, first);
         *current = tables;
         drop(current);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -927,12 +1091,7 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
             Ok(Entry::Number(n))
         }
         Kind::User => {
-            let Some((tenant, username)) = id.split_once('/') else {
-                return Err(ChangeError::invalid(
-                    "id",
-                    format!("{id:?} is not tenant/name"),
-                ));
-            };
+            let (tenant, username) = split_id(id)?;
             let mut u: UserEntry = parse_fields(body)?;
             if !u.tenant.is_empty() && u.tenant != tenant {
                 return differs("tenant", &u.tenant, tenant);
@@ -944,7 +1103,32 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
             u.username = username.to_string();
             Ok(Entry::User(u))
         }
+        Kind::Queue => {
+            let (tenant, queue) = split_id(id)?;
+            let Value::Object(mut map) = body else {
+                return Err(ChangeError::invalid("body", "a JSON object is expected"));
+            };
+            match map.get("id") {
+                Some(Value::String(given)) if given != queue => return differs("id", given, queue),
+                Some(Value::String(_)) | None => {}
+                Some(_) => return Err(ChangeError::invalid("id", "a string is expected")),
+            }
+            map.insert("id".into(), json!(queue));
+            let body = Value::Object(map);
+            let config: QueueConfig = parse_fields(body.clone())?;
+            Ok(Entry::Queue(QueueEntry {
+                tenant: tenant.to_string(),
+                config,
+                body,
+            }))
+        }
     }
+}
+
+/// `<tenant>/<name>` split at its first `/`.
+fn split_id(id: &str) -> Result<(&str, &str), ChangeError> {
+    id.split_once('/')
+        .ok_or_else(|| ChangeError::invalid("id", format!("{id:?} is not tenant/name")))
 }
 
 /// Deserializes an object; on failure, finds the field at fault by trying each field of the
@@ -1246,6 +1430,8 @@ mod tests {
             numbers: Arc::new(Numbers::default()),
             tables: Mutex::new(file_tables(config, &auth)),
             auth,
+            queues: LiveQueues::default(),
+            restarting: Arc::default(),
             generation: AtomicU64::new(0),
             backend: Backend::Sqlite(PathBuf::new()),
             writing: tokio::sync::Mutex::new(()),
@@ -1550,6 +1736,58 @@ mod tests {
     }
 
     #[test]
+    fn queue_changes_are_validated_like_the_file_and_planned() {
+        let s = shared(&config());
+        let t = s.snapshot();
+        let put = |id: &str, body: Value| parse_entry(Kind::Queue, id, body);
+        let ok = put(
+            "acme/sales",
+            json!({"strategy": "round-robin", "max_length": 2, "overflow_full": "status:486"}),
+        )
+        .unwrap();
+        assert!(s.check(&t, "acme/sales", &ok).is_ok());
+        let Entry::Queue(q) = &ok else {
+            panic!("{ok:?}")
+        };
+        assert_eq!(q.body["id"], "sales", "the stored body carries its id");
+        assert_eq!(q.config.max_length, 2);
+        // Planned with the change; a queue without one keeps the file's configuration.
+        let mut changed = t.clone();
+        changed.insert("acme/sales", ok.clone());
+        let spec = s.queue_spec(&changed, "acme", "sales").unwrap();
+        assert_eq!(spec.config.max_length, 2);
+        assert_eq!(spec.overflow_full, crate::config::CcTarget::Status(486));
+        assert_eq!(
+            s.queue_spec(&t, "acme", "sales").unwrap().config.max_length,
+            0
+        );
+        assert!(s.queue_spec(&t, "acme", "nope").is_none());
+
+        let e = put("acme/sales", json!({"id": "other"})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "id"),
+            "{e:?}"
+        );
+        let e = put("acme/sales", json!({"colour": "red"})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "colour"),
+            "{e:?}"
+        );
+        let bad = put("acme/sales", json!({"overflow_full": "queue:nope"})).unwrap();
+        let e = s.check(&t, "acme/sales", &bad).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "overflow_full"),
+            "{e:?}"
+        );
+        let new = put("acme/support", json!({})).unwrap();
+        let e = s.check(&t, "acme/support", &new).unwrap_err();
+        assert!(matches!(e, ChangeError::Unsupported(_)), "{e:?}");
+        let elsewhere = put("other/sales", json!({})).unwrap();
+        let e = s.check(&t, "other/sales", &elsewhere).unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+    }
+
+    #[test]
     fn keys_are_classified() {
         let p = "/sy/config/";
         assert_eq!(
@@ -1565,6 +1803,10 @@ mod tests {
             Some((Kind::User, "acme/bob"))
         );
         assert_eq!(classify(p, "/sy/config/seeded"), None);
+        assert_eq!(
+            classify(p, "/sy/config/queues/acme/sales"),
+            Some((Kind::Queue, "acme/sales"))
+        );
         assert_eq!(classify(p, "/sy/config/seeded-users"), None);
         assert_eq!(classify(p, "/sy/config/usersx/a"), None);
         assert_eq!(classify(p, "/sy/nodes/n1"), None);

@@ -22,7 +22,7 @@
 
 use ractor::{Actor, ActorRef};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
@@ -72,31 +72,45 @@ struct Entry {
     spec: ChildSpec,
 }
 
-/// The singletons of a node's configuration by cluster key (`tenant/<id>`, `trunk/<id>`).
-/// Cheap to clone; cluster mode starts and stops them as this node claims and releases them.
+/// A queue's spec as its actor's every start reads it, and where the actor runs: a
+/// configuration change replaces the spec and restarts the actor, which resumes its waiting
+/// callers from its checkpoint.
+struct QueueSlot {
+    spec: Arc<RwLock<QueueSpec>>,
+    /// The tenant's queues supervisor (registered by name).
+    supervisor: String,
+    child: ChildSpec,
+}
+
+/// The singletons of a node's configuration by cluster key (`tenant/<id>`, `trunk/<id>`),
+/// and the tenants' queues by [`queue_key`]. Cheap to clone; cluster mode starts and stops
+/// the singletons as this node claims and releases them.
 #[derive(Clone, Default)]
-pub struct Catalog(Arc<std::collections::BTreeMap<String, Entry>>);
+pub struct Catalog {
+    singletons: Arc<std::collections::BTreeMap<String, Entry>>,
+    queues: Arc<std::collections::BTreeMap<String, QueueSlot>>,
+}
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.0.keys()).finish()
+        f.debug_list().entries(self.singletons.keys()).finish()
     }
 }
 
 impl Catalog {
     /// Every singleton key, sorted.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.singletons.keys().map(String::as_str)
     }
 
     /// The keys owned together with `key` (a tenant's queues: `queue/<tenant>/<id>`).
     pub fn also(&self, key: &str) -> &[String] {
-        self.0.get(key).map_or(&[], |e| e.also.as_slice())
+        self.singletons.get(key).map_or(&[], |e| e.also.as_slice())
     }
 
     /// Whether a singleton's actor (its supervisor, for a tenant) runs on this node.
     pub fn running(&self, key: &str) -> bool {
-        self.0
+        self.singletons
             .get(key)
             .is_some_and(|e| ractor::registry::where_is(e.spec.id.clone()).is_some())
     }
@@ -105,7 +119,7 @@ impl Catalog {
     /// checkpoints this node holds, if any; idempotent.
     pub async fn start(&self, key: &str) -> Result<(), String> {
         let e = self
-            .0
+            .singletons
             .get(key)
             .ok_or_else(|| format!("unknown singleton {key}"))?;
         if self.running(key) {
@@ -120,10 +134,44 @@ impl Catalog {
             .map_err(|err| err.to_string())
     }
 
+    /// Puts `spec` in force for its queue of `tenant`: the queue actor's next start uses it
+    /// (see [`Catalog::restart_queue`]). False if the node has no such queue.
+    pub fn set_queue(&self, tenant: &str, spec: QueueSpec) -> bool {
+        let Some(slot) = self.queues.get(&queue_key(tenant, &spec.config.id)) else {
+            return false;
+        };
+        *slot.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
+        true
+    }
+
+    /// Restarts a queue's actor if it runs on this node, so that it takes the spec last
+    /// set; it resumes its waiting callers and offers from its checkpoint. Whether it ran.
+    pub async fn restart_queue(&self, tenant: &str, queue: &str) -> Result<bool, String> {
+        let key = queue_key(tenant, queue);
+        let slot = self
+            .queues
+            .get(&key)
+            .ok_or_else(|| format!("unknown queue {key}"))?;
+        if ractor::registry::where_is(slot.child.id.clone()).is_none() {
+            return Ok(false); // not here (another node's tenant, or not claimed yet)
+        }
+        let Some(sup) = ractor::registry::where_is(slot.supervisor.clone()) else {
+            return Ok(false);
+        };
+        let sup: ActorRef<SupervisorMsg> = sup.into();
+        super::terminate_child(&sup, &slot.child.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        super::start_child_sync(&sup, slot.child.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
     /// Stops a singleton (before giving it to another node); idempotent.
     pub async fn stop(&self, key: &str) -> Result<(), String> {
         let e = self
-            .0
+            .singletons
             .get(key)
             .ok_or_else(|| format!("unknown singleton {key}"))?;
         let Some(sup) = ractor::registry::where_is(e.supervisor.clone()) else {
@@ -204,6 +252,7 @@ pub async fn start(
         alarms,
     } = options;
     let mut singletons = std::collections::BTreeMap::new();
+    let mut queue_slots = std::collections::BTreeMap::new();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = store_name(node);
@@ -216,24 +265,39 @@ pub async fn start(
         let id = spec.config.id.clone();
         let (config, users) = (spec.config.clone(), spec.users);
         let tenant_id: Arc<str> = Arc::from(id.as_str());
-        let mut queues = SupervisorArgs::new(format!("queues/{id}@{node}"), Strategy::OneForOne)
+        let queues_name = format!("queues/{id}@{node}");
+        let mut queues = SupervisorArgs::new(queues_name.clone(), Strategy::OneForOne)
             .with_intensity(Intensity::new(10, Duration::from_secs(10)));
         for q in &spec.queues {
-            let (cc, tenant, q) = (cc.clone(), tenant_id.clone(), q.clone());
-            queues = queues.with_child(ChildSpec::named_actor(
+            let key = queue_key(&id, &q.config.id);
+            let slot = Arc::new(RwLock::new(q.clone()));
+            let (cc, tenant, current) = (cc.clone(), tenant_id.clone(), slot.clone());
+            let child = ChildSpec::named_actor(
                 crate::actors::queue::actor_name(&id, &q.config.id, node),
                 "queue",
                 Restart::Permanent,
                 QueueActor,
-                move || QueueArgs {
-                    cc: cc.clone(),
-                    tenant: tenant.clone(),
-                    config: q.config.clone(),
-                    members: q.members.clone(),
-                    overflow_wait: q.overflow_wait.clone(),
-                    overflow_full: q.overflow_full.clone(),
+                move || {
+                    let q = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    QueueArgs {
+                        cc: cc.clone(),
+                        tenant: tenant.clone(),
+                        config: q.config,
+                        members: q.members,
+                        overflow_wait: q.overflow_wait,
+                        overflow_full: q.overflow_full,
+                    }
                 },
-            ));
+            );
+            queues = queues.with_child(child.clone());
+            queue_slots.insert(
+                key,
+                QueueSlot {
+                    spec: slot,
+                    supervisor: queues_name.clone(),
+                    child,
+                },
+            );
         }
         let mut agents = SupervisorArgs::new(format!("agents/{id}@{node}"), Strategy::OneForOne)
             .with_intensity(Intensity::new(50, Duration::from_secs(10)));
@@ -269,7 +333,8 @@ pub async fn start(
                         users,
                     },
                 ))
-                .with_child(ChildSpec::supervisor(format!("queues/{id}@{node}"), queues))
+                // Named: a queue whose configuration changes is restarted under it.
+                .with_child(ChildSpec::named_supervisor(queues_name, queues))
                 .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
         let spec = ChildSpec::named_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
         singletons.insert(
@@ -355,7 +420,10 @@ pub async fn start(
         registrar_name,
         calls_name,
         store_name,
-        singletons: Catalog(Arc::new(singletons)),
+        singletons: Catalog {
+            singletons: Arc::new(singletons),
+            queues: Arc::new(queue_slots),
+        },
     };
     tree.calls().ok_or("calls supervisor not registered")?;
     tree.store().ok_or("store writer not registered")?;
