@@ -598,7 +598,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         &config_path,
         format!(
             "[http]\ntoken = \"{TOKEN}\"\n[[routes]]\nprefix = \"9\"\ntarget = \"sip:{}\"\n\
-             [[tenants]]\nid = \"cc\"\ndomain = \"cc.test\"\n",
+             [[tenants]]\nid = \"cc\"\ndomain = \"cc.test\"\n[[tenants.queues]]\nid = \"q\"\n",
             file_target.addr
         ),
     )
@@ -745,6 +745,30 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
             "deleted user still in force on n3"
         );
         cseq += 2;
+    }
+
+    // A queue changed through node 1 runs with it on whichever node runs its tenant (only
+    // that node's API finds the queue actor).
+    let r = http_request(
+        n1.http,
+        "PUT",
+        "/tenants/cc/queues/q",
+        Some(&bearer),
+        r#"{"service_level_secs": 42}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    'changed: loop {
+        for n in &nodes {
+            let r = http_request(n.http, "GET", "/queues/cc/q", None, "").await;
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            if r.status == 200 && v["service_level_secs"] == 42 {
+                break 'changed;
+            }
+        }
+        assert!(Instant::now() < deadline, "queue change not in force");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Two nodes accepting clashing routes at once (two ids, one prefix): exactly one wins,
