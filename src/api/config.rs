@@ -24,13 +24,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use serde::Serialize;
 
 use super::{route, ApiState, Problem, PROBLEM_JSON};
 use crate::cluster::shared_config::{
-    user_id, ChangeError, Kind, SharedConfig, CONFIG_REJECTED_TOTAL,
+    scoped_id, ChangeError, Kind, SharedConfig, CONFIG_REJECTED_TOTAL,
 };
 
 pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
@@ -50,12 +50,12 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     let router = route(
         router,
         "/tenants/{tenant}/users/{name}",
-        axum::routing::put(put_user).delete(delete_user),
+        put_in_tenant(Kind::User).delete(delete_user),
     );
     let router = route(
         router,
         "/tenants/{tenant}/queues/{id}",
-        axum::routing::put(put_queue).delete(file_configured),
+        put_in_tenant(Kind::Queue).delete(file_configured),
     );
     let refuse = || axum::routing::put(file_configured).delete(file_configured);
     let router = route(router, "/trunks/{id}", refuse());
@@ -237,44 +237,24 @@ async fn delete_number(
     delete_entry(&state, &headers, Kind::Number, &number).await
 }
 
-async fn put_user(
-    State(state): State<ApiState>,
-    Path((tenant, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refused> {
-    put_entry(
-        &state,
-        &headers,
-        Kind::User,
-        &user_id(&tenant, &name),
-        &body,
-    )
-    .await
-}
-
 async fn delete_user(
     State(state): State<ApiState>,
     Path((tenant, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    delete_entry(&state, &headers, Kind::User, &user_id(&tenant, &name)).await
+    delete_entry(&state, &headers, Kind::User, &scoped_id(&tenant, &name)).await
 }
 
-async fn put_queue(
-    State(state): State<ApiState>,
-    Path((tenant, queue)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Refused> {
-    put_entry(
-        &state,
-        &headers,
-        Kind::Queue,
-        &user_id(&tenant, &queue),
-        &body,
+/// `PUT /tenants/{tenant}/.../{name}`: the entry `<tenant>/<name>` of `kind`.
+fn put_in_tenant(kind: Kind) -> MethodRouter<ApiState> {
+    axum::routing::put(
+        move |State(state): State<ApiState>,
+              Path((tenant, name)): Path<(String, String)>,
+              headers: HeaderMap,
+              body: Bytes| async move {
+            put_entry(&state, &headers, kind, &scoped_id(&tenant, &name), &body).await
+        },
     )
-    .await
 }
 
 /// Changes to what stays file-configured (trunks, tenants, adding or removing a queue) are

@@ -89,7 +89,7 @@ pub enum Kind {
     Route,
     /// A number (DID), by the number.
     Number,
-    /// A tenant's SIP user, by `<tenant>/<username>` (see [`user_id`]).
+    /// A tenant's SIP user, by `<tenant>/<username>` (see [`scoped_id`]).
     User,
     /// A new configuration for one of a tenant's (file) queues, by `<tenant>/<queue>`.
     Queue,
@@ -133,10 +133,10 @@ impl Kind {
     }
 }
 
-/// The id of `username` (or a queue) of `tenant` (tenant ids have no `/`, so the first one
-/// splits).
-pub fn user_id(tenant: &str, username: &str) -> String {
-    format!("{tenant}/{username}")
+/// The id of a tenant's user or queue `name`: `<tenant>/<name>` (tenant ids have no `/`, so
+/// the first one splits).
+pub fn scoped_id(tenant: &str, name: &str) -> String {
+    format!("{tenant}/{name}")
 }
 
 /// A tenant's queue as changed through the API: `PUT /tenants/{tenant}/queues/{id}` with
@@ -255,7 +255,7 @@ impl ChangeError {
     }
 }
 
-/// The routes, numbers and users in force, by id, by number and by [`user_id`].
+/// The routes, numbers and users in force, by id, by number and by [`scoped_id`].
 #[derive(Clone, Debug, Default)]
 struct Tables {
     routes: BTreeMap<String, RouteConfig>,
@@ -366,7 +366,7 @@ impl Tables {
 
     /// `tenant`'s users, by name.
     fn users_of<'t>(&'t self, tenant: &str) -> impl Iterator<Item = &'t UserEntry> + 't {
-        let start = user_id(tenant, "");
+        let start = scoped_id(tenant, "");
         self.users
             .range(start.clone()..)
             .take_while(move |(k, _)| k.starts_with(&start))
@@ -534,7 +534,7 @@ impl SharedConfig {
     }
 
     /// Creates or replaces the entry `id` of `kind` from a JSON body with the config file's
-    /// fields (a user's id: [`user_id`]). Returns whether it was created, and the entry as the
+    /// fields (a user's id: [`scoped_id`]). Returns whether it was created, and the entry as the
     /// API shows it (a route or number as stored; a user without its hashes).
     pub async fn put(
         &self,
@@ -779,7 +779,7 @@ impl SharedConfig {
         let file = bare.queues.iter().find(|q| q.id == queue)?;
         let config = t
             .queues
-            .get(&user_id(tenant, queue))
+            .get(&scoped_id(tenant, queue))
             .map_or_else(|| file.clone(), |e| e.config.clone());
         let one = TenantConfig {
             queues: vec![config],
@@ -990,7 +990,7 @@ fn number_config(n: &NumberEntry) -> NumberConfig {
 }
 
 /// The file's routes by id, numbers by number, and the users `auth` loaded (the file's and
-/// its CSV files') by [`user_id`].
+/// its CSV files') by [`scoped_id`].
 fn file_tables(config: &Config, auth: &Authenticator) -> Tables {
     let mut t = Tables::default();
     for r in &config.routes {
@@ -1017,7 +1017,7 @@ fn file_tables(config: &Config, auth: &Authenticator) -> Tables {
             .unwrap_or_default();
         for (name, keys) in users.iter() {
             t.users.insert(
-                user_id(&tenant.id, name),
+                scoped_id(&tenant.id, name),
                 UserEntry {
                     tenant: tenant.id.clone(),
                     username: name.clone(),
