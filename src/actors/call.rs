@@ -57,6 +57,16 @@ pub const TRANSACTIONS_TIMED_OUT: &str = "switchyard_transactions_timed_out_tota
 const QUEUE_KEEPALIVE: Duration = Duration::from_secs(5);
 
 pub const DIALOG_481: &str = "switchyard_sip_unknown_dialog_total";
+/// Histogram, seconds: a call's end to its CDR's commit, which the last message of the
+/// hangup waits for.
+pub const CDR_DURABLE_WAIT: &str = "switchyard_cdr_durable_wait_seconds";
+/// Counter, label `reason` (`failed`: the commit failed, the CDR is kept and retried;
+/// `timeout`: no commit within [`CDR_DURABLE_WAIT_LIMIT`]; `no_writer`): hangups that went on
+/// without their CDR being durable.
+pub const CDR_NOT_DURABLE: &str = "switchyard_cdr_not_durable_total";
+
+/// How long the end of a call waits for its CDR's commit before the hangup goes on anyway.
+pub const CDR_DURABLE_WAIT_LIMIT: Duration = Duration::from_secs(2);
 
 /// Describes the call metrics.
 pub fn describe() {
@@ -72,6 +82,15 @@ pub fn describe() {
         "Calls that ended without an answer, by final status"
     );
     describe_counter!(CALLS_ENDED, "Calls ended, by who ended them");
+    describe_histogram!(
+        CDR_DURABLE_WAIT,
+        Unit::Seconds,
+        "End of a call to its CDR's commit (the hangup's last message waits for it)"
+    );
+    describe_counter!(
+        CDR_NOT_DURABLE,
+        "Hangups that went on before their CDR was committed, by reason"
+    );
     describe_histogram!(
         CALL_SETUP,
         Unit::Seconds,
@@ -477,6 +496,24 @@ pub enum CallMsg {
     /// Starts, stops, pauses or resumes the call's recording (the API); replies with the
     /// recording's id or why not.
     Recording(RecordingCommand, RpcReplyPort<Result<String, String>>),
+    /// The call's CDR is committed (`true`), or will not be soon (failed or too slow): what
+    /// waited for it goes on.
+    CdrStored(bool),
+}
+
+/// The last messages of a hangup, held until the call's CDR is durable: whoever sees the
+/// call complete (a 200 to its BYE, or a BYE) sees it only once its record cannot be lost
+/// with the node.
+enum AfterCdr {
+    /// A final response the switch gives itself (to a BYE): server transaction, status, reason.
+    Respond(u32, u16, &'static str),
+    /// A BYE relayed to the other leg: the leg it came from, the BYE, its server transaction.
+    Relay(Leg, Box<Message>, u32),
+    /// The switch's own BYE to a leg.
+    Bye(Leg),
+    /// The trunk channel is given back, after the BYE that ends it at the carrier went out:
+    /// freed earlier, a new call could take it while the carrier still counts the old one.
+    ReleaseChannel,
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -747,6 +784,8 @@ pub struct CallState {
     session: Option<Arc<crate::media::relay::Session>>,
     /// The next position announcement to a caller waiting with music.
     announce: Option<TimerId>,
+    /// While the CDR's commit is awaited: what waits for it (see [`AfterCdr`]).
+    after_cdr: Option<Vec<AfterCdr>>,
 }
 
 impl Actor for CallActor {
@@ -788,6 +827,7 @@ impl Actor for CallActor {
             ended_offers: Vec::new(),
             session: None,
             announce: None,
+            after_cdr: None,
         };
         match args.init {
             CallInit::New(call) => {
@@ -862,6 +902,7 @@ impl Actor for CallActor {
             CallMsg::Recording(cmd, reply) => {
                 let _ = reply.send(state.recording_command(cmd));
             }
+            CallMsg::CdrStored(_) => state.cdr_stored(),
         }
         state.sweep();
         Ok(())
@@ -1566,13 +1607,20 @@ impl CallState {
                 }
                 self.checkpoint();
             }
-            Phase::Ended => {}
+            Phase::Ended => {
+                // Died while its hangup waited for the CDR's commit (the CDR is with the
+                // writer): the channel is all that is left to give back.
+                self.release_trunk_channel();
+                self.checkpoint();
+            }
         }
     }
 
     fn checkpoint(&mut self) {
         if let Some(core) = &self.core {
-            if core.phase == Phase::Ended {
+            // An ended call is kept while its hangup waits for the CDR (its trunk channel is
+            // still held), so a restarted actor can give the channel back.
+            if core.phase == Phase::Ended && self.after_cdr.is_none() {
                 self.ctx.checkpoints.remove(&core.a_call_id);
             } else {
                 self.ctx
@@ -1704,8 +1752,8 @@ impl CallState {
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
             return match method {
                 Method::Bye => {
-                    self.respond(id, 200, "OK", None);
                     self.hang_up_answered_caller(HangupBy::Caller, "caller hung up in queue");
+                    self.after_cdr(AfterCdr::Respond(id, 200, "OK"));
                 }
                 Method::Invite | Method::Update => self.respond(id, 491, "Request Pending", None),
                 _ => self.respond(id, 200, "OK", None),
@@ -1725,7 +1773,6 @@ impl CallState {
             // the call.
             let reason = msg.value(HeaderName::Reason).cloned();
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
-            self.respond(id, 200, "OK", None);
             if leg == Leg::A {
                 self.cancel_reason = reason;
                 let resp = self.a_response(487, "Request Terminated", false);
@@ -1733,7 +1780,7 @@ impl CallState {
                 self.cancel_b();
                 self.end(487, HangupBy::Caller, "bye before answer");
             }
-            return;
+            return self.after_cdr(AfterCdr::Respond(id, 200, "OK"));
         }
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
@@ -1759,9 +1806,16 @@ impl CallState {
             self.cancel_call_timers();
             let status = self.core().cdr.final_status.max(200);
             self.end(status, by, "bye");
+            return self.after_cdr(AfterCdr::Relay(leg, Box::new(msg), server));
         }
+        self.relay_request(leg, &msg, server);
+    }
+
+    /// Relays an in-dialog request (server transaction `server`) to the other leg.
+    fn relay_request(&mut self, leg: Leg, msg: &Message, server: u32) {
+        let method = msg.method().cloned().unwrap_or(Method::Bye);
         let other = if leg == Leg::A { Leg::B } else { Leg::A };
-        let mut out = self.in_dialog_request(other, method, &msg);
+        let mut out = self.in_dialog_request(other, method, msg);
         out.body = msg.body.clone();
         // An offer (re-INVITE, UPDATE) of an anchored call: the switch's address and port.
         self.rewrite_body_of(leg, &mut out, false);
@@ -2164,7 +2218,7 @@ impl CallState {
             metrics::gauge!(TRANSACTIONS_ACTIVE).decrement(gone as f64);
         }
         let ended = self.core.as_ref().is_none_or(|c| c.phase == Phase::Ended);
-        if !ended || self.resend_2xx.is_some() {
+        if !ended || self.resend_2xx.is_some() || self.after_cdr.is_some() {
             return;
         }
         // Even with no transaction left the Call-IDs stay retired for 64*T1: a late 2xx
@@ -2898,10 +2952,10 @@ impl CallState {
                 if self.core().phase == Phase::Answered {
                     self.ack_b(Bytes::new(), None);
                 }
-                self.send_bye(Leg::A);
-                self.send_bye(Leg::B);
                 let status = self.core().cdr.final_status;
                 self.end(status, by, reason);
+                self.after_cdr(AfterCdr::Bye(Leg::A));
+                self.after_cdr(AfterCdr::Bye(Leg::B));
             }
             Some(Phase::Setup | Phase::Early | Phase::Queued) if self.a_answered() => {
                 self.hang_up_answered_caller(by, reason);
@@ -3530,11 +3584,11 @@ impl CallState {
         if let Some((id, ..)) = self.resend_2xx.take() {
             self.ctx.timers.cancel(id);
         }
-        if by != HangupBy::Caller {
-            self.send_bye(Leg::A);
-        }
         self.cancel_b();
         self.end(200, by, why);
+        if by != HangupBy::Caller {
+            self.after_cdr(AfterCdr::Bye(Leg::A));
+        }
     }
 
     /// After the call ends: the agent moves on, the queue counts the handle time, a caller
@@ -3915,15 +3969,18 @@ impl CallState {
                 );
             }
         }
-        // The channel, also when a restarted actor ends the call.
+        if let Some(l) = &self.trunk_leg {
+            let attempts = l.attempts.join(",");
+            self.core().cdr.attempts = Some(attempts);
+        }
+    }
+
+    /// Gives the trunk channel back (also when a restarted actor ends the call).
+    fn release_trunk_channel(&mut self) {
         if let Some(id) = self.core.as_mut().and_then(|c| c.trunk.take()) {
             if let Some(t) = self.ctx.trunks.get().and_then(|table| table.get(&id)) {
                 t.release();
             }
-        }
-        if let Some(l) = &self.trunk_leg {
-            let attempts = l.attempts.join(",");
-            self.core().cdr.attempts = Some(attempts);
         }
     }
 
@@ -3964,17 +4021,86 @@ impl CallState {
         metrics::counter!(CALLS_ENDED, "by" => hangup).increment(1);
         let cdr = core.to_cdr();
         self.cancel_call_timers();
-        self.checkpoint();
         ctx.active.fetch_sub(1, Ordering::Relaxed);
         ctx.set_active_gauge();
         match ctx.store() {
             Some(store) => {
-                if let Err(e) = store_writer::write_cdr(&store, cdr) {
-                    tracing::error!(error = %e, "CDR writer unavailable: CDR lost");
+                let (stored, committed) = tokio::sync::oneshot::channel();
+                match store_writer::write_cdr_acked(&store, cdr, stored) {
+                    Ok(()) => self.await_cdr(committed),
+                    Err(e) => {
+                        metrics::counter!(CDR_NOT_DURABLE, "reason" => "no_writer").increment(1);
+                        tracing::error!(error = %e, "CDR writer unavailable: CDR lost");
+                    }
                 }
             }
-            None if ctx.store_name.is_some() => tracing::error!("CDR writer not running: CDR lost"),
+            None if ctx.store_name.is_some() => {
+                metrics::counter!(CDR_NOT_DURABLE, "reason" => "no_writer").increment(1);
+                tracing::error!("CDR writer not running: CDR lost");
+            }
             None => {}
+        }
+        self.after_cdr(AfterCdr::ReleaseChannel);
+        self.checkpoint();
+    }
+
+    /// Holds the hangup's last messages ([`AfterCdr`]) until the writer says the CDR is
+    /// committed, for at most [`CDR_DURABLE_WAIT_LIMIT`]: the wait runs in a task, which tells
+    /// the actor with [`CallMsg::CdrStored`].
+    fn await_cdr(&mut self, committed: tokio::sync::oneshot::Receiver<bool>) {
+        self.after_cdr = Some(Vec::new());
+        let me = self.myself.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let stored = match tokio::time::timeout(CDR_DURABLE_WAIT_LIMIT, committed).await {
+                Ok(Ok(true)) => {
+                    metrics::histogram!(CDR_DURABLE_WAIT).record(started.elapsed().as_secs_f64());
+                    true
+                }
+                Ok(_) => {
+                    metrics::counter!(CDR_NOT_DURABLE, "reason" => "failed").increment(1);
+                    false
+                }
+                Err(_) => {
+                    metrics::counter!(CDR_NOT_DURABLE, "reason" => "timeout").increment(1);
+                    tracing::warn!(
+                        "CDR not committed within {CDR_DURABLE_WAIT_LIMIT:?}: hangup goes on"
+                    );
+                    false
+                }
+            };
+            let _ = me.cast(CallMsg::CdrStored(stored));
+        });
+    }
+
+    /// Runs `step` once the call's CDR is durable (at once if nothing is awaited).
+    fn after_cdr(&mut self, step: AfterCdr) {
+        match self.after_cdr.as_mut() {
+            Some(waiting) => waiting.push(step),
+            None => self.run_after_cdr(step),
+        }
+    }
+
+    /// The CDR is committed (or will not be soon): the held messages go out.
+    fn cdr_stored(&mut self) {
+        let (release, steps): (Vec<_>, Vec<_>) = self
+            .after_cdr
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .partition(|s| matches!(s, AfterCdr::ReleaseChannel));
+        for step in steps.into_iter().chain(release) {
+            self.run_after_cdr(step);
+        }
+        self.checkpoint();
+    }
+
+    fn run_after_cdr(&mut self, step: AfterCdr) {
+        match step {
+            AfterCdr::Respond(tx, status, reason) => self.respond(tx, status, reason, None),
+            AfterCdr::Relay(leg, msg, server) => self.relay_request(leg, &msg, server),
+            AfterCdr::Bye(leg) => self.send_bye(leg),
+            AfterCdr::ReleaseChannel => self.release_trunk_channel(),
         }
     }
 }

@@ -11,7 +11,12 @@
 //! handed over since its last commit and commits
 //! - once `flush_interval` has passed since the oldest uncommitted record (default 100 ms, so a
 //!   CDR is durable well within the one second the switch promises),
-//! - at once when `max_batch` records are waiting, or on [`flush`], or when the actor stops.
+//! - at once when `max_batch` records are waiting, or on [`flush`], or when the actor stops,
+//! - and, while a CDR handed over with [`write_cdr_acked`] waits for its commit, as soon as
+//!   the thread has taken in everything queued (a group commit: the records that arrive while
+//!   one commit runs form the next). Its sender learns when the CDR is durable, so a call holds
+//!   back the last message of its hangup until then and no completed call's record can be
+//!   lost with the node.
 //!
 //! Stop it with [`shutdown`] (a drain): ractor's plain `stop` drops queued messages.
 //!
@@ -95,7 +100,19 @@ pub fn write_cdr(
     writer: &ActorRef<StoreWriterMsg>,
     cdr: Cdr,
 ) -> Result<(), MessagingErr<StoreWriterMsg>> {
-    writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr)))
+    writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr), None))
+}
+
+/// Hand a finished call's CDR to the writer and learn when it is durable: `stored` gets
+/// `true` once the transaction holding it committed, `false` if that commit failed (the CDR
+/// is kept and retried; the sender should not wait for the retries). Commits without waiting
+/// for `flush_interval` while such a CDR is pending.
+pub fn write_cdr_acked(
+    writer: &ActorRef<StoreWriterMsg>,
+    cdr: Cdr,
+    stored: oneshot::Sender<bool>,
+) -> Result<(), MessagingErr<StoreWriterMsg>> {
+    writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr), Some(stored)))
 }
 
 /// Record that a recording started (its row, state `recording`). Committed in the next batch;
@@ -227,8 +244,8 @@ impl StoreWriterArgs {
 /// Messages of the store writer.
 #[derive(Debug)]
 pub enum StoreWriterMsg {
-    /// Store a finished call's record.
-    WriteCdr(Box<Cdr>),
+    /// Store a finished call's record; the sender, if any, learns when it is committed.
+    WriteCdr(Box<Cdr>, Option<oneshot::Sender<bool>>),
     /// A recording started: insert its index row (state `recording`).
     RecordingStarted(Box<RecordingRow>),
     /// A recording's file is complete (fsynced and renamed): mark its row `complete`.
@@ -348,14 +365,14 @@ impl Actor for StoreWriterActor {
         state: &mut StoreWriterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            StoreWriterMsg::WriteCdr(cdr) => {
+            StoreWriterMsg::WriteCdr(cdr, stored) => {
                 state.counters.received.fetch_add(1, Ordering::Relaxed);
                 state.counters.publish_pending();
                 // The thread only exits after the channel closes or on shutdown, so a send
                 // error means it crashed: fail the actor and let the supervisor restart it.
                 state
                     .tx
-                    .send(Command::Write(cdr))
+                    .send(Command::Write(cdr, stored))
                     .map_err(|_| "store writer thread is gone")?;
             }
             StoreWriterMsg::RecordingStarted(row) => {
@@ -399,7 +416,7 @@ impl Actor for StoreWriterActor {
 
 /// Work for the writer thread.
 enum Command {
-    Write(Box<Cdr>),
+    Write(Box<Cdr>, Option<oneshot::Sender<bool>>),
     Recording(RecordingOp),
     Flush(RpcReplyPort<Result<usize, String>>),
     Shutdown(oneshot::Sender<Result<usize, String>>),
@@ -438,6 +455,8 @@ struct Writer {
     max_batch: usize,
     counters: Arc<Counters>,
     pending: Vec<Cdr>,
+    /// Senders waiting for their pending CDR's commit ([`write_cdr_acked`]).
+    acks: Vec<oneshot::Sender<bool>>,
     /// Recording index changes not yet committed, in arrival order.
     pending_recordings: Vec<RecordingOp>,
     /// When the oldest pending record arrived: its commit is due `flush_interval` later.
@@ -461,6 +480,7 @@ impl Writer {
             max_batch: args.max_batch.max(1),
             counters,
             pending: Vec::new(),
+            acks: Vec::new(),
             pending_recordings: Vec::new(),
             oldest_pending: None,
             retry_at: None,
@@ -471,6 +491,16 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
             let cmd = match self.commit_due() {
+                // Someone waits for a commit: take in what is queued, then commit at once.
+                Some(_) if !self.acks.is_empty() && self.retry_at.is_none() => {
+                    match rx.try_recv() {
+                        Ok(cmd) => Ok(cmd),
+                        Err(mpsc::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            Err(RecvTimeoutError::Disconnected)
+                        }
+                    }
+                }
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(due) => match due.checked_duration_since(Instant::now()) {
                     Some(wait) if !wait.is_zero() => rx.recv_timeout(wait),
@@ -478,9 +508,10 @@ impl Writer {
                 },
             };
             match cmd {
-                Ok(Command::Write(cdr)) => {
+                Ok(Command::Write(cdr, stored)) => {
                     self.note_arrival();
                     self.pending.push(*cdr);
+                    self.acks.extend(stored);
                     // While failing, wait for the retry time instead of hammering the disk.
                     if self.pending.len() >= self.max_batch && self.retry_at.is_none() {
                         let _ = self.commit_pending();
@@ -548,6 +579,10 @@ impl Writer {
                 Err(e) => return Err(self.commit_failed(&e)),
             }
         }
+        // Every CDR handed over so far is committed.
+        for stored in self.acks.drain(..) {
+            let _ = stored.send(true);
+        }
         if !self.pending_recordings.is_empty() {
             // Few and small (a handful per call): one transaction for all of them.
             match self.store.apply_recording_ops(&self.pending_recordings) {
@@ -565,6 +600,10 @@ impl Writer {
     }
 
     fn commit_failed(&mut self, e: &StoreError) -> String {
+        // The records stay pending and are retried, but nobody waits for the retries.
+        for stored in self.acks.drain(..) {
+            let _ = stored.send(false);
+        }
         metrics::counter!(CDR_WRITE_ERRORS_TOTAL).increment(1);
         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -704,6 +743,46 @@ mod tests {
         }
         shutdown(&writer).await.unwrap();
         assert_eq!(Store::open(&path).unwrap().count_cdrs().unwrap(), 10);
+    }
+
+    #[tokio::test]
+    async fn an_acked_cdr_is_committed_before_its_sender_hears_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.db");
+        let mut args = StoreWriterArgs::new(&path);
+        // Far longer than the test: only the waiting sender can make these commit.
+        args.flush_interval = Duration::from_secs(3600);
+        let writer = spawn(args).await;
+        let reader = Store::open(&path).unwrap();
+        // Unacked records before it ride along in the same commit.
+        for n in 0..5 {
+            write_cdr(&writer, cdr(n)).unwrap();
+        }
+        let mut waits = Vec::new();
+        for n in 5..10 {
+            let (tx, rx) = oneshot::channel();
+            write_cdr_acked(&writer, cdr(n), tx).unwrap();
+            waits.push((n, rx));
+        }
+        for (n, rx) in waits {
+            let stored = tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .expect("no answer within 5 s")
+                .expect("sender dropped");
+            assert!(stored, "CDR {n} reported not stored");
+            // Durable when told so: another connection sees it.
+            assert_eq!(
+                reader.get_cdr_by_call_id(&format!("writer-{n}")).unwrap(),
+                Some(cdr(n))
+            );
+        }
+        assert_eq!(reader.count_cdrs().unwrap(), 10);
+        // Plain writes alone still wait for the interval.
+        write_cdr(&writer, cdr(10)).unwrap();
+        assert_eq!(stats(&writer).await.unwrap().received, 11);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(reader.count_cdrs().unwrap(), 10);
+        shutdown(&writer).await.unwrap();
     }
 
     #[tokio::test]

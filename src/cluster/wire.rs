@@ -652,7 +652,8 @@ impl WireCallMsg {
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic
             | CallMsg::Dtmf { .. }
-            | CallMsg::Recording(..) => return None,
+            | CallMsg::Recording(..)
+            | CallMsg::CdrStored(_) => return None,
         })
     }
 
