@@ -1166,23 +1166,13 @@ fn parse_fields<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Change
 /// Seeds `<prefix>` from the file, each kind unless some node did so before (its marker,
 /// [`Kind::marker`]).
 async fn seed(client: &mut Client, prefix: &str, file: &Tables, node: &str) -> Result<(), String> {
-    let entries = file.stored();
-    let mut markers: Vec<&str> = Kind::ALL.iter().map(|k| k.marker()).collect();
-    markers.dedup();
-    for marker in markers {
-        let ops: Vec<TxnOp> = entries
-            .iter()
-            .filter(|(kind, _, _)| kind.marker() == marker)
-            .map(|(kind, id, v)| {
-                TxnOp::put(
-                    format!("{prefix}{}/{id}", kind.segment()),
-                    v.to_string(),
-                    None,
-                )
-            })
+    for (marker, entries) in seed_groups(prefix, file) {
+        let count = entries.len();
+        let ops = entries
+            .into_iter()
+            .map(|(key, value)| TxnOp::put(key, value, None))
             .collect();
-        let count = ops.len();
-        if seed_once(client, &format!("{prefix}{marker}"), ops, node).await? {
+        if seed_once(client, &marker, ops, node).await? {
             tracing::info!(
                 marker,
                 entries = count,
@@ -1191,6 +1181,26 @@ async fn seed(client: &mut Client, prefix: &str, file: &Tables, node: &str) -> R
         }
     }
     Ok(())
+}
+
+/// The file's entries as etcd keys and values, under each marker that guards their seeding
+/// (each marker once).
+fn seed_groups(prefix: &str, file: &Tables) -> Vec<(String, Vec<(String, String)>)> {
+    let entries = file.stored();
+    let mut markers: Vec<&str> = Kind::ALL.iter().map(|k| k.marker()).collect();
+    markers.sort_unstable();
+    markers.dedup();
+    markers
+        .into_iter()
+        .map(|marker| {
+            let kvs = entries
+                .iter()
+                .filter(|(kind, _, _)| kind.marker() == marker)
+                .map(|(kind, id, v)| (format!("{prefix}{}/{id}", kind.segment()), v.to_string()))
+                .collect();
+            (format!("{prefix}{marker}"), kvs)
+        })
+        .collect()
 }
 
 /// Writes `ops` unless `marker` exists, in transactions of at most etcd's operation limit,
@@ -1785,6 +1795,42 @@ mod tests {
         let elsewhere = put("other/sales", json!({})).unwrap();
         let e = s.check(&t, "other/sales", &elsewhere).unwrap_err();
         assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+    }
+
+    #[test]
+    fn users_are_seeded_under_their_own_marker() {
+        let c = Config::from_toml(
+            r#"
+            [[routes]]
+            prefix = "1"
+            target = "sip:127.0.0.1:5070"
+            [[tenants]]
+            id = "acme"
+            domain = "acme.test"
+            [[tenants.users]]
+            username = "alice"
+            ha1_md5 = "0123456789abcdef0123456789abcdef"
+            "#,
+        )
+        .unwrap();
+        let s = shared(&c);
+        let groups = seed_groups("/p/config/", &s.snapshot());
+        let keys: Vec<(&str, Vec<&str>)> = groups
+            .iter()
+            .map(|(m, kvs)| (m.as_str(), kvs.iter().map(|(k, _)| k.as_str()).collect()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("/p/config/seeded", vec!["/p/config/routes/1"]),
+                ("/p/config/seeded-users", vec!["/p/config/users/acme/alice"]),
+            ]
+        );
+        let user: Value = serde_json::from_str(&groups[1].1[0].1).unwrap();
+        assert_eq!(
+            user["ha1_md5"], MD5,
+            "a node needs the hashes to authenticate"
+        );
     }
 
     #[test]
