@@ -110,6 +110,7 @@ pub fn describe_all() {
     crate::cluster::membership::describe();
     crate::cluster::port::describe();
     crate::cluster::shared_config::describe();
+    crate::cluster::checkpoints::describe();
     crate::store::describe();
     crate::actors::call::describe_media();
 
