@@ -373,12 +373,10 @@ pub struct TrunkCheckpoint {
 /// hold-down and alarm edges. Every time is wall-clock Unix ms (`now_unix_ms`), the clock
 /// the actor runs on, so it means the same on another node (up to the nodes' clock offset).
 ///
-/// The sliding window's calls are not here: `routing::trunks::Window` keeps its buckets
-/// private and can only be refilled call by call, so a trunk restarted on another node
-/// measures its answer rate afresh (seen at its best until measured, as a new trunk). Its
-/// media average is carried. Health's progress counters towards down (failed probes and calls
-/// in a row while up) are private too and start again at zero; good probes while down are
-/// carried.
+/// The sliding window (answer rate, PDD, quality, media average) is carried whole, except its
+/// last second of attempts (the CPS count is the new owner's own). Health's progress counters
+/// towards down (failed probes and calls in a row while up) are private and start again at
+/// zero; good probes while down are carried.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrunkDurable {
     /// Up (calls may be sent) or down.
@@ -403,6 +401,9 @@ pub struct TrunkDurable {
     pub cps_saturated: bool,
     /// The moving average of anchored calls' media quality: loss, jitter (ms), MOS.
     pub media: Option<(f64, f64, f64)>,
+    /// The sliding window of calls (absent in checkpoints written before it was carried).
+    #[serde(default)]
+    pub window: Option<Window>,
 }
 
 impl TrunkCheckpoint {
@@ -438,6 +439,7 @@ impl TrunkCheckpoint {
             channels_saturated: self.alarms.channels.is_raised(),
             cps_saturated: self.alarms.cps.is_raised(),
             media: self.window.media().map(|m| (m.loss, m.jitter_ms, m.mos)),
+            window: Some(self.window.clone()),
         }
     }
 
@@ -493,7 +495,9 @@ impl TrunkCheckpoint {
         if d.cps_saturated {
             let _ = cp.alarms.cps.check(now, 1, 1);
         }
-        if let Some((loss, jitter_ms, mos)) = d.media {
+        if let Some(w) = &d.window {
+            cp.window = w.clone();
+        } else if let Some((loss, jitter_ms, mos)) = d.media {
             cp.window
                 .with_media(Some(crate::routing::trunks::MediaQuality {
                     loss,
@@ -1055,6 +1059,37 @@ mod tests {
         );
         assert!(!back.health.is_up());
         assert_eq!(back.alarms.asr.baseline(), Some(0.6));
+    }
+
+    #[test]
+    fn the_window_of_calls_crosses_nodes_as_json() {
+        use crate::routing::trunks::{CallRecord, FailoverCause, Outcome};
+        let now = 1_700_000_000_000;
+        let mut cp = worn(now);
+        for i in 0..10u64 {
+            let outcome = if i % 4 == 0 {
+                Outcome::Failover(FailoverCause::ServiceUnavailable)
+            } else {
+                Outcome::Answered
+            };
+            let rec = CallRecord {
+                outcome,
+                pdd_ms: Some(800),
+                duration_ms: Some(30_000),
+                status: Some(if i % 4 == 0 { 503 } else { 200 }),
+            };
+            cp.window.record_call(now - 5_000 + i * 100, rec);
+        }
+        let before = cp.window.count_stats().clone();
+        assert_eq!((before.attempts, before.answered), (10, 7));
+        let json = serde_json::to_vec(&cp.durable()).unwrap();
+        let d: TrunkDurable = serde_json::from_slice(&json).unwrap();
+        let mut back = TrunkCheckpoint::from_durable(&d, &config(10), &sink(), now + 4_000);
+        assert_eq!(back.window.count_stats(), &before);
+        assert_eq!(back.window.time_stats(now + 4_000).answered, 7);
+        // A checkpoint from before the window was carried still reads.
+        let old: TrunkDurable = serde_json::from_str(r#"{"up":true,"since_ms":1,"good_probes":0,"hold_until_ms":0,"hold_ms":0,"up_since_ms":1,"asr_baseline":null,"asr_raised":false,"failure_streak":0,"channels_saturated":false,"cps_saturated":false,"media":null}"#).unwrap();
+        assert!(old.window.is_none());
     }
 
     #[test]

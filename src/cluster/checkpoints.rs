@@ -141,7 +141,8 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 #[derive(Clone, Debug, PartialEq)]
 enum Payload {
     Queue(Counts),
-    Trunk(TrunkDurable),
+    /// Boxed: a trunk's window of calls is a few kilobytes.
+    Trunk(Box<TrunkDurable>),
 }
 
 impl Payload {
@@ -258,7 +259,7 @@ impl Checkpoints {
     fn current(&self, key: &str) -> Option<Payload> {
         if let Some(id) = key.strip_prefix("trunk/") {
             let t = self.0.trunks.get(id)?;
-            return t.durable().map(Payload::Trunk);
+            return t.durable().map(|d| Payload::Trunk(Box::new(d)));
         }
         let (tenant, q) = key.strip_prefix("queue/")?.split_once('/')?;
         let name = queue::actor_name(tenant, q, &self.0.cc.node);
@@ -378,7 +379,7 @@ impl Checkpoints {
             Err(e) => Err(("unavailable", e.clone())),
             Ok(None) => Err(("missing", String::new())),
             Ok(Some(bytes)) if trunk.is_some() => decode_trunk(bytes)
-                .map(|r| Payload::Trunk(r.trunk))
+                .map(|r| Payload::Trunk(Box::new(r.trunk)))
                 .map_err(|e| ("invalid", e)),
             Ok(Some(bytes)) => decode_queue(bytes)
                 .map(|r| Payload::Queue(r.counts))
@@ -408,7 +409,7 @@ impl Checkpoints {
             (Some(id), p) => {
                 if let Some(t) = self.0.trunks.get(id) {
                     let d = match p {
-                        Some(Payload::Trunk(d)) => Some(d.clone()),
+                        Some(Payload::Trunk(d)) => Some(TrunkDurable::clone(d)),
                         _ => None,
                     };
                     t.restore_from(d);
@@ -476,6 +477,7 @@ mod tests {
             channels_saturated: true,
             cps_saturated: false,
             media: Some((0.01, 12.5, 4.1)),
+            window: Some(crate::routing::trunks::Window::new(Default::default())),
         }
     }
 
@@ -523,6 +525,6 @@ mod tests {
         assert_ne!(a, Payload::Queue(c));
         assert_ne!(a.encode(1), a.encode(2));
         assert_eq!(a.kind(), "queue");
-        assert_eq!(Payload::Trunk(durable()).kind(), "trunk");
+        assert_eq!(Payload::Trunk(Box::new(durable())).kind(), "trunk");
     }
 }

@@ -26,7 +26,9 @@ use std::sync::Arc;
 /// The first group comes from the carrier's answer (or its silence); the last three are
 /// decided before anything is sent ([`FailoverCause::is_pre_send`]) and also name why
 /// [`order`] left a trunk out of a [`Plan`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum FailoverCause {
     /// 500 Server Internal Error.
     ServerInternalError,
@@ -96,7 +98,7 @@ impl FailoverCause {
 }
 
 /// What a B-leg's result means for the call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// 2xx: the callee answered.
     Answered,
@@ -337,7 +339,7 @@ impl TryFrom<Vec<CostEntry>> for CostTable {
 // ---------------------------------------------------------------------------------------------
 
 /// One finished call attempt through a trunk (the INVITE was sent).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CallRecord {
     /// [`classify`]'s verdict.
     pub outcome: Outcome,
@@ -350,7 +352,7 @@ pub struct CallRecord {
 }
 
 /// Tuning of a [`Window`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WindowConfig {
     /// Length of the time window (default 5 minutes).
     pub time_window_ms: u64,
@@ -383,7 +385,7 @@ impl Default for WindowConfig {
 }
 
 /// Media quality reported from RTCP once media is anchored (the hook for the quality score).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MediaQuality {
     /// Packet loss fraction, 0..=1.
     pub loss: f64,
@@ -396,7 +398,7 @@ pub struct MediaQuality {
 
 /// Aggregates over a set of calls. Counts and sums are exact integers, so adding and
 /// removing calls never drifts; the ratios are computed on demand.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Calls sent to the trunk.
     pub attempts: u64,
@@ -575,7 +577,11 @@ impl Stats {
 /// Memory is bounded (a fixed number of time buckets, a ring of N calls, at most `cps_cap`
 /// timestamps) and each record is O(1) amortized (plus a log-size map update for the status).
 /// Old data expires on access. `Clone` is the trunk actor's checkpoint: a few kilobytes.
-#[derive(Clone, Debug)]
+///
+/// Serializable as a whole (a cluster hands a trunk's window to its next owner, see
+/// `cluster::checkpoints`); its times are wall-clock milliseconds, so they mean the same on
+/// every node.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Window {
     cfg: WindowConfig,
     bucket_ms: u64,
@@ -584,7 +590,9 @@ pub struct Window {
     time_total: Stats,
     ring: VecDeque<CallRecord>,
     count_total: Stats,
-    /// Times of the attempts of about the last second, oldest first.
+    /// Times of the attempts of about the last second, oldest first. Not handed over: the
+    /// next owner's rate is its own.
+    #[serde(skip)]
     sent: VecDeque<u64>,
     media: Option<MediaQuality>,
 }
