@@ -434,6 +434,9 @@ impl Task {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // Whether this round may have changed who should own what: the watch also sees
+            // the checkpoints and the shared configuration under the prefix, which do not.
+            let mut relevant = true;
             if stream.is_none() {
                 match self.watch().await {
                     Ok(s) => stream = Some(s),
@@ -453,7 +456,7 @@ impl Task {
                                 tracing::warn!(error = %e, "cluster reload failed");
                             }
                         }
-                        Ok(Some(resp)) => self.apply(&resp),
+                        Ok(Some(resp)) => relevant = self.apply(&resp),
                         Ok(None) | Err(_) => {
                             metrics::counter!(CLUSTER_ETCD_ERRORS, "op" => "watch").increment(1);
                             stream = None;
@@ -494,20 +497,27 @@ impl Task {
                     }
                 },
             }
-            self.reconcile().await;
+            if relevant {
+                self.reconcile().await;
+            }
         }
     }
 
     /// Applies watch events to the directory.
-    fn apply(&mut self, resp: &etcd_client::WatchResponse) {
+    /// Applies a watch response; whether any of its events is about membership (nodes,
+    /// owners, usage).
+    fn apply(&mut self, resp: &etcd_client::WatchResponse) -> bool {
         if let Some(h) = resp.header() {
             self.revision = self.revision.max(h.revision());
         }
         let mut nodes_changed = false;
+        let mut relevant = false;
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
             let Ok(k) = kv.key_str() else { continue };
-            match (self.classify(k), ev.event_type()) {
+            let key = self.classify(k);
+            relevant |= key.is_some();
+            match (key, ev.event_type()) {
                 (Some(Key::Node(name)), EventType::Put) => {
                     if let Ok(info) = serde_json::from_str::<NodeInfo>(kv.value_str().unwrap_or(""))
                     {
@@ -567,6 +577,7 @@ impl Task {
         if nodes_changed {
             self.publish_nodes();
         }
+        relevant
     }
 
     fn publish_nodes(&self) {
