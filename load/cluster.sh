@@ -106,7 +106,8 @@ say "trunk                  carrier: max_channels $TRUNK_LIMIT, offered $TRUNK_C
 (exec etcd --name load --data-dir "$OUT/etcd" \
     --listen-client-urls "http://$HOST:$ETCD_PORT" --advertise-client-urls "http://$HOST:$ETCD_PORT" \
     --listen-peer-urls "http://$HOST:$ETCD_PEER" --initial-advertise-peer-urls "http://$HOST:$ETCD_PEER" \
-    --initial-cluster "load=http://$HOST:$ETCD_PEER") > "$OUT/etcd.log" 2>&1 < /dev/null &
+    --initial-cluster "load=http://$HOST:$ETCD_PEER" \
+    --auto-compaction-mode=periodic --auto-compaction-retention=10m) > "$OUT/etcd.log" 2>&1 < /dev/null &
 ETCD=$!
 CHILD_PIDS+=("$ETCD")
 for _ in $(seq 1 100); do
