@@ -12,7 +12,7 @@ use crate::actors::queue::CcContext;
 use crate::actors::registrar::{Location, RegistrarArgs};
 use crate::actors::router::{Admission, NumberRoute, Numbers, Router, Routes};
 use crate::actors::store_writer;
-use crate::actors::trunk::{TrunkShared, TrunkTable};
+use crate::actors::trunk::{LiveTrunks, TrunkShared, TrunkTable};
 use crate::config::Config;
 use crate::routing::auth::Authenticator;
 use crate::supervision::tree::{self, TenantSpec, Tree};
@@ -208,17 +208,16 @@ impl Node {
             config.sip.advertise,
         ));
         let keys = start_media(&config, &ctx)?;
-        // Trunks: budgets and health flags shared by calls and trunk actors.
-        let trunk_table: Arc<TrunkTable> = Arc::new(
-            config
-                .trunks
-                .iter()
-                .map(|t| {
-                    let shared = Arc::new(TrunkShared::new(t.clone()));
-                    (shared.id.clone(), shared)
-                })
-                .collect(),
-        );
+        // Trunks: budgets and health flags shared by calls and trunk actors; replaced when
+        // trunks change through the API.
+        let trunk_table: TrunkTable = config
+            .trunks
+            .iter()
+            .map(|t| {
+                let shared = Arc::new(TrunkShared::new(t.clone()));
+                (shared.id.clone(), shared)
+            })
+            .collect();
         if config.cluster.is_some() {
             // A trunk's limits are the cluster's: no channel is used here before this node's
             // part is known (cluster::channels).
@@ -226,6 +225,7 @@ impl Node {
                 t.set_caps(0, 0);
             }
         }
+        let trunk_table = Arc::new(LiveTrunks::new(trunk_table));
         let _ = ctx.trunks.set(trunk_table.clone());
         // The contact centre: queues and agents share one context with the calls.
         let cc = Arc::new(CcContext::new(
@@ -272,7 +272,7 @@ impl Node {
             &tenants,
             registrar,
             cc.clone(),
-            trunk_table.values().cloned().collect(),
+            trunk_table.clone(),
             tree::TreeOptions {
                 alarms: crate::actors::alarms::AlarmSink::start(&config.alarms, &node_name)
                     .map_err(|e| format!("alarms.webhook_url: {e}"))?,
@@ -285,7 +285,7 @@ impl Node {
             },
         )
         .await?;
-        let routes = Arc::new(Routes::new(&config.routes, &trunk_table));
+        let routes = Arc::new(Routes::new(&config.routes, &trunk_table.current()));
         let numbers = Arc::new(Numbers::new(numbers));
         // Routes, numbers, users and queues changed through the API (kept in SQLite, or in
         // etcd for a cluster) are put in force over the file's before the first call.

@@ -1,9 +1,10 @@
-//! Routes, numbers and users changed through the API on a node alone: in force for the next
+//! Routes, numbers, trunks and users changed through the API on a node alone: in force for the next
 //! call or REGISTER, kept across a restart, refused (400 naming the field, 401/403 without
 //! the token) exactly where the config file would be. And in a cluster (a real etcd, three
 //! switchyard processes on 127.0.0.1-3): a route put through one node routes calls on
 //! another within a second, and a user put through one node registers through another
-//! within a second.
+//! within a second; a trunk put through one node is claimed by exactly one node and carries
+//! calls routed through another.
 
 mod common;
 
@@ -318,7 +319,7 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
         404
     );
     // What stays file-configured is refused, not ignored.
-    for path in ["/trunks/t1", "/tenants/cc/queues/new", "/tenants/cc"] {
+    for path in ["/tenants/cc/queues/new", "/tenants/cc"] {
         let r = put(&node, path, AUTH, "{}").await;
         assert_eq!(r.status, 501, "{path}: {}", r.body);
     }
@@ -429,6 +430,97 @@ async fn a_queue_changed_through_the_api_keeps_its_callers_and_takes_the_new_lim
     node.shutdown().await;
     let node = start_with(node_config(dir.path(), target.addr)).await;
     wait_queue(&node, |q| q["service_level_secs"] == 42).await;
+    node.shutdown().await;
+}
+
+/// Polls (bounded) until `pred` holds.
+async fn eventually(what: &str, pred: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !pred() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A trunk's body for `PUT /trunks/{id}`: one gateway, no probes (the test UAs stay quiet).
+fn trunk_body(gateway: SocketAddr) -> String {
+    format!(r#"{{"gateways": ["sip:{gateway}"], "probe_interval_secs": 0}}"#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_put_through_the_api_carries_calls_and_is_kept_while_routes_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caller, gw, gw2, file_target) = (
+        Ua::new().await,
+        Ua::new().await,
+        Ua::new().await,
+        Ua::new().await,
+    );
+    let node = start_with(node_config(dir.path(), file_target.addr)).await;
+    assert_eq!(get(&node, "/trunks").await, serde_json::json!([]));
+    // A route cannot name a trunk that is not there yet.
+    let route = r#"{"prefix": "44", "trunks": ["carrier"]}"#;
+    assert_bad(&put(&node, "/routes/out", AUTH, route).await, "trunks");
+    assert_bad(
+        &put(
+            &node,
+            "/trunks/carrier",
+            AUTH,
+            r#"{"gateways": ["tel:+1"]}"#,
+        )
+        .await,
+        "gateways[0]",
+    );
+    let r = put(&node, "/trunks/carrier", None, &trunk_body(gw.addr)).await;
+    assert_eq!(r.status, 401);
+
+    let r = put(&node, "/trunks/carrier", AUTH, &trunk_body(gw.addr)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let shown: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(shown["id"], "carrier");
+    assert_eq!(
+        shown["auth_password_set"], false,
+        "a password is never shown"
+    );
+    assert_eq!(shown["invite_timeout_ms"], 3000, "defaults are shown");
+    let catalog = &node.tree.singletons;
+    eventually("the new trunk's actor runs", || {
+        catalog.running("trunk/carrier")
+    })
+    .await;
+    assert_eq!(put(&node, "/routes/out", AUTH, route).await.status, 201);
+    call_reaches(&node, &caller, &gw, "4420").await;
+
+    // In use by a route: not deleted.
+    let r = delete(&node, "/trunks/carrier").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("out"), "{}", r.body);
+
+    // Changed: the next call goes to its new gateway; the same PUT again is a 200.
+    let r = put(&node, "/trunks/carrier", AUTH, &trunk_body(gw2.addr)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    call_reaches(&node, &caller, &gw2, "4420").await;
+    eventually("the changed trunk's actor runs", || {
+        catalog.running("trunk/carrier")
+    })
+    .await;
+    let trunks = get(&node, "/trunks").await;
+    assert_eq!(trunks[0]["gateways"][0], format!("sip:{}", gw2.addr));
+    node.shutdown().await;
+
+    // Both outlive a restart; then the route goes, and the trunk with it.
+    let node = start_with(node_config(dir.path(), file_target.addr)).await;
+    call_reaches(&node, &caller, &gw2, "4420").await;
+    assert!(node.tree.singletons.running("trunk/carrier"));
+    assert_eq!(delete(&node, "/routes/out").await.status, 204);
+    assert_eq!(delete(&node, "/trunks/carrier").await.status, 204);
+    assert_eq!(delete(&node, "/trunks/carrier").await.status, 404);
+    let catalog = &node.tree.singletons;
+    eventually("the deleted trunk's actor stops", || {
+        !catalog.running("trunk/carrier") && !catalog.contains("trunk/carrier")
+    })
+    .await;
+    assert_eq!(get(&node, "/trunks").await, serde_json::json!([]));
     node.shutdown().await;
 }
 
@@ -769,6 +861,87 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         }
         assert!(Instant::now() < deadline, "queue change not in force");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A trunk put on node 1 is owned by exactly one node within two seconds, and a call
+    // through node 3 on a route to it reaches its gateway.
+    let gw = Ua::new().await;
+    let start = Instant::now();
+    let r = http_request(
+        n1.http,
+        "PUT",
+        "/trunks/carrier",
+        Some(&bearer),
+        &trunk_body(gw.addr),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let owners_of = |http: SocketAddr, key: &'static str| async move {
+        let r = http_request(http, "GET", "/cluster", None, "").await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let owners: Vec<String> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["owns"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|k| k == key))
+            })
+            .filter_map(|n| n["name"].as_str().map(str::to_string))
+            .collect();
+        owners
+    };
+    loop {
+        let owners = owners_of(n1.http, "trunk/carrier").await;
+        if owners.len() == 1 {
+            eprintln!(
+                "trunk put on n1: owned by {owners:?} after {:?}",
+                start.elapsed()
+            );
+            break;
+        }
+        assert!(owners.len() < 2, "owned twice: {owners:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "new trunk not owned in 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let route = r#"{"prefix": "66", "trunks": ["carrier"]}"#;
+    let r = http_request(n1.http, "PUT", "/routes/out", Some(&bearer), route).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_routes(n3.http, Duration::from_secs(1), |ids| {
+        ids.iter().any(|i| i == "out")
+    })
+    .await;
+    let cid = rand_token();
+    caller
+        .send(n3.sip, &invite(&cid, "6620", caller.addr, n3.sip))
+        .await;
+    let (inv, from) = gw.expect_request("INVITE").await;
+    gw.send(from, &answer(&inv, 486, "Busy Here", "b1", gw.addr, ""))
+        .await;
+    caller
+        .expect("486 through n3 and the new trunk", |m| {
+            m.status() == Some(486) && call_id(m) == cid
+        })
+        .await;
+    // In use by the route: refused on any node; once the route goes, deleted and released.
+    let r = http_request(n2.http, "DELETE", "/trunks/carrier", Some(&bearer), "").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = http_request(n2.http, "DELETE", "/routes/out", Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http_request(n2.http, "DELETE", "/trunks/carrier", Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !owners_of(n1.http, "trunk/carrier").await.is_empty() {
+        assert!(Instant::now() < deadline, "deleted trunk still owned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in &nodes {
+        let r = http_request(n.http, "GET", "/trunks", None, "").await;
+        assert_eq!(r.body, "[]", "trunk deleted everywhere");
     }
 
     // Two nodes accepting clashing routes at once (two ids, one prefix): exactly one wins,

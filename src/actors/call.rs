@@ -137,7 +137,7 @@ pub struct CallContext {
     /// Queues and agents, for queued calls (set once the contact centre starts).
     pub cc: OnceLock<std::sync::Weak<crate::actors::queue::CcContext>>,
     /// The node's trunks (channels are given back through it, also after a restart).
-    pub trunks: OnceLock<Arc<super::trunk::TrunkTable>>,
+    pub trunks: OnceLock<Arc<super::trunk::LiveTrunks>>,
     /// Media anchoring (set once the relay engine runs).
     pub media: OnceLock<Arc<MediaCtx>>,
 }

@@ -358,7 +358,8 @@ impl RouteTable {
                 let first = members.first()?.gateway()?;
                 let trunk_anchors = members.iter().any(|t| t.config.media == MediaMode::Anchor);
                 let target_text = format!("trunks:{}", r.trunks.join(","));
-                // Trunks are file-configured, so the same ids are the same trunks.
+                // The same trunks (a changed trunk is a new `TrunkShared`): the group and its
+                // round-robin state carry over.
                 let kept = previous
                     .and_then(|p| {
                         p.routes
@@ -370,6 +371,10 @@ impl RouteTable {
                         g.policy == r.policy
                             && g.max_attempts == r.max_attempts
                             && g.trunks.len() == members.len()
+                            && g.trunks
+                                .iter()
+                                .zip(&members)
+                                .all(|(a, b)| Arc::ptr_eq(a, b))
                     });
                 let group = kept.unwrap_or_else(|| {
                     Arc::new(TrunkGroup {

@@ -101,7 +101,10 @@ pub struct TrunkShared {
     pub config: TrunkConfig,
     gateways: Vec<RouteTarget>,
     next_gateway: AtomicUsize,
-    channels: AtomicU32,
+    /// Shared with the trunk's replacements after a configuration change (see
+    /// [`TrunkShared::replacing`]): calls that seized a channel under the old configuration
+    /// give it back to the same count, so no limit is exceeded across the change.
+    channels: Arc<AtomicU32>,
     cps: Mutex<(f64, Instant)>,
     /// This node's part of `max_channels` and `max_cps` in a cluster (the limits hold for
     /// the whole cluster); the configured limits themselves on a node alone.
@@ -139,7 +142,7 @@ impl TrunkShared {
             id,
             gateways,
             next_gateway: AtomicUsize::new(0),
-            channels: AtomicU32::new(0),
+            channels: Arc::new(AtomicU32::new(0)),
             cps: Mutex::new((f64::from(config.max_cps.max(1)), Instant::now())),
             channel_cap: AtomicU32::new(config.max_channels),
             cps_cap: AtomicU32::new(config.max_cps),
@@ -152,6 +155,40 @@ impl TrunkShared {
             durable: Mutex::new(None),
             restore: Mutex::new(None),
         }
+    }
+
+    /// The trunk with a new configuration (changed through the API) in place of `old`: the
+    /// channel count is the same counter, so channels seized before the change are given
+    /// back to it and count against the new limit; this node's part of the limits, the up
+    /// flag and the recent figures carry over until the trunk actor (restarted with this)
+    /// and, in a `cluster`, the next sharing of the limits decide; the actor's next start resumes from `old`'s
+    /// checkpoint, rebuilt under the new configuration.
+    pub fn replacing(config: TrunkConfig, old: &TrunkShared, cluster: bool) -> TrunkShared {
+        let mut new = TrunkShared::new(config);
+        new.channels = old.channels.clone();
+        if cluster {
+            // This node's part of a lowered limit is never above the limit; a trunk that
+            // had no limit had no part (0) and takes none until the next sharing (within
+            // half a second) gives it one.
+            let keep = |part: &AtomicU32, limit: u32| part.load(Ordering::Relaxed).min(limit);
+            new.set_caps(
+                keep(&old.channel_cap, new.config.max_channels),
+                keep(&old.cps_cap, new.config.max_cps),
+            );
+        }
+        new.set_up(old.is_up());
+        *new.figures.get_mut().unwrap_or_else(|e| e.into_inner()) =
+            *old.figures.lock().unwrap_or_else(|e| e.into_inner());
+        let handed = match old.durable() {
+            Some(d) => Some(Some(d)),
+            None => old
+                .restore
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        };
+        *new.restore.get_mut().unwrap_or_else(|e| e.into_inner()) = handed;
+        new
     }
 
     /// The durable part of the trunk actor's checkpoint, as of its last message (None
@@ -286,8 +323,89 @@ impl TrunkShared {
     }
 }
 
-/// All trunks of a node, by id (fixed at start).
+/// All trunks of a node, by id (one version of [`LiveTrunks`]).
 pub type TrunkTable = std::collections::HashMap<Arc<str>, Arc<TrunkShared>>;
+
+/// The node's trunks in force, replaced whole when trunks are added, changed or removed
+/// through the API (`cluster::shared_config`). Readers take the current table or one trunk
+/// (an owned `Arc`, so a replacement never pulls it from under them); a call's trunk plan
+/// holds the trunks it was planned with.
+#[derive(Debug, Default)]
+pub struct LiveTrunks {
+    table: std::sync::RwLock<Arc<TrunkTable>>,
+    /// The trunk versions `table["id"]` handed out (see the `Index` impl).
+    pinned: std::sync::OnceLock<Box<Pinned>>,
+}
+
+/// A trunk version kept for as long as the [`LiveTrunks`] (a grow-only list, so a
+/// reference into it lives as long as the table does).
+#[derive(Debug)]
+struct Pinned {
+    trunk: Arc<TrunkShared>,
+    next: std::sync::OnceLock<Box<Pinned>>,
+}
+
+impl LiveTrunks {
+    /// The trunks of a node's start.
+    pub fn new(table: TrunkTable) -> LiveTrunks {
+        LiveTrunks {
+            table: std::sync::RwLock::new(Arc::new(table)),
+            pinned: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The table in force now.
+    pub fn current(&self) -> Arc<TrunkTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One trunk of the table in force.
+    pub fn get(&self, id: &str) -> Option<Arc<TrunkShared>> {
+        self.table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Puts `table` in force.
+    pub fn replace(&self, table: TrunkTable) {
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
+
+    /// `trunk`, kept alive as long as `self` so that a plain reference to it can be handed
+    /// out.
+    fn pin(&self, trunk: Arc<TrunkShared>) -> &TrunkShared {
+        let mut slot = &self.pinned;
+        loop {
+            match slot.get() {
+                Some(p) if Arc::ptr_eq(&p.trunk, &trunk) => return &p.trunk,
+                Some(p) => slot = &p.next,
+                None => {
+                    // Lost a race: another version went there; walk on either way.
+                    let _ = slot.set(Box::new(Pinned {
+                        trunk: trunk.clone(),
+                        next: std::sync::OnceLock::new(),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// `trunks["id"]`: the trunk in force now, for tests and tools (the switch itself uses
+/// [`LiveTrunks::get`]). Each version handed out this way is kept with the table, so the
+/// reference stays valid across a replacement. Panics if there is no such trunk.
+impl std::ops::Index<&str> for LiveTrunks {
+    type Output = TrunkShared;
+
+    fn index(&self, id: &str) -> &TrunkShared {
+        let trunk = self
+            .get(id)
+            .unwrap_or_else(|| panic!("no trunk {id:?} in force"));
+        self.pin(trunk)
+    }
+}
 
 /// How one attempt on a trunk ended (sent by the call actor).
 #[derive(Clone, Debug)]
@@ -968,6 +1086,25 @@ mod tests {
             "id = \"t1\"\ngateways = [\"sip:127.0.0.1:5070\", \"sip:127.0.0.1:5071;transport=tcp\"]\nmax_channels = {max_channels}\nstrip = 1\nprefix = \"00\"\n"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn a_replaced_trunk_shares_its_channel_count_and_indexing_follows_the_table() {
+        let old = Arc::new(TrunkShared::new(config(2)));
+        old.seize().unwrap();
+        let live = LiveTrunks::new([(old.id.clone(), old.clone())].into_iter().collect());
+        let before: &TrunkShared = &live["t1"];
+        assert!(std::ptr::eq(before, &*old));
+        let new = Arc::new(TrunkShared::replacing(config(1), &old, false));
+        assert_eq!(new.channels(), 1, "the call from before counts");
+        assert_eq!(new.seize(), Err(FailoverCause::ChannelsFull), "new limit 1");
+        live.replace([(new.id.clone(), new.clone())].into_iter().collect());
+        assert!(std::ptr::eq(&live["t1"], &*new));
+        assert!(Arc::ptr_eq(&live.get("t1").unwrap(), &new));
+        old.release(); // the old call ends through the trunk it seized
+        assert_eq!(new.channels(), 0);
+        assert_eq!(before.channels(), 0, "an indexed version stays readable");
+        assert!(live.get("t2").is_none());
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Configuration routes: routes, numbers, tenants' users and queues changed while the switch
+//! Configuration routes: routes, numbers, trunks, tenants' users and queues changed while the switch
 //! runs, in force at once (on every node of a cluster within a second). See
 //! [`crate::cluster::shared_config`].
 //!
@@ -14,7 +14,10 @@
 //! | `PUT /tenants/{tenant}/users/{name}` | (token) body: the `[[tenants.users]]` fields (`ha1_md5`, `ha1_sha256`); 201 or 200 with the user as shown; 404 for no such tenant |
 //! | `DELETE /tenants/{tenant}/users/{name}` | (token) 204; 404 if there is no such user |
 //! | `PUT /tenants/{tenant}/queues/{id}` | (token) body: the `[[tenants.queues]]` fields, replacing the queue's (left-out fields take their defaults); 200 with the body as stored; the queue actor restarts with it and keeps its callers; 501 for a queue the file does not have |
-//! | `PUT`/`DELETE /trunks/{id}`, `/tenants/{id}`; `DELETE /tenants/{tenant}/queues/{id}` | 501: file-configured |
+//! | `GET /trunks` | every trunk with all fields; the carrier password is never shown (`auth_password_set` instead, ignored when sent back) |
+//! | `PUT /trunks/{id}` | (token) body: the `[[trunks]]` fields as JSON; 201 created or 200 replaced, with the trunk as shown. A new trunk's actor starts at once (alone) or on the node that claims `trunk/<id>` (cluster); a changed one's actor restarts with it, from its checkpoint, and its channels in use still count |
+//! | `DELETE /trunks/{id}` | (token) 204; 409 while a route names the trunk; 404 if there is no such trunk. Its actor stops (its owner key is released); calls on it go on |
+//! | `PUT`/`DELETE /tenants/{id}`; `DELETE /tenants/{tenant}/queues/{id}` | 501: file-configured |
 //!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
 //! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
@@ -57,8 +60,13 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         "/tenants/{tenant}/queues/{id}",
         put_in_tenant(Kind::Queue).delete(file_configured),
     );
+    let router = route(router, "/trunks", get(list_trunks));
+    let router = route(
+        router,
+        "/trunks/{id}",
+        axum::routing::put(put_trunk).delete(delete_trunk),
+    );
     let refuse = || axum::routing::put(file_configured).delete(file_configured);
-    let router = route(router, "/trunks/{id}", refuse());
     route(router, "/tenants/{id}", refuse())
 }
 
@@ -98,6 +106,7 @@ fn error_response(e: ChangeError) -> Response {
         ChangeError::Unsupported(why) => {
             Problem::new(StatusCode::NOT_IMPLEMENTED, why).into_response()
         }
+        ChangeError::InUse(why) => Problem::new(StatusCode::CONFLICT, why).into_response(),
     }
 }
 
@@ -161,6 +170,11 @@ async fn list_routes(State(state): State<ApiState>) -> Result<Response, Refused>
     Ok(Json(config.routes()).into_response())
 }
 
+async fn list_trunks(State(state): State<ApiState>) -> Result<Response, Refused> {
+    let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
+    Ok(Json(config.trunks()).into_response())
+}
+
 async fn list_numbers(State(state): State<ApiState>) -> Result<Response, Refused> {
     let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
     Ok(Json(config.numbers()).into_response())
@@ -220,6 +234,23 @@ async fn delete_route(
     delete_entry(&state, &headers, Kind::Route, &id).await
 }
 
+async fn put_trunk(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    put_entry(&state, &headers, Kind::Trunk, &id, &body).await
+}
+
+async fn delete_trunk(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    delete_entry(&state, &headers, Kind::Trunk, &id).await
+}
+
 async fn put_number(
     State(state): State<ApiState>,
     Path(number): Path<String>,
@@ -257,12 +288,12 @@ fn put_in_tenant(kind: Kind) -> MethodRouter<ApiState> {
     )
 }
 
-/// Changes to what stays file-configured (trunks, tenants, adding or removing a queue) are
-/// refused, not ignored: 501 saying so.
+/// Changes to what stays file-configured (tenants, adding or removing a queue) are refused,
+/// not ignored: 501 saying so.
 async fn file_configured() -> Response {
     Problem::new(
         StatusCode::NOT_IMPLEMENTED,
-        "trunks and tenants, and which queues a tenant has, are configured in the config file only: change the file and restart the node",
+        "tenants, and which queues a tenant has, are configured in the config file only: change the file and restart the node",
     )
     .into_response()
 }

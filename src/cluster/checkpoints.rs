@@ -34,7 +34,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::Directory;
 use crate::actors::queue::{self, CcContext, Counts, QueueCheckpoint};
-use crate::actors::trunk::{TrunkDurable, TrunkTable};
+use crate::actors::trunk::{LiveTrunks, TrunkDurable};
 use crate::store::now_unix_ms;
 use crate::supervision::tree::Catalog;
 
@@ -171,7 +171,7 @@ struct Inner {
     directory: Arc<Directory>,
     catalog: Catalog,
     cc: Arc<CcContext>,
-    trunks: Arc<TrunkTable>,
+    trunks: Arc<LiveTrunks>,
     /// What this node last wrote (or restored) per singleton key.
     written: Mutex<HashMap<String, Payload>>,
     /// One writer at a time: the final write of a give-away is never overtaken by an older
@@ -196,7 +196,7 @@ impl Checkpoints {
         directory: Arc<Directory>,
         catalog: Catalog,
         cc: Arc<CcContext>,
-        trunks: Arc<TrunkTable>,
+        trunks: Arc<LiveTrunks>,
     ) -> Checkpoints {
         Checkpoints(Arc::new(Inner {
             client,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::checkpoints::Checkpoints;
 use super::{channels, ownership, ClusterConfig, Directory, NodeInfo, NodeState};
 use crate::actors::queue::CcContext;
-use crate::actors::trunk::TrunkTable;
+use crate::actors::trunk::LiveTrunks;
 use crate::supervision::tree::Catalog;
 
 /// Live nodes by state (`up`, `draining`).
@@ -135,7 +135,7 @@ impl Membership {
         info: NodeInfo,
         directory: Arc<Directory>,
         catalog: Catalog,
-        trunks: Arc<TrunkTable>,
+        trunks: Arc<LiveTrunks>,
         cc: Arc<CcContext>,
     ) -> Result<Membership, String> {
         let client = super::etcd_connect(cfg).await?;
@@ -245,8 +245,8 @@ impl Membership {
             unowned: self
                 .catalog
                 .keys()
+                .into_iter()
                 .filter(|k| self.directory.owner(k).is_none())
-                .map(str::to_string)
                 .collect(),
         }
     }
@@ -267,7 +267,7 @@ struct Task {
     /// The etcd revision the directory reflects.
     revision: i64,
     draining_reply: Option<oneshot::Sender<()>>,
-    trunks: Arc<TrunkTable>,
+    trunks: Arc<LiveTrunks>,
     /// Channels in use per trunk, as each live node last published them.
     usage: HashMap<String, HashMap<String, u32>>,
     /// What dead nodes last held, counted against the limits until the deadline.
@@ -431,6 +431,7 @@ impl Task {
         state: Arc<Mutex<NodeState>>,
     ) {
         let mut stream = None;
+        let wake = self.catalog.waker();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -465,6 +466,8 @@ impl Task {
                     }
                 }
                 _ = tick.tick() => {}
+                // Singletons added or removed (configuration changed through the API).
+                _ = wake.notified() => {}
                 changed = lost.changed() => {
                     if changed.is_err() || *lost.borrow() {
                         lost = self.rejoin().await;
@@ -597,7 +600,18 @@ impl Task {
             .filter(|n| n.state == NodeState::Up)
             .map(|n| n.name)
             .collect();
-        let keys: Vec<String> = self.catalog.keys().map(str::to_string).collect();
+        let keys: Vec<String> = self.catalog.keys();
+        // Removed from the configuration (a trunk deleted through the API): its actor was
+        // stopped on removal; the key is given up.
+        let removed: Vec<String> = self
+            .owned
+            .iter()
+            .filter(|k| !self.catalog.contains(k))
+            .cloned()
+            .collect();
+        for key in removed {
+            self.release(&key).await;
+        }
         for key in keys {
             let desired = ownership::owner(&key, &up);
             let mine = desired == Some(self.info.name.as_str());
@@ -627,6 +641,7 @@ impl Task {
             || self
                 .catalog
                 .keys()
+                .iter()
                 .all(|k| self.directory.owner(k).is_some_and(|o| o != self.info.name));
         if self.draining_reply.is_some() && self.owned.is_empty() && taken {
             if let Some(reply) = self.draining_reply.take() {
@@ -645,7 +660,7 @@ impl Task {
         )];
         for also in self.catalog.also(key) {
             ops.push(TxnOp::put(
-                self.owner_key(also),
+                self.owner_key(&also),
                 self.info.name.clone(),
                 Some(put.clone()),
             ));
@@ -664,7 +679,7 @@ impl Task {
         }
         self.owned.insert(key.to_string());
         self.directory.set_owner(key, &self.info.name);
-        for also in self.catalog.also(key).to_vec() {
+        for also in self.catalog.also(key) {
             self.directory.set_owner(&also, &self.info.name);
         }
         // Before the actor starts, so it resumes from where its previous owner left it.
@@ -697,7 +712,15 @@ impl Task {
         let okey = self.owner_key(key);
         let mut ops = vec![TxnOp::delete(okey.clone(), None)];
         for also in self.catalog.also(key) {
-            ops.push(TxnOp::delete(self.owner_key(also), None));
+            ops.push(TxnOp::delete(self.owner_key(&also), None));
+        }
+        if !self.catalog.contains(key) {
+            // Removed from the configuration: a trunk added again later under the same id
+            // starts afresh, not from this one's health.
+            ops.push(TxnOp::delete(
+                format!("{}/checkpoints/{key}", self.prefix),
+                None,
+            ));
         }
         let txn = Txn::new()
             .when([Compare::value(
@@ -722,6 +745,7 @@ impl Task {
     async fn share_trunks(&mut self) {
         let limited: Vec<_> = self
             .trunks
+            .current()
             .values()
             .filter(|t| t.config.max_channels > 0 || t.config.max_cps > 0)
             .cloned()

@@ -1,20 +1,24 @@
-//! Routes, numbers and tenants' users changed while the switch runs (`PUT /routes/{id}`, `PUT
-//! /numbers/{number}`, `PUT /tenants/{tenant}/users/{name}`, ...), put in force without a
-//! restart.
+//! Routes, numbers, trunks and tenants' users changed while the switch runs (`PUT
+//! /routes/{id}`, `PUT /numbers/{number}`, `PUT /trunks/{id}`, `PUT
+//! /tenants/{tenant}/users/{name}`, ...), put in force without a restart.
 //!
-//! [`SharedConfig`] holds the current routes, numbers and users (the config file's, with the
-//! changes applied over them) and swaps the router's [`Routes`] and [`Numbers`] tables and
-//! the [`Authenticator`]'s user tables whole on every change; calls in progress keep the
-//! route they started with. A removed user's registrations stay until they expire (at most
+//! [`SharedConfig`] holds the current routes, numbers, trunks and users (the config file's,
+//! with the changes applied over them) and swaps the node's [`LiveTrunks`], the router's
+//! [`Routes`] and [`Numbers`] tables and the [`Authenticator`]'s user tables whole on every
+//! change; calls in progress keep the route and trunks they started with. A changed trunk
+//! keeps its channel count ([`TrunkShared::replacing`]) and its actor restarts with it; a new
+//! trunk becomes a singleton of the tree's [`Catalog`] (started at once alone, claimed by one
+//! node in a cluster); a deleted one (refused while a route names it) is stopped. A removed user's registrations stay until they expire (at most
 //! `registrar.max_expires_secs`), but the user can neither refresh them nor authenticate.
 //!
 //! - **Alone**, a change is validated, written to the node's SQLite overrides table
 //!   (`store::config`) and applied at once; at start the overrides are applied over the file.
 //! - **In a cluster**, etcd holds the shared copy: `<prefix>/config/routes/<id>`,
-//!   `<prefix>/config/numbers/<number>` and `<prefix>/config/users/<tenant>/<name>` (JSON).
-//!   The first node that finds no `<prefix>/config/seeded` marker seeds etcd from its file
-//!   (in a transaction, so only one does); users have their own marker (`seeded-users`), so
-//!   a cluster seeded before users were shared gets its users from the next node to start. A change is written to etcd, and every node, the writer included, applies it from
+//!   `<prefix>/config/numbers/<number>`, `<prefix>/config/trunks/<id>` and
+//!   `<prefix>/config/users/<tenant>/<name>` (JSON). The first node that finds no
+//!   `<prefix>/config/seeded` marker seeds etcd from its file (in a transaction, so only one
+//!   does); users and trunks have their own markers (`seeded-users`, `seeded-trunks`), so a
+//!   cluster seeded before they were shared gets them from the next node to start. A change is written to etcd, and every node, the writer included, applies it from
 //!   its watch, so all nodes agree on one order; the API answers once its own node has applied
 //!   the write. The task has its own etcd client and reloads everything if the watch fails or
 //!   falls behind a compaction.
@@ -24,8 +28,8 @@
 //! A queue of the file may get a new configuration (`PUT /tenants/{tenant}/queues/{id}`,
 //! stored under `queues/<tenant>/<id>`, never seeded): every node keeps it for the queue's
 //! next start, and the node running the queue restarts its actor, which resumes its callers
-//! from its checkpoint. Trunks, tenants and which queues a tenant has stay file-configured
-//! (the API refuses their changes with 501).
+//! from its checkpoint. Tenants and which queues a tenant has stay file-configured (the API
+//! refuses their changes with 501).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -39,7 +43,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::actors::router::{NumberRoute, Numbers, RouteTable, Routes};
-use crate::actors::trunk::TrunkTable;
+use crate::actors::trunk::{LiveTrunks, TrunkShared, TrunkTable};
 use crate::config::{
     AgentConfig, Config, MediaMode, NumberConfig, QueueConfig, RouteConfig, TenantConfig,
     TrunkConfig, UserConfig,
@@ -47,13 +51,14 @@ use crate::config::{
 use crate::routing::auth::{Authenticator, UserKeys, UserMap};
 use crate::routing::trunks::Policy;
 use crate::store::config as overrides;
-use crate::supervision::tree::Catalog;
+use crate::supervision::tree::{trunk_key, Catalog};
 
-/// Counter, labels `kind` (`route`, `number`, `user`) and `source` (`api`: this node's API, alone;
+/// Counter, labels `kind` (`route`, `number`, `user`, `queue`, `trunk`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.
 pub const CONFIG_CHANGES_TOTAL: &str = "switchyard_config_changes_total";
 /// Counter, labels `kind` and `reason` (`invalid`, `unauthorized`, `unavailable`,
-/// `not_found`, `stale`, `bad_json`): changes refused or skipped.
+/// `not_found`, `stale`, `bad_json`, `conflict`, `unsupported`, `in_use`): changes refused or
+/// skipped.
 pub const CONFIG_REJECTED_TOTAL: &str = "switchyard_config_rejected_total";
 /// Gauge: the configuration's generation on this node, bumped per applied change (or
 /// reload); nodes that have applied the same changes show the same routes.
@@ -63,11 +68,11 @@ pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub fn describe() {
     metrics::describe_counter!(
         CONFIG_CHANGES_TOTAL,
-        "Route, number and user changes applied, by kind and source (api, cluster, store)"
+        "Route, number, trunk, user and queue changes applied, by kind and source (api, cluster, store)"
     );
     metrics::describe_counter!(
         CONFIG_REJECTED_TOTAL,
-        "Route, number and user changes refused or skipped, by kind and reason"
+        "Route, number, trunk, user and queue changes refused or skipped, by kind and reason"
     );
     metrics::describe_gauge!(
         CONFIG_GENERATION,
@@ -93,10 +98,18 @@ pub enum Kind {
     User,
     /// A new configuration for one of a tenant's (file) queues, by `<tenant>/<queue>`.
     Queue,
+    /// A carrier trunk, by id.
+    Trunk,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Route, Kind::Number, Kind::User, Kind::Queue];
+    const ALL: [Kind; 5] = [
+        Kind::Route,
+        Kind::Number,
+        Kind::User,
+        Kind::Queue,
+        Kind::Trunk,
+    ];
 
     /// The metric label and the overrides table's `kind`.
     pub fn label(self) -> &'static str {
@@ -105,6 +118,7 @@ impl Kind {
             Kind::Number => "number",
             Kind::User => "user",
             Kind::Queue => "queue",
+            Kind::Trunk => "trunk",
         }
     }
 
@@ -119,16 +133,19 @@ impl Kind {
             Kind::Number => "numbers",
             Kind::User => "users",
             Kind::Queue => "queues",
+            Kind::Trunk => "trunks",
         }
     }
 
     /// The etcd marker (under `<prefix>/config/`) of the node that seeded this kind. Users
-    /// have their own, so that a cluster seeded before they were shared still gets them.
+    /// and trunks have their own, so that a cluster seeded before they were shared still
+    /// gets them.
     fn marker(self) -> &'static str {
         match self {
             // Queues are never seeded: an entry is a change over the file's queue.
             Kind::Route | Kind::Number | Kind::Queue => "seeded",
             Kind::User => "seeded-users",
+            Kind::Trunk => "seeded-trunks",
         }
     }
 }
@@ -226,6 +243,9 @@ pub enum ChangeError {
     /// What the change asks for is configured in the file only (a 501): why.
     #[error("{0}")]
     Unsupported(String),
+    /// The entry is still used by others (a trunk by routes): a 409, with which.
+    #[error("{0}")]
+    InUse(String),
 }
 
 /// What a write did.
@@ -251,6 +271,7 @@ impl ChangeError {
             ChangeError::Unavailable(_) => "unavailable",
             ChangeError::Conflict => "conflict",
             ChangeError::Unsupported(_) => "unsupported",
+            ChangeError::InUse(_) => "in_use",
         }
     }
 }
@@ -263,6 +284,7 @@ struct Tables {
     users: BTreeMap<String, UserEntry>,
     /// Changed queues only (the others run with the file's configuration).
     queues: BTreeMap<String, QueueEntry>,
+    trunks: BTreeMap<String, TrunkConfig>,
 }
 
 /// What a queue change needs to be put in force: the tree's queue actors and each tenant's
@@ -280,6 +302,7 @@ enum Entry {
     Number(NumberEntry),
     User(UserEntry),
     Queue(QueueEntry),
+    Trunk(TrunkConfig),
 }
 
 impl Entry {
@@ -290,13 +313,15 @@ impl Entry {
             Entry::Number(n) => serde_json::to_value(n).expect("a number serializes"),
             Entry::User(u) => serde_json::to_value(u).expect("a user serializes"),
             Entry::Queue(q) => q.body.clone(),
+            Entry::Trunk(t) => trunk_json(t, true),
         }
     }
 
-    /// The JSON the API answers with (a user's hashes left out).
+    /// The JSON the API answers with (a user's hashes and a trunk's password left out).
     fn view(&self, id: &str) -> Value {
         match self {
             Entry::User(u) => u.view(),
+            Entry::Trunk(t) => trunk_json(t, false),
             other => other.stored(id),
         }
     }
@@ -309,6 +334,7 @@ impl Tables {
             Kind::Number => self.numbers.contains_key(id),
             Kind::User => self.users.contains_key(id),
             Kind::Queue => self.queues.contains_key(id),
+            Kind::Trunk => self.trunks.contains_key(id),
         }
     }
 
@@ -319,6 +345,7 @@ impl Tables {
             Kind::Number => self.numbers.remove(id).is_some(),
             Kind::User => self.users.remove(id).is_some(),
             Kind::Queue => self.queues.remove(id).is_some(),
+            Kind::Trunk => self.trunks.remove(id).is_some(),
         }
     }
 
@@ -336,6 +363,9 @@ impl Tables {
             }
             Entry::Queue(q) => {
                 self.queues.insert(id, q);
+            }
+            Entry::Trunk(t) => {
+                self.trunks.insert(id, t);
             }
         }
     }
@@ -361,7 +391,18 @@ impl Tables {
             .queues
             .iter()
             .map(|(id, q)| (Kind::Queue, id.as_str(), q.body.clone()));
-        routes.chain(numbers).chain(users).chain(queues).collect()
+        let trunks = self
+            .trunks
+            .iter()
+            .map(|(id, t)| (Kind::Trunk, id.as_str(), trunk_json(t, true)));
+        // Trunks first: a node applying these in order (a restart's overrides) finds a
+        // route's trunks already there.
+        trunks
+            .chain(routes)
+            .chain(numbers)
+            .chain(users)
+            .chain(queues)
+            .collect()
     }
 
     /// `tenant`'s users, by name.
@@ -397,15 +438,18 @@ pub struct SharedConfig {
     /// The file's tenants without users and agents (numbers are checked against their
     /// queues) and its trunks (routes name them).
     tenants: Vec<TenantConfig>,
-    trunks: Vec<TrunkConfig>,
-    trunk_table: Arc<TrunkTable>,
+    /// The node's trunks in force (swapped on a trunk change; calls and the router read it).
+    trunk_table: Arc<LiveTrunks>,
+    /// Cluster mode: a trunk's limits are shared between the nodes (a new trunk takes no
+    /// channel before this node's part is known).
+    cluster: bool,
     routes: Arc<Routes>,
     numbers: Arc<Numbers>,
     /// The registrar's and call routing's users.
     auth: Arc<Authenticator>,
     /// Where queue changes are put in force (the tree's queue actors).
     queues: LiveQueues,
-    /// One queue restart at a time (a restart reads the latest spec).
+    /// One queue or trunk actor change at a time (a restart reads the latest spec).
     restarting: Arc<tokio::sync::Mutex<()>>,
     tables: Mutex<Tables>,
     generation: AtomicU64,
@@ -433,7 +477,7 @@ impl SharedConfig {
         config: &Config,
         routes: Arc<Routes>,
         numbers: Arc<Numbers>,
-        trunk_table: Arc<TrunkTable>,
+        trunk_table: Arc<LiveTrunks>,
         auth: Arc<Authenticator>,
         queues: LiveQueues,
     ) -> Result<Arc<SharedConfig>, String> {
@@ -441,8 +485,8 @@ impl SharedConfig {
         let tenants = bare_tenants(config);
         let make = |backend| SharedConfig {
             tenants,
-            trunks: config.trunks.clone(),
             trunk_table,
+            cluster: config.cluster.is_some(),
             routes,
             numbers,
             auth,
@@ -463,6 +507,7 @@ impl SharedConfig {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| format!("configuration overrides: {e}"))?;
+                let saved = trunks_first(saved);
                 let mut tables = file;
                 for o in &saved {
                     match shared.apply_override(&mut tables, o) {
@@ -520,6 +565,12 @@ impl SharedConfig {
         t.routes.iter().map(|(id, r)| route_json(id, r)).collect()
     }
 
+    /// Every trunk as the API shows it (its carrier password left out).
+    pub fn trunks(&self) -> Vec<Value> {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        t.trunks.values().map(|c| trunk_json(c, false)).collect()
+    }
+
     /// Every number as the API shows it.
     pub fn numbers(&self) -> Vec<NumberEntry> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
@@ -569,11 +620,23 @@ impl SharedConfig {
     pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
         let result = self
             .change(kind, id, None, |t| {
-                if t.contains(kind, id) {
-                    Ok(true)
-                } else {
-                    Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())))
+                if !t.contains(kind, id) {
+                    return Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())));
                 }
+                if kind == Kind::Trunk {
+                    let users: Vec<&str> = t
+                        .routes
+                        .iter()
+                        .filter(|(_, r)| r.trunks.iter().any(|x| x == id))
+                        .map(|(rid, _)| rid.as_str())
+                        .collect();
+                    if !users.is_empty() {
+                        return Err(ChangeError::InUse(format!(
+                            "trunk {id:?} is used by routes {users:?}: change or delete them first"
+                        )));
+                    }
+                }
+                Ok(true)
             })
             .await
             .map(|_| ());
@@ -727,6 +790,7 @@ impl SharedConfig {
             Entry::Number(n) => self.check_number(t, n),
             Entry::User(u) => self.check_user(u),
             Entry::Queue(q) => self.check_queue(t, q),
+            Entry::Trunk(c) => check_trunk(t, id, c),
         }
     }
 
@@ -835,6 +899,54 @@ impl SharedConfig {
         });
     }
 
+    /// Puts the trunks of `new` in force: an unchanged trunk keeps its [`TrunkShared`] (its
+    /// channels, health and route groups), a changed one is replaced keeping its channel count
+    /// ([`TrunkShared::replacing`]) and its actor restarts with it, a new one becomes a
+    /// singleton (started at once alone, claimed by one node in a cluster), a removed one is
+    /// stopped (and its key released by its owner). Returns the table now in force.
+    fn install_trunks(&self, new: &Tables) -> Arc<TrunkTable> {
+        let old = self.trunk_table.current();
+        let plan = plan_trunks(&old, &new.trunks, self.cluster);
+        if plan.added.is_empty() && plan.changed.is_empty() && plan.removed.is_empty() {
+            return old;
+        }
+        self.trunk_table.replace(plan.table);
+        let catalog = &self.queues.catalog;
+        for id in &plan.added {
+            if !catalog.add_trunk(id) {
+                tracing::warn!(trunk = %id, "trunk added without an actor (no tree)");
+            }
+        }
+        for id in plan.added.iter().chain(&plan.changed).chain(&plan.removed) {
+            tracing::info!(trunk = %id, "trunk configuration changed");
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (catalog, one) = (catalog.clone(), self.restarting.clone());
+            // Alone, every trunk runs here; in a cluster the membership claims new ones.
+            let start = if self.cluster { Vec::new() } else { plan.added };
+            let (changed, removed) = (plan.changed, plan.removed);
+            runtime.spawn(async move {
+                let _one = one.lock().await;
+                for id in removed {
+                    if let Err(e) = catalog.remove(&trunk_key(&id)).await {
+                        tracing::warn!(trunk = %id, error = %e, "removed trunk's actor would not stop");
+                    }
+                }
+                for id in changed {
+                    if let Err(e) = catalog.restart(&trunk_key(&id)).await {
+                        tracing::warn!(trunk = %id, error = %e, "changed trunk's actor would not restart");
+                    }
+                }
+                for id in start {
+                    if let Err(e) = catalog.start(&trunk_key(&id)).await {
+                        tracing::warn!(trunk = %id, error = %e, "new trunk's actor would not start");
+                    }
+                }
+            });
+        }
+        self.trunk_table.current()
+    }
+
     /// The file's validation of a user as its tenant's only one (its name is unique by its
     /// id): the hashes' forms.
     fn check_user(&self, u: &UserEntry) -> Result<(), ChangeError> {
@@ -856,7 +968,7 @@ impl SharedConfig {
     /// The file's validation of route `id` as `route`, among the other current routes.
     fn check_route(&self, t: &Tables, id: &str, route: &RouteConfig) -> Result<(), ChangeError> {
         let mut c = Config {
-            trunks: self.trunks.clone(),
+            trunks: t.trunks.values().cloned().collect(),
             ..Config::default()
         };
         c.routes = t
@@ -899,11 +1011,13 @@ impl SharedConfig {
         first_error(c.validate(), &format!("tenants[{ti}].numbers[{index}]"))
     }
 
-    /// Puts `tables` in force: the router's tables are rebuilt and swapped.
+    /// Puts `tables` in force: the trunk table and the router's tables are rebuilt and
+    /// swapped.
     fn install(&self, tables: Tables) {
+        let trunks = self.install_trunks(&tables);
         let routes: Vec<RouteConfig> = tables.routes.values().cloned().collect();
         let previous = self.routes.current();
-        let table = RouteTable::rebuilt(&routes, &self.trunk_table, &previous);
+        let table = RouteTable::rebuilt(&routes, &trunks, &previous);
         self.routes.replace(table);
         let mut numbers = HashMap::with_capacity(tables.numbers.len());
         for n in tables.numbers.values() {
@@ -936,6 +1050,14 @@ impl SharedConfig {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!(CONFIG_GENERATION).set(generation as f64);
     }
+}
+
+/// Saved overrides in the order they are applied at start: trunks first (each override is
+/// its entry's final state, so only validation sees the order, and a route checks that its
+/// trunks are there), the rest in the order they were made.
+fn trunks_first(mut saved: Vec<overrides::Override>) -> Vec<overrides::Override> {
+    saved.sort_by_key(|o| o.kind != Kind::Trunk.label());
+    saved
 }
 
 fn count_rejected<T>(kind: Kind, result: &Result<T, ChangeError>) {
@@ -993,6 +1115,9 @@ fn number_config(n: &NumberEntry) -> NumberConfig {
 /// its CSV files') by [`scoped_id`].
 fn file_tables(config: &Config, auth: &Authenticator) -> Tables {
     let mut t = Tables::default();
+    for trunk in &config.trunks {
+        t.trunks.insert(trunk.id.clone(), trunk.clone());
+    }
     for r in &config.routes {
         let mut r = r.clone();
         let id = r.key().to_string();
@@ -1053,6 +1178,118 @@ pub fn route_json(id: &str, r: &RouteConfig) -> Value {
     })
 }
 
+/// A trunk as the API stores (`secrets`: with its carrier password) or shows it: every
+/// field, defaults included, in the forms the config file takes (so the JSON parses back
+/// into the same trunk).
+pub fn trunk_json(t: &TrunkConfig, secrets: bool) -> Value {
+    let costs: Vec<Value> = t
+        .costs
+        .iter()
+        .map(|c| {
+            json!({
+                "prefix": c.prefix,
+                "per_minute": c.per_minute,
+                "increment_secs": c.increment_secs,
+                "min_secs": c.min_secs,
+            })
+        })
+        .collect();
+    let mut v = json!({
+        "id": t.id,
+        "gateways": t.gateways,
+        "max_channels": t.max_channels,
+        "max_cps": t.max_cps,
+        "priority": t.priority,
+        "weight": t.weight,
+        "invite_timeout_ms": t.invite_timeout_ms,
+        "probe_interval_secs": t.probe_interval_secs,
+        "down_hold_secs": t.down_hold_secs,
+        "down_after_failed_probes": t.down_after_failed_probes,
+        "down_after_failed_calls": t.down_after_failed_calls,
+        "up_after_good_probes": t.up_after_good_probes,
+        "strip": t.strip,
+        "prefix": t.prefix,
+        "costs": costs,
+        "auth_username": t.auth_username,
+        "caller_id": t.caller_id,
+        "media": match t.media { MediaMode::Pass => "pass", MediaMode::Anchor => "anchor" },
+    });
+    if secrets {
+        v["auth_password"] = json!(t.auth_password);
+    } else {
+        v["auth_password_set"] = json!(t.auth_password.is_some());
+    }
+    v
+}
+
+/// The file's validation of trunk `id` as `trunk` among the current trunks and routes (a
+/// route naming a trunk must find it).
+fn check_trunk(t: &Tables, id: &str, trunk: &TrunkConfig) -> Result<(), ChangeError> {
+    let mut c = Config {
+        routes: t.routes.values().cloned().collect(),
+        ..Config::default()
+    };
+    c.trunks = t
+        .trunks
+        .iter()
+        .filter(|(k, _)| k.as_str() != id)
+        .map(|(_, x)| x.clone())
+        .collect();
+    let index = c.trunks.len();
+    c.trunks.push(trunk.clone());
+    first_error(c.validate(), &format!("trunks[{index}]"))
+}
+
+/// How the node's trunk table changes.
+struct TrunkPlan {
+    table: TrunkTable,
+    added: Vec<String>,
+    changed: Vec<String>,
+    removed: Vec<String>,
+}
+
+/// The trunk table for `configs` after `old`: an unchanged trunk (the same stored JSON) keeps
+/// its [`TrunkShared`], a changed one replaces it keeping its channel count, a new one starts
+/// with no part of its limits in a `cluster` (the membership shares them).
+fn plan_trunks(
+    old: &TrunkTable,
+    configs: &BTreeMap<String, TrunkConfig>,
+    cluster: bool,
+) -> TrunkPlan {
+    let mut plan = TrunkPlan {
+        table: TrunkTable::with_capacity(configs.len()),
+        added: Vec::new(),
+        changed: Vec::new(),
+        removed: Vec::new(),
+    };
+    for (id, c) in configs {
+        let shared = match old.get(id.as_str()) {
+            Some(o) if trunk_json(&o.config, true) == trunk_json(c, true) => o.clone(),
+            Some(o) => {
+                plan.changed.push(id.clone());
+                Arc::new(TrunkShared::replacing(c.clone(), o, cluster))
+            }
+            None => {
+                plan.added.push(id.clone());
+                let t = TrunkShared::new(c.clone());
+                if cluster {
+                    t.set_caps(0, 0);
+                }
+                Arc::new(t)
+            }
+        };
+        plan.table.insert(shared.id.clone(), shared);
+    }
+    let mut removed: Vec<String> = old
+        .keys()
+        .filter(|id| !configs.contains_key(id.as_ref()))
+        .map(|id| id.to_string())
+        .collect();
+    removed.sort();
+    plan.removed = removed;
+    plan
+}
+
 /// A route from a JSON body with [`RouteConfig`]'s fields; a type error or unknown field
 /// names the field it is in.
 pub fn parse_route(body: Value) -> Result<RouteConfig, ChangeError> {
@@ -1105,16 +1342,7 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
         }
         Kind::Queue => {
             let (tenant, queue) = split_id(id)?;
-            let Value::Object(mut map) = body else {
-                return Err(ChangeError::invalid("body", "a JSON object is expected"));
-            };
-            match map.get("id") {
-                Some(Value::String(given)) if given != queue => return differs("id", given, queue),
-                Some(Value::String(_)) | None => {}
-                Some(_) => return Err(ChangeError::invalid("id", "a string is expected")),
-            }
-            map.insert("id".into(), json!(queue));
-            let body = Value::Object(map);
+            let body = with_id(body, queue)?;
             let config: QueueConfig = parse_fields(body.clone())?;
             Ok(Entry::Queue(QueueEntry {
                 tenant: tenant.to_string(),
@@ -1122,7 +1350,35 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
                 body,
             }))
         }
+        Kind::Trunk => {
+            let mut body = with_id(body, id)?;
+            // What `GET /trunks` shows instead of the password: ignored, so that a shown
+            // trunk can be sent back (with its `auth_password` added if it has one).
+            if let Value::Object(map) = &mut body {
+                map.remove("auth_password_set");
+            }
+            Ok(Entry::Trunk(parse_fields(body)?))
+        }
     }
+}
+
+/// `body` with its `id` member set to the path's `id` (a body may repeat it, the same).
+fn with_id(body: Value, id: &str) -> Result<Value, ChangeError> {
+    let Value::Object(mut map) = body else {
+        return Err(ChangeError::invalid("body", "a JSON object is expected"));
+    };
+    match map.get("id") {
+        Some(Value::String(given)) if given != id => {
+            return Err(ChangeError::invalid(
+                "id",
+                format!("{given:?} differs from the path's {id:?}"),
+            ))
+        }
+        Some(Value::String(_)) | None => {}
+        Some(_) => return Err(ChangeError::invalid("id", "a string is expected")),
+    }
+    map.insert("id".into(), json!(id));
+    Ok(Value::Object(map))
 }
 
 /// `<tenant>/<name>` split at its first `/`.
@@ -1383,6 +1639,7 @@ async fn reload(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::trunks::FailoverCause;
 
     fn route(body: Value) -> Result<RouteConfig, ChangeError> {
         parse_route(body)
@@ -1432,10 +1689,18 @@ mod tests {
 
     fn shared(config: &Config) -> SharedConfig {
         let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants).unwrap());
+        let trunks: TrunkTable = config
+            .trunks
+            .iter()
+            .map(|t| {
+                let shared = Arc::new(TrunkShared::new(t.clone()));
+                (shared.id.clone(), shared)
+            })
+            .collect();
         SharedConfig {
             tenants: bare_tenants(config),
-            trunks: config.trunks.clone(),
-            trunk_table: Arc::new(TrunkTable::new()),
+            trunk_table: Arc::new(LiveTrunks::new(trunks)),
+            cluster: false,
             routes: Arc::new(Routes::new(&[], &TrunkTable::new())),
             numbers: Arc::new(Numbers::default()),
             tables: Mutex::new(file_tables(config, &auth)),
@@ -1592,16 +1857,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let mut s = shared(&c);
-        s.trunk_table = Arc::new(
-            c.trunks
-                .iter()
-                .map(|t| {
-                    let shared = Arc::new(crate::actors::trunk::TrunkShared::new(t.clone()));
-                    (shared.id.clone(), shared)
-                })
-                .collect(),
-        );
+        let s = shared(&c);
         s.install(s.snapshot());
         let group = |s: &SharedConfig| s.routes.lookup(b"100").unwrap().group.unwrap();
         let before = group(&s);
@@ -1621,6 +1877,176 @@ mod tests {
         let after = group(&s);
         assert!(!Arc::ptr_eq(&before, &after), "a changed group is new");
         assert_eq!(after.max_attempts, 1);
+    }
+
+    fn two_trunks() -> Config {
+        Config::from_toml(
+            r#"
+            [[trunks]]
+            id = "a"
+            gateways = ["sip:127.0.0.1:5090"]
+            max_channels = 2
+            [[trunks]]
+            id = "b"
+            gateways = ["sip:127.0.0.1:5091"]
+            auth_username = "sw"
+            auth_password = "secret"
+            [[routes]]
+            prefix = "1"
+            trunks = ["a", "b"]
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_changed_trunk_keeps_its_channels_and_rebuilds_its_groups() {
+        let s = shared(&two_trunks());
+        s.install(s.snapshot());
+        let group = |s: &SharedConfig| s.routes.lookup(b"100").unwrap().group.unwrap();
+        let before = group(&s);
+        let old_a = s.trunk_table.get("a").unwrap();
+        let old_b = s.trunk_table.get("b").unwrap();
+        old_a.seize().unwrap();
+        old_a.seize().unwrap();
+        assert_eq!(old_a.seize(), Err(FailoverCause::ChannelsFull));
+        // a: a third channel and another gateway; b unchanged.
+        let mut t = s.snapshot();
+        let body = json!({"gateways": ["sip:127.0.0.1:6000"], "max_channels": 3});
+        t.insert("a", parse_entry(Kind::Trunk, "a", body).unwrap());
+        s.install(t);
+        let new_a = s.trunk_table.get("a").unwrap();
+        assert!(!Arc::ptr_eq(&old_a, &new_a), "a changed trunk is new");
+        assert!(
+            Arc::ptr_eq(&old_b, &s.trunk_table.get("b").unwrap()),
+            "an unchanged trunk is kept"
+        );
+        assert_eq!(
+            new_a.channels(),
+            2,
+            "channels in use count against the new limit"
+        );
+        new_a.seize().unwrap();
+        assert_eq!(new_a.seize(), Err(FailoverCause::ChannelsFull));
+        old_a.release(); // a call from before the change hangs up
+        assert_eq!(new_a.channels(), 2);
+        assert_eq!(new_a.gateway().unwrap().addr.port(), 6000);
+        let after = group(&s);
+        assert!(
+            !Arc::ptr_eq(&before, &after),
+            "the group of a changed trunk is new"
+        );
+        assert!(after.trunks.iter().any(|x| Arc::ptr_eq(x, &new_a)));
+        // Removed from the table with the change that removes it.
+        let mut t = s.snapshot();
+        t.routes.clear();
+        t.remove(Kind::Trunk, "b");
+        s.install(t);
+        assert!(s.trunk_table.get("b").is_none());
+        assert!(Arc::ptr_eq(&new_a, &s.trunk_table.get("a").unwrap()));
+    }
+
+    #[test]
+    fn a_new_trunk_in_a_cluster_takes_no_channel_before_its_share() {
+        let old = TrunkTable::new();
+        let mut configs = BTreeMap::new();
+        let c = two_trunks().trunks[0].clone();
+        configs.insert("a".to_string(), c.clone());
+        let plan = plan_trunks(&old, &configs, true);
+        assert_eq!(plan.added, ["a"]);
+        assert_eq!(plan.table["a"].seize(), Err(FailoverCause::ChannelsFull));
+        let plan = plan_trunks(&old, &configs, false);
+        assert!(
+            plan.table["a"].seize().is_ok(),
+            "alone: the configured limit"
+        );
+        // A changed trunk on a cluster node keeps its part, never above the new limit.
+        let t = Arc::new(TrunkShared::new(c.clone()));
+        t.set_caps(1, 0);
+        let old: TrunkTable = [(t.id.clone(), t.clone())].into_iter().collect();
+        configs.get_mut("a").unwrap().max_channels = 5;
+        let plan = plan_trunks(&old, &configs, true);
+        assert_eq!(plan.changed, ["a"]);
+        assert_eq!(plan.table["a"].channel_cap(), 1);
+        configs.remove("a");
+        let plan = plan_trunks(&old, &configs, true);
+        assert_eq!(plan.removed, ["a"]);
+        assert!(plan.table.is_empty());
+    }
+
+    #[test]
+    fn trunks_are_validated_like_the_file_and_never_show_their_password() {
+        let s = shared(&two_trunks());
+        let t = s.snapshot();
+        let put = |id: &str, body: Value| parse_entry(Kind::Trunk, id, body);
+        let ok = put(
+            "c",
+            json!({"gateways": ["sip:127.0.0.1:5092"], "weight": 3}),
+        )
+        .unwrap();
+        assert!(s.check(&t, "c", &ok).is_ok());
+        let e = put("c", json!({"id": "d", "gateways": []})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "id"),
+            "{e:?}"
+        );
+        let e = put("c", json!({"gateways": ["sip:x"], "colour": 1})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "colour"),
+            "{e:?}"
+        );
+        let e = put("c", json!({"max_channels": 1})).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "gateways"),
+            "{e:?}"
+        );
+        let bad = put("c", json!({"gateways": ["tel:+1"]})).unwrap();
+        let e = s.check(&t, "c", &bad).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "gateways[0]"),
+            "{e:?}"
+        );
+        let bad = put("c d", json!({"gateways": ["sip:127.0.0.1:5092"]})).unwrap();
+        let e = s.check(&t, "c d", &bad).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "id"),
+            "{e:?}"
+        );
+        // Stored with the password (a node needs it), shown without; what is shown may be
+        // sent back.
+        let b = Entry::Trunk(t.trunks["b"].clone());
+        assert_eq!(b.stored("b")["auth_password"], "secret");
+        let shown = b.view("b");
+        assert!(!shown.to_string().contains("secret"), "{shown}");
+        assert_eq!(shown["auth_password_set"], true);
+        assert_eq!(s.trunks()[1], shown);
+        let Entry::Trunk(back) = put("b", shown).unwrap() else {
+            panic!()
+        };
+        assert_eq!(back.auth_password, None);
+        let Entry::Trunk(again) = put("b", b.stored("b")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(trunk_json(&again, true), b.stored("b"), "round trip");
+    }
+
+    #[tokio::test]
+    async fn a_trunk_in_use_is_not_deleted() {
+        let s = shared(&two_trunks());
+        let e = s.delete(Kind::Trunk, "a").await.unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::InUse(m) if m.contains("\"1\"")),
+            "{e:?}"
+        );
+        let e = s.delete(Kind::Trunk, "nope").await.unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+        // A route cannot name a trunk that is not there.
+        let r = route(json!({"prefix": "44", "trunks": ["c"]})).unwrap();
+        let e = s.check_route(&s.snapshot(), "44", &r).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "trunks"),
+            "{e:?}"
+        );
     }
 
     const MD5: &str = "0123456789abcdef0123456789abcdef";
@@ -1746,6 +2172,27 @@ mod tests {
     }
 
     #[test]
+    fn saved_trunks_apply_before_the_routes_that_name_them() {
+        let s = shared(&config());
+        let o = |kind: &str, id: &str, json: Value| overrides::Override {
+            kind: kind.into(),
+            id: id.into(),
+            json: json.to_string(),
+            deleted: false,
+        };
+        // The route was saved before the trunk's last change.
+        let saved = vec![
+            o("route", "out", json!({"prefix": "44", "trunks": ["c"]})),
+            o("trunk", "c", json!({"gateways": ["sip:127.0.0.1:5092"]})),
+        ];
+        let mut t = s.snapshot();
+        for o in &trunks_first(saved) {
+            s.apply_override(&mut t, o).unwrap();
+        }
+        assert!(t.trunks.contains_key("c") && t.routes.contains_key("out"));
+    }
+
+    #[test]
     fn queue_changes_are_validated_like_the_file_and_planned() {
         let s = shared(&config());
         let t = s.snapshot();
@@ -1823,10 +2270,11 @@ mod tests {
             keys,
             [
                 ("/p/config/seeded", vec!["/p/config/routes/1"]),
+                ("/p/config/seeded-trunks", vec![]),
                 ("/p/config/seeded-users", vec!["/p/config/users/acme/alice"]),
             ]
         );
-        let user: Value = serde_json::from_str(&groups[1].1[0].1).unwrap();
+        let user: Value = serde_json::from_str(&groups[2].1[0].1).unwrap();
         assert_eq!(
             user["ha1_md5"], MD5,
             "a node needs the hashes to authenticate"
@@ -1835,6 +2283,10 @@ mod tests {
 
     #[test]
     fn keys_are_classified() {
+        assert_eq!(
+            classify("/sy/config/", "/sy/config/trunks/a"),
+            Some((Kind::Trunk, "a"))
+        );
         let p = "/sy/config/";
         assert_eq!(
             classify(p, "/sy/config/routes/44"),

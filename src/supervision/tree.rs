@@ -21,6 +21,7 @@
 //! no state a restart could restore.
 
 use ractor::{Actor, ActorRef};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -32,7 +33,7 @@ use crate::actors::queue::{CcContext, QueueActor, QueueArgs, QueueSpec};
 use crate::actors::registrar::{RegistrarActor, RegistrarArgs};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
 use crate::actors::tenant::{self, TenantActor, TenantArgs};
-use crate::actors::trunk::{TrunkActor, TrunkArgs, TrunkShared};
+use crate::actors::trunk::{LiveTrunks, TrunkActor, TrunkArgs, TrunkShared};
 use crate::config::{AgentConfig, TenantConfig};
 
 /// A tenant to start: its config, user count, queues and agents.
@@ -66,6 +67,7 @@ impl Tree {
 
 /// One singleton: its key, the keys owned with it (a tenant's queues), the supervisor it
 /// runs under and how to start it.
+#[derive(Clone)]
 struct Entry {
     also: Vec<String>,
     supervisor: String,
@@ -82,36 +84,96 @@ struct QueueSlot {
     child: ChildSpec,
 }
 
-/// The singletons of a node's configuration by cluster key (`tenant/<id>`, `trunk/<id>`),
-/// and the tenants' queues by [`queue_key`]. Cheap to clone; cluster mode starts and stops
-/// the singletons as this node claims and releases them.
+/// What a trunk actor's spec needs, for trunks added while the node runs.
+struct TrunkSpawner {
+    node: String,
+    ctx: Arc<crate::actors::call::CallContext>,
+    checkpoints: Arc<dashmap::DashMap<Arc<str>, crate::actors::trunk::TrunkCheckpoint>>,
+    alarms: AlarmSink,
+    live: Arc<LiveTrunks>,
+}
+
+impl TrunkSpawner {
+    /// The spec of trunk `id`'s actor: every start takes the trunk in force then (a changed
+    /// trunk's actor restarts with its new configuration), or `last` once it is gone.
+    fn spec(&self, id: &str, last: Arc<TrunkShared>) -> ChildSpec {
+        let (ctx, checkpoints, alarms) = (
+            self.ctx.clone(),
+            self.checkpoints.clone(),
+            self.alarms.clone(),
+        );
+        let (live, id) = (self.live.clone(), id.to_string());
+        ChildSpec::named_actor(
+            crate::actors::trunk::actor_name(&id, &self.node),
+            "trunk",
+            Restart::Permanent,
+            TrunkActor,
+            move || TrunkArgs {
+                shared: live.get(&id).unwrap_or_else(|| last.clone()),
+                ctx: ctx.clone(),
+                checkpoints: checkpoints.clone(),
+                alarms: alarms.clone(),
+            },
+        )
+    }
+}
+
+/// The singletons by cluster key (`tenant/<id>`, `trunk/<id>`), and the tenants' queues by
+/// [`queue_key`]. Trunks may be added and removed while the node runs (configuration
+/// changes through the API). Cheap to clone; cluster mode starts and stops the singletons
+/// as this node claims and releases them, and is woken ([`Catalog::waker`]) when the set of
+/// singletons changes.
 #[derive(Clone, Default)]
 pub struct Catalog {
-    singletons: Arc<std::collections::BTreeMap<String, Entry>>,
-    queues: Arc<std::collections::BTreeMap<String, QueueSlot>>,
+    singletons: Arc<RwLock<BTreeMap<String, Entry>>>,
+    /// Removed singletons whose actor may still run somewhere here, so that stopping them
+    /// (alone: at once; in a cluster: also by the membership's release) still finds them.
+    removed: Arc<RwLock<BTreeMap<String, Entry>>>,
+    queues: Arc<BTreeMap<String, QueueSlot>>,
+    trunks: Option<Arc<TrunkSpawner>>,
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.singletons.keys()).finish()
+        f.debug_list().entries(self.keys()).finish()
     }
 }
 
 impl Catalog {
     /// Every singleton key, sorted.
-    pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.singletons.keys().map(String::as_str)
+    pub fn keys(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Whether `key` is a singleton of the configuration in force.
+    pub fn contains(&self, key: &str) -> bool {
+        self.read().contains_key(key)
     }
 
     /// The keys owned together with `key` (a tenant's queues: `queue/<tenant>/<id>`).
-    pub fn also(&self, key: &str) -> &[String] {
-        self.singletons.get(key).map_or(&[], |e| e.also.as_slice())
+    pub fn also(&self, key: &str) -> Vec<String> {
+        self.read()
+            .get(key)
+            .map_or_else(Vec::new, |e| e.also.clone())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.singletons.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entry(&self, key: &str) -> Option<Entry> {
+        self.read().get(key).cloned()
+    }
+
+    /// Notified when singletons are added or removed (the cluster membership reconciles).
+    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// Whether a singleton's actor (its supervisor, for a tenant) runs on this node.
     pub fn running(&self, key: &str) -> bool {
-        self.singletons
-            .get(key)
+        self.entry(key)
             .is_some_and(|e| ractor::registry::where_is(e.spec.id.clone()).is_some())
     }
 
@@ -119,10 +181,9 @@ impl Catalog {
     /// checkpoints this node holds, if any; idempotent.
     pub async fn start(&self, key: &str) -> Result<(), String> {
         let e = self
-            .singletons
-            .get(key)
+            .entry(key)
             .ok_or_else(|| format!("unknown singleton {key}"))?;
-        if self.running(key) {
+        if ractor::registry::where_is(e.spec.id.clone()).is_some() {
             return Ok(());
         }
         let sup: ActorRef<SupervisorMsg> = ractor::registry::where_is(e.supervisor.clone())
@@ -132,6 +193,80 @@ impl Catalog {
             .await
             .map(|_| ())
             .map_err(|err| err.to_string())
+    }
+
+    /// Adds trunk `id` (already in the node's [`LiveTrunks`]) as a singleton, or keeps the
+    /// one there; it starts with [`Catalog::start`] (alone at once, in a cluster on claim).
+    /// False if the node cannot run trunks added later (a tree without them).
+    pub fn add_trunk(&self, id: &str) -> bool {
+        let Some(spawner) = &self.trunks else {
+            return false;
+        };
+        let Some(last) = spawner.live.get(id) else {
+            return false;
+        };
+        let key = trunk_key(id);
+        {
+            let mut map = self.singletons.write().unwrap_or_else(|e| e.into_inner());
+            if map.contains_key(&key) {
+                return true;
+            }
+            map.insert(
+                key.clone(),
+                Entry {
+                    also: Vec::new(),
+                    supervisor: name("trunks", &spawner.node),
+                    spec: spawner.spec(id, last),
+                },
+            );
+        }
+        self.removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Removes a singleton from the configuration and stops its actor if it runs here (in a
+    /// cluster the membership then releases its owner key). Idempotent.
+    pub async fn remove(&self, key: &str) -> Result<(), String> {
+        let gone = self
+            .singletons
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+        if let Some(e) = gone {
+            self.removed
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.to_string(), e);
+        }
+        let stopped = self.stop(key).await;
+        self.changed.notify_one();
+        stopped
+    }
+
+    /// Restarts a singleton's actor if it runs on this node, so that it takes its current
+    /// configuration (a changed trunk); whether it ran.
+    pub async fn restart(&self, key: &str) -> Result<bool, String> {
+        let e = self
+            .entry(key)
+            .ok_or_else(|| format!("unknown singleton {key}"))?;
+        if ractor::registry::where_is(e.spec.id.clone()).is_none() {
+            return Ok(false);
+        }
+        let Some(sup) = ractor::registry::where_is(e.supervisor.clone()) else {
+            return Ok(false);
+        };
+        let sup: ActorRef<SupervisorMsg> = sup.into();
+        super::terminate_child(&sup, &e.spec.id)
+            .await
+            .map_err(|err| err.to_string())?;
+        super::start_child_sync(&sup, e.spec.clone())
+            .await
+            .map_err(|err| err.to_string())?;
+        Ok(true)
     }
 
     /// Puts `spec` in force for its queue of `tenant`: the queue actor's next start uses it
@@ -168,12 +303,19 @@ impl Catalog {
         Ok(true)
     }
 
-    /// Stops a singleton (before giving it to another node); idempotent.
+    /// Stops a singleton (before giving it to another node, or once removed); idempotent,
+    /// and Ok for a key the node never had.
     pub async fn stop(&self, key: &str) -> Result<(), String> {
-        let e = self
-            .singletons
-            .get(key)
-            .ok_or_else(|| format!("unknown singleton {key}"))?;
+        let e = self.entry(key).or_else(|| {
+            self.removed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+                .cloned()
+        });
+        let Some(e) = e else {
+            return Ok(());
+        };
         let Some(sup) = ractor::registry::where_is(e.supervisor.clone()) else {
             return Ok(()); // the node is stopping
         };
@@ -236,14 +378,15 @@ pub fn store_name(node: &str) -> String {
 }
 
 /// Starts the tree. `node` makes actor names unique within the process; `tenants` pairs each
-/// tenant's config with its number of users.
+/// tenant's config with its number of users; `trunks` are the node's trunks (a trunk actor
+/// takes its trunk from there at every start).
 pub async fn start(
     data_dir: &Path,
     node: &str,
     tenants: &[TenantSpec],
     registrar: RegistrarArgs,
     cc: Arc<CcContext>,
-    trunks: Vec<Arc<TrunkShared>>,
+    trunks: Arc<LiveTrunks>,
     options: TreeOptions,
 ) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
     let TreeOptions {
@@ -251,8 +394,8 @@ pub async fn start(
         database,
         alarms,
     } = options;
-    let mut singletons = std::collections::BTreeMap::new();
-    let mut queue_slots = std::collections::BTreeMap::new();
+    let mut singletons = BTreeMap::new();
+    let mut queue_slots = BTreeMap::new();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = store_name(node);
@@ -349,26 +492,21 @@ pub async fn start(
             tenants_sup = tenants_sup.with_child(spec);
         }
     }
-    let checkpoints = Arc::new(dashmap::DashMap::new());
+    let spawner = Arc::new(TrunkSpawner {
+        node: node.to_string(),
+        ctx: cc.calls.clone(),
+        checkpoints: Arc::new(dashmap::DashMap::new()),
+        alarms,
+        live: trunks.clone(),
+    });
     let mut trunks_sup = SupervisorArgs::new(name("trunks", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(10, Duration::from_secs(10)));
-    for t in trunks {
-        let key = trunk_key(&t.id);
-        let (ctx, checkpoints, alarms) = (cc.calls.clone(), checkpoints.clone(), alarms.clone());
-        let spec = ChildSpec::named_actor(
-            crate::actors::trunk::actor_name(&t.id, node),
-            "trunk",
-            Restart::Permanent,
-            TrunkActor,
-            move || TrunkArgs {
-                shared: t.clone(),
-                ctx: ctx.clone(),
-                checkpoints: checkpoints.clone(),
-                alarms: alarms.clone(),
-            },
-        );
+    let mut table: Vec<Arc<TrunkShared>> = trunks.current().values().cloned().collect();
+    table.sort_by(|a, b| a.id.cmp(&b.id));
+    for t in table {
+        let spec = spawner.spec(&t.id, t.clone());
         singletons.insert(
-            key,
+            trunk_key(&t.id),
             Entry {
                 also: Vec::new(),
                 supervisor: name("trunks", node),
@@ -421,8 +559,11 @@ pub async fn start(
         calls_name,
         store_name,
         singletons: Catalog {
-            singletons: Arc::new(singletons),
+            singletons: Arc::new(RwLock::new(singletons)),
+            removed: Arc::default(),
             queues: Arc::new(queue_slots),
+            trunks: Some(spawner),
+            changed: Arc::default(),
         },
     };
     tree.calls().ok_or("calls supervisor not registered")?;
