@@ -912,6 +912,11 @@ impl SharedConfig {
         }
         self.trunk_table.replace(plan.table);
         let catalog = &self.queues.catalog;
+        // The catalog changes now, in the order of the changes; only the actors' starts and
+        // stops wait for the task below (which takes them in the same order).
+        for id in &plan.removed {
+            catalog.remove(&trunk_key(id));
+        }
         for id in &plan.added {
             if !catalog.add_trunk(id) {
                 tracing::warn!(trunk = %id, "trunk added without an actor (no tree)");
@@ -928,7 +933,7 @@ impl SharedConfig {
             runtime.spawn(async move {
                 let _one = one.lock().await;
                 for id in removed {
-                    if let Err(e) = catalog.remove(&trunk_key(&id)).await {
+                    if let Err(e) = catalog.stop(&trunk_key(&id)).await {
                         tracing::warn!(trunk = %id, error = %e, "removed trunk's actor would not stop");
                     }
                 }

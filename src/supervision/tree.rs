@@ -228,23 +228,24 @@ impl Catalog {
         true
     }
 
-    /// Removes a singleton from the configuration and stops its actor if it runs here (in a
-    /// cluster the membership then releases its owner key). Idempotent.
-    pub async fn remove(&self, key: &str) -> Result<(), String> {
+    /// Removes a singleton from the configuration; its actor, if it runs here, is stopped
+    /// with [`Catalog::stop`] (which still finds it), and in a cluster the membership then
+    /// releases its owner key. Whether it was there.
+    pub fn remove(&self, key: &str) -> bool {
         let gone = self
             .singletons
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
-        if let Some(e) = gone {
-            self.removed
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(key.to_string(), e);
-        }
-        let stopped = self.stop(key).await;
+        let Some(e) = gone else {
+            return false;
+        };
+        self.removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), e);
         self.changed.notify_one();
-        stopped
+        true
     }
 
     /// Restarts a singleton's actor if it runs on this node, so that it takes its current
