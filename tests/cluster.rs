@@ -6,13 +6,13 @@
 
 mod common;
 
-use common::etcd::{etcd_binary, etcd_urls, free_port, start_etcd, Proc};
+use common::cluster::{get_json, wait_etcd, NodeProc};
+use common::etcd::{etcd_binary, etcd_urls, start_etcd, Proc};
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::cluster::ownership;
 
@@ -22,41 +22,6 @@ const TOKEN: &str = "cluster-test-token-0123456789";
 fn etcd_in(bin: &Path, dir: &Path) -> (Proc, String) {
     let (client, peer) = etcd_urls();
     (start_etcd(bin, dir, &client, &peer), client)
-}
-
-struct NodeProc {
-    name: String,
-    http: SocketAddr,
-    args: Vec<String>,
-    proc: Option<Proc>,
-}
-
-impl NodeProc {
-    fn spawn(&mut self, dir: &Path) {
-        let log = std::fs::File::create(dir.join(format!("{}.log", self.name))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(&self.args)
-            .env("RUST_LOG", "switchyard=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("switchyard starts");
-        self.proc = Some(Proc(child));
-    }
-
-    fn kill9(&mut self) {
-        self.proc.take(); // Drop sends SIGKILL and reaps
-    }
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
-    let connect = tokio::net::TcpStream::connect(addr).await;
-    if connect.is_err() {
-        return None;
-    }
-    drop(connect);
-    let reply = http_request(addr, "GET", path, None, "").await;
-    (reply.status == 200).then(|| serde_json::from_str(&reply.body).expect("JSON body"))
 }
 
 /// Owner of every key according to one node's `GET /cluster`, and whether a key is owned
@@ -170,53 +135,25 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
     std::fs::write(&cert, ck.cert.pem()).unwrap();
     std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
 
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let ip = format!("127.0.0.{i}");
-        let name = format!("n{i}");
-        let cluster = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cluster,
-            format!(
-                "name = \"{name}\"\nlisten = \"{ip}:{}\"\nsecret = \"a-test-secret-0123456789\"\n\
-                 [etcd]\nendpoints = [\"{etcd_url}\"]\nprefix = \"/test\"\nlease_ttl_secs = 3\n\
-                 [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
-                free_port(&ip),
-                cert.display(),
-                key.display()
-            ),
-        )
-        .unwrap();
-        let http: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-        let sip = format!("udp:{ip}:{}", free_port(&ip));
-        let args = vec![
-            "--config".into(),
-            config_path.display().to_string(),
-            "--cluster".into(),
-            cluster.display().to_string(),
-            "--sip-listen".into(),
-            sip,
-            "--http-listen".into(),
-            http.to_string(),
-            "--data-dir".into(),
-            dir.path().join(&name).display().to_string(),
-        ];
-        nodes.push(NodeProc {
-            name,
-            http,
-            args,
-            proc: None,
-        });
-    }
-    // etcd may take a moment: the first node retries by being started again.
-    let etcd_up = {
-        let addr: SocketAddr = etcd_url.trim_start_matches("http://").parse().unwrap();
-        wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(addr).is_ok()
+    let tls = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let mut nodes: Vec<NodeProc> = (1..=3)
+        .map(|i| {
+            let (name, ip) = (format!("n{i}"), format!("127.0.0.{i}"));
+            NodeProc::new(
+                dir.path(),
+                &name,
+                &ip,
+                &config_path,
+                (&etcd_url, "/test"),
+                &tls,
+            )
         })
-        .await
-    };
-    assert!(etcd_up, "etcd did not come up");
+        .collect();
+    wait_etcd(&etcd_url).await;
     for n in &mut nodes {
         n.spawn(dir.path());
     }

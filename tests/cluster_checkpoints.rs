@@ -5,54 +5,16 @@
 
 mod common;
 
-use common::etcd::{etcd_binary, etcd_urls, free_port, start_etcd, Proc};
+use common::cluster::{get_json, wait_etcd, NodeProc};
+use common::etcd::{etcd_binary, etcd_urls, start_etcd};
 use common::*;
-use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use switchyard::cluster::{checkpoints, ownership};
 
 const PREFIX: &str = "/ckpt";
-
-struct NodeProc {
-    name: String,
-    http: SocketAddr,
-    sip: SocketAddr,
-    args: Vec<String>,
-    proc: Option<Proc>,
-}
-
-impl NodeProc {
-    fn spawn(&mut self, dir: &Path) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{}.log", self.name)))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(&self.args)
-            .env("RUST_LOG", "switchyard=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("switchyard starts");
-        self.proc = Some(Proc(child));
-    }
-
-    fn kill9(&mut self) {
-        self.proc.take(); // Drop sends SIGKILL and reaps
-    }
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    let reply = http_request(addr, "GET", path, None, "").await;
-    (reply.status == 200).then(|| serde_json::from_str(&reply.body).expect("JSON body"))
-}
 
 /// A metric's value on a node: the series `name` with every one of `labels` (`k="v"`).
 async fn metric(node: SocketAddr, name: &str, labels: &[&str]) -> Option<f64> {
@@ -192,49 +154,22 @@ async fn queue_counts_and_trunk_health_survive_sigkill_and_give_away() {
     );
     let config_path = dir.path().join("switchyard.toml");
     std::fs::write(&config_path, config).unwrap();
-    let mut nodes = Vec::new();
-    for (i, name) in names.iter().enumerate() {
-        let ip = format!("127.0.0.{}", i + 1);
-        let cluster = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cluster,
-            format!(
-                "name = \"{name}\"\nlisten = \"{ip}:{}\"\nsecret = \"a-test-secret-0123456789\"\n\
-                 [etcd]\nendpoints = [\"{client_url}\"]\nprefix = \"{PREFIX}\"\nlease_ttl_secs = 3\n",
-                free_port(&ip),
-            ),
-        )
-        .unwrap();
-        let http: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-        let sip: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-        let args = vec![
-            "--config".into(),
-            config_path.display().to_string(),
-            "--cluster".into(),
-            cluster.display().to_string(),
-            "--sip-listen".into(),
-            format!("udp:{sip}"),
-            "--http-listen".into(),
-            http.to_string(),
-            "--data-dir".into(),
-            dir.path().join(name).display().to_string(),
-        ];
-        nodes.push(NodeProc {
-            name: name.to_string(),
-            http,
-            sip,
-            args,
-            proc: None,
-        });
-    }
-    let etcd_addr: SocketAddr = client_url.trim_start_matches("http://").parse().unwrap();
-    assert!(
-        wait_until(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(etcd_addr).is_ok()
+    let mut nodes: Vec<NodeProc> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let ip = format!("127.0.0.{}", i + 1);
+            NodeProc::new(
+                dir.path(),
+                name,
+                &ip,
+                &config_path,
+                (&client_url, PREFIX),
+                "",
+            )
         })
-        .await,
-        "etcd did not come up"
-    );
+        .collect();
+    wait_etcd(&client_url).await;
     let etcd = etcd_client::Client::connect([client_url.as_str()], None)
         .await
         .expect("etcd client");

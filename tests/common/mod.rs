@@ -2,6 +2,7 @@
 //! agent over real sockets.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod etcd;
 pub mod pg;
 
