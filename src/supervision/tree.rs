@@ -6,7 +6,9 @@
 //! ├── registrar      permanent   REGISTER, digest auth, bindings (the location service is
 //! │                              shared memory that survives its restarts)
 //! ├── trunks         permanent   one_for_one supervisor, 10 restarts / 10 s
-//! │   └── trunk/<id>             one per carrier trunk (channels live in a shared table)
+//! │   └── trunk/<id>             one per carrier trunk (channels live in a shared table);
+//! │                              trunks put or deleted through the API are started and
+//! │                              stopped here at run time (see [`Catalog`])
 //! ├── tenants        permanent   one_for_one supervisor, 3 restarts / 10 s
 //! │   └── tenant/<id>            rest_for_one supervisor per tenant
 //! │       ├── tenant actor       permanent
