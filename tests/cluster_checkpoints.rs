@@ -231,8 +231,28 @@ async fn queue_counts_and_trunk_health_survive_sigkill_and_give_away() {
     )
     .await;
 
+    // The other node follows the owner's view: its calls skip the trunk too.
+    trunk_up_is(
+        survivor,
+        &trunk,
+        0.0,
+        "the owner's down followed by the other node",
+    )
+    .await;
+    assert!(
+        metric(
+            survivor,
+            "switchyard_cluster_trunk_followed_total",
+            &["outcome=\"applied\""]
+        )
+        .await
+        .is_some_and(|n| n >= 1.0),
+        "trunk checkpoints applied on the other node"
+    );
+
     // 2. SIGKILL the owner. From now on the gateway answers its probes, so a trunk started
-    // from its configuration would stay up: down on the survivor can only be the checkpoint.
+    // from its configuration would come up at once: down on the survivor once its actor
+    // runs there can only be the checkpoint.
     probe_answer.store(200, Ordering::Relaxed);
     let killed = Instant::now();
     nodes[vi].kill9();
@@ -258,7 +278,6 @@ async fn queue_counts_and_trunk_health_survive_sigkill_and_give_away() {
     .await;
     assert!(after >= before, "counts went back: {after} < {before}");
     assert_eq!(after, 3);
-    // Up (1) until its actor starts here; a trunk from its configuration would stay up.
     trunk_up_is(survivor, &trunk, 0.0, "the trunk down on the survivor").await;
     for kind in ["queue", "trunk"] {
         let restored = metric(

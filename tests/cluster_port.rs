@@ -688,3 +688,93 @@ async fn a_peer_without_the_secret_is_refused() {
     assert_eq!(p.port_b.stats().received, 0);
     p.stop().await;
 }
+
+/// A trunk's calls go through every node, but one actor on the trunk's owner judges it: an
+/// attempt through node A on a trunk whose actor runs on node B reaches B's window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trunk_attempts_through_one_node_reach_the_trunks_owner() {
+    use switchyard::actors::trunk::{self, TrunkMsg};
+    use switchyard::cluster::trunk_key;
+    let gw = Ua::new().await;
+    let (ta, tb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cfg =
+        |dir: &std::path::Path| trunk_config(dir, vec![trunk("carrier", gw.addr, "")], "priority");
+    let a = start_with(cfg(ta.path())).await;
+    let b = start_with(cfg(tb.path())).await;
+    // As in cluster mode: the trunk's actor runs on its owner only.
+    a.tree.singletons.stop(&trunk_key("carrier")).await.unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || trunk::lookup("carrier", &a.name)
+            .is_none())
+        .await,
+        "node A's trunk actor stopped"
+    );
+    let (dir_a, dir_b) = (Directory::new(&a.name), Directory::new(&b.name));
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let port_a = port::start(PortConfig::new(
+        &a.name,
+        listen,
+        SECRET,
+        dir_a.clone(),
+        a.cc.clone(),
+    ))
+    .await
+    .expect("port A starts");
+    let port_b = port::start(PortConfig::new(
+        &b.name,
+        listen,
+        SECRET,
+        dir_b.clone(),
+        b.cc.clone(),
+    ))
+    .await
+    .expect("port B starts");
+    for d in [&dir_a, &dir_b] {
+        d.set_node(node_info(&a.name, port_a.listen_addr()));
+        d.set_node(node_info(&b.name, port_b.listen_addr()));
+        d.set_owner(&trunk_key("carrier"), &b.name);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || port_a.stats().peers
+            == vec![b.name.clone()])
+        .await,
+        "ports connected"
+    );
+
+    // A call through A; the carrier refuses it.
+    let (caller, sw) = (Ua::new().await, udp_addr(&a));
+    caller
+        .send(sw, &invite("tr-remote-1", "9441234", caller.addr, sw))
+        .await;
+    let (inv, _) = gw.expect_request("INVITE").await;
+    gw.send(
+        sw,
+        &answer(&inv, 503, "Service Unavailable", "gw", gw.addr, ""),
+    )
+    .await;
+    caller
+        .expect("the caller's final answer", |m| {
+            m.status().is_some_and(|s| s >= 400)
+        })
+        .await;
+
+    let owner = trunk::lookup("carrier", &b.name).expect("B runs the trunk");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let info = loop {
+        let info = ractor::call_t!(owner, TrunkMsg::GetInfo, 2000).expect("trunk answers");
+        if info.attempts >= 1 || Instant::now() > deadline {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (info.attempts, info.answered),
+        (1, 0),
+        "B's trunk window counts A's attempt"
+    );
+    assert!(port_b.stats().received >= 1, "it came over the port");
+    port_a.stop().await;
+    port_b.stop().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}

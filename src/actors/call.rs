@@ -3638,8 +3638,11 @@ impl CallState {
             .map(|c| c.tx)
     }
 
-    fn node(&self) -> Option<String> {
-        self.cc().map(|c| c.node.clone())
+    /// Tells the trunk's actor how an attempt ended, on whichever node owns the trunk.
+    fn report_attempt(&self, trunk: &str, report: AttemptReport) {
+        if let Some(cc) = self.cc() {
+            trunk::report(trunk, &cc.node, report, cc.remote.get());
+        }
     }
 
     fn cancel_invite_timer(&mut self) {
@@ -3849,19 +3852,16 @@ impl CallState {
         }
         cur.trunk.release();
         self.core().trunk = None;
-        if let Some(node) = self.node() {
-            trunk::report(
-                &cur.trunk.id,
-                &node,
-                AttemptReport {
-                    outcome,
-                    status,
-                    pdd_ms: cur.pdd_ms,
-                    duration_ms: None,
-                    media: None,
-                },
-            );
-        }
+        self.report_attempt(
+            &cur.trunk.id,
+            AttemptReport {
+                outcome,
+                status,
+                pdd_ms: cur.pdd_ms,
+                duration_ms: None,
+                media: None,
+            },
+        );
         let waiting = self
             .core
             .as_ref()
@@ -3925,7 +3925,6 @@ impl CallState {
     /// The call is over: its attempt's result goes to the trunk, its channel back.
     fn trunk_call_ended(&mut self, final_status: u16) {
         self.cancel_invite_timer();
-        let node = self.node();
         // The carrier's leg (B) as measured by the relay, for the trunk's quality score.
         let media = self
             .core
@@ -3955,19 +3954,16 @@ impl CallState {
             if let Some(l) = self.trunk_leg.as_mut() {
                 l.attempts.push(format!("{}:{label}", cur.trunk.id));
             }
-            if let Some(node) = &node {
-                trunk::report(
-                    &cur.trunk.id,
-                    node,
-                    AttemptReport {
-                        outcome,
-                        status: Some(final_status),
-                        pdd_ms: cur.pdd_ms,
-                        duration_ms,
-                        media,
-                    },
-                );
-            }
+            self.report_attempt(
+                &cur.trunk.id,
+                AttemptReport {
+                    outcome,
+                    status: Some(final_status),
+                    pdd_ms: cur.pdd_ms,
+                    duration_ms,
+                    media,
+                },
+            );
         }
         if let Some(l) = &self.trunk_leg {
             let attempts = l.attempts.join(",");

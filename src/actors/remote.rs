@@ -1,4 +1,4 @@
-//! The way out of this node for contact-centre messages (cluster mode).
+//! The way out of this node for contact-centre messages and trunk reports (cluster mode).
 //!
 //! Queues and agents are singletons placed with their tenant on one node of a cluster, while
 //! the call actors that talk to them run on whichever node took the caller's INVITE. The
@@ -14,6 +14,7 @@
 use super::agent::AgentMsg;
 use super::call::CallMsg;
 use super::queue::QueueMsg;
+use super::trunk::AttemptReport;
 
 /// Carries a message to an actor that does not run on this node.
 ///
@@ -27,6 +28,8 @@ pub trait Remote: Send + Sync {
     fn queue(&self, tenant: &str, queue: &str, msg: QueueMsg) -> bool;
     /// A message for agent `agent` of `tenant`, wherever its owner runs it.
     fn agent(&self, tenant: &str, agent: &str, msg: AgentMsg) -> bool;
+    /// How an attempt on trunk `trunk` ended, for the trunk's actor on its owner node.
+    fn trunk(&self, trunk: &str, report: AttemptReport) -> bool;
     /// A message for the call actor of `call_id` (its A-leg Call-ID) on the node it runs on.
     fn call(&self, call_id: &str, msg: CallMsg) -> bool;
     /// Whether `call_id` is known to run on another live node. An agent on call cannot

@@ -317,6 +317,17 @@ impl TrunkShared {
         }
     }
 
+    /// Takes the owner's view of a trunk this node does not run (cluster mode, from the
+    /// owner's checkpoint): up or down, and the figures the routing policies read, so this
+    /// node's calls skip a trunk its owner took down and rank trunks as the owner does.
+    pub fn follow(&self, d: &TrunkDurable, now: u64) {
+        self.set_up(d.up);
+        if let Some(w) = &d.window {
+            let figures = policy_figures(&mut w.clone(), now);
+            *self.figures.lock().unwrap_or_else(|e| e.into_inner()) = figures;
+        }
+    }
+
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
         metrics::gauge!(TRUNK_UP, "trunk" => self.id.to_string()).set(if up { 1.0 } else { 0.0 });
@@ -407,8 +418,8 @@ impl std::ops::Index<&str> for LiveTrunks {
     }
 }
 
-/// How one attempt on a trunk ended (sent by the call actor).
-#[derive(Clone, Debug)]
+/// How one attempt on a trunk ended (sent by the call actor; JSON between nodes).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptReport {
     pub outcome: Outcome,
     pub status: Option<u16>,
@@ -418,10 +429,24 @@ pub struct AttemptReport {
     pub media: Option<crate::routing::trunks::MediaQuality>,
 }
 
-/// Tells a trunk's actor how an attempt ended (a stopped actor loses one sample only).
-pub fn report(trunk: &str, node: &str, r: AttemptReport) {
-    if let Some(t) = lookup(trunk, node) {
-        let _ = t.cast(TrunkMsg::Attempt(r));
+/// Tells a trunk's actor how an attempt ended (a stopped actor loses one sample only). In a
+/// cluster the trunk may run on another node: `remote` carries the report there, so every
+/// node's calls feed the one window that judges the trunk.
+pub fn report(
+    trunk: &str,
+    node: &str,
+    r: AttemptReport,
+    remote: Option<&Arc<dyn super::remote::Remote>>,
+) {
+    match lookup(trunk, node) {
+        Some(t) => {
+            let _ = t.cast(TrunkMsg::Attempt(r));
+        }
+        None => {
+            if let Some(remote) = remote {
+                remote.trunk(trunk, r);
+            }
+        }
     }
 }
 
@@ -625,6 +650,12 @@ impl TrunkCheckpoint {
         }
         cp
     }
+}
+
+/// The figures the routing policies read from a trunk's window: its answer rate (once 20
+/// calls are in the window) and its quality score.
+fn policy_figures(w: &mut Window, now: u64) -> (Option<f64>, Option<f64>) {
+    (w.recent(now).asr_if(20), w.quality_score(now))
 }
 
 fn health_config(c: &TrunkConfig) -> HealthConfig {
@@ -1021,15 +1052,11 @@ impl TrunkState {
 
     fn publish(&mut self, now: u64) {
         let labels = self.labels();
-        let (asr, quality, acd) = {
-            let stats = self.cp.window.recent(now);
-            (stats.asr_if(20), None::<f64>, stats.acd_ms())
-        };
-        if let Some(acd) = acd {
+        if let Some(acd) = self.cp.window.recent(now).acd_ms() {
             metrics::gauge!(TRUNK_ACD, &labels).set(acd / 1000.0);
         }
         metrics::gauge!(TRUNK_CPS, &labels).set(f64::from(self.cp.window.cps(now)));
-        let quality = quality.or_else(|| self.cp.window.quality_score(now));
+        let (asr, quality) = policy_figures(&mut self.cp.window, now);
         if let Some(a) = asr {
             metrics::gauge!(TRUNK_ASR, &labels).set(a);
         }

@@ -22,6 +22,12 @@
 //!   missing, unreadable (bad JSON, another version) or late checkpoint starts the singleton
 //!   from its configuration: counted and logged, never a refusal to start.
 //!
+//! - **Following**: every node watches `<prefix>/checkpoints/trunk/`; a trunk it does not run
+//!   takes its owner's up/down and policy figures from each new checkpoint
+//!   (`TrunkShared::follow`), so calls through any node skip a trunk its owner took down and
+//!   rank trunks by the owner's answer rate and quality (within about a second). The attempts
+//!   of those calls reach the owner's trunk actor through the inter-node port.
+//!
 //! Every time in a checkpoint is wall-clock Unix ms, as the actors' clocks are, so it means
 //! the same on another node; the queue's are sums of durations.
 
@@ -29,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::Directory;
@@ -47,8 +53,16 @@ pub const CHECKPOINTS_RESTORED: &str = "switchyard_cluster_checkpoints_restored_
 /// is not one).
 pub const CHECKPOINT_WRITE_ERRORS: &str = "switchyard_cluster_checkpoint_write_errors_total";
 
+/// Trunk checkpoints of other owners taken in by this node (`outcome`: `applied`, `invalid`).
+pub const TRUNK_FOLLOWED: &str = "switchyard_cluster_trunk_followed_total";
+
 /// Describes the checkpoint metrics (called once by `metrics::describe_all`).
 pub fn describe() {
+    metrics::describe_counter!(
+        TRUNK_FOLLOWED,
+        "Trunk checkpoints of other owners applied to this node's view of the trunk, by outcome \
+         (applied, invalid)."
+    );
     metrics::describe_counter!(
         CHECKPOINTS_WRITTEN,
         "Singleton checkpoints written to etcd, by kind (queue, trunk)."
@@ -223,6 +237,80 @@ impl Checkpoints {
                 me.write(&keys).await;
             }
         })
+    }
+
+    /// Follows the trunk checkpoints other owners write (see the module doc), until the
+    /// runtime stops; a failed watch is counted and started again after a second.
+    pub fn spawn_follower(&self) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut client = me.0.client.clone();
+            loop {
+                if let Err(e) = me.follow(&mut client).await {
+                    metrics::counter!(super::membership::CLUSTER_ETCD_ERRORS, "op" => "watch")
+                        .increment(1);
+                    tracing::warn!(error = %e, "trunk checkpoint watch failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    }
+
+    /// Reads every trunk checkpoint, then applies each new one as it is written.
+    async fn follow(&self, client: &mut Client) -> Result<(), String> {
+        let prefix = self.key("trunk/");
+        let resp = client
+            .get(prefix.as_str(), Some(GetOptions::new().with_prefix()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        for kv in resp.kvs() {
+            self.follow_one(&prefix, kv.key(), kv.value());
+        }
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut stream = client
+            .watch(prefix.as_str(), Some(options))
+            .await
+            .map_err(|e| e.to_string())?;
+        while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
+            if resp.canceled() || resp.compact_revision() > 0 {
+                return Err("trunk checkpoint watch cancelled or compacted".into());
+            }
+            for ev in resp.events() {
+                if let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) {
+                    self.follow_one(&prefix, kv.key(), kv.value());
+                }
+            }
+        }
+        Err("trunk checkpoint watch ended".into())
+    }
+
+    /// Applies one trunk checkpoint, unless this node runs the trunk (its actor decides).
+    fn follow_one(&self, prefix: &str, key: &[u8], value: &[u8]) {
+        let Some(id) = std::str::from_utf8(key)
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix))
+        else {
+            return;
+        };
+        if crate::actors::trunk::lookup(id, &self.0.cc.node).is_some() {
+            return;
+        }
+        let Some(trunk) = self.0.trunks.get(id) else {
+            return;
+        };
+        match decode_trunk(value) {
+            Ok(r) => {
+                trunk.follow(&r.trunk, now_unix_ms() as u64);
+                metrics::counter!(TRUNK_FOLLOWED, "outcome" => "applied").increment(1);
+            }
+            Err(e) => {
+                metrics::counter!(TRUNK_FOLLOWED, "outcome" => "invalid").increment(1);
+                tracing::warn!(trunk = id, error = %e, "trunk checkpoint not understood");
+            }
+        }
     }
 
     /// `<prefix>/checkpoints/<singleton key>`.

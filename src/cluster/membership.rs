@@ -169,6 +169,7 @@ impl Membership {
         let lost = task.take_lease().await?;
         task.load().await?;
         checkpoints.spawn_writer();
+        checkpoints.spawn_follower();
         let state = Arc::new(Mutex::new(NodeState::Up));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(task.run(rx, lost, state.clone()));

@@ -42,11 +42,12 @@ use ractor_cluster::{
 use tokio_rustls::rustls::pki_types::ServerName;
 
 use super::wire::{self, Envelope, Payload, PortMsg, WireAgentMsg, WireCallMsg, WireQueueMsg};
-use super::{queue_key, tenant_key, Directory};
+use super::{queue_key, tenant_key, trunk_key, Directory};
 use crate::actors::agent::{self, AgentMsg, OfferOutcome};
 use crate::actors::call::CallMsg;
 use crate::actors::queue::{self, CcContext, QueueMsg};
 use crate::actors::remote::Remote;
+use crate::actors::trunk::{self, AttemptReport, TrunkMsg};
 
 pub const MESSAGES_SENT: &str = "switchyard_cluster_messages_sent_total";
 pub const MESSAGES_RECEIVED: &str = "switchyard_cluster_messages_received_total";
@@ -434,6 +435,13 @@ impl Remote for Hook {
         })
     }
 
+    fn trunk(&self, trunk: &str, report: AttemptReport) -> bool {
+        self.send(Payload::Trunk {
+            trunk: trunk.to_string(),
+            report,
+        })
+    }
+
     fn call(&self, call_id: &str, msg: CallMsg) -> bool {
         let Some(mut entry) = self.shared.calls.get_mut(call_id) else {
             return false; // runs nowhere we know of: gone
@@ -731,6 +739,7 @@ impl PortState {
                 .or_else(|| dir.owner(&tenant_key(tenant)))
                 .ok_or("no_owner"),
             Payload::Agent { tenant, .. } => dir.owner(&tenant_key(tenant)).ok_or("no_owner"),
+            Payload::Trunk { trunk, .. } => dir.owner(&trunk_key(trunk)).ok_or("no_owner"),
             // Sent to each peer directly (find_agent_call), never routed.
             Payload::FindAgentCall { .. } => Err("gone"),
             Payload::Call { call_id, .. } => {
@@ -783,6 +792,10 @@ impl PortState {
                 self.answer_agent_call(tenant, agent, &env.from);
                 Ok(())
             }
+            Payload::Trunk { trunk, report } => trunk::lookup(trunk, node)
+                .ok_or("expired")?
+                .cast(TrunkMsg::Attempt(report.clone()))
+                .map_err(|_| "expired"),
         }
     }
 
@@ -1070,7 +1083,10 @@ impl PortState {
                     );
                 }
             }
-            Payload::Agent { .. } | Payload::Call { .. } | Payload::FindAgentCall { .. } => {}
+            Payload::Agent { .. }
+            | Payload::Call { .. }
+            | Payload::FindAgentCall { .. }
+            | Payload::Trunk { .. } => {}
         }
     }
 
@@ -1288,6 +1304,7 @@ fn target_key(to: &Payload) -> String {
         Payload::Agent { tenant, agent, .. } => format!("a/{tenant}/{agent}"),
         Payload::Call { call_id, .. } => format!("c/{call_id}"),
         Payload::FindAgentCall { tenant, agent } => format!("f/{tenant}/{agent}"),
+        Payload::Trunk { trunk, .. } => format!("t/{trunk}"),
     }
 }
 
@@ -1300,6 +1317,7 @@ fn describe_target(to: &Payload) -> String {
         Payload::FindAgentCall { tenant, agent } => {
             format!("lookup for agent {tenant}/{agent} ({})", to.kind())
         }
+        Payload::Trunk { trunk, .. } => format!("trunk {trunk} ({})", to.kind()),
     }
 }
 

@@ -61,6 +61,12 @@ pub enum Payload {
         call_id: String,
         msg: WireCallMsg,
     },
+    /// How an attempt through a trunk ended, for the trunk's actor on its owner: every node's
+    /// calls feed the one window that judges the trunk (answer rate, quality, health).
+    Trunk {
+        trunk: String,
+        report: crate::actors::trunk::AttemptReport,
+    },
     /// For the receiving node itself: does one of its call actors hold this agent (offered
     /// or answered)? Sent to every live node by an agent actor that starts in cluster mode;
     /// a node that finds it answers the agent with [`WireAgentMsg::Resume`].
@@ -78,6 +84,7 @@ impl Payload {
             Payload::Agent { msg, .. } => msg.kind(),
             Payload::Call { msg, .. } => msg.kind(),
             Payload::FindAgentCall { .. } => "node.find_agent_call",
+            Payload::Trunk { .. } => "trunk.attempt",
         }
     }
 }
@@ -924,6 +931,35 @@ mod tests {
                 answered: false,
             }
         );
+    }
+
+    #[test]
+    fn a_trunk_attempt_survives_a_round_trip() {
+        use crate::routing::trunks::{FailoverCause, MediaQuality, Outcome};
+        for (outcome, media) in [
+            (
+                Outcome::Answered,
+                Some(MediaQuality {
+                    loss: 0.01,
+                    jitter_ms: 12.5,
+                    mos: 4.2,
+                }),
+            ),
+            (Outcome::Failover(FailoverCause::ServiceUnavailable), None),
+        ] {
+            let to = Payload::Trunk {
+                trunk: "carrier-a".into(),
+                report: crate::actors::trunk::AttemptReport {
+                    outcome,
+                    status: Some(503),
+                    pdd_ms: Some(850),
+                    duration_ms: None,
+                    media,
+                },
+            };
+            assert_eq!(to.kind(), "trunk.attempt");
+            assert_eq!(round_trip(env(to.clone())).to, to);
+        }
     }
 
     #[test]
