@@ -8,10 +8,10 @@
 
 mod common;
 
-use common::etcd::{etcd_binary, free_port, start_etcd, Proc};
+use common::cluster::NodeProc;
+use common::etcd::{etcd_binary, free_port, start_etcd};
 use common::*;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use switchyard::config::Config;
 use switchyard::server::Node;
@@ -347,12 +347,15 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
     node.shutdown().await;
 }
 
-/// Polls `GET /queues/cc/q` until `pred` holds (bounded); the last answer.
+/// Polls `GET /queues/cc/q` until `pred` holds (bounded); the last answer. A 503 (the queue
+/// actor between its stop and its start, while it restarts with a change) is polled over.
 async fn wait_queue(node: &Node, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let q = get(node, "/queues/cc/q").await;
-        if pred(&q) {
+        let r = http_request(node.http_addr, "GET", "/queues/cc/q", None, "").await;
+        assert!(r.status == 200 || r.status == 503, "{}", r.body);
+        let q: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        if r.status == 200 && pred(&q) {
             return q;
         }
         assert!(
@@ -625,24 +628,8 @@ async fn bad_changes_are_refused_and_change_nothing() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Cluster: etcd and switchyard processes (the launcher is tests/cluster.rs's)
+// Cluster: etcd and switchyard processes (tests/common/cluster.rs)
 // ---------------------------------------------------------------------------------------------
-
-/// A free UDP port on `ip`.
-fn free_udp_port(ip: &str) -> u16 {
-    std::net::UdpSocket::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One switchyard process of the cluster.
-struct Member {
-    http: SocketAddr,
-    sip: SocketAddr,
-    _proc: Proc,
-}
 
 /// Route ids as `GET /routes` on `http` lists them; None while the node is not up.
 async fn route_ids(http: SocketAddr) -> Option<Vec<String>> {
@@ -711,43 +698,15 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     tokio::time::timeout(Duration::from_secs(10), ready)
         .await
         .expect("etcd did not come up");
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let ip = format!("127.0.0.{i}");
-        let name = format!("n{i}");
-        let cluster = dir.path().join(format!("{name}.toml"));
-        std::fs::write(
-            &cluster,
-            format!(
-                "name = \"{name}\"\nlisten = \"{ip}:{}\"\nsecret = \"a-test-secret-0123456789\"\n\
-                 [etcd]\nendpoints = [\"{etcd_url}\"]\nprefix = \"/cfg\"\nlease_ttl_secs = 3\n",
-                free_port(&ip)
-            ),
-        )
-        .unwrap();
-        let http: SocketAddr = format!("{ip}:{}", free_port(&ip)).parse().unwrap();
-        let sip: SocketAddr = format!("{ip}:{}", free_udp_port(&ip)).parse().unwrap();
-        let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--cluster")
-            .arg(&cluster)
-            .args(["--sip-listen", &format!("udp:{sip}")])
-            .args(["--http-listen", &http.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path().join(&name))
-            .env("RUST_LOG", "switchyard=info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("switchyard starts");
-        nodes.push(Member {
-            http,
-            sip,
-            _proc: Proc(child),
-        });
-    }
+    let nodes: Vec<NodeProc> = (1..=3)
+        .map(|i| {
+            let (name, ip) = (format!("n{i}"), format!("127.0.0.{i}"));
+            let etcd = (etcd_url.as_str(), "/cfg");
+            let mut n = NodeProc::new(dir.path(), &name, &ip, &config_path, etcd, "");
+            n.spawn(dir.path());
+            n
+        })
+        .collect();
     // The first node seeds etcd from its file; every node then serves the file's route.
     for n in &nodes {
         wait_routes(n.http, Duration::from_secs(20), |ids| ids == ["9"]).await;
