@@ -188,6 +188,18 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
             "queue {t}/support does not answer on its owner {owner}"
         );
     }
+    // Any other node sends the API client there: a 307 to the same path on the owner.
+    for t in ["red", "green", "blue"] {
+        let owner = &want[&format!("tenant/{t}")];
+        let path = format!("/queues/{t}/support?x=1");
+        for n in nodes.iter().filter(|n| &n.name != owner) {
+            let r = http_request(n.http, "GET", &path, None, "").await;
+            let home = nodes.iter().find(|m| &m.name == owner).unwrap().http;
+            assert_eq!(r.status, 307, "{t} on {}: {}", n.name, r.body);
+            assert_eq!(r.header("location"), format!("http://{home}{path}"));
+            assert!(r.body.contains(owner.as_str()), "{}", r.body);
+        }
+    }
 
     // 2. SIGKILL the node that owns the most; the survivors take everything over.
     let victim = ["n1", "n2", "n3"]

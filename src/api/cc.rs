@@ -14,7 +14,10 @@
 //! so a restarted actor is found again. Which tenants, queues and agents exist comes from
 //! the [`Directory`] built from the config: a name it does not list is a 404; a listed
 //! actor that is not running or does not answer in time is a 503; an agent's refusal of a
-//! command (busy, no registered phone) is a 409 with its reason.
+//! command (busy, no registered phone) is a 409 with its reason. In a cluster, a tenant
+//! another node runs is a 307 to the same path on that node (click-to-call too: a 307 keeps
+//! the method and body; clients must resend the token, e.g. `curl --location-trusted`); the
+//! lists (`GET /queues`, `GET /agents`) show the tenants this node runs.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +32,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
+use super::cluster::tenant_elsewhere;
 use super::{route, ApiState, Params, Problem};
 use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
@@ -268,9 +272,10 @@ async fn list_queues_inner(state: &ApiState, uri: &Uri) -> Result<Vec<QueueStats
 async fn get_queue(
     State(state): State<ApiState>,
     Path((tenant, queue)): Path<(String, String)>,
+    uri: Uri,
 ) -> Response {
     respond(
-        ask_queue(&state, &tenant, &queue, |q| async move {
+        ask_queue(&state, &uri, &tenant, &queue, |q| async move {
             queue::stats(&q).await
         })
         .await,
@@ -280,9 +285,10 @@ async fn get_queue(
 async fn get_waiting(
     State(state): State<ApiState>,
     Path((tenant, queue)): Path<(String, String)>,
+    uri: Uri,
 ) -> Response {
     respond(
-        ask_queue(&state, &tenant, &queue, |q| async move {
+        ask_queue(&state, &uri, &tenant, &queue, |q| async move {
             queue::waiting(&q).await
         })
         .await,
@@ -292,9 +298,10 @@ async fn get_waiting(
 async fn get_decisions(
     State(state): State<ApiState>,
     Path((tenant, queue)): Path<(String, String)>,
+    uri: Uri,
 ) -> Response {
     respond(
-        ask_queue(&state, &tenant, &queue, |q| async move {
+        ask_queue(&state, &uri, &tenant, &queue, |q| async move {
             queue::decisions(&q).await
         })
         .await,
@@ -304,6 +311,7 @@ async fn get_decisions(
 /// Find a listed queue's actor and ask it one query.
 async fn ask_queue<T, F, Fut>(
     state: &ApiState,
+    uri: &Uri,
     tenant: &str,
     queue_id: &str,
     ask: F,
@@ -314,8 +322,10 @@ where
 {
     let cc = contact_centre(state)?;
     cc.directory.has_queue(tenant, queue_id)?;
-    let actor = queue::lookup(tenant, queue_id, &cc.cc.node)
-        .ok_or_else(|| unavailable(format!("queue {tenant}/{queue_id} is not running")))?;
+    let actor = queue::lookup(tenant, queue_id, &cc.cc.node).ok_or_else(|| {
+        tenant_elsewhere(state, tenant, uri)
+            .unwrap_or_else(|| unavailable(format!("queue {tenant}/{queue_id} is not running")))
+    })?;
     ask(actor)
         .await
         .map_err(|e| unavailable(format!("queue {tenant}/{queue_id} did not answer: {e}")))
@@ -398,9 +408,10 @@ async fn list_agents_inner(state: &ApiState, uri: &Uri) -> Result<AgentList, Pro
 async fn get_agent(
     State(state): State<ApiState>,
     Path((tenant, agent_id)): Path<(String, String)>,
+    uri: Uri,
 ) -> Response {
     let answer = async {
-        let actor = find_agent(&state, &tenant, &agent_id)?;
+        let actor = find_agent(&state, &uri, &tenant, &agent_id)?;
         agent::info(&actor)
             .await
             .map_err(|e| unavailable(format!("agent {tenant}/{agent_id} did not answer: {e}")))
@@ -415,6 +426,7 @@ async fn agent_command(
     State(state): State<ApiState>,
     headers: HeaderMap,
     Path((tenant, agent_id, verb)): Path<(String, String, String)>,
+    uri: Uri,
     body: Bytes,
 ) -> Response {
     let (name, command) = match verb.as_str() {
@@ -430,7 +442,8 @@ async fn agent_command(
             .into_response()
         }
     };
-    apply(&state, &headers, &tenant, &agent_id, name, command).await
+    let target = (tenant.as_str(), agent_id.as_str(), &uri);
+    apply(&state, &headers, target, name, command).await
 }
 
 /// The command of a not-ready body: empty, `{}` or `{"reason": "..."}`.
@@ -456,8 +469,7 @@ fn not_ready_command(body: &[u8]) -> Result<Command, Problem> {
 async fn apply(
     state: &ApiState,
     headers: &HeaderMap,
-    tenant: &str,
-    agent_id: &str,
+    (tenant, agent_id, uri): (&str, &str, &Uri),
     name: &'static str,
     command: Result<Command, Problem>,
 ) -> Response {
@@ -465,7 +477,7 @@ async fn apply(
     // which tenants and agents exist or what a valid body looks like.
     let (result, response) = match state.authorize(headers) {
         Err(denied) => (denied.label(), denied.into_response()),
-        Ok(()) => match run_command(state, tenant, agent_id, command).await {
+        Ok(()) => match run_command(state, uri, tenant, agent_id, command).await {
             Ok(info) => ("ok", Json(info).into_response()),
             Err(problem) => (result_label(problem.status), problem.into_response()),
         },
@@ -476,12 +488,13 @@ async fn apply(
 
 async fn run_command(
     state: &ApiState,
+    uri: &Uri,
     tenant: &str,
     agent_id: &str,
     command: Result<Command, Problem>,
 ) -> Result<AgentInfo, Problem> {
     let command = command?;
-    let actor = find_agent(state, tenant, agent_id)?;
+    let actor = find_agent(state, uri, tenant, agent_id)?;
     match agent::command(&actor, command).await {
         Ok(info) => Ok(info),
         Err(CommandError::Refused(reason)) => Err(Problem::new(StatusCode::CONFLICT, reason)),
@@ -504,17 +517,25 @@ fn result_label(status: u16) -> &'static str {
 /// running (between a crash and its restart).
 fn find_agent(
     state: &ApiState,
+    uri: &Uri,
     tenant: &str,
     agent_id: &str,
 ) -> Result<ractor::ActorRef<AgentMsg>, Problem> {
     let cc = contact_centre(state)?;
     cc.directory.has_agent(tenant, agent_id)?;
-    agent::lookup(tenant, agent_id, &cc.cc.node)
-        .ok_or_else(|| unavailable(format!("agent {tenant}/{agent_id} is not running")))
+    agent::lookup(tenant, agent_id, &cc.cc.node).ok_or_else(|| {
+        tenant_elsewhere(state, tenant, uri)
+            .unwrap_or_else(|| unavailable(format!("agent {tenant}/{agent_id} is not running")))
+    })
 }
 
 /// `POST /calls`: click-to-call.
-async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn click_to_call(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
     if let Err(denied) = state.authorize(&headers) {
         return denied.into_response();
     }
@@ -530,7 +551,7 @@ async fn click_to_call(State(state): State<ApiState>, headers: HeaderMap, body: 
         {
             return Err(bad_request("number: digits, letters, + * # only"));
         }
-        let actor = find_agent(&state, &req.tenant, &req.agent)?;
+        let actor = find_agent(&state, &uri, &req.tenant, &req.agent)?;
         let cc = contact_centre(&state)?.cc.clone();
         let info = agent::info(&actor)
             .await

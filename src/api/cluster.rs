@@ -7,11 +7,14 @@
 //! | `POST /cluster/undrain` | (token) this node takes its fair share again |
 //!
 //! A node running alone answers 404 on all three.
+//!
+//! In a cluster, the queue, agent and click-to-call routes of a tenant another node runs
+//! answer 307 with that node's address (see [`tenant_elsewhere`]).
 
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -31,6 +34,52 @@ fn alone() -> Problem {
     Problem::not_found("this node runs alone (started without --cluster)")
 }
 
+/// In a cluster, a tenant's queues and agents answer on the node that runs the tenant: a
+/// request about them on another node gets a 307 to the same path on the owner's HTTP
+/// address (as a standby of a replicated service redirects to its active node; counted in
+/// `switchyard_http_requests_total{status="307"}`). None when
+/// the node runs alone, runs the tenant itself, or nobody runs it right now.
+pub(super) fn tenant_elsewhere(state: &ApiState, tenant: &str, uri: &Uri) -> Option<Problem> {
+    let dir = state.cluster.as_ref()?.directory();
+    let owner = dir.owner(&crate::cluster::tenant_key(tenant))?;
+    if owner == dir.me() {
+        return None;
+    }
+    let http = dir.node(&owner)?.http;
+    if http.is_empty() {
+        return None;
+    }
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    Some(Problem::elsewhere(
+        format!("http://{http}{path}"),
+        format!("tenant {tenant} runs on node {owner}"),
+    ))
+}
+
+/// Why a cluster command was not run.
+enum Refused {
+    Denied(super::Denied),
+    Alone,
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        match self {
+            Refused::Denied(d) => d.into_response(),
+            Refused::Alone => alone().into_response(),
+        }
+    }
+}
+
+/// The node's membership, once the caller may change it.
+fn member<'s>(
+    state: &'s ApiState,
+    headers: &HeaderMap,
+) -> Result<&'s crate::cluster::membership::Membership, Refused> {
+    state.authorize(headers).map_err(Refused::Denied)?;
+    state.cluster.as_deref().ok_or(Refused::Alone)
+}
+
 async fn view(State(state): State<ApiState>) -> Response {
     match &state.cluster {
         Some(m) => Json(m.view()).into_response(),
@@ -39,11 +88,9 @@ async fn view(State(state): State<ApiState>) -> Response {
 }
 
 async fn drain(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = state.authorize(&headers) {
-        return denied.into_response();
-    }
-    let Some(m) = &state.cluster else {
-        return alone().into_response();
+    let m = match member(&state, &headers) {
+        Ok(m) => m,
+        Err(refused) => return refused.into_response(),
     };
     match m.drain(DRAIN_WAIT).await {
         Ok(_) => Json(m.view()).into_response(),
@@ -52,11 +99,9 @@ async fn drain(State(state): State<ApiState>, headers: HeaderMap) -> Response {
 }
 
 async fn undrain(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    if let Err(denied) = state.authorize(&headers) {
-        return denied.into_response();
-    }
-    let Some(m) = &state.cluster else {
-        return alone().into_response();
+    let m = match member(&state, &headers) {
+        Ok(m) => m,
+        Err(refused) => return refused.into_response(),
     };
     match m.undrain().await {
         Ok(()) => Json(m.view()).into_response(),

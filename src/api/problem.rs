@@ -24,6 +24,9 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong with this request.
     pub detail: String,
+    /// Where to send the request instead (the `Location` of a 307); not in the body.
+    #[serde(skip)]
+    pub location: Option<String>,
 }
 
 impl Problem {
@@ -43,7 +46,16 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail,
+            location: None,
         }
+    }
+
+    /// 307: the resource is served by another node of the cluster, at `location` (the
+    /// same method and body go there).
+    pub fn elsewhere(location: String, detail: impl Into<String>) -> Self {
+        let mut p = Self::new(StatusCode::TEMPORARY_REDIRECT, detail);
+        p.location = Some(location);
+        p
     }
 
     /// 404: nothing is routed at this path.
@@ -55,7 +67,14 @@ impl Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let location = self
+            .location
+            .as_deref()
+            .and_then(|l| HeaderValue::from_str(l).ok());
         let mut response = (status, Json(self)).into_response();
+        if let Some(l) = location {
+            response.headers_mut().insert(header::LOCATION, l);
+        }
         // Json sets application/json; a problem body has its own media type.
         response
             .headers_mut()
@@ -82,6 +101,19 @@ mod tests {
         let p = Problem::not_found("é".repeat(MAX_DETAIL));
         assert!(p.detail.len() <= MAX_DETAIL + '…'.len_utf8());
         assert!(p.detail.ends_with('…'));
+    }
+
+    #[test]
+    fn elsewhere_is_a_307_with_its_location_outside_the_body() {
+        let r =
+            Problem::elsewhere("http://127.0.0.2:8080/agents/t/a".into(), "on n2").into_response();
+        assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "http://127.0.0.2:8080/agents/t/a"
+        );
+        let body = serde_json::to_value(Problem::elsewhere("x".into(), "on n2")).unwrap();
+        assert!(body.get("location").is_none(), "{body}");
     }
 
     #[test]
