@@ -109,7 +109,10 @@ async fn a_callee_busy_is_relayed_without_trying_another_trunk() {
     );
     let r = cdr(&node, dir.path(), "tr-2").await;
     assert_eq!(r.attempts.as_deref(), Some("a:486"), "{r:?}");
-    assert_eq!(node.ctx.trunks.get().unwrap()["a"].channels(), 0);
+    assert_eq!(
+        node.ctx.trunks.get().unwrap().get("a").unwrap().channels(),
+        0
+    );
     node.shutdown().await;
 }
 
@@ -140,7 +143,14 @@ async fn a_full_trunk_overflows_and_failed_calls_take_a_trunk_down() {
     let (inv1, _) = a.expect_request("INVITE").await;
     a.send(sw, &answer(&inv1, 180, "Ringing", "ta", a.addr, ""))
         .await;
-    assert!(wait_until(Duration::from_secs(2), || table["a"].channels() == 1).await);
+    assert!(
+        wait_until(Duration::from_secs(2), || table
+            .get("a")
+            .unwrap()
+            .channels()
+            == 1)
+        .await
+    );
     // Call 2 finds a full and goes to b at once.
     caller
         .send(sw, &invite("tr-4", "9200", caller.addr, sw))
@@ -171,7 +181,7 @@ async fn a_full_trunk_overflows_and_failed_calls_take_a_trunk_down() {
     )
     .await;
     assert!(
-        wait_until(Duration::from_secs(2), || !table["a"].is_up()).await,
+        wait_until(Duration::from_secs(2), || !table.get("a").unwrap().is_up()).await,
         "a down after 2 failed calls"
     );
     // A new call skips a.
@@ -243,12 +253,12 @@ async fn options_probes_take_a_silent_gateway_down_and_bring_it_back() {
     let (probe, _) = gw.expect_request("OPTIONS").await;
     assert!(header(&probe, "Call-ID").starts_with("sy-probe-"));
     assert!(
-        wait_until(Duration::from_secs(5), || !table["a"].is_up()).await,
+        wait_until(Duration::from_secs(5), || !table.get("a").unwrap().is_up()).await,
         "down after unanswered probes"
     );
     // Now it answers: up again after two good probes.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < deadline && !table["a"].is_up() {
+    while tokio::time::Instant::now() < deadline && !table.get("a").unwrap().is_up() {
         if let Some((m, _)) = gw.recv(Duration::from_millis(200)).await {
             if m.method().is_some_and(|x| x.to_string() == "OPTIONS") {
                 let sw = udp_addr(&node);
@@ -256,7 +266,7 @@ async fn options_probes_take_a_silent_gateway_down_and_bring_it_back() {
             }
         }
     }
-    assert!(table["a"].is_up(), "up after good probes");
+    assert!(table.get("a").unwrap().is_up(), "up after good probes");
     node.shutdown().await;
 }
 
@@ -299,7 +309,7 @@ async fn a_crashed_trunk_actor_keeps_the_channel_count_and_its_limit() {
         "trunk actor restarted"
     );
     assert_eq!(
-        table["a"].channels(),
+        table.get("a").unwrap().channels(),
         1,
         "channel count survives the restart"
     );
@@ -316,7 +326,14 @@ async fn a_crashed_trunk_actor_keeps_the_channel_count_and_its_limit() {
         .unwrap()
         .cast(switchyard::actors::call::CallMsg::Hangup("test".into()))
         .unwrap();
-    assert!(wait_until(Duration::from_secs(2), || table["a"].channels() == 0).await);
+    assert!(
+        wait_until(Duration::from_secs(2), || table
+            .get("a")
+            .unwrap()
+            .channels()
+            == 0)
+        .await
+    );
     node.shutdown().await;
 }
 
@@ -716,13 +733,13 @@ async fn a_trunk_downed_by_failed_calls_is_held_down_despite_good_probes() {
         }
     }
     assert!(
-        wait_until(Duration::from_secs(2), || !table["a"].is_up()).await,
+        wait_until(Duration::from_secs(2), || !table.get("a").unwrap().is_up()).await,
         "down after failed calls"
     );
     let down_at = tokio::time::Instant::now();
     // Good probes keep coming; the trunk stays down for the 2 s hold, then comes back.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < deadline && !table["a"].is_up() {
+    while tokio::time::Instant::now() < deadline && !table.get("a").unwrap().is_up() {
         if let Some((m, _)) = gw.recv(Duration::from_millis(100)).await {
             if m.method().is_some_and(|x| x.to_string() == "OPTIONS") {
                 gw.send(sw, &answer(&m, 200, "OK", "g", gw.addr, "")).await;
@@ -730,7 +747,7 @@ async fn a_trunk_downed_by_failed_calls_is_held_down_despite_good_probes() {
         }
     }
     let held = down_at.elapsed();
-    assert!(table["a"].is_up(), "back up after the hold");
+    assert!(table.get("a").unwrap().is_up(), "back up after the hold");
     assert!(
         held >= Duration::from_millis(1500),
         "held down {held:?} despite good probes"
@@ -767,7 +784,7 @@ async fn a_trunk_marked_down_is_the_last_resort_when_every_up_trunk_failed() {
     let (inv, _) = b.expect_request("INVITE").await;
     b.send(sw, &answer(&inv, 200, "OK", "tb", b.addr, SDP))
         .await;
-    assert!(wait_until(Duration::from_secs(2), || !table["a"].is_up()).await);
+    assert!(wait_until(Duration::from_secs(2), || !table.get("a").unwrap().is_up()).await);
     // Now b refuses: a, though marked down, is tried before the caller is failed.
     caller
         .send(sw, &invite("lr-2", "9200", caller.addr, sw))

@@ -344,16 +344,6 @@ pub type TrunkTable = std::collections::HashMap<Arc<str>, Arc<TrunkShared>>;
 #[derive(Debug, Default)]
 pub struct LiveTrunks {
     table: std::sync::RwLock<Arc<TrunkTable>>,
-    /// The trunk versions `table["id"]` handed out (see the `Index` impl).
-    pinned: std::sync::OnceLock<Box<Pinned>>,
-}
-
-/// A trunk version kept for as long as the [`LiveTrunks`] (a grow-only list, so a
-/// reference into it lives as long as the table does).
-#[derive(Debug)]
-struct Pinned {
-    trunk: Arc<TrunkShared>,
-    next: std::sync::OnceLock<Box<Pinned>>,
 }
 
 impl LiveTrunks {
@@ -361,7 +351,6 @@ impl LiveTrunks {
     pub fn new(table: TrunkTable) -> LiveTrunks {
         LiveTrunks {
             table: std::sync::RwLock::new(Arc::new(table)),
-            pinned: std::sync::OnceLock::new(),
         }
     }
 
@@ -382,39 +371,6 @@ impl LiveTrunks {
     /// Puts `table` in force.
     pub fn replace(&self, table: TrunkTable) {
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
-    }
-
-    /// `trunk`, kept alive as long as `self` so that a plain reference to it can be handed
-    /// out.
-    fn pin(&self, trunk: Arc<TrunkShared>) -> &TrunkShared {
-        let mut slot = &self.pinned;
-        loop {
-            match slot.get() {
-                Some(p) if Arc::ptr_eq(&p.trunk, &trunk) => return &p.trunk,
-                Some(p) => slot = &p.next,
-                None => {
-                    // Lost a race: another version went there; walk on either way.
-                    let _ = slot.set(Box::new(Pinned {
-                        trunk: trunk.clone(),
-                        next: std::sync::OnceLock::new(),
-                    }));
-                }
-            }
-        }
-    }
-}
-
-/// `trunks["id"]`: the trunk in force now, for tests and tools (the switch itself uses
-/// [`LiveTrunks::get`]). Each version handed out this way is kept with the table, so the
-/// reference stays valid across a replacement. Panics if there is no such trunk.
-impl std::ops::Index<&str> for LiveTrunks {
-    type Output = TrunkShared;
-
-    fn index(&self, id: &str) -> &TrunkShared {
-        let trunk = self
-            .get(id)
-            .unwrap_or_else(|| panic!("no trunk {id:?} in force"));
-        self.pin(trunk)
     }
 }
 
@@ -1116,21 +1072,24 @@ mod tests {
     }
 
     #[test]
-    fn a_replaced_trunk_shares_its_channel_count_and_indexing_follows_the_table() {
+    fn a_replaced_trunk_shares_its_channel_count_and_the_table_follows() {
         let old = Arc::new(TrunkShared::new(config(2)));
         old.seize().unwrap();
         let live = LiveTrunks::new([(old.id.clone(), old.clone())].into_iter().collect());
-        let before: &TrunkShared = &live["t1"];
-        assert!(std::ptr::eq(before, &*old));
+        let before = live.get("t1").unwrap();
+        assert!(Arc::ptr_eq(&before, &old));
         let new = Arc::new(TrunkShared::replacing(config(1), &old, false));
         assert_eq!(new.channels(), 1, "the call from before counts");
         assert_eq!(new.seize(), Err(FailoverCause::ChannelsFull), "new limit 1");
         live.replace([(new.id.clone(), new.clone())].into_iter().collect());
-        assert!(std::ptr::eq(&live["t1"], &*new));
         assert!(Arc::ptr_eq(&live.get("t1").unwrap(), &new));
         old.release(); // the old call ends through the trunk it seized
         assert_eq!(new.channels(), 0);
-        assert_eq!(before.channels(), 0, "an indexed version stays readable");
+        assert_eq!(
+            before.channels(),
+            0,
+            "a version taken before stays readable"
+        );
         assert!(live.get("t2").is_none());
     }
 
