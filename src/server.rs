@@ -416,7 +416,11 @@ impl Node {
         };
         let mut state = crate::api::ApiState::new(handle.clone(), crate::api::Health::new())
             .with_token(token)
-            .with_contact_centre(cc.clone(), directory)
+            // Queues added or deleted through the API are listed as the tree runs them.
+            .with_contact_centre(
+                cc.clone(),
+                directory.with_live_queues(tree.singletons.clone()),
+            )
             .with_recordings(recordings)
             .with_config(shared_config);
         if let Some(m) = &membership {

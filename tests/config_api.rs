@@ -319,10 +319,8 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
         404
     );
     // What stays file-configured is refused, not ignored.
-    for path in ["/tenants/cc/queues/new", "/tenants/cc"] {
-        let r = put(&node, path, AUTH, "{}").await;
-        assert_eq!(r.status, 501, "{path}: {}", r.body);
-    }
+    let r = put(&node, "/tenants/cc", AUTH, "{}").await;
+    assert_eq!(r.status, 501, "{}", r.body);
 
     assert_eq!(delete(&node, "/tenants/cc/users/dave").await.status, 204);
     assert_eq!(register_status(sw, &phone, "dave", "pw-2", 9).await, 401);
@@ -350,9 +348,18 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
 /// Polls `GET /queues/cc/q` until `pred` holds (bounded); the last answer. A 503 (the queue
 /// actor between its stop and its start, while it restarts with a change) is polled over.
 async fn wait_queue(node: &Node, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    wait_queue_at(node, "/queues/cc/q", pred).await
+}
+
+/// [`wait_queue`] for the queue at `path`.
+async fn wait_queue_at(
+    node: &Node,
+    path: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let r = http_request(node.http_addr, "GET", "/queues/cc/q", None, "").await;
+        let r = http_request(node.http_addr, "GET", path, None, "").await;
         assert!(r.status == 200 || r.status == 503, "{}", r.body);
         let q: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         if r.status == 200 && pred(&q) {
@@ -414,13 +421,7 @@ async fn a_queue_changed_through_the_api_keeps_its_callers_and_takes_the_new_lim
         put(&node, "/tenants/cc/queues/q", None, body).await.status,
         401
     );
-    // Adding or removing a queue stays with the file.
-    assert_eq!(
-        put(&node, "/tenants/cc/queues/new", AUTH, "{}")
-            .await
-            .status,
-        501
-    );
+    // Removing a queue of the file stays with the file.
     assert_eq!(delete(&node, "/tenants/cc/queues/q").await.status, 501);
     assert_eq!(
         put(&node, "/tenants/nope/queues/q", AUTH, "{}")
@@ -433,6 +434,114 @@ async fn a_queue_changed_through_the_api_keeps_its_callers_and_takes_the_new_lim
     node.shutdown().await;
     let node = start_with(node_config(dir.path(), target.addr)).await;
     wait_queue(&node, |q| q["service_level_secs"] == 42).await;
+    node.shutdown().await;
+}
+
+/// The CANCEL a caller sends for its INVITE `inv`.
+fn cancel_of(inv: &str) -> String {
+    let first = inv.lines().next().unwrap().replacen("INVITE", "CANCEL", 1);
+    let mut s = format!("{first}\r\n");
+    for line in inv.split("\r\n").skip(1) {
+        if line.is_empty() {
+            break;
+        }
+        match line.split(':').next().unwrap() {
+            "Via" | "From" | "To" | "Call-ID" | "Max-Forwards" => {
+                s.push_str(&format!("{line}\r\n"))
+            }
+            "CSeq" => s.push_str(&format!("{}\r\n", line.replace("INVITE", "CANCEL"))),
+            _ => {}
+        }
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s
+}
+
+/// Whether `GET /queues` on `node` lists `cc`'s queue `id`.
+async fn lists_queue(node: &Node, id: &str) -> bool {
+    let all = get(node, "/queues").await;
+    all.as_array()
+        .unwrap()
+        .iter()
+        .any(|q| q["tenant"] == "cc" && q["queue"] == id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caller, target) = (Ua::new().await, Ua::new().await);
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    let support = "/queues/cc/support";
+    let r = http_request(node.http_addr, "GET", support, None, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    let body = r#"{"service_level_secs": 17}"#;
+    let r = put(&node, "/tenants/cc/queues/support", AUTH, body).await;
+    assert_eq!(r.status, 201, "a new queue is created: {}", r.body);
+    // Started under its tenant at once, and listed.
+    wait_queue_at(&node, support, |q| q["service_level_secs"] == 17).await;
+    assert!(lists_queue(&node, "support").await && lists_queue(&node, "q").await);
+    assert_eq!(
+        put(&node, "/tenants/cc/queues/support", AUTH, body)
+            .await
+            .status,
+        200,
+        "put again: replaced"
+    );
+
+    // A number leads to it; its caller waits there.
+    let number = r#"{"tenant": "cc", "target": "queue:support"}"#;
+    assert_eq!(put(&node, "/numbers/7100", AUTH, number).await.status, 201);
+    let (cid, sw) = (rand_token(), udp_addr(&node));
+    let inv = invite(&cid, "7100", caller.addr, sw);
+    caller.send(sw, &inv).await;
+    caller
+        .expect("180", |m| m.status() == Some(180) && call_id(m) == cid)
+        .await;
+    wait_queue_at(&node, support, |q| q["waiting"] == 1).await;
+
+    // Not deleted while a number leads to it, nor while its caller waits.
+    let r = delete(&node, "/tenants/cc/queues/support").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("number"), "{}", r.body);
+    assert_eq!(delete(&node, "/numbers/7100").await.status, 204);
+    let r = delete(&node, "/tenants/cc/queues/support").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("wait"), "{}", r.body);
+    caller.send(sw, &cancel_of(&inv)).await;
+    caller
+        .expect("487", |m| m.status() == Some(487) && call_id(m) == cid)
+        .await;
+    wait_queue_at(&node, support, |q| q["waiting"] == 0).await;
+
+    // It outlives a restart.
+    node.shutdown().await;
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    wait_queue_at(&node, support, |q| q["service_level_secs"] == 17).await;
+
+    assert_eq!(
+        delete(&node, "/tenants/cc/queues/support").await.status,
+        204
+    );
+    let r = http_request(node.http_addr, "GET", support, None, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(!lists_queue(&node, "support").await);
+    assert_eq!(
+        delete(&node, "/tenants/cc/queues/support").await.status,
+        404
+    );
+    // Its actor is gone, and the deletion outlives a restart too.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            switchyard::actors::queue::lookup("cc", "support", &node.name).is_none()
+        })
+        .await,
+        "the deleted queue's actor stopped"
+    );
+    node.shutdown().await;
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    let r = http_request(node.http_addr, "GET", support, None, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
     node.shutdown().await;
 }
 
@@ -819,6 +928,99 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
             }
         }
         assert!(Instant::now() < deadline, "queue change not in force");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A queue added through node 1 runs within a second on the node running its tenant,
+    // whose owner key it gets; deleted through node 2, it stops and its key goes.
+    let start = Instant::now();
+    let r = http_request(
+        n1.http,
+        "PUT",
+        "/tenants/cc/queues/added",
+        Some(&bearer),
+        r#"{"service_level_secs": 7}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let runs_on = |path: &'static str| {
+        let nodes = &nodes;
+        async move {
+            let mut on = Vec::new();
+            for n in nodes {
+                let r = http_request(n.http, "GET", path, None, "").await;
+                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+                if r.status == 200 && v["service_level_secs"] == 7 {
+                    on.push(n.name.clone());
+                }
+            }
+            on
+        }
+    };
+    let runner = loop {
+        let on = runs_on("/queues/cc/added").await;
+        assert!(on.len() < 2, "the new queue runs twice: {on:?}");
+        if let [one] = &on[..] {
+            break one.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "new queue not running in 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "queue put on n1: running on {runner} after {:?}",
+        start.elapsed()
+    );
+    let cluster_owners = |key: &'static str| async move {
+        let r = http_request(n1.http, "GET", "/cluster", None, "").await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let owners: Vec<String> = v["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| {
+                n["owns"]
+                    .as_array()
+                    .is_some_and(|o| o.iter().any(|k| k == key))
+            })
+            .filter_map(|n| n["name"].as_str().map(str::to_string))
+            .collect();
+        owners
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (queue, tenant) = (
+            cluster_owners("queue/cc/added").await,
+            cluster_owners("tenant/cc").await,
+        );
+        if queue == [runner.clone()] && tenant == queue {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new queue's key: {queue:?}, tenant's: {tenant:?}, runs on {runner}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = http_request(
+        n2.http,
+        "DELETE",
+        "/tenants/cc/queues/added",
+        Some(&bearer),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !cluster_owners("queue/cc/added").await.is_empty()
+        || !runs_on("/queues/cc/added").await.is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "deleted queue still owned or running"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 

@@ -36,6 +36,7 @@ use super::cluster::tenant_elsewhere;
 use super::{route, ApiState, Params, Problem};
 use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
+use crate::supervision::tree::Catalog;
 
 /// Counter, labels `command` (login, logout, ready, not_ready) and `result` (ok, refused,
 /// not_found, unavailable, unauthorized, forbidden, bad_request): agent state commands
@@ -73,9 +74,12 @@ pub fn describe() {
 
 /// Which queues and agents each tenant has, by id: the API's map of the contact centre,
 /// built from the config at start. Ids are kept sorted, so listings and pages are stable.
+/// With [`Directory::with_live_queues`], a tenant's queues are those of the tree's
+/// [`Catalog`] instead, which queues added or deleted through the API change.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
     tenants: BTreeMap<Arc<str>, Members>,
+    live: Option<Catalog>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -106,6 +110,21 @@ impl Directory {
         }
     }
 
+    /// Takes each tenant's queues from `catalog` (the queues in force) rather than from
+    /// what was inserted.
+    pub fn with_live_queues(mut self, catalog: Catalog) -> Directory {
+        self.live = Some(catalog);
+        self
+    }
+
+    /// `tenant`'s queue ids (sorted), from the catalog if live.
+    fn queues_of(&self, tenant: &str, m: &Members) -> Vec<Arc<str>> {
+        match &self.live {
+            Some(c) => c.queues_of(tenant).into_iter().map(Arc::from).collect(),
+            None => m.queues.clone(),
+        }
+    }
+
     /// Number of agents listed, over all tenants.
     pub fn agent_count(&self) -> usize {
         self.tenants.values().map(|m| m.agents.len()).sum()
@@ -127,9 +146,13 @@ impl Directory {
 
     fn has_queue(&self, tenant: &str, queue: &str) -> Result<(), Problem> {
         let (_, m) = self.tenant(tenant)?;
-        match m.queues.binary_search_by(|q| (**q).cmp(queue)) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(Problem::not_found(format!(
+        let found = match &self.live {
+            Some(c) => c.has_queue(tenant, queue),
+            None => m.queues.binary_search_by(|q| (**q).cmp(queue)).is_ok(),
+        };
+        match found {
+            true => Ok(()),
+            false => Err(Problem::not_found(format!(
                 "tenant {tenant:?} has no queue {queue:?}"
             ))),
         }
@@ -244,7 +267,10 @@ async fn list_queues_inner(state: &ApiState, uri: &Uri) -> Result<Vec<QueueStats
         .directory
         .select(params.get("tenant"))?
         .into_iter()
-        .flat_map(|(t, m)| m.queues.iter().map(move |q| (t.clone(), q.clone())))
+        .flat_map(|(t, m)| {
+            let queues = cc.directory.queues_of(t, m);
+            queues.into_iter().map(move |q| (t.clone(), q))
+        })
         .collect();
     let node: Arc<str> = Arc::from(cc.cc.node.as_str());
     let answers = ask_all(&keys, |(t, q)| {

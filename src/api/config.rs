@@ -13,11 +13,12 @@
 //! | `GET /tenants/{tenant}/users` | the tenant's users: `tenant`, `username`, `algorithms` (never the hashes); 404 for no such tenant |
 //! | `PUT /tenants/{tenant}/users/{name}` | (token) body: the `[[tenants.users]]` fields (`ha1_md5`, `ha1_sha256`); 201 or 200 with the user as shown; 404 for no such tenant |
 //! | `DELETE /tenants/{tenant}/users/{name}` | (token) 204; 404 if there is no such user |
-//! | `PUT /tenants/{tenant}/queues/{id}` | (token) body: the `[[tenants.queues]]` fields, replacing the queue's (left-out fields take their defaults); 200 with the body as stored; the queue actor restarts with it and keeps its callers; 501 for a queue the file does not have |
+//! | `PUT /tenants/{tenant}/queues/{id}` | (token) body: the `[[tenants.queues]]` fields, replacing the queue's (left-out fields take their defaults); 200 with the body as stored, the queue actor restarting with it and keeping its callers; 201 for a queue the tenant lacks, started under the tenant's supervisor on the node running the tenant (with no agents: agents name their queues in the file); 404 for no such tenant |
+//! | `DELETE /tenants/{tenant}/queues/{id}` | (token) 204 for a queue added through the API: its actor stops (its owner key is released); 409 while callers wait in it (on the node running it) or a number or another queue's overflow names it; 501 for a queue of the config file; 404 for no such queue |
 //! | `GET /trunks` | every trunk with all fields; the carrier password is never shown (`auth_password_set` instead, ignored when sent back) |
 //! | `PUT /trunks/{id}` | (token) body: the `[[trunks]]` fields as JSON; 201 created or 200 replaced, with the trunk as shown. A new trunk's actor starts at once (alone) or on the node that claims `trunk/<id>` (cluster); a changed one's actor restarts with it, from its checkpoint, and its channels in use still count |
 //! | `DELETE /trunks/{id}` | (token) 204; 409 while a route names the trunk; 404 if there is no such trunk. Its actor stops (its owner key is released); calls on it go on |
-//! | `PUT`/`DELETE /tenants/{id}`; `DELETE /tenants/{tenant}/queues/{id}` | 501: file-configured |
+//! | `PUT`/`DELETE /tenants/{id}` | 501: file-configured |
 //!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
 //! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
@@ -58,7 +59,7 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     let router = route(
         router,
         "/tenants/{tenant}/queues/{id}",
-        put_in_tenant(Kind::Queue).delete(file_configured),
+        put_in_tenant(Kind::Queue).delete(delete_queue),
     );
     let router = route(router, "/trunks", get(list_trunks));
     let router = route(
@@ -268,6 +269,14 @@ async fn delete_number(
     delete_entry(&state, &headers, Kind::Number, &number).await
 }
 
+async fn delete_queue(
+    State(state): State<ApiState>,
+    Path((tenant, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    delete_entry(&state, &headers, Kind::Queue, &scoped_id(&tenant, &queue)).await
+}
+
 async fn delete_user(
     State(state): State<ApiState>,
     Path((tenant, name)): Path<(String, String)>,
@@ -288,12 +297,11 @@ fn put_in_tenant(kind: Kind) -> MethodRouter<ApiState> {
     )
 }
 
-/// Changes to what stays file-configured (tenants, adding or removing a queue) are refused,
-/// not ignored: 501 saying so.
+/// Changes to what stays file-configured (tenants) are refused, not ignored: 501 saying so.
 async fn file_configured() -> Response {
     Problem::new(
         StatusCode::NOT_IMPLEMENTED,
-        "tenants, and which queues a tenant has, are configured in the config file only: change the file and restart the node",
+        "tenants are configured in the config file only: change the file and restart the node",
     )
     .into_response()
 }

@@ -156,6 +156,7 @@ impl Membership {
             directory: directory.clone(),
             catalog: catalog.clone(),
             owned: HashSet::new(),
+            also_written: HashMap::new(),
             vacated: HashMap::new(),
             revision: 0,
             draining_reply: None,
@@ -263,6 +264,9 @@ struct Task {
     catalog: Catalog,
     /// Keys this node holds in etcd and runs.
     owned: HashSet<String>,
+    /// The keys written with each owned singleton (a tenant's queues), so that queues added
+    /// or deleted through the API while the tenant is owned here get or lose theirs.
+    also_written: HashMap<String, Vec<String>>,
     /// When each singleton's owner was seen to go (for the takeover histogram).
     vacated: HashMap<String, Instant>,
     /// The etcd revision the directory reflects.
@@ -635,6 +639,7 @@ impl Task {
                 }
             }
         }
+        self.sync_also().await;
         self.share_trunks().await;
         // A drain is done when nothing is ours and every singleton has a new owner (or no
         // node is up to take it), so the operator may stop the node right after.
@@ -659,7 +664,8 @@ impl Task {
             self.info.name.clone(),
             Some(put.clone()),
         )];
-        for also in self.catalog.also(key) {
+        let also_keys = self.catalog.also(key);
+        for also in also_keys.clone() {
             ops.push(TxnOp::put(
                 self.owner_key(&also),
                 self.info.name.clone(),
@@ -680,9 +686,10 @@ impl Task {
         }
         self.owned.insert(key.to_string());
         self.directory.set_owner(key, &self.info.name);
-        for also in self.catalog.also(key) {
-            self.directory.set_owner(&also, &self.info.name);
+        for also in &also_keys {
+            self.directory.set_owner(also, &self.info.name);
         }
+        self.also_written.insert(key.to_string(), also_keys);
         // Before the actor starts, so it resumes from where its previous owner left it.
         self.checkpoints.restore(key).await;
         match self.catalog.start(key).await {
@@ -703,6 +710,62 @@ impl Task {
         self.count_owned();
     }
 
+    /// Writes the keys owned with each owned singleton that the configuration added since
+    /// they were written (a queue added to an owned tenant through the API) and deletes those
+    /// it removed (with their checkpoints), while the singleton's key is still ours.
+    async fn sync_also(&mut self) {
+        let owned: Vec<String> = self.owned.iter().cloned().collect();
+        for key in owned {
+            let now = self.catalog.also(&key);
+            let before = self.also_written.get(&key).cloned().unwrap_or_default();
+            if now == before {
+                continue;
+            }
+            let put = PutOptions::new().with_lease(self.lease);
+            let mut ops = Vec::new();
+            for k in now.iter().filter(|k| !before.contains(k)) {
+                ops.push(TxnOp::put(
+                    self.owner_key(k),
+                    self.info.name.clone(),
+                    Some(put.clone()),
+                ));
+            }
+            let gone: Vec<&String> = before.iter().filter(|k| !now.contains(k)).collect();
+            for k in &gone {
+                ops.push(TxnOp::delete(self.owner_key(k), None));
+                // A queue added again later under the same id starts afresh.
+                ops.push(TxnOp::delete(
+                    format!("{}/checkpoints/{k}", self.prefix),
+                    None,
+                ));
+            }
+            let txn = Txn::new()
+                .when([Compare::value(
+                    self.owner_key(&key),
+                    CompareOp::Equal,
+                    self.info.name.clone(),
+                )])
+                .and_then(ops);
+            match self.client.txn(txn).await {
+                Ok(r) if r.succeeded() => {
+                    for k in now.iter().filter(|k| !before.contains(k)) {
+                        self.directory.set_owner(k, &self.info.name);
+                    }
+                    for k in gone {
+                        self.directory.remove_owner(k);
+                    }
+                    self.also_written.insert(key, now);
+                }
+                // No longer ours: the next round stops it.
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::counter!(CLUSTER_ETCD_ERRORS, "op" => "claim").increment(1);
+                    tracing::warn!(key, error = %e, "owned keys not updated; retrying");
+                }
+            }
+        }
+    }
+
     /// Gives a singleton away: stop its actor, then delete the key (only if still ours).
     async fn release(&mut self, key: &str) {
         if let Err(e) = self.catalog.stop(key).await {
@@ -712,7 +775,11 @@ impl Task {
         self.checkpoints.write_final(&[key.to_string()]).await;
         let okey = self.owner_key(key);
         let mut ops = vec![TxnOp::delete(okey.clone(), None)];
-        for also in self.catalog.also(key) {
+        let mut also_keys = self.catalog.also(key);
+        also_keys.extend(self.also_written.remove(key).unwrap_or_default());
+        also_keys.sort();
+        also_keys.dedup();
+        for also in also_keys {
             ops.push(TxnOp::delete(self.owner_key(&also), None));
         }
         if !self.catalog.contains(key) {

@@ -28,8 +28,11 @@
 //! A queue of the file may get a new configuration (`PUT /tenants/{tenant}/queues/{id}`,
 //! stored under `queues/<tenant>/<id>`, never seeded): every node keeps it for the queue's
 //! next start, and the node running the queue restarts its actor, which resumes its callers
-//! from its checkpoint. Tenants and which queues a tenant has stay file-configured (the API
-//! refuses their changes with 501).
+//! from its checkpoint. A queue the file lacks may be added the same way: it joins its
+//! tenant's queues in the tree's [`Catalog`] (so the tenant's every start includes it), starts
+//! at once where the tenant runs, and numbers may lead to it; one added so may be deleted
+//! (409 while a number or an overflow names it, or callers wait in it here), which stops it.
+//! Tenants, and deleting the file's queues, stay file-configured (501).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -96,7 +99,8 @@ pub enum Kind {
     Number,
     /// A tenant's SIP user, by `<tenant>/<username>` (see [`scoped_id`]).
     User,
-    /// A new configuration for one of a tenant's (file) queues, by `<tenant>/<queue>`.
+    /// A tenant's queue, by `<tenant>/<queue>`: a new configuration for one of the file's,
+    /// or a queue the file lacks (added through the API).
     Queue,
     /// A carrier trunk, by id.
     Trunk,
@@ -610,38 +614,66 @@ impl SharedConfig {
             .change(kind, id, Some(&stored), |t| {
                 self.check(t, id, &entry)?;
                 // A queue changed for the first time is the file's: replaced, not created.
-                Ok(kind == Kind::Queue || t.contains(kind, id))
+                Ok(t.contains(kind, id) || self.is_file_queue(kind, id))
             })
             .await?;
         Ok((!existed, entry.view(id)))
     }
 
-    /// Removes the entry `id` of `kind` (a file entry too).
+    /// Whether `id` is a queue of the config file (`kind` Queue).
+    fn is_file_queue(&self, kind: Kind, id: &str) -> bool {
+        kind == Kind::Queue
+            && id
+                .split_once('/')
+                .is_some_and(|(tenant, queue)| self.in_file(tenant, queue))
+    }
+
+    /// Removes the entry `id` of `kind` (a file entry too; of queues, only those added
+    /// through the API, and not while callers wait in it on this node).
     pub async fn delete(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
-        let result = self
-            .change(kind, id, None, |t| {
-                if !t.contains(kind, id) {
-                    return Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())));
-                }
-                if kind == Kind::Trunk {
-                    let users: Vec<&str> = t
-                        .routes
-                        .iter()
-                        .filter(|(_, r)| r.trunks.iter().any(|x| x == id))
-                        .map(|(rid, _)| rid.as_str())
-                        .collect();
-                    if !users.is_empty() {
-                        return Err(ChangeError::InUse(format!(
-                            "trunk {id:?} is used by routes {users:?}: change or delete them first"
-                        )));
-                    }
-                }
-                Ok(true)
-            })
-            .await
-            .map(|_| ());
+        let result = self.delete_inner(kind, id).await;
         count_rejected(kind, &result);
         result
+    }
+
+    async fn delete_inner(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        if kind == Kind::Queue {
+            // Refusals that need no queue actor first (a file queue, one named elsewhere).
+            self.check_queue_delete(&self.snapshot(), id)?;
+            let (tenant, queue) = split_id(id)?;
+            // Its callers would be lost with its actor: refused until they are served (the
+            // node running the tenant knows; another node's API cannot tell).
+            if let Some(waiting @ 1..) = self.queues.catalog.queue_waiting(tenant, queue).await {
+                return Err(ChangeError::InUse(format!(
+                    "{waiting} callers wait in queue {queue:?}: try again once they are served"
+                )));
+            }
+        }
+        self.change(kind, id, None, |t| {
+            if kind == Kind::Queue {
+                self.check_queue_delete(t, id)?;
+                return Ok(true);
+            }
+            if !t.contains(kind, id) {
+                return Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())));
+            }
+            if kind == Kind::Trunk {
+                let users: Vec<&str> = t
+                    .routes
+                    .iter()
+                    .filter(|(_, r)| r.trunks.iter().any(|x| x == id))
+                    .map(|(rid, _)| rid.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ChangeError::InUse(format!(
+                        "trunk {id:?} is used by routes {users:?}: change or delete them first"
+                    )));
+                }
+            }
+            Ok(true)
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Checks a change against the tables in force (`check` says whether the entry exists)
@@ -794,33 +826,80 @@ impl SharedConfig {
         }
     }
 
-    /// The file's validation of a queue's new configuration in its tenant, with the current
-    /// numbers (an overflow may name one) and the other changed queues. Only the file's
-    /// queues may change: a new one needs its actor placed with its tenant (not done here).
+    /// The file's tenants with their queues in force in `t`: the file's (changed ones
+    /// replaced) and, after them, those added through the API (by id).
+    fn tenants_with(&self, t: &Tables) -> Vec<TenantConfig> {
+        let mut tenants = self.tenants.clone();
+        for q in t.queues.values() {
+            let Some(tenant) = tenants.iter_mut().find(|x| x.id == q.tenant) else {
+                continue;
+            };
+            match tenant.queues.iter_mut().find(|x| x.id == q.config.id) {
+                Some(x) => *x = q.config.clone(),
+                None => tenant.queues.push(q.config.clone()),
+            }
+        }
+        tenants
+    }
+
+    /// Whether `tenant`'s queue `queue` is one of the config file's.
+    fn in_file(&self, tenant: &str, queue: &str) -> bool {
+        self.tenants
+            .iter()
+            .any(|x| x.id == tenant && x.queues.iter().any(|q| q.id == queue))
+    }
+
+    /// The file's validation of a queue (new, or a new configuration) in its tenant, with
+    /// the current numbers (an overflow may name one) and the tenant's other queues.
     fn check_queue(&self, t: &Tables, q: &QueueEntry) -> Result<(), ChangeError> {
         let Some(ti) = self.tenants.iter().position(|x| x.id == q.tenant) else {
             return Err(ChangeError::NotFound(format!("tenant {:?}", q.tenant)));
         };
-        let id = &q.config.id;
-        let Some(qi) = self.tenants[ti].queues.iter().position(|x| &x.id == id) else {
-            return Err(ChangeError::Unsupported(format!(
-                "tenant {:?} has no queue {id:?} in its config file; new queues are added in the file",
-                q.tenant
-            )));
-        };
         let mut c = Config {
-            tenants: self.tenants.clone(),
+            tenants: self.tenants_with(t),
             ..Config::default()
         };
         let tenant = &mut c.tenants[ti];
         tenant.numbers = self.numbers_of(t, &q.tenant);
-        for other in t.queues.values().filter(|o| o.tenant == q.tenant) {
-            if let Some(x) = tenant.queues.iter_mut().find(|x| x.id == other.config.id) {
-                *x = other.config.clone();
+        let qi = match tenant.queues.iter().position(|x| x.id == q.config.id) {
+            Some(qi) => qi,
+            None => {
+                tenant.queues.push(q.config.clone());
+                tenant.queues.len() - 1
             }
-        }
+        };
         tenant.queues[qi] = q.config.clone();
         first_error(c.validate(), &format!("tenants[{ti}].queues[{qi}]"))
+    }
+
+    /// Whether queue `id` (`<tenant>/<queue>`) may be deleted from `t`: only one added
+    /// through the API (the file's are removed in the file), and only once no number and no
+    /// other queue's overflow names it (the file's validation without it).
+    fn check_queue_delete(&self, t: &Tables, id: &str) -> Result<(), ChangeError> {
+        let (tenant, queue) = split_id(id)?;
+        if self.in_file(tenant, queue) {
+            return Err(ChangeError::Unsupported(format!(
+                "queue {queue:?} of tenant {tenant:?} is in the config file: remove it there and restart the node"
+            )));
+        }
+        if !t.queues.contains_key(id) {
+            return Err(ChangeError::NotFound(format!("queue {id:?}")));
+        }
+        let Some(ti) = self.tenants.iter().position(|x| x.id == tenant) else {
+            return Err(ChangeError::NotFound(format!("tenant {tenant:?}")));
+        };
+        let mut c = Config {
+            tenants: self.tenants_with(t),
+            ..Config::default()
+        };
+        c.tenants[ti].numbers = self.numbers_of(t, tenant);
+        c.tenants[ti].queues.retain(|q| q.id != queue);
+        match first_error(c.validate(), &format!("tenants[{ti}]")) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(ChangeError::InUse(format!(
+                "queue {queue:?} is still named ({e}): change or delete that first"
+            ))),
+        }
     }
 
     /// `tenant`'s current numbers as the file writes them.
@@ -832,7 +911,8 @@ impl SharedConfig {
             .collect()
     }
 
-    /// A queue as `tables` configure it (changed, or the file's), ready to start.
+    /// A queue as `tables` configure it (changed, added, or the file's), ready to start;
+    /// None if `tables` have no such queue.
     fn queue_spec(
         &self,
         t: &Tables,
@@ -840,11 +920,10 @@ impl SharedConfig {
         queue: &str,
     ) -> Option<crate::actors::queue::QueueSpec> {
         let bare = self.tenants.iter().find(|x| x.id == tenant)?;
-        let file = bare.queues.iter().find(|q| q.id == queue)?;
-        let config = t
-            .queues
-            .get(&scoped_id(tenant, queue))
-            .map_or_else(|| file.clone(), |e| e.config.clone());
+        let config = match t.queues.get(&scoped_id(tenant, queue)) {
+            Some(e) => e.config.clone(),
+            None => bare.queues.iter().find(|q| q.id == queue)?.clone(),
+        };
         let one = TenantConfig {
             queues: vec![config],
             numbers: self.numbers_of(t, tenant),
@@ -859,13 +938,16 @@ impl SharedConfig {
     }
 
     /// Puts the queues whose configuration differs between `old` and `new` (all changed
-    /// ones on the `first` install) in force: their specs at once, their actors restarted in
-    /// the background (one at a time), resuming their callers from their checkpoints.
+    /// or added ones on the `first` install) in force: their specs at once, their actors
+    /// restarted in the background (one at a time), resuming their callers from their
+    /// checkpoints. A queue added through the API joins its tenant's queues (started here if
+    /// the tenant runs here); a deleted one leaves them and its actor is stopped.
     fn install_queues(&self, old: &Tables, new: &Tables, first: bool) {
         let mut ids: Vec<&String> = new.queues.keys().chain(old.queues.keys()).collect();
         ids.sort();
         ids.dedup();
-        let mut restart = Vec::new();
+        let catalog = &self.queues.catalog;
+        let (mut restart, mut start, mut stop) = (Vec::new(), Vec::new(), Vec::new());
         for id in ids {
             let body = |t: &Tables| t.queues.get(id).map(|q| q.body.clone());
             if !first && body(old) == body(new) {
@@ -874,26 +956,51 @@ impl SharedConfig {
             let Some((tenant, queue)) = id.split_once('/') else {
                 continue;
             };
-            if let Some(spec) = self.queue_spec(new, tenant, queue) {
-                if self.queues.catalog.set_queue(tenant, spec) {
-                    restart.push((tenant.to_string(), queue.to_string()));
+            let pair = (tenant.to_string(), queue.to_string());
+            match self.queue_spec(new, tenant, queue) {
+                Some(spec) if catalog.has_queue(tenant, queue) => {
+                    if catalog.set_queue(tenant, spec) {
+                        restart.push(pair);
+                    }
+                }
+                Some(spec) => {
+                    if catalog.add_queue(tenant, spec) {
+                        tracing::info!(tenant, queue, "queue added");
+                        start.push(pair);
+                    }
+                }
+                None => {
+                    if catalog.remove_queue(tenant, queue) {
+                        tracing::info!(tenant, queue, "queue removed");
+                        stop.push(pair);
+                    }
                 }
             }
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if restart.is_empty() {
+        if restart.is_empty() && start.is_empty() && stop.is_empty() {
             return;
         }
-        let (catalog, one) = (self.queues.catalog.clone(), self.restarting.clone());
+        let (catalog, one) = (catalog.clone(), self.restarting.clone());
         runtime.spawn(async move {
             let _one = one.lock().await;
+            for (tenant, queue) in stop {
+                if let Err(e) = catalog.stop_queue(&tenant, &queue).await {
+                    tracing::warn!(tenant, queue, error = %e, "removed queue's actor would not stop");
+                }
+            }
             for (tenant, queue) in restart {
                 match catalog.restart_queue(&tenant, &queue).await {
                     Ok(true) => tracing::info!(tenant, queue, "queue restarted with its new configuration"),
                     Ok(false) => {}
                     Err(e) => tracing::warn!(tenant, queue, error = %e, "queue restart for a configuration change failed"),
+                }
+            }
+            for (tenant, queue) in start {
+                if let Err(e) = catalog.start_queue(&tenant, &queue).await {
+                    tracing::warn!(tenant, queue, error = %e, "new queue's actor would not start");
                 }
             }
         });
@@ -999,7 +1106,7 @@ impl SharedConfig {
             ));
         };
         let mut c = Config {
-            tenants: self.tenants.clone(),
+            tenants: self.tenants_with(t),
             ..Config::default()
         };
         for other in t.numbers.values().filter(|o| o.number != n.number) {
@@ -1025,9 +1132,9 @@ impl SharedConfig {
         let table = RouteTable::rebuilt(&routes, &trunks, &previous);
         self.routes.replace(table);
         let mut numbers = HashMap::with_capacity(tables.numbers.len());
+        let tenants = self.tenants_with(&tables);
         for n in tables.numbers.values() {
-            let route = self
-                .tenants
+            let route = tenants
                 .iter()
                 .find(|t| t.id == n.tenant)
                 .and_then(|t| NumberRoute::from_config(t, &n.target, n.priority));
@@ -2241,11 +2348,68 @@ mod tests {
             matches!(&e, ChangeError::Invalid { field, .. } if field == "overflow_full"),
             "{e:?}"
         );
-        let new = put("acme/support", json!({})).unwrap();
-        let e = s.check(&t, "acme/support", &new).unwrap_err();
-        assert!(matches!(e, ChangeError::Unsupported(_)), "{e:?}");
         let elsewhere = put("other/sales", json!({})).unwrap();
         let e = s.check(&t, "other/sales", &elsewhere).unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+    }
+
+    #[test]
+    fn a_new_queue_is_validated_planned_and_numbered_and_deleted_once_unnamed() {
+        let s = shared(&config());
+        let t = s.snapshot();
+        let put = |id: &str, body: Value| parse_entry(Kind::Queue, id, body);
+        let new = put("acme/support", json!({"max_length": 3})).unwrap();
+        assert!(s.check(&t, "acme/support", &new).is_ok());
+        assert!(s.is_file_queue(Kind::Queue, "acme/sales"));
+        assert!(!s.is_file_queue(Kind::Queue, "acme/support"));
+        // The file's checks apply to a new queue too (an overflow to a queue that is not
+        // there), and another queue may overflow to the new one once it is there.
+        let bad = put("acme/support", json!({"overflow_full": "queue:nope"})).unwrap();
+        let e = s.check(&t, "acme/support", &bad).unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "overflow_full"),
+            "{e:?}"
+        );
+        let to_new = put("acme/sales", json!({"overflow_full": "queue:support"})).unwrap();
+        assert!(s.check(&t, "acme/sales", &to_new).is_err(), "not there yet");
+        let mut added = t.clone();
+        added.insert("acme/support", new);
+        assert!(s.check(&added, "acme/sales", &to_new).is_ok());
+        assert_eq!(
+            s.queue_spec(&added, "acme", "support")
+                .unwrap()
+                .config
+                .max_length,
+            3
+        );
+        assert!(s.queue_spec(&t, "acme", "support").is_none());
+        // A number may lead to it once it is there.
+        let n = parse_entry(
+            Kind::Number,
+            "200",
+            json!({"tenant": "acme", "target": "queue:support"}),
+        )
+        .unwrap();
+        assert!(s.check(&t, "200", &n).is_err(), "no such queue yet");
+        assert!(s.check(&added, "200", &n).is_ok());
+        let mut numbered = added.clone();
+        numbered.insert("200", n);
+        // Deleted: not while a number names it; never a file queue; not one never added.
+        let e = s.check_queue_delete(&numbered, "acme/support").unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::InUse(m) if m.contains("support")),
+            "{e:?}"
+        );
+        let mut overflowing = added.clone();
+        overflowing.insert("acme/sales", to_new);
+        let e = s
+            .check_queue_delete(&overflowing, "acme/support")
+            .unwrap_err();
+        assert!(matches!(e, ChangeError::InUse(_)), "{e:?}");
+        assert!(s.check_queue_delete(&added, "acme/support").is_ok());
+        let e = s.check_queue_delete(&added, "acme/sales").unwrap_err();
+        assert!(matches!(e, ChangeError::Unsupported(_)), "{e:?}");
+        let e = s.check_queue_delete(&t, "acme/support").unwrap_err();
         assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
     }
 

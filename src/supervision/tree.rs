@@ -13,6 +13,8 @@
 //! │   └── tenant/<id>            rest_for_one supervisor per tenant
 //! │       ├── tenant actor       permanent
 //! │       ├── queues             one_for_one, 10 restarts / 10 s: queue/<tenant>/<id>
+//! │       │                      (built at each start from the queues in force: queues
+//! │       │                      added or deleted through the API, see [`Catalog`])
 //! │       └── agents             one_for_one, 50 restarts / 10 s: agent/<tenant>/<id>
 //! │           (a queue crash restarts that queue only; the tenant actor's restarts its
 //! │           queues and agents, which resume from their checkpoints)
@@ -79,11 +81,72 @@ struct Entry {
 /// A queue's spec as its actor's every start reads it, and where the actor runs: a
 /// configuration change replaces the spec and restarts the actor, which resumes its waiting
 /// callers from its checkpoint.
+#[derive(Clone)]
 struct QueueSlot {
     spec: Arc<RwLock<QueueSpec>>,
     /// The tenant's queues supervisor (registered by name).
     supervisor: String,
     child: ChildSpec,
+}
+
+/// What a queue actor's spec needs, for queues added while the node runs.
+struct QueueSpawner {
+    node: String,
+    cc: Arc<CcContext>,
+}
+
+impl QueueSpawner {
+    /// The slot of `tenant`'s queue `spec`: its actor's every start reads the spec then.
+    fn slot(&self, tenant: &str, spec: QueueSpec) -> QueueSlot {
+        queue_slot(&self.cc, tenant, &self.node, spec)
+    }
+}
+
+/// The slot of `tenant`'s queue `spec` on `node`.
+fn queue_slot(cc: &Arc<CcContext>, tenant: &str, node: &str, spec: QueueSpec) -> QueueSlot {
+    let id = spec.config.id.clone();
+    let current = Arc::new(RwLock::new(spec));
+    let (cc, tenant_id, read) = (cc.clone(), Arc::<str>::from(tenant), current.clone());
+    let child = ChildSpec::named_actor(
+        crate::actors::queue::actor_name(tenant, &id, node),
+        "queue",
+        Restart::Permanent,
+        QueueActor,
+        move || {
+            let q = read.read().unwrap_or_else(|e| e.into_inner()).clone();
+            QueueArgs {
+                cc: cc.clone(),
+                tenant: tenant_id.clone(),
+                config: q.config,
+                members: q.members,
+                overflow_wait: q.overflow_wait,
+                overflow_full: q.overflow_full,
+            }
+        },
+    );
+    QueueSlot {
+        spec: current,
+        supervisor: queues_name(tenant, node),
+        child,
+    }
+}
+
+/// The registered name of `tenant`'s queues supervisor on `node`.
+fn queues_name(tenant: &str, node: &str) -> String {
+    format!("queues/{tenant}@{node}")
+}
+
+/// The queues by [`queue_key`] (sorted, so a tenant's are one range).
+type QueueSlots = Arc<RwLock<BTreeMap<String, QueueSlot>>>;
+
+/// `tenant`'s queue slots, in key order.
+fn slots_of(slots: &BTreeMap<String, QueueSlot>, tenant: &str) -> Vec<(String, QueueSlot)> {
+    let start = queue_key(tenant, "");
+    slots
+        .range(start.clone()..)
+        .take_while(|(k, _)| k.starts_with(&start))
+        .map(|(k, s)| (k.clone(), s.clone()))
+        .collect()
 }
 
 /// What a trunk actor's spec needs, for trunks added while the node runs.
@@ -131,7 +194,10 @@ pub struct Catalog {
     /// Removed singletons whose actor may still run somewhere here, so that stopping them
     /// (alone: at once; in a cluster: also by the membership's release) still finds them.
     removed: Arc<RwLock<BTreeMap<String, Entry>>>,
-    queues: Arc<BTreeMap<String, QueueSlot>>,
+    /// Every queue of the tenants (file and API), which the tenants' queues supervisors
+    /// start from at each of their starts (a tenant restart or takeover included).
+    queues: QueueSlots,
+    queue_spawner: Option<Arc<QueueSpawner>>,
     trunks: Option<Arc<TrunkSpawner>>,
     changed: Arc<tokio::sync::Notify>,
 }
@@ -272,14 +338,130 @@ impl Catalog {
         Ok(true)
     }
 
+    fn slot(&self, key: &str) -> Option<QueueSlot> {
+        self.queues
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
     /// Puts `spec` in force for its queue of `tenant`: the queue actor's next start uses it
     /// (see [`Catalog::restart_queue`]). False if the node has no such queue.
     pub fn set_queue(&self, tenant: &str, spec: QueueSpec) -> bool {
-        let Some(slot) = self.queues.get(&queue_key(tenant, &spec.config.id)) else {
+        let Some(slot) = self.slot(&queue_key(tenant, &spec.config.id)) else {
             return false;
         };
         *slot.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
         true
+    }
+
+    /// Whether `tenant` has queue `queue` in the configuration in force.
+    pub fn has_queue(&self, tenant: &str, queue: &str) -> bool {
+        self.slot(&queue_key(tenant, queue)).is_some()
+    }
+
+    /// `tenant`'s queue ids in force, sorted.
+    pub fn queues_of(&self, tenant: &str) -> Vec<String> {
+        let slots = self.queues.read().unwrap_or_else(|e| e.into_inner());
+        let prefix = queue_key(tenant, "");
+        slots_of(&slots, tenant)
+            .into_iter()
+            .map(|(k, _)| k[prefix.len()..].to_string())
+            .collect()
+    }
+
+    /// Adds a queue to `tenant` (a queue put through the API), or gives an existing one
+    /// `spec`: its slot is added to the tenant's queues supervisor (whose every start, a
+    /// tenant restart or takeover included, starts it) and its key to the keys owned with
+    /// the tenant. Its actor starts with [`Catalog::start_queue`]. False if the node has no
+    /// such tenant (or cannot run queues added later).
+    pub fn add_queue(&self, tenant: &str, spec: QueueSpec) -> bool {
+        let (Some(spawner), tkey) = (&self.queue_spawner, tenant_key(tenant)) else {
+            return false;
+        };
+        let key = queue_key(tenant, &spec.config.id);
+        let mut map = self.singletons.write().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = map.get_mut(&tkey) else {
+            return false;
+        };
+        let mut slots = self.queues.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(slot) = slots.get(&key) {
+            *slot.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
+            return true;
+        }
+        slots.insert(key.clone(), spawner.slot(tenant, spec));
+        entry.also.push(key);
+        entry.also.sort();
+        drop((slots, map));
+        self.changed.notify_one();
+        true
+    }
+
+    /// Removes `tenant`'s queue from the configuration (its slot and its key owned with the
+    /// tenant); its actor, if it runs here, is stopped with [`Catalog::stop_queue`]. Whether
+    /// it was there.
+    pub fn remove_queue(&self, tenant: &str, queue: &str) -> bool {
+        let key = queue_key(tenant, queue);
+        let mut map = self.singletons.write().unwrap_or_else(|e| e.into_inner());
+        let gone = self
+            .queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .is_some();
+        if let Some(entry) = map.get_mut(&tenant_key(tenant)) {
+            entry.also.retain(|k| *k != key);
+        }
+        drop(map);
+        if gone {
+            self.changed.notify_one();
+        }
+        gone
+    }
+
+    /// Starts `tenant`'s queue under the tenant's queues supervisor if the tenant runs on
+    /// this node and the queue does not run yet; whether it started it.
+    pub async fn start_queue(&self, tenant: &str, queue: &str) -> Result<bool, String> {
+        let key = queue_key(tenant, queue);
+        let slot = self
+            .slot(&key)
+            .ok_or_else(|| format!("unknown queue {key}"))?;
+        if ractor::registry::where_is(slot.child.id.clone()).is_some() {
+            return Ok(false); // the tenant's start took it already
+        }
+        let Some(sup) = ractor::registry::where_is(slot.supervisor.clone()) else {
+            return Ok(false); // the tenant runs elsewhere (or not yet)
+        };
+        super::start_child_sync(&sup.into(), slot.child.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+
+    /// Stops `tenant`'s queue actor if it runs on this node (a queue removed); Ok if not.
+    pub async fn stop_queue(&self, tenant: &str, queue: &str) -> Result<(), String> {
+        let Some(spawner) = &self.queue_spawner else {
+            return Ok(());
+        };
+        let Some(sup) = ractor::registry::where_is(queues_name(tenant, &spawner.node)) else {
+            return Ok(());
+        };
+        let id = crate::actors::queue::actor_name(tenant, queue, &spawner.node);
+        super::terminate_child(&sup.into(), &id)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// How many callers wait in `tenant`'s queue, if its actor runs on this node.
+    pub async fn queue_waiting(&self, tenant: &str, queue: &str) -> Option<usize> {
+        let node = &self.queue_spawner.as_ref()?.node;
+        let actor = crate::actors::queue::lookup(tenant, queue, node)?;
+        crate::actors::queue::stats(&actor)
+            .await
+            .ok()
+            .map(|s| s.waiting)
     }
 
     /// Restarts a queue's actor if it runs on this node, so that it takes the spec last
@@ -287,8 +469,7 @@ impl Catalog {
     pub async fn restart_queue(&self, tenant: &str, queue: &str) -> Result<bool, String> {
         let key = queue_key(tenant, queue);
         let slot = self
-            .queues
-            .get(&key)
+            .slot(&key)
             .ok_or_else(|| format!("unknown queue {key}"))?;
         if ractor::registry::where_is(slot.child.id.clone()).is_none() {
             return Ok(false); // not here (another node's tenant, or not claimed yet)
@@ -398,7 +579,7 @@ pub async fn start(
         alarms,
     } = options;
     let mut singletons = BTreeMap::new();
-    let mut queue_slots = BTreeMap::new();
+    let queue_slots: QueueSlots = Arc::default();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = store_name(node);
@@ -411,40 +592,25 @@ pub async fn start(
         let id = spec.config.id.clone();
         let (config, users) = (spec.config.clone(), spec.users);
         let tenant_id: Arc<str> = Arc::from(id.as_str());
-        let queues_name = format!("queues/{id}@{node}");
-        let mut queues = SupervisorArgs::new(queues_name.clone(), Strategy::OneForOne)
-            .with_intensity(Intensity::new(10, Duration::from_secs(10)));
-        for q in &spec.queues {
-            let key = queue_key(&id, &q.config.id);
-            let slot = Arc::new(RwLock::new(q.clone()));
-            let (cc, tenant, current) = (cc.clone(), tenant_id.clone(), slot.clone());
-            let child = ChildSpec::named_actor(
-                crate::actors::queue::actor_name(&id, &q.config.id, node),
-                "queue",
-                Restart::Permanent,
-                QueueActor,
-                move || {
-                    let q = current.read().unwrap_or_else(|e| e.into_inner()).clone();
-                    QueueArgs {
-                        cc: cc.clone(),
-                        tenant: tenant.clone(),
-                        config: q.config,
-                        members: q.members,
-                        overflow_wait: q.overflow_wait,
-                        overflow_full: q.overflow_full,
-                    }
-                },
-            );
-            queues = queues.with_child(child.clone());
-            queue_slots.insert(
-                key,
-                QueueSlot {
-                    spec: slot,
-                    supervisor: queues_name.clone(),
-                    child,
-                },
-            );
+        let queues_name = queues_name(&id, node);
+        {
+            let mut slots = queue_slots.write().unwrap_or_else(|e| e.into_inner());
+            for q in &spec.queues {
+                let key = queue_key(&id, &q.config.id);
+                slots.insert(key, queue_slot(&cc, &id, node, q.clone()));
+            }
         }
+        // Built at each start from the queues in force, so that a tenant restart or a
+        // takeover starts the queues added through the API too (and not removed ones).
+        let (slots, sup_name, tenant_name) = (queue_slots.clone(), queues_name.clone(), id.clone());
+        let queues = move || {
+            let slots = slots.read().unwrap_or_else(|e| e.into_inner());
+            slots_of(&slots, &tenant_name).into_iter().fold(
+                SupervisorArgs::new(sup_name.clone(), Strategy::OneForOne)
+                    .with_intensity(Intensity::new(10, Duration::from_secs(10))),
+                |args, (_, slot)| args.with_child(slot.child),
+            )
+        };
         let mut agents = SupervisorArgs::new(format!("agents/{id}@{node}"), Strategy::OneForOne)
             .with_intensity(Intensity::new(50, Duration::from_secs(10)));
         for a in &spec.agents {
@@ -466,6 +632,15 @@ pub async fn start(
             ));
         }
         let spec_queues: Vec<&str> = spec.queues.iter().map(|q| q.config.id.as_str()).collect();
+        // Named: a queue whose configuration changes is restarted under it.
+        let queues_child = ChildSpec::named_actor(
+            queues_name,
+            "supervisor",
+            Restart::Permanent,
+            Supervisor,
+            queues,
+        )
+        .with_shutdown(Duration::from_secs(30));
         let per_tenant =
             SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
                 .with_intensity(Intensity::new(3, Duration::from_secs(10)))
@@ -479,8 +654,7 @@ pub async fn start(
                         users,
                     },
                 ))
-                // Named: a queue whose configuration changes is restarted under it.
-                .with_child(ChildSpec::named_supervisor(queues_name, queues))
+                .with_child(queues_child)
                 .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
         let spec = ChildSpec::named_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
         singletons.insert(
@@ -564,7 +738,11 @@ pub async fn start(
         singletons: Catalog {
             singletons: Arc::new(RwLock::new(singletons)),
             removed: Arc::default(),
-            queues: Arc::new(queue_slots),
+            queues: queue_slots,
+            queue_spawner: Some(Arc::new(QueueSpawner {
+                node: node.to_string(),
+                cc,
+            })),
             trunks: Some(spawner),
             changed: Arc::default(),
         },
