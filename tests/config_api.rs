@@ -488,6 +488,15 @@ async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_d
         200,
         "put again: replaced"
     );
+    // The tenant's next start (a restart, or a takeover on another node) starts it too.
+    let tenant = &node.tree.singletons;
+    tenant.stop("tenant/cc").await.unwrap();
+    let stopped = wait_until(Duration::from_secs(5), || {
+        switchyard::actors::queue::lookup("cc", "support", &node.name).is_none()
+    });
+    assert!(stopped.await, "stopped with its tenant");
+    tenant.start("tenant/cc").await.unwrap();
+    wait_queue_at(&node, support, |q| q["service_level_secs"] == 17).await;
 
     // A number leads to it; its caller waits there.
     let number = r#"{"tenant": "cc", "target": "queue:support"}"#;
