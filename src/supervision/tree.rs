@@ -440,18 +440,20 @@ impl Catalog {
     }
 
     /// Stops `tenant`'s queue actor if it runs on this node (a queue removed); Ok if not.
+    /// Its in-memory checkpoint goes too, so a queue added again under the same id starts
+    /// from nothing, not from the deleted one's figures.
     pub async fn stop_queue(&self, tenant: &str, queue: &str) -> Result<(), String> {
         let Some(spawner) = &self.queue_spawner else {
             return Ok(());
         };
-        let Some(sup) = ractor::registry::where_is(queues_name(tenant, &spawner.node)) else {
-            return Ok(());
-        };
         let id = crate::actors::queue::actor_name(tenant, queue, &spawner.node);
-        super::terminate_child(&sup.into(), &id)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        if let Some(sup) = ractor::registry::where_is(queues_name(tenant, &spawner.node)) {
+            super::terminate_child(&sup.into(), &id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        spawner.cc.queue_checkpoints.remove(&id);
+        Ok(())
     }
 
     /// How many callers wait in `tenant`'s queue, if its actor runs on this node.
