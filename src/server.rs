@@ -12,7 +12,7 @@ use crate::actors::queue::CcContext;
 use crate::actors::registrar::{Location, RegistrarArgs};
 use crate::actors::router::{Admission, NumberRoute, Numbers, Router, Routes};
 use crate::actors::store_writer;
-use crate::actors::trunk::{LiveTrunks, TrunkShared, TrunkTable};
+use crate::actors::trunk::{trunk_table, LiveTrunks};
 use crate::config::Config;
 use crate::routing::auth::Authenticator;
 use crate::supervision::tree::{self, TenantSpec, Tree};
@@ -210,14 +210,7 @@ impl Node {
         let keys = start_media(&config, &ctx)?;
         // Trunks: budgets and health flags shared by calls and trunk actors; replaced when
         // trunks change through the API.
-        let trunk_table: TrunkTable = config
-            .trunks
-            .iter()
-            .map(|t| {
-                let shared = Arc::new(TrunkShared::new(t.clone()));
-                (shared.id.clone(), shared)
-            })
-            .collect();
+        let trunk_table = trunk_table(&config.trunks);
         if config.cluster.is_some() {
             // A trunk's limits are the cluster's: no channel is used here before this node's
             // part is known (cluster::channels).

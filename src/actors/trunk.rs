@@ -337,6 +337,17 @@ impl TrunkShared {
 /// All trunks of a node, by id (one version of [`LiveTrunks`]).
 pub type TrunkTable = std::collections::HashMap<Arc<str>, Arc<TrunkShared>>;
 
+/// A fresh table of `configs` (a node's start; nothing carried over).
+pub fn trunk_table(configs: &[TrunkConfig]) -> TrunkTable {
+    configs
+        .iter()
+        .map(|c| {
+            let shared = Arc::new(TrunkShared::new(c.clone()));
+            (shared.id.clone(), shared)
+        })
+        .collect()
+}
+
 /// The node's trunks in force, replaced whole when trunks are added, changed or removed
 /// through the API (`cluster::shared_config`). Readers take the current table or one trunk
 /// (an owned `Arc`, so a replacement never pulls it from under them); a call's trunk plan

@@ -1801,14 +1801,7 @@ mod tests {
 
     fn shared(config: &Config) -> SharedConfig {
         let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants).unwrap());
-        let trunks: TrunkTable = config
-            .trunks
-            .iter()
-            .map(|t| {
-                let shared = Arc::new(TrunkShared::new(t.clone()));
-                (shared.id.clone(), shared)
-            })
-            .collect();
+        let trunks = crate::actors::trunk::trunk_table(&config.trunks);
         SharedConfig {
             tenants: bare_tenants(config),
             trunk_table: Arc::new(LiveTrunks::new(trunks)),
