@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cluster::{get_json, wait_etcd, NodeProc};
+use common::cluster::{get_json, owners_of, wait_etcd, NodeProc};
 use common::etcd::{etcd_binary, etcd_urls, start_etcd};
 use common::*;
 use std::net::SocketAddr;
@@ -59,13 +59,7 @@ where
 
 /// The owner of `key` according to `node`'s `GET /cluster`.
 async fn owner_seen(node: SocketAddr, key: &str) -> Option<String> {
-    let view = get_json(node, "/cluster").await?;
-    view["nodes"].as_array()?.iter().find_map(|n| {
-        let owns = n["owns"].as_array()?;
-        owns.iter()
-            .any(|k| k.as_str() == Some(key))
-            .then(|| n["name"].as_str().unwrap().to_string())
-    })
+    owners_of(node, key).await.into_iter().next()
 }
 
 /// A queue's `overflowed` count on a node (None while it does not run the queue).

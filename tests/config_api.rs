@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::cluster::NodeProc;
+use common::cluster::{owners_of, NodeProc};
 use common::etcd::{etcd_binary, free_port, start_etcd};
 use common::*;
 use std::net::SocketAddr;
@@ -982,27 +982,11 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         "queue put on n1: running on {runner} after {:?}",
         start.elapsed()
     );
-    let cluster_owners = |key: &'static str| async move {
-        let r = http_request(n1.http, "GET", "/cluster", None, "").await;
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-        let owners: Vec<String> = v["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| {
-                n["owns"]
-                    .as_array()
-                    .is_some_and(|o| o.iter().any(|k| k == key))
-            })
-            .filter_map(|n| n["name"].as_str().map(str::to_string))
-            .collect();
-        owners
-    };
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let (queue, tenant) = (
-            cluster_owners("queue/cc/added").await,
-            cluster_owners("tenant/cc").await,
+            owners_of(n1.http, "queue/cc/added").await,
+            owners_of(n1.http, "tenant/cc").await,
         );
         if queue == [runner.clone()] && tenant == queue {
             break;
@@ -1023,7 +1007,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     .await;
     assert_eq!(r.status, 204, "{}", r.body);
     let deadline = Instant::now() + Duration::from_secs(3);
-    while !cluster_owners("queue/cc/added").await.is_empty()
+    while !owners_of(n1.http, "queue/cc/added").await.is_empty()
         || !runs_on("/queues/cc/added").await.is_empty()
     {
         assert!(
@@ -1046,22 +1030,6 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     )
     .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    let owners_of = |http: SocketAddr, key: &'static str| async move {
-        let r = http_request(http, "GET", "/cluster", None, "").await;
-        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
-        let owners: Vec<String> = v["nodes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| {
-                n["owns"]
-                    .as_array()
-                    .is_some_and(|o| o.iter().any(|k| k == key))
-            })
-            .filter_map(|n| n["name"].as_str().map(str::to_string))
-            .collect();
-        owners
-    };
     loop {
         let owners = owners_of(n1.http, "trunk/carrier").await;
         if owners.len() == 1 {

@@ -110,3 +110,22 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
     let reply = http_request(addr, "GET", path, None, "").await;
     (reply.status == 200).then(|| serde_json::from_str(&reply.body).expect("JSON body"))
 }
+
+/// The nodes that own singleton `key` in `node`'s `GET /cluster` (empty when none does or the
+/// node does not answer).
+pub async fn owners_of(node: SocketAddr, key: &str) -> Vec<String> {
+    let Some(view) = get_json(node, "/cluster").await else {
+        return Vec::new();
+    };
+    view["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| {
+            n["owns"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|k| k.as_str() == Some(key)))
+        })
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect()
+}
