@@ -94,9 +94,21 @@ fn user_body(user: &str, pw: &str) -> String {
 /// Registers `user` of `cc.test` from `phone` through `sw` (answering the 401 with `pw`);
 /// the final status of the authenticated REGISTER (CSeq `cseq` + 1).
 async fn register_status(sw: SocketAddr, phone: &Ua, user: &str, pw: &str, cseq: u32) -> u16 {
+    register_status_at(sw, phone, "cc.test", user, pw, cseq).await
+}
+
+/// [`register_status`] for a user of `domain` (its realm).
+async fn register_status_at(
+    sw: SocketAddr,
+    phone: &Ua,
+    domain: &str,
+    user: &str,
+    pw: &str,
+    cseq: u32,
+) -> u16 {
     let contact = format!("sip:{user}@{}", phone.addr);
     let via = phone.addr.to_string();
-    let request = |cseq, auth| register_request("cc.test", user, &contact, "UDP", &via, cseq, auth);
+    let request = |cseq, auth| register_request(domain, user, &contact, "UDP", &via, cseq, auth);
     phone.send(sw, &request(cseq, None)).await;
     let (ch, _) = phone
         .expect("a 401 challenge", |m| {
@@ -109,7 +121,7 @@ async fn register_status(sw: SocketAddr, phone: &Ua, user: &str, pw: &str, cseq:
         user,
         pw,
         "REGISTER",
-        "sip:cc.test",
+        &format!("sip:{domain}"),
     );
     phone.send(sw, &request(cseq + 1, Some(auth))).await;
     let (m, _) = phone
@@ -318,7 +330,7 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
             .status,
         404
     );
-    // What stays file-configured is refused, not ignored.
+    // A tenant that exists is changed through its routes, not replaced: refused, not ignored.
     let r = put(&node, "/tenants/cc", AUTH, "{}").await;
     assert_eq!(r.status, 501, "{}", r.body);
 
@@ -551,6 +563,136 @@ async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_d
     let node = start_with(node_config(dir.path(), target.addr)).await;
     let r = http_request(node.http_addr, "GET", support, None, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
+    node.shutdown().await;
+}
+
+/// The first answer other than 100 to an unauthenticated REGISTER of `user@domain`.
+async fn register_first_status(sw: SocketAddr, phone: &Ua, domain: &str, user: &str) -> u16 {
+    let contact = format!("sip:{user}@{}", phone.addr);
+    let via = phone.addr.to_string();
+    let cseq = 77;
+    let req = register_request(domain, user, &contact, "UDP", &via, cseq, None);
+    phone.send(sw, &req).await;
+    let (m, _) = phone
+        .expect("an answer to the REGISTER", |m| {
+            m.status().is_some_and(|s| s > 100)
+                && header(m, "CSeq").starts_with(&format!("{cseq} "))
+        })
+        .await;
+    m.status().unwrap()
+}
+
+/// The body of a new tenant `nu` (domain `new.test`): user `nina` (password `pw`), queue
+/// `help` and number `7200` to it.
+fn new_tenant_body() -> String {
+    serde_json::json!({
+        "domain": "new.test",
+        "users": [{
+            "username": "nina",
+            "ha1_md5": ha1(Algorithm::Md5, "nina", "new.test", "pw"),
+            "ha1_sha256": ha1(Algorithm::Sha256, "nina", "new.test", "pw"),
+        }],
+        "queues": [{"id": "help", "service_level_secs": 13}],
+        "numbers": [{"number": "7200", "target": "queue:help"}],
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_put_through_the_api_registers_takes_callers_outlives_a_restart_and_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caller, phone, target) = (Ua::new().await, Ua::new().await, Ua::new().await);
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    let help = "/queues/nu/help";
+    assert_eq!(
+        register_first_status(udp_addr(&node), &phone, "new.test", "nina").await,
+        404
+    );
+
+    // Refused like the file: another tenant's domain; an existing tenant is not replaced.
+    let clash = new_tenant_body().replace("new.test", "CC.test");
+    assert_bad(&put(&node, "/tenants/other", AUTH, &clash).await, "domain");
+    let r = put(&node, "/tenants/nu", AUTH, &new_tenant_body()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(
+        put(&node, "/tenants/nu", AUTH, &new_tenant_body())
+            .await
+            .status,
+        501
+    );
+    let listed = get(&node, "/tenants").await;
+    assert_eq!(listed[0]["id"], "nu", "{listed}");
+    assert_eq!(get(&node, "/tenants/nu/users").await[0]["username"], "nina");
+
+    // Its user registers, its queue runs (listed), and a caller reaches it by its number.
+    let sw = udp_addr(&node);
+    assert_eq!(
+        register_status_at(sw, &phone, "new.test", "nina", "pw", 1).await,
+        200
+    );
+    wait_queue_at(&node, help, |q| q["service_level_secs"] == 13).await;
+    let all = get(&node, "/queues?tenant=nu").await;
+    assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
+    let cid = rand_token();
+    let inv = invite(&cid, "7200", caller.addr, sw);
+    caller.send(sw, &inv).await;
+    caller
+        .expect("180", |m| m.status() == Some(180) && call_id(m) == cid)
+        .await;
+    wait_queue_at(&node, help, |q| q["waiting"] == 1).await;
+
+    // Not deleted while a number leads to it, nor while its caller waits.
+    let r = delete(&node, "/tenants/nu").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("7200"), "{}", r.body);
+    assert_eq!(delete(&node, "/numbers/7200").await.status, 204);
+    let r = delete(&node, "/tenants/nu").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("wait"), "{}", r.body);
+    caller.send(sw, &cancel_of(&inv)).await;
+    caller
+        .expect("487", |m| m.status() == Some(487) && call_id(m) == cid)
+        .await;
+    wait_queue_at(&node, help, |q| q["waiting"] == 0).await;
+
+    // It outlives a restart: its queue runs again and its user registers.
+    node.shutdown().await;
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    let sw = udp_addr(&node);
+    wait_queue_at(&node, help, |q| q["service_level_secs"] == 13).await;
+    assert_eq!(
+        register_status_at(sw, &phone, "new.test", "nina", "pw", 3).await,
+        200
+    );
+
+    // Deleted: its actors stop, its domain is no one's, and the file's tenant is kept.
+    assert_eq!(delete(&node, "/tenants/nu").await.status, 204);
+    assert_eq!(delete(&node, "/tenants/cc").await.status, 501);
+    assert_eq!(delete(&node, "/tenants/nu").await.status, 404);
+    assert_eq!(
+        register_first_status(sw, &phone, "new.test", "nina").await,
+        404
+    );
+    let r = http_request(node.http_addr, "GET", help, None, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            switchyard::actors::queue::lookup("nu", "help", &node.name).is_none()
+        })
+        .await,
+        "the deleted tenant's queue stopped"
+    );
+    assert_eq!(get(&node, "/tenants").await, serde_json::json!([]));
+    // The deletion outlives a restart; the same id may be put again, afresh.
+    node.shutdown().await;
+    let node = start_with(node_config(dir.path(), target.addr)).await;
+    let r = http_request(node.http_addr, "GET", help, None, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = http_request(node.http_addr, "GET", "/tenants/nu/users", None, "").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = put(&node, "/tenants/nu", AUTH, &new_tenant_body()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    wait_queue_at(&node, help, |q| q["joined"] == 0).await;
     node.shutdown().await;
 }
 

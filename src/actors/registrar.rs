@@ -886,6 +886,7 @@ impl Registrar {
         let Some(tenant) = self.auth.tenant_for_domain(&ruri.host) else {
             return reply(404, "Not Found (Unknown Domain)", "rejected");
         };
+        let tenant = &*tenant;
         // The To header is the address-of-record.
         let Some(to) = msg.to() else {
             return reply(400, "Bad Request (To)", "rejected");

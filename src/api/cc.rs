@@ -12,7 +12,8 @@
 //!
 //! Actors are found by name (`queue/<tenant>/<id>@<node>`) at each request, never held,
 //! so a restarted actor is found again. Which tenants, queues and agents exist comes from
-//! the [`Directory`] built from the config: a name it does not list is a 404; a listed
+//! the [`Directory`] (the tree's catalog: the config's and those added through the API): a
+//! name it does not list is a 404; a listed
 //! actor that is not running or does not answer in time is a 503; an agent's refusal of a
 //! command (busy, no registered phone) is a 409 with its reason. In a cluster, a tenant
 //! another node runs is a 307 to the same path on that node (click-to-call too: a 307 keeps
@@ -74,8 +75,9 @@ pub fn describe() {
 
 /// Which queues and agents each tenant has, by id: the API's map of the contact centre,
 /// built from the config at start. Ids are kept sorted, so listings and pages are stable.
-/// With [`Directory::with_live_queues`], a tenant's queues are those of the tree's
-/// [`Catalog`] instead, which queues added or deleted through the API change.
+/// With [`Directory::with_live_queues`], the tenants, their queues and their agents are
+/// those of the tree's [`Catalog`] instead, which tenants and queues added or deleted
+/// through the API change.
 #[derive(Clone, Debug, Default)]
 pub struct Directory {
     tenants: BTreeMap<Arc<str>, Members>,
@@ -125,22 +127,44 @@ impl Directory {
         }
     }
 
-    /// Number of agents listed, over all tenants.
+    /// Number of agents listed, over all tenants (at start, for a live directory).
     pub fn agent_count(&self) -> usize {
         self.tenants.values().map(|m| m.agents.len()).sum()
     }
 
-    fn tenant(&self, tenant: &str) -> Result<(&Arc<str>, &Members), Problem> {
-        self.tenants
-            .get_key_value(tenant)
-            .ok_or_else(|| Problem::not_found(format!("no tenant {tenant:?}")))
+    /// A tenant and its members: from the catalog if live (tenants added or deleted through
+    /// the API included), else as inserted.
+    fn tenant(&self, tenant: &str) -> Result<(Arc<str>, Members), Problem> {
+        let found = match &self.live {
+            Some(c) => c.tenant_agents(tenant).map(|agents| {
+                let m = Members {
+                    queues: Vec::new(), // read from the catalog by queues_of
+                    agents: agents.into_iter().map(Arc::from).collect(),
+                };
+                (Arc::from(tenant), m)
+            }),
+            None => self
+                .tenants
+                .get_key_value(tenant)
+                .map(|(k, m)| (k.clone(), m.clone())),
+        };
+        found.ok_or_else(|| Problem::not_found(format!("no tenant {tenant:?}")))
     }
 
     /// The tenants a listing covers: one (404 if unknown) or all.
-    fn select(&self, tenant: Option<&str>) -> Result<Vec<(&Arc<str>, &Members)>, Problem> {
-        match tenant {
-            Some(t) => Ok(vec![self.tenant(t)?]),
-            None => Ok(self.tenants.iter().collect()),
+    fn select(&self, tenant: Option<&str>) -> Result<Vec<(Arc<str>, Members)>, Problem> {
+        match (tenant, &self.live) {
+            (Some(t), _) => Ok(vec![self.tenant(t)?]),
+            (None, Some(c)) => Ok(c
+                .tenants()
+                .iter()
+                .filter_map(|t| self.tenant(t).ok())
+                .collect()),
+            (None, None) => Ok(self
+                .tenants
+                .iter()
+                .map(|(k, m)| (k.clone(), m.clone()))
+                .collect()),
         }
     }
 
@@ -268,7 +292,7 @@ async fn list_queues_inner(state: &ApiState, uri: &Uri) -> Result<Vec<QueueStats
         .select(params.get("tenant"))?
         .into_iter()
         .flat_map(|(t, m)| {
-            let queues = cc.directory.queues_of(t, m);
+            let queues = cc.directory.queues_of(&t, &m);
             queues.into_iter().map(move |q| (t.clone(), q))
         })
         .collect();
@@ -391,7 +415,7 @@ async fn list_agents_inner(state: &ApiState, uri: &Uri) -> Result<AgentList, Pro
         .directory
         .select(params.get("tenant"))?
         .into_iter()
-        .flat_map(|(t, m)| m.agents.iter().map(move |a| (t.clone(), a.clone())))
+        .flat_map(|(t, m)| m.agents.into_iter().map(move |a| (t.clone(), a)))
         .collect();
     let node: Arc<str> = Arc::from(cc.cc.node.as_str());
     let ask = |(t, a): &(Arc<str>, Arc<str>)| {

@@ -18,7 +18,9 @@
 //! | `GET /trunks` | every trunk with all fields; the carrier password is never shown (`auth_password_set` instead, ignored when sent back) |
 //! | `PUT /trunks/{id}` | (token) body: the `[[trunks]]` fields as JSON; 201 created or 200 replaced, with the trunk as shown. A new trunk's actor starts at once (alone) or on the node that claims `trunk/<id>` (cluster); a changed one's actor restarts with it, from its checkpoint, and its channels in use still count |
 //! | `DELETE /trunks/{id}` | (token) 204; 409 while a route names the trunk; 404 if there is no such trunk. Its actor stops (its owner key is released); calls on it go on |
-//! | `PUT`/`DELETE /tenants/{id}` | 501: file-configured |
+//! | `GET /tenants` | the tenants added through the API, as stored (the file's are not listed) |
+//! | `PUT /tenants/{id}` | (token) body: the `[[tenants]]` fields (`domain`, `realm`, `users`, `queues`, `agents`, `numbers`, `record`; not `users_csv`, `agents_csv` or `api_token`: 400) for a tenant the node lacks: 201 with the tenant as stored (its users' and numbers' names), validated like the file (id, domain and numbers its own). Its users and numbers become entries of their own (changed through their routes); its domain REGISTERs, its numbers route, and its actors (tenant, queues, agents) start at once alone or on the node that claims `tenant/<id>` (cluster). 501 for a tenant that exists (the file's, or one added before): change it through its users, queues and numbers routes |
+//! | `DELETE /tenants/{id}` | (token) 204 for a tenant added through the API: its users and queue changes go with it, its actors stop (its owner keys are released), its users get 404 (unknown domain) at once; registrations stay until they expire but reach no one. 409 while a number leads to it (delete its numbers first) or callers wait in its queues (on the node running it); 501 for a tenant of the config file; 404 for no such tenant |
 //!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
 //! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
@@ -67,8 +69,12 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         "/trunks/{id}",
         axum::routing::put(put_trunk).delete(delete_trunk),
     );
-    let refuse = || axum::routing::put(file_configured).delete(file_configured);
-    route(router, "/tenants/{id}", refuse())
+    let router = route(router, "/tenants", get(list_tenants));
+    route(
+        router,
+        "/tenants/{id}",
+        axum::routing::put(put_tenant).delete(delete_tenant),
+    )
 }
 
 /// A 400 problem that names the field at fault (RFC 9457 allows extension members).
@@ -297,11 +303,24 @@ fn put_in_tenant(kind: Kind) -> MethodRouter<ApiState> {
     )
 }
 
-/// Changes to what stays file-configured (tenants) are refused, not ignored: 501 saying so.
-async fn file_configured() -> Response {
-    Problem::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "tenants are configured in the config file only: change the file and restart the node",
-    )
-    .into_response()
+async fn list_tenants(State(state): State<ApiState>) -> Result<Response, Refused> {
+    let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
+    Ok(Json(config.added_tenants()).into_response())
+}
+
+async fn put_tenant(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Refused> {
+    put_entry(&state, &headers, Kind::Tenant, &id, &body).await
+}
+
+async fn delete_tenant(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Refused> {
+    delete_entry(&state, &headers, Kind::Tenant, &id).await
 }

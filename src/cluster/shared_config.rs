@@ -32,7 +32,18 @@
 //! tenant's queues in the tree's [`Catalog`] (so the tenant's every start includes it), starts
 //! at once where the tenant runs, and numbers may lead to it; one added so may be deleted
 //! (409 while a number or an overflow names it, or callers wait in it here), which stops it.
-//! Tenants, and deleting the file's queues, stay file-configured (501).
+//! A tenant the file lacks may be added (`PUT /tenants/{id}`, stored under `tenants/<id>`,
+//! never seeded), checked whole like the file (its id, domain and numbers its own); its
+//! users and numbers become entries of their own. Every node adds it to the
+//! [`Authenticator`] (its domain and users) and to the tree's [`Catalog`] as the singleton
+//! `tenant/<id>` with its queues and agents (started at once alone, claimed by one node in a
+//! cluster). One added so may be deleted (409 while a number leads to it or callers wait in
+//! its queues here): its users and queue changes go with it and its actors stop. Changing a
+//! tenant (its domain, agents) and deleting the file's tenants and queues stay
+//! file-configured (501). Not live for added tenants: per-tenant API tokens (`api_token` is
+//! refused), CSV files (refused), and the periodic queue statistics snapshots (written for
+//! the file's queues only); their registrations are not restored at a restart (the
+//! registrar loads before the added tenants are known): phones register again.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -54,9 +65,9 @@ use crate::config::{
 use crate::routing::auth::{Authenticator, UserKeys, UserMap};
 use crate::routing::trunks::Policy;
 use crate::store::config as overrides;
-use crate::supervision::tree::{trunk_key, Catalog};
+use crate::supervision::tree::{tenant_key, trunk_key, Catalog};
 
-/// Counter, labels `kind` (`route`, `number`, `user`, `queue`, `trunk`) and `source` (`api`: this node's API, alone;
+/// Counter, labels `kind` (`route`, `number`, `user`, `queue`, `trunk`, `tenant`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.
 pub const CONFIG_CHANGES_TOTAL: &str = "switchyard_config_changes_total";
 /// Counter, labels `kind` and `reason` (`invalid`, `unauthorized`, `unavailable`,
@@ -71,11 +82,11 @@ pub const CONFIG_GENERATION: &str = "switchyard_config_generation";
 pub fn describe() {
     metrics::describe_counter!(
         CONFIG_CHANGES_TOTAL,
-        "Route, number, trunk, user and queue changes applied, by kind and source (api, cluster, store)"
+        "Route, number, trunk, user, queue and tenant changes applied, by kind and source (api, cluster, store)"
     );
     metrics::describe_counter!(
         CONFIG_REJECTED_TOTAL,
-        "Route, number, trunk, user and queue changes refused or skipped, by kind and reason"
+        "Route, number, trunk, user, queue and tenant changes refused or skipped, by kind and reason"
     );
     metrics::describe_gauge!(
         CONFIG_GENERATION,
@@ -104,15 +115,18 @@ pub enum Kind {
     Queue,
     /// A carrier trunk, by id.
     Trunk,
+    /// A tenant the config file lacks, added through the API, by id.
+    Tenant,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Route,
         Kind::Number,
         Kind::User,
         Kind::Queue,
         Kind::Trunk,
+        Kind::Tenant,
     ];
 
     /// The metric label and the overrides table's `kind`.
@@ -123,6 +137,7 @@ impl Kind {
             Kind::User => "user",
             Kind::Queue => "queue",
             Kind::Trunk => "trunk",
+            Kind::Tenant => "tenant",
         }
     }
 
@@ -138,6 +153,7 @@ impl Kind {
             Kind::User => "users",
             Kind::Queue => "queues",
             Kind::Trunk => "trunks",
+            Kind::Tenant => "tenants",
         }
     }
 
@@ -146,8 +162,9 @@ impl Kind {
     /// gets them.
     fn marker(self) -> &'static str {
         match self {
-            // Queues are never seeded: an entry is a change over the file's queue.
-            Kind::Route | Kind::Number | Kind::Queue => "seeded",
+            // Queues and tenants are never seeded: the file's stay the file's, an entry is
+            // a change over them or one the file lacks.
+            Kind::Route | Kind::Number | Kind::Queue | Kind::Tenant => "seeded",
             Kind::User => "seeded-users",
             Kind::Trunk => "seeded-trunks",
         }
@@ -168,6 +185,17 @@ pub struct QueueEntry {
     pub tenant: String,
     pub config: QueueConfig,
     /// The body as given, with its `id`: what is stored and shown.
+    pub body: Value,
+}
+
+/// A tenant added through the API: `PUT /tenants/{id}` with the `[[tenants]]` fields. Its
+/// `users` and `numbers` become user and number entries of their own (changed and deleted
+/// through their routes), so the tenant entry keeps neither.
+#[derive(Clone, Debug)]
+pub struct TenantEntry {
+    /// With its queues and agents; no users, numbers or files.
+    pub config: TenantConfig,
+    /// The body as stored (with its `id`, without `users` and `numbers`).
     pub body: Value,
 }
 
@@ -289,6 +317,8 @@ struct Tables {
     /// Changed queues only (the others run with the file's configuration).
     queues: BTreeMap<String, QueueEntry>,
     trunks: BTreeMap<String, TrunkConfig>,
+    /// Tenants added through the API (the file's are not entries).
+    tenants: BTreeMap<String, TenantEntry>,
 }
 
 /// What a queue change needs to be put in force: the tree's queue actors and each tenant's
@@ -307,6 +337,7 @@ enum Entry {
     User(UserEntry),
     Queue(QueueEntry),
     Trunk(TrunkConfig),
+    Tenant(TenantEntry),
 }
 
 impl Entry {
@@ -318,6 +349,7 @@ impl Entry {
             Entry::User(u) => serde_json::to_value(u).expect("a user serializes"),
             Entry::Queue(q) => q.body.clone(),
             Entry::Trunk(t) => trunk_json(t, true),
+            Entry::Tenant(t) => t.body.clone(),
         }
     }
 
@@ -339,6 +371,7 @@ impl Tables {
             Kind::User => self.users.contains_key(id),
             Kind::Queue => self.queues.contains_key(id),
             Kind::Trunk => self.trunks.contains_key(id),
+            Kind::Tenant => self.tenants.contains_key(id),
         }
     }
 
@@ -350,6 +383,13 @@ impl Tables {
             Kind::User => self.users.remove(id).is_some(),
             Kind::Queue => self.queues.remove(id).is_some(),
             Kind::Trunk => self.trunks.remove(id).is_some(),
+            Kind::Tenant => {
+                // Its users and queues go with it (the store and etcd delete theirs too).
+                let scope = scoped_id(id, "");
+                self.users.retain(|k, _| !k.starts_with(&scope));
+                self.queues.retain(|k, _| !k.starts_with(&scope));
+                self.tenants.remove(id).is_some()
+            }
         }
     }
 
@@ -370,6 +410,9 @@ impl Tables {
             }
             Entry::Trunk(t) => {
                 self.trunks.insert(id, t);
+            }
+            Entry::Tenant(t) => {
+                self.tenants.insert(id, t);
             }
         }
     }
@@ -399,9 +442,14 @@ impl Tables {
             .trunks
             .iter()
             .map(|(id, t)| (Kind::Trunk, id.as_str(), trunk_json(t, true)));
-        // Trunks first: a node applying these in order (a restart's overrides) finds a
-        // route's trunks already there.
+        let tenants = self
+            .tenants
+            .iter()
+            .map(|(id, t)| (Kind::Tenant, id.as_str(), t.body.clone()));
+        // Trunks and tenants first: a node applying these in order (a restart's overrides)
+        // finds a route's trunks and a number's or user's tenant already there.
         trunks
+            .chain(tenants)
             .chain(routes)
             .chain(numbers)
             .chain(users)
@@ -583,9 +631,22 @@ impl SharedConfig {
 
     /// `tenant`'s users as the API shows them (no hashes); None if there is no such tenant.
     pub fn users(&self, tenant: &str) -> Option<Vec<Value>> {
-        self.tenants.iter().find(|t| t.id == tenant)?;
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.has_tenant(&t, tenant) {
+            return None;
+        }
         Some(t.users_of(tenant).map(UserEntry::view).collect())
+    }
+
+    /// Every tenant added through the API, as stored (the file's are not listed).
+    pub fn added_tenants(&self) -> Vec<Value> {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        t.tenants.values().map(|e| e.body.clone()).collect()
+    }
+
+    /// Whether `tenant` is in force in `t` (the file's or added through the API).
+    fn has_tenant(&self, t: &Tables, tenant: &str) -> bool {
+        self.tenants.iter().any(|x| x.id == tenant) || t.tenants.contains_key(tenant)
     }
 
     /// Creates or replaces the entry `id` of `kind` from a JSON body with the config file's
@@ -608,24 +669,113 @@ impl SharedConfig {
         id: &str,
         body: Value,
     ) -> Result<(bool, Value), ChangeError> {
+        if kind == Kind::Tenant {
+            return self.put_tenant(id, body).await;
+        }
+        self.put_entry(kind, id, body).await
+    }
+
+    async fn put_entry(
+        &self,
+        kind: Kind,
+        id: &str,
+        body: Value,
+    ) -> Result<(bool, Value), ChangeError> {
         let entry = parse_entry(kind, id, body)?;
         let stored = entry.stored(id);
         let existed = self
             .change(kind, id, Some(&stored), |t| {
                 self.check(t, id, &entry)?;
                 // A queue changed for the first time is the file's: replaced, not created.
-                Ok(t.contains(kind, id) || self.is_file_queue(kind, id))
+                Ok(t.contains(kind, id) || self.is_file_queue(t, kind, id))
             })
             .await?;
         Ok((!existed, entry.view(id)))
     }
 
-    /// Whether `id` is a queue of the config file (`kind` Queue).
-    fn is_file_queue(&self, kind: Kind, id: &str) -> bool {
+    /// A new tenant: checked whole (with its users and numbers) like the file, stored
+    /// without them, then each of its users and numbers stored as an entry of its own.
+    /// A tenant that exists (the file's or one added before) is not changed here (501): its
+    /// users, queues and numbers have their own routes.
+    async fn put_tenant(&self, id: &str, body: Value) -> Result<(bool, Value), ChangeError> {
+        if self.has_tenant(&self.snapshot(), id) {
+            return Err(tenant_exists(id)); // whatever the body (checked again below)
+        }
+        let full: TenantConfig = parse_fields(with_id(body.clone(), id)?)?;
+        let entry = parse_entry(Kind::Tenant, id, body)?;
+        let stored = entry.stored(id);
+        self.change(Kind::Tenant, id, Some(&stored), |t| {
+            if self.has_tenant(t, id) {
+                return Err(tenant_exists(id));
+            }
+            self.check_tenant(t, &full)?;
+            Ok(false)
+        })
+        .await?;
+        for u in &full.users {
+            let user = json!({ "ha1_md5": u.ha1_md5, "ha1_sha256": u.ha1_sha256 });
+            self.put_entry(Kind::User, &scoped_id(id, &u.username), user)
+                .await?;
+        }
+        for n in &full.numbers {
+            let number = json!({ "tenant": id, "target": n.target, "priority": n.priority });
+            self.put_entry(Kind::Number, &n.number, number).await?;
+        }
+        let mut view = stored;
+        view["users"] = json!(full.users.iter().map(|u| &u.username).collect::<Vec<_>>());
+        view["numbers"] = json!(full.numbers.iter().map(|n| &n.number).collect::<Vec<_>>());
+        Ok((true, view))
+    }
+
+    /// The file's validation of a new tenant (with its users and numbers) among the tenants
+    /// and numbers in force: its id, domain and numbers must be its own.
+    fn check_tenant(&self, t: &Tables, full: &TenantConfig) -> Result<(), ChangeError> {
+        let mut c = Config {
+            tenants: self.tenants_with(t),
+            ..Config::default()
+        };
+        for n in t.numbers.values() {
+            if let Some(x) = c.tenants.iter_mut().find(|x| x.id == n.tenant) {
+                x.numbers.push(number_config(n));
+            }
+        }
+        let ti = c.tenants.len();
+        c.tenants.push(full.clone());
+        first_error(c.validate(), &format!("tenants[{ti}]"))
+    }
+
+    /// Whether tenant `id` may be deleted from `t`: only one added through the API, and
+    /// only once no number leads to it (numbers are deleted first, so no new call arrives).
+    fn check_tenant_delete(&self, t: &Tables, id: &str) -> Result<(), ChangeError> {
+        if self.tenants.iter().any(|x| x.id == id) {
+            return Err(ChangeError::Unsupported(format!(
+                "tenant {id:?} is in the config file: remove it there and restart the node"
+            )));
+        }
+        if !t.tenants.contains_key(id) {
+            return Err(ChangeError::NotFound(format!("tenant {id:?}")));
+        }
+        let numbers: Vec<&str> = t
+            .numbers
+            .values()
+            .filter(|n| n.tenant == id)
+            .map(|n| n.number.as_str())
+            .collect();
+        if !numbers.is_empty() {
+            return Err(ChangeError::InUse(format!(
+                "numbers {numbers:?} lead to tenant {id:?}: delete them first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether `id` is a queue of its tenant's own configuration (`kind` Queue): the config
+    /// file's, or the body of a tenant added through the API.
+    fn is_file_queue(&self, t: &Tables, kind: Kind, id: &str) -> bool {
         kind == Kind::Queue
             && id
                 .split_once('/')
-                .is_some_and(|(tenant, queue)| self.in_file(tenant, queue))
+                .is_some_and(|(tenant, queue)| self.in_file(t, tenant, queue))
     }
 
     /// Removes the entry `id` of `kind` (a file entry too; of queues, only those added
@@ -637,6 +787,17 @@ impl SharedConfig {
     }
 
     async fn delete_inner(&self, kind: Kind, id: &str) -> Result<(), ChangeError> {
+        if kind == Kind::Tenant {
+            self.check_tenant_delete(&self.snapshot(), id)?;
+            // Its callers would be lost with its queues (the node running it knows).
+            for queue in self.queues.catalog.queues_of(id) {
+                if let Some(waiting @ 1..) = self.queues.catalog.queue_waiting(id, &queue).await {
+                    return Err(ChangeError::InUse(format!(
+                        "{waiting} callers wait in queue {queue:?} of tenant {id:?}: try again once they are served"
+                    )));
+                }
+            }
+        }
         if kind == Kind::Queue {
             // Refusals that need no queue actor first (a file queue, one named elsewhere).
             self.check_queue_delete(&self.snapshot(), id)?;
@@ -650,6 +811,10 @@ impl SharedConfig {
             }
         }
         self.change(kind, id, None, |t| {
+            if kind == Kind::Tenant {
+                self.check_tenant_delete(t, id)?;
+                return Ok(true);
+            }
             if kind == Kind::Queue {
                 self.check_queue_delete(t, id)?;
                 return Ok(true);
@@ -741,9 +906,21 @@ impl SharedConfig {
                     deleted: value.is_none(),
                 };
                 let path = path.clone();
-                let saved = o.clone();
+                let mut saved = vec![o.clone()];
+                if kind == Kind::Tenant && value.is_none() {
+                    // Its users and queues go with it, here and after a restart.
+                    saved.extend(self.scoped_ids(id).into_iter().map(|(k, sub)| {
+                        overrides::Override {
+                            kind: k.label().to_string(),
+                            id: sub,
+                            json: String::new(),
+                            deleted: true,
+                        }
+                    }));
+                }
                 tokio::task::spawn_blocking(move || {
-                    overrides::open(&path).and_then(|c| overrides::save(&c, &saved))
+                    let c = overrides::open(&path)?;
+                    saved.iter().try_for_each(|o| overrides::save(&c, o))
                 })
                 .await
                 .map_err(|e| ChangeError::Unavailable(e.to_string()))?
@@ -758,16 +935,26 @@ impl SharedConfig {
             }
             Backend::Etcd(e) => {
                 let key = format!("{}{}/{id}", e.prefix, kind.segment());
-                let op = match value {
+                let mut ops = vec![match value {
                     Some(v) => TxnOp::put(key, v.to_string(), None),
                     None => TxnOp::delete(key, None),
-                };
+                }];
+                if kind == Kind::Tenant && value.is_none() {
+                    // Its users and queues go with it.
+                    for k in [Kind::User, Kind::Queue] {
+                        let scope = format!("{}{}/{}", e.prefix, k.segment(), scoped_id(id, ""));
+                        ops.push(TxnOp::delete(
+                            scope,
+                            Some(etcd_client::DeleteOptions::new().with_prefix()),
+                        ));
+                    }
+                }
                 let unchanged = Compare::mod_revision(e.prefix.as_str(), CompareOp::Less, seen + 1)
                     .with_prefix();
                 let resp = e
                     .client
                     .clone()
-                    .txn(Txn::new().when([unchanged]).and_then([op]))
+                    .txn(Txn::new().when([unchanged]).and_then(ops))
                     .await
                     .map_err(|err| ChangeError::Unavailable(format!("etcd: {err}")))?;
                 let revision = resp.header().map_or(0, |h| h.revision());
@@ -785,6 +972,18 @@ impl SharedConfig {
                 Ok(Written::Done)
             }
         }
+    }
+
+    /// The users and queues entries of tenant `id`, by kind and id.
+    fn scoped_ids(&self, id: &str) -> Vec<(Kind, String)> {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        let scope = scoped_id(id, "");
+        let users = t.users.keys().filter(|k| k.starts_with(&scope));
+        let queues = t.queues.keys().filter(|k| k.starts_with(&scope));
+        users
+            .map(|k| (Kind::User, k.clone()))
+            .chain(queues.map(|k| (Kind::Queue, k.clone())))
+            .collect()
     }
 
     fn snapshot(&self) -> Tables {
@@ -820,16 +1019,24 @@ impl SharedConfig {
         match entry {
             Entry::Route(r) => self.check_route(t, id, r),
             Entry::Number(n) => self.check_number(t, n),
-            Entry::User(u) => self.check_user(u),
+            Entry::User(u) => self.check_user(t, u),
             Entry::Queue(q) => self.check_queue(t, q),
             Entry::Trunk(c) => check_trunk(t, id, c),
+            // A restart's or the cluster's copy of a tenant checked when it was put: only
+            // its id must be free (the file may have got it since).
+            Entry::Tenant(e) => match self.tenants.iter().any(|x| x.id == e.config.id) {
+                true => Err(ChangeError::Unsupported(format!(
+                    "tenant {id:?} is in the config file now"
+                ))),
+                false => Ok(()),
+            },
         }
     }
 
     /// The file's tenants with their queues in force in `t`: the file's (changed ones
     /// replaced) and, after them, those added through the API (by id).
     fn tenants_with(&self, t: &Tables) -> Vec<TenantConfig> {
-        let mut tenants = self.tenants.clone();
+        let mut tenants = self.all_tenants(t);
         for q in t.queues.values() {
             let Some(tenant) = tenants.iter_mut().find(|x| x.id == q.tenant) else {
                 continue;
@@ -842,9 +1049,20 @@ impl SharedConfig {
         tenants
     }
 
-    /// Whether `tenant`'s queue `queue` is one of the config file's.
-    fn in_file(&self, tenant: &str, queue: &str) -> bool {
-        self.tenants
+    /// The file's tenants and, after them, those added through the API (by id), bare (see
+    /// [`bare_tenants`]) with their own queues.
+    fn all_tenants(&self, t: &Tables) -> Vec<TenantConfig> {
+        let added = t.tenants.values().map(|e| TenantConfig {
+            agents: Vec::new(),
+            ..e.config.clone()
+        });
+        self.tenants.iter().cloned().chain(added).collect()
+    }
+
+    /// Whether `tenant`'s queue `queue` is one of its own configuration's: the config
+    /// file's, or the body's of a tenant added through the API.
+    fn in_file(&self, t: &Tables, tenant: &str, queue: &str) -> bool {
+        self.all_tenants(t)
             .iter()
             .any(|x| x.id == tenant && x.queues.iter().any(|q| q.id == queue))
     }
@@ -852,11 +1070,12 @@ impl SharedConfig {
     /// The file's validation of a queue (new, or a new configuration) in its tenant, with
     /// the current numbers (an overflow may name one) and the tenant's other queues.
     fn check_queue(&self, t: &Tables, q: &QueueEntry) -> Result<(), ChangeError> {
-        let Some(ti) = self.tenants.iter().position(|x| x.id == q.tenant) else {
+        let tenants = self.tenants_with(t);
+        let Some(ti) = tenants.iter().position(|x| x.id == q.tenant) else {
             return Err(ChangeError::NotFound(format!("tenant {:?}", q.tenant)));
         };
         let mut c = Config {
-            tenants: self.tenants_with(t),
+            tenants,
             ..Config::default()
         };
         let tenant = &mut c.tenants[ti];
@@ -877,7 +1096,7 @@ impl SharedConfig {
     /// other queue's overflow names it (the file's validation without it).
     fn check_queue_delete(&self, t: &Tables, id: &str) -> Result<(), ChangeError> {
         let (tenant, queue) = split_id(id)?;
-        if self.in_file(tenant, queue) {
+        if self.in_file(t, tenant, queue) {
             return Err(ChangeError::Unsupported(format!(
                 "queue {queue:?} of tenant {tenant:?} is in the config file: remove it there and restart the node"
             )));
@@ -885,11 +1104,12 @@ impl SharedConfig {
         if !t.queues.contains_key(id) {
             return Err(ChangeError::NotFound(format!("queue {id:?}")));
         }
-        let Some(ti) = self.tenants.iter().position(|x| x.id == tenant) else {
+        let tenants = self.tenants_with(t);
+        let Some(ti) = tenants.iter().position(|x| x.id == tenant) else {
             return Err(ChangeError::NotFound(format!("tenant {tenant:?}")));
         };
         let mut c = Config {
-            tenants: self.tenants_with(t),
+            tenants,
             ..Config::default()
         };
         c.tenants[ti].numbers = self.numbers_of(t, tenant);
@@ -919,7 +1139,8 @@ impl SharedConfig {
         tenant: &str,
         queue: &str,
     ) -> Option<crate::actors::queue::QueueSpec> {
-        let bare = self.tenants.iter().find(|x| x.id == tenant)?;
+        let all = self.all_tenants(t);
+        let bare = all.iter().find(|x| x.id == tenant)?;
         let config = match t.queues.get(&scoped_id(tenant, queue)) {
             Some(e) => e.config.clone(),
             None => bare.queues.iter().find(|q| q.id == queue)?.clone(),
@@ -929,11 +1150,13 @@ impl SharedConfig {
             numbers: self.numbers_of(t, tenant),
             ..bare.clone()
         };
-        let agents = self
-            .queues
-            .agents
-            .get(tenant)
-            .map_or(&[][..], Vec::as_slice);
+        let agents = match self.queues.agents.get(tenant) {
+            Some(a) => a.as_slice(),
+            None => t
+                .tenants
+                .get(tenant)
+                .map_or(&[][..], |e| e.config.agents.as_slice()),
+        };
         crate::actors::queue::plan(&one, agents).pop()
     }
 
@@ -1006,6 +1229,85 @@ impl SharedConfig {
         });
     }
 
+    /// Puts the tenants added to or removed from `old` in `new` in force: an added one joins
+    /// the authenticator (its domain and users) and the tree's [`Catalog`] with its queues and
+    /// agents (started at once alone, claimed by one node in a cluster); a removed one leaves
+    /// both and its actors are stopped (in a cluster its owner then releases its keys).
+    fn install_tenants(&self, old: &Tables, new: &Tables) {
+        let catalog = &self.queues.catalog;
+        let (mut start, mut stop) = (Vec::new(), Vec::new());
+        for id in old
+            .tenants
+            .keys()
+            .filter(|id| !new.tenants.contains_key(*id))
+        {
+            self.auth.remove_tenant(id);
+            if let Some(queues) = catalog.remove_tenant(id) {
+                tracing::info!(tenant = %id, "tenant removed");
+                stop.push((id.clone(), queues));
+            }
+        }
+        let all = self.tenants_with(new);
+        for (id, e) in new
+            .tenants
+            .iter()
+            .filter(|(id, _)| !old.tenants.contains_key(*id))
+        {
+            let users: UserMap = new
+                .users_of(id)
+                .map(|u| (u.username.clone(), u.keys()))
+                .collect();
+            let count = users.len();
+            if !self.auth.add_tenant(&e.config, users) {
+                tracing::warn!(tenant = %id, "added tenant's id or domain already known to the authenticator");
+            }
+            let Some(bare) = all.iter().find(|x| &x.id == id) else {
+                continue;
+            };
+            let config = TenantConfig {
+                agents: e.config.agents.clone(),
+                numbers: self.numbers_of(new, id),
+                ..bare.clone()
+            };
+            let spec = crate::supervision::tree::TenantSpec {
+                queues: crate::actors::queue::plan(&config, &config.agents),
+                agents: config.agents.clone(),
+                users: count,
+                config,
+            };
+            if catalog.add_tenant(&spec) {
+                tracing::info!(tenant = %id, "tenant added");
+                start.push(id.clone());
+            } else {
+                tracing::warn!(tenant = %id, "tenant added without actors (no tree)");
+            }
+        }
+        if start.is_empty() && stop.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Alone, every tenant runs here; in a cluster the membership claims new ones.
+        if self.cluster {
+            start.clear();
+        }
+        let (catalog, one) = (catalog.clone(), self.restarting.clone());
+        runtime.spawn(async move {
+            let _one = one.lock().await;
+            for (id, queues) in stop {
+                if let Err(e) = catalog.stop_tenant(&id, &queues).await {
+                    tracing::warn!(tenant = %id, error = %e, "removed tenant's actors would not stop");
+                }
+            }
+            for id in start {
+                if let Err(e) = catalog.start(&tenant_key(&id)).await {
+                    tracing::warn!(tenant = %id, error = %e, "new tenant's actors would not start");
+                }
+            }
+        });
+    }
+
     /// Puts the trunks of `new` in force: an unchanged trunk keeps its [`TrunkShared`] (its
     /// channels, health and route groups), a changed one is replaced keeping its channel count
     /// ([`TrunkShared::replacing`]) and its actor restarts with it, a new one becomes a
@@ -1061,12 +1363,13 @@ impl SharedConfig {
 
     /// The file's validation of a user as its tenant's only one (its name is unique by its
     /// id): the hashes' forms.
-    fn check_user(&self, u: &UserEntry) -> Result<(), ChangeError> {
-        let Some(ti) = self.tenants.iter().position(|x| x.id == u.tenant) else {
+    fn check_user(&self, t: &Tables, u: &UserEntry) -> Result<(), ChangeError> {
+        let tenants = self.all_tenants(t);
+        let Some(ti) = tenants.iter().position(|x| x.id == u.tenant) else {
             return Err(ChangeError::NotFound(format!("tenant {:?}", u.tenant)));
         };
         let mut c = Config {
-            tenants: self.tenants.clone(),
+            tenants,
             ..Config::default()
         };
         c.tenants[ti].users = vec![UserConfig {
@@ -1099,14 +1402,15 @@ impl SharedConfig {
 
     /// The file's validation of a number among the current ones and its tenant's queues.
     fn check_number(&self, t: &Tables, n: &NumberEntry) -> Result<(), ChangeError> {
-        let Some(ti) = self.tenants.iter().position(|x| x.id == n.tenant) else {
+        let tenants = self.tenants_with(t);
+        let Some(ti) = tenants.iter().position(|x| x.id == n.tenant) else {
             return Err(ChangeError::invalid(
                 "tenant",
                 format!("no tenant {:?}", n.tenant),
             ));
         };
         let mut c = Config {
-            tenants: self.tenants_with(t),
+            tenants,
             ..Config::default()
         };
         for other in t.numbers.values().filter(|o| o.number != n.number) {
@@ -1145,15 +1449,21 @@ impl SharedConfig {
         self.numbers.replace(numbers);
         let mut current = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         let first = self.generation() == 0;
-        for tenant in &self.tenants {
+        self.install_tenants(&current, &tables);
+        let ids = self
+            .tenants
+            .iter()
+            .map(|t| &t.id)
+            .chain(tables.tenants.keys());
+        for tenant in ids {
             // Only a tenant whose users changed gets a new table (tenants of 20,000 agents
             // are not rebuilt for a route change).
-            if first || !tables.users_of(&tenant.id).eq(current.users_of(&tenant.id)) {
+            if first || !tables.users_of(tenant).eq(current.users_of(tenant)) {
                 let users: UserMap = tables
-                    .users_of(&tenant.id)
+                    .users_of(tenant)
                     .map(|u| (u.username.clone(), u.keys()))
                     .collect();
-                self.auth.set_users(&tenant.id, users);
+                self.auth.set_users(tenant, users);
             }
         }
         self.install_queues(&current, &tables, first);
@@ -1164,11 +1474,23 @@ impl SharedConfig {
     }
 }
 
+/// Why `PUT /tenants/{id}` of an existing tenant changes nothing.
+fn tenant_exists(id: &str) -> ChangeError {
+    ChangeError::Unsupported(format!(
+        "tenant {id:?} exists: change its users, queues and numbers through their routes"
+    ))
+}
+
 /// Saved overrides in the order they are applied at start: trunks first (each override is
 /// its entry's final state, so only validation sees the order, and a route checks that its
 /// trunks are there), the rest in the order they were made.
 fn trunks_first(mut saved: Vec<overrides::Override>) -> Vec<overrides::Override> {
-    saved.sort_by_key(|o| o.kind != Kind::Trunk.label());
+    // Then tenants: a number, user or queue of a tenant added through the API finds it.
+    saved.sort_by_key(|o| match Kind::from_label(&o.kind) {
+        Some(Kind::Trunk) => 0,
+        Some(Kind::Tenant) => 1,
+        _ => 2,
+    });
     saved
 }
 
@@ -1461,6 +1783,26 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
                 config,
                 body,
             }))
+        }
+        Kind::Tenant => {
+            let mut body = with_id(body, id)?;
+            let Value::Object(map) = &mut body else {
+                return Err(ChangeError::invalid("body", "a JSON object is expected"));
+            };
+            // Read at start only, or used at start only: refused rather than ignored.
+            for field in ["users_csv", "agents_csv", "api_token"] {
+                if map.get(field).is_some_and(|v| !v.is_null()) {
+                    return Err(ChangeError::invalid(
+                        field,
+                        "only in the config file (a tenant added through the API has its users put through the API and is reached with the node's token)",
+                    ));
+                }
+            }
+            // Kept as entries of their own (see [`TenantEntry`]).
+            map.remove("users");
+            map.remove("numbers");
+            let config: TenantConfig = parse_fields(body.clone())?;
+            Ok(Entry::Tenant(TenantEntry { config, body }))
         }
         Kind::Trunk => {
             let mut body = with_id(body, id)?;
@@ -2353,8 +2695,8 @@ mod tests {
         let put = |id: &str, body: Value| parse_entry(Kind::Queue, id, body);
         let new = put("acme/support", json!({"max_length": 3})).unwrap();
         assert!(s.check(&t, "acme/support", &new).is_ok());
-        assert!(s.is_file_queue(Kind::Queue, "acme/sales"));
-        assert!(!s.is_file_queue(Kind::Queue, "acme/support"));
+        assert!(s.is_file_queue(&s.snapshot(), Kind::Queue, "acme/sales"));
+        assert!(!s.is_file_queue(&s.snapshot(), Kind::Queue, "acme/support"));
         // The file's checks apply to a new queue too (an overflow to a queue that is not
         // there), and another queue may overflow to the new one once it is there.
         let bad = put("acme/support", json!({"overflow_full": "queue:nope"})).unwrap();
@@ -2470,5 +2812,115 @@ mod tests {
         assert_eq!(classify(p, "/sy/config/seeded-users"), None);
         assert_eq!(classify(p, "/sy/config/usersx/a"), None);
         assert_eq!(classify(p, "/sy/nodes/n1"), None);
+    }
+
+    #[test]
+    fn tenant_bodies_are_parsed_and_validated_like_the_file() {
+        let s = shared(&config());
+        let t = s.snapshot();
+        let body = json!({
+            "domain": "beta.test",
+            "users": [{"username": "bob", "ha1_md5": MD5}],
+            "queues": [{"id": "support"}],
+            "numbers": [{"number": "200", "target": "queue:support"}],
+        });
+        let Entry::Tenant(e) = parse_entry(Kind::Tenant, "beta", body.clone()).unwrap() else {
+            panic!("a tenant entry");
+        };
+        // Users and numbers become entries of their own: the tenant keeps neither.
+        assert_eq!(e.body["id"], "beta");
+        assert!(e.body.get("users").is_none() && e.body.get("numbers").is_none());
+        assert!(e.config.users.is_empty() && e.config.numbers.is_empty());
+        assert_eq!(e.config.queues.len(), 1);
+        for field in ["api_token", "users_csv", "agents_csv"] {
+            let mut b = body.clone();
+            b[field] = json!("x");
+            let err = parse_entry(Kind::Tenant, "beta", b).unwrap_err();
+            assert!(
+                matches!(&err, ChangeError::Invalid { field: f, .. } if f == field),
+                "{err:?}"
+            );
+        }
+        let full =
+            |b: Value| -> TenantConfig { parse_fields(with_id(b, "beta").unwrap()).unwrap() };
+        assert!(s.check_tenant(&t, &full(body.clone())).is_ok());
+        // Another tenant's domain, a number of another tenant, a number to no queue.
+        let mut clash = body.clone();
+        clash["domain"] = json!("ACME.test");
+        let err = s.check_tenant(&t, &full(clash)).unwrap_err();
+        assert!(
+            matches!(&err, ChangeError::Invalid { field, .. } if field == "domain"),
+            "{err:?}"
+        );
+        let mut taken = body.clone();
+        taken["numbers"] = json!([{"number": "100", "target": "queue:support"}]);
+        assert!(s.check_tenant(&t, &full(taken)).is_err(), "acme's number");
+        let mut nowhere = body.clone();
+        nowhere["numbers"] = json!([{"number": "300", "target": "queue:nope"}]);
+        assert!(s.check_tenant(&t, &full(nowhere)).is_err());
+        assert!(s.has_tenant(&t, "acme") && !s.has_tenant(&t, "beta"));
+    }
+
+    #[tokio::test]
+    async fn an_added_tenant_is_put_in_force_kept_and_deleted_once_unnumbered() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("switchyard.db");
+        let mut s = shared(&config());
+        s.backend = Backend::Sqlite(db.clone());
+        s.install(s.snapshot());
+        let body = json!({
+            "domain": "beta.test",
+            "users": [{"username": "bob", "ha1_md5": MD5}],
+            "queues": [{"id": "support"}],
+            "numbers": [{"number": "200", "target": "queue:support"}],
+        });
+        let (created, view) = s.put(Kind::Tenant, "beta", body.clone()).await.unwrap();
+        assert!(created);
+        assert_eq!(view["users"], json!(["bob"]));
+        // In force: its domain and user in the authenticator, its number routed.
+        assert_eq!(s.auth.tenant_for_domain(b"beta.test").unwrap().id, "beta");
+        assert!(s.auth.has_user("beta", "bob"));
+        assert!(s.numbers.get("200").is_some());
+        assert_eq!(s.users("beta").unwrap().len(), 1);
+        assert_eq!(s.added_tenants().len(), 1);
+        // A tenant that exists is not changed here.
+        let e = s.put(Kind::Tenant, "beta", body.clone()).await.unwrap_err();
+        assert!(matches!(e, ChangeError::Unsupported(_)), "{e:?}");
+        let e = s.put(Kind::Tenant, "acme", body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::Unsupported(_)), "{e:?}");
+        // Saved: the overrides bring it back, tenant before its user and number.
+        let saved = trunks_first(overrides::load(&overrides::open(&db).unwrap()).unwrap());
+        let kinds: Vec<&str> = saved.iter().map(|o| o.kind.as_str()).collect();
+        assert_eq!(kinds, ["tenant", "user", "number"]);
+        let mut again = s.snapshot();
+        again.remove(Kind::Tenant, "beta");
+        for o in &saved {
+            s.apply_override(&mut again, o).unwrap();
+        }
+        assert!(again.tenants.contains_key("beta") && again.users.contains_key("beta/bob"));
+        // Deleted: never the file's; not while a number leads to it.
+        let e = s.delete(Kind::Tenant, "acme").await.unwrap_err();
+        assert!(matches!(e, ChangeError::Unsupported(_)), "{e:?}");
+        let e = s.delete(Kind::Tenant, "beta").await.unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::InUse(m) if m.contains("200")),
+            "{e:?}"
+        );
+        s.delete(Kind::Number, "200").await.unwrap();
+        s.delete(Kind::Tenant, "beta").await.unwrap();
+        assert!(s.auth.tenant_for_domain(b"beta.test").is_none());
+        assert!(!s.auth.has_user("beta", "bob"));
+        assert!(s.users("beta").is_none());
+        assert!(
+            !s.snapshot().users.contains_key("beta/bob"),
+            "its users went with it"
+        );
+        let e = s.delete(Kind::Tenant, "beta").await.unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+        // Its user's deletion was saved too: a restart does not bring it back.
+        let saved = overrides::load(&overrides::open(&db).unwrap()).unwrap();
+        assert!(saved
+            .iter()
+            .any(|o| o.kind == "user" && o.id == "beta/bob" && o.deleted));
     }
 }

@@ -191,13 +191,36 @@ pub struct Authenticator {
     nonce_ttl_ms: u64,
     max_failures: u32,
     lock_ms: u64,
-    tenants: HashMap<String, TenantUsers>,
-    /// Lowercase domain → tenant id.
-    by_domain: HashMap<String, String>,
+    /// The tenants by id and by domain, swapped whole when a tenant is added or removed
+    /// through the API (a request reads it once).
+    tenants: RwLock<Arc<TenantIndex>>,
     key: NonceKey,
     nc: DashMap<Bytes, NcEntry>,
     by_source: DashMap<IpAddr, Strikes>,
     by_user: DashMap<(String, String), Strikes>,
+}
+
+/// The tenants by id, and their ids by lowercase domain.
+#[derive(Default)]
+struct TenantIndex {
+    by_id: HashMap<String, Arc<TenantUsers>>,
+    by_domain: HashMap<String, String>,
+}
+
+impl TenantIndex {
+    fn insert(&mut self, t: &TenantConfig, users: UserMap) {
+        let domain = t.domain.to_ascii_lowercase();
+        self.by_domain.insert(domain.clone(), t.id.clone());
+        self.by_id.insert(
+            t.id.clone(),
+            Arc::new(TenantUsers {
+                id: t.id.clone(),
+                domain,
+                realm: t.realm().to_string(),
+                users: RwLock::new(Arc::new(users)),
+            }),
+        );
+    }
 }
 
 /// Unix milliseconds of a `SystemTime`.
@@ -220,38 +243,15 @@ impl Authenticator {
         tenants: &[TenantConfig],
         key: NonceKey,
     ) -> Result<Self, LoadError> {
-        let mut map = HashMap::new();
-        let mut by_domain = HashMap::new();
+        let mut index = TenantIndex::default();
         for t in tenants {
-            let mut users: HashMap<String, UserKeys> = t
-                .users
-                .iter()
-                .map(|u: &UserConfig| {
-                    (
-                        u.username.clone(),
-                        UserKeys {
-                            ha1_md5: u.ha1_md5.clone(),
-                            ha1_sha256: u.ha1_sha256.clone(),
-                        },
-                    )
-                })
-                .collect();
+            let mut users = config_users(t);
             if let Some(path) = &t.users_csv {
                 for (name, keys) in load_csv(path)? {
                     users.insert(name, keys);
                 }
             }
-            let domain = t.domain.to_ascii_lowercase();
-            by_domain.insert(domain.clone(), t.id.clone());
-            map.insert(
-                t.id.clone(),
-                TenantUsers {
-                    id: t.id.clone(),
-                    domain,
-                    realm: t.realm().to_string(),
-                    users: RwLock::new(Arc::new(users)),
-                },
-            );
+            index.insert(t, users);
         }
         let algorithms = config
             .algorithms
@@ -263,8 +263,7 @@ impl Authenticator {
             nonce_ttl_ms: u64::from(config.nonce_ttl_secs) * 1000,
             max_failures: config.max_auth_failures.max(1),
             lock_ms: u64::from(config.lock_secs) * 1000,
-            tenants: map,
-            by_domain,
+            tenants: RwLock::new(Arc::new(index)),
             key,
             nc: DashMap::new(),
             by_source: DashMap::new(),
@@ -272,28 +271,68 @@ impl Authenticator {
         })
     }
 
+    fn index(&self) -> Arc<TenantIndex> {
+        self.tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The tenant whose SIP domain is `host` (case-insensitive).
-    pub fn tenant_for_domain(&self, host: &[u8]) -> Option<&TenantUsers> {
+    pub fn tenant_for_domain(&self, host: &[u8]) -> Option<Arc<TenantUsers>> {
         let host = std::str::from_utf8(host).ok()?.to_ascii_lowercase();
-        self.by_domain
-            .get(&host)
-            .and_then(|id| self.tenants.get(id))
+        let index = self.index();
+        let id = index.by_domain.get(&host)?;
+        index.by_id.get(id).cloned()
     }
 
     /// Every tenant.
-    pub fn tenants(&self) -> impl Iterator<Item = &TenantUsers> + '_ {
-        self.tenants.values()
+    pub fn tenants(&self) -> Vec<Arc<TenantUsers>> {
+        self.index().by_id.values().cloned().collect()
     }
 
     /// A tenant by id.
-    pub fn tenant(&self, id: &str) -> Option<&TenantUsers> {
-        self.tenants.get(id)
+    pub fn tenant(&self, id: &str) -> Option<Arc<TenantUsers>> {
+        self.index().by_id.get(id).cloned()
+    }
+
+    /// Adds tenant `t` (put through the API) with `users` (its `users_csv` is not read:
+    /// users come through the API); false, changing nothing, if its id or domain is taken.
+    pub fn add_tenant(&self, t: &TenantConfig, users: UserMap) -> bool {
+        let mut current = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        let domain = t.domain.to_ascii_lowercase();
+        if current.by_id.contains_key(&t.id) || current.by_domain.contains_key(&domain) {
+            return false;
+        }
+        let mut next = TenantIndex {
+            by_id: current.by_id.clone(),
+            by_domain: current.by_domain.clone(),
+        };
+        next.insert(t, users);
+        *current = Arc::new(next);
+        true
+    }
+
+    /// Removes tenant `id`: its users no longer authenticate and its domain is no one's.
+    /// Whether it was there.
+    pub fn remove_tenant(&self, id: &str) -> bool {
+        let mut current = self.tenants.write().unwrap_or_else(|e| e.into_inner());
+        if !current.by_id.contains_key(id) {
+            return false;
+        }
+        let mut next = TenantIndex {
+            by_id: current.by_id.clone(),
+            by_domain: current.by_domain.clone(),
+        };
+        next.by_id.remove(id);
+        next.by_domain.retain(|_, t| t != id);
+        *current = Arc::new(next);
+        true
     }
 
     /// True when `username` is a user of `tenant`.
     pub fn has_user(&self, tenant: &str, username: &str) -> bool {
-        self.tenants
-            .get(tenant)
+        self.tenant(tenant)
             .is_some_and(|t| t.users().contains_key(username))
     }
 
@@ -301,7 +340,7 @@ impl Authenticator {
     /// the table it read). False when there is no such tenant. A removed user's nonce counts
     /// and locks stay until they expire: they are no use without the user.
     pub fn set_users(&self, tenant: &str, users: UserMap) -> bool {
-        let Some(t) = self.tenants.get(tenant) else {
+        let Some(t) = self.tenant(tenant) else {
             return false;
         };
         *t.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
@@ -328,9 +367,10 @@ impl Authenticator {
         now: SystemTime,
     ) -> AuthOutcome {
         let now_ms = unix_ms(now);
-        let Some(t) = self.tenants.get(tenant) else {
+        let Some(t) = self.tenant(tenant) else {
             return self.outcome_forbidden("unknown tenant");
         };
+        let t = &*t;
         if self
             .by_source
             .get(&source_ip)
@@ -608,6 +648,22 @@ enum NcVerdict {
 
 /// Reads `username,ha1_md5,ha1_sha256` lines (`#` comments and blank lines skipped; either
 /// hash may be empty but not both).
+/// The users a tenant's config lists inline (`[[tenants.users]]`), by name.
+pub fn config_users(t: &TenantConfig) -> UserMap {
+    t.users
+        .iter()
+        .map(|u: &UserConfig| {
+            (
+                u.username.clone(),
+                UserKeys {
+                    ha1_md5: u.ha1_md5.clone(),
+                    ha1_sha256: u.ha1_sha256.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
 fn load_csv(path: &Path) -> Result<Vec<(String, UserKeys)>, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.to_path_buf(),
@@ -962,5 +1018,25 @@ mod tests {
         assert!(a.has_user("a", "carol"));
         assert!(!a.has_user("b", "carol"));
         assert_eq!(a.tenant_for_domain(b"A.TEST").unwrap().id, "a");
+    }
+
+    #[test]
+    fn tenants_are_added_and_removed_live() {
+        let a = Authenticator::new(&config(10, 60, 300), &[tenant("a", "a.test", &[])]).unwrap();
+        let c = tenant("c", "C.test", &[("carol", "pw-c")]);
+        let before = a.tenant("a").unwrap();
+        assert!(a.add_tenant(&c, config_users(&c)));
+        assert_eq!(a.tenant_for_domain(b"c.TEST").unwrap().id, "c");
+        assert!(a.has_user("c", "carol"));
+        assert!(Arc::ptr_eq(&before, &a.tenant("a").unwrap()), "others kept");
+        // Neither an id nor a domain may be taken twice.
+        assert!(!a.add_tenant(&tenant("c", "other.test", &[]), UserMap::new()));
+        assert!(!a.add_tenant(&tenant("d", "a.test", &[]), UserMap::new()));
+        assert!(a.tenant("d").is_none());
+        assert!(a.remove_tenant("c"));
+        assert!(!a.remove_tenant("c"));
+        assert!(a.tenant_for_domain(b"c.test").is_none());
+        assert!(!a.has_user("c", "carol"));
+        assert_eq!(a.tenants().len(), 1);
     }
 }

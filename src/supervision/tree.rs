@@ -10,7 +10,8 @@
 //! │                              trunks put or deleted through the API are started and
 //! │                              stopped here at run time (see [`Catalog`])
 //! ├── tenants        permanent   one_for_one supervisor, 3 restarts / 10 s
-//! │   └── tenant/<id>            rest_for_one supervisor per tenant
+//! │   └── tenant/<id>            rest_for_one supervisor per tenant (tenants put or
+//! │                              deleted through the API are added and removed at run time)
 //! │       ├── tenant actor       permanent
 //! │       ├── queues             one_for_one, 10 restarts / 10 s: queue/<tenant>/<id>
 //! │       │                      (built at each start from the queues in force: queues
@@ -74,6 +75,8 @@ impl Tree {
 #[derive(Clone)]
 struct Entry {
     also: Vec<String>,
+    /// A tenant's agent ids, sorted (the API's directory lists them); empty for trunks.
+    agents: Vec<String>,
     supervisor: String,
     spec: ChildSpec,
 }
@@ -283,6 +286,7 @@ impl Catalog {
                 key.clone(),
                 Entry {
                     also: Vec::new(),
+                    agents: Vec::new(),
                     supervisor: name("trunks", &spawner.node),
                     spec: spawner.spec(id, last),
                 },
@@ -336,6 +340,78 @@ impl Catalog {
             .await
             .map_err(|err| err.to_string())?;
         Ok(true)
+    }
+
+    /// Every tenant id in force (file and API), sorted.
+    pub fn tenants(&self) -> Vec<String> {
+        let prefix = tenant_key("");
+        self.read()
+            .keys()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// `tenant`'s agent ids, sorted; None if there is no such tenant.
+    pub fn tenant_agents(&self, tenant: &str) -> Option<Vec<String>> {
+        self.read()
+            .get(&tenant_key(tenant))
+            .map(|e| e.agents.clone())
+    }
+
+    /// Adds a tenant (put through the API) as a singleton with its queues and agents; it
+    /// starts with [`Catalog::start`] (alone at once, in a cluster on claim). Keeps the one
+    /// there if the tenant exists. False if the node cannot run tenants added later.
+    pub fn add_tenant(&self, spec: &TenantSpec) -> bool {
+        let Some(spawner) = &self.queue_spawner else {
+            return false;
+        };
+        let key = tenant_key(&spec.config.id);
+        if self.contains(&key) {
+            return true;
+        }
+        let entry = tenant_entry(spec, &spawner.node, &spawner.cc, &self.queues);
+        self.singletons
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), entry);
+        self.removed
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.changed.notify_one();
+        true
+    }
+
+    /// Removes a tenant from the configuration: its singleton (see [`Catalog::remove`]; its
+    /// actors stop with [`Catalog::stop_tenant`]), its queue slots and its agents' users.
+    /// Returns its queue ids, or None if there was no such tenant.
+    pub fn remove_tenant(&self, tenant: &str) -> Option<Vec<String>> {
+        let queues = self.queues_of(tenant);
+        if !self.remove(&tenant_key(tenant)) {
+            return None;
+        }
+        self.queues
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| !k.starts_with(&queue_key(tenant, "")));
+        if let Some(spawner) = &self.queue_spawner {
+            spawner.cc.agents_by_user.retain(|(t, _), _| &**t != tenant);
+        }
+        Some(queues)
+    }
+
+    /// Stops a removed tenant's supervisor (its queues and agents) if it runs here, and
+    /// forgets its queues' in-memory checkpoints, so a tenant added again under the same id
+    /// starts from nothing.
+    pub async fn stop_tenant(&self, tenant: &str, queues: &[String]) -> Result<(), String> {
+        self.stop(&tenant_key(tenant)).await?;
+        if let Some(spawner) = &self.queue_spawner {
+            for q in queues {
+                let id = crate::actors::queue::actor_name(tenant, q, &spawner.node);
+                spawner.cc.queue_checkpoints.remove(&id);
+            }
+        }
+        Ok(())
     }
 
     fn slot(&self, key: &str) -> Option<QueueSlot> {
@@ -512,6 +588,92 @@ impl Catalog {
     }
 }
 
+/// The singleton of tenant `spec` on `node`: its rest_for_one supervisor (tenant actor,
+/// queues, agents), its queues' slots added to `queue_slots` and its agents to the
+/// contact centre's user map. Used at start and for tenants added through the API.
+fn tenant_entry(
+    spec: &TenantSpec,
+    node: &str,
+    cc: &Arc<CcContext>,
+    queue_slots: &QueueSlots,
+) -> Entry {
+    let id = spec.config.id.clone();
+    let (config, users) = (spec.config.clone(), spec.users);
+    let tenant_id: Arc<str> = Arc::from(id.as_str());
+    let queues_name = queues_name(&id, node);
+    {
+        let mut slots = queue_slots.write().unwrap_or_else(|e| e.into_inner());
+        for q in &spec.queues {
+            let key = queue_key(&id, &q.config.id);
+            slots.insert(key, queue_slot(cc, &id, node, q.clone()));
+        }
+    }
+    // Built at each start from the queues in force, so that a tenant restart or a
+    // takeover starts the queues added through the API too (and not removed ones).
+    let (slots, sup_name, tenant_name) = (queue_slots.clone(), queues_name.clone(), id.clone());
+    let queues = move || {
+        let slots = slots.read().unwrap_or_else(|e| e.into_inner());
+        slots_of(&slots, &tenant_name).into_iter().fold(
+            SupervisorArgs::new(sup_name.clone(), Strategy::OneForOne)
+                .with_intensity(Intensity::new(10, Duration::from_secs(10))),
+            |args, (_, slot)| args.with_child(slot.child),
+        )
+    };
+    let mut agents = SupervisorArgs::new(format!("agents/{id}@{node}"), Strategy::OneForOne)
+        .with_intensity(Intensity::new(50, Duration::from_secs(10)));
+    for a in &spec.agents {
+        cc.agents_by_user.insert(
+            (tenant_id.clone(), a.user.clone()),
+            Arc::from(a.id.as_str()),
+        );
+        let (cc, tenant, a) = (cc.clone(), tenant_id.clone(), a.clone());
+        agents = agents.with_child(ChildSpec::named_actor(
+            crate::actors::agent::actor_name(&id, &a.id, node),
+            "agent",
+            Restart::Permanent,
+            AgentActor,
+            move || AgentArgs {
+                cc: cc.clone(),
+                tenant: tenant.clone(),
+                config: a.clone(),
+            },
+        ));
+    }
+    let spec_queues: Vec<&str> = spec.queues.iter().map(|q| q.config.id.as_str()).collect();
+    // Named: a queue whose configuration changes is restarted under it.
+    let queues_child = ChildSpec::named_actor(
+        queues_name,
+        "supervisor",
+        Restart::Permanent,
+        Supervisor,
+        queues,
+    )
+    .with_shutdown(Duration::from_secs(30));
+    let per_tenant = SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
+        .with_intensity(Intensity::new(3, Duration::from_secs(10)))
+        .with_child(ChildSpec::named_actor(
+            tenant::actor_name(&id, node),
+            "tenant",
+            Restart::Permanent,
+            TenantActor,
+            move || TenantArgs {
+                config: config.clone(),
+                users,
+            },
+        ))
+        .with_child(queues_child)
+        .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
+    let child = ChildSpec::named_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
+    let mut agent_ids: Vec<String> = spec.agents.iter().map(|a| a.id.clone()).collect();
+    agent_ids.sort_unstable();
+    Entry {
+        also: spec_queues.iter().map(|q| queue_key(&id, q)).collect(),
+        agents: agent_ids,
+        supervisor: name("tenants", node),
+        spec: child,
+    }
+}
+
 /// How the tree differs between a node alone and a cluster node.
 #[derive(Clone)]
 pub struct TreeOptions {
@@ -591,85 +753,11 @@ pub async fn start(
     let mut tenants_sup = SupervisorArgs::new(name("tenants", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(3, Duration::from_secs(10)));
     for spec in tenants {
-        let id = spec.config.id.clone();
-        let (config, users) = (spec.config.clone(), spec.users);
-        let tenant_id: Arc<str> = Arc::from(id.as_str());
-        let queues_name = queues_name(&id, node);
-        {
-            let mut slots = queue_slots.write().unwrap_or_else(|e| e.into_inner());
-            for q in &spec.queues {
-                let key = queue_key(&id, &q.config.id);
-                slots.insert(key, queue_slot(&cc, &id, node, q.clone()));
-            }
-        }
-        // Built at each start from the queues in force, so that a tenant restart or a
-        // takeover starts the queues added through the API too (and not removed ones).
-        let (slots, sup_name, tenant_name) = (queue_slots.clone(), queues_name.clone(), id.clone());
-        let queues = move || {
-            let slots = slots.read().unwrap_or_else(|e| e.into_inner());
-            slots_of(&slots, &tenant_name).into_iter().fold(
-                SupervisorArgs::new(sup_name.clone(), Strategy::OneForOne)
-                    .with_intensity(Intensity::new(10, Duration::from_secs(10))),
-                |args, (_, slot)| args.with_child(slot.child),
-            )
-        };
-        let mut agents = SupervisorArgs::new(format!("agents/{id}@{node}"), Strategy::OneForOne)
-            .with_intensity(Intensity::new(50, Duration::from_secs(10)));
-        for a in &spec.agents {
-            cc.agents_by_user.insert(
-                (tenant_id.clone(), a.user.clone()),
-                Arc::from(a.id.as_str()),
-            );
-            let (cc, tenant, a) = (cc.clone(), tenant_id.clone(), a.clone());
-            agents = agents.with_child(ChildSpec::named_actor(
-                crate::actors::agent::actor_name(&id, &a.id, node),
-                "agent",
-                Restart::Permanent,
-                AgentActor,
-                move || AgentArgs {
-                    cc: cc.clone(),
-                    tenant: tenant.clone(),
-                    config: a.clone(),
-                },
-            ));
-        }
-        let spec_queues: Vec<&str> = spec.queues.iter().map(|q| q.config.id.as_str()).collect();
-        // Named: a queue whose configuration changes is restarted under it.
-        let queues_child = ChildSpec::named_actor(
-            queues_name,
-            "supervisor",
-            Restart::Permanent,
-            Supervisor,
-            queues,
-        )
-        .with_shutdown(Duration::from_secs(30));
-        let per_tenant =
-            SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
-                .with_intensity(Intensity::new(3, Duration::from_secs(10)))
-                .with_child(ChildSpec::named_actor(
-                    tenant::actor_name(&id, node),
-                    "tenant",
-                    Restart::Permanent,
-                    TenantActor,
-                    move || TenantArgs {
-                        config: config.clone(),
-                        users,
-                    },
-                ))
-                .with_child(queues_child)
-                .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
-        let spec = ChildSpec::named_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
-        singletons.insert(
-            tenant_key(&id),
-            Entry {
-                also: spec_queues.iter().map(|q| queue_key(&id, q)).collect(),
-                supervisor: name("tenants", node),
-                spec: spec.clone(),
-            },
-        );
+        let entry = tenant_entry(spec, node, &cc, &queue_slots);
         if placement == Singletons::All {
-            tenants_sup = tenants_sup.with_child(spec);
+            tenants_sup = tenants_sup.with_child(entry.spec.clone());
         }
+        singletons.insert(tenant_key(&spec.config.id), entry);
     }
     let spawner = Arc::new(TrunkSpawner {
         node: node.to_string(),
@@ -688,6 +776,7 @@ pub async fn start(
             trunk_key(&t.id),
             Entry {
                 also: Vec::new(),
+                agents: Vec::new(),
                 supervisor: name("trunks", node),
                 spec: spec.clone(),
             },
