@@ -1224,6 +1224,82 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         assert_eq!(r.body, "[]", "trunk deleted everywhere");
     }
 
+    // A tenant put on node 1 is owned by exactly one node within a second, its queue runs
+    // there (with its owner key), and its user registers through node 3.
+    let start = Instant::now();
+    let r = http_request(
+        n1.http,
+        "PUT",
+        "/tenants/nu",
+        Some(&bearer),
+        &new_tenant_body(),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let owner = loop {
+        let owners = owners_of(n1.http, "tenant/nu").await;
+        assert!(owners.len() < 2, "owned twice: {owners:?}");
+        if let [one] = &owners[..] {
+            break one.clone();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "new tenant not owned in 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!(
+        "tenant put on n1: owned by {owner} after {:?}",
+        start.elapsed()
+    );
+    let running = nodes.iter().find(|n| n.name == owner).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let r = http_request(running.http, "GET", "/queues/nu/help", None, "").await;
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let key = owners_of(n1.http, "queue/nu/help").await;
+        if r.status == 200 && v["service_level_secs"] == 13 && key == [owner.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "new tenant's queue: {} {key:?}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let phone = Ua::new().await;
+    let mut cseq = 1;
+    while register_status_at(n3.sip, &phone, "new.test", "nina", "pw", cseq).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "new tenant's user not in force on n3"
+        );
+        cseq += 2;
+    }
+    // Deleted through node 2 once its number is: stopped, keys released, gone everywhere.
+    let r = http_request(n2.http, "DELETE", "/tenants/nu", Some(&bearer), "").await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = http_request(n2.http, "DELETE", "/numbers/7200", Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http_request(n2.http, "DELETE", "/tenants/nu", Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !owners_of(n1.http, "tenant/nu").await.is_empty()
+        || !owners_of(n1.http, "queue/nu/help").await.is_empty()
+    {
+        assert!(Instant::now() < deadline, "deleted tenant still owned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for n in &nodes {
+        let r = http_request(n.http, "GET", "/tenants", None, "").await;
+        assert_eq!(r.body, "[]", "tenant deleted everywhere");
+    }
+    assert_eq!(
+        register_first_status(n3.sip, &phone, "new.test", "nina").await,
+        404
+    );
+
     // Two nodes accepting clashing routes at once (two ids, one prefix): exactly one wins,
     // the other is refused on the prefix, however the two interleave.
     let clash = format!(r#"{{"prefix": "55", "target": "sip:{}"}}"#, uk.addr);

@@ -779,16 +779,18 @@ impl Task {
         also_keys.extend(self.also_written.remove(key).unwrap_or_default());
         also_keys.sort();
         also_keys.dedup();
-        for also in also_keys {
-            ops.push(TxnOp::delete(self.owner_key(&also), None));
+        for also in &also_keys {
+            ops.push(TxnOp::delete(self.owner_key(also), None));
         }
         if !self.catalog.contains(key) {
-            // Removed from the configuration: a trunk added again later under the same id
-            // starts afresh, not from this one's health.
-            ops.push(TxnOp::delete(
-                format!("{}/checkpoints/{key}", self.prefix),
-                None,
-            ));
+            // Removed from the configuration: a trunk or tenant added again later under the
+            // same id starts afresh, not from this one's health or its queues' figures.
+            for k in std::iter::once(key).chain(also_keys.iter().map(String::as_str)) {
+                ops.push(TxnOp::delete(
+                    format!("{}/checkpoints/{k}", self.prefix),
+                    None,
+                ));
+            }
         }
         let txn = Txn::new()
             .when([Compare::value(
