@@ -364,6 +364,39 @@ async fn wait_queue(node: &Node, pred: impl Fn(&serde_json::Value) -> bool) -> s
 }
 
 /// [`wait_queue`] for the queue at `path`.
+/// A caller waits in queue `queue.0` through `number`; deleting `queue.1` (the queue, or its
+/// tenant) is refused with 409 while the number leads there (the answer names `named`), the
+/// number is deleted, then 409 again while the caller waits; the caller then gives up.
+async fn refused_while_numbered_or_waited(
+    node: &Node,
+    caller: &Ua,
+    number: &str,
+    queue: (&str, &str),
+    named: &str,
+) {
+    let (stats, path) = queue;
+    let (cid, sw) = (rand_token(), udp_addr(node));
+    let inv = invite(&cid, number, caller.addr, sw);
+    caller.send(sw, &inv).await;
+    caller
+        .expect("180", |m| m.status() == Some(180) && call_id(m) == cid)
+        .await;
+    wait_queue_at(node, stats, |q| q["waiting"] == 1).await;
+    let r = delete(node, path).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains(named), "{}", r.body);
+    let n = format!("/numbers/{number}");
+    assert_eq!(delete(node, &n).await.status, 204);
+    let r = delete(node, path).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert!(r.body.contains("wait"), "{}", r.body);
+    caller.send(sw, &cancel_of(&inv)).await;
+    caller
+        .expect("487", |m| m.status() == Some(487) && call_id(m) == cid)
+        .await;
+    wait_queue_at(node, stats, |q| q["waiting"] == 0).await;
+}
+
 async fn wait_queue_at(
     node: &Node,
     path: &str,
@@ -513,27 +546,8 @@ async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_d
     // A number leads to it; its caller waits there.
     let number = r#"{"tenant": "cc", "target": "queue:support"}"#;
     assert_eq!(put(&node, "/numbers/7100", AUTH, number).await.status, 201);
-    let (cid, sw) = (rand_token(), udp_addr(&node));
-    let inv = invite(&cid, "7100", caller.addr, sw);
-    caller.send(sw, &inv).await;
-    caller
-        .expect("180", |m| m.status() == Some(180) && call_id(m) == cid)
-        .await;
-    wait_queue_at(&node, support, |q| q["waiting"] == 1).await;
-
-    // Not deleted while a number leads to it, nor while its caller waits.
-    let r = delete(&node, "/tenants/cc/queues/support").await;
-    assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.body.contains("number"), "{}", r.body);
-    assert_eq!(delete(&node, "/numbers/7100").await.status, 204);
-    let r = delete(&node, "/tenants/cc/queues/support").await;
-    assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.body.contains("wait"), "{}", r.body);
-    caller.send(sw, &cancel_of(&inv)).await;
-    caller
-        .expect("487", |m| m.status() == Some(487) && call_id(m) == cid)
-        .await;
-    wait_queue_at(&node, support, |q| q["waiting"] == 0).await;
+    let queue = (support, "/tenants/cc/queues/support");
+    refused_while_numbered_or_waited(&node, &caller, "7100", queue, "number").await;
 
     // It outlives a restart.
     node.shutdown().await;
@@ -633,27 +647,7 @@ async fn a_tenant_put_through_the_api_registers_takes_callers_outlives_a_restart
     wait_queue_at(&node, help, |q| q["service_level_secs"] == 13).await;
     let all = get(&node, "/queues?tenant=nu").await;
     assert_eq!(all.as_array().unwrap().len(), 1, "{all}");
-    let cid = rand_token();
-    let inv = invite(&cid, "7200", caller.addr, sw);
-    caller.send(sw, &inv).await;
-    caller
-        .expect("180", |m| m.status() == Some(180) && call_id(m) == cid)
-        .await;
-    wait_queue_at(&node, help, |q| q["waiting"] == 1).await;
-
-    // Not deleted while a number leads to it, nor while its caller waits.
-    let r = delete(&node, "/tenants/nu").await;
-    assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.body.contains("7200"), "{}", r.body);
-    assert_eq!(delete(&node, "/numbers/7200").await.status, 204);
-    let r = delete(&node, "/tenants/nu").await;
-    assert_eq!(r.status, 409, "{}", r.body);
-    assert!(r.body.contains("wait"), "{}", r.body);
-    caller.send(sw, &cancel_of(&inv)).await;
-    caller
-        .expect("487", |m| m.status() == Some(487) && call_id(m) == cid)
-        .await;
-    wait_queue_at(&node, help, |q| q["waiting"] == 0).await;
+    refused_while_numbered_or_waited(&node, &caller, "7200", (help, "/tenants/nu"), "7200").await;
 
     // It outlives a restart: its queue runs again and its user registers.
     node.shutdown().await;
