@@ -429,8 +429,13 @@ if [ -n "$REJOINED" ]; then
     say "after rejoin           $(tr '\n' ' ' < "$OUT/owners_end.txt")"
     cmp -s "$OUT/owners_before.txt" "$OUT/owners_end.txt" || fail "the rejoined node did not get its share back (see owners_before.txt / owners_end.txt)"
 fi
+# Mean of histogram $1 in milliseconds (its _sum over its _count, unrounded).
+mean_ms() {
+    awk -v m="$1" '$1 == m "_sum" { s = $2 } $1 == m "_count" { c = $2 }
+        END { if (c + 0 > 0) printf "%.2f ms", 1000 * s / c; else print "NA" }' "$2"
+}
 for n in "${NODES[@]}"; do
-    say "metrics $n             takeovers $(metric_sum switchyard_cluster_takeover_seconds_count "$OUT/metrics_$n.txt"), moves $(metric_sum switchyard_cluster_ownership_moves_total "$OUT/metrics_$n.txt"), inter-node sent $(metric_sum switchyard_cluster_messages_sent_total "$OUT/metrics_$n.txt"), failed $(metric_sum switchyard_cluster_message_failures_total "$OUT/metrics_$n.txt"); CDR commit before the hangup: mean $(awk -v s="$(metric_sum switchyard_cdr_durable_wait_seconds_sum "$OUT/metrics_$n.txt")" -v c="$(metric_sum switchyard_cdr_durable_wait_seconds_count "$OUT/metrics_$n.txt")" 'BEGIN { if (c+0 > 0) printf "%.1f ms", 1000*s/c; else print "NA" }'), not durable $(metric_sum switchyard_cdr_not_durable_total "$OUT/metrics_$n.txt")"
+    say "metrics $n             takeovers $(metric_sum switchyard_cluster_takeover_seconds_count "$OUT/metrics_$n.txt"), moves $(metric_sum switchyard_cluster_ownership_moves_total "$OUT/metrics_$n.txt"), inter-node sent $(metric_sum switchyard_cluster_messages_sent_total "$OUT/metrics_$n.txt"), failed $(metric_sum switchyard_cluster_message_failures_total "$OUT/metrics_$n.txt"); CDR commit before the hangup: mean $(mean_ms switchyard_cdr_durable_wait_seconds "$OUT/metrics_$n.txt"), not durable $(metric_sum switchyard_cdr_not_durable_total "$OUT/metrics_$n.txt")"
 done
 if [ "$VERDICT" = PASS ]; then
     say "result                 PASS"
