@@ -326,20 +326,7 @@ impl Catalog {
         let e = self
             .entry(key)
             .ok_or_else(|| format!("unknown singleton {key}"))?;
-        if ractor::registry::where_is(e.spec.id.clone()).is_none() {
-            return Ok(false);
-        }
-        let Some(sup) = ractor::registry::where_is(e.supervisor.clone()) else {
-            return Ok(false);
-        };
-        let sup: ActorRef<SupervisorMsg> = sup.into();
-        super::terminate_child(&sup, &e.spec.id)
-            .await
-            .map_err(|err| err.to_string())?;
-        super::start_child_sync(&sup, e.spec.clone())
-            .await
-            .map_err(|err| err.to_string())?;
-        Ok(true)
+        restart_child(&e.supervisor, &e.spec).await
     }
 
     /// Every tenant id in force (file and API), sorted.
@@ -549,20 +536,8 @@ impl Catalog {
         let slot = self
             .slot(&key)
             .ok_or_else(|| format!("unknown queue {key}"))?;
-        if ractor::registry::where_is(slot.child.id.clone()).is_none() {
-            return Ok(false); // not here (another node's tenant, or not claimed yet)
-        }
-        let Some(sup) = ractor::registry::where_is(slot.supervisor.clone()) else {
-            return Ok(false);
-        };
-        let sup: ActorRef<SupervisorMsg> = sup.into();
-        super::terminate_child(&sup, &slot.child.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        super::start_child_sync(&sup, slot.child.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(true)
+        // Not running here: another node's tenant, or not claimed yet.
+        restart_child(&slot.supervisor, &slot.child).await
     }
 
     /// Stops a singleton (before giving it to another node, or once removed); idempotent,
@@ -697,6 +672,25 @@ pub enum Singletons {
 /// names carry a per-node suffix).
 fn name(base: &str, node: &str) -> String {
     format!("{base}@{node}")
+}
+
+/// Stops `spec`'s actor under its supervisor `supervisor` and starts it again from `spec`, if
+/// it runs on this node; whether it ran.
+async fn restart_child(supervisor: &str, spec: &ChildSpec) -> Result<bool, String> {
+    if ractor::registry::where_is(spec.id.clone()).is_none() {
+        return Ok(false);
+    }
+    let Some(sup) = ractor::registry::where_is(supervisor.to_string()) else {
+        return Ok(false);
+    };
+    let sup: ActorRef<SupervisorMsg> = sup.into();
+    super::terminate_child(&sup, &spec.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    super::start_child_sync(&sup, spec.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// A tenant's singleton key (cluster ownership in etcd: `owners/tenant/<id>`); its queues
