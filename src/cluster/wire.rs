@@ -653,8 +653,7 @@ impl WireCallMsg {
                 wait_secs,
             },
             CallMsg::Sip(_)
-            | CallMsg::TxTimerFired { .. }
-            | CallMsg::CallTimerFired(..)
+            | CallMsg::Timer(..)
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic

@@ -11,13 +11,11 @@
 
 use bytes::Bytes;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use super::{CallState, CallTimer, Leg};
+use super::{CallCore, CallTimer, Effect, Leg, MediaOp};
 use crate::actors::router::MediaPolicy;
 use crate::media::g711::Codec;
-use crate::media::prompts::{position_announcement, PromptLibrary};
-use crate::media::relay::{DtmfSource, MediaEngine, Playlist, Session, Side};
+use crate::media::relay::{DtmfSource, Side};
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::sdp::{self, Direction, Format, Sdp};
 
@@ -40,82 +38,6 @@ pub fn describe() {
         RECORDINGS_STARTED,
         "Recordings started, by trigger (config, api)"
     );
-}
-
-/// What calls share for media: the relay engine, the node-wide switches and the sounds.
-pub struct MediaCtx {
-    pub engine: MediaEngine,
-    pub anchor_all: bool,
-    pub record_all: bool,
-    pub prompts: Arc<PromptLibrary>,
-    pub music: Arc<[i16]>,
-}
-
-/// Where the relay's events go: DTMF digits to the call's actor, recording index changes
-/// to the store writer (looked up per event: either may have restarted).
-pub fn event_sink(ctx: &Arc<super::CallContext>) -> crate::media::relay::EventSink {
-    use crate::actors::store_writer;
-    use crate::media::relay::MediaEvent;
-    use crate::store::recordings::RecordingRow;
-    let weak = Arc::downgrade(ctx);
-    Arc::new(move |event| {
-        let Some(ctx) = weak.upgrade() else { return };
-        let store = || {
-            let store = ctx.store();
-            if store.is_none() {
-                tracing::error!("store writer not running: recording index change lost");
-            }
-            store
-        };
-        match event {
-            MediaEvent::Dtmf {
-                call,
-                side,
-                digit,
-                source,
-            } => {
-                if let Some(actor) = ctx.directory.lookup(&call) {
-                    let _ = actor.cast(super::CallMsg::Dtmf {
-                        side,
-                        digit,
-                        source,
-                    });
-                }
-            }
-            MediaEvent::RecordingStarted {
-                id,
-                call,
-                tenant,
-                key_id,
-                path,
-                started_ms,
-            } => {
-                let row = RecordingRow::started(
-                    id,
-                    Some(String::from_utf8_lossy(&call).into_owned()),
-                    (!tenant.is_empty()).then_some(tenant),
-                    started_ms,
-                    &path,
-                    &key_id,
-                );
-                if let Some(w) = store() {
-                    let _ = store_writer::recording_started(&w, row);
-                }
-            }
-            MediaEvent::RecordingFinished { id, finished, .. } => {
-                tracing::info!(recording = %id, bytes = finished.size, ms = finished.duration_ms, "recording complete");
-                if let Some(w) = store() {
-                    let _ = store_writer::recording_finished(&w, id, &finished);
-                }
-            }
-            MediaEvent::RecordingFailed { id, reason, .. } => {
-                tracing::error!(recording = %id, %reason, "recording failed");
-                if let Some(w) = store() {
-                    let _ = store_writer::recording_failed(&w, id, reason);
-                }
-            }
-        }
-    })
 }
 
 /// The telephone-event payload type the switch offers.
@@ -146,7 +68,7 @@ fn telephone_event(sdp: &Sdp) -> Option<u8> {
 
 /// Tells the session where `side` wants its audio, in which codec, and its direction.
 /// `follow`: the other leg uses the same codec (one end-to-end negotiation).
-fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool) {
+fn learn(out: &mut Vec<Effect>, side: Side, sdp: &Sdp, follow: bool) {
     let Some(idx) = sdp.audio_index() else {
         return;
     };
@@ -154,19 +76,26 @@ fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool) {
     let codec = sdp.codecs().iter().find_map(g711);
     let te = telephone_event(sdp);
     if let Some(ip) = sdp.connection(idx) {
-        session.set_remote(side, SocketAddr::new(ip, port), codec, te);
+        out.push(Effect::Media(MediaOp::SetRemote {
+            side,
+            addr: SocketAddr::new(ip, port),
+            codec,
+            te,
+        }));
     }
-    session.set_direction(side, sdp.direction());
+    out.push(Effect::Media(MediaOp::SetDirection {
+        side,
+        direction: sdp.direction(),
+    }));
     if let (true, Some(c)) = (follow, codec) {
-        session.set_remote_codec(side.other(), c);
+        out.push(Effect::Media(MediaOp::SetRemoteCodec {
+            side: side.other(),
+            codec: c,
+        }));
     }
 }
 
-impl CallState {
-    fn media_ctx(&self) -> Option<Arc<MediaCtx>> {
-        self.ctx.media.get().cloned()
-    }
-
+impl CallCore {
     /// Whether the caller was answered by the switch (a queue that answers first).
     pub(super) fn a_answered(&self) -> bool {
         self.core
@@ -183,7 +112,7 @@ impl CallState {
         a_call_id: &Bytes,
         policy: &MediaPolicy,
     ) -> Result<Option<MediaPolicy>, (u16, &'static str)> {
-        let Some(m) = self.media_ctx() else {
+        let Some(m) = self.env.media() else {
             return Ok(None);
         };
         let mut policy = policy.clone();
@@ -208,12 +137,12 @@ impl CallState {
                 return Err((488, "Not Acceptable Here (G.711 Needed)"));
             }
         }
-        match m.engine.allocate(a_call_id) {
-            Ok(session) => {
+        match self.env.allocate_media(a_call_id) {
+            Ok(ports) => {
                 if let Some(o) = &offer {
-                    learn(&session, Side::A, o, false);
+                    learn(&mut self.out, Side::A, o, false);
                 }
-                self.session = Some(session);
+                self.session = Some(ports);
                 Ok(Some(policy))
             }
             Err(e) => {
@@ -224,7 +153,7 @@ impl CallState {
         }
     }
 
-    /// Takes the outcome of [`CallState::anchor_media`] once the caller's transaction
+    /// Takes the outcome of [`CallCore::anchor_media`] once the caller's transaction
     /// exists: records the policy (checkpointed) and starts a configured recording, or
     /// refuses the call. False when the call was refused.
     pub(super) fn media_settled(
@@ -248,16 +177,17 @@ impl CallState {
     /// A restarted call actor finds its relay session again.
     pub(super) fn reattach_media(&mut self) {
         let anchored = self.core.as_ref().is_some_and(|c| c.media.is_some());
-        if let (true, Some(m)) = (anchored, self.media_ctx()) {
+        if anchored {
             let id = self.core().a_call_id.clone();
-            self.session = m.engine.get(&id);
+            self.session = self.env.find_media(&id);
+            self.recording = self.core().cdr.recording.clone();
         }
     }
 
     /// The body of the B-leg INVITE: the caller's offer rewritten to the switch, or (the
     /// caller already answered by the switch) a fresh offer of the switch's.
-    pub(super) fn b_offer(&self, a_body: &Bytes) -> Bytes {
-        let Some(session) = &self.session else {
+    pub(super) fn b_offer(&mut self, a_body: &Bytes) -> Bytes {
+        let Some(session) = self.session else {
             return a_body.clone();
         };
         if self.a_answered() {
@@ -267,7 +197,7 @@ impl CallState {
                 Format::telephone_event(TE_PT),
             ];
             let sdp = sdp::offer(
-                session.address(),
+                session.address,
                 session.port(Side::B),
                 rand::random::<u32>() as u64,
                 &formats,
@@ -281,8 +211,8 @@ impl CallState {
     /// An SDP body crossing from `from` to the other leg: the session learns where `from`
     /// wants its audio; the receiver is given the switch's address and the port facing it.
     /// `answer`: the body answers the other leg's offer (both legs then use its codec).
-    pub(super) fn rewrite_sdp(&self, from: Leg, body: &Bytes, answer: bool) -> Bytes {
-        let Some(session) = &self.session else {
+    pub(super) fn rewrite_sdp(&mut self, from: Leg, body: &Bytes, answer: bool) -> Bytes {
+        let Some(session) = self.session else {
             return body.clone();
         };
         if body.is_empty() {
@@ -292,13 +222,14 @@ impl CallState {
             return body.clone();
         };
         let s = side(from);
-        learn(session, s, &sdp, answer && !self.a_answered());
-        sdp.anchor(session.address(), session.port(s.other()));
+        let follow = answer && !self.a_answered();
+        learn(&mut self.out, s, &sdp, follow);
+        sdp.anchor(session.address, session.port(s.other()));
         Bytes::from(sdp.to_bytes())
     }
 
     /// A message relayed from `from`: its body rewritten when it is SDP.
-    pub(super) fn rewrite_body_of(&self, from: Leg, msg: &mut Message, answer: bool) {
+    pub(super) fn rewrite_body_of(&mut self, from: Leg, msg: &mut Message, answer: bool) {
         if self.session.is_some() && !msg.body.is_empty() && is_sdp(msg) {
             msg.body = self.rewrite_sdp(from, &msg.body, answer);
         }
@@ -310,7 +241,7 @@ impl CallState {
         if !self.a_answered() {
             return None;
         }
-        let session = self.session.clone()?;
+        let session = self.session?;
         let offer = sdp::parse(&self.core().a_invite.body).ok()?;
         let codecs = offer.codecs();
         let chosen = codecs.iter().find(|f| g711(f).is_some())?.clone();
@@ -321,14 +252,17 @@ impl CallState {
         }
         let direction = offer.direction().reverse();
         let answer = sdp::offer(
-            session.address(),
+            session.address,
             session.port(Side::A),
             rand::random::<u32>() as u64,
             &formats,
             direction,
         );
-        session.set_remote_codec(Side::A, g711(&chosen)?);
-        session.bridge(false);
+        self.media_op(MediaOp::SetRemoteCodec {
+            side: Side::A,
+            codec: g711(&chosen)?,
+        });
+        self.media_op(MediaOp::Bridge(false));
         self.play_music(None);
         let mut ok = self.a_response(200, "OK", true);
         ok.push(HeaderName::ContentType, "application/sdp");
@@ -337,18 +271,14 @@ impl CallState {
         Some(ok)
     }
 
-    /// Plays music to a waiting caller, after `first` (an announcement) when given.
-    pub(super) fn play_music(&self, first: Option<Vec<i16>>) {
-        let (Some(session), Some(m)) = (&self.session, self.media_ctx()) else {
-            return;
-        };
-        session.play(
-            Side::A,
-            Playlist {
-                items: first.map(Arc::from).into_iter().collect(),
-                then_loop: Some(m.music.clone()),
-            },
-        );
+    /// Plays music to a waiting caller, after an announcement of its position when given.
+    pub(super) fn play_music(&mut self, announce: Option<(u32, Option<u64>)>) {
+        if self.session.is_some() {
+            self.media_op(MediaOp::Music {
+                side: Side::A,
+                announce,
+            });
+        }
     }
 
     /// Seconds between position announcements (0: only the first, on joining).
@@ -364,26 +294,25 @@ impl CallState {
             return;
         }
         if let Some(id) = self.announce.take() {
-            self.ctx.timers.cancel(id);
+            self.cancel_timer(id);
         }
         self.announce = Some(self.schedule_call_timer(CallTimer::Announce, after));
     }
 
     /// The announcement timer: ask the queue where the caller stands (it answers with
-    /// [`super::CallMsg::QueuePosition`]).
+    /// [`super::Event::QueuePosition`]).
     pub(super) fn request_position(&mut self) {
         self.announce = None;
         if !self.queue_waiting() || !self.a_answered() {
             return;
         }
-        if let (Some(cc), Some(q)) = (self.cc(), self.core().queue.clone()) {
+        if let Some(q) = self.core().queue.clone() {
             let call_id = self.a_call_id_str();
-            crate::actors::queue::tell(
-                &cc,
-                &q.tenant,
-                &q.queue,
-                crate::actors::queue::QueueMsg::Announce { call_id },
-            );
+            self.tell(super::Tell::Queue {
+                tenant: q.tenant.clone(),
+                queue: q.queue.clone(),
+                msg: crate::actors::queue::QueueMsg::Announce { call_id },
+            });
         }
         let every = self.announce_secs();
         if every > 0 {
@@ -393,25 +322,25 @@ impl CallState {
 
     /// The queue says where the caller stands: announce it, then music again.
     pub(super) fn on_position(&mut self, position: u32, wait_secs: Option<u64>) {
-        let Some(m) = self.media_ctx() else { return };
+        if self.env.media().is_none() {
+            return;
+        }
         if !self.queue_waiting() || !self.a_answered() || self.offering() {
             return;
         }
-        let ids = position_announcement(position, wait_secs);
-        let audio = m.prompts.compose(&ids, 150);
-        self.play_music(Some(audio));
+        self.play_music(Some((position, wait_secs)));
     }
 
     /// The agent answered a caller the switch had answered: learn the agent's SDP, ACK,
     /// stop the music and bridge.
     pub(super) fn bridge_agent(&mut self, resp: &Message) {
-        if let (Some(session), Ok(sdp)) = (&self.session, sdp::parse(&resp.body)) {
-            learn(session, Side::B, &sdp, false);
-            session.stop_play(Side::A);
-            session.bridge(true);
+        if let (Some(_), Ok(sdp)) = (self.session, sdp::parse(&resp.body)) {
+            learn(&mut self.out, Side::B, &sdp, false);
+            self.media_op(MediaOp::StopPlay(Side::A));
+            self.media_op(MediaOp::Bridge(true));
         }
         if let Some(id) = self.announce.take() {
-            self.ctx.timers.cancel(id);
+            self.cancel_timer(id);
         }
     }
 
@@ -430,9 +359,11 @@ impl CallState {
         let Some(digit) = info_digit(msg) else {
             return;
         };
-        if let Some(m) = self.media_ctx() {
-            let call = self.core().a_call_id.clone();
-            m.engine.dtmf_from_signalling(&call, side(leg), digit);
+        if self.env.media().is_some() {
+            self.media_op(MediaOp::DtmfFromSignalling {
+                side: side(leg),
+                digit,
+            });
         } else {
             metrics::counter!(crate::media::relay::DTMF, "source" => "info").increment(1);
             self.on_dtmf(side(leg), digit, DtmfSource::Info);
@@ -441,12 +372,11 @@ impl CallState {
 
     /// Starts recording the call (policy or API) when it is anchored.
     pub(super) fn start_recording(&mut self, trigger: &'static str) -> Option<String> {
-        let session = self.session.clone()?;
-        if let Some(id) = session.recording() {
-            return Some(id);
+        self.session?;
+        if let Some(id) = &self.recording {
+            return Some(id.clone());
         }
-        let m = self.media_ctx()?;
-        if !m.engine.can_record() {
+        if !self.env.media()?.can_record {
             return None;
         }
         let tenant = self
@@ -458,34 +388,39 @@ impl CallState {
             .to_string();
         let id = format!(
             "{}-{}",
-            crate::store::now_unix_ms(),
+            self.wall_ms,
             String::from_utf8_lossy(&crate::sip::dialog::random_token(8))
         );
-        session.record(id.clone(), tenant);
+        self.media_op(MediaOp::Record {
+            id: id.clone(),
+            tenant,
+        });
         metrics::counter!(RECORDINGS_STARTED, "trigger" => trigger).increment(1);
+        self.recording = Some(id.clone());
         if let Some(core) = self.core.as_mut() {
             core.cdr.recording = Some(id.clone());
         }
+        self.checkpoint();
         Some(id)
     }
 
     /// The API's recording commands.
     pub(super) fn recording_command(&mut self, cmd: RecordingCommand) -> Result<String, String> {
-        let Some(session) = self.session.clone() else {
+        if self.session.is_none() {
             return Err("the call's media is not anchored".into());
-        };
+        }
         match cmd {
             RecordingCommand::Start => self
                 .start_recording("api")
                 .ok_or_else(|| "recording is not available (no key)".to_string()),
             RecordingCommand::Stop => {
-                let id = session.recording().ok_or("no recording in progress")?;
-                session.stop_recording();
+                let id = self.recording.take().ok_or("no recording in progress")?;
+                self.media_op(MediaOp::StopRecording);
                 Ok(id)
             }
             RecordingCommand::Pause | RecordingCommand::Resume => {
-                let id = session.recording().ok_or("no recording in progress")?;
-                session.pause_recording(cmd == RecordingCommand::Pause);
+                let id = self.recording.clone().ok_or("no recording in progress")?;
+                self.media_op(MediaOp::PauseRecording(cmd == RecordingCommand::Pause));
                 Ok(id)
             }
         }
@@ -494,15 +429,10 @@ impl CallState {
     /// The call is over: its quality goes to the CDR (and the trunk), the session is
     /// released (recording finished, ports back).
     pub(super) fn release_media(&mut self) -> Option<[crate::media::quality::LegQuality; 2]> {
-        let session = self.session.take()?;
-        let m = self.media_ctx()?;
-        // The relay publishes once a second: the final figures come with the release (a
-        // busy relay thread that does not answer in 10 ms leaves the last published ones).
-        let stats = m
-            .engine
-            .release_with_stats(session.call(), std::time::Duration::from_millis(10))
-            .unwrap_or_else(|| [session.stats(Side::A), session.stats(Side::B)]);
-        let (qa, qb) = (stats[0].quality, stats[1].quality);
+        self.session.take()?;
+        self.recording = None;
+        let call = self.core().a_call_id.clone();
+        let [qa, qb] = self.env.release_media(&call)?;
         let trunk = self
             .core
             .as_ref()
@@ -549,7 +479,7 @@ fn is_sdp(msg: &Message) -> bool {
 
 /// The digit of a SIP INFO: `application/dtmf-relay` (`Signal=5`) or `application/dtmf`
 /// (the digit alone).
-pub(super) fn info_digit(msg: &Message) -> Option<char> {
+pub fn info_digit(msg: &Message) -> Option<char> {
     let ct = msg.content_type()?;
     let ct = String::from_utf8_lossy(ct).to_ascii_lowercase();
     let body = String::from_utf8_lossy(&msg.body);

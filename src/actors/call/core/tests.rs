@@ -1,0 +1,1 @@
+//! Flows of the call core, driven without sockets.

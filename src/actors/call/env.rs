@@ -1,0 +1,236 @@
+//! The call actor's side of the world: the [`Env`] the core reads (the relay engine and
+//! the location service of this node), and the execution of the core's media commands and
+//! messages to queues, agents and trunks.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use super::core::{Env, MediaOp, MediaPorts, MediaSettings, Tell};
+use super::{CallContext, Fork};
+use crate::media::prompts::{position_announcement, PromptLibrary};
+use crate::media::quality::LegQuality;
+use crate::media::relay::{MediaEngine, Playlist, Session, Side};
+
+/// What calls share for media: the relay engine, the node-wide switches and the sounds.
+pub struct MediaCtx {
+    pub engine: MediaEngine,
+    pub anchor_all: bool,
+    pub record_all: bool,
+    pub prompts: Arc<PromptLibrary>,
+    pub music: Arc<[i16]>,
+}
+
+/// Where the relay's events go: DTMF digits to the call's actor, recording index changes
+/// to the store writer (looked up per event: either may have restarted).
+pub fn event_sink(ctx: &Arc<CallContext>) -> crate::media::relay::EventSink {
+    use crate::actors::store_writer;
+    use crate::media::relay::MediaEvent;
+    use crate::store::recordings::RecordingRow;
+    let weak = Arc::downgrade(ctx);
+    Arc::new(move |event| {
+        let Some(ctx) = weak.upgrade() else { return };
+        let store = || {
+            let store = ctx.store();
+            if store.is_none() {
+                tracing::error!("store writer not running: recording index change lost");
+            }
+            store
+        };
+        match event {
+            MediaEvent::Dtmf {
+                call,
+                side,
+                digit,
+                source,
+            } => {
+                if let Some(actor) = ctx.directory.lookup(&call) {
+                    let _ = actor.cast(super::CallMsg::Dtmf {
+                        side,
+                        digit,
+                        source,
+                    });
+                }
+            }
+            MediaEvent::RecordingStarted {
+                id,
+                call,
+                tenant,
+                key_id,
+                path,
+                started_ms,
+            } => {
+                let row = RecordingRow::started(
+                    id,
+                    Some(String::from_utf8_lossy(&call).into_owned()),
+                    (!tenant.is_empty()).then_some(tenant),
+                    started_ms,
+                    &path,
+                    &key_id,
+                );
+                if let Some(w) = store() {
+                    let _ = store_writer::recording_started(&w, row);
+                }
+            }
+            MediaEvent::RecordingFinished { id, finished, .. } => {
+                tracing::info!(recording = %id, bytes = finished.size, ms = finished.duration_ms, "recording complete");
+                if let Some(w) = store() {
+                    let _ = store_writer::recording_finished(&w, id, &finished);
+                }
+            }
+            MediaEvent::RecordingFailed { id, reason, .. } => {
+                tracing::error!(recording = %id, %reason, "recording failed");
+                if let Some(w) = store() {
+                    let _ = store_writer::recording_failed(&w, id, reason);
+                }
+            }
+        }
+    })
+}
+
+/// The node as a call's core sees it.
+pub struct NodeEnv {
+    ctx: Arc<CallContext>,
+}
+
+impl NodeEnv {
+    pub fn new(ctx: Arc<CallContext>) -> NodeEnv {
+        NodeEnv { ctx }
+    }
+}
+
+fn ports(session: &Session) -> MediaPorts {
+    MediaPorts {
+        address: session.address(),
+        a: session.port(Side::A),
+        b: session.port(Side::B),
+    }
+}
+
+impl Env for NodeEnv {
+    fn media(&self) -> Option<MediaSettings> {
+        self.ctx.media.get().map(|m| MediaSettings {
+            anchor_all: m.anchor_all,
+            record_all: m.record_all,
+            can_record: m.engine.can_record(),
+        })
+    }
+
+    fn allocate_media(&mut self, call: &Bytes) -> Result<MediaPorts, String> {
+        let m = self
+            .ctx
+            .media
+            .get()
+            .ok_or("media anchoring is not running")?;
+        m.engine
+            .allocate(call)
+            .map(|s| ports(&s))
+            .map_err(|e| e.to_string())
+    }
+
+    fn find_media(&mut self, call: &Bytes) -> Option<MediaPorts> {
+        let m = self.ctx.media.get()?;
+        m.engine.get(call).map(|s| ports(&s))
+    }
+
+    fn release_media(&mut self, call: &Bytes) -> Option<[LegQuality; 2]> {
+        let m = self.ctx.media.get()?;
+        let session = m.engine.get(call)?;
+        // The relay publishes once a second: the final figures come with the release (a
+        // busy relay thread that does not answer in 10 ms leaves the last published ones).
+        let stats = m
+            .engine
+            .release_with_stats(call, std::time::Duration::from_millis(10))
+            .unwrap_or_else(|| [session.stats(Side::A), session.stats(Side::B)]);
+        Some([stats[0].quality, stats[1].quality])
+    }
+
+    fn lookup_user(&self, tenant: &str, user: &str) -> Vec<Fork> {
+        match self.ctx.cc.get().and_then(std::sync::Weak::upgrade) {
+            Some(cc) => Fork::all(&cc.location.lookup(tenant, user)),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Carries a core's message to a queue, an agent or a trunk (dropped when the node runs no
+/// contact centre).
+pub(super) fn tell(ctx: &CallContext, tell: Tell) {
+    use crate::actors::{agent, queue, trunk};
+    let Some(cc) = ctx.cc.get().and_then(std::sync::Weak::upgrade) else {
+        return;
+    };
+    match tell {
+        Tell::Queue {
+            tenant,
+            queue: q,
+            msg,
+        } => {
+            let join = matches!(msg, queue::QueueMsg::Join(_));
+            if !queue::tell(&cc, &tenant, &q, msg) && join {
+                tracing::warn!(queue = %q, "queue not running: caller waits for its restart");
+            }
+        }
+        Tell::Agent {
+            tenant,
+            agent: a,
+            msg,
+        } => {
+            agent::tell(&cc, &tenant, &a, msg);
+        }
+        Tell::NoteAgentCall {
+            tenant,
+            agent: a,
+            call,
+        } => agent::note_call(&cc.agent_calls, &tenant, &a, call),
+        Tell::ForgetAgentCall {
+            tenant,
+            agent: a,
+            call_id,
+        } => agent::forget_call(&cc.agent_calls, &tenant, &a, &call_id),
+        Tell::TrunkAttempt { trunk: t, report } => {
+            trunk::report(&t, &cc.node, report, cc.remote.get())
+        }
+    }
+}
+
+/// Carries a core's command to the call's relay session.
+pub(super) fn media(ctx: &CallContext, call: &Bytes, op: MediaOp) {
+    let Some(m) = ctx.media.get() else { return };
+    if let MediaOp::DtmfFromSignalling { side, digit } = op {
+        return m.engine.dtmf_from_signalling(call, side, digit);
+    }
+    let Some(session) = m.engine.get(call) else {
+        return;
+    };
+    match op {
+        MediaOp::SetRemote {
+            side,
+            addr,
+            codec,
+            te,
+        } => session.set_remote(side, addr, codec, te),
+        MediaOp::SetRemoteCodec { side, codec } => session.set_remote_codec(side, codec),
+        MediaOp::SetDirection { side, direction } => session.set_direction(side, direction),
+        MediaOp::Bridge(on) => session.bridge(on),
+        MediaOp::Music { side, announce } => {
+            let first = announce.map(|(position, wait)| {
+                Arc::from(
+                    m.prompts
+                        .compose(&position_announcement(position, wait), 150),
+                )
+            });
+            session.play(
+                side,
+                Playlist {
+                    items: first.into_iter().collect(),
+                    then_loop: Some(m.music.clone()),
+                },
+            );
+        }
+        MediaOp::StopPlay(side) => session.stop_play(side),
+        MediaOp::Record { id, tenant } => session.record(id, tenant),
+        MediaOp::PauseRecording(paused) => session.pause_recording(paused),
+        MediaOp::StopRecording => session.stop_recording(),
+        MediaOp::DtmfFromSignalling { .. } => {}
+    }
+}
