@@ -334,8 +334,8 @@ pub async fn originate(
     }
 }
 
-/// A click-to-call's agent side before and after the agent answers.
-
+/// Which queue a call joins.
+#[derive(Clone, Debug)]
 pub struct QueueJoin {
     pub tenant: Arc<str>,
     pub queue: Arc<str>,
@@ -407,8 +407,6 @@ pub async fn start(
     .await
     .map(|_| ())
 }
-
-/// The call actor (stateless: everything is in [`CallState`]).
 
 /// The call actor: a shell around [`CallCore`] (everything is in [`CallState`]).
 #[derive(Clone, Copy, Debug, Default)]

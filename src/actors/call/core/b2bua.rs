@@ -97,9 +97,6 @@ impl CallCore {
         (b, b_invite, branch)
     }
 
-    /// Click-to-call, first half: ring the agent. The customer is called when it answers
-    /// ([`CallCore::agent_answered`]).
-    #[allow(clippy::too_many_arguments)]
     // ---- inbound SIP ----
 
     pub(super) fn on_sip(&mut self, inbound: Inbound) {
@@ -654,8 +651,11 @@ impl CallCore {
                 }
                 if self.core().cdr.ringing_ms.is_none() {
                     self.core().cdr.ringing_ms = Some(self.wall_ms);
-                    metrics::histogram!(CALL_SETUP, "stage" => "ringing")
-                        .record(self.received_at.elapsed().as_secs_f64());
+                    metrics::histogram!(CALL_SETUP, "stage" => "ringing").record(
+                        self.now
+                            .saturating_duration_since(self.received_at)
+                            .as_secs_f64(),
+                    );
                 }
                 if self.a_answered() {
                     // The caller, answered by the switch, hears music, not the agent's ring.
@@ -673,8 +673,11 @@ impl CallCore {
                 self.cancel_no_answer();
                 self.core().cdr.answer_ms = Some(self.wall_ms);
                 self.core().cdr.final_status = status;
-                metrics::histogram!(CALL_SETUP, "stage" => "answer")
-                    .record(self.received_at.elapsed().as_secs_f64());
+                metrics::histogram!(CALL_SETUP, "stage" => "answer").record(
+                    self.now
+                        .saturating_duration_since(self.received_at)
+                        .as_secs_f64(),
+                );
                 metrics::counter!(CALLS_ANSWERED).increment(1);
                 if self.a_answered() {
                     // The agent answers a caller the switch answered: bridge them.
@@ -1160,7 +1163,7 @@ impl CallCore {
             }
             CallTimer::Resend2xx if self.resend_2xx.as_ref().is_some_and(|r| r.0 == id) => {
                 let (_, bytes, interval, since) = self.resend_2xx.take().expect("checked");
-                if since.elapsed() >= self.cfg.timer_cfg.t1_x64() {
+                if self.now.saturating_duration_since(since) >= self.cfg.timer_cfg.t1_x64() {
                     // RFC 3261 §13.3.1.4: no ACK came; end the dialog.
                     tracing::info!("no ACK for 2xx: ending the call");
                     self.hangup_both(HangupBy::System, "no ACK from caller");
@@ -1196,6 +1199,7 @@ impl CallCore {
 
     pub(super) fn resend_relayed_2xx(&mut self, server: u32, id: TimerKey) {
         let (t1_x64, t2) = (self.cfg.timer_cfg.t1_x64(), self.cfg.timer_cfg.t2);
+        let now = self.now;
         let Some(t) = self.tx_mut(server) else {
             return;
         };
@@ -1206,7 +1210,7 @@ impl CallCore {
             return;
         }
         t.resend = None;
-        if since.elapsed() >= t1_x64 {
+        if now.saturating_duration_since(since) >= t1_x64 {
             // Its sender will end the call itself (RFC 3261 §14.1); nothing more to do.
             tracing::info!("no ACK for a relayed re-INVITE's 2xx");
             return;

@@ -763,8 +763,11 @@ impl CallCore {
                 }
             }
             self.core().cdr.ringing_ms = Some(self.wall_ms);
-            metrics::histogram!(CALL_SETUP, "stage" => "ringing")
-                .record(self.received_at.elapsed().as_secs_f64());
+            metrics::histogram!(CALL_SETUP, "stage" => "ringing").record(
+                self.now
+                    .saturating_duration_since(self.received_at)
+                    .as_secs_f64(),
+            );
             self.join_queue();
             return;
         }

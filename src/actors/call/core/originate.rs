@@ -4,6 +4,9 @@
 use super::*;
 
 impl CallCore {
+    /// Click-to-call, first half: ring the agent. The customer is called when it answers
+    /// ([`CallCore::agent_answered`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn begin_originate(
         &mut self,
         a_invite: Message,
@@ -199,8 +202,11 @@ impl CallCore {
                     Some(self.schedule_call_timer(CallTimer::NoAnswer, self.cfg.no_answer));
             }
         }
-        metrics::histogram!(CLICK_TO_CALL, "stage" => "customer_invite")
-            .record(self.received_at.elapsed().as_secs_f64());
+        metrics::histogram!(CLICK_TO_CALL, "stage" => "customer_invite").record(
+            self.now
+                .saturating_duration_since(self.received_at)
+                .as_secs_f64(),
+        );
     }
 
     /// Tells the click-to-call's agent how its phone's leg went.

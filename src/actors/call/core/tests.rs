@@ -1,1 +1,953 @@
-//! Flows of the call core, driven without sockets.
+//! Flows of the call core, driven without sockets, actors or a runtime: SIP text goes in as
+//! events, the effects that come out are read back (messages parsed, timers kept on a
+//! simulated clock, CDRs and checkpoints collected). The integration tests in
+//! `tests/b2bua.rs` run the same flows against a real node.
+
+use super::*;
+use crate::sip::parse::{parse, Framing, Limits};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+const SDP_A: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.2\r\ns=-\r\nc=IN IP4 127.0.0.2\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0 8 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+const SDP_B: &str = "v=0\r\no=- 2 2 IN IP4 127.0.0.3\r\ns=-\r\nc=IN IP4 127.0.0.3\r\nt=0 0\r\nm=audio 7000 RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+
+/// The caller's phone.
+const A: &str = "127.0.0.2:5062";
+/// The callee (the route's target).
+const B: &str = "127.0.0.3:5090";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("address")
+}
+
+fn msg(text: &str) -> Message {
+    parse(
+        Bytes::from(text.to_string()),
+        Framing::Datagram,
+        &Limits::default(),
+    )
+    .unwrap_or_else(|e| panic!("test message does not parse ({e:?}):\n{text}"))
+}
+
+fn hv(m: &Message, name: HeaderName) -> String {
+    m.value(name)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+fn to_tag(m: &Message) -> Option<String> {
+    m.to()
+        .and_then(|t| t.tag())
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+}
+
+fn call_id(m: &Message) -> String {
+    hv(m, HeaderName::CallId)
+}
+
+fn body(m: &Message) -> String {
+    String::from_utf8_lossy(&m.body).into_owned()
+}
+
+fn method(m: &Message) -> Option<Method> {
+    m.method().cloned()
+}
+
+fn cseq_of(m: &Message) -> (u32, Method) {
+    let c = m.cseq().expect("CSeq");
+    (c.seq, c.method)
+}
+
+/// An INVITE from the caller.
+fn invite(cid: &str, user: &str, sdp: &str) -> String {
+    let ct = if sdp.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/sdp\r\n"
+    };
+    format!(
+        "INVITE sip:{user}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{A}>;tag=a-{cid}\r\nTo: <sip:{user}@127.0.0.1>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{A}>\r\n{ct}Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// A response to a request the switch sent (the callee's side).
+fn answer(req: &Message, status: u16, reason: &str, tag: &str, contact: &str, sdp: &str) -> String {
+    let mut s = format!("SIP/2.0 {status} {reason}\r\n");
+    for h in &req.headers {
+        let v = String::from_utf8_lossy(&h.value).into_owned();
+        match h.name {
+            HeaderName::Via | HeaderName::From | HeaderName::CallId | HeaderName::CSeq => {
+                s.push_str(&format!("{}: {v}\r\n", h.name.canonical().unwrap()))
+            }
+            HeaderName::To => {
+                let v = if v.contains("tag=") || tag.is_empty() {
+                    v
+                } else {
+                    format!("{v};tag={tag}")
+                };
+                s.push_str(&format!("To: {v}\r\n"));
+            }
+            _ => {}
+        }
+    }
+    s.push_str(&format!("Contact: <sip:bob@{contact}>\r\n"));
+    if !sdp.is_empty() {
+        s.push_str("Content-Type: application/sdp\r\n");
+    }
+    s.push_str(&format!("Content-Length: {}\r\n\r\n{sdp}", sdp.len()));
+    s
+}
+
+/// One side of a dialog as a test phone sees it.
+struct Side {
+    me: String,
+    ruri: String,
+    from: String,
+    to: String,
+    call_id: String,
+    cseq: u32,
+    n: u32,
+}
+
+impl Side {
+    /// The caller after the switch's 2xx (or 18x) to its INVITE.
+    fn caller(resp: &Message) -> Side {
+        Side {
+            me: A.into(),
+            ruri: contact(resp),
+            from: hv(resp, HeaderName::From),
+            to: hv(resp, HeaderName::To),
+            call_id: call_id(resp),
+            cseq: 1,
+            n: 0,
+        }
+    }
+
+    /// The callee after answering the switch's INVITE with `tag`.
+    fn callee(inv: &Message, tag: &str) -> Side {
+        Side {
+            me: B.into(),
+            ruri: contact(inv),
+            from: format!("{};tag={tag}", hv(inv, HeaderName::To)),
+            to: hv(inv, HeaderName::From),
+            call_id: call_id(inv),
+            cseq: 0,
+            n: 0,
+        }
+    }
+
+    fn request(&mut self, method: &str, ack_cseq: u32, extra: &str, body: &str) -> String {
+        let seq = if method == "ACK" {
+            ack_cseq
+        } else {
+            self.cseq += 1;
+            self.cseq
+        };
+        self.n += 1;
+        let br = format!("z9hG4bK-{}-{}-{}", self.call_id, method, self.n);
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        format!(
+            "{method} {} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch={br};rport\r\nMax-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {seq} {method}\r\nContact: <sip:ua@{}>\r\n{extra}{ct}Content-Length: {}\r\n\r\n{body}",
+            self.ruri, self.me, self.from, self.to, self.call_id, self.me, body.len()
+        )
+    }
+}
+
+fn contact(m: &Message) -> String {
+    m.contacts()
+        .next()
+        .map(|c| String::from_utf8_lossy(&c.uri).into_owned())
+        .unwrap_or_default()
+}
+
+/// The node as the tests see it: users' phones in a table, media ports from a counter.
+#[derive(Default)]
+struct FakeEnv {
+    media: Option<MediaSettings>,
+    users: HashMap<String, Vec<Fork>>,
+}
+
+impl Env for FakeEnv {
+    fn media(&self) -> Option<MediaSettings> {
+        self.media
+    }
+    fn allocate_media(&mut self, _call: &Bytes) -> Result<MediaPorts, String> {
+        Ok(MediaPorts {
+            address: "127.0.0.1".parse().unwrap(),
+            a: 20000,
+            b: 20002,
+        })
+    }
+    fn find_media(&mut self, call: &Bytes) -> Option<MediaPorts> {
+        self.allocate_media(call).ok()
+    }
+    fn release_media(&mut self, _call: &Bytes) -> Option<[crate::media::quality::LegQuality; 2]> {
+        None
+    }
+    fn lookup_user(&self, _tenant: &str, user: &str) -> Vec<Fork> {
+        self.users.get(user).cloned().unwrap_or_default()
+    }
+}
+
+/// A route to the static target B.
+fn route_to_b() -> Route {
+    let t = crate::config::RouteTarget::parse(&format!("sip:{B}")).unwrap();
+    Route {
+        prefix: String::new(),
+        target: t,
+        strip: 0,
+        prepend: String::new(),
+        target_text: format!("sip:{B}"),
+        group: None,
+        media: MediaPolicy::default(),
+    }
+}
+
+use crate::actors::router::MediaPolicy;
+
+/// One call under test, with a simulated clock.
+struct Call {
+    core: CallCore,
+    start: Instant,
+    now: Now,
+    timers: Vec<(TimerKey, TimerFire, Instant)>,
+    sent: VecDeque<(Dest, Message)>,
+    cdrs: Vec<Cdr>,
+    /// CDR commits not yet reported (with `auto_cdr` off).
+    cdr_pending: bool,
+    auto_cdr: bool,
+    checkpoint: Option<Checkpoint>,
+    retired: bool,
+    ended: bool,
+    registered: Vec<Bytes>,
+    tells: Vec<Tell>,
+    media: Vec<MediaOp>,
+}
+
+fn cfg() -> CallConfig {
+    let mut c = CallConfig::for_tests();
+    c.timer_cfg.t1 = Duration::from_millis(50);
+    c.timer_cfg.t2 = Duration::from_millis(200);
+    c.timer_cfg.t4 = Duration::from_millis(250);
+    c
+}
+
+impl Call {
+    fn with(cfg: CallConfig, env: FakeEnv) -> Call {
+        let start = Instant::now();
+        let now = Now {
+            mono: start,
+            wall_ms: 1_700_000_000_000,
+        };
+        Call {
+            core: CallCore::new(Arc::new(cfg), Box::new(env), now),
+            start,
+            now,
+            timers: Vec::new(),
+            sent: VecDeque::new(),
+            cdrs: Vec::new(),
+            cdr_pending: false,
+            auto_cdr: true,
+            checkpoint: None,
+            retired: false,
+            ended: false,
+            registered: Vec::new(),
+            tells: Vec::new(),
+            media: Vec::new(),
+        }
+    }
+
+    /// A call from A through `route` (the router's hand-over).
+    fn start(inv: &str, route: Route, forks: Vec<Fork>) -> Call {
+        let mut c = Call::with(cfg(), FakeEnv::default());
+        c.begin(inv, route, forks);
+        c
+    }
+
+    fn begin(&mut self, inv: &str, route: Route, forks: Vec<Fork>) {
+        let invite = msg(inv);
+        let dialled = invite
+            .request_uri()
+            .and_then(|u| crate::sip::uri::Uri::parse(u).ok())
+            .and_then(|u| u.user)
+            .unwrap_or_default();
+        let call = NewCall {
+            invite: Inbound {
+                msg: invite,
+                source: source(A),
+            },
+            route,
+            dialled,
+            forks,
+            queue: None,
+            originate: None,
+        };
+        self.feed(Event::New(Box::new(call)));
+    }
+
+    fn feed(&mut self, event: Event) {
+        let mut out = Vec::new();
+        self.core.step(event, self.now, &mut out);
+        for e in out {
+            self.apply(e);
+        }
+        if self.cdr_pending && self.auto_cdr {
+            self.cdr_pending = false;
+            self.feed(Event::CdrStored(true));
+        }
+    }
+
+    fn apply(&mut self, e: Effect) {
+        match e {
+            Effect::Send { dest, bytes } => {
+                let m = parse(bytes, Framing::Datagram, &Limits::default())
+                    .expect("the switch sends what it parses");
+                self.sent.push_back((dest, m));
+            }
+            Effect::StartTimer { key, after, fire } => {
+                self.timers.push((key, fire, self.now.mono + after))
+            }
+            Effect::CancelTimer(key) => self.timers.retain(|t| t.0 != key),
+            Effect::Register(id) => self.registered.push(id),
+            Effect::Retire { .. } => self.retired = true,
+            Effect::Checkpoint(cp) => self.checkpoint = Some(*cp),
+            Effect::DropCheckpoint(_) => self.checkpoint = None,
+            Effect::WriteCdr(cdr) => {
+                self.cdrs.push(*cdr);
+                self.cdr_pending = true;
+            }
+            Effect::Ended => self.ended = true,
+            Effect::Tell(t) => self.tells.push(t),
+            Effect::Media(op) => self.media.push(op),
+            Effect::ReleaseTrunk(_) => {}
+        }
+    }
+
+    /// A SIP message from `from`.
+    fn from(&mut self, from: &str, text: &str) {
+        let inbound = Inbound {
+            msg: msg(text),
+            source: source(from),
+        };
+        self.feed(Event::Sip(Box::new(inbound)));
+    }
+
+    /// Moves the clock on, firing the timers due on the way, in order.
+    fn advance(&mut self, d: Duration) {
+        let until = self.now.mono + d;
+        loop {
+            let due = self
+                .timers
+                .iter()
+                .filter(|t| t.2 <= until)
+                .min_by_key(|t| t.2)
+                .copied();
+            let Some((key, fire, at)) = due else { break };
+            self.timers.retain(|t| t.0 != key);
+            self.set_clock(at);
+            self.feed(Event::Timer(fire, key));
+        }
+        self.set_clock(until);
+    }
+
+    fn set_clock(&mut self, at: Instant) {
+        let ms = at.duration_since(self.start).as_millis() as i64;
+        self.now = Now {
+            mono: at,
+            wall_ms: 1_700_000_000_000 + ms,
+        };
+    }
+
+    /// The first message sent to `to` that `pred` accepts (removed), or a panic listing
+    /// what was sent.
+    fn take(&mut self, to: &str, what: &str, pred: impl Fn(&Message) -> bool) -> Message {
+        let to = addr(to);
+        match self.sent.iter().position(|(d, m)| d.addr == to && pred(m)) {
+            Some(i) => self.sent.remove(i).unwrap().1,
+            None => panic!(
+                "expected {what} to {to}; sent: {:#?}",
+                self.sent
+                    .iter()
+                    .map(|(d, m)| format!("{} {}", d.addr, first_line(m)))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    fn request(&mut self, to: &str, m: Method) -> Message {
+        self.take(to, &format!("{m:?}"), |x| method(x).as_ref() == Some(&m))
+    }
+
+    fn status(&mut self, to: &str, status: u16, m: Method) -> Message {
+        self.take(to, &format!("{status} to {m:?}"), |x| {
+            x.status() == Some(status) && x.cseq().map(|c| c.method) == Some(m.clone())
+        })
+    }
+
+    /// Whether anything sent to `to` matches.
+    fn has(&self, to: &str, pred: impl Fn(&Message) -> bool) -> bool {
+        let to = addr(to);
+        self.sent.iter().any(|(d, m)| d.addr == to && pred(m))
+    }
+
+    fn clear(&mut self) {
+        self.sent.clear();
+    }
+
+    fn phase(&self) -> Phase {
+        self.core.info().phase
+    }
+}
+
+fn first_line(m: &Message) -> String {
+    let e = m.encode();
+    let s = String::from_utf8_lossy(&e);
+    s.lines().next().unwrap_or_default().to_string()
+}
+
+fn source(from: &str) -> Source {
+    Source {
+        protocol: Protocol::Udp,
+        remote: addr(from),
+        local: addr("127.0.0.1:5060"),
+        conn: None,
+    }
+}
+
+/// A call A → B up to the confirmed state: (the B-leg INVITE, A's side, B's side).
+fn established(cid: &str) -> (Call, Message, Side, Side) {
+    let mut c = Call::start(&invite(cid, "1000", SDP_A), route_to_b(), vec![]);
+    c.status(A, 100, Method::Invite);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    c.request(B, Method::Ack);
+    assert_eq!(c.phase(), Phase::Confirmed);
+    let b = Side::callee(&inv_b, "btag");
+    (c, inv_b, a, b)
+}
+
+// ---- the flows ----
+
+#[test]
+fn basic_call_caller_hangs_up() {
+    let cid = "basic-1";
+    let mut c = Call::start(&invite(cid, "1000", SDP_A), route_to_b(), vec![]);
+    let trying = c.status(A, 100, Method::Invite);
+    assert_eq!(call_id(&trying), cid);
+    let inv_b = c.request(B, Method::Invite);
+    let b_cid = call_id(&inv_b);
+    assert_ne!(b_cid, cid, "the B leg has its own Call-ID");
+    assert_ne!(
+        hv(&inv_b, HeaderName::From),
+        hv(&msg(&invite(cid, "1000", "")), HeaderName::From)
+    );
+    assert_eq!(to_tag(&inv_b), None);
+    assert_eq!(body(&inv_b), SDP_A, "SDP passed through unchanged");
+    assert!(
+        contact(&inv_b).contains("127.0.0.1:5060"),
+        "B-leg Contact is the switch"
+    );
+    assert!(c.registered.iter().any(|r| r.as_ref() == b_cid.as_bytes()));
+
+    c.from(B, &answer(&inv_b, 180, "Ringing", "btag", B, ""));
+    let ringing = c.status(A, 180, Method::Invite);
+    let a_tag = to_tag(&ringing).expect("180 has a To tag");
+    assert_ne!(a_tag, "btag", "the A leg has its own To tag");
+    assert_eq!(c.phase(), Phase::Early);
+
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    assert_eq!(
+        to_tag(&ok).as_deref(),
+        Some(a_tag.as_str()),
+        "same tag as the 180"
+    );
+    assert_eq!(body(&ok), SDP_B, "B's SDP relayed");
+    assert_eq!(c.phase(), Phase::Answered);
+
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    let ack = c.request(B, Method::Ack);
+    assert_eq!(call_id(&ack), b_cid);
+    assert_eq!(cseq_of(&ack).0, cseq_of(&inv_b).0);
+    assert_eq!(to_tag(&ack).as_deref(), Some("btag"));
+    assert_eq!(c.phase(), Phase::Confirmed);
+
+    c.from(A, &a.request("BYE", 0, "", ""));
+    let bye = c.request(B, Method::Bye);
+    assert_eq!(call_id(&bye), b_cid);
+    assert!(
+        cseq_of(&bye).0 > cseq_of(&inv_b).0,
+        "BYE CSeq above the INVITE's"
+    );
+    c.from(B, &answer(&bye, 200, "OK", "", B, ""));
+    c.status(A, 200, Method::Bye);
+
+    assert_eq!(c.cdrs.len(), 1);
+    let cdr = &c.cdrs[0];
+    assert_eq!(cdr.caller, format!("sip:alice@{A}"));
+    assert_eq!(cdr.callee, "1000");
+    assert_eq!(cdr.final_status, 200);
+    assert!(cdr.answer_at.is_some() && cdr.ringing_at.is_some());
+    assert_eq!(cdr.hangup_by, HangupBy::Caller);
+    assert_eq!(cdr.b_call_id.as_deref(), Some(b_cid.as_str()));
+    assert!(c.ended);
+    c.advance(Duration::from_secs(10));
+    assert!(
+        c.retired,
+        "the call hands its Call-IDs to the router and stops"
+    );
+}
+
+#[test]
+fn callee_hangs_up() {
+    let (mut c, _, _, mut b) = established("calleebye-1");
+    c.from(B, &b.request("BYE", 0, "", ""));
+    let bye = c.request(A, Method::Bye);
+    assert_eq!(call_id(&bye), "calleebye-1");
+    c.from(A, &answer(&bye, 200, "OK", "", A, ""));
+    c.status(B, 200, Method::Bye);
+    assert_eq!(c.cdrs[0].hangup_by, HangupBy::Callee);
+}
+
+#[test]
+fn the_last_message_of_a_hangup_waits_for_the_cdr() {
+    let (mut c, _, mut a, _) = established("durable-1");
+    c.auto_cdr = false;
+    c.from(A, &a.request("BYE", 0, "", ""));
+    assert_eq!(c.cdrs.len(), 1, "the CDR is written at once");
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Bye)),
+        "the BYE waits for the commit"
+    );
+    c.feed(Event::CdrStored(true));
+    c.request(B, Method::Bye);
+}
+
+#[test]
+fn early_media_183_with_sdp_then_200_without() {
+    let mut c = Call::start(&invite("early-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(
+        B,
+        &answer(&inv_b, 183, "Session Progress", "btag", B, SDP_B),
+    );
+    let p = c.status(A, 183, Method::Invite);
+    assert_eq!(body(&p), SDP_B);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, ""));
+    let ok = c.status(A, 200, Method::Invite);
+    assert_eq!(body(&ok), "");
+}
+
+#[test]
+fn callee_busy_486_is_relayed_and_acked() {
+    let mut c = Call::start(&invite("busy-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 486, "Busy Here", "btag", B, ""));
+    let ack = c.request(B, Method::Ack);
+    assert_eq!(cseq_of(&ack).0, cseq_of(&inv_b).0);
+    c.status(A, 486, Method::Invite);
+    assert_eq!(c.cdrs[0].final_status, 486);
+    assert_eq!(c.cdrs[0].hangup_by, HangupBy::Callee);
+    assert!(c.cdrs[0].answer_at.is_none());
+}
+
+#[test]
+fn caller_cancels_while_ringing() {
+    let cid = "cancel-1";
+    let inv = invite(cid, "1000", SDP_A);
+    let mut c = Call::start(&inv, route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 180, "Ringing", "btag", B, ""));
+    c.clear();
+    let cancel = format!(
+        "CANCEL sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{A}>;tag=a-{cid}\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: {cid}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    c.from(A, &cancel);
+    c.status(A, 200, Method::Cancel);
+    c.status(A, 487, Method::Invite);
+    let cancel_b = c.request(B, Method::Cancel);
+    assert_eq!(call_id(&cancel_b), call_id(&inv_b));
+    assert_eq!(c.cdrs[0].final_status, 487);
+    assert_eq!(c.cdrs[0].hangup_by, HangupBy::Caller);
+}
+
+#[test]
+fn cancel_before_provisional_waits_for_one() {
+    let cid = "cancel-2";
+    let mut c = Call::start(&invite(cid, "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    let cancel = format!(
+        "CANCEL sip:1000@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {A};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{A}>;tag=a-{cid}\r\nTo: <sip:1000@127.0.0.1>\r\nCall-ID: {cid}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    c.from(A, &cancel);
+    c.status(A, 487, Method::Invite);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Cancel)),
+        "RFC 3261 §9.1: no CANCEL before a provisional"
+    );
+    c.from(B, &answer(&inv_b, 100, "Trying", "", B, ""));
+    c.from(B, &answer(&inv_b, 180, "Ringing", "btag", B, ""));
+    c.request(B, Method::Cancel);
+}
+
+#[test]
+fn reinvite_update_and_info_are_relayed() {
+    let (mut c, inv_b, mut a, mut b) = established("reinv-1");
+    // A re-INVITE from A with an offer: relayed to B, B's answer relayed back.
+    c.from(A, &a.request("INVITE", 0, "", SDP_A));
+    let re = c.request(B, Method::Invite);
+    assert_eq!(call_id(&re), call_id(&inv_b));
+    assert!(cseq_of(&re).0 > cseq_of(&inv_b).0);
+    assert_eq!(body(&re), SDP_A);
+    c.from(B, &answer(&re, 200, "OK", "", B, SDP_B));
+    c.request(B, Method::Ack); // hop by hop: the re-INVITE carried the offer
+    let ok = c.status(A, 200, Method::Invite);
+    assert_eq!(body(&ok), SDP_B);
+    c.from(A, &a.request("ACK", 2, "", ""));
+    // UPDATE from B.
+    c.from(B, &b.request("UPDATE", 0, "", SDP_B));
+    let up = c.request(A, Method::Update);
+    assert_eq!(body(&up), SDP_B);
+    c.from(A, &answer(&up, 200, "OK", "", A, SDP_A));
+    c.status(B, 200, Method::Update);
+    // INFO from A.
+    c.from(A, &a.request("INFO", 0, "", ""));
+    let info = c.request(B, Method::Info);
+    c.from(B, &answer(&info, 200, "OK", "", B, ""));
+    c.status(A, 200, Method::Info);
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn unknown_dialogs_get_481() {
+    let (mut c, _, a, _) = established("481-1");
+    let mut stranger = Side {
+        to: format!("{};tag=nottheirs", a.to.split(";tag=").next().unwrap()),
+        ..a
+    };
+    c.from(A, &stranger.request("BYE", 0, "", ""));
+    c.status(A, 481, Method::Bye);
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn no_answer_timeout_gives_480_and_cancels_b() {
+    let mut conf = cfg();
+    conf.no_answer = Duration::from_secs(3);
+    let mut c = Call::with(conf, FakeEnv::default());
+    c.begin(&invite("noans-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 180, "Ringing", "btag", B, ""));
+    c.advance(Duration::from_millis(2900));
+    assert!(!c.has(A, |m| m.status() == Some(480)));
+    c.advance(Duration::from_millis(200));
+    c.status(A, 480, Method::Invite);
+    c.request(B, Method::Cancel);
+    assert_eq!(c.cdrs[0].disconnect_reason, "no answer");
+}
+
+#[test]
+fn max_duration_sends_bye_both_ways() {
+    let mut conf = cfg();
+    conf.max_duration = Some(Duration::from_secs(5));
+    let mut c = Call::with(conf, FakeEnv::default());
+    c.begin(&invite("max-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    c.from(A, &Side::caller(&ok).request("ACK", 1, "", ""));
+    c.clear();
+    c.advance(Duration::from_secs(5));
+    c.request(A, Method::Bye);
+    c.request(B, Method::Bye);
+    assert_eq!(c.cdrs[0].disconnect_reason, "maximum call duration");
+    assert_eq!(c.cdrs[0].hangup_by, HangupBy::System);
+}
+
+#[test]
+fn silent_callee_times_out_with_408() {
+    let mut c = Call::start(&invite("silent-1", "1000", SDP_A), route_to_b(), vec![]);
+    c.request(B, Method::Invite);
+    // Timer A retransmits the INVITE; Timer B (64*T1 = 3.2 s) gives up.
+    c.advance(Duration::from_millis(60));
+    c.request(B, Method::Invite);
+    c.advance(Duration::from_secs(4));
+    c.status(A, 408, Method::Invite);
+    assert_eq!(c.cdrs[0].final_status, 408);
+}
+
+#[test]
+fn invite_retransmission_does_not_start_a_second_b_leg() {
+    let inv = invite("retrans-1", "1000", SDP_A);
+    let mut c = Call::start(&inv, route_to_b(), vec![]);
+    c.request(B, Method::Invite);
+    c.clear();
+    c.from(A, &inv);
+    c.status(A, 100, Method::Invite);
+    assert!(!c.has(B, |m| method(m) == Some(Method::Invite)));
+}
+
+#[test]
+fn retransmissions_of_the_2xx_to_the_caller_until_its_ack() {
+    let mut c = Call::start(&invite("resend-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    c.advance(Duration::from_millis(60));
+    c.status(A, 200, Method::Invite);
+    c.advance(Duration::from_millis(110));
+    c.status(A, 200, Method::Invite);
+    c.from(A, &Side::caller(&ok).request("ACK", 1, "", ""));
+    c.request(B, Method::Ack);
+    c.advance(Duration::from_secs(1));
+    assert!(
+        !c.has(A, |m| m.status() == Some(200)),
+        "no more 2xx after the ACK"
+    );
+}
+
+#[test]
+fn no_ack_from_the_caller_ends_the_call() {
+    let mut c = Call::start(&invite("noack-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    c.advance(Duration::from_secs(4));
+    c.request(A, Method::Bye);
+    c.request(B, Method::Bye);
+    assert_eq!(c.cdrs[0].disconnect_reason, "no ACK from caller");
+}
+
+#[test]
+fn bye_before_ack_acks_the_callee_first() {
+    let mut c = Call::start(&invite("byeack-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    c.clear();
+    c.from(A, &Side::caller(&ok).request("BYE", 0, "", ""));
+    let first = c
+        .sent
+        .iter()
+        .find(|(d, _)| d.addr == addr(B))
+        .map(|(_, m)| method(m));
+    assert_eq!(
+        first,
+        Some(Some(Method::Ack)),
+        "B is ACKed before it gets the BYE"
+    );
+    c.request(B, Method::Bye);
+}
+
+#[test]
+fn delayed_offer_answer_in_ack_reaches_callee() {
+    let mut c = Call::start(&invite("delayed-1", "1000", ""), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    assert_eq!(body(&inv_b), "");
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    assert_eq!(body(&ok), SDP_B, "the callee's offer");
+    c.from(A, &Side::caller(&ok).request("ACK", 1, "", SDP_A));
+    let ack = c.request(B, Method::Ack);
+    assert_eq!(body(&ack), SDP_A, "the caller's answer, end to end");
+}
+
+#[test]
+fn retransmitted_2xx_from_callee_is_acked_again() {
+    let (mut c, inv_b, _, _) = established("re2xx-1");
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    c.request(B, Method::Ack);
+    assert!(!c.has(A, |m| m.status() == Some(200)), "not relayed again");
+}
+
+#[test]
+fn refused_reinvite_keeps_the_call() {
+    let (mut c, _, mut a, _) = established("refre-1");
+    c.from(A, &a.request("INVITE", 0, "", SDP_A));
+    let re = c.request(B, Method::Invite);
+    c.from(B, &answer(&re, 488, "Not Acceptable Here", "", B, ""));
+    c.request(B, Method::Ack);
+    c.status(A, 488, Method::Invite);
+    assert_eq!(c.phase(), Phase::Confirmed);
+    assert!(c.cdrs.is_empty());
+}
+
+#[test]
+fn bye_in_early_dialog_from_caller() {
+    let mut c = Call::start(&invite("earlybye-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 180, "Ringing", "btag", B, ""));
+    let ringing = c.status(A, 180, Method::Invite);
+    c.from(A, &Side::caller(&ringing).request("BYE", 0, "", ""));
+    c.status(A, 487, Method::Invite);
+    c.status(A, 200, Method::Bye);
+    c.request(B, Method::Cancel);
+}
+
+#[test]
+fn reinvite_glare_gets_491() {
+    let (mut c, _, mut a, mut b) = established("glare-1");
+    c.from(A, &a.request("INVITE", 0, "", SDP_A));
+    c.request(B, Method::Invite);
+    c.from(B, &b.request("INVITE", 0, "", SDP_B));
+    c.status(B, 491, Method::Invite);
+}
+
+#[test]
+fn redirect_is_relayed_with_its_contact() {
+    let mut c = Call::start(&invite("redir-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(
+        B,
+        &answer(
+            &inv_b,
+            302,
+            "Moved Temporarily",
+            "btag",
+            "127.0.0.9:5060",
+            "",
+        ),
+    );
+    let r = c.status(A, 302, Method::Invite);
+    assert!(contact(&r).contains("127.0.0.9:5060"));
+}
+
+#[test]
+fn second_fork_answer_is_acked_and_ended() {
+    let forks = vec![
+        Fork {
+            ruri: Bytes::from(format!("sip:bob@{B}")),
+            dest: Dest {
+                protocol: Protocol::Udp,
+                addr: addr(B),
+                conn: None,
+            },
+        },
+        Fork {
+            ruri: Bytes::from_static(b"sip:bob@127.0.0.4:5090"),
+            dest: Dest {
+                protocol: Protocol::Udp,
+                addr: addr("127.0.0.4:5090"),
+                conn: None,
+            },
+        },
+    ];
+    let mut c = Call::start(&invite("fork-1", "1000", SDP_A), route_to_b(), forks);
+    let inv_1 = c.request(B, Method::Invite);
+    let inv_2 = c.request("127.0.0.4:5090", Method::Invite);
+    assert_eq!(call_id(&inv_1), call_id(&inv_2), "one B leg, two branches");
+    c.from(B, &answer(&inv_1, 200, "OK", "tag1", B, SDP_B));
+    c.status(A, 200, Method::Invite);
+    c.from(
+        "127.0.0.4:5090",
+        &answer(&inv_2, 180, "Ringing", "tag2", "127.0.0.4:5090", ""),
+    );
+    c.request("127.0.0.4:5090", Method::Cancel);
+    // A late answer of the losing fork is ACKed and ended.
+    c.from(
+        "127.0.0.4:5090",
+        &answer(&inv_2, 200, "OK", "tag2", "127.0.0.4:5090", SDP_B),
+    );
+    c.request("127.0.0.4:5090", Method::Ack);
+    c.request("127.0.0.4:5090", Method::Bye);
+}
+
+#[test]
+fn crossing_byes_both_get_200() {
+    let (mut c, _, mut a, mut b) = established("cross-1");
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.request(B, Method::Bye);
+    c.from(B, &b.request("BYE", 0, "", ""));
+    c.status(B, 200, Method::Bye);
+}
+
+#[test]
+fn hangup_command_ends_both_legs() {
+    let (mut c, _, _, _) = established("hang-1");
+    c.feed(Event::Hangup("api".into()));
+    c.request(A, Method::Bye);
+    c.request(B, Method::Bye);
+    assert_eq!(c.cdrs[0].disconnect_reason, "api");
+}
+
+#[test]
+fn a_restored_call_keeps_its_dialogs_cseqs() {
+    let (mut c, inv_b, _, mut b) = established("restore-1");
+    c.from(B, &b.request("INFO", 0, "", ""));
+    let info = c.request(A, Method::Info);
+    c.from(A, &answer(&info, 200, "OK", "", A, ""));
+    let cp = c
+        .checkpoint
+        .clone()
+        .expect("a confirmed call has a checkpoint");
+    // A new actor resumes from the checkpoint.
+    let mut r = Call::with(cfg(), FakeEnv::default());
+    r.feed(Event::Restore(Box::new(cp)));
+    assert_eq!(r.phase(), Phase::Confirmed);
+    assert!(r.core.info().restored);
+    r.feed(Event::Hangup("test".into()));
+    let bye_a = r.request(A, Method::Bye);
+    let bye_b = r.request(B, Method::Bye);
+    assert!(
+        cseq_of(&bye_a).0 > cseq_of(&info).0,
+        "CSeq after the relayed INFO"
+    );
+    assert!(cseq_of(&bye_b).0 > cseq_of(&inv_b).0);
+}
+
+#[test]
+fn a_call_restored_during_setup_is_ended_cleanly() {
+    let mut c = Call::start(&invite("restore-2", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 180, "Ringing", "btag", B, ""));
+    let cp = c.checkpoint.clone().expect("checkpoint");
+    let mut r = Call::with(cfg(), FakeEnv::default());
+    r.feed(Event::Restore(Box::new(cp)));
+    r.status(A, 500, Method::Invite);
+    r.request(B, Method::Cancel);
+    assert_eq!(r.cdrs[0].disconnect_reason, "restarted during setup");
+}
+
+#[test]
+fn anchored_call_rewrites_sdp_both_ways_and_tells_the_relay() {
+    let env = FakeEnv {
+        media: Some(MediaSettings {
+            anchor_all: true,
+            ..MediaSettings::default()
+        }),
+        ..FakeEnv::default()
+    };
+    let mut c = Call::with(cfg(), env);
+    c.begin(&invite("anchor-1", "1000", SDP_A), route_to_b(), vec![]);
+    let inv_b = c.request(B, Method::Invite);
+    assert!(
+        body(&inv_b).contains("m=audio 20002 "),
+        "B is offered the B-side port"
+    );
+    assert!(!body(&inv_b).contains("127.0.0.2"), "A's address is hidden");
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    assert!(
+        body(&ok).contains("m=audio 20000 "),
+        "A is answered with the A-side port"
+    );
+    let learned: Vec<_> = c
+        .media
+        .iter()
+        .filter_map(|op| match op {
+            MediaOp::SetRemote { side, addr, .. } => Some((*side, *addr)),
+            _ => None,
+        })
+        .collect();
+    assert!(learned.contains(&(crate::media::relay::Side::A, addr("127.0.0.2:6000"))));
+    assert!(learned.contains(&(crate::media::relay::Side::B, addr("127.0.0.3:7000"))));
+    assert!(c.core.info().anchored);
+}

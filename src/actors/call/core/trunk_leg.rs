@@ -117,6 +117,7 @@ impl CallCore {
     /// A response on the current trunk attempt. True when it was a failover cause and the
     /// call moved on to the next trunk (nothing to relay).
     pub(super) fn trunk_response(&mut self, tx: u32, _resp: &Message, status: u16) -> bool {
+        let now = self.now;
         let Some(cur) = self
             .trunk_leg
             .as_mut()
@@ -127,10 +128,10 @@ impl CallCore {
         };
         cur.responded = true;
         if (180..300).contains(&status) && cur.pdd_ms.is_none() {
-            cur.pdd_ms = Some(cur.sent.elapsed().as_millis() as u64);
+            cur.pdd_ms = Some(now.saturating_duration_since(cur.sent).as_millis() as u64);
         }
         if (200..300).contains(&status) && cur.answered_at.is_none() {
-            cur.answered_at = Some(self.now);
+            cur.answered_at = Some(now);
             metrics::counter!(trunk::TRUNK_ANSWERS, "trunk" => cur.trunk.id.to_string())
                 .increment(1);
         }
@@ -315,7 +316,10 @@ impl CallCore {
             });
         if let Some(cur) = self.trunk_leg.as_mut().and_then(|l| l.current.take()) {
             let (outcome, duration_ms) = match cur.answered_at {
-                Some(at) => (Outcome::Answered, Some(at.elapsed().as_millis() as u64)),
+                Some(at) => (
+                    Outcome::Answered,
+                    Some(self.now.saturating_duration_since(at).as_millis() as u64),
+                ),
                 None => (classify(Some(final_status), false), None),
             };
             let outcome = match outcome {
