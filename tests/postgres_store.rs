@@ -69,6 +69,8 @@ fn cdr(n: u32) -> Cdr {
             packets_a: 3000,
             packets_b: 2990,
         }),
+        transfers: None,
+        legs: Vec::new(),
     }
 }
 

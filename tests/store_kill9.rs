@@ -49,6 +49,8 @@ fn cdr(seq: u64, end_at: i64) -> Cdr {
         dtmf: None,
         recording: None,
         media: None,
+        transfers: None,
+        legs: Vec::new(),
     }
 }
 

@@ -656,6 +656,7 @@ impl Router {
 
     /// Serves the tenants' numbers (DIDs): calls to them go to a queue or a user.
     pub fn with_numbers(mut self, numbers: Arc<Numbers>) -> Router {
+        let _ = self.ctx.numbers.set(numbers.clone());
         self.numbers = numbers;
         self
     }
@@ -777,13 +778,18 @@ impl Router {
             .as_ref()
             .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
             .unwrap_or_default();
+        let mut parties = call::Parties::default();
         if let Some(reg) = &self.registrar {
             // Calls from a tenant's phones are authenticated before they are routed.
             if reg.authenticate_invites {
-                if let Some((_, outcome)) =
+                if let Some((tenant, outcome)) =
                     reg.auth
                         .check_caller(&msg, source.remote.ip(), std::time::SystemTime::now())
                 {
+                    if let AuthOutcome::Authenticated { username } = &outcome {
+                        parties.tenant = Some(Arc::from(tenant.as_str()));
+                        parties.caller = Some(Arc::from(username.as_str()));
+                    }
                     if !matches!(outcome, AuthOutcome::Authenticated { .. }) {
                         let tag = random_token(10);
                         if let Some(resp) = outcome.response(&msg, &tag) {
@@ -816,6 +822,7 @@ impl Router {
                             queue: Arc::from(q.as_str()),
                             priority: n.priority,
                         };
+                        parties.tenant = Some(n.tenant.clone());
                         self.admit_and_start(
                             msg,
                             source,
@@ -823,11 +830,12 @@ impl Router {
                             Bytes::from(user),
                             Vec::new(),
                             Some(join),
+                            parties,
                         )
                     }
                     CcTarget::User(u) => {
                         let (tenant, u) = (n.tenant.clone(), u.clone());
-                        self.call_user(msg, source, &reg.location, &tenant, &u)
+                        self.call_user(msg, source, &reg.location, &tenant, &u, parties)
                     }
                     _ => self.answer(&msg, &source, 404, "Not Found", &[]),
                 };
@@ -840,7 +848,7 @@ impl Router {
                 let name = String::from_utf8_lossy(&user).into_owned();
                 if reg.auth.has_user(&tenant.id, &name) {
                     let id = tenant.id.clone();
-                    return self.call_user(msg, source, &reg.location, &id, &name);
+                    return self.call_user(msg, source, &reg.location, &id, &name, parties);
                 }
             }
         }
@@ -848,7 +856,7 @@ impl Router {
             return self.answer(&msg, &source, 404, "Not Found", &[]);
         };
         let dialled = Routes::rewrite(&route, &user);
-        self.admit_and_start(msg, source, &route, dialled, Vec::new(), None);
+        self.admit_and_start(msg, source, &route, dialled, Vec::new(), None, parties);
     }
 
     /// A call to a tenant's user: every phone it registered rings at once.
@@ -859,6 +867,7 @@ impl Router {
         location: &Location,
         tenant: &str,
         name: &str,
+        mut parties: call::Parties,
     ) {
         let bindings = location.lookup(tenant, name);
         let Some(first) = bindings.first() else {
@@ -878,10 +887,13 @@ impl Router {
             media: MediaPolicy::default(),
         };
         let dialled = Bytes::copy_from_slice(name.as_bytes());
-        self.admit_and_start(msg, source, &route, dialled, forks, None);
+        parties.tenant = Some(Arc::from(tenant));
+        parties.callee = Some(Arc::from(name));
+        self.admit_and_start(msg, source, &route, dialled, forks, None, parties);
     }
 
     /// Admission control, then a call actor for the INVITE (its Call-ID claimed first).
+    #[allow(clippy::too_many_arguments)]
     fn admit_and_start(
         &self,
         msg: Message,
@@ -890,6 +902,7 @@ impl Router {
         dialled: Bytes,
         forks: Vec<Fork>,
         queue: Option<QueueJoin>,
+        parties: call::Parties,
     ) {
         let active = self.ctx.active.load(Ordering::Relaxed);
         if let Err(refusal) = self.admission.admit(source.remote.ip(), active) {
@@ -931,6 +944,7 @@ impl Router {
             forks,
             queue,
             originate: None,
+            parties,
         };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {

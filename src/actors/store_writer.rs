@@ -679,6 +679,8 @@ mod tests {
             dtmf: None,
             recording: None,
             media: None,
+            transfers: None,
+            legs: Vec::new(),
         }
     }
 

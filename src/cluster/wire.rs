@@ -654,6 +654,7 @@ impl WireCallMsg {
             },
             CallMsg::Sip(_)
             | CallMsg::Timer(..)
+            | CallMsg::Control(..)
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic

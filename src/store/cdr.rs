@@ -97,6 +97,26 @@ pub struct Cdr {
     pub recording: Option<String>,
     /// Anchored calls: each leg's quality as the switch measured it (A: caller, B: callee).
     pub media: Option<CdrMedia>,
+    /// Transfers carried out, in order: `kind:by>target` (e.g. `blind:B>user:1003`).
+    pub transfers: Option<String>,
+    /// Who talked to whom: every leg that joined the call, in order (the `cdr_legs` table).
+    pub legs: Vec<CdrLeg>,
+}
+
+/// One leg of a call: who was on it, when it joined, was answered and left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CdrLeg {
+    /// The leg's SIP Call-ID.
+    pub call_id: String,
+    /// `caller`, `callee` or `transfer` (a leg that joined by a transfer).
+    pub role: String,
+    /// Who: the From URI of a caller, `user:<name>`, `agent:<id>`, `trunk:<id>` or a URI.
+    pub party: String,
+    pub start_at: i64,
+    pub answer_at: Option<i64>,
+    pub end_at: i64,
+    /// Why it left (`bye`, `transferred`, `cancelled`, ...).
+    pub end_reason: String,
 }
 
 /// The media figures of an anchored call.
@@ -226,6 +246,8 @@ pub(super) fn from_row(r: &dyn SqlRow) -> Result<Cdr, StoreError> {
                 packets_b: r.int(31)?.unwrap_or(0),
             }),
         },
+        transfers: None,
+        legs: Vec::new(),
     })
 }
 

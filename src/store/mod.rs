@@ -37,7 +37,7 @@ use std::time::Duration;
 use postgres::fallible_iterator::FallibleIterator;
 use rusqlite::{Connection, TransactionBehavior};
 
-pub use cdr::{now_unix_ms, Cdr, CdrMedia, HangupBy};
+pub use cdr::{now_unix_ms, Cdr, CdrLeg, CdrMedia, HangupBy};
 
 /// Migration `n` (1-based) is `MIGRATIONS[n - 1]`; `PRAGMA user_version` (SQLite) or
 /// `switchyard_schema.version` (PostgreSQL) holds how many of them a database has had applied.
@@ -1123,6 +1123,8 @@ mod tests {
             dtmf: None,
             recording: None,
             media: None,
+            transfers: None,
+            legs: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::core::{Env, MediaOp, MediaPorts, MediaSettings, Tell};
+use super::core::{Env, MediaOp, MediaPorts, MediaSettings, TargetError, Tell, TransferTarget};
 use super::{CallContext, Fork};
 use crate::media::prompts::{position_announcement, PromptLibrary};
 use crate::media::quality::LegQuality;
@@ -149,6 +149,48 @@ impl Env for NodeEnv {
             Some(cc) => Fork::all(&cc.location.lookup(tenant, user)),
             None => Vec::new(),
         }
+    }
+
+    fn transfer_target(&self, tenant: &str, user: &str) -> Result<TransferTarget, TargetError> {
+        use crate::config::CcTarget;
+        // A tenant's number goes where a call to it would: its queue or user.
+        let number = self.ctx.numbers.get().and_then(|n| n.get(user));
+        let user = match number.as_deref() {
+            Some(n) if &*n.tenant == tenant => match &n.target {
+                CcTarget::Queue(q) => {
+                    return Ok(TransferTarget::Queue {
+                        tenant: n.tenant.clone(),
+                        queue: Arc::from(q.as_str()),
+                        priority: n.priority,
+                    })
+                }
+                CcTarget::User(u) => u.clone(),
+                _ => return Err(TargetError::NotFound),
+            },
+            // Another tenant's number: as if it did not exist.
+            Some(_) => return Err(TargetError::NotFound),
+            None => user.to_string(),
+        };
+        let Some(cc) = self.ctx.cc.get().and_then(std::sync::Weak::upgrade) else {
+            return Err(TargetError::NotFound);
+        };
+        let forks = Fork::all(&cc.location.lookup(tenant, &user));
+        if !forks.is_empty() {
+            return Ok(TransferTarget::Phones {
+                user: Arc::from(user.as_str()),
+                forks,
+            });
+        }
+        // An external number (a route or trunk) costs money: not a transfer target.
+        if self
+            .ctx
+            .routes
+            .get()
+            .is_some_and(|r| r.lookup(user.as_bytes()).is_some())
+        {
+            return Err(TargetError::Forbidden);
+        }
+        Err(TargetError::Unavailable)
     }
 }
 

@@ -36,8 +36,8 @@ mod env;
 
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
-    CallConfig, CallCore, CallInfo, CallTimer, Checkpoint, Effect, Event, Now, Phase,
-    RecordingCommand, TimerFire, TimerKey,
+    CallConfig, CallCore, CallInfo, CallTimer, Checkpoint, Command, Effect, Event, Now, Phase,
+    RecordingCommand, Refused, TimerFire, TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
@@ -110,6 +110,7 @@ pub fn describe() {
         DIALOG_481,
         "In-dialog requests that matched no dialog (answered 481)"
     );
+    self::core::transfer::describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
@@ -140,6 +141,8 @@ pub struct CallContext {
     pub media: OnceLock<Arc<MediaCtx>>,
     /// What every call reads, built once the transports are bound.
     config: OnceLock<Arc<CallConfig>>,
+    /// The tenants' numbers (transfers to a number go where a call to it would).
+    pub numbers: OnceLock<Arc<super::router::Numbers>>,
 }
 
 impl CallContext {
@@ -170,6 +173,7 @@ impl CallContext {
             routes: OnceLock::new(),
             media: OnceLock::new(),
             config: OnceLock::new(),
+            numbers: OnceLock::new(),
         }
     }
 
@@ -263,6 +267,18 @@ pub struct NewCall {
     /// Set for a call the switch originates (click-to-call): `invite` is then a synthetic
     /// stand-in for the agent's side, and `forks` are the agent's phones, rung first.
     pub originate: Option<Originator>,
+    /// Whose call it is, as far as the router knows.
+    pub parties: Parties,
+}
+
+/// The tenant of a call and the tenant users on its legs, as the router knows them: an
+/// authenticated caller, the user whose phones are rung. Only a leg with a user may
+/// transfer the call.
+#[derive(Clone, Debug, Default)]
+pub struct Parties {
+    pub tenant: Option<Arc<str>>,
+    pub caller: Option<Arc<str>>,
+    pub callee: Option<Arc<str>>,
 }
 
 /// Who a click-to-call is for: the agent (tenant, id) reserved for it, told how it goes.
@@ -323,7 +339,16 @@ pub async fn originate(
         dialled: Bytes::copy_from_slice(number.as_bytes()),
         forks,
         queue: None,
-        originate: Some(Originator { agent }),
+        originate: Some(Originator {
+            agent: agent.clone(),
+        }),
+        parties: Parties {
+            tenant: agent.as_ref().map(|(t, _)| t.clone()),
+            caller: agent
+                .as_ref()
+                .map(|(_, a)| Arc::from(format!("agent:{a}").as_str())),
+            callee: None,
+        },
     };
     match start(ctx, calls, call).await {
         Ok(()) => Ok(call_id),
@@ -461,6 +486,9 @@ pub enum CallMsg {
     /// The call's CDR is committed (`true`), or will not be soon (failed or too slow): what
     /// waited for it goes on.
     CdrStored(bool),
+    /// The API's call control (hold, unhold, transfer); replies with what was done or why
+    /// not.
+    Control(Command, RpcReplyPort<Result<String, Refused>>),
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -560,14 +588,16 @@ impl Actor for CallActor {
                 wait_secs,
             },
             CallMsg::Recording(cmd, reply) => {
-                let mut out = std::mem::take(&mut state.out);
-                let result = state.core.recording(cmd, Now::read(), &mut out);
+                let result = state.with_core(|core, now, out| core.recording(cmd, now, out));
                 let _ = reply.send(result);
-                state.out = out;
-                state.execute_all(&mut VecDeque::new());
                 return Ok(());
             }
             CallMsg::CdrStored(stored) => Event::CdrStored(stored),
+            CallMsg::Control(cmd, reply) => {
+                let result = state.with_core(|core, now, out| core.command(cmd, now, out));
+                let _ = reply.send(result);
+                return Ok(());
+            }
         };
         state.run(event);
         Ok(())
@@ -599,8 +629,17 @@ impl CallState {
     /// Hands `event` to the core and executes what it asks, then the events that brings
     /// back (messages queued for a Call-ID the call registers, a CDR with no writer).
     fn run(&mut self, event: Event) {
+        self.with_core(|core, now, out| core.step(event, now, out));
+    }
+
+    /// Calls the core, executes the effects, and hands the core the events that brings
+    /// back, until there are none.
+    fn with_core<R>(&mut self, f: impl FnOnce(&mut CallCore, Now, &mut Vec<Effect>) -> R) -> R {
+        let mut out = std::mem::take(&mut self.out);
+        let result = f(&mut self.core, Now::read(), &mut out);
+        self.out = out;
         let mut events = VecDeque::new();
-        events.push_back(event);
+        self.execute_all(&mut events);
         while let Some(event) = events.pop_front() {
             self.core.step(event, Now::read(), &mut self.out);
             self.execute_all(&mut events);
@@ -608,6 +647,7 @@ impl CallState {
         if self.out.capacity() > 32 {
             self.out = Vec::new();
         }
+        result
     }
 
     fn execute_all(&mut self, events: &mut VecDeque<Event>) {

@@ -103,8 +103,17 @@ impl CallCore {
         if self.core.is_none() {
             return;
         }
-        let leg = if inbound.msg.call_id() == Some(&self.core().a_call_id) {
+        let call_id = inbound.msg.call_id();
+        let parked = self
+            .core()
+            .transfer
+            .as_ref()
+            .and_then(|t| t.transferor.as_ref())
+            .map(|p| p.dialog.call_id.clone());
+        let leg = if call_id == Some(&self.core().a.call_id) {
             Leg::A
+        } else if parked.is_some() && call_id == parked.as_ref() {
+            Leg::X
         } else {
             Leg::B
         };
@@ -163,10 +172,7 @@ impl CallCore {
         }
         // A new request inside a dialog: its To tag must be ours on that leg.
         let to_tag = msg.to().and_then(|t| t.tag()).unwrap_or_default();
-        let ours = match leg {
-            Leg::A => self.core().a.local_tag.clone(),
-            Leg::B => self.core().b.local_tag.clone(),
-        };
+        let ours = self.dialog_mut(leg).local_tag.clone();
         let dest = self.cfg.response_dest(&source, msg.top_via().as_ref());
         if to_tag == ours && method == Method::Bye && self.core().phase == Phase::Ended {
             // Crossing BYEs (both ends hung up at once): the dialog is ending as this end
@@ -180,15 +186,22 @@ impl CallCore {
             return self.respond(id, 481, "Call/Transaction Does Not Exist", None);
         }
         let cseq = msg.cseq().map(|c| c.seq).unwrap_or(0);
-        let dialog = match leg {
-            Leg::A => &mut self.core.as_mut().expect("core").a,
-            Leg::B => &mut self.core.as_mut().expect("core").b,
-        };
+        let dialog = self.dialog_mut(leg);
         if dialog.remote_cseq.is_some_and(|r| cseq <= r) {
             let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
             return self.respond(id, 500, "Server Internal Error (CSeq Out of Order)", None);
         }
         dialog.remote_cseq = Some(cseq);
+        if leg == Leg::X {
+            // The transferor, out of the bridge: nothing to relay its requests to.
+            let id = self.new_server_tx(leg, Role::Local, msg, branch, dest);
+            return self.parked_request(&method, id);
+        }
+        if method == Method::Refer {
+            // A transfer is carried out by the switch, not relayed (RFC 3515).
+            let id = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
+            return self.on_refer(leg, &msg, id);
+        }
         if method == Method::Invite && self.invite_pending() {
             // Glare (RFC 3261 §14.1, §14.2): one INVITE at a time across the call, both legs
             // included, or the two ends' offers cross and each gets the other's answer.
@@ -534,6 +547,15 @@ impl CallCore {
                     if !last || self.core().phase == Phase::Ended {
                         return;
                     }
+                    if self.core().transfer.is_some() {
+                        if !self.transfer_failed(status) {
+                            self.hang_up_answered_caller(
+                                HangupBy::System,
+                                "transfer target unreachable",
+                            );
+                        }
+                        return;
+                    }
                     let resp = self.a_response(status, reason, false);
                     self.respond_a_invite(resp);
                     self.end(
@@ -671,24 +693,38 @@ impl CallCore {
                 self.adopt_fork();
                 self.learn_b_dialog(resp);
                 self.cancel_no_answer();
-                self.core().cdr.answer_ms = Some(self.wall_ms);
-                self.core().cdr.final_status = status;
-                metrics::histogram!(CALL_SETUP, "stage" => "answer").record(
-                    self.now
-                        .saturating_duration_since(self.received_at)
-                        .as_secs_f64(),
+                if self.core().cdr.answer_ms.is_none() {
+                    self.core().cdr.answer_ms = Some(self.wall_ms);
+                    self.core().cdr.final_status = status;
+                    metrics::histogram!(CALL_SETUP, "stage" => "answer").record(
+                        self.now
+                            .saturating_duration_since(self.received_at)
+                            .as_secs_f64(),
+                    );
+                    metrics::counter!(CALLS_ANSWERED).increment(1);
+                }
+                let role = if self.core().transfer.is_some() {
+                    "transfer"
+                } else {
+                    "callee"
+                };
+                let (b_id, party) = (
+                    self.core().b.call_id.clone(),
+                    self.core().cdr.target.clone(),
                 );
-                metrics::counter!(CALLS_ANSWERED).increment(1);
+                self.leg_joined(&b_id, role, party, true);
                 if self.a_answered() {
-                    // The agent answers a caller the switch answered: bridge them.
+                    // The agent answers a caller the switch answered (or the target of a
+                    // transfer answers): bridge them.
                     self.bridge_agent(resp);
                     self.ack_b(Bytes::new(), None);
-                    if let Some(max) = self.cfg.max_duration {
+                    if let (Some(max), None) = (self.cfg.max_duration, self.max_duration) {
                         self.max_duration =
                             Some(self.schedule_call_timer(CallTimer::MaxDuration, max));
                     }
                     self.set_phase(Phase::Confirmed);
-                    return self.cancel_other_forks();
+                    self.cancel_other_forks();
+                    return self.transfer_done();
                 }
                 let mut out = self.a_response(status, &resp_reason(resp), true);
                 copy_body(resp, &mut out);
@@ -732,6 +768,13 @@ impl CallCore {
                     ),
                     _ => (status, resp_reason(resp)),
                 };
+                if self.core().transfer.is_some() {
+                    if !self.transfer_failed(st) {
+                        let why = format!("transfer target answered {status}");
+                        self.hang_up_answered_caller(HangupBy::Callee, &why);
+                    }
+                    return;
+                }
                 let mut out = self.a_response(st, &reason, false);
                 if let Some(ra) = resp.value(HeaderName::RetryAfter) {
                     out.push(HeaderName::RetryAfter, ra.clone());
@@ -882,6 +925,15 @@ impl CallCore {
                 let d = self.core().b_dest;
                 (d.protocol, d)
             }
+            Leg::X => {
+                let core = self.core();
+                let d = core
+                    .transfer
+                    .as_ref()
+                    .and_then(|t| t.transferor.as_ref())
+                    .map_or(core.b_dest, |p| p.dest);
+                (d.protocol, d)
+            }
         }
     }
 
@@ -896,10 +948,7 @@ impl CallCore {
         let (protocol, _) = self.leg_dest(leg);
         let contact = self.cfg.contact(protocol);
         let mf = from.max_forwards().unwrap_or(70).saturating_sub(1).max(1);
-        let dialog = match leg {
-            Leg::A => &mut self.core.as_mut().expect("core").a,
-            Leg::B => &mut self.core.as_mut().expect("core").b,
-        };
+        let dialog = self.dialog_mut(leg);
         let empty = Bytes::new();
         let mut m = dialog.request(method, &empty, &contact, mf);
         m.remove(HeaderName::Via);
@@ -933,10 +982,7 @@ impl CallCore {
         let (protocol, dest) = self.leg_dest(leg);
         let via = self.cfg.via(protocol, &new_branch());
         let contact = self.cfg.contact(protocol);
-        let dialog = match leg {
-            Leg::A => &self.core.as_ref().expect("core").a,
-            Leg::B => &self.core.as_ref().expect("core").b,
-        };
+        let dialog = self.dialog_mut(leg);
         let mut ack = dialog.request_with_cseq(Method::Ack, cseq, &via, &contact, 70);
         if let Some(ct) = content_type {
             ack.push(HeaderName::ContentType, ct);
@@ -960,10 +1006,7 @@ impl CallCore {
         let branch = new_branch();
         let via = self.cfg.via(protocol, &branch);
         let contact = self.cfg.contact(protocol);
-        let dialog = match leg {
-            Leg::A => &mut self.core.as_mut().expect("core").a,
-            Leg::B => &mut self.core.as_mut().expect("core").b,
-        };
+        let dialog = self.dialog_mut(leg);
         let bye = dialog.request(Method::Bye, &via, &contact, 70);
         self.new_client_tx(leg, Role::Own, bye, branch, dest);
     }
@@ -1139,6 +1182,19 @@ impl CallCore {
             CallTimer::NoAnswer if self.no_answer == Some(id) && self.offering() => {
                 self.no_answer = None;
                 self.offer_timed_out();
+            }
+            CallTimer::NoAnswer
+                if self.no_answer == Some(id)
+                    && self.core.as_ref().is_some_and(|c| c.transfer.is_some()) =>
+            {
+                self.no_answer = None;
+                self.cancel_b();
+                if !self.transfer_failed(480) {
+                    self.hang_up_answered_caller(
+                        HangupBy::System,
+                        "transfer target did not answer",
+                    );
+                }
             }
             CallTimer::NoAnswer if self.no_answer == Some(id) => {
                 self.no_answer = None;

@@ -46,8 +46,60 @@ impl CallCore {
         // actor bounds the wait): [`Event::CdrStored`].
         self.after_cdr = Some(Vec::new());
         self.out.push(Effect::WriteCdr(Box::new(cdr)));
+        if self
+            .core()
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.transferor.is_some())
+        {
+            // A transferor still waiting aside is let go with the call.
+            self.after_cdr(AfterCdr::Bye(Leg::X));
+        }
         self.after_cdr(AfterCdr::ReleaseChannel);
         self.checkpoint();
+    }
+
+    /// A leg joins the call's record of who talked to whom (once per Call-ID).
+    pub(super) fn leg_joined(
+        &mut self,
+        call_id: &Bytes,
+        role: &str,
+        party: String,
+        answered: bool,
+    ) {
+        let now = self.wall_ms;
+        let id = String::from_utf8_lossy(call_id).into_owned();
+        let legs = &mut self.core().cdr.legs;
+        if legs
+            .iter()
+            .any(|l| l.call_id == id && l.end_reason.is_empty())
+        {
+            return;
+        }
+        legs.push(crate::store::CdrLeg {
+            call_id: id,
+            role: role.to_string(),
+            party,
+            start_at: now,
+            answer_at: answered.then_some(now),
+            end_at: 0,
+            end_reason: String::new(),
+        });
+    }
+
+    /// A leg leaves the call before its end (a transferor).
+    pub(super) fn leg_left(&mut self, call_id: &str, reason: &str) {
+        let now = self.wall_ms;
+        if let Some(l) = self
+            .core()
+            .cdr
+            .legs
+            .iter_mut()
+            .find(|l| l.call_id == call_id && l.end_reason.is_empty())
+        {
+            l.end_at = now;
+            l.end_reason = reason.to_string();
+        }
     }
 
     /// Runs `step` once the call's CDR is durable (at once if nothing is awaited).
@@ -120,6 +172,19 @@ impl Checkpoint {
             attempts: d.attempts.clone(),
             dtmf: (!d.dtmf.is_empty()).then(|| d.dtmf.clone()),
             recording: d.recording.clone(),
+            transfers: (!d.transfers.is_empty()).then(|| d.transfers.join(",")),
+            legs: d
+                .legs
+                .iter()
+                .map(|l| {
+                    let mut l = l.clone();
+                    if l.end_reason.is_empty() {
+                        l.end_at = end;
+                        l.end_reason = d.reason.clone();
+                    }
+                    l
+                })
+                .collect(),
             media: d.quality.map(|[a, b]| crate::store::CdrMedia {
                 mos_a: a.mos,
                 mos_b: b.mos,

@@ -179,6 +179,63 @@ pub trait Env: Send {
     fn release_media(&mut self, call: &Bytes) -> Option<[LegQuality; 2]>;
     /// The registered phones of a tenant's user.
     fn lookup_user(&self, tenant: &str, user: &str) -> Vec<super::Fork>;
+    /// Where a transfer of a `tenant` call to `user` (a number or a user name) goes.
+    fn transfer_target(&self, tenant: &str, user: &str) -> Result<TransferTarget, TargetError>;
+}
+
+/// Where a transfer goes.
+#[derive(Clone, Debug)]
+pub enum TransferTarget {
+    /// A tenant user's registered phones (rung at once), `user:<name>`.
+    Phones {
+        user: Arc<str>,
+        forks: Vec<super::Fork>,
+    },
+    /// A tenant's queue (the caller waits there again, keeping its priority and wait).
+    Queue {
+        tenant: Arc<str>,
+        queue: Arc<str>,
+        priority: u32,
+    },
+}
+
+impl TransferTarget {
+    /// The target as the CDR and the API name it.
+    pub fn label(&self) -> String {
+        match self {
+            TransferTarget::Phones { user, .. } => format!("user:{user}"),
+            TransferTarget::Queue { queue, .. } => format!("queue:{queue}"),
+        }
+    }
+}
+
+/// Why a transfer target was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetError {
+    /// Not a number or user of the tenant (404).
+    NotFound,
+    /// Known, but not reachable by this tenant's transfers (403): external numbers.
+    Forbidden,
+    /// A user with no registered phone (480).
+    Unavailable,
+}
+
+impl TargetError {
+    pub fn status(self) -> (u16, &'static str) {
+        match self {
+            TargetError::NotFound => (404, "Not Found"),
+            TargetError::Forbidden => (403, "Forbidden (Transfer Target Not Allowed)"),
+            TargetError::Unavailable => (480, "Temporarily Unavailable"),
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TargetError::NotFound => "not_found",
+            TargetError::Forbidden => "forbidden",
+            TargetError::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// The settings every call reads: timers, limits, and how the switch names itself.

@@ -43,13 +43,6 @@ pub fn describe() {
 /// The telephone-event payload type the switch offers.
 const TE_PT: u8 = 101;
 
-fn side(leg: Leg) -> Side {
-    match leg {
-        Leg::A => Side::A,
-        Leg::B => Side::B,
-    }
-}
-
 /// The G.711 law a format names, if any.
 fn g711(f: &Format) -> Option<Codec> {
     match f.encoding.as_str() {
@@ -96,12 +89,13 @@ fn learn(out: &mut Vec<Effect>, side: Side, sdp: &Sdp, follow: bool) {
 }
 
 impl CallCore {
-    /// Whether the caller was answered by the switch (a queue that answers first).
+    /// Whether the caller's leg is up while a callee is sought: answered by the switch (a
+    /// queue that answers first) or by an earlier callee (a transfer).
     pub(super) fn a_answered(&self) -> bool {
-        self.core
-            .as_ref()
-            .and_then(|c| c.media.as_ref())
-            .is_some_and(|m| m.answer_first && self.session.is_some())
+        let Some(c) = self.core.as_ref() else {
+            return false;
+        };
+        self.session.is_some() && (c.a_up || c.media.as_ref().is_some_and(|m| m.answer_first))
     }
 
     /// Sets up the relay session if the call's media is anchored. Err: the status and
@@ -198,7 +192,7 @@ impl CallCore {
             ];
             let sdp = sdp::offer(
                 session.address,
-                session.port(Side::B),
+                session.port(self.side_of(Leg::B)),
                 rand::random::<u32>() as u64,
                 &formats,
                 Direction::SendRecv,
@@ -221,7 +215,7 @@ impl CallCore {
         let Ok(mut sdp) = sdp::parse(body) else {
             return body.clone();
         };
-        let s = side(from);
+        let s = self.side_of(from);
         let follow = answer && !self.a_answered();
         learn(&mut self.out, s, &sdp, follow);
         sdp.anchor(session.address, session.port(s.other()));
@@ -253,13 +247,14 @@ impl CallCore {
         let direction = offer.direction().reverse();
         let answer = sdp::offer(
             session.address,
-            session.port(Side::A),
+            session.port(self.side_of(Leg::A)),
             rand::random::<u32>() as u64,
             &formats,
             direction,
         );
+        let a = self.side_of(Leg::A);
         self.media_op(MediaOp::SetRemoteCodec {
-            side: Side::A,
+            side: a,
             codec: g711(&chosen)?,
         });
         self.media_op(MediaOp::Bridge(false));
@@ -274,10 +269,8 @@ impl CallCore {
     /// Plays music to a waiting caller, after an announcement of its position when given.
     pub(super) fn play_music(&mut self, announce: Option<(u32, Option<u64>)>) {
         if self.session.is_some() {
-            self.media_op(MediaOp::Music {
-                side: Side::A,
-                announce,
-            });
+            let side = self.side_of(Leg::A);
+            self.media_op(MediaOp::Music { side, announce });
         }
     }
 
@@ -335,8 +328,9 @@ impl CallCore {
     /// stop the music and bridge.
     pub(super) fn bridge_agent(&mut self, resp: &Message) {
         if let (Some(_), Ok(sdp)) = (self.session, sdp::parse(&resp.body)) {
-            learn(&mut self.out, Side::B, &sdp, false);
-            self.media_op(MediaOp::StopPlay(Side::A));
+            let (a, b) = (self.side_of(Leg::A), self.side_of(Leg::B));
+            learn(&mut self.out, b, &sdp, false);
+            self.media_op(MediaOp::StopPlay(a));
             self.media_op(MediaOp::Bridge(true));
         }
         if let Some(id) = self.announce.take() {
@@ -361,12 +355,13 @@ impl CallCore {
         };
         if self.env.media().is_some() {
             self.media_op(MediaOp::DtmfFromSignalling {
-                side: side(leg),
+                side: self.side_of(leg),
                 digit,
             });
         } else {
             metrics::counter!(crate::media::relay::DTMF, "source" => "info").increment(1);
-            self.on_dtmf(side(leg), digit, DtmfSource::Info);
+            let side = self.side_of(leg);
+            self.on_dtmf(side, digit, DtmfSource::Info);
         }
     }
 

@@ -24,6 +24,7 @@ use super::{
 };
 use crate::actors::router::{Retired, RetiredResponse, Route};
 use crate::actors::trunk::{self, AttemptReport, TrunkShared};
+use crate::media::relay::Side;
 use crate::routing::trunks::{classify, FailoverCause, Outcome};
 use crate::sip::dialog::{
     self, ack_for_failure, cancel_for, cseq_value, new_branch, random_token, Dialog,
@@ -44,12 +45,27 @@ mod queue_leg;
 #[cfg(test)]
 mod tests;
 mod transactions;
+pub(crate) mod transfer;
 mod trunk_leg;
 
 pub use effects::{
-    CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, Tell, TimerFire, TimerKey,
+    CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, TargetError, Tell, TimerFire,
+    TimerKey, TransferTarget,
 };
 pub use media::{info_digit, RecordingCommand};
+pub use transfer::Refused;
+
+/// The API's call-control commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// The customer's leg hears music, the agent's hears nothing.
+    Hold,
+    Unhold,
+    /// A blind transfer of the agent's leg to a tenant number or user.
+    Transfer {
+        target: String,
+    },
+}
 
 /// How often a queued caller reminds its queue that it waits.
 const QUEUE_KEEPALIVE: Duration = Duration::from_secs(5);
@@ -127,6 +143,8 @@ struct QueueLeg {
     abandoned: bool,
     /// Still waiting in (or being offered by) the queue.
     waiting: bool,
+    /// The agent left the call by a transfer (told then, not again at the end).
+    released: bool,
 }
 
 /// One ringing fork of an offer: its B-leg transaction and the agent it rings.
@@ -245,6 +263,49 @@ pub struct Checkpoint {
     /// Set when the call's media is anchored (the relay session is found by the A-leg
     /// Call-ID, also by a restarted actor).
     media: Option<crate::actors::router::MediaPolicy>,
+    /// The tenant the call belongs to (its number's, queue's or caller's), if any.
+    pub tenant: Option<Arc<str>>,
+    /// The tenant user behind each leg (A, B), if the switch knows one (an authenticated
+    /// caller, a user's or agent's phone): only such a leg may transfer the call.
+    users: [Option<Arc<str>>; 2],
+    /// The relay side each leg uses (A, B); swapped when the caller transfers itself away
+    /// and the callee takes the caller's place.
+    sides: [Side; 2],
+    /// A transfer in progress.
+    transfer: Option<Transfer>,
+    /// The leg put on hold through the API (it hears music; the other hears nothing).
+    held: Option<Leg>,
+    /// The caller's leg is up already (answered by an earlier callee before a transfer): a
+    /// new callee is offered the switch's own SDP and bridged when it answers.
+    a_up: bool,
+}
+
+/// A transfer in progress: the new leg rings in the B position while the transferor waits
+/// aside (`Leg::X`), reachable for the NOTIFYs of its REFER and its BYE.
+#[derive(Clone, Debug)]
+struct Transfer {
+    /// `blind` or `attended`.
+    kind: &'static str,
+    /// Who asked (`A`, `B`, `api`), and where to, for the CDR.
+    by: &'static str,
+    target: String,
+    /// The transferor's leg while the target rings; None once it is gone.
+    transferor: Option<Parked>,
+    /// The transferor asked with a REFER: it is told how it goes (NOTIFY, RFC 3515).
+    notify: bool,
+    /// The queue facts of the call before a transfer to a queue or an agent.
+    queue_before: Option<QueueLeg>,
+}
+
+/// A leg out of the bridge: its dialog and where it is reached.
+#[derive(Clone, Debug)]
+struct Parked {
+    dialog: Dialog,
+    dest: Dest,
+    invite: Arc<Message>,
+    ack: Option<Bytes>,
+    user: Option<Arc<str>>,
+    side: Side,
 }
 
 /// A call through a trunk group: the trunks still to try, the attempt in progress, and the
@@ -289,6 +350,10 @@ struct CdrDraft {
     recording: Option<String>,
     /// Legs A and B at the end of an anchored call.
     quality: Option<[crate::media::quality::LegQuality; 2]>,
+    /// Who talked to whom: every leg that joined the call, in order.
+    legs: Vec<crate::store::CdrLeg>,
+    /// Transfers carried out, in order (`blind:B>user:1003`).
+    transfers: Vec<String>,
 }
 
 /// What a transaction is for.
@@ -312,8 +377,13 @@ enum Role {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Leg {
+    /// The caller's position (we answered its INVITE, or dialled the agent of a
+    /// click-to-call).
     A,
+    /// The callee's position (we sent its INVITE).
     B,
+    /// A leg out of the bridge: the transferor while its transfer runs.
+    X,
 }
 
 struct Tx {
@@ -516,6 +586,40 @@ impl CallCore {
         result
     }
 
+    /// The API's call control: hold, unhold, transfer (effects appended to `out`). Ok with
+    /// what was done, or why not.
+    pub fn command(
+        &mut self,
+        cmd: Command,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Result<String, Refused> {
+        self.now = now.mono;
+        self.wall_ms = now.wall_ms;
+        std::mem::swap(&mut self.out, out);
+        let result = match cmd {
+            Command::Hold => {
+                let leg = self.customer_leg();
+                self.hold(leg).map(|()| "held".to_string())
+            }
+            Command::Unhold => self.unhold().map(|()| "unheld".to_string()),
+            Command::Transfer { target } => self.api_transfer(&target),
+        };
+        self.sweep();
+        std::mem::swap(&mut self.out, out);
+        result
+    }
+
+    /// The leg of the call that is not the tenant's agent or user (the customer): the one
+    /// the API holds.
+    fn customer_leg(&self) -> Leg {
+        match self.core.as_ref().map(|c| &c.users) {
+            Some([_, Some(_)]) => Leg::A,
+            Some([Some(_), None]) => Leg::B,
+            _ => Leg::A,
+        }
+    }
+
     /// A snapshot for tests and the API.
     pub fn info(&self) -> CallInfo {
         CallInfo {
@@ -650,7 +754,14 @@ impl CallCore {
             forks,
             queue,
             originate,
+            mut parties,
         } = call;
+        if parties.tenant.is_none() {
+            parties.tenant = queue
+                .as_ref()
+                .map(|q| q.tenant.clone())
+                .or_else(|| route.media.tenant.clone());
+        }
         let Inbound {
             msg: a_invite,
             source,
@@ -678,7 +789,8 @@ impl CallCore {
         let callee = String::from_utf8_lossy(&dialled).into_owned();
         if let Some(o) = originate {
             self.orig_agent = o.agent;
-            return self.begin_originate(a_invite, source, a, route, dialled, forks, caller);
+            return self
+                .begin_originate(a_invite, source, a, route, dialled, forks, caller, parties);
         }
         let a_invite = Arc::new(a_invite);
         let a_branch = a_invite
@@ -732,12 +844,21 @@ impl CallCore {
                     wait_ms: None,
                     abandoned: false,
                     waiting: true,
+                    released: false,
                 }),
                 trunk: None,
                 media: None,
+                tenant: parties.tenant.clone(),
+                users: [parties.caller.clone(), parties.callee.clone()],
+                sides: [Side::A, Side::B],
+                transfer: None,
+                held: None,
+                a_up: false,
             });
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
-            self.register(a_call_id);
+            self.register(a_call_id.clone());
+            let caller = self.core().cdr.caller.clone();
+            self.leg_joined(&a_call_id, "caller", caller, true);
             self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
             if !self.media_settled(anchored) {
                 return;
@@ -810,9 +931,17 @@ impl CallCore {
             queue: None,
             trunk: None,
             media: None,
+            tenant: parties.tenant.clone(),
+            users: [parties.caller.clone(), parties.callee.clone()],
+            sides: [Side::A, Side::B],
+            transfer: None,
+            held: None,
+            a_up: false,
         });
-        self.register(a_call_id);
+        self.register(a_call_id.clone());
         self.register(b_call_id);
+        let caller = self.core().cdr.caller.clone();
+        self.leg_joined(&a_call_id, "caller", caller, true);
 
         // The caller's INVITE server transaction answers 100 Trying at once.
         self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);

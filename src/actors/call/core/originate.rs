@@ -16,6 +16,7 @@ impl CallCore {
         dialled: Bytes,
         forks: Vec<Fork>,
         caller: String,
+        parties: super::super::Parties,
     ) {
         let a_call_id = a.call_id.clone();
         // We are the agent leg's UAC: our tag is its From tag, the agent's comes in its 2xx.
@@ -56,13 +57,19 @@ impl CallCore {
             queue: None,
             trunk: None,
             media: None,
+            tenant: parties.tenant.clone(),
+            users: [parties.caller.clone(), parties.callee.clone()],
+            sides: [Side::A, Side::B],
+            transfer: None,
+            held: None,
+            a_up: false,
         });
         self.orig_route = Some(route);
         self.orig = Some(Originated {
             answered: false,
             ack: None,
         });
-        self.register(a_call_id);
+        self.register(a_call_id.clone());
         self.checkpoint();
         for fork in &forks {
             let (local_uri, local_tag) = {

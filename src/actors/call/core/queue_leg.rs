@@ -507,9 +507,22 @@ impl CallCore {
         if let Some(id) = self.keepalive.take() {
             self.cancel_timer(id);
         }
-        let Some(agent) = q.agent.clone() else {
+        let end = self.core().cdr.end_ms;
+        self.release_agent(end);
+    }
+
+    /// The queue's agent leaves the call (it ended, or the agent transferred it away): the
+    /// agent moves on to wrap-up and the queue counts its talk time, once.
+    pub(super) fn release_agent(&mut self, until_ms: Option<i64>) {
+        let Some(q) = self.core().queue.clone() else {
             return;
         };
+        let Some(agent) = q.agent.clone().filter(|_| !q.released) else {
+            return;
+        };
+        if let Some(qm) = self.core().queue.as_mut() {
+            qm.released = true;
+        }
         let call_id = self.a_call_id_str();
         self.forget_agent_call(q.tenant.clone(), agent.clone(), call_id.clone());
         self.tell_agent(
@@ -517,7 +530,7 @@ impl CallCore {
             agent.clone(),
             crate::actors::agent::AgentMsg::CallEnded { call_id },
         );
-        let talk_ms = match (self.core().cdr.answer_ms, self.core().cdr.end_ms) {
+        let talk_ms = match (self.core().cdr.answer_ms, until_ms) {
             (Some(a), Some(e)) => (e - a).max(0) as u64,
             _ => 0,
         };

@@ -170,6 +170,7 @@ fn contact(m: &Message) -> String {
 struct FakeEnv {
     media: Option<MediaSettings>,
     users: HashMap<String, Vec<Fork>>,
+    targets: HashMap<String, Result<TransferTarget, TargetError>>,
 }
 
 impl Env for FakeEnv {
@@ -191,6 +192,12 @@ impl Env for FakeEnv {
     }
     fn lookup_user(&self, _tenant: &str, user: &str) -> Vec<Fork> {
         self.users.get(user).cloned().unwrap_or_default()
+    }
+    fn transfer_target(&self, _tenant: &str, user: &str) -> Result<TransferTarget, TargetError> {
+        self.targets
+            .get(user)
+            .cloned()
+            .unwrap_or(Err(TargetError::NotFound))
     }
 }
 
@@ -270,6 +277,16 @@ impl Call {
     }
 
     fn begin(&mut self, inv: &str, route: Route, forks: Vec<Fork>) {
+        self.begin_as(inv, route, forks, super::super::Parties::default());
+    }
+
+    fn begin_as(
+        &mut self,
+        inv: &str,
+        route: Route,
+        forks: Vec<Fork>,
+        parties: super::super::Parties,
+    ) {
         let invite = msg(inv);
         let dialled = invite
             .request_uri()
@@ -286,6 +303,7 @@ impl Call {
             forks,
             queue: None,
             originate: None,
+            parties,
         };
         self.feed(Event::New(Box::new(call)));
     }
@@ -950,4 +968,373 @@ fn anchored_call_rewrites_sdp_both_ways_and_tells_the_relay() {
     assert!(learned.contains(&(crate::media::relay::Side::A, addr("127.0.0.2:6000"))));
     assert!(learned.contains(&(crate::media::relay::Side::B, addr("127.0.0.3:7000"))));
     assert!(c.core.info().anchored);
+}
+
+// ---- transfer and hold ----
+
+/// The transfer target's phone.
+const C: &str = "127.0.0.5:5090";
+
+fn fork_to(at: &str) -> Fork {
+    Fork {
+        ruri: Bytes::from(format!("sip:1003@{at}")),
+        dest: Dest {
+            protocol: Protocol::Udp,
+            addr: addr(at),
+            conn: None,
+        },
+    }
+}
+
+/// An anchored call of tenant acme from A (user `caller` if given) to agent phone B (user
+/// 1002), with 1003 (phones at C) and queue number 5000 as transfer targets.
+fn anchored_call(cid: &str, caller: Option<&str>) -> (Call, Message, Side, Side) {
+    let mut targets = HashMap::new();
+    targets.insert(
+        "1003".to_string(),
+        Ok(TransferTarget::Phones {
+            user: Arc::from("1003"),
+            forks: vec![fork_to(C)],
+        }),
+    );
+    targets.insert(
+        "5000".to_string(),
+        Ok(TransferTarget::Queue {
+            tenant: Arc::from("acme"),
+            queue: Arc::from("support"),
+            priority: 0,
+        }),
+    );
+    targets.insert("900441234".to_string(), Err(TargetError::Forbidden));
+    let env = FakeEnv {
+        media: Some(MediaSettings {
+            anchor_all: true,
+            ..MediaSettings::default()
+        }),
+        targets,
+        ..FakeEnv::default()
+    };
+    let mut c = Call::with(cfg(), env);
+    let parties = super::super::Parties {
+        tenant: Some(Arc::from("acme")),
+        caller: caller.map(Arc::from),
+        callee: Some(Arc::from("1002")),
+    };
+    c.begin_as(&invite(cid, "1002", SDP_A), route_to_b(), vec![], parties);
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    c.request(B, Method::Ack);
+    c.clear();
+    c.media.clear();
+    let b = Side::callee(&inv_b, "btag");
+    (c, inv_b, a, b)
+}
+
+fn refer_to(target: &str) -> String {
+    format!("Refer-To: <sip:{target}@127.0.0.1>\r\nReferred-By: <sip:1002@127.0.0.1>\r\n")
+}
+
+fn sipfrag(m: &Message) -> String {
+    body(m).lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn blind_transfer_by_the_agent_connects_the_caller_to_the_target() {
+    let (mut c, inv_b, mut a, mut b) = anchored_call("xfer-1", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    c.status(B, 202, Method::Refer);
+    let n1 = c.request(B, Method::Notify);
+    assert_eq!(hv(&n1, HeaderName::Event), "refer");
+    assert_eq!(sipfrag(&n1), "SIP/2.0 100 Trying");
+    assert_eq!(
+        call_id(&n1),
+        call_id(&inv_b),
+        "NOTIFY in the transferor's dialog"
+    );
+    c.from(B, &answer(&n1, 200, "OK", "", B, ""));
+    // The caller hears music while the target rings with the switch's own offer.
+    assert!(c.media.iter().any(|op| matches!(
+        op,
+        MediaOp::Music {
+            side: crate::media::relay::Side::A,
+            ..
+        }
+    )));
+    let inv_c = c.request(C, Method::Invite);
+    assert_ne!(
+        call_id(&inv_c),
+        call_id(&inv_b),
+        "the target gets a leg of its own"
+    );
+    assert!(
+        body(&inv_c).contains("m=audio 20002 "),
+        "offered the port B used"
+    );
+    assert!(
+        !c.has(A, |m| method(m) == Some(Method::Invite)),
+        "no re-INVITE to the caller"
+    );
+    c.from(C, &answer(&inv_c, 180, "Ringing", "ctag", C, ""));
+    assert!(
+        !c.has(A, |m| m.status() == Some(180)),
+        "the caller is up already"
+    );
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    c.request(C, Method::Ack);
+    let n2 = c.request(B, Method::Notify);
+    assert_eq!(sipfrag(&n2), "SIP/2.0 200 OK");
+    let state = n2
+        .other("Subscription-State")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(state.as_deref(), Some("terminated;reason=noresource"));
+    let bye_b = c.request(B, Method::Bye);
+    assert_eq!(call_id(&bye_b), call_id(&inv_b));
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    assert_eq!(c.phase(), Phase::Confirmed);
+    c.from(B, &answer(&bye_b, 200, "OK", "", B, ""));
+    // Caller and target talk; the caller's BYE reaches the target.
+    c.from(A, &a.request("BYE", 0, "", ""));
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    c.from(C, &answer(&bye_c, 200, "OK", "", C, ""));
+    c.status(A, 200, Method::Bye);
+    let cdr = &c.cdrs[0];
+    assert_eq!(cdr.transfers.as_deref(), Some("blind:phone>user:1003"));
+    let legs: Vec<(&str, &str)> = cdr
+        .legs
+        .iter()
+        .map(|l| (l.role.as_str(), l.end_reason.as_str()))
+        .collect();
+    assert_eq!(
+        legs,
+        vec![
+            ("caller", "bye"),
+            ("callee", "transferred"),
+            ("transfer", "bye")
+        ]
+    );
+    assert_eq!(cdr.hangup_by, HangupBy::Caller);
+}
+
+#[test]
+fn a_failed_blind_transfer_bridges_the_transferor_back() {
+    let (mut c, inv_b, mut a, mut b) = anchored_call("xfer-2", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    c.status(B, 202, Method::Refer);
+    c.request(B, Method::Notify);
+    let inv_c = c.request(C, Method::Invite);
+    c.from(C, &answer(&inv_c, 486, "Busy Here", "ctag", C, ""));
+    c.request(C, Method::Ack);
+    let n = c.request(B, Method::Notify);
+    assert_eq!(sipfrag(&n), "SIP/2.0 486 Busy Here");
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Bye)),
+        "the transferor stays"
+    );
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    assert_eq!(c.phase(), Phase::Confirmed);
+    // Back to caller ↔ transferor: the caller's BYE reaches B in B's dialog.
+    c.from(A, &a.request("BYE", 0, "", ""));
+    let bye = c.request(B, Method::Bye);
+    assert_eq!(call_id(&bye), call_id(&inv_b));
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("blind:phone>user:1003:486")
+    );
+}
+
+#[test]
+fn a_transferor_that_hangs_up_at_once_is_answered_and_the_transfer_goes_on() {
+    let (mut c, _, _, mut b) = anchored_call("xfer-3", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    c.request(B, Method::Notify);
+    c.from(B, &b.request("BYE", 0, "", ""));
+    c.status(B, 200, Method::Bye);
+    assert!(
+        !c.has(A, |m| method(m) == Some(Method::Bye)),
+        "the caller stays"
+    );
+    let inv_c = c.request(C, Method::Invite);
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    c.request(C, Method::Ack);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Notify)),
+        "no one to tell"
+    );
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn refer_from_an_anonymous_caller_is_forbidden() {
+    let (mut c, _, mut a, _) = anchored_call("xfer-4", None);
+    c.from(A, &a.request("REFER", 0, &refer_to("1003"), ""));
+    c.status(A, 403, Method::Refer);
+    assert!(!c.has(C, |_| true));
+}
+
+#[test]
+fn refer_to_an_external_number_is_forbidden() {
+    let (mut c, _, _, mut b) = anchored_call("xfer-5", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("900441234"), ""));
+    c.status(B, 403, Method::Refer);
+    c.from(B, &b.request("REFER", 0, &refer_to("7777"), ""));
+    c.status(B, 404, Method::Refer);
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn refer_on_a_call_whose_media_is_not_anchored_gets_488() {
+    let mut c = Call::with(cfg(), FakeEnv::default());
+    let parties = super::super::Parties {
+        tenant: Some(Arc::from("acme")),
+        caller: None,
+        callee: Some(Arc::from("1002")),
+    };
+    c.begin_as(
+        &invite("xfer-6", "1002", SDP_A),
+        route_to_b(),
+        vec![],
+        parties,
+    );
+    let inv_b = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv_b, 200, "OK", "btag", B, SDP_B));
+    let ok = c.status(A, 200, Method::Invite);
+    c.from(A, &Side::caller(&ok).request("ACK", 1, "", ""));
+    let mut b = Side::callee(&inv_b, "btag");
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    c.status(B, 488, Method::Refer);
+}
+
+#[test]
+fn refer_with_replaces_is_not_relayed() {
+    let (mut c, _, _, mut b) = anchored_call("xfer-7", None);
+    c.from(
+        B,
+        &b.request(
+            "REFER",
+            0,
+            "Refer-To: <sip:1003@127.0.0.1?Replaces=abc%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n",
+            "",
+        ),
+    );
+    c.status(B, 501, Method::Refer);
+    assert!(!c.has(A, |m| method(m) == Some(Method::Refer)));
+}
+
+#[test]
+fn the_caller_transfers_itself_away_and_the_callee_stays() {
+    let (mut c, inv_b, mut a, mut b) = anchored_call("xfer-8", Some("1001"));
+    c.from(A, &a.request("REFER", 0, &refer_to("1003"), ""));
+    c.status(A, 202, Method::Refer);
+    let n = c.request(A, Method::Notify);
+    assert_eq!(call_id(&n), "xfer-8");
+    let inv_c = c.request(C, Method::Invite);
+    // The caller left the A side: the target gets the port the caller used.
+    assert!(body(&inv_c).contains("m=audio 20000 "), "{}", body(&inv_c));
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_A));
+    c.request(C, Method::Ack);
+    c.request(A, Method::Notify);
+    c.request(A, Method::Bye);
+    // The callee's BYE now reaches the target.
+    c.from(B, &b.request("BYE", 0, "", ""));
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    assert_ne!(call_id(&bye_c), call_id(&inv_b));
+}
+
+#[test]
+fn hold_plays_music_to_the_customer_and_unhold_bridges_again() {
+    let (mut c, _, _, _) = anchored_call("hold-1", None);
+    let mut out = Vec::new();
+    let r = c.core.command(Command::Hold, c.now, &mut out);
+    assert_eq!(r, Ok("held".to_string()));
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::Bridge(false))));
+    assert!(c.media.iter().any(|op| matches!(
+        op,
+        MediaOp::Music {
+            side: crate::media::relay::Side::A,
+            ..
+        }
+    )));
+    assert_eq!(
+        c.core
+            .command(Command::Hold, c.now, &mut out)
+            .unwrap_err()
+            .status,
+        409
+    );
+    out.clear();
+    c.media.clear();
+    assert!(c.core.command(Command::Unhold, c.now, &mut out).is_ok());
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+}
+
+#[test]
+fn api_transfer_to_a_queue_keeps_the_callers_place() {
+    let (mut c, _, _, _) = anchored_call("xfer-9", None);
+    let mut out = Vec::new();
+    let r = c.core.command(
+        Command::Transfer {
+            target: "5000".into(),
+        },
+        c.now,
+        &mut out,
+    );
+    assert_eq!(r, Ok("queue:support".to_string()));
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+    assert_eq!(c.phase(), Phase::Queued);
+    let joined = c.tells.iter().find_map(|t| match t {
+        Tell::Queue {
+            queue,
+            msg: crate::actors::queue::QueueMsg::Join(j),
+            ..
+        } => Some((queue.clone(), j.joined_ms)),
+        _ => None,
+    });
+    let (queue, joined_ms) = joined.expect("the caller joins the queue");
+    assert_eq!(&*queue, "support");
+    assert_eq!(joined_ms, 1_700_000_000_000, "joined when the call started");
+    // The agent's phone is let go; the caller hears music.
+    c.request(B, Method::Bye);
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })));
+}
+
+#[test]
+fn api_refuses_what_it_cannot_do() {
+    let (mut c, _, _, _) = anchored_call("xfer-10", None);
+    let mut out = Vec::new();
+    let e = c
+        .core
+        .command(
+            Command::Transfer {
+                target: "900441234".into(),
+            },
+            c.now,
+            &mut out,
+        )
+        .unwrap_err();
+    assert_eq!(e.status, 403);
+    let e = c
+        .core
+        .command(Command::Unhold, c.now, &mut out)
+        .unwrap_err();
+    assert_eq!(e.status, 409);
 }

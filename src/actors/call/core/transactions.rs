@@ -104,6 +104,12 @@ impl CallCore {
         match leg {
             Leg::A => &mut core.a,
             Leg::B => &mut core.b,
+            Leg::X => match core.transfer.as_mut().and_then(|t| t.transferor.as_mut()) {
+                Some(p) => &mut p.dialog,
+                // Gone meanwhile: its late messages are matched against the B dialog, which
+                // answers them 481.
+                None => &mut core.b,
+            },
         }
     }
 
@@ -135,9 +141,13 @@ impl CallCore {
         let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
             return;
         };
-        let tag = match tx.leg {
-            Leg::A => self.core.as_ref().map(|c| c.a.local_tag.clone()),
-            Leg::B => self.core.as_ref().map(|c| c.b.local_tag.clone()),
+        let leg = tx.leg;
+        let tag = self
+            .core
+            .is_some()
+            .then(|| self.dialog_mut(leg).local_tag.clone());
+        let Some(tx) = self.txs.iter().find(|t| t.id == id) else {
+            return;
         };
         let mut resp = response_to(&tx.request, status, reason, tag.as_deref());
         if let Some((from, with_contact)) = body {
