@@ -488,6 +488,9 @@ pub enum CallMsg {
         digit: char,
         source: crate::media::relay::DtmfSource,
     },
+    /// The relay saw no RTP from either leg for `media.rtp_timeout_secs`: an answered
+    /// call ends (BYE to both, CDR reason "rtp timeout").
+    MediaTimeout,
     /// The queue says where a waiting caller stands (for its announcement).
     QueuePosition {
         position: u32,
@@ -895,6 +898,7 @@ impl Actor for CallActor {
                 digit,
                 source,
             } => state.on_dtmf(side, digit, source),
+            CallMsg::MediaTimeout => state.on_media_timeout(),
             CallMsg::QueuePosition {
                 position,
                 wait_secs,

@@ -8,12 +8,17 @@
 //! and position announcements, and the agent is offered a fresh SDP of the switch; when the
 //! agent answers, playback stops and the legs are bridged (transcoding between μ-law and
 //! A-law if they chose differently).
+//!
+//! The session is told each leg's signalling address with its SDP: a leg latches only onto
+//! media from its SDP or signalling address, and gets media before its first packet only at
+//! its signalling host ([`crate::media::latch`]). A call whose media stopped is ended here
+//! when the relay reports it ([`CallState::on_media_timeout`]).
 
 use bytes::Bytes;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{CallState, CallTimer, Leg};
+use super::{CallState, CallTimer, Leg, Phase};
 use crate::actors::router::MediaPolicy;
 use crate::media::g711::Codec;
 use crate::media::prompts::{position_announcement, PromptLibrary};
@@ -24,6 +29,7 @@ use crate::sip::sdp::{self, Direction, Format, Sdp};
 pub const ANCHOR_REFUSED: &str = "switchyard_media_anchor_refused_total";
 pub const MOS: &str = "switchyard_media_mos";
 pub const RECORDINGS_STARTED: &str = "switchyard_recordings_started_total";
+pub const MEDIA_TIMEOUTS: &str = "switchyard_media_timeouts_total";
 
 /// Describes the call-side media metrics.
 pub fn describe() {
@@ -40,6 +46,10 @@ pub fn describe() {
         RECORDINGS_STARTED,
         "Recordings started, by trigger (config, api)"
     );
+    describe_counter!(
+        MEDIA_TIMEOUTS,
+        "Answered calls ended because no RTP or RTCP came from either leg for media.rtp_timeout_secs"
+    );
 }
 
 /// What calls share for media: the relay engine, the node-wide switches and the sounds.
@@ -51,8 +61,8 @@ pub struct MediaCtx {
     pub music: Arc<[i16]>,
 }
 
-/// Where the relay's events go: DTMF digits to the call's actor, recording index changes
-/// to the store writer (looked up per event: either may have restarted).
+/// Where the relay's events go: DTMF digits and media timeouts to the call's actor,
+/// recording index changes to the store writer (looked up per event: either may have restarted).
 pub fn event_sink(ctx: &Arc<super::CallContext>) -> crate::media::relay::EventSink {
     use crate::actors::store_writer;
     use crate::media::relay::MediaEvent;
@@ -80,6 +90,11 @@ pub fn event_sink(ctx: &Arc<super::CallContext>) -> crate::media::relay::EventSi
                         digit,
                         source,
                     });
+                }
+            }
+            MediaEvent::MediaTimeout { call } => {
+                if let Some(actor) = ctx.directory.lookup(&call) {
+                    let _ = actor.cast(super::CallMsg::MediaTimeout);
                 }
             }
             MediaEvent::RecordingStarted {
@@ -144,12 +159,16 @@ fn telephone_event(sdp: &Sdp) -> Option<u8> {
         .map(|f| f.pt)
 }
 
-/// Tells the session where `side` wants its audio, in which codec, and its direction.
+/// Tells the session where `side` wants its audio, in which codec, and its direction;
+/// `signalling`: the IP its SIP comes from. The leg's latch window opens.
 /// `follow`: the other leg uses the same codec (one end-to-end negotiation).
-fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool) {
+fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool, signalling: Option<IpAddr>) {
     let Some(idx) = sdp.audio_index() else {
         return;
     };
+    if let Some(ip) = signalling {
+        session.set_signalling(side, ip);
+    }
     let port = sdp.media[idx].port;
     let codec = sdp.codecs().iter().find_map(g711);
     let te = telephone_event(sdp);
@@ -165,6 +184,17 @@ fn learn(session: &Session, side: Side, sdp: &Sdp, follow: bool) {
 impl CallState {
     fn media_ctx(&self) -> Option<Arc<MediaCtx>> {
         self.ctx.media.get().cloned()
+    }
+
+    /// The IP `leg`'s signalling comes from: the caller's source (the agent's phone for
+    /// click-to-call), the callee's destination. None before the leg exists.
+    fn signalling_ip(&self, leg: Leg) -> Option<IpAddr> {
+        let core = self.core.as_ref()?;
+        match leg {
+            Leg::A => Some(core.a_source.remote.ip()),
+            Leg::B if core.b_call_id.is_empty() => None,
+            Leg::B => Some(core.b_dest.addr.ip()),
+        }
     }
 
     /// Whether the caller was answered by the switch (a queue that answers first).
@@ -211,7 +241,7 @@ impl CallState {
         match m.engine.allocate(a_call_id) {
             Ok(session) => {
                 if let Some(o) = &offer {
-                    learn(&session, Side::A, o, false);
+                    learn(&session, Side::A, o, false, self.signalling_ip(Leg::A));
                 }
                 self.session = Some(session);
                 Ok(Some(policy))
@@ -237,6 +267,10 @@ impl CallState {
                 self.refuse(status, reason);
                 return false;
             }
+        }
+        if let (Some(session), Some(ip)) = (&self.session, self.signalling_ip(Leg::A)) {
+            // The caller's offer was learnt before the call's state existed.
+            session.set_signalling(Side::A, ip);
         }
         self.checkpoint();
         if self.core().media.as_ref().is_some_and(|m| m.record) {
@@ -292,7 +326,8 @@ impl CallState {
             return body.clone();
         };
         let s = side(from);
-        learn(session, s, &sdp, answer && !self.a_answered());
+        let follow = answer && !self.a_answered();
+        learn(session, s, &sdp, follow, self.signalling_ip(from));
         sdp.anchor(session.address(), session.port(s.other()));
         Bytes::from(sdp.to_bytes())
     }
@@ -406,13 +441,27 @@ impl CallState {
     /// stop the music and bridge.
     pub(super) fn bridge_agent(&mut self, resp: &Message) {
         if let (Some(session), Ok(sdp)) = (&self.session, sdp::parse(&resp.body)) {
-            learn(session, Side::B, &sdp, false);
+            learn(session, Side::B, &sdp, false, self.signalling_ip(Leg::B));
             session.stop_play(Side::A);
             session.bridge(true);
         }
         if let Some(id) = self.announce.take() {
             self.ctx.timers.cancel(id);
         }
+    }
+
+    /// The relay reports that no RTP came from either leg for `media.rtp_timeout_secs`
+    /// (neither held nor played to): an answered call is ended with BYE to both legs and
+    /// the CDR reason "rtp timeout". A call not answered yet (ringing without early
+    /// media) goes on.
+    pub(super) fn on_media_timeout(&mut self) {
+        let phase = self.core.as_ref().map(|c| c.phase);
+        if !matches!(phase, Some(Phase::Answered | Phase::Confirmed)) {
+            return;
+        }
+        tracing::info!(call_id = %self.a_call_id_str(), "no media from either leg: call ended");
+        metrics::counter!(MEDIA_TIMEOUTS).increment(1);
+        self.hangup_both(crate::store::HangupBy::System, "rtp timeout");
     }
 
     /// A DTMF digit from the relay or a SIP INFO: kept for the CDR.
