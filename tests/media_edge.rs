@@ -155,8 +155,11 @@ async fn establish(alice: &Ua, bob: &Ua, ra: &Rtp, rb: &Rtp, sw: SocketAddr, cid
         .await;
     let (inv_b, sw_b) = bob.expect_request("INVITE").await;
     let to_switch_b = sdp_addr(&inv_b);
-    bob.send(sw_b, &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("")))
-        .await;
+    bob.send(
+        sw_b,
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("")),
+    )
+    .await;
     let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
     let mut a = Side::caller(alice.addr, cid, &ok);
     alice.send(sw, &a.request("ACK", 1, "", "")).await;
@@ -241,7 +244,13 @@ async fn a_sprayer_gets_no_audio_and_is_counted_while_the_phones_hear_each_other
         }
     }
     assert!(
-        metric_reaches(&node, "switchyard_media_dropped_total", &foreign, before + 100.0).await
+        metric_reaches(
+            &node,
+            "switchyard_media_dropped_total",
+            &foreign,
+            before + 100.0
+        )
+        .await
             >= before + 100.0,
         "the sprayer's 100 packets are counted as foreign"
     );
@@ -273,7 +282,9 @@ async fn a_sprayer_gets_no_audio_and_is_counted_while_the_phones_hear_each_other
     let sprayer_heard = spraying.await.unwrap();
     for (who, heard) in [("bob", &heard_by_b), ("alice", &heard_by_a)] {
         assert!(
-            !heard.iter().any(|p| !p.is_empty() && p.iter().all(|&b| b == SPRAY)),
+            !heard
+                .iter()
+                .any(|p| !p.is_empty() && p.iter().all(|&b| b == SPRAY)),
             "{who} heard the sprayer"
         );
         assert!(heard.len() >= 90, "{who} heard {} packets", heard.len());
@@ -350,7 +361,11 @@ async fn music_is_not_sent_to_an_address_named_only_in_sdp_before_the_caller_lat
     // The caller sends from its signalling address: it latches and hears the music there.
     let sending = rc.send_tone(to_switch, 1000.0, 50);
     let heard = rc.listen(Duration::from_millis(1000)).await;
-    assert!(heard.len() >= 20, "the caller hears music: {} packets", heard.len());
+    assert!(
+        heard.len() >= 20,
+        "the caller hears music: {} packets",
+        heard.len()
+    );
     sending.await.unwrap();
     assert!(
         victim.listen(Duration::from_millis(200)).await.is_empty(),
@@ -453,8 +468,11 @@ async fn a_ringing_call_and_a_held_call_are_not_ended_by_the_rtp_timeout() {
             m.start
         );
     }
-    bob.send(sw_b, &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("")))
-        .await;
+    bob.send(
+        sw_b,
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("")),
+    )
+    .await;
     let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
     let mut a = Side::caller(alice.addr, cid, &ok);
     alice.send(sw, &a.request("ACK", 1, "", "")).await;
