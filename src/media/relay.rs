@@ -491,6 +491,12 @@ impl MediaEngine {
         self.inner.cfg.advertise
     }
 
+    /// How long both legs may send nothing before [`MediaEvent::MediaTimeout`] (None:
+    /// never).
+    pub fn rtp_timeout(&self) -> Option<Duration> {
+        self.inner.cfg.rtp_timeout
+    }
+
     /// Whether recordings can be made (a key ring is loaded).
     pub fn can_record(&self) -> bool {
         self.inner.cfg.keys.is_some()

@@ -453,10 +453,21 @@ impl CallState {
     /// The relay reports that no RTP came from either leg for `media.rtp_timeout_secs`
     /// (neither held nor played to): an answered call is ended with BYE to both legs and
     /// the CDR reason "rtp timeout". A call not answered yet (ringing without early
-    /// media) goes on.
+    /// media) goes on, and so does one answered less than a timeout ago (the report may
+    /// have left the relay just before the answer reached it).
     pub(super) fn on_media_timeout(&mut self) {
-        let phase = self.core.as_ref().map(|c| c.phase);
-        if !matches!(phase, Some(Phase::Answered | Phase::Confirmed)) {
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        if !matches!(core.phase, Phase::Answered | Phase::Confirmed) {
+            return;
+        }
+        let timeout = self.media_ctx().and_then(|m| m.engine.rtp_timeout());
+        let answered_ms = core
+            .cdr
+            .answer_ms
+            .map_or(0, |at| crate::store::now_unix_ms().saturating_sub(at));
+        if timeout.is_none_or(|t| (answered_ms as u128) < t.as_millis()) {
             return;
         }
         tracing::info!(call_id = %self.a_call_id_str(), "no media from either leg: call ended");
