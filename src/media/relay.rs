@@ -7,12 +7,13 @@
 //! Per packet the path is: `recv_from` into the thread's one buffer → latch the source
 //! (symmetric RTP: the leg's remote becomes where it really sends from, for phones behind
 //! NAT; only a source at its SDP or signalling address may latch, others are dropped as
-//! foreign, see [`super::latch`]) → receive statistics (loss, jitter) → taps (RFC 4733 and in-band DTMF,
-//! recording) → transcode in place if the legs' G.711 laws differ → `send_to` from the other
-//! leg's socket. No allocation on that path. Every 20 ms a tick plays prompts and music to
-//! legs that have a playback, writes recorded audio, and once a second publishes quality
-//! figures and metrics (counted per thread, flushed in one go), and ends calls whose media
-//! stopped (`media.rtp_timeout_secs`: an event to the call, which hangs up).
+//! foreign, see [`super::latch`]) → receive statistics (loss, jitter) → taps (RFC 4733 and
+//! in-band DTMF, recording) → transcode in place if the legs' G.711 laws differ → `send_to`
+//! from the other leg's socket. No allocation on that path. Every 20 ms a tick plays
+//! prompts and music to legs that have a playback, writes recorded audio, and once a second
+//! publishes quality figures and metrics (counted per thread, flushed in one go) and
+//! reports calls whose media stopped (`media.rtp_timeout_secs`: an event to the call actor,
+//! which hangs up).
 //!
 //! Commands from the call actors reach a thread over a channel plus a mio waker, so a
 //! caller never blocks on the relay.
