@@ -105,6 +105,12 @@ pub struct MediaConfig {
     /// default: it decodes every packet (RFC 4733 and SIP INFO digits are always detected).
     #[serde(default)]
     pub inband_dtmf: bool,
+    /// An answered anchored call from whose two legs no RTP or RTCP arrived for this many
+    /// seconds is ended (BYE to both, CDR reason "rtp timeout"); held calls (an SDP
+    /// direction other than sendrecv, `c=0.0.0.0`) and legs hearing music or prompts are
+    /// excepted. 0: never.
+    #[serde(default = "default_rtp_timeout_secs")]
+    pub rtp_timeout_secs: u64,
 }
 
 impl Default for MediaConfig {
@@ -123,6 +129,7 @@ impl Default for MediaConfig {
             anchor_all: false,
             record_all: false,
             inband_dtmf: false,
+            rtp_timeout_secs: default_rtp_timeout_secs(),
         }
     }
 }
@@ -143,6 +150,10 @@ fn default_rtp_ports() -> String {
 
 fn default_media_bind() -> std::net::IpAddr {
     std::net::IpAddr::from([0, 0, 0, 0])
+}
+
+fn default_rtp_timeout_secs() -> u64 {
+    60
 }
 
 fn one_usize() -> usize {

@@ -100,6 +100,7 @@ fn start_media(
         recordings_dir,
         keys: Some(keys.clone()),
         inband_dtmf: m.inband_dtmf,
+        rtp_timeout: (m.rtp_timeout_secs > 0).then(|| Duration::from_secs(m.rtp_timeout_secs)),
     })?;
     engine.set_sink(crate::actors::call::event_sink(ctx));
     let weak = Arc::downgrade(ctx);

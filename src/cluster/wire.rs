@@ -658,6 +658,7 @@ impl WireCallMsg {
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic
+            | CallMsg::MediaTimeout
             | CallMsg::Dtmf { .. }
             | CallMsg::Recording(..)
             | CallMsg::CdrStored(_) => return None,

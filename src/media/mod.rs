@@ -13,10 +13,12 @@
 //! - [`recording`]: envelope-encrypted two-track recordings (AES-256-GCM) and their keys.
 //! - [`batch`]: batched UDP receive (`recvmmsg`).
 //! - [`ports`]: the RTP/RTCP port pool.
+//! - [`latch`]: which sources a relay leg hears and where its media may go (no hijack).
 //! - [`relay`]: the relay engine: per-call sessions, symmetric RTP, playback, taps.
 pub mod batch;
 pub mod dtmf;
 pub mod g711;
+pub mod latch;
 pub mod ports;
 pub mod prompts;
 pub mod quality;

@@ -5,12 +5,15 @@
 //! call's Call-ID ([`MediaEngine::get`]).
 //!
 //! Per packet the path is: `recv_from` into the thread's one buffer → latch the source
-//! (symmetric RTP: the first packet's source address becomes the leg's remote, for phones
-//! behind NAT) → receive statistics (loss, jitter) → taps (RFC 4733 and in-band DTMF,
-//! recording) → transcode in place if the legs' G.711 laws differ → `send_to` from the other
-//! leg's socket. No allocation on that path. Every 20 ms a tick plays prompts and music to
-//! legs that have a playback, writes recorded audio, and once a second publishes quality
-//! figures and metrics (counted per thread, flushed in one go).
+//! (symmetric RTP: the leg's remote becomes where it really sends from, for phones behind
+//! NAT; only a source at its SDP or signalling address may latch, others are dropped as
+//! foreign, see [`super::latch`]) → receive statistics (loss, jitter) → taps (RFC 4733 and
+//! in-band DTMF, recording) → transcode in place if the legs' G.711 laws differ → `send_to`
+//! from the other leg's socket. No allocation on that path. Every 20 ms a tick plays
+//! prompts and music to legs that have a playback, writes recorded audio, and once a second
+//! publishes quality figures and metrics (counted per thread, flushed in one go) and
+//! reports calls whose media stopped (`media.rtp_timeout_secs`: an event to the call actor,
+//! which hangs up).
 //!
 //! Commands from the call actors reach a thread over a channel plus a mio waker, so a
 //! caller never blocks on the relay.
@@ -32,6 +35,7 @@ use std::time::{Duration, Instant};
 use super::batch::{Batch, BATCH};
 use super::dtmf::{EventDetector, InbandDetector};
 use super::g711::Codec;
+use super::latch::{Latch, Verdict};
 use super::ports::PortPool;
 use super::quality::{self, LegQuality, RecvStats};
 use super::recording::{Finished, KeyRing, Recorder};
@@ -71,7 +75,7 @@ pub fn describe() {
     describe_counter!(BYTES, "RTP and RTCP bytes, by dir (in, out)");
     describe_counter!(
         DROPPED,
-        "Packets not relayed, by reason (malformed, no_peer, direction, send_error, playback)"
+        "Packets not relayed, by reason (malformed, no_peer, direction, send_error, playback, foreign_source: from an address the leg may not latch onto, not_latched: to a leg whose SDP address is not the signalling host's, before its first packet)"
     );
     describe_counter!(
         LOST,
@@ -170,6 +174,10 @@ pub enum MediaEvent {
         call: Bytes,
         reason: String,
     },
+    /// No RTP or RTCP arrived from either leg for `media.rtp_timeout_secs` (and neither
+    /// is held nor played to): the call's media is dead. Repeated every timeout while it
+    /// stays so (a call still ringing may ignore it).
+    MediaTimeout { call: Bytes },
 }
 
 /// Receives the relay's events (called on relay threads: must not block).
@@ -189,6 +197,9 @@ pub struct EngineConfig {
     pub keys: Option<Arc<KeyRing>>,
     /// Run the in-band (Goertzel) DTMF detector on every G.711 leg.
     pub inband_dtmf: bool,
+    /// A call whose legs both send nothing for this long is reported
+    /// ([`MediaEvent::MediaTimeout`]); None: never.
+    pub rtp_timeout: Option<Duration>,
 }
 
 /// Why a session could not be set up.
@@ -257,8 +268,15 @@ impl Session {
     pub fn call(&self) -> &Bytes {
         &self.call
     }
-    /// Where `side` sends from and wants media at (from its SDP), its codec, and its
-    /// telephone-event payload type. Re-latches on the next packet.
+    /// The IP `side`'s signalling comes from: its media may come from there too (a phone
+    /// behind NAT), and before any packet arrived media goes to its SDP address only if
+    /// it is this IP (see [`super::latch`]). Set it before [`Session::set_remote`].
+    pub fn set_signalling(&self, side: Side, ip: IpAddr) {
+        self.send(Command::Signalling { side, ip });
+    }
+    /// Where `side` wants media at (from its SDP, an offer or answer), its codec, and its
+    /// telephone-event payload type. Opens the leg's latch window: the next packet from
+    /// its SDP or signalling address latches.
     pub fn set_remote(
         &self,
         side: Side,
@@ -342,6 +360,10 @@ enum Command {
         addr: SocketAddr,
         codec: Option<Codec>,
         te_pt: Option<u8>,
+    },
+    Signalling {
+        side: Side,
+        ip: IpAddr,
     },
     Direction {
         side: Side,
@@ -468,6 +490,12 @@ impl MediaEngine {
     /// The address rewritten SDP carries.
     pub fn advertise(&self) -> IpAddr {
         self.inner.cfg.advertise
+    }
+
+    /// How long both legs may send nothing before [`MediaEvent::MediaTimeout`] (None:
+    /// never).
+    pub fn rtp_timeout(&self) -> Option<Duration> {
+        self.inner.cfg.rtp_timeout
     }
 
     /// Whether recordings can be made (a key ring is loaded).
@@ -610,13 +638,12 @@ struct LegIo {
     port: u16,
     rtp: UdpSocket,
     rtcp: UdpSocket,
-    remote: Option<SocketAddr>,
-    remote_rtcp: Option<SocketAddr>,
-    latched: bool,
+    /// Which sources the leg hears and where its media may go.
+    latch: Latch,
     /// The RTP socket is connected to the latched source: the kernel skips the route
-    /// lookup on each send and drops packets from anyone else (no RTP injection).
+    /// lookup on each send and refuses packets from anyone else before the relay sees
+    /// them (no RTP injection; they count in the kernel's UDP `NoPorts`).
     connected: bool,
-    rtcp_latched: bool,
     codec: Option<Codec>,
     te_pt: Option<u8>,
     /// Packets may be relayed to this leg / from this leg (its SDP direction).
@@ -637,6 +664,8 @@ struct LegIo {
     packets_in: u64,
     bytes_in: u64,
     packets_out: u64,
+    /// RTCP packets heard (with `packets_in`: whether the leg is alive).
+    rtcp_in: u64,
     /// Loss and jitter this leg's RTCP reports for what it receives; round-trip time.
     remote_loss: f64,
     remote_jitter_ms: f64,
@@ -658,11 +687,8 @@ impl LegIo {
             port,
             rtp,
             rtcp,
-            remote: None,
-            remote_rtcp: None,
-            latched: false,
+            latch: Latch::default(),
             connected: false,
-            rtcp_latched: false,
             codec: None,
             te_pt: None,
             send_ok: true,
@@ -682,6 +708,7 @@ impl LegIo {
             packets_in: 0,
             bytes_in: 0,
             packets_out: 0,
+            rtcp_in: 0,
             remote_loss: 0.0,
             remote_jitter_ms: 0.0,
             rtt_ms: None,
@@ -698,7 +725,7 @@ impl LegIo {
     /// Sends the switch's own RTCP sender report to the leg (its playback stream), with a
     /// report block on the leg's stream when it sends one. True when sent.
     fn send_own_rtcp(&mut self, out: &mut Vec<u8>) -> bool {
-        let Some(dest) = self.remote_rtcp else {
+        let Some(dest) = self.latch.rtcp_dest() else {
             return false;
         };
         let (ntp_sec, ntp_frac) = rtp::ntp_now();
@@ -805,6 +832,10 @@ struct Sess {
     created: Instant,
     /// Consecutive reaper checks that found no call actor.
     orphan_checks: u8,
+    /// When media last showed life (a packet, an offer/answer, a hold or a playback),
+    /// and the packet count it was seen at (the RTP timeout).
+    alive_at: Instant,
+    alive_packets: u64,
 }
 
 impl Sess {
@@ -820,6 +851,8 @@ impl Sess {
             rec: None,
             created: Instant::now(),
             orphan_checks: 0,
+            alive_at: Instant::now(),
+            alive_packets: 0,
         }
     }
 }
@@ -838,6 +871,8 @@ struct Counters {
     direction: u64,
     send_error: u64,
     playback: u64,
+    foreign: u64,
+    not_latched: u64,
     lost: i64,
     expected: u64,
     late: u64,
@@ -1079,13 +1114,13 @@ impl RelayThread {
         let bridged = s.bridged;
         let recording = s.rec.as_ref().is_some_and(|r| !r.paused);
         let (this, other) = pair(&mut s.legs, side);
-        if !this.latched {
+        match this.latch.on_rtp(from) {
+            Verdict::Accepted => {}
             // Symmetric RTP: answer where the leg really sends from.
-            this.remote = Some(from);
-            this.latched = true;
-            this.connected = this.rtp.connect(from).is_ok();
-            if !this.rtcp_latched {
-                this.remote_rtcp = Some(SocketAddr::new(from.ip(), from.port().wrapping_add(1)));
+            Verdict::Latched => this.connected = this.rtp.connect(from).is_ok(),
+            Verdict::Foreign => {
+                self.counters.foreign += 1;
+                return;
             }
         }
         this.packets_in += 1;
@@ -1162,8 +1197,12 @@ impl RelayThread {
             self.counters.playback += 1;
             return;
         }
-        let Some(dest) = other.remote else {
-            self.counters.no_peer += 1;
+        let Some(dest) = other.latch.dest() else {
+            if other.latch.remote().is_some() {
+                self.counters.not_latched += 1;
+            } else {
+                self.counters.no_peer += 1;
+            }
             return;
         };
         // The other leg may use the other G.711 law or another telephone-event number.
@@ -1205,10 +1244,11 @@ impl RelayThread {
             self.counters.bytes_in += n as u64;
             let bridged = s.bridged;
             let (this, other) = pair(&mut s.legs, side);
-            if !this.rtcp_latched {
-                this.remote_rtcp = Some(from);
-                this.rtcp_latched = true;
+            if !this.latch.on_rtcp(from) {
+                self.counters.foreign += 1;
+                continue;
             }
+            this.rtcp_in += 1;
             let (ntp_sec, ntp_frac) = rtp::ntp_now();
             let now_mid = rtp::ntp_middle(ntp_sec, ntp_frac);
             for p in rtp::parse_rtcp(&self.buf[..n]) {
@@ -1230,7 +1270,7 @@ impl RelayThread {
                 }
             }
             if bridged && other.play.is_none() {
-                if let Some(dest) = other.remote_rtcp {
+                if let Some(dest) = other.latch.rtcp_dest() {
                     if other.rtcp.send_to(&self.buf[..n], dest).is_ok() {
                         self.counters.rtcp_out += 1;
                         self.counters.bytes_out += n as u64;
@@ -1251,9 +1291,11 @@ impl RelayThread {
             };
             for leg in s.legs.iter_mut() {
                 // Outgoing RFC 4733 digits first, then playback.
-                if let (Some(ev), Some(pt), Some(dest)) =
-                    (leg.dtmf_out.pop_front(), leg.te_pt, leg.remote)
+                // Only to where the leg sent from, or its signalling host (no reflection).
+                if let (Some(pt), Some(dest), false) =
+                    (leg.te_pt, leg.latch.dest(), leg.dtmf_out.is_empty())
                 {
+                    let ev = leg.dtmf_out.pop_front().expect("not empty");
                     let h = rtp::write_rtp_header(
                         &mut out,
                         false,
@@ -1280,7 +1322,13 @@ impl RelayThread {
                     ended += 1;
                     continue;
                 }
-                let (Some(dest), true) = (leg.remote, leg.send_ok) else {
+                if !leg.send_ok {
+                    continue;
+                }
+                let Some(dest) = leg.latch.dest() else {
+                    // Not before the leg's first packet, unless its SDP address is its
+                    // signalling host's: never music at a third address named in SDP.
+                    self.counters.not_latched += 1;
                     continue;
                 };
                 let codec = leg.codec.unwrap_or(Codec::Pcmu);
@@ -1347,6 +1395,7 @@ impl RelayThread {
                 }
             }
             self.flush_metrics();
+            self.check_timeouts();
         }
         if self.last_reap.elapsed() >= REAP_EVERY {
             self.last_reap = Instant::now();
@@ -1374,7 +1423,7 @@ impl RelayThread {
                 bytes_in: leg.bytes_in,
                 packets_out: leg.packets_out,
                 quality: leg.quality(),
-                remote: leg.remote,
+                remote: leg.latch.remote(),
             };
         }
         *lock(&s.shared.stats) = out;
@@ -1403,11 +1452,49 @@ impl RelayThread {
         add(DROPPED, &[("reason", "direction")], c.direction);
         add(DROPPED, &[("reason", "send_error")], c.send_error);
         add(DROPPED, &[("reason", "playback")], c.playback);
+        add(DROPPED, &[("reason", "foreign_source")], c.foreign);
+        add(DROPPED, &[("reason", "not_latched")], c.not_latched);
         add(LOST, &[], c.lost.max(0) as u64);
         add(EXPECTED, &[], c.expected);
         add(LATE, &[], c.late);
         add(DTMF, &[("source", "rfc4733")], c.dtmf_rfc4733);
         add(DTMF, &[("source", "inband")], c.dtmf_inband);
+    }
+
+    /// Reports calls whose media stopped: no RTP or RTCP from either leg for
+    /// `rtp_timeout`, and neither leg held (an SDP direction other than sendrecv, or the
+    /// `c=0.0.0.0` hold address), played to, or kept apart from the other (a caller
+    /// waiting in a queue): a held party may send nothing. Reported again every timeout
+    /// while it lasts (a call still ringing ignores it).
+    fn check_timeouts(&mut self) {
+        let Some(engine) = self.engine.upgrade() else {
+            return;
+        };
+        let Some(timeout) = engine.cfg.rtp_timeout else {
+            return;
+        };
+        let now = Instant::now();
+        for s in self.sessions.iter_mut().flatten() {
+            let packets: u64 = s.legs.iter().map(|l| l.packets_in + l.rtcp_in).sum();
+            let held = !s.bridged
+                || s.legs.iter().any(|l| {
+                    !l.send_ok || !l.recv_ok || l.play.is_some() || l.latch.on_hold_address()
+                });
+            if packets != s.alive_packets || held {
+                s.alive_packets = packets;
+                s.alive_at = now;
+                continue;
+            }
+            if now.duration_since(s.alive_at) >= timeout {
+                s.alive_at = now;
+                emit(
+                    &engine,
+                    MediaEvent::MediaTimeout {
+                        call: s.shared.call.clone(),
+                    },
+                );
+            }
+        }
     }
 
     /// Removes sessions whose call has had no actor for two checks in a row (a call actor
@@ -1573,23 +1660,22 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
             te_pt,
         } => {
             let leg = &mut s.legs[side.idx()];
-            if leg.remote != Some(addr) {
-                leg.remote = Some(addr);
-                leg.remote_rtcp = Some(SocketAddr::new(addr.ip(), addr.port().wrapping_add(1)));
-                leg.latched = false;
-                leg.rtcp_latched = false;
-                // The new address (or a NAT in front of it) may send from elsewhere: hear
-                // anyone until the next packet latches again.
-                if leg.connected {
-                    leg.connected = super::batch::disconnect(leg.rtp.as_raw_fd()).is_err();
-                }
+            // An offer/answer: the latch window opens. The leg (or a NAT in front of it)
+            // may now send from another port or its new address: hear the allowed sources
+            // until the next packet latches again.
+            leg.latch.offer(addr);
+            if leg.connected {
+                leg.connected = super::batch::disconnect(leg.rtp.as_raw_fd()).is_err();
             }
+            s.alive_at = Instant::now();
             if codec.is_some() {
                 leg.codec = codec;
             }
             leg.te_pt = te_pt.or(leg.te_pt);
         }
+        Command::Signalling { side, ip } => s.legs[side.idx()].latch.set_signalling(ip),
         Command::Direction { side, direction } => {
+            s.alive_at = Instant::now();
             let leg = &mut s.legs[side.idx()];
             let (sends, receives) = match direction {
                 Direction::SendRecv => (true, true),
@@ -1709,5 +1795,254 @@ fn emit_dtmf(
                 source,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The relay's latching with real sockets on loopback: phones, a sprayer and a victim on
+    //! their own 127.0.0.x addresses. Each test has its own engine and port range.
+    use super::*;
+    use std::net::UdpSocket as Std;
+
+    fn engine(ports: (u16, u16), rtp_timeout: Option<Duration>) -> MediaEngine {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        MediaEngine::start(EngineConfig {
+            bind: ip,
+            advertise: ip,
+            ports,
+            threads: 1,
+            recordings_dir: std::env::temp_dir(),
+            keys: None,
+            inband_dtmf: false,
+            rtp_timeout,
+        })
+        .unwrap()
+    }
+
+    fn sock(ip: &str) -> Std {
+        let s = Std::bind((ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s
+    }
+
+    fn ip(s: &Std) -> IpAddr {
+        s.local_addr().unwrap().ip()
+    }
+
+    /// A PCMU packet whose payload is all `mark` (who sent it).
+    fn packet(mark: u8, seq: u16) -> [u8; 12 + FRAME] {
+        let mut p = [mark; 12 + FRAME];
+        rtp::write_rtp_header(
+            &mut p,
+            false,
+            0,
+            seq,
+            seq as u32 * 160,
+            0x1000 + mark as u32,
+        );
+        p
+    }
+
+    /// The marks of the packets `s` receives within `wait`.
+    fn heard(s: &Std, wait: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + wait;
+        let mut marks = Vec::new();
+        let mut buf = [0u8; 2048];
+        while Instant::now() < deadline {
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                if n > 12 {
+                    marks.push(buf[12]);
+                }
+            }
+        }
+        marks
+    }
+
+    /// `from` sends packets marked `mark` to `to` every 20 ms until `listener` hears one
+    /// (bounded: 2 s). The marks heard meanwhile.
+    fn send_until_heard(from: &Std, mark: u8, to: SocketAddr, listener: &Std) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        let mut marks = Vec::new();
+        for seq in 0..100u16 {
+            from.send_to(&packet(mark, seq), to).unwrap();
+            if let Ok((n, _)) = listener.recv_from(&mut buf) {
+                if n > 12 {
+                    marks.push(buf[12]);
+                    if buf[12] == mark {
+                        return marks;
+                    }
+                }
+            }
+        }
+        panic!("packets marked {mark} never relayed; heard {marks:?}");
+    }
+
+    fn to(session: &Session, side: Side) -> SocketAddr {
+        SocketAddr::new(session.address(), session.port(side))
+    }
+
+    #[test]
+    fn a_sprayer_is_dropped_while_the_phones_latch_on_their_sdp_addresses() {
+        let e = engine((47100, 47119), None);
+        let (alice, bob, sprayer) = (sock("127.0.0.11"), sock("127.0.0.12"), sock("127.0.0.66"));
+        let s = e.allocate(&Bytes::from_static(b"latch-1")).unwrap();
+        // Alice signals from elsewhere: only her SDP address may latch her leg.
+        s.set_signalling(Side::A, "127.0.0.21".parse().unwrap());
+        s.set_remote(
+            Side::A,
+            alice.local_addr().unwrap(),
+            Some(Codec::Pcmu),
+            None,
+        );
+        s.set_signalling(Side::B, ip(&bob));
+        s.set_remote(Side::B, bob.local_addr().unwrap(), Some(Codec::Pcmu), None);
+        // The sprayer is first on both ports: neither leg latches onto it.
+        for seq in 0..20 {
+            sprayer.send_to(&packet(66, seq), to(&s, Side::A)).unwrap();
+            sprayer.send_to(&packet(66, seq), to(&s, Side::B)).unwrap();
+        }
+        let marks = send_until_heard(&alice, 11, to(&s, Side::A), &bob);
+        assert!(!marks.contains(&66), "bob heard the sprayer: {marks:?}");
+        let marks = send_until_heard(&bob, 12, to(&s, Side::B), &alice);
+        assert!(!marks.contains(&66), "alice heard the sprayer: {marks:?}");
+        // Latched: the sprayer still gets nothing in and hears nothing.
+        for seq in 20..40 {
+            sprayer.send_to(&packet(66, seq), to(&s, Side::A)).unwrap();
+        }
+        alice.send_to(&packet(11, 200), to(&s, Side::A)).unwrap();
+        let marks = heard(&bob, Duration::from_millis(300));
+        assert_eq!(marks, vec![11], "bob hears alice only");
+        assert!(heard(&sprayer, Duration::from_millis(100)).is_empty());
+    }
+
+    #[test]
+    fn the_signalling_address_latches_a_phone_whose_sdp_names_a_private_address() {
+        let e = engine((47120, 47139), None);
+        let (alice, bob) = (sock("127.0.0.11"), sock("127.0.0.12"));
+        let s = e.allocate(&Bytes::from_static(b"latch-2")).unwrap();
+        s.set_signalling(Side::A, ip(&alice));
+        s.set_remote(Side::A, "10.9.8.7:4000".parse().unwrap(), None, None);
+        s.set_signalling(Side::B, ip(&bob));
+        s.set_remote(Side::B, bob.local_addr().unwrap(), None, None);
+        send_until_heard(&alice, 11, to(&s, Side::A), &bob);
+        // Bob's audio goes where alice really sends from, not to the private address.
+        send_until_heard(&bob, 12, to(&s, Side::B), &alice);
+    }
+
+    #[test]
+    fn a_re_offer_re_opens_the_window_for_the_moved_phone() {
+        let e = engine((47140, 47159), None);
+        let (alice, bob, moved) = (sock("127.0.0.11"), sock("127.0.0.12"), sock("127.0.0.13"));
+        let s = e.allocate(&Bytes::from_static(b"latch-3")).unwrap();
+        s.set_signalling(Side::A, ip(&alice));
+        s.set_remote(Side::A, alice.local_addr().unwrap(), None, None);
+        s.set_signalling(Side::B, ip(&bob));
+        s.set_remote(Side::B, bob.local_addr().unwrap(), None, None);
+        send_until_heard(&alice, 11, to(&s, Side::A), &bob);
+        // Before the move, the new address is foreign.
+        moved.send_to(&packet(13, 1), to(&s, Side::A)).unwrap();
+        alice.send_to(&packet(11, 2), to(&s, Side::A)).unwrap();
+        assert_eq!(heard(&bob, Duration::from_millis(300)), vec![11]);
+        // A re-INVITE moves alice's media: the new address latches, the old one is out.
+        s.set_remote(Side::A, moved.local_addr().unwrap(), None, None);
+        send_until_heard(&moved, 13, to(&s, Side::A), &bob);
+        alice.send_to(&packet(11, 3), to(&s, Side::A)).unwrap();
+        moved.send_to(&packet(13, 4), to(&s, Side::A)).unwrap();
+        assert_eq!(heard(&bob, Duration::from_millis(300)), vec![13]);
+    }
+
+    #[test]
+    fn media_to_an_sdp_address_that_is_not_the_signalling_host_waits_for_its_first_packet() {
+        // A carrier whose media address is not its signalling address: the caller's audio
+        // goes there once the carrier's media has been heard from it.
+        let e = engine((47200, 47219), None);
+        let (alice, carrier) = (sock("127.0.0.11"), sock("127.0.0.32"));
+        let s = e.allocate(&Bytes::from_static(b"latch-5")).unwrap();
+        s.set_signalling(Side::A, ip(&alice));
+        s.set_remote(Side::A, alice.local_addr().unwrap(), None, None);
+        s.set_signalling(Side::B, "127.0.0.31".parse().unwrap());
+        s.set_remote(Side::B, carrier.local_addr().unwrap(), None, None);
+        for seq in 0..10 {
+            alice.send_to(&packet(11, seq), to(&s, Side::A)).unwrap();
+            assert!(
+                heard(&carrier, Duration::from_millis(20)).is_empty(),
+                "nothing to an address named only in SDP"
+            );
+        }
+        send_until_heard(&carrier, 32, to(&s, Side::B), &alice);
+        send_until_heard(&alice, 11, to(&s, Side::A), &carrier);
+    }
+
+    #[test]
+    fn playback_waits_for_the_latch_when_sdp_names_a_third_address() {
+        let e = engine((47160, 47179), None);
+        let (caller, victim) = (sock("127.0.0.66"), sock("127.0.0.99"));
+        let s = e.allocate(&Bytes::from_static(b"latch-4")).unwrap();
+        // The caller signals from .66 and its SDP names the victim.
+        s.set_signalling(Side::A, ip(&caller));
+        s.set_remote(
+            Side::A,
+            victim.local_addr().unwrap(),
+            Some(Codec::Pcmu),
+            None,
+        );
+        s.play(
+            Side::A,
+            Playlist {
+                items: Vec::new(),
+                then_loop: Some(Arc::from(vec![1000i16; FRAME])),
+            },
+        );
+        s.send_dtmf(Side::A, '5');
+        assert!(
+            heard(&victim, Duration::from_millis(400)).is_empty(),
+            "no music, DTMF or RTCP at an address named only in SDP"
+        );
+        // Once the caller sends (from its signalling address), the music goes to it.
+        let mut buf = [0u8; 2048];
+        let mut got = false;
+        for seq in 0..100 {
+            caller.send_to(&packet(1, seq), to(&s, Side::A)).unwrap();
+            if caller.recv_from(&mut buf).is_ok() {
+                got = true;
+                break;
+            }
+        }
+        assert!(got, "music after the latch");
+        assert!(heard(&victim, Duration::from_millis(100)).is_empty());
+    }
+
+    #[test]
+    fn silent_media_is_reported_unless_a_leg_is_held() {
+        let e = engine((47180, 47199), Some(Duration::from_secs(1)));
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        e.set_sink(Arc::new(move |ev| {
+            if let MediaEvent::MediaTimeout { call } = ev {
+                let _ = lock(&tx).send(call);
+            }
+        }));
+        let (alice, bob) = (sock("127.0.0.11"), sock("127.0.0.12"));
+        let held = e.allocate(&Bytes::from_static(b"held")).unwrap();
+        held.set_remote(Side::A, alice.local_addr().unwrap(), None, None);
+        held.set_direction(Side::A, Direction::SendOnly);
+        held.set_remote(Side::B, bob.local_addr().unwrap(), None, None);
+        held.set_direction(Side::B, Direction::RecvOnly);
+        let silent = e.allocate(&Bytes::from_static(b"silent")).unwrap();
+        silent.set_remote(Side::A, alice.local_addr().unwrap(), None, None);
+        silent.set_remote(Side::B, bob.local_addr().unwrap(), None, None);
+        let call = rx.recv_timeout(Duration::from_secs(5)).expect("a timeout");
+        assert_eq!(&call[..], b"silent");
+        // Reported again a timeout later while it lasts; the held call never.
+        let mut calls = vec![call];
+        while let Ok(c) = rx.recv_timeout(Duration::from_millis(2500)) {
+            calls.push(c);
+            if calls.len() == 3 {
+                break;
+            }
+        }
+        assert!(calls.len() >= 2, "{calls:?}");
+        assert!(calls.iter().all(|c| &c[..] == b"silent"), "{calls:?}");
     }
 }

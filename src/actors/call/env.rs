@@ -20,8 +20,9 @@ pub struct MediaCtx {
     pub music: Arc<[i16]>,
 }
 
-/// Where the relay's events go: DTMF digits to the call's actor, recording index changes
-/// to the store writer (looked up per event: either may have restarted).
+/// Where the relay's events go: DTMF digits and media timeouts to the call's actor,
+/// recording index changes to the store writer (looked up per event: either may have
+/// restarted).
 pub fn event_sink(ctx: &Arc<CallContext>) -> crate::media::relay::EventSink {
     use crate::actors::store_writer;
     use crate::media::relay::MediaEvent;
@@ -49,6 +50,11 @@ pub fn event_sink(ctx: &Arc<CallContext>) -> crate::media::relay::EventSink {
                         digit,
                         source,
                     });
+                }
+            }
+            MediaEvent::MediaTimeout { call } => {
+                if let Some(actor) = ctx.directory.lookup(&call) {
+                    let _ = actor.cast(super::CallMsg::MediaTimeout);
                 }
             }
             MediaEvent::RecordingStarted {
@@ -112,6 +118,7 @@ impl Env for NodeEnv {
             anchor_all: m.anchor_all,
             record_all: m.record_all,
             can_record: m.engine.can_record(),
+            rtp_timeout: m.engine.rtp_timeout(),
         })
     }
 
@@ -253,6 +260,7 @@ pub(super) fn media(ctx: &CallContext, call: &Bytes, op: MediaOp) {
         } => session.set_remote(side, addr, codec, te),
         MediaOp::SetRemoteCodec { side, codec } => session.set_remote_codec(side, codec),
         MediaOp::SetDirection { side, direction } => session.set_direction(side, direction),
+        MediaOp::SetSignalling { side, ip } => session.set_signalling(side, ip),
         MediaOp::Bridge(on) => session.bridge(on),
         MediaOp::Music { side, announce } => {
             let first = announce.map(|(position, wait)| {

@@ -475,6 +475,9 @@ pub enum CallMsg {
         digit: char,
         source: crate::media::relay::DtmfSource,
     },
+    /// The relay saw no RTP from either leg for `media.rtp_timeout_secs`: an answered
+    /// call ends (BYE to both, CDR reason "rtp timeout").
+    MediaTimeout,
     /// The queue says where a waiting caller stands (for its announcement).
     QueuePosition {
         position: u32,
@@ -593,6 +596,7 @@ impl Actor for CallActor {
                 return Ok(());
             }
             CallMsg::CdrStored(stored) => Event::CdrStored(stored),
+            CallMsg::MediaTimeout => Event::MediaTimeout,
             CallMsg::Control(cmd, reply) => {
                 let result = state.with_core(|core, now, out| core.command(cmd, now, out));
                 let _ = reply.send(result);

@@ -116,6 +116,13 @@ pub enum MediaOp {
         side: Side,
         codec: Codec,
     },
+    /// The IP `side`'s SIP comes from: its media may latch there too (phones behind NAT),
+    /// and media goes there before the first packet (never to an address named only in
+    /// SDP).
+    SetSignalling {
+        side: Side,
+        ip: IpAddr,
+    },
     SetDirection {
         side: Side,
         direction: Direction,
@@ -164,6 +171,8 @@ pub struct MediaSettings {
     pub anchor_all: bool,
     pub record_all: bool,
     pub can_record: bool,
+    /// `media.rtp_timeout_secs` (None: off).
+    pub rtp_timeout: Option<Duration>,
 }
 
 /// What the core asks the node (the call actor answers from the relay engine and the

@@ -8,11 +8,16 @@
 //! and position announcements, and the agent is offered a fresh SDP of the switch; when the
 //! agent answers, playback stops and the legs are bridged (transcoding between μ-law and
 //! A-law if they chose differently).
+//!
+//! The session is told each leg's signalling address with its SDP: a leg latches only onto
+//! media from its SDP or signalling address, and gets media before its first packet only at
+//! its signalling host ([`crate::media::latch`]). A call whose media stopped is ended here
+//! when the relay reports it ([`CallCore::on_media_timeout`]).
 
 use bytes::Bytes;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use super::{CallCore, CallTimer, Effect, Leg, MediaOp};
+use super::{CallCore, CallTimer, Effect, Leg, MediaOp, Phase};
 use crate::actors::router::MediaPolicy;
 use crate::media::g711::Codec;
 use crate::media::relay::{DtmfSource, Side};
@@ -22,6 +27,7 @@ use crate::sip::sdp::{self, Direction, Format, Sdp};
 pub const ANCHOR_REFUSED: &str = "switchyard_media_anchor_refused_total";
 pub const MOS: &str = "switchyard_media_mos";
 pub const RECORDINGS_STARTED: &str = "switchyard_recordings_started_total";
+pub const MEDIA_TIMEOUTS: &str = "switchyard_media_timeouts_total";
 
 /// Describes the call-side media metrics.
 pub fn describe() {
@@ -37,6 +43,10 @@ pub fn describe() {
     describe_counter!(
         RECORDINGS_STARTED,
         "Recordings started, by trigger (config, api)"
+    );
+    describe_counter!(
+        MEDIA_TIMEOUTS,
+        "Answered calls ended because no RTP or RTCP came from either leg for media.rtp_timeout_secs"
     );
 }
 
@@ -59,12 +69,16 @@ fn telephone_event(sdp: &Sdp) -> Option<u8> {
         .map(|f| f.pt)
 }
 
-/// Tells the session where `side` wants its audio, in which codec, and its direction.
+/// Tells the session where `side` wants its audio, in which codec, and its direction;
+/// `signalling`: the IP its SIP comes from. The leg's latch window opens.
 /// `follow`: the other leg uses the same codec (one end-to-end negotiation).
-fn learn(out: &mut Vec<Effect>, side: Side, sdp: &Sdp, follow: bool) {
+fn learn(out: &mut Vec<Effect>, side: Side, sdp: &Sdp, follow: bool, signalling: Option<IpAddr>) {
     let Some(idx) = sdp.audio_index() else {
         return;
     };
+    if let Some(ip) = signalling {
+        out.push(Effect::Media(MediaOp::SetSignalling { side, ip }));
+    }
     let port = sdp.media[idx].port;
     let codec = sdp.codecs().iter().find_map(g711);
     let te = telephone_event(sdp);
@@ -89,6 +103,22 @@ fn learn(out: &mut Vec<Effect>, side: Side, sdp: &Sdp, follow: bool) {
 }
 
 impl CallCore {
+    /// The IP `leg`'s signalling comes from: the caller's source (the agent's phone for
+    /// click-to-call), the callee's destination. None before the leg exists.
+    fn signalling_ip(&self, leg: Leg) -> Option<IpAddr> {
+        let core = self.core.as_ref()?;
+        match leg {
+            Leg::A => Some(core.a_source.remote.ip()),
+            Leg::B if core.b_call_id.is_empty() => None,
+            Leg::B => Some(core.b_dest.addr.ip()),
+            Leg::X => core
+                .transfer
+                .as_ref()
+                .and_then(|t| t.transferor.as_ref())
+                .map(|p| p.dest.addr.ip()),
+        }
+    }
+
     /// Whether the caller's leg is up while a callee is sought: answered by the switch (a
     /// queue that answers first) or by an earlier callee (a transfer).
     pub(super) fn a_answered(&self) -> bool {
@@ -134,7 +164,8 @@ impl CallCore {
         match self.env.allocate_media(a_call_id) {
             Ok(ports) => {
                 if let Some(o) = &offer {
-                    learn(&mut self.out, Side::A, o, false);
+                    let ip = self.signalling_ip(Leg::A);
+                    learn(&mut self.out, Side::A, o, false, ip);
                 }
                 self.session = Some(ports);
                 Ok(Some(policy))
@@ -160,6 +191,11 @@ impl CallCore {
                 self.refuse(status, reason);
                 return false;
             }
+        }
+        if let (Some(_), Some(ip)) = (self.session, self.signalling_ip(Leg::A)) {
+            // The caller's offer was learnt before the call's state existed.
+            let side = self.side_of(Leg::A);
+            self.media_op(MediaOp::SetSignalling { side, ip });
         }
         self.checkpoint();
         if self.core().media.as_ref().is_some_and(|m| m.record) {
@@ -217,7 +253,8 @@ impl CallCore {
         };
         let s = self.side_of(from);
         let follow = answer && !self.a_answered();
-        learn(&mut self.out, s, &sdp, follow);
+        let ip = self.signalling_ip(from);
+        learn(&mut self.out, s, &sdp, follow, ip);
         sdp.anchor(session.address, session.port(s.other()));
         Bytes::from(sdp.to_bytes())
     }
@@ -329,13 +366,39 @@ impl CallCore {
     pub(super) fn bridge_agent(&mut self, resp: &Message) {
         if let (Some(_), Ok(sdp)) = (self.session, sdp::parse(&resp.body)) {
             let (a, b) = (self.side_of(Leg::A), self.side_of(Leg::B));
-            learn(&mut self.out, b, &sdp, false);
+            let ip = self.signalling_ip(Leg::B);
+            learn(&mut self.out, b, &sdp, false, ip);
             self.media_op(MediaOp::StopPlay(a));
             self.media_op(MediaOp::Bridge(true));
         }
         if let Some(id) = self.announce.take() {
             self.cancel_timer(id);
         }
+    }
+
+    /// The relay reports that no RTP came from either leg for `media.rtp_timeout_secs`
+    /// (neither held nor played to): an answered call is ended with BYE to both legs and
+    /// the CDR reason "rtp timeout". A call not answered yet (ringing without early
+    /// media) goes on, and so does one answered less than a timeout ago (the report may
+    /// have left the relay just before the answer reached it).
+    pub(super) fn on_media_timeout(&mut self) {
+        let Some(core) = self.core.as_ref() else {
+            return;
+        };
+        if !matches!(core.phase, Phase::Answered | Phase::Confirmed) || core.held.is_some() {
+            return;
+        }
+        let timeout = self.env.media().and_then(|m| m.rtp_timeout);
+        let answered_ms = core
+            .cdr
+            .answer_ms
+            .map_or(0, |at| self.wall_ms.saturating_sub(at));
+        if timeout.is_none_or(|t| (answered_ms as u128) < t.as_millis()) {
+            return;
+        }
+        tracing::info!(call_id = %self.a_call_id_str(), "no media from either leg: call ended");
+        metrics::counter!(MEDIA_TIMEOUTS).increment(1);
+        self.hangup_both(crate::store::HangupBy::System, "rtp timeout");
     }
 
     /// A DTMF digit from the relay or a SIP INFO: kept for the CDR.

@@ -103,6 +103,8 @@ pub enum Event {
     },
     /// The call's CDR is committed (`true`), or will not be soon: what waited goes on.
     CdrStored(bool),
+    /// The relay saw no media from either leg for `media.rtp_timeout_secs`.
+    MediaTimeout,
 }
 
 /// The clock as the actor read it when the event arrived.
@@ -566,6 +568,7 @@ impl CallCore {
                 wait_secs,
             } => self.on_position(position, wait_secs),
             Event::CdrStored(_) => self.cdr_stored(),
+            Event::MediaTimeout => self.on_media_timeout(),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);
