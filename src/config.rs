@@ -1603,7 +1603,10 @@ mod tests {
         assert!(f.enabled && c.security.scanners.enabled);
         assert_eq!((f.window.as_secs(), f.limit), (2, 30));
         assert_eq!((f.ban.as_secs(), f.max_ban.as_secs()), (60, 3600));
-        assert!(f.exempt.is_empty(), "nothing is exempt by default, loopback included");
+        assert!(
+            f.exempt.is_empty(),
+            "nothing is exempt by default, loopback included"
+        );
         assert!(c
             .security
             .scanners

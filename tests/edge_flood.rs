@@ -60,10 +60,7 @@ async fn tcp_options(conn: &mut TcpStream, call_id: &str, wait: Duration) -> Opt
         }
         let text = String::from_utf8_lossy(&buf);
         if let Some(end) = text.find("\r\n\r\n") {
-            return text[..end]
-                .split(' ')
-                .nth(1)
-                .and_then(|s| s.parse().ok());
+            return text[..end].split(' ').nth(1).and_then(|s| s.parse().ok());
         }
     }
 }
@@ -76,7 +73,10 @@ async fn answered(ua: &Ua, node: &Node, call_id: &str, wait: Duration) -> bool {
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match ua.recv(left).await {
-            Some((m, _)) if m.call_id().is_some_and(|c| c.as_ref() == call_id.as_bytes()) => {
+            Some((m, _))
+                if m.call_id()
+                    .is_some_and(|c| c.as_ref() == call_id.as_bytes()) =>
+            {
                 return m.status() == Some(200)
             }
             Some(_) => continue,
@@ -120,7 +120,11 @@ async fn a_flood_from_one_source_is_banned_and_others_are_still_answered() {
     let node = start_with(edge_config(dir.path())).await;
     let sw = udp_addr(&node);
     let flooder = ua_at("127.0.0.5").await;
-    let banned_before = metric(&node, "switchyard_security_dropped_total{reason=\"banned\"}").await;
+    let banned_before = metric(
+        &node,
+        "switchyard_security_dropped_total{reason=\"banned\"}",
+    )
+    .await;
     // 1,000 OPTIONS as fast as they go (well within one second).
     for i in 0..1000 {
         flooder
@@ -145,11 +149,21 @@ async fn a_flood_from_one_source_is_banned_and_others_are_still_answered() {
     assert_eq!(b["offences"], 1);
     // The kernel may drop some of the burst before the node reads it; most reach the ban.
     assert!(b["dropped"].as_u64().unwrap() >= 500, "{b}");
-    assert!((55..=60).contains(&b["remaining_secs"].as_u64().unwrap()), "{b}");
+    assert!(
+        (55..=60).contains(&b["remaining_secs"].as_u64().unwrap()),
+        "{b}"
+    );
     assert!(ban_of(&list, "127.0.0.6").is_none());
     assert!(metric(&node, "switchyard_security_bans_total{reason=\"flood\"}").await >= 1.0);
-    let banned_after = metric(&node, "switchyard_security_dropped_total{reason=\"banned\"}").await;
-    assert!(banned_after - banned_before >= 500.0, "{banned_before} → {banned_after}");
+    let banned_after = metric(
+        &node,
+        "switchyard_security_dropped_total{reason=\"banned\"}",
+    )
+    .await;
+    assert!(
+        banned_after - banned_before >= 500.0,
+        "{banned_before} → {banned_after}"
+    );
     assert!(metric(&node, "switchyard_security_bans ").await >= 1.0);
     node.shutdown().await;
 }
@@ -173,7 +187,14 @@ async fn a_scanner_gets_no_answer_and_is_banned_at_once() {
     assert!(!answered(&scanner, &node, "svmap-2", Duration::from_secs(1)).await);
     let list = bans(&node).await;
     assert_eq!(ban_of(&list, "127.0.0.7").unwrap()["reason"], "scanner");
-    assert!(metric(&node, "switchyard_security_dropped_total{reason=\"scanner\"}").await >= 1.0);
+    assert!(
+        metric(
+            &node,
+            "switchyard_security_dropped_total{reason=\"scanner\"}"
+        )
+        .await
+            >= 1.0
+    );
     assert!(metric(&node, "switchyard_security_bans_total{reason=\"scanner\"}").await >= 1.0);
 
     // Over TCP: the scanner's connection is closed unanswered, and its next connection is
@@ -209,8 +230,11 @@ async fn connections_over_the_per_source_cap_are_refused() {
     c.security.flood.max_connections_per_source = 4;
     let node = start_with(c).await;
     let tcp = tcp_addr(&node);
-    let refused_before =
-        metric(&node, "switchyard_security_dropped_total{reason=\"conn_cap\"}").await;
+    let refused_before = metric(
+        &node,
+        "switchyard_security_dropped_total{reason=\"conn_cap\"}",
+    )
+    .await;
     let mut held = Vec::new();
     for i in 0..4 {
         let mut conn = tcp_from("127.0.0.10", tcp).await;
@@ -227,7 +251,11 @@ async fn connections_over_the_per_source_cap_are_refused() {
         "the fifth connection is closed"
     );
     assert!(
-        metric(&node, "switchyard_security_dropped_total{reason=\"conn_cap\"}").await
+        metric(
+            &node,
+            "switchyard_security_dropped_total{reason=\"conn_cap\"}"
+        )
+        .await
             > refused_before
     );
     // Another source is not affected.
@@ -291,7 +319,14 @@ async fn bans_are_listed_and_lifted_through_the_api_with_the_token() {
     assert_eq!(r.status, 400);
     let r = http_request(http, "GET", "/security/bans?limt=3", Some(&auth), "").await;
     assert_eq!(r.status, 400);
-    let r = http_request(http, "DELETE", "/security/bans/192.0.2.200", Some(&auth), "").await;
+    let r = http_request(
+        http,
+        "DELETE",
+        "/security/bans/192.0.2.200",
+        Some(&auth),
+        "",
+    )
+    .await;
     assert_eq!(r.status, 404);
     // Lifted: the source is served again, and no longer listed.
     let r = http_request(http, "DELETE", "/security/bans/127.0.0.12", Some(&auth), "").await;

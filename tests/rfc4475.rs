@@ -212,7 +212,9 @@ fn other_valid_fields() {
     // badbranch: the magic cookie alone is no transaction identifier (400, the RFC's
     // preferred answer).
     match screen_dg("badbranch") {
-        Screened::Answer { request, rejection, .. } => {
+        Screened::Answer {
+            request, rejection, ..
+        } => {
             assert_eq!(rejection.status, 400);
             assert_eq!(rejection.label, "via_branch");
             assert!(!request.top_via().unwrap().is_rfc3261_branch());

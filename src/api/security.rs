@@ -61,7 +61,11 @@ async fn list(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Re
     Json(Bans { total, bans }).into_response()
 }
 
-async fn lift(State(state): State<ApiState>, headers: HeaderMap, Path(ip): Path<String>) -> Response {
+async fn lift(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(ip): Path<String>,
+) -> Response {
     if let Err(denied) = state.authorize(&headers) {
         return denied.into_response();
     }

@@ -399,7 +399,9 @@ mod tests {
         // An ACK is never answered: dropped.
         assert!(matches!(
             screen(request("ACK", "z9hG4bK"), Framing::Datagram, &limits),
-            Screened::Drop { label: "via_branch" }
+            Screened::Drop {
+                label: "via_branch"
+            }
         ));
         // A real branch passes; a bare cookie further down is another hop's business, and an
         // RFC 2543 branch without the cookie is served as before.

@@ -425,9 +425,7 @@ pub(crate) fn isolate<T>(place: &'static str, bytes: &[u8], f: impl FnOnce() -> 
 
 /// The start line of a message for a log: at most 200 bytes, control characters escaped.
 fn first_line(bytes: &[u8]) -> String {
-    let end = memchr::memchr(b'\n', bytes)
-        .unwrap_or(bytes.len())
-        .min(200);
+    let end = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len()).min(200);
     String::from_utf8_lossy(&bytes[..end])
         .trim_end()
         .escape_debug()
