@@ -1647,6 +1647,9 @@ mod tests {
         );
         let e = Config::from_toml("[security.flood]\nlimt = 3\n").unwrap_err();
         assert!(e[0].message.contains("limt"), "{e:?}");
+        // The fault-injection hook is for code only: a file cannot switch it on.
+        let e = Config::from_toml("fault_injection = true\n").unwrap_err();
+        assert!(e[0].message.contains("fault_injection"), "{e:?}");
     }
 
     #[test]
