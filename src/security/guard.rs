@@ -316,6 +316,11 @@ impl EdgeGuard {
         let (ban, newly_counted, evicted_counted) = {
             let mut shard = self.bans.shard(&key);
             let previous = shard.peek(&key).copied();
+            if let Some(b) = previous.filter(|b| b.active(now)) {
+                // Already banned (two connections of one source crossing the limit at
+                // once): one offence, not two.
+                return b.until - now;
+            }
             let mut ban = next_ban(
                 previous.as_ref(),
                 reason,
@@ -589,6 +594,23 @@ mod tests {
         assert_eq!(got[300], Admit::Flooded, "over the NAT limit");
         assert_eq!(g.scanner(ip("203.0.113.1"), t0), None, "no scanner ban");
         assert_eq!(g.active_bans(t0 + ms(1000)), 1);
+    }
+
+    #[test]
+    fn a_ban_in_force_is_not_counted_twice() {
+        let g = guard(|_| {});
+        let t0 = Instant::now();
+        let a = ip("192.0.2.5");
+        assert_eq!(
+            g.ban(a, BanReason::Flood, t0),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            g.ban(a, BanReason::Scanner, t0 + ms(1000)),
+            Some(Duration::from_secs(59))
+        );
+        let b = &g.bans(t0 + ms(1000))[0];
+        assert_eq!((b.offences, b.reason), (1, BanReason::Flood));
     }
 
     #[test]
