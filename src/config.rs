@@ -42,9 +42,16 @@ pub struct Config {
     /// Media anchoring, recording and prompts.
     #[serde(default)]
     pub media: MediaConfig,
+    /// The edge: flood and scanner bans, connections per source.
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// Cluster membership (`--cluster cluster.toml`); None for a node alone.
     #[serde(skip)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Fault injection for tests, settable from code only (never from a file): a request
+    /// carrying `X-Switchyard-Panic` panics in the handler (see `transport::PanicInjector`).
+    #[serde(skip)]
+    pub fault_injection: bool,
 }
 
 /// How a route, queue or trunk treats a call's audio.
@@ -343,6 +350,183 @@ pub struct AdmissionConfig {
     pub retry_after_secs: u32,
 }
 
+/// The edge (`[security]`): who is shut out before the switch spends work on them.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Flood defence: request density per source, bans, connections per source.
+    #[serde(default)]
+    pub flood: FloodConfig,
+    /// Scanner defence: requests from known scanners' User-Agents.
+    #[serde(default)]
+    pub scanners: ScannerConfig,
+}
+
+/// `[security.flood]`: Kamailio `pike`'s density check with bans (on by default).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloodConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The sliding window, seconds (pike's `sampling_time_unit`).
+    #[serde(default = "default_flood_window")]
+    pub window_secs: u64,
+    /// Messages per window one source may send (pike's `reqs_density_per_unit`).
+    #[serde(default = "default_flood_limit")]
+    pub limit: u32,
+    /// The first ban's length, seconds; each repeat doubles it.
+    #[serde(default = "default_ban_secs")]
+    pub ban_secs: u64,
+    /// The longest ban, seconds; a source is remembered this long after its ban ends.
+    #[serde(default = "default_max_ban_secs")]
+    pub max_ban_secs: u64,
+    /// Addresses or CIDRs never banned nor capped (besides trusted peers and trunk gateways).
+    #[serde(default)]
+    pub exempt: Vec<String>,
+    /// NAT gateways carrying many phones: `nat_limit` instead of `limit`, no scanner bans,
+    /// no connection cap.
+    #[serde(default)]
+    pub nat_gateways: Vec<String>,
+    #[serde(default = "default_nat_limit")]
+    pub nat_limit: u32,
+    /// Sources tracked at most (least recently seen evicted first).
+    #[serde(default = "default_edge_table")]
+    pub max_sources: usize,
+    /// Bans held at most (least recently hit evicted first).
+    #[serde(default = "default_edge_table")]
+    pub max_bans: usize,
+    /// Concurrent inbound TCP/TLS connections per source (0: no cap).
+    #[serde(default = "default_conns_per_source")]
+    pub max_connections_per_source: u32,
+}
+
+/// `[security.scanners]`: Kamailio `secfilter`'s User-Agent list (on by default).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScannerConfig {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Case-insensitive substrings of scanners' User-Agents (replaces the shipped list).
+    #[serde(default = "default_scanner_agents")]
+    pub user_agents: Vec<String>,
+}
+
+impl SecurityConfig {
+    /// Checks the section; faults are named `security.…`.
+    fn validate(&self, err: &mut impl FnMut(String, String)) {
+        let f = &self.flood;
+        if !(1..=3600).contains(&f.window_secs) {
+            err(
+                "security.flood.window_secs".into(),
+                "must be between 1 and 3600".into(),
+            );
+        }
+        if f.limit == 0 {
+            err("security.flood.limit".into(), "must be > 0".into());
+        }
+        if f.nat_limit < f.limit {
+            err(
+                "security.flood.nat_limit".into(),
+                "must be at least security.flood.limit".into(),
+            );
+        }
+        if f.ban_secs == 0 || f.max_ban_secs < f.ban_secs {
+            err(
+                "security.flood.ban_secs".into(),
+                "need 0 < ban_secs <= max_ban_secs".into(),
+            );
+        }
+        if f.max_ban_secs > 30 * 86_400 {
+            err(
+                "security.flood.max_ban_secs".into(),
+                "at most 30 days (2592000)".into(),
+            );
+        }
+        for (key, n) in [("max_sources", f.max_sources), ("max_bans", f.max_bans)] {
+            if !(1..=10_000_000).contains(&n) {
+                err(
+                    format!("security.flood.{key}"),
+                    "must be between 1 and 10000000".into(),
+                );
+            }
+        }
+        for (key, list) in [("exempt", &f.exempt), ("nat_gateways", &f.nat_gateways)] {
+            for (i, net) in list.iter().enumerate() {
+                if let Err(e) = crate::security::parse_net(net) {
+                    err(format!("security.flood.{key}[{i}]"), e);
+                }
+            }
+        }
+        for (i, ua) in self.scanners.user_agents.iter().enumerate() {
+            if ua.trim().is_empty() {
+                err(
+                    format!("security.scanners.user_agents[{i}]"),
+                    "an empty pattern would match every request".into(),
+                );
+            }
+        }
+    }
+
+    /// The flood defence's settings (call after `validate`).
+    pub fn flood_settings(&self) -> crate::security::FloodSettings {
+        let f = &self.flood;
+        let nets = |list: &[String]| {
+            list.iter()
+                .filter_map(|n| crate::security::parse_net(n).ok())
+                .collect()
+        };
+        crate::security::FloodSettings {
+            enabled: f.enabled,
+            window: Duration::from_secs(f.window_secs),
+            limit: f.limit,
+            ban: Duration::from_secs(f.ban_secs),
+            max_ban: Duration::from_secs(f.max_ban_secs),
+            exempt: nets(&f.exempt),
+            nat_gateways: nets(&f.nat_gateways),
+            nat_limit: f.nat_limit,
+            max_sources: f.max_sources,
+            max_bans: f.max_bans,
+            max_connections_per_source: f.max_connections_per_source,
+        }
+    }
+
+    /// The scanner defence's settings.
+    pub fn scanner_settings(&self) -> crate::security::ScannerSettings {
+        crate::security::ScannerSettings {
+            enabled: self.scanners.enabled,
+            user_agents: self.scanners.user_agents.clone(),
+        }
+    }
+}
+
+fn default_flood_window() -> u64 {
+    2
+}
+fn default_flood_limit() -> u32 {
+    30
+}
+fn default_ban_secs() -> u64 {
+    60
+}
+fn default_max_ban_secs() -> u64 {
+    3600
+}
+fn default_nat_limit() -> u32 {
+    300
+}
+fn default_edge_table() -> usize {
+    65_536
+}
+fn default_conns_per_source() -> u32 {
+    32
+}
+fn default_scanner_agents() -> Vec<String> {
+    crate::security::scanners::DEFAULT_USER_AGENTS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -601,6 +785,9 @@ default_from_serde!(
     AdmissionConfig,
     RegistrarConfig,
     AlarmsConfig,
+    SecurityConfig,
+    FloodConfig,
+    ScannerConfig,
     Config
 );
 
@@ -950,6 +1137,7 @@ impl Config {
         for (i, t) in self.tenants.iter().enumerate() {
             validate_contact_centre(i, t, &mut numbers, &mut err);
         }
+        self.security.validate(&mut err);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -1417,6 +1605,62 @@ mod tests {
             Config::from_toml("[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\nbogus = 1\n").unwrap_err();
         assert!(e[0].place.starts_with("line 3"), "{e:?}");
         assert!(e[0].message.contains("bogus"), "{e:?}");
+    }
+
+    #[test]
+    fn the_edge_is_on_by_default_with_pikes_figures() {
+        let c = Config::from_toml("").unwrap();
+        let f = c.security.flood_settings();
+        assert!(f.enabled && c.security.scanners.enabled);
+        assert_eq!((f.window.as_secs(), f.limit), (2, 30));
+        assert_eq!((f.ban.as_secs(), f.max_ban.as_secs()), (60, 3600));
+        assert!(
+            f.exempt.is_empty(),
+            "nothing is exempt by default, loopback included"
+        );
+        assert!(c
+            .security
+            .scanners
+            .user_agents
+            .iter()
+            .any(|u| u == "friendly-scanner"));
+        assert!(!c.fault_injection);
+        let c = Config::from_toml(
+            "[security.flood]\nlimit = 100\nexempt = [\"10.0.0.0/8\", \"192.0.2.7\"]\n[security.scanners]\nuser_agents = [\"evil\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let f = c.security.flood_settings();
+        assert_eq!(f.limit, 100);
+        assert_eq!(f.exempt.len(), 2);
+        assert_eq!(c.security.scanner_settings().user_agents, ["evil"]);
+    }
+
+    #[test]
+    fn edge_faults_name_their_place() {
+        let c = Config::from_toml(
+            "[security.flood]\nwindow_secs = 0\nlimit = 50\nnat_limit = 10\nban_secs = 600\nmax_ban_secs = 60\nmax_bans = 0\nexempt = [\"10.0.0.0/33\"]\nnat_gateways = [\"gw.example\"]\n[security.scanners]\nuser_agents = [\"\"]\n",
+        )
+        .unwrap();
+        let errs = c.validate().unwrap_err();
+        let places: Vec<&str> = errs.iter().map(|e| e.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "security.flood.window_secs",
+                "security.flood.nat_limit",
+                "security.flood.ban_secs",
+                "security.flood.max_bans",
+                "security.flood.exempt[0]",
+                "security.flood.nat_gateways[0]",
+                "security.scanners.user_agents[0]",
+            ]
+        );
+        let e = Config::from_toml("[security.flood]\nlimt = 3\n").unwrap_err();
+        assert!(e[0].message.contains("limt"), "{e:?}");
+        // The fault-injection hook is for code only: a file cannot switch it on.
+        let e = Config::from_toml("fault_injection = true\n").unwrap_err();
+        assert!(e[0].message.contains("fault_injection"), "{e:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`transport`]: UDP, TCP and TLS listeners and connections.
 //! - [`timer`]: the one shared timer facility (no task per timer).
 //! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
+//! - [`security`]: the edge: flood and scanner bans, connection caps per source (pure tables).
 //! - [`actors`]: one file per actor kind.
 //! - [`media`]: RTP anchoring, codecs, DTMF, recording, playback, call quality.
 //! - [`cluster`]: cluster mode: etcd membership and ownership, messages between nodes.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod media;
 pub mod metrics;
 pub mod routing;
+pub mod security;
 pub mod server;
 pub mod sip;
 pub mod store;

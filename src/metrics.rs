@@ -96,6 +96,7 @@ pub fn describe_all() {
     crate::actors::store_writer::describe();
     crate::api::describe();
     crate::transport::describe();
+    crate::security::describe();
     crate::actors::router::describe();
     crate::actors::call::describe();
     crate::actors::tenant::describe();

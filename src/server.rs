@@ -143,6 +143,28 @@ fn start_media(
     Ok(keys)
 }
 
+/// The edge's tables (`[security]`). Besides the configured `exempt` CIDRs, the configured
+/// trunk gateways and static route targets are never banned: they are peers the operator
+/// named. (The trusted-peer table of issue 16 item 1 replaces this predicate.)
+fn edge_guard(config: &Config) -> Arc<crate::security::EdgeGuard> {
+    let guard = Arc::new(crate::security::EdgeGuard::new(
+        config.security.flood_settings(),
+        config.security.scanner_settings(),
+    ));
+    let peers: std::collections::HashSet<std::net::IpAddr> = config
+        .trunks
+        .iter()
+        .flat_map(|t| t.gateways.iter())
+        .chain(config.routes.iter().map(|r| &r.target))
+        .filter_map(|g| crate::config::RouteTarget::parse(g).ok())
+        .map(|t| t.addr.ip().to_canonical())
+        .collect();
+    if !peers.is_empty() {
+        guard.set_exempt(Arc::new(move |ip| peers.contains(&ip)));
+    }
+    guard
+}
+
 /// The inter-node TLS of `cluster.toml`'s `[tls]`.
 fn cluster_tls(
     t: &crate::cluster::config::TlsConfig,
@@ -310,11 +332,13 @@ impl Node {
             )
             .with_numbers(numbers),
         );
+        let guard = edge_guard(&config);
         let mut tconf = TransportConfig {
             max_tcp_connections: config.sip.max_tcp_connections,
             tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
             udp_workers: config.sip.udp_workers,
             force_rport: config.sip.force_rport,
+            guard: Some(guard.clone()),
             ..TransportConfig::default()
         };
         tconf.limits.max_body_bytes = config
@@ -333,7 +357,12 @@ impl Node {
             tls_fingerprint = Some(tls.cert.fingerprint.clone());
             (tconf.tls_server, tconf.tls_client) = (Some(tls.server), Some(tls.client));
         }
-        let transports = Transports::start(&specs, tconf, router).await?;
+        let handler: Arc<dyn crate::transport::Handler> = if config.fault_injection {
+            Arc::new(crate::transport::PanicInjector(router))
+        } else {
+            router
+        };
+        let transports = Transports::start(&specs, tconf, handler).await?;
         ctx.set_transports(transports.clone());
         let _ = registrar_transports.set(transports.clone());
 
@@ -416,7 +445,8 @@ impl Node {
                 directory.with_live_queues(tree.singletons.clone()),
             )
             .with_recordings(recordings)
-            .with_config(shared_config);
+            .with_config(shared_config)
+            .with_security(guard);
         if let Some(m) = &membership {
             state = state.with_cluster(m.clone());
         }

@@ -12,7 +12,7 @@ fn expected(name: &str) -> Option<u16> {
     Some(match name {
         "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri"
         | "lwsstart" | "trws" | "escruri" | "regbadct" | "badaspec" | "baddn" | "mismatch01"
-        | "mismatch02" | "insuf" | "multi01" | "mcl01" => 400,
+        | "mismatch02" | "insuf" | "multi01" | "mcl01" | "badbranch" => 400,
         "badvers" => 505,
         "unkscm" | "novelsc" => 416,
         "bext01" => 420,
@@ -24,7 +24,7 @@ fn expected(name: &str) -> Option<u16> {
         "esc01" | "longreq" | "baddate" | "inv2543" => 404,
         // wsinv carries a To tag: a request inside a dialog this node does not know.
         "wsinv" => 481,
-        "lwsdisp" | "semiuri" | "transports" | "badbranch" => 200,
+        "lwsdisp" | "semiuri" | "transports" => 200,
         // The node is the registrar of example.com: REGISTERs are challenged; a To that is
         // not a SIP AOR is a registrar's 400 (RFC 4475 §3.3.4).
         "escnull" | "dblreq" | "cparam01" | "cparam02" | "regescrt" | "regaut01" => 401,

@@ -21,7 +21,7 @@ fn ours(name: &str) -> Option<u16> {
     Some(match name {
         "badinv01" | "clerr" | "ncl" | "scalar02" | "quotbal" | "ltgtruri" | "lwsruri"
         | "lwsstart" | "trws" | "escruri" | "regbadct" | "badaspec" | "baddn" | "mismatch01"
-        | "mismatch02" | "insuf" | "multi01" | "mcl01" => 400,
+        | "mismatch02" | "insuf" | "multi01" | "mcl01" | "badbranch" => 400,
         "badvers" => 505,
         "unkscm" | "novelsc" => 416,
         "bext01" => 420,
@@ -209,8 +209,18 @@ fn other_valid_fields() {
         !m.body.is_empty(),
         "no Content-Length on UDP: the body is the rest"
     );
-    let m = pass("badbranch");
-    assert!(!m.top_via().unwrap().is_rfc3261_branch());
+    // badbranch: the magic cookie alone is no transaction identifier (400, the RFC's
+    // preferred answer).
+    match screen_dg("badbranch") {
+        Screened::Answer {
+            request, rejection, ..
+        } => {
+            assert_eq!(rejection.status, 400);
+            assert_eq!(rejection.label, "via_branch");
+            assert!(!request.top_via().unwrap().is_rfc3261_branch());
+        }
+        other => panic!("badbranch: {other:?}"),
+    }
     for r in ["unreason", "noreason", "bcast"] {
         assert!(!pass(r).is_request());
     }

@@ -16,6 +16,7 @@ mod config;
 mod health;
 mod problem;
 pub mod recordings;
+mod security;
 
 #[cfg(test)]
 mod tests;
@@ -80,6 +81,8 @@ pub struct ApiState {
     cluster: Option<Arc<crate::cluster::membership::Membership>>,
     /// Without live configuration the route and number routes answer 404.
     config: Option<Arc<crate::cluster::shared_config::SharedConfig>>,
+    /// Without the edge's tables the ban routes answer 404.
+    security: Option<Arc<crate::security::EdgeGuard>>,
 }
 
 impl ApiState {
@@ -93,6 +96,7 @@ impl ApiState {
             recordings: None,
             cluster: None,
             config: None,
+            security: None,
         }
     }
 
@@ -124,6 +128,12 @@ impl ApiState {
     /// Serve `/routes` and `/numbers` from `config` (changes are put in force at once).
     pub fn with_config(mut self, config: Arc<crate::cluster::shared_config::SharedConfig>) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// Serve `/security/bans` from the edge's tables.
+    pub fn with_security(mut self, guard: Arc<crate::security::EdgeGuard>) -> Self {
+        self.security = Some(guard);
         self
     }
 
@@ -319,6 +329,7 @@ pub fn router(state: ApiState) -> Router {
     let router = recordings::routes(router);
     let router = cluster::routes(router);
     let router = config::routes(router);
+    let router = security::routes(router);
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

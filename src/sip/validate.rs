@@ -24,6 +24,9 @@ const fn bad(reason: &'static str, label: &'static str) -> Rejection {
     }
 }
 
+/// The RFC 3261 branch prefix (§8.1.1.7).
+const MAGIC_COOKIE: &[u8] = b"z9hG4bK";
+
 /// Headers that may appear once only.
 const SINGLE: [(HeaderName, &str, &str); 7] = [
     (
@@ -93,8 +96,16 @@ pub fn check_request(msg: &Message) -> Result<(), Rejection> {
             return Err(bad(reason, label));
         }
     }
-    for v in msg.values(HeaderName::Via) {
-        Via::parse(&v).map_err(|_| bad("Bad Request (Malformed Via)", "via"))?;
+    for (i, v) in msg.values(HeaderName::Via).enumerate() {
+        let via = Via::parse(&v).map_err(|_| bad("Bad Request (Malformed Via)", "via"))?;
+        // RFC 4475 §3.2.1 (badbranch): a branch that is the magic cookie alone identifies
+        // no transaction; 400, statelessly, is the RFC's preferred answer.
+        if i == 0 && via.branch().is_some_and(|b| b.as_ref() == MAGIC_COOKIE) {
+            return Err(bad(
+                "Bad Request (Missing Transaction Identifier)",
+                "via_branch",
+            ));
+        }
     }
     NameAddr::parse(msg.value(HeaderName::From).expect("checked"))
         .map_err(|_| bad("Bad Request (Malformed From)", "from"))?;
@@ -359,4 +370,46 @@ pub fn check_response(msg: &Message) -> Result<(), &'static str> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::parse::{Framing, Limits};
+
+    fn request(method: &str, branch: &str) -> Bytes {
+        Bytes::from(format!(
+            "{method} sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch={branch}\r\nVia: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        ))
+    }
+
+    #[test]
+    fn a_branch_that_is_only_the_magic_cookie_gets_400() {
+        let limits = Limits::default();
+        match screen(request("OPTIONS", "z9hG4bK"), Framing::Datagram, &limits) {
+            Screened::Answer { rejection, .. } => {
+                assert_eq!((rejection.status, rejection.label), (400, "via_branch"));
+                assert_eq!(
+                    rejection.reason,
+                    "Bad Request (Missing Transaction Identifier)"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // An ACK is never answered: dropped.
+        assert!(matches!(
+            screen(request("ACK", "z9hG4bK"), Framing::Datagram, &limits),
+            Screened::Drop {
+                label: "via_branch"
+            }
+        ));
+        // A real branch passes; a bare cookie further down is another hop's business, and an
+        // RFC 2543 branch without the cookie is served as before.
+        for branch in ["z9hG4bKx", "abc"] {
+            assert!(matches!(
+                screen(request("OPTIONS", branch), Framing::Datagram, &limits),
+                Screened::Pass(_)
+            ));
+        }
+    }
 }

@@ -14,8 +14,9 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use crate::security::EdgeGuard;
 use crate::sip::headers::Via;
-use crate::sip::message::Message;
+use crate::sip::message::{HeaderName, Message};
 use crate::sip::parse::Limits;
 
 pub const SIP_RECEIVED: &str = "switchyard_sip_messages_received_total";
@@ -30,6 +31,11 @@ pub const TCP_REFUSED: &str = "switchyard_tcp_connections_refused_total";
 pub const KEEPALIVES: &str = "switchyard_sip_keepalives_total";
 pub const TLS_CONNECTIONS: &str = "switchyard_tls_connections";
 pub const TLS_HANDSHAKES: &str = "switchyard_tls_handshakes_total";
+/// Counter, label `where` (`udp`, `tcp`, `tls`): panics caught while handling one message.
+pub const PANICS: &str = "switchyard_panics_total";
+
+/// How often the edge's ban table is swept (ended bans leave the gauge).
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Describes the transport metrics.
 pub fn describe() {
@@ -70,6 +76,10 @@ pub fn describe() {
         "TLS handshakes by side (inbound, outbound) and result (ok, failed, timeout)"
     );
     describe_counter!(KEEPALIVES, "CRLF keep-alives received on streams");
+    describe_counter!(
+        PANICS,
+        "Panics caught while handling one received message (the message is dropped, the receive loop goes on), by where"
+    );
 }
 
 /// A transport protocol.
@@ -215,6 +225,10 @@ pub struct TransportConfig {
     pub tls_client: Option<Arc<rustls::ClientConfig>>,
     /// How long a TLS peer has to finish its handshake.
     pub tls_handshake_timeout: std::time::Duration,
+    /// The edge: the pre-parse ban check and density count of every received message, the
+    /// scanner check after parsing, connections per source. None: no defence (tests of the
+    /// transports alone).
+    pub guard: Option<Arc<EdgeGuard>>,
 }
 
 impl Default for TransportConfig {
@@ -229,6 +243,7 @@ impl Default for TransportConfig {
             tls_server: None,
             tls_client: None,
             tls_handshake_timeout: tls::HANDSHAKE_TIMEOUT,
+            guard: None,
         }
     }
 }
@@ -280,6 +295,9 @@ impl Transports {
             ep.spawn_receivers(&config, handler.clone(), transports.clone());
         }
         transports.inner.tcp.set_transports(&transports);
+        if let Some(guard) = &config.guard {
+            spawn_sweeper(Arc::downgrade(guard));
+        }
         Ok(transports)
     }
 
@@ -363,6 +381,71 @@ impl Transports {
     /// handshake ends).
     pub fn connections(&self, protocol: Protocol) -> usize {
         self.inner.tcp.count(protocol)
+    }
+}
+
+/// Sweeps the edge's ban table every few seconds while the guard lives.
+fn spawn_sweeper(guard: std::sync::Weak<EdgeGuard>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match guard.upgrade() {
+                Some(g) => g.sweep(std::time::Instant::now()),
+                None => return,
+            }
+        }
+    });
+}
+
+/// Runs the handling of one received message (parse → screen → router), catching a panic
+/// in it: the panic is counted in [`PANICS`] and logged with the message's first line
+/// (`bytes`), the message is dropped and the receive loop goes on. None when it panicked.
+pub(crate) fn isolate<T>(place: &'static str, bytes: &[u8], f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(payload) => {
+            metrics::counter!(PANICS, "where" => place).increment(1);
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(
+                place,
+                first_line = %first_line(bytes),
+                panic = %what,
+                "panic while handling a message: message dropped, receive loop goes on"
+            );
+            None
+        }
+    }
+}
+
+/// The start line of a message for a log: at most 200 bytes, control characters escaped.
+fn first_line(bytes: &[u8]) -> String {
+    let end = memchr::memchr(b'\n', bytes).unwrap_or(bytes.len()).min(200);
+    String::from_utf8_lossy(&bytes[..end])
+        .trim_end()
+        .escape_debug()
+        .to_string()
+}
+
+/// Fault injection for tests (`Config::fault_injection`, which only code can set, never a
+/// config file): a request carrying an `X-Switchyard-Panic` header panics here, where the
+/// router would handle it; everything else goes to the handler it wraps.
+pub struct PanicInjector(pub Arc<dyn Handler>);
+
+/// The header that makes [`PanicInjector`] panic.
+pub const PANIC_HEADER: &str = "X-Switchyard-Panic";
+
+impl Handler for PanicInjector {
+    fn handle(&self, inbound: Inbound) {
+        if inbound.msg.is_request() && inbound.msg.other(PANIC_HEADER).is_some() {
+            panic!("fault injection: {PANIC_HEADER}");
+        }
+        self.0.handle(inbound)
     }
 }
 
@@ -485,6 +568,7 @@ pub(crate) fn deliver(
     source: Source,
     framing: crate::sip::parse::Framing,
     limits: &Limits,
+    guard: Option<&EdgeGuard>,
     handler: &dyn Handler,
     transports: &Transports,
 ) -> bool {
@@ -492,6 +576,9 @@ pub(crate) fn deliver(
     match screen(bytes, framing, limits) {
         Screened::Pass(mut msg) => {
             count_received(source.protocol, &msg);
+            if from_scanner(guard, &msg, &source) {
+                return !source.protocol.is_reliable();
+            }
             if msg.is_request() {
                 stamp_via(&mut msg, &source, transports.force_rport());
             }
@@ -504,6 +591,9 @@ pub(crate) fn deliver(
             unsupported,
         } => {
             count_received(source.protocol, &request);
+            if from_scanner(guard, &request, &source) {
+                return !source.protocol.is_reliable();
+            }
             metrics::counter!(SIP_PARSE_ERRORS, "kind" => rejection.label).increment(1);
             metrics::counter!(SIP_REJECTED, "status" => status_label(rejection.status), "kind" => rejection.label)
                 .increment(1);
@@ -530,6 +620,24 @@ pub(crate) fn deliver(
             !source.protocol.is_reliable()
         }
     }
+}
+
+/// Whether `msg` is a request from a scanner (by its User-Agent): if so it is dropped
+/// unanswered, counted, and its source banned (unless exempt).
+fn from_scanner(guard: Option<&EdgeGuard>, msg: &Message, source: &Source) -> bool {
+    let Some(guard) = guard else {
+        return false;
+    };
+    if !msg.is_request()
+        || !msg
+            .headers_named(HeaderName::UserAgent)
+            .any(|h| guard.is_scanner(&h.value))
+    {
+        return false;
+    }
+    let banned = guard.scanner(source.remote.ip(), std::time::Instant::now());
+    tracing::debug!(remote = %source.remote, ?banned, "scanner request dropped");
+    true
 }
 
 /// A bounded label for a status code.

@@ -9,17 +9,18 @@ use dashmap::DashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
-    count_send_error, deliver, ConnId, Dest, Handler, Inner, Protocol, Source, TransportConfig,
-    Transports,
+    count_send_error, deliver, isolate, ConnId, Dest, Handler, Inner, Protocol, Source,
+    TransportConfig, Transports,
 };
 use super::{KEEPALIVES, SIP_DROPPED, TCP_ACCEPTED, TCP_CONNECTIONS, TCP_REFUSED, TLS_CONNECTIONS};
+use crate::security::conns::ConnSlot;
 use crate::sip::parse::{check_stream, Framing, StreamCheck};
 
 /// Messages queued per connection before sends are refused (a stuck peer cannot make the
@@ -31,6 +32,9 @@ struct Conn {
     protocol: Protocol,
     remote: SocketAddr,
     tx: mpsc::Sender<Bytes>,
+    /// The source's connection slot (inbound connections under the edge's per-source cap);
+    /// given back when the connection is unregistered.
+    _slot: Option<ConnSlot>,
 }
 
 /// All stream connections of the node (TCP and TLS), by id and by protocol and remote
@@ -124,6 +128,13 @@ impl TcpRegistry {
             match listener.accept().await {
                 Ok((stream, remote)) => {
                     backoff = Duration::from_millis(5);
+                    // A banned source is closed before any TLS handshake or read (counted).
+                    if let Some(guard) = &self.config.guard {
+                        if guard.is_banned(remote.ip(), Instant::now()) {
+                            drop(stream);
+                            continue;
+                        }
+                    }
                     if self.conns.len() >= self.config.max_tcp_connections {
                         metrics::counter!(TCP_REFUSED, "transport" => protocol.as_str())
                             .increment(1);
@@ -131,13 +142,24 @@ impl TcpRegistry {
                         drop(stream);
                         continue;
                     }
+                    let slot = match &self.config.guard {
+                        Some(guard) => match guard.open_connection(remote.ip()) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                tracing::debug!(%remote, %protocol, "connection refused: per-source cap");
+                                drop(stream);
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
                     let _ = stream.set_nodelay(true);
                     match (&self.tls_acceptor, protocol) {
                         (Some(acceptor), Protocol::Tls) => {
                             // The handshake runs in the connection's own task: a slow or
                             // silent peer must never hold up the accept loop.
                             let acceptor = acceptor.clone();
-                            let (id, rx) = self.register(Protocol::Tls, remote);
+                            let (id, rx) = self.register(Protocol::Tls, remote, slot);
                             let reg = self.clone();
                             tokio::spawn(async move {
                                 let timeout = reg.config.tls_handshake_timeout;
@@ -160,7 +182,7 @@ impl TcpRegistry {
                         _ => {
                             metrics::counter!(TCP_ACCEPTED).increment(1);
                             let (rd, wr) = stream.into_split();
-                            let (id, rx) = self.register(Protocol::Tcp, remote);
+                            let (id, rx) = self.register(Protocol::Tcp, remote, slot);
                             tokio::spawn(self.clone().run_writer(
                                 id,
                                 Protocol::Tcp,
@@ -186,7 +208,12 @@ impl TcpRegistry {
     /// Creates the connection entry (with its queue) before any I/O, so sends made while a
     /// connection is being set up (connect, TLS handshake) are queued rather than opening a
     /// second one.
-    fn register(&self, protocol: Protocol, remote: SocketAddr) -> (ConnId, mpsc::Receiver<Bytes>) {
+    fn register(
+        &self,
+        protocol: Protocol,
+        remote: SocketAddr,
+        slot: Option<ConnSlot>,
+    ) -> (ConnId, mpsc::Receiver<Bytes>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         self.conns.insert(
@@ -195,6 +222,7 @@ impl TcpRegistry {
                 protocol,
                 remote,
                 tx,
+                _slot: slot,
             },
         );
         self.by_remote.insert((protocol, remote), id);
@@ -264,7 +292,7 @@ impl TcpRegistry {
             },
             _ => None,
         };
-        let (id, rx) = self.register(protocol, remote);
+        let (id, rx) = self.register(protocol, remote, None);
         tokio::spawn(
             self.clone()
                 .connect_and_write(id, protocol, remote, connector, rx),
@@ -410,21 +438,34 @@ impl TcpRegistry {
                             }
                         }
                         Ok(StreamCheck::Complete { len }) => {
+                            // The edge first: a source banned (now or while this connection
+                            // was open) loses the connection before the message is parsed.
+                            if let Some(guard) = &self.config.guard {
+                                if !guard.admit(remote.ip(), Instant::now()).pass() {
+                                    break 'conn;
+                                }
+                            }
                             // A copy of exactly this message: a slice of the read buffer would
                             // pin the whole buffer for as long as a call keeps the message.
                             let msg = Bytes::copy_from_slice(&buf[..len]);
-                            buf.advance(len);
                             let Some(transports) = self.transports() else {
                                 break 'conn;
                             };
-                            if !deliver(
-                                msg,
-                                source,
-                                Framing::Stream,
-                                &self.config.limits,
-                                self.handler.as_ref(),
-                                &transports,
-                            ) {
+                            let keep = isolate(protocol.as_str(), &buf[..len], || {
+                                deliver(
+                                    msg,
+                                    source,
+                                    Framing::Stream,
+                                    &self.config.limits,
+                                    self.config.guard.as_deref(),
+                                    self.handler.as_ref(),
+                                    &transports,
+                                )
+                            });
+                            buf.advance(len);
+                            // A panic cost the message; the framing is intact, so the
+                            // connection goes on.
+                            if keep == Some(false) {
                                 break 'conn;
                             }
                         }
@@ -434,14 +475,18 @@ impl TcpRegistry {
                             metrics::counter!(SIP_DROPPED, "reason" => e.label()).increment(1);
                             if let Some(transports) = self.transports() {
                                 let rest = buf.split().freeze();
-                                deliver(
-                                    rest,
-                                    source,
-                                    Framing::Datagram,
-                                    &self.config.limits,
-                                    self.handler.as_ref(),
-                                    &transports,
-                                );
+                                let line = rest.clone();
+                                isolate(protocol.as_str(), &line, || {
+                                    deliver(
+                                        rest,
+                                        source,
+                                        Framing::Datagram,
+                                        &self.config.limits,
+                                        self.config.guard.as_deref(),
+                                        self.handler.as_ref(),
+                                        &transports,
+                                    )
+                                });
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             break 'conn;

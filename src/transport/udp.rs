@@ -1,12 +1,17 @@
 //! UDP: one or more sockets per listen address (SO_REUSEPORT), each with a receive task.
+//! Each datagram passes the edge's ban check and density count before it is copied or
+//! parsed, and its handling runs with panics caught (one bad message never ends the loop).
 
 use bytes::Bytes;
 use socket2::{Domain, Socket, Type};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::UdpSocket;
 
-use super::{count_send_error, deliver, Handler, Protocol, Source, TransportConfig, Transports};
+use super::{
+    count_send_error, deliver, isolate, Handler, Protocol, Source, TransportConfig, Transports,
+};
 use crate::sip::parse::Framing;
 
 /// One UDP listen address: the sockets bound to it.
@@ -104,10 +109,17 @@ async fn recv_loop(
         let res = socket.recv_from(&mut buf).await;
         match res {
             Ok((n, remote)) => {
-                let datagram = Bytes::copy_from_slice(&buf[..n]);
                 if n == 0 {
                     continue;
                 }
+                // The edge first: a banned source's datagram costs one lookup, not a copy
+                // and a parse.
+                if let Some(guard) = &config.guard {
+                    if !guard.admit(remote.ip(), Instant::now()).pass() {
+                        continue;
+                    }
+                }
+                let datagram = Bytes::copy_from_slice(&buf[..n]);
                 if datagram.iter().all(|&c| c == b'\r' || c == b'\n') {
                     // RFC 5626 keep-alive on UDP is STUN; a bare CRLF is just ignored.
                     continue;
@@ -123,14 +135,17 @@ async fn recv_loop(
                     local,
                     conn: None,
                 };
-                deliver(
-                    datagram,
-                    source,
-                    Framing::Datagram,
-                    &config.limits,
-                    handler.as_ref(),
-                    &transports,
-                );
+                isolate("udp", &buf[..n], || {
+                    deliver(
+                        datagram,
+                        source,
+                        Framing::Datagram,
+                        &config.limits,
+                        config.guard.as_deref(),
+                        handler.as_ref(),
+                        &transports,
+                    )
+                });
             }
             Err(e) => {
                 // ICMP port unreachable surfaces as ECONNREFUSED on some systems: not fatal.
