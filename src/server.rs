@@ -353,16 +353,18 @@ impl Node {
                 token.expose()
             );
         }
-        let mut recordings =
+        // HTTPS when configured: the certificate is checked before anything answers.
+        let api_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::api::tls::server_config(cert, key)
+                    .map_err(|e| format!("http.tls_cert / http.tls_key: {e}"))?,
+            ),
+            _ => None,
+        };
+        // Tenants' tokens (the file's `api_token`s and the API's) come with the live
+        // configuration (`with_config`).
+        let recordings =
             crate::api::recordings::Recordings::new(config.data_dir.join("switchyard.db"), keys);
-        for t in &config.tenants {
-            if let Some(secret) = &t.api_token {
-                let tok = crate::api::Token::new(secret).ok_or_else(|| {
-                    format!("tenants.{}.api_token: printable ASCII without spaces", t.id)
-                })?;
-                recordings = recordings.with_tenant_token(&t.id, tok);
-            }
-        }
         let mut port = None;
         let membership = match &config.cluster {
             Some(c) => {
@@ -419,11 +421,21 @@ impl Node {
         if let Some(m) = &membership {
             state = state.with_cluster(m.clone());
         }
+        if api_tls.is_some() {
+            state = state.with_https();
+        }
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::api::serve(listener, state, stop).await {
+            let served = match api_tls {
+                Some(tls) => match crate::api::tls::TlsListener::new(listener, tls) {
+                    Ok(l) => crate::api::serve(l, state, stop).await,
+                    Err(e) => Err(e),
+                },
+                None => crate::api::serve(listener, state, stop).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "http server failed");
             }
         });

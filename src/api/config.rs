@@ -31,10 +31,10 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
 
-use super::{route, ApiState, Problem, PROBLEM_JSON};
+use super::{route, ApiState, Caller, Problem, PROBLEM_JSON};
 use crate::cluster::shared_config::{
     scoped_id, ChangeError, Kind, SharedConfig, CONFIG_REJECTED_TOTAL,
 };
@@ -182,9 +182,15 @@ async fn list_trunks(State(state): State<ApiState>) -> Result<Response, Refused>
     Ok(Json(config.trunks()).into_response())
 }
 
-async fn list_numbers(State(state): State<ApiState>) -> Result<Response, Refused> {
+/// Every number for the node's token; a tenant's token sees its tenant's numbers only.
+async fn list_numbers(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Refused> {
     let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
-    Ok(Json(config.numbers()).into_response())
+    let mut numbers = config.numbers();
+    numbers.retain(|n| caller.sees(&n.tenant));
+    Ok(Json(numbers).into_response())
 }
 
 async fn list_users(
