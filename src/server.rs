@@ -166,6 +166,11 @@ impl Node {
         let handle = crate::metrics::install()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+        // The API's token first: a short or malformed one stops the node before anything
+        // listens.
+        let (token, origin) =
+            crate::api::load_token(config.http.token.as_deref(), &config.data_dir)
+                .map_err(|e| format!("API token: {e}"))?;
         // In a cluster the node's name is its cluster name (actor names carry it, so several
         // nodes of one process, as in tests, stay apart); alone, a per-process sequence.
         let node_name = match &config.cluster {
@@ -339,9 +344,6 @@ impl Node {
         let (shutdown, mut rx) = watch::channel(false);
         let listener = crate::api::bind(config.http.listen).await?;
         let http_addr = listener.local_addr()?;
-        let (token, origin) =
-            crate::api::load_token(config.http.token.as_deref(), &config.data_dir)
-                .map_err(|e| format!("API token: {e}"))?;
         if origin == crate::api::TokenOrigin::Generated {
             let path = config.data_dir.join(crate::api::TOKEN_FILE);
             // Shown once, like the TLS fingerprint; the log line names the file, not the
