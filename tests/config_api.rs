@@ -1052,6 +1052,48 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         cseq += 2;
     }
 
+    // A tenant token made through node 1 is accepted by node 3 within a second (etcd keeps
+    // its digest); revoked through node 2, node 1 refuses it within a second.
+    let start = Instant::now();
+    let r = http_request(n1.http, "POST", "/tenants/cc/tokens", Some(&bearer), "").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let made: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let tenant_bearer = format!("Bearer {}", made["token"].as_str().unwrap());
+    let tenant_reads = |n: SocketAddr| {
+        let auth = tenant_bearer.clone();
+        async move {
+            http_request(n, "GET", "/numbers", Some(&auth), "")
+                .await
+                .status
+        }
+    };
+    while tenant_reads(n3.http).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "token not in force on n3"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "token made on n1: accepted by n3 after {:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    let path = format!("/tenants/cc/tokens/{}", made["id"].as_str().unwrap());
+    let r = http_request(n2.http, "DELETE", &path, Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    while tenant_reads(n1.http).await != 403 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revoked token still accepted by n1"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "token revoked on n2: refused by n1 after {:?}",
+        start.elapsed()
+    );
+
     // A queue changed through node 1 runs with it on whichever node runs its tenant (only
     // that node's API finds the queue actor).
     let r = http_request(
