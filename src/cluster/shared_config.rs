@@ -3048,4 +3048,90 @@ mod tests {
             .iter()
             .any(|o| o.kind == "user" && o.id == "beta/bob" && o.deleted));
     }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_put_in_force_bounded_and_go_with_their_tenant() {
+        use crate::store::tokens::{new_id, new_secret, TokenRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("switchyard.db");
+        let mut s = shared(&config());
+        s.backend = Backend::Sqlite(db.clone());
+        s.install(s.snapshot());
+        let record = |tenant: &str, secret: &str| {
+            let r = TokenRecord::new(tenant, &new_id(), "crm", secret, 1);
+            (scoped_id(tenant, &r.id), serde_json::to_value(&r).unwrap())
+        };
+        // Made: in force in the token table at once, stored without the secret.
+        let secret = new_secret();
+        let (id, body) = record("acme", &secret);
+        let (created, view) = s.put(Kind::Token, &id, body).await.unwrap();
+        assert!(created);
+        assert!(view.get("sha256").is_none(), "{view}");
+        assert_eq!(&*s.tokens().find(&secret, 5).unwrap().tenant, "acme");
+        let saved = overrides::load(&overrides::open(&db).unwrap()).unwrap();
+        assert_eq!(saved.len(), 1);
+        assert!(!saved[0].json.contains(&secret[4..]), "{}", saved[0].json);
+        // A restart's overrides bring it back.
+        let mut again = Tables::default();
+        s.apply_override(&mut again, &saved[0]).unwrap();
+        assert!(again.tokens.contains_key(&id));
+        // Refused: an unknown tenant, a body contradicting the path, a bad digest.
+        let (other, body) = record("nope", &new_secret());
+        let e = s.put(Kind::Token, &other, body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+        let (_, body) = record("acme", &new_secret());
+        let e = s.put(Kind::Token, &id, body).await.unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "id"),
+            "{e:?}"
+        );
+        let e = s
+            .put(Kind::Token, &id, json!({"sha256": "xx", "created_ms": 1}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "sha256"),
+            "{e:?}"
+        );
+        // Replaced only while it exists.
+        let rotated = new_secret();
+        let r = TokenRecord {
+            rotated_ms: Some(9),
+            ..TokenRecord::new("acme", &id[5..], "crm", &rotated, 1)
+        };
+        s.replace(Kind::Token, &id, serde_json::to_value(&r).unwrap())
+            .await
+            .unwrap();
+        assert!(s.tokens().find(&secret, 6).is_none(), "the old secret");
+        assert!(s.tokens().find(&rotated, 6).is_some());
+        let (missing, body) = record("acme", &new_secret());
+        let e = s.replace(Kind::Token, &missing, body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+        // At most MAX_TOKENS_PER_TENANT per tenant.
+        for _ in 1..MAX_TOKENS_PER_TENANT {
+            let (id, body) = record("acme", &new_secret());
+            s.put(Kind::Token, &id, body).await.unwrap();
+        }
+        let (over, body) = record("acme", &new_secret());
+        let e = s.put(Kind::Token, &over, body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::InUse(_)), "{e:?}");
+        // Revoked: out of force at once.
+        s.delete(Kind::Token, &id).await.unwrap();
+        assert!(s.tokens().find(&rotated, 7).is_none());
+        // A tenant added through the API takes its tokens with it, here and after a restart.
+        s.put(Kind::Tenant, "beta", json!({"domain": "beta.test"}))
+            .await
+            .unwrap();
+        let beta = new_secret();
+        let (beta_id, body) = record("beta", &beta);
+        s.put(Kind::Token, &beta_id, body).await.unwrap();
+        assert!(s.tokens().find(&beta, 8).is_some());
+        s.delete(Kind::Tenant, "beta").await.unwrap();
+        assert!(s.tokens().find(&beta, 9).is_none());
+        assert!(!s.snapshot().tokens.contains_key(&beta_id));
+        let saved = overrides::load(&overrides::open(&db).unwrap()).unwrap();
+        assert!(saved
+            .iter()
+            .any(|o| o.kind == "token" && o.id == beta_id && o.deleted));
+    }
 }
