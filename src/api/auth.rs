@@ -138,7 +138,7 @@ pub fn tenant_may(method: &Method, template: &str) -> bool {
 /// The layer over the whole router: resolves the bearer token into a [`Caller`] (inserted
 /// into the request's extensions), or refuses the request. `/health` and `/metrics` pass
 /// without one.
-pub(super) async fn authenticate(
+pub async fn authenticate(
     State(state): State<ApiState>,
     mut request: Request,
     next: Next,
@@ -157,7 +157,7 @@ pub(super) async fn authenticate(
 
 /// The layer on each route `template`: a tenant's token reaches only [`TENANT_ROUTES`],
 /// and in them only its own `{tenant}`.
-pub(super) async fn guard(template: &'static str, request: Request, next: Next) -> Response {
+pub async fn guard(template: &'static str, request: Request, next: Next) -> Response {
     let caller = request.extensions().get::<Caller>().cloned();
     match caller {
         Some(Caller::Node) => next.run(request).await,

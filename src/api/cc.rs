@@ -10,6 +10,10 @@
 //! | `GET /agents/{tenant}/{agent}` | one agent's [`AgentInfo`] |
 //! | `POST /agents/{tenant}/{agent}/{login,logout,ready,not-ready}` | [`AgentInfo`] after the change |
 //!
+//! A tenant's token reaches these routes for its own tenant only (the lists are filtered to
+//! it; another tenant's queue or agent is a 404 as one that does not exist); recording
+//! commands need the node's token (see [`super::auth`]).
+//!
 //! Actors are found by name (`queue/<tenant>/<id>@<node>`) at each request, never held,
 //! so a restarted actor is found again. Which tenants, queues and agents exist comes from
 //! the [`Directory`] (the tree's catalog: the config's and those added through the API): a
