@@ -239,13 +239,23 @@ pub struct TokenView {
 }
 
 /// The tenant tokens a node accepts, by the digest of their secret: the config file's and
-/// those made through the API (replaced whole whenever the configuration changes).
-#[derive(Debug, Default)]
+/// those made through the API (replaced whole whenever the configuration changes). Its
+/// `Debug` form shows how many, never a digest (a file's token may be weak enough to guess
+/// from its digest).
+#[derive(Default)]
 pub struct TokenTable {
     inner: RwLock<Tokens>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for TokenTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenTable")
+            .field("tokens", &self.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
 struct Tokens {
     /// The config file's, kept across replacements.
     file: Vec<(Digest32, Arc<Issued>)>,
@@ -412,6 +422,7 @@ mod tests {
         let r2 = TokenRecord::new("t2", &new_id(), "", &s2, 20);
         table.set_api([&r1, &r2]);
         assert_eq!(table.len(), 3);
+        assert_eq!(format!("{table:?}"), "TokenTable { tokens: 3 }");
 
         let found = table.find(&s1, 500).expect("api token");
         assert_eq!((&*found.tenant, &*found.id), ("t1", r1.id.as_str()));
