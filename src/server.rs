@@ -166,11 +166,19 @@ impl Node {
         let handle = crate::metrics::install()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
-        // The API's token first: a short or malformed one stops the node before anything
-        // listens.
+        // The API's token and certificate first: a short or malformed token stops the node
+        // before anything listens.
         let (token, origin) =
             crate::api::load_token(config.http.token.as_deref(), &config.data_dir)
                 .map_err(|e| format!("API token: {e}"))?;
+        // HTTPS when configured: a certificate that does not load stops the node as early.
+        let api_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::api::tls::server_config(cert, key)
+                    .map_err(|e| format!("http.tls_cert / http.tls_key: {e}"))?,
+            ),
+            _ => None,
+        };
         // In a cluster the node's name is its cluster name (actor names carry it, so several
         // nodes of one process, as in tests, stay apart); alone, a per-process sequence.
         let node_name = match &config.cluster {
@@ -355,14 +363,6 @@ impl Node {
                 token.expose()
             );
         }
-        // HTTPS when configured: the certificate is checked before anything answers.
-        let api_tls = match (&config.http.tls_cert, &config.http.tls_key) {
-            (Some(cert), Some(key)) => Some(
-                crate::api::tls::server_config(cert, key)
-                    .map_err(|e| format!("http.tls_cert / http.tls_key: {e}"))?,
-            ),
-            _ => None,
-        };
         // Tenants' tokens (the file's `api_token`s and the API's) come with the live
         // configuration (`with_config`).
         let recordings =
