@@ -465,6 +465,14 @@ async fn a_short_token_is_refused_at_start_and_by_check_config() {
         "a tenant with the node's token: {errors:?}"
     );
 
+    // A certificate that does not load stops the node too, as early.
+    let mut c = two_tenants(dir.path());
+    c.http.tls_cert = Some(dir.path().join("missing-cert.pem"));
+    c.http.tls_key = Some(dir.path().join("missing-key.pem"));
+    c.validate().unwrap();
+    let refused = Node::start(c).await.err().expect("refused").to_string();
+    assert!(refused.contains("http.tls_cert"), "{refused}");
+
     // check-config reports it with its place.
     let file = dir.path().join("short.toml");
     std::fs::write(&file, "[http]\ntoken = \"change-me\"\n").unwrap();
