@@ -71,7 +71,7 @@ OUT=$(cd "$OUT" && pwd)
 
 HOST=127.0.0.1
 DOMAIN=cc.example.com
-TOKEN=c2c-load-token
+TOKEN=$(random_token)
 BUFF=4194304
 TALK_MS=$((TALK * 1000))
 # Call k dials 9<NUM_BASE + k>; the route strips the 9, the customer sees NUM_BASE + k.

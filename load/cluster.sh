@@ -88,7 +88,7 @@ OUT=$(cd "$OUT" && pwd)
 HOST=127.0.0.1
 DOMAIN=cc.example.com
 NUMBER=5000
-TOKEN=cluster-load-token
+TOKEN=$(random_token)
 BUFF=4194304
 NODES=(n1 n2 n3)
 declare -A IP=([n1]=127.0.0.1 [n2]=127.0.0.2 [n3]=127.0.0.3) PID=()
@@ -201,7 +201,7 @@ start_node() { # name
     CHILD_PIDS+=("${PID[$n]}")
 }
 http_of() { echo "http://${IP[$1]}:$HTTP_PORT"; }
-cluster_view() { curl -sf --max-time 2 "$(http_of "$1")/cluster"; }
+cluster_view() { curl -sf --max-time 2 -H "Authorization: Bearer $TOKEN" "$(http_of "$1")/cluster"; }
 # "owner-of-key" for every owned key, from node $1's view.
 owners_of() {
     { cluster_view "$1" || true; } | python3 -c '
@@ -320,7 +320,7 @@ TAKEOVER=NA KILLED_AT="" KILL_MS=0 REJOINED="" FAILED_AT_KILL=NA SURVIVOR=""
 QANS_BEFORE=NA QANS_AFTER=NA
 # The queue's answered counter as node $1 (its owner) reports it.
 queue_answered() {
-    { curl -sf --max-time 1 "$(http_of "$1")/queues/cc/support" 2>/dev/null || true; } \
+    { curl -sf --max-time 1 -H "Authorization: Bearer $TOKEN" "$(http_of "$1")/queues/cc/support" 2>/dev/null || true; } \
         | grep -o '"answered":[0-9]*' | head -1 | cut -d: -f2
 }
 deadline=$(( $(date +%s) + DURATION + TALK + 120 ))

@@ -201,7 +201,9 @@ pub struct TenantConfig {
     /// Record every call of this tenant's queues (anchors their media).
     #[serde(default)]
     pub record: bool,
-    /// A bearer token for the tenant's own API calls (its recordings); the node's token
+    /// A bearer token of this tenant's (at least 32 characters): it reaches this tenant's
+    /// queues, agents, users, numbers and recordings only, like one made with
+    /// `POST /tenants/{id}/tokens` (listed there with the id `file`); the node's token
     /// (`http.token`) reaches every tenant.
     #[serde(default)]
     pub api_token: Option<String>,
@@ -298,10 +300,17 @@ pub struct SipConfig {
 pub struct HttpConfig {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
-    /// Bearer token for API mutations. Unset: one is generated into
+    /// The node's bearer token: every API route but `/health` and `/metrics` needs it or a
+    /// tenant's token. At least 32 characters. Unset: one is generated into
     /// `data_dir/api-token` at first start (and printed), and read from there afterwards.
     #[serde(default)]
     pub token: Option<String>,
+    /// TLS certificate chain (PEM): with `tls_key`, the API listener speaks HTTPS only.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// RFC 3261 timer bases (milliseconds).
@@ -933,6 +942,7 @@ impl Config {
                 "tls_cert and tls_key go together".into(),
             );
         }
+        self.validate_api_tokens(&mut err);
         let r = &self.registrar;
         if r.min_expires_secs == 0 || r.min_expires_secs > r.max_expires_secs {
             err(
@@ -1142,6 +1152,45 @@ impl Config {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+
+    /// The API's tokens: `http.token` and every tenant's `api_token` at least
+    /// [`crate::store::tokens::MIN_TOKEN_LEN`] characters of printable ASCII, none used twice;
+    /// `http.tls_cert` and `http.tls_key` together.
+    fn validate_api_tokens(&self, err: &mut impl FnMut(String, String)) {
+        let rule = format!(
+            "at least {} characters of printable ASCII without spaces (e.g. `openssl rand -hex 32`)",
+            crate::store::tokens::MIN_TOKEN_LEN
+        );
+        if self
+            .http
+            .token
+            .as_deref()
+            .is_some_and(|t| !crate::store::tokens::is_valid_token(t))
+        {
+            err("http.token".into(), rule.clone());
+        }
+        let mut seen: Vec<&str> = self.http.token.iter().map(String::as_str).collect();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let Some(token) = t.api_token.as_deref() else {
+                continue;
+            };
+            if !crate::store::tokens::is_valid_token(token) {
+                err(format!("tenants[{i}].api_token"), rule.clone());
+            } else if seen.contains(&token) {
+                err(
+                    format!("tenants[{i}].api_token"),
+                    "is the node's or another tenant's token".into(),
+                );
+            }
+            seen.push(token);
+        }
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            err(
+                "http.tls_cert".into(),
+                "tls_cert and tls_key go together".into(),
+            );
         }
     }
 

@@ -189,6 +189,19 @@ impl Node {
         let handle = crate::metrics::install()?;
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+        // The API's token and certificate first: a short or malformed token stops the node
+        // before anything listens.
+        let (token, origin) =
+            crate::api::load_token(config.http.token.as_deref(), &config.data_dir)
+                .map_err(|e| format!("API token: {e}"))?;
+        // HTTPS when configured: a certificate that does not load stops the node as early.
+        let api_tls = match (&config.http.tls_cert, &config.http.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                crate::api::tls::server_config(cert, key)
+                    .map_err(|e| format!("http.tls_cert / http.tls_key: {e}"))?,
+            ),
+            _ => None,
+        };
         // In a cluster the node's name is its cluster name (actor names carry it, so several
         // nodes of one process, as in tests, stay apart); alone, a per-process sequence.
         let node_name = match &config.cluster {
@@ -369,9 +382,6 @@ impl Node {
         let (shutdown, mut rx) = watch::channel(false);
         let listener = crate::api::bind(config.http.listen).await?;
         let http_addr = listener.local_addr()?;
-        let (token, origin) =
-            crate::api::load_token(config.http.token.as_deref(), &config.data_dir)
-                .map_err(|e| format!("API token: {e}"))?;
         if origin == crate::api::TokenOrigin::Generated {
             let path = config.data_dir.join(crate::api::TOKEN_FILE);
             // Shown once, like the TLS fingerprint; the log line names the file, not the
@@ -383,16 +393,10 @@ impl Node {
                 token.expose()
             );
         }
-        let mut recordings =
+        // Tenants' tokens (the file's `api_token`s and the API's) come with the live
+        // configuration (`with_config`).
+        let recordings =
             crate::api::recordings::Recordings::new(config.data_dir.join("switchyard.db"), keys);
-        for t in &config.tenants {
-            if let Some(secret) = &t.api_token {
-                let tok = crate::api::Token::new(secret).ok_or_else(|| {
-                    format!("tenants.{}.api_token: printable ASCII without spaces", t.id)
-                })?;
-                recordings = recordings.with_tenant_token(&t.id, tok);
-            }
-        }
         let mut port = None;
         let membership = match &config.cluster {
             Some(c) => {
@@ -450,11 +454,21 @@ impl Node {
         if let Some(m) = &membership {
             state = state.with_cluster(m.clone());
         }
+        if api_tls.is_some() {
+            state = state.with_https();
+        }
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            if let Err(e) = crate::api::serve(listener, state, stop).await {
+            let served = match api_tls {
+                Some(tls) => match crate::api::tls::TlsListener::new(listener, tls) {
+                    Ok(l) => crate::api::serve(l, state, stop).await,
+                    Err(e) => Err(e),
+                },
+                None => crate::api::serve(listener, state, stop).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "http server failed");
             }
         });

@@ -12,7 +12,7 @@ use switchyard::config::Config;
 use switchyard::server::Node;
 use switchyard::sip::auth::{ha1, Algorithm};
 
-const TOKEN: &str = "s3cret-token-for-tests";
+const TOKEN: &str = "s3cret-token-for-the-api-cc-tests-0123";
 
 /// Bound on every network step, so a hung server fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(5);
@@ -64,8 +64,10 @@ async fn start(dir: &std::path::Path, token: Option<&str>) -> Node {
     common::start_with(cc_config(dir, token)).await
 }
 
+/// A GET with the node's token (reads need it too).
 async fn get(node: &Node, path: &str) -> Reply {
-    http_request(node.http_addr, "GET", path, None, "").await
+    let auth = format!("Bearer {TOKEN}");
+    http_request(node.http_addr, "GET", path, Some(&auth), "").await
 }
 
 /// A POST with `Authorization: Bearer <token>` when a token is given.
@@ -217,15 +219,18 @@ async fn agent_commands_need_the_token_and_report_refusals() {
     assert_problem(&r, 404, "no agent");
     let r = post(&node, "/agents/x/a1/logout", Some(TOKEN), "").await;
     assert_problem(&r, 404, "no tenant");
-    // Reads are open, mutations are POST only.
+    // Commands are POST only.
     let r = get(&node, "/agents/t/a1/logout").await;
     assert_problem(&r, 405, "GET");
 
-    // Every command outcome is counted, by command and result.
+    // Every command outcome is counted, by command and result; refusals for the token by
+    // reason before any command is looked at.
     let r = get(&node, "/metrics").await;
+    for reason in ["missing", "invalid"] {
+        let series = format!(r#"switchyard_api_auth_refused_total{{reason="{reason}"}}"#);
+        assert!(r.body.contains(&series), "{series} in {}", r.body);
+    }
     for (command, result) in [
-        ("not_ready", "unauthorized"),
-        ("not_ready", "forbidden"),
         ("not_ready", "ok"),
         ("not_ready", "bad_request"),
         ("ready", "refused"),

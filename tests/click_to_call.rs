@@ -12,6 +12,9 @@ use switchyard::sip::auth::{ha1, Algorithm};
 
 const DOMAIN: &str = "c2c.test";
 
+/// The node's API token.
+const TOKEN: &str = "click-to-call-test-token-0123456789";
+
 /// `POST /calls` with `body` and bearer `token`: the status and the body.
 async fn post_call(addr: std::net::SocketAddr, token: &str, body: &str) -> (u16, String) {
     let r = http_request(
@@ -30,7 +33,7 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
     let dir = tempfile::tempdir().unwrap();
     let carrier = Ua::new().await;
     let mut c = config(dir.path(), &[]);
-    c.http.token = Some("tok".into());
+    c.http.token = Some(TOKEN.into());
     c.registrar.algorithms = vec!["MD5".into()];
     c.trunks = vec![toml::from_str(&format!(
         "id = \"a\"\ngateways = [\"sip:{}\"]\nprobe_interval_secs = 0",
@@ -64,15 +67,15 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
     let body = r#"{"tenant": "t", "agent": "a1", "number": "9441234"}"#;
     let (st, _) = post_call(http_addr, "wrong", body).await;
     assert_eq!(st, 403);
-    let (st, problem) = post_call(http_addr, "tok", body).await;
+    let (st, problem) = post_call(http_addr, TOKEN, body).await;
     assert_eq!(st, 409, "{problem}");
     let unknown = r#"{"tenant": "t", "agent": "zz", "number": "9441234"}"#;
-    let (st, _) = post_call(http_addr, "tok", unknown).await;
+    let (st, _) = post_call(http_addr, TOKEN, unknown).await;
     assert_eq!(st, 404);
 
     let phone = Ua::new().await;
     register_udp(&phone, sw, DOMAIN, "2001", "pw").await;
-    let (st, started) = post_call(http_addr, "tok", body).await;
+    let (st, started) = post_call(http_addr, TOKEN, body).await;
     assert_eq!(st, 202, "{started}");
     assert!(started.contains("call_id"), "{started}");
 
@@ -115,7 +118,7 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
     let agent = switchyard::actors::agent::lookup("t", "a1", &node.name).unwrap();
     let info = switchyard::actors::agent::info(&agent).await.unwrap();
     assert_eq!(info.state, "on_call", "{info:?}");
-    let (st, problem) = post_call(http_addr, "tok", body).await;
+    let (st, problem) = post_call(http_addr, TOKEN, body).await;
     assert_eq!(st, 409, "{problem}");
     // The agent hangs up: the customer gets the BYE.
     let bye = format!(

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use switchyard::cluster::ownership;
 
-const TOKEN: &str = "cluster-test-token-0123456789";
+const TOKEN: &str = common::API_TOKEN;
 
 /// A one-member etcd on loopback in a temporary directory, with its client URL.
 fn etcd_in(bin: &Path, dir: &Path) -> (Proc, String) {
@@ -193,7 +193,7 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
         let owner = &want[&format!("tenant/{t}")];
         let path = format!("/queues/{t}/support?x=1");
         for n in nodes.iter().filter(|n| &n.name != owner) {
-            let r = http_request(n.http, "GET", &path, None, "").await;
+            let r = http_request(n.http, "GET", &path, Some(common::API_BEARER), "").await;
             let home = nodes.iter().find(|m| &m.name == owner).unwrap().http;
             assert_eq!(r.status, 307, "{t} on {}: {}", n.name, r.body);
             assert_eq!(r.header("location"), format!("http://{home}{path}"));

@@ -138,8 +138,9 @@ async fn queue_counts_and_trunk_health_survive_sigkill_and_give_away() {
     let probe_answer = Arc::new(AtomicU16::new(503));
     gateway(gw, probe_answer.clone());
 
+    let token = common::API_TOKEN;
     let config = format!(
-        "[http]\ntoken = \"checkpoints-test-token-0123456789\"\n\
+        "[http]\ntoken = \"{token}\"\n\
          [[tenants]]\nid = \"cc\"\ndomain = \"cc.test\"\n\
          [[tenants.queues]]\nid = \"support\"\njoin_empty = false\n\
          [[tenants.numbers]]\nnumber = \"5000\"\ntarget = \"queue:support\"\n\

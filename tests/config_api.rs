@@ -18,8 +18,8 @@ use switchyard::server::Node;
 use switchyard::sip::auth::{ha1, Algorithm};
 use switchyard::sip::message::HeaderName;
 
-const TOKEN: &str = "config-api-token-for-tests";
-const AUTH: Option<&str> = Some("Bearer config-api-token-for-tests");
+const TOKEN: &str = API_TOKEN;
+const AUTH: Option<&str> = Some(API_BEARER);
 
 /// A node with a token, one file route `9` → `callee`, and tenant `cc` with queue `q`.
 fn node_config(dir: &std::path::Path, callee: SocketAddr) -> Config {
@@ -51,7 +51,7 @@ async fn delete(node: &Node, path: &str) -> Reply {
 }
 
 async fn get(node: &Node, path: &str) -> serde_json::Value {
-    let r = http_request(node.http_addr, "GET", path, None, "").await;
+    let r = http_request(node.http_addr, "GET", path, AUTH, "").await;
     assert_eq!(r.status, 200, "{}", r.body);
     serde_json::from_str(&r.body).unwrap()
 }
@@ -325,7 +325,7 @@ async fn a_user_put_through_the_api_registers_at_once_and_a_deleted_one_cannot()
         404
     );
     assert_eq!(
-        http_request(node.http_addr, "GET", "/tenants/nope/users", None, "")
+        http_request(node.http_addr, "GET", "/tenants/nope/users", AUTH, "")
             .await
             .status,
         404
@@ -404,7 +404,7 @@ async fn wait_queue_at(
 ) -> serde_json::Value {
     let start = Instant::now();
     loop {
-        let r = http_request(node.http_addr, "GET", path, None, "").await;
+        let r = http_request(node.http_addr, "GET", path, AUTH, "").await;
         assert!(r.status == 200 || r.status == 503, "{}", r.body);
         let q: serde_json::Value = serde_json::from_str(&r.body).unwrap();
         if r.status == 200 && pred(&q) {
@@ -517,7 +517,7 @@ async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_d
     let (caller, target) = (Ua::new().await, Ua::new().await);
     let node = start_with(node_config(dir.path(), target.addr)).await;
     let support = "/queues/cc/support";
-    let r = http_request(node.http_addr, "GET", support, None, "").await;
+    let r = http_request(node.http_addr, "GET", support, AUTH, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
 
     let body = r#"{"service_level_secs": 17}"#;
@@ -558,7 +558,7 @@ async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_d
         delete(&node, "/tenants/cc/queues/support").await.status,
         204
     );
-    let r = http_request(node.http_addr, "GET", support, None, "").await;
+    let r = http_request(node.http_addr, "GET", support, AUTH, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(!lists_queue(&node, "support").await);
     assert_eq!(
@@ -575,7 +575,7 @@ async fn a_queue_added_through_the_api_takes_callers_outlives_a_restart_and_is_d
     );
     node.shutdown().await;
     let node = start_with(node_config(dir.path(), target.addr)).await;
-    let r = http_request(node.http_addr, "GET", support, None, "").await;
+    let r = http_request(node.http_addr, "GET", support, AUTH, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
     node.shutdown().await;
 }
@@ -667,7 +667,7 @@ async fn a_tenant_put_through_the_api_registers_takes_callers_outlives_a_restart
         register_first_status(sw, &phone, "new.test", "nina").await,
         404
     );
-    let r = http_request(node.http_addr, "GET", help, None, "").await;
+    let r = http_request(node.http_addr, "GET", help, AUTH, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
     assert!(
         wait_until(Duration::from_secs(5), || {
@@ -680,9 +680,9 @@ async fn a_tenant_put_through_the_api_registers_takes_callers_outlives_a_restart
     // The deletion outlives a restart; the same id may be put again, afresh.
     node.shutdown().await;
     let node = start_with(node_config(dir.path(), target.addr)).await;
-    let r = http_request(node.http_addr, "GET", help, None, "").await;
+    let r = http_request(node.http_addr, "GET", help, AUTH, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
-    let r = http_request(node.http_addr, "GET", "/tenants/nu/users", None, "").await;
+    let r = http_request(node.http_addr, "GET", "/tenants/nu/users", AUTH, "").await;
     assert_eq!(r.status, 404, "{}", r.body);
     let r = put(&node, "/tenants/nu", AUTH, &new_tenant_body()).await;
     assert_eq!(r.status, 201, "{}", r.body);
@@ -888,7 +888,7 @@ async fn bad_changes_are_refused_and_change_nothing() {
 /// Route ids as `GET /routes` on `http` lists them; None while the node is not up.
 async fn route_ids(http: SocketAddr) -> Option<Vec<String>> {
     tokio::net::TcpStream::connect(http).await.ok()?;
-    let r = http_request(http, "GET", "/routes", None, "").await;
+    let r = http_request(http, "GET", "/routes", AUTH, "").await;
     let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
     Some(
         v.as_array()?
@@ -1052,6 +1052,48 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         cseq += 2;
     }
 
+    // A tenant token made through node 1 is accepted by node 3 within a second (etcd keeps
+    // its digest); revoked through node 2, node 1 refuses it within a second.
+    let start = Instant::now();
+    let r = http_request(n1.http, "POST", "/tenants/cc/tokens", Some(&bearer), "").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let made: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let tenant_bearer = format!("Bearer {}", made["token"].as_str().unwrap());
+    let tenant_reads = |n: SocketAddr| {
+        let auth = tenant_bearer.clone();
+        async move {
+            http_request(n, "GET", "/numbers", Some(&auth), "")
+                .await
+                .status
+        }
+    };
+    while tenant_reads(n3.http).await != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "token not in force on n3"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "token made on n1: accepted by n3 after {:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    let path = format!("/tenants/cc/tokens/{}", made["id"].as_str().unwrap());
+    let r = http_request(n2.http, "DELETE", &path, Some(&bearer), "").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    while tenant_reads(n1.http).await != 403 {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "revoked token still accepted by n1"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "token revoked on n2: refused by n1 after {:?}",
+        start.elapsed()
+    );
+
     // A queue changed through node 1 runs with it on whichever node runs its tenant (only
     // that node's API finds the queue actor).
     let r = http_request(
@@ -1066,7 +1108,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     let deadline = Instant::now() + Duration::from_secs(5);
     'changed: loop {
         for n in &nodes {
-            let r = http_request(n.http, "GET", "/queues/cc/q", None, "").await;
+            let r = http_request(n.http, "GET", "/queues/cc/q", AUTH, "").await;
             let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
             if r.status == 200 && v["service_level_secs"] == 42 {
                 break 'changed;
@@ -1093,7 +1135,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         async move {
             let mut on = Vec::new();
             for n in nodes {
-                let r = http_request(n.http, "GET", path, None, "").await;
+                let r = http_request(n.http, "GET", path, AUTH, "").await;
                 let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
                 if r.status == 200 && v["service_level_secs"] == 7 {
                     on.push(n.name.clone());
@@ -1214,7 +1256,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for n in &nodes {
-        let r = http_request(n.http, "GET", "/trunks", None, "").await;
+        let r = http_request(n.http, "GET", "/trunks", AUTH, "").await;
         assert_eq!(r.body, "[]", "trunk deleted everywhere");
     }
 
@@ -1249,7 +1291,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     let running = nodes.iter().find(|n| n.name == owner).unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let r = http_request(running.http, "GET", "/queues/nu/help", None, "").await;
+        let r = http_request(running.http, "GET", "/queues/nu/help", AUTH, "").await;
         let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
         let key = owners_of(n1.http, "queue/nu/help").await;
         if r.status == 200 && v["service_level_secs"] == 13 && key == [owner.clone()] {
@@ -1286,7 +1328,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for n in &nodes {
-        let r = http_request(n.http, "GET", "/tenants", None, "").await;
+        let r = http_request(n.http, "GET", "/tenants", AUTH, "").await;
         assert_eq!(r.body, "[]", "tenant deleted everywhere");
     }
     assert_eq!(

@@ -585,7 +585,7 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
     let (ra, rb) = (Rtp::new().await, Rtp::new().await);
     let node = common::start_with(node_config(dir.path(), bob.addr, |c| {
         c.media.rtp_ports = "45000-45999".into();
-        c.http.token = Some("media-token".into());
+        c.http.token = Some("media-test-token-0123456789-0123456789".into());
     }))
     .await;
     let sw = common::udp_addr(&node);
@@ -625,7 +625,7 @@ async fn relay_survives_the_call_actor_restarting_and_obeys_hold() {
     // The recording is started and stopped through the API.
     let api = node.http_addr;
     let path = format!("/calls/{cid}/recording/start");
-    let auth = Some("Bearer media-token");
+    let auth = Some("Bearer media-test-token-0123456789-0123456789");
     let r = common::http_request(api, "POST", &path, None, "").await;
     assert_eq!(r.status, 401, "recording commands need the token");
     let r = common::http_request(api, "POST", &path, auth, "").await;

@@ -20,9 +20,9 @@ use switchyard::store::now_unix_ms;
 use switchyard::store::recordings::{recover, RecordingRow};
 use switchyard::store::Store;
 
-const NODE_TOKEN: &str = "node-token-for-tests";
-const T1_TOKEN: &str = "tenant-one-token";
-const T2_TOKEN: &str = "tenant-two-token";
+const NODE_TOKEN: &str = "node-token-for-the-recording-tests-0123";
+const T1_TOKEN: &str = "tenant-one-token-for-the-recording-tests";
+const T2_TOKEN: &str = "tenant-two-token-for-the-recording-tests";
 const STEP: Duration = Duration::from_secs(10);
 
 struct Reply {
@@ -200,11 +200,11 @@ async fn recordings_are_indexed_recovered_and_served_per_tenant() {
 
     // The API.
     let metrics = switchyard::metrics::install().unwrap();
-    let recordings = Recordings::new(&db, Arc::clone(&keys))
-        .with_tenant_token("t1", Token::new(T1_TOKEN).unwrap())
-        .with_tenant_token("t2", Token::new(T2_TOKEN).unwrap());
+    let recordings = Recordings::new(&db, Arc::clone(&keys));
     let state = ApiState::new(metrics, Health::new())
         .with_token(Token::new(NODE_TOKEN).unwrap())
+        .with_tenant_token("t1", T1_TOKEN)
+        .with_tenant_token("t2", T2_TOKEN)
         .with_recordings(recordings);
     let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
@@ -215,13 +215,18 @@ async fn recordings_are_indexed_recovered_and_served_per_tenant() {
         let _ = stopped.await;
     }));
 
-    // Authentication: none, or an unknown token, is a 401 problem.
-    for token in [None, Some("nope")] {
+    // Authentication: none is a 401 problem with the challenge, an unknown token a 403.
+    for (token, status) in [(None, 401), (Some("nope"), 403)] {
         let r = get(addr, "/recordings", token).await;
-        assert_eq!(r.status, 401, "{token:?}");
+        assert_eq!(r.status, status, "{token:?}");
         assert_eq!(r.headers["content-type"], "application/problem+json");
-        assert_eq!(r.headers["www-authenticate"], "Bearer");
-        assert_eq!(get(addr, "/recordings/t1-a/audio", token).await.status, 401);
+        if status == 401 {
+            assert_eq!(r.headers["www-authenticate"], "Bearer");
+        }
+        assert_eq!(
+            get(addr, "/recordings/t1-a/audio", token).await.status,
+            status
+        );
     }
 
     // Listing: a tenant sees its own, newest first; the node sees all.

@@ -42,7 +42,10 @@ wait_udp_bound() { # port pid what
     die "$3 did not bind udp:$HOST:$1 within 10 s"
 }
 scrape() { curl -sf --max-time 5 "http://$HOST:$HTTP_PORT/metrics" -o "$1" 2>/dev/null; }
+# Every API route but /health and /metrics needs the node's token (at least 32 characters).
 api_get() { curl -sf --max-time 5 -H "Authorization: Bearer $TOKEN" "http://$HOST:$HTTP_PORT$1" 2>/dev/null; }
+# A fresh node token for a run: 256 random bits as 64 hex digits.
+random_token() { od -An -tx1 -N32 /dev/urandom | tr -d ' \n'; }
 # Sum of metric $1 over the series whose labels contain every one of $3...; "NA" if none.
 metric_sum() {
     local name=$1 file=$2; shift 2

@@ -10,6 +10,10 @@
 //! | `GET /agents/{tenant}/{agent}` | one agent's [`AgentInfo`] |
 //! | `POST /agents/{tenant}/{agent}/{login,logout,ready,not-ready}` | [`AgentInfo`] after the change |
 //!
+//! A tenant's token reaches these routes for its own tenant only (the lists are filtered to
+//! it; another tenant's queue or agent is a 404 as one that does not exist); recording
+//! commands need the node's token (see [`super::auth`]).
+//!
 //! Actors are found by name (`queue/<tenant>/<id>@<node>`) at each request, never held,
 //! so a restarted actor is found again. Which tenants, queues and agents exist comes from
 //! the [`Directory`] (the tree's catalog: the config's and those added through the API): a
@@ -26,22 +30,22 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::cluster::tenant_elsewhere;
-use super::{route, ApiState, Params, Problem};
+use super::{route, ApiState, Caller, Params, Problem};
 use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
 use crate::supervision::tree::Catalog;
 
 /// Counter, labels `command` (login, logout, ready, not_ready) and `result` (ok, refused,
-/// not_found, unavailable, unauthorized, forbidden, bad_request): agent state commands
-/// received on the API.
+/// not_found, unavailable, bad_request): agent state commands received on the API (those
+/// refused for their token are counted in [`super::AUTH_REFUSED_TOTAL`]).
 pub const AGENT_COMMANDS_TOTAL: &str = "switchyard_api_agent_commands_total";
 
 /// `limit` of `GET /agents` when none is given.
@@ -278,18 +282,27 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
 
 // ---------------------------------------------------------------------------- queues
 
-async fn list_queues(State(state): State<ApiState>, uri: Uri) -> Response {
-    respond(list_queues_inner(&state, &uri).await)
+async fn list_queues(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Response {
+    respond(list_queues_inner(&state, &caller, &uri).await)
 }
 
-async fn list_queues_inner(state: &ApiState, uri: &Uri) -> Result<Vec<QueueStats>, Problem> {
+async fn list_queues_inner(
+    state: &ApiState,
+    caller: &Caller,
+    uri: &Uri,
+) -> Result<Vec<QueueStats>, Problem> {
     let params = Params::parse(uri, &["tenant"])?;
+    let tenant = caller.listing(params.get("tenant"))?;
     let Some(cc) = &state.cc else {
         return Ok(Vec::new());
     };
     let keys: Vec<(Arc<str>, Arc<str>)> = cc
         .directory
-        .select(params.get("tenant"))?
+        .select(tenant)?
         .into_iter()
         .flat_map(|(t, m)| {
             let queues = cc.directory.queues_of(&t, &m);
@@ -383,12 +396,21 @@ where
 
 // ---------------------------------------------------------------------------- agents
 
-async fn list_agents(State(state): State<ApiState>, uri: Uri) -> Response {
-    respond(list_agents_inner(&state, &uri).await)
+async fn list_agents(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Response {
+    respond(list_agents_inner(&state, &caller, &uri).await)
 }
 
-async fn list_agents_inner(state: &ApiState, uri: &Uri) -> Result<AgentList, Problem> {
+async fn list_agents_inner(
+    state: &ApiState,
+    caller: &Caller,
+    uri: &Uri,
+) -> Result<AgentList, Problem> {
     let params = Params::parse(uri, &["tenant", "state", "limit", "offset"])?;
+    let tenant = caller.listing(params.get("tenant"))?;
     let wanted_state = match params.get("state") {
         Some(s) if !STATES.contains(&s) => {
             return Err(bad_request(format!(
@@ -413,7 +435,7 @@ async fn list_agents_inner(state: &ApiState, uri: &Uri) -> Result<AgentList, Pro
     };
     let keys: Vec<(Arc<str>, Arc<str>)> = cc
         .directory
-        .select(params.get("tenant"))?
+        .select(tenant)?
         .into_iter()
         .flat_map(|(t, m)| m.agents.into_iter().map(move |a| (t.clone(), a)))
         .collect();
@@ -471,10 +493,10 @@ async fn get_agent(
 
 /// `POST /agents/{tenant}/{agent}/{command}`: `login`, `logout`, `ready`, `not-ready` (the
 /// last with an optional `{"reason": ...}` body). One handler, so every command gets the same
-/// authorisation, counting and problem bodies.
+/// counting and problem bodies (the token was checked by the [`super::auth`] layers: the
+/// node's, or the path tenant's own).
 async fn agent_command(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path((tenant, agent_id, verb)): Path<(String, String, String)>,
     uri: Uri,
     body: Bytes,
@@ -493,7 +515,7 @@ async fn agent_command(
         }
     };
     let target = (tenant.as_str(), agent_id.as_str(), &uri);
-    apply(&state, &headers, target, name, command).await
+    apply(&state, target, name, command).await
 }
 
 /// The command of a not-ready body: empty, `{}` or `{"reason": "..."}`.
@@ -514,23 +536,17 @@ fn not_ready_command(body: &[u8]) -> Result<Command, Problem> {
     Ok(Command::NotReady(reason))
 }
 
-/// Run an agent command: authorise, check the body, find the agent, ask it. Every outcome
-/// is counted in [`AGENT_COMMANDS_TOTAL`].
+/// Run an agent command: check the body, find the agent, ask it. Every outcome is counted
+/// in [`AGENT_COMMANDS_TOTAL`].
 async fn apply(
     state: &ApiState,
-    headers: &HeaderMap,
     (tenant, agent_id, uri): (&str, &str, &Uri),
     name: &'static str,
     command: Result<Command, Problem>,
 ) -> Response {
-    // Authorisation comes first, so that a caller without the token learns nothing about
-    // which tenants and agents exist or what a valid body looks like.
-    let (result, response) = match state.authorize(headers) {
-        Err(denied) => (denied.label(), denied.into_response()),
-        Ok(()) => match run_command(state, uri, tenant, agent_id, command).await {
-            Ok(info) => ("ok", Json(info).into_response()),
-            Err(problem) => (result_label(problem.status), problem.into_response()),
-        },
+    let (result, response) = match run_command(state, uri, tenant, agent_id, command).await {
+        Ok(info) => ("ok", Json(info).into_response()),
+        Err(problem) => (result_label(problem.status), problem.into_response()),
     };
     metrics::counter!(AGENT_COMMANDS_TOTAL, "command" => name, "result" => result).increment(1);
     response
@@ -579,20 +595,18 @@ fn find_agent(
     })
 }
 
-/// `POST /calls`: click-to-call.
+/// `POST /calls`: click-to-call (the node's token, or the tenant's own for its agents).
 async fn click_to_call(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     uri: Uri,
     body: Bytes,
 ) -> Response {
-    if let Err(denied) = state.authorize(&headers) {
-        return denied.into_response();
-    }
     let answer = async {
         let req: ClickToCall = Json::<ClickToCall>::from_bytes(&body)
             .map_err(|e| bad_request(e.body_text()))?
             .0;
+        caller.check(&req.tenant)?;
         if req.number.is_empty()
             || !req
                 .number
@@ -693,16 +707,13 @@ struct RecordingAnswer {
 }
 
 /// `POST /calls/{call_id}/recording/{start|stop|pause|resume}`: the call (its A-leg
-/// Call-ID, the CDR's `a_call_id`) must be in progress with anchored media.
+/// Call-ID, the CDR's `a_call_id`) must be in progress with anchored media. The node's token
+/// only (a call's tenant is not known here: [`super::auth::TENANT_ROUTES`] leaves it out).
 async fn recording_command(
     State(state): State<ApiState>,
-    headers: HeaderMap,
     Path((call_id, verb)): Path<(String, String)>,
 ) -> Response {
     use crate::actors::call::{CallMsg, RecordingCommand};
-    if let Err(denied) = state.authorize(&headers) {
-        return denied.into_response();
-    }
     let answer = async {
         let cmd = RecordingCommand::parse(&verb).ok_or_else(|| {
             Problem::not_found(format!(

@@ -50,8 +50,10 @@ pub(super) fn tenant_elsewhere(state: &ApiState, tenant: &str, uri: &Uri) -> Opt
         return None;
     }
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    // The nodes of a cluster share one configuration: an HTTPS node's peers speak HTTPS.
+    let scheme = if state.https { "https" } else { "http" };
     Some(Problem::elsewhere(
-        format!("http://{http}{path}"),
+        format!("{scheme}://{http}{path}"),
         format!("tenant {tenant} runs on node {owner}"),
     ))
 }

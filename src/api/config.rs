@@ -22,6 +22,10 @@
 //! | `PUT /tenants/{id}` | (token) body: the `[[tenants]]` fields (`domain`, `realm`, `users`, `queues`, `agents`, `numbers`, `record`; not `users_csv`, `agents_csv` or `api_token`: 400) for a tenant the node lacks: 201 with the tenant as stored (its users' and numbers' names), validated like the file (id, domain and numbers its own). Its users and numbers become entries of their own (changed through their routes); its domain REGISTERs, its numbers route, and its actors (tenant, queues, agents) start at once alone or on the node that claims `tenant/<id>` (cluster). 501 for a tenant that exists (the file's, or one added before): change it through its users, queues and numbers routes |
 //! | `DELETE /tenants/{id}` | (token) 204 for a tenant added through the API: its users and queue changes go with it, its actors stop (its owner keys are released), its users get 404 (unknown domain) at once; registrations stay until they expire but reach no one. 409 while a number leads to it (delete its numbers first) or callers wait in its queues (on the node running it); 501 for a tenant of the config file; 404 for no such tenant |
 //!
+//! Every route here needs the node's token ("(token)" marks the changes), except the reads a
+//! tenant's token may make of its own tenant: `GET /numbers` (filtered to its numbers) and
+//! `GET /tenants/{tenant}/users` (see [`super::auth`]).
+//!
 //! A body the config file would refuse is a 400 problem whose `field` member names the field;
 //! a change that cannot be stored (SQLite, or etcd in a cluster) is a 503 and changes nothing;
 //! a 409 when other nodes kept changing the configuration while it was checked (try again).
@@ -31,10 +35,10 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Serialize;
 
-use super::{route, ApiState, Problem, PROBLEM_JSON};
+use super::{route, ApiState, Caller, Problem, PROBLEM_JSON};
 use crate::cluster::shared_config::{
     scoped_id, ChangeError, Kind, SharedConfig, CONFIG_REJECTED_TOTAL,
 };
@@ -182,9 +186,15 @@ async fn list_trunks(State(state): State<ApiState>) -> Result<Response, Refused>
     Ok(Json(config.trunks()).into_response())
 }
 
-async fn list_numbers(State(state): State<ApiState>) -> Result<Response, Refused> {
+/// Every number for the node's token; a tenant's token sees its tenant's numbers only.
+async fn list_numbers(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+) -> Result<Response, Refused> {
     let config = state.config.as_deref().ok_or(Refused::NoConfig)?;
-    Ok(Json(config.numbers()).into_response())
+    let mut numbers = config.numbers();
+    numbers.retain(|n| caller.sees(&n.tenant));
+    Ok(Json(numbers).into_response())
 }
 
 async fn list_users(

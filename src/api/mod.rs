@@ -1,15 +1,21 @@
 //! HTTP API on axum: `GET /metrics` (Prometheus text format), `GET /health`, and the
 //! contact-centre routes of [`cc`] (queues and agents).
 //!
-//! Reads are open to whoever reaches the listener (it binds 127.0.0.1 by default);
-//! mutations need `Authorization: Bearer <token>` with the node's [`Token`] (see
-//! [`load_token`]). The metrics recorder is installed by [`crate::metrics::install`]; this module only renders
-//! its handle. Every response is counted in [`HTTP_REQUESTS_TOTAL`] by route template, so an
-//! unknown path (a scanner) cannot create new series. Errors are RFC 9457 problem bodies.
+//! Everything but `/health` and `/metrics` needs `Authorization: Bearer <token>`: the
+//! node's [`Token`] (see [`load_token`]) reaches every route, a tenant's token (see
+//! [`crate::store::tokens`], made through [`tokens`]' routes) only its tenant's objects; see
+//! [`auth`]. The listener speaks HTTPS when `http.tls_cert` and `http.tls_key` are set
+//! ([`tls`]). The metrics recorder is installed by [`crate::metrics::install`]; this module
+//! only renders its handle. Every response is counted in [`HTTP_REQUESTS_TOTAL`] by route
+//! template, so an unknown path (a scanner) cannot create new series. Errors are RFC 9457
+//! problem bodies.
 //!
 //! Adding a route: register it with [`route`] (not `Router::route`) in [`router`], so that it
-//! gets its own `path` label; routes added otherwise are counted as `other`.
+//! gets its own `path` label and the tenant guard ([`auth::guard`]): a route is the node's
+//! unless [`auth::TENANT_ROUTES`] lists it. A handler that must be the node's whatever the
+//! table says calls [`ApiState::authorize`].
 
+pub mod auth;
 pub mod cc;
 mod cluster;
 mod config;
@@ -17,6 +23,8 @@ mod health;
 mod problem;
 pub mod recordings;
 mod security;
+pub mod tls;
+pub mod tokens;
 
 #[cfg(test)]
 mod tests;
@@ -39,7 +47,10 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 
 use crate::actors::queue::CcContext;
+use crate::store::tokens::TokenTable;
+pub use crate::store::tokens::{is_valid_token, MIN_TOKEN_LEN};
 
+pub use auth::{Caller, AUTH_REFUSED_TOTAL};
 pub use cc::{Directory, AGENT_COMMANDS_TOTAL};
 pub use health::{Health, HealthCheck, HealthReport};
 pub use problem::{Problem, PROBLEM_JSON};
@@ -62,8 +73,11 @@ pub fn describe() {
         HTTP_REQUESTS_TOTAL,
         "HTTP API requests answered, by route template (`other` if unrouted) and status code"
     );
+    auth::describe();
     cc::describe();
     recordings::describe();
+    tls::describe();
+    tokens::describe();
 }
 
 /// Shared state of the HTTP handlers; cheap to clone (one per request): handles and `Arc`s.
@@ -71,8 +85,12 @@ pub fn describe() {
 pub struct ApiState {
     metrics: PrometheusHandle,
     health: Arc<Health>,
-    /// Without a token every mutation is refused (401): the API fails closed.
+    /// The node's token. Without one only tenants' tokens are accepted: the API fails closed.
     token: Option<Token>,
+    /// The tenants' tokens (the config file's and the API's; live with [`Self::with_config`]).
+    tokens: Arc<TokenTable>,
+    /// The listener speaks HTTPS (redirects to other nodes say `https`).
+    https: bool,
     /// Without a contact centre the queue and agent routes find nothing (404).
     cc: Option<Arc<cc::ContactCentre>>,
     /// Without recordings the recording routes find nothing (404).
@@ -92,6 +110,8 @@ impl ApiState {
             metrics,
             health: Arc::new(health),
             token: None,
+            tokens: Arc::new(TokenTable::new()),
+            https: false,
             cc: None,
             recordings: None,
             cluster: None,
@@ -100,9 +120,22 @@ impl ApiState {
         }
     }
 
-    /// Accept mutations that present `token` as `Authorization: Bearer <token>`.
+    /// Accept `token` (as `Authorization: Bearer <token>`) as the node's: every route.
     pub fn with_token(mut self, token: Token) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// Accept `secret` as a token of `tenant` (as a config file's `api_token` is). Call
+    /// after [`Self::with_config`], which brings its own table.
+    pub fn with_tenant_token(self, tenant: &str, secret: &str) -> Self {
+        self.tokens.add_file(tenant, secret);
+        self
+    }
+
+    /// The listener speaks HTTPS (see [`tls`]).
+    pub fn with_https(mut self) -> Self {
+        self.https = true;
         self
     }
 
@@ -125,8 +158,10 @@ impl ApiState {
         self
     }
 
-    /// Serve `/routes` and `/numbers` from `config` (changes are put in force at once).
+    /// Serve `/routes` and `/numbers` from `config` (changes are put in force at once), and
+    /// accept the tenants' tokens it keeps.
     pub fn with_config(mut self, config: Arc<crate::cluster::shared_config::SharedConfig>) -> Self {
+        self.tokens = config.tokens();
         self.config = Some(config);
         self
     }
@@ -137,35 +172,56 @@ impl ApiState {
         self
     }
 
-    /// Check a mutation's `Authorization` header against the token.
-    fn authorize(&self, headers: &HeaderMap) -> Result<(), Denied> {
+    /// Who the `Authorization` header speaks for: the node (its token), a tenant (one of
+    /// the tenants' tokens), or nobody (401 without a bearer credential, 403 with an unknown
+    /// one).
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Caller, Denied> {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_credential)
             .ok_or(Denied::NoCredentials)?;
-        match &self.token {
-            Some(token) if token.matches(presented) => Ok(()),
-            _ => Err(Denied::WrongToken),
+        if self.token.as_ref().is_some_and(|t| t.matches(presented)) {
+            return Ok(Caller::Node);
+        }
+        let now = crate::store::now_unix_ms().max(1) as u64;
+        match self.tokens.find(presented, now) {
+            Some(issued) => Ok(Caller::Tenant {
+                tenant: Arc::clone(&issued.tenant),
+                token: Arc::clone(&issued.id),
+            }),
+            None => Err(Denied::WrongToken),
+        }
+    }
+
+    /// `Ok` only for the node's token: for handlers of node-wide things (the [`auth`] guard
+    /// already keeps tenants' tokens off every route [`auth::TENANT_ROUTES`] does not list).
+    pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Denied> {
+        match self.identify(headers)? {
+            Caller::Node => Ok(()),
+            Caller::Tenant { .. } => Err(Denied::NodeOnly),
         }
     }
 }
 
-/// Why a mutation was refused before it was looked at.
+/// Why a request was refused before it was looked at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Denied {
+pub enum Denied {
     /// No `Authorization: Bearer` credential: 401 with `WWW-Authenticate: Bearer`.
     NoCredentials,
-    /// A bearer token that is not the node's: 403.
+    /// A bearer token the node does not know (wrong, revoked, rotated away): 403.
     WrongToken,
+    /// A tenant's token on a route of the node's: 403.
+    NodeOnly,
 }
 
 impl Denied {
-    /// The `result` label of a refused command.
-    fn label(self) -> &'static str {
+    /// The `reason` label of [`AUTH_REFUSED_TOTAL`].
+    pub fn reason(self) -> &'static str {
         match self {
-            Denied::NoCredentials => "unauthorized",
-            Denied::WrongToken => "forbidden",
+            Denied::NoCredentials => "missing",
+            Denied::WrongToken => "invalid",
+            Denied::NodeOnly => "node_only",
         }
     }
 }
@@ -184,6 +240,11 @@ impl IntoResponse for Denied {
             Denied::WrongToken => {
                 Problem::new(StatusCode::FORBIDDEN, "the bearer token is not valid").into_response()
             }
+            Denied::NodeOnly => Problem::new(
+                StatusCode::FORBIDDEN,
+                "this route needs the node's token, not a tenant's",
+            )
+            .into_response(),
         }
     }
 }
@@ -207,10 +268,10 @@ pub struct Token {
 }
 
 impl Token {
-    /// A token from its text; `None` if it is empty or not printable ASCII without spaces
-    /// (it must fit in an `Authorization` header as typed).
+    /// A token from its text; `None` if it is shorter than [`MIN_TOKEN_LEN`] or not
+    /// printable ASCII without spaces (it must fit in an `Authorization` header as typed).
     pub fn new(secret: &str) -> Option<Token> {
-        let valid = !secret.is_empty() && secret.bytes().all(|b| b.is_ascii_graphic());
+        let valid = is_valid_token(secret);
         valid.then(|| Token {
             secret: Arc::from(secret),
             digest: Sha256::digest(secret.as_bytes()).into(),
@@ -236,13 +297,7 @@ impl Token {
     /// Whether `presented` is this token, in time independent of where they differ.
     pub fn matches(&self, presented: &str) -> bool {
         let other: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        let diff = self
-            .digest
-            .iter()
-            .zip(other.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        // black_box keeps the optimiser from turning the fold into an early exit.
-        std::hint::black_box(diff) == 0
+        crate::store::tokens::digests_equal(&self.digest, &other)
     }
 }
 
@@ -265,12 +320,15 @@ pub enum TokenOrigin {
 
 /// The API token: `configured` (`http.token`) when set; otherwise the one in
 /// `data_dir/api-token`, generated there (mode 0600) if the file does not exist yet.
-/// An empty or malformed token is an error rather than an open API.
+/// A short (under [`MIN_TOKEN_LEN`] characters) or malformed token is an error rather than
+/// a guessable API.
 pub fn load_token(configured: Option<&str>, data_dir: &Path) -> io::Result<(Token, TokenOrigin)> {
     let invalid = |what: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{what}: a token is printable ASCII without spaces, not empty"),
+            format!(
+                "{what}: a token is at least {MIN_TOKEN_LEN} characters of printable ASCII without spaces"
+            ),
         )
     };
     if let Some(text) = configured {
@@ -305,15 +363,20 @@ pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-/// Serve the API on `listener` until `shutdown` completes, then finish in-flight requests and
-/// return. A failing connection never stops the server; accept errors back off (axum).
-pub async fn serve(
-    listener: TcpListener,
+/// Serve the API on `listener` (a [`TcpListener`], or a [`tls::TlsListener`] for HTTPS)
+/// until `shutdown` completes, then finish in-flight requests and return. A failing
+/// connection never stops the server; accept errors back off (axum).
+pub async fn serve<L>(
+    listener: L,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+{
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "HTTP API listening");
+        let scheme = if state.https { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "HTTP API listening");
     }
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
@@ -330,16 +393,25 @@ pub fn router(state: ApiState) -> Router {
     let router = cluster::routes(router);
     let router = config::routes(router);
     let router = security::routes(router);
+    let router = tokens::routes(router);
+    // Authentication covers the fallbacks too: without a token, an unknown path is a 401
+    // like a known one, so the routes cannot be mapped without a token.
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(middleware::from_fn(count_requests))
         .with_state(state)
 }
 
 /// Add `method_router` at `path` and label its responses with `path` (the template, e.g.
 /// `/tenants/{id}`), which becomes the `path` label of [`HTTP_REQUESTS_TOTAL`]. A method it
-/// does not handle gets a 405 problem body.
+/// does not handle gets a 405 problem body. A tenant's token reaches it only if
+/// [`auth::TENANT_ROUTES`] lists the method and `path`, and then only its own `{tenant}`
+/// ([`auth::guard`]).
 ///
 /// The label travels as a response extension because axum's `matched-path` feature is off.
 pub fn route<S>(router: Router<S>, path: &'static str, method_router: MethodRouter<S>) -> Router<S>
@@ -350,10 +422,15 @@ where
         response.extensions_mut().insert(RouteLabel(path));
         response
     });
-    // The 405 fallback is set here, before the layer, so that it is labelled too.
+    let guard =
+        middleware::from_fn(move |request: Request, next: Next| auth::guard(path, request, next));
+    // The 405 fallback is set here, before the layers, so that it is guarded and labelled too.
     router.route(
         path,
-        method_router.fallback(method_not_allowed).layer(label),
+        method_router
+            .fallback(method_not_allowed)
+            .layer(guard)
+            .layer(label),
     )
 }
 

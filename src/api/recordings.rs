@@ -6,9 +6,10 @@
 //! | `GET /recordings/{id}` | one row |
 //! | `GET /recordings/{id}/audio` | the decrypted stereo WAV (`audio/wav`) of a complete recording |
 //!
-//! Every route needs `Authorization: Bearer <token>`: the node's token sees every tenant, a
-//! tenant's `api_token` only its own. A recording of another tenant is a 404, exactly as one
-//! that does not exist, so ids do not leak across tenants. No or an unknown token is a 401.
+//! Every route needs `Authorization: Bearer <token>` (see [`super::auth`]): the node's token
+//! sees every tenant, a tenant's token (its `api_token` or one made through the API) only its
+//! own. A recording of another tenant is a 404, exactly as one that does not exist, so ids do
+//! not leak across tenants.
 //!
 //! Reads use a read-only SQLite connection per request (on the blocking pool), never the
 //! writer's. Audio is decrypted on the blocking pool chunk by chunk, each chunk authenticated
@@ -21,19 +22,20 @@ use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
-use super::{bearer_credential, route, ApiState, Params, Problem, Token};
+use super::{route, ApiState, Caller, Params, Problem};
 use crate::media::recording::{self, KeyRing, RecordingError, RecordingReader};
 use crate::store::recordings::{RecordingIndex, RecordingRow, STATE_COMPLETE};
 
-/// Counter, label `result` (`ok`, `not_found`, `unauthorized`, `conflict`, `error`): requests
-/// for a recording's audio.
+/// Counter, label `result` (`ok`, `not_found`, `conflict`, `error`): requests for a
+/// recording's audio (those refused for their token are counted in
+/// [`super::AUTH_REFUSED_TOTAL`]).
 pub const RECORDING_DOWNLOADS_TOTAL: &str = "switchyard_api_recording_downloads_total";
 
 /// `limit` of `GET /recordings` when none is given.
@@ -52,21 +54,11 @@ pub fn describe() {
     );
 }
 
-/// What the recording handlers need: where the index is, the keys, and the tenants' tokens.
+/// What the recording handlers need: where the index is and the keys.
+#[derive(Debug)]
 pub struct Recordings {
     db: PathBuf,
     keys: Arc<KeyRing>,
-    tenants: Vec<(Arc<str>, Token)>,
-}
-
-impl std::fmt::Debug for Recordings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Recordings")
-            .field("db", &self.db)
-            .field("keys", &self.keys)
-            .field("tenants", &self.tenants.len())
-            .finish()
-    }
 }
 
 impl Recordings {
@@ -76,30 +68,16 @@ impl Recordings {
         Recordings {
             db: db.into(),
             keys,
-            tenants: Vec::new(),
         }
-    }
-
-    /// Let `token` (the tenant's `api_token`) read `tenant`'s recordings.
-    pub fn with_tenant_token(mut self, tenant: &str, token: Token) -> Recordings {
-        self.tenants.push((Arc::from(tenant), token));
-        self
     }
 }
 
-/// Who is asking: the node (every tenant) or one tenant.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Scope {
-    Node,
-    Tenant(Arc<str>),
-}
-
-impl Scope {
-    fn sees(&self, row: &RecordingRow) -> bool {
-        match self {
-            Scope::Node => true,
-            Scope::Tenant(t) => row.tenant.as_deref() == Some(&**t),
-        }
+/// Whether `caller` may see `row`: the node every row, a tenant its own (a row without a
+/// tenant is the node's only).
+fn sees(caller: &Caller, row: &RecordingRow) -> bool {
+    match caller.tenant() {
+        None => true,
+        Some(own) => row.tenant.as_deref() == Some(own),
     }
 }
 
@@ -110,26 +88,23 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     route(router, "/recordings/{id}/audio", get(get_audio))
 }
 
-async fn list_recordings(State(state): State<ApiState>, headers: HeaderMap, uri: Uri) -> Response {
-    respond(list_inner(&state, &headers, &uri).await)
+async fn list_recordings(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    uri: Uri,
+) -> Response {
+    respond(list_inner(&state, &caller, &uri).await)
 }
 
 async fn list_inner(
     state: &ApiState,
-    headers: &HeaderMap,
+    caller: &Caller,
     uri: &Uri,
 ) -> Result<Vec<RecordingRow>, Problem> {
-    let (recs, scope) = authorize(state, headers)?;
+    let recs = recordings(state)?;
     let (tenant, limit) = parse_query(uri)?;
-    let tenant: Option<String> = match (&scope, tenant) {
-        (Scope::Node, t) => t,
-        (Scope::Tenant(own), None) => Some(own.to_string()),
-        (Scope::Tenant(own), Some(t)) if *t == **own => Some(t),
-        // Another tenant's listing: as if it did not exist.
-        (Scope::Tenant(_), Some(t)) => {
-            return Err(Problem::not_found(format!("no recordings of tenant {t:?}")))
-        }
-    };
+    // Another tenant's listing is a 404, as if it did not exist.
+    let tenant: Option<String> = caller.listing(tenant.as_deref())?.map(str::to_string);
     let db = recs.db.clone();
     blocking(move || {
         RecordingIndex::open(&db)
@@ -141,28 +116,21 @@ async fn list_inner(
 
 async fn get_recording(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    respond(
-        async {
-            let (recs, scope) = authorize(&state, &headers)?;
-            find(recs, &scope, id).await
-        }
-        .await,
-    )
+    respond(async { find(recordings(&state)?, &caller, id).await }.await)
 }
 
 async fn get_audio(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Response {
-    let result = audio_inner(&state, &headers, id).await;
+    let result = audio_inner(&state, &caller, id).await;
     let label = match &result {
         Ok(_) => "ok",
         Err(p) => match p.status {
-            401 => "unauthorized",
             404 => "not_found",
             409 => "conflict",
             _ => "error",
@@ -171,17 +139,13 @@ async fn get_audio(
     metrics::counter!(RECORDING_DOWNLOADS_TOTAL, "result" => label).increment(1);
     match result {
         Ok(response) => response,
-        Err(problem) => problem_response(problem),
+        Err(problem) => problem.into_response(),
     }
 }
 
-async fn audio_inner(
-    state: &ApiState,
-    headers: &HeaderMap,
-    id: String,
-) -> Result<Response, Problem> {
-    let (recs, scope) = authorize(state, headers)?;
-    let row = find(recs, &scope, id).await?;
+async fn audio_inner(state: &ApiState, caller: &Caller, id: String) -> Result<Response, Problem> {
+    let recs = recordings(state)?;
+    let row = find(recs, caller, id).await?;
     if row.state != STATE_COMPLETE {
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -306,8 +270,8 @@ impl http_body::Body for AudioBody {
     }
 }
 
-/// The row of `id` if `scope` may see it; otherwise, as when it does not exist, a 404.
-async fn find(recs: &Recordings, scope: &Scope, id: String) -> Result<RecordingRow, Problem> {
+/// The row of `id` if `caller` may see it; otherwise, as when it does not exist, a 404.
+async fn find(recs: &Recordings, caller: &Caller, id: String) -> Result<RecordingRow, Problem> {
     let db = recs.db.clone();
     let lookup = id.clone();
     let row = blocking(move || {
@@ -316,46 +280,16 @@ async fn find(recs: &Recordings, scope: &Scope, id: String) -> Result<RecordingR
             .map_err(|e| internal(format!("recording index: {e}")))
     })
     .await?;
-    row.filter(|r| scope.sees(r))
+    row.filter(|r| sees(caller, r))
         .ok_or_else(|| Problem::not_found(format!("no recording {id:?}")))
 }
 
-/// The recordings state and the caller's scope, or a 401.
-fn authorize<'a>(
-    state: &'a ApiState,
-    headers: &HeaderMap,
-) -> Result<(&'a Recordings, Scope), Problem> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_credential);
-    let Some(presented) = presented else {
-        return Err(unauthorized(
-            "this request needs Authorization: Bearer <token>",
-        ));
-    };
-    let recs = state
+/// The recordings state, or a 404 when the node keeps none.
+fn recordings(state: &ApiState) -> Result<&Recordings, Problem> {
+    state
         .recordings
         .as_deref()
-        .ok_or_else(|| Problem::not_found("this node keeps no recordings"))?;
-    if state.token.as_ref().is_some_and(|t| t.matches(presented)) {
-        return Ok((recs, Scope::Node));
-    }
-    // Every tenant token is compared (no early exit), so timing does not tell how many
-    // tenants were tried before the match.
-    let mut found = None;
-    for (tenant, token) in &recs.tenants {
-        if token.matches(presented) && found.is_none() {
-            found = Some(Arc::clone(tenant));
-        }
-    }
-    found
-        .map(|t| (recs, Scope::Tenant(t)))
-        .ok_or_else(|| unauthorized("the bearer token is not valid"))
-}
-
-fn unauthorized(detail: &str) -> Problem {
-    Problem::new(StatusCode::UNAUTHORIZED, detail)
+        .ok_or_else(|| Problem::not_found("this node keeps no recordings"))
 }
 
 fn internal(detail: String) -> Problem {
@@ -383,17 +317,7 @@ where
 fn respond<T: serde::Serialize>(answer: Result<T, Problem>) -> Response {
     match answer {
         Ok(body) => Json(body).into_response(),
-        Err(problem) => problem_response(problem),
-    }
-}
-
-/// A problem body; a 401 also carries the `WWW-Authenticate: Bearer` challenge.
-fn problem_response(problem: Problem) -> Response {
-    if problem.status == 401 {
-        let challenge = [(header::WWW_AUTHENTICATE, "Bearer")];
-        (challenge, problem).into_response()
-    } else {
-        problem.into_response()
+        Err(problem) => problem.into_response(),
     }
 }
 

@@ -16,6 +16,11 @@ use super::*;
 /// Bound on every network step, so a hung server fails the test instead of hanging it.
 const STEP: Duration = Duration::from_secs(5);
 
+/// The node's token of [`start`]ed servers.
+const NODE: &str = "node-token-for-the-api-unit-tests-0123";
+/// Tenant `t1`'s token (as a config file's `api_token`).
+const T1: &str = "tenant-one-token-for-the-api-unit-tests";
+
 struct Server {
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
@@ -24,12 +29,18 @@ struct Server {
 
 async fn start(health: Health) -> Server {
     let handle = crate::metrics::install().expect("install recorder");
+    let state = ApiState::new(handle, health)
+        .with_token(Token::new(NODE).expect("valid"))
+        .with_tenant_token("t1", T1);
+    start_with(state).await
+}
+
+async fn start_with(state: ApiState) -> Server {
     let listener = bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    let state = ApiState::new(handle, health);
     let task = tokio::spawn(serve(listener, state, async move {
         let _ = stopped.await;
     }));
@@ -45,6 +56,17 @@ struct Reply {
 /// One request on a fresh connection (`Connection: close`), read to the end.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> Reply {
     request_with(addr, method, path, "").await
+}
+
+/// [`request`] with `Authorization: Bearer <token>`.
+async fn request_as(addr: SocketAddr, method: &str, path: &str, token: &str) -> Reply {
+    request_with(
+        addr,
+        method,
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+    )
+    .await
 }
 
 /// [`request`] with `extra` header lines (each ending in CRLF).
@@ -160,7 +182,7 @@ async fn health_with_a_failing_check_is_503() {
 #[tokio::test]
 async fn unknown_path_is_a_404_problem() {
     let server = start(Health::new()).await;
-    let reply = request(server.addr, "GET", "/nope").await;
+    let reply = request_as(server.addr, "GET", "/nope", NODE).await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
     for field in [
@@ -189,7 +211,7 @@ async fn wrong_method_is_a_405_problem() {
 async fn requests_are_counted_by_route_with_bounded_paths() {
     let server = start(Health::new()).await;
     request(server.addr, "GET", "/health").await;
-    request(server.addr, "GET", "/scanner/probe-12345").await;
+    request_as(server.addr, "GET", "/scanner/probe-12345", NODE).await;
     request(server.addr, "POST", "/metrics").await;
 
     let reply = request(server.addr, "GET", "/metrics").await;
@@ -245,15 +267,20 @@ fn bearer_credential_needs_the_scheme_and_a_value() {
 
 #[test]
 fn token_matches_only_itself_and_hides_in_debug() {
-    let token = Token::new("s3cret").expect("valid");
-    assert!(token.matches("s3cret"));
-    assert!(!token.matches("s3cre"));
-    assert!(!token.matches("s3cret "));
+    let secret = "s3cret-0123456789-0123456789-0123456789";
+    let token = Token::new(secret).expect("valid");
+    assert!(token.matches(secret));
+    assert!(!token.matches(&secret[1..]));
+    assert!(!token.matches(&format!("{secret} ")));
     assert!(!token.matches(""));
-    assert!(!format!("{token:?}").contains("s3cret"));
+    assert!(!format!("{token:?}").contains(secret));
     assert!(Token::new("").is_none());
-    assert!(Token::new("has space").is_none());
-    assert!(Token::new("tab\t").is_none());
+    assert!(Token::new("has space 0123456789-0123456789-0123").is_none());
+    assert!(Token::new("tab\t0123456789-0123456789-0123456789").is_none());
+    // Shorter than 32 characters: guessable, refused.
+    assert!(Token::new("s3cret").is_none());
+    assert!(Token::new(&"x".repeat(MIN_TOKEN_LEN - 1)).is_none());
+    assert!(Token::new(&"x".repeat(MIN_TOKEN_LEN)).is_some());
 
     let a = Token::generate();
     let b = Token::generate();
@@ -267,10 +294,12 @@ fn token_is_configured_or_generated_once_then_reused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join(TOKEN_FILE);
 
-    let (token, origin) = load_token(Some("from-config"), dir.path()).expect("configured");
-    assert_eq!(
-        (token.expose(), origin),
-        ("from-config", TokenOrigin::Config)
+    let configured = "from-config-0123456789-0123456789-0123";
+    let (token, origin) = load_token(Some(configured), dir.path()).expect("configured");
+    assert_eq!((token.expose(), origin), (configured, TokenOrigin::Config));
+    assert!(
+        load_token(Some("short"), dir.path()).is_err(),
+        "a short configured token is refused"
     );
     assert!(!path.exists(), "a configured token writes no file");
 
@@ -298,37 +327,113 @@ fn token_is_configured_or_generated_once_then_reused() {
         load_token(None, dir.path()).is_err(),
         "an empty token file is an error, not an open API"
     );
+    std::fs::write(&path, "short\n").expect("a short token in the file");
+    assert!(load_token(None, dir.path()).is_err(), "a short token file");
 }
 
 #[tokio::test]
 async fn without_a_contact_centre_lists_are_empty_and_items_unknown() {
     let server = start(Health::new()).await;
-    let reply = request(server.addr, "GET", "/queues").await;
+    let reply = request_as(server.addr, "GET", "/queues", NODE).await;
     assert_eq!((reply.status, reply.body.as_str()), (200, "[]"));
-    let reply = request(server.addr, "GET", "/agents").await;
+    let reply = request_as(server.addr, "GET", "/agents", NODE).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert!(reply.body.contains(r#""total":0"#), "{}", reply.body);
-    let reply = request(server.addr, "GET", "/agents/t/a1").await;
+    let reply = request_as(server.addr, "GET", "/agents/t/a1", NODE).await;
     assert_eq!(reply.status, 404, "{}", reply.body);
     assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
 }
 
 #[tokio::test]
-async fn without_a_token_every_mutation_is_refused() {
+async fn every_route_but_health_and_metrics_needs_a_token() {
     let server = start(Health::new()).await;
-    // No Authorization at all: 401 with the challenge.
-    let reply = request(server.addr, "POST", "/agents/t/a1/logout").await;
+    // No Authorization at all: 401 with the challenge, reads, mutations and unknown paths
+    // alike (the routes cannot be mapped without a token).
+    for (method, path) in [
+        ("GET", "/queues"),
+        ("GET", "/queues/t1/q/waiting"),
+        ("GET", "/agents"),
+        ("GET", "/trunks"),
+        ("GET", "/recordings"),
+        ("POST", "/agents/t/a1/logout"),
+        ("GET", "/nope"),
+        ("GET", "/health/"),
+    ] {
+        let reply = request(server.addr, method, path).await;
+        assert_eq!(reply.status, 401, "{method} {path}: {}", reply.body);
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
+    }
+    // Another scheme is no bearer credential.
+    let basic = format!("Authorization: Basic {NODE}\r\n");
+    let reply = request_with(server.addr, "GET", "/queues", &basic).await;
     assert_eq!(reply.status, 401, "{}", reply.body);
-    assert_eq!(reply.headers["www-authenticate"], "Bearer");
-    assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
-    // A node without a token fails closed: no presented token can match.
-    let reply = request_with(
-        server.addr,
-        "POST",
-        "/agents/t/a1/logout",
-        "Authorization: Bearer anything\r\n",
-    )
-    .await;
+    // A token the node does not know: 403.
+    let reply = request_as(server.addr, "GET", "/queues", "anything").await;
     assert_eq!(reply.status, 403, "{}", reply.body);
     assert_eq!(reply.headers["content-type"], PROBLEM_JSON);
+    // Open: health and metrics.
+    assert_eq!(request(server.addr, "GET", "/health").await.status, 200);
+    assert_eq!(request(server.addr, "GET", "/metrics").await.status, 200);
+
+    let metrics = request(server.addr, "GET", "/metrics").await.body;
+    for reason in ["missing", "invalid"] {
+        let series = format!(r#"switchyard_api_auth_refused_total{{reason="{reason}"}}"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_without_a_token_fails_closed() {
+    let handle = crate::metrics::install().expect("install recorder");
+    let server = start_with(ApiState::new(handle, Health::new())).await;
+    let reply = request_as(server.addr, "POST", "/agents/t/a1/logout", "anything").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    let reply = request_as(server.addr, "GET", "/queues", "anything").await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn a_tenant_token_sees_its_tenant_only() {
+    let server = start(Health::new()).await;
+    // Its own listing (no contact centre here: empty), another tenant's: 404 as unknown.
+    let reply = request_as(server.addr, "GET", "/queues", T1).await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "[]"));
+    let reply = request_as(server.addr, "GET", "/queues?tenant=t1", T1).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = request_as(server.addr, "GET", "/queues?tenant=t2", T1).await;
+    assert_eq!(reply.status, 404, "{}", reply.body);
+    assert!(reply.body.contains(r#"no tenant \"t2\""#), "{}", reply.body);
+    // A path of another tenant: 404, before its handler runs.
+    for path in ["/queues/t2/q/waiting", "/agents/t2/a1", "/tenants/t2/users"] {
+        let reply = request_as(server.addr, "GET", path, T1).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.body);
+        assert!(reply.body.contains(r#"no tenant \"t2\""#), "{}", reply.body);
+    }
+    // Node-wide routes: 403, whatever the method; unknown paths stay 404.
+    for (method, path) in [
+        ("GET", "/trunks"),
+        ("GET", "/routes"),
+        ("GET", "/cluster"),
+        ("GET", "/tenants"),
+        ("PUT", "/routes/x"),
+        ("POST", "/tenants/t1/tokens"),
+        ("DELETE", "/tenants/t1/tokens/0123456789abcdef"),
+        ("PUT", "/tenants/t1/users/u"),
+        ("POST", "/calls/c1/recording/start"),
+    ] {
+        let reply = request_as(server.addr, method, path, T1).await;
+        assert_eq!(reply.status, 403, "{method} {path}: {}", reply.body);
+        assert!(reply.body.contains("node's token"), "{}", reply.body);
+    }
+    assert_eq!(
+        request_as(server.addr, "GET", "/nope", T1).await.status,
+        404
+    );
+
+    let metrics = request(server.addr, "GET", "/metrics").await.body;
+    for reason in ["node_only", "other_tenant"] {
+        let series = format!(r#"switchyard_api_auth_refused_total{{reason="{reason}"}}"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
 }

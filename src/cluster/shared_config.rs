@@ -44,6 +44,12 @@
 //! refused), CSV files (refused), and the periodic queue statistics snapshots (written for
 //! the file's queues only); their registrations are not restored at a restart (the
 //! registrar loads before the added tenants are known): phones register again.
+//!
+//! Tenants' API tokens made through the API (`POST /tenants/{tenant}/tokens`) are entries
+//! too (`tokens/<tenant>/<id>`, never seeded): a [`TokenRecord`] with the secret's SHA-256,
+//! never the secret. Every node swaps them into its [`TokenTable`] (with the file's
+//! `api_token`s), so a token made or revoked through one node is in force on every node once
+//! the watch brings it; a deleted tenant's tokens go with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -65,9 +71,10 @@ use crate::config::{
 use crate::routing::auth::{Authenticator, UserKeys, UserMap};
 use crate::routing::trunks::Policy;
 use crate::store::config as overrides;
+use crate::store::tokens::{TokenRecord, TokenTable};
 use crate::supervision::tree::{tenant_key, trunk_key, Catalog};
 
-/// Counter, labels `kind` (`route`, `number`, `user`, `queue`, `trunk`, `tenant`) and `source` (`api`: this node's API, alone;
+/// Counter, labels `kind` (`route`, `number`, `user`, `queue`, `trunk`, `tenant`, `token`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.
 pub const CONFIG_CHANGES_TOTAL: &str = "switchyard_config_changes_total";
 /// Counter, labels `kind` and `reason` (`invalid`, `unauthorized`, `unavailable`,
@@ -100,6 +107,8 @@ const APPLY_WAIT: Duration = Duration::from_secs(3);
 const CONFLICT_RETRIES: usize = 3;
 /// etcd's default limit of operations in one transaction (`--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
+/// The most API tokens a tenant may have at once.
+pub const MAX_TOKENS_PER_TENANT: usize = 100;
 
 /// What a change is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,16 +126,19 @@ pub enum Kind {
     Trunk,
     /// A tenant the config file lacks, added through the API, by id.
     Tenant,
+    /// A tenant's API token (its digest, never the secret), by `<tenant>/<id>`.
+    Token,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::Route,
         Kind::Number,
         Kind::User,
         Kind::Queue,
         Kind::Trunk,
         Kind::Tenant,
+        Kind::Token,
     ];
 
     /// The metric label and the overrides table's `kind`.
@@ -138,6 +150,7 @@ impl Kind {
             Kind::Queue => "queue",
             Kind::Trunk => "trunk",
             Kind::Tenant => "tenant",
+            Kind::Token => "token",
         }
     }
 
@@ -154,6 +167,7 @@ impl Kind {
             Kind::Queue => "queues",
             Kind::Trunk => "trunks",
             Kind::Tenant => "tenants",
+            Kind::Token => "tokens",
         }
     }
 
@@ -162,9 +176,9 @@ impl Kind {
     /// gets them.
     fn marker(self) -> &'static str {
         match self {
-            // Queues and tenants are never seeded: the file's stay the file's, an entry is
-            // a change over them or one the file lacks.
-            Kind::Route | Kind::Number | Kind::Queue | Kind::Tenant => "seeded",
+            // Queues, tenants and tokens are never seeded: the file's stay the file's, an
+            // entry is a change over them or one the file lacks.
+            Kind::Route | Kind::Number | Kind::Queue | Kind::Tenant | Kind::Token => "seeded",
             Kind::User => "seeded-users",
             Kind::Trunk => "seeded-trunks",
         }
@@ -319,6 +333,9 @@ struct Tables {
     trunks: BTreeMap<String, TrunkConfig>,
     /// Tenants added through the API (the file's are not entries).
     tenants: BTreeMap<String, TenantEntry>,
+    /// Tenants' API tokens made through the API, by [`scoped_id`] (the file's `api_token`s
+    /// are not entries).
+    tokens: BTreeMap<String, TokenRecord>,
 }
 
 /// What a queue change needs to be put in force: the tree's queue actors and each tenant's
@@ -338,6 +355,7 @@ enum Entry {
     Queue(QueueEntry),
     Trunk(TrunkConfig),
     Tenant(TenantEntry),
+    Token(TokenRecord),
 }
 
 impl Entry {
@@ -350,6 +368,7 @@ impl Entry {
             Entry::Queue(q) => q.body.clone(),
             Entry::Trunk(t) => trunk_json(t, true),
             Entry::Tenant(t) => t.body.clone(),
+            Entry::Token(r) => serde_json::to_value(r).expect("a token serializes"),
         }
     }
 
@@ -358,6 +377,7 @@ impl Entry {
         match self {
             Entry::User(u) => u.view(),
             Entry::Trunk(t) => trunk_json(t, false),
+            Entry::Token(r) => serde_json::to_value(r.view()).expect("a token serializes"),
             other => other.stored(id),
         }
     }
@@ -372,6 +392,7 @@ impl Tables {
             Kind::Queue => self.queues.contains_key(id),
             Kind::Trunk => self.trunks.contains_key(id),
             Kind::Tenant => self.tenants.contains_key(id),
+            Kind::Token => self.tokens.contains_key(id),
         }
     }
 
@@ -384,12 +405,15 @@ impl Tables {
             Kind::Queue => self.queues.remove(id).is_some(),
             Kind::Trunk => self.trunks.remove(id).is_some(),
             Kind::Tenant => {
-                // Its users and queues go with it (the store and etcd delete theirs too).
+                // Its users, queues and tokens go with it (the store and etcd delete theirs
+                // too).
                 let scope = scoped_id(id, "");
                 self.users.retain(|k, _| !k.starts_with(&scope));
                 self.queues.retain(|k, _| !k.starts_with(&scope));
+                self.tokens.retain(|k, _| !k.starts_with(&scope));
                 self.tenants.remove(id).is_some()
             }
+            Kind::Token => self.tokens.remove(id).is_some(),
         }
     }
 
@@ -413,6 +437,9 @@ impl Tables {
             }
             Entry::Tenant(t) => {
                 self.tenants.insert(id, t);
+            }
+            Entry::Token(r) => {
+                self.tokens.insert(id, r);
             }
         }
     }
@@ -446,6 +473,10 @@ impl Tables {
             .tenants
             .iter()
             .map(|(id, t)| (Kind::Tenant, id.as_str(), t.body.clone()));
+        let tokens = self
+            .tokens
+            .iter()
+            .map(|(id, r)| (Kind::Token, id.as_str(), Entry::Token(r.clone()).stored(id)));
         // Trunks and tenants first: a node applying these in order (a restart's overrides)
         // finds a route's trunks and a number's or user's tenant already there.
         trunks
@@ -454,6 +485,7 @@ impl Tables {
             .chain(numbers)
             .chain(users)
             .chain(queues)
+            .chain(tokens)
             .collect()
     }
 
@@ -508,6 +540,8 @@ pub struct SharedConfig {
     backend: Backend,
     /// One change at a time through this node (validation sees the previous one's result).
     writing: tokio::sync::Mutex<()>,
+    /// The tenants' API tokens in force (the file's and the entries'), read by the API.
+    tokens: Arc<TokenTable>,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -535,6 +569,12 @@ impl SharedConfig {
     ) -> Result<Arc<SharedConfig>, String> {
         let file = file_tables(config, &auth);
         let tenants = bare_tenants(config);
+        let tokens = Arc::new(TokenTable::new());
+        for t in &config.tenants {
+            if let Some(secret) = &t.api_token {
+                tokens.add_file(&t.id, secret);
+            }
+        }
         let make = |backend| SharedConfig {
             tenants,
             trunk_table,
@@ -548,6 +588,7 @@ impl SharedConfig {
             generation: AtomicU64::new(0),
             backend,
             writing: tokio::sync::Mutex::new(()),
+            tokens,
         };
         match &config.cluster {
             None => {
@@ -644,6 +685,24 @@ impl SharedConfig {
         t.tenants.values().map(|e| e.body.clone()).collect()
     }
 
+    /// The tenants' API tokens in force: the file's `api_token`s and those made through
+    /// the API, swapped on every change.
+    pub fn tokens(&self) -> Arc<TokenTable> {
+        Arc::clone(&self.tokens)
+    }
+
+    /// Token `id` of `tenant` as stored (made through the API); None if there is none.
+    pub fn token(&self, tenant: &str, id: &str) -> Option<TokenRecord> {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        t.tokens.get(&scoped_id(tenant, id)).cloned()
+    }
+
+    /// Whether `tenant` is in force (the file's or added through the API).
+    pub fn tenant_exists(&self, tenant: &str) -> bool {
+        let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        self.has_tenant(&t, tenant)
+    }
+
     /// Whether `tenant` is in force in `t` (the file's or added through the API).
     fn has_tenant(&self, t: &Tables, tenant: &str) -> bool {
         self.tenants.iter().any(|x| x.id == tenant) || t.tenants.contains_key(tenant)
@@ -659,6 +718,28 @@ impl SharedConfig {
         body: Value,
     ) -> Result<(bool, Value), ChangeError> {
         let result = self.put_inner(kind, id, body).await;
+        count_rejected(kind, &result);
+        result
+    }
+
+    /// Replaces the entry `id` of `kind` from a JSON body, only while it exists: a 404
+    /// (`NotFound`) if it does not, also when it is removed (through any node) while this
+    /// change is checked. Returns the entry as the API shows it.
+    pub async fn replace(&self, kind: Kind, id: &str, body: Value) -> Result<Value, ChangeError> {
+        let result = async {
+            let entry = parse_entry(kind, id, body)?;
+            let stored = entry.stored(id);
+            self.change(kind, id, Some(&stored), |t| {
+                if !t.contains(kind, id) {
+                    return Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())));
+                }
+                self.check(t, id, &entry)?;
+                Ok(true)
+            })
+            .await?;
+            Ok(entry.view(id))
+        }
+        .await;
         count_rejected(kind, &result);
         result
     }
@@ -940,8 +1021,8 @@ impl SharedConfig {
                     None => TxnOp::delete(key, None),
                 }];
                 if kind == Kind::Tenant && value.is_none() {
-                    // Its users and queues go with it.
-                    for k in [Kind::User, Kind::Queue] {
+                    // Its users, queues and tokens go with it.
+                    for k in [Kind::User, Kind::Queue, Kind::Token] {
                         let scope = format!("{}{}/{}", e.prefix, k.segment(), scoped_id(id, ""));
                         ops.push(TxnOp::delete(
                             scope,
@@ -974,15 +1055,17 @@ impl SharedConfig {
         }
     }
 
-    /// The users and queues entries of tenant `id`, by kind and id.
+    /// The users, queues and tokens entries of tenant `id`, by kind and id.
     fn scoped_ids(&self, id: &str) -> Vec<(Kind, String)> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
         let scope = scoped_id(id, "");
         let users = t.users.keys().filter(|k| k.starts_with(&scope));
         let queues = t.queues.keys().filter(|k| k.starts_with(&scope));
+        let tokens = t.tokens.keys().filter(|k| k.starts_with(&scope));
         users
             .map(|k| (Kind::User, k.clone()))
             .chain(queues.map(|k| (Kind::Queue, k.clone())))
+            .chain(tokens.map(|k| (Kind::Token, k.clone())))
             .collect()
     }
 
@@ -1030,7 +1113,32 @@ impl SharedConfig {
                 ))),
                 false => Ok(()),
             },
+            Entry::Token(r) => self.check_token(t, id, r),
         }
+    }
+
+    /// A token entry must belong to a tenant in force, and a tenant has at most
+    /// [`MAX_TOKENS_PER_TENANT`] (bounding what a leaked node token can fill etcd with).
+    fn check_token(&self, t: &Tables, id: &str, r: &TokenRecord) -> Result<(), ChangeError> {
+        if let Err((field, message)) = r.check() {
+            return Err(ChangeError::invalid(field, message));
+        }
+        if !self.has_tenant(t, &r.tenant) {
+            return Err(ChangeError::NotFound(format!("tenant {:?}", r.tenant)));
+        }
+        let scope = scoped_id(&r.tenant, "");
+        let others = t
+            .tokens
+            .keys()
+            .filter(|k| k.starts_with(&scope) && k.as_str() != id)
+            .count();
+        if others >= MAX_TOKENS_PER_TENANT {
+            return Err(ChangeError::InUse(format!(
+                "tenant {:?} has {others} tokens, the most it may have: revoke one first",
+                r.tenant
+            )));
+        }
+        Ok(())
     }
 
     /// The file's tenants with their queues in force in `t`: the file's (changed ones
@@ -1467,6 +1575,9 @@ impl SharedConfig {
             }
         }
         self.install_queues(&current, &tables, first);
+        if first || tables.tokens != current.tokens {
+            self.tokens.set_api(tables.tokens.values());
+        }
         *current = tables;
         drop(current);
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -1794,7 +1905,7 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
                 if map.get(field).is_some_and(|v| !v.is_null()) {
                     return Err(ChangeError::invalid(
                         field,
-                        "only in the config file (a tenant added through the API has its users put through the API and is reached with the node's token)",
+                        "only in the config file (a tenant added through the API has its users put through the API and its tokens made with POST /tenants/{id}/tokens)",
                     ));
                 }
             }
@@ -1803,6 +1914,19 @@ fn parse_entry(kind: Kind, id: &str, body: Value) -> Result<Entry, ChangeError> 
             map.remove("numbers");
             let config: TenantConfig = parse_fields(body.clone())?;
             Ok(Entry::Tenant(TenantEntry { config, body }))
+        }
+        Kind::Token => {
+            let (tenant, token) = split_id(id)?;
+            let mut r: TokenRecord = parse_fields(body)?;
+            if !r.tenant.is_empty() && r.tenant != tenant {
+                return differs("tenant", &r.tenant, tenant);
+            }
+            if !r.id.is_empty() && r.id != token {
+                return differs("id", &r.id, token);
+            }
+            r.tenant = tenant.to_string();
+            r.id = token.to_string();
+            Ok(Entry::Token(r))
         }
         Kind::Trunk => {
             let mut body = with_id(body, id)?;
@@ -2157,6 +2281,7 @@ mod tests {
             generation: AtomicU64::new(0),
             backend: Backend::Sqlite(PathBuf::new()),
             writing: tokio::sync::Mutex::new(()),
+            tokens: Arc::default(),
         }
     }
 
@@ -2922,5 +3047,91 @@ mod tests {
         assert!(saved
             .iter()
             .any(|o| o.kind == "user" && o.id == "beta/bob" && o.deleted));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_hashed_put_in_force_bounded_and_go_with_their_tenant() {
+        use crate::store::tokens::{new_id, new_secret, TokenRecord};
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("switchyard.db");
+        let mut s = shared(&config());
+        s.backend = Backend::Sqlite(db.clone());
+        s.install(s.snapshot());
+        let record = |tenant: &str, secret: &str| {
+            let r = TokenRecord::new(tenant, &new_id(), "crm", secret, 1);
+            (scoped_id(tenant, &r.id), serde_json::to_value(&r).unwrap())
+        };
+        // Made: in force in the token table at once, stored without the secret.
+        let secret = new_secret();
+        let (id, body) = record("acme", &secret);
+        let (created, view) = s.put(Kind::Token, &id, body).await.unwrap();
+        assert!(created);
+        assert!(view.get("sha256").is_none(), "{view}");
+        assert_eq!(&*s.tokens().find(&secret, 5).unwrap().tenant, "acme");
+        let saved = overrides::load(&overrides::open(&db).unwrap()).unwrap();
+        assert_eq!(saved.len(), 1);
+        assert!(!saved[0].json.contains(&secret[4..]), "{}", saved[0].json);
+        // A restart's overrides bring it back.
+        let mut again = Tables::default();
+        s.apply_override(&mut again, &saved[0]).unwrap();
+        assert!(again.tokens.contains_key(&id));
+        // Refused: an unknown tenant, a body contradicting the path, a bad digest.
+        let (other, body) = record("nope", &new_secret());
+        let e = s.put(Kind::Token, &other, body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+        let (_, body) = record("acme", &new_secret());
+        let e = s.put(Kind::Token, &id, body).await.unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "id"),
+            "{e:?}"
+        );
+        let e = s
+            .put(Kind::Token, &id, json!({"sha256": "xx", "created_ms": 1}))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ChangeError::Invalid { field, .. } if field == "sha256"),
+            "{e:?}"
+        );
+        // Replaced only while it exists.
+        let rotated = new_secret();
+        let r = TokenRecord {
+            rotated_ms: Some(9),
+            ..TokenRecord::new("acme", &id[5..], "crm", &rotated, 1)
+        };
+        s.replace(Kind::Token, &id, serde_json::to_value(&r).unwrap())
+            .await
+            .unwrap();
+        assert!(s.tokens().find(&secret, 6).is_none(), "the old secret");
+        assert!(s.tokens().find(&rotated, 6).is_some());
+        let (missing, body) = record("acme", &new_secret());
+        let e = s.replace(Kind::Token, &missing, body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::NotFound(_)), "{e:?}");
+        // At most MAX_TOKENS_PER_TENANT per tenant.
+        for _ in 1..MAX_TOKENS_PER_TENANT {
+            let (id, body) = record("acme", &new_secret());
+            s.put(Kind::Token, &id, body).await.unwrap();
+        }
+        let (over, body) = record("acme", &new_secret());
+        let e = s.put(Kind::Token, &over, body).await.unwrap_err();
+        assert!(matches!(e, ChangeError::InUse(_)), "{e:?}");
+        // Revoked: out of force at once.
+        s.delete(Kind::Token, &id).await.unwrap();
+        assert!(s.tokens().find(&rotated, 7).is_none());
+        // A tenant added through the API takes its tokens with it, here and after a restart.
+        s.put(Kind::Tenant, "beta", json!({"domain": "beta.test"}))
+            .await
+            .unwrap();
+        let beta = new_secret();
+        let (beta_id, body) = record("beta", &beta);
+        s.put(Kind::Token, &beta_id, body).await.unwrap();
+        assert!(s.tokens().find(&beta, 8).is_some());
+        s.delete(Kind::Tenant, "beta").await.unwrap();
+        assert!(s.tokens().find(&beta, 9).is_none());
+        assert!(!s.snapshot().tokens.contains_key(&beta_id));
+        let saved = overrides::load(&overrides::open(&db).unwrap()).unwrap();
+        assert!(saved
+            .iter()
+            .any(|o| o.kind == "token" && o.id == beta_id && o.deleted));
     }
 }

@@ -28,6 +28,7 @@ mod cdr;
 pub mod config;
 pub mod recordings;
 pub mod registrations;
+pub mod tokens;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};

@@ -104,10 +104,11 @@ pub async fn wait_etcd(url: &str) {
     );
 }
 
-/// `GET path` as JSON, or None when the node does not answer (yet) or answers non-200.
+/// `GET path` (with the tests' node token, [`super::API_TOKEN`]) as JSON, or None when the
+/// node does not answer (yet) or answers non-200.
 pub async fn get_json(addr: SocketAddr, path: &str) -> Option<Value> {
     tokio::net::TcpStream::connect(addr).await.ok()?;
-    let reply = http_request(addr, "GET", path, None, "").await;
+    let reply = http_request(addr, "GET", path, Some(super::API_BEARER), "").await;
     (reply.status == 200).then(|| serde_json::from_str(&reply.body).expect("JSON body"))
 }
 

@@ -17,6 +17,12 @@ use switchyard::transport::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+/// The node's API token in the tests' configs (every route but `/health` and `/metrics`
+/// needs it; at least 32 characters).
+pub const API_TOKEN: &str = "switchyard-test-api-token-0123456789-abcdef";
+/// [`API_TOKEN`] as an `Authorization` value.
+pub const API_BEARER: &str = "Bearer switchyard-test-api-token-0123456789-abcdef";
+
 pub fn testdata() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/rfc4475")
 }
@@ -60,6 +66,7 @@ pub fn config(data_dir: &std::path::Path, routes: &[(&str, String)]) -> Config {
     let mut c = Config::default();
     c.sip.listen = vec!["udp:127.0.0.1:0".into(), "tcp:127.0.0.1:0".into()];
     c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.http.token = Some(API_TOKEN.into());
     c.data_dir = data_dir.to_path_buf();
     c.routes = routes
         .iter()
