@@ -42,6 +42,9 @@ pub struct Config {
     /// Media anchoring, recording and prompts.
     #[serde(default)]
     pub media: MediaConfig,
+    /// The edge: which sources are trusted peers (see `security::trust`).
+    #[serde(default)]
+    pub security: SecurityConfig,
     /// Cluster membership (`--cluster cluster.toml`); None for a node alone.
     #[serde(skip)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
@@ -149,6 +152,17 @@ fn one_usize() -> usize {
     1
 }
 
+/// `[security]`: who the switch trusts. Nothing is trusted by default, loopback included.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Trusted peers (`"CIDR"` or a bare address): their calls may use every static route,
+    /// as a trunk gateway's may use numbers and users, and they are exempt from per-source
+    /// limits. The trunks' gateway addresses are added to these by themselves.
+    #[serde(default)]
+    pub trusted: Vec<String>,
+}
+
 /// A tenant: a SIP domain and its users. Tenants never see each other's users or bindings.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -187,6 +201,10 @@ pub struct TenantConfig {
     /// (`http.token`) reaches every tenant.
     #[serde(default)]
     pub api_token: Option<String>,
+    /// The routes (by id: a route's `id`, else its prefix) the tenant's authenticated users
+    /// may dial out through. Empty: none (its users reach numbers and users only).
+    #[serde(default)]
+    pub outbound: Vec<String>,
 }
 
 impl TenantConfig {
@@ -198,7 +216,7 @@ impl TenantConfig {
 /// A user's credentials as digest HA1 hashes (never the password):
 /// `ha1_md5 = hex(MD5(username:realm:password))`, `ha1_sha256 = hex(SHA-256(...))`.
 /// `switchyard ha1` computes them.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub username: String,
@@ -206,6 +224,10 @@ pub struct UserConfig {
     pub ha1_md5: Option<String>,
     #[serde(default)]
     pub ha1_sha256: Option<String>,
+    /// Narrows the tenant's `outbound` for this user: a route must be in both lists. Unset:
+    /// the tenant's list.
+    #[serde(default)]
+    pub outbound: Option<Vec<String>>,
 }
 
 /// Registrar and authentication settings.
@@ -224,10 +246,12 @@ pub struct RegistrarConfig {
     /// A nonce older than this gets `stale=true`.
     #[serde(default = "default_nonce_ttl")]
     pub nonce_ttl_secs: u32,
-    /// Failed authentications in a row (per source IP, or per user) before a lock.
+    /// Failed authentications in a row before a lock: per source address (any users), and
+    /// per user from one source address (never per user alone, so that no one can lock a
+    /// user out of its own phone from elsewhere).
     #[serde(default = "default_max_failures")]
     pub max_auth_failures: u32,
-    /// How long a lock lasts; locked sources and users get 403.
+    /// How long a lock lasts; a locked source, or a user from that source, gets 403.
     #[serde(default = "default_lock")]
     pub lock_secs: u32,
     /// Challenge INVITEs from a tenant's users (407) before routing them.
@@ -236,6 +260,10 @@ pub struct RegistrarConfig {
     /// Digest algorithms offered in challenges, in order: "SHA-256", "MD5".
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+    /// Nonces whose counts are remembered at most (replay protection); when every entry is
+    /// still live, a new nonce's first use gets `stale=true` until one expires.
+    #[serde(default = "default_max_nonces")]
+    pub max_nonces: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -324,8 +352,9 @@ pub struct AdmissionConfig {
     /// Token bucket depth (0 = one second's worth).
     #[serde(default)]
     pub cps_burst: u32,
-    /// New calls per second from one source IP (0 = off).
-    #[serde(default)]
+    /// New calls per second from one source IP that is neither a trusted peer nor a trunk
+    /// gateway (0 = off).
+    #[serde(default = "default_per_source_cps")]
     pub per_source_cps: u32,
     /// Seconds in Retry-After of a 503.
     #[serde(default = "default_retry_after")]
@@ -367,6 +396,11 @@ pub struct RouteConfig {
     /// Record calls on this route (anchors their media).
     #[serde(default)]
     pub record: bool,
+    /// Calls arriving from a trunk's gateway may take this route (a carrier's call sent out
+    /// again through a trunk, or on to a target). Off: such calls reach numbers and users
+    /// only.
+    #[serde(default)]
+    pub from_trunks: bool,
 }
 
 impl RouteConfig {
@@ -569,6 +603,12 @@ fn default_max_calls() -> usize {
 fn default_cps() -> u32 {
     1000
 }
+fn default_per_source_cps() -> u32 {
+    10
+}
+fn default_max_nonces() -> usize {
+    500_000
+}
 fn default_retry_after() -> u32 {
     5
 }
@@ -762,10 +802,10 @@ impl Config {
                 );
             }
         }
-        if r.nonce_ttl_secs == 0 || r.max_auth_failures == 0 {
+        if r.nonce_ttl_secs == 0 || r.max_auth_failures == 0 || r.max_nonces == 0 {
             err(
                 "registrar".into(),
-                "nonce_ttl_secs and max_auth_failures must be > 0".into(),
+                "nonce_ttl_secs, max_auth_failures and max_nonces must be > 0".into(),
             );
         }
         let mut ids = std::collections::HashSet::new();
@@ -939,10 +979,38 @@ impl Config {
         for (i, t) in self.tenants.iter().enumerate() {
             validate_contact_centre(i, t, &mut numbers, &mut err);
         }
+        self.validate_edge(&mut err);
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
+        }
+    }
+
+    /// `[security]` and who may dial out where: trusted peers parse as CIDRs, and every
+    /// route a tenant's or a user's `outbound` names exists (by id, else prefix).
+    fn validate_edge(&self, err: &mut impl FnMut(String, String)) {
+        for (i, c) in self.security.trusted.iter().enumerate() {
+            if let Err(e) = crate::security::trust::parse_cidr(c) {
+                err(format!("security.trusted[{i}]"), e);
+            }
+        }
+        let routes: std::collections::HashSet<&str> =
+            self.routes.iter().map(RouteConfig::key).collect();
+        let mut check = |place: String, list: &[String]| {
+            for (k, id) in list.iter().enumerate() {
+                if !routes.contains(id.as_str()) {
+                    err(format!("{place}[{k}]"), format!("no route {id:?}"));
+                }
+            }
+        };
+        for (i, t) in self.tenants.iter().enumerate() {
+            check(format!("tenants[{i}].outbound"), &t.outbound);
+            for (j, u) in t.users.iter().enumerate() {
+                if let Some(list) = &u.outbound {
+                    check(format!("tenants[{i}].users[{j}].outbound"), list);
+                }
+            }
         }
     }
 

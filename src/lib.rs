@@ -7,6 +7,7 @@
 //! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
 //! - [`actors`]: one file per actor kind.
 //! - [`media`]: RTP anchoring, codecs, DTMF, recording, playback, call quality.
+//! - [`security`]: the edge: trusted peers, trunk gateways, who may call where.
 //! - [`cluster`]: cluster mode: etcd membership and ownership, messages between nodes.
 //! - [`store`]: the embedded SQLite database (CDRs).
 //! - [`api`]: HTTP: `/metrics`, `/health`.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod media;
 pub mod metrics;
 pub mod routing;
+pub mod security;
 pub mod server;
 pub mod sip;
 pub mod store;

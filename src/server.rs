@@ -34,6 +34,8 @@ pub struct Node {
     /// Queues and agents.
     pub cc: Arc<CcContext>,
     pub tree: Tree,
+    /// The edge's trusted peers and trunk gateways (the router's).
+    pub trust: Arc<crate::security::trust::Trust>,
     /// Cluster membership (None for a node alone).
     pub membership: Option<Arc<crate::cluster::membership::Membership>>,
     /// Actor messages to and from the other nodes (cluster mode).
@@ -219,6 +221,12 @@ impl Node {
             }
         }
         let trunk_table = Arc::new(LiveTrunks::new(trunk_table));
+        // The edge: trusted peers and the trunks' gateways (kept current as trunks change).
+        let trust = Arc::new(
+            crate::security::trust::Trust::from_config(&config.security.trusted)
+                .map_err(|e| format!("security.trusted: {e}"))?,
+        );
+        trunk_table.keep_gateways(trust.clone());
         let _ = ctx.trunks.set(trunk_table.clone());
         // The contact centre: queues and agents share one context with the calls.
         let cc = Arc::new(CcContext::new(
@@ -307,7 +315,8 @@ impl Node {
                 tree.registrar_name.clone(),
                 config.registrar.authenticate_invites,
             )
-            .with_numbers(numbers),
+            .with_numbers(numbers)
+            .with_trust(trust.clone()),
         );
         let mut tconf = TransportConfig {
             max_tcp_connections: config.sip.max_tcp_connections,
@@ -454,6 +463,7 @@ impl Node {
             location,
             cc,
             tree,
+            trust,
             membership,
             port,
             shutdown,
