@@ -1032,7 +1032,8 @@ mod tests {
         assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
         // ...but never for this user from another source: no lockout lever.
         let other: IpAddr = "127.0.0.2".parse().unwrap();
-        let o = a.check(&answer(&ch, "alice", "pw-a", 5), "a", other, false, t0);
+        let ch2 = challenge_of(&a.check(&register(None), "a", other, false, t0));
+        let o = a.check(&answer(&ch2, "alice", "pw-a", 1), "a", other, false, t0);
         assert!(matches!(o, AuthOutcome::Authenticated { .. }), "{o:?}");
         // After the lock: a fresh nonce works.
         let t1 = t0 + Duration::from_secs(61);
