@@ -1531,6 +1531,52 @@ target = "queue:missing"
     }
 
     #[test]
+    fn trusted_peers_and_outbound_permissions_are_checked() {
+        let c = Config::from_toml(
+            r#"
+[security]
+trusted = ["10.0.0.0/8", "192.0.2.7", "not-an-address"]
+[[routes]]
+prefix = "9"
+target = "sip:127.0.0.1:5090"
+[[routes]]
+id = "intl"
+prefix = "00"
+target = "sip:127.0.0.1:5090"
+from_trunks = true
+[[tenants]]
+id = "t"
+domain = "t.example"
+outbound = ["9", "intl", "nope"]
+[[tenants.users]]
+username = "1001"
+ha1_md5 = "00000000000000000000000000000000"
+outbound = ["9", "00"]
+"#,
+        )
+        .unwrap();
+        assert!(c.routes[1].from_trunks && !c.routes[0].from_trunks);
+        let errs = c.validate().unwrap_err();
+        let places: Vec<&str> = errs.iter().map(|e| e.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "security.trusted[2]",
+                "tenants[0].outbound[2]",
+                "tenants[0].users[0].outbound[1]"
+            ],
+            "{errs:?}"
+        );
+        let d = Config::from_toml("").unwrap();
+        assert!(
+            d.security.trusted.is_empty(),
+            "nothing is trusted by default"
+        );
+        assert_eq!(d.admission.per_source_cps, 10);
+        assert!(Config::from_toml("[security]\nbogus = 1\n").is_err());
+    }
+
+    #[test]
     fn agents_csv_lines() {
         let a = AgentConfig::from_csv_line(
             "a1, 1001, sales:1|support:2:5, english:7|billing:3, available",

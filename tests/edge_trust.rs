@@ -641,3 +641,41 @@ async fn the_digest_uri_must_be_the_request_uri_and_the_nonce_table_is_bounded()
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_configuration_is_safe_as_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("switchyard.example.toml");
+    let mut c = Config::load(&path).expect("the example is valid");
+    assert!(c.security.trusted.is_empty(), "nothing trusted as shipped");
+    // Only what a test must change: its sockets, its data, and the carrier's address (a
+    // loopback stand-in for 192.0.2.10).
+    let carrier = ua_at(CARRIER_A).await;
+    c.sip.listen = vec!["udp:127.0.0.1:0".into()];
+    c.http.listen = "127.0.0.1:0".parse().unwrap();
+    c.data_dir = dir.path().to_path_buf();
+    c.media.bind = "127.0.0.1".parse().unwrap();
+    for t in &mut c.trunks {
+        t.gateways = vec![format!("sip:{}", carrier.addr)];
+        t.probe_interval_secs = 0;
+    }
+    let node = start_with(c).await;
+    let sw = udp_addr(&node);
+    let attacker = ua_at(ATTACKER).await;
+    for (cid, number) in [("ex-9", "9441234567"), ("ex-1", "1555"), ("ex-any", "0800")] {
+        let text = invite_from(
+            cid,
+            number,
+            "sip:a@evil.example",
+            attacker.addr,
+            sw,
+            1,
+            None,
+        );
+        attacker.send(sw, &text).await;
+        let r = final_for(&attacker, cid).await;
+        assert_eq!(r.status(), Some(403), "{number}: {r}");
+    }
+    assert!(hears_no_invite(&carrier, Duration::from_millis(500)).await);
+    node.shutdown().await;
+}

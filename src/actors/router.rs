@@ -1116,3 +1116,49 @@ impl Handler for Router {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(per_source_cps: u32, sources: usize) -> Admission {
+        let config = AdmissionConfig {
+            per_source_cps,
+            cps: 0,
+            ..AdmissionConfig::default()
+        };
+        Admission::with_capacity(config, sources)
+    }
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    #[test]
+    fn per_source_limits_spare_exempt_sources() {
+        let a = admission(1, 16);
+        assert!(a.admit(ip(1), 0, false).is_ok());
+        let refused = a.admit(ip(1), 0, false).unwrap_err();
+        assert_eq!(refused.label, "source_cps");
+        // Another source has its own bucket; a trusted peer or gateway has none.
+        assert!(a.admit(ip(2), 0, false).is_ok());
+        for _ in 0..100 {
+            assert!(a.admit(ip(3), 0, true).is_ok());
+        }
+        assert_eq!(a.tracked_sources(), 2);
+    }
+
+    #[test]
+    fn the_source_table_is_bounded_and_forgets_the_least_recent() {
+        let a = admission(1, 4);
+        for i in 0..10 {
+            assert!(a.admit(ip(i), 0, false).is_ok());
+        }
+        assert_eq!(a.tracked_sources(), 4);
+        // The most recent sources are remembered (their bucket is empty)...
+        assert!(a.admit(ip(9), 0, false).is_err());
+        // ...the first ones were forgotten, and start again with a full bucket.
+        assert!(a.admit(ip(0), 0, false).is_ok());
+        assert_eq!(a.tracked_sources(), 4);
+    }
+}
