@@ -666,6 +666,12 @@ impl NumberRoute {
     }
 }
 
+/// A caller authenticated as a tenant's user: its tenant, and its own outbound list.
+struct Member {
+    tenant: Arc<crate::routing::auth::TenantUsers>,
+    own: Option<Vec<String>>,
+}
+
 /// What the router needs of the registrar: its name, the authenticator and the location
 /// service (read directly, no actor round trip).
 struct RegistrarLink {
@@ -826,7 +832,7 @@ impl Router {
             .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
             .unwrap_or_default();
         // The tenant's user the caller authenticated as, if any.
-        let mut member: Option<(Arc<[String]>, Option<Vec<String>>)> = None;
+        let mut member: Option<Member> = None;
         if let Some(reg) = &self.registrar {
             // Calls from a tenant's phones are authenticated before they are routed.
             if reg.authenticate_invites {
@@ -842,9 +848,9 @@ impl Router {
                         }
                         return;
                     };
-                    member = reg.auth.tenant(&tenant).map(|t| {
-                        let own = t.user(&username).and_then(|k| k.outbound);
-                        (Arc::from(t.outbound.as_slice()), own)
+                    member = reg.auth.tenant(&tenant).map(|t| Member {
+                        own: t.user(&username).and_then(|k| k.outbound),
+                        tenant: t,
                     });
                 }
             }
@@ -903,9 +909,9 @@ impl Router {
         // Not a local destination: a static route, for callers allowed to take it.
         let caller = match (self.trust.classify(source.remote.ip()), &member) {
             (SourceClass::Trusted, _) => Caller::Trusted,
-            (_, Some((tenant, own))) => Caller::User {
-                tenant_outbound: tenant,
-                user_outbound: own.as_deref(),
+            (_, Some(m)) => Caller::User {
+                tenant_outbound: &m.tenant.outbound,
+                user_outbound: m.own.as_deref(),
             },
             (SourceClass::Gateway(_), None) => Caller::Gateway,
             (SourceClass::Other, None) => Caller::Anonymous,
