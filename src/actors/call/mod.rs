@@ -505,6 +505,12 @@ pub enum CallMsg {
         agent: Arc<str>,
         phones: Result<Vec<Fork>, String>,
     },
+    /// A new INVITE with Replaces naming one of this call's dialogs (the router found the
+    /// call by the Call-ID it names), from the tenant user (tenant, user) it authenticated as.
+    Replacing {
+        invite: Box<Inbound>,
+        user: Option<(Arc<str>, Arc<str>)>,
+    },
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -621,6 +627,7 @@ impl Actor for CallActor {
                 return Ok(());
             }
             CallMsg::Adopt(handed) => Event::Adopt(handed),
+            CallMsg::Replacing { invite, user } => Event::Replacing { invite, user },
             CallMsg::AgentReserved {
                 tenant,
                 agent,

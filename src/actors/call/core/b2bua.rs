@@ -899,7 +899,7 @@ impl CallCore {
         if let Some(id) = self
             .txs
             .iter()
-            .find(|t| t.role == Role::AInvite)
+            .find(|t| t.role == Role::AInvite && t.leg == Leg::A)
             .map(|t| t.id)
         {
             self.respond_msg(id, &resp);

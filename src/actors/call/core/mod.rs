@@ -43,6 +43,7 @@ mod effects;
 pub(crate) mod media;
 mod originate;
 mod queue_leg;
+mod replaces;
 #[cfg(test)]
 mod tests;
 mod transactions;
@@ -122,6 +123,12 @@ pub enum Event {
         tenant: Arc<str>,
         agent: Arc<str>,
         phones: Result<Vec<Fork>, String>,
+    },
+    /// A new INVITE with Replaces naming one of this call's dialogs, from the tenant user
+    /// (tenant, user) it authenticated as, if any.
+    Replacing {
+        invite: Box<Inbound>,
+        user: Option<(Arc<str>, Arc<str>)>,
     },
 }
 
@@ -640,6 +647,7 @@ impl CallCore {
                 agent,
                 phones,
             } => self.agent_reserved(tenant, agent, phones),
+            Event::Replacing { invite, user } => self.replacing_invite(*invite, user),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);

@@ -1840,3 +1840,83 @@ fn a_busy_agent_is_not_offered_the_transfer_and_the_transferor_comes_back() {
     assert!(!c.has(D, |_| true));
     assert_eq!(c.phase(), Phase::Confirmed);
 }
+
+// ---- INVITE with Replaces ----
+
+/// A new INVITE from a phone at `at` naming the dialog with `call_id`, `local` and `remote`
+/// tags (as the phone's side would put them: to-tag, from-tag).
+fn replacing_invite(at: &str, cid: &str, r_call: &str, to_tag: &str, from_tag: &str) -> String {
+    format!(
+        "INVITE sip:1002@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {at};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:1005@acme.test>;tag=e-{cid}\r\nTo: <sip:1002@127.0.0.1>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:1005@{at}>\r\nReplaces: {r_call};to-tag={to_tag};from-tag={from_tag}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    )
+}
+
+const E: &str = "127.0.0.7:5062";
+
+fn from_tag_of(m: &Message) -> String {
+    m.from()
+        .and_then(|f| f.tag())
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .unwrap_or_default()
+}
+
+fn replacing(c: &mut Call, text: &str, user: Option<(&str, &str)>) {
+    let invite = Box::new(Inbound {
+        msg: msg(text),
+        source: source(E),
+    });
+    let user = user.map(|(t, u)| (Arc::from(t), Arc::from(u)));
+    c.feed(Event::Replacing { invite, user });
+}
+
+#[test]
+fn an_invite_with_replaces_takes_the_named_legs_place() {
+    let (mut c, inv_b, _, mut b) = anchored_call("repl-1", None);
+    // A phone of the tenant (1005 at E) replaces the agent's leg B, naming B's dialog (the
+    // switch's tag is the From tag of its INVITE to B).
+    let switch_tag = from_tag_of(&inv_b);
+    let text = replacing_invite(E, "repl-new", &call_id(&inv_b), "btag", &switch_tag);
+    replacing(&mut c, &text, Some(("acme", "1005")));
+    c.status(E, 100, Method::Invite);
+    let ok = c.status(E, 200, Method::Invite);
+    assert!(
+        body(&ok).contains("m=audio 20002 "),
+        "the port the replaced leg used"
+    );
+    assert!(c.registered.iter().any(|id| id.as_ref() == b"repl-new"));
+    // The replaced leg is let go.
+    let bye = c.request(B, Method::Bye);
+    assert_eq!(call_id(&bye), call_id(&inv_b));
+    c.from(B, &answer(&bye, 200, "OK", "", B, ""));
+    // The new phone ACKs; its BYE reaches the caller.
+    let mut e = Side::caller(&ok);
+    e.me = E.into();
+    c.from(E, &e.request("ACK", 1, "", ""));
+    c.from(E, &e.request("BYE", 0, "", ""));
+    c.request(A, Method::Bye);
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("replaces:phone>sip:1005@acme.test")
+    );
+    let _ = b.request("BYE", 0, "", "");
+}
+
+#[test]
+fn an_invite_with_replaces_from_a_stranger_or_for_no_dialog_is_refused() {
+    let (mut c, inv_b, _, _) = anchored_call("repl-2", None);
+    let from_tag = from_tag_of(&inv_b);
+    let text = replacing_invite(E, "repl-x", &call_id(&inv_b), "btag", &from_tag);
+    replacing(&mut c, &text, None);
+    c.status(E, 403, Method::Invite);
+    replacing(&mut c, &text, Some(("other-tenant", "1005")));
+    c.status(E, 403, Method::Invite);
+    let wrong = replacing_invite(E, "repl-y", &call_id(&inv_b), "nope", &from_tag);
+    replacing(&mut c, &wrong, Some(("acme", "1005")));
+    c.status(E, 481, Method::Invite);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Bye)),
+        "nothing replaced"
+    );
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
