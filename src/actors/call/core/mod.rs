@@ -47,6 +47,7 @@ mod tests;
 mod transactions;
 pub(crate) mod transfer;
 mod trunk_leg;
+mod view;
 
 pub use effects::{
     CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, TargetError, Tell, TimerFire,
@@ -54,6 +55,7 @@ pub use effects::{
 };
 pub use media::{info_digit, RecordingCommand};
 pub use transfer::Refused;
+pub use view::{CallView, LegView, QueueView, TransferView};
 
 /// The API's call-control commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
