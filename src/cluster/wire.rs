@@ -655,6 +655,8 @@ impl WireCallMsg {
             CallMsg::Sip(_)
             | CallMsg::Timer(..)
             | CallMsg::Control(..)
+            | CallMsg::HandOver(..)
+            | CallMsg::Adopt(_)
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic

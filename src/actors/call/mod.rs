@@ -36,8 +36,8 @@ mod env;
 
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
-    CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event, Now,
-    Phase, RecordingCommand, Refused, TimerFire, TimerKey,
+    CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
+    HandedLeg, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
@@ -111,6 +111,7 @@ pub fn describe() {
         "In-dialog requests that matched no dialog (answered 481)"
     );
     self::core::transfer::describe();
+    self::core::consult_describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
@@ -492,6 +493,11 @@ pub enum CallMsg {
     /// The API's call control (hold, unhold, transfer); replies with what was done or why
     /// not.
     Control(Command, RpcReplyPort<Result<String, Refused>>),
+    /// An attended transfer in another call (`to`) asks for the leg at the far end of the
+    /// dialog `Replaces` names; the answer goes to `to` as [`CallMsg::Adopt`].
+    HandOver(Replaces, ActorRef<CallMsg>),
+    /// The answer to [`CallMsg::HandOver`]: the consultation call's leg, or why not.
+    Adopt(Result<Box<HandedLeg>, String>),
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -602,6 +608,12 @@ impl Actor for CallActor {
                 let _ = reply.send(result);
                 return Ok(());
             }
+            CallMsg::HandOver(replaces, to) => {
+                let result = state.with_core(|core, now, out| core.hand_over(&replaces, now, out));
+                let _ = to.cast(CallMsg::Adopt(result.map(Box::new)));
+                return Ok(());
+            }
+            CallMsg::Adopt(handed) => Event::Adopt(handed),
         };
         state.run(event);
         Ok(())
@@ -718,6 +730,18 @@ impl CallState {
                     env::media(ctx, &id, op);
                 }
             }
+            Effect::ConsultMedia(op) => {
+                if let Some(id) = self.core.a_call_id() {
+                    env::media(ctx, &core::consult_key(&id), op);
+                }
+            }
+            Effect::AskHandOver(replaces) => match ctx.directory.lookup(&replaces.call_id) {
+                Some(actor) if actor.get_id() != self.myself.get_id() => {
+                    let me = self.myself.clone();
+                    let _ = actor.cast(CallMsg::HandOver(replaces, me));
+                }
+                _ => events.push_back(Event::Adopt(Err("no such call here".into()))),
+            },
             Effect::ReleaseTrunk(id) => {
                 if let Some(t) = ctx.trunks.get().and_then(|table| table.get(&id)) {
                     t.release();

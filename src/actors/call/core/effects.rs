@@ -70,6 +70,11 @@ pub enum Effect {
     Media(MediaOp),
     /// Give the trunk's channel back.
     ReleaseTrunk(Arc<str>),
+    /// A command to the call's consultation session (`<call>~consult`).
+    ConsultMedia(MediaOp),
+    /// Ask the call that has the dialog `Replaces` names for its other leg (an attended
+    /// transfer): the answer comes back as [`super::Event::Adopt`].
+    AskHandOver(super::Replaces),
 }
 
 /// Messages to the contact centre and the trunks.

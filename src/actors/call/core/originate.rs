@@ -63,6 +63,7 @@ impl CallCore {
             transfer: None,
             held: None,
             a_up: false,
+            consult: None,
         });
         self.orig_route = Some(route);
         self.orig = Some(Originated {
