@@ -657,6 +657,7 @@ impl WireCallMsg {
             | CallMsg::Control(..)
             | CallMsg::HandOver(..)
             | CallMsg::Adopt(_)
+            | CallMsg::AgentReserved { .. }
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic

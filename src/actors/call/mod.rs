@@ -498,6 +498,12 @@ pub enum CallMsg {
     HandOver(Replaces, ActorRef<CallMsg>),
     /// The answer to [`CallMsg::HandOver`]: the consultation call's leg, or why not.
     Adopt(Result<Box<HandedLeg>, String>),
+    /// The agent a transfer goes to was reserved (its phones), or why not.
+    AgentReserved {
+        tenant: Arc<str>,
+        agent: Arc<str>,
+        phones: Result<Vec<Fork>, String>,
+    },
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -614,6 +620,15 @@ impl Actor for CallActor {
                 return Ok(());
             }
             CallMsg::Adopt(handed) => Event::Adopt(handed),
+            CallMsg::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            } => Event::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            },
         };
         state.run(event);
         Ok(())
@@ -730,6 +745,7 @@ impl CallState {
                     env::media(ctx, &id, op);
                 }
             }
+            Effect::ReserveAgent { tenant, agent } => self.reserve_agent(tenant, agent, events),
             Effect::ConsultMedia(op) => {
                 if let Some(id) = self.core.a_call_id() {
                     env::media(ctx, &core::consult_key(&id), op);
@@ -748,6 +764,33 @@ impl CallState {
                 }
             }
         }
+    }
+
+    /// Reserves an agent for a transfer (its actor answers in a task, so the call goes on
+    /// meanwhile); the answer comes back as [`CallMsg::AgentReserved`].
+    fn reserve_agent(&mut self, tenant: Arc<str>, agent: Arc<str>, events: &mut VecDeque<Event>) {
+        let cc = self.ctx.cc.get().and_then(std::sync::Weak::upgrade);
+        let actor = cc
+            .as_ref()
+            .and_then(|cc| crate::actors::agent::lookup(&tenant, &agent, &cc.node));
+        let (Some(actor), Some(call_id)) = (actor, self.core.a_call_id()) else {
+            events.push_back(Event::AgentReserved {
+                tenant,
+                agent,
+                phones: Err("agent not running here".into()),
+            });
+            return;
+        };
+        let me = self.myself.clone();
+        let call_id: Arc<str> = Arc::from(String::from_utf8_lossy(&call_id).as_ref());
+        tokio::spawn(async move {
+            let phones = crate::actors::agent::reserve_outbound(&actor, call_id).await;
+            let _ = me.cast(CallMsg::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            });
+        });
     }
 
     /// Hands the CDR to the writer; the hangup's last messages wait for its commit, for at

@@ -26,6 +26,7 @@ impl CallCore {
             self.cancel_timer(id);
         }
         self.release_media();
+        self.transfer_agent(None, final_status);
         self.queue_call_ended();
         self.trunk_call_ended(final_status);
         self.orig_call_ended(final_status);

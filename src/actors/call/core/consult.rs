@@ -47,6 +47,15 @@ impl CallCore {
         let tenant = self.core().tenant.clone().unwrap_or_else(|| Arc::from(""));
         let target = match self.env.transfer_target(&tenant, target) {
             Ok(TransferTarget::Phones { user, forks }) => (user, forks),
+            // A consultation is a short internal call: the agent's phones ring without a
+            // reservation (a queue may still offer it a call meanwhile).
+            Ok(TransferTarget::Agent { user, .. }) => {
+                let forks = self.env.lookup_user(&tenant, &user);
+                if forks.is_empty() {
+                    return Err(Refused::new(409, "the agent has no registered phone"));
+                }
+                (user, forks)
+            }
             Ok(TransferTarget::Queue { .. }) => {
                 return Err(Refused::new(
                     409,

@@ -119,6 +119,12 @@ pub enum Event {
     MediaTimeout,
     /// The consultation call of an attended transfer handed its leg over (or why not).
     Adopt(Result<Box<HandedLeg>, String>),
+    /// The agent a transfer goes to was reserved (its phones), or why not.
+    AgentReserved {
+        tenant: Arc<str>,
+        agent: Arc<str>,
+        phones: Result<Vec<Fork>, String>,
+    },
 }
 
 /// The clock as the actor read it when the event arrived.
@@ -298,6 +304,9 @@ pub struct Checkpoint {
     a_up: bool,
     /// An API consultation in progress (`Leg::X` is its target).
     consult: Option<Consult>,
+    /// An agent a transfer went to (reserved like for a click-to-call; told when its
+    /// offer ends and when the call does): tenant, agent, answered.
+    agent: Option<(Arc<str>, Arc<str>, bool)>,
 }
 
 /// An API consultation: the target's leg and the second relay session it talks on.
@@ -623,6 +632,11 @@ impl CallCore {
             Event::CdrStored(_) => self.cdr_stored(),
             Event::MediaTimeout => self.on_media_timeout(),
             Event::Adopt(handed) => self.adopt(handed.map(|h| *h)),
+            Event::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            } => self.agent_reserved(tenant, agent, phones),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);
@@ -942,6 +956,7 @@ impl CallCore {
                 held: None,
                 a_up: false,
                 consult: None,
+                agent: None,
             });
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             self.register(a_call_id.clone());
@@ -1026,6 +1041,7 @@ impl CallCore {
             held: None,
             a_up: false,
             consult: None,
+            agent: None,
         });
         self.register(a_call_id.clone());
         self.register(b_call_id);

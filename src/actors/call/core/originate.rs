@@ -64,6 +64,7 @@ impl CallCore {
             held: None,
             a_up: false,
             consult: None,
+            agent: None,
         });
         self.orig_route = Some(route);
         self.orig = Some(Originated {

@@ -245,6 +245,8 @@ struct Call {
     asks: Vec<Replaces>,
     /// Commands to the consultation session.
     consult_media: Vec<MediaOp>,
+    /// Agents asked to be reserved for a transfer.
+    reserves: Vec<(Arc<str>, Arc<str>)>,
 }
 
 fn cfg() -> CallConfig {
@@ -279,6 +281,7 @@ impl Call {
             media: Vec::new(),
             asks: Vec::new(),
             consult_media: Vec::new(),
+            reserves: Vec::new(),
         }
     }
 
@@ -369,6 +372,7 @@ impl Call {
             Effect::ReleaseTrunk(_) => {}
             Effect::AskHandOver(r) => self.asks.push(r),
             Effect::ConsultMedia(op) => self.consult_media.push(op),
+            Effect::ReserveAgent { tenant, agent } => self.reserves.push((tenant, agent)),
         }
     }
 
@@ -1032,6 +1036,14 @@ fn anchored_call(cid: &str, caller: Option<&str>) -> (Call, Message, Side, Side)
         }),
     );
     targets.insert("900441234".to_string(), Err(TargetError::Forbidden));
+    targets.insert(
+        "1004".to_string(),
+        Ok(TransferTarget::Agent {
+            tenant: Arc::from("acme"),
+            agent: Arc::from("bob"),
+            user: Arc::from("1004"),
+        }),
+    );
     let env = FakeEnv {
         media: Some(MediaSettings {
             anchor_all: true,
@@ -1813,4 +1825,71 @@ fn a_call_restarted_while_consulting_is_back_with_the_agent() {
     assert!(body(&back).contains("m=audio 20002 "));
     assert!(r.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
     assert_eq!(r.phase(), Phase::Confirmed);
+}
+
+// ---- transfer to an agent ----
+
+const D: &str = "127.0.0.6:5090";
+
+fn agent_msgs(c: &Call, agent: &str) -> Vec<String> {
+    c.tells
+        .iter()
+        .filter_map(|t| match t {
+            Tell::Agent { agent: a, msg, .. } if &**a == agent => Some(match msg {
+                crate::actors::agent::AgentMsg::OfferEnded { outcome, .. } => {
+                    format!("offer-ended:{outcome:?}")
+                }
+                crate::actors::agent::AgentMsg::CallEnded { .. } => "call-ended".to_string(),
+                _ => "other".to_string(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_transfer_to_an_agent_reserves_it_first() {
+    let (mut c, _, mut a, mut b) = anchored_call("xfer-agent", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1004"), ""));
+    c.status(B, 202, Method::Refer);
+    assert_eq!(c.reserves, vec![(Arc::from("acme"), Arc::from("bob"))]);
+    assert!(!c.has(D, |_| true), "nothing rings before the reservation");
+    c.feed(Event::AgentReserved {
+        tenant: Arc::from("acme"),
+        agent: Arc::from("bob"),
+        phones: Ok(vec![fork_to(D)]),
+    });
+    let inv_d = c.request(D, Method::Invite);
+    c.from(D, &answer(&inv_d, 200, "OK", "dtag", D, SDP_B));
+    c.request(D, Method::Ack);
+    assert_eq!(agent_msgs(&c, "bob"), vec!["offer-ended:Answered"]);
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.request(D, Method::Bye);
+    assert_eq!(
+        agent_msgs(&c, "bob"),
+        vec!["offer-ended:Answered", "call-ended"]
+    );
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("blind:phone>agent:bob")
+    );
+}
+
+#[test]
+fn a_busy_agent_is_not_offered_the_transfer_and_the_transferor_comes_back() {
+    let (mut c, _, _, mut b) = anchored_call("xfer-agent-busy", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1004"), ""));
+    c.status(B, 202, Method::Refer);
+    c.request(B, Method::Notify);
+    c.feed(Event::AgentReserved {
+        tenant: Arc::from("acme"),
+        agent: Arc::from("bob"),
+        phones: Err("on_call".into()),
+    });
+    assert_eq!(
+        sipfrag(&c.request(B, Method::Notify)),
+        "SIP/2.0 486 Busy Here"
+    );
+    assert!(!c.has(D, |_| true));
+    assert_eq!(c.phase(), Phase::Confirmed);
 }

@@ -276,6 +276,13 @@ impl CallCore {
                     Some(self.schedule_call_timer(CallTimer::NoAnswer, self.cfg.no_answer));
                 self.set_phase(Phase::Setup);
             }
+            TransferTarget::Agent { tenant, agent, .. } => {
+                // Reserved first (never two calls at once); the transferee hears music
+                // meanwhile. The target rings once the agent's phones are known.
+                self.core().users[1] = Some(Arc::from(format!("agent:{agent}").as_str()));
+                self.set_phase(Phase::Setup);
+                self.out.push(Effect::ReserveAgent { tenant, agent });
+            }
             TransferTarget::Queue {
                 tenant,
                 queue,
@@ -318,6 +325,7 @@ impl CallCore {
         let Some(t) = self.core().transfer.clone() else {
             return;
         };
+        self.transfer_agent(Some(true), 200);
         self.notify_transferor(200, "OK", true);
         if let Some(p) = &t.transferor {
             let id = String::from_utf8_lossy(&p.dialog.call_id).into_owned();
@@ -359,6 +367,7 @@ impl CallCore {
         let Some(t) = self.core().transfer.take() else {
             return false;
         };
+        self.transfer_agent(Some(false), status);
         let by = if t.by == "api" { "api" } else { "phone" };
         metrics::counter!(TRANSFERS, "kind" => t.kind, "by" => by, "outcome" => "failed")
             .increment(1);
@@ -496,6 +505,133 @@ impl CallCore {
             self.checkpoint();
         }
         self.respond(id, 200, "OK", None);
+    }
+
+    /// The agent a blind transfer goes to was reserved: its phones ring; or it could not be
+    /// (busy, logged out): the transfer fails.
+    pub(super) fn agent_reserved(
+        &mut self,
+        tenant: Arc<str>,
+        agent: Arc<str>,
+        phones: Result<Vec<Fork>, String>,
+    ) {
+        let live = self.core.as_ref().is_some_and(|c| {
+            !c.ended && c.transfer.is_some() && c.phase == Phase::Setup && c.agent.is_none()
+        });
+        match phones {
+            Ok(forks) if live && !forks.is_empty() => {
+                self.core().agent = Some((tenant.clone(), agent.clone(), false));
+                let call_id = self.a_call_id_str();
+                self.note_agent_call(
+                    tenant,
+                    agent.clone(),
+                    crate::actors::agent::AgentCall {
+                        call_id,
+                        queue: Arc::from(crate::actors::agent::OUTBOUND_QUEUE),
+                        offer: crate::actors::agent::OUTBOUND_OFFER,
+                        answered: false,
+                    },
+                );
+                let label = format!("agent:{agent}");
+                self.place_b_leg(&forks, Bytes::from(agent.to_string()), label, None);
+                self.cancel_no_answer();
+                self.no_answer =
+                    Some(self.schedule_call_timer(CallTimer::NoAnswer, self.cfg.no_answer));
+                self.checkpoint();
+            }
+            Ok(_) if live => {
+                self.release_reserved(
+                    &tenant,
+                    &agent,
+                    crate::actors::agent::OfferOutcome::Cancelled,
+                );
+                if !self.transfer_failed(480) {
+                    self.hang_up_answered_caller(HangupBy::System, "transfer target unavailable");
+                }
+            }
+            Ok(_) => {
+                // The transfer is over meanwhile: the reservation is given back.
+                self.release_reserved(
+                    &tenant,
+                    &agent,
+                    crate::actors::agent::OfferOutcome::Cancelled,
+                );
+            }
+            Err(why) => {
+                tracing::info!(%agent, %why, "transfer target agent not reserved");
+                metrics::counter!(TRANSFERS_REFUSED, "reason" => "agent_busy").increment(1);
+                if live && !self.transfer_failed(486) {
+                    self.hang_up_answered_caller(HangupBy::System, "transfer target busy");
+                }
+            }
+        }
+    }
+
+    /// Tells a reserved agent how its offer ended (and forgets it as this call's).
+    fn release_reserved(
+        &mut self,
+        tenant: &Arc<str>,
+        agent: &Arc<str>,
+        outcome: crate::actors::agent::OfferOutcome,
+    ) {
+        let call_id = self.a_call_id_str();
+        self.forget_agent_call(tenant.clone(), agent.clone(), call_id);
+        self.tell_agent(
+            tenant.clone(),
+            agent.clone(),
+            crate::actors::agent::AgentMsg::OfferEnded {
+                offer: crate::actors::agent::OUTBOUND_OFFER,
+                outcome,
+            },
+        );
+    }
+
+    /// A transfer's agent answered (it is on the call), failed to (its reservation ends), or
+    /// the call it took ended (it moves on).
+    pub(super) fn transfer_agent(&mut self, answered: Option<bool>, status: u16) {
+        let Some((tenant, agent, was_answered)) = self.core().agent.clone() else {
+            return;
+        };
+        use crate::actors::agent::{AgentMsg, OfferOutcome};
+        match answered {
+            Some(true) if !was_answered => {
+                self.core().agent = Some((tenant.clone(), agent.clone(), true));
+                let call_id = self.a_call_id_str();
+                self.note_agent_call(
+                    tenant.clone(),
+                    agent.clone(),
+                    crate::actors::agent::AgentCall {
+                        call_id,
+                        queue: Arc::from(crate::actors::agent::OUTBOUND_QUEUE),
+                        offer: crate::actors::agent::OUTBOUND_OFFER,
+                        answered: true,
+                    },
+                );
+                self.tell_agent(
+                    tenant,
+                    agent,
+                    AgentMsg::OfferEnded {
+                        offer: crate::actors::agent::OUTBOUND_OFFER,
+                        outcome: OfferOutcome::Answered,
+                    },
+                );
+            }
+            Some(false) if !was_answered => {
+                self.core().agent = None;
+                self.release_reserved(&tenant, &agent, OfferOutcome::from_status(status, true));
+            }
+            None if was_answered => {
+                self.core().agent = None;
+                let call_id = self.a_call_id_str();
+                self.forget_agent_call(tenant.clone(), agent.clone(), call_id.clone());
+                self.tell_agent(tenant, agent, AgentMsg::CallEnded { call_id });
+            }
+            None => {
+                self.core().agent = None;
+                self.release_reserved(&tenant, &agent, OfferOutcome::Cancelled);
+            }
+            _ => {}
+        }
     }
 
     // ---- attended transfer: the consultation call's other leg joins this call ----
