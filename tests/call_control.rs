@@ -8,8 +8,12 @@
 //! - A queue call its agent transfers to another queue's number waits there with its
 //!   priority and its original joining time; the agent goes to wrap-up.
 //! - The API: `GET /calls` (tenant-scoped), hold (the caller hears music, the agent
-//!   nothing), unhold, transfer, `DELETE`.
-//! - A call actor that panics while its call is held, and while a transfer rings.
+//!   nothing), unhold, transfer, `DELETE`; an attended transfer of a queue call (the agent
+//!   consults 1003 on a second relay session while the caller hears music, then hands the
+//!   caller over), and a cancelled consultation (the agent back with the caller).
+//! - A call actor that panics while its call is held, while a transfer rings and while its
+//!   agent consults: each resumes in a settled state (held; back with the transferor; back
+//!   with the agent).
 
 mod common;
 
@@ -701,17 +705,10 @@ async fn the_api_lists_holds_transfers_and_releases_a_call() {
     assert!(unheld["call"]["held"].is_null());
     talk(&caller, to_switch_a, &agent, to_switch_b, "after unhold").await;
 
-    // Transfer: attended is not there yet, a bad target is refused, blind to 1003 works.
+    // Transfer: a bad target is refused, no consultation to complete, blind to 1003 works.
     let xfer = format!("{path}/transfer");
-    let (status, _) = api(
-        &node,
-        "POST",
-        &xfer,
-        ACME,
-        r#"{"target":"1003","mode":"attended"}"#,
-    )
-    .await;
-    assert_eq!(status, 501);
+    let (status, _) = api(&node, "POST", &format!("{path}/consult/complete"), ACME, "").await;
+    assert_eq!(status, 409, "no consultation in progress");
     let (status, _) = api(&node, "POST", &xfer, ACME, r#"{"target":"7777"}"#).await;
     assert_eq!(status, 409, "no such user or number is unavailable");
     let (status, _) = api(&node, "POST", &xfer, ACME, r#"{"target":"sip:x@y"}"#).await;
@@ -916,5 +913,296 @@ async fn a_call_whose_actor_panics_while_its_transfer_rings_goes_back_to_the_tra
         "the failed attempt is in the chain: {:?}",
         cdr.transfers
     );
+    node.shutdown().await;
+}
+
+/// An API consultation whose target answered: the target's INVITE, where it sends its audio,
+/// and where the agent (moved onto the consultation by a re-INVITE) sends its own.
+struct Consulting {
+    inv_c: Message,
+    from_c: SocketAddr,
+    to_switch_c: SocketAddr,
+    agent_to_consult: SocketAddr,
+}
+
+/// `request` (a consult or an attended transfer to 1003) on `cid`; 1003 answers and the
+/// agent's phone takes the re-INVITE onto the consultation.
+async fn consult(
+    node: &Node,
+    cid: &str,
+    request: (&str, &str),
+    agent: &Phone,
+    p1003: &Phone,
+) -> Consulting {
+    let (status, started) = api(
+        node,
+        "POST",
+        &format!("/calls/{cid}/{}", request.0),
+        ACME,
+        request.1,
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["result"], "user:1003", "{started}");
+    assert_eq!(
+        started["call"]["held"], "a",
+        "the customer holds: {started}"
+    );
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    let to_switch_c = sdp_addr(&inv_c);
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 200, "OK", "ctag", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    let (moved, from) = agent.ua.expect_request("INVITE").await;
+    let agent_to_consult = sdp_addr(&moved);
+    agent
+        .ua
+        .send(
+            from,
+            &answer(&moved, 200, "OK", "", agent.ua.addr, &agent.rtp.sdp()),
+        )
+        .await;
+    agent.ua.expect_request("ACK").await;
+    view_until(node, cid, "the consultation is up", |v| {
+        v["consult"]["up"] == true
+    })
+    .await;
+    Consulting {
+        inv_c,
+        from_c,
+        to_switch_c,
+        agent_to_consult,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_consults_then_hands_a_queue_call_over_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47600-47699")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = (
+        Phone::at("127.0.0.111").await,
+        Phone::at("127.0.0.112").await,
+        Phone::at("127.0.0.113").await,
+    );
+    agent.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    agent_offerable(&node).await;
+    let cid = "api-consult-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+
+    // An attended transfer starts with a consultation: the agent talks to 1003 on the
+    // consultation's session while the caller hears music.
+    let body = r#"{"target":"1003","mode":"attended"}"#;
+    let c = consult(&node, cid, ("transfer", body), &agent, &p1003).await;
+    let v = view(&node, cid).await;
+    let positions: Vec<&str> = v["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["position"].as_str().unwrap())
+        .collect();
+    assert_eq!(positions, ["a", "b", "consulted"], "{v}");
+    let (music, _) = held_audio(&caller, to_switch_a, &p1003).await;
+    assert!(music >= 20, "the caller hears music: {music} packets");
+    talk(
+        &agent,
+        c.agent_to_consult,
+        &p1003,
+        c.to_switch_c,
+        "agent and 1003 consult",
+    )
+    .await;
+
+    // Complete: 1003 is re-INVITEd onto the call in the agent's place; the agent leaves.
+    let (status, done) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult/complete"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let (join, _) = p1003.ua.expect_request("INVITE").await;
+    assert_eq!(
+        call_id(&join),
+        call_id(&c.inv_c),
+        "the consultation's own dialog"
+    );
+    let to_switch_c = sdp_addr(&join);
+    p1003
+        .ua
+        .send(
+            c.from_c,
+            &answer(&join, 200, "OK", "", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    let (bye, from) = agent.ua.expect_request("BYE").await;
+    agent.ok(&bye, from).await;
+    agent_state(&node, "a2", "wrap_up").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_switch_c,
+        "caller and 1003 after the handover",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert!(v["consult"].is_null() && v["held"].is_null(), "{v}");
+    assert_eq!(v["legs"][1]["user"], "1003", "{v}");
+
+    caller_hangs_up(&caller, &mut a, &p1003, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("attended:api>user:1003"));
+    assert_eq!(cdr.queue.as_deref(), Some("acme/support"));
+    assert!(
+        metric(
+            &node,
+            "switchyard_call_control_total",
+            &["action=\"consult_complete\"", "result=\"ok\""]
+        )
+        .await
+            >= 1.0
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_consultation_brings_the_agent_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47700-47799")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.121").await,
+        Phone::at("127.0.0.122").await,
+        Phone::at("127.0.0.123").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "api-consult-2";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    let c = consult(
+        &node,
+        cid,
+        ("consult", r#"{"target":"1003"}"#),
+        &p1002,
+        &p1003,
+    )
+    .await;
+    let (status, again) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult"),
+        ACME,
+        r#"{"target":"1003"}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "one consultation at a time: {again}");
+
+    let (status, cancelled) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult/cancel"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let (bye, from) = p1003.ua.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&c.inv_c));
+    p1003.ok(&bye, from).await;
+    let (back, from) = p1002.ua.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&back);
+    p1002
+        .ua
+        .send(
+            from,
+            &answer(&back, 200, "OK", "", p1002.ua.addr, &p1002.rtp.sdp()),
+        )
+        .await;
+    p1002.ua.expect_request("ACK").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "back with the agent",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert!(v["consult"].is_null() && v["held"].is_null(), "{v}");
+    caller_hangs_up(&caller, &mut a, &p1002, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers, None, "nothing was transferred");
+    node.shutdown().await;
+}
+
+/// A call actor that panics while its agent consults resumes with the agent back with the
+/// customer: the consultation's target gets a BYE, the agent a re-INVITE onto the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_actor_panics_while_consulting_is_back_with_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47800-47899")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.131").await,
+        Phone::at("127.0.0.132").await,
+        Phone::at("127.0.0.133").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "panic-consult-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    let c = consult(
+        &node,
+        cid,
+        ("consult", r#"{"target":"1003"}"#),
+        &p1002,
+        &p1003,
+    )
+    .await;
+
+    crash_call(&node, cid).await;
+    let (bye, from) = p1003.ua.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&c.inv_c));
+    p1003.ok(&bye, from).await;
+    let (back, from) = p1002.ua.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&back);
+    p1002
+        .ua
+        .send(
+            from,
+            &answer(&back, 200, "OK", "", p1002.ua.addr, &p1002.rtp.sdp()),
+        )
+        .await;
+    p1002.ua.expect_request("ACK").await;
+    let v = view_until(&node, cid, "settled after the restart", |v| {
+        v["consult"].is_null()
+    })
+    .await;
+    assert_eq!(v["phase"], "confirmed", "{v}");
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "back with the agent after the restart",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &p1002, sw).await;
     node.shutdown().await;
 }

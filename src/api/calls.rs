@@ -6,6 +6,8 @@
 //! | `GET /calls/{call_id}` | one call's [`CallView`] |
 //! | `POST /calls/{call_id}/hold`, `/unhold` | [`ControlAnswer`]: the customer's leg hears music, the agent's nothing |
 //! | `POST /calls/{call_id}/transfer` `{"target", "mode": "blind"}` | [`ControlAnswer`]: the agent's leg leaves, the other party is connected to the target |
+//! | `POST /calls/{call_id}/transfer` `{"target", "mode": "attended"}`, `POST /calls/{call_id}/consult` `{"target"}` | [`ControlAnswer`]: the customer holds while the target rings, then talks with the agent |
+//! | `POST /calls/{call_id}/consult/complete`, `/consult/cancel` | [`ControlAnswer`]: the target takes the agent's place (an attended transfer), or the agent is back with the customer |
 //! | `DELETE /calls/{call_id}` | 202 [`ControlAnswer`]: BYE to both legs (CDR reason `released by api`) |
 //!
 //! `{call_id}` is the caller leg's Call-ID (the CDR's `a_call_id`, `call_id` in the listing),
@@ -14,7 +16,7 @@
 //! [`CONTROL_TIMEOUT`] (503 otherwise). A command the call cannot carry out now is refused
 //! with the status the call core gives (409 not connected / on hold already / being
 //! transferred, 422 media not anchored, 403 a target the tenant may not reach, 404 an
-//! unknown target); `"mode": "attended"` is 501 (consultation is not built yet).
+//! unknown target, 409 no consultation or a target that has not answered yet).
 //!
 //! A tenant's token sees and controls its own tenant's calls only: another tenant's call,
 //! and a call with no tenant, answers 404 with the body of a call that does not exist
@@ -35,9 +37,9 @@ use serde::{Deserialize, Serialize};
 use super::{route, ApiState, Caller, Params, Problem, AUTH_REFUSED_TOTAL};
 use crate::actors::call::{CallContext, CallMsg, CallView, Command, Phase};
 
-/// Counter, labels `action` (`hold`, `unhold`, `transfer`, `release`) and `result` (`ok`,
-/// `refused`, `not_found`, `unavailable`, `bad_request`, `not_implemented`): call-control
-/// commands on the API.
+/// Counter, labels `action` (`hold`, `unhold`, `transfer`, `consult`, `consult_complete`,
+/// `consult_cancel`, `release`) and `result` (`ok`, `refused`, `not_found`, `unavailable`,
+/// `bad_request`): call-control commands on the API.
 pub const CALL_CONTROL_TOTAL: &str = "switchyard_call_control_total";
 
 /// How long a call's actor has to answer a command.
@@ -59,7 +61,7 @@ pub const RELEASE_REASON: &str = "released by api";
 pub fn describe() {
     metrics::describe_counter!(
         CALL_CONTROL_TOTAL,
-        "Call-control commands on the HTTP API (hold, unhold, transfer, release), by action and result"
+        "Call-control commands on the HTTP API (hold, unhold, transfer, consult, release), by action and result"
     );
 }
 
@@ -90,6 +92,13 @@ struct TransferBody {
     mode: Mode,
 }
 
+/// The body of `POST /calls/{call_id}/consult`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsultBody {
+    target: String,
+}
+
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
@@ -113,7 +122,18 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     );
     let router = route(router, "/calls/{call_id}/hold", post(hold_call));
     let router = route(router, "/calls/{call_id}/unhold", post(unhold_call));
-    route(router, "/calls/{call_id}/transfer", post(transfer_call))
+    let router = route(router, "/calls/{call_id}/transfer", post(transfer_call));
+    let router = route(router, "/calls/{call_id}/consult", post(consult_call));
+    let router = route(
+        router,
+        "/calls/{call_id}/consult/complete",
+        post(consult_complete),
+    );
+    route(
+        router,
+        "/calls/{call_id}/consult/cancel",
+        post(consult_cancel),
+    )
 }
 
 async fn list_calls(
@@ -189,14 +209,40 @@ async fn transfer_call(
     Path(call_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    control(
-        &state,
-        &caller,
-        call_id,
-        "transfer",
-        transfer_command(&body),
-    )
-    .await
+    let command = transfer_command(&body);
+    control(&state, &caller, call_id, "transfer", command).await
+}
+
+/// `POST /calls/{call_id}/consult {"target"}`: the start of an attended transfer.
+async fn consult_call(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command = Json::<ConsultBody>::from_bytes(&body)
+        .map_err(|e| bad_request(e.body_text()))
+        .and_then(|b| checked_target(b.0.target))
+        .map(|target| Command::Consult { target });
+    control(&state, &caller, call_id, "consult", command).await
+}
+
+async fn consult_complete(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+) -> Response {
+    let command = Ok(Command::ConsultComplete);
+    control(&state, &caller, call_id, "consult_complete", command).await
+}
+
+async fn consult_cancel(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+) -> Response {
+    let command = Ok(Command::ConsultCancel);
+    control(&state, &caller, call_id, "consult_cancel", command).await
 }
 
 /// `DELETE /calls/{call_id}`: the call ends at once (BYE to both legs, or the caller's
@@ -229,32 +275,34 @@ async fn release_call(
     }
 }
 
-/// The command of a transfer body: a target of letters, digits and `+*#._-`, mode `blind`
-/// (the default); `attended` is not built yet (501).
+/// The command of a transfer body: mode `blind` (the default) transfers at once; mode
+/// `attended` starts a consultation with the target, which `/consult/complete` turns into
+/// the transfer.
 fn transfer_command(body: &[u8]) -> Result<Command, Problem> {
     let parsed = Json::<TransferBody>::from_bytes(body)
         .map_err(|e| bad_request(e.body_text()))?
         .0;
-    if parsed.mode == Mode::Attended {
-        return Err(Problem::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "attended transfer through the API needs a consultation call, which is not built yet; use \"mode\": \"blind\"",
-        ));
-    }
-    let t = parsed.target.as_str();
-    if t.is_empty()
-        || t.len() > MAX_TARGET
-        || !t
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+*#._-".contains(c))
-    {
-        return Err(bad_request(format!(
-            "target: 1 to {MAX_TARGET} letters, digits or + * # . _ -"
-        )));
-    }
-    Ok(Command::Transfer {
-        target: t.to_string(),
+    let target = checked_target(parsed.target)?;
+    Ok(match parsed.mode {
+        Mode::Blind => Command::Transfer { target },
+        Mode::Attended => Command::Consult { target },
     })
+}
+
+/// A transfer or consultation target: 1 to [`MAX_TARGET`] letters, digits and `+*#._-` (a
+/// user's name or a number; never a URI, so the API cannot make the switch dial anywhere).
+fn checked_target(target: String) -> Result<String, Problem> {
+    let ok = !target.is_empty()
+        && target.len() <= MAX_TARGET
+        && target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+*#._-".contains(c));
+    match ok {
+        true => Ok(target),
+        false => Err(bad_request(format!(
+            "target: 1 to {MAX_TARGET} letters, digits or + * # . _ -"
+        ))),
+    }
 }
 
 /// Runs a command on a call the caller may see; every outcome is counted in
@@ -336,7 +384,6 @@ fn result_label<T>(answer: &Result<T, Problem>) -> &'static str {
         Err(p) => match p.status {
             404 => "not_found",
             400 => "bad_request",
-            501 => "not_implemented",
             503 => "unavailable",
             _ => "refused",
         },
@@ -376,8 +423,13 @@ mod tests {
                 target: "+4930123".into()
             }
         );
+        assert_eq!(
+            transfer_command(br#"{"target":"1003","mode":"attended"}"#).unwrap(),
+            Command::Consult {
+                target: "1003".into()
+            }
+        );
         let status = |b: &[u8]| transfer_command(b).unwrap_err().status;
-        assert_eq!(status(br#"{"target":"1003","mode":"attended"}"#), 501);
         assert_eq!(status(br#"{"target":"1003","mode":"consult"}"#), 400);
         assert_eq!(status(br#"{"target":""}"#), 400);
         assert_eq!(status(br#"{"target":"sip:1003@evil.example"}"#), 400);
@@ -405,10 +457,6 @@ mod tests {
         assert_eq!(
             result_label(&p(StatusCode::SERVICE_UNAVAILABLE)),
             "unavailable"
-        );
-        assert_eq!(
-            result_label(&p(StatusCode::NOT_IMPLEMENTED)),
-            "not_implemented"
         );
     }
 }

@@ -57,7 +57,7 @@ pub use effects::{
 };
 pub use media::{info_digit, RecordingCommand};
 pub use transfer::{HandedLeg, Refused, Replaces};
-pub use view::{CallView, LegView, QueueView, TransferView};
+pub use view::{CallView, ConsultView, LegView, QueueView, TransferView};
 
 /// The API's call-control commands.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1893,3 +1893,19 @@ fn a_busy_agent_is_not_offered_the_transfer_and_the_transferor_comes_back() {
     assert!(!c.has(D, |_| true));
     assert_eq!(c.phase(), Phase::Confirmed);
 }
+
+#[test]
+fn the_view_shows_a_consultation() {
+    let (c, inv_c, _) = consulting("view-consult");
+    let v = c.checkpoint.as_ref().expect("checkpoint").view();
+    let consult = v.consult.as_ref().expect("a consultation");
+    assert_eq!((consult.target.as_str(), consult.up), ("user:1003", true));
+    assert_eq!(v.held, Some("a"));
+    let legs: Vec<(&str, &str)> = v.legs.iter().map(|l| (l.position, l.state)).collect();
+    assert_eq!(
+        legs,
+        vec![("a", "held"), ("b", "consulting"), ("consulted", "up")]
+    );
+    assert_eq!(v.legs[2].call_id, call_id(&inv_c));
+    assert_eq!(v.legs[2].user.as_deref(), Some("1003"));
+}

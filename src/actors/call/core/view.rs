@@ -28,6 +28,8 @@ pub struct CallView {
     /// Which leg is on hold (`a` or `b`), if any: it hears music, the other hears nothing.
     pub held: Option<&'static str>,
     pub transfer: Option<TransferView>,
+    /// An API consultation in progress (the customer holds while the agent talks to it).
+    pub consult: Option<ConsultView>,
     /// Transfers carried out so far (`kind:by>target`, a failed one with `:status`).
     pub transfers: Vec<String>,
 }
@@ -35,8 +37,8 @@ pub struct CallView {
 /// One leg of a call.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LegView {
-    /// `a` (the caller's position), `b` (the callee's) or `transferor` (aside, waiting for
-    /// its transfer to end).
+    /// `a` (the caller's position), `b` (the callee's), `transferor` (aside, waiting for
+    /// its transfer to end) or `consulted` (an API consultation's target).
     pub position: &'static str,
     /// The leg's SIP Call-ID.
     pub call_id: String,
@@ -45,7 +47,8 @@ pub struct LegView {
     /// The tenant user behind the leg, if the switch knows one (such a leg may transfer).
     pub user: Option<String>,
     /// `setup` (being called), `ringing`, `waiting` (hears music or ringing while the switch
-    /// finds it a party), `up`, `held` or `aside`.
+    /// finds it a party), `up`, `held`, `aside` or `consulting` (the agent talking to a
+    /// consultation's target).
     pub state: &'static str,
 }
 
@@ -57,6 +60,15 @@ pub struct QueueView {
     /// When the caller joined (Unix ms); kept across a transfer to another queue.
     pub joined_ms: u64,
     pub waiting: bool,
+}
+
+/// An API consultation in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConsultView {
+    /// `user:<name>`.
+    pub target: String,
+    /// The target answered and talks with the agent.
+    pub up: bool,
 }
 
 /// A transfer in progress.
@@ -111,6 +123,7 @@ impl Checkpoint {
                 user: self.users[1].as_deref().map(str::to_string),
                 state: match self.phase {
                     _ if held(Leg::B) => "held",
+                    _ if self.consult.as_ref().is_some_and(|c| c.up) => "consulting",
                     Phase::Queued | Phase::Setup => "setup",
                     Phase::Early => "ringing",
                     Phase::Answered | Phase::Confirmed | Phase::Ended => "up",
@@ -125,6 +138,16 @@ impl Checkpoint {
                 call_id: id,
                 user: p.user.as_deref().map(str::to_string),
                 state: "aside",
+            });
+        }
+        if let Some(c) = &self.consult {
+            let id = text(&c.leg.dialog.call_id);
+            legs.push(LegView {
+                position: "consulted",
+                party: c.target.clone(),
+                call_id: id,
+                user: c.leg.user.as_deref().map(str::to_string),
+                state: if c.up { "up" } else { "setup" },
             });
         }
         CallView {
@@ -157,6 +180,10 @@ impl Checkpoint {
                 kind: t.kind,
                 by: t.by,
                 target: t.target.clone(),
+            }),
+            consult: self.consult.as_ref().map(|c| ConsultView {
+                target: c.target.clone(),
+                up: c.up,
             }),
             transfers: self.cdr.transfers.clone(),
         }
