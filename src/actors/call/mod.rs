@@ -36,8 +36,8 @@ mod env;
 
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
-    CallConfig, CallCore, CallInfo, CallTimer, Checkpoint, Command, Effect, Event, HandedLeg, Now,
-    Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
+    CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
+    HandedLeg, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 

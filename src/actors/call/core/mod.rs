@@ -49,6 +49,7 @@ mod tests;
 mod transactions;
 pub(crate) mod transfer;
 mod trunk_leg;
+mod view;
 
 pub use consult::{consult_key, describe as consult_describe};
 pub use effects::{
@@ -57,6 +58,7 @@ pub use effects::{
 };
 pub use media::{info_digit, RecordingCommand};
 pub use transfer::{HandedLeg, Refused, Replaces};
+pub use view::{CallView, ConsultView, LegView, QueueView, TransferView};
 
 /// The API's call-control commands.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1383,6 +1383,59 @@ fn api_refuses_what_it_cannot_do() {
 }
 
 #[test]
+fn the_view_shows_legs_hold_and_a_transfer_in_progress() {
+    let (mut c, inv_b, _, mut b) = anchored_call("view-1", None);
+    let v = c.checkpoint.as_ref().expect("checkpoint").view();
+    assert_eq!(v.call_id, "view-1");
+    assert_eq!(v.tenant.as_deref(), Some("acme"));
+    assert_eq!(v.phase, "confirmed");
+    let legs: Vec<(&str, &str, Option<&str>)> = v
+        .legs
+        .iter()
+        .map(|l| (l.position, l.state, l.user.as_deref()))
+        .collect();
+    assert_eq!(legs, vec![("a", "up", None), ("b", "up", Some("1002"))]);
+    assert_eq!(v.legs[1].call_id, call_id(&inv_b));
+    assert!(v.held.is_none() && v.transfer.is_none());
+
+    let mut out = Vec::new();
+    c.core.command(Command::Hold, c.now, &mut out).unwrap();
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+    let v = c.checkpoint.as_ref().unwrap().view();
+    assert_eq!(v.held, Some("a"));
+    assert_eq!(v.legs[0].state, "held");
+    c.core.command(Command::Unhold, c.now, &mut out).unwrap();
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    let v = c.checkpoint.as_ref().unwrap().view();
+    let t = v.transfer.as_ref().expect("a transfer in progress");
+    assert_eq!(
+        (t.kind, t.by, t.target.as_str()),
+        ("blind", "phone", "user:1003")
+    );
+    let legs: Vec<(&str, &str)> = v.legs.iter().map(|l| (l.position, l.state)).collect();
+    assert_eq!(
+        legs,
+        vec![("a", "waiting"), ("b", "setup"), ("transferor", "aside")]
+    );
+    assert_eq!(v.legs[2].call_id, call_id(&inv_b));
+    assert_eq!(v.legs[2].user.as_deref(), Some("1002"));
+    let inv_c = c.request(C, Method::Invite);
+    assert_eq!(v.legs[1].call_id, call_id(&inv_c));
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    let v = c.checkpoint.as_ref().unwrap().view();
+    assert!(v.transfer.is_none());
+    assert_eq!(v.transfers, vec!["blind:phone>user:1003".to_string()]);
+    assert_eq!(v.legs.len(), 2);
+    assert_eq!(v.legs[1].user.as_deref(), Some("1003"));
+}
+
+#[test]
 fn attended_transfer_joins_the_consultation_calls_target_to_the_caller() {
     // Call 1: the caller A and agent 1002 (B), anchored.
     let (mut c1, inv_b, mut a, mut b) = anchored_call("att-1", None);
@@ -1919,4 +1972,20 @@ fn an_invite_with_replaces_from_a_stranger_or_for_no_dialog_is_refused() {
         "nothing replaced"
     );
     assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn the_view_shows_a_consultation() {
+    let (c, inv_c, _) = consulting("view-consult");
+    let v = c.checkpoint.as_ref().expect("checkpoint").view();
+    let consult = v.consult.as_ref().expect("a consultation");
+    assert_eq!((consult.target.as_str(), consult.up), ("user:1003", true));
+    assert_eq!(v.held, Some("a"));
+    let legs: Vec<(&str, &str)> = v.legs.iter().map(|l| (l.position, l.state)).collect();
+    assert_eq!(
+        legs,
+        vec![("a", "held"), ("b", "consulting"), ("consulted", "up")]
+    );
+    assert_eq!(v.legs[2].call_id, call_id(&inv_c));
+    assert_eq!(v.legs[2].user.as_deref(), Some("1003"));
 }
