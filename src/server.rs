@@ -212,7 +212,10 @@ impl Node {
             Some(c) => c.name.clone(),
             None => format!("n{}", NODE_SEQ.fetch_add(1, Ordering::Relaxed)),
         };
-        let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants)?);
+        let auth = Arc::new(
+            Authenticator::new(&config.registrar, &config.tenants)?
+                .with_own_hosts(crate::routing::auth::OwnHosts::of(&config)),
+        );
         let location = Arc::new(Location::new());
         let registrar_transports = Arc::new(OnceLock::new());
         let mut registrar = RegistrarArgs::new(

@@ -209,6 +209,43 @@ pub struct Authenticator {
     by_user_source: Mutex<LruCache<UserSource, Strikes, RandomState>>,
     /// When the last "nonce table full" warning was logged (Unix ms).
     full_warned_ms: AtomicU64,
+    /// The switch's own addresses: a digest `uri` naming one of them (as SIPp's does: the
+    /// address it sends to) counts as the Request-URI, which names the same switch.
+    own: OwnHosts,
+}
+
+/// The IP addresses the switch receives SIP on (listen and advertised addresses).
+#[derive(Clone, Debug, Default)]
+pub struct OwnHosts {
+    pub ips: Vec<IpAddr>,
+    /// A listener on 0.0.0.0 or [::]: any local address is the switch's.
+    pub any: bool,
+}
+
+impl OwnHosts {
+    /// The listen and advertised addresses of `config`'s SIP sockets.
+    pub fn of(config: &crate::config::Config) -> OwnHosts {
+        let mut own = OwnHosts::default();
+        for spec in config.listen_specs() {
+            let ip = spec.addr.ip();
+            if ip.is_unspecified() {
+                own.any = true;
+            } else if !own.ips.contains(&ip) {
+                own.ips.push(ip);
+            }
+        }
+        own.ips.extend(config.sip.advertise);
+        own
+    }
+
+    fn contains(&self, host: &[u8]) -> bool {
+        let host = String::from_utf8_lossy(host);
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match host.parse::<IpAddr>() {
+            Ok(ip) => self.any || self.ips.contains(&ip),
+            Err(_) => false,
+        }
+    }
 }
 
 /// A user of a tenant, failing from one source address.
@@ -306,6 +343,13 @@ impl Authenticator {
         Self::with_key(config, tenants, NonceKey::random())
     }
 
+    /// The switch's own addresses, which a digest `uri` may name instead of the
+    /// Request-URI's host.
+    pub fn with_own_hosts(mut self, own: OwnHosts) -> Self {
+        self.own = own;
+        self
+    }
+
     /// [`Authenticator::new`] with a given nonce key (persist its secret to keep clients'
     /// nonces valid across a restart).
     pub fn with_key(
@@ -338,6 +382,7 @@ impl Authenticator {
             nc: Mutex::new(NcTable::new(config.max_nonces.max(1))),
             by_source: lru(),
             by_user_source: lru(),
+            own: OwnHosts::default(),
             full_warned_ms: AtomicU64::new(0),
         })
     }
@@ -490,7 +535,7 @@ impl Authenticator {
         };
         // Credentials computed for another Request-URI are someone else's request (replayed
         // or relayed), not a wrong password: refused without a strike.
-        if !uri_matches(req, &creds.uri) {
+        if !uri_matches(req, &creds.uri, &self.own) {
             metrics::counter!(AUTH_TOTAL, "outcome" => "uri_mismatch").increment(1);
             return AuthOutcome::BadRequest {
                 reason: "digest uri is not the Request-URI",
@@ -775,7 +820,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Whether the credentials' `uri` names the request's Request-URI: the same text, or the
 /// same scheme, user, host (any case) and port (clients differ in parameters and escaping).
-fn uri_matches(req: &Message, uri: &Bytes) -> bool {
+fn uri_matches(req: &Message, uri: &Bytes, own: &OwnHosts) -> bool {
     use crate::sip::uri::Uri;
     let Some(ruri) = req.request_uri() else {
         return false;
@@ -787,8 +832,8 @@ fn uri_matches(req: &Message, uri: &Bytes) -> bool {
         (Ok(a), Ok(b)) => {
             a.scheme == b.scheme
                 && a.user_unescaped() == b.user_unescaped()
-                && a.host.eq_ignore_ascii_case(&b.host)
-                && a.port == b.port
+                && ((a.host.eq_ignore_ascii_case(&b.host) && a.port == b.port)
+                    || own.contains(&b.host))
         }
         _ => false,
     }
@@ -1236,7 +1281,8 @@ mod tests {
         assert!(matches!(o, AuthOutcome::Authenticated { .. }), "{o:?}");
         assert!(!uri_matches(
             &register(None),
-            &Bytes::from_static(b"not a uri")
+            &Bytes::from_static(b"not a uri"),
+            &OwnHosts::default()
         ));
     }
 
@@ -1356,5 +1402,62 @@ mod tests {
         assert!(a.tenant_for_domain(b"c.test").is_none());
         assert!(!a.has_user("c", "carol"));
         assert_eq!(a.tenants().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod own_host_tests {
+    use super::*;
+
+    fn register(ruri: &str) -> Message {
+        let text = format!(
+            "REGISTER {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.2;branch=z9hG4bK-1\r\nFrom: <sip:u@a.test>;tag=1\r\nTo: <sip:u@a.test>\r\nCall-ID: c\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        crate::sip::parse::parse(
+            Bytes::from(text),
+            crate::sip::parse::Framing::Datagram,
+            &Default::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_digest_uri_naming_the_switch_itself_matches() {
+        let own = OwnHosts {
+            ips: vec!["127.0.0.1".parse().unwrap()],
+            any: false,
+        };
+        let req = register("sip:a.test");
+        assert!(uri_matches(&req, &Bytes::from_static(b"sip:a.test"), &own));
+        assert!(uri_matches(
+            &req,
+            &Bytes::from_static(b"sip:127.0.0.1:5060"),
+            &own
+        ));
+        assert!(!uri_matches(
+            &req,
+            &Bytes::from_static(b"sip:127.0.0.9:5060"),
+            &own
+        ));
+        assert!(!uri_matches(&req, &Bytes::from_static(b"sip:b.test"), &own));
+        assert!(!uri_matches(
+            &req,
+            &Bytes::from_static(b"sip:x@127.0.0.1"),
+            &own
+        ));
+        let any = OwnHosts {
+            ips: Vec::new(),
+            any: true,
+        };
+        assert!(uri_matches(
+            &req,
+            &Bytes::from_static(b"sip:192.0.2.7"),
+            &any
+        ));
+        assert!(!uri_matches(
+            &req,
+            &Bytes::from_static(b"sip:evil.example"),
+            &any
+        ));
     }
 }
