@@ -18,6 +18,7 @@ use crate::security::EdgeGuard;
 use crate::sip::headers::Via;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::parse::Limits;
+use crate::sip::validate::Passed;
 
 pub const SIP_RECEIVED: &str = "switchyard_sip_messages_received_total";
 pub const SIP_SENT: &str = "switchyard_sip_messages_sent_total";
@@ -182,16 +183,28 @@ pub struct Source {
     pub conn: Option<ConnId>,
 }
 
-/// A screened message and where it came from.
+/// A message and where it came from. The transports hand the handler an
+/// `Inbound<Passed>` (a request with its screened From/To/Call-ID/CSeq, or a response);
+/// the actors it reaches take the plain message.
 #[derive(Debug)]
-pub struct Inbound {
-    pub msg: Message,
+pub struct Inbound<M = Message> {
+    pub msg: M,
     pub source: Source,
+}
+
+impl Inbound<Passed> {
+    /// The plain message and its source (what a call or the registrar takes).
+    pub fn into_plain(self) -> Inbound {
+        Inbound {
+            msg: self.msg.into_message(),
+            source: self.source,
+        }
+    }
 }
 
 /// Receives every well-formed message. Must not block: it runs on the receive loop.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, inbound: Inbound);
+    fn handle(&self, inbound: Inbound<Passed>);
 }
 
 /// Where to send a message.
@@ -441,7 +454,7 @@ pub struct PanicInjector(pub Arc<dyn Handler>);
 pub const PANIC_HEADER: &str = "X-Switchyard-Panic";
 
 impl Handler for PanicInjector {
-    fn handle(&self, inbound: Inbound) {
+    fn handle(&self, inbound: Inbound<Passed>) {
         if inbound.msg.is_request() && inbound.msg.other(PANIC_HEADER).is_some() {
             panic!("fault injection: {PANIC_HEADER}");
         }
@@ -579,8 +592,8 @@ pub(crate) fn deliver(
             if from_scanner(guard, &msg, &source) {
                 return !source.protocol.is_reliable();
             }
-            if msg.is_request() {
-                stamp_via(&mut msg, &source, transports.force_rport());
+            if let Passed::Request(req) = &mut msg {
+                stamp_via(req.message_mut(), &source, transports.force_rport());
             }
             handler.handle(Inbound { msg, source });
             true

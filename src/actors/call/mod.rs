@@ -254,7 +254,8 @@ impl CallContext {
 
 /// A new call handed over by the router.
 pub struct NewCall {
-    pub invite: Inbound,
+    /// The caller's INVITE as screened (its From, To, Call-ID and CSeq parsed).
+    pub invite: Inbound<crate::sip::validate::Request>,
     pub route: Route,
     /// The user to dial on the B leg (after strip/prepend).
     pub dialled: Bytes,
@@ -323,6 +324,15 @@ pub async fn originate(
     invite.push(HeaderName::To, format!("<sip:{number}@{host}>"));
     invite.push(HeaderName::CallId, call_id.clone());
     invite.push(HeaderName::CSeq, "1 INVITE");
+    // The agent's address comes from the configuration or the API: checked like a peer's.
+    let invite = crate::sip::validate::Request::checked(invite).map_err(|r| {
+        SupervisorError::StartFailed {
+            id: call_id.clone(),
+            source: ractor::SpawnErr::StartupFailed(
+                format!("click-to-call INVITE: {}", r.reason).into(),
+            ),
+        }
+    })?;
     ctx.active.fetch_add(1, Ordering::Relaxed);
     let source = Source {
         protocol: dest.protocol,
