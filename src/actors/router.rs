@@ -992,9 +992,6 @@ impl Router {
 
 impl Handler for Router {
     fn handle(&self, inbound: Inbound<Passed>) {
-        if !self.ctx.ready() {
-            return; // still starting: UDP peers retransmit
-        }
         let call_id = match &inbound.msg {
             Passed::Request(r) => r.ids().call_id.clone(),
             Passed::Response(m) => match m.call_id() {

@@ -79,14 +79,15 @@ pub struct Ids {
 #[derive(Clone, Debug)]
 pub struct Request {
     msg: Message,
-    ids: Ids,
+    /// Boxed: a Request travels by value through the receive path.
+    ids: Box<Ids>,
 }
 
 impl Request {
     /// Checks `msg` as [`screen`] does the structure of a request ([`check_request`]); for
     /// requests the switch builds itself (click-to-call's stand-in INVITE) and tests.
     pub fn checked(msg: Message) -> Result<Request, Rejection> {
-        let ids = check_request(&msg)?;
+        let ids = Box::new(check_request(&msg)?);
         Ok(Request { msg, ids })
     }
 
@@ -418,7 +419,7 @@ pub fn screen(
         };
     }
     let ids = match check_request(&msg) {
-        Ok(ids) => ids,
+        Ok(ids) => Box::new(ids),
         Err(rejection) if !answerable(&msg) => {
             return Screened::Drop {
                 label: rejection.label,

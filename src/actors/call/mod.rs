@@ -118,7 +118,7 @@ pub fn describe() {
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
 /// the call settings.
 pub struct CallContext {
-    transports: OnceLock<Transports>,
+    transports: Transports,
     pub timers: TimerService,
     pub timer_cfg: TimerConfig,
     pub directory: Directory,
@@ -155,9 +155,10 @@ impl CallContext {
         max_duration: Option<Duration>,
         user_agent: &str,
         advertise: Option<IpAddr>,
+        transports: Transports,
     ) -> CallContext {
         CallContext {
-            transports: OnceLock::new(),
+            transports,
             timers,
             timer_cfg,
             directory: Directory::new(),
@@ -197,25 +198,19 @@ impl CallContext {
             .clone()
     }
 
-    /// Sets the transports once they are bound (they need the router, which needs this).
-    pub fn set_transports(&self, t: Transports) {
-        let _ = self.transports.set(t);
-    }
-
-    /// True once the transports are set.
-    pub fn ready(&self) -> bool {
-        self.transports.get().is_some()
-    }
-
     pub(crate) fn store(&self) -> Option<ActorRef<StoreWriterMsg>> {
         let name = self.store_name.clone()?;
         ractor::registry::where_is(name).map(Into::into)
     }
 
     pub fn transports(&self) -> &Transports {
-        self.transports
-            .get()
-            .expect("transports are set before any message arrives")
+        &self.transports
+    }
+
+    /// True once the node receives SIP (the transports have their handler): before that,
+    /// an answer to a request sent (a trunk's probe) would not be heard.
+    pub fn ready(&self) -> bool {
+        self.transports.serving()
     }
 
     /// The host:port this switch writes in Via and Contact for a protocol.
