@@ -28,6 +28,8 @@ pub struct Node {
     /// Queues and agents.
     pub cc: Arc<CcContext>,
     pub tree: Tree,
+    /// The edge's trusted peers and trunk gateways (the router's).
+    pub trust: Arc<crate::security::trust::Trust>,
     /// Cluster membership (None for a node alone).
     pub membership: Option<Arc<crate::cluster::membership::Membership>>,
     /// Actor messages to and from the other nodes (cluster mode).
@@ -47,6 +49,7 @@ impl Node {
             location: s.location,
             cc: s.cc,
             tree: s.tree,
+            trust: s.trust,
             membership: s.membership,
             port: s.port,
         })

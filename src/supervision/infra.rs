@@ -75,25 +75,41 @@ pub fn database(config: &Config) -> crate::store::Database {
     }
 }
 
-/// The edge's tables (`[security]`). Besides the configured `exempt` CIDRs, the configured
-/// trunk gateways and static route targets are never banned: they are peers the operator
-/// named. (The trusted-peer table of issue 16 item 1 replaces this predicate.)
-pub fn edge_guard(config: &Config) -> Arc<crate::security::EdgeGuard> {
+/// Who is trusted: `[security] trusted` and the trunks' gateways (kept current as trunks
+/// change through the API).
+pub fn trust(
+    config: &Config,
+    trunks: &crate::actors::trunk::LiveTrunks,
+) -> StartResult<Arc<crate::security::trust::Trust>> {
+    let trust = Arc::new(
+        crate::security::trust::Trust::from_config(&config.security.trusted)
+            .map_err(|e| format!("security.trusted: {e}"))?,
+    );
+    trunks.keep_gateways(trust.clone());
+    Ok(trust)
+}
+
+/// The edge's flood and scanner defence. Never banned: the trusted peers and the trunks'
+/// gateways (kept current as trunks change), and the static routes' targets (the PBXs and
+/// proxies calls are sent to, whose answers are as many as the calls).
+pub fn edge_guard(
+    config: &Config,
+    trust: &Arc<crate::security::trust::Trust>,
+) -> Arc<crate::security::EdgeGuard> {
     let guard = Arc::new(crate::security::EdgeGuard::new(
         config.security.flood_settings(),
         config.security.scanner_settings(),
     ));
-    let peers: std::collections::HashSet<IpAddr> = config
-        .trunks
+    let targets: std::collections::HashSet<IpAddr> = config
+        .routes
         .iter()
-        .flat_map(|t| t.gateways.iter())
-        .chain(config.routes.iter().map(|r| &r.target))
-        .filter_map(|g| crate::config::RouteTarget::parse(g).ok())
+        .filter_map(|r| crate::config::RouteTarget::parse(&r.target).ok())
         .map(|t| t.addr.ip().to_canonical())
         .collect();
-    if !peers.is_empty() {
-        guard.set_exempt(Arc::new(move |ip| peers.contains(&ip)));
-    }
+    let trusted = trust.exemption();
+    guard.set_exempt(Arc::new(move |ip| {
+        trusted(ip) || targets.contains(&ip.to_canonical())
+    }));
     guard
 }
 

@@ -6,22 +6,25 @@
 //!  1. process         rustls crypto provider, Prometheus recorder, data directory
 //!  2. api keys        the API token (config, file or generated) and HTTPS certificate:
 //!                     a bad one stops the node before anything listens
-//!  3. sockets         the SIP sockets (`sip.listen`, TLS certificate loaded or made) with
-//!                     the edge guard (bans, scanners, connections per source; its sweeper
+//!  3. edge            the trunk table (channels and health shared by calls and trunk
+//!                     actors), the trusted peers (`[security] trusted` and the trunks'
+//!                     gateways), the flood and scanner guard
+//!  4. sockets         the SIP sockets (`sip.listen`, TLS certificate loaded or made) with
+//!                     the guard (bans, scanners, connections per source; its sweeper
 //!                     task), and the HTTP socket: bound, nothing received yet
-//!  4. calls           the call context: timers, the transports, the call settings, the
-//!                     trunk table (channels and health shared with the trunk actors)
-//!  5. media           relay threads, RTP port pool, recording keys (recordings the last
+//!  5. calls           the call context: timers, the transports, the call settings
+//!  6. media           relay threads, RTP port pool, recording keys (recordings the last
 //!                     run left unfinished settled first), prompts and music
-//!  6. contact centre  queues' and agents' shared context over the location service
-//!  7. actors          the root supervisor with store_writer … calls (below)
-//!  8. live config     routes, numbers, users, queues and trunks changed through the API
+//!  7. contact centre  queues' and agents' shared context over the location service
+//!  8. actors          the root supervisor with store_writer … calls (below)
+//!  9. live config     routes, numbers, users, queues and trunks changed through the API
 //!                     put in force over the file's (SQLite, or etcd in a cluster)
-//!  9. router          admission, routes, numbers, the registrar link: the SIP handler
-//! 10. cluster         the inter-node port, then membership in etcd (cluster mode only)
-//! 11. sip             the listeners join the tree under `sip`: SIP is received from now
-//! 12. http            the API server joins the tree as `http`
-//! 13. upkeep          metrics upkeep and queue statistics snapshots (tasks)
+//! 10. router          admission, routes, numbers, the registrar link, who is trusted: the
+//!                     SIP handler
+//! 11. cluster         the inter-node port, then membership in etcd (cluster mode only)
+//! 12. sip             the listeners join the tree under `sip`: SIP is received from now
+//! 13. http            the API server joins the tree as `http`
+//! 14. upkeep          metrics upkeep and queue statistics snapshots (tasks)
 //! ```
 //! Each step is a function of `infra.rs` (or of its module) taking what it needs as
 //! arguments; later steps get what earlier ones returned, so nothing is bound late except
@@ -130,6 +133,7 @@ pub struct Started {
     pub location: Arc<Location>,
     pub cc: Arc<CcContext>,
     pub tree: Tree,
+    pub trust: Arc<crate::security::trust::Trust>,
     pub membership: Option<Arc<crate::cluster::membership::Membership>>,
     pub port: Option<Arc<crate::cluster::port::Port>>,
 }
@@ -144,22 +148,24 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
     // 2. api keys
     let keys = infra::api_keys(&config)?;
     let node = infra::node_name(&config);
-    // 3. sockets
-    let guard = infra::edge_guard(&config);
+    // 3. edge
+    let trunks = infra::trunks(&config);
+    let trust = infra::trust(&config, &trunks)?;
+    let guard = infra::edge_guard(&config, &trust);
+    // 4. sockets
     let sip = infra::bind_sip(&config, guard.clone()).await?;
     let http = infra::bind_http(&config).await?;
     let http_addr = http.local_addr()?;
-    // 4. calls
-    let trunks = infra::trunks(&config);
+    // 5. calls
     let ctx = infra::call_context(&config, &node, sip.transports.clone(), trunks.clone());
-    // 5. media
+    // 6. media
     let recording_keys = infra::start_media(&config, &ctx)?;
-    // 6. contact centre
+    // 7. contact centre
     let auth = Arc::new(Authenticator::new(&config.registrar, &config.tenants)?);
     let location = Arc::new(Location::new());
     let cc = infra::contact_centre(&node, &location, &ctx);
     let tenants = infra::tenants(&config, &auth)?;
-    // 7. actors
+    // 8. actors
     let database = infra::database(&config);
     let tree = start(
         &config.data_dir,
@@ -186,7 +192,7 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         },
     )
     .await?;
-    // 8. live config (before the first call)
+    // 9. live config (before the first call)
     let routes = Arc::new(Routes::new(&config.routes, &trunks.current()));
     let numbers = Arc::new(Numbers::new(tenants.numbers));
     let shared_config = crate::cluster::shared_config::SharedConfig::start(
@@ -201,7 +207,7 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         },
     )
     .await?;
-    // 9. router
+    // 10. router
     let router = Arc::new(
         Router::new(
             ctx.clone(),
@@ -215,7 +221,8 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
             tree.registrar_name.clone(),
             config.registrar.authenticate_invites,
         )
-        .with_numbers(numbers),
+        .with_numbers(numbers)
+        .with_trust(trust.clone()),
     );
     let handler: Arc<dyn crate::transport::Handler> = if config.fault_injection {
         Arc::new(crate::transport::PanicInjector(router))
@@ -223,7 +230,7 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         router
     };
     sip.transports.set_handler(handler);
-    // 10. cluster
+    // 11. cluster
     let cluster = match &config.cluster {
         Some(c) => Some(
             infra::join_cluster(
@@ -238,12 +245,12 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         ),
         None => None,
     };
-    // 11. sip
+    // 12. sip
     start_child_sync(&tree.root, sip_listeners(&node, &sip.transports)).await?;
     for l in sip.transports.local_addrs() {
         tracing::info!(listen = %l, "SIP listening");
     }
-    // 12. http
+    // 13. http
     infra::announce_token(&config, &keys);
     let root = tree.root.clone();
     let mut health = crate::api::Health::new().with_check("supervision", move || {
@@ -285,7 +292,7 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
     )
     .await?;
     tracing::info!(%http_addr, "HTTP listening (/metrics, /health, /queues, /agents)");
-    // 13. upkeep
+    // 14. upkeep
     crate::metrics::spawn_upkeep(metrics);
     infra::spawn_queue_stats(&config, &cc, database);
     Ok(Started {
@@ -297,6 +304,7 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         location,
         cc,
         tree,
+        trust,
         membership: cluster.as_ref().map(|c| c.membership.clone()),
         port: cluster.map(|c| c.port),
     })
