@@ -9,9 +9,9 @@
 //!  3. edge            the trunk table (channels and health shared by calls and trunk
 //!                     actors), the trusted peers (`[security] trusted` and the trunks'
 //!                     gateways), the flood and scanner guard
-//!  4. sockets         the SIP sockets (`sip.listen`, TLS certificate loaded or made) with
+//!  4. sip sockets     the SIP sockets (`sip.listen`, TLS certificate loaded or made) with
 //!                     the guard (bans, scanners, connections per source; its sweeper
-//!                     task), and the HTTP socket: bound, nothing received yet
+//!                     task): bound, nothing received yet
 //!  5. calls           the call context: timers, the transports, the call settings
 //!  6. media           relay threads, RTP port pool, recording keys (recordings the last
 //!                     run left unfinished settled first), prompts and music
@@ -21,7 +21,8 @@
 //!                     put in force over the file's (SQLite, or etcd in a cluster)
 //! 10. router          admission, routes, numbers, the registrar link, who is trusted: the
 //!                     SIP handler
-//! 11. cluster         the inter-node port, then membership in etcd (cluster mode only)
+//! 11. http socket     bound (a cluster node announces its address); served at step 13,
+//!     and cluster     the inter-node port, then membership in etcd (cluster mode only)
 //! 12. sip             the listeners join the tree under `sip`: SIP is received from now
 //! 13. http            the API server joins the tree as `http`
 //! 14. upkeep          metrics upkeep and queue statistics snapshots (tasks)
@@ -152,10 +153,8 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
     let trunks = infra::trunks(&config);
     let trust = infra::trust(&config, &trunks)?;
     let guard = infra::edge_guard(&config, &trust);
-    // 4. sockets
+    // 4. sip sockets
     let sip = infra::bind_sip(&config, guard.clone()).await?;
-    let http = infra::bind_http(&config).await?;
-    let http_addr = http.local_addr()?;
     // 5. calls
     let ctx = infra::call_context(&config, &node, sip.transports.clone(), trunks.clone());
     // 6. media
@@ -230,7 +229,9 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         router
     };
     sip.transports.set_handler(handler);
-    // 11. cluster
+    // 11. http socket and cluster (a connection accepted from here on waits for step 13)
+    let http = infra::bind_http(&config).await?;
+    let http_addr = http.local_addr()?;
     let cluster = match &config.cluster {
         Some(c) => Some(
             infra::join_cluster(
