@@ -189,6 +189,7 @@ impl CallContext {
                     max_duration: self.max_duration,
                     user_agent: self.user_agent.clone(),
                     force_rport: self.transports().force_rport(),
+                    cdr_wait: CDR_DURABLE_WAIT_LIMIT,
                     sent_by: [
                         self.sent_by(Protocol::Udp),
                         self.sent_by(Protocol::Tcp),
@@ -798,9 +799,9 @@ impl CallState {
         });
     }
 
-    /// Hands the CDR to the writer; the hangup's last messages wait for its commit, for at
-    /// most [`CDR_DURABLE_WAIT_LIMIT`] (the wait runs in a task, which tells the actor with
-    /// [`CallMsg::CdrStored`]). False when there is no writer to wait for.
+    /// Hands the CDR to the writer, which casts [`CallMsg::CdrStored`] back right after the
+    /// commit (the core bounds the wait with a timer: [`CDR_DURABLE_WAIT_LIMIT`]). False
+    /// when there is no writer to wait for.
     fn write_cdr(&mut self, cdr: crate::store::Cdr) -> bool {
         let store = match self.ctx.store() {
             Some(store) => store,
@@ -812,34 +813,21 @@ impl CallState {
                 return false;
             }
         };
-        let (stored, committed) = tokio::sync::oneshot::channel();
-        if let Err(e) = store_writer::write_cdr_acked(&store, cdr, stored) {
+        let me = self.myself.clone();
+        let started = Instant::now();
+        let ack = store_writer::CdrAck::new(move |stored| {
+            if stored {
+                metrics::histogram!(CDR_DURABLE_WAIT).record(started.elapsed().as_secs_f64());
+            } else {
+                metrics::counter!(CDR_NOT_DURABLE, "reason" => "failed").increment(1);
+            }
+            let _ = me.cast(CallMsg::CdrStored(stored));
+        });
+        if let Err(e) = store_writer::write_cdr_acked(&store, cdr, ack) {
             metrics::counter!(CDR_NOT_DURABLE, "reason" => "no_writer").increment(1);
             tracing::error!(error = %e, "CDR writer unavailable: CDR lost");
             return false;
         }
-        let me = self.myself.clone();
-        let started = Instant::now();
-        tokio::spawn(async move {
-            let stored = match tokio::time::timeout(CDR_DURABLE_WAIT_LIMIT, committed).await {
-                Ok(Ok(true)) => {
-                    metrics::histogram!(CDR_DURABLE_WAIT).record(started.elapsed().as_secs_f64());
-                    true
-                }
-                Ok(_) => {
-                    metrics::counter!(CDR_NOT_DURABLE, "reason" => "failed").increment(1);
-                    false
-                }
-                Err(_) => {
-                    metrics::counter!(CDR_NOT_DURABLE, "reason" => "timeout").increment(1);
-                    tracing::warn!(
-                        "CDR not committed within {CDR_DURABLE_WAIT_LIMIT:?}: hangup goes on"
-                    );
-                    false
-                }
-            };
-            let _ = me.cast(CallMsg::CdrStored(stored));
-        });
         true
     }
 }

@@ -212,6 +212,8 @@ pub enum CallTimer {
     Announce,
     /// An API consultation's target did not answer in time.
     ConsultNoAnswer,
+    /// The CDR's commit took too long: the hangup goes on without waiting more.
+    CdrWait,
 }
 
 /// A snapshot for tests and the API.
@@ -554,6 +556,8 @@ pub struct CallCore {
     handed_over: Vec<Bytes>,
     /// The consultation target's no-answer timer.
     consult_timer: Option<TimerKey>,
+    /// The bound on the wait for the CDR's commit.
+    cdr_timer: Option<TimerKey>,
     /// Call-IDs of consultations that are over (their late messages still come here).
     stale_consults: Vec<Bytes>,
 }
@@ -598,6 +602,7 @@ impl CallCore {
             after_cdr: None,
             handed_over: Vec::new(),
             consult_timer: None,
+            cdr_timer: None,
             stale_consults: Vec::new(),
         }
     }
