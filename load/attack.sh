@@ -7,10 +7,12 @@
 #   127.0.0.4  a guesser sends REGISTERs for user 1001 with password guesses (a phone's UA).
 # The switch runs with the shipped defences ([security.flood], [security.scanners]).
 # Reported: failed legitimate calls (must be 0); when the flooder was banned after its first
-# packet (must be within 2 s); the switch's CPU per banned packet (utime+stime from
-# /proc/PID/stat over the flood, less the legitimate calls' own CPU measured just before,
-# divided by switchyard_security_dropped_total{reason="banned"} over the same window);
-# whether the scanner and the guesser were answered or banned.
+# packet (must be within 2 s); whether the scanner and the guesser were answered or banned;
+# the switch's CPU per banned packet: utime+stime from /proc/PID/stat divided by
+# switchyard_security_dropped_total{reason="banned"} over the same window, (a) over the flood
+# during the calls, less the calls' own CPU measured just before (noisy: the flood's share is
+# a few per cent of the calls'), and (b) once the calls are over, over a second flood from the
+# still-banned address, less the idle switch's CPU (the clean figure).
 #
 #   load/attack.sh [--quick] [--caps 200] [--flood-rate 5000] [--flood-secs 15]
 #                  [--switch-bin PATH] [--out DIR]
@@ -19,12 +21,12 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
-CAPS=200 FLOOD_RATE=5000 FLOOD_SECS=15 WARM_SECS=5 BASE_SECS=5 TAIL_SECS=5 BIN=""
+CAPS=200 FLOOD_RATE=5000 FLOOD_SECS=15 WARM_SECS=5 BASE_SECS=5 TAIL_SECS=5 ALONE_SECS=10 BIN=""
 OUT="$here/out/$(date -u +%Y%m%dT%H%M%SZ)-attack-$$"
 ARGS="$*"
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) FLOOD_SECS=4 WARM_SECS=3 BASE_SECS=3 TAIL_SECS=2; shift ;;
+        --quick) FLOOD_SECS=4 WARM_SECS=3 BASE_SECS=3 TAIL_SECS=2 ALONE_SECS=3; shift ;;
         --caps) CAPS=$2; shift 2 ;;
         --flood-rate) FLOOD_RATE=$2; shift 2 ;;
         --flood-secs) FLOOD_SECS=$2; shift 2 ;;
@@ -47,9 +49,13 @@ CALLS=$((CAPS * LEGIT_SECS))
 VERDICT=PASS REASONS=()
 pick_port SIP_PORT; pick_port HTTP_PORT; pick_port CALLEE_PORT; pick_port CALLEE_CP
 pick_port CALLER_PORT; pick_port CALLER_CP; pick_port FLOOD_PORT; pick_port FLOOD_CP
+pick_port FLOOD2_PORT; pick_port FLOOD2_CP
 TOKEN=$(random_token)
 BUFF=4194304
 
+# CPU time of all of pid $1's threads in ns (/proc/PID/task/*/schedstat: exact, where
+# /proc/PID/stat counts 10 ms ticks).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 ha1() { printf '%s' "$1:$DOMAIN:$2" | "$3" | cut -d' ' -f1; }
 cat > "$OUT/switchyard.toml" <<CFG
 # Written by load/attack.sh.
@@ -142,7 +148,29 @@ wait "$ATTACKERS" 2>/dev/null || true
 for _ in $(seq 1 $((LEGIT_SECS + 60))); do kill -0 "$CALLER" 2>/dev/null || break; sleep 1; done
 kill -0 "$CALLER" 2>/dev/null && { sipp_stop "$CALLER"; fail "legitimate caller did not finish"; }
 wait "$CALLER" 2>/dev/null || true
-scrape "$OUT/m3.txt" || true
+
+# The banned flood alone: the calls are over (their last transactions drain first), the
+# flooder is still banned; the idle switch's CPU, then a second flood's.
+for _ in $(seq 1 100); do
+    scrape "$OUT/m3.txt" || break
+    [ "$(metric_sum switchyard_calls_active "$OUT/m3.txt")" = 0 ] && \
+        [ "$(metric_sum switchyard_transactions_active "$OUT/m3.txt")" = 0 ] && break
+    sleep 0.2
+done
+c4=$(cpu_ticks "$SW"); t4=$(now_s); n4=$(cpu_ns "$SW")
+sleep 3
+c5=$(cpu_ticks "$SW"); t5=$(now_s); n5=$(cpu_ns "$SW")
+scrape "$OUT/m4.txt" || die "no /metrics"
+(cd "$OUT" && exec sipp "$HOST:$SIP_PORT" -sf "$here/scenarios/flood_invite.xml" -i "$FLOOD_IP" \
+    -p "$FLOOD2_PORT" -cp "$FLOOD2_CP" -r "$FLOOD_RATE" -rp 1000 -m $((FLOOD_RATE * ALONE_SECS)) \
+    -nostdin -buff_size "$BUFF" -trace_stat -stf "$OUT/flood2_stat.csv" -fd 1) \
+    > "$OUT/flood2.out" 2>&1 < /dev/null &
+FLOOD2=$!; CHILD_PIDS+=("$FLOOD2")
+c6=$(cpu_ticks "$SW"); t6=$(now_s); n6=$(cpu_ns "$SW")
+wait "$FLOOD2" 2>/dev/null || true
+sleep 0.2   # the last datagrams read
+c7=$(cpu_ticks "$SW"); t7=$(now_s); n7=$(cpu_ns "$SW")
+scrape "$OUT/m5.txt" || die "no /metrics"
 
 # ---- figures
 ok=$(stat_col "$OUT/caller_stat.csv" "SuccessfulCall(C)")
@@ -169,7 +197,16 @@ PY
 base_rate=$(awk -v c=$((c1 - c0)) -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", c/(b-a) }')
 flood_ticks=$((c3 - c2))
 net_ticks=$(awk -v f="$flood_ticks" -v r="$base_rate" -v a="$t2" -v b="$t3" 'BEGIN { n=f-r*(b-a); printf "%.1f", (n>0?n:0) }')
-per_pkt() { awk -v t="$1" -v d="$dropped" -v hz="$HZ" 'BEGIN { if (d<=0) print "NA"; else printf "%.2f", t/hz/d*1e6 }'; }
+per_pkt() { awk -v t="$1" -v d="${2:-$dropped}" -v hz="$HZ" 'BEGIN { if (d<=0) print "NA"; else printf "%.2f", t/hz/d*1e6 }'; }
+dropped2=$(( $(metric_sum switchyard_security_dropped_total "$OUT/m5.txt" 'reason="banned"' | sed 's/NA/0/') \
+    - $(metric_sum switchyard_security_dropped_total "$OUT/m4.txt" 'reason="banned"' | sed 's/NA/0/') ))
+flood2_sent=$(stat_col "$OUT/flood2_stat.csv" "TotalCallCreated")
+idle_rate=$(awk -v c=$((c5 - c4)) -v a="$t4" -v b="$t5" 'BEGIN { printf "%.4f", c/(b-a) }')
+alone_ticks=$((c7 - c6))
+alone_net=$(awk -v f="$alone_ticks" -v r="$idle_rate" -v a="$t6" -v b="$t7" 'BEGIN { n=f-r*(b-a); printf "%.1f", (n>0?n:0) }')
+alone_secs=$(elapsed "$t6" "$t7")
+alone_ns=$(awk -v f=$((n7 - n6)) -v i=$((n5 - n4)) -v a="$t4" -v b="$t5" -v c="$t6" -v d="$t7" -v n="$dropped2" \
+    'BEGIN { x = f - i / (b - a) * (d - c); if (n <= 0) print "NA"; else printf "%.2f", (x > 0 ? x : 0) / n / 1000 }')
 scan=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); s=d.get("scanner",{}); g=d.get("guesser",{}); print(s.get("sent",0), s.get("answered",0), g.get("sent",0), g.get("guesses",0), g.get("401",0), g.get("403",0), g.get("200",0), g.get("silent",0))' "$OUT/attackers.json" 2>/dev/null || echo "0 0 0 0 0 0 0 0")
 read -r scan_sent scan_answered g_sent g_guesses g_401 g_403 g_200 g_silent <<< "$scan"
 banned_of() { python3 -c 'import json,sys; print(next((b.get("reason","?") for b in json.load(open(sys.argv[1])).get("bans",[]) if b.get("source")==sys.argv[2]), "not banned"))' "$OUT/bans.json" "$1"; }
@@ -179,7 +216,8 @@ say "flood           $flood_sent INVITEs sent in ${flood_secs} s ($flood_rate/s 
 say "flooder banned  ${ban_ms} ms after the flood started (bans: $ban_reason; seen by polling the API at ${SEEN_BANNED_MS} ms)"
 say "dropped         $dropped packets unanswered (switchyard_security_dropped_total{reason=\"banned\"}, all sources)"
 say "switch CPU      $(ticks_s $((c1 - c0))) s over ${BASE_SECS} s of calls alone; $(ticks_s "$flood_ticks") s over the ${flood_secs} s flood"
-say "CPU per banned packet  $(per_pkt "$net_ticks") us net of the calls' own CPU ($(per_pkt "$flood_ticks") us counting everything the switch did meanwhile)"
+say "CPU per banned packet, during the calls  $(per_pkt "$net_ticks") us net of the calls' own CPU ($(per_pkt "$flood_ticks") us counting everything the switch did meanwhile)"
+say "CPU per banned packet, flood alone       $(per_pkt "$alone_net" "$dropped2") us from /proc/PID/stat ticks, $alone_ns us from schedstat (ns): $flood2_sent INVITEs from the banned $FLOOD_IP in ${alone_secs} s, $dropped2 dropped, switch CPU $(ticks_s "$alone_ticks") s (idle: $(ticks_s $((c5 - c4))) s over 3 s)"
 say "scanner         $scan_sent OPTIONS sent, $scan_answered answered; $(banned_of "$SCAN_IP")"
 say "guesser         $g_sent REGISTERs, $g_guesses password guesses: $g_401 challenged, $g_403 refused 403, $g_200 accepted, $g_silent unanswered; $(banned_of "$GUESS_IP")"
 say "switch RSS      VmHWM $(kib_mib "$(status_kb "$SW" VmHWM)")"
@@ -189,6 +227,7 @@ is_num "$failed" && [ "$failed" = 0 ] && [ "$ok" = "$CALLS" ] || fail "legitimat
 [ "$scan_answered" = 0 ] || fail "the scanner was answered"
 [ "$(banned_of "$SCAN_IP")" = scanner ] || fail "the scanner was not banned as one"
 [ "$g_200" = 0 ] || fail "the guesser registered"
+[ "$dropped2" -gt 0 ] || fail "the second flood was not dropped as banned"
 if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then say "note            a build ran on the machine during the run"; fi
 say "result          $VERDICT${REASONS[*]:+ (${REASONS[*]})}"
 say "files           $OUT"
