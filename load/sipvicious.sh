@@ -6,9 +6,12 @@
 #   - svmap finds no SIP device; svwar enumerates no extension;
 #   - svcrack finds no password within 10,000 guesses (0000-9999, the right one included);
 #   - each scanner's source is banned at its first request and never answered;
-#   - with its User-Agent disguised (a patched svcrack: "Linphone/5.2"), the guesser is shut
-#     out by the flood ban and the per-(user, source) digest lock, still without the password;
-#   - the user's own phone (127.0.0.1) registers afterwards: no lockout lever.
+#   - disguised as a phone (lib/sv.py: a phone's User-Agent, and nonce counts as RFC 7616
+#     has them, which svcrack gets wrong), the guesser is shut out by the per-(user, source)
+#     digest lock and the flood ban, still without the password;
+#   - the user's own phone (127.0.0.1) registers afterwards: no lockout lever;
+#   - control: with the defences relaxed for one address (flood-exempt, no digest lock) the
+#     same disguised svcrack, given 4800-4830, does find the password: the checks can fail.
 # Prints a report (also in OUT/report.txt); exits non-zero if any check fails.
 #
 #   load/sipvicious.sh [--switch-bin PATH] [--out DIR] [--keep]
@@ -123,11 +126,13 @@ say "svcrack         from $CRACK_IP: 0000-9999 for $USER_ID, password found: $([
 # The same tool with the User-Agent of a phone: the scanner list no longer sees it; the
 # flood ban and the digest lock per (user, source) must.
 s0=$(sent_total)
+f0=$(metric switchyard_auth_total 'outcome="failure"'); l0=$(metric switchyard_auth_total 'outcome="locked"')
 timeout 300 "${SV[@]}" svcrack "$DISGUISED_IP" --as-phone -p "$SIP_PORT" -u "$USER_ID" --domain "$DOMAIN" \
     -r 0-9999 -z 4 --maximumtime 5 "$HOST" > "$OUT/svcrack-disguised.txt" 2>&1 || true
 s1=$(sent_total)
+f1=$(metric switchyard_auth_total 'outcome="failure"'); l1=$(metric switchyard_auth_total 'outcome="locked"')
 dcracked=$(grep -cE "^\| *$USER_ID +\| *[0-9]" "$OUT/svcrack-disguised.txt" || true)
-say "svcrack (as a phone) from $DISGUISED_IP: password found: $([ "$dcracked" = 0 ] && echo no || echo YES); answers sent to it $((s1 - s0)) (challenges, then 403); banned $(banned "$DISGUISED_IP") ($(ban_reason "$DISGUISED_IP"))"
+say "svcrack (as a phone) from $DISGUISED_IP: password found: $([ "$dcracked" = 0 ] && echo no || echo YES); answers sent to it $((s1 - s0)): $((f1 - f0)) wrong guesses, then $((l1 - l0)) refused 403 (locked); banned $(banned "$DISGUISED_IP") ($(ban_reason "$DISGUISED_IP"))"
 [ "$dcracked" = 0 ] || fail "the disguised svcrack found the password"
 
 # --- the user's own phone still registers --------------------------------------------------
@@ -139,8 +144,23 @@ printf 'SEQUENTIAL\n%s;[authentication username=%s password=%s];%s\n' "$USER_ID"
 say "the user's phone from $HOST: registers after the attacks: $phone"
 [ "$phone" = yes ] || fail "the user's own phone cannot register"
 
-bans=$(metric switchyard_security_bans_total)
-say "bans            $bans in all; dropped packets $(dropped_total); scanner requests dropped $(metric switchyard_security_dropped_total 'reason="scanner"')"
+# --- control: the harness sees a cracked password when the defences let it through -------
+CONTROL_IP=127.0.0.25
+kill -TERM "$SW" 2>/dev/null || true
+for _ in $(seq 1 50); do kill -0 "$SW" 2>/dev/null || break; sleep 0.1; done
+cp "$OUT/metrics.txt" "$OUT/metrics-main.txt"
+sed -i -e 's/^\[registrar\]$/[security.flood]\nexempt = ["'"$CONTROL_IP"'"]\n[registrar]\nmax_auth_failures = 1000000/' "$OUT/switchyard.toml"
+"$BIN" check-config "$OUT/switchyard.toml" >/dev/null || die "control config refused"
+start_switch
+timeout 120 "${SV[@]}" svcrack "$CONTROL_IP" --as-phone -p "$SIP_PORT" -u "$USER_ID" --domain "$DOMAIN" \
+    -r 4800-4830 -z 4 --maximumtime 5 "$HOST" > "$OUT/svcrack-control.txt" 2>&1 || true
+control=$(grep -E "^\| *$USER_ID +\| *[0-9]" "$OUT/svcrack-control.txt" | awk -F'|' '{gsub(/ /,"",$3); print $3}' | head -1 || true)
+say "control         defences relaxed for $CONTROL_IP: the disguised svcrack (4800-4830) finds: ${control:-nothing}"
+[ "$control" = "$PASSWORD" ] || fail "control: svcrack did not find the password with the defences relaxed"
+cp "$OUT/metrics-main.txt" "$OUT/metrics.txt"
+
+bans=$(metric_sum switchyard_security_bans_total "$OUT/metrics-main.txt")
+say "bans            $bans in all; dropped packets $(metric_sum switchyard_security_dropped_total "$OUT/metrics-main.txt"); scanner requests dropped $(metric_sum switchyard_security_dropped_total "$OUT/metrics-main.txt" 'reason="scanner"')"
 say "result          $VERDICT${REASONS[*]:+ (${REASONS[*]})}"
 say "files           $OUT"
 [ -n "$KEEP" ] || rm -rf "$OUT/data"
