@@ -191,124 +191,133 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
         },
     )
     .await?;
-    // 9. live config (before the first call)
-    let routes = Arc::new(Routes::new(&config.routes, &trunks.current()));
-    let numbers = Arc::new(Numbers::new(tenants.numbers));
-    let shared_config = crate::cluster::shared_config::SharedConfig::start(
-        &config,
-        routes.clone(),
-        numbers.clone(),
-        trunks.clone(),
-        auth.clone(),
-        crate::cluster::shared_config::LiveQueues {
-            catalog: tree.singletons.clone(),
-            agents: tenants.agents,
-        },
-    )
-    .await?;
-    // 10. router
-    let router = Arc::new(
-        Router::new(
-            ctx.clone(),
-            routes,
-            Admission::new(config.admission.clone()),
-            tree.calls_name.clone(),
-        )
-        .with_registrar(
-            auth,
-            location.clone(),
-            tree.registrar_name.clone(),
-            config.registrar.authenticate_invites,
-        )
-        .with_numbers(numbers)
-        .with_trust(trust.clone()),
-    );
-    let handler: Arc<dyn crate::transport::Handler> = if config.fault_injection {
-        Arc::new(crate::transport::PanicInjector(router))
-    } else {
-        router
-    };
-    sip.transports.set_handler(handler);
-    // 11. http socket and cluster (a connection accepted from here on waits for step 13)
-    let http = infra::bind_http(&config).await?;
-    let http_addr = http.local_addr()?;
-    let cluster = match &config.cluster {
-        Some(c) => Some(
-            infra::join_cluster(
-                c,
-                &sip.transports,
-                http_addr,
-                tree.singletons.clone(),
-                trunks.clone(),
-                cc.clone(),
-            )
-            .await?,
-        ),
-        None => None,
-    };
-    // 12. sip
-    start_child_sync(&tree.root, sip_listeners(&node, &sip.transports)).await?;
-    for l in sip.transports.local_addrs() {
-        tracing::info!(listen = %l, "SIP listening");
-    }
-    // 13. http
-    infra::announce_token(&config, &keys);
+    // What fails from here on stops the actors already started.
     let root = tree.root.clone();
-    let mut health = crate::api::Health::new().with_check("supervision", move || {
-        root.get_status() == ractor::ActorStatus::Running
-    });
-    for l in sip.transports.listeners() {
-        health = health.with_check(format!("listener {}", l.name()), move || l.is_up());
-    }
-    let mut state = crate::api::ApiState::new(metrics.clone(), health)
-        .with_token(keys.token)
-        // Queues added or deleted through the API are listed as the tree runs them.
-        .with_contact_centre(
-            cc.clone(),
-            tenants.directory.with_live_queues(tree.singletons.clone()),
-        )
-        .with_recordings(crate::api::recordings::Recordings::new(
-            config.data_dir.join("switchyard.db"),
-            recording_keys,
-        ))
-        // Tenants' tokens (the file's `api_token`s and the API's) come with it.
-        .with_config(shared_config)
-        .with_security(guard);
-    if let Some(c) = &cluster {
-        state = state.with_cluster(c.membership.clone());
-    }
-    if keys.tls.is_some() {
-        state = state.with_https();
-    }
-    start_child_sync(
-        &tree.root,
-        api_server(
-            &node,
-            crate::api::ApiServerArgs {
-                listener: http,
-                state,
-                tls: keys.tls,
+    let started = async move {
+        // 9. live config (before the first call)
+        let routes = Arc::new(Routes::new(&config.routes, &trunks.current()));
+        let numbers = Arc::new(Numbers::new(tenants.numbers));
+        let shared_config = crate::cluster::shared_config::SharedConfig::start(
+            &config,
+            routes.clone(),
+            numbers.clone(),
+            trunks.clone(),
+            auth.clone(),
+            crate::cluster::shared_config::LiveQueues {
+                catalog: tree.singletons.clone(),
+                agents: tenants.agents,
             },
-        ),
-    )
-    .await?;
-    tracing::info!(%http_addr, "HTTP listening (/metrics, /health, /queues, /agents)");
-    // 14. upkeep
-    crate::metrics::spawn_upkeep(metrics);
-    infra::spawn_queue_stats(&config, &cc, database);
-    Ok(Started {
-        name: node,
-        transports: sip.transports,
-        http_addr,
-        tls_fingerprint: sip.tls_fingerprint,
-        ctx,
-        location,
-        cc,
-        tree,
-        trust,
-        membership: cluster.as_ref().map(|c| c.membership.clone()),
-        port: cluster.map(|c| c.port),
-    })
+        )
+        .await?;
+        // 10. router
+        let router = Arc::new(
+            Router::new(
+                ctx.clone(),
+                routes,
+                Admission::new(config.admission.clone()),
+                tree.calls_name.clone(),
+            )
+            .with_registrar(
+                auth,
+                location.clone(),
+                tree.registrar_name.clone(),
+                config.registrar.authenticate_invites,
+            )
+            .with_numbers(numbers)
+            .with_trust(trust.clone()),
+        );
+        let handler: Arc<dyn crate::transport::Handler> = if config.fault_injection {
+            Arc::new(crate::transport::PanicInjector(router))
+        } else {
+            router
+        };
+        sip.transports.set_handler(handler);
+        // 11. http socket and cluster (a connection accepted from here on waits for step 13)
+        let http = infra::bind_http(&config).await?;
+        let http_addr = http.local_addr()?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(
+                infra::join_cluster(
+                    c,
+                    &sip.transports,
+                    http_addr,
+                    tree.singletons.clone(),
+                    trunks.clone(),
+                    cc.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        // 12. sip
+        start_child_sync(&tree.root, sip_listeners(&node, &sip.transports)).await?;
+        for l in sip.transports.local_addrs() {
+            tracing::info!(listen = %l, "SIP listening");
+        }
+        // 13. http
+        infra::announce_token(&config, &keys);
+        let root = tree.root.clone();
+        let mut health = crate::api::Health::new().with_check("supervision", move || {
+            root.get_status() == ractor::ActorStatus::Running
+        });
+        for l in sip.transports.listeners() {
+            health = health.with_check(format!("listener {}", l.name()), move || l.is_up());
+        }
+        let mut state = crate::api::ApiState::new(metrics.clone(), health)
+            .with_token(keys.token)
+            // Queues added or deleted through the API are listed as the tree runs them.
+            .with_contact_centre(
+                cc.clone(),
+                tenants.directory.with_live_queues(tree.singletons.clone()),
+            )
+            .with_recordings(crate::api::recordings::Recordings::new(
+                config.data_dir.join("switchyard.db"),
+                recording_keys,
+            ))
+            // Tenants' tokens (the file's `api_token`s and the API's) come with it.
+            .with_config(shared_config)
+            .with_security(guard);
+        if let Some(c) = &cluster {
+            state = state.with_cluster(c.membership.clone());
+        }
+        if keys.tls.is_some() {
+            state = state.with_https();
+        }
+        start_child_sync(
+            &tree.root,
+            api_server(
+                &node,
+                crate::api::ApiServerArgs {
+                    listener: http,
+                    state,
+                    tls: keys.tls,
+                },
+            ),
+        )
+        .await?;
+        tracing::info!(%http_addr, "HTTP listening (/metrics, /health, /queues, /agents)");
+        // 14. upkeep
+        crate::metrics::spawn_upkeep(metrics);
+        infra::spawn_queue_stats(&config, &cc, database);
+        Ok(Started {
+            name: node,
+            transports: sip.transports,
+            http_addr,
+            tls_fingerprint: sip.tls_fingerprint,
+            ctx,
+            location,
+            cc,
+            tree,
+            trust,
+            membership: cluster.as_ref().map(|c| c.membership.clone()),
+            port: cluster.map(|c| c.port),
+        })
+    }
+    .await;
+    if started.is_err() {
+        root.stop(None);
+    }
+    started
 }
 
 /// The `sip` supervisor: one listener actor per bound socket, restarted on that socket.
