@@ -186,6 +186,7 @@ VERDICT=PASS
 REASONS=()
 t0=$(now_s)
 (cd "$OUT" && timeout $((AGENTS / REG_RATE + 60)) sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
+    -auth_uri "$DOMAIN" \
     -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" \
     -m "$AGENTS" -r "$REG_RATE" -l $((REG_RATE * 2)) -buff_size "$BUFF" \
     -i "$HOST" -p "$REG_PORT" -cp "$REG_CP" -nostdin \

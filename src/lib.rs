@@ -2,9 +2,11 @@
 //!
 //! Map of the crate (imports flow downward only):
 //! - [`sip`]: pure protocol code (messages, parser, URIs, transactions); no tokio, no actors.
-//! - [`transport`]: UDP, TCP and TLS listeners and connections.
+//! - [`transport`]: UDP, TCP and TLS listeners (receive loops run as supervised actors) and
+//!   connections.
 //! - [`timer`]: the one shared timer facility (no task per timer).
-//! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
+//! - [`supervision`]: OTP-style supervisors on ractor; everything a node runs, in order, and
+//!   the tree are declared in `supervision::tree` ([`server::Node::start`] is its entry).
 //! - [`security`]: the edge: trusted peers and trunk gateways (who may call where), flood and
 //!   scanner bans, connection caps per source (pure tables).
 //! - [`actors`]: one file per actor kind; the call actor is a shell around a pure call core

@@ -22,6 +22,7 @@ use switchyard::routing::auth::Authenticator;
 use switchyard::sip::auth::{authorization_value, ha1, Algorithm, Challenge};
 use switchyard::sip::message::{HeaderName, Message, Method};
 use switchyard::sip::parse::{parse, Framing, Limits};
+use switchyard::sip::validate::Passed;
 use switchyard::store::registrations::{AorBindings, RegistrationRow};
 use switchyard::store::{
     AgentStatsRow, Cdr, CdrLeg, CdrMedia, Database, HangupBy, QueueStatsRow, Store, Synchronous,
@@ -310,12 +311,12 @@ async fn store_writer_commits_cdrs_to_postgres() {
 struct Fwd(Mutex<Option<ActorRef<RegistrarMsg>>>);
 
 impl Handler for Fwd {
-    fn handle(&self, inbound: Inbound) {
+    fn handle(&self, inbound: Inbound<Passed>) {
         if inbound.msg.method() != Some(&Method::Register) {
             return;
         }
         if let Some(a) = self.0.lock().unwrap().as_ref() {
-            let _ = registrar::register(a, inbound);
+            let _ = registrar::register(a, inbound.into_plain());
         }
     }
 }

@@ -15,6 +15,7 @@ use switchyard::routing::auth::Authenticator;
 use switchyard::sip::auth::{authorization_value, ha1, Algorithm, Challenge};
 use switchyard::sip::message::{HeaderName, Message, Method};
 use switchyard::sip::parse::{parse, Framing, Limits};
+use switchyard::sip::validate::Passed;
 use switchyard::transport::{Handler, Inbound, ListenSpec, Protocol, TransportConfig, Transports};
 
 /// Forwards REGISTERs to whichever registrar actor is current.
@@ -22,12 +23,12 @@ use switchyard::transport::{Handler, Inbound, ListenSpec, Protocol, TransportCon
 struct Fwd(Mutex<Option<ActorRef<RegistrarMsg>>>);
 
 impl Handler for Fwd {
-    fn handle(&self, inbound: Inbound) {
+    fn handle(&self, inbound: Inbound<Passed>) {
         if inbound.msg.method() != Some(&Method::Register) {
             return;
         }
         if let Some(a) = self.0.lock().unwrap().as_ref() {
-            let _ = registrar::register(a, inbound);
+            let _ = registrar::register(a, inbound.into_plain());
         }
     }
 }

@@ -88,7 +88,7 @@ fn all_49_messages_get_the_rfc_verdict() {
 
 fn pass(name: &str) -> switchyard::sip::message::Message {
     match screen_dg(name) {
-        Screened::Pass(m) => m,
+        Screened::Pass(m) => m.into_message(),
         other => panic!("{name}: {other:?}"),
     }
 }

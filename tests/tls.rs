@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use switchyard::sip::message::Message;
 use switchyard::sip::parse::{parse, Framing, Limits};
+use switchyard::sip::validate::Passed;
 use switchyard::transport::tls::{self, ensure_self_signed, CertFiles};
 use switchyard::transport::{
     Dest, Handler, Inbound, ListenSpec, Protocol, TransportConfig, Transports,
@@ -238,8 +239,8 @@ fn the_fingerprint_is_stable_across_calls() {
 struct Probe(mpsc::UnboundedSender<Inbound>);
 
 impl Handler for Probe {
-    fn handle(&self, inbound: Inbound) {
-        let _ = self.0.send(inbound);
+    fn handle(&self, inbound: Inbound<Passed>) {
+        let _ = self.0.send(inbound.into_plain());
     }
 }
 

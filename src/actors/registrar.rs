@@ -1677,7 +1677,7 @@ mod tests {
         let load = |name: &str| {
             let bytes = std::fs::read(dir.join(format!("{name}.dat"))).unwrap();
             match screen(Bytes::from(bytes), Framing::Datagram, &Limits::default()) {
-                Screened::Pass(m) => m,
+                Screened::Pass(m) => m.into_message(),
                 _ => panic!("{name} does not pass screening"),
             }
         };

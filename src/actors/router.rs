@@ -22,6 +22,7 @@ use crate::routing::trunks::{self as trunk_policy, Policy, RrState};
 use crate::security::trust::{self, Caller, LogLimit, Refused, SourceClass, Trust};
 use crate::sip::dialog::{random_token, BRANCH_PREFIX};
 use crate::sip::message::{response_to, HeaderName, Message, Method};
+use crate::sip::validate::{Passed, Request};
 use crate::supervision::SupervisorMsg;
 use crate::transport::{status_label, Handler, Inbound, Source};
 
@@ -751,9 +752,9 @@ impl Router {
         self.ctx.transports().send_response(source, &resp);
     }
 
-    fn handle_new_request(&self, inbound: Inbound) {
+    fn handle_new_request(&self, inbound: Inbound<Request>) {
         let Inbound { msg, source } = inbound;
-        let method = msg.method().cloned().expect("request");
+        let method = msg.method_checked().clone();
         let has_to_tag = msg.to().is_some_and(|t| t.tag().is_some());
         match method {
             Method::Ack => {
@@ -798,10 +799,13 @@ impl Router {
         }
     }
 
-    fn register(&self, msg: Message, source: Source) {
-        let reg = self.registrar.as_ref().expect("checked");
+    fn register(&self, msg: Request, source: Source) {
+        let Some(reg) = self.registrar.as_ref() else {
+            return;
+        };
         match ractor::registry::where_is(reg.name.clone()).map(ActorRef::<RegistrarMsg>::from) {
             Some(actor) => {
+                let msg = msg.into_message();
                 if registrar::register(&actor, Inbound { msg, source }).is_err() {
                     tracing::warn!("registrar not accepting messages");
                 }
@@ -816,7 +820,7 @@ impl Router {
         }
     }
 
-    fn new_call(&self, msg: Message, source: Source) {
+    fn new_call(&self, msg: Request, source: Source) {
         // A loop: our own B-leg INVITE came back to us.
         if msg.vias().any(|v| {
             v.branch()
@@ -978,7 +982,7 @@ impl Router {
     /// A call to a tenant's user: every phone it registered rings at once.
     fn call_user(
         &self,
-        msg: Message,
+        msg: Request,
         source: Source,
         location: &Location,
         tenant: &str,
@@ -1014,7 +1018,7 @@ impl Router {
     #[allow(clippy::too_many_arguments)]
     fn admit_and_start(
         &self,
-        msg: Message,
+        msg: Request,
         source: Source,
         route: &Route,
         dialled: Bytes,
@@ -1047,7 +1051,7 @@ impl Router {
                 &[(HeaderName::RetryAfter, "1")],
             );
         };
-        let call_id = msg.call_id().cloned().expect("validated");
+        let call_id = msg.ids().call_id.clone();
         // Claim the Call-ID before the actor exists, so retransmissions and a CANCEL that
         // arrive while it starts wait for it instead of starting a second call.
         match self.ctx.directory.map.entry(call_id.clone()) {
@@ -1107,20 +1111,25 @@ impl Router {
 }
 
 impl Handler for Router {
-    fn handle(&self, inbound: Inbound) {
-        if !self.ctx.ready() {
-            return; // still starting: UDP peers retransmit
-        }
-        let Some(call_id) = inbound.msg.call_id().cloned() else {
-            return;
+    fn handle(&self, inbound: Inbound<Passed>) {
+        let call_id = match &inbound.msg {
+            Passed::Request(r) => r.ids().call_id.clone(),
+            Passed::Response(m) => match m.call_id() {
+                Some(c) => c.clone(),
+                None => return,
+            },
         };
         let Some(mut slot) = self.ctx.directory.map.get_mut(&call_id) else {
-            if inbound.msg.is_request() {
-                return self.handle_new_request(inbound);
-            }
+            let Inbound { msg, source } = inbound;
+            let msg = match msg {
+                Passed::Request(msg) => {
+                    return self.handle_new_request(Inbound { msg, source });
+                }
+                Passed::Response(msg) => msg,
+            };
             if let Some((trunk, seq)) = super::trunk::parse_probe_call_id(&call_id) {
                 // The answer to a trunk's OPTIONS probe.
-                let status = inbound.msg.status().unwrap_or(0);
+                let status = msg.status().unwrap_or(0);
                 let node = self.ctx.cc.get().and_then(std::sync::Weak::upgrade);
                 if let Some(t) = node.and_then(|cc| super::trunk::lookup(&trunk, &cc.node)) {
                     let _ = t.cast(super::trunk::TrunkMsg::ProbeAnswered { seq, status });
@@ -1130,6 +1139,8 @@ impl Handler for Router {
             metrics::counter!(STRAY, "kind" => "response").increment(1);
             return;
         };
+        // Calls and the ended-call memory take the plain message.
+        let inbound = inbound.into_plain();
         let actor = match slot.value_mut() {
             Slot::Running(actor) => actor.clone(),
             Slot::Retired(retired) => {

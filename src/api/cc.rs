@@ -41,7 +41,7 @@ use super::cluster::tenant_elsewhere;
 use super::{route, ApiState, Caller, Params, Problem};
 use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
-use crate::supervision::tree::Catalog;
+use crate::supervision::catalog::Catalog;
 
 /// Counter, labels `command` (login, logout, ready, not_ready) and `result` (ok, refused,
 /// not_found, unavailable, bad_request): agent state commands received on the API (those
@@ -645,7 +645,7 @@ pub(super) async fn click_to_call(
             )
         })?;
         let dialled = crate::actors::router::Routes::rewrite(&route, req.number.as_bytes());
-        let calls = ractor::registry::where_is(crate::supervision::tree::calls_name(&cc.node))
+        let calls = ractor::registry::where_is(crate::supervision::catalog::calls_name(&cc.node))
             .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)
             .ok_or_else(|| unavailable("calls supervisor not running".into()))?;
         // The agent is reserved first (no queue can offer it a call meanwhile, and an agent

@@ -17,7 +17,7 @@ pub type HealthCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 pub struct Health {
     version: &'static str,
     started: Instant,
-    checks: Vec<(&'static str, HealthCheck)>,
+    checks: Vec<(String, HealthCheck)>,
 }
 
 /// The JSON body of `GET /health`.
@@ -29,8 +29,9 @@ pub struct HealthReport {
     pub version: &'static str,
     /// Whole seconds since the [`Health`] was created (at node start).
     pub uptime_seconds: u64,
-    /// Each check by name: `ok` or `failing`.
-    pub checks: BTreeMap<&'static str, &'static str>,
+    /// Each check by name: `ok` or `failing` (a SIP listener whose receive loop is down:
+    /// `"listener udp:127.0.0.1:5060": "failing"`).
+    pub checks: BTreeMap<String, &'static str>,
 }
 
 impl Health {
@@ -46,10 +47,10 @@ impl Health {
     /// Add a named check (e.g. `"store"`); a failing check turns the answer into 503.
     pub fn with_check(
         mut self,
-        name: &'static str,
+        name: impl Into<String>,
         check: impl Fn() -> bool + Send + Sync + 'static,
     ) -> Self {
-        self.checks.push((name, Arc::new(check)));
+        self.checks.push((name.into(), Arc::new(check)));
         self
     }
 
@@ -58,7 +59,7 @@ impl Health {
         let checks: BTreeMap<_, _> = self
             .checks
             .iter()
-            .map(|(name, check)| (*name, if check() { "ok" } else { "failing" }))
+            .map(|(name, check)| (name.clone(), if check() { "ok" } else { "failing" }))
             .collect();
         let healthy = checks.values().all(|s| *s == "ok");
         let report = HealthReport {
@@ -84,7 +85,7 @@ impl Default for Health {
 
 impl fmt::Debug for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: Vec<_> = self.checks.iter().map(|(name, _)| *name).collect();
+        let names: Vec<_> = self.checks.iter().map(|(name, _)| name.as_str()).collect();
         f.debug_struct("Health")
             .field("version", &self.version)
             .field("started", &self.started)

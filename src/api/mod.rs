@@ -24,6 +24,7 @@ mod health;
 mod problem;
 pub mod recordings;
 mod security;
+mod server;
 pub mod tls;
 pub mod tokens;
 
@@ -55,6 +56,7 @@ pub use auth::{Caller, AUTH_REFUSED_TOTAL};
 pub use cc::{Directory, AGENT_COMMANDS_TOTAL};
 pub use health::{Health, HealthCheck, HealthReport};
 pub use problem::{Problem, PROBLEM_JSON};
+pub use server::{ApiServerActor, ApiServerArgs, ApiServerMsg};
 
 /// Counter, labels `path` (route template, or `other`) and `status`: HTTP requests answered.
 pub const HTTP_REQUESTS_TOTAL: &str = "switchyard_http_requests_total";

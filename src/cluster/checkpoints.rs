@@ -42,7 +42,7 @@ use super::Directory;
 use crate::actors::queue::{self, CcContext, Counts, QueueCheckpoint};
 use crate::actors::trunk::{LiveTrunks, TrunkDurable};
 use crate::store::now_unix_ms;
-use crate::supervision::tree::Catalog;
+use crate::supervision::catalog::Catalog;
 
 /// Checkpoints written to etcd, by `kind` (`queue`, `trunk`).
 pub const CHECKPOINTS_WRITTEN: &str = "switchyard_cluster_checkpoints_written_total";

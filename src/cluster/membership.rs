@@ -28,7 +28,7 @@ use super::checkpoints::Checkpoints;
 use super::{channels, ownership, ClusterConfig, Directory, NodeInfo, NodeState};
 use crate::actors::queue::CcContext;
 use crate::actors::trunk::LiveTrunks;
-use crate::supervision::tree::Catalog;
+use crate::supervision::catalog::Catalog;
 
 /// Live nodes by state (`up`, `draining`).
 pub const CLUSTER_NODES: &str = "switchyard_cluster_nodes";

@@ -74,7 +74,7 @@ pub enum NodeState {
 }
 
 /// Singleton keys (declared with the tree, which starts and stops their actors).
-pub use crate::supervision::tree::{queue_key, tenant_key, trunk_key};
+pub use crate::supervision::catalog::{queue_key, tenant_key, trunk_key};
 
 /// This node's view of the cluster: live nodes and who owns each singleton, as last seen in
 /// etcd. Written by the membership task only; read by anyone (the message port, the API).

@@ -72,7 +72,7 @@ use crate::routing::auth::{Authenticator, UserKeys, UserMap};
 use crate::routing::trunks::Policy;
 use crate::store::config as overrides;
 use crate::store::tokens::{TokenRecord, TokenTable};
-use crate::supervision::tree::{tenant_key, trunk_key, Catalog};
+use crate::supervision::catalog::{tenant_key, trunk_key, Catalog};
 
 /// Counter, labels `kind` (`route`, `number`, `user`, `queue`, `trunk`, `tenant`, `token`) and `source` (`api`: this node's API, alone;
 /// `cluster`: the etcd watch; `store`: the saved overrides at start): changes applied.
@@ -1416,7 +1416,7 @@ impl SharedConfig {
                 numbers: self.numbers_of(new, id),
                 ..bare.clone()
             };
-            let spec = crate::supervision::tree::TenantSpec {
+            let spec = crate::supervision::catalog::TenantSpec {
                 queues: crate::actors::queue::plan(&config, &config.agents),
                 agents: config.agents.clone(),
                 users: count,

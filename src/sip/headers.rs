@@ -387,6 +387,17 @@ pub struct NameAddr {
 }
 
 impl NameAddr {
+    /// `"Anonymous" <sip:anonymous@anonymous.invalid>` (RFC 3323 §4.1.1.3): the stand-in
+    /// where a message the switch holds has no readable address.
+    pub fn anonymous() -> NameAddr {
+        NameAddr {
+            display: Some(Bytes::from_static(b"Anonymous")),
+            uri: Bytes::from_static(b"sip:anonymous@anonymous.invalid"),
+            params: Params::default(),
+            star: false,
+        }
+    }
+
     /// Parses a From / To / Route / Record-Route value.
     pub fn parse(v: &Bytes) -> Result<NameAddr, HeaderError> {
         let v = trim(v);

@@ -62,11 +62,109 @@ const SINGLE: [(HeaderName, &str, &str); 7] = [
     ),
 ];
 
-/// Checks the structure every request must have (RFC 3261 §8.1.1, §20, §25).
-/// Extension methods pass; whether they are served is the caller's decision.
-pub fn check_request(msg: &Message) -> Result<(), Rejection> {
+/// The dialog-identifying fields of a screened request, parsed once: present and well
+/// formed, so nothing downstream has to `expect` them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ids {
+    pub from: NameAddr,
+    pub to: NameAddr,
+    pub call_id: Bytes,
+    /// Its method is the Request-Line's (checked).
+    pub cseq: CSeq,
+}
+
+/// A request that [`screen`] passed: the message with its [`Ids`]. It dereferences to the
+/// [`Message`] for everything else; its From, To, Call-ID and CSeq are read from
+/// [`Request::ids`], which cannot fail.
+#[derive(Clone, Debug)]
+pub struct Request {
+    msg: Message,
+    /// Boxed: a Request travels by value through the receive path.
+    ids: Box<Ids>,
+}
+
+impl Request {
+    /// Checks `msg` as [`screen`] does the structure of a request ([`check_request`]); for
+    /// requests the switch builds itself (click-to-call's stand-in INVITE) and tests.
+    pub fn checked(msg: Message) -> Result<Request, Rejection> {
+        let ids = Box::new(check_request(&msg)?);
+        Ok(Request { msg, ids })
+    }
+
+    /// From, To, Call-ID and CSeq as screened.
+    pub fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    /// The method (the Request-Line's, which the CSeq repeats).
+    pub fn method_checked(&self) -> &Method {
+        &self.ids.cseq.method
+    }
+
+    pub fn message(&self) -> &Message {
+        &self.msg
+    }
+
+    /// For hop-by-hop edits (the transport stamps the top Via). [`Request::ids`] keep the
+    /// values as screened.
+    pub fn message_mut(&mut self) -> &mut Message {
+        &mut self.msg
+    }
+
+    pub fn into_message(self) -> Message {
+        self.msg
+    }
+}
+
+impl std::ops::Deref for Request {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        &self.msg
+    }
+}
+
+/// A message [`screen`] passed: a request with its [`Ids`], or a response (whose Call-ID,
+/// CSeq and top Via were checked, [`check_response`]).
+#[derive(Clone, Debug)]
+pub enum Passed {
+    Request(Request),
+    Response(Message),
+}
+
+impl Passed {
+    pub fn message(&self) -> &Message {
+        match self {
+            Passed::Request(r) => r.message(),
+            Passed::Response(m) => m,
+        }
+    }
+
+    pub fn into_message(self) -> Message {
+        match self {
+            Passed::Request(r) => r.into_message(),
+            Passed::Response(m) => m,
+        }
+    }
+}
+
+impl std::ops::Deref for Passed {
+    type Target = Message;
+
+    fn deref(&self) -> &Message {
+        self.message()
+    }
+}
+
+/// A request line without a method (a response) has no request structure to check.
+const NOT_A_REQUEST: Rejection = bad("Bad Request (Not a Request)", "not_request");
+
+/// Checks the structure every request must have (RFC 3261 §8.1.1, §20, §25) and returns its
+/// parsed From, To, Call-ID and CSeq. Extension methods pass; whether they are served is the
+/// caller's decision.
+pub fn check_request(msg: &Message) -> Result<Ids, Rejection> {
     let Some(method) = msg.method() else {
-        return Ok(());
+        return Err(NOT_A_REQUEST);
     };
     for (name, reason, label) in [
         (HeaderName::Via, "Bad Request (Missing Via)", "missing_via"),
@@ -107,16 +205,34 @@ pub fn check_request(msg: &Message) -> Result<(), Rejection> {
             ));
         }
     }
-    NameAddr::parse(msg.value(HeaderName::From).expect("checked"))
-        .map_err(|_| bad("Bad Request (Malformed From)", "from"))?;
-    NameAddr::parse(msg.value(HeaderName::To).expect("checked"))
-        .map_err(|_| bad("Bad Request (Malformed To)", "to"))?;
-    let call_id = msg.call_id().expect("checked");
+    let present = |name, reason, label| msg.value(name).ok_or(bad(reason, label));
+    let from = NameAddr::parse(present(
+        HeaderName::From,
+        "Bad Request (Missing From)",
+        "missing_from",
+    )?)
+    .map_err(|_| bad("Bad Request (Malformed From)", "from"))?;
+    let to = NameAddr::parse(present(
+        HeaderName::To,
+        "Bad Request (Missing To)",
+        "missing_to",
+    )?)
+    .map_err(|_| bad("Bad Request (Malformed To)", "to"))?;
+    let call_id = present(
+        HeaderName::CallId,
+        "Bad Request (Missing Call-ID)",
+        "missing_call_id",
+    )?
+    .clone();
     if call_id.is_empty() || call_id.iter().any(|&c| c <= b' ') {
         return Err(bad("Bad Request (Malformed Call-ID)", "call_id"));
     }
-    let cseq = CSeq::parse(msg.value(HeaderName::CSeq).expect("checked"))
-        .map_err(|_| bad("Bad Request (Malformed CSeq)", "cseq"))?;
+    let cseq = CSeq::parse(present(
+        HeaderName::CSeq,
+        "Bad Request (Missing CSeq)",
+        "missing_cseq",
+    )?)
+    .map_err(|_| bad("Bad Request (Malformed CSeq)", "cseq"))?;
     if &cseq.method != method {
         return Err(bad(
             "Bad Request (CSeq Method Does Not Match)",
@@ -151,8 +267,13 @@ pub fn check_request(msg: &Message) -> Result<(), Rejection> {
             return Err(bad("Bad Request (Malformed Option Tag)", "option_tag"));
         }
     }
-    check_request_uri(msg.request_uri().expect("request"))?;
-    Ok(())
+    check_request_uri(msg.request_uri().ok_or(NOT_A_REQUEST)?)?;
+    Ok(Ids {
+        from,
+        to,
+        call_id,
+        cseq,
+    })
 }
 
 /// The Request-URI must be a well-formed URI; only sip, sips and tel are served (416), and a
@@ -248,8 +369,8 @@ pub fn join_values(values: &[Bytes]) -> Bytes {
 /// What to do with received bytes before any dialog or transaction logic sees them.
 #[derive(Debug)]
 pub enum Screened {
-    /// A well-formed message to act on.
-    Pass(Message),
+    /// A well-formed message to act on (a request with its [`Ids`]).
+    Pass(Passed),
     /// A request to answer at once, statelessly, with `status` (and `unsupported` option
     /// tags for a 420).
     Answer {
@@ -293,25 +414,28 @@ pub fn screen(
     if !msg.is_request() {
         // A response that is not well formed is dropped (RFC 4475 §3.1.2.5, §3.1.2.19).
         return match check_response(&msg) {
-            Ok(()) => Screened::Pass(msg),
+            Ok(()) => Screened::Pass(Passed::Response(msg)),
             Err(label) => Screened::Drop { label },
         };
     }
-    if let Err(rejection) = check_request(&msg) {
-        if !answerable(&msg) {
+    let ids = match check_request(&msg) {
+        Ok(ids) => Box::new(ids),
+        Err(rejection) if !answerable(&msg) => {
             return Screened::Drop {
                 label: rejection.label,
             };
         }
-        return Screened::Answer {
-            request: Box::new(msg),
-            rejection,
-            unsupported: Vec::new(),
-        };
-    }
-    let method = msg.method().expect("request").clone();
+        Err(rejection) => {
+            return Screened::Answer {
+                request: Box::new(msg),
+                rejection,
+                unsupported: Vec::new(),
+            };
+        }
+    };
+    let method = ids.cseq.method.clone();
     if method == Method::Ack {
-        return Screened::Pass(msg);
+        return Screened::Pass(Passed::Request(Request { msg, ids }));
     }
     if msg.max_forwards() == Some(0) {
         let rejection = Rejection {
@@ -347,7 +471,7 @@ pub fn screen(
             };
         }
     }
-    Screened::Pass(msg)
+    Screened::Pass(Passed::Request(Request { msg, ids }))
 }
 
 /// A request can be answered when it has a Via to answer along (the response goes to the
@@ -381,6 +505,65 @@ mod tests {
         Bytes::from(format!(
             "{method} sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch={branch}\r\nVia: SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
         ))
+    }
+
+    #[test]
+    fn a_passed_request_carries_its_parsed_ids() {
+        let limits = Limits::default();
+        let Screened::Pass(Passed::Request(req)) =
+            screen(request("INVITE", "z9hG4bKx"), Framing::Datagram, &limits)
+        else {
+            panic!("an INVITE passes");
+        };
+        let ids = req.ids();
+        assert_eq!(ids.from.uri.as_ref(), b"sip:x@y");
+        assert_eq!(ids.from.tag().unwrap().as_ref(), b"1");
+        assert_eq!(ids.to.uri.as_ref(), b"sip:a@b");
+        assert_eq!(ids.call_id.as_ref(), b"c");
+        assert_eq!((ids.cseq.seq, &ids.cseq.method), (1, &Method::Invite));
+        assert_eq!(req.method_checked(), &Method::Invite);
+        // The message itself is still there, unchanged.
+        assert_eq!(req.method(), Some(&Method::Invite));
+        assert_eq!(req.into_message().call_id().unwrap().as_ref(), b"c");
+    }
+
+    #[test]
+    fn a_response_passes_as_a_response_and_a_request_without_ids_never_passes() {
+        let limits = Limits::default();
+        let ok = Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>;tag=2\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert!(matches!(
+            screen(ok, Framing::Datagram, &limits),
+            Screened::Pass(Passed::Response(_))
+        ));
+        // Each of the four missing, or unreadable: answered 400, never passed.
+        let base = String::from_utf8(request("OPTIONS", "z9hG4bKx").to_vec()).unwrap();
+        for (cut, label) in [
+            ("From: <sip:x@y>;tag=1\r\n", "missing_from"),
+            ("To: <sip:a@b>\r\n", "missing_to"),
+            ("Call-ID: c\r\n", "missing_call_id"),
+            ("CSeq: 1 OPTIONS\r\n", "missing_cseq"),
+        ] {
+            let msg = Bytes::from(base.replacen(cut, "", 1));
+            match screen(msg, Framing::Datagram, &limits) {
+                Screened::Answer { rejection, .. } => assert_eq!(rejection.label, label),
+                other => panic!("{label}: {other:?}"),
+            }
+        }
+        let msg = Bytes::from(base.replacen("From: <sip:x@y>", "From: <sip:x@y", 1));
+        assert!(matches!(
+            screen(msg, Framing::Datagram, &limits),
+            Screened::Answer { rejection, .. } if rejection.label == "from"
+        ));
+        // A request the switch builds itself is checked the same way.
+        let built =
+            crate::sip::parse::parse(request("OPTIONS", "z9hG4bKx"), Framing::Datagram, &limits)
+                .unwrap();
+        assert!(Request::checked(built.clone()).is_ok());
+        let mut no_to = built;
+        no_to.headers.retain(|h| h.name != HeaderName::To);
+        assert_eq!(Request::checked(no_to).unwrap_err().label, "missing_to");
     }
 
     #[test]

@@ -58,6 +58,8 @@
 //!
 //! The tree itself is declared in `tree.rs`.
 
+pub mod catalog;
+mod infra;
 mod spec;
 mod supervisor;
 pub mod tree;

@@ -1,5 +1,38 @@
-//! The supervision tree, declared in one place.
+//! Everything a node runs, declared in one place: the start order ([`start_node`]) and the
+//! supervision tree.
 //!
+//! # Start order
+//! ```text
+//!  1. process         rustls crypto provider, Prometheus recorder, data directory
+//!  2. api keys        the API token (config, file or generated) and HTTPS certificate:
+//!                     a bad one stops the node before anything listens
+//!  3. edge            the trunk table (channels and health shared by calls and trunk
+//!                     actors), the trusted peers (`[security] trusted` and the trunks'
+//!                     gateways), the flood and scanner guard
+//!  4. sip sockets     the SIP sockets (`sip.listen`, TLS certificate loaded or made) with
+//!                     the guard (bans, scanners, connections per source; its sweeper
+//!                     task): bound, nothing received yet
+//!  5. calls           the call context: timers, the transports, the call settings
+//!  6. media           relay threads, RTP port pool, recording keys (recordings the last
+//!                     run left unfinished settled first), prompts and music
+//!  7. contact centre  queues' and agents' shared context over the location service
+//!  8. actors          the root supervisor with store_writer … calls (below)
+//!  9. live config     routes, numbers, users, queues and trunks changed through the API
+//!                     put in force over the file's (SQLite, or etcd in a cluster)
+//! 10. router          admission, routes, numbers, the registrar link, who is trusted: the
+//!                     SIP handler
+//! 11. http socket     bound (a cluster node announces its address); served at step 13,
+//!     and cluster     the inter-node port, then membership in etcd (cluster mode only)
+//! 12. sip             the listeners join the tree under `sip`: SIP is received from now
+//! 13. http            the API server joins the tree as `http`
+//! 14. upkeep          metrics upkeep and queue statistics snapshots (tasks)
+//! ```
+//! Each step is a function of `infra.rs` (or of its module) taking what it needs as
+//! arguments; later steps get what earlier ones returned, so nothing is bound late except
+//! the two true cycles: a call's media events and the contact centre point back at the
+//! call context (`CallContext::media`, `CallContext::cc`).
+//!
+//! # The tree
 //! ```text
 //! root (one_for_one, 5 restarts / 10 s)
 //! ├── store_writer   permanent   the SQLite writer (CDRs)
@@ -19,35 +52,46 @@
 //! │       └── agents             one_for_one, 50 restarts / 10 s: agent/<tenant>/<id>
 //! │           (a queue crash restarts that queue only; the tenant actor's restarts its
 //! │           queues and agents, which resume from their checkpoints)
-//! └── calls          permanent   one_for_one supervisor, 100 restarts / 10 s
-//!     └── call actors            transient, one per call, started by the router
+//! ├── calls          permanent   one_for_one supervisor, 100 restarts / 10 s
+//! │   └── call actors            transient, one per call, started by the router
+//! ├── sip            permanent   one_for_one supervisor, 10 restarts / 60 s, restarts
+//! │   │                          after 0.5 s doubling to 10 s (a loop that keeps dying
+//! │   │                          does not spin)
+//! │   └── listener udp:IP:PORT[#N] | tcp:IP:PORT | tls:IP:PORT
+//! │                  permanent   one receive loop per bound socket (UDP: per SO_REUSEPORT
+//! │                              worker); restarted on the same socket, so the address
+//! │                              stays; `GET /health` reports one that is down
+//! └── http           permanent   the API server, restarted on the same socket
 //! ```
-//! The transport receive loops and the HTTP server are tasks owned by the node; they hold
-//! no state a restart could restore.
+//! Stream connections (TCP/TLS readers and writers) are tasks of their own that outlive a
+//! restart of their listener; a panic while handling one message costs that message only
+//! (`transport::isolate`).
 
 use ractor::{Actor, ActorRef};
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs, SupervisorMsg};
-use crate::actors::agent::{AgentActor, AgentArgs};
+use super::catalog::{self, name, Singletons};
+use super::infra::{self, StartResult};
+use super::{
+    start_child_sync, Backoff, ChildSpec, Intensity, Restart, Strategy, Supervisor, SupervisorArgs,
+    SupervisorMsg,
+};
 use crate::actors::alarms::AlarmSink;
-use crate::actors::queue::{CcContext, QueueActor, QueueArgs, QueueSpec};
-use crate::actors::registrar::{RegistrarActor, RegistrarArgs};
+use crate::actors::call::CallContext;
+use crate::actors::queue::CcContext;
+use crate::actors::registrar::{Location, RegistrarActor, RegistrarArgs};
+use crate::actors::router::{Admission, Numbers, Router, Routes};
 use crate::actors::store_writer::{StoreWriterActor, StoreWriterArgs, StoreWriterMsg};
-use crate::actors::tenant::{self, TenantActor, TenantArgs};
-use crate::actors::trunk::{LiveTrunks, TrunkActor, TrunkArgs, TrunkShared};
-use crate::config::{AgentConfig, TenantConfig};
+use crate::actors::trunk::LiveTrunks;
+use crate::config::Config;
+use crate::routing::auth::Authenticator;
+use crate::transport::{ListenerActor, ListenerArgs, Transports};
 
-/// A tenant to start: its config, user count, queues and agents.
-pub struct TenantSpec {
-    pub config: TenantConfig,
-    pub users: usize,
-    pub queues: Vec<QueueSpec>,
-    pub agents: Vec<AgentConfig>,
-}
+pub use super::catalog::{
+    calls_name, queue_key, store_name, tenant_key, trunk_key, Catalog, TenantSpec,
+};
 
 /// The long-lived actors of a node: the root by reference, the others by their stable
 /// names (a restarted actor is found again under the same name).
@@ -70,585 +114,6 @@ impl Tree {
     }
 }
 
-/// One singleton: its key, the keys owned with it (a tenant's queues), the supervisor it
-/// runs under and how to start it.
-#[derive(Clone)]
-struct Entry {
-    also: Vec<String>,
-    /// A tenant's agent ids, sorted (the API's directory lists them); empty for trunks.
-    agents: Vec<String>,
-    supervisor: String,
-    spec: ChildSpec,
-}
-
-/// A queue's spec as its actor's every start reads it, and where the actor runs: a
-/// configuration change replaces the spec and restarts the actor, which resumes its waiting
-/// callers from its checkpoint.
-#[derive(Clone)]
-struct QueueSlot {
-    spec: Arc<RwLock<QueueSpec>>,
-    /// The tenant's queues supervisor (registered by name).
-    supervisor: String,
-    child: ChildSpec,
-}
-
-/// What a queue actor's spec needs, for queues added while the node runs.
-struct QueueSpawner {
-    node: String,
-    cc: Arc<CcContext>,
-}
-
-impl QueueSpawner {
-    /// The slot of `tenant`'s queue `spec`: its actor's every start reads the spec then.
-    fn slot(&self, tenant: &str, spec: QueueSpec) -> QueueSlot {
-        queue_slot(&self.cc, tenant, &self.node, spec)
-    }
-}
-
-/// The slot of `tenant`'s queue `spec` on `node`.
-fn queue_slot(cc: &Arc<CcContext>, tenant: &str, node: &str, spec: QueueSpec) -> QueueSlot {
-    let id = spec.config.id.clone();
-    let current = Arc::new(RwLock::new(spec));
-    let (cc, tenant_id, read) = (cc.clone(), Arc::<str>::from(tenant), current.clone());
-    let child = ChildSpec::named_actor(
-        crate::actors::queue::actor_name(tenant, &id, node),
-        "queue",
-        Restart::Permanent,
-        QueueActor,
-        move || {
-            let q = read.read().unwrap_or_else(|e| e.into_inner()).clone();
-            QueueArgs {
-                cc: cc.clone(),
-                tenant: tenant_id.clone(),
-                config: q.config,
-                members: q.members,
-                overflow_wait: q.overflow_wait,
-                overflow_full: q.overflow_full,
-            }
-        },
-    );
-    QueueSlot {
-        spec: current,
-        supervisor: queues_name(tenant, node),
-        child,
-    }
-}
-
-/// The registered name of `tenant`'s queues supervisor on `node`.
-fn queues_name(tenant: &str, node: &str) -> String {
-    format!("queues/{tenant}@{node}")
-}
-
-/// The queues by [`queue_key`] (sorted, so a tenant's are one range).
-type QueueSlots = Arc<RwLock<BTreeMap<String, QueueSlot>>>;
-
-/// `tenant`'s queue slots, in key order.
-fn slots_of(slots: &BTreeMap<String, QueueSlot>, tenant: &str) -> Vec<(String, QueueSlot)> {
-    let start = queue_key(tenant, "");
-    slots
-        .range(start.clone()..)
-        .take_while(|(k, _)| k.starts_with(&start))
-        .map(|(k, s)| (k.clone(), s.clone()))
-        .collect()
-}
-
-/// What a trunk actor's spec needs, for trunks added while the node runs.
-struct TrunkSpawner {
-    node: String,
-    ctx: Arc<crate::actors::call::CallContext>,
-    checkpoints: Arc<dashmap::DashMap<Arc<str>, crate::actors::trunk::TrunkCheckpoint>>,
-    alarms: AlarmSink,
-    live: Arc<LiveTrunks>,
-}
-
-impl TrunkSpawner {
-    /// The spec of trunk `id`'s actor: every start takes the trunk in force then (a changed
-    /// trunk's actor restarts with its new configuration), or `last` once it is gone.
-    fn spec(&self, id: &str, last: Arc<TrunkShared>) -> ChildSpec {
-        let (ctx, checkpoints, alarms) = (
-            self.ctx.clone(),
-            self.checkpoints.clone(),
-            self.alarms.clone(),
-        );
-        let (live, id) = (self.live.clone(), id.to_string());
-        ChildSpec::named_actor(
-            crate::actors::trunk::actor_name(&id, &self.node),
-            "trunk",
-            Restart::Permanent,
-            TrunkActor,
-            move || TrunkArgs {
-                shared: live.get(&id).unwrap_or_else(|| last.clone()),
-                ctx: ctx.clone(),
-                checkpoints: checkpoints.clone(),
-                alarms: alarms.clone(),
-            },
-        )
-    }
-}
-
-/// The singletons by cluster key (`tenant/<id>`, `trunk/<id>`), and the tenants' queues by
-/// [`queue_key`]. Trunks may be added and removed while the node runs (configuration
-/// changes through the API). Cheap to clone; cluster mode starts and stops the singletons
-/// as this node claims and releases them, and is woken ([`Catalog::waker`]) when the set of
-/// singletons changes.
-#[derive(Clone, Default)]
-pub struct Catalog {
-    singletons: Arc<RwLock<BTreeMap<String, Entry>>>,
-    /// Removed singletons whose actor may still run somewhere here, so that stopping them
-    /// (alone: at once; in a cluster: also by the membership's release) still finds them.
-    removed: Arc<RwLock<BTreeMap<String, Entry>>>,
-    /// Every queue of the tenants (file and API), which the tenants' queues supervisors
-    /// start from at each of their starts (a tenant restart or takeover included).
-    queues: QueueSlots,
-    queue_spawner: Option<Arc<QueueSpawner>>,
-    trunks: Option<Arc<TrunkSpawner>>,
-    changed: Arc<tokio::sync::Notify>,
-}
-
-impl std::fmt::Debug for Catalog {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.keys()).finish()
-    }
-}
-
-impl Catalog {
-    /// Every singleton key, sorted.
-    pub fn keys(&self) -> Vec<String> {
-        self.read().keys().cloned().collect()
-    }
-
-    /// Whether `key` is a singleton of the configuration in force.
-    pub fn contains(&self, key: &str) -> bool {
-        self.read().contains_key(key)
-    }
-
-    /// The keys owned together with `key` (a tenant's queues: `queue/<tenant>/<id>`).
-    pub fn also(&self, key: &str) -> Vec<String> {
-        self.read()
-            .get(key)
-            .map_or_else(Vec::new, |e| e.also.clone())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
-        self.singletons.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn entry(&self, key: &str) -> Option<Entry> {
-        self.read().get(key).cloned()
-    }
-
-    /// Notified when singletons are added or removed (the cluster membership reconciles).
-    pub fn waker(&self) -> Arc<tokio::sync::Notify> {
-        self.changed.clone()
-    }
-
-    /// Whether a singleton's actor (its supervisor, for a tenant) runs on this node.
-    pub fn running(&self, key: &str) -> bool {
-        self.entry(key)
-            .is_some_and(|e| ractor::registry::where_is(e.spec.id.clone()).is_some())
-    }
-
-    /// Starts a singleton under its supervisor (on claiming it). Its actors resume from the
-    /// checkpoints this node holds, if any; idempotent.
-    pub async fn start(&self, key: &str) -> Result<(), String> {
-        let e = self
-            .entry(key)
-            .ok_or_else(|| format!("unknown singleton {key}"))?;
-        if ractor::registry::where_is(e.spec.id.clone()).is_some() {
-            return Ok(());
-        }
-        let sup: ActorRef<SupervisorMsg> = ractor::registry::where_is(e.supervisor.clone())
-            .ok_or_else(|| format!("supervisor {} not running", e.supervisor))?
-            .into();
-        super::start_child_sync(&sup, e.spec.clone())
-            .await
-            .map(|_| ())
-            .map_err(|err| err.to_string())
-    }
-
-    /// Adds trunk `id` (already in the node's [`LiveTrunks`]) as a singleton, or keeps the
-    /// one there; it starts with [`Catalog::start`] (alone at once, in a cluster on claim).
-    /// False if the node cannot run trunks added later (a tree without them).
-    pub fn add_trunk(&self, id: &str) -> bool {
-        let Some(spawner) = &self.trunks else {
-            return false;
-        };
-        let Some(last) = spawner.live.get(id) else {
-            return false;
-        };
-        let key = trunk_key(id);
-        {
-            let mut map = self.singletons.write().unwrap_or_else(|e| e.into_inner());
-            if map.contains_key(&key) {
-                return true;
-            }
-            map.insert(
-                key.clone(),
-                Entry {
-                    also: Vec::new(),
-                    agents: Vec::new(),
-                    supervisor: name("trunks", &spawner.node),
-                    spec: spawner.spec(id, last),
-                },
-            );
-        }
-        self.removed
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.changed.notify_one();
-        true
-    }
-
-    /// Removes a singleton from the configuration; its actor, if it runs here, is stopped
-    /// with [`Catalog::stop`] (which still finds it), and in a cluster the membership then
-    /// releases its owner key. Whether it was there.
-    pub fn remove(&self, key: &str) -> bool {
-        let gone = self
-            .singletons
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
-        let Some(e) = gone else {
-            return false;
-        };
-        self.removed
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.to_string(), e);
-        self.changed.notify_one();
-        true
-    }
-
-    /// Restarts a singleton's actor if it runs on this node, so that it takes its current
-    /// configuration (a changed trunk); whether it ran.
-    pub async fn restart(&self, key: &str) -> Result<bool, String> {
-        let e = self
-            .entry(key)
-            .ok_or_else(|| format!("unknown singleton {key}"))?;
-        restart_child(&e.supervisor, &e.spec).await
-    }
-
-    /// Every tenant id in force (file and API), sorted.
-    pub fn tenants(&self) -> Vec<String> {
-        let prefix = tenant_key("");
-        self.read()
-            .keys()
-            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
-            .collect()
-    }
-
-    /// `tenant`'s agent ids, sorted; None if there is no such tenant.
-    pub fn tenant_agents(&self, tenant: &str) -> Option<Vec<String>> {
-        self.read()
-            .get(&tenant_key(tenant))
-            .map(|e| e.agents.clone())
-    }
-
-    /// Adds a tenant (put through the API) as a singleton with its queues and agents; it
-    /// starts with [`Catalog::start`] (alone at once, in a cluster on claim). Keeps the one
-    /// there if the tenant exists. False if the node cannot run tenants added later.
-    pub fn add_tenant(&self, spec: &TenantSpec) -> bool {
-        let Some(spawner) = &self.queue_spawner else {
-            return false;
-        };
-        let key = tenant_key(&spec.config.id);
-        if self.contains(&key) {
-            return true;
-        }
-        let entry = tenant_entry(spec, &spawner.node, &spawner.cc, &self.queues);
-        self.singletons
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone(), entry);
-        self.removed
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.changed.notify_one();
-        true
-    }
-
-    /// Removes a tenant from the configuration: its singleton (see [`Catalog::remove`]; its
-    /// actors stop with [`Catalog::stop_tenant`]), its queue slots and its agents' users.
-    /// Returns its queue ids, or None if there was no such tenant.
-    pub fn remove_tenant(&self, tenant: &str) -> Option<Vec<String>> {
-        let queues = self.queues_of(tenant);
-        if !self.remove(&tenant_key(tenant)) {
-            return None;
-        }
-        self.queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|k, _| !k.starts_with(&queue_key(tenant, "")));
-        if let Some(spawner) = &self.queue_spawner {
-            spawner.cc.agents_by_user.retain(|(t, _), _| &**t != tenant);
-        }
-        Some(queues)
-    }
-
-    /// Stops a removed tenant's supervisor (its queues and agents) if it runs here, and
-    /// forgets its queues' in-memory checkpoints, so a tenant added again under the same id
-    /// starts from nothing.
-    pub async fn stop_tenant(&self, tenant: &str, queues: &[String]) -> Result<(), String> {
-        self.stop(&tenant_key(tenant)).await?;
-        if let Some(spawner) = &self.queue_spawner {
-            for q in queues {
-                let id = crate::actors::queue::actor_name(tenant, q, &spawner.node);
-                spawner.cc.queue_checkpoints.remove(&id);
-            }
-        }
-        Ok(())
-    }
-
-    fn slot(&self, key: &str) -> Option<QueueSlot> {
-        self.queues
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    /// Puts `spec` in force for its queue of `tenant`: the queue actor's next start uses it
-    /// (see [`Catalog::restart_queue`]). False if the node has no such queue.
-    pub fn set_queue(&self, tenant: &str, spec: QueueSpec) -> bool {
-        let Some(slot) = self.slot(&queue_key(tenant, &spec.config.id)) else {
-            return false;
-        };
-        *slot.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
-        true
-    }
-
-    /// Whether `tenant` has queue `queue` in the configuration in force.
-    pub fn has_queue(&self, tenant: &str, queue: &str) -> bool {
-        self.slot(&queue_key(tenant, queue)).is_some()
-    }
-
-    /// `tenant`'s queue ids in force, sorted.
-    pub fn queues_of(&self, tenant: &str) -> Vec<String> {
-        let slots = self.queues.read().unwrap_or_else(|e| e.into_inner());
-        let prefix = queue_key(tenant, "");
-        slots_of(&slots, tenant)
-            .into_iter()
-            .map(|(k, _)| k[prefix.len()..].to_string())
-            .collect()
-    }
-
-    /// Adds a queue to `tenant` (a queue put through the API), or gives an existing one
-    /// `spec`: its slot is added to the tenant's queues supervisor (whose every start, a
-    /// tenant restart or takeover included, starts it) and its key to the keys owned with
-    /// the tenant. Its actor starts with [`Catalog::start_queue`]. False if the node has no
-    /// such tenant (or cannot run queues added later).
-    pub fn add_queue(&self, tenant: &str, spec: QueueSpec) -> bool {
-        let (Some(spawner), tkey) = (&self.queue_spawner, tenant_key(tenant)) else {
-            return false;
-        };
-        let key = queue_key(tenant, &spec.config.id);
-        let mut map = self.singletons.write().unwrap_or_else(|e| e.into_inner());
-        let Some(entry) = map.get_mut(&tkey) else {
-            return false;
-        };
-        let mut slots = self.queues.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(slot) = slots.get(&key) {
-            *slot.spec.write().unwrap_or_else(|e| e.into_inner()) = spec;
-            return true;
-        }
-        slots.insert(key.clone(), spawner.slot(tenant, spec));
-        entry.also.push(key);
-        entry.also.sort();
-        drop((slots, map));
-        self.changed.notify_one();
-        true
-    }
-
-    /// Removes `tenant`'s queue from the configuration (its slot and its key owned with the
-    /// tenant); its actor, if it runs here, is stopped with [`Catalog::stop_queue`]. Whether
-    /// it was there.
-    pub fn remove_queue(&self, tenant: &str, queue: &str) -> bool {
-        let key = queue_key(tenant, queue);
-        let mut map = self.singletons.write().unwrap_or_else(|e| e.into_inner());
-        let gone = self
-            .queues
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key)
-            .is_some();
-        if let Some(entry) = map.get_mut(&tenant_key(tenant)) {
-            entry.also.retain(|k| *k != key);
-        }
-        drop(map);
-        if gone {
-            self.changed.notify_one();
-        }
-        gone
-    }
-
-    /// Starts `tenant`'s queue under the tenant's queues supervisor if the tenant runs on
-    /// this node and the queue does not run yet; whether it started it.
-    pub async fn start_queue(&self, tenant: &str, queue: &str) -> Result<bool, String> {
-        let key = queue_key(tenant, queue);
-        let slot = self
-            .slot(&key)
-            .ok_or_else(|| format!("unknown queue {key}"))?;
-        if ractor::registry::where_is(slot.child.id.clone()).is_some() {
-            return Ok(false); // the tenant's start took it already
-        }
-        let Some(sup) = ractor::registry::where_is(slot.supervisor.clone()) else {
-            return Ok(false); // the tenant runs elsewhere (or not yet)
-        };
-        super::start_child_sync(&sup.into(), slot.child.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(true)
-    }
-
-    /// Stops `tenant`'s queue actor if it runs on this node (a queue removed); Ok if not.
-    /// Its in-memory checkpoint goes too, so a queue added again under the same id starts
-    /// from nothing, not from the deleted one's figures.
-    pub async fn stop_queue(&self, tenant: &str, queue: &str) -> Result<(), String> {
-        let Some(spawner) = &self.queue_spawner else {
-            return Ok(());
-        };
-        let id = crate::actors::queue::actor_name(tenant, queue, &spawner.node);
-        if let Some(sup) = ractor::registry::where_is(queues_name(tenant, &spawner.node)) {
-            super::terminate_child(&sup.into(), &id)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        spawner.cc.queue_checkpoints.remove(&id);
-        Ok(())
-    }
-
-    /// How many callers wait in `tenant`'s queue, if its actor runs on this node.
-    pub async fn queue_waiting(&self, tenant: &str, queue: &str) -> Option<usize> {
-        let node = &self.queue_spawner.as_ref()?.node;
-        let actor = crate::actors::queue::lookup(tenant, queue, node)?;
-        crate::actors::queue::stats(&actor)
-            .await
-            .ok()
-            .map(|s| s.waiting)
-    }
-
-    /// Restarts a queue's actor if it runs on this node, so that it takes the spec last
-    /// set; it resumes its waiting callers and offers from its checkpoint. Whether it ran.
-    pub async fn restart_queue(&self, tenant: &str, queue: &str) -> Result<bool, String> {
-        let key = queue_key(tenant, queue);
-        let slot = self
-            .slot(&key)
-            .ok_or_else(|| format!("unknown queue {key}"))?;
-        // Not running here: another node's tenant, or not claimed yet.
-        restart_child(&slot.supervisor, &slot.child).await
-    }
-
-    /// Stops a singleton (before giving it to another node, or once removed); idempotent,
-    /// and Ok for a key the node never had.
-    pub async fn stop(&self, key: &str) -> Result<(), String> {
-        let e = self.entry(key).or_else(|| {
-            self.removed
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(key)
-                .cloned()
-        });
-        let Some(e) = e else {
-            return Ok(());
-        };
-        let Some(sup) = ractor::registry::where_is(e.supervisor.clone()) else {
-            return Ok(()); // the node is stopping
-        };
-        super::terminate_child(&sup.into(), &e.spec.id)
-            .await
-            .map(|_| ())
-            .map_err(|err| err.to_string())
-    }
-}
-
-/// The singleton of tenant `spec` on `node`: its rest_for_one supervisor (tenant actor,
-/// queues, agents), its queues' slots added to `queue_slots` and its agents to the
-/// contact centre's user map. Used at start and for tenants added through the API.
-fn tenant_entry(
-    spec: &TenantSpec,
-    node: &str,
-    cc: &Arc<CcContext>,
-    queue_slots: &QueueSlots,
-) -> Entry {
-    let id = spec.config.id.clone();
-    let (config, users) = (spec.config.clone(), spec.users);
-    let tenant_id: Arc<str> = Arc::from(id.as_str());
-    let queues_name = queues_name(&id, node);
-    {
-        let mut slots = queue_slots.write().unwrap_or_else(|e| e.into_inner());
-        for q in &spec.queues {
-            let key = queue_key(&id, &q.config.id);
-            slots.insert(key, queue_slot(cc, &id, node, q.clone()));
-        }
-    }
-    // Built at each start from the queues in force, so that a tenant restart or a
-    // takeover starts the queues added through the API too (and not removed ones).
-    let (slots, sup_name, tenant_name) = (queue_slots.clone(), queues_name.clone(), id.clone());
-    let queues = move || {
-        let slots = slots.read().unwrap_or_else(|e| e.into_inner());
-        slots_of(&slots, &tenant_name).into_iter().fold(
-            SupervisorArgs::new(sup_name.clone(), Strategy::OneForOne)
-                .with_intensity(Intensity::new(10, Duration::from_secs(10))),
-            |args, (_, slot)| args.with_child(slot.child),
-        )
-    };
-    let mut agents = SupervisorArgs::new(format!("agents/{id}@{node}"), Strategy::OneForOne)
-        .with_intensity(Intensity::new(50, Duration::from_secs(10)));
-    for a in &spec.agents {
-        cc.agents_by_user.insert(
-            (tenant_id.clone(), a.user.clone()),
-            Arc::from(a.id.as_str()),
-        );
-        let (cc, tenant, a) = (cc.clone(), tenant_id.clone(), a.clone());
-        agents = agents.with_child(ChildSpec::named_actor(
-            crate::actors::agent::actor_name(&id, &a.id, node),
-            "agent",
-            Restart::Permanent,
-            AgentActor,
-            move || AgentArgs {
-                cc: cc.clone(),
-                tenant: tenant.clone(),
-                config: a.clone(),
-            },
-        ));
-    }
-    let spec_queues: Vec<&str> = spec.queues.iter().map(|q| q.config.id.as_str()).collect();
-    // Named: a queue whose configuration changes is restarted under it.
-    let queues_child = ChildSpec::named_actor(
-        queues_name,
-        "supervisor",
-        Restart::Permanent,
-        Supervisor,
-        queues,
-    )
-    .with_shutdown(Duration::from_secs(30));
-    let per_tenant = SupervisorArgs::new(format!("tenant-sup/{id}@{node}"), Strategy::RestForOne)
-        .with_intensity(Intensity::new(3, Duration::from_secs(10)))
-        .with_child(ChildSpec::named_actor(
-            tenant::actor_name(&id, node),
-            "tenant",
-            Restart::Permanent,
-            TenantActor,
-            move || TenantArgs {
-                config: config.clone(),
-                users,
-            },
-        ))
-        .with_child(queues_child)
-        .with_child(ChildSpec::supervisor(format!("agents/{id}@{node}"), agents));
-    let child = ChildSpec::named_supervisor(format!("tenant-sup/{id}@{node}"), per_tenant);
-    let mut agent_ids: Vec<String> = spec.agents.iter().map(|a| a.id.clone()).collect();
-    agent_ids.sort_unstable();
-    Entry {
-        also: spec_queues.iter().map(|q| queue_key(&id, q)).collect(),
-        agents: agent_ids,
-        supervisor: name("tenants", node),
-        spec: child,
-    }
-}
-
 /// How the tree differs between a node alone and a cluster node.
 #[derive(Clone)]
 pub struct TreeOptions {
@@ -659,69 +124,244 @@ pub struct TreeOptions {
     pub alarms: AlarmSink,
 }
 
-/// Which singletons the tree starts with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Singletons {
-    /// All of them (a node alone).
-    All,
-    /// None: cluster mode starts each one when this node claims it in etcd.
-    OnClaim,
+/// What a started node consists of (`server::Node` holds it).
+pub struct Started {
+    pub name: String,
+    pub transports: Transports,
+    pub http_addr: std::net::SocketAddr,
+    pub tls_fingerprint: Option<String>,
+    pub ctx: Arc<CallContext>,
+    pub location: Arc<Location>,
+    pub cc: Arc<CcContext>,
+    pub tree: Tree,
+    pub trust: Arc<crate::security::trust::Trust>,
+    pub membership: Option<Arc<crate::cluster::membership::Membership>>,
+    pub port: Option<Arc<crate::cluster::port::Port>>,
 }
 
-/// Registered names, unique per node (a process may run several nodes in tests, so the
-/// names carry a per-node suffix).
-fn name(base: &str, node: &str) -> String {
-    format!("{base}@{node}")
-}
-
-/// Stops `spec`'s actor under its supervisor `supervisor` and starts it again from `spec`, if
-/// it runs on this node; whether it ran.
-async fn restart_child(supervisor: &str, spec: &ChildSpec) -> Result<bool, String> {
-    if ractor::registry::where_is(spec.id.clone()).is_none() {
-        return Ok(false);
+/// Starts everything `config` describes, in the order of the module documentation.
+pub async fn start_node(config: Config) -> StartResult<Started> {
+    // 1. process
+    crate::transport::tls::install_crypto_provider();
+    let metrics = crate::metrics::install()?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
+    // 2. api keys
+    let keys = infra::api_keys(&config)?;
+    let node = infra::node_name(&config);
+    // 3. edge
+    let trunks = infra::trunks(&config);
+    let trust = infra::trust(&config, &trunks)?;
+    let guard = infra::edge_guard(&config, &trust);
+    // 4. sip sockets
+    let sip = infra::bind_sip(&config, guard.clone()).await?;
+    // 5. calls
+    let ctx = infra::call_context(&config, &node, sip.transports.clone(), trunks.clone());
+    // 6. media
+    let recording_keys = infra::start_media(&config, &ctx)?;
+    // 7. contact centre
+    let auth = Arc::new(
+        Authenticator::new(&config.registrar, &config.tenants)?
+            .with_own_hosts(crate::routing::auth::OwnHosts::of(&config)),
+    );
+    let location = Arc::new(Location::new());
+    let cc = infra::contact_centre(&node, &location, &ctx);
+    let tenants = infra::tenants(&config, &auth)?;
+    // 8. actors
+    let database = infra::database(&config);
+    let tree = start(
+        &config.data_dir,
+        &node,
+        &tenants.specs,
+        infra::registrar(
+            &config,
+            auth.clone(),
+            location.clone(),
+            &sip.transports,
+            database.clone(),
+        ),
+        cc.clone(),
+        trunks.clone(),
+        TreeOptions {
+            alarms: AlarmSink::start(&config.alarms, &node)
+                .map_err(|e| format!("alarms.webhook_url: {e}"))?,
+            placement: if config.cluster.is_some() {
+                Singletons::OnClaim
+            } else {
+                Singletons::All
+            },
+            database: database.clone(),
+        },
+    )
+    .await?;
+    // What fails from here on stops the actors already started.
+    let root = tree.root.clone();
+    let started = async move {
+        // 9. live config (before the first call)
+        let routes = Arc::new(Routes::new(&config.routes, &trunks.current()));
+        let numbers = Arc::new(Numbers::new(tenants.numbers));
+        let shared_config = crate::cluster::shared_config::SharedConfig::start(
+            &config,
+            routes.clone(),
+            numbers.clone(),
+            trunks.clone(),
+            auth.clone(),
+            crate::cluster::shared_config::LiveQueues {
+                catalog: tree.singletons.clone(),
+                agents: tenants.agents,
+            },
+        )
+        .await?;
+        // 10. router
+        let router = Arc::new(
+            Router::new(
+                ctx.clone(),
+                routes,
+                Admission::new(config.admission.clone()),
+                tree.calls_name.clone(),
+            )
+            .with_registrar(
+                auth,
+                location.clone(),
+                tree.registrar_name.clone(),
+                config.registrar.authenticate_invites,
+            )
+            .with_numbers(numbers)
+            .with_trust(trust.clone()),
+        );
+        let handler: Arc<dyn crate::transport::Handler> = if config.fault_injection {
+            Arc::new(crate::transport::PanicInjector(router))
+        } else {
+            router
+        };
+        sip.transports.set_handler(handler);
+        // 11. http socket and cluster (a connection accepted from here on waits for step 13)
+        let http = infra::bind_http(&config).await?;
+        let http_addr = http.local_addr()?;
+        let cluster = match &config.cluster {
+            Some(c) => Some(
+                infra::join_cluster(
+                    c,
+                    &sip.transports,
+                    http_addr,
+                    tree.singletons.clone(),
+                    trunks.clone(),
+                    cc.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        // 12. sip
+        start_child_sync(&tree.root, sip_listeners(&node, &sip.transports)).await?;
+        for l in sip.transports.local_addrs() {
+            tracing::info!(listen = %l, "SIP listening");
+        }
+        // 13. http
+        infra::announce_token(&config, &keys);
+        let root = tree.root.clone();
+        let mut health = crate::api::Health::new().with_check("supervision", move || {
+            root.get_status() == ractor::ActorStatus::Running
+        });
+        for l in sip.transports.listeners() {
+            health = health.with_check(format!("listener {}", l.name()), move || l.is_up());
+        }
+        let mut state = crate::api::ApiState::new(metrics.clone(), health)
+            .with_token(keys.token)
+            // Queues added or deleted through the API are listed as the tree runs them.
+            .with_contact_centre(
+                cc.clone(),
+                tenants.directory.with_live_queues(tree.singletons.clone()),
+            )
+            .with_recordings(crate::api::recordings::Recordings::new(
+                config.data_dir.join("switchyard.db"),
+                recording_keys,
+            ))
+            // Tenants' tokens (the file's `api_token`s and the API's) come with it.
+            .with_config(shared_config)
+            .with_security(guard);
+        if let Some(c) = &cluster {
+            state = state.with_cluster(c.membership.clone());
+        }
+        if keys.tls.is_some() {
+            state = state.with_https();
+        }
+        start_child_sync(
+            &tree.root,
+            api_server(
+                &node,
+                crate::api::ApiServerArgs {
+                    listener: http,
+                    state,
+                    tls: keys.tls,
+                },
+            ),
+        )
+        .await?;
+        tracing::info!(%http_addr, "HTTP listening (/metrics, /health, /queues, /agents)");
+        // 14. upkeep
+        crate::metrics::spawn_upkeep(metrics);
+        infra::spawn_queue_stats(&config, &cc, database);
+        Ok(Started {
+            name: node,
+            transports: sip.transports,
+            http_addr,
+            tls_fingerprint: sip.tls_fingerprint,
+            ctx,
+            location,
+            cc,
+            tree,
+            trust,
+            membership: cluster.as_ref().map(|c| c.membership.clone()),
+            port: cluster.map(|c| c.port),
+        })
     }
-    let Some(sup) = ractor::registry::where_is(supervisor.to_string()) else {
-        return Ok(false);
-    };
-    let sup: ActorRef<SupervisorMsg> = sup.into();
-    super::terminate_child(&sup, &spec.id)
-        .await
-        .map_err(|e| e.to_string())?;
-    super::start_child_sync(&sup, spec.clone())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(true)
+    .await;
+    if started.is_err() {
+        root.stop(None);
+    }
+    started
 }
 
-/// A tenant's singleton key (cluster ownership in etcd: `owners/tenant/<id>`); its queues
-/// and agents run where the tenant runs.
-pub fn tenant_key(tenant: &str) -> String {
-    format!("tenant/{tenant}")
+/// The `sip` supervisor: one listener actor per bound socket, restarted on that socket.
+pub fn sip_listeners(node: &str, transports: &Transports) -> ChildSpec {
+    let mut sup = SupervisorArgs::new(name("sip", node), Strategy::OneForOne)
+        .with_intensity(Intensity::new(10, Duration::from_secs(60)))
+        .with_backoff(Backoff {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(10),
+        });
+    for listener in transports.listeners() {
+        let args = ListenerArgs {
+            listener: listener.clone(),
+            transports: transports.clone(),
+        };
+        sup = sup.with_child(ChildSpec::actor(
+            format!("listener {}", listener.name()),
+            "listener",
+            Restart::Permanent,
+            ListenerActor,
+            move || args.clone(),
+        ));
+    }
+    ChildSpec::named_supervisor(name("sip", node), sup)
 }
 
-/// A queue's key (owned together with its tenant's).
-pub fn queue_key(tenant: &str, queue: &str) -> String {
-    format!("queue/{tenant}/{queue}")
+/// The `http` child: the API server on its bound socket.
+pub fn api_server(node: &str, args: crate::api::ApiServerArgs) -> ChildSpec {
+    ChildSpec::named_actor(
+        name("http", node),
+        "api_server",
+        Restart::Permanent,
+        crate::api::ApiServerActor,
+        move || args.clone(),
+    )
+    .with_shutdown(Duration::from_secs(10))
 }
 
-/// A trunk's singleton key.
-pub fn trunk_key(trunk: &str) -> String {
-    format!("trunk/{trunk}")
-}
-
-/// The calls supervisor's registered name on a node (call actors are started under it).
-pub fn calls_name(node: &str) -> String {
-    name("calls", node)
-}
-
-/// The store writer's registered name on a node.
-pub fn store_name(node: &str) -> String {
-    name("store_writer", node)
-}
-
-/// Starts the tree. `node` makes actor names unique within the process; `tenants` pairs each
-/// tenant's config with its number of users; `trunks` are the node's trunks (a trunk actor
-/// takes its trunk from there at every start).
+/// Starts the actors of the tree up to `calls` (step 7). `node` makes actor names unique
+/// within the process; `tenants` pairs each tenant's config with its number of users;
+/// `trunks` are the node's trunks (a trunk actor takes its trunk from there at every start).
 pub async fn start(
     data_dir: &Path,
     node: &str,
@@ -730,55 +370,19 @@ pub async fn start(
     cc: Arc<CcContext>,
     trunks: Arc<LiveTrunks>,
     options: TreeOptions,
-) -> Result<Tree, Box<dyn std::error::Error + Send + Sync>> {
+) -> StartResult<Tree> {
     let TreeOptions {
         placement,
         database,
         alarms,
     } = options;
-    let mut singletons = BTreeMap::new();
-    let queue_slots: QueueSlots = Arc::default();
     let registrar_name = name("registrar", node);
     let db = data_dir.join("switchyard.db");
     let store_name = store_name(node);
     let calls_name = calls_name(node);
     let calls = SupervisorArgs::new(calls_name.clone(), Strategy::OneForOne)
         .with_intensity(Intensity::new(100, Duration::from_secs(10)));
-    let mut tenants_sup = SupervisorArgs::new(name("tenants", node), Strategy::OneForOne)
-        .with_intensity(Intensity::new(3, Duration::from_secs(10)));
-    for spec in tenants {
-        let entry = tenant_entry(spec, node, &cc, &queue_slots);
-        if placement == Singletons::All {
-            tenants_sup = tenants_sup.with_child(entry.spec.clone());
-        }
-        singletons.insert(tenant_key(&spec.config.id), entry);
-    }
-    let spawner = Arc::new(TrunkSpawner {
-        node: node.to_string(),
-        ctx: cc.calls.clone(),
-        checkpoints: Arc::new(dashmap::DashMap::new()),
-        alarms,
-        live: trunks.clone(),
-    });
-    let mut trunks_sup = SupervisorArgs::new(name("trunks", node), Strategy::OneForOne)
-        .with_intensity(Intensity::new(10, Duration::from_secs(10)));
-    let mut table: Vec<Arc<TrunkShared>> = trunks.current().values().cloned().collect();
-    table.sort_by(|a, b| a.id.cmp(&b.id));
-    for t in table {
-        let spec = spawner.spec(&t.id, t.clone());
-        singletons.insert(
-            trunk_key(&t.id),
-            Entry {
-                also: Vec::new(),
-                agents: Vec::new(),
-                supervisor: name("trunks", node),
-                spec: spec.clone(),
-            },
-        );
-        if placement == Singletons::All {
-            trunks_sup = trunks_sup.with_child(spec);
-        }
-    }
+    let singletons = catalog::build(node, tenants, cc, trunks, alarms, placement);
     let root_args = SupervisorArgs::new(name("root", node), Strategy::OneForOne)
         .with_intensity(Intensity::new(5, Duration::from_secs(10)))
         .with_child(ChildSpec::named_actor(
@@ -798,11 +402,11 @@ pub async fn start(
         // Registered by name: cluster mode starts and stops singletons under them.
         .with_child(ChildSpec::named_supervisor(
             name("trunks", node),
-            trunks_sup,
+            singletons.trunks,
         ))
         .with_child(ChildSpec::named_supervisor(
             name("tenants", node),
-            tenants_sup,
+            singletons.tenants,
         ))
         .with_child(
             ChildSpec::named_actor(
@@ -820,17 +424,7 @@ pub async fn start(
         registrar_name,
         calls_name,
         store_name,
-        singletons: Catalog {
-            singletons: Arc::new(RwLock::new(singletons)),
-            removed: Arc::default(),
-            queues: queue_slots,
-            queue_spawner: Some(Arc::new(QueueSpawner {
-                node: node.to_string(),
-                cc,
-            })),
-            trunks: Some(spawner),
-            changed: Arc::default(),
-        },
+        singletons: singletons.catalog,
     };
     tree.calls().ok_or("calls supervisor not registered")?;
     tree.store().ok_or("store writer not registered")?;

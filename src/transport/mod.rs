@@ -5,19 +5,23 @@
 //! UDP uses a non-blocking send on a socket with a large buffer; TCP and TLS queue the bytes
 //! to the connection's writer task.
 
+pub mod listener;
 pub mod tcp;
 pub mod tls;
 pub mod udp;
 
+pub use listener::{Listener, ListenerActor, ListenerArgs, ListenerMsg};
+
 use bytes::Bytes;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::security::EdgeGuard;
 use crate::sip::headers::Via;
 use crate::sip::message::{HeaderName, Message};
 use crate::sip::parse::Limits;
+use crate::sip::validate::Passed;
 
 pub const SIP_RECEIVED: &str = "switchyard_sip_messages_received_total";
 pub const SIP_SENT: &str = "switchyard_sip_messages_sent_total";
@@ -182,16 +186,28 @@ pub struct Source {
     pub conn: Option<ConnId>,
 }
 
-/// A screened message and where it came from.
+/// A message and where it came from. The transports hand the handler an
+/// `Inbound<Passed>` (a request with its screened From/To/Call-ID/CSeq, or a response);
+/// the actors it reaches take the plain message.
 #[derive(Debug)]
-pub struct Inbound {
-    pub msg: Message,
+pub struct Inbound<M = Message> {
+    pub msg: M,
     pub source: Source,
+}
+
+impl Inbound<Passed> {
+    /// The plain message and its source (what a call or the registrar takes).
+    pub fn into_plain(self) -> Inbound {
+        Inbound {
+            msg: self.msg.into_message(),
+            source: self.source,
+        }
+    }
 }
 
 /// Receives every well-formed message. Must not block: it runs on the receive loop.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, inbound: Inbound);
+    fn handle(&self, inbound: Inbound<Passed>);
 }
 
 /// Where to send a message.
@@ -229,6 +245,8 @@ pub struct TransportConfig {
     /// scanner check after parsing, connections per source. None: no defence (tests of the
     /// transports alone).
     pub guard: Option<Arc<EdgeGuard>>,
+    /// Lets tests break a listener ([`Transports::break_listener`]); never from a file.
+    pub fault_injection: bool,
 }
 
 impl Default for TransportConfig {
@@ -244,6 +262,7 @@ impl Default for TransportConfig {
             tls_client: None,
             tls_handshake_timeout: tls::HANDSHAKE_TIMEOUT,
             guard: None,
+            fault_injection: false,
         }
     }
 }
@@ -256,49 +275,131 @@ pub struct Transports {
 
 struct Inner {
     force_rport: bool,
+    config: Arc<TransportConfig>,
     udp: Vec<udp::UdpEndpoint>,
     tcp: Arc<tcp::TcpRegistry>,
     tcp_listen: Vec<SocketAddr>,
     tls_listen: Vec<SocketAddr>,
+    /// One per receive loop, in bind order.
+    listeners: Vec<Arc<Listener>>,
+    /// Where received messages go, from [`Transports::set_handler`] on: the router, which
+    /// needs the bound transports to exist first (it answers through them).
+    handler: OnceLock<Arc<dyn Handler>>,
 }
 
 impl Transports {
-    /// Binds every listen socket and starts the receive loops. Returns once all are bound.
+    /// Binds every listen socket and runs the receive loops as plain tasks (no supervisor):
+    /// the transports alone, as tests use them. A node binds ([`Transports::bind`]) and
+    /// runs its listeners under its supervision tree instead.
     pub async fn start(
         specs: &[ListenSpec],
         config: TransportConfig,
         handler: Arc<dyn Handler>,
     ) -> std::io::Result<Transports> {
+        let transports = Transports::bind(specs, config).await?;
+        transports.set_handler(handler);
+        for l in transports.listeners() {
+            l.spawn(transports.clone());
+        }
+        Ok(transports)
+    }
+
+    /// Binds every listen socket; nothing is received until the handler is set and the
+    /// listeners run (each a [`ListenerActor`], or [`Transports::start`]'s tasks). Sends
+    /// work at once.
+    pub async fn bind(
+        specs: &[ListenSpec],
+        config: TransportConfig,
+    ) -> std::io::Result<Transports> {
         let force_rport = config.force_rport;
         let config = Arc::new(config);
-        let tcp = tcp::TcpRegistry::new(config.clone(), handler.clone());
+        let tcp = tcp::TcpRegistry::new(config.clone());
         let mut udp_eps = Vec::new();
         let mut tcp_listen = Vec::new();
         let mut tls_listen = Vec::new();
+        let mut listeners = Vec::new();
         for spec in specs {
             match spec.protocol {
-                Protocol::Udp => udp_eps.push(udp::UdpEndpoint::bind(spec.addr, &config)?),
-                Protocol::Tcp => tcp_listen.push(tcp.listen(spec.addr, Protocol::Tcp).await?),
-                Protocol::Tls => tls_listen.push(tcp.listen(spec.addr, Protocol::Tls).await?),
+                Protocol::Udp => {
+                    let ep = udp::UdpEndpoint::bind(spec.addr, &config)?;
+                    for (i, socket) in ep.sockets.iter().enumerate() {
+                        let bound = ListenSpec {
+                            protocol: Protocol::Udp,
+                            addr: ep.local,
+                        };
+                        let io = listener::Io::Udp(socket.clone());
+                        listeners.push(Arc::new(Listener::new(bound, Some(i), io)));
+                    }
+                    udp_eps.push(ep);
+                }
+                Protocol::Tcp | Protocol::Tls => {
+                    let (local, socket) = tcp.listen(spec.addr, spec.protocol).await?;
+                    match spec.protocol {
+                        Protocol::Tls => tls_listen.push(local),
+                        _ => tcp_listen.push(local),
+                    }
+                    let bound = ListenSpec {
+                        protocol: spec.protocol,
+                        addr: local,
+                    };
+                    let io = listener::Io::Stream(socket);
+                    listeners.push(Arc::new(Listener::new(bound, None, io)));
+                }
             }
         }
         let transports = Transports {
             inner: Arc::new(Inner {
                 force_rport,
+                config: config.clone(),
                 udp: udp_eps,
                 tcp,
                 tcp_listen,
                 tls_listen,
+                listeners,
+                handler: OnceLock::new(),
             }),
         };
-        for ep in &transports.inner.udp {
-            ep.spawn_receivers(&config, handler.clone(), transports.clone());
-        }
         transports.inner.tcp.set_transports(&transports);
         if let Some(guard) = &config.guard {
             spawn_sweeper(Arc::downgrade(guard));
         }
         Ok(transports)
+    }
+
+    /// Sets where received messages go (once; later calls are ignored).
+    pub fn set_handler(&self, handler: Arc<dyn Handler>) {
+        let _ = self.inner.handler.set(handler);
+    }
+
+    /// Whether the handler is set (received messages go somewhere).
+    pub fn serving(&self) -> bool {
+        self.inner.handler.get().is_some()
+    }
+
+    pub(crate) fn handler(&self) -> Option<&dyn Handler> {
+        self.inner.handler.get().map(|h| h.as_ref())
+    }
+
+    /// The receive loops to run, one per bound socket, in bind order.
+    pub fn listeners(&self) -> Vec<Arc<Listener>> {
+        self.inner.listeners.clone()
+    }
+
+    /// Fault injection (only with [`TransportConfig::fault_injection`]): the receive loop of
+    /// the listener named `name` ([`Listener::name`]) panics at its next datagram or accepted
+    /// connection, outside the per-message isolation, as a bug in the loop would. Whether
+    /// such a listener exists.
+    pub fn break_listener(&self, name: &str) -> bool {
+        if !self.inner.config.fault_injection {
+            return false;
+        }
+        match self.inner.listeners.iter().find(|l| l.name() == name) {
+            Some(l) => {
+                l.break_next();
+                true
+            }
+            None => false,
+        }
     }
 
     /// The bound addresses (useful with port 0).
@@ -441,7 +542,7 @@ pub struct PanicInjector(pub Arc<dyn Handler>);
 pub const PANIC_HEADER: &str = "X-Switchyard-Panic";
 
 impl Handler for PanicInjector {
-    fn handle(&self, inbound: Inbound) {
+    fn handle(&self, inbound: Inbound<Passed>) {
         if inbound.msg.is_request() && inbound.msg.other(PANIC_HEADER).is_some() {
             panic!("fault injection: {PANIC_HEADER}");
         }
@@ -579,8 +680,8 @@ pub(crate) fn deliver(
             if from_scanner(guard, &msg, &source) {
                 return !source.protocol.is_reliable();
             }
-            if msg.is_request() {
-                stamp_via(&mut msg, &source, transports.force_rport());
+            if let Passed::Request(req) = &mut msg {
+                stamp_via(req.message_mut(), &source, transports.force_rport());
             }
             handler.handle(Inbound { msg, source });
             true

@@ -15,9 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::listener::Listener;
 use super::{
-    count_send_error, deliver, isolate, ConnId, Dest, Handler, Inner, Protocol, Source,
-    TransportConfig, Transports,
+    count_send_error, deliver, isolate, ConnId, Dest, Inner, Protocol, Source, TransportConfig,
+    Transports,
 };
 use super::{KEEPALIVES, SIP_DROPPED, TCP_ACCEPTED, TCP_CONNECTIONS, TCP_REFUSED, TLS_CONNECTIONS};
 use crate::security::conns::ConnSlot;
@@ -41,7 +42,6 @@ struct Conn {
 /// address (for reuse).
 pub(crate) struct TcpRegistry {
     config: Arc<TransportConfig>,
-    handler: Arc<dyn Handler>,
     conns: DashMap<ConnId, Conn>,
     by_remote: DashMap<(Protocol, SocketAddr), ConnId>,
     next_id: AtomicU64,
@@ -54,12 +54,11 @@ pub(crate) struct TcpRegistry {
 }
 
 impl TcpRegistry {
-    pub(crate) fn new(config: Arc<TransportConfig>, handler: Arc<dyn Handler>) -> Arc<TcpRegistry> {
+    pub(crate) fn new(config: Arc<TransportConfig>) -> Arc<TcpRegistry> {
         let tls_acceptor = config.tls_server.clone().map(TlsAcceptor::from);
         let tls_connector = config.tls_client.clone().map(TlsConnector::from);
         Arc::new(TcpRegistry {
             config,
-            handler,
             conns: DashMap::new(),
             by_remote: DashMap::new(),
             next_id: AtomicU64::new(1),
@@ -97,12 +96,12 @@ impl TcpRegistry {
         }
     }
 
-    /// Binds a TCP or TLS listener and starts accepting.
+    /// Binds a TCP or TLS listen socket; its [`Listener`] accepts on it.
     pub(crate) async fn listen(
         self: &Arc<Self>,
         addr: SocketAddr,
         protocol: Protocol,
-    ) -> std::io::Result<SocketAddr> {
+    ) -> std::io::Result<(SocketAddr, Arc<TcpListener>)> {
         if protocol == Protocol::Tls && self.tls_acceptor.is_none() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -112,21 +111,23 @@ impl TcpRegistry {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
         let _ = self.local.set(local);
-        let reg = self.clone();
-        tokio::spawn(async move { reg.accept_loop(listener, local, protocol).await });
-        Ok(local)
+        Ok((local, Arc::new(listener)))
     }
 
-    async fn accept_loop(
+    /// Accepts connections until aborted: the receive loop of a TCP or TLS [`Listener`].
+    /// Each connection runs in tasks of its own, which outlive a restart of this loop.
+    pub(crate) async fn accept_loop(
         self: Arc<Self>,
-        listener: TcpListener,
-        local: SocketAddr,
+        listener: Arc<TcpListener>,
+        me: Arc<Listener>,
         protocol: Protocol,
     ) {
+        let local = me.local_addr();
         let mut backoff = Duration::from_millis(5);
         loop {
             match listener.accept().await {
                 Ok((stream, remote)) => {
+                    me.check_fault();
                     backoff = Duration::from_millis(5);
                     // A banned source is closed before any TLS handshake or read (counted).
                     if let Some(guard) = &self.config.guard {
@@ -451,6 +452,11 @@ impl TcpRegistry {
                             let Some(transports) = self.transports() else {
                                 break 'conn;
                             };
+                            let Some(handler) = transports.handler() else {
+                                // Not serving yet (an outbound connection of a starting node).
+                                buf.advance(len);
+                                continue;
+                            };
                             let keep = isolate(protocol.as_str(), &buf[..len], || {
                                 deliver(
                                     msg,
@@ -458,7 +464,7 @@ impl TcpRegistry {
                                     Framing::Stream,
                                     &self.config.limits,
                                     self.config.guard.as_deref(),
-                                    self.handler.as_ref(),
+                                    handler,
                                     &transports,
                                 )
                             });
@@ -476,17 +482,19 @@ impl TcpRegistry {
                             if let Some(transports) = self.transports() {
                                 let rest = buf.split().freeze();
                                 let line = rest.clone();
-                                isolate(protocol.as_str(), &line, || {
-                                    deliver(
-                                        rest,
-                                        source,
-                                        Framing::Datagram,
-                                        &self.config.limits,
-                                        self.config.guard.as_deref(),
-                                        self.handler.as_ref(),
-                                        &transports,
-                                    )
-                                });
+                                if let Some(handler) = transports.handler() {
+                                    isolate(protocol.as_str(), &line, || {
+                                        deliver(
+                                            rest,
+                                            source,
+                                            Framing::Datagram,
+                                            &self.config.limits,
+                                            self.config.guard.as_deref(),
+                                            handler,
+                                            &transports,
+                                        )
+                                    });
+                                }
                             }
                             tokio::time::sleep(Duration::from_millis(50)).await;
                             break 'conn;

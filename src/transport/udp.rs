@@ -9,15 +9,14 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UdpSocket;
 
-use super::{
-    count_send_error, deliver, isolate, Handler, Protocol, Source, TransportConfig, Transports,
-};
+use super::listener::Listener;
+use super::{count_send_error, deliver, isolate, Protocol, Source, TransportConfig, Transports};
 use crate::sip::parse::Framing;
 
 /// One UDP listen address: the sockets bound to it.
 pub(crate) struct UdpEndpoint {
     pub(crate) local: SocketAddr,
-    sockets: Vec<Arc<UdpSocket>>,
+    pub(crate) sockets: Vec<Arc<UdpSocket>>,
 }
 
 fn bind_socket(
@@ -51,24 +50,6 @@ impl UdpEndpoint {
         Ok(UdpEndpoint { local, sockets })
     }
 
-    pub(crate) fn spawn_receivers(
-        &self,
-        config: &Arc<TransportConfig>,
-        handler: Arc<dyn Handler>,
-        transports: Transports,
-    ) {
-        for socket in &self.sockets {
-            let socket = socket.clone();
-            let handler = handler.clone();
-            let transports = transports.clone();
-            let config = config.clone();
-            let local = self.local;
-            tokio::spawn(async move {
-                recv_loop(socket, local, config, handler, transports).await;
-            });
-        }
-    }
-
     /// Sends without waiting; if the socket buffer is full, the send is retried on a task.
     pub(crate) fn send(&self, to: SocketAddr, bytes: Bytes) {
         let socket = &self.sockets[0];
@@ -93,13 +74,14 @@ impl UdpEndpoint {
 
 const DATAGRAM_MAX: usize = 65_535;
 
-async fn recv_loop(
+/// Receives on one socket until aborted: the receive loop of a UDP [`Listener`].
+pub(crate) async fn recv_loop(
     socket: Arc<UdpSocket>,
-    local: SocketAddr,
-    config: Arc<TransportConfig>,
-    handler: Arc<dyn Handler>,
+    listener: Arc<Listener>,
     transports: Transports,
 ) {
+    let config = transports.inner.config.clone();
+    let local = listener.local_addr();
     // One reusable receive buffer; each datagram is copied into an allocation of its own
     // size. Slicing datagrams out of a shared chunk would be copy-free, but a call keeps its
     // INVITE for its whole life, and one retained slice pins the whole chunk: at 500 CAPS
@@ -109,6 +91,7 @@ async fn recv_loop(
         let res = socket.recv_from(&mut buf).await;
         match res {
             Ok((n, remote)) => {
+                listener.check_fault();
                 if n == 0 {
                     continue;
                 }
@@ -135,6 +118,9 @@ async fn recv_loop(
                     local,
                     conn: None,
                 };
+                let Some(handler) = transports.handler() else {
+                    continue; // not serving yet: peers retransmit
+                };
                 isolate("udp", &buf[..n], || {
                     deliver(
                         datagram,
@@ -142,7 +128,7 @@ async fn recv_loop(
                         Framing::Datagram,
                         &config.limits,
                         config.guard.as_deref(),
-                        handler.as_ref(),
+                        handler,
                         &transports,
                     )
                 });

@@ -119,7 +119,7 @@ pub fn describe() {
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
 /// the call settings.
 pub struct CallContext {
-    transports: OnceLock<Transports>,
+    transports: Transports,
     pub timers: TimerService,
     pub timer_cfg: TimerConfig,
     pub directory: Directory,
@@ -156,9 +156,10 @@ impl CallContext {
         max_duration: Option<Duration>,
         user_agent: &str,
         advertise: Option<IpAddr>,
+        transports: Transports,
     ) -> CallContext {
         CallContext {
-            transports: OnceLock::new(),
+            transports,
             timers,
             timer_cfg,
             directory: Directory::new(),
@@ -199,25 +200,19 @@ impl CallContext {
             .clone()
     }
 
-    /// Sets the transports once they are bound (they need the router, which needs this).
-    pub fn set_transports(&self, t: Transports) {
-        let _ = self.transports.set(t);
-    }
-
-    /// True once the transports are set.
-    pub fn ready(&self) -> bool {
-        self.transports.get().is_some()
-    }
-
     pub(crate) fn store(&self) -> Option<ActorRef<StoreWriterMsg>> {
         let name = self.store_name.clone()?;
         ractor::registry::where_is(name).map(Into::into)
     }
 
     pub fn transports(&self) -> &Transports {
-        self.transports
-            .get()
-            .expect("transports are set before any message arrives")
+        &self.transports
+    }
+
+    /// True once the node receives SIP (the transports have their handler): before that,
+    /// an answer to a request sent (a trunk's probe) would not be heard.
+    pub fn ready(&self) -> bool {
+        self.transports.serving()
     }
 
     /// The host:port this switch writes in Via and Contact for a protocol.
@@ -256,7 +251,8 @@ impl CallContext {
 
 /// A new call handed over by the router.
 pub struct NewCall {
-    pub invite: Inbound,
+    /// The caller's INVITE as screened (its From, To, Call-ID and CSeq parsed).
+    pub invite: Inbound<crate::sip::validate::Request>,
     pub route: Route,
     /// The user to dial on the B leg (after strip/prepend).
     pub dialled: Bytes,
@@ -325,6 +321,15 @@ pub async fn originate(
     invite.push(HeaderName::To, format!("<sip:{number}@{host}>"));
     invite.push(HeaderName::CallId, call_id.clone());
     invite.push(HeaderName::CSeq, "1 INVITE");
+    // The agent's address comes from the configuration or the API: checked like a peer's.
+    let invite = crate::sip::validate::Request::checked(invite).map_err(|r| {
+        SupervisorError::StartFailed {
+            id: call_id.clone(),
+            source: ractor::SpawnErr::StartupFailed(
+                format!("click-to-call INVITE: {}", r.reason).into(),
+            ),
+        }
+    })?;
     ctx.active.fetch_add(1, Ordering::Relaxed);
     let source = Source {
         protocol: dest.protocol,

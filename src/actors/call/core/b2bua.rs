@@ -37,8 +37,14 @@ impl CallCore {
         target: std::net::SocketAddr,
     ) -> (Dialog, Message, Bytes) {
         let ctx = self.cfg.clone();
-        let from = a_invite.from().expect("validated");
-        let to = a_invite.to().expect("validated");
+        // The caller's INVITE passed screening (`sip::validate::Request`: its From and To
+        // parse) or the switch built it; a stand-in rather than a panic all the same.
+        let from = a_invite
+            .from()
+            .unwrap_or_else(crate::sip::headers::NameAddr::anonymous);
+        let to = a_invite
+            .to()
+            .unwrap_or_else(crate::sip::headers::NameAddr::anonymous);
         let b_protocol = b_dest.protocol;
         let (host, _) = ctx.sent_by(b_protocol);
         let b_call_id = {

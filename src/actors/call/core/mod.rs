@@ -880,9 +880,9 @@ impl CallCore {
             msg: a_invite,
             source,
         } = invite;
-        let a_call_id = a_invite.call_id().cloned().unwrap_or_default();
-        let from = a_invite.from().expect("validated");
-        let to = a_invite.to().expect("validated");
+        let a_call_id = a_invite.ids().call_id.clone();
+        let (from, to) = (a_invite.ids().from.clone(), a_invite.ids().to.clone());
+        let a_invite = a_invite.into_message();
         let a_contact = a_invite
             .contacts()
             .next()

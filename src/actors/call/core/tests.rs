@@ -311,7 +311,7 @@ impl Call {
             .unwrap_or_default();
         let call = NewCall {
             invite: Inbound {
-                msg: invite,
+                msg: crate::sip::validate::Request::checked(invite).expect("a valid INVITE"),
                 source: source(A),
             },
             route,
