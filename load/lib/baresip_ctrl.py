@@ -4,13 +4,12 @@
     baresip_ctrl.py HOST:PORT COMMAND [PARAMS]   run one command (e.g. dial sip:1002@acme.test,
                                                  transfer sip:1003@acme.test, hangup, quit);
                                                  prints the response's data, exit 1 if not ok
-    baresip_ctrl.py HOST:PORT --events FILE      append every event baresip sends (one JSON
-                                                 object a line, with a "t" wall-clock stamp)
-                                                 to FILE until the connection closes
 
 ctrl_tcp frames each message as a netstring, `<length>:<json>,`; a command is
 {"command": ..., "params": ..., "token": ...} and its answer {"response": true, "ok": ...,
-"data": ..., "token": ...}; events ({"event": true, "type": ...}) may come in between.
+"data": ..., "token": ...}; events ({"event": true, "type": ...}) may come in between and
+are skipped. baresip 1.0's ctrl_tcp keeps one connection: a new one replaces the last, so
+events cannot be followed on a second connection while commands are sent.
 """
 import json
 import socket
@@ -42,14 +41,6 @@ def main():
         return 2
     host, port = sys.argv[1].rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
-    if sys.argv[2] == "--events":
-        sock.settimeout(None)
-        with open(sys.argv[3], "a", buffering=1) as out:
-            for msg in frames(sock):
-                if msg.get("event"):
-                    msg["t"] = round(time.time(), 3)
-                    out.write(json.dumps(msg) + "\n")
-        return 0
     token = f"t{time.time_ns()}"
     cmd = {"command": sys.argv[2], "params": " ".join(sys.argv[3:]), "token": token}
     body = json.dumps(cmd).encode()

@@ -1,0 +1,285 @@
+#!/usr/bin/env bash
+# Interop: a blind transfer between real phones (issue 17). Three baresip instances
+# (Debian package baresip) on loopback register with digest as users 1001, 1002 and 1003
+# of tenant acme.test; each sends a sine tone of its own as its microphone (1001: 440 Hz,
+# 1002: 660 Hz, 1003: 880 Hz) and records what it hears (aufile). Media is anchored on
+# every call.
+#   1. 1001 dials 1002 (ctrl_tcp "dial"); 1002 auto-answers; they talk.
+#   2. 1002 blind-transfers the call to 1003 (baresip's "transfer" command: a REFER).
+#      The switch answers 202, rings 1003 with its own SDP, NOTIFYs 1002 and lets it go.
+#   3. 1003 auto-answers and talks with 1001; then 1001 hangs up.
+# Passes when every step happened (the switch's counters), 1001 heard 880 Hz (1003's
+# tone) after the transfer and 1003 heard 440 Hz (1001's): RTP went both ways through the
+# anchored call. The report adds the relay's packet counters, each leg's packets from the
+# CDR, and what each phone's log says of its call.
+#
+#   load/baresip_transfer.sh [--talk-secs 3] [--pcap] [--switch-bin PATH] [--out DIR]
+#
+#   --pcap   capture the phones' RTP on loopback (tshark, their ports 40000-40999) into
+#            rtp.pcap and list each RTP flow (source -> destination, packets, first and
+#            last time) in the report: where the relay sent each phone's audio, and when
+#
+# Exit status: 0 PASS, 1 FAIL, 2 bad usage or a setup failure.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+# shellcheck source=lib/common.sh
+. "$here/lib/common.sh"
+
+TALK=3 BIN="" OUT="" PCAP=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --talk-secs) TALK=${2:?--talk-secs needs a value}; shift 2 ;;
+        --pcap) PCAP=1; shift ;;
+        --switch-bin) BIN=${2:?--switch-bin needs a value}; shift 2 ;;
+        --out) OUT=${2:?--out needs a value}; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "baresip_transfer.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+[[ "$TALK" =~ ^[0-9]+$ ]] && [ "$TALK" -ge 2 ] || die "--talk-secs must be a whole number >= 2"
+for tool in baresip python3 curl sqlite3 ss; do
+    command -v "$tool" >/dev/null || die "$tool not found (Debian/Ubuntu: baresip, python3, curl, sqlite3, iproute2)"
+done
+ensure_switch_bin
+[ -n "$OUT" ] || OUT=$here/out/$(date -u +%Y%m%dT%H%M%SZ)-baresip-transfer-$$
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+HOST=127.0.0.1
+DOMAIN=acme.test
+TOKEN=$(random_token)
+PHONES=(1001 1002 1003)
+declare -A FREQ=([1001]=440 [1002]=660 [1003]=880)
+pick_port SIP_PORT; pick_port HTTP_PORT
+declare -A SIPP CTRL
+for u in "${PHONES[@]}"; do
+    # baresip binds TLS on its SIP port + 1: keep that one free too.
+    while :; do
+        pick_port phone_port
+        [ -z "$(ss -Htuan "( sport = :$((phone_port + 1)) )" 2>/dev/null)" ] && break
+    done
+    TAKEN_PORTS="$TAKEN_PORTS$((phone_port + 1)) "
+    SIPP[$u]=$phone_port
+    pick_port ctrl_port
+    CTRL[$u]=$ctrl_port
+done
+
+# ---------------------------------------------------------------- the switch
+{
+    echo "# Written by load/baresip_transfer.sh."
+    echo "data_dir = \"$OUT/data\""
+    echo "[sip]"; echo "listen = [\"udp:$HOST:$SIP_PORT\"]"
+    echo "[http]"; echo "listen = \"$HOST:$HTTP_PORT\""; echo "token = \"$TOKEN\""
+    echo "[media]"
+    echo "# A transfer needs the call's media anchored."
+    echo "anchor_all = true"
+    echo "bind = \"$HOST\""
+    # baresip 1.0 answers only the first challenge and its digest has MD5 only.
+    echo "[registrar]"; echo "algorithms = [\"MD5\"]"
+    echo "[[tenants]]"; echo "id = \"acme\""; echo "domain = \"$DOMAIN\""
+    for u in "${PHONES[@]}"; do
+        echo "[[tenants.users]]"
+        echo -n "secret-$u" | "$BIN" ha1 --username "$u" --realm "$DOMAIN"
+    done
+} > "$OUT/switchyard.toml"
+"$BIN" check-config "$OUT/switchyard.toml" > "$OUT/check-config.out" 2>&1 \
+    || { cat "$OUT/check-config.out" >&2; die "switchyard check-config refused $OUT/switchyard.toml"; }
+
+: > "$OUT/report.txt"
+say "== switchyard blind transfer between baresip phones ($(date -u +%FT%TZ), $(nproc) cores, $(baresip -h 2>&1 | head -1 | awk '{print $1, $2}'))"
+say "switch                 udp:$HOST:$SIP_PORT http:$HOST:$HTTP_PORT, media anchored ($BIN)"
+start_switch
+
+# ---------------------------------------------------------------- the phones
+metric() { scrape "$OUT/metrics_now.txt" && metric_sum "$1" "$OUT/metrics_now.txt" "${@:2}" || echo NA; }
+# wait_metric NAME VALUE SECONDS LABEL...: polls /metrics until the sum reaches VALUE.
+wait_metric() {
+    local name=$1 want=$2 secs=$3 v; shift 3
+    for _ in $(seq 1 $((secs * 5))); do
+        v=$(metric "$name" "$@")
+        is_num "$v" && [ "$v" -ge "$want" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}
+ctl() { python3 "$here/lib/baresip_ctrl.py" "$HOST:${CTRL[$1]}" "${@:2}"; }
+for u in "${PHONES[@]}"; do
+    d=$OUT/phone-$u
+    mkdir -p "$d/dump"
+    cat > "$d/config" <<CFG
+poll_method		epoll
+sip_listen		$HOST:${SIPP[$u]}
+sip_transports		udp
+module_path		/usr/lib/baresip/modules
+module			g711.so
+module			ausine.so
+module			aufile.so
+module			account.so
+module			menu.so
+module			ctrl_tcp.so
+module			sndfile.so
+ctrl_tcp_listen		$HOST:${CTRL[$u]}
+# baresip 1.0 has no file player: the sndfile filter writes what the phone sends
+# (dump-<time>-enc.wav) and hears (dump-<time>-dec.wav) into snd_path.
+snd_path		$d/dump
+audio_source		ausine,${FREQ[$u]}
+# ausine runs at 48 kHz only; baresip resamples to the call's codec.
+ausrc_srate		48000
+auplay_srate		48000
+ausrc_channels		2
+auplay_channels		2
+audio_alert		aufile,$d/alert.wav
+rtp_ports		40000-40999
+CFG
+    answer="answermode=auto"
+    [ "$u" = 1001 ] && answer="answermode=manual"
+    echo "<sip:$u@$DOMAIN;transport=udp>;auth_pass=secret-$u;outbound=\"sip:$HOST:$SIP_PORT;transport=udp\";$answer;regint=600" > "$d/accounts"
+    baresip -s -f "$d" > "$d/baresip.log" 2>&1 < /dev/null &
+    CHILD_PIDS+=("$!")
+    eval "BS_$u=$!"
+done
+for u in "${PHONES[@]}"; do
+    for _ in $(seq 1 50); do
+        ctl "$u" about >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    ctl "$u" about >/dev/null 2>&1 || die "baresip $u: ctrl_tcp does not answer on $HOST:${CTRL[$u]} (log: $OUT/phone-$u/baresip.log)"
+done
+wait_metric switchyard_registrar_bindings 3 10 'tenant="acme"' \
+    || { say "result                 FAIL: the phones did not register (bindings $(metric switchyard_registrar_bindings 'tenant="acme"'))"; exit 1; }
+say "phones                 1001 (440 Hz) udp:$HOST:${SIPP[1001]}, 1002 (660 Hz) udp:$HOST:${SIPP[1002]}, 1003 (880 Hz) udp:$HOST:${SIPP[1003]}; registered with digest"
+
+if [ -n "$PCAP" ]; then
+    command -v tshark >/dev/null || die "--pcap needs tshark"
+    tshark -i lo -f "udp portrange 40000-40999" -w "$OUT/rtp.pcap" > "$OUT/tshark.log" 2>&1 &
+    TSHARK=$!
+    CHILD_PIDS+=("$TSHARK")
+    for _ in $(seq 1 50); do grep -q "Capturing on" "$OUT/tshark.log" 2>/dev/null && break; sleep 0.1; done
+fi
+
+VERDICT=PASS
+REASONS=()
+scrape "$OUT/metrics_before.txt" || die "GET /metrics failed"
+t0=$(now_s)
+step() { echo "$(elapsed "$t0" "$(now_s)") s: $*" | tee -a "$OUT/steps.txt"; }
+
+# ---------------------------------------------------------------- the call and the transfer
+step "1001 dials 1002"
+ctl 1001 dial "sip:1002@$DOMAIN" > /dev/null || fail "1001: dial refused"
+if wait_metric switchyard_calls_answered_total 1 10; then
+    step "1002 answered"
+else
+    fail "1002 did not answer within 10 s"
+fi
+# Talk: let audio flow both ways before the transfer.
+sleep "$TALK"
+if [ "$VERDICT" = PASS ]; then
+    step "1002 transfers to 1003 (baresip \"transfer\": REFER)"
+    ctl 1002 transfer "sip:1003@$DOMAIN" > "$OUT/transfer.out" 2>&1 || fail "1002: transfer command refused: $(cat "$OUT/transfer.out")"
+    if wait_metric switchyard_transfers_total 1 15 'outcome="completed"'; then
+        step "transfer completed (1003 answered)"
+    else
+        fail "no completed transfer within 15 s (refused: $(metric switchyard_transfers_refused_total), failed: $(metric switchyard_transfers_total 'outcome="failed"'))"
+    fi
+fi
+T_XFER=$(elapsed "$t0" "$(now_s)")
+sleep "$TALK"
+scrape "$OUT/metrics_talk.txt" || true
+step "1001 hangs up"
+ctl 1001 hangup > /dev/null || true
+for _ in $(seq 1 50); do
+    [ "$(metric switchyard_calls_active)" = 0 ] && break
+    sleep 0.2
+done
+CA_AFTER=$(metric switchyard_calls_active)
+[ "$CA_AFTER" = 0 ] || fail "switchyard_calls_active $CA_AFTER after the hangup"
+step "call over (calls_active $CA_AFTER)"
+scrape "$OUT/metrics_after.txt" || true
+for u in "${PHONES[@]}"; do ctl "$u" quit > /dev/null 2>&1 || true; done
+if [ -n "$PCAP" ]; then
+    kill -INT "$TSHARK" 2>/dev/null || true
+    for _ in $(seq 1 25); do kill -0 "$TSHARK" 2>/dev/null || break; sleep 0.2; done
+fi
+for u in "${PHONES[@]}"; do
+    pid_var=BS_$u
+    for _ in $(seq 1 25); do kill -0 "${!pid_var}" 2>/dev/null || break; sleep 0.2; done
+done
+# A clean stop, so the CDR is in the database before it is read.
+kill -TERM "$SW" 2>/dev/null || true
+for _ in $(seq 1 100); do kill -0 "$SW" 2>/dev/null || break; sleep 0.2; done
+
+# ---------------------------------------------------------------- what each phone heard
+declare -A HEARD
+for u in "${PHONES[@]}"; do
+    f=$(ls -1 "$OUT/phone-$u/dump/"*-dec.wav 2>/dev/null | head -1 || true)
+    if [ -n "$f" ] && [ -s "$f" ]; then
+        HEARD[$u]=$(python3 "$here/lib/tones.py" "$f" 440=1001 660=1002 880=1003)
+    else
+        HEARD[$u]='{"seconds": {}, "timeline": "no recording"}'
+    fi
+done
+secs() { # phone tone-owner: seconds of that tone in the phone's recording
+    printf '%s' "${HEARD[$1]}" | python3 -c 'import json,sys; print(json.load(sys.stdin).get("seconds", {}).get(sys.argv[1], 0))' "$2"
+}
+ge1() { awk -v s="$1" 'BEGIN { exit !(s + 0 >= 1.0) }'; }
+A_HEARD_C=$(secs 1001 1003) C_HEARD_A=$(secs 1003 1001)
+A_HEARD_B=$(secs 1001 1002) B_HEARD_A=$(secs 1002 1001)
+ge1 "$A_HEARD_B" || fail "1001 heard 1002's tone for $A_HEARD_B s before the transfer (1 s at least expected)"
+ge1 "$B_HEARD_A" || fail "1002 heard 1001's tone for $B_HEARD_A s (1 s at least expected)"
+ge1 "$A_HEARD_C" || fail "1001 heard 1003's tone for $A_HEARD_C s after the transfer (1 s at least expected)"
+ge1 "$C_HEARD_A" || fail "1003 heard 1001's tone for $C_HEARD_A s (1 s at least expected)"
+C_HEARD_B=$(secs 1003 1002)
+awk -v s="$C_HEARD_B" 'BEGIN { exit !(s + 0 == 0) }' || fail "1003 heard 1002's tone ($C_HEARD_B s): the transferor's audio leaked"
+
+# ---------------------------------------------------------------- the switch's view
+DB=$OUT/data/switchyard.db
+CDR=NA
+if [ -s "$DB" ]; then
+    CDR=$(sqlite3 -batch -noheader "$DB" "SELECT 'caller ' || caller || ', callee ' || callee || ', target ' || IFNULL(target,'-') || ', hangup by ' || hangup_by || ' (' || disconnect_reason || '), billable ' || billable_ms || ' ms, packets A ' || IFNULL(packets_a,'NA') || ' / B ' || IFNULL(packets_b,'NA') || ', loss A ' || IFNULL(loss_a,'NA') || ' / B ' || IFNULL(loss_b,'NA') FROM cdrs" 2>&1 | paste -sd';' -)
+    t=$(sqlite3 -batch -noheader "$DB" "SELECT COUNT(*) FROM cdrs WHERE callee = '1002' AND target = 'user:1003' AND answer_at IS NOT NULL" 2>/dev/null || echo 0)
+    [ "$t" = 1 ] || fail "no CDR of 1001 -> 1002 transferred to user:1003"
+fi
+d_pk() { # dir kind: relay packet counter delta over the whole call
+    local a b
+    a=$(metric_sum switchyard_media_packets_total "$OUT/metrics_before.txt" "dir=\"$1\"" "kind=\"$2\"")
+    b=$(metric_sum switchyard_media_packets_total "$OUT/metrics_after.txt" "dir=\"$1\"" "kind=\"$2\"")
+    [ "$a" = NA ] && a=0
+    [ "$b" = NA ] && { echo NA; return; }
+    echo $((b - a))
+}
+say "steps                  $(paste -sd';' "$OUT/steps.txt" | sed 's/;/; /g')"
+say "1001 heard             $(printf '%s' "${HEARD[1001]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["timeline"])')"
+say "1002 heard             $(printf '%s' "${HEARD[1002]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["timeline"])')"
+say "1003 heard             $(printf '%s' "${HEARD[1003]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["timeline"])')"
+say "both ways after xfer   1001 heard 1003 for $A_HEARD_C s, 1003 heard 1001 for $C_HEARD_A s (transfer done at ${T_XFER} s)"
+say "relay packets          in rtp $(d_pk in rtp), out rtp $(d_pk out rtp), in rtcp $(d_pk in rtcp), out rtcp $(d_pk out rtcp) (switchyard_media_packets_total)"
+refused=$(metric_sum switchyard_transfers_refused_total "$OUT/metrics_after.txt")
+[ "$refused" != NA ] || refused=0
+say "transfers              completed $(metric_sum switchyard_transfers_total "$OUT/metrics_after.txt" 'outcome="completed"'), refused $refused (switchyard_transfers_total, switchyard_transfers_refused_total)"
+say "CDR                    $CDR"
+# What each phone said of its call (its log, colour codes and rate lines taken out).
+for u in "${PHONES[@]}"; do
+    say "phone $u log         $(sed -e 's/\x1b\[[0-9;]*m//g' -e 's/\[[0-9:]*\] audio=[^ ]* (bit\/s) *//g' "$OUT/phone-$u/baresip.log" \
+        | grep -v sndfile | grep -E 'Call established|transferring|[Tt]ransfer|REFER|NOTIFY|terminated|answering call|Incoming call' | paste -sd'|' - | sed 's/|/ | /g')"
+done
+if [ -n "$PCAP" ] && [ -s "$OUT/rtp.pcap" ]; then
+    # A phone's RTP port: the m= line of the first SDP it sent (its SIP trace names each
+    # message's direction, "UDP from -> to").
+    rtp_port() {
+        sed -e 's/\x1b\[[0-9;]*m//g' "$OUT/phone-$1/baresip.log" \
+            | awk -v me="$HOST:${SIPP[$1]}" '/^(UDP|TCP) .* -> / { out = ($2 == me) } out && /^m=audio/ { print $2; exit }'
+    }
+    say "RTP flows (pcap; the phones' RTP ports: $(for u in "${PHONES[@]}"; do printf '%s ' "$u=$(rtp_port "$u")"; done); the switch's ports are 16384 and up):"
+    tshark -r "$OUT/rtp.pcap" -T fields -e frame.time_relative -e udp.srcport -e udp.dstport -e icmp.type 2>/dev/null \
+        | awk -F'\t' '{ k = $2 " -> " $3 ($4 != "" ? " (icmp)" : ""); if (!(k in n)) { first[k] = $1; order[++m] = k } n[k]++; last[k] = $1 }
+            END { for (i = 1; i <= m; i++) { k = order[i]; printf "    %-24s %5d packets, %.2f-%.2f s\n", k, n[k], first[k], last[k] } }' | tee -a "$OUT/report.txt"
+fi
+if [ "$VERDICT" = PASS ]; then
+    say "result                 PASS"
+else
+    joined=$(printf '%s; ' "${REASONS[@]}")
+    say "result                 FAIL: ${joined%; }"
+fi
+say "files                  $OUT"
+[ "$VERDICT" = PASS ]
