@@ -109,6 +109,10 @@ listen = ["udp:$HOST:$SIP_PORT"]
 [http]
 listen = "$HOST:$HTTP_PORT"
 token = "$TOKEN"
+# SIPp runs on loopback: its addresses are trusted peers (nothing is by default;
+# untrusted callers reach only tenants' numbers and users, never a route).
+[security]
+trusted = ["127.0.0.0/8"]
 [admission]
 max_calls = $MAX_CALLS
 cps = $ADM_CPS

@@ -142,6 +142,10 @@ cat > "$OUT/switchyard.toml" <<CFG
 # Written by load/cluster.sh: the same file for every node.
 [http]
 token = "$TOKEN"
+# SIPp runs on loopback: its addresses are trusted peers (nothing is by default;
+# untrusted callers reach only tenants' numbers and users, never a route).
+[security]
+trusted = ["127.0.0.0/8"]
 [admission]
 max_calls = 50000
 cps = 5000

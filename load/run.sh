@@ -299,6 +299,10 @@ if [ "$TARGET" = switch ]; then
     [ -z "$ADM_CPS" ] || CPS=$ADM_CPS
     cat >"$OUT/switch.toml" <<EOF
 # Written by load/run.sh: everything goes to the SIPp callee.
+# SIPp runs on loopback: its addresses are trusted peers (nothing is by default;
+# untrusted callers reach only tenants' numbers and users, never a route).
+[security]
+trusted = ["127.0.0.0/8"]
 [admission]
 max_calls = $MAX_CALLS
 cps = $CPS

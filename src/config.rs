@@ -42,7 +42,7 @@ pub struct Config {
     /// Media anchoring, recording and prompts.
     #[serde(default)]
     pub media: MediaConfig,
-    /// The edge: flood and scanner bans, connections per source.
+    /// The edge: trusted peers, flood and scanner bans, connections per source.
     #[serde(default)]
     pub security: SecurityConfig,
     /// Cluster membership (`--cluster cluster.toml`); None for a node alone.
@@ -207,6 +207,10 @@ pub struct TenantConfig {
     /// (`http.token`) reaches every tenant.
     #[serde(default)]
     pub api_token: Option<String>,
+    /// The routes (by id: a route's `id`, else its prefix) the tenant's authenticated users
+    /// may dial out through. Empty: none (its users reach numbers and users only).
+    #[serde(default)]
+    pub outbound: Vec<String>,
 }
 
 impl TenantConfig {
@@ -218,7 +222,7 @@ impl TenantConfig {
 /// A user's credentials as digest HA1 hashes (never the password):
 /// `ha1_md5 = hex(MD5(username:realm:password))`, `ha1_sha256 = hex(SHA-256(...))`.
 /// `switchyard ha1` computes them.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub username: String,
@@ -226,6 +230,10 @@ pub struct UserConfig {
     pub ha1_md5: Option<String>,
     #[serde(default)]
     pub ha1_sha256: Option<String>,
+    /// Narrows the tenant's `outbound` for this user: a route must be in both lists. Unset:
+    /// the tenant's list.
+    #[serde(default)]
+    pub outbound: Option<Vec<String>>,
 }
 
 /// Registrar and authentication settings.
@@ -244,10 +252,12 @@ pub struct RegistrarConfig {
     /// A nonce older than this gets `stale=true`.
     #[serde(default = "default_nonce_ttl")]
     pub nonce_ttl_secs: u32,
-    /// Failed authentications in a row (per source IP, or per user) before a lock.
+    /// Failed authentications in a row before a lock: per source address (any users), and
+    /// per user from one source address (never per user alone, so that no one can lock a
+    /// user out of its own phone from elsewhere).
     #[serde(default = "default_max_failures")]
     pub max_auth_failures: u32,
-    /// How long a lock lasts; locked sources and users get 403.
+    /// How long a lock lasts; a locked source, or a user from that source, gets 403.
     #[serde(default = "default_lock")]
     pub lock_secs: u32,
     /// Challenge INVITEs from a tenant's users (407) before routing them.
@@ -256,6 +266,10 @@ pub struct RegistrarConfig {
     /// Digest algorithms offered in challenges, in order: "SHA-256", "MD5".
     #[serde(default = "default_algorithms")]
     pub algorithms: Vec<String>,
+    /// Nonces whose counts are remembered at most (replay protection); when every entry is
+    /// still live, a new nonce's first use gets `stale=true` until one expires.
+    #[serde(default = "default_max_nonces")]
+    pub max_nonces: usize,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -351,8 +365,9 @@ pub struct AdmissionConfig {
     /// Token bucket depth (0 = one second's worth).
     #[serde(default)]
     pub cps_burst: u32,
-    /// New calls per second from one source IP (0 = off).
-    #[serde(default)]
+    /// New calls per second from one source IP that is neither a trusted peer nor a trunk
+    /// gateway (0 = off).
+    #[serde(default = "default_per_source_cps")]
     pub per_source_cps: u32,
     /// Seconds in Retry-After of a 503.
     #[serde(default = "default_retry_after")]
@@ -363,6 +378,11 @@ pub struct AdmissionConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityConfig {
+    /// Trusted peers (`"CIDR"` or a bare address): their calls may use every static route,
+    /// as a trunk gateway's may use numbers and users, and they are exempt from per-source
+    /// limits. The trunks' gateway addresses are added to these by themselves.
+    #[serde(default)]
+    pub trusted: Vec<String>,
     /// Flood defence: request density per source, bans, connections per source.
     #[serde(default)]
     pub flood: FloodConfig,
@@ -571,6 +591,11 @@ pub struct RouteConfig {
     /// Record calls on this route (anchors their media).
     #[serde(default)]
     pub record: bool,
+    /// Calls arriving from a trunk's gateway may take this route (a carrier's call sent out
+    /// again through a trunk, or on to a target). Off: such calls reach numbers and users
+    /// only.
+    #[serde(default)]
+    pub from_trunks: bool,
 }
 
 impl RouteConfig {
@@ -773,6 +798,12 @@ fn default_max_calls() -> usize {
 fn default_cps() -> u32 {
     1000
 }
+fn default_per_source_cps() -> u32 {
+    10
+}
+fn default_max_nonces() -> usize {
+    500_000
+}
 fn default_retry_after() -> u32 {
     5
 }
@@ -970,10 +1001,10 @@ impl Config {
                 );
             }
         }
-        if r.nonce_ttl_secs == 0 || r.max_auth_failures == 0 {
+        if r.nonce_ttl_secs == 0 || r.max_auth_failures == 0 || r.max_nonces == 0 {
             err(
                 "registrar".into(),
-                "nonce_ttl_secs and max_auth_failures must be > 0".into(),
+                "nonce_ttl_secs, max_auth_failures and max_nonces must be > 0".into(),
             );
         }
         let mut ids = std::collections::HashSet::new();
@@ -1148,6 +1179,7 @@ impl Config {
             validate_contact_centre(i, t, &mut numbers, &mut err);
         }
         self.security.validate(&mut err);
+        self.validate_edge(&mut err);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -1191,6 +1223,33 @@ impl Config {
                 "http.tls_cert".into(),
                 "tls_cert and tls_key go together".into(),
             );
+        }
+    }
+
+    /// `[security]` and who may dial out where: trusted peers parse as CIDRs, and every
+    /// route a tenant's or a user's `outbound` names exists (by id, else prefix).
+    fn validate_edge(&self, err: &mut impl FnMut(String, String)) {
+        for (i, c) in self.security.trusted.iter().enumerate() {
+            if let Err(e) = crate::security::trust::parse_cidr(c) {
+                err(format!("security.trusted[{i}]"), e);
+            }
+        }
+        let routes: std::collections::HashSet<&str> =
+            self.routes.iter().map(RouteConfig::key).collect();
+        let mut check = |place: String, list: &[String]| {
+            for (k, id) in list.iter().enumerate() {
+                if !routes.contains(id.as_str()) {
+                    err(format!("{place}[{k}]"), format!("no route {id:?}"));
+                }
+            }
+        };
+        for (i, t) in self.tenants.iter().enumerate() {
+            check(format!("tenants[{i}].outbound"), &t.outbound);
+            for (j, u) in t.users.iter().enumerate() {
+                if let Some(list) = &u.outbound {
+                    check(format!("tenants[{i}].users[{j}].outbound"), list);
+                }
+            }
         }
     }
 
@@ -1764,6 +1823,52 @@ target = "queue:missing"
             "{errs:?}"
         );
         assert!(Config::from_toml("[[tenants]]\nid = \"t\"\ndomain = \"d\"\n[[tenants.queues]]\nid = \"q\"\nstrategy = \"fastest\"\n").is_err());
+    }
+
+    #[test]
+    fn trusted_peers_and_outbound_permissions_are_checked() {
+        let c = Config::from_toml(
+            r#"
+[security]
+trusted = ["10.0.0.0/8", "192.0.2.7", "not-an-address"]
+[[routes]]
+prefix = "9"
+target = "sip:127.0.0.1:5090"
+[[routes]]
+id = "intl"
+prefix = "00"
+target = "sip:127.0.0.1:5090"
+from_trunks = true
+[[tenants]]
+id = "t"
+domain = "t.example"
+outbound = ["9", "intl", "nope"]
+[[tenants.users]]
+username = "1001"
+ha1_md5 = "00000000000000000000000000000000"
+outbound = ["9", "00"]
+"#,
+        )
+        .unwrap();
+        assert!(c.routes[1].from_trunks && !c.routes[0].from_trunks);
+        let errs = c.validate().unwrap_err();
+        let places: Vec<&str> = errs.iter().map(|e| e.place.as_str()).collect();
+        assert_eq!(
+            places,
+            [
+                "security.trusted[2]",
+                "tenants[0].outbound[2]",
+                "tenants[0].users[0].outbound[1]"
+            ],
+            "{errs:?}"
+        );
+        let d = Config::from_toml("").unwrap();
+        assert!(
+            d.security.trusted.is_empty(),
+            "nothing is trusted by default"
+        );
+        assert_eq!(d.admission.per_source_cps, 10);
+        assert!(Config::from_toml("[security]\nbogus = 1\n").is_err());
     }
 
     #[test]

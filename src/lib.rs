@@ -8,6 +8,7 @@
 //! - [`security`]: the edge: flood and scanner bans, connection caps per source (pure tables).
 //! - [`actors`]: one file per actor kind.
 //! - [`media`]: RTP anchoring, codecs, DTMF, recording, playback, call quality.
+//! - [`security`]: the edge: trusted peers, trunk gateways, who may call where.
 //! - [`cluster`]: cluster mode: etcd membership and ownership, messages between nodes.
 //! - [`store`]: the embedded SQLite database (CDRs).
 //! - [`api`]: HTTP: `/metrics`, `/health`.

@@ -106,6 +106,7 @@ pub fn describe_all() {
     crate::actors::alarms::describe();
     crate::actors::registrar::describe();
     crate::routing::auth::describe();
+    crate::security::describe();
     crate::media::relay::describe();
     crate::media::recording::describe();
     crate::cluster::membership::describe();

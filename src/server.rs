@@ -34,6 +34,8 @@ pub struct Node {
     /// Queues and agents.
     pub cc: Arc<CcContext>,
     pub tree: Tree,
+    /// The edge's trusted peers and trunk gateways (the router's).
+    pub trust: Arc<crate::security::trust::Trust>,
     /// Cluster membership (None for a node alone).
     pub membership: Option<Arc<crate::cluster::membership::Membership>>,
     /// Actor messages to and from the other nodes (cluster mode).
@@ -143,25 +145,27 @@ fn start_media(
     Ok(keys)
 }
 
-/// The edge's tables (`[security]`). Besides the configured `exempt` CIDRs, the configured
-/// trunk gateways and static route targets are never banned: they are peers the operator
-/// named. (The trusted-peer table of issue 16 item 1 replaces this predicate.)
-fn edge_guard(config: &Config) -> Arc<crate::security::EdgeGuard> {
+/// The edge's flood and scanner defence. Never banned: the trusted peers and the trunks'
+/// gateways (kept current as trunks change), and the static routes' targets (the PBXs and
+/// proxies calls are sent to, whose answers are as many as the calls).
+fn edge_guard(
+    config: &Config,
+    trust: &Arc<crate::security::trust::Trust>,
+) -> Arc<crate::security::EdgeGuard> {
     let guard = Arc::new(crate::security::EdgeGuard::new(
         config.security.flood_settings(),
         config.security.scanner_settings(),
     ));
-    let peers: std::collections::HashSet<std::net::IpAddr> = config
-        .trunks
+    let targets: std::collections::HashSet<std::net::IpAddr> = config
+        .routes
         .iter()
-        .flat_map(|t| t.gateways.iter())
-        .chain(config.routes.iter().map(|r| &r.target))
-        .filter_map(|g| crate::config::RouteTarget::parse(g).ok())
+        .filter_map(|r| crate::config::RouteTarget::parse(&r.target).ok())
         .map(|t| t.addr.ip().to_canonical())
         .collect();
-    if !peers.is_empty() {
-        guard.set_exempt(Arc::new(move |ip| peers.contains(&ip)));
-    }
+    let trusted = trust.exemption();
+    guard.set_exempt(Arc::new(move |ip| {
+        trusted(ip) || targets.contains(&ip.to_canonical())
+    }));
     guard
 }
 
@@ -255,6 +259,12 @@ impl Node {
             }
         }
         let trunk_table = Arc::new(LiveTrunks::new(trunk_table));
+        // The edge: trusted peers and the trunks' gateways (kept current as trunks change).
+        let trust = Arc::new(
+            crate::security::trust::Trust::from_config(&config.security.trusted)
+                .map_err(|e| format!("security.trusted: {e}"))?,
+        );
+        trunk_table.keep_gateways(trust.clone());
         let _ = ctx.trunks.set(trunk_table.clone());
         // The contact centre: queues and agents share one context with the calls.
         let cc = Arc::new(CcContext::new(
@@ -343,9 +353,10 @@ impl Node {
                 tree.registrar_name.clone(),
                 config.registrar.authenticate_invites,
             )
-            .with_numbers(numbers),
+            .with_numbers(numbers)
+            .with_trust(trust.clone()),
         );
-        let guard = edge_guard(&config);
+        let guard = edge_guard(&config, &trust);
         let mut tconf = TransportConfig {
             max_tcp_connections: config.sip.max_tcp_connections,
             tcp_idle_timeout: Duration::from_secs(config.sip.tcp_idle_timeout_secs),
@@ -499,6 +510,7 @@ impl Node {
             location,
             cc,
             tree,
+            trust,
             membership,
             port,
             shutdown,

@@ -48,6 +48,7 @@ async fn click_to_call_rings_the_agent_then_calls_the_customer_through_a_trunk()
             username: "2001".into(),
             ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
             ha1_sha256: None,
+            outbound: None,
         }],
         agents: vec![AgentConfig {
             id: "a1".into(),

@@ -112,7 +112,7 @@ async fn three_nodes_share_singletons_take_over_rejoin_and_drain() {
 
     let mut config = String::from("[http]\ntoken = \"");
     config.push_str(TOKEN);
-    config.push_str("\"\n");
+    config.push_str("\"\n[security]\ntrusted = [\"127.0.0.1\"]\n");
     for t in ["red", "green", "blue"] {
         config.push_str(&format!(
             "[[tenants]]\nid = \"{t}\"\ndomain = \"{t}.test\"\n[[tenants.queues]]\nid = \"support\"\n"

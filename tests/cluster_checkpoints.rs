@@ -141,6 +141,7 @@ async fn queue_counts_and_trunk_health_survive_sigkill_and_give_away() {
     let token = common::API_TOKEN;
     let config = format!(
         "[http]\ntoken = \"{token}\"\n\
+         [security]\ntrusted = [\"127.0.0.1\"]\n\
          [[tenants]]\nid = \"cc\"\ndomain = \"cc.test\"\n\
          [[tenants.queues]]\nid = \"support\"\njoin_empty = false\n\
          [[tenants.numbers]]\nnumber = \"5000\"\ntarget = \"queue:support\"\n\

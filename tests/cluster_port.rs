@@ -44,6 +44,7 @@ async fn cc_node(dir: &std::path::Path) -> Node {
             username: "2001".into(),
             ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
             ha1_sha256: None,
+            outbound: None,
         }],
         numbers: vec![NumberConfig {
             number: "5000".into(),

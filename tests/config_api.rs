@@ -930,7 +930,7 @@ async fn a_route_put_on_one_node_routes_calls_on_another_within_a_second() {
     std::fs::write(
         &config_path,
         format!(
-            "[http]\ntoken = \"{TOKEN}\"\n[[routes]]\nprefix = \"9\"\ntarget = \"sip:{}\"\n\
+            "[http]\ntoken = \"{TOKEN}\"\n[security]\ntrusted = [\"127.0.0.1\"]\n[[routes]]\nprefix = \"9\"\ntarget = \"sip:{}\"\n\
              [[tenants]]\nid = \"cc\"\ndomain = \"cc.test\"\n[[tenants.queues]]\nid = \"q\"\n",
             file_target.addr
         ),

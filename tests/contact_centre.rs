@@ -64,6 +64,7 @@ async fn node_with(
             username: u.to_string(),
             ha1_md5: Some(ha1(Algorithm::Md5, u, DOMAIN, "pw")),
             ha1_sha256: None,
+            outbound: None,
         })
         .collect();
     c.tenants = vec![TenantConfig {

@@ -127,7 +127,7 @@ async fn cdrs_survive_kill_minus_9() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[sip]\nlisten = [\"udp:{sw}\"]\n[http]\nlisten = \"{http}\"\n[[routes]]\nprefix = \"\"\ntarget = \"sip:{}\"\n",
+            "data_dir = \"{}\"\n[sip]\nlisten = [\"udp:{sw}\"]\n[http]\nlisten = \"{http}\"\n[security]\ntrusted = [\"127.0.0.1\"]\n[[routes]]\nprefix = \"\"\ntarget = \"sip:{}\"\n",
             dir.path().join("data").display(),
             b.addr
         ),
@@ -183,7 +183,7 @@ async fn recordings_survive_kill_minus_9() {
     std::fs::write(
         &cfg,
         format!(
-            "data_dir = \"{}\"\n[sip]\nlisten = [\"udp:{sw}\"]\n[http]\nlisten = \"{http}\"\n[media]\nbind = \"127.0.0.1\"\nrtp_ports = \"44000-44999\"\n[[routes]]\nprefix = \"\"\ntarget = \"sip:{}\"\nrecord = true\n",
+            "data_dir = \"{}\"\n[sip]\nlisten = [\"udp:{sw}\"]\n[http]\nlisten = \"{http}\"\n[security]\ntrusted = [\"127.0.0.1\"]\n[media]\nbind = \"127.0.0.1\"\nrtp_ports = \"44000-44999\"\n[[routes]]\nprefix = \"\"\ntarget = \"sip:{}\"\nrecord = true\n",
             data.display(),
             b.addr
         ),

@@ -420,6 +420,7 @@ async fn queue_answers_first_plays_position_and_music_then_bridges_the_agent() {
             username: "2001".into(),
             ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
             ha1_sha256: None,
+            outbound: None,
         }],
         numbers: vec![NumberConfig {
             number: "5000".into(),

@@ -48,6 +48,7 @@ async fn every_torture_message_over_udp_and_tcp() {
             username: "j.user".into(),
             ha1_md5: Some("0".repeat(32)),
             ha1_sha256: None,
+            outbound: None,
         }],
         users_csv: None,
         ..Default::default()

@@ -276,6 +276,7 @@ fn tenant() -> TenantConfig {
             username: "alice".into(),
             ha1_md5: Some(ha1(Algorithm::Md5, "alice", "t.test", "pw")),
             ha1_sha256: None,
+            outbound: None,
         }],
         users_csv: None,
         ..Default::default()

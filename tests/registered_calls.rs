@@ -23,6 +23,7 @@ fn tenant() -> TenantConfig {
         username: u.into(),
         ha1_md5: Some(ha1(Algorithm::Md5, u, DOMAIN, pw)),
         ha1_sha256: Some(ha1(Algorithm::Sha256, u, DOMAIN, pw)),
+        outbound: None,
     };
     TenantConfig {
         id: "acme".into(),

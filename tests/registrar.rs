@@ -56,6 +56,7 @@ fn tenant(id: &str, domain: &str, users: &[(&str, &str)]) -> TenantConfig {
                 username: u.to_string(),
                 ha1_md5: Some(ha1(Algorithm::Md5, u, domain, pw)),
                 ha1_sha256: Some(ha1(Algorithm::Sha256, u, domain, pw)),
+                outbound: None,
             })
             .collect(),
         users_csv: None,
@@ -623,6 +624,7 @@ async fn twenty_thousand_users_register() {
                 username: u.clone(),
                 ha1_md5: None,
                 ha1_sha256: Some(ha1(Algorithm::Sha256, u, "big.test", pw)),
+                outbound: None,
             })
             .collect(),
         users_csv: None,

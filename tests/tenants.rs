@@ -19,6 +19,7 @@ fn tenant(id: &str, domain: &str, users: &[&str]) -> TenantConfig {
                 username: u.to_string(),
                 ha1_md5: Some("0".repeat(32)),
                 ha1_sha256: None,
+                outbound: None,
             })
             .collect(),
         users_csv: None,

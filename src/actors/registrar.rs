@@ -1445,6 +1445,7 @@ mod tests {
                 username: "alice".into(),
                 ha1_md5: Some(ha1(Algorithm::Md5, "alice", "a.test", "pw")),
                 ha1_sha256: None,
+                outbound: None,
             }],
             users_csv: None,
             ..Default::default()
@@ -1661,6 +1662,7 @@ mod tests {
                     username: u.to_string(),
                     ha1_md5: Some(ha1(Algorithm::Md5, u, "example.com", "pw")),
                     ha1_sha256: None,
+                    outbound: None,
                 })
                 .collect(),
             users_csv: None,

@@ -4,7 +4,9 @@
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use hashlink::LruCache;
 use ractor::ActorRef;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,7 @@ use super::trunk::{TrunkShared, TrunkTable};
 use crate::config::{AdmissionConfig, CcTarget, MediaMode, RouteConfig, RouteTarget};
 use crate::routing::auth::{AuthOutcome, Authenticator};
 use crate::routing::trunks::{self as trunk_policy, Policy, RrState};
+use crate::security::trust::{self, Caller, LogLimit, Refused, SourceClass, Trust};
 use crate::sip::dialog::{random_token, BRANCH_PREFIX};
 use crate::sip::message::{response_to, HeaderName, Message, Method};
 use crate::supervision::SupervisorMsg;
@@ -180,6 +183,10 @@ pub struct RouteTable {
 /// One static route.
 #[derive(Clone, Debug)]
 pub struct Route {
+    /// Its id (`id`, else the prefix): what tenants' `outbound` lists name.
+    pub id: Arc<str>,
+    /// Calls from a trunk's gateway may take it.
+    pub from_trunks: bool,
     pub prefix: String,
     pub target: RouteTarget,
     pub strip: usize,
@@ -337,6 +344,8 @@ impl RouteTable {
             .filter_map(|r| {
                 if r.trunks.is_empty() {
                     return Some(Route {
+                        id: Arc::from(r.key()),
+                        from_trunks: r.from_trunks,
                         prefix: r.prefix.clone(),
                         target: RouteTarget::parse(&r.target).ok()?,
                         strip: r.strip,
@@ -385,6 +394,8 @@ impl RouteTable {
                     })
                 });
                 Some(Route {
+                    id: Arc::from(r.key()),
+                    from_trunks: r.from_trunks,
                     prefix: r.prefix.clone(),
                     target: first,
                     strip: r.strip,
@@ -455,22 +466,41 @@ impl Bucket {
     }
 }
 
-/// Admission control: concurrent calls, a global CPS token bucket, per-source CPS buckets.
-/// Locks are held for a few arithmetic operations only.
+/// Per-source CPS buckets kept at most: the least recently used source goes first (O(1));
+/// a source forgotten so starts again with a full bucket, as an idle one would have.
+pub const MAX_SOURCE_BUCKETS: usize = 65_536;
+
+/// Admission control: concurrent calls, a global CPS token bucket, per-source CPS buckets
+/// (for sources that are neither trusted nor trunk gateways). Locks are held for a few
+/// arithmetic operations only.
 pub struct Admission {
     config: AdmissionConfig,
     global: Mutex<Bucket>,
-    per_source: Mutex<HashMap<IpAddr, Bucket>>,
+    per_source: Mutex<LruCache<IpAddr, Bucket, RandomState>>,
 }
 
 impl Admission {
     pub fn new(config: AdmissionConfig) -> Admission {
+        Admission::with_capacity(config, MAX_SOURCE_BUCKETS)
+    }
+
+    /// [`Admission::new`] remembering at most `sources` per-source buckets.
+    pub fn with_capacity(config: AdmissionConfig, sources: usize) -> Admission {
         let depth = Self::depth(config.cps, config.cps_burst);
         Admission {
             global: Mutex::new(Bucket::new(depth)),
-            per_source: Mutex::new(HashMap::new()),
+            // SipHash with a random key: the source addresses are the peers' to choose.
+            per_source: Mutex::new(LruCache::with_hasher(sources.max(1), RandomState::new())),
             config,
         }
+    }
+
+    /// Sources with a per-source bucket now (tests, gauges).
+    pub fn tracked_sources(&self) -> usize {
+        self.per_source
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     fn depth(rate: u32, burst: u32) -> f64 {
@@ -481,8 +511,9 @@ impl Admission {
         }
     }
 
-    /// Decides on a new call from `source` while `active` calls are up.
-    pub fn admit(&self, source: IpAddr, active: usize) -> Result<(), Refusal> {
+    /// Decides on a new call from `source` while `active` calls are up; an `exempt` source
+    /// (a trusted peer, a trunk gateway) has no per-source limit.
+    pub fn admit(&self, source: IpAddr, active: usize, exempt: bool) -> Result<(), Refusal> {
         if active >= self.config.max_calls {
             return Err(Refusal {
                 status: 503,
@@ -490,15 +521,20 @@ impl Admission {
                 label: "max_calls",
             });
         }
-        if self.config.per_source_cps > 0 {
+        if self.config.per_source_cps > 0 && !exempt {
             let rate = f64::from(self.config.per_source_cps);
-            let mut map = self.per_source.lock().expect("admission lock");
-            if map.len() > 100_000 {
-                // Forget idle sources rather than grow without bound under a spoofed flood.
-                map.retain(|_, b| b.tokens < rate);
-            }
-            let bucket = map.entry(source).or_insert_with(|| Bucket::new(rate));
-            if !bucket.take(rate, rate) {
+            let mut map = self.per_source.lock().unwrap_or_else(|e| e.into_inner());
+            let taken = match map.get_mut(&source) {
+                Some(bucket) => bucket.take(rate, rate),
+                None => {
+                    let mut bucket = Bucket::new(rate);
+                    let taken = bucket.take(rate, rate);
+                    map.insert(source, bucket);
+                    taken
+                }
+            };
+            drop(map);
+            if !taken {
                 return Err(Refusal {
                     status: 503,
                     reason: "Service Unavailable (Source Rate)",
@@ -540,6 +576,10 @@ pub struct Router {
     registrar: Option<RegistrarLink>,
     /// Numbers (DIDs) → tenant queue or user.
     numbers: Arc<Numbers>,
+    /// Trusted peers and trunk gateways (nothing trusted until [`Router::with_trust`]).
+    trust: Arc<Trust>,
+    /// Refusals at the edge are logged at most once a second.
+    refusal_log: LogLimit,
 }
 
 /// The numbers (DIDs) the router serves: replaced whole when numbers change through the
@@ -626,6 +666,12 @@ impl NumberRoute {
     }
 }
 
+/// A caller authenticated as a tenant's user: its tenant, and its own outbound list.
+struct Member {
+    tenant: Arc<crate::routing::auth::TenantUsers>,
+    own: Option<Vec<String>>,
+}
+
 /// What the router needs of the registrar: its name, the authenticator and the location
 /// service (read directly, no actor round trip).
 struct RegistrarLink {
@@ -651,7 +697,15 @@ impl Router {
             calls,
             registrar: None,
             numbers: Arc::default(),
+            trust: Arc::default(),
+            refusal_log: LogLimit::default(),
         }
+    }
+
+    /// Who is trusted: `[security] trusted` and the trunks' gateways.
+    pub fn with_trust(mut self, trust: Arc<Trust>) -> Router {
+        self.trust = trust;
+        self
     }
 
     /// Serves the tenants' numbers (DIDs): calls to them go to a queue or a user.
@@ -779,6 +833,8 @@ impl Router {
             .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
             .unwrap_or_default();
         let mut parties = call::Parties::default();
+        // The tenant's user the caller authenticated as, if any.
+        let mut member: Option<Member> = None;
         if let Some(reg) = &self.registrar {
             // Calls from a tenant's phones are authenticated before they are routed.
             if reg.authenticate_invites {
@@ -786,18 +842,20 @@ impl Router {
                     reg.auth
                         .check_caller(&msg, source.remote.ip(), std::time::SystemTime::now())
                 {
-                    if let AuthOutcome::Authenticated { username } = &outcome {
-                        parties.tenant = Some(Arc::from(tenant.as_str()));
-                        parties.caller = Some(Arc::from(username.as_str()));
-                    }
-                    if !matches!(outcome, AuthOutcome::Authenticated { .. }) {
+                    let AuthOutcome::Authenticated { username } = outcome else {
                         let tag = random_token(10);
                         if let Some(resp) = outcome.response(&msg, &tag) {
                             metrics::counter!(STATELESS_ANSWERS, "status" => status_label(resp.status().unwrap_or(0))).increment(1);
                             self.ctx.transports().send_response(&source, &resp);
                         }
                         return;
-                    }
+                    };
+                    parties.tenant = Some(Arc::from(tenant.as_str()));
+                    parties.caller = Some(Arc::from(username.as_str()));
+                    member = reg.auth.tenant(&tenant).map(|t| Member {
+                        own: t.user(&username).and_then(|k| k.outbound),
+                        tenant: t,
+                    });
                 }
             }
             // A tenant's number (DID): its queue or user.
@@ -806,6 +864,8 @@ impl Router {
                 return match &n.target {
                     CcTarget::Queue(q) => {
                         let route = Route {
+                            id: Arc::from(format!("queue:{}/{q}", n.tenant)),
+                            from_trunks: false,
                             prefix: format!("queue:{}/{q}", n.tenant),
                             target: RouteTarget {
                                 addr: source.remote,
@@ -852,11 +912,49 @@ impl Router {
                 }
             }
         }
+        // Not a local destination: a static route, for callers allowed to take it.
+        let caller = match (self.trust.classify(source.remote.ip()), &member) {
+            (SourceClass::Trusted, _) => Caller::Trusted,
+            (_, Some(m)) => Caller::User {
+                tenant_outbound: &m.tenant.outbound,
+                user_outbound: m.own.as_deref(),
+            },
+            (SourceClass::Gateway(_), None) => Caller::Gateway,
+            (SourceClass::Other, None) => Caller::Anonymous,
+        };
         let Some(route) = self.routes.lookup(&user) else {
+            // An anonymous caller learns nothing of the route table.
+            if matches!(caller, Caller::Anonymous) {
+                return self.refuse(&msg, &source, Refused::Anonymous, &user);
+            }
             return self.answer(&msg, &source, 404, "Not Found", &[]);
         };
+        if let Err(refused) = trust::permit(caller, &route.id, route.from_trunks) {
+            return self.refuse(&msg, &source, refused, &user);
+        }
         let dialled = Routes::rewrite(&route, &user);
         self.admit_and_start(msg, source, &route, dialled, Vec::new(), None, parties);
+    }
+
+    /// Refuses a call its caller may not make (403): counted, and logged at most once a
+    /// second (a flood of them costs a counter each, not a log line).
+    fn refuse(&self, msg: &Message, source: &Source, refused: Refused, dialled: &[u8]) {
+        metrics::counter!(trust::SECURITY_REFUSED, "reason" => refused.label()).increment(1);
+        let now_ms = crate::store::now_unix_ms() as u64;
+        if let Some(held) = self.refusal_log.allow(now_ms, 1000) {
+            let from = msg
+                .from()
+                .map(|f| String::from_utf8_lossy(&f.uri).into_owned());
+            tracing::warn!(
+                source = %source.remote,
+                reason = refused.label(),
+                dialled = ?String::from_utf8_lossy(dialled),
+                from = ?from,
+                refusals_not_logged = held,
+                "call refused at the edge"
+            );
+        }
+        self.answer(msg, source, 403, refused.phrase(), &[]);
     }
 
     /// A call to a tenant's user: every phone it registered rings at once.
@@ -875,6 +973,8 @@ impl Router {
         };
         let forks = Fork::all(&bindings);
         let route = Route {
+            id: Arc::from(format!("user:{tenant}/{name}")),
+            from_trunks: false,
             prefix: format!("user:{tenant}/{name}"),
             target: RouteTarget {
                 addr: first.dest().addr,
@@ -905,7 +1005,9 @@ impl Router {
         parties: call::Parties,
     ) {
         let active = self.ctx.active.load(Ordering::Relaxed);
-        if let Err(refusal) = self.admission.admit(source.remote.ip(), active) {
+        let ip = source.remote.ip();
+        let exempt = self.trust.is_trusted_or_gateway(ip);
+        if let Err(refusal) = self.admission.admit(ip, active, exempt) {
             metrics::counter!(ADMISSION_REFUSED, "reason" => refusal.label).increment(1);
             let retry = self.admission.retry_after().to_string();
             let extra: &[(HeaderName, &str)] = if refusal.status == 503 {
@@ -1030,5 +1132,51 @@ impl Handler for Router {
             // The actor is stopping: its lingering transactions are gone.
             metrics::counter!(STRAY, "kind" => "late").increment(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(per_source_cps: u32, sources: usize) -> Admission {
+        let config = AdmissionConfig {
+            per_source_cps,
+            cps: 0,
+            ..AdmissionConfig::default()
+        };
+        Admission::with_capacity(config, sources)
+    }
+
+    fn ip(i: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i))
+    }
+
+    #[test]
+    fn per_source_limits_spare_exempt_sources() {
+        let a = admission(1, 16);
+        assert!(a.admit(ip(1), 0, false).is_ok());
+        let refused = a.admit(ip(1), 0, false).unwrap_err();
+        assert_eq!(refused.label, "source_cps");
+        // Another source has its own bucket; a trusted peer or gateway has none.
+        assert!(a.admit(ip(2), 0, false).is_ok());
+        for _ in 0..100 {
+            assert!(a.admit(ip(3), 0, true).is_ok());
+        }
+        assert_eq!(a.tracked_sources(), 2);
+    }
+
+    #[test]
+    fn the_source_table_is_bounded_and_forgets_the_least_recent() {
+        let a = admission(1, 4);
+        for i in 0..10 {
+            assert!(a.admit(ip(i), 0, false).is_ok());
+        }
+        assert_eq!(a.tracked_sources(), 4);
+        // The most recent sources are remembered (their bucket is empty)...
+        assert!(a.admit(ip(9), 0, false).is_err());
+        // ...the first ones were forgotten, and start again with a full bucket.
+        assert!(a.admit(ip(0), 0, false).is_ok());
+        assert_eq!(a.tracked_sources(), 4);
     }
 }

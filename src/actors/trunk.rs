@@ -355,6 +355,9 @@ pub fn trunk_table(configs: &[TrunkConfig]) -> TrunkTable {
 #[derive(Debug, Default)]
 pub struct LiveTrunks {
     table: std::sync::RwLock<Arc<TrunkTable>>,
+    /// The edge's view of the gateways, kept current with the table (see
+    /// [`LiveTrunks::keep_gateways`]).
+    trust: std::sync::OnceLock<Arc<crate::security::trust::Trust>>,
 }
 
 impl LiveTrunks {
@@ -362,6 +365,25 @@ impl LiveTrunks {
     pub fn new(table: TrunkTable) -> LiveTrunks {
         LiveTrunks {
             table: std::sync::RwLock::new(Arc::new(table)),
+            trust: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Keeps `trust`'s trunk gateway addresses those of the trunks in force, now and on
+    /// every [`LiveTrunks::replace`] (calls from them are a carrier's, not anonymous).
+    pub fn keep_gateways(&self, trust: Arc<crate::security::trust::Trust>) {
+        let _ = self.trust.set(trust);
+        self.sync_gateways(&self.current());
+    }
+
+    fn sync_gateways(&self, table: &TrunkTable) {
+        if let Some(trust) = self.trust.get() {
+            trust.set_gateways(table.values().flat_map(|t| {
+                t.gateways
+                    .iter()
+                    .map(|g| (g.addr.ip(), t.id.clone()))
+                    .collect::<Vec<_>>()
+            }));
         }
     }
 
@@ -379,8 +401,9 @@ impl LiveTrunks {
             .cloned()
     }
 
-    /// Puts `table` in force.
+    /// Puts `table` in force (and its gateways in the edge's view).
     pub fn replace(&self, table: TrunkTable) {
+        self.sync_gateways(&table);
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 }

@@ -6,12 +6,12 @@
 //! |---|---|
 //! | `GET /routes` | every route with its id and all fields |
 //! | `PUT /routes/{id}` | (token) body: the `[[routes]]` fields as JSON; 201 created or 200 replaced, with the route as stored |
-//! | `DELETE /routes/{id}` | (token) 204; 404 if there is no such route |
+//! | `DELETE /routes/{id}` | (token) 204; 409 while a tenant's or user's `outbound` names it; 404 if there is no such route |
 //! | `GET /numbers` | every number: `number`, `tenant`, `target`, `priority` |
 //! | `PUT /numbers/{number}` | (token) body `{"tenant", "target", "priority"}`; 201 or 200 with the number as stored |
 //! | `DELETE /numbers/{number}` | (token) 204; 404 if there is no such number |
 //! | `GET /tenants/{tenant}/users` | the tenant's users: `tenant`, `username`, `algorithms` (never the hashes); 404 for no such tenant |
-//! | `PUT /tenants/{tenant}/users/{name}` | (token) body: the `[[tenants.users]]` fields (`ha1_md5`, `ha1_sha256`); 201 or 200 with the user as shown; 404 for no such tenant |
+//! | `PUT /tenants/{tenant}/users/{name}` | (token) body: the `[[tenants.users]]` fields (`ha1_md5`, `ha1_sha256`, `outbound`); 201 or 200 with the user as shown; 404 for no such tenant |
 //! | `DELETE /tenants/{tenant}/users/{name}` | (token) 204; 404 if there is no such user |
 //! | `PUT /tenants/{tenant}/queues/{id}` | (token) body: the `[[tenants.queues]]` fields, replacing the queue's (left-out fields take their defaults); 200 with the body as stored, the queue actor restarting with it and keeping its callers; 201 for a queue the tenant lacks, started under the tenant's supervisor on the node running the tenant (with no agents: agents name their queues in the file); 404 for no such tenant |
 //! | `DELETE /tenants/{tenant}/queues/{id}` | (token) 204 for a queue added through the API: its actor stops (its owner key is released); 409 while callers wait in it (on the node running it) or a number or another queue's overflow names it; 501 for a queue of the config file; 404 for no such queue |

@@ -248,6 +248,9 @@ pub struct UserEntry {
     /// `hex(SHA-256(username:realm:password))`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha1_sha256: Option<String>,
+    /// The routes the user may dial out through, narrowing its tenant's `outbound`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<Vec<String>>,
 }
 
 impl UserEntry {
@@ -260,13 +263,19 @@ impl UserEntry {
         if self.ha1_md5.is_some() {
             algorithms.push("MD5");
         }
-        json!({ "tenant": self.tenant, "username": self.username, "algorithms": algorithms })
+        let mut v =
+            json!({ "tenant": self.tenant, "username": self.username, "algorithms": algorithms });
+        if let Some(o) = &self.outbound {
+            v["outbound"] = json!(o);
+        }
+        v
     }
 
     fn keys(&self) -> UserKeys {
         UserKeys {
             ha1_md5: self.ha1_md5.clone(),
             ha1_sha256: self.ha1_sha256.clone(),
+            outbound: self.outbound.clone(),
         }
     }
 }
@@ -794,7 +803,10 @@ impl SharedConfig {
         })
         .await?;
         for u in &full.users {
-            let user = json!({ "ha1_md5": u.ha1_md5, "ha1_sha256": u.ha1_sha256 });
+            let mut user = json!({ "ha1_md5": u.ha1_md5, "ha1_sha256": u.ha1_sha256 });
+            if let Some(o) = &u.outbound {
+                user["outbound"] = json!(o);
+            }
             self.put_entry(Kind::User, &scoped_id(id, &u.username), user)
                 .await?;
         }
@@ -813,7 +825,7 @@ impl SharedConfig {
     fn check_tenant(&self, t: &Tables, full: &TenantConfig) -> Result<(), ChangeError> {
         let mut c = Config {
             tenants: self.tenants_with(t),
-            ..Config::default()
+            ..with_routes(t)
         };
         for n in t.numbers.values() {
             if let Some(x) = c.tenants.iter_mut().find(|x| x.id == n.tenant) {
@@ -848,6 +860,25 @@ impl SharedConfig {
             )));
         }
         Ok(())
+    }
+
+    /// The tenants (`<id>`) and users (`<tenant>/<name>`) whose `outbound` names route
+    /// `route`, sorted.
+    fn outbound_naming(&self, t: &Tables, route: &str) -> Vec<String> {
+        let names = |l: &[String]| l.iter().any(|r| r == route);
+        let tenants = self
+            .all_tenants(t)
+            .into_iter()
+            .filter(|x| names(&x.outbound))
+            .map(|x| x.id);
+        let users = t
+            .users
+            .iter()
+            .filter(|(_, u)| u.outbound.as_deref().is_some_and(names))
+            .map(|(k, _)| k.clone());
+        let mut named: Vec<String> = tenants.chain(users).collect();
+        named.sort();
+        named
     }
 
     /// Whether `id` is a queue of its tenant's own configuration (`kind` Queue): the config
@@ -902,6 +933,14 @@ impl SharedConfig {
             }
             if !t.contains(kind, id) {
                 return Err(ChangeError::NotFound(format!("{} {id:?}", kind.label())));
+            }
+            if kind == Kind::Route {
+                let named = self.outbound_naming(t, id);
+                if !named.is_empty() {
+                    return Err(ChangeError::InUse(format!(
+                        "route {id:?} is in the outbound permissions of {named:?}: change them first"
+                    )));
+                }
             }
             if kind == Kind::Trunk {
                 let users: Vec<&str> = t
@@ -1184,7 +1223,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
-            ..Config::default()
+            ..with_routes(t)
         };
         let tenant = &mut c.tenants[ti];
         tenant.numbers = self.numbers_of(t, &q.tenant);
@@ -1218,7 +1257,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
-            ..Config::default()
+            ..with_routes(t)
         };
         c.tenants[ti].numbers = self.numbers_of(t, tenant);
         c.tenants[ti].queues.retain(|q| q.id != queue);
@@ -1476,14 +1515,16 @@ impl SharedConfig {
         let Some(ti) = tenants.iter().position(|x| x.id == u.tenant) else {
             return Err(ChangeError::NotFound(format!("tenant {:?}", u.tenant)));
         };
+        // With the routes in force: the user's `outbound` must name them.
         let mut c = Config {
             tenants,
-            ..Config::default()
+            ..with_routes(t)
         };
         c.tenants[ti].users = vec![UserConfig {
             username: u.username.clone(),
             ha1_md5: u.ha1_md5.clone(),
             ha1_sha256: u.ha1_sha256.clone(),
+            outbound: u.outbound.clone(),
         }];
         first_error(c.validate(), &format!("tenants[{ti}].users[0]"))
     }
@@ -1519,7 +1560,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
-            ..Config::default()
+            ..with_routes(t)
         };
         for other in t.numbers.values().filter(|o| o.number != n.number) {
             if let Some(x) = c.tenants.iter_mut().find(|x| x.id == other.tenant) {
@@ -1693,6 +1734,7 @@ fn file_tables(config: &Config, auth: &Authenticator) -> Tables {
                     username: name.clone(),
                     ha1_md5: keys.ha1_md5.clone(),
                     ha1_sha256: keys.ha1_sha256.clone(),
+                    outbound: keys.outbound.clone(),
                 },
             );
         }
@@ -1720,7 +1762,18 @@ pub fn route_json(id: &str, r: &RouteConfig) -> Value {
         "prepend": r.prepend,
         "media": match r.media { MediaMode::Pass => "pass", MediaMode::Anchor => "anchor" },
         "record": r.record,
+        "from_trunks": r.from_trunks,
     })
+}
+
+/// An empty configuration with the routes and trunks in force in `t` (a tenant's or user's
+/// `outbound` is checked against the routes).
+fn with_routes(t: &Tables) -> Config {
+    Config {
+        routes: t.routes.values().cloned().collect(),
+        trunks: t.trunks.values().cloned().collect(),
+        ..Config::default()
+    }
 }
 
 /// A trunk as the API stores (`secrets`: with its carrier password) or shows it: every

@@ -655,6 +655,9 @@ impl WireCallMsg {
             CallMsg::Sip(_)
             | CallMsg::Timer(..)
             | CallMsg::Control(..)
+            | CallMsg::HandOver(..)
+            | CallMsg::Adopt(_)
+            | CallMsg::AgentReserved { .. }
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic

@@ -2,6 +2,13 @@
 //! digest authentication that `sip::auth` leaves out — nonce-count replay protection and
 //! brute-force locks.
 //!
+//! Failures are counted per source address (any users: a scanner spraying names) and per
+//! user *from one source* (a password guessed), never per user alone: an attacker failing
+//! for user 1001 from its own address locks itself out, never 1001's phone elsewhere. Both
+//! tables are LRU caches of bounded size (O(1) eviction: a spoofed flood of sources pushes
+//! out the oldest entries, it never costs a scan). The credentials' `uri` must name the
+//! Request-URI (RFC 2617 §3.2.2.5: 400 otherwise).
+//!
 //! One [`Authenticator`] is shared (`Arc`) by the registrar (401 for REGISTER) and call
 //! routing (407 for INVITE). Every method takes `&self`: the per-nonce and per-source tables
 //! are sharded maps whose guards are held for a few operations only, so receive tasks and
@@ -13,11 +20,13 @@
 //! nonces are unknown, they get `stale=true` and retry without asking their user.
 
 use bytes::Bytes;
-use dashmap::DashMap;
-use std::collections::HashMap;
+use hashlink::LruCache;
+use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{RegistrarConfig, TenantConfig, UserConfig};
@@ -25,34 +34,38 @@ use crate::sip::auth::{Algorithm, Challenge, Credentials, DigestError, NonceChec
 use crate::sip::message::{response_to, HeaderName, Message};
 
 /// Authentication outcomes, by `outcome` (challenge, success, failure, stale, replay, locked,
-/// bad_request, identity_mismatch) (counter).
+/// bad_request, identity_mismatch, uri_mismatch, nonces_full) (counter).
 pub const AUTH_TOTAL: &str = "switchyard_auth_total";
-/// Locks imposed after repeated failures, by `scope` (source, user) (counter).
+/// Locks imposed after repeated failures, by `scope` (source: any users from one address;
+/// user_source: one user from one address) (counter).
 pub const AUTH_LOCKS_TOTAL: &str = "switchyard_auth_locks_total";
 
 /// Describes this module's metrics.
 pub fn describe() {
     metrics::describe_counter!(
         AUTH_TOTAL,
-        "Digest authentication outcomes (challenge, success, failure, stale, replay, locked, bad_request, identity_mismatch)"
+        "Digest authentication outcomes (challenge, success, failure, stale, replay, locked, bad_request, identity_mismatch, uri_mismatch, nonces_full)"
     );
     metrics::describe_counter!(
         AUTH_LOCKS_TOTAL,
-        "Temporary locks after repeated authentication failures, by scope (source, user)"
+        "Temporary locks after repeated authentication failures, by scope (source, user_source)"
     );
 }
 
-/// Nonce-count entries kept at most; beyond this the table is purged, then cleared (clients
-/// whose entry went get `stale=true` on their next nonce count and start a new nonce).
-const MAX_NC_ENTRIES: usize = 500_000;
-/// Failure counters kept at most (per source and per user together).
+/// Failure counters kept at most, per table (sources; users from a source): the least
+/// recently failed go first.
 const MAX_STRIKE_ENTRIES: usize = 100_000;
+/// At most one "nonce table full" warning per this many milliseconds.
+const FULL_WARN_EVERY_MS: u64 = 10_000;
 
-/// A user's digest secrets (hex HA1 per algorithm; never the password).
+/// A user's digest secrets (hex HA1 per algorithm; never the password) and the routes it
+/// may dial out through when they narrow its tenant's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserKeys {
     pub ha1_md5: Option<String>,
     pub ha1_sha256: Option<String>,
+    /// Narrows the tenant's `outbound` (a route must be in both); None: the tenant's.
+    pub outbound: Option<Vec<String>>,
 }
 
 impl UserKeys {
@@ -75,6 +88,8 @@ pub struct TenantUsers {
     /// The SIP domain, lowercase.
     pub domain: String,
     pub realm: String,
+    /// The routes its authenticated users may dial out through (`outbound`).
+    pub outbound: Vec<String>,
     /// Swapped whole by [`Authenticator::set_users`]; a request reads it once, so it sees one
     /// version of the table from its challenge to its verdict.
     users: RwLock<Arc<UserMap>>,
@@ -168,14 +183,7 @@ impl AuthOutcome {
     }
 }
 
-/// The last nonce count seen for a nonce that has authenticated a request.
-#[derive(Clone, Copy, Debug)]
-struct NcEntry {
-    last: u32,
-    issued_ms: u64,
-}
-
-/// Consecutive failures of one source or user, and its lock.
+/// Recent failures of one source (or one user from one source), and its lock.
 #[derive(Clone, Copy, Debug, Default)]
 struct Strikes {
     count: u32,
@@ -195,9 +203,70 @@ pub struct Authenticator {
     /// through the API (a request reads it once).
     tenants: RwLock<Arc<TenantIndex>>,
     key: NonceKey,
-    nc: DashMap<Bytes, NcEntry>,
-    by_source: DashMap<IpAddr, Strikes>,
-    by_user: DashMap<(String, String), Strikes>,
+    nc: Mutex<NcTable>,
+    by_source: Mutex<LruCache<IpAddr, Strikes, RandomState>>,
+    /// (tenant, user, source).
+    by_user_source: Mutex<LruCache<UserSource, Strikes, RandomState>>,
+    /// When the last "nonce table full" warning was logged (Unix ms).
+    full_warned_ms: AtomicU64,
+}
+
+/// A user of a tenant, failing from one source address.
+type UserSource = (String, String, IpAddr);
+
+/// The last nonce count of each nonce that has authenticated a request, with the nonces in
+/// the order they were issued: expired ones leave from the front (amortised O(1) per
+/// request, never a scan), and the table never holds more than `max`.
+struct NcTable {
+    /// The last nonce count seen, by nonce.
+    map: HashMap<Bytes, u32>,
+    by_issue: BTreeSet<(u64, Bytes)>,
+    max: usize,
+}
+
+impl NcTable {
+    fn new(max: usize) -> NcTable {
+        NcTable {
+            map: HashMap::new(),
+            by_issue: BTreeSet::new(),
+            max,
+        }
+    }
+
+    /// Drops the nonces issued more than `ttl_ms` before `now_ms` (they are stale anyway).
+    fn expire(&mut self, now_ms: u64, ttl_ms: u64) {
+        while let Some((issued, _)) = self.by_issue.first() {
+            if issued.saturating_add(ttl_ms) >= now_ms {
+                break;
+            }
+            if let Some((_, nonce)) = self.by_issue.pop_first() {
+                self.map.remove(&nonce);
+            }
+        }
+    }
+}
+
+/// Drops the entries at the front of an LRU table (least recently failed) that have nothing
+/// left to remember: O(dropped), since the front fails least recently.
+fn expire_strikes<K: std::hash::Hash + Eq>(
+    table: &mut LruCache<K, Strikes, RandomState>,
+    now_ms: u64,
+    lock_ms: u64,
+) {
+    while let Some((_, s)) = table.iter().next() {
+        if s.locked_until_ms > now_ms || s.last_ms.saturating_add(lock_ms.max(60_000)) > now_ms {
+            break;
+        }
+        table.remove_lru();
+    }
+}
+
+fn lru<K: std::hash::Hash + Eq>() -> Mutex<LruCache<K, Strikes, RandomState>> {
+    // SipHash with a random key: sources and user names are the peer's to choose.
+    Mutex::new(LruCache::with_hasher(
+        MAX_STRIKE_ENTRIES,
+        RandomState::new(),
+    ))
 }
 
 /// The tenants by id, and their ids by lowercase domain.
@@ -217,6 +286,7 @@ impl TenantIndex {
                 id: t.id.clone(),
                 domain,
                 realm: t.realm().to_string(),
+                outbound: t.outbound.clone(),
                 users: RwLock::new(Arc::new(users)),
             }),
         );
@@ -265,9 +335,10 @@ impl Authenticator {
             lock_ms: u64::from(config.lock_secs) * 1000,
             tenants: RwLock::new(Arc::new(index)),
             key,
-            nc: DashMap::new(),
-            by_source: DashMap::new(),
-            by_user: DashMap::new(),
+            nc: Mutex::new(NcTable::new(config.max_nonces.max(1))),
+            by_source: lru(),
+            by_user_source: lru(),
+            full_warned_ms: AtomicU64::new(0),
         })
     }
 
@@ -349,10 +420,27 @@ impl Authenticator {
 
     /// True while `ip` is locked.
     pub fn is_source_locked(&self, ip: IpAddr, now: SystemTime) -> bool {
-        let now = unix_ms(now);
-        self.by_source
-            .get(&ip)
-            .is_some_and(|s| s.locked_until_ms > now)
+        self.source_locked(ip, unix_ms(now))
+    }
+
+    fn source_locked(&self, ip: IpAddr, now_ms: u64) -> bool {
+        lock(&self.by_source)
+            .peek(&ip)
+            .is_some_and(|s| s.locked_until_ms > now_ms)
+    }
+
+    /// True while `username` of `tenant` is locked from `ip` (and from there only).
+    pub fn is_user_locked(
+        &self,
+        tenant: &str,
+        username: &str,
+        ip: IpAddr,
+        now: SystemTime,
+    ) -> bool {
+        let key = (tenant.to_string(), username.to_string(), ip);
+        lock(&self.by_user_source)
+            .peek(&key)
+            .is_some_and(|s| s.locked_until_ms > unix_ms(now))
     }
 
     /// Authenticates a request of `tenant` from `source_ip`. `proxy` selects 407 with
@@ -371,11 +459,7 @@ impl Authenticator {
             return self.outcome_forbidden("unknown tenant");
         };
         let t = &*t;
-        if self
-            .by_source
-            .get(&source_ip)
-            .is_some_and(|s| s.locked_until_ms > now_ms)
-        {
+        if self.source_locked(source_ip, now_ms) {
             return self.outcome_forbidden("source locked");
         }
         let cred_header = if proxy {
@@ -404,6 +488,14 @@ impl Authenticator {
         let Some(creds) = creds else {
             return self.challenge(t, proxy, false, None, now_ms, "challenge");
         };
+        // Credentials computed for another Request-URI are someone else's request (replayed
+        // or relayed), not a wrong password: refused without a strike.
+        if !uri_matches(req, &creds.uri) {
+            metrics::counter!(AUTH_TOTAL, "outcome" => "uri_mismatch").increment(1);
+            return AuthOutcome::BadRequest {
+                reason: "digest uri is not the Request-URI",
+            };
+        }
         let username = String::from_utf8_lossy(&creds.username).into_owned();
         let users = t.users();
         let Some(keys) = users.get(&username) else {
@@ -411,10 +503,9 @@ impl Authenticator {
             // let a scanner grow memory.
             return self.fail(t, None, source_ip, proxy, now_ms);
         };
-        let user_key = (t.id.clone(), username.clone());
-        if self
-            .by_user
-            .get(&user_key)
+        let user_key = (t.id.clone(), username.clone(), source_ip);
+        if lock(&self.by_user_source)
+            .peek(&user_key)
             .is_some_and(|s| s.locked_until_ms > now_ms)
         {
             return self.outcome_forbidden("user locked");
@@ -444,9 +535,13 @@ impl Authenticator {
             NcVerdict::Unknown => {
                 return self.challenge(t, proxy, true, Some(keys), now_ms, "stale");
             }
+            NcVerdict::Full => {
+                self.warn_full(now_ms);
+                return self.challenge(t, proxy, true, Some(keys), now_ms, "nonces_full");
+            }
         }
-        self.by_source.remove(&source_ip);
-        self.by_user.remove(&user_key);
+        lock(&self.by_source).remove(&source_ip);
+        lock(&self.by_user_source).remove(&user_key);
         metrics::counter!(AUTH_TOTAL, "outcome" => "success").increment(1);
         AuthOutcome::Authenticated { username }
     }
@@ -486,20 +581,37 @@ impl Authenticator {
     }
 
     fn purge_ms(&self, now_ms: u64) {
-        let ttl = self.nonce_ttl_ms;
-        self.nc
-            .retain(|_, e| e.issued_ms.saturating_add(ttl) >= now_ms);
-        let lock = self.lock_ms;
-        let keep = |s: &mut Strikes| {
-            s.locked_until_ms > now_ms || s.last_ms.saturating_add(lock.max(60_000)) > now_ms
-        };
-        self.by_source.retain(|_, s| keep(s));
-        self.by_user.retain(|_, s| keep(s));
+        lock(&self.nc).expire(now_ms, self.nonce_ttl_ms);
+        expire_strikes(&mut lock(&self.by_source), now_ms, self.lock_ms);
+        expire_strikes(&mut lock(&self.by_user_source), now_ms, self.lock_ms);
     }
 
     /// Entries in the nonce-count table (tests, gauges).
     pub fn tracked_nonces(&self) -> usize {
-        self.nc.len()
+        lock(&self.nc).map.len()
+    }
+
+    /// Entries in the failure tables: (sources, users from a source) (tests, gauges).
+    pub fn tracked_failures(&self) -> (usize, usize) {
+        (
+            lock(&self.by_source).len(),
+            lock(&self.by_user_source).len(),
+        )
+    }
+
+    fn warn_full(&self, now_ms: u64) {
+        let last = self.full_warned_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= FULL_WARN_EVERY_MS
+            && self
+                .full_warned_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_nonces = lock(&self.nc).max,
+                "nonce-count table full: new nonces get stale=true until older ones expire"
+            );
+        }
     }
 
     fn outcome_forbidden(&self, reason: &'static str) -> AuthOutcome {
@@ -549,23 +661,21 @@ impl Authenticator {
         }
     }
 
-    /// Counts a failure against the source (and the user, when known); locks either once it
-    /// reaches the limit. Answers a new challenge, or 403 when this failure locked.
+    /// Counts a failure against the source (and the user from this source, when known);
+    /// locks either once it reaches the limit. Answers a new challenge, or 403 when this
+    /// failure locked.
     fn fail(
         &self,
         t: &TenantUsers,
-        user: Option<(String, String)>,
+        user: Option<UserSource>,
         ip: IpAddr,
         proxy: bool,
         now_ms: u64,
     ) -> AuthOutcome {
         metrics::counter!(AUTH_TOTAL, "outcome" => "failure").increment(1);
-        if self.by_source.len() + self.by_user.len() > MAX_STRIKE_ENTRIES {
-            self.purge_ms(now_ms);
-        }
         let mut locked = self.strike_source(ip, now_ms);
         if let Some(key) = user {
-            locked |= self.strike_user(key, ip, now_ms);
+            locked |= self.strike_user(key, now_ms);
         }
         if locked {
             return AuthOutcome::Forbidden {
@@ -576,8 +686,7 @@ impl Authenticator {
     }
 
     fn strike_source(&self, ip: IpAddr, now_ms: u64) -> bool {
-        let mut s = self.by_source.entry(ip).or_default();
-        if self.bump(&mut s, now_ms) {
+        if self.strike(&self.by_source, ip, now_ms) {
             metrics::counter!(AUTH_LOCKS_TOTAL, "scope" => "source").increment(1);
             tracing::warn!(source = %ip, lock_secs = self.lock_ms / 1000, "authentication locked for source after repeated failures");
             return true;
@@ -585,14 +694,33 @@ impl Authenticator {
         false
     }
 
-    fn strike_user(&self, key: (String, String), ip: IpAddr, now_ms: u64) -> bool {
-        let mut s = self.by_user.entry(key.clone()).or_default();
-        if self.bump(&mut s, now_ms) {
-            metrics::counter!(AUTH_LOCKS_TOTAL, "scope" => "user").increment(1);
-            tracing::warn!(tenant = %key.0, user = %key.1, last_source = %ip, lock_secs = self.lock_ms / 1000, "authentication locked for user after repeated failures");
+    fn strike_user(&self, key: UserSource, now_ms: u64) -> bool {
+        let (tenant, user, ip) = (key.0.clone(), key.1.clone(), key.2);
+        if self.strike(&self.by_user_source, key, now_ms) {
+            metrics::counter!(AUTH_LOCKS_TOTAL, "scope" => "user_source").increment(1);
+            tracing::warn!(%tenant, %user, source = %ip, lock_secs = self.lock_ms / 1000, "authentication locked for user from this source after repeated failures");
             return true;
         }
         false
+    }
+
+    /// One more failure of `key` in `table` (the least recently failed entry goes when the
+    /// table is full); true when it starts a lock.
+    fn strike<K: std::hash::Hash + Eq>(
+        &self,
+        table: &Mutex<LruCache<K, Strikes, RandomState>>,
+        key: K,
+        now_ms: u64,
+    ) -> bool {
+        let mut table = lock(table);
+        expire_strikes(&mut table, now_ms, self.lock_ms);
+        if let Some(s) = table.get_mut(&key) {
+            return self.bump(s, now_ms);
+        }
+        let mut s = Strikes::default();
+        let locked = self.bump(&mut s, now_ms);
+        table.insert(key, s);
+        locked
     }
 
     /// One more failure; true when it starts a lock.
@@ -608,35 +736,28 @@ impl Authenticator {
     }
 
     fn record_nc(&self, nonce: &Bytes, nc: u32, issued_ms: u64, now_ms: u64) -> NcVerdict {
-        if let Some(mut e) = self.nc.get_mut(nonce) {
-            if nc <= e.last {
+        let mut table = lock(&self.nc);
+        if let Some(last) = table.map.get_mut(nonce) {
+            if nc <= *last {
                 return NcVerdict::Replay;
             }
-            e.last = nc;
+            *last = nc;
             return NcVerdict::Fresh;
         }
         // A valid nonce we hold no count for was either never used (its first count is 1,
-        // or 0 without qop) or its entry was purged: then ask for a new nonce.
+        // or 0 without qop) or its entry expired: then ask for a new nonce.
         if nc > 1 {
             return NcVerdict::Unknown;
         }
-        if self.nc.len() >= MAX_NC_ENTRIES {
-            self.purge_ms(now_ms);
-            if self.nc.len() >= MAX_NC_ENTRIES {
-                tracing::warn!(entries = self.nc.len(), "nonce-count table full: cleared");
-                self.nc.clear();
-            }
+        table.expire(now_ms, self.nonce_ttl_ms);
+        if table.map.len() >= table.max {
+            // Never cleared wholesale (that would re-open every live nonce to replay): the
+            // client takes a new nonce and tries again once older ones have expired.
+            return NcVerdict::Full;
         }
-        match self.nc.entry(nonce.clone()) {
-            dashmap::Entry::Occupied(_) => NcVerdict::Replay, // raced with the same nonce
-            dashmap::Entry::Vacant(v) => {
-                v.insert(NcEntry {
-                    last: nc,
-                    issued_ms,
-                });
-                NcVerdict::Fresh
-            }
-        }
+        table.map.insert(nonce.clone(), nc);
+        table.by_issue.insert((issued_ms, nonce.clone()));
+        NcVerdict::Fresh
     }
 }
 
@@ -644,6 +765,33 @@ enum NcVerdict {
     Fresh,
     Replay,
     Unknown,
+    /// The table holds `max_nonces` live nonces: answer `stale=true`.
+    Full,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the credentials' `uri` names the request's Request-URI: the same text, or the
+/// same scheme, user, host (any case) and port (clients differ in parameters and escaping).
+fn uri_matches(req: &Message, uri: &Bytes) -> bool {
+    use crate::sip::uri::Uri;
+    let Some(ruri) = req.request_uri() else {
+        return false;
+    };
+    if ruri == uri {
+        return true;
+    }
+    match (Uri::parse(ruri), Uri::parse(uri)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme == b.scheme
+                && a.user_unescaped() == b.user_unescaped()
+                && a.host.eq_ignore_ascii_case(&b.host)
+                && a.port == b.port
+        }
+        _ => false,
+    }
 }
 
 /// Reads `username,ha1_md5,ha1_sha256` lines (`#` comments and blank lines skipped; either
@@ -658,6 +806,7 @@ pub fn config_users(t: &TenantConfig) -> UserMap {
                 UserKeys {
                     ha1_md5: u.ha1_md5.clone(),
                     ha1_sha256: u.ha1_sha256.clone(),
+                    outbound: u.outbound.clone(),
                 },
             )
         })
@@ -706,6 +855,7 @@ fn parse_csv(text: &str) -> Result<Vec<(String, UserKeys)>, (usize, String)> {
             UserKeys {
                 ha1_md5: (!md5.is_empty()).then(|| md5.to_string()),
                 ha1_sha256: (!sha.is_empty()).then(|| sha.to_string()),
+                outbound: None,
             },
         ));
     }
@@ -739,6 +889,7 @@ mod tests {
                     username: u.to_string(),
                     ha1_md5: Some(ha1(Algorithm::Md5, u, domain, pw)),
                     ha1_sha256: Some(ha1(Algorithm::Sha256, u, domain, pw)),
+                    outbound: None,
                 })
                 .collect(),
             users_csv: None,
@@ -879,15 +1030,11 @@ mod tests {
         // The right password is refused while locked, from this source...
         let o = a.check(&answer(&ch, "alice", "pw-a", 4), "a", IP, false, t0);
         assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
-        // ...and for this user from another source.
+        // ...but never for this user from another source: no lockout lever.
         let other: IpAddr = "127.0.0.2".parse().unwrap();
-        let o = a.check(&answer(&ch, "alice", "pw-a", 5), "a", other, false, t0);
-        assert_eq!(
-            o,
-            AuthOutcome::Forbidden {
-                reason: "user locked"
-            }
-        );
+        let ch2 = challenge_of(&a.check(&register(None), "a", other, false, t0));
+        let o = a.check(&answer(&ch2, "alice", "pw-a", 1), "a", other, false, t0);
+        assert!(matches!(o, AuthOutcome::Authenticated { .. }), "{o:?}");
         // After the lock: a fresh nonce works.
         let t1 = t0 + Duration::from_secs(61);
         let ch = challenge_of(&a.check(&register(None), "a", IP, false, t1));
@@ -905,9 +1052,10 @@ mod tests {
         a.check(&answer(&ch, "mallory", "x", 1), "a", IP, false, now);
         let o = a.check(&answer(&ch, "eve", "x", 1), "a", IP, false, now);
         assert!(matches!(o, AuthOutcome::Forbidden { .. }));
-        assert!(a.by_user.is_empty());
+        assert_eq!(a.tracked_failures(), (1, 0));
         a.purge(now + Duration::from_secs(3600));
-        assert!(a.by_source.is_empty() && a.nc.is_empty());
+        assert_eq!(a.tracked_failures(), (0, 0));
+        assert_eq!(a.tracked_nonces(), 0);
     }
 
     #[test]
@@ -959,6 +1107,175 @@ mod tests {
     }
 
     #[test]
+    fn failures_from_one_source_never_lock_the_user_out_elsewhere() {
+        let a = auth(10);
+        let t0 = SystemTime::now();
+        let attacker: IpAddr = "127.0.0.9".parse().unwrap();
+        let phone: IpAddr = "127.0.0.2".parse().unwrap();
+        let ch = challenge_of(&a.check(&register(None), "a", attacker, false, t0));
+        let mut last = None;
+        for i in 0..10 {
+            last = Some(a.check(
+                &answer(&ch, "alice", "guess", i + 1),
+                "a",
+                attacker,
+                false,
+                t0,
+            ));
+        }
+        assert!(
+            matches!(last, Some(AuthOutcome::Forbidden { .. })),
+            "{last:?}"
+        );
+        assert!(a.is_source_locked(attacker, t0));
+        assert!(a.is_user_locked("a", "alice", attacker, t0));
+        assert!(!a.is_user_locked("a", "alice", phone, t0));
+        // alice's own phone registers as ever, and keeps doing so while the attacker goes on.
+        for round in 0..3u32 {
+            let ch = challenge_of(&a.check(&register(None), "a", phone, false, t0));
+            let o = a.check(&answer(&ch, "alice", "pw-a", 1), "a", phone, false, t0);
+            assert!(
+                matches!(o, AuthOutcome::Authenticated { .. }),
+                "{round}: {o:?}"
+            );
+            let o = a.check(
+                &answer(&ch, "alice", "guess", 20 + round),
+                "a",
+                attacker,
+                false,
+                t0,
+            );
+            assert!(matches!(o, AuthOutcome::Forbidden { .. }), "{o:?}");
+        }
+        // The attacker's address is locked for every user, the right password included.
+        let o = a.check(&answer(&ch, "alice", "pw-a", 30), "a", attacker, false, t0);
+        assert_eq!(
+            o,
+            AuthOutcome::Forbidden {
+                reason: "source locked"
+            }
+        );
+    }
+
+    #[test]
+    fn a_users_failures_from_one_source_lock_it_there_only() {
+        let a = Authenticator::new(
+            &config(3, 60, 300),
+            &[tenant("a", "a.test", &[("alice", "pw-a"), ("bob", "pw-b")])],
+        )
+        .unwrap();
+        let t0 = SystemTime::now();
+        let office: IpAddr = "127.0.0.5".parse().unwrap();
+        let ch = challenge_of(&a.check(&register(None), "a", office, false, t0));
+        let chb = challenge_of(&a.check(&register(None), "a", office, false, t0));
+        // Failures for alice interleave with successes of bob from the same address (a
+        // NAT): a success clears the source's count, not alice's.
+        for i in 0..2 {
+            let o = a.check(&answer(&ch, "alice", "bad", 10 + i), "a", office, false, t0);
+            assert!(matches!(o, AuthOutcome::Challenge { .. }), "{o:?}");
+            let ok = a.check(&answer(&chb, "bob", "pw-b", 1 + i), "a", office, false, t0);
+            assert!(matches!(ok, AuthOutcome::Authenticated { .. }), "{ok:?}");
+        }
+        let o = a.check(&answer(&ch, "alice", "bad", 30), "a", office, false, t0);
+        assert_eq!(
+            o,
+            AuthOutcome::Forbidden {
+                reason: "too many authentication failures"
+            }
+        );
+        assert!(a.is_user_locked("a", "alice", office, t0));
+        assert!(!a.is_source_locked(office, t0));
+        let o = a.check(&answer(&ch, "alice", "pw-a", 31), "a", office, false, t0);
+        assert_eq!(
+            o,
+            AuthOutcome::Forbidden {
+                reason: "user locked"
+            }
+        );
+        let ok = a.check(&answer(&chb, "bob", "pw-b", 3), "a", office, false, t0);
+        assert!(matches!(ok, AuthOutcome::Authenticated { .. }), "{ok:?}");
+    }
+
+    #[test]
+    fn failure_tables_are_bounded_and_evict_the_oldest() {
+        let a = auth(1_000);
+        let now = unix_ms(SystemTime::now());
+        for i in 0..(MAX_STRIKE_ENTRIES as u32 + 10) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            a.strike_source(ip, now);
+        }
+        assert_eq!(a.tracked_failures().0, MAX_STRIKE_ENTRIES);
+        // The first sources went, the last ones are remembered.
+        let first = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000));
+        let last = IpAddr::V4(std::net::Ipv4Addr::from(
+            0x0a00_0000 + MAX_STRIKE_ENTRIES as u32 + 9,
+        ));
+        assert!(lock(&a.by_source).peek(&first).is_none());
+        assert_eq!(lock(&a.by_source).peek(&last).map(|s| s.count), Some(1));
+    }
+
+    #[test]
+    fn the_digest_uri_must_be_the_request_uri() {
+        let a = auth(1);
+        let now = SystemTime::now();
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, now));
+        let h = ha1(ch.algorithm, "alice", "a.test", "pw-a");
+        // Right password, computed for another Request-URI: 400, and no strike (max 1).
+        let v = authorization_value(&ch, "alice", &h, "REGISTER", "sip:b.test", 1, "cn");
+        let o = a.check(&register(Some(v)), "a", IP, false, now);
+        assert_eq!(
+            o,
+            AuthOutcome::BadRequest {
+                reason: "digest uri is not the Request-URI"
+            }
+        );
+        assert!(!a.is_source_locked(IP, now));
+        // The same URI written differently is the same URI.
+        let v = authorization_value(&ch, "alice", &h, "REGISTER", "sip:A.TEST", 1, "cn");
+        let o = a.check(&register(Some(v)), "a", IP, false, now);
+        assert!(matches!(o, AuthOutcome::Authenticated { .. }), "{o:?}");
+        assert!(!uri_matches(
+            &register(None),
+            &Bytes::from_static(b"not a uri")
+        ));
+    }
+
+    #[test]
+    fn the_nonce_table_is_bounded_never_cleared_and_answers_stale_when_full() {
+        let mut c = config(10, 60, 10);
+        c.max_nonces = 2;
+        let a = Authenticator::new(&c, &[tenant("a", "a.test", &[("alice", "pw-a")])]).unwrap();
+        let t0 = SystemTime::now();
+        let chs: Vec<Challenge> = (0..3)
+            .map(|i| {
+                let t = t0 + Duration::from_millis(i);
+                challenge_of(&a.check(&register(None), "a", IP, false, t))
+            })
+            .collect();
+        for ch in &chs[..2] {
+            let o = a.check(&answer(ch, "alice", "pw-a", 1), "a", IP, false, t0);
+            assert!(matches!(o, AuthOutcome::Authenticated { .. }), "{o:?}");
+        }
+        // Full: a third nonce is not remembered, and its user is told to take a new one.
+        let o = a.check(&answer(&chs[2], "alice", "pw-a", 1), "a", IP, false, t0);
+        assert!(challenge_of(&o).stale, "{o:?}");
+        assert_eq!(a.tracked_nonces(), 2);
+        // The nonces held keep their replay protection (nothing was cleared).
+        let o = a.check(&answer(&chs[0], "alice", "pw-a", 1), "a", IP, false, t0);
+        assert!(!challenge_of(&o).stale, "a replay is refused: {o:?}");
+        assert!(matches!(
+            a.check(&answer(&chs[1], "alice", "pw-a", 2), "a", IP, false, t0),
+            AuthOutcome::Authenticated { .. }
+        ));
+        // Once the old nonces expire, a new one is remembered again.
+        let later = t0 + Duration::from_secs(11);
+        let ch = challenge_of(&a.check(&register(None), "a", IP, false, later));
+        let o = a.check(&answer(&ch, "alice", "pw-a", 1), "a", IP, false, later);
+        assert!(matches!(o, AuthOutcome::Authenticated { .. }), "{o:?}");
+        assert_eq!(a.tracked_nonces(), 1);
+    }
+
+    #[test]
     fn unknown_schemes_are_ignored() {
         let a = auth(10);
         let m = register(Some("NoOneKnowsThisScheme opaque-data=here".into()));
@@ -985,6 +1302,7 @@ mod tests {
         let keys = UserKeys {
             ha1_md5: Some(ha1(Algorithm::Md5, "bob", "a.test", "pw")),
             ha1_sha256: None,
+            outbound: Some(vec!["9".into()]),
         };
         assert!(a.set_users("a", [("bob".to_string(), keys.clone())].into()));
         assert!(a.has_user("a", "bob"));

@@ -10,6 +10,8 @@
 //! - [`conns`]: concurrent TCP/TLS connections per source.
 //! - [`guard`]: [`EdgeGuard`], the one object the transports hold: the pre-parse ban check
 //!   and density count, scanner bans, the connection cap, exemptions and the ban list.
+//! - [`trust`]: who a request comes from (a trusted peer, a trunk gateway, anyone else) and
+//!   so where it may go; the router consults it.
 //!
 //! A source is an IPv4 address or an IPv6 /64 (one subscriber's prefix; see [`source_key`]).
 
@@ -19,6 +21,7 @@ pub mod density;
 pub mod guard;
 pub mod scanners;
 pub mod table;
+pub mod trust;
 
 use std::net::{IpAddr, Ipv6Addr};
 
@@ -51,6 +54,7 @@ pub fn describe() {
         "Edge table entries evicted because the table was full, by table (sources, bans)"
     );
     describe_counter!(LIFTED_TOTAL, "Bans lifted through the API");
+    trust::describe();
 }
 
 /// The key a source is tracked and banned under: an IPv4 address (IPv4-mapped IPv6 ones
@@ -81,7 +85,7 @@ pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
         return Ok(net.trunc());
     }
     s.parse::<IpAddr>()
-        .map(ipnet::IpNet::from)
+        .map(|ip| ipnet::IpNet::from(ip.to_canonical()))
         .map_err(|_| format!("{s:?} is not an address or CIDR (10.0.0.0/8, 2001:db8::/32)"))
 }
 

@@ -181,6 +181,15 @@ impl Env for NodeEnv {
         let Some(cc) = self.ctx.cc.get().and_then(std::sync::Weak::upgrade) else {
             return Err(TargetError::NotFound);
         };
+        let tenant_id: Arc<str> = Arc::from(tenant);
+        if let Some(agent) = cc.agents_by_user.get(&(tenant_id.clone(), user.clone())) {
+            // An agent is reserved like for a queue's offer.
+            return Ok(TransferTarget::Agent {
+                tenant: tenant_id,
+                agent: agent.value().clone(),
+                user: Arc::from(user.as_str()),
+            });
+        }
         let forks = Fork::all(&cc.location.lookup(tenant, &user));
         if !forks.is_empty() {
             return Ok(TransferTarget::Phones {

@@ -36,8 +36,8 @@ mod env;
 
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
-    CallConfig, CallCore, CallInfo, CallTimer, Checkpoint, Command, Effect, Event, Now, Phase,
-    RecordingCommand, Refused, TimerFire, TimerKey,
+    CallConfig, CallCore, CallInfo, CallTimer, Checkpoint, Command, Effect, Event, HandedLeg, Now,
+    Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
@@ -111,6 +111,7 @@ pub fn describe() {
         "In-dialog requests that matched no dialog (answered 481)"
     );
     self::core::transfer::describe();
+    self::core::consult_describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
@@ -492,6 +493,17 @@ pub enum CallMsg {
     /// The API's call control (hold, unhold, transfer); replies with what was done or why
     /// not.
     Control(Command, RpcReplyPort<Result<String, Refused>>),
+    /// An attended transfer in another call (`to`) asks for the leg at the far end of the
+    /// dialog `Replaces` names; the answer goes to `to` as [`CallMsg::Adopt`].
+    HandOver(Replaces, ActorRef<CallMsg>),
+    /// The answer to [`CallMsg::HandOver`]: the consultation call's leg, or why not.
+    Adopt(Result<Box<HandedLeg>, String>),
+    /// The agent a transfer goes to was reserved (its phones), or why not.
+    AgentReserved {
+        tenant: Arc<str>,
+        agent: Arc<str>,
+        phones: Result<Vec<Fork>, String>,
+    },
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -602,6 +614,21 @@ impl Actor for CallActor {
                 let _ = reply.send(result);
                 return Ok(());
             }
+            CallMsg::HandOver(replaces, to) => {
+                let result = state.with_core(|core, now, out| core.hand_over(&replaces, now, out));
+                let _ = to.cast(CallMsg::Adopt(result.map(Box::new)));
+                return Ok(());
+            }
+            CallMsg::Adopt(handed) => Event::Adopt(handed),
+            CallMsg::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            } => Event::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            },
         };
         state.run(event);
         Ok(())
@@ -718,12 +745,52 @@ impl CallState {
                     env::media(ctx, &id, op);
                 }
             }
+            Effect::ReserveAgent { tenant, agent } => self.reserve_agent(tenant, agent, events),
+            Effect::ConsultMedia(op) => {
+                if let Some(id) = self.core.a_call_id() {
+                    env::media(ctx, &core::consult_key(&id), op);
+                }
+            }
+            Effect::AskHandOver(replaces) => match ctx.directory.lookup(&replaces.call_id) {
+                Some(actor) if actor.get_id() != self.myself.get_id() => {
+                    let me = self.myself.clone();
+                    let _ = actor.cast(CallMsg::HandOver(replaces, me));
+                }
+                _ => events.push_back(Event::Adopt(Err("no such call here".into()))),
+            },
             Effect::ReleaseTrunk(id) => {
                 if let Some(t) = ctx.trunks.get().and_then(|table| table.get(&id)) {
                     t.release();
                 }
             }
         }
+    }
+
+    /// Reserves an agent for a transfer (its actor answers in a task, so the call goes on
+    /// meanwhile); the answer comes back as [`CallMsg::AgentReserved`].
+    fn reserve_agent(&mut self, tenant: Arc<str>, agent: Arc<str>, events: &mut VecDeque<Event>) {
+        let cc = self.ctx.cc.get().and_then(std::sync::Weak::upgrade);
+        let actor = cc
+            .as_ref()
+            .and_then(|cc| crate::actors::agent::lookup(&tenant, &agent, &cc.node));
+        let (Some(actor), Some(call_id)) = (actor, self.core.a_call_id()) else {
+            events.push_back(Event::AgentReserved {
+                tenant,
+                agent,
+                phones: Err("agent not running here".into()),
+            });
+            return;
+        };
+        let me = self.myself.clone();
+        let call_id: Arc<str> = Arc::from(String::from_utf8_lossy(&call_id).as_ref());
+        tokio::spawn(async move {
+            let phones = crate::actors::agent::reserve_outbound(&actor, call_id).await;
+            let _ = me.cast(CallMsg::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            });
+        });
     }
 
     /// Hands the CDR to the writer; the hangup's last messages wait for its commit, for at

@@ -104,12 +104,7 @@ impl CallCore {
             return;
         }
         let call_id = inbound.msg.call_id();
-        let parked = self
-            .core()
-            .transfer
-            .as_ref()
-            .and_then(|t| t.transferor.as_ref())
-            .map(|p| p.dialog.call_id.clone());
+        let parked = self.x_leg().map(|p| p.dialog.call_id.clone());
         let leg = if call_id == Some(&self.core().a.call_id) {
             Leg::A
         } else if parked.is_some() && call_id == parked.as_ref() {
@@ -497,6 +492,8 @@ impl CallCore {
                     }
                 }
             }
+            Role::Reoffer(purpose) => self.reoffer_answered(id, purpose, resp),
+            Role::Consult => self.consult_response(id, resp),
             Role::BCancel | Role::Own | Role::Local | Role::AInvite => {}
         }
     }
@@ -522,6 +519,11 @@ impl CallCore {
         match tx.role {
             Role::AOriginate => {
                 self.agent_response(id, &Message::response(status, Bytes::new()), status)
+            }
+            Role::Consult => self.consult_failed(status),
+            Role::Reoffer(purpose) => {
+                let failure = Message::response(status, Bytes::new());
+                self.reoffer_answered(id, purpose, &failure)
             }
             Role::BInvite if self.stale_forks.contains(&id) => {}
             Role::BInvite if self.offering() => self.offer_fork_failed(id, status),
@@ -926,12 +928,8 @@ impl CallCore {
                 (d.protocol, d)
             }
             Leg::X => {
-                let core = self.core();
-                let d = core
-                    .transfer
-                    .as_ref()
-                    .and_then(|t| t.transferor.as_ref())
-                    .map_or(core.b_dest, |p| p.dest);
+                let b = self.core().b_dest;
+                let d = self.x_leg().map_or(b, |p| p.dest);
                 (d.protocol, d)
             }
         }
@@ -1233,6 +1231,10 @@ impl CallCore {
             }
             CallTimer::ResendRelayed2xx(tx) => self.resend_relayed_2xx(tx, id),
             CallTimer::Announce if self.announce == Some(id) => self.request_position(),
+            CallTimer::ConsultNoAnswer if self.consult_timer == Some(id) => {
+                self.consult_timer = None;
+                self.consult_failed(480);
+            }
             _ => {}
         }
     }

@@ -26,6 +26,7 @@ impl CallCore {
             self.cancel_timer(id);
         }
         self.release_media();
+        self.transfer_agent(None, final_status);
         self.queue_call_ended();
         self.trunk_call_ended(final_status);
         self.orig_call_ended(final_status);
@@ -46,7 +47,24 @@ impl CallCore {
         // actor bounds the wait): [`Event::CdrStored`].
         self.after_cdr = Some(Vec::new());
         self.out.push(Effect::WriteCdr(Box::new(cdr)));
-        if self
+        if let Some(c) = self.core().consult.clone() {
+            // A consultation still ringing is cancelled, an answered one hung up on; its
+            // session goes.
+            let ringing: Vec<u32> = self
+                .txs
+                .iter()
+                .filter(|t| t.role == Role::Consult && !t.settled())
+                .map(|t| t.id)
+                .collect();
+            for id in ringing {
+                self.cancel_fork(id);
+            }
+            if c.leg.ack.is_some() {
+                self.after_cdr(AfterCdr::Bye(Leg::X));
+            }
+            let key = super::consult::consult_key(&self.core().a_call_id);
+            self.env.release_media(&key);
+        } else if self
             .core()
             .transfer
             .as_ref()

@@ -70,6 +70,17 @@ pub enum Effect {
     Media(MediaOp),
     /// Give the trunk's channel back.
     ReleaseTrunk(Arc<str>),
+    /// Reserve an agent for this call (a transfer to it): the agent's phones come back as
+    /// [`super::Event::AgentReserved`], or why not.
+    ReserveAgent {
+        tenant: Arc<str>,
+        agent: Arc<str>,
+    },
+    /// A command to the call's consultation session (`<call>~consult`).
+    ConsultMedia(MediaOp),
+    /// Ask the call that has the dialog `Replaces` names for its other leg (an attended
+    /// transfer): the answer comes back as [`super::Event::Adopt`].
+    AskHandOver(super::Replaces),
 }
 
 /// Messages to the contact centre and the trunks.
@@ -200,6 +211,14 @@ pub enum TransferTarget {
         user: Arc<str>,
         forks: Vec<super::Fork>,
     },
+    /// A tenant's agent (by its user): reserved first, like a queue offer, so it is never
+    /// offered two calls at once.
+    Agent {
+        tenant: Arc<str>,
+        agent: Arc<str>,
+        /// The agent's SIP user.
+        user: Arc<str>,
+    },
     /// A tenant's queue (the caller waits there again, keeping its priority and wait).
     Queue {
         tenant: Arc<str>,
@@ -213,6 +232,7 @@ impl TransferTarget {
     pub fn label(&self) -> String {
         match self {
             TransferTarget::Phones { user, .. } => format!("user:{user}"),
+            TransferTarget::Agent { agent, .. } => format!("agent:{agent}"),
             TransferTarget::Queue { queue, .. } => format!("queue:{queue}"),
         }
     }

@@ -105,17 +105,13 @@ fn learn(out: &mut Vec<Effect>, side: Side, sdp: &Sdp, follow: bool, signalling:
 impl CallCore {
     /// The IP `leg`'s signalling comes from: the caller's source (the agent's phone for
     /// click-to-call), the callee's destination. None before the leg exists.
-    fn signalling_ip(&self, leg: Leg) -> Option<IpAddr> {
+    pub(super) fn signalling_ip(&self, leg: Leg) -> Option<IpAddr> {
         let core = self.core.as_ref()?;
         match leg {
             Leg::A => Some(core.a_source.remote.ip()),
             Leg::B if core.b_call_id.is_empty() => None,
             Leg::B => Some(core.b_dest.addr.ip()),
-            Leg::X => core
-                .transfer
-                .as_ref()
-                .and_then(|t| t.transferor.as_ref())
-                .map(|p| p.dest.addr.ip()),
+            Leg::X => self.x_leg().map(|p| p.dest.addr.ip()),
         }
     }
 
@@ -359,6 +355,12 @@ impl CallCore {
             return;
         }
         self.play_music(Some((position, wait_secs)));
+    }
+
+    /// An answer to an offer of the switch's own: the session learns where `side` wants its
+    /// audio (its codec decided separately from the other leg's).
+    pub(super) fn learn_answer(&mut self, side: Side, sdp: &Sdp, signalling: Option<IpAddr>) {
+        learn(&mut self.out, side, sdp, false, signalling);
     }
 
     /// The agent answered a caller the switch had answered: learn the agent's SDP, ACK,

@@ -38,6 +38,7 @@ use crate::transport::{status_label, Dest, Inbound, Protocol, Source};
 
 mod b2bua;
 mod cdr;
+mod consult;
 mod effects;
 pub(crate) mod media;
 mod originate;
@@ -48,12 +49,13 @@ mod transactions;
 pub(crate) mod transfer;
 mod trunk_leg;
 
+pub use consult::{consult_key, describe as consult_describe};
 pub use effects::{
     CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, TargetError, Tell, TimerFire,
     TimerKey, TransferTarget,
 };
 pub use media::{info_digit, RecordingCommand};
-pub use transfer::Refused;
+pub use transfer::{HandedLeg, Refused, Replaces};
 
 /// The API's call-control commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +67,14 @@ pub enum Command {
     Transfer {
         target: String,
     },
+    /// The customer holds while the agent talks to `target`.
+    Consult {
+        target: String,
+    },
+    /// The consultation's target takes the agent's place (an attended transfer).
+    ConsultComplete,
+    /// The consultation ends; the agent is back with the customer.
+    ConsultCancel,
 }
 
 /// How often a queued caller reminds its queue that it waits.
@@ -105,6 +115,14 @@ pub enum Event {
     CdrStored(bool),
     /// The relay saw no media from either leg for `media.rtp_timeout_secs`.
     MediaTimeout,
+    /// The consultation call of an attended transfer handed its leg over (or why not).
+    Adopt(Result<Box<HandedLeg>, String>),
+    /// The agent a transfer goes to was reserved (its phones), or why not.
+    AgentReserved {
+        tenant: Arc<str>,
+        agent: Arc<str>,
+        phones: Result<Vec<Fork>, String>,
+    },
 }
 
 /// The clock as the actor read it when the event arrived.
@@ -192,6 +210,8 @@ pub enum CallTimer {
     InviteTimeout,
     /// Time to tell a caller waiting with music where it stands.
     Announce,
+    /// An API consultation's target did not answer in time.
+    ConsultNoAnswer,
 }
 
 /// A snapshot for tests and the API.
@@ -280,6 +300,21 @@ pub struct Checkpoint {
     /// The caller's leg is up already (answered by an earlier callee before a transfer): a
     /// new callee is offered the switch's own SDP and bridged when it answers.
     a_up: bool,
+    /// An API consultation in progress (`Leg::X` is its target).
+    consult: Option<Consult>,
+    /// An agent a transfer went to (reserved like for a click-to-call; told when its
+    /// offer ends and when the call does): tenant, agent, answered.
+    agent: Option<(Arc<str>, Arc<str>, bool)>,
+}
+
+/// An API consultation: the target's leg and the second relay session it talks on.
+#[derive(Clone, Debug)]
+struct Consult {
+    target: String,
+    leg: Parked,
+    ports: MediaPorts,
+    /// The target answered and the agent was moved onto the consultation session.
+    up: bool,
 }
 
 /// A transfer in progress: the new leg rings in the B position while the transferor waits
@@ -375,6 +410,21 @@ enum Role {
     Own,
     /// A request answered here (CANCEL's 200, 481, ...).
     Local,
+    /// A re-INVITE of the switch's own (its SDP offer), and what its answer is for.
+    Reoffer(Reoffer),
+    /// Our INVITE to an API consultation's target.
+    Consult,
+}
+
+/// Why the switch re-INVITEs a leg with its own offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reoffer {
+    /// The leg handed over by an attended transfer's consultation call joins this call.
+    Adopt,
+    /// The transferee, after a transfer: its media afresh, sendrecv (it may have been held).
+    Refresh,
+    /// The agent moves onto an API consultation's relay session.
+    ConsultAgent,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -499,6 +549,13 @@ pub struct CallCore {
     announce: Option<TimerKey>,
     /// While the CDR's commit is awaited: what waits for it (see [`AfterCdr`]).
     after_cdr: Option<Vec<AfterCdr>>,
+    /// Call-IDs of legs handed to another call (an attended transfer): not this call's to
+    /// retire or unregister.
+    handed_over: Vec<Bytes>,
+    /// The consultation target's no-answer timer.
+    consult_timer: Option<TimerKey>,
+    /// Call-IDs of consultations that are over (their late messages still come here).
+    stale_consults: Vec<Bytes>,
 }
 
 impl CallCore {
@@ -539,6 +596,9 @@ impl CallCore {
             recording: None,
             announce: None,
             after_cdr: None,
+            handed_over: Vec::new(),
+            consult_timer: None,
+            stale_consults: Vec::new(),
         }
     }
 
@@ -569,6 +629,12 @@ impl CallCore {
             } => self.on_position(position, wait_secs),
             Event::CdrStored(_) => self.cdr_stored(),
             Event::MediaTimeout => self.on_media_timeout(),
+            Event::Adopt(handed) => self.adopt(handed.map(|h| *h)),
+            Event::AgentReserved {
+                tenant,
+                agent,
+                phones,
+            } => self.agent_reserved(tenant, agent, phones),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);
@@ -607,7 +673,27 @@ impl CallCore {
             }
             Command::Unhold => self.unhold().map(|()| "unheld".to_string()),
             Command::Transfer { target } => self.api_transfer(&target),
+            Command::Consult { target } => self.api_consult(&target),
+            Command::ConsultComplete => self.api_consult_complete(),
+            Command::ConsultCancel => self.api_consult_cancel(),
         };
+        self.sweep();
+        std::mem::swap(&mut self.out, out);
+        result
+    }
+
+    /// Another call asks for this call's leg at the far end of the dialog `r` names (an
+    /// attended transfer whose consultation call this is).
+    pub fn hand_over(
+        &mut self,
+        r: &Replaces,
+        now: Now,
+        out: &mut Vec<Effect>,
+    ) -> Result<HandedLeg, String> {
+        self.now = now.mono;
+        self.wall_ms = now.wall_ms;
+        std::mem::swap(&mut self.out, out);
+        let result = self.give_leg(r);
         self.sweep();
         std::mem::swap(&mut self.out, out);
         result
@@ -658,10 +744,20 @@ impl CallCore {
         let mut ids = self.old_b_ids.clone();
         if let Some(core) = &self.core {
             ids.push(core.a_call_id.clone());
-            if !core.b_call_id.is_empty() {
-                ids.push(core.b_call_id.clone());
+            ids.push(core.a.call_id.clone());
+            ids.push(core.b_call_id.clone());
+            if let Some(p) = core.transfer.as_ref().and_then(|t| t.transferor.as_ref()) {
+                ids.push(p.dialog.call_id.clone());
+            }
+            if let Some(c) = &core.consult {
+                ids.push(c.leg.dialog.call_id.clone());
             }
         }
+        ids.extend(self.stale_consults.iter().cloned());
+        // A leg handed to another call is that call's now.
+        ids.retain(|id| !id.is_empty() && !self.handed_over.contains(id));
+        ids.sort();
+        ids.dedup();
         ids
     }
 
@@ -857,6 +953,8 @@ impl CallCore {
                 transfer: None,
                 held: None,
                 a_up: false,
+                consult: None,
+                agent: None,
             });
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             self.register(a_call_id.clone());
@@ -940,6 +1038,8 @@ impl CallCore {
             transfer: None,
             held: None,
             a_up: false,
+            consult: None,
+            agent: None,
         });
         self.register(a_call_id.clone());
         self.register(b_call_id);
@@ -964,12 +1064,14 @@ impl CallCore {
         metrics::counter!(CALLS_RESTORED, "phase" => phase.label()).increment(1);
         tracing::info!(call_id = %String::from_utf8_lossy(&cp.a_call_id), phase = phase.label(), "call restored from checkpoint");
         self.restored = true;
-        self.register(cp.a_call_id.clone());
-        if !cp.b_call_id.is_empty() {
-            self.register(cp.b_call_id.clone());
-        }
         self.core = Some(cp);
+        for id in self.call_ids() {
+            self.register(id);
+        }
         self.reattach_media();
+        if self.restore_topology(phase) {
+            return;
+        }
         let waiting = self.queue_waiting();
         if self.a_answered()
             && waiting

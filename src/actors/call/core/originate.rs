@@ -63,6 +63,8 @@ impl CallCore {
             transfer: None,
             held: None,
             a_up: false,
+            consult: None,
+            agent: None,
         });
         self.orig_route = Some(route);
         self.orig = Some(Originated {

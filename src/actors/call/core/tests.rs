@@ -177,11 +177,12 @@ impl Env for FakeEnv {
     fn media(&self) -> Option<MediaSettings> {
         self.media
     }
-    fn allocate_media(&mut self, _call: &Bytes) -> Result<MediaPorts, String> {
+    fn allocate_media(&mut self, call: &Bytes) -> Result<MediaPorts, String> {
+        let consult = call.ends_with(b"~consult");
         Ok(MediaPorts {
             address: "127.0.0.1".parse().unwrap(),
-            a: 20000,
-            b: 20002,
+            a: if consult { 30000 } else { 20000 },
+            b: if consult { 30002 } else { 20002 },
         })
     }
     fn find_media(&mut self, call: &Bytes) -> Option<MediaPorts> {
@@ -203,13 +204,19 @@ impl Env for FakeEnv {
 
 /// A route to the static target B.
 fn route_to_b() -> Route {
-    let t = crate::config::RouteTarget::parse(&format!("sip:{B}")).unwrap();
+    route_to(B)
+}
+
+fn route_to(at: &str) -> Route {
+    let t = crate::config::RouteTarget::parse(&format!("sip:{at}")).unwrap();
     Route {
+        id: Arc::from("test"),
+        from_trunks: false,
         prefix: String::new(),
         target: t,
         strip: 0,
         prepend: String::new(),
-        target_text: format!("sip:{B}"),
+        target_text: format!("sip:{at}"),
         group: None,
         media: MediaPolicy::default(),
     }
@@ -234,6 +241,12 @@ struct Call {
     registered: Vec<Bytes>,
     tells: Vec<Tell>,
     media: Vec<MediaOp>,
+    /// Attended transfers asking another call for a leg.
+    asks: Vec<Replaces>,
+    /// Commands to the consultation session.
+    consult_media: Vec<MediaOp>,
+    /// Agents asked to be reserved for a transfer.
+    reserves: Vec<(Arc<str>, Arc<str>)>,
 }
 
 fn cfg() -> CallConfig {
@@ -266,6 +279,9 @@ impl Call {
             registered: Vec::new(),
             tells: Vec::new(),
             media: Vec::new(),
+            asks: Vec::new(),
+            consult_media: Vec::new(),
+            reserves: Vec::new(),
         }
     }
 
@@ -320,6 +336,17 @@ impl Call {
         }
     }
 
+    /// Applies what a direct call of the core (an API command, a hand-over) asked.
+    fn apply_all(&mut self, out: Vec<Effect>) {
+        for e in out {
+            self.apply(e);
+        }
+        if self.cdr_pending && self.auto_cdr {
+            self.cdr_pending = false;
+            self.feed(Event::CdrStored(true));
+        }
+    }
+
     fn apply(&mut self, e: Effect) {
         match e {
             Effect::Send { dest, bytes } => {
@@ -343,6 +370,9 @@ impl Call {
             Effect::Tell(t) => self.tells.push(t),
             Effect::Media(op) => self.media.push(op),
             Effect::ReleaseTrunk(_) => {}
+            Effect::AskHandOver(r) => self.asks.push(r),
+            Effect::ConsultMedia(op) => self.consult_media.push(op),
+            Effect::ReserveAgent { tenant, agent } => self.reserves.push((tenant, agent)),
         }
     }
 
@@ -1006,6 +1036,14 @@ fn anchored_call(cid: &str, caller: Option<&str>) -> (Call, Message, Side, Side)
         }),
     );
     targets.insert("900441234".to_string(), Err(TargetError::Forbidden));
+    targets.insert(
+        "1004".to_string(),
+        Ok(TransferTarget::Agent {
+            tenant: Arc::from("acme"),
+            agent: Arc::from("bob"),
+            user: Arc::from("1004"),
+        }),
+    );
     let env = FakeEnv {
         media: Some(MediaSettings {
             anchor_all: true,
@@ -1220,8 +1258,13 @@ fn refer_with_replaces_is_not_relayed() {
             "",
         ),
     );
-    c.status(B, 501, Method::Refer);
+    c.status(B, 202, Method::Refer);
     assert!(!c.has(A, |m| method(m) == Some(Method::Refer)));
+    assert_eq!(
+        c.asks.len(),
+        1,
+        "the consultation call is asked for its leg"
+    );
 }
 
 #[test]
@@ -1337,4 +1380,463 @@ fn api_refuses_what_it_cannot_do() {
         .command(Command::Unhold, c.now, &mut out)
         .unwrap_err();
     assert_eq!(e.status, 409);
+}
+
+#[test]
+fn attended_transfer_joins_the_consultation_calls_target_to_the_caller() {
+    // Call 1: the caller A and agent 1002 (B), anchored.
+    let (mut c1, inv_b, mut a, mut b) = anchored_call("att-1", None);
+    // Call 2: the agent (authenticated caller 1002) consults 1003 at C.
+    let env = FakeEnv {
+        media: Some(MediaSettings {
+            anchor_all: true,
+            ..MediaSettings::default()
+        }),
+        ..FakeEnv::default()
+    };
+    let mut c2 = Call::with(cfg(), env);
+    let parties = super::super::Parties {
+        tenant: Some(Arc::from("acme")),
+        caller: Some(Arc::from("1002")),
+        callee: Some(Arc::from("1003")),
+    };
+    c2.begin_as(
+        &invite("consult-1", "1003", SDP_A),
+        route_to(C),
+        vec![],
+        parties,
+    );
+    let inv_c = c2.request(C, Method::Invite);
+    c2.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    let ok2 = c2.status(A, 200, Method::Invite);
+    c2.from(A, &Side::caller(&ok2).request("ACK", 1, "", ""));
+    c2.request(C, Method::Ack);
+    // The agent's phone names its consultation dialog: its Call-ID and both tags.
+    let switch_tag = to_tag(&ok2).unwrap();
+    let refer_to = format!(
+        "Refer-To: <sip:1003@127.0.0.1?Replaces=consult-1%3Bto-tag%3D{switch_tag}%3Bfrom-tag%3Da-consult-1>\r\n"
+    );
+    c1.from(B, &b.request("REFER", 0, &refer_to, ""));
+    c1.status(B, 202, Method::Refer);
+    assert_eq!(
+        sipfrag(&c1.request(B, Method::Notify)),
+        "SIP/2.0 100 Trying"
+    );
+    let r = c1.asks.pop().expect("call 1 asks for the consultation leg");
+    assert_eq!(r.call_id.as_ref(), b"consult-1");
+    // Call 2 hands its target over: the agent's consultation leg gets a BYE, C none.
+    let mut out = Vec::new();
+    let handed = c2.core.hand_over(&r, c2.now, &mut out);
+    c2.apply_all(out);
+    let handed = handed.expect("the consultation call has the dialog");
+    c2.request(A, Method::Bye);
+    assert!(
+        !c2.has(C, |m| method(m) == Some(Method::Bye)),
+        "the target stays up"
+    );
+    assert!(
+        !c2.core
+            .call_ids()
+            .iter()
+            .any(|id| id.as_ref() == call_id(&inv_c).as_bytes()),
+        "the target's Call-ID is no longer call 2's"
+    );
+    assert_eq!(c2.cdrs[0].disconnect_reason, "replaced (attended transfer)");
+    // Call 1 adopts it and moves its media with a re-INVITE.
+    c1.feed(Event::Adopt(Ok(Box::new(handed))));
+    assert!(c1
+        .registered
+        .iter()
+        .any(|id| id.as_ref() == call_id(&inv_c).as_bytes()));
+    let reinv = c1.request(C, Method::Invite);
+    assert_eq!(
+        call_id(&reinv),
+        call_id(&inv_c),
+        "in the target's own dialog"
+    );
+    assert!(cseq_of(&reinv).0 > cseq_of(&inv_c).0);
+    assert!(
+        body(&reinv).contains("m=audio 20002 "),
+        "call 1's port for the B side"
+    );
+    c1.from(C, &answer(&reinv, 200, "OK", "", C, SDP_B));
+    c1.request(C, Method::Ack);
+    assert_eq!(sipfrag(&c1.request(B, Method::Notify)), "SIP/2.0 200 OK");
+    let bye_b = c1.request(B, Method::Bye);
+    assert_eq!(call_id(&bye_b), call_id(&inv_b));
+    // The caller is offered the call's media afresh (it may have been held).
+    let refresh = c1.request(A, Method::Invite);
+    assert!(body(&refresh).contains("a=sendrecv") || !body(&refresh).contains("a=sendonly"));
+    c1.from(A, &answer(&refresh, 200, "OK", "", A, SDP_A));
+    c1.request(A, Method::Ack);
+    // Caller and target talk: the caller's BYE reaches C in C's dialog.
+    c1.from(A, &a.request("BYE", 0, "", ""));
+    let bye_c = c1.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    let cdr = &c1.cdrs[0];
+    assert_eq!(
+        cdr.transfers.as_deref(),
+        Some(format!("attended:phone>sip:{C}").as_str())
+    );
+    assert_eq!(
+        cdr.legs.iter().map(|l| l.role.as_str()).collect::<Vec<_>>(),
+        vec!["caller", "callee", "transfer"]
+    );
+}
+
+#[test]
+fn an_attended_transfer_naming_no_dialog_recalls_the_transferor() {
+    let (mut c, _, _, mut b) = anchored_call("att-2", None);
+    c.from(
+        B,
+        &b.request(
+            "REFER",
+            0,
+            "Refer-To: <sip:1003@127.0.0.1?Replaces=nope%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n",
+            "",
+        ),
+    );
+    c.status(B, 202, Method::Refer);
+    c.request(B, Method::Notify);
+    c.feed(Event::Adopt(Err("no such call here".into())));
+    assert_eq!(
+        sipfrag(&c.request(B, Method::Notify)),
+        "SIP/2.0 481 Call/Transaction Does Not Exist"
+    );
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn replaces_parses_escaped_and_in_any_order() {
+    let r = Replaces::parse("abc@h;from-tag=F;to-tag=T").unwrap();
+    assert_eq!(r.call_id.as_ref(), b"abc@h");
+    assert_eq!(r.to_tag.as_ref(), b"T");
+    assert_eq!(r.from_tag.as_ref(), b"F");
+    assert!(Replaces::parse("abc;to-tag=T").is_none());
+    let m = msg(&format!(
+        "REFER sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {B};branch=z9hG4bK-r\r\nFrom: <sip:b@h>;tag=1\r\nTo: <sip:a@h>;tag=2\r\nCall-ID: r\r\nCSeq: 2 REFER\r\nRefer-To: <sip:1003@h?Replaces=c%40d%3Bto-tag%3Dt%3Bfrom-tag%3Df>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    let (user, replaces) = transfer::refer_target(&m).unwrap();
+    assert_eq!(user, "1003");
+    assert_eq!(replaces.unwrap().unwrap().call_id.as_ref(), b"c@d");
+}
+
+// ---- API consultation ----
+
+fn command(c: &mut Call, cmd: Command) -> Result<String, Refused> {
+    let mut out = Vec::new();
+    let r = c.core.command(cmd, c.now, &mut out);
+    c.apply_all(out);
+    r
+}
+
+/// A consultation up: the customer holds, the agent (B) talks to 1003 (C) on the
+/// consultation session. Returns C's INVITE.
+fn consulting(cid: &str) -> (Call, Message, Side) {
+    let (mut c, _, a, _) = anchored_call(cid, None);
+    let r = command(
+        &mut c,
+        Command::Consult {
+            target: "1003".into(),
+        },
+    );
+    assert_eq!(r, Ok("user:1003".to_string()));
+    assert!(c.media.iter().any(|op| matches!(
+        op,
+        MediaOp::Music {
+            side: crate::media::relay::Side::A,
+            ..
+        }
+    )));
+    let inv_c = c.request(C, Method::Invite);
+    assert!(
+        body(&inv_c).contains("m=audio 30002 "),
+        "the consultation session's B side"
+    );
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    c.request(C, Method::Ack);
+    let move_b = c.request(B, Method::Invite);
+    assert!(
+        body(&move_b).contains("m=audio 30000 "),
+        "the agent moves to the consultation"
+    );
+    c.from(B, &answer(&move_b, 200, "OK", "", B, SDP_B));
+    c.request(B, Method::Ack);
+    assert!(c
+        .consult_media
+        .iter()
+        .any(|op| matches!(op, MediaOp::Bridge(true))));
+    (c, inv_c, a)
+}
+
+#[test]
+fn consult_then_complete_hands_the_customer_to_the_target() {
+    let (mut c, inv_c, mut a) = consulting("consult-2");
+    c.media.clear();
+    assert_eq!(
+        command(&mut c, Command::ConsultComplete),
+        Ok("user:1003".to_string())
+    );
+    let join = c.request(C, Method::Invite);
+    assert_eq!(call_id(&join), call_id(&inv_c));
+    assert!(
+        body(&join).contains("m=audio 20002 "),
+        "the target takes the agent's port"
+    );
+    c.from(C, &answer(&join, 200, "OK", "", C, SDP_B));
+    c.request(C, Method::Ack);
+    c.request(B, Method::Bye);
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    c.from(A, &a.request("BYE", 0, "", ""));
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("attended:api>user:1003")
+    );
+}
+
+#[test]
+fn consult_then_cancel_brings_the_agent_back() {
+    let (mut c, inv_c, mut a) = consulting("consult-3");
+    c.media.clear();
+    assert_eq!(
+        command(&mut c, Command::ConsultCancel),
+        Ok("cancelled".to_string())
+    );
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    let back = c.request(B, Method::Invite);
+    assert!(
+        body(&back).contains("m=audio 20002 "),
+        "the agent back on the call's session"
+    );
+    c.from(B, &answer(&back, 200, "OK", "", B, SDP_B));
+    c.request(B, Method::Ack);
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.request(B, Method::Bye);
+}
+
+#[test]
+fn a_busy_consultation_target_leaves_the_agent_with_the_customer() {
+    let (mut c, _, _, _) = anchored_call("consult-4", None);
+    command(
+        &mut c,
+        Command::Consult {
+            target: "1003".into(),
+        },
+    )
+    .unwrap();
+    let inv_c = c.request(C, Method::Invite);
+    c.from(C, &answer(&inv_c, 486, "Busy Here", "ctag", C, ""));
+    c.request(C, Method::Ack);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Invite)),
+        "the agent never moved"
+    );
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    assert_eq!(
+        command(&mut c, Command::ConsultCancel).unwrap_err().status,
+        409
+    );
+    // The call can be held again: nothing is left of the consultation.
+    assert!(command(&mut c, Command::Hold).is_ok());
+}
+
+#[test]
+fn consult_refusals() {
+    let (mut c, _, _, _) = anchored_call("consult-5", None);
+    assert_eq!(
+        command(&mut c, Command::ConsultComplete)
+            .unwrap_err()
+            .status,
+        409
+    );
+    assert_eq!(
+        command(
+            &mut c,
+            Command::Consult {
+                target: "5000".into()
+            }
+        )
+        .unwrap_err()
+        .status,
+        409
+    );
+    assert_eq!(
+        command(
+            &mut c,
+            Command::Consult {
+                target: "900441234".into()
+            }
+        )
+        .unwrap_err()
+        .status,
+        403
+    );
+    command(
+        &mut c,
+        Command::Consult {
+            target: "1003".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        command(
+            &mut c,
+            Command::Consult {
+                target: "1003".into()
+            }
+        )
+        .unwrap_err()
+        .status,
+        409
+    );
+    assert_eq!(
+        command(
+            &mut c,
+            Command::Transfer {
+                target: "1003".into()
+            }
+        )
+        .unwrap_err()
+        .status,
+        409
+    );
+}
+
+// ---- restarts in every topology ----
+
+fn restarted(c: &Call) -> Call {
+    let cp = c.checkpoint.clone().expect("a checkpoint");
+    let env = FakeEnv {
+        media: Some(MediaSettings {
+            anchor_all: true,
+            ..MediaSettings::default()
+        }),
+        ..FakeEnv::default()
+    };
+    let mut r = Call::with(cfg(), env);
+    r.feed(Event::Restore(Box::new(cp)));
+    r
+}
+
+#[test]
+fn a_held_call_stays_held_across_a_restart() {
+    let (mut c, _, _, _) = anchored_call("rs-hold", None);
+    command(&mut c, Command::Hold).unwrap();
+    let mut r = restarted(&c);
+    assert_eq!(r.phase(), Phase::Confirmed);
+    assert_eq!(
+        command(&mut r, Command::Hold).unwrap_err().status,
+        409,
+        "still held"
+    );
+    assert!(command(&mut r, Command::Unhold).is_ok());
+    assert!(r.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+}
+
+#[test]
+fn a_call_restarted_while_its_transfer_target_rings_goes_back_to_the_transferor() {
+    let (mut c, inv_b, mut a, mut b) = anchored_call("rs-xfer", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    let inv_c = c.request(C, Method::Invite);
+    c.from(C, &answer(&inv_c, 180, "Ringing", "ctag", C, ""));
+    let mut r = restarted(&c);
+    let cancel = r.request(C, Method::Cancel);
+    assert_eq!(call_id(&cancel), call_id(&inv_c));
+    assert_eq!(
+        sipfrag(&r.request(B, Method::Notify)),
+        "SIP/2.0 500 Server Internal Error"
+    );
+    assert_eq!(r.phase(), Phase::Confirmed);
+    // Caller and transferor talk again: the caller's BYE reaches the transferor.
+    r.from(A, &a.request("BYE", 0, "", ""));
+    let bye = r.request(B, Method::Bye);
+    assert_eq!(call_id(&bye), call_id(&inv_b));
+}
+
+#[test]
+fn a_call_restarted_while_consulting_is_back_with_the_agent() {
+    let (c, inv_c, _) = consulting("rs-consult");
+    let mut r = restarted(&c);
+    let bye = r.request(C, Method::Bye);
+    assert_eq!(call_id(&bye), call_id(&inv_c));
+    let back = r.request(B, Method::Invite);
+    assert!(body(&back).contains("m=audio 20002 "));
+    assert!(r.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+    assert_eq!(r.phase(), Phase::Confirmed);
+}
+
+// ---- transfer to an agent ----
+
+const D: &str = "127.0.0.6:5090";
+
+fn agent_msgs(c: &Call, agent: &str) -> Vec<String> {
+    c.tells
+        .iter()
+        .filter_map(|t| match t {
+            Tell::Agent { agent: a, msg, .. } if &**a == agent => Some(match msg {
+                crate::actors::agent::AgentMsg::OfferEnded { outcome, .. } => {
+                    format!("offer-ended:{outcome:?}")
+                }
+                crate::actors::agent::AgentMsg::CallEnded { .. } => "call-ended".to_string(),
+                _ => "other".to_string(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_transfer_to_an_agent_reserves_it_first() {
+    let (mut c, _, mut a, mut b) = anchored_call("xfer-agent", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1004"), ""));
+    c.status(B, 202, Method::Refer);
+    assert_eq!(c.reserves, vec![(Arc::from("acme"), Arc::from("bob"))]);
+    assert!(!c.has(D, |_| true), "nothing rings before the reservation");
+    c.feed(Event::AgentReserved {
+        tenant: Arc::from("acme"),
+        agent: Arc::from("bob"),
+        phones: Ok(vec![fork_to(D)]),
+    });
+    let inv_d = c.request(D, Method::Invite);
+    c.from(D, &answer(&inv_d, 200, "OK", "dtag", D, SDP_B));
+    c.request(D, Method::Ack);
+    assert_eq!(agent_msgs(&c, "bob"), vec!["offer-ended:Answered"]);
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.request(D, Method::Bye);
+    assert_eq!(
+        agent_msgs(&c, "bob"),
+        vec!["offer-ended:Answered", "call-ended"]
+    );
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("blind:phone>agent:bob")
+    );
+}
+
+#[test]
+fn a_busy_agent_is_not_offered_the_transfer_and_the_transferor_comes_back() {
+    let (mut c, _, _, mut b) = anchored_call("xfer-agent-busy", None);
+    c.from(B, &b.request("REFER", 0, &refer_to("1004"), ""));
+    c.status(B, 202, Method::Refer);
+    c.request(B, Method::Notify);
+    c.feed(Event::AgentReserved {
+        tenant: Arc::from("acme"),
+        agent: Arc::from("bob"),
+        phones: Err("on_call".into()),
+    });
+    assert_eq!(
+        sipfrag(&c.request(B, Method::Notify)),
+        "SIP/2.0 486 Busy Here"
+    );
+    assert!(!c.has(D, |_| true));
+    assert_eq!(c.phase(), Phase::Confirmed);
 }

@@ -104,12 +104,17 @@ impl CallCore {
         match leg {
             Leg::A => &mut core.a,
             Leg::B => &mut core.b,
-            Leg::X => match core.transfer.as_mut().and_then(|t| t.transferor.as_mut()) {
-                Some(p) => &mut p.dialog,
-                // Gone meanwhile: its late messages are matched against the B dialog, which
-                // answers them 481.
-                None => &mut core.b,
-            },
+            Leg::X => {
+                if let Some(p) = core.transfer.as_mut().and_then(|t| t.transferor.as_mut()) {
+                    &mut p.dialog
+                } else if let Some(c) = core.consult.as_mut() {
+                    &mut c.leg.dialog
+                } else {
+                    // Gone meanwhile: its late messages are matched against the B dialog,
+                    // which answers them 481.
+                    &mut core.b
+                }
+            }
         }
     }
 
@@ -314,11 +319,7 @@ impl CallCore {
                 })
             })
             .collect();
-        let mut ids = vec![core.a_call_id.clone()];
-        if !core.b_call_id.is_empty() {
-            ids.push(core.b_call_id.clone());
-        }
-        ids.extend(self.old_b_ids.iter().cloned());
+        let ids = self.call_ids();
         let retired = Retired {
             responses,
             ack_2xx: core.b_ack.clone().map(|ack| (ack, core.b_dest)),
