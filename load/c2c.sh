@@ -245,7 +245,7 @@ VERDICT=PASS
 REASONS=()
 t0=$(now_s)
 (cd "$OUT" && timeout $((AGENTS / REG_RATE + 60)) sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
-    -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" \
+    -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" -auth_uri "$DOMAIN" \
     -m "$AGENTS" -r "$REG_RATE" -l $((REG_RATE * 2)) -buff_size "$BUFF" \
     -i "$HOST" -p "$REG_PORT" -cp "$REG_CP" -nostdin \
     -trace_stat -stf "$OUT/register_stat.csv" -fd 1 -trace_err -error_file "$OUT/register_errors.log" \

@@ -269,7 +269,7 @@ for n in "${NODES[@]}"; do
     rp="REG_PORT_$n"
     cnt=$(( $(wc -l < "$OUT/sipp_users_$n.csv") - 1 ))
     (cd "$OUT" && timeout 60 sipp "${IP[$n]}:$SIP_PORT" -sf "$scen/cc_register.xml" \
-        -inf "$OUT/sipp_users_$n.csv" -key agent_port "$AGENT_PORT" -m "$cnt" -r 200 \
+        -inf "$OUT/sipp_users_$n.csv" -key agent_port "$AGENT_PORT" -m "$cnt" -r 200 -auth_uri "$DOMAIN" \
         -i "$HOST" -p "${!rp}" -nostdin -trace_stat -stf "$OUT/register_${n}_stat.csv" -fd 1 \
         > "$OUT/register_$n.out" 2>&1 < /dev/null) || true
     ok=$(stat_col "$OUT/register_${n}_stat.csv" "SuccessfulCall(C)")

@@ -90,7 +90,7 @@ run_sipp() { # name total rate
     local name=$1 total=$2 rate=$3 t0 t1 c0 c1
     c0=$(ticks); t0=$(date +%s.%N)
     (cd "$OUT" && timeout $((total / rate + 60)) sipp 127.0.0.1:"$SIP_PORT" -sf "$here/scenarios/register.xml" \
-        -inf "$OUT/sipp_users.csv" -m "$total" -r "$rate" -l $((rate * 2)) -buff_size 4194304 \
+        -inf "$OUT/sipp_users.csv" -auth_uri "$DOMAIN" -m "$total" -r "$rate" -l $((rate * 2)) -buff_size 4194304 \
         -i 127.0.0.1 -p "$PHONES_PORT" -nostdin -trace_stat -trace_err -stf "$name.csv" \
         -fd 1 > "$name.screen" 2>&1) || true
     t1=$(date +%s.%N); c1=$(ticks)

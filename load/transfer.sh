@@ -188,9 +188,11 @@ TGT_PID=$PHONE_PID
 # ---------------------------------------------------------------- registrations
 VERDICT=PASS
 REASONS=()
+# SIPp's digest uri is sip:<remote ip>:<port> unless -auth_uri (without "sip:") says otherwise; the switch
+# wants the Request-URI there (sip:<domain> in cc_register.xml).
 register() { # user contact_port
     (cd "$OUT" && timeout 30 sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
-        -inf "$OUT/sipp_$1.csv" -key agent_port "$2" -m 1 -r 1 \
+        -inf "$OUT/sipp_$1.csv" -key agent_port "$2" -m 1 -r 1 -auth_uri "$DOMAIN" \
         -i "$HOST" -p "$REG_PORT" -cp "$REG_CP" -nostdin \
         -trace_stat -stf "$OUT/register_$1_stat.csv" -fd 1 \
         -trace_err -error_file "$OUT/register_$1_errors.log" \
