@@ -2,8 +2,8 @@
 # Interop: a blind transfer between real phones (issue 17). Three baresip instances
 # (Debian package baresip) on loopback register with digest as users 1001, 1002 and 1003
 # of tenant acme.test; each sends a sine tone of its own as its microphone (1001: 440 Hz,
-# 1002: 660 Hz, 1003: 880 Hz) and records what it hears (aufile). Media is anchored on
-# every call.
+# 1002: 660 Hz, 1003: 880 Hz) and records what it hears (the sndfile module). Media is
+# anchored on every call.
 #   1. 1001 dials 1002 (ctrl_tcp "dial"); 1002 auto-answers; they talk.
 #   2. 1002 blind-transfers the call to 1003 (baresip's "transfer" command: a REFER).
 #      The switch answers 202, rings 1003 with its own SDP, NOTIFYs 1002 and lets it go.
@@ -17,8 +17,8 @@
 # so 1002 is linphonec (Debian package linphone-cli, driven through its standard input,
 # auto-answer, a 660 Hz WAV as its microphone):
 #   1. 1001 dials 1002; they talk.
-#   2. 1002 calls 1003 (linphonec "call": it puts the first call on hold); 1003 answers;
-#      they talk (the consultation, a second call through the switch).
+#   2. 1002 puts 1001 on hold ("pause 1", a re-INVITE) and calls 1003 ("call"); 1003
+#      answers; they talk (the consultation, a second call through the switch).
 #   3. 1002 runs "transfer 1 --to-call 2": a REFER on the first call whose Refer-To names
 #      1003 with Replaces=<the consultation's dialog>. The switch hands the consultation's
 #      far leg (1003) over to the first call and lets 1002 go from both.
@@ -30,7 +30,9 @@
 #
 #   --pcap   capture the phones' RTP on loopback (tshark, their ports 40000-40999) into
 #            rtp.pcap and list each RTP flow (source -> destination, packets, first and
-#            last time) in the report: where the relay sent each phone's audio, and when
+#            last time) in the report: where the relay sent each phone's audio, and when;
+#            and checks the tones in the G.711 the switch sent 1001 and 1003 from the
+#            transfer on (on with --attended)
 #
 # Exit status: 0 PASS, 1 FAIL, 2 bad usage or a setup failure.
 set -euo pipefail
