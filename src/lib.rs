@@ -5,13 +5,15 @@
 //! - [`transport`]: UDP, TCP and TLS listeners and connections.
 //! - [`timer`]: the one shared timer facility (no task per timer).
 //! - [`supervision`]: OTP-style supervisors on ractor; the tree is declared in `supervision::tree`.
-//! - [`security`]: the edge: flood and scanner bans, connection caps per source (pure tables).
-//! - [`actors`]: one file per actor kind.
+//! - [`security`]: the edge: trusted peers and trunk gateways (who may call where), flood and
+//!   scanner bans, connection caps per source (pure tables).
+//! - [`actors`]: one file per actor kind; the call actor is a shell around a pure call core
+//!   (`actors::call::core`).
 //! - [`media`]: RTP anchoring, codecs, DTMF, recording, playback, call quality.
-//! - [`security`]: the edge: trusted peers, trunk gateways, who may call where.
 //! - [`cluster`]: cluster mode: etcd membership and ownership, messages between nodes.
-//! - [`store`]: the embedded SQLite database (CDRs).
-//! - [`api`]: HTTP: `/metrics`, `/health`.
+//! - [`store`]: SQLite (PostgreSQL in a cluster): CDRs and their legs, configuration,
+//!   registrations, tokens, the recording index.
+//! - [`api`]: HTTP: `/metrics`, `/health`, the management and call-control API.
 //! - [`config`]: the config file, its validation and the embedded default.
 //! - [`metrics`]: metric names, described once.
 pub mod actors;

@@ -24,7 +24,8 @@ use switchyard::sip::message::{HeaderName, Message, Method};
 use switchyard::sip::parse::{parse, Framing, Limits};
 use switchyard::store::registrations::{AorBindings, RegistrationRow};
 use switchyard::store::{
-    AgentStatsRow, Cdr, CdrMedia, Database, HangupBy, QueueStatsRow, Store, Synchronous, MIGRATIONS,
+    AgentStatsRow, Cdr, CdrLeg, CdrMedia, Database, HangupBy, QueueStatsRow, Store, Synchronous,
+    MIGRATIONS,
 };
 use switchyard::transport::{Handler, Inbound, ListenSpec, Protocol, TransportConfig, Transports};
 
@@ -69,9 +70,54 @@ fn cdr(n: u32) -> Cdr {
             packets_a: 3000,
             packets_b: 2990,
         }),
-        transfers: None,
-        legs: Vec::new(),
+        // Every fourth call was transferred: its chain and three legs (one never answered).
+        transfers: (n % 4 == 1).then(|| format!("blind:phone>user:10{n}")),
+        legs: if n % 4 == 1 {
+            legs(n, start)
+        } else {
+            Vec::new()
+        },
     }
+}
+
+/// Who talked to whom in call `n`: the caller, the agent who transferred it, the target.
+fn legs(n: u32, start: i64) -> Vec<CdrLeg> {
+    let leg =
+        |id: String, role: &str, party: String, answer: Option<i64>, end: i64, why: &str| CdrLeg {
+            call_id: id,
+            role: role.to_string(),
+            party,
+            start_at: start,
+            answer_at: answer,
+            end_at: end,
+            end_reason: why.to_string(),
+        };
+    vec![
+        leg(
+            format!("pg-{n}@127.0.0.1"),
+            "caller",
+            "sip:alice@127.0.0.1".into(),
+            Some(start),
+            start + 62_000,
+            "bye",
+        ),
+        leg(
+            format!("pg-b-{n}@127.0.0.1"),
+            "callee",
+            "user:1002".into(),
+            Some(start + 2_000),
+            start + 30_000,
+            "transferred",
+        ),
+        leg(
+            format!("pg-c-{n}@127.0.0.1"),
+            "transfer",
+            format!("user:10{n}"),
+            None,
+            start + 62_000,
+            "bye",
+        ),
+    ]
 }
 
 /// The same migrations give both engines the same tables with the same columns in the same
@@ -104,7 +150,7 @@ fn cdrs_stats_and_registrations_round_trip_on_postgres() {
         store.insert_cdrs(batch).unwrap();
     }
     assert_eq!(store.count_cdrs().unwrap(), 1_000);
-    for n in [0, 3, 511, 512, 999] {
+    for n in [0, 1, 3, 511, 512, 513, 999] {
         assert_eq!(
             store
                 .get_cdr_by_call_id(&format!("pg-{n}@127.0.0.1"))
@@ -113,8 +159,10 @@ fn cdrs_stats_and_registrations_round_trip_on_postgres() {
             "every field intact"
         );
     }
-    let newest = store.list_cdrs(2).unwrap();
-    assert_eq!(newest, vec![cdr(999), cdr(998)], "newest first");
+    let newest = store.list_cdrs(5).unwrap();
+    let want: Vec<Cdr> = (995..1_000).rev().map(cdr).collect();
+    assert_eq!(newest, want, "newest first, each with its own legs");
+    assert_eq!(cdr(997).legs.len(), 3, "the page has a transferred call");
     assert_eq!(store.get_cdr_by_call_id("nope").unwrap(), None);
 
     store
@@ -243,10 +291,15 @@ async fn store_writer_commits_cdrs_to_postgres() {
     assert_eq!(store_writer::flush(&writer).await.unwrap(), 100);
     store_writer::shutdown(&writer).await.unwrap();
     let url = pg.url.clone();
-    let in_pg = tokio::task::spawn_blocking(move || pg_store(&url).count_cdrs().unwrap())
-        .await
-        .unwrap();
+    let (in_pg, transferred) = tokio::task::spawn_blocking(move || {
+        let store = pg_store(&url);
+        let transferred = store.get_cdr_by_call_id("pg-5@127.0.0.1").unwrap();
+        (store.count_cdrs().unwrap(), transferred)
+    })
+    .await
+    .unwrap();
     assert_eq!(in_pg, 100);
+    assert_eq!(transferred, Some(cdr(5)), "legs written with their CDR");
     assert_eq!(Store::open(&path).unwrap().count_cdrs().unwrap(), 0);
 }
 

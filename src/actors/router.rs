@@ -858,6 +858,10 @@ impl Router {
                     });
                 }
             }
+            // An INVITE with Replaces (RFC 3891) goes to the call whose dialog it names.
+            if msg.other("Replaces").is_some() {
+                return self.replacing(msg, source, &parties);
+            }
             // A tenant's number (DID): its queue or user.
             let number = String::from_utf8_lossy(&user);
             if let Some(n) = self.numbers.get(number.as_ref()) {
@@ -934,6 +938,20 @@ impl Router {
         }
         let dialled = Routes::rewrite(&route, &user);
         self.admit_and_start(msg, source, &route, dialled, Vec::new(), None, parties);
+    }
+
+    /// An INVITE with Replaces: handed to the call that has the dialog it names (which
+    /// checks the tags and who may), or 481 when no call here has that Call-ID.
+    fn replacing(&self, msg: Message, source: Source, parties: &call::Parties) {
+        let named = msg
+            .other("Replaces")
+            .and_then(|v| call::Replaces::parse(&String::from_utf8_lossy(v)));
+        let Some(actor) = named.and_then(|r| self.ctx.directory.lookup(&r.call_id)) else {
+            return self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[]);
+        };
+        let user = parties.tenant.clone().zip(parties.caller.clone());
+        let invite = Box::new(Inbound { msg, source });
+        let _ = actor.cast(CallMsg::Replacing { invite, user });
     }
 
     /// Refuses a call its caller may not make (403): counted, and logged at most once a

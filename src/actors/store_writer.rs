@@ -12,9 +12,9 @@
 //! - once `flush_interval` has passed since the oldest uncommitted record (default 100 ms, so a
 //!   CDR is durable well within the one second the switch promises),
 //! - at once when `max_batch` records are waiting, or on [`flush`], or when the actor stops,
-//! - and, while a CDR handed over with [`write_cdr_acked`] waits for its commit, as soon as
-//!   the thread has taken in everything queued (a group commit: the records that arrive while
-//!   one commit runs form the next). Its sender learns when the CDR is durable, so a call holds
+//! - and, while a CDR handed over with [`write_cdr_acked`] waits for its commit, within
+//!   `ack_linger` (default 3 ms) of the first such CDR: a group commit of the hangups of those
+//!   milliseconds, one fsync for several calls instead of one each. Its sender learns when the CDR is durable, so a call holds
 //!   back the last message of its hangup until then and no completed call's record can be
 //!   lost with the node.
 //!
@@ -50,6 +50,9 @@ pub const CDR_PENDING: &str = "switchyard_cdr_pending";
 
 /// Default for [`StoreWriterArgs::flush_interval`].
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Default for [`StoreWriterArgs::ack_linger`].
+pub const DEFAULT_ACK_LINGER: Duration = Duration::from_millis(3);
 /// Default for [`StoreWriterArgs::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 512;
 /// How long [`flush`] waits for the commit before giving up.
@@ -103,16 +106,46 @@ pub fn write_cdr(
     writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr), None))
 }
 
-/// Hand a finished call's CDR to the writer and learn when it is durable: `stored` gets
-/// `true` once the transaction holding it committed, `false` if that commit failed (the CDR
-/// is kept and retried; the sender should not wait for the retries). Commits without waiting
-/// for `flush_interval` while such a CDR is pending.
+/// Hand a finished call's CDR to the writer and learn when it is durable: `stored` is called
+/// with `true` once the transaction holding it committed, `false` if that commit failed (the
+/// CDR is kept and retried; the sender should not wait for the retries). While such a CDR is
+/// pending the writer commits after at most [`StoreWriterArgs::ack_linger`] instead of
+/// `flush_interval`.
 pub fn write_cdr_acked(
     writer: &ActorRef<StoreWriterMsg>,
     cdr: Cdr,
-    stored: oneshot::Sender<bool>,
+    stored: impl Into<CdrAck>,
 ) -> Result<(), MessagingErr<StoreWriterMsg>> {
-    writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr), Some(stored)))
+    writer.cast(StoreWriterMsg::WriteCdr(Box::new(cdr), Some(stored.into())))
+}
+
+/// Who learns that a CDR is durable: called once, on the writer's thread, right after the
+/// commit (or its failure). A call actor passes a cast to itself, so no task or channel sits
+/// between the commit and the hangup's last message.
+pub struct CdrAck(Box<dyn FnOnce(bool) + Send>);
+
+impl CdrAck {
+    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> CdrAck {
+        CdrAck(Box::new(f))
+    }
+
+    fn send(self, stored: bool) {
+        (self.0)(stored)
+    }
+}
+
+impl From<oneshot::Sender<bool>> for CdrAck {
+    fn from(tx: oneshot::Sender<bool>) -> CdrAck {
+        CdrAck::new(move |stored| {
+            let _ = tx.send(stored);
+        })
+    }
+}
+
+impl std::fmt::Debug for CdrAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CdrAck")
+    }
 }
 
 /// Record that a recording started (its row, state `recording`). Committed in the next batch;
@@ -207,6 +240,9 @@ pub struct StoreWriterArgs {
     pub flush_interval: Duration,
     /// Commit at once when this many records wait.
     pub max_batch: usize,
+    /// How long a commit someone waits for ([`write_cdr_acked`]) is held for more CDRs to
+    /// join it: one fsync for the hangups of a few milliseconds instead of one each.
+    pub ack_linger: Duration,
     /// What a commit waits for (SQLite: FULL survives power loss, both survive `kill -9` in
     /// WAL mode; PostgreSQL: FULL keeps the server's `synchronous_commit`).
     pub synchronous: Synchronous,
@@ -222,6 +258,7 @@ impl StoreWriterArgs {
             path,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             max_batch: DEFAULT_MAX_BATCH,
+            ack_linger: DEFAULT_ACK_LINGER,
             synchronous: Synchronous::Full,
         }
     }
@@ -245,7 +282,7 @@ impl StoreWriterArgs {
 #[derive(Debug)]
 pub enum StoreWriterMsg {
     /// Store a finished call's record; the sender, if any, learns when it is committed.
-    WriteCdr(Box<Cdr>, Option<oneshot::Sender<bool>>),
+    WriteCdr(Box<Cdr>, Option<CdrAck>),
     /// A recording started: insert its index row (state `recording`).
     RecordingStarted(Box<RecordingRow>),
     /// A recording's file is complete (fsynced and renamed): mark its row `complete`.
@@ -416,7 +453,7 @@ impl Actor for StoreWriterActor {
 
 /// Work for the writer thread.
 enum Command {
-    Write(Box<Cdr>, Option<oneshot::Sender<bool>>),
+    Write(Box<Cdr>, Option<CdrAck>),
     Recording(RecordingOp),
     Flush(RpcReplyPort<Result<usize, String>>),
     Shutdown(oneshot::Sender<Result<usize, String>>),
@@ -456,7 +493,11 @@ struct Writer {
     counters: Arc<Counters>,
     pending: Vec<Cdr>,
     /// Senders waiting for their pending CDR's commit ([`write_cdr_acked`]).
-    acks: Vec<oneshot::Sender<bool>>,
+    acks: Vec<CdrAck>,
+    /// When the first of them arrived: the commit is due `ack_linger` later (a group commit
+    /// for the CDRs that come meanwhile).
+    first_ack: Option<Instant>,
+    ack_linger: Duration,
     /// Recording index changes not yet committed, in arrival order.
     pending_recordings: Vec<RecordingOp>,
     /// When the oldest pending record arrived: its commit is due `flush_interval` later.
@@ -481,6 +522,8 @@ impl Writer {
             counters,
             pending: Vec::new(),
             acks: Vec::new(),
+            first_ack: None,
+            ack_linger: args.ack_linger,
             pending_recordings: Vec::new(),
             oldest_pending: None,
             retry_at: None,
@@ -491,16 +534,6 @@ impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Command>) {
         loop {
             let cmd = match self.commit_due() {
-                // Someone waits for a commit: take in what is queued, then commit at once.
-                Some(_) if !self.acks.is_empty() && self.retry_at.is_none() => {
-                    match rx.try_recv() {
-                        Ok(cmd) => Ok(cmd),
-                        Err(mpsc::TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            Err(RecvTimeoutError::Disconnected)
-                        }
-                    }
-                }
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
                 Some(due) => match due.checked_duration_since(Instant::now()) {
                     Some(wait) if !wait.is_zero() => rx.recv_timeout(wait),
@@ -511,7 +544,11 @@ impl Writer {
                 Ok(Command::Write(cdr, stored)) => {
                     self.note_arrival();
                     self.pending.push(*cdr);
-                    self.acks.extend(stored);
+                    if let Some(ack) = stored {
+                        // Someone waits: commit within the linger, with what comes meanwhile.
+                        self.first_ack.get_or_insert_with(Instant::now);
+                        self.acks.push(ack);
+                    }
                     // While failing, wait for the retry time instead of hammering the disk.
                     if self.pending.len() >= self.max_batch && self.retry_at.is_none() {
                         let _ = self.commit_pending();
@@ -552,8 +589,14 @@ impl Writer {
         if self.pending.is_empty() && self.pending_recordings.is_empty() {
             return None;
         }
-        self.retry_at
-            .or_else(|| self.oldest_pending.map(|t| t + self.flush_interval))
+        if let Some(at) = self.retry_at {
+            return Some(at);
+        }
+        let flush = self.oldest_pending.map(|t| t + self.flush_interval);
+        match (flush, self.first_ack.map(|t| t + self.ack_linger)) {
+            (Some(f), Some(a)) => Some(f.min(a)),
+            (f, a) => f.or(a),
+        }
     }
 
     /// Commit every pending record, `max_batch` rows per transaction. On failure the records
@@ -580,8 +623,9 @@ impl Writer {
             }
         }
         // Every CDR handed over so far is committed.
+        self.first_ack = None;
         for stored in self.acks.drain(..) {
-            let _ = stored.send(true);
+            stored.send(true);
         }
         if !self.pending_recordings.is_empty() {
             // Few and small (a handful per call): one transaction for all of them.
@@ -601,8 +645,9 @@ impl Writer {
 
     fn commit_failed(&mut self, e: &StoreError) -> String {
         // The records stay pending and are retried, but nobody waits for the retries.
+        self.first_ack = None;
         for stored in self.acks.drain(..) {
-            let _ = stored.send(false);
+            stored.send(false);
         }
         metrics::counter!(CDR_WRITE_ERRORS_TOTAL).increment(1);
         self.counters.write_errors.fetch_add(1, Ordering::Relaxed);

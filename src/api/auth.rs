@@ -13,8 +13,8 @@
 //!    so a tenant learns nothing of the others. Every other route is the node's (403 for a
 //!    tenant's token): trunks, routes, numbers' assignment, the cluster, tenants and their
 //!    tokens, configuration changes. Listings and routes whose tenant is not in the path
-//!    (`GET /queues`, `GET /agents`, `GET /numbers`, `POST /calls`, recordings) filter by
-//!    the [`Caller`] in their handlers.
+//!    (`GET /queues`, `GET /agents`, `GET /numbers`, `POST /calls`, recordings, the calls
+//!    of [`super::calls`]) filter by the [`Caller`] in their handlers.
 //!
 //! Access keys with roles (issue 21) fit in here: a key resolves to a caller with a role, and
 //! the policy table gains the least role per route.
@@ -48,6 +48,15 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/agents/{tenant}/{agent}"),
     ("POST", "/agents/{tenant}/{agent}/{command}"),
     ("POST", "/calls"),
+    ("GET", "/calls"),
+    ("GET", "/calls/{call_id}"),
+    ("POST", "/calls/{call_id}/hold"),
+    ("POST", "/calls/{call_id}/unhold"),
+    ("POST", "/calls/{call_id}/transfer"),
+    ("POST", "/calls/{call_id}/consult"),
+    ("POST", "/calls/{call_id}/consult/complete"),
+    ("POST", "/calls/{call_id}/consult/cancel"),
+    ("DELETE", "/calls/{call_id}"),
     ("GET", "/recordings"),
     ("GET", "/recordings/{id}"),
     ("GET", "/recordings/{id}/audio"),
@@ -201,6 +210,9 @@ mod tests {
             "/agents/{tenant}/{agent}/{command}"
         ));
         assert!(tenant_may(&Method::GET, "/tenants/{tenant}/tokens"));
+        assert!(tenant_may(&Method::GET, "/calls"));
+        assert!(tenant_may(&Method::POST, "/calls/{call_id}/transfer"));
+        assert!(tenant_may(&Method::DELETE, "/calls/{call_id}"));
         for (m, t) in [
             (Method::GET, "/trunks"),
             (Method::GET, "/routes"),

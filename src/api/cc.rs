@@ -207,6 +207,11 @@ impl ContactCentre {
     pub(super) fn new(cc: Arc<CcContext>, directory: Directory) -> ContactCentre {
         ContactCentre { cc, directory }
     }
+
+    /// The node's calls (for [`super::calls`]).
+    pub(super) fn calls(&self) -> &Arc<crate::actors::call::CallContext> {
+        &self.cc.calls
+    }
 }
 
 impl std::fmt::Debug for ContactCentre {
@@ -265,7 +270,6 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         "/queues/{tenant}/{queue}/decisions",
         get(get_decisions),
     );
-    let router = route(router, "/calls", post(click_to_call));
     let router = route(
         router,
         "/calls/{call_id}/recording/{command}",
@@ -596,7 +600,8 @@ fn find_agent(
 }
 
 /// `POST /calls`: click-to-call (the node's token, or the tenant's own for its agents).
-async fn click_to_call(
+/// Registered by [`super::calls`], which serves `GET /calls` on the same path.
+pub(super) async fn click_to_call(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     uri: Uri,

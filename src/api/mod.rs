@@ -1,5 +1,5 @@
-//! HTTP API on axum: `GET /metrics` (Prometheus text format), `GET /health`, and the
-//! contact-centre routes of [`cc`] (queues and agents).
+//! HTTP API on axum: `GET /metrics` (Prometheus text format), `GET /health`, the
+//! contact-centre routes of [`cc`] (queues and agents) and the call control of [`calls`].
 //!
 //! Everything but `/health` and `/metrics` needs `Authorization: Bearer <token>`: the
 //! node's [`Token`] (see [`load_token`]) reaches every route, a tenant's token (see
@@ -16,6 +16,7 @@
 //! table says calls [`ApiState::authorize`].
 
 pub mod auth;
+pub mod calls;
 pub mod cc;
 mod cluster;
 mod config;
@@ -74,6 +75,7 @@ pub fn describe() {
         "HTTP API requests answered, by route template (`other` if unrouted) and status code"
     );
     auth::describe();
+    calls::describe();
     cc::describe();
     recordings::describe();
     tls::describe();
@@ -389,6 +391,7 @@ pub fn router(state: ApiState) -> Router {
     let router = route(router, "/metrics", get(render_metrics));
     let router = route(router, "/health", get(report_health));
     let router = cc::routes(router);
+    let router = calls::routes(router);
     let router = recordings::routes(router);
     let router = cluster::routes(router);
     let router = config::routes(router);

@@ -658,6 +658,7 @@ impl WireCallMsg {
             | CallMsg::HandOver(..)
             | CallMsg::Adopt(_)
             | CallMsg::AgentReserved { .. }
+            | CallMsg::Replacing { .. }
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
             | CallMsg::InjectPanic

@@ -147,24 +147,35 @@ pub fn now_unix_ms() -> i64 {
 const COLUMNS: &str = "a_call_id, b_call_id, caller, callee, route, target, start_at, ringing_at, \
      answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason, \
      queue, agent, wait_ms, abandoned, trunk, attempts, dtmf, recording, mos_a, mos_b, loss_a, \
-     loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, packets_a, packets_b";
+     loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, packets_a, packets_b, transfers";
 
 pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, caller, callee, \
      route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
      final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned, trunk, \
      attempts, dtmf, recording, mos_a, mos_b, loss_a, loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, \
-     packets_a, packets_b) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-     $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)";
+     packets_a, packets_b, transfers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, \
+     $32, $33) RETURNING id";
 
-pub(super) static LIST_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| format!("SELECT {COLUMNS} FROM cdrs ORDER BY id DESC LIMIT $1"));
+/// One leg of the CDR whose row id is `$1` (the `cdr_legs` table).
+pub(super) const INSERT_LEG_SQL: &str = "INSERT INTO cdr_legs (cdr_id, seq, call_id, role, \
+     party, start_at, answer_at, end_at, end_reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+/// The legs of the CDRs whose row ids are in `$1..=$2`, in order (a page of CDRs newest first
+/// covers consecutive ids, so one range query fills the whole page).
+pub(super) const LEGS_SQL: &str = "SELECT cdr_id, call_id, role, party, start_at, answer_at, \
+     end_at, end_reason FROM cdr_legs WHERE cdr_id >= $1 AND cdr_id <= $2 ORDER BY cdr_id, seq";
+
+pub(super) static LIST_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("SELECT {COLUMNS}, id FROM cdrs ORDER BY id DESC LIMIT $1")
+});
 
 pub(super) static BY_CALL_ID_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!("SELECT {COLUMNS} FROM cdrs WHERE a_call_id = $1 ORDER BY id DESC LIMIT 1")
+    format!("SELECT {COLUMNS}, id FROM cdrs WHERE a_call_id = $1 ORDER BY id DESC LIMIT 1")
 });
 
 /// The values of [`INSERT_SQL`]'s placeholders for `c`, in order.
-pub(super) fn values(c: &Cdr) -> [Value<'_>; 32] {
+pub(super) fn values(c: &Cdr) -> [Value<'_>; 33] {
     let m = c.media;
     [
         c.a_call_id.as_str().into(),
@@ -199,11 +210,51 @@ pub(super) fn values(c: &Cdr) -> [Value<'_>; 32] {
         m.and_then(|m| m.rtt_ms).into(),
         m.map(|m| m.packets_a).into(),
         m.map(|m| m.packets_b).into(),
+        c.transfers.as_deref().into(),
     ]
 }
 
+/// The values of [`INSERT_LEG_SQL`]'s placeholders for leg number `seq` of the CDR `cdr_id`.
+pub(super) fn leg_values(cdr_id: i64, seq: i64, l: &CdrLeg) -> [Value<'_>; 9] {
+    [
+        cdr_id.into(),
+        seq.into(),
+        l.call_id.as_str().into(),
+        l.role.as_str().into(),
+        l.party.as_str().into(),
+        l.start_at.into(),
+        l.answer_at.into(),
+        l.end_at.into(),
+        l.end_reason.as_str().into(),
+    ]
+}
+
+/// Read a row selected with [`LEGS_SQL`]: the CDR's row id and the leg.
+pub(super) fn leg_from_row(r: &dyn SqlRow) -> Result<(i64, CdrLeg), StoreError> {
+    let text = |i: usize| -> Result<String, StoreError> { req(r.text(i)?, i) };
+    let int = |i: usize| -> Result<i64, StoreError> { req(r.int(i)?, i) };
+    Ok((
+        int(0)?,
+        CdrLeg {
+            call_id: text(1)?,
+            role: text(2)?,
+            party: text(3)?,
+            start_at: int(4)?,
+            answer_at: r.int(5)?,
+            end_at: int(6)?,
+            end_reason: text(7)?,
+        },
+    ))
+}
+
+/// Read a row selected with `COLUMNS, id`: the CDR (legs not filled) and its row id.
+pub(super) fn from_row_with_id(r: &dyn SqlRow) -> Result<(i64, Cdr), StoreError> {
+    let cdr = from_row(r)?;
+    Ok((req(r.int(33)?, 33)?, cdr))
+}
+
 /// Read a row selected with `COLUMNS`, in that order.
-pub(super) fn from_row(r: &dyn SqlRow) -> Result<Cdr, StoreError> {
+fn from_row(r: &dyn SqlRow) -> Result<Cdr, StoreError> {
     let text = |i: usize| -> Result<String, StoreError> { req(r.text(i)?, i) };
     let int = |i: usize| -> Result<i64, StoreError> { req(r.int(i)?, i) };
     let hangup_by = text(13)?;
@@ -246,7 +297,7 @@ pub(super) fn from_row(r: &dyn SqlRow) -> Result<Cdr, StoreError> {
                 packets_b: r.int(31)?.unwrap_or(0),
             }),
         },
-        transfers: None,
+        transfers: r.text(32)?,
         legs: Vec::new(),
     })
 }

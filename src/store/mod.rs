@@ -123,6 +123,22 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE cdrs ADD COLUMN packets_b INTEGER;",
     // 8: routes and numbers changed through the API on a node alone (see `config`).
     config::MIGRATION,
+    // 9: transfers and legs of CDRs: the transfer chain, and who talked to whom (one row per
+    // leg of a call, in the order the legs joined; written with their CDR).
+    "ALTER TABLE cdrs ADD COLUMN transfers TEXT;
+    CREATE TABLE cdr_legs (
+        cdr_id      INTEGER NOT NULL REFERENCES cdrs (id) ON DELETE CASCADE,
+        seq         INTEGER NOT NULL,
+        call_id     TEXT    NOT NULL,
+        role        TEXT    NOT NULL,
+        party       TEXT    NOT NULL,
+        start_at    INTEGER NOT NULL,
+        answer_at   INTEGER,
+        end_at      INTEGER NOT NULL,
+        end_reason  TEXT    NOT NULL,
+        PRIMARY KEY (cdr_id, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX cdr_legs_call_id ON cdr_legs (call_id);",
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -493,11 +509,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Insert `cdrs` in one transaction: either all of them are committed or none is.
+    /// Insert `cdrs` and their legs in one transaction: either all of them are committed or
+    /// none is.
     pub fn insert_cdrs(&mut self, cdrs: &[Cdr]) -> Result<(), StoreError> {
         self.write(|tx| {
             for c in cdrs {
-                tx.execute(cdr::INSERT_SQL, &cdr::values(c))?;
+                let id = tx.insert_returning_id(cdr::INSERT_SQL, &cdr::values(c))?;
+                for (seq, leg) in (0i64..).zip(&c.legs) {
+                    tx.execute(cdr::INSERT_LEG_SQL, &cdr::leg_values(id, seq, leg))?;
+                }
             }
             Ok(())
         })
@@ -557,10 +577,28 @@ impl Store {
         })
     }
 
-    /// The newest `limit` CDRs, newest first.
+    /// The newest `limit` CDRs, newest first, with their legs.
     pub fn list_cdrs(&self, limit: usize) -> Result<Vec<Cdr>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query(&cdr::LIST_SQL, &[limit.into()], cdr::from_row)
+        let rows = self.query(&cdr::LIST_SQL, &[limit.into()], cdr::from_row_with_id)?;
+        self.with_legs(rows)
+    }
+
+    /// Fills the legs of `rows` (CDRs with their row ids, newest first: consecutive ids)
+    /// with one range query.
+    fn with_legs(&self, mut rows: Vec<(i64, Cdr)>) -> Result<Vec<Cdr>, StoreError> {
+        let (Some(newest), Some(oldest)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let (from, to) = (oldest.0, newest.0);
+        let legs = self.query(cdr::LEGS_SQL, &[from.into(), to.into()], cdr::leg_from_row)?;
+        for (cdr_id, leg) in legs {
+            // Newest first: the row of `cdr_id` is found by binary search on descending ids.
+            if let Ok(i) = rows.binary_search_by(|(id, _)| cdr_id.cmp(id)) {
+                rows[i].1.legs.push(leg);
+            }
+        }
+        Ok(rows.into_iter().map(|(_, c)| c).collect())
     }
 
     /// How many CDRs are stored.
@@ -571,8 +609,12 @@ impl Store {
 
     /// The CDR whose A-leg Call-ID is `a_call_id` (the newest, should a Call-ID repeat).
     pub fn get_cdr_by_call_id(&self, a_call_id: &str) -> Result<Option<Cdr>, StoreError> {
-        let mut rows = self.query(&cdr::BY_CALL_ID_SQL, &[a_call_id.into()], cdr::from_row)?;
-        Ok(rows.pop())
+        let rows = self.query(
+            &cdr::BY_CALL_ID_SQL,
+            &[a_call_id.into()],
+            cdr::from_row_with_id,
+        )?;
+        Ok(self.with_legs(rows)?.pop())
     }
 
     // ---- the two engines behind one interface ----
@@ -747,6 +789,28 @@ impl Tx<'_, '_> {
                     }
                 };
                 Ok(tx.execute(&stmt, &pg_params(params))?)
+            }
+        }
+    }
+}
+
+impl Tx<'_, '_> {
+    /// Runs an `INSERT ... RETURNING id` and returns the new row's id.
+    fn insert_returning_id(&mut self, sql: &str, params: &[Value<'_>]) -> Result<i64, StoreError> {
+        match self {
+            Tx::Sqlite(conn) => Ok(conn
+                .prepare_cached(sql)?
+                .query_row(rusqlite::params_from_iter(params.iter()), |r| r.get(0))?),
+            Tx::Postgres { tx, statements } => {
+                let stmt = match statements.get(sql) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let s = tx.prepare(sql)?;
+                        statements.insert(sql.to_string(), s.clone());
+                        s
+                    }
+                };
+                Ok(tx.query_one(&stmt, &pg_params(params))?.try_get(0)?)
             }
         }
     }
@@ -1212,6 +1276,114 @@ mod tests {
         assert_eq!(store.get_cdr_by_call_id("nope").unwrap(), None);
     }
 
+    /// A call transferred once: the caller, the agent who transferred it and the target.
+    pub(crate) fn transferred(n: u32) -> Cdr {
+        let mut c = sample(n);
+        let start = c.start_at;
+        let leg = |id: String, role: &str, party: &str, at: i64, end: i64, why: &str| CdrLeg {
+            call_id: id,
+            role: role.to_string(),
+            party: party.to_string(),
+            start_at: at,
+            answer_at: Some(at + 1_000),
+            end_at: end,
+            end_reason: why.to_string(),
+        };
+        c.transfers = Some("blind:phone>user:1003".to_string());
+        c.legs = vec![
+            leg(
+                c.a_call_id.clone(),
+                "caller",
+                "sip:alice@127.0.0.1",
+                start,
+                start + 62_000,
+                "bye",
+            ),
+            leg(
+                format!("b-{n}"),
+                "callee",
+                "user:1002",
+                start + 1_000,
+                start + 30_000,
+                "transferred",
+            ),
+            leg(
+                format!("c-{n}"),
+                "transfer",
+                "user:1003",
+                start + 20_000,
+                start + 62_000,
+                "bye",
+            ),
+        ];
+        // A leg that never answered keeps its NULL.
+        c.legs[1].answer_at = None;
+        c
+    }
+
+    #[test]
+    fn transfers_and_legs_round_trip_with_their_cdr() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        // Legs of several CDRs in one batch, a CDR without legs among them, and a Call-ID
+        // that repeats (the newest CDR is read back, with its own legs only).
+        let mut again = transferred(1);
+        again.legs.truncate(1);
+        again.transfers = None;
+        let written = vec![transferred(1), sample(2), transferred(3), again.clone()];
+        store.insert_cdrs(&written).unwrap();
+        assert_eq!(
+            store.get_cdr_by_call_id("a-3@127.0.0.1").unwrap(),
+            Some(transferred(3)),
+            "chain and legs, in order"
+        );
+        assert_eq!(
+            store.get_cdr_by_call_id("a-1@127.0.0.1").unwrap(),
+            Some(again)
+        );
+        let listed = store.list_cdrs(10).unwrap();
+        let expected: Vec<Cdr> = written.iter().rev().cloned().collect();
+        assert_eq!(listed, expected, "every CDR with its own legs");
+        assert_eq!(store.list_cdrs(2).unwrap(), expected[..2].to_vec());
+        let rows: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM cdr_legs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 7);
+        // Who talked to whom is plain SQL: the legs of the call a leg's Call-ID belongs to.
+        let parties: Vec<String> = store
+            .conn
+            .prepare(
+                "SELECT l.party FROM cdr_legs l JOIN cdr_legs me ON me.cdr_id = l.cdr_id \
+                 WHERE me.call_id = 'c-3' ORDER BY l.seq",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(parties, ["sip:alice@127.0.0.1", "user:1002", "user:1003"]);
+    }
+
+    #[test]
+    fn a_failing_leg_rolls_back_its_cdr_and_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .conn
+            .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON cdr_legs WHEN NEW.party = 'bad' BEGIN SELECT RAISE(ABORT, 'refused'); END;")
+            .unwrap();
+        let mut bad = transferred(2);
+        bad.legs[2].party = "bad".to_string();
+        assert!(store.insert_cdrs(&[transferred(1), bad]).is_err());
+        assert_eq!(store.count_cdrs().unwrap(), 0);
+        let legs: i64 = store
+            .conn
+            .query_row("SELECT COUNT(*) FROM cdr_legs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(legs, 0, "no leg outlives its rolled-back CDR");
+    }
+
     #[test]
     fn insert_is_all_or_nothing() {
         let dir = tempfile::tempdir().unwrap();
@@ -1312,6 +1484,8 @@ mod tests {
             cdr::INSERT_SQL.to_string(),
             cdr::LIST_SQL.to_string(),
             cdr::BY_CALL_ID_SQL.to_string(),
+            cdr::INSERT_LEG_SQL.to_string(),
+            cdr::LEGS_SQL.to_string(),
             UPSERT_AGENT_STATS_SQL.to_string(),
         ];
         all.extend(registrations::all_sql());
@@ -1356,6 +1530,7 @@ mod tests {
             tables,
             vec![
                 "agent_stats",
+                "cdr_legs",
                 "cdrs",
                 "config_overrides",
                 "queue_stats",
@@ -1364,7 +1539,8 @@ mod tests {
             ],
         );
         assert_eq!(cols["cdrs"][0], "id");
-        assert_eq!(cols["cdrs"].last().unwrap(), "packets_b");
+        assert_eq!(cols["cdrs"].last().unwrap(), "transfers");
+        assert_eq!(cols["cdr_legs"][0], "cdr_id");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod etcd;
 pub mod pg;
+pub mod rtp;
 
 use bytes::Bytes;
 use std::net::SocketAddr;

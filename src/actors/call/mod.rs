@@ -36,8 +36,8 @@ mod env;
 
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
-    CallConfig, CallCore, CallInfo, CallTimer, Checkpoint, Command, Effect, Event, HandedLeg, Now,
-    Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
+    CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
+    HandedLeg, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
@@ -188,6 +188,7 @@ impl CallContext {
                     max_duration: self.max_duration,
                     user_agent: self.user_agent.clone(),
                     force_rport: self.transports().force_rport(),
+                    cdr_wait: CDR_DURABLE_WAIT_LIMIT,
                     sent_by: [
                         self.sent_by(Protocol::Udp),
                         self.sent_by(Protocol::Tcp),
@@ -504,6 +505,12 @@ pub enum CallMsg {
         agent: Arc<str>,
         phones: Result<Vec<Fork>, String>,
     },
+    /// A new INVITE with Replaces naming one of this call's dialogs (the router found the
+    /// call by the Call-ID it names), from the tenant user (tenant, user) it authenticated as.
+    Replacing {
+        invite: Box<Inbound>,
+        user: Option<(Arc<str>, Arc<str>)>,
+    },
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -620,6 +627,7 @@ impl Actor for CallActor {
                 return Ok(());
             }
             CallMsg::Adopt(handed) => Event::Adopt(handed),
+            CallMsg::Replacing { invite, user } => Event::Replacing { invite, user },
             CallMsg::AgentReserved {
                 tenant,
                 agent,
@@ -793,9 +801,9 @@ impl CallState {
         });
     }
 
-    /// Hands the CDR to the writer; the hangup's last messages wait for its commit, for at
-    /// most [`CDR_DURABLE_WAIT_LIMIT`] (the wait runs in a task, which tells the actor with
-    /// [`CallMsg::CdrStored`]). False when there is no writer to wait for.
+    /// Hands the CDR to the writer, which casts [`CallMsg::CdrStored`] back right after the
+    /// commit (the core bounds the wait with a timer: [`CDR_DURABLE_WAIT_LIMIT`]). False
+    /// when there is no writer to wait for.
     fn write_cdr(&mut self, cdr: crate::store::Cdr) -> bool {
         let store = match self.ctx.store() {
             Some(store) => store,
@@ -807,34 +815,21 @@ impl CallState {
                 return false;
             }
         };
-        let (stored, committed) = tokio::sync::oneshot::channel();
-        if let Err(e) = store_writer::write_cdr_acked(&store, cdr, stored) {
+        let me = self.myself.clone();
+        let started = Instant::now();
+        let ack = store_writer::CdrAck::new(move |stored| {
+            if stored {
+                metrics::histogram!(CDR_DURABLE_WAIT).record(started.elapsed().as_secs_f64());
+            } else {
+                metrics::counter!(CDR_NOT_DURABLE, "reason" => "failed").increment(1);
+            }
+            let _ = me.cast(CallMsg::CdrStored(stored));
+        });
+        if let Err(e) = store_writer::write_cdr_acked(&store, cdr, ack) {
             metrics::counter!(CDR_NOT_DURABLE, "reason" => "no_writer").increment(1);
             tracing::error!(error = %e, "CDR writer unavailable: CDR lost");
             return false;
         }
-        let me = self.myself.clone();
-        let started = Instant::now();
-        tokio::spawn(async move {
-            let stored = match tokio::time::timeout(CDR_DURABLE_WAIT_LIMIT, committed).await {
-                Ok(Ok(true)) => {
-                    metrics::histogram!(CDR_DURABLE_WAIT).record(started.elapsed().as_secs_f64());
-                    true
-                }
-                Ok(_) => {
-                    metrics::counter!(CDR_NOT_DURABLE, "reason" => "failed").increment(1);
-                    false
-                }
-                Err(_) => {
-                    metrics::counter!(CDR_NOT_DURABLE, "reason" => "timeout").increment(1);
-                    tracing::warn!(
-                        "CDR not committed within {CDR_DURABLE_WAIT_LIMIT:?}: hangup goes on"
-                    );
-                    false
-                }
-            };
-            let _ = me.cast(CallMsg::CdrStored(stored));
-        });
         true
     }
 }

@@ -899,7 +899,7 @@ impl CallCore {
         if let Some(id) = self
             .txs
             .iter()
-            .find(|t| t.role == Role::AInvite)
+            .find(|t| t.role == Role::AInvite && t.leg == Leg::A)
             .map(|t| t.id)
         {
             self.respond_msg(id, &resp);
@@ -1231,6 +1231,7 @@ impl CallCore {
             }
             CallTimer::ResendRelayed2xx(tx) => self.resend_relayed_2xx(tx, id),
             CallTimer::Announce if self.announce == Some(id) => self.request_position(),
+            CallTimer::CdrWait if self.cdr_timer == Some(id) => self.cdr_wait_over(),
             CallTimer::ConsultNoAnswer if self.consult_timer == Some(id) => {
                 self.consult_timer = None;
                 self.consult_failed(480);

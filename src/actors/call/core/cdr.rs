@@ -47,6 +47,7 @@ impl CallCore {
         // actor bounds the wait): [`Event::CdrStored`].
         self.after_cdr = Some(Vec::new());
         self.out.push(Effect::WriteCdr(Box::new(cdr)));
+        self.cdr_timer = Some(self.schedule_call_timer(CallTimer::CdrWait, self.cfg.cdr_wait));
         if let Some(c) = self.core().consult.clone() {
             // A consultation still ringing is cancelled, an answered one hung up on; its
             // session goes.
@@ -128,8 +129,24 @@ impl CallCore {
         }
     }
 
+    /// The CDR's commit did not come in time: the hangup goes on without it.
+    pub(super) fn cdr_wait_over(&mut self) {
+        self.cdr_timer = None;
+        if self.after_cdr.is_some() {
+            metrics::counter!(super::super::CDR_NOT_DURABLE, "reason" => "timeout").increment(1);
+            tracing::warn!(
+                "CDR not committed within {:?}: hangup goes on",
+                self.cfg.cdr_wait
+            );
+            self.cdr_stored();
+        }
+    }
+
     /// The CDR is committed (or will not be soon): the held messages go out.
     pub(super) fn cdr_stored(&mut self) {
+        if let Some(t) = self.cdr_timer.take() {
+            self.cancel_timer(t);
+        }
         let (release, steps): (Vec<_>, Vec<_>) = self
             .after_cdr
             .take()

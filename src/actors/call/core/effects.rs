@@ -276,6 +276,8 @@ pub struct CallConfig {
     pub user_agent: Bytes,
     /// Answer UDP at the source port (`sip.force_rport`).
     pub force_rport: bool,
+    /// How long the hangup's last message waits for the CDR's commit.
+    pub cdr_wait: Duration,
     /// The host and port written in Via and Contact, per protocol (UDP, TCP, TLS).
     pub sent_by: [(String, u16); 3],
 }
@@ -332,6 +334,7 @@ impl CallConfig {
             max_duration: None,
             user_agent: Bytes::from_static(b"Switchyard-test"),
             force_rport: true,
+            cdr_wait: Duration::from_secs(2),
             sent_by: [
                 ("127.0.0.1".into(), 5060),
                 ("127.0.0.1".into(), 5060),

@@ -268,35 +268,42 @@ impl CallCore {
         if !self.a_answered() {
             return None;
         }
-        let session = self.session?;
-        let offer = sdp::parse(&self.core().a_invite.body).ok()?;
-        let codecs = offer.codecs();
-        let chosen = codecs.iter().find(|f| g711(f).is_some())?.clone();
-        let mut formats = vec![chosen.clone()];
-        let te = telephone_event(&offer);
-        if let Some(pt) = te {
-            formats.push(Format::telephone_event(pt));
-        }
-        let direction = offer.direction().reverse();
-        let answer = sdp::offer(
-            session.address,
-            session.port(self.side_of(Leg::A)),
-            rand::random::<u32>() as u64,
-            &formats,
-            direction,
-        );
+        let offer = self.core().a_invite.body.clone();
         let a = self.side_of(Leg::A);
-        self.media_op(MediaOp::SetRemoteCodec {
-            side: a,
-            codec: g711(&chosen)?,
-        });
+        let answer = self.switch_answer(a, &offer)?;
         self.media_op(MediaOp::Bridge(false));
         self.play_music(None);
         let mut ok = self.a_response(200, "OK", true);
         ok.push(HeaderName::ContentType, "application/sdp");
-        ok.body = Bytes::from(answer.to_bytes());
+        ok.body = answer;
         self.schedule_announcement(std::time::Duration::ZERO);
         Some(ok)
+    }
+
+    /// The switch's own answer to `offer` for `side` of the call's session: the offer's first
+    /// G.711 codec (and its telephone-event), the relay told which codec `side` speaks.
+    /// None without a session or G.711 in the offer.
+    pub(super) fn switch_answer(&mut self, side: Side, offer: &Bytes) -> Option<Bytes> {
+        let session = self.session?;
+        let offer = sdp::parse(offer).ok()?;
+        let codecs = offer.codecs();
+        let chosen = codecs.iter().find(|f| g711(f).is_some())?.clone();
+        let mut formats = vec![chosen.clone()];
+        if let Some(pt) = telephone_event(&offer) {
+            formats.push(Format::telephone_event(pt));
+        }
+        let answer = sdp::offer(
+            session.address,
+            session.port(side),
+            rand::random::<u32>() as u64,
+            &formats,
+            offer.direction().reverse(),
+        );
+        self.media_op(MediaOp::SetRemoteCodec {
+            side,
+            codec: g711(&chosen)?,
+        });
+        Some(Bytes::from(answer.to_bytes()))
     }
 
     /// Plays music to a waiting caller, after an announcement of its position when given.

@@ -43,11 +43,13 @@ mod effects;
 pub(crate) mod media;
 mod originate;
 mod queue_leg;
+mod replaces;
 #[cfg(test)]
 mod tests;
 mod transactions;
 pub(crate) mod transfer;
 mod trunk_leg;
+mod view;
 
 pub use consult::{consult_key, describe as consult_describe};
 pub use effects::{
@@ -56,6 +58,7 @@ pub use effects::{
 };
 pub use media::{info_digit, RecordingCommand};
 pub use transfer::{HandedLeg, Refused, Replaces};
+pub use view::{CallView, ConsultView, LegView, QueueView, TransferView};
 
 /// The API's call-control commands.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,6 +125,12 @@ pub enum Event {
         tenant: Arc<str>,
         agent: Arc<str>,
         phones: Result<Vec<Fork>, String>,
+    },
+    /// A new INVITE with Replaces naming one of this call's dialogs, from the tenant user
+    /// (tenant, user) it authenticated as, if any.
+    Replacing {
+        invite: Box<Inbound>,
+        user: Option<(Arc<str>, Arc<str>)>,
     },
 }
 
@@ -212,6 +221,8 @@ pub enum CallTimer {
     Announce,
     /// An API consultation's target did not answer in time.
     ConsultNoAnswer,
+    /// The CDR's commit took too long: the hangup goes on without waiting more.
+    CdrWait,
 }
 
 /// A snapshot for tests and the API.
@@ -554,6 +565,8 @@ pub struct CallCore {
     handed_over: Vec<Bytes>,
     /// The consultation target's no-answer timer.
     consult_timer: Option<TimerKey>,
+    /// The bound on the wait for the CDR's commit.
+    cdr_timer: Option<TimerKey>,
     /// Call-IDs of consultations that are over (their late messages still come here).
     stale_consults: Vec<Bytes>,
 }
@@ -598,6 +611,7 @@ impl CallCore {
             after_cdr: None,
             handed_over: Vec::new(),
             consult_timer: None,
+            cdr_timer: None,
             stale_consults: Vec::new(),
         }
     }
@@ -635,6 +649,7 @@ impl CallCore {
                 agent,
                 phones,
             } => self.agent_reserved(tenant, agent, phones),
+            Event::Replacing { invite, user } => self.replacing_invite(*invite, user),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);

@@ -346,6 +346,9 @@ impl CallCore {
             self.stale_forks.push(f.tx);
         }
         let now = self.wall_ms as u64;
+        // The agent's phone is a tenant user's: it may transfer the call (REFER), and the API
+        // holds and transfers on its behalf.
+        self.core().users[1] = Some(Arc::from(format!("agent:{}", winner.agent)));
         if let Some(q) = self.core().queue.as_mut() {
             q.agent = Some(winner.agent.clone());
             q.answered_offer = Some(winner.offer);

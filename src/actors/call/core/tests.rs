@@ -1383,6 +1383,59 @@ fn api_refuses_what_it_cannot_do() {
 }
 
 #[test]
+fn the_view_shows_legs_hold_and_a_transfer_in_progress() {
+    let (mut c, inv_b, _, mut b) = anchored_call("view-1", None);
+    let v = c.checkpoint.as_ref().expect("checkpoint").view();
+    assert_eq!(v.call_id, "view-1");
+    assert_eq!(v.tenant.as_deref(), Some("acme"));
+    assert_eq!(v.phase, "confirmed");
+    let legs: Vec<(&str, &str, Option<&str>)> = v
+        .legs
+        .iter()
+        .map(|l| (l.position, l.state, l.user.as_deref()))
+        .collect();
+    assert_eq!(legs, vec![("a", "up", None), ("b", "up", Some("1002"))]);
+    assert_eq!(v.legs[1].call_id, call_id(&inv_b));
+    assert!(v.held.is_none() && v.transfer.is_none());
+
+    let mut out = Vec::new();
+    c.core.command(Command::Hold, c.now, &mut out).unwrap();
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+    let v = c.checkpoint.as_ref().unwrap().view();
+    assert_eq!(v.held, Some("a"));
+    assert_eq!(v.legs[0].state, "held");
+    c.core.command(Command::Unhold, c.now, &mut out).unwrap();
+    for e in out.drain(..) {
+        c.apply(e);
+    }
+
+    c.from(B, &b.request("REFER", 0, &refer_to("1003"), ""));
+    let v = c.checkpoint.as_ref().unwrap().view();
+    let t = v.transfer.as_ref().expect("a transfer in progress");
+    assert_eq!(
+        (t.kind, t.by, t.target.as_str()),
+        ("blind", "phone", "user:1003")
+    );
+    let legs: Vec<(&str, &str)> = v.legs.iter().map(|l| (l.position, l.state)).collect();
+    assert_eq!(
+        legs,
+        vec![("a", "waiting"), ("b", "setup"), ("transferor", "aside")]
+    );
+    assert_eq!(v.legs[2].call_id, call_id(&inv_b));
+    assert_eq!(v.legs[2].user.as_deref(), Some("1002"));
+    let inv_c = c.request(C, Method::Invite);
+    assert_eq!(v.legs[1].call_id, call_id(&inv_c));
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    let v = c.checkpoint.as_ref().unwrap().view();
+    assert!(v.transfer.is_none());
+    assert_eq!(v.transfers, vec!["blind:phone>user:1003".to_string()]);
+    assert_eq!(v.legs.len(), 2);
+    assert_eq!(v.legs[1].user.as_deref(), Some("1003"));
+}
+
+#[test]
 fn attended_transfer_joins_the_consultation_calls_target_to_the_caller() {
     // Call 1: the caller A and agent 1002 (B), anchored.
     let (mut c1, inv_b, mut a, mut b) = anchored_call("att-1", None);
@@ -1839,4 +1892,100 @@ fn a_busy_agent_is_not_offered_the_transfer_and_the_transferor_comes_back() {
     );
     assert!(!c.has(D, |_| true));
     assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+// ---- INVITE with Replaces ----
+
+/// A new INVITE from a phone at `at` naming the dialog with `call_id`, `local` and `remote`
+/// tags (as the phone's side would put them: to-tag, from-tag).
+fn replacing_invite(at: &str, cid: &str, r_call: &str, to_tag: &str, from_tag: &str) -> String {
+    format!(
+        "INVITE sip:1002@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {at};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:1005@acme.test>;tag=e-{cid}\r\nTo: <sip:1002@127.0.0.1>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:1005@{at}>\r\nReplaces: {r_call};to-tag={to_tag};from-tag={from_tag}\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP_A}",
+        SDP_A.len()
+    )
+}
+
+const E: &str = "127.0.0.7:5062";
+
+fn from_tag_of(m: &Message) -> String {
+    m.from()
+        .and_then(|f| f.tag())
+        .map(|t| String::from_utf8_lossy(&t).into_owned())
+        .unwrap_or_default()
+}
+
+fn replacing(c: &mut Call, text: &str, user: Option<(&str, &str)>) {
+    let invite = Box::new(Inbound {
+        msg: msg(text),
+        source: source(E),
+    });
+    let user = user.map(|(t, u)| (Arc::from(t), Arc::from(u)));
+    c.feed(Event::Replacing { invite, user });
+}
+
+#[test]
+fn an_invite_with_replaces_takes_the_named_legs_place() {
+    let (mut c, inv_b, _, mut b) = anchored_call("repl-1", None);
+    // A phone of the tenant (1005 at E) replaces the agent's leg B, naming B's dialog (the
+    // switch's tag is the From tag of its INVITE to B).
+    let switch_tag = from_tag_of(&inv_b);
+    let text = replacing_invite(E, "repl-new", &call_id(&inv_b), "btag", &switch_tag);
+    replacing(&mut c, &text, Some(("acme", "1005")));
+    c.status(E, 100, Method::Invite);
+    let ok = c.status(E, 200, Method::Invite);
+    assert!(
+        body(&ok).contains("m=audio 20002 "),
+        "the port the replaced leg used"
+    );
+    assert!(c.registered.iter().any(|id| id.as_ref() == b"repl-new"));
+    // The replaced leg is let go.
+    let bye = c.request(B, Method::Bye);
+    assert_eq!(call_id(&bye), call_id(&inv_b));
+    c.from(B, &answer(&bye, 200, "OK", "", B, ""));
+    // The new phone ACKs; its BYE reaches the caller.
+    let mut e = Side::caller(&ok);
+    e.me = E.into();
+    c.from(E, &e.request("ACK", 1, "", ""));
+    c.from(E, &e.request("BYE", 0, "", ""));
+    c.request(A, Method::Bye);
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("replaces:phone>sip:1005@acme.test")
+    );
+    let _ = b.request("BYE", 0, "", "");
+}
+
+#[test]
+fn an_invite_with_replaces_from_a_stranger_or_for_no_dialog_is_refused() {
+    let (mut c, inv_b, _, _) = anchored_call("repl-2", None);
+    let from_tag = from_tag_of(&inv_b);
+    let text = replacing_invite(E, "repl-x", &call_id(&inv_b), "btag", &from_tag);
+    replacing(&mut c, &text, None);
+    c.status(E, 403, Method::Invite);
+    replacing(&mut c, &text, Some(("other-tenant", "1005")));
+    c.status(E, 403, Method::Invite);
+    let wrong = replacing_invite(E, "repl-y", &call_id(&inv_b), "nope", &from_tag);
+    replacing(&mut c, &wrong, Some(("acme", "1005")));
+    c.status(E, 481, Method::Invite);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Bye)),
+        "nothing replaced"
+    );
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn the_view_shows_a_consultation() {
+    let (c, inv_c, _) = consulting("view-consult");
+    let v = c.checkpoint.as_ref().expect("checkpoint").view();
+    let consult = v.consult.as_ref().expect("a consultation");
+    assert_eq!((consult.target.as_str(), consult.up), ("user:1003", true));
+    assert_eq!(v.held, Some("a"));
+    let legs: Vec<(&str, &str)> = v.legs.iter().map(|l| (l.position, l.state)).collect();
+    assert_eq!(
+        legs,
+        vec![("a", "held"), ("b", "consulting"), ("consulted", "up")]
+    );
+    assert_eq!(v.legs[2].call_id, call_id(&inv_c));
+    assert_eq!(v.legs[2].user.as_deref(), Some("1003"));
 }

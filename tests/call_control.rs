@@ -1,0 +1,1208 @@
+//! Transfer, hold and call control on a real node (issue 17): a tenant whose users 1001,
+//! 1002 and 1003 register their phones with digest, every call anchored
+//! (`media.anchor_all`), each phone and its RTP socket on its own 127.0.0.x address.
+//! - A phone's blind REFER: the caller ends up talking with the target through the relay
+//!   (real RTP both ways), the transferor gets NOTIFY 100 then 200 and a BYE, and the CDR in
+//!   SQLite has the chain and three legs.
+//! - A busy target: the transferor hears NOTIFY 486 and stays connected (a recall).
+//! - A queue call its agent transfers to another queue's number waits there with its
+//!   priority and its original joining time; the agent goes to wrap-up.
+//! - The API: `GET /calls` (tenant-scoped), hold (the caller hears music, the agent
+//!   nothing), unhold, transfer, `DELETE`; an attended transfer of a queue call (the agent
+//!   consults 1003 on a second relay session while the caller hears music, then hands the
+//!   caller over), and a cancelled consultation (the agent back with the caller).
+//! - A call actor that panics while its call is held, while a transfer rings and while its
+//!   agent consults: each resumes in a settled state (held; back with the transferor; back
+//!   with the agent).
+
+mod common;
+
+use common::rtp::{dominant_hz, sdp_addr, Rtp};
+use common::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use switchyard::actors::call::CallMsg;
+use switchyard::config::{
+    AgentConfig, Config, MembershipConfig, NumberConfig, TenantConfig, UserConfig,
+};
+use switchyard::server::Node;
+use switchyard::sip::auth::{ha1, Algorithm};
+use switchyard::sip::message::Message;
+use switchyard::store::HangupBy;
+use tokio::net::UdpSocket;
+
+const DOMAIN: &str = "acme.test";
+/// The tenant acme's API token (its config file's `api_token`).
+const ACME: &str = "Bearer acme-tenant-token-0123456789abcdef-0001";
+/// Another tenant's token: it must see nothing of acme's calls.
+const OTHER: &str = "Bearer other-tenant-token-0123456789abcdef-0002";
+
+/// A test phone: its SIP socket and its RTP socket, both on `ip`.
+struct Phone {
+    ua: Ua,
+    rtp: Rtp,
+}
+
+impl Phone {
+    async fn at(ip: &str) -> Phone {
+        let sock = UdpSocket::bind((ip, 0)).await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        Phone {
+            ua: Ua { sock, addr },
+            rtp: Rtp::at(ip).await,
+        }
+    }
+
+    async fn register(&self, sw: SocketAddr, user: &str) {
+        register_udp(&self.ua, sw, DOMAIN, user, &password(user)).await;
+    }
+
+    /// Answers a request the switch sent (NOTIFY, BYE) with 200.
+    async fn ok(&self, req: &Message, from: SocketAddr) {
+        self.ua
+            .send(from, &answer(req, 200, "OK", "", self.ua.addr, ""))
+            .await;
+    }
+}
+
+fn password(user: &str) -> String {
+    format!("pw-{user}")
+}
+
+fn node_config(dir: &std::path::Path, ports: &str) -> Config {
+    let mut c = config(dir, &[]);
+    c.media.anchor_all = true;
+    c.media.rtp_ports = ports.into();
+    c.timers.t1_ms = 100;
+    c.timers.t2_ms = 400;
+    c.timers.t4_ms = 500;
+    let user = |u: &str| UserConfig {
+        username: u.into(),
+        ha1_md5: Some(ha1(Algorithm::Md5, u, DOMAIN, &password(u))),
+        ha1_sha256: Some(ha1(Algorithm::Sha256, u, DOMAIN, &password(u))),
+        outbound: None,
+    };
+    let number = |n: &str, q: &str, priority: u32| NumberConfig {
+        number: n.into(),
+        target: format!("queue:{q}"),
+        priority,
+    };
+    c.tenants = vec![
+        TenantConfig {
+            id: "acme".into(),
+            domain: DOMAIN.into(),
+            users: vec![user("1001"), user("1002"), user("1003")],
+            // 5000: support, where agent a2 (phone 1002) answers; 5001: sales, no agent.
+            numbers: vec![number("5000", "support", 5), number("5001", "sales", 1)],
+            queues: vec![
+                toml::from_str("id = \"support\"\nring_timeout_secs = 5\nwrap_up_secs = 60")
+                    .unwrap(),
+                toml::from_str("id = \"sales\"\nring_timeout_secs = 5").unwrap(),
+            ],
+            agents: vec![AgentConfig {
+                id: "a2".into(),
+                user: "1002".into(),
+                queues: vec![MembershipConfig {
+                    queue: "support".into(),
+                    tier: 1,
+                    penalty: 0,
+                }],
+                skills: Default::default(),
+                wrap_up_secs: None,
+                state: Some("available".into()),
+            }],
+            api_token: Some(ACME.trim_start_matches("Bearer ").into()),
+            ..Default::default()
+        },
+        TenantConfig {
+            id: "other".into(),
+            domain: "other.test".into(),
+            api_token: Some(OTHER.trim_start_matches("Bearer ").into()),
+            ..Default::default()
+        },
+    ];
+    c
+}
+
+/// An INVITE from `ua` to `user` of acme, offering `sdp`.
+fn invite_sdp(cid: &str, user: &str, ua: SocketAddr, sdp: &str) -> String {
+    format!(
+        "INVITE sip:{user}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: \"Alice\" <sip:alice@{ua}>;tag=a-{cid}\r\nTo: <sip:{user}@{DOMAIN}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+fn is_ok_to(method: &'static str) -> impl Fn(&Message) -> bool {
+    move |m| m.status() == Some(200) && m.cseq().is_some_and(|c| c.method.to_string() == method)
+}
+
+fn is_notify(status: u16) -> impl Fn(&Message) -> bool {
+    move |m| {
+        m.method().is_some_and(|x| x.to_string() == "NOTIFY")
+            && String::from_utf8_lossy(&m.body).starts_with(&format!("SIP/2.0 {status} "))
+    }
+}
+
+fn subscription_state(notify: &Message) -> String {
+    notify
+        .other("Subscription-State")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+/// The next request `method` within `wait` (others skipped); None if none came.
+async fn request_within(ua: &Ua, method: &str, wait: Duration) -> Option<(Message, SocketAddr)> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (m, from) = ua.recv(left).await?;
+        if m.method().is_some_and(|x| x.to_string() == method) {
+            return Some((m, from));
+        }
+    }
+}
+
+/// A call up to the ACK, as both phones see it.
+struct Up {
+    /// The caller's dialog, and where it sends its audio.
+    a: Side,
+    to_switch_a: SocketAddr,
+    /// The callee's INVITE and dialog (tag `btag`), and where it sends its audio.
+    inv_b: Message,
+    b: Side,
+    to_switch_b: SocketAddr,
+}
+
+/// `caller` calls `dialled` (a user or a queue's number); `callee`'s phone answers.
+async fn call(caller: &Phone, callee: &Phone, sw: SocketAddr, cid: &str, dialled: &str) -> Up {
+    caller
+        .ua
+        .send(
+            sw,
+            &invite_sdp(cid, dialled, caller.ua.addr, &caller.rtp.sdp()),
+        )
+        .await;
+    let (inv_b, from) = callee.ua.expect_request("INVITE").await;
+    callee
+        .ua
+        .send(
+            from,
+            &answer(&inv_b, 180, "Ringing", "btag", callee.ua.addr, ""),
+        )
+        .await;
+    callee
+        .ua
+        .send(
+            from,
+            &answer(&inv_b, 200, "OK", "btag", callee.ua.addr, &callee.rtp.sdp()),
+        )
+        .await;
+    let (ok, _) = caller.ua.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    let mut a = Side::caller(caller.ua.addr, cid, &ok);
+    caller.ua.send(sw, &a.request("ACK", 1, "", "")).await;
+    callee.ua.expect_request("ACK").await;
+    Up {
+        a,
+        to_switch_a: sdp_addr(&ok),
+        to_switch_b: sdp_addr(&inv_b),
+        b: Side::callee(callee.ua.addr, &inv_b, "btag"),
+        inv_b,
+    }
+}
+
+/// `x` and `y` talk for a second, `x` a 1 kHz tone to `to_x` and `y` a 2 kHz tone to
+/// `to_y`: each must hear the other's tone.
+async fn talk(x: &Phone, to_x: SocketAddr, y: &Phone, to_y: SocketAddr, what: &str) {
+    x.rtp.drain();
+    y.rtp.drain();
+    let (sx, sy) = (
+        x.rtp.send_tone(to_x, 1000.0, 60),
+        y.rtp.send_tone(to_y, 2000.0, 60),
+    );
+    let (heard_by_y, heard_by_x) = tokio::join!(
+        y.rtp.listen(Duration::from_millis(1400)),
+        x.rtp.listen(Duration::from_millis(1400))
+    );
+    sx.await.unwrap();
+    sy.await.unwrap();
+    assert!(
+        heard_by_y.len() >= 40 && heard_by_x.len() >= 40,
+        "{what}: {} and {} packets arrived",
+        heard_by_y.len(),
+        heard_by_x.len()
+    );
+    let (f_y, f_x) = (dominant_hz(&heard_by_y), dominant_hz(&heard_by_x));
+    assert!(
+        (f_y - 1000.0).abs() <= 50.0,
+        "{what}: one side hears {f_y} Hz"
+    );
+    assert!(
+        (f_x - 2000.0).abs() <= 50.0,
+        "{what}: the other hears {f_x} Hz"
+    );
+}
+
+/// While `caller` sends a tone: what it hears (the relay's music) and what `other` hears.
+async fn held_audio(caller: &Phone, to_switch: SocketAddr, other: &Phone) -> (usize, usize) {
+    caller.rtp.drain();
+    other.rtp.drain();
+    let sending = caller.rtp.send_tone(to_switch, 1000.0, 50);
+    let (at_caller, at_other) = tokio::join!(
+        caller.rtp.listen(Duration::from_millis(1200)),
+        other.rtp.listen(Duration::from_millis(1200))
+    );
+    sending.await.unwrap();
+    (at_caller.len(), at_other.len())
+}
+
+async fn api(node: &Node, method: &str, path: &str, token: &str, body: &str) -> (u16, Value) {
+    let reply = http_request(node.http_addr, method, path, Some(token), body).await;
+    let json = serde_json::from_str(&reply.body).unwrap_or(Value::Null);
+    (reply.status, json)
+}
+
+/// The call `cid` as `GET /calls/{cid}` shows it to the node.
+async fn view(node: &Node, cid: &str) -> Value {
+    let (status, v) = api(node, "GET", &format!("/calls/{cid}"), API_BEARER, "").await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Polls the view of `cid` until `pred` holds (bounded: 5 s).
+async fn view_until(node: &Node, cid: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = view(node, cid).await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls agent `id` of acme until its state is `state` (bounded: 5 s), through the API
+/// with the tenant's token.
+async fn agent_state(node: &Node, id: &str, state: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, list) = api(node, "GET", "/agents?tenant=acme", ACME, "").await;
+        assert_eq!(status, 200);
+        let got = list["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == id)
+            .map(|a| a["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default();
+        if got == state {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "agent {id} is {got}, not {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn agent_offerable(node: &Node) {
+    let a = switchyard::actors::agent::lookup("acme", "a2", &node.name).expect("agent a2");
+    for _ in 0..250 {
+        if switchyard::actors::agent::info(&a)
+            .await
+            .is_ok_and(|i| i.offerable)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("agent a2 never became offerable");
+}
+
+/// A counter's value (the sum of its series carrying every one of `labels`).
+async fn metric(node: &Node, name: &str, labels: &[&str]) -> f64 {
+    let reply = http_request(node.http_addr, "GET", "/metrics", None, "").await;
+    reply
+        .body
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The caller hangs up; the phone now in the call (`callee`) gets the BYE and answers.
+async fn caller_hangs_up(caller: &Phone, a: &mut Side, callee: &Phone, sw: SocketAddr) {
+    caller.ua.send(sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = callee.ua.expect_request("BYE").await;
+    callee.ok(&bye, from).await;
+    caller.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+}
+
+/// A REFER from the callee's phone in its dialog.
+fn refer(b: &mut Side, target: &str) -> String {
+    b.request(
+        "REFER",
+        0,
+        &format!("Refer-To: <sip:{target}@{DOMAIN}>\r\nReferred-By: <sip:1002@{DOMAIN}>\r\n"),
+        "",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phones_blind_refer_connects_the_caller_to_the_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47000-47099")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.51").await,
+        Phone::at("127.0.0.52").await,
+        Phone::at("127.0.0.53").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "xfer-phone-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        inv_b,
+        mut b,
+        to_switch_b,
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "before the transfer",
+    )
+    .await;
+
+    // 1002 transfers the caller to 1003: 202, then NOTIFY 100 in 1002's dialog.
+    p1002.ua.send(sw, &refer(&mut b, "1003")).await;
+    p1002.ua.expect_status(202).await;
+    let (n100, from) = p1002.ua.expect("NOTIFY 100", is_notify(100)).await;
+    assert_eq!(call_id(&n100), call_id(&inv_b));
+    assert_eq!(header(&n100, "Event"), "refer");
+    p1002.ok(&n100, from).await;
+
+    // 1003 rings with the switch's offer; the call shows the transfer in progress.
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    assert_ne!(call_id(&inv_c), call_id(&inv_b), "the target's own leg");
+    let to_switch_c = sdp_addr(&inv_c);
+    let v = view(&node, cid).await;
+    assert_eq!(v["transfer"]["target"], "user:1003", "{v}");
+    let positions: Vec<&str> = v["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["position"].as_str().unwrap())
+        .collect();
+    assert_eq!(positions, ["a", "b", "transferor"], "{v}");
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 180, "Ringing", "ctag", p1003.ua.addr, ""),
+        )
+        .await;
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 200, "OK", "ctag", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+
+    // 1002 is told it worked and let go.
+    let (n200, from) = p1002.ua.expect("NOTIFY 200", is_notify(200)).await;
+    assert!(subscription_state(&n200).starts_with("terminated"));
+    p1002.ok(&n200, from).await;
+    let (bye, from) = p1002.ua.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&inv_b));
+    p1002.ok(&bye, from).await;
+
+    // The caller and 1003 hear each other through the relay.
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_switch_c,
+        "after the transfer",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert!(v["transfer"].is_null(), "{v}");
+    assert_eq!(v["legs"][1]["user"], "1003", "{v}");
+
+    caller_hangs_up(&caller, &mut a, &p1003, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("blind:phone>user:1003"));
+    let legs: Vec<(&str, &str, &str)> = cdr
+        .legs
+        .iter()
+        .map(|l| (l.call_id.as_str(), l.role.as_str(), l.end_reason.as_str()))
+        .collect();
+    assert_eq!(
+        legs,
+        vec![
+            (cid, "caller", "bye"),
+            (call_id(&inv_b).as_str(), "callee", "transferred"),
+            (call_id(&inv_c).as_str(), "transfer", "bye"),
+        ]
+    );
+    assert_eq!(cdr.legs[2].party, "user:1003");
+    assert!(cdr.legs.iter().all(|l| l.answer_at.is_some()));
+    assert!(cdr.legs[1].end_at <= cdr.legs[2].end_at);
+    assert_eq!(cdr.hangup_by, HangupBy::Caller);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_target_leaves_the_transferor_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47100-47199")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.61").await,
+        Phone::at("127.0.0.62").await,
+        Phone::at("127.0.0.63").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "xfer-recall-1";
+    let Up {
+        to_switch_a,
+        inv_b,
+        mut b,
+        to_switch_b,
+        ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    p1002.ua.send(sw, &refer(&mut b, "1003")).await;
+    p1002.ua.expect_status(202).await;
+    let (n100, from) = p1002.ua.expect("NOTIFY 100", is_notify(100)).await;
+    p1002.ok(&n100, from).await;
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 486, "Busy Here", "ctag", p1003.ua.addr, ""),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    let (n486, from) = p1002.ua.expect("NOTIFY 486", is_notify(486)).await;
+    assert!(subscription_state(&n486).starts_with("terminated"));
+    p1002.ok(&n486, from).await;
+    assert!(
+        request_within(&p1002.ua, "BYE", Duration::from_millis(500))
+            .await
+            .is_none(),
+        "the transferor stays"
+    );
+    // Back to caller and 1002, who hear each other again.
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "after the recall",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert!(v["transfer"].is_null(), "{v}");
+    assert_eq!(v["transfers"][0], "blind:phone>user:1003:486", "{v}");
+
+    // 1002 hangs up: the caller gets the BYE.
+    p1002.ua.send(sw, &b.request("BYE", 0, "", "")).await;
+    let (bye, from) = caller.ua.expect_request("BYE").await;
+    caller.ok(&bye, from).await;
+    p1002.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("blind:phone>user:1003:486"));
+    let roles: Vec<&str> = cdr.legs.iter().map(|l| l.role.as_str()).collect();
+    assert_eq!(roles, ["caller", "callee"], "1003 never joined");
+    assert_eq!(cdr.legs[1].call_id, call_id(&inv_b));
+    assert_eq!(cdr.hangup_by, HangupBy::Callee);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_transfers_a_queue_call_to_another_queue_which_keeps_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47200-47299")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent) = (Phone::at("127.0.0.71").await, Phone::at("127.0.0.72").await);
+    agent.register(sw, "1002").await;
+    agent_offerable(&node).await;
+    let cid = "xfer-queue-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        mut b,
+        ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    let v = view(&node, cid).await;
+    assert_eq!(v["queue"]["queue"], "acme/support", "{v}");
+    assert_eq!(v["queue"]["priority"], 5, "{v}");
+    assert_eq!(v["agent"], "a2", "{v}");
+    assert_eq!(v["legs"][1]["user"], "agent:a2", "{v}");
+    let joined = v["queue"]["joined_ms"].as_u64().unwrap();
+
+    // The agent's phone transfers the caller to sales' number.
+    agent.ua.send(sw, &refer(&mut b, "5001")).await;
+    agent.ua.expect_status(202).await;
+    let (n200, from) = agent.ua.expect("NOTIFY 200", is_notify(200)).await;
+    agent.ok(&n200, from).await;
+    let (bye, from) = agent.ua.expect_request("BYE").await;
+    agent.ok(&bye, from).await;
+
+    // The caller waits in sales with its priority and the time it first joined support.
+    let v = view_until(&node, cid, "queued in sales", |v| v["phase"] == "queued").await;
+    assert_eq!(v["queue"]["queue"], "acme/sales", "{v}");
+    assert_eq!(
+        v["queue"]["priority"], 5,
+        "the higher priority is kept: {v}"
+    );
+    assert_eq!(v["queue"]["joined_ms"].as_u64(), Some(joined), "{v}");
+    let (status, waiting) = api(&node, "GET", "/queues/acme/sales/waiting", ACME, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(waiting[0]["call_id"], cid, "{waiting}");
+    assert_eq!(waiting[0]["priority"], 5);
+    let since_join = switchyard::store::now_unix_ms() as u64 - joined;
+    let waited = waiting[0]["waited_ms"].as_u64().unwrap();
+    assert!(
+        waited + 100 >= since_join,
+        "waited {waited} ms, joined {since_join} ms ago"
+    );
+    // The agent moved on to wrap-up; the caller hears music while it waits.
+    agent_state(&node, "a2", "wrap_up").await;
+    let (heard, _) = held_audio(&caller, to_switch_a, &agent).await;
+    assert!(heard >= 20, "the caller hears music: {heard} packets");
+
+    caller.ua.send(sw, &a.request("BYE", 0, "", "")).await;
+    caller.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("blind:phone>queue:sales"));
+    assert_eq!(cdr.queue.as_deref(), Some("acme/sales"));
+    let legs: Vec<(&str, &str)> = cdr
+        .legs
+        .iter()
+        .map(|l| (l.role.as_str(), l.end_reason.as_str()))
+        .collect();
+    assert_eq!(
+        legs,
+        vec![
+            ("caller", "caller hung up in queue"),
+            ("callee", "transferred")
+        ]
+    );
+    assert_eq!(cdr.legs[1].party, "agent:a2");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_holds_transfers_and_releases_a_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47300-47399")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = (
+        Phone::at("127.0.0.81").await,
+        Phone::at("127.0.0.82").await,
+        Phone::at("127.0.0.83").await,
+    );
+    agent.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    agent_offerable(&node).await;
+    let cid = "api-call-1";
+    let Up {
+        to_switch_a,
+        to_switch_b,
+        ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    let path = format!("/calls/{cid}");
+
+    // Listed for the node and for acme; another tenant sees nothing of it.
+    let (status, list) = api(&node, "GET", "/calls", ACME, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(list["total"], 1, "{list}");
+    assert_eq!(list["calls"][0]["call_id"], cid);
+    assert_eq!(list["calls"][0]["tenant"], "acme");
+    assert_eq!(list["calls"][0]["phase"], "confirmed");
+    let (_, list) = api(&node, "GET", "/calls?tenant=acme", API_BEARER, "").await;
+    assert_eq!(list["total"], 1, "{list}");
+    let (_, list) = api(&node, "GET", "/calls", OTHER, "").await;
+    assert_eq!(list["total"], 0, "{list}");
+    assert_eq!(
+        api(&node, "GET", "/calls?tenant=acme", OTHER, "").await.0,
+        404
+    );
+    let (status, theirs) = api(&node, "GET", &path, OTHER, "").await;
+    let (_, missing) = api(&node, "GET", "/calls/no-such-call", OTHER, "").await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        theirs["detail"].as_str().unwrap().replace(cid, "X"),
+        missing["detail"]
+            .as_str()
+            .unwrap()
+            .replace("no-such-call", "X"),
+        "another tenant's call looks like no call"
+    );
+    assert_eq!(
+        api(&node, "POST", &format!("{path}/hold"), OTHER, "")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(api(&node, "DELETE", &path, OTHER, "").await.0, 404);
+    assert_eq!(
+        api(&node, "GET", "/calls?tenant=acme&limit=x", ACME, "")
+            .await
+            .0,
+        400
+    );
+
+    talk(&caller, to_switch_a, &agent, to_switch_b, "before hold").await;
+
+    // Hold: the caller hears music, the agent nothing.
+    let (status, held) = api(&node, "POST", &format!("{path}/hold"), ACME, "").await;
+    assert_eq!(status, 200, "{held}");
+    assert_eq!(held["result"], "held");
+    assert_eq!(held["call"]["held"], "a", "{held}");
+    let (at_caller, at_agent) = held_audio(&caller, to_switch_a, &agent).await;
+    assert!(
+        at_caller >= 20,
+        "the caller hears music: {at_caller} packets"
+    );
+    assert_eq!(at_agent, 0, "the agent hears nothing");
+    let (status, again) = api(&node, "POST", &format!("{path}/hold"), ACME, "").await;
+    assert_eq!(status, 409, "{again}");
+    assert!(
+        metric(
+            &node,
+            "switchyard_call_control_total",
+            &["action=\"hold\"", "result=\"ok\""]
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &node,
+            "switchyard_call_control_total",
+            &["action=\"hold\"", "result=\"refused\""]
+        )
+        .await
+            >= 1.0
+    );
+
+    // Unhold: they hear each other again.
+    let (status, unheld) = api(&node, "POST", &format!("{path}/unhold"), ACME, "").await;
+    assert_eq!(status, 200, "{unheld}");
+    assert!(unheld["call"]["held"].is_null());
+    talk(&caller, to_switch_a, &agent, to_switch_b, "after unhold").await;
+
+    // Transfer: a bad target is refused, no consultation to complete, blind to 1003 works.
+    let xfer = format!("{path}/transfer");
+    let (status, _) = api(&node, "POST", &format!("{path}/consult/complete"), ACME, "").await;
+    assert_eq!(status, 409, "no consultation in progress");
+    let (status, _) = api(&node, "POST", &xfer, ACME, r#"{"target":"7777"}"#).await;
+    assert_eq!(status, 409, "no such user or number is unavailable");
+    let (status, _) = api(&node, "POST", &xfer, ACME, r#"{"target":"sip:x@y"}"#).await;
+    assert_eq!(status, 400);
+    let (status, moved) = api(&node, "POST", &xfer, ACME, r#"{"target":"1003"}"#).await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["result"], "user:1003");
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    let to_switch_c = sdp_addr(&inv_c);
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 200, "OK", "ctag", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    let (bye, from) = agent.ua.expect_request("BYE").await;
+    agent.ok(&bye, from).await;
+    agent_state(&node, "a2", "wrap_up").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_switch_c,
+        "after the API's transfer",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert_eq!(v["legs"][1]["user"], "1003", "{v}");
+    assert_eq!(v["transfers"][0], "blind:api>user:1003", "{v}");
+
+    // Release: both legs get a BYE, the call is gone.
+    let (status, released) = api(&node, "DELETE", &path, ACME, "").await;
+    assert_eq!(status, 202, "{released}");
+    let ((bye_a, from_a), (bye_c, from_c)) = tokio::join!(
+        caller.ua.expect_request("BYE"),
+        p1003.ua.expect_request("BYE")
+    );
+    caller.ok(&bye_a, from_a).await;
+    p1003.ok(&bye_c, from_c).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.disconnect_reason, "released by api");
+    assert_eq!(cdr.hangup_by, HangupBy::System);
+    assert_eq!(cdr.transfers.as_deref(), Some("blind:api>user:1003"));
+    assert_eq!(cdr.legs.len(), 3);
+    assert_eq!(api(&node, "GET", &path, ACME, "").await.0, 404);
+    assert!(
+        metric(
+            &node,
+            "switchyard_call_control_total",
+            &["action=\"release\"", "result=\"ok\""]
+        )
+        .await
+            >= 1.0
+    );
+    node.shutdown().await;
+}
+
+/// Injects a panic into the call's actor and waits for its successor.
+async fn crash_call(node: &Node, cid: &str) {
+    let before = node
+        .ctx
+        .directory
+        .lookup(cid.as_bytes())
+        .expect("call actor");
+    before.send_message(CallMsg::InjectPanic).unwrap();
+    let restarted = wait_until(Duration::from_secs(5), || {
+        node.ctx
+            .directory
+            .lookup(cid.as_bytes())
+            .is_some_and(|n| n.get_id() != before.get_id())
+    })
+    .await;
+    assert!(restarted, "a new call actor owns the call");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_call_stays_held_when_its_actor_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47400-47499")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002) = (Phone::at("127.0.0.91").await, Phone::at("127.0.0.92").await);
+    p1002.register(sw, "1002").await;
+    let cid = "panic-held-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+        ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    talk(&caller, to_switch_a, &p1002, to_switch_b, "before hold").await;
+    let path = format!("/calls/{cid}");
+    assert_eq!(
+        api(&node, "POST", &format!("{path}/hold"), ACME, "")
+            .await
+            .0,
+        200
+    );
+
+    crash_call(&node, cid).await;
+    let v = view(&node, cid).await;
+    assert_eq!(v["held"], "a", "still held after the restart: {v}");
+    let (at_caller, at_callee) = held_audio(&caller, to_switch_a, &p1002).await;
+    assert!(at_caller >= 20, "still music: {at_caller} packets");
+    assert_eq!(at_callee, 0, "the callee still hears nothing");
+    // The restarted actor takes the unhold; the call goes on.
+    assert_eq!(
+        api(&node, "POST", &format!("{path}/unhold"), ACME, "")
+            .await
+            .0,
+        200
+    );
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "after restart and unhold",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &p1002, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.hangup_by, HangupBy::Caller);
+    node.shutdown().await;
+}
+
+/// A call actor that panics while the transfer target rings resumes the call as it was
+/// before the transfer: the target's INVITE is cancelled, the transferor is told the
+/// transfer failed (NOTIFY 500) and talks with the caller again (a recall); the caller, up
+/// all along, gets no final error for its answered INVITE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_actor_panics_while_its_transfer_rings_goes_back_to_the_transferor() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47500-47599")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.101").await,
+        Phone::at("127.0.0.102").await,
+        Phone::at("127.0.0.103").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "panic-xfer-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+        mut b,
+        ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    p1002.ua.send(sw, &refer(&mut b, "1003")).await;
+    p1002.ua.expect_status(202).await;
+    let (n100, from) = p1002.ua.expect("NOTIFY 100", is_notify(100)).await;
+    p1002.ok(&n100, from).await;
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 180, "Ringing", "ctag", p1003.ua.addr, ""),
+        )
+        .await;
+    view_until(&node, cid, "the target rings", |v| v["phase"] == "early").await;
+
+    crash_call(&node, cid).await;
+    let (cancel, from) = p1003.ua.expect_request("CANCEL").await;
+    assert_eq!(call_id(&cancel), call_id(&inv_c));
+    p1003.ok(&cancel, from).await;
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 487, "Request Terminated", "ctag", p1003.ua.addr, ""),
+        )
+        .await;
+    let (n500, from) = p1002.ua.expect("NOTIFY 500", is_notify(500)).await;
+    p1002.ok(&n500, from).await;
+    let v = view_until(&node, cid, "back to the transferor", |v| {
+        v["phase"] == "confirmed" && v["transfer"].is_null()
+    })
+    .await;
+    assert_eq!(v["legs"][1]["user"], "1002", "{v}");
+    // Nothing for the caller but audio: no final error to its answered INVITE, no BYE.
+    if let Some((m, _)) = caller.ua.recv(Duration::from_millis(500)).await {
+        panic!("the caller got {:?}", m.start);
+    }
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "recalled after the restart",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &p1002, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert!(
+        cdr.transfers
+            .as_deref()
+            .is_some_and(|t| t.starts_with("blind:phone>user:1003:")),
+        "the failed attempt is in the chain: {:?}",
+        cdr.transfers
+    );
+    node.shutdown().await;
+}
+
+/// An API consultation whose target answered: the target's INVITE, where it sends its audio,
+/// and where the agent (moved onto the consultation by a re-INVITE) sends its own.
+struct Consulting {
+    inv_c: Message,
+    from_c: SocketAddr,
+    to_switch_c: SocketAddr,
+    agent_to_consult: SocketAddr,
+}
+
+/// `request` (a consult or an attended transfer to 1003) on `cid`; 1003 answers and the
+/// agent's phone takes the re-INVITE onto the consultation.
+async fn consult(
+    node: &Node,
+    cid: &str,
+    request: (&str, &str),
+    agent: &Phone,
+    p1003: &Phone,
+) -> Consulting {
+    let (status, started) = api(
+        node,
+        "POST",
+        &format!("/calls/{cid}/{}", request.0),
+        ACME,
+        request.1,
+    )
+    .await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["result"], "user:1003", "{started}");
+    assert_eq!(
+        started["call"]["held"], "a",
+        "the customer holds: {started}"
+    );
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    let to_switch_c = sdp_addr(&inv_c);
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 200, "OK", "ctag", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    let (moved, from) = agent.ua.expect_request("INVITE").await;
+    let agent_to_consult = sdp_addr(&moved);
+    agent
+        .ua
+        .send(
+            from,
+            &answer(&moved, 200, "OK", "", agent.ua.addr, &agent.rtp.sdp()),
+        )
+        .await;
+    agent.ua.expect_request("ACK").await;
+    view_until(node, cid, "the consultation is up", |v| {
+        v["consult"]["up"] == true
+    })
+    .await;
+    Consulting {
+        inv_c,
+        from_c,
+        to_switch_c,
+        agent_to_consult,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_consults_then_hands_a_queue_call_over_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47600-47699")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = (
+        Phone::at("127.0.0.111").await,
+        Phone::at("127.0.0.112").await,
+        Phone::at("127.0.0.113").await,
+    );
+    agent.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    agent_offerable(&node).await;
+    let cid = "api-consult-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+
+    // An attended transfer starts with a consultation: the agent talks to 1003 on the
+    // consultation's session while the caller hears music.
+    let body = r#"{"target":"1003","mode":"attended"}"#;
+    let c = consult(&node, cid, ("transfer", body), &agent, &p1003).await;
+    let v = view(&node, cid).await;
+    let positions: Vec<&str> = v["legs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["position"].as_str().unwrap())
+        .collect();
+    assert_eq!(positions, ["a", "b", "consulted"], "{v}");
+    let (music, _) = held_audio(&caller, to_switch_a, &p1003).await;
+    assert!(music >= 20, "the caller hears music: {music} packets");
+    talk(
+        &agent,
+        c.agent_to_consult,
+        &p1003,
+        c.to_switch_c,
+        "agent and 1003 consult",
+    )
+    .await;
+
+    // Complete: 1003 is re-INVITEd onto the call in the agent's place; the agent leaves.
+    let (status, done) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult/complete"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{done}");
+    let (join, _) = p1003.ua.expect_request("INVITE").await;
+    assert_eq!(
+        call_id(&join),
+        call_id(&c.inv_c),
+        "the consultation's own dialog"
+    );
+    let to_switch_c = sdp_addr(&join);
+    p1003
+        .ua
+        .send(
+            c.from_c,
+            &answer(&join, 200, "OK", "", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    let (bye, from) = agent.ua.expect_request("BYE").await;
+    agent.ok(&bye, from).await;
+    agent_state(&node, "a2", "wrap_up").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_switch_c,
+        "caller and 1003 after the handover",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert!(v["consult"].is_null() && v["held"].is_null(), "{v}");
+    assert_eq!(v["legs"][1]["user"], "1003", "{v}");
+
+    caller_hangs_up(&caller, &mut a, &p1003, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("attended:api>user:1003"));
+    assert_eq!(cdr.queue.as_deref(), Some("acme/support"));
+    assert!(
+        metric(
+            &node,
+            "switchyard_call_control_total",
+            &["action=\"consult_complete\"", "result=\"ok\""]
+        )
+        .await
+            >= 1.0
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_consultation_brings_the_agent_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47700-47799")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.121").await,
+        Phone::at("127.0.0.122").await,
+        Phone::at("127.0.0.123").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "api-consult-2";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    let c = consult(
+        &node,
+        cid,
+        ("consult", r#"{"target":"1003"}"#),
+        &p1002,
+        &p1003,
+    )
+    .await;
+    let (status, again) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult"),
+        ACME,
+        r#"{"target":"1003"}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "one consultation at a time: {again}");
+
+    let (status, cancelled) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult/cancel"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{cancelled}");
+    let (bye, from) = p1003.ua.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&c.inv_c));
+    p1003.ok(&bye, from).await;
+    let (back, from) = p1002.ua.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&back);
+    p1002
+        .ua
+        .send(
+            from,
+            &answer(&back, 200, "OK", "", p1002.ua.addr, &p1002.rtp.sdp()),
+        )
+        .await;
+    p1002.ua.expect_request("ACK").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "back with the agent",
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert!(v["consult"].is_null() && v["held"].is_null(), "{v}");
+    caller_hangs_up(&caller, &mut a, &p1002, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers, None, "nothing was transferred");
+    node.shutdown().await;
+}
+
+/// A call actor that panics while its agent consults resumes with the agent back with the
+/// customer: the consultation's target gets a BYE, the agent a re-INVITE onto the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_actor_panics_while_consulting_is_back_with_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47800-47899")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.131").await,
+        Phone::at("127.0.0.132").await,
+        Phone::at("127.0.0.133").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    let cid = "panic-consult-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    let c = consult(
+        &node,
+        cid,
+        ("consult", r#"{"target":"1003"}"#),
+        &p1002,
+        &p1003,
+    )
+    .await;
+
+    crash_call(&node, cid).await;
+    let (bye, from) = p1003.ua.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&c.inv_c));
+    p1003.ok(&bye, from).await;
+    let (back, from) = p1002.ua.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&back);
+    p1002
+        .ua
+        .send(
+            from,
+            &answer(&back, 200, "OK", "", p1002.ua.addr, &p1002.rtp.sdp()),
+        )
+        .await;
+    p1002.ua.expect_request("ACK").await;
+    let v = view_until(&node, cid, "settled after the restart", |v| {
+        v["consult"].is_null()
+    })
+    .await;
+    assert_eq!(v["phase"], "confirmed", "{v}");
+    talk(
+        &caller,
+        to_switch_a,
+        &p1002,
+        to_switch_b,
+        "back with the agent after the restart",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &p1002, sw).await;
+    node.shutdown().await;
+}
