@@ -369,7 +369,19 @@ fi
 DB=$OUT/data/switchyard.db
 CDR=NA
 if [ -s "$DB" ]; then
-    CDR=$(sqlite3 -batch -noheader "$DB" "SELECT 'caller ' || caller || ', callee ' || callee || ', target ' || IFNULL(target,'-') || ', hangup by ' || hangup_by || ' (' || disconnect_reason || '), billable ' || billable_ms || ' ms, packets A ' || IFNULL(packets_a,'NA') || ' / B ' || IFNULL(packets_b,'NA') || ', loss A ' || IFNULL(loss_a,'NA') || ' / B ' || IFNULL(loss_b,'NA') FROM cdrs" 2>&1 | paste -sd';' -)
+    # The transfer chain and the legs, where the store has them (cdrs.transfers, cdr_legs).
+    XF="''"
+    if sqlite3 -batch -noheader "$DB" "SELECT name FROM pragma_table_info('cdrs')" 2>/dev/null | grep -qx transfers; then
+        XF="', transfers ' || IFNULL(transfers, '-') || ', legs ' || IFNULL((SELECT group_concat(role || ' ' || party || ' ' || end_reason, ' / ') FROM (SELECT * FROM cdr_legs l WHERE l.cdr_id = cdrs.id ORDER BY seq)), '-')"
+        if [ -n "$ATTENDED" ]; then
+            t=$(sqlite3 -batch -noheader "$DB" "SELECT COUNT(*) FROM cdrs WHERE callee = '1002' AND transfers LIKE 'attended:phone>%1003%'" 2>/dev/null || echo 0)
+            [ "$t" = 1 ] || fail "the CDR of 1001 -> 1002 does not show the attended transfer in cdrs.transfers"
+        else
+            t=$(sqlite3 -batch -noheader "$DB" "SELECT COUNT(*) FROM cdrs WHERE callee = '1002' AND transfers = 'blind:phone>user:1003'" 2>/dev/null || echo 0)
+            [ "$t" = 1 ] || fail "the CDR of 1001 -> 1002 does not show blind:phone>user:1003 in cdrs.transfers"
+        fi
+    fi
+    CDR=$(sqlite3 -batch -noheader "$DB" "SELECT 'caller ' || caller || ', callee ' || callee || ', target ' || IFNULL(target,'-') || ', hangup by ' || hangup_by || ' (' || disconnect_reason || '), billable ' || billable_ms || ' ms, packets A ' || IFNULL(packets_a,'NA') || ' / B ' || IFNULL(packets_b,'NA') || ', loss A ' || IFNULL(loss_a,'NA') || ' / B ' || IFNULL(loss_b,'NA') || $XF FROM cdrs" 2>&1 | paste -sd';' -)
     if [ -n "$ATTENDED" ]; then
         # The call 1001 -> 1002 ends with 1003 (the consultation's contact) as its target;
         # the consultation 1002 -> 1003 ends "replaced (attended transfer)".
