@@ -946,15 +946,19 @@ impl Router {
 
     /// An INVITE with Replaces: handed to the call that has the dialog it names (which
     /// checks the tags and who may), or 481 when no call here has that Call-ID.
-    fn replacing(&self, msg: Message, source: Source, parties: &call::Parties) {
+    fn replacing(&self, msg: Request, source: Source, parties: &call::Parties) {
         let named = msg
+            .message()
             .other("Replaces")
             .and_then(|v| call::Replaces::parse(&String::from_utf8_lossy(v)));
         let Some(actor) = named.and_then(|r| self.ctx.directory.lookup(&r.call_id)) else {
             return self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[]);
         };
         let user = parties.tenant.clone().zip(parties.caller.clone());
-        let invite = Box::new(Inbound { msg, source });
+        let invite = Box::new(Inbound {
+            msg: msg.into_message(),
+            source,
+        });
         let _ = actor.cast(CallMsg::Replacing { invite, user });
     }
 

@@ -16,6 +16,14 @@
 //! is heard until the next offer/answer. Packets from any other source are foreign:
 //! dropped (and counted by the relay).
 //!
+//! When an offer/answer names a new media address for the leg, the source latched under the
+//! old one is barred from the new window: it is another phone now (the transferor, after a
+//! transfer put a new party on the leg) or the phone's abandoned socket, and it is still
+//! sending for a few packets. Without the bar, a phone sharing the new party's IP (one
+//! office NAT, one host) would win the window and the new party would never be heard.
+//! A hold address (`c=0.0.0.0`) on either side of the change bars nothing: the same
+//! phone comes back from hold with its old socket.
+//!
 //! Media the switch sends to a leg (relayed audio, music, prompts, DTMF, RTCP) goes only to
 //! an address packets came from, or, before any packet, to its SDP address when that is the
 //! signalling host's own IP: never to a third address named only in SDP. Else an
@@ -50,6 +58,11 @@ pub struct Latch {
     latched: bool,
     /// The RTCP source latched (by its own first packet).
     rtcp: Option<SocketAddr>,
+    /// The SDP address in force when `remote` latched.
+    latched_sdp: Option<SocketAddr>,
+    /// A source that may not latch in this window: the one latched under the previous
+    /// SDP address (see the module's documentation).
+    barred: Option<SocketAddr>,
 }
 
 impl Latch {
@@ -65,6 +78,17 @@ impl Latch {
     pub fn offer(&mut self, sdp: SocketAddr) {
         let sdp = canonical(sdp);
         if self.sdp != Some(sdp) {
+            self.barred = match self.latched_sdp {
+                Some(old)
+                    if self.heard
+                        && old != sdp
+                        && !old.ip().is_unspecified()
+                        && !sdp.ip().is_unspecified() =>
+                {
+                    self.remote
+                }
+                _ => None,
+            };
             self.sdp = Some(sdp);
             self.remote = Some(sdp);
             self.heard = false;
@@ -83,10 +107,15 @@ impl Latch {
                 Verdict::Foreign
             };
         }
+        if self.barred == Some(from) {
+            return Verdict::Foreign;
+        }
         if self.allowed(from.ip()) || (self.heard && self.remote == Some(from)) {
             self.remote = Some(from);
             self.heard = true;
             self.latched = true;
+            self.latched_sdp = self.sdp;
+            self.barred = None;
             Verdict::Latched
         } else {
             Verdict::Foreign
@@ -99,6 +128,13 @@ impl Latch {
         let from = canonical(from);
         if let Some(latched) = self.rtcp {
             return latched == from;
+        }
+        // The barred source's RTCP (its RTP port + 1) is barred with it.
+        if self
+            .barred
+            .is_some_and(|b| b.ip() == from.ip() && b.port().wrapping_add(1) == from.port())
+        {
+            return false;
         }
         let rtp_host = self.heard && self.remote.is_some_and(|r| r.ip() == from.ip());
         if self.allowed(from.ip()) || rtp_host {
@@ -232,6 +268,44 @@ mod tests {
         l.offer(addr("127.0.0.13:6000"));
         assert_eq!(l.dest(), Some(addr("127.0.0.13:6002")));
         assert_eq!(l.on_rtp(addr("127.0.0.12:9000")), Verdict::Latched);
+    }
+
+    #[test]
+    fn a_new_party_on_the_leg_is_heard_not_the_old_one_on_the_same_host() {
+        // Two phones behind one address (an office NAT, or one host): the transferor
+        // latched the leg; the transfer target answers with its own SDP address while the
+        // transferor still sends a few packets.
+        let mut l = leg("127.0.0.12");
+        assert_eq!(l.on_rtp(addr("127.0.0.12:40228")), Verdict::Latched);
+        l.offer(addr("127.0.0.11:40584"));
+        assert_eq!(
+            l.on_rtp(addr("127.0.0.12:40228")),
+            Verdict::Foreign,
+            "the old party's late packet does not take the new party's leg"
+        );
+        assert!(!l.on_rtcp(addr("127.0.0.12:40229")), "nor its RTCP");
+        assert!(!l.latched());
+        assert_eq!(l.on_rtp(addr("127.0.0.12:40584")), Verdict::Latched);
+        assert_eq!(l.dest(), Some(addr("127.0.0.12:40584")));
+        assert_eq!(l.on_rtp(addr("127.0.0.12:40228")), Verdict::Foreign);
+    }
+
+    #[test]
+    fn a_phone_back_from_hold_latches_again_from_its_old_socket() {
+        // Behind NAT: SDP names a private address, media comes from the public one.
+        let mut l = Latch::default();
+        l.set_signalling("127.0.0.12".parse().unwrap());
+        l.offer(addr("10.0.0.5:4000"));
+        assert_eq!(l.on_rtp(addr("127.0.0.12:61000")), Verdict::Latched);
+        l.offer(addr("0.0.0.0:4000"));
+        l.offer(addr("10.0.0.5:4000"));
+        assert_eq!(l.on_rtp(addr("127.0.0.12:61000")), Verdict::Latched);
+        // A re-INVITE that names the address latched under before bars nothing either.
+        let mut l = leg("127.0.0.12");
+        assert_eq!(l.on_rtp(addr("127.0.0.12:5000")), Verdict::Latched);
+        l.offer(addr("127.0.0.11:6000"));
+        l.offer(addr("127.0.0.11:4000"));
+        assert_eq!(l.on_rtp(addr("127.0.0.12:5000")), Verdict::Latched);
     }
 
     #[test]

@@ -1953,6 +1953,41 @@ mod tests {
     }
 
     #[test]
+    fn a_new_party_on_a_leg_is_heard_though_the_old_one_on_its_host_still_sends() {
+        // A blind transfer between two phones on one host (or behind one office NAT): the
+        // transferor latched leg B; the target answers on the same leg while the
+        // transferor's last packets are still on their way.
+        let e = engine((47220, 47239), None);
+        let (alice, transferor, target) =
+            (sock("127.0.0.11"), sock("127.0.0.12"), sock("127.0.0.12"));
+        let s = e.allocate(&Bytes::from_static(b"latch-6")).unwrap();
+        s.set_signalling(Side::A, ip(&alice));
+        s.set_remote(Side::A, alice.local_addr().unwrap(), None, None);
+        s.set_signalling(Side::B, ip(&transferor));
+        s.set_remote(Side::B, transferor.local_addr().unwrap(), None, None);
+        send_until_heard(&transferor, 12, to(&s, Side::B), &alice);
+        send_until_heard(&alice, 11, to(&s, Side::A), &transferor);
+        // The target's answer: once alice's audio reaches the target, the relay has it.
+        s.set_remote(Side::B, target.local_addr().unwrap(), None, None);
+        send_until_heard(&alice, 11, to(&s, Side::A), &target);
+        for seq in 100..105 {
+            transferor
+                .send_to(&packet(12, seq), to(&s, Side::B))
+                .unwrap();
+        }
+        let marks = send_until_heard(&target, 13, to(&s, Side::B), &alice);
+        assert!(
+            !marks.contains(&12),
+            "alice heard the transferor: {marks:?}"
+        );
+        transferor
+            .send_to(&packet(12, 200), to(&s, Side::B))
+            .unwrap();
+        target.send_to(&packet(13, 201), to(&s, Side::B)).unwrap();
+        assert_eq!(heard(&alice, Duration::from_millis(300)), vec![13]);
+    }
+
+    #[test]
     fn media_to_an_sdp_address_that_is_not_the_signalling_host_waits_for_its_first_packet() {
         // A carrier whose media address is not its signalling address: the caller's audio
         // goes there once the carrier's media has been heard from it.
