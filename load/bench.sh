@@ -2,16 +2,23 @@
 # Benchmark (issue 4): the machine's limit, switchyard and Kamailio, back to
 # back, on loopback only, with bounded durations; one markdown table at the end.
 #
-#   load/bench.sh [--only limit|switch|peer[,...]] [--sustained-secs N]
+#   load/bench.sh [--only limit|switch|open|peer[,...]] [--sustained-secs N]
 #                 [--sweep "1000 2000 3000 4000"] [--sweep-secs N]
 #                 [--overload-cps N] [--no-overload] [--quick]
-#                 [--switch-bin PATH] [--peer-shm-mb MB] [--out DIR]
+#                 [--switch-bin PATH] [--before-bin PATH] [--peer-shm-mb MB]
+#                 [--out DIR]
 #
 # Targets (all: caller SIPp -> ... -> callee SIPp, load/run.sh does each run):
 #   limit   SIPp caller -> SIPp callee directly: the machine's ceiling.
 #   switch  SIPp caller -> switchyard (release build) -> SIPp callee, with
 #           admission limits that never throttle ([admission] cps = 100000,
 #           max_calls = 100000, per_source_cps = 0).
+#   open    the switch with its edge defence off (run.sh --no-defence), the
+#           sustained scenario only: the cost of the defence is switch / open
+#           (issue 16: within 5 %).
+#   before  with --before-bin PATH: an older build of the switch (before issue
+#           16's [security], run.sh --pre-edge), sustained scenario only: CPU
+#           and memory per call before and after a change, in one run.
 #   peer    SIPp caller -> Kamailio (load/peers/kamailio.cfg: tm, rr, dialog)
 #           -> SIPp callee.
 # Scenarios per target:
@@ -44,6 +51,7 @@ SWEEP_SECS=30
 OVERLOAD_CPS=""
 OVERLOAD=1
 SWITCH_BIN=""
+BEFORE_BIN=""
 OUT=""
 PEER_SHM_MB=1024
 SUSTAINED_SET=""; SWEEP_SET=""; SWEEP_SECS_SET=""
@@ -58,6 +66,7 @@ while [ $# -gt 0 ]; do
         --no-overload) OVERLOAD=""; shift ;;
         --quick) QUICK=1; shift ;;
         --switch-bin) SWITCH_BIN=${2:?--switch-bin needs a value}; shift 2 ;;
+        --before-bin) BEFORE_BIN=${2:?--before-bin needs a value}; shift 2 ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --peer-shm-mb) PEER_SHM_MB=${2:?--peer-shm-mb needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -74,7 +83,7 @@ fi
 die() { echo "bench.sh: $*" >&2; exit 2; }
 ONLY=${ONLY//,/ }
 for t in $ONLY; do
-    case "$t" in limit|switch|peer) ;; *) die "--only takes limit, switch and/or peer" ;; esac
+    case "$t" in limit|switch|open|before|peer) ;; *) die "--only takes limit, switch, open, before and/or peer" ;; esac
 done
 [[ "$SUSTAINED_SECS" =~ ^[1-9][0-9]*$ ]] || die "--sustained-secs must be a positive whole number"
 [[ "$SWEEP_SECS" =~ ^[1-9][0-9]*$ ]] || die "--sweep-secs must be a positive whole number"
@@ -89,13 +98,14 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 # Always in this order, so the limit is measured first.
 TARGETS=""
-for t in limit switch peer; do
+for t in limit switch open before peer; do
     [ -n "$ONLY" ] && [[ " $ONLY " != *" $t "* ]] && continue
+    [ "$t" != before ] || [ -n "$BEFORE_BIN" ] || continue
     TARGETS="$TARGETS $t"
 done
 TARGETS=${TARGETS# }
 SWITCH_ARGS=()
-if [[ " $TARGETS " == *" switch "* ]]; then
+if [[ " $TARGETS " == *" switch "* || " $TARGETS " == *" open "* ]]; then
     [ -n "$SWITCH_BIN" ] || SWITCH_BIN=$REPO_DIR/target/release/switchyard
     [ -x "$SWITCH_BIN" ] || die "switch binary not found: $SWITCH_BIN (cargo build --release)"
     SWITCH_ARGS=(--switch-bin "$SWITCH_BIN")
@@ -150,12 +160,15 @@ for t in $TARGETS; do
     case "$t" in
         limit) targs=(--target direct) ;;
         switch) targs=(--target switch "${SWITCH_ARGS[@]}" --admission-cps $BIG --admission-max-calls $BIG) ;;
+        before) targs=(--target switch --switch-bin "$BEFORE_BIN" --admission-cps $BIG --admission-max-calls $BIG --pre-edge) ;;
+        open) targs=(--target switch "${SWITCH_ARGS[@]}" --admission-cps $BIG --admission-max-calls $BIG --no-defence) ;;
         peer) targs=(--target peer --peer-shm-mb "$PEER_SHM_MB") ;;
     esac
     run "$t-sustained" "${targs[@]}" --rate $SUSTAINED_RATE --duration-ms $SUSTAINED_CALL_MS \
         --calls $((SUSTAINED_RATE * SUSTAINED_SECS))
     SUSTAINED_DIR[$t]=$OUT/$t-sustained
     CAPACITY[$t]=""
+    [ "$t" != open ] && [ "$t" != before ] || continue   # compared at the sustained rate only
     for r in $SWEEP; do
         run "$t-sweep-$r" "${targs[@]}" --rate "$r" --duration-ms $SWEEP_CALL_MS --calls $((r * SWEEP_SECS))
         if clean "$OUT/$t-sweep-$r"; then
@@ -210,6 +223,7 @@ peak_conc() { local s; s=$(get PEAK_SUT "$1"); [ "$s" = NA ] && get PEAK_CALLER 
     if [ -n "$SWITCH_BIN" ]; then
         echo "- switch: $SWITCH_BIN built $(date -u -r "$SWITCH_BIN" +%Y-%m-%dT%H:%M:%SZ), repo HEAD $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo NA)"
     fi
+    [ -z "$BEFORE_BIN" ] || echo "- before: $BEFORE_BIN built $(date -u -r "$BEFORE_BIN" +%Y-%m-%dT%H:%M:%SZ)"
     echo "- sustained: $SUSTAINED_RATE CAPS x ${SUSTAINED_SECS} s of arrivals, $((SUSTAINED_CALL_MS / 1000)) s calls; sweep: rates \"$SWEEP\", ${SWEEP_SECS} s each, $((SWEEP_CALL_MS / 1000)) s calls; runs in $OUT"
     echo
     echo "Latencies are SIPp's (4 ms clock steps) p50/p99/p99.9 in ms; \"switch 180/200\" are from the switch's own histogram"
@@ -222,7 +236,7 @@ peak_conc() { local s; s=$(get PEAK_SUT "$1"); [ "$s" = NA ] && get PEAK_CALLER 
     for name in "${ROWS[@]}"; do
         d=$OUT/$name; f=$d/summary.env
         sw="—"
-        [[ "$name" == switch-* ]] && sw="$(fmt3 "$f" HRING) / $(fmt3 "$f" HANS)"
+        [[ "$name" == switch-* || "$name" == open-* || "$name" == before-* ]] && sw="$(fmt3 "$f" HRING) / $(fmt3 "$f" HANS)"
         res=$(get VERDICT "$f"); n=$(get NOTE "$f"); [ "$n" = NA ] || res="$res ($n)"
         [ "$(get BUILD_SEEN "$f")" != 1 ] || res="$res (a build ran during the run)"
         echo "| $name | $(get RATE "$f") / $(get ACHIEVED_CAPS "$f") | $(get ATTEMPTED "$f") | $(get FAILED "$f") | $(get RETRANS_CALLER "$f")/$(get RETRANS_CALLEE "$f") | $(peak_conc "$f") | $(fmt3 "$f" RING) | $(fmt3 "$f" ANS) | $sw | $(cpu_per_1k "$f") | $(peak_mib "$f") | $(mem_per_call_kib "$f") | $(sipp_cpu_per_1k "$f") | $(get RCVBUF_ERRORS "$f") | $res |"
@@ -263,6 +277,16 @@ peak_conc() { local s; s=$(get PEAK_SUT "$1"); [ "$s" = NA ] && get PEAK_CALLER 
         echo "| peak memory | — | $(ratio "$(peak_mib "$S")" "$(peak_mib "$P")") |"
         echo "| memory / concurrent call | — | $(ratio "$(mem_per_call_kib "$S")" "$(mem_per_call_kib "$P")") |"
         echo
+        if [ -n "${SUSTAINED_DIR[open]:-}" ]; then
+            O=${SUSTAINED_DIR[open]}/summary.env
+            echo "Cost of the edge defence (sustained runs): CPU s / 1k calls with it $(cpu_per_1k "$S"), without it $(cpu_per_1k "$O"): ratio $(ratio "$(cpu_per_1k "$S")" "$(cpu_per_1k "$O")")."
+            echo
+        fi
+        if [ -n "${SUSTAINED_DIR[before]:-}" ]; then
+            B=${SUSTAINED_DIR[before]}/summary.env
+            echo "Before ($BEFORE_BIN) and now (sustained runs): CPU s / 1k calls $(cpu_per_1k "$B") → $(cpu_per_1k "$S") (ratio $(ratio "$(cpu_per_1k "$S")" "$(cpu_per_1k "$B")")); KiB / call $(mem_per_call_kib "$B") → $(mem_per_call_kib "$S") (ratio $(ratio "$(mem_per_call_kib "$S")" "$(mem_per_call_kib "$B")"))."
+            echo
+        fi
         echo "(n/a: a figure is missing or the denominator is 0, e.g. SIPp's 4 ms clock rounded it to 0.)"
     fi
 } | tee "$OUT/bench.md"

@@ -5,6 +5,7 @@
 #               [--target switch|direct|peer] [--switch-bin PATH] [--out DIR]
 #               [--latency-trace] [--overload] [--admission-cps N]
 #               [--admission-max-calls N] [--no-tx-drain] [--peer-shm-mb MB]
+#               [--no-defence] [--pre-edge]
 #
 # One SIPp callee (load/scenarios/uas.xml) and one SIPp caller
 # (load/scenarios/uac.xml) run on 127.0.0.1. With --target switch (default)
@@ -19,7 +20,13 @@
 # transactions_active) to reach 0 after the run. --peer-shm-mb [1024] is
 # Kamailio's shared memory (-m): tm keeps each transaction ~5 s after it
 # ends, about 16 KiB each, so 256 MB runs out near 2,000 CAPS (the pool, not
-# the CPU, would then be the limit). Besides report.txt, every
+# the CPU, would then be the limit). --no-defence turns the switch's edge
+# defence off ([security.flood] and [security.scanners] enabled = false): with
+# it on (default) every packet pays the ban check and its source's density
+# count, as on the internet (the SIPp addresses are exempt from bans, never
+# from the counting); load/bench.sh compares the two. --pre-edge writes no
+# [security] section, for a switch built before issue 16 (which refuses the
+# unknown section; it trusted everyone). Besides report.txt, every
 # figure goes to summary.env (KEY=VALUE lines) for load/bench.sh.
 #
 # Exit status: 0 when every call succeeded (and, through the switch, the
@@ -43,6 +50,8 @@ LATENCY_TRACE=""
 OVERLOAD=""
 ADM_CPS=""
 ADM_MAX_CALLS=""
+DEFENCE=true
+PRE_EDGE=""
 TX_DRAIN=1
 PEER_SHM_MB=1024
 
@@ -58,6 +67,8 @@ while [ $# -gt 0 ]; do
         --overload) OVERLOAD=1; shift ;;
         --admission-cps) ADM_CPS=${2:?--admission-cps needs a value}; shift 2 ;;
         --admission-max-calls) ADM_MAX_CALLS=${2:?--admission-max-calls needs a value}; shift 2 ;;
+        --no-defence) DEFENCE=false; shift ;;
+        --pre-edge) PRE_EDGE=1; shift ;;
         --no-tx-drain) TX_DRAIN=""; shift ;;
         --peer-shm-mb) PEER_SHM_MB=${2:?--peer-shm-mb needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -309,12 +320,20 @@ cps = $CPS
 per_source_cps = 0
 # SIPp sends far above a phone's rate from loopback: never banned (README "The edge").
 [security.flood]
+enabled = $DEFENCE
 exempt = ["127.0.0.0/8"]
+[security.scanners]
+enabled = $DEFENCE
 
 [[routes]]
 prefix = ""
 target = "sip:$HOST:$CALLEE_PORT"
 EOF
+    if [ -n "$PRE_EDGE" ]; then
+        # Only [admission] and the route: a pre-issue-16 switch knows no [security].
+        awk '/^\[security/ { skip = 1; next } /^\[/ { skip = 0 } !skip' "$OUT/switch.toml" >"$OUT/switch.toml.new"
+        mv "$OUT/switch.toml.new" "$OUT/switch.toml"
+    fi
 
     NO_COLOR=1 "$SWITCH_BIN" --config "$OUT/switch.toml" --sip-listen "udp:$HOST:$SWITCH_SIP_PORT" \
         --http-listen "$HTTP_ADDR" --data-dir "$DATA_DIR" >"$OUT/switch.log" 2>&1 </dev/null &
