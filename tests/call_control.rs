@@ -5,6 +5,12 @@
 //!   (real RTP both ways), the transferor gets NOTIFY 100 then 200 and a BYE, and the CDR in
 //!   SQLite has the chain and three legs.
 //! - A busy target: the transferor hears NOTIFY 486 and stays connected (a recall).
+//! - A phone's attended transfer: the callee consults a third phone in a second call through
+//!   the switch, then REFERs the caller with `Replaces` naming that dialog: the third phone's
+//!   leg moves to the first call (re-INVITE onto its relay), both of the transferor's
+//!   dialogs end, and the caller and the third phone hear each other.
+//! - An INVITE with `Replaces` from a tenant's phone (authenticated with digest) takes the
+//!   named leg's place (the replaced phone gets a BYE, real RTP after); a stranger's: 403.
 //! - A queue call its agent transfers to another queue's number waits there with its
 //!   priority and its original joining time; the agent goes to wrap-up.
 //! - The API: `GET /calls` (tenant-scoped), hold (the caller hears music, the agent
@@ -527,6 +533,253 @@ async fn a_busy_target_leaves_the_transferor_connected() {
     assert_eq!(roles, ["caller", "callee"], "1003 never joined");
     assert_eq!(cdr.legs[1].call_id, call_id(&inv_b));
     assert_eq!(cdr.hangup_by, HangupBy::Callee);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phones_attended_transfer_with_replaces_joins_the_caller_and_the_consulted_phone() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "47900-47999")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = (
+        Phone::at("127.0.0.141").await,
+        Phone::at("127.0.0.142").await,
+        Phone::at("127.0.0.143").await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    // Call 1: the caller and 1002.
+    let cid = "att-phone-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        inv_b,
+        mut b,
+        ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    // Call 2, the consultation: 1002's phone calls 1003 through the switch.
+    let cid2 = "att-phone-2";
+    let Up {
+        a: a2,
+        to_switch_a: to_switch_a2,
+        inv_b: inv_c,
+        to_switch_b: to_switch_c,
+        ..
+    } = call(&p1002, &p1003, sw, cid2, "1003").await;
+    talk(
+        &p1002,
+        to_switch_a2,
+        &p1003,
+        to_switch_c,
+        "the consultation",
+    )
+    .await;
+    // 1002 refers the caller to 1003, replacing the consultation dialog (RFC 3891): its
+    // Call-ID, the switch's tag and 1002's own.
+    let switch_tag = a2
+        .to
+        .split(";tag=")
+        .nth(1)
+        .expect("the switch's tag")
+        .to_string();
+    let refer_to = format!(
+        "Refer-To: <sip:1003@{DOMAIN}?Replaces={cid2}%3Bto-tag%3D{switch_tag}%3Bfrom-tag%3Da-{cid2}>\r\nReferred-By: <sip:1002@{DOMAIN}>\r\n"
+    );
+    p1002
+        .ua
+        .send(sw, &b.request("REFER", 0, &refer_to, ""))
+        .await;
+    p1002.ua.expect_status(202).await;
+    // 1003's leg moves to call 1 with a re-INVITE in its own dialog, onto call 1's relay.
+    let (reinv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    assert_eq!(call_id(&reinv_c), call_id(&inv_c), "1003's own dialog");
+    let to_switch_c = sdp_addr(&reinv_c);
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&reinv_c, 200, "OK", "", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    // 1002 hears NOTIFY 100 and 200 and a BYE in call 1, and a BYE in the consultation.
+    let (mut notified, mut bye_1, mut bye_2) = (false, false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(notified && bye_1 && bye_2) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some((m, from)) = p1002.ua.recv(left).await else {
+            panic!("1002: NOTIFY 200 {notified}, BYE in call 1 {bye_1}, BYE in call 2 {bye_2}");
+        };
+        let Some(method) = m.method().map(|x| x.to_string()) else {
+            continue;
+        };
+        match method.as_str() {
+            "NOTIFY" => notified |= is_notify(200)(&m),
+            "BYE" if call_id(&m) == call_id(&inv_b) => bye_1 = true,
+            "BYE" if call_id(&m) == cid2 => bye_2 = true,
+            _ => {}
+        }
+        p1002.ok(&m, from).await;
+    }
+    // The caller is offered call 1's media afresh, then hears 1003 and is heard.
+    let (refresh, from) = caller.ua.expect_request("INVITE").await;
+    assert_eq!(call_id(&refresh), cid);
+    caller
+        .ua
+        .send(
+            from,
+            &answer(&refresh, 200, "OK", "", caller.ua.addr, &caller.rtp.sdp()),
+        )
+        .await;
+    caller.ua.expect_request("ACK").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_switch_c,
+        "after the attended transfer",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &p1003, sw).await;
+    let cdr1 = cdr(&node, dir.path(), cid).await;
+    assert!(
+        cdr1.transfers
+            .as_deref()
+            .is_some_and(|t| t.starts_with("attended:phone>")),
+        "{:?}",
+        cdr1.transfers
+    );
+    let roles: Vec<&str> = cdr1.legs.iter().map(|l| l.role.as_str()).collect();
+    assert_eq!(roles, ["caller", "callee", "transfer"]);
+    assert_eq!(cdr1.legs[2].call_id, call_id(&inv_c));
+    let cdr2 = cdr(&node, dir.path(), cid2).await;
+    assert_eq!(cdr2.disconnect_reason, "replaced (attended transfer)");
+    assert!(
+        metric(
+            &node,
+            "switchyard_transfers_total",
+            &["kind=\"attended\"", "outcome=\"completed\""]
+        )
+        .await
+            >= 1.0
+    );
+    node.shutdown().await;
+}
+
+/// An INVITE from `ua` as `from` (user@domain) to 1002 carrying `replaces`, with `auth`
+/// (a Proxy-Authorization value) from its second try on.
+fn replacing_invite(
+    cid: &str,
+    from: &str,
+    ua: &Phone,
+    replaces: &str,
+    cseq: u32,
+    auth: &str,
+) -> String {
+    let sdp = ua.rtp.sdp();
+    let auth = if auth.is_empty() {
+        String::new()
+    } else {
+        format!("Proxy-Authorization: {auth}\r\n")
+    };
+    format!(
+        "INVITE sip:1002@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {at};branch=z9hG4bK-{cid}-{cseq};rport\r\nMax-Forwards: 70\r\nFrom: <sip:{from}>;tag=r-{cid}\r\nTo: <sip:1002@{DOMAIN}>\r\nCall-ID: {cid}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:phone@{at}>\r\nReplaces: {replaces}\r\n{auth}Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        at = ua.ua.addr,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invite_with_replaces_from_a_tenants_phone_takes_over_the_named_leg() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "48000-48099")).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003, stranger) = (
+        Phone::at("127.0.0.151").await,
+        Phone::at("127.0.0.152").await,
+        Phone::at("127.0.0.153").await,
+        Phone::at("127.0.0.154").await,
+    );
+    p1002.register(sw, "1002").await;
+    let cid = "repl-phone-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        inv_b,
+        ..
+    } = call(&caller, &p1002, sw, cid, "1002").await;
+    // 1002's dialog as the switch has it: the switch's tag (its INVITE's From) and btag.
+    let switch_tag = header(&inv_b, "From")
+        .split("tag=")
+        .nth(1)
+        .expect("the switch's tag")
+        .to_string();
+    let replaces = format!("{};to-tag=btag;from-tag={switch_tag}", call_id(&inv_b));
+    // A caller that is no user of the tenant is refused (403), nothing is replaced.
+    stranger
+        .ua
+        .send(
+            sw,
+            &replacing_invite(
+                "repl-x",
+                "mallory@evil.example",
+                &stranger,
+                &replaces,
+                1,
+                "",
+            ),
+        )
+        .await;
+    stranger.ua.expect_status(403).await;
+    // 1003 authenticates (407, then its credentials) and takes 1002's place.
+    let rid = "repl-phone-2";
+    p1003
+        .ua
+        .send(
+            sw,
+            &replacing_invite(rid, "1003@acme.test", &p1003, &replaces, 1, ""),
+        )
+        .await;
+    let (ch, _) = p1003.ua.expect_status(407).await;
+    let auth = credentials(
+        &ch,
+        switchyard::sip::message::HeaderName::ProxyAuthenticate,
+        "1003",
+        &password("1003"),
+        "INVITE",
+        &format!("sip:1002@{DOMAIN}"),
+    );
+    p1003
+        .ua
+        .send(
+            sw,
+            &replacing_invite(rid, "1003@acme.test", &p1003, &replaces, 2, &auth),
+        )
+        .await;
+    let (ok, _) = p1003.ua.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    assert_eq!(call_id(&ok), rid);
+    let to_switch_c = sdp_addr(&ok);
+    let mut c = Side::caller(p1003.ua.addr, rid, &ok);
+    c.cseq = 2;
+    p1003.ua.send(sw, &c.request("ACK", 2, "", "")).await;
+    // The replaced leg is let go.
+    let (bye, from) = p1002.ua.expect_request("BYE").await;
+    assert_eq!(call_id(&bye), call_id(&inv_b));
+    p1002.ok(&bye, from).await;
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_switch_c,
+        "after the replacement",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &p1003, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(
+        cdr.transfers.as_deref(),
+        Some(format!("replaces:phone>sip:1003@{DOMAIN}").as_str())
+    );
     node.shutdown().await;
 }
 
