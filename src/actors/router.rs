@@ -75,6 +75,8 @@ pub struct RetiredResponse {
     /// Top Via branch of the request it answered.
     pub branch: Bytes,
     pub method: Method,
+    /// Sent again for a retransmitted request; empty for an INVITE answered 2xx, whose
+    /// retransmissions are absorbed (RFC 6026).
     pub response: Bytes,
     pub dest: crate::transport::Dest,
 }
@@ -1055,7 +1057,9 @@ impl Router {
                 &[(HeaderName::RetryAfter, "1")],
             );
         };
-        let call_id = msg.ids().call_id.clone();
+        // Its own allocation: the directory keeps the key after the call (a retired slot,
+        // 64*T1), and a slice would keep the INVITE's whole datagram alive with it.
+        let call_id = Bytes::copy_from_slice(&msg.ids().call_id);
         // Claim the Call-ID before the actor exists, so retransmissions and a CANCEL that
         // arrive while it starts wait for it instead of starting a second call.
         match self.ctx.directory.map.entry(call_id.clone()) {
@@ -1108,6 +1112,8 @@ impl Router {
             .iter()
             .find(|r| r.branch == branch && r.method == method)
         {
+            // A 2xx-answered INVITE: its retransmissions are absorbed (RFC 6026).
+            Some(r) if r.response.is_empty() => {}
             Some(r) => self.ctx.transports().send(r.dest, r.response.clone()),
             None => self.answer(&msg, &source, 481, "Call/Transaction Does Not Exist", &[]),
         }

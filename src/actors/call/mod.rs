@@ -116,14 +116,15 @@ pub fn describe() {
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
 /// the call settings.
-/// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
-/// the call settings.
 pub struct CallContext {
     transports: Transports,
     pub timers: TimerService,
     pub timer_cfg: TimerConfig,
     pub directory: Directory,
-    pub checkpoints: DashMap<Bytes, Checkpoint>,
+    /// Shared with each call's core (an `Arc`, copied by the core on its first change after
+    /// a checkpoint): a quiet call holds one copy of its state, and the table's slots stay
+    /// small (a hash table keeps up to twice its entries' room).
+    pub checkpoints: DashMap<Bytes, Arc<Checkpoint>>,
     /// The CDR writer's registered name (looked up per use: it may have restarted).
     pub store_name: Option<String>,
     pub no_answer: Duration,
@@ -414,7 +415,8 @@ pub async fn start(
     calls: &ActorRef<SupervisorMsg>,
     call: NewCall,
 ) -> Result<(), SupervisorError> {
-    let a_call_id = call.invite.msg.call_id().cloned().unwrap_or_default();
+    // Its own allocation: the restart factory keeps it as long as the child.
+    let a_call_id = Bytes::copy_from_slice(call.invite.msg.call_id().map_or(&[][..], |c| c));
     let first = Arc::new(Mutex::new(Some(Box::new(call))));
     let ctx2 = ctx.clone();
     let key = a_call_id.clone();
@@ -422,7 +424,7 @@ pub async fn start(
         let init = match first.lock().expect("call init").take() {
             Some(call) => CallInit::New(call),
             None => match ctx2.checkpoints.get(&key) {
-                Some(cp) => CallInit::Restore(Box::new(cp.clone())),
+                Some(cp) => CallInit::Restore(Box::new(Checkpoint::clone(cp.value()))),
                 None => CallInit::Lost(key.clone()),
             },
         };
@@ -688,9 +690,9 @@ impl CallState {
             self.core.step(event, Now::read(), &mut self.out);
             self.execute_all(&mut events);
         }
-        if self.out.capacity() > 32 {
-            self.out = Vec::new();
-        }
+        // Not kept between events: an idle call would hold its room (an `Effect` is ~160
+        // bytes, a call's events push up to ~10) for its whole life.
+        self.out = Vec::new();
         result
     }
 
@@ -738,7 +740,7 @@ impl CallState {
                 }
             }
             Effect::Checkpoint(cp) => {
-                ctx.checkpoints.insert(cp.a_call_id.clone(), *cp);
+                ctx.checkpoints.insert(cp.a_call_id.clone(), cp);
             }
             Effect::DropCheckpoint(id) => {
                 ctx.checkpoints.remove(&id);

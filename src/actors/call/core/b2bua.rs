@@ -100,6 +100,8 @@ impl CallCore {
         if self.a_answered() {
             b_invite.set(HeaderName::ContentType, "application/sdp");
         }
+        // Kept for the call's life (CANCEL, ACK): no spare room in its header vector.
+        b_invite.headers.shrink_to_fit();
         (b, b_invite, branch)
     }
 
@@ -142,9 +144,17 @@ impl CallCore {
         };
         let status = msg.status().unwrap_or(0);
         let id = self.txs[idx].id;
-        let actions = self.txs[idx]
+        let tx = &mut self.txs[idx];
+        let actions = tx
             .fsm
             .step(TxEvent::ReceivedResponse { status }, &self.cfg.timer_cfg);
+        if let Transaction::ClientInvite(c) = &tx.fsm {
+            // An answered INVITE is never sent again (Timer A stops at the first
+            // response): its encoded bytes (~0.9 KB) need not last the call.
+            if c.state() != crate::sip::transaction::ClientInviteState::Calling {
+                tx.request_bytes = Bytes::new();
+            }
+        }
         self.execute(id, &actions, Some(&msg));
     }
 
@@ -764,7 +774,7 @@ impl CallCore {
                 }
                 let best = self.best_failure.take();
                 let resp = match &best {
-                    Some(b) if fork_rank(b.status().unwrap_or(500)) < fork_rank(status) => b,
+                    Some(b) if fork_rank(b.status().unwrap_or(500)) < fork_rank(status) => &**b,
                     _ => resp,
                 };
                 let status = resp.status().unwrap_or(status);
@@ -848,9 +858,12 @@ impl CallCore {
     }
 
     pub(super) fn learn_b_dialog(&mut self, resp: &Message) {
-        let tag = resp.to().and_then(|t| t.tag()).unwrap_or_default();
-        let target = resp.contacts().next().map(|c| c.uri);
-        let routes: Vec<Bytes> = resp.values(HeaderName::RecordRoute).collect();
+        // Copied out of the response: slices would keep its whole datagram alive for the
+        // call's life (~0.7 KB per call).
+        let own = |b: Bytes| Bytes::copy_from_slice(&b);
+        let tag = resp.to().and_then(|t| t.tag()).map(own).unwrap_or_default();
+        let target = resp.contacts().next().map(|c| own(c.uri));
+        let routes: Vec<Bytes> = resp.values(HeaderName::RecordRoute).map(own).collect();
         let b = &mut self.core().b;
         b.remote_tag = tag;
         if let Some(t) = target {
@@ -1118,7 +1131,7 @@ impl CallCore {
             .as_ref()
             .is_none_or(|b| fork_rank(status) < fork_rank(b.status().unwrap_or(500)));
         if better {
-            self.best_failure = Some(resp.clone());
+            self.best_failure = Some(Box::new(resp.clone()));
         }
         false
     }

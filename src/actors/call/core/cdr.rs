@@ -89,6 +89,10 @@ impl CallCore {
         let now = self.wall_ms;
         let id = String::from_utf8_lossy(call_id).into_owned();
         let legs = &mut self.core().cdr.legs;
+        if legs.capacity() == 0 {
+            // Most calls have two legs (room for four by default; a leg is ~130 bytes).
+            legs.reserve_exact(2);
+        }
         if legs
             .iter()
             .any(|l| l.call_id == id && l.end_reason.is_empty())
@@ -220,7 +224,7 @@ impl Checkpoint {
                     l
                 })
                 .collect(),
-            media: d.quality.map(|[a, b]| crate::store::CdrMedia {
+            media: d.quality.as_deref().map(|&[a, b]| crate::store::CdrMedia {
                 mos_a: a.mos,
                 mos_b: b.mos,
                 loss_a: a.loss,

@@ -104,7 +104,7 @@ impl CallCore {
         inv.body = switch_offer(&ports, Side::B);
         let inv = Arc::new(inv);
         let call_id = dialog.call_id.clone();
-        self.core().consult = Some(Consult {
+        self.core().consult = Some(Box::new(Consult {
             target: label.clone(),
             leg: Parked {
                 dialog,
@@ -116,7 +116,7 @@ impl CallCore {
             },
             ports,
             up: false,
-        });
+        }));
         self.register(call_id.clone());
         self.new_client_tx(Leg::X, Role::Consult, inv, branch, fork.dest);
         self.consult_timer =
@@ -283,14 +283,14 @@ impl CallCore {
             core.b_ack = c.leg.ack.clone();
             core.users[1] = c.leg.user.clone();
             core.cdr.target = label.clone();
-            core.transfer = Some(Transfer {
+            core.transfer = Some(Box::new(Transfer {
                 kind: "attended",
                 by: "api",
                 target: label.clone(),
                 transferor: Some(agent),
                 notify: false,
                 queue_before,
-            });
+            }));
         }
         if !old.is_empty() {
             self.old_b_ids.push(old);

@@ -57,7 +57,7 @@ pub enum Effect {
         retired: Retired,
     },
     /// The state a restarted actor resumes from.
-    Checkpoint(Box<Checkpoint>),
+    Checkpoint(Arc<Checkpoint>),
     /// The call needs no checkpoint any more.
     DropCheckpoint(Bytes),
     /// Write the CDR; [`super::Event::CdrStored`] says when it is durable (or will not be).

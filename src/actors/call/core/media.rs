@@ -413,7 +413,7 @@ impl CallCore {
     /// A DTMF digit from the relay or a SIP INFO: kept for the CDR.
     pub(super) fn on_dtmf(&mut self, leg: Side, digit: char, source: DtmfSource) {
         tracing::debug!(leg = leg.label(), %digit, source = source.label(), "DTMF");
-        if let Some(core) = self.core.as_mut() {
+        if let Some(core) = self.core.as_mut().map(std::sync::Arc::make_mut) {
             if core.cdr.dtmf.len() < 64 {
                 core.cdr.dtmf.push(digit);
             }
@@ -464,7 +464,7 @@ impl CallCore {
         });
         metrics::counter!(RECORDINGS_STARTED, "trigger" => trigger).increment(1);
         self.recording = Some(id.clone());
-        if let Some(core) = self.core.as_mut() {
+        if let Some(core) = self.core.as_mut().map(std::sync::Arc::make_mut) {
             core.cdr.recording = Some(id.clone());
         }
         self.checkpoint();
@@ -511,8 +511,8 @@ impl CallCore {
                 metrics::histogram!(MOS, "trunk" => trunk.clone()).record(q.mos);
             }
         }
-        if let Some(core) = self.core.as_mut() {
-            core.cdr.quality = Some([qa, qb]);
+        if let Some(core) = self.core.as_mut().map(std::sync::Arc::make_mut) {
+            core.cdr.quality = Some(Box::new([qa, qb]));
         }
         Some([qa, qb])
     }

@@ -304,15 +304,15 @@ pub struct Checkpoint {
     /// The relay side each leg uses (A, B); swapped when the caller transfers itself away
     /// and the callee takes the caller's place.
     sides: [Side; 2],
-    /// A transfer in progress.
-    transfer: Option<Transfer>,
+    /// A transfer in progress (boxed: rare, and a checkpoint is copied at every phase).
+    transfer: Option<Box<Transfer>>,
     /// The leg put on hold through the API (it hears music; the other hears nothing).
     held: Option<Leg>,
     /// The caller's leg is up already (answered by an earlier callee before a transfer): a
     /// new callee is offered the switch's own SDP and bridged when it answers.
     a_up: bool,
-    /// An API consultation in progress (`Leg::X` is its target).
-    consult: Option<Consult>,
+    /// An API consultation in progress (`Leg::X` is its target; boxed: rare).
+    consult: Option<Box<Consult>>,
     /// An agent a transfer went to (reserved like for a click-to-call; told when its
     /// offer ends and when the call does): tenant, agent, answered.
     agent: Option<(Arc<str>, Arc<str>, bool)>,
@@ -396,8 +396,8 @@ struct CdrDraft {
     dtmf: String,
     /// The call's recording, if any.
     recording: Option<String>,
-    /// Legs A and B at the end of an anchored call.
-    quality: Option<[crate::media::quality::LegQuality; 2]>,
+    /// Legs A and B at the end of an anchored call (boxed: set only at the end).
+    quality: Option<Box<[crate::media::quality::LegQuality; 2]>>,
     /// Who talked to whom: every leg that joined the call, in order.
     legs: Vec<crate::store::CdrLeg>,
     /// Transfers carried out, in order (`blind:B>user:1003`).
@@ -513,7 +513,8 @@ pub struct CallCore {
     /// What the event being handled asks the actor to do.
     out: Vec<Effect>,
     next_timer: TimerKey,
-    core: Option<Checkpoint>,
+    /// Shared with the checkpoint table: copied on the first change after a checkpoint.
+    core: Option<Arc<Checkpoint>>,
     txs: Vec<Tx>,
     next_tx: u32,
     no_answer: Option<TimerKey>,
@@ -533,7 +534,7 @@ pub struct CallCore {
     /// The B-leg INVITE transaction (fork) whose response is being handled.
     fork_tx: Option<u32>,
     /// The best failure among forks that failed while others were still ringing.
-    best_failure: Option<Message>,
+    best_failure: Option<Box<Message>>,
     /// The forks of the current queue offer (empty when none rings).
     offer_forks: Vec<OfferFork>,
     /// B-leg INVITE transactions of earlier offers: their late answers are cancelled or
@@ -542,11 +543,11 @@ pub struct CallCore {
     /// B-leg Call-IDs of earlier offers (retired with the call).
     old_b_ids: Vec<Bytes>,
     keepalive: Option<TimerKey>,
-    trunk_leg: Option<TrunkLeg>,
+    trunk_leg: Option<Box<TrunkLeg>>,
     invite_timer: Option<TimerKey>,
     /// Click-to-call: the agent side, and the route to the customer until it is used.
     orig: Option<Originated>,
-    orig_route: Option<Route>,
+    orig_route: Option<Box<Route>>,
     /// The agent reserved for this click-to-call, told how its call goes.
     orig_agent: Option<(Arc<str>, Arc<str>)>,
     /// Offers of this call already reported over (a restarted agent asking about one gets
@@ -579,10 +580,13 @@ impl CallCore {
             env,
             now: now.mono,
             wall_ms: now.wall_ms,
-            out: Vec::with_capacity(8),
+            // Empty: `step` swaps the shell's buffer in, so this one never holds effects
+            // between events (with room for 8 it cost ~1.3 KB per call for nothing).
+            out: Vec::new(),
             next_timer: 1,
             core: None,
-            txs: Vec::with_capacity(4),
+            // An established call has two transactions (the INVITEs on either leg).
+            txs: Vec::with_capacity(2),
             next_tx: 1,
             no_answer: None,
             max_duration: None,
@@ -781,8 +785,10 @@ impl CallCore {
         self.core.as_ref().map(|c| c.a_call_id.clone())
     }
 
+    /// The call's state to change: shared with the last checkpoint until the first change
+    /// after it, which copies it (so a quiet established call holds one copy, not two).
     fn core(&mut self) -> &mut Checkpoint {
-        self.core.as_mut().expect("call state")
+        Arc::make_mut(self.core.as_mut().expect("call state"))
     }
 
     // ---- effects ----
@@ -880,9 +886,13 @@ impl CallCore {
             msg: a_invite,
             source,
         } = invite;
-        let a_call_id = a_invite.ids().call_id.clone();
+        let a_call_id = Bytes::copy_from_slice(&a_invite.ids().call_id);
         let (from, to) = (a_invite.ids().from.clone(), a_invite.ids().to.clone());
-        let a_invite = a_invite.into_message();
+        let mut a_invite = a_invite.into_message();
+        // Kept for the whole call: no spare room in its header vector.
+        a_invite.headers.shrink_to_fit();
+        // (The Call-ID above has its own allocation: it names the call in tables that
+        // outlive the INVITE, checkpoints and the directory's retired slots.)
         let a_contact = a_invite
             .contacts()
             .next()
@@ -924,7 +934,7 @@ impl CallCore {
             // Queued: no B leg until the queue offers an agent. Through a trunk group: the
             // B leg goes to the first trunk of the call's plan, then the next on failover.
             let b = pending_b_dialog();
-            self.core = Some(Checkpoint {
+            self.core = Some(Arc::new(Checkpoint {
                 phase: if queue.is_some() {
                     Phase::Queued
                 } else {
@@ -970,7 +980,7 @@ impl CallCore {
                 a_up: false,
                 consult: None,
                 agent: None,
-            });
+            }));
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             self.register(a_call_id.clone());
             let caller = self.core().cdr.caller.clone();
@@ -981,12 +991,12 @@ impl CallCore {
             }
             if let Some(group) = &route.group {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
-                self.trunk_leg = Some(TrunkLeg {
+                self.trunk_leg = Some(Box::new(TrunkLeg {
                     plan: plan.order.into(),
                     last_resort: plan.last_resort.into(),
                     attempts: plan.skipped,
                     current: None,
-                });
+                }));
                 self.next_trunk();
                 return;
             }
@@ -1031,7 +1041,7 @@ impl CallCore {
         let (b, b_invite, branch) = self.b_leg(&a_invite, &dialled, ruri, b_dest, target);
         let b_call_id = b.call_id.clone();
         let b_invite = Arc::new(b_invite);
-        self.core = Some(Checkpoint {
+        self.core = Some(Arc::new(Checkpoint {
             phase: Phase::Setup,
             a_call_id: a_call_id.clone(),
             b_call_id: b_call_id.clone(),
@@ -1055,7 +1065,7 @@ impl CallCore {
             a_up: false,
             consult: None,
             agent: None,
-        });
+        }));
         self.register(a_call_id.clone());
         self.register(b_call_id);
         let caller = self.core().cdr.caller.clone();
@@ -1079,7 +1089,7 @@ impl CallCore {
         metrics::counter!(CALLS_RESTORED, "phase" => phase.label()).increment(1);
         tracing::info!(call_id = %String::from_utf8_lossy(&cp.a_call_id), phase = phase.label(), "call restored from checkpoint");
         self.restored = true;
-        self.core = Some(cp);
+        self.core = Some(Arc::new(cp));
         for id in self.call_ids() {
             self.register(id);
         }
@@ -1150,7 +1160,7 @@ impl CallCore {
             let effect = if core.phase == Phase::Ended && self.after_cdr.is_none() {
                 Effect::DropCheckpoint(core.a_call_id.clone())
             } else {
-                Effect::Checkpoint(Box::new(core.clone()))
+                Effect::Checkpoint(core.clone())
             };
             self.out.push(effect);
         }

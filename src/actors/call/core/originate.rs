@@ -27,7 +27,7 @@ impl CallCore {
         a.remote_cseq = None;
         let a_invite = Arc::new(a_invite);
         let b = pending_b_dialog();
-        self.core = Some(Checkpoint {
+        self.core = Some(Arc::new(Checkpoint {
             phase: Phase::Setup,
             a_call_id: a_call_id.clone(),
             b_call_id: Bytes::new(),
@@ -65,8 +65,8 @@ impl CallCore {
             a_up: false,
             consult: None,
             agent: None,
-        });
-        self.orig_route = Some(route);
+        }));
+        self.orig_route = Some(Box::new(route));
         self.orig = Some(Originated {
             answered: false,
             ack: None,
@@ -184,12 +184,12 @@ impl CallCore {
         match &route.group {
             Some(group) => {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
-                self.trunk_leg = Some(TrunkLeg {
+                self.trunk_leg = Some(Box::new(TrunkLeg {
                     plan: plan.order.into(),
                     last_resort: plan.last_resort.into(),
                     attempts: plan.skipped,
                     current: None,
-                });
+                }));
                 self.next_trunk();
             }
             None => {

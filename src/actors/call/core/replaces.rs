@@ -94,14 +94,14 @@ impl CallCore {
             .map(|c| c.uri)
             .unwrap_or_else(|| from.uri.clone());
         let core = self.core();
-        core.transfer = Some(Transfer {
+        core.transfer = Some(Box::new(Transfer {
             kind: "replaces",
             by: "phone",
             target: party.clone(),
             transferor: Some(old),
             notify: false,
             queue_before,
-        });
+        }));
         core.a = Dialog {
             call_id: call_id.clone(),
             local_tag: random_token(10),

@@ -360,7 +360,7 @@ impl Call {
             Effect::CancelTimer(key) => self.timers.retain(|t| t.0 != key),
             Effect::Register(id) => self.registered.push(id),
             Effect::Retire { .. } => self.retired = true,
-            Effect::Checkpoint(cp) => self.checkpoint = Some(*cp),
+            Effect::Checkpoint(cp) => self.checkpoint = Some(Checkpoint::clone(&cp)),
             Effect::DropCheckpoint(_) => self.checkpoint = None,
             Effect::WriteCdr(cdr) => {
                 self.cdrs.push(*cdr);

@@ -100,7 +100,7 @@ impl CallCore {
     }
 
     pub(super) fn dialog_mut(&mut self, leg: Leg) -> &mut Dialog {
-        let core = self.core.as_mut().expect("call state");
+        let core = Arc::make_mut(self.core.as_mut().expect("call state"));
         match leg {
             Leg::A => &mut core.a,
             Leg::B => &mut core.b,
@@ -311,10 +311,16 @@ impl CallCore {
             .iter()
             .filter(|t| !t.is_client)
             .filter_map(|t| {
+                let response = t.last_response.clone()?;
+                // A retransmitted INVITE whose answer was a 2xx is absorbed (RFC 6026
+                // "Accepted"), so that 2xx (~0.7 KB) need not outlive the call; an empty
+                // response tells the router to absorb.
+                let absorb = t.method == Method::Invite && response.get(8) == Some(&b'2');
                 Some(RetiredResponse {
-                    branch: t.branch.clone(),
+                    // Copied: a slice would keep the request's whole datagram for 64*T1.
+                    branch: Bytes::copy_from_slice(&t.branch),
                     method: t.method.clone(),
-                    response: t.last_response.clone()?,
+                    response: if absorb { Bytes::new() } else { response },
                     dest: t.dest,
                 })
             })

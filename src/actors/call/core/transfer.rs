@@ -251,14 +251,14 @@ impl CallCore {
         tracing::info!(target = %label, by, "blind transfer");
         let parked = self.park_b();
         let queue_before = self.core().queue.clone();
-        self.core().transfer = Some(Transfer {
+        self.core().transfer = Some(Box::new(Transfer {
             kind: "blind",
             by,
             target: label.clone(),
             transferor: Some(parked),
             notify,
             queue_before,
-        });
+        }));
         self.core().a_up = true;
         if let Some(id) = self.max_duration.take() {
             self.cancel_timer(id);
@@ -646,14 +646,14 @@ impl CallCore {
         tracing::info!(replaces = %String::from_utf8_lossy(&replaces.call_id), "attended transfer");
         let parked = self.park_b();
         let queue_before = self.core().queue.clone();
-        self.core().transfer = Some(Transfer {
+        self.core().transfer = Some(Box::new(Transfer {
             kind: "attended",
             by: "phone",
             target: String::new(),
             transferor: Some(parked),
             notify: true,
             queue_before,
-        });
+        }));
         self.core().a_up = true;
         self.notify_transferor(100, "Trying", false);
         self.media_op(MediaOp::Bridge(false));

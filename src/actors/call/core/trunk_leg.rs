@@ -306,8 +306,8 @@ impl CallCore {
         let media = self
             .core
             .as_ref()
-            .and_then(|c| c.cdr.quality)
-            .map(|[_, b]| b)
+            .and_then(|c| c.cdr.quality.as_deref())
+            .map(|[_, b]| *b)
             .filter(|b| b.packets > 0)
             .map(|b| crate::routing::trunks::MediaQuality {
                 loss: b.loss,
@@ -353,7 +353,11 @@ impl CallCore {
 
     /// Gives the trunk channel back (also when a restarted actor ends the call).
     pub(super) fn release_trunk_channel(&mut self) {
-        if let Some(id) = self.core.as_mut().and_then(|c| c.trunk.take()) {
+        if let Some(id) = self
+            .core
+            .as_mut()
+            .and_then(|c| Arc::make_mut(c).trunk.take())
+        {
             self.out.push(Effect::ReleaseTrunk(id));
         }
     }
