@@ -34,6 +34,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
+use super::problem::respond;
 use super::{route, ApiState, Caller, Params, Problem, AUTH_REFUSED_TOTAL};
 use crate::actors::call::{CallContext, CallMsg, CallView, Command, Phase};
 
@@ -149,7 +150,9 @@ fn list(state: &ApiState, caller: &Caller, uri: &Uri) -> Result<CallList, Proble
     let tenant = caller.listing(params.get("tenant"))?;
     let limit = params.number("limit", DEFAULT_LIMIT)?;
     if limit > MAX_LIMIT {
-        return Err(bad_request(format!("limit is at most {MAX_LIMIT}")));
+        return Err(Problem::bad_request(format!(
+            "limit is at most {MAX_LIMIT}"
+        )));
     }
     let offset = params.number("offset", 0)?;
     let Some(ctx) = calls(state) else {
@@ -221,7 +224,7 @@ async fn consult_call(
     body: Bytes,
 ) -> Response {
     let command = Json::<ConsultBody>::from_bytes(&body)
-        .map_err(|e| bad_request(e.body_text()))
+        .map_err(|e| Problem::bad_request(e.body_text()))
         .and_then(|b| checked_target(b.0.target))
         .map(|target| Command::Consult { target });
     control(&state, &caller, call_id, "consult", command).await
@@ -254,13 +257,12 @@ async fn release_call(
 ) -> Response {
     let answer = (|| {
         let (ctx, _) = find(&state, &caller, &call_id)?;
-        let actor = ctx
-            .directory
-            .lookup(call_id.as_bytes())
-            .ok_or_else(|| unavailable(format!("call {call_id:?} is restarting; try again")))?;
+        let actor = ctx.directory.lookup(call_id.as_bytes()).ok_or_else(|| {
+            Problem::unavailable(format!("call {call_id:?} is restarting; try again"))
+        })?;
         actor
             .cast(CallMsg::Hangup(RELEASE_REASON.to_string()))
-            .map_err(|e| unavailable(format!("the call did not take the command: {e}")))?;
+            .map_err(|e| Problem::unavailable(format!("the call did not take the command: {e}")))?;
         Ok(ControlAnswer {
             call_id: call_id.clone(),
             result: "releasing".to_string(),
@@ -280,7 +282,7 @@ async fn release_call(
 /// the transfer.
 fn transfer_command(body: &[u8]) -> Result<Command, Problem> {
     let parsed = Json::<TransferBody>::from_bytes(body)
-        .map_err(|e| bad_request(e.body_text()))?
+        .map_err(|e| Problem::bad_request(e.body_text()))?
         .0;
     let target = checked_target(parsed.target)?;
     Ok(match parsed.mode {
@@ -299,7 +301,7 @@ fn checked_target(target: String) -> Result<String, Problem> {
             .all(|c| c.is_ascii_alphanumeric() || "+*#._-".contains(c));
     match ok {
         true => Ok(target),
-        false => Err(bad_request(format!(
+        false => Err(Problem::bad_request(format!(
             "target: 1 to {MAX_TARGET} letters, digits or + * # . _ -"
         ))),
     }
@@ -328,13 +330,12 @@ async fn run(
 ) -> Result<ControlAnswer, Problem> {
     let command = command?;
     let (ctx, _) = find(state, caller, call_id)?;
-    let actor = ctx
-        .directory
-        .lookup(call_id.as_bytes())
-        .ok_or_else(|| unavailable(format!("call {call_id:?} is restarting; try again")))?;
+    let actor = ctx.directory.lookup(call_id.as_bytes()).ok_or_else(|| {
+        Problem::unavailable(format!("call {call_id:?} is restarting; try again"))
+    })?;
     let timeout_ms = CONTROL_TIMEOUT.as_millis() as u64;
     let reply = ractor::call_t!(actor, CallMsg::Control, timeout_ms, command)
-        .map_err(|e| unavailable(format!("the call did not answer: {e}")))?;
+        .map_err(|e| Problem::unavailable(format!("the call did not answer: {e}")))?;
     let result = reply.map_err(|refused| {
         let status =
             StatusCode::from_u16(refused.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY);
@@ -388,21 +389,6 @@ fn result_label<T>(answer: &Result<T, Problem>) -> &'static str {
             _ => "refused",
         },
     }
-}
-
-fn respond<T: Serialize>(answer: Result<T, Problem>) -> Response {
-    match answer {
-        Ok(body) => Json(body).into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
-fn unavailable(detail: String) -> Problem {
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
-}
-
-fn bad_request(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, detail)
 }
 
 #[cfg(test)]

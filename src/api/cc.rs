@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::cluster::tenant_elsewhere;
+use super::problem::respond;
 use super::{route, ApiState, Caller, Params, Problem};
 use crate::actors::agent::{self, AgentInfo, AgentMsg, Command, CommandError};
 use crate::actors::queue::{self, CcContext, QueueStats};
@@ -328,7 +329,7 @@ async fn list_queues_inner(
         .map(|((t, q), _)| format!("{t}/{q}"))
         .collect();
     if !missing.is_empty() {
-        return Err(unavailable(format!(
+        return Err(Problem::unavailable(format!(
             "queues not answering: {}",
             missing.join(", ")
         )));
@@ -390,12 +391,13 @@ where
     let cc = contact_centre(state)?;
     cc.directory.has_queue(tenant, queue_id)?;
     let actor = queue::lookup(tenant, queue_id, &cc.cc.node).ok_or_else(|| {
-        tenant_elsewhere(state, tenant, uri)
-            .unwrap_or_else(|| unavailable(format!("queue {tenant}/{queue_id} is not running")))
+        tenant_elsewhere(state, tenant, uri).unwrap_or_else(|| {
+            Problem::unavailable(format!("queue {tenant}/{queue_id} is not running"))
+        })
     })?;
     ask(actor)
         .await
-        .map_err(|e| unavailable(format!("queue {tenant}/{queue_id} did not answer: {e}")))
+        .map_err(|e| Problem::unavailable(format!("queue {tenant}/{queue_id} did not answer: {e}")))
 }
 
 // ---------------------------------------------------------------------------- agents
@@ -417,7 +419,7 @@ async fn list_agents_inner(
     let tenant = caller.listing(params.get("tenant"))?;
     let wanted_state = match params.get("state") {
         Some(s) if !STATES.contains(&s) => {
-            return Err(bad_request(format!(
+            return Err(Problem::bad_request(format!(
                 "state {s:?} is not one of {}",
                 STATES.join(", ")
             )))
@@ -426,7 +428,9 @@ async fn list_agents_inner(
     };
     let limit = params.number("limit", DEFAULT_LIMIT)?;
     if limit > MAX_LIMIT {
-        return Err(bad_request(format!("limit is at most {MAX_LIMIT}")));
+        return Err(Problem::bad_request(format!(
+            "limit is at most {MAX_LIMIT}"
+        )));
     }
     let offset = params.number("offset", 0)?;
     let empty = AgentList {
@@ -488,9 +492,9 @@ async fn get_agent(
 ) -> Response {
     let answer = async {
         let actor = find_agent(&state, &uri, &tenant, &agent_id)?;
-        agent::info(&actor)
-            .await
-            .map_err(|e| unavailable(format!("agent {tenant}/{agent_id} did not answer: {e}")))
+        agent::info(&actor).await.map_err(|e| {
+            Problem::unavailable(format!("agent {tenant}/{agent_id} did not answer: {e}"))
+        })
     };
     respond(answer.await)
 }
@@ -528,12 +532,12 @@ fn not_ready_command(body: &[u8]) -> Result<Command, Problem> {
         NotReadyBody::default()
     } else {
         Json::<NotReadyBody>::from_bytes(body)
-            .map_err(|e| bad_request(e.body_text()))?
+            .map_err(|e| Problem::bad_request(e.body_text()))?
             .0
     };
     let reason = parsed.reason.unwrap_or_else(|| DEFAULT_REASON.to_owned());
     if reason.trim().is_empty() || reason.chars().count() > MAX_REASON {
-        return Err(bad_request(format!(
+        return Err(Problem::bad_request(format!(
             "reason is 1 to {MAX_REASON} characters"
         )));
     }
@@ -568,7 +572,7 @@ async fn run_command(
     match agent::command(&actor, command).await {
         Ok(info) => Ok(info),
         Err(CommandError::Refused(reason)) => Err(Problem::new(StatusCode::CONFLICT, reason)),
-        Err(CommandError::Unavailable(e)) => Err(unavailable(format!(
+        Err(CommandError::Unavailable(e)) => Err(Problem::unavailable(format!(
             "agent {tenant}/{agent_id} did not answer: {e}"
         ))),
     }
@@ -594,8 +598,9 @@ fn find_agent(
     let cc = contact_centre(state)?;
     cc.directory.has_agent(tenant, agent_id)?;
     agent::lookup(tenant, agent_id, &cc.cc.node).ok_or_else(|| {
-        tenant_elsewhere(state, tenant, uri)
-            .unwrap_or_else(|| unavailable(format!("agent {tenant}/{agent_id} is not running")))
+        tenant_elsewhere(state, tenant, uri).unwrap_or_else(|| {
+            Problem::unavailable(format!("agent {tenant}/{agent_id} is not running"))
+        })
     })
 }
 
@@ -609,7 +614,7 @@ pub(super) async fn click_to_call(
 ) -> Response {
     let answer = async {
         let req: ClickToCall = Json::<ClickToCall>::from_bytes(&body)
-            .map_err(|e| bad_request(e.body_text()))?
+            .map_err(|e| Problem::bad_request(e.body_text()))?
             .0;
         caller.check(&req.tenant)?;
         if req.number.is_empty()
@@ -618,13 +623,13 @@ pub(super) async fn click_to_call(
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+*#".contains(c))
         {
-            return Err(bad_request("number: digits, letters, + * # only"));
+            return Err(Problem::bad_request("number: digits, letters, + * # only"));
         }
         let actor = find_agent(&state, &uri, &req.tenant, &req.agent)?;
         let cc = contact_centre(&state)?.cc.clone();
         let info = agent::info(&actor)
             .await
-            .map_err(|e| unavailable(format!("agent did not answer: {e}")))?;
+            .map_err(|e| Problem::unavailable(format!("agent did not answer: {e}")))?;
 
         let domain = match crate::actors::tenant::lookup(&req.tenant, &cc.node) {
             Some(t) => crate::actors::tenant::info(&t)
@@ -637,7 +642,7 @@ pub(super) async fn click_to_call(
         let routes = ctx
             .routes
             .get()
-            .ok_or_else(|| unavailable("the switch is starting".into()))?;
+            .ok_or_else(|| Problem::unavailable("the switch is starting"))?;
         let route = routes.lookup(req.number.as_bytes()).ok_or_else(|| {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -647,7 +652,7 @@ pub(super) async fn click_to_call(
         let dialled = crate::actors::router::Routes::rewrite(&route, req.number.as_bytes());
         let calls = ractor::registry::where_is(crate::supervision::catalog::calls_name(&cc.node))
             .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)
-            .ok_or_else(|| unavailable("calls supervisor not running".into()))?;
+            .ok_or_else(|| Problem::unavailable("calls supervisor not running"))?;
         // The agent is reserved first (no queue can offer it a call meanwhile, and an agent
         // already on a call or offered one is refused), then its phones ring.
         let (host, _) = ctx.sent_by(crate::transport::Protocol::Udp);
@@ -692,7 +697,7 @@ pub(super) async fn click_to_call(
                         outcome: agent::OfferOutcome::Cancelled,
                     },
                 );
-                Err(unavailable(format!("call not started: {e}")))
+                Err(Problem::unavailable(format!("call not started: {e}")))
             }
         }
     };
@@ -733,7 +738,7 @@ async fn recording_command(
             .lookup(call_id.as_bytes())
             .ok_or_else(|| Problem::not_found(format!("no call {call_id:?} in progress")))?;
         let reply = ractor::call!(call, CallMsg::Recording, cmd)
-            .map_err(|e| unavailable(format!("the call did not answer: {e}")))?;
+            .map_err(|e| Problem::unavailable(format!("the call did not answer: {e}")))?;
         let recording = reply.map_err(|why| Problem::new(StatusCode::CONFLICT, why))?;
         Ok(RecordingAnswer { call_id, recording })
     };
@@ -745,21 +750,6 @@ fn contact_centre(state: &ApiState) -> Result<&ContactCentre, Problem> {
         .cc
         .as_deref()
         .ok_or_else(|| Problem::not_found("this node runs no contact centre"))
-}
-
-fn respond<T: Serialize>(answer: Result<T, Problem>) -> Response {
-    match answer {
-        Ok(body) => Json(body).into_response(),
-        Err(problem) => problem.into_response(),
-    }
-}
-
-fn unavailable(detail: String) -> Problem {
-    Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)
-}
-
-fn bad_request(detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::BAD_REQUEST, detail)
 }
 
 /// `items[offset..offset + limit]`, clamped to the slice.

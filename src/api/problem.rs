@@ -62,6 +62,24 @@ impl Problem {
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, detail)
     }
+
+    /// 400: the request itself is wrong.
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 503: what the request needs does not answer now.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)
+    }
+}
+
+/// A handler's answer: its body as JSON, or the problem.
+pub fn respond<T: Serialize>(answer: Result<T, Problem>) -> Response {
+    match answer {
+        Ok(body) => Json(body).into_response(),
+        Err(problem) => problem.into_response(),
+    }
 }
 
 impl IntoResponse for Problem {

@@ -25,10 +25,11 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Router};
 use http_body::{Frame, SizeHint};
 use tokio::sync::mpsc;
 
+use super::problem::respond;
 use super::{route, ApiState, Caller, Params, Problem};
 use crate::media::recording::{self, KeyRing, RecordingError, RecordingReader};
 use crate::store::recordings::{RecordingIndex, RecordingRow, STATE_COMPLETE};
@@ -312,13 +313,6 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| internal(format!("blocking task failed: {e}")))?
-}
-
-fn respond<T: serde::Serialize>(answer: Result<T, Problem>) -> Response {
-    match answer {
-        Ok(body) => Json(body).into_response(),
-        Err(problem) => problem.into_response(),
-    }
 }
 
 #[cfg(test)]
