@@ -72,6 +72,20 @@ impl Phone {
     }
 }
 
+/// A caller and the phones of 1002 and 1003 (registered), at 127.0.0.`base + 1`, `+ 2`
+/// and `+ 3`.
+async fn three_phones(sw: SocketAddr, base: u8) -> (Phone, Phone, Phone) {
+    let at = |n: u8| format!("127.0.0.{}", base + n);
+    let (caller, p1002, p1003) = (
+        Phone::at(&at(1)).await,
+        Phone::at(&at(2)).await,
+        Phone::at(&at(3)).await,
+    );
+    p1002.register(sw, "1002").await;
+    p1003.register(sw, "1003").await;
+    (caller, p1002, p1003)
+}
+
 fn password(user: &str) -> String {
     format!("pw-{user}")
 }
@@ -362,13 +376,7 @@ async fn a_phones_blind_refer_connects_the_caller_to_the_target() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47000-47099")).await;
     let sw = udp_addr(&node);
-    let (caller, p1002, p1003) = (
-        Phone::at("127.0.0.51").await,
-        Phone::at("127.0.0.52").await,
-        Phone::at("127.0.0.53").await,
-    );
-    p1002.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, p1002, p1003) = three_phones(sw, 50).await;
     let cid = "xfer-phone-1";
     let Up {
         mut a,
@@ -472,13 +480,7 @@ async fn a_busy_target_leaves_the_transferor_connected() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47100-47199")).await;
     let sw = udp_addr(&node);
-    let (caller, p1002, p1003) = (
-        Phone::at("127.0.0.61").await,
-        Phone::at("127.0.0.62").await,
-        Phone::at("127.0.0.63").await,
-    );
-    p1002.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, p1002, p1003) = three_phones(sw, 60).await;
     let cid = "xfer-recall-1";
     let Up {
         to_switch_a,
@@ -541,13 +543,7 @@ async fn a_phones_attended_transfer_with_replaces_joins_the_caller_and_the_consu
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47900-47999")).await;
     let sw = udp_addr(&node);
-    let (caller, p1002, p1003) = (
-        Phone::at("127.0.0.141").await,
-        Phone::at("127.0.0.142").await,
-        Phone::at("127.0.0.143").await,
-    );
-    p1002.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, p1002, p1003) = three_phones(sw, 140).await;
     // Call 1: the caller and 1002.
     let cid = "att-phone-1";
     let Up {
@@ -862,13 +858,7 @@ async fn the_api_lists_holds_transfers_and_releases_a_call() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47300-47399")).await;
     let sw = udp_addr(&node);
-    let (caller, agent, p1003) = (
-        Phone::at("127.0.0.81").await,
-        Phone::at("127.0.0.82").await,
-        Phone::at("127.0.0.83").await,
-    );
-    agent.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, agent, p1003) = three_phones(sw, 80).await;
     agent_offerable(&node).await;
     let cid = "api-call-1";
     let Up {
@@ -1098,13 +1088,7 @@ async fn a_call_whose_actor_panics_while_its_transfer_rings_goes_back_to_the_tra
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47500-47599")).await;
     let sw = udp_addr(&node);
-    let (caller, p1002, p1003) = (
-        Phone::at("127.0.0.101").await,
-        Phone::at("127.0.0.102").await,
-        Phone::at("127.0.0.103").await,
-    );
-    p1002.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, p1002, p1003) = three_phones(sw, 100).await;
     let cid = "panic-xfer-1";
     let Up {
         mut a,
@@ -1238,13 +1222,7 @@ async fn an_agent_consults_then_hands_a_queue_call_over_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47600-47699")).await;
     let sw = udp_addr(&node);
-    let (caller, agent, p1003) = (
-        Phone::at("127.0.0.111").await,
-        Phone::at("127.0.0.112").await,
-        Phone::at("127.0.0.113").await,
-    );
-    agent.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, agent, p1003) = three_phones(sw, 110).await;
     agent_offerable(&node).await;
     let cid = "api-consult-1";
     let Up {
@@ -1335,13 +1313,7 @@ async fn a_cancelled_consultation_brings_the_agent_back() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47700-47799")).await;
     let sw = udp_addr(&node);
-    let (caller, p1002, p1003) = (
-        Phone::at("127.0.0.121").await,
-        Phone::at("127.0.0.122").await,
-        Phone::at("127.0.0.123").await,
-    );
-    p1002.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, p1002, p1003) = three_phones(sw, 120).await;
     let cid = "api-consult-2";
     let Up {
         mut a, to_switch_a, ..
@@ -1409,13 +1381,7 @@ async fn a_call_whose_actor_panics_while_consulting_is_back_with_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let node = start_with(node_config(dir.path(), "47800-47899")).await;
     let sw = udp_addr(&node);
-    let (caller, p1002, p1003) = (
-        Phone::at("127.0.0.131").await,
-        Phone::at("127.0.0.132").await,
-        Phone::at("127.0.0.133").await,
-    );
-    p1002.register(sw, "1002").await;
-    p1003.register(sw, "1003").await;
+    let (caller, p1002, p1003) = three_phones(sw, 130).await;
     let cid = "panic-consult-1";
     let Up {
         mut a, to_switch_a, ..
