@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::rtp::Rtp;
 use common::{answer, cdr, http_request, Side, Ua};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,60 +27,6 @@ async fn ua_at(ip: &str) -> Ua {
     let sock = UdpSocket::bind((ip, 0)).await.unwrap();
     let addr = sock.local_addr().unwrap();
     Ua { sock, addr }
-}
-
-/// An RTP socket of a test phone on `ip`.
-struct Rtp {
-    sock: Arc<UdpSocket>,
-    addr: SocketAddr,
-}
-
-impl Rtp {
-    async fn at(ip: &str) -> Rtp {
-        let sock = UdpSocket::bind((ip, 0)).await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        Rtp {
-            sock: Arc::new(sock),
-            addr,
-        }
-    }
-
-    /// An SDP offering PCMU at `addr` (which need not be this socket's).
-    fn sdp_at(addr: SocketAddr, extra: &str) -> String {
-        format!(
-            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n{extra}",
-            ip = addr.ip(),
-            port = addr.port()
-        )
-    }
-
-    fn sdp(&self, extra: &str) -> String {
-        Rtp::sdp_at(self.addr, extra)
-    }
-
-    /// Sends `frames` 20 ms PCMU frames of a `hz` tone to `to`, paced in real time.
-    fn send_tone(&self, to: SocketAddr, hz: f32, frames: usize) -> tokio::task::JoinHandle<()> {
-        let sock = self.sock.clone();
-        tokio::spawn(async move {
-            let mut gen = tone::ToneGen::new(&[hz], 8000);
-            let ssrc: u32 = rand::random();
-            let mut tick = tokio::time::interval(Duration::from_millis(20));
-            let mut buf = [0u8; 172];
-            for f in 0..frames {
-                tick.tick().await;
-                let mut pcm = [0i16; 160];
-                gen.fill(&mut pcm);
-                let h = rtp::write_rtp_header(&mut buf, f == 0, 0, f as u16, f as u32 * 160, ssrc);
-                Codec::Pcmu.encode_into(&pcm, &mut buf[h..h + 160]);
-                sock.send_to(&buf[..h + 160], to).await.unwrap();
-            }
-        })
-    }
-
-    /// The RTP payloads that arrive within `window`.
-    async fn listen(&self, window: Duration) -> Vec<Vec<u8>> {
-        listen(&self.sock, window).await
-    }
 }
 
 /// The RTP payloads (any datagram that parses as RTP) `sock` receives within `window`.
@@ -154,13 +101,13 @@ struct Up {
 
 async fn establish(alice: &Ua, bob: &Ua, ra: &Rtp, rb: &Rtp, sw: SocketAddr, cid: &str) -> Up {
     alice
-        .send(sw, &invite(cid, "1000", alice.addr, sw, &ra.sdp("")))
+        .send(sw, &invite(cid, "1000", alice.addr, sw, &ra.sdp()))
         .await;
     let (inv_b, sw_b) = bob.expect_request("INVITE").await;
     let to_switch_b = sdp_addr(&inv_b);
     bob.send(
         sw_b,
-        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("")),
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp()),
     )
     .await;
     let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
@@ -277,8 +224,8 @@ async fn a_sprayer_gets_no_audio_and_is_counted_while_the_phones_hear_each_other
         }
     });
     let (heard_by_b, heard_by_a) = tokio::join!(
-        rb.listen(Duration::from_millis(2300)),
-        ra.listen(Duration::from_millis(2300))
+        listen(&rb.sock, Duration::from_millis(2300)),
+        listen(&ra.sock, Duration::from_millis(2300))
     );
     send_a.await.unwrap();
     send_b.await.unwrap();
@@ -351,7 +298,7 @@ async fn music_is_not_sent_to_an_address_named_only_in_sdp_before_the_caller_lat
 
     // The switch answered and plays the queue's announcement and music: not to the victim.
     let (rtp_at_victim, rtcp_at_victim) = tokio::join!(
-        victim.listen(Duration::from_millis(1500)),
+        listen(&victim.sock, Duration::from_millis(1500)),
         listen(&victim_rtcp, Duration::from_millis(1500))
     );
     assert!(
@@ -363,7 +310,7 @@ async fn music_is_not_sent_to_an_address_named_only_in_sdp_before_the_caller_lat
 
     // The caller sends from its signalling address: it latches and hears the music there.
     let sending = rc.send_tone(to_switch, 1000.0, 50);
-    let heard = rc.listen(Duration::from_millis(1000)).await;
+    let heard = listen(&rc.sock, Duration::from_millis(1000)).await;
     assert!(
         heard.len() >= 20,
         "the caller hears music: {} packets",
@@ -371,7 +318,9 @@ async fn music_is_not_sent_to_an_address_named_only_in_sdp_before_the_caller_lat
     );
     sending.await.unwrap();
     assert!(
-        victim.listen(Duration::from_millis(200)).await.is_empty(),
+        listen(&victim.sock, Duration::from_millis(200))
+            .await
+            .is_empty(),
         "still nothing at the victim"
     );
 
@@ -453,7 +402,7 @@ async fn a_ringing_call_and_a_held_call_are_not_ended_by_the_rtp_timeout() {
     let sw = common::udp_addr(&node);
     let cid = "edge-held";
     alice
-        .send(sw, &invite(cid, "1000", alice.addr, sw, &ra.sdp("")))
+        .send(sw, &invite(cid, "1000", alice.addr, sw, &ra.sdp()))
         .await;
     let (inv_b, sw_b) = bob.expect_request("INVITE").await;
     // Ringing without early media for longer than the timeout: the call goes on.
@@ -473,7 +422,7 @@ async fn a_ringing_call_and_a_held_call_are_not_ended_by_the_rtp_timeout() {
     }
     bob.send(
         sw_b,
-        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp("")),
+        &answer(&inv_b, 200, "OK", "btag", bob.addr, &rb.sdp()),
     )
     .await;
     let (ok, _) = alice.expect("200 to INVITE", is_ok_to("INVITE")).await;
@@ -482,7 +431,7 @@ async fn a_ringing_call_and_a_held_call_are_not_ended_by_the_rtp_timeout() {
     bob.expect_request("ACK").await;
 
     // Alice holds (sendonly), bob answers recvonly; then nobody sends anything.
-    let hold = ra.sdp("a=sendonly\r\n");
+    let hold = ra.sdp_with("a=sendonly\r\n");
     alice
         .send(
             sw,
@@ -492,7 +441,14 @@ async fn a_ringing_call_and_a_held_call_are_not_ended_by_the_rtp_timeout() {
     let (reinv, from) = bob.expect_request("INVITE").await;
     bob.send(
         from,
-        &answer(&reinv, 200, "OK", "", bob.addr, &rb.sdp("a=recvonly\r\n")),
+        &answer(
+            &reinv,
+            200,
+            "OK",
+            "",
+            bob.addr,
+            &rb.sdp_with("a=recvonly\r\n"),
+        ),
     )
     .await;
     alice.expect("200 to re-INVITE", is_ok_to("INVITE")).await;

@@ -27,10 +27,20 @@ impl Rtp {
 
     /// An SDP offering (or answering) PCMU at this socket.
     pub fn sdp(&self) -> String {
+        Rtp::sdp_at(self.addr, "")
+    }
+
+    /// The same with `extra` attribute lines (e.g. `a=sendonly\r\n`).
+    pub fn sdp_with(&self, extra: &str) -> String {
+        Rtp::sdp_at(self.addr, extra)
+    }
+
+    /// An SDP offering PCMU at `addr` (which need not be this socket's), then `extra`.
+    pub fn sdp_at(addr: SocketAddr, extra: &str) -> String {
         format!(
-            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n",
-            ip = self.addr.ip(),
-            port = self.addr.port()
+            "v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\n{extra}",
+            ip = addr.ip(),
+            port = addr.port()
         )
     }
 
@@ -48,7 +58,7 @@ impl Rtp {
                 gen.fill(&mut pcm);
                 let h = rtp::write_rtp_header(&mut buf, f == 0, 0, f as u16, f as u32 * 160, ssrc);
                 Codec::Pcmu.encode_into(&pcm, &mut buf[h..h + 160]);
-                let _ = sock.send_to(&buf[..h + 160], to).await;
+                sock.send_to(&buf[..h + 160], to).await.unwrap();
             }
         })
     }
