@@ -270,40 +270,8 @@ CHILD_PIDS+=("$CALLER_PID")
 SAMPLES=$OUT/switch_samples.csv
 echo "t_s;cpu_ticks;rss_kb;calls_active" > "$SAMPLES"
 HARD_TIMEOUT_S=$(( DURATION + TALK + RING_MS / 1000 + 150 ))
-deadline=$(( $(date +%s) + HARD_TIMEOUT_S ))
-TIMED_OUT="" SW_DIED="" BUILD_SEEN=0 next_note=$(( $(date +%s) + 10 ))
-while kill -0 "$CALLER_PID" 2>/dev/null; do
-    if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then BUILD_SEEN=1; fi
-    kill -0 "$SW" 2>/dev/null || { SW_DIED=1; break; }
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        TIMED_OUT=1
-        echo "cc.sh: callers still running after ${HARD_TIMEOUT_S} s, stopping them" >&2
-        break
-    fi
-    ca=NA
-    scrape "$OUT/metrics_now.txt" && ca=$(metric_sum switchyard_calls_active "$OUT/metrics_now.txt")
-    echo "$(elapsed "$T_START" "$(now_s)");$(cpu_ticks "$SW" || echo NA);$(status_kb "$SW" VmRSS);$ca" >> "$SAMPLES"
-    if [ "$(date +%s)" -ge "$next_note" ]; then
-        next_note=$(( next_note + 10 ))
-        echo "cc.sh: t=$(elapsed "$T_START" "$(now_s)") s: caller created $(stat_col "$OUT/caller_stat.csv" "OutgoingCall(C)"), ok $(stat_col "$OUT/caller_stat.csv" "SuccessfulCall(C)"), failed $(stat_col "$OUT/caller_stat.csv" "FailedCall(C)"); switch calls_active $ca" >&2
-    fi
-    sleep 1
-done
-sipp_stop "$CALLER_PID"
-T_END=$(now_s)
-
-# ---------------------------------------------------------------- drain
-# The switch's calls go back to 0; the agent UAS keeps each call 2 s after its BYE.
-CA_AFTER=NA
-if kill -0 "$SW" 2>/dev/null; then
-    for _ in $(seq 1 120); do
-        scrape "$OUT/metrics_after.txt" && CA_AFTER=$(metric_sum switchyard_calls_active "$OUT/metrics_after.txt")
-        [ "$CA_AFTER" = 0 ] || [ "$CA_AFTER" = NA ] && break
-        sleep 0.5
-    done
-else
-    SW_DIED=1
-fi
+watch_caller "$CALLER_PID"
+# The agent UAS keeps each call 2 s after its BYE.
 sleep 3
 sipp_stop "$AGENT_PID"
 

@@ -1,4 +1,4 @@
-# Shared by the load scripts (cc.sh, c2c.sh, trunks.sh): children and clean-up, ports,
+# Shared by the load scripts (cc.sh, c2c.sh, trunks.sh, transfer.sh): children and clean-up, ports,
 # metrics and SIPp statistics, process figures, the report. Sourced after `here`/`root`
 # are set; the caller defines its own variables (HOST, HTTP_PORT, TOKEN, OUT, ...).
 # shellcheck shell=bash
@@ -84,6 +84,46 @@ sipp_stop() { # pid: SIGUSR1 makes SIPp stop, write its final statistics and qui
     kill -KILL "$1" 2>/dev/null || true
     wait "$1" 2>/dev/null || true
 }
+# While the SIPp caller (pid $1) runs, bounded by HARD_TIMEOUT_S: a sample a second to
+# $SAMPLES (t;cpu ticks;VmRSS;calls_active), a progress note every 10 s. Then the caller
+# is stopped and the switch's calls drain back to 0 (up to 60 s). Sets TIMED_OUT, SW_DIED,
+# BUILD_SEEN, T_END and CA_AFTER (NA when unknown). Needs SW, T_START, OUT.
+watch_caller() {
+    local pid=$1 deadline next_note ca
+    deadline=$(( $(date +%s) + HARD_TIMEOUT_S ))
+    next_note=$(( $(date +%s) + 10 ))
+    TIMED_OUT="" SW_DIED="" BUILD_SEEN=0
+    while kill -0 "$pid" 2>/dev/null; do
+        if pgrep -x rustc >/dev/null || pgrep -x cargo >/dev/null; then BUILD_SEEN=1; fi
+        kill -0 "$SW" 2>/dev/null || { SW_DIED=1; break; }
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            TIMED_OUT=1
+            echo "$SCRIPT: callers still running after ${HARD_TIMEOUT_S} s, stopping them" >&2
+            break
+        fi
+        ca=NA
+        scrape "$OUT/metrics_now.txt" && ca=$(metric_sum switchyard_calls_active "$OUT/metrics_now.txt")
+        echo "$(elapsed "$T_START" "$(now_s)");$(cpu_ticks "$SW" || echo NA);$(status_kb "$SW" VmRSS);$ca" >> "$SAMPLES"
+        if [ "$(date +%s)" -ge "$next_note" ]; then
+            next_note=$(( next_note + 10 ))
+            echo "$SCRIPT: t=$(elapsed "$T_START" "$(now_s)") s: caller created $(stat_col "$OUT/caller_stat.csv" "OutgoingCall(C)"), ok $(stat_col "$OUT/caller_stat.csv" "SuccessfulCall(C)"), failed $(stat_col "$OUT/caller_stat.csv" "FailedCall(C)"); switch calls_active $ca" >&2
+        fi
+        sleep 1
+    done
+    sipp_stop "$pid"
+    T_END=$(now_s)
+    CA_AFTER=NA
+    if kill -0 "$SW" 2>/dev/null; then
+        for _ in $(seq 1 120); do
+            scrape "$OUT/metrics_after.txt" && CA_AFTER=$(metric_sum switchyard_calls_active "$OUT/metrics_after.txt")
+            [ "$CA_AFTER" = 0 ] || [ "$CA_AFTER" = NA ] && break
+            sleep 0.5
+        done
+    else
+        SW_DIED=1
+    fi
+}
+
 kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
 say() { echo "$@" | tee -a "$OUT/report.txt"; }
 fail() { VERDICT=FAIL; REASONS+=("$1"); }
