@@ -246,12 +246,17 @@ impl Catalog {
                 },
             );
         }
+        self.configured(&key);
+        true
+    }
+
+    /// `key` is in the configuration (again): no longer removed, and the reconciler is told.
+    fn configured(&self, key: &str) {
         self.removed
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+            .remove(key);
         self.changed.notify_one();
-        true
     }
 
     /// Removes a singleton from the configuration; its actor, if it runs here, is stopped
@@ -315,11 +320,7 @@ impl Catalog {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key.clone(), entry);
-        self.removed
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        self.changed.notify_one();
+        self.configured(&key);
         true
     }
 
