@@ -112,6 +112,7 @@ pub fn describe() {
     );
     self::core::transfer::describe();
     self::core::consult_describe();
+    self::core::service::describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
