@@ -52,6 +52,10 @@ pub struct Config {
     /// carrying `X-Switchyard-Panic` panics in the handler (see `transport::PanicInjector`).
     #[serde(skip)]
     pub fault_injection: bool,
+    /// The demo tenant of the embedded default is in `tenants` (see `crate::demo`); set by
+    /// the binary only, never from a file.
+    #[serde(skip)]
+    pub demo: bool,
 }
 
 /// How a route, queue or trunk treats a call's audio.

@@ -35,6 +35,10 @@ struct Cli {
     /// alone with no external service.
     #[arg(long, global = true)]
     cluster: Option<PathBuf>,
+    /// Without a config file the node runs a demo tenant (users 1001-1005, queue 5000, echo
+    /// test 9196, music 9664); this turns it off.
+    #[arg(long = "no-demo", global = true)]
+    no_demo: bool,
 }
 
 #[derive(Subcommand)]
@@ -70,8 +74,41 @@ fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
     }
+    if cli.config.is_none() && cli.cluster.is_none() && !cli.no_demo {
+        match switchyard::demo::apply(&mut config) {
+            Ok(demo) => print_demo(&demo),
+            Err(e) => {
+                return Err(vec![switchyard::config::ConfigError {
+                    place: "demo".into(),
+                    message: e.to_string(),
+                }])
+            }
+        }
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// Tells the person who started the node what to try; passwords only when just generated.
+fn print_demo(demo: &switchyard::demo::Demo) {
+    println!(
+        "Demo tenant (no config file; --no-demo turns it off): register as 1001-1005 at {}",
+        demo.domain
+    );
+    if demo.generated {
+        println!(
+            "  passwords (printed this once, kept in {}):",
+            demo.file.display()
+        );
+        for (user, password) in &demo.users {
+            println!("    {user}  {password}");
+        }
+    } else {
+        println!("  passwords in {}", demo.file.display());
+    }
+    println!(
+        "  call 9196 (echo test), 9664 (music on hold), 5000 (queue support: agent 1002 available, 1001 logged out), or 1001-1005"
+    );
 }
 
 fn main() -> ExitCode {
