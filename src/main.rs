@@ -153,13 +153,7 @@ fn main() -> ExitCode {
         }
         Some(Command::Run) | None => {}
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "switchyard=info".into()),
-        )
-        .init();
+    init_logs();
     let mut config = match load(&cli) {
         Ok(c) => c,
         Err(errors) => {
@@ -198,6 +192,32 @@ fn main() -> ExitCode {
         node.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `switchyard=info`); the filter can be
+/// changed while the node runs (`PUT /log`, `switchyard ctl log level`).
+fn init_logs() {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("switchyard=info"));
+    let current = filter.to_string();
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    switchyard::api::log::install(
+        current,
+        Box::new(move |text| {
+            let filter = EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }),
+    );
 }
 
 async fn wait_for_signal() {

@@ -1123,6 +1123,7 @@ impl Router {
             }
         }
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
+        self.ctx.rate.count(call::rate::unix_secs());
         let init = call::NewCall {
             invite: Inbound { msg, source },
             route: route.clone(),

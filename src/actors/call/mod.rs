@@ -33,6 +33,7 @@ use crate::transport::{Dest, Inbound, Protocol, Source, Transports};
 
 pub mod core;
 mod env;
+pub mod rate;
 
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
@@ -132,6 +133,8 @@ pub struct CallContext {
     pub max_duration: Option<Duration>,
     /// Calls admitted and not yet ended (admission control reads it).
     pub active: AtomicUsize,
+    /// Calls admitted per second (`GET /status`).
+    pub rate: rate::CallRate,
     pub user_agent: Bytes,
     pub advertise: Option<IpAddr>,
     /// The static routes and trunk groups (click-to-call routes the customer's number).
@@ -170,6 +173,7 @@ impl CallContext {
             no_answer,
             max_duration,
             active: AtomicUsize::new(0),
+            rate: rate::CallRate::new(),
             user_agent: Bytes::copy_from_slice(user_agent.as_bytes()),
             advertise,
             cc: OnceLock::new(),
