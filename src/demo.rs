@@ -202,12 +202,20 @@ target = "music"
 mod tests {
     use super::*;
 
+    /// The embedded default with its data in `dir`, SIP on 127.0.0.7.
+    fn at(dir: &Path) -> Config {
+        let mut config = Config {
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        };
+        config.sip.listen = vec!["udp:127.0.0.7:5060".into()];
+        config
+    }
+
     #[test]
     fn the_demo_is_a_valid_tenant_and_its_passwords_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_path_buf();
-        config.sip.listen = vec!["udp:127.0.0.7:5060".into()];
+        let mut config = at(dir.path());
         let demo = apply(&mut config).unwrap();
         assert!(demo.generated);
         assert_eq!(demo.domain, "127.0.0.7");
@@ -228,9 +236,7 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         // The second start reads the same passwords, and prints none.
-        let mut again = Config::default();
-        again.data_dir = dir.path().to_path_buf();
-        again.sip.listen = vec!["udp:127.0.0.7:5060".into()];
+        let mut again = at(dir.path());
         let second = apply(&mut again).unwrap();
         assert!(!second.generated);
         assert_eq!(second.users, demo.users);
@@ -245,8 +251,7 @@ mod tests {
     fn a_damaged_users_file_is_refused_with_its_place() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(USERS_FILE), "1001 a\n1002\n").unwrap();
-        let mut config = Config::default();
-        config.data_dir = dir.path().to_path_buf();
+        let mut config = at(dir.path());
         let e = apply(&mut config).unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
     }

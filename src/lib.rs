@@ -19,10 +19,12 @@
 //! - [`config`]: the config file, its validation and the embedded default.
 //! - [`demo`]: the demo tenant of the embedded default (users, a queue, echo and music).
 //! - [`metrics`]: metric names, described once.
+//! - [`ctl`]: `switchyard ctl`, the operator's console: a client of the API, above everything.
 pub mod actors;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod media;
 pub mod metrics;

@@ -58,6 +58,25 @@ enum Command {
         #[arg(long)]
         realm: String,
     },
+    /// The operator's console over the node's API: a command (`status`, `calls`, `call ID`,
+    /// `hangup ID`, `queues`, `agents`, `agent T/A ready|not-ready|logout`, `trunks`,
+    /// `bans`, `unban IP`, `drain`, `undrain`, `log level LEVEL`), or a prompt without one.
+    Ctl {
+        /// The node's API (default: the config's `http.listen`, else http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+        /// The node's token (default: the config's `http.token`, else `DATA_DIR/api-token`).
+        #[arg(long)]
+        token: Option<String>,
+        /// A PEM certificate to trust for an HTTPS API (its own, when self-issued).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// JSON as the API answers, for scripts, instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments; without one, a prompt with history.
+        command: Vec<String>,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
@@ -87,6 +106,64 @@ fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
     }
     config.validate()?;
     Ok(config)
+}
+
+/// `switchyard ctl`: where the node's API is and its token come from the same flags and
+/// config file the node was started with.
+fn ctl(
+    cli: &Cli,
+    url: &Option<String>,
+    token: &Option<String>,
+    ca: &Option<PathBuf>,
+    json: bool,
+    command: &[String],
+) -> ExitCode {
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{}: {e}", path.display());
+                }
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let data_dir = cli.data_dir.clone().unwrap_or(config.data_dir.clone());
+    let url = url.clone().unwrap_or_else(|| {
+        let mut addr = cli.http_listen.unwrap_or(config.http.listen);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if config.http.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    });
+    let token = match switchyard::ctl::client::find_token(
+        token.as_deref(),
+        config.http.token.as_deref(),
+        &data_dir,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchyard ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = switchyard::ctl::Options {
+        target: switchyard::ctl::Target {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            ca: ca.clone(),
+        },
+        json,
+        history: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".switchyard_history")),
+    };
+    ExitCode::from(switchyard::ctl::run(options, command))
 }
 
 /// Tells the person who started the node what to try; passwords only when just generated.
@@ -151,6 +228,13 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Some(Command::Ctl {
+            url,
+            token,
+            ca,
+            json,
+            command,
+        }) => return ctl(&cli, url, token, ca, *json, command),
         Some(Command::Run) | None => {}
     }
     init_logs();

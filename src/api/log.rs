@@ -131,6 +131,9 @@ mod tests {
     fn a_bare_level_names_the_switch() {
         assert_eq!(expand("debug"), "switchyard=debug");
         assert_eq!(expand(" WARN "), "switchyard=WARN");
-        assert_eq!(expand("switchyard=info,ractor=warn"), "switchyard=info,ractor=warn");
+        assert_eq!(
+            expand("switchyard=info,ractor=warn"),
+            "switchyard=info,ractor=warn"
+        );
     }
 }
