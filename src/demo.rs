@@ -12,6 +12,9 @@
 //! `0.0.0.0`) with no `sip.advertise`, the node advertises its primary address (the one its
 //! default route leaves from; no packet is sent to find it), else 127.0.0.1.
 //!
+//! Its challenges offer MD5 only (see [`apply`]), so that a phone that knows no SHA-256, as
+//! Debian's baresip, registers.
+//!
 //! The demo is an ordinary tenant: the edge rules apply to it as to any other (its users dial
 //! no route, anonymous callers reach its numbers only), and a config file that defines
 //! tenants replaces it. `--no-demo` turns it off.
@@ -63,6 +66,10 @@ pub fn apply(config: &mut Config) -> io::Result<Demo> {
     let file = config.data_dir.join(USERS_FILE);
     let (users, generated) = users(&file)?;
     config.tenants.push(tenant(&domain, &users)?);
+    // MD5 only: many phones know no SHA-256, and some (Debian's baresip 1.0) give up on a
+    // challenge list that names it at all. The generated passwords (95 bits) keep a captured
+    // MD5 exchange out of reach of a dictionary. A config file's default offers both.
+    config.registrar.algorithms = vec!["MD5".into()];
     config.demo = true;
     Ok(Demo {
         domain,
