@@ -127,6 +127,8 @@ async fn reads_need_a_token_like_everything_but_health_and_metrics() {
         "/tenants",
         "/recordings",
         "/cluster",
+        "/status",
+        "/log",
     ];
     for path in reads {
         let r = call(&node, "GET", path, None, "").await;
@@ -235,6 +237,8 @@ async fn a_tenant_token_sees_only_its_own_tenant() {
             ("PUT", "/tenants/t1/queues/q"),
             ("PUT", "/tenants/t3"),
             ("POST", "/cluster/drain"),
+            ("GET", "/status"),
+            ("PUT", "/log"),
         ] {
             let r = call(&node, method, path, Some(token), "{}").await;
             assert_problem(&r, 403, path);

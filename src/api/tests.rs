@@ -421,6 +421,9 @@ async fn a_tenant_token_sees_its_tenant_only() {
         ("DELETE", "/tenants/t1/tokens/0123456789abcdef"),
         ("PUT", "/tenants/t1/users/u"),
         ("POST", "/calls/c1/recording/start"),
+        ("GET", "/status"),
+        ("GET", "/log"),
+        ("PUT", "/log"),
     ] {
         let reply = request_as(server.addr, method, path, T1).await;
         assert_eq!(reply.status, 403, "{method} {path}: {}", reply.body);
