@@ -40,25 +40,11 @@ trap cleanup EXIT
 } > "$OUT/switchyard.toml"
 "$BIN" --config "$OUT/switchyard.toml" > "$OUT/switch.log" 2>&1 & SW=$!
 
-mkdir -p "$OUT/baresip"
-cat > "$OUT/baresip/config" <<CFG
-poll_method		epoll
-sip_listen		127.0.0.1:$PHONE
-sip_transports		udp,tcp
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module			ausine.so
-module			aufile.so
-module			account.so
-audio_player		aufile,$OUT/heard.wav
-audio_source		ausine,440
-# ausine runs at 48 kHz only; baresip resamples to the call's codec.
-ausrc_srate		48000
-auplay_srate		48000
-ausrc_channels		2
-auplay_channels		2
-audio_alert		aufile,$OUT/alert.wav
-CFG
+mkdir -p "$OUT/baresip/dump"
+# shellcheck source=lib/baresip.sh
+. "$here/lib/baresip.sh"
+TRANSPORTS=udp,tcp baresip_config "127.0.0.1:$PHONE" 440 "$OUT/baresip/dump" \
+    "audio_player		aufile,$OUT/heard.wav" > "$OUT/baresip/config"
 PHONE_TARGET="sip:127.0.0.1:$SIP;transport=$TRANSPORT"
 if [ "$TRANSPORT" = tls ]; then
     for _ in $(seq 1 50); do [ -f "$OUT/data/tls/cert.pem" ] && break; sleep 0.1; done

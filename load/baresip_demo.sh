@@ -36,28 +36,10 @@ PASS=$(awk '$1 == "1001" {print $2}' "$OUT/node/data/demo-users.txt")
 [ -n "$PASS" ] || { echo "baresip_demo.sh: no password for 1001 in data/demo-users.txt" >&2; exit 1; }
 
 mkdir -p "$OUT/baresip" "$OUT/heard"
-cat > "$OUT/baresip/config" <<CFG
-poll_method		epoll
-sip_listen		127.0.0.1:$PHONE
-sip_transports		udp
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module			ausine.so
-module			aufile.so
-module			account.so
-module			menu.so
-# sndfile writes what the phone hears (and sends) to WAV files in snd_path.
-module			sndfile.so
-snd_path		$OUT/heard
-audio_player		aufile,$OUT/play.wav
-audio_source		ausine,440
-# ausine runs at 48 kHz only; baresip resamples to the call's codec.
-ausrc_srate		48000
-auplay_srate		48000
-ausrc_channels		2
-auplay_channels		2
-audio_alert		aufile,$OUT/alert.wav
-CFG
+# shellcheck source=lib/baresip.sh
+. "$here/lib/baresip.sh"
+baresip_config "127.0.0.1:$PHONE" 440 "$OUT/heard" "audio_player		aufile,$OUT/play.wav" \
+    > "$OUT/baresip/config"
 # Nothing but the server's address, the user and its password.
 echo "<sip:1001@127.0.0.1;transport=udp>;auth_pass=$PASS;outbound=\"sip:127.0.0.1:$SIP;transport=udp\";regint=600" > "$OUT/baresip/accounts"
 metric() { curl -sf "http://127.0.0.1:$HTTP/metrics" | awk -v m="$1" 'index($0, m) == 1 {s += $NF} END {print s + 0}'; }

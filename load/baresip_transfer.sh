@@ -40,6 +40,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/.." && pwd)
 # shellcheck source=lib/common.sh
 . "$here/lib/common.sh"
+# shellcheck source=lib/baresip.sh
+. "$here/lib/baresip.sh"
 
 TALK=3 BIN="" OUT="" PCAP="" ATTENDED=""
 while [ $# -gt 0 ]; do
@@ -134,31 +136,8 @@ BARESIPS=(1001 1002 1003)
 for u in "${BARESIPS[@]}"; do
     d=$OUT/phone-$u
     mkdir -p "$d/dump"
-    cat > "$d/config" <<CFG
-poll_method		epoll
-sip_listen		$HOST:${SIPP[$u]}
-sip_transports		udp
-module_path		/usr/lib/baresip/modules
-module			g711.so
-module			ausine.so
-module			aufile.so
-module			account.so
-module			menu.so
-module			ctrl_tcp.so
-module			sndfile.so
-ctrl_tcp_listen		$HOST:${CTRL[$u]}
-# baresip 1.0 has no file player: the sndfile filter writes what the phone sends
-# (dump-<time>-enc.wav) and hears (dump-<time>-dec.wav) into snd_path.
-snd_path		$d/dump
-audio_source		ausine,${FREQ[$u]}
-# ausine runs at 48 kHz only; baresip resamples to the call's codec.
-ausrc_srate		48000
-auplay_srate		48000
-ausrc_channels		2
-auplay_channels		2
-audio_alert		aufile,$d/alert.wav
-rtp_ports		40000-40999
-CFG
+    baresip_config "$HOST:${SIPP[$u]}" "${FREQ[$u]}" "$d/dump" "module			ctrl_tcp.so" \
+        "ctrl_tcp_listen		$HOST:${CTRL[$u]}" "rtp_ports		40000-40999" > "$d/config"
     answer="answermode=auto"
     [ "$u" = 1001 ] && answer="answermode=manual"
     echo "<sip:$u@$DOMAIN;transport=udp>;auth_pass=secret-$u;outbound=\"sip:$HOST:$SIP_PORT;transport=udp\";$answer;regint=600" > "$d/accounts"

@@ -237,43 +237,22 @@ async fn a_newcomer_registers_calls_the_echo_test_and_the_queue() {
     let p1001 = Phone::at("127.0.0.41", "1001", &pw("1001")).await;
     let stranger = Ua::new().await;
     let contact = format!("sip:1001@{}", stranger.addr);
-    stranger
-        .send(
-            sw.sip,
-            &register_request(
-                DOMAIN,
-                "1001",
-                &contact,
-                "UDP",
-                &stranger.addr.to_string(),
-                1,
-                None,
-            ),
-        )
-        .await;
+    let register = |cseq: u32, auth: Option<String>| {
+        let via = stranger.addr.to_string();
+        register_request(DOMAIN, "1001", &contact, "UDP", &via, cseq, auth)
+    };
+    stranger.send(sw.sip, &register(1, None)).await;
     let (ch, _) = stranger.expect_status(401).await;
+    let realm = format!("sip:{DOMAIN}");
     let bad = credentials(
         &ch,
         HeaderName::WwwAuthenticate,
         "1001",
         "guess",
         "REGISTER",
-        &format!("sip:{DOMAIN}"),
+        &realm,
     );
-    stranger
-        .send(
-            sw.sip,
-            &register_request(
-                DOMAIN,
-                "1001",
-                &contact,
-                "UDP",
-                &stranger.addr.to_string(),
-                2,
-                Some(bad),
-            ),
-        )
-        .await;
+    stranger.send(sw.sip, &register(2, Some(bad))).await;
     let (refused, _) = stranger
         .expect("a refusal", |m| m.status().is_some_and(|s| s >= 400))
         .await;

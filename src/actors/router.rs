@@ -895,74 +895,54 @@ impl Router {
             if msg.other("Replaces").is_some() {
                 return self.replacing(msg, source, &parties);
             }
-            // A tenant's number (DID): its queue or user.
+            // A tenant's number (DID): its queue, its user, or a test number.
             let number = String::from_utf8_lossy(&user);
             if let Some(n) = self.numbers.get(number.as_ref()) {
-                return match &n.target {
-                    CcTarget::Queue(q) => {
-                        let route = Route {
-                            id: Arc::from(format!("queue:{}/{q}", n.tenant)),
-                            from_trunks: false,
-                            prefix: format!("queue:{}/{q}", n.tenant),
-                            target: RouteTarget {
-                                addr: source.remote,
-                                protocol: source.protocol,
-                            },
-                            strip: 0,
-                            prepend: String::new(),
-                            target_text: format!("queue:{q}"),
-                            group: None,
-                            media: n.media.clone(),
-                        };
-                        let join = QueueJoin {
+                // Answered here (a queue, echo, music): a route with no one beyond the switch.
+                let (id, target_text, join) = match &n.target {
+                    CcTarget::User(u) => {
+                        let (tenant, u) = (n.tenant.clone(), u.clone());
+                        return self.call_user(msg, source, &reg.location, &tenant, &u, parties);
+                    }
+                    CcTarget::Queue(q) => (
+                        format!("queue:{}/{q}", n.tenant),
+                        format!("queue:{q}"),
+                        Some(QueueJoin {
                             tenant: n.tenant.clone(),
                             queue: Arc::from(q.as_str()),
                             priority: n.priority,
-                        };
-                        parties.tenant = Some(n.tenant.clone());
-                        self.admit_and_start(
-                            msg,
-                            source,
-                            &route,
-                            Bytes::from(user),
-                            Vec::new(),
-                            Some(join),
-                            parties,
-                        )
-                    }
-                    CcTarget::User(u) => {
-                        let (tenant, u) = (n.tenant.clone(), u.clone());
-                        self.call_user(msg, source, &reg.location, &tenant, &u, parties)
-                    }
+                        }),
+                    ),
                     CcTarget::Echo | CcTarget::Music => {
                         let label = n.media.service.map_or("", Service::label);
-                        let route = Route {
-                            id: Arc::from(label),
-                            from_trunks: false,
-                            prefix: label.to_string(),
-                            target: RouteTarget {
-                                addr: source.remote,
-                                protocol: source.protocol,
-                            },
-                            strip: 0,
-                            prepend: String::new(),
-                            target_text: label.to_string(),
-                            group: None,
-                            media: n.media.clone(),
-                        };
-                        parties.tenant = Some(n.tenant.clone());
-                        self.admit_and_start(
-                            msg,
-                            source,
-                            &route,
-                            Bytes::from(user),
-                            Vec::new(),
-                            None,
-                            parties,
-                        )
+                        (label.to_string(), label.to_string(), None)
                     }
-                    _ => self.answer(&msg, &source, 404, "Not Found", &[]),
+                    _ => return self.answer(&msg, &source, 404, "Not Found", &[]),
                 };
+                let route = Route {
+                    id: Arc::from(id.as_str()),
+                    from_trunks: false,
+                    prefix: id,
+                    target: RouteTarget {
+                        addr: source.remote,
+                        protocol: source.protocol,
+                    },
+                    strip: 0,
+                    prepend: String::new(),
+                    target_text,
+                    group: None,
+                    media: n.media.clone(),
+                };
+                parties.tenant = Some(n.tenant.clone());
+                return self.admit_and_start(
+                    msg,
+                    source,
+                    &route,
+                    Bytes::from(user),
+                    Vec::new(),
+                    join,
+                    parties,
+                );
             }
             // A call to a tenant's user goes to the phones it registered, all at once.
             if let Some(tenant) = ruri
