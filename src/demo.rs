@@ -3,7 +3,8 @@
 //!
 //! - users 1001–1005, whose passwords are generated on the first start, printed once, and
 //!   kept in `data_dir/demo-users.txt` (mode 0600, one `user password` per line);
-//! - a queue `support` on number 5000 with agents 1001 (logged out) and 1002 (available);
+//! - a queue `support` on number 5000 with agents 1001 and 1002, both available (a call
+//!   from an agent's own phone is never offered to that agent);
 //! - an echo test on 9196 and music on hold on 9664 (numbers whose target is `echo` and
 //!   `music`, answered by the switch, media anchored).
 //!
@@ -185,7 +186,7 @@ strategy = "longest-idle"
 id = "1001"
 user = "1001"
 queues = [{ queue = "support" }]
-state = "logged_out"
+state = "available"
 [[agents]]
 id = "1002"
 user = "1002"

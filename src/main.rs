@@ -184,7 +184,7 @@ fn print_demo(demo: &switchyard::demo::Demo) {
         println!("  passwords in {}", demo.file.display());
     }
     println!(
-        "  call 9196 (echo test), 9664 (music on hold), 5000 (queue support: agent 1002 available, 1001 logged out), or 1001-1005"
+        "  call 9196 (echo test), 9664 (music on hold), 5000 (queue support: agents 1001 and 1002), or 1001-1005"
     );
 }
 

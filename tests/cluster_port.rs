@@ -325,6 +325,7 @@ async fn messages_without_a_reachable_owner_are_retried_then_counted() {
         queue::QueueMsg::Join(queue::Join {
             call_id: Arc::from(id),
             from: "\"X\" <sip:x@127.0.0.1>".into(),
+            user: None,
             priority: 0,
             joined_ms: 0,
         })
@@ -660,6 +661,7 @@ async fn ports_connect_over_tls() {
     let join = queue::QueueMsg::Join(queue::Join {
         call_id: Arc::from("tls-1"),
         from: "\"X\" <sip:x@127.0.0.1>".into(),
+        user: None,
         priority: 0,
         joined_ms: 0,
     });

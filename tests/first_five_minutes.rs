@@ -4,8 +4,9 @@
 //! 2. 1001 registers with digest (the demo tenant's domain is the node's address).
 //! 3. 1001 calls the echo test 9196 (its INVITE challenged and authenticated), sends 50 RTP
 //!    packets, and gets the 50 back.
-//! 4. 1001 calls the queue 5000 while 1002 (its agent, available) is registered; 1002's
-//!    phone rings and answers, and the call ends.
+//! 4. 1001 calls the queue 5000 while 1002 is registered too: both are the queue's agents,
+//!    1001 idle the longest, but a call from an agent's own phone is never offered to that
+//!    agent, so 1002's phone rings and answers, and the call ends.
 //! 5. `switchyard ctl status` and `switchyard ctl calls --json` show what happened, and
 //!    `ctl` says in one line what to do when it cannot act.
 
@@ -296,6 +297,22 @@ async fn a_newcomer_registers_calls_the_echo_test_and_the_queue() {
     })
     .await;
     assert!(ready, "agent 1002 offerable once its phone registered");
+    // 1002 made idle last (not ready, then ready): longest-idle would pick 1001, whose phone
+    // places the call; an agent is never offered its own call, so 1002's phone rings.
+    for state in ["not-ready", "ready"] {
+        let (code, out, err) = sw.ctl(&["agent", "demo/1002", state]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.starts_with("agent demo/1002: "), "{out}");
+    }
+    let v = sw.ctl_json(&["agents"]);
+    let offerable = |id: &str| {
+        v["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id && a["offerable"] == true)
+    };
+    assert!(offerable("1001") && offerable("1002"), "{v}");
     let answering = async {
         let (inv, from) = p1002.ua.expect_request("INVITE").await;
         p1002

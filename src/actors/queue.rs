@@ -197,6 +197,8 @@ pub struct QueueArgs {
 pub struct Join {
     pub call_id: Arc<str>,
     pub from: String,
+    /// The tenant user who called (authenticated), if any.
+    pub user: Option<Arc<str>>,
     pub priority: u32,
     pub joined_ms: u64,
 }
@@ -562,6 +564,7 @@ impl QueueState {
             seq: 0,
             joined_ms: j.joined_ms.min(now),
             from: j.from,
+            user: j.user,
             offered: Vec::new(),
             attempts: 0,
         });
@@ -762,6 +765,16 @@ impl QueueState {
             };
             let waited = now.saturating_sub(caller.joined_ms);
             let ring_all = self.config.strategy == Strategy::RingAll;
+            // The agent whose phone placed the call is not offered it (an agent testing
+            // its own queue): out of this ranking only.
+            let own = caller.user.as_ref().and_then(|u| {
+                self.members
+                    .iter()
+                    .position(|m| m.available && m.user.as_ref() == Some(u))
+            });
+            if let Some(i) = own {
+                self.members[i].available = false;
+            }
             let ranking = acd::rank_top(
                 self.config.strategy,
                 &self.members,
@@ -773,6 +786,9 @@ impl QueueState {
                 rand::random(),
                 if ring_all { usize::MAX } else { 1 },
             );
+            if let Some(i) = own {
+                self.members[i].available = true;
+            }
             if ranking.order.is_empty() {
                 // Callers behind the first wait less, so their requirements are no looser.
                 return;
@@ -1044,6 +1060,7 @@ pub fn plan(
                     let m = a.queues.iter().find(|m| m.queue == q.id)?;
                     Some(Member {
                         id: Arc::from(a.id.as_str()),
+                        user: (!a.user.is_empty()).then(|| Arc::from(a.user.as_str())),
                         tier: m.tier,
                         penalty: m.penalty,
                         position: u32::try_from(i).unwrap_or(u32::MAX),

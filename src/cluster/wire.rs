@@ -169,6 +169,8 @@ pub enum WireQueueMsg {
     Join {
         call_id: String,
         from: String,
+        #[serde(default)]
+        user: Option<String>,
         priority: u32,
         joined_ms: u64,
     },
@@ -217,6 +219,7 @@ impl WireQueueMsg {
             QueueMsg::Join(j) => WireQueueMsg::Join {
                 call_id: j.call_id.to_string(),
                 from: j.from,
+                user: j.user.map(|u| u.to_string()),
                 priority: j.priority,
                 joined_ms: j.joined_ms,
             },
@@ -278,11 +281,13 @@ impl WireQueueMsg {
             WireQueueMsg::Join {
                 call_id,
                 from,
+                user,
                 priority,
                 joined_ms,
             } => QueueMsg::Join(Join {
                 call_id: Arc::from(call_id.as_str()),
                 from: from.clone(),
+                user: user.as_deref().map(Arc::from),
                 priority: *priority,
                 joined_ms: *joined_ms,
             }),
@@ -804,6 +809,7 @@ mod tests {
             QueueMsg::Join(Join {
                 call_id: id.clone(),
                 from: "\"Alice\" <sip:alice@x>".into(),
+                user: Some(Arc::from("1001")),
                 priority: 7,
                 joined_ms: 1234,
             }),

@@ -67,6 +67,9 @@ pub struct Relax {
 pub struct Member {
     /// Agent id within the tenant.
     pub id: Arc<str>,
+    /// The tenant user whose phone the agent answers on (never offered a call its own
+    /// phone placed).
+    pub user: Option<Arc<str>>,
     /// Tier (lower first): higher tiers are only offered when no lower-tier agent is free.
     pub tier: u32,
     /// Penalty within a tier (lower first), like app_queue's penalty.
@@ -419,6 +422,9 @@ pub struct Caller {
     pub joined_ms: u64,
     /// Who called (From URI), for the API.
     pub from: String,
+    /// The tenant user who called, when the caller authenticated as one: the agent who
+    /// answers on that user's phone is not offered the call.
+    pub user: Option<Arc<str>>,
     /// Agents currently offered this caller (empty while it waits for one).
     pub offered: Vec<Arc<str>>,
     /// Offers made so far.
@@ -541,6 +547,7 @@ mod tests {
         skills.sort();
         Member {
             id: id.into(),
+            user: None,
             tier,
             penalty,
             position,
@@ -1067,6 +1074,7 @@ mod tests {
             seq: 999,
             joined_ms,
             from: format!("sip:{id}@example.com"),
+            user: None,
             offered: Vec::new(),
             attempts: 0,
         }

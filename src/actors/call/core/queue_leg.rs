@@ -22,6 +22,7 @@ impl CallCore {
     pub(super) fn join_queue(&mut self) {
         let call_id = self.a_call_id_str();
         let from = self.core().cdr.caller.clone();
+        let user = self.core().users[0].clone();
         let Some(q) = self.core().queue.clone() else {
             return;
         };
@@ -31,6 +32,7 @@ impl CallCore {
             crate::actors::queue::QueueMsg::Join(crate::actors::queue::Join {
                 call_id,
                 from,
+                user,
                 priority: q.priority,
                 joined_ms: q.joined_ms,
             }),
