@@ -76,11 +76,11 @@ mod tests {
         }
         r.count(1002); // the second under way: not counted yet
         assert_eq!(r.per_second(1002), 4.0);
-        assert_eq!(r.per_second(1011), 4.0);
-        // 1000 left the window; its slot reused for 1012 starts again from one.
-        assert_eq!(r.per_second(1012), 1.1);
+        // 1000 left the window (seconds 1001..=1010): 10 + 1 over ten seconds.
+        assert_eq!(r.per_second(1011), 1.1);
+        // 1012 takes 1000's slot again: it starts from one, not from 31.
         r.count(1012);
-        assert_eq!(r.per_second(1013), 1.2);
+        assert_eq!(r.per_second(1013), 0.1);
         assert_eq!(r.per_second(5000), 0.0);
     }
 }
