@@ -1299,6 +1299,17 @@ fn validate_contact_centre<'a>(
                 "ring_timeout_secs and max_no_answer must be > 0".into(),
             );
         }
+        let mut seen = std::collections::HashSet::new();
+        for (k, s) in q.supervisors.iter().enumerate() {
+            // Users from a CSV file are read later: only the file's own users are checked.
+            let known = t.users_csv.is_some() || t.users.iter().any(|u| &u.username == s);
+            if s.is_empty() || !known || !seen.insert(s.as_str()) {
+                err(
+                    format!("{place}.supervisors[{k}]"),
+                    format!("{s:?}: a user of this tenant, listed once"),
+                );
+            }
+        }
         for (k, r) in q.required_skills.iter().enumerate() {
             if !(1..=10).contains(&r.level) {
                 err(
@@ -1479,6 +1490,10 @@ pub struct QueueConfig {
     /// Pause before the next offer to an agent whose phone was busy (486 Busy Here).
     #[serde(default = "default_busy_delay")]
     pub busy_delay_secs: u64,
+    /// The tenant's users who supervise this queue: they may monitor its calls
+    /// (`POST /calls/{id}/monitor`: listen, whisper, barge). Empty: nobody may.
+    #[serde(default)]
+    pub supervisors: Vec<String>,
 }
 
 /// An agent: a person with a SIP phone (a tenant user) who answers queue calls.

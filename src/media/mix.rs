@@ -90,6 +90,15 @@ impl Mix {
         self.lock().pid(call, side)
     }
 
+    /// The legs in the mix: (session key, side).
+    pub fn members(&self) -> Vec<(Bytes, Side)> {
+        self.lock()
+            .members
+            .iter()
+            .map(|(c, s, _)| (c.clone(), *s))
+            .collect()
+    }
+
     /// Participants in the mix.
     pub fn len(&self) -> usize {
         self.lock().members.len()

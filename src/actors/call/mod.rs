@@ -112,6 +112,7 @@ pub fn describe() {
     );
     self::core::transfer::describe();
     self::core::consult_describe();
+    self::core::mixing_describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
@@ -764,6 +765,11 @@ impl CallState {
             Effect::ConsultMedia(op) => {
                 if let Some(id) = self.core.a_call_id() {
                     env::media(ctx, &core::consult_key(&id), op);
+                }
+            }
+            Effect::Mix(op) => {
+                if let Some(id) = self.core.a_call_id() {
+                    env::mix(ctx, &id, op);
                 }
             }
             Effect::AskHandOver(replaces) => match ctx.directory.lookup(&replaces.call_id) {

@@ -265,6 +265,10 @@ impl CallCore {
         }
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
+        if method == Method::Bye && self.mixed_leg_bye(leg, server) {
+            // A three-way: the other two stay connected.
+            return;
+        }
         if method == Method::Bye {
             if self.core().phase == Phase::Answered {
                 // A BYE before the caller's ACK. From the caller it proves it has our 2xx

@@ -1,0 +1,358 @@
+//! Three-way calls (`POST /calls/{id}/conference`) and supervision (`POST /calls/{id}/monitor`)
+//! as topology: a third party rings like a consultation's target (`Leg::X`, on the call's
+//! second relay session), and once it answers the caller's, the agent's and its leg meet
+//! in the call's mix (named by the call's A-leg Call-ID). What differs between a
+//! three-way and the monitor modes is only who hears whom ([`MixOp::Set`]):
+//!
+//! | | caller hears | agent hears | third party hears |
+//! |---|---|---|---|
+//! | three-way, barge | agent, third | caller, third | caller, agent |
+//! | whisper | agent | caller, supervisor | caller, agent |
+//! | listen | agent | caller | caller, agent |
+//!
+//! In a three-way, when one of the three leaves the other two stay connected: the third
+//! party's BYE takes it out of the mix (caller and agent are bridged again); the caller's
+//! or agent's BYE is answered here and the other two go on in the mix until one of them
+//! hangs up. A monitored call ends as it would (the supervisor is sent BYE with it); the
+//! supervisor leaving, or `DELETE /calls/{id}/monitor`, ends only the monitor.
+//!
+//! The CDR records each party as a leg (role `conference` or `monitor`) and each start and
+//! change of mode in the transfer chain (`conference:api>user:1003`,
+//! `monitor:whisper>user:1009`).
+
+use super::consult::consult_key;
+use super::*;
+use crate::actors::call::core::effects::{MixLeg, MixOp};
+
+/// Counter, labels `kind` (`conference`, `monitor`) and `outcome` (`started`, `joined`,
+/// `failed`, `left`, `ended`, `refused`): three-way calls and monitors.
+pub const MIXES: &str = "switchyard_call_mixes_total";
+/// Counter, label `mode` (`listen`, `whisper`, `barge`): monitors joined or switched to a
+/// mode.
+pub const MONITOR_MODES: &str = "switchyard_monitor_modes_total";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        MIXES,
+        "Three-way calls and supervisor monitors on calls, by kind and outcome"
+    );
+    metrics::describe_counter!(
+        MONITOR_MODES,
+        "Supervisor monitors that started in or switched to a mode, by mode"
+    );
+}
+
+/// How a supervisor takes part in a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MonitorMode {
+    /// The supervisor hears both sides; nobody hears the supervisor.
+    Listen,
+    /// The agent hears the supervisor; the caller does not.
+    Whisper,
+    /// Everyone hears everyone.
+    Barge,
+}
+
+impl MonitorMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            MonitorMode::Listen => "listen",
+            MonitorMode::Whisper => "whisper",
+            MonitorMode::Barge => "barge",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MonitorMode> {
+        match s {
+            "listen" => Some(MonitorMode::Listen),
+            "whisper" => Some(MonitorMode::Whisper),
+            "barge" => Some(MonitorMode::Barge),
+            _ => None,
+        }
+    }
+}
+
+/// What a call's mix is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MixKind {
+    /// A three-way call: everyone hears everyone.
+    Conference,
+    /// A supervisor on the call.
+    Monitor(MonitorMode),
+}
+
+impl MixKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            MixKind::Conference => "conference",
+            MixKind::Monitor(_) => "monitor",
+        }
+    }
+}
+
+impl CallCore {
+    /// `POST /calls/{id}/conference {target}`: `target` rings and joins the caller and the
+    /// agent.
+    pub(super) fn api_conference(&mut self, target: &str) -> Result<String, Refused> {
+        self.start_mix(target, MixKind::Conference)
+    }
+
+    /// `POST /calls/{id}/monitor {supervisor, mode}`: the supervisor's phone rings and
+    /// joins in `mode`. Only a supervisor of the call's queue may (403 otherwise).
+    pub(super) fn api_monitor(
+        &mut self,
+        supervisor: &str,
+        mode: MonitorMode,
+    ) -> Result<String, Refused> {
+        self.start_mix(supervisor, MixKind::Monitor(mode))
+    }
+
+    fn start_mix(&mut self, target: &str, kind: MixKind) -> Result<String, Refused> {
+        let refused = |r: Refused| {
+            metrics::counter!(MIXES, "kind" => kind.label(), "outcome" => "refused").increment(1);
+            r
+        };
+        self.controllable().map_err(refused)?;
+        let (user, forks) = self.phones_of(target).map_err(refused)?;
+        if let MixKind::Monitor(_) = kind {
+            let core = self.core();
+            let tenant = core.tenant.clone().unwrap_or_else(|| Arc::from(""));
+            let queue = core.queue.as_ref().map(|q| q.queue.clone());
+            let allowed = queue
+                .as_deref()
+                .is_some_and(|q| self.env.supervises(&tenant, q, &user));
+            if !allowed {
+                return Err(refused(Refused::new(
+                    403,
+                    format!("{user} is not a supervisor of this call's queue"),
+                )));
+            }
+        }
+        self.agent_in_b().map_err(refused)?;
+        let key = consult_key(&self.core().a_call_id);
+        let ports = self.env.allocate_media(&key).map_err(|e| {
+            refused(Refused::new(
+                503,
+                format!("no media ports for the third party: {e}"),
+            ))
+        })?;
+        let label = self.dial_x(user, forks, ports, Some(kind));
+        metrics::counter!(MIXES, "kind" => kind.label(), "outcome" => "started").increment(1);
+        self.checkpoint();
+        Ok(label)
+    }
+
+    /// `PUT /calls/{id}/monitor {mode}`: the monitor goes on in another mode.
+    pub(super) fn api_monitor_mode(&mut self, mode: MonitorMode) -> Result<String, Refused> {
+        let Some(c) = self.core().consult.as_mut() else {
+            return Err(Refused::new(409, "the call is not monitored"));
+        };
+        if !matches!(c.mix, Some(MixKind::Monitor(_))) {
+            return Err(Refused::new(409, "the call is not monitored"));
+        }
+        c.mix = Some(MixKind::Monitor(mode));
+        let (up, target) = (c.up, c.target.clone());
+        if up {
+            self.mix_topology();
+            self.core()
+                .cdr
+                .transfers
+                .push(format!("monitor:{}>{target}", mode.label()));
+            metrics::counter!(MONITOR_MODES, "mode" => mode.label()).increment(1);
+        }
+        self.checkpoint();
+        Ok(mode.label().to_string())
+    }
+
+    /// `DELETE /calls/{id}/monitor` or `/conference`: the supervisor or third party is let
+    /// go; the caller and agent are bridged again.
+    pub(super) fn api_mix_end(&mut self, monitor: bool) -> Result<String, Refused> {
+        let kind = self.core().consult.as_ref().and_then(|c| c.mix);
+        match kind {
+            Some(MixKind::Monitor(_)) if monitor => {}
+            Some(MixKind::Conference) if !monitor => {}
+            _ if monitor => return Err(Refused::new(409, "the call is not monitored")),
+            _ => return Err(Refused::new(409, "the call has no third party")),
+        }
+        if self
+            .core()
+            .consult
+            .as_ref()
+            .is_some_and(|c| c.gone.is_some())
+        {
+            return Err(Refused::new(
+                409,
+                "the caller or agent left: the third party is the call now",
+            ));
+        }
+        self.consult_over("ended", 0);
+        Ok("ended".into())
+    }
+
+    /// The third party answered: the three legs meet in the mix.
+    pub(super) fn mix_up(&mut self) {
+        let Some(c) = self.core().consult.as_mut() else {
+            return;
+        };
+        c.up = true;
+        let (kind, target, id) = (
+            c.mix.unwrap_or(MixKind::Conference),
+            c.target.clone(),
+            c.leg.dialog.call_id.clone(),
+        );
+        self.mix_topology();
+        self.leg_joined(&id, kind.label(), target.clone(), true);
+        let entry = match kind {
+            MixKind::Conference => format!("conference:api>{target}"),
+            MixKind::Monitor(mode) => {
+                metrics::counter!(MONITOR_MODES, "mode" => mode.label()).increment(1);
+                format!("monitor:{}>{target}", mode.label())
+            }
+        };
+        self.core().cdr.transfers.push(entry);
+        metrics::counter!(MIXES, "kind" => kind.label(), "outcome" => "joined").increment(1);
+        self.checkpoint();
+    }
+
+    /// The mix as it should be now: who is in it and who does not hear whom.
+    pub(super) fn mix_topology(&mut self) {
+        let Some(c) = self.core.as_ref().and_then(|c| c.consult.clone()) else {
+            return;
+        };
+        let (Some(kind), true) = (c.mix, c.up) else {
+            return;
+        };
+        let call = self.core().a_call_id.clone();
+        let mut legs = Vec::with_capacity(3);
+        for leg in [Leg::A, Leg::B] {
+            if c.gone != Some(leg) {
+                legs.push(MixLeg {
+                    session: call.clone(),
+                    side: self.side_of(leg),
+                });
+            }
+        }
+        legs.push(MixLeg {
+            session: consult_key(&call),
+            side: Side::B,
+        });
+        // The caller is 0, the agent 1 (agent_in_b put it there), the supervisor 2.
+        let apart = match kind {
+            MixKind::Conference | MixKind::Monitor(MonitorMode::Barge) => vec![],
+            MixKind::Monitor(MonitorMode::Whisper) => vec![(0, 2)],
+            MixKind::Monitor(MonitorMode::Listen) => vec![(0, 2), (1, 2)],
+        };
+        self.out.push(Effect::Mix(MixOp::Set { legs, apart }));
+    }
+
+    /// The third party's part ends (it hung up, failed, or was let go): the mix ends and
+    /// the caller and agent are bridged again. `c` has been taken out of the state.
+    pub(super) fn mix_over(&mut self, c: &Consult, kind: MixKind, outcome: &'static str) {
+        if c.up {
+            self.out.push(Effect::Mix(MixOp::End));
+            let id = String::from_utf8_lossy(&c.leg.dialog.call_id).into_owned();
+            self.leg_left(&id, outcome);
+        }
+        let outcome = if c.up { outcome } else { "failed" };
+        metrics::counter!(MIXES, "kind" => kind.label(), "outcome" => outcome).increment(1);
+    }
+
+    /// A BYE from the caller or agent while a three-way is up (`server` is its
+    /// transaction): the other two stay connected. True when it was dealt with here.
+    pub(super) fn mixed_leg_bye(&mut self, leg: Leg, server: u32) -> bool {
+        let Some(c) = self.core.as_ref().and_then(|c| c.consult.clone()) else {
+            return false;
+        };
+        if c.mix != Some(MixKind::Conference) || !c.up || leg == Leg::X {
+            return false;
+        }
+        match c.gone {
+            None => {
+                if let Some(k) = self.core().consult.as_mut() {
+                    k.gone = Some(leg);
+                }
+                let id = match leg {
+                    Leg::A => self.core().a.call_id.clone(),
+                    _ => self.core().b.call_id.clone(),
+                };
+                self.leg_left(&String::from_utf8_lossy(&id), "bye");
+                self.mix_topology();
+                self.respond(server, 200, "OK", None);
+                self.checkpoint();
+            }
+            Some(g) if g == leg => {
+                self.respond(server, 481, "Call/Transaction Does Not Exist", None)
+            }
+            Some(_) => {
+                // The last of caller and agent leaves: the call ends (the third party is
+                // sent BYE with it).
+                let by = if leg == Leg::A {
+                    HangupBy::Caller
+                } else {
+                    HangupBy::Callee
+                };
+                self.cancel_call_timers();
+                let status = self.core().cdr.final_status.max(200);
+                self.end(status, by, "bye");
+                self.after_cdr(AfterCdr::Respond(server, 200, "OK"));
+            }
+        }
+        true
+    }
+
+    /// A BYE from the third party (`Leg::X`, transaction `id`) of a three-way or monitor.
+    /// True when it was dealt with here.
+    pub(super) fn mixed_x_bye(&mut self, id: u32) -> bool {
+        let Some(c) = self.core.as_ref().and_then(|c| c.consult.clone()) else {
+            return false;
+        };
+        if c.mix.is_none() {
+            return false;
+        }
+        if let Some(gone) = c.gone {
+            // Caller or agent left before: the call ends with the third party.
+            let left = String::from_utf8_lossy(&c.leg.dialog.call_id).into_owned();
+            self.leg_left(&left, "bye");
+            self.core().consult = None;
+            self.stale_consults.push(c.leg.dialog.call_id.clone());
+            let key = consult_key(&self.core().a_call_id);
+            self.env.release_media(&key);
+            let remaining = if gone == Leg::A { Leg::B } else { Leg::A };
+            self.cancel_call_timers();
+            let status = self.core().cdr.final_status.max(200);
+            self.end(status, HangupBy::Callee, "bye");
+            self.after_cdr(AfterCdr::Bye(remaining));
+            self.after_cdr(AfterCdr::Respond(id, 200, "OK"));
+            return true;
+        }
+        // Its dialog is over: no BYE goes back to it.
+        if let Some(k) = self.core().consult.as_mut() {
+            k.leg.ack = None;
+        }
+        let was_up = c.up;
+        if let Some(k) = self.core().consult.as_mut() {
+            k.up = false;
+        }
+        if was_up {
+            self.out.push(Effect::Mix(MixOp::End));
+            let left = String::from_utf8_lossy(&c.leg.dialog.call_id).into_owned();
+            self.leg_left(&left, "bye");
+            metrics::counter!(MIXES, "kind" => c.mix.map_or("conference", |k| k.label()), "outcome" => "left")
+                .increment(1);
+            // `consult_over` must not count it again as failed.
+            if let Some(k) = self.core().consult.take() {
+                self.stale_consults.push(k.leg.dialog.call_id.clone());
+                if let Some(t) = self.consult_timer.take() {
+                    self.cancel_timer(t);
+                }
+                let key = consult_key(&self.core().a_call_id);
+                self.env.release_media(&key);
+            }
+        } else {
+            self.consult_over("failed", 0);
+        }
+        self.respond(id, 200, "OK", None);
+        self.checkpoint();
+        true
+    }
+}
