@@ -37,7 +37,7 @@ mod env;
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
     CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
-    HandedLeg, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
+    HandedLeg, MonitorMode, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
