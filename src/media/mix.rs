@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn legs_of_two_calls_on_two_threads_hear_the_relation_of_their_mix() {
-        let e = engine((47400, 47419));
+        let e = engine((48900, 48919));
         let one = e.allocate(&Bytes::from_static(b"mix-call-1")).unwrap();
         let two = e.allocate(&Bytes::from_static(b"mix-call-2")).unwrap();
         let mut caller = Phone::new("127.0.0.31", &one, Side::A, T[0], Codec::Pcmu);

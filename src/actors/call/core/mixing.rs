@@ -113,21 +113,27 @@ impl CallCore {
             r
         };
         self.controllable().map_err(refused)?;
-        let (user, forks) = self.phones_of(target).map_err(refused)?;
+        let resolved = self.phones_of(target);
         if let MixKind::Monitor(_) = kind {
+            // Checked before anything about the target is told: someone who is not a
+            // supervisor learns nothing of who is registered.
             let core = self.core();
             let tenant = core.tenant.clone().unwrap_or_else(|| Arc::from(""));
             let queue = core.queue.as_ref().map(|q| q.queue.clone());
-            let allowed = queue
-                .as_deref()
-                .is_some_and(|q| self.env.supervises(&tenant, q, &user));
+            let allowed = queue.as_deref().is_some_and(|q| {
+                self.env.supervises(&tenant, q, target)
+                    || resolved
+                        .as_ref()
+                        .is_ok_and(|(user, _)| self.env.supervises(&tenant, q, user))
+            });
             if !allowed {
                 return Err(refused(Refused::new(
                     403,
-                    format!("{user} is not a supervisor of this call's queue"),
+                    format!("{target} is not a supervisor of this call's queue"),
                 )));
             }
         }
+        let (user, forks) = resolved.map_err(refused)?;
         self.agent_in_b().map_err(refused)?;
         let key = consult_key(&self.core().a_call_id);
         let ports = self.env.allocate_media(&key).map_err(|e| {

@@ -2275,7 +2275,7 @@ fn only_a_supervisor_of_the_calls_queue_may_monitor() {
     // An unknown user.
     let (mut c, _, _, _) = queue_call("mon-4");
     supervised(&mut c);
-    assert_eq!(command(&mut c, monitor("nobody")).unwrap_err().status, 404);
+    assert_eq!(command(&mut c, monitor("nobody")).unwrap_err().status, 403);
 }
 
 #[test]
