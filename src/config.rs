@@ -1841,6 +1841,27 @@ target = "queue:missing"
     }
 
     #[test]
+    fn queue_supervisors_are_users_of_the_tenant_listed_once() {
+        let with = |list: &str| {
+            Config::from_toml(&format!(
+                "[[tenants]]\nid = \"t\"\ndomain = \"d\"\n[[tenants.users]]\nusername = \"1009\"\nha1_md5 = \"00000000000000000000000000000000\"\n[[tenants.queues]]\nid = \"q\"\nsupervisors = {list}\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        with(r#"["1009"]"#).unwrap();
+        with("[]").unwrap();
+        for bad in [r#"["1010"]"#, r#"["1009", "1009"]"#, r#"[""]"#] {
+            let errs = with(bad).unwrap_err();
+            assert!(
+                errs.iter()
+                    .any(|e| e.place.starts_with("tenants[0].queues[0].supervisors[")),
+                "{bad}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
     fn trusted_peers_and_outbound_permissions_are_checked() {
         let c = Config::from_toml(
             r#"
