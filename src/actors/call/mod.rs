@@ -34,6 +34,7 @@ use crate::transport::{Dest, Inbound, Protocol, Source, Transports};
 pub mod core;
 mod env;
 
+pub use self::core::consult_owner;
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
     CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,

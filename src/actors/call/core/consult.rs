@@ -12,6 +12,12 @@
 
 use super::*;
 
+/// The call (its A-leg Call-ID) whose consultation, three-way or monitor session `key` is,
+/// if it is one: how the relay's reaper finds the owner of a second session.
+pub fn consult_owner(key: &[u8]) -> Option<&[u8]> {
+    key.strip_suffix(b"~consult")
+}
+
 /// The relay session of a call's consultation.
 pub fn consult_key(call: &Bytes) -> Bytes {
     let mut k = BytesMut::with_capacity(call.len() + 8);

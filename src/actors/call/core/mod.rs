@@ -52,7 +52,7 @@ pub(crate) mod transfer;
 mod trunk_leg;
 mod view;
 
-pub use consult::{consult_key, describe as consult_describe};
+pub use consult::{consult_key, consult_owner, describe as consult_describe};
 pub use effects::{
     CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, MixLeg, MixOp, TargetError, Tell,
     TimerFire, TimerKey, TransferTarget,

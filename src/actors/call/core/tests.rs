@@ -2325,3 +2325,11 @@ fn a_call_restarted_in_a_three_way_states_its_mix_again() {
     );
     r.request(C, Method::Bye);
 }
+
+#[test]
+fn a_second_session_is_owned_by_its_call() {
+    let call = Bytes::from_static(b"abc@host");
+    assert_eq!(consult_owner(&consult_key(&call)), Some(&b"abc@host"[..]));
+    assert_eq!(consult_owner(b"abc~def@host"), None);
+    assert_eq!(consult_owner(b"abc@host"), None);
+}
