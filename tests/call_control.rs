@@ -23,7 +23,8 @@
 //! - The mixer (issue 18), each phone sending its own tone and the tones each hears checked
 //!   by Goertzel: a three-way (everyone hears the two others; the third party leaving
 //!   leaves caller and agent talking; the caller leaving leaves agent and third party
-//!   talking; the actor panicking changes nothing), and a supervisor of the queue (1003)
+//!   talking; the actor panicking changes nothing; a muted party is heard by nobody, a deaf
+//!   one hears silence), and a supervisor of the queue (1003)
 //!   listening, whispering and barging in, while others are refused with 403.
 
 mod common;
@@ -1562,6 +1563,21 @@ async fn a_three_way_call_mixes_three_phones_and_two_stay_when_one_leaves() {
     ];
     let heard = talk_tones(&phones).await;
     assert_heard(&heard, &[&[1, 2], &[0, 2], &[0, 1]], "three-way");
+
+    // The caller muted: agent and 1003 hear only each other, the caller still hears both.
+    let path = format!("/calls/{cid}/conference");
+    let party = |body: &'static str| api(&node, "PUT", &path, ACME, body);
+    let (status, v) = party(r#"{"party":"caller","mute":true}"#).await;
+    assert_eq!((status, &v["result"]), (200, &Value::from("muted")), "{v}");
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[2], &[1]], "the caller muted");
+    // Unmuted, and 1003 deaf: it hears silence, the others hear everyone.
+    let (status, _) = party(r#"{"party":"caller","mute":false}"#).await;
+    assert_eq!(status, 200);
+    let (status, _) = party(r#"{"party":"third","deaf":true}"#).await;
+    assert_eq!(status, 200);
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[0, 2], &[]], "1003 deaf");
 
     // 1003 hangs up: the caller and the agent go on talking.
     let mut c_side = Side::callee(p1003.ua.addr, &inv_c, "ctag");

@@ -57,6 +57,7 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("POST", "/calls/{call_id}/consult/complete"),
     ("POST", "/calls/{call_id}/consult/cancel"),
     ("POST", "/calls/{call_id}/conference"),
+    ("PUT", "/calls/{call_id}/conference"),
     ("DELETE", "/calls/{call_id}/conference"),
     ("POST", "/calls/{call_id}/monitor"),
     ("PUT", "/calls/{call_id}/monitor"),

@@ -9,6 +9,7 @@
 //! | `POST /calls/{call_id}/transfer` `{"target", "mode": "attended"}`, `POST /calls/{call_id}/consult` `{"target"}` | [`ControlAnswer`]: the customer holds while the target rings, then talks with the agent |
 //! | `POST /calls/{call_id}/consult/complete`, `/consult/cancel` | [`ControlAnswer`]: the target takes the agent's place (an attended transfer), or the agent is back with the customer |
 //! | `POST /calls/{call_id}/conference` `{"target"}`, `DELETE` | [`ControlAnswer`]: the target rings and joins the caller and the agent in a three-way call; DELETE lets it go |
+//! | `PUT /calls/{call_id}/conference` `{"party", "mute", "deaf"}` | [`ControlAnswer`]: `caller`, `agent` or `third` is muted (nobody hears it) or deaf (it hears nobody), or back |
 //! | `POST /calls/{call_id}/monitor` `{"supervisor", "mode"}`, `PUT` `{"mode"}`, `DELETE` | [`ControlAnswer`]: a supervisor of the call's queue rings and joins in `listen`, `whisper` or `barge` (403 for anyone else); PUT changes the mode, DELETE lets it go |
 //! | `DELETE /calls/{call_id}` | 202 [`ControlAnswer`]: BYE to both legs (CDR reason `released by api`) |
 //!
@@ -34,7 +35,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::actors::call::MonitorMode;
+use crate::actors::call::{MonitorMode, Party};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -43,7 +44,7 @@ use super::{route, ApiState, Caller, Params, Problem, AUTH_REFUSED_TOTAL};
 use crate::actors::call::{CallContext, CallMsg, CallView, Command, Phase};
 
 /// Counter, labels `action` (`hold`, `unhold`, `transfer`, `consult`, `consult_complete`,
-/// `consult_cancel`, `conference`, `conference_end`, `monitor`, `monitor_mode`,
+/// `consult_cancel`, `conference`, `conference_party`, `conference_end`, `monitor`, `monitor_mode`,
 /// `monitor_end`, `release`) and `result` (`ok`, `refused`, `not_found`, `unavailable`,
 /// `bad_request`): call-control commands on the API.
 pub const CALL_CONTROL_TOTAL: &str = "switchyard_call_control_total";
@@ -113,6 +114,17 @@ struct MonitorBody {
     mode: String,
 }
 
+/// The body of `PUT /calls/{call_id}/conference`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartyBody {
+    party: String,
+    #[serde(default)]
+    mute: Option<bool>,
+    #[serde(default)]
+    deaf: Option<bool>,
+}
+
 /// The body of `PUT /calls/{call_id}/monitor`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -158,7 +170,9 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     let router = route(
         router,
         "/calls/{call_id}/conference",
-        post(conference_call).delete(conference_end),
+        post(conference_call)
+            .put(conference_party)
+            .delete(conference_end),
     );
     route(
         router,
@@ -290,6 +304,35 @@ async fn conference_call(
         .and_then(|b| checked_target(b.0.target))
         .map(|target| Command::Conference { target });
     control(&state, &caller, call_id, "conference", command).await
+}
+
+/// `PUT /calls/{call_id}/conference {"party", "mute", "deaf"}`.
+async fn conference_party(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command = party_command(&body);
+    control(&state, &caller, call_id, "conference_party", command).await
+}
+
+fn party_command(body: &[u8]) -> Result<Command, Problem> {
+    let b = Json::<PartyBody>::from_bytes(body)
+        .map_err(|e| Problem::bad_request(e.body_text()))?
+        .0;
+    let party = Party::parse(&b.party)
+        .ok_or_else(|| Problem::bad_request("party: caller, agent or third".to_string()))?;
+    if b.mute.is_none() && b.deaf.is_none() {
+        return Err(Problem::bad_request(
+            "mute or deaf (true or false)".to_string(),
+        ));
+    }
+    Ok(Command::ConferenceParty {
+        party,
+        mute: b.mute,
+        deaf: b.deaf,
+    })
 }
 
 async fn conference_end(
@@ -552,6 +595,18 @@ mod tests {
             400
         );
         assert_eq!(checked_mode("barge").unwrap(), MonitorMode::Barge);
+        assert_eq!(
+            party_command(br#"{"party":"third","mute":true}"#).unwrap(),
+            Command::ConferenceParty {
+                party: Party::Third,
+                mute: Some(true),
+                deaf: None
+            }
+        );
+        let status = |b: &[u8]| party_command(b).unwrap_err().status;
+        assert_eq!(status(br#"{"party":"third"}"#), 400);
+        assert_eq!(status(br#"{"party":"boss","mute":true}"#), 400);
+        assert_eq!(status(br#"{"party":"agent","mute":"yes"}"#), 400);
     }
 
     #[test]

@@ -38,7 +38,8 @@ pub use self::core::consult_owner;
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
     CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
-    HandedLeg, MonitorMode, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
+    HandedLeg, MonitorMode, Now, Party, Phase, RecordingCommand, Refused, Replaces, TimerFire,
+    TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 

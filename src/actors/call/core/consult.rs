@@ -146,6 +146,8 @@ impl CallCore {
             up: false,
             mix,
             gone: None,
+            muted: [false; 3],
+            deaf: [false; 3],
         }));
         self.register(call_id.clone());
         self.new_client_tx(Leg::X, Role::Consult, inv, branch, fork.dest);

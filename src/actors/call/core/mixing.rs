@@ -72,6 +72,33 @@ impl MonitorMode {
     }
 }
 
+/// A party of a three-way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Party {
+    Caller,
+    Agent,
+    Third,
+}
+
+impl Party {
+    pub fn parse(s: &str) -> Option<Party> {
+        match s {
+            "caller" => Some(Party::Caller),
+            "agent" => Some(Party::Agent),
+            "third" => Some(Party::Third),
+            _ => None,
+        }
+    }
+
+    fn idx(self) -> usize {
+        match self {
+            Party::Caller => 0,
+            Party::Agent => 1,
+            Party::Third => 2,
+        }
+    }
+}
+
 /// What a call's mix is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MixKind {
@@ -170,6 +197,45 @@ impl CallCore {
         Ok(mode.label().to_string())
     }
 
+    /// `PUT /calls/{id}/conference {party, mute, deaf}`: a party of the three-way is muted
+    /// (nobody hears it) or made deaf (it hears nobody), or back.
+    pub(super) fn api_conference_party(
+        &mut self,
+        party: Party,
+        mute: Option<bool>,
+        deaf: Option<bool>,
+    ) -> Result<String, Refused> {
+        let Some(c) = self.core().consult.as_mut() else {
+            return Err(Refused::new(409, "the call has no third party"));
+        };
+        if c.mix != Some(MixKind::Conference) || !c.up {
+            return Err(Refused::new(409, "the call has no third party in it"));
+        }
+        let i = party.idx();
+        let gone = match c.gone {
+            Some(Leg::A) => Some(0),
+            Some(Leg::B) => Some(1),
+            _ => None,
+        };
+        if gone == Some(i) {
+            return Err(Refused::new(409, "that party has left"));
+        }
+        if let Some(m) = mute {
+            c.muted[i] = m;
+        }
+        if let Some(d) = deaf {
+            c.deaf[i] = d;
+        }
+        let state = format!(
+            "{}{}",
+            if c.muted[i] { "muted" } else { "unmuted" },
+            if c.deaf[i] { ",deaf" } else { "" }
+        );
+        self.mix_topology();
+        self.checkpoint();
+        Ok(state)
+    }
+
     /// `DELETE /calls/{id}/monitor` or `/conference`: the supervisor or third party is let
     /// go; the caller and agent are bridged again.
     pub(super) fn api_mix_end(&mut self, monitor: bool) -> Result<String, Refused> {
@@ -243,11 +309,31 @@ impl CallCore {
             side: Side::B,
         });
         // The caller is 0, the agent 1 (agent_in_b put it there), the supervisor 2.
-        let apart = match kind {
+        let mut apart = match kind {
             MixKind::Conference | MixKind::Monitor(MonitorMode::Barge) => vec![],
             MixKind::Monitor(MonitorMode::Whisper) => vec![(0, 2)],
             MixKind::Monitor(MonitorMode::Listen) => vec![(0, 2), (1, 2)],
         };
+        // A three-way's muted and deaf parties (by party; the legs of those still in it).
+        let parties: Vec<usize> = [(0, Leg::A), (1, Leg::B)]
+            .into_iter()
+            .filter(|(_, leg)| c.gone != Some(*leg))
+            .map(|(p, _)| p)
+            .chain([2])
+            .collect();
+        for (i, &p) in parties.iter().enumerate() {
+            for j in 0..parties.len() {
+                if i == j {
+                    continue;
+                }
+                if c.muted[p] && !apart.contains(&(j, i)) {
+                    apart.push((j, i));
+                }
+                if c.deaf[p] && !apart.contains(&(i, j)) {
+                    apart.push((i, j));
+                }
+            }
+        }
         self.out.push(Effect::Mix(MixOp::Set { legs, apart }));
     }
 

@@ -58,7 +58,7 @@ pub use effects::{
     TimerFire, TimerKey, TransferTarget,
 };
 pub use media::{info_digit, RecordingCommand};
-pub use mixing::{describe as mixing_describe, MixKind, MonitorMode};
+pub use mixing::{describe as mixing_describe, MixKind, MonitorMode, Party};
 pub use transfer::{HandedLeg, Refused, Replaces};
 pub use view::{CallView, ConsultView, LegView, QueueView, TransferView};
 
@@ -86,6 +86,13 @@ pub enum Command {
     },
     /// The three-way's third party is let go.
     ConferenceEnd,
+    /// A party of a three-way is muted (nobody hears it) or made deaf (it hears nobody), or
+    /// no longer; `None` leaves that switch as it is.
+    ConferenceParty {
+        party: Party,
+        mute: Option<bool>,
+        deaf: Option<bool>,
+    },
     /// A supervisor joins the call in a mode.
     Monitor {
         supervisor: String,
@@ -349,6 +356,9 @@ struct Consult {
     mix: Option<mixing::MixKind>,
     /// A three-way's caller or agent that left (the other two stay connected).
     gone: Option<Leg>,
+    /// A three-way's parties muted and deaf, by [`mixing::Party`] index.
+    muted: [bool; 3],
+    deaf: [bool; 3],
 }
 
 /// A transfer in progress: the new leg rings in the B position while the transferor waits
@@ -720,6 +730,9 @@ impl CallCore {
             Command::ConsultCancel => self.api_consult_cancel(),
             Command::Conference { target } => self.api_conference(&target),
             Command::ConferenceEnd => self.api_mix_end(false),
+            Command::ConferenceParty { party, mute, deaf } => {
+                self.api_conference_party(party, mute, deaf)
+            }
             Command::Monitor { supervisor, mode } => self.api_monitor(&supervisor, mode),
             Command::MonitorMode(mode) => self.api_monitor_mode(mode),
             Command::MonitorEnd => self.api_mix_end(true),

@@ -2333,3 +2333,43 @@ fn a_second_session_is_owned_by_its_call() {
     assert_eq!(consult_owner(b"abc~def@host"), None);
     assert_eq!(consult_owner(b"abc@host"), None);
 }
+
+#[test]
+fn a_three_ways_parties_are_muted_and_made_deaf_in_the_relation() {
+    let (mut c, _, mut a, _) = anchored_call("3way-mute", None);
+    let party = |party, mute, deaf| Command::ConferenceParty { party, mute, deaf };
+    assert_eq!(
+        command(&mut c, party(Party::Caller, Some(true), None))
+            .unwrap_err()
+            .status,
+        409,
+        "no three-way yet"
+    );
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    // Caller 0, agent 1, third 2; pairs are (listener, speaker).
+    assert_eq!(
+        command(&mut c, party(Party::Caller, Some(true), None)),
+        Ok("muted".to_string())
+    );
+    assert_eq!(last_mix(&c).unwrap().1, vec![(1, 0), (2, 0)]);
+    command(&mut c, party(Party::Third, None, Some(true))).unwrap();
+    assert_eq!(last_mix(&c).unwrap().1, vec![(1, 0), (2, 0), (2, 1)]);
+    command(&mut c, party(Party::Caller, Some(false), None)).unwrap();
+    assert_eq!(last_mix(&c).unwrap().1, vec![(2, 0), (2, 1)]);
+    // The caller leaves: the indices follow the legs still in the mix (agent 0, third 1).
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert_eq!(last_mix(&c).unwrap().1, vec![(1, 0)]);
+    assert_eq!(
+        command(&mut c, party(Party::Caller, Some(true), None))
+            .unwrap_err()
+            .status,
+        409,
+        "the caller left"
+    );
+}
