@@ -52,6 +52,10 @@ pub struct Config {
     /// carrying `X-Switchyard-Panic` panics in the handler (see `transport::PanicInjector`).
     #[serde(skip)]
     pub fault_injection: bool,
+    /// The demo tenant of the embedded default is in `tenants` (see `crate::demo`); set by
+    /// the binary only, never from a file.
+    #[serde(skip)]
+    pub demo: bool,
 }
 
 /// How a route, queue or trunk treats a call's audio.
@@ -1322,8 +1326,13 @@ fn validate_contact_centre<'a>(
             ("overflow_wait", &q.overflow_wait),
             ("overflow_full", &q.overflow_full),
         ] {
-            if let Some(Err(e)) = v.as_deref().map(CcTarget::parse) {
-                err(format!("{place}.{name}"), e);
+            match v.as_deref().map(CcTarget::parse) {
+                Some(Err(e)) => err(format!("{place}.{name}"), e),
+                Some(Ok(CcTarget::Echo | CcTarget::Music)) => err(
+                    format!("{place}.{name}"),
+                    "an overflow goes to queue:, user:, number: or status:".into(),
+                ),
+                _ => {}
             }
         }
     }
@@ -1360,10 +1369,10 @@ fn validate_contact_centre<'a>(
             Ok(CcTarget::Queue(q)) if !queues.contains(q.as_str()) => {
                 err(format!("{place}.target"), format!("no queue {q:?}"))
             }
-            Ok(CcTarget::Queue(_)) | Ok(CcTarget::User(_)) => {}
+            Ok(CcTarget::Queue(_) | CcTarget::User(_) | CcTarget::Echo | CcTarget::Music) => {}
             Ok(_) => err(
                 format!("{place}.target"),
-                "a number leads to queue:<id> or user:<name>".into(),
+                "a number leads to queue:<id>, user:<name>, echo or music".into(),
             ),
             Err(e) => err(format!("{place}.target"), e),
         }
@@ -1535,7 +1544,8 @@ pub struct MembershipConfig {
 #[serde(deny_unknown_fields)]
 pub struct NumberConfig {
     pub number: String,
-    /// `queue:<id>` or `user:<name>`.
+    /// `queue:<id>`, `user:<name>`, `echo` (an echo test: the switch answers and sends
+    /// every RTP packet back) or `music` (the switch answers and plays music on hold).
     pub target: String,
     /// Caller priority in the queue (higher first).
     #[serde(default)]
@@ -1549,10 +1559,19 @@ pub enum CcTarget {
     User(String),
     Number(String),
     Status(u16),
+    /// The switch answers and sends back every RTP packet it receives (numbers only).
+    Echo,
+    /// The switch answers and plays music on hold (numbers only).
+    Music,
 }
 
 impl CcTarget {
     pub fn parse(s: &str) -> Result<CcTarget, String> {
+        match s {
+            "echo" => return Ok(CcTarget::Echo),
+            "music" => return Ok(CcTarget::Music),
+            _ => {}
+        }
         let (kind, rest) = s
             .split_once(':')
             .ok_or_else(|| format!("{s:?}: expected kind:value"))?;
@@ -1567,7 +1586,9 @@ impl CcTarget {
                 Ok(c) if (400..700).contains(&c) => Ok(CcTarget::Status(c)),
                 _ => Err(format!("{s:?}: a final failure status 400-699")),
             },
-            _ => Err(format!("{s:?}: queue:, user:, number: or status:")),
+            _ => Err(format!(
+                "{s:?}: queue:, user:, number:, status:, echo or music"
+            )),
         }
     }
 }

@@ -17,11 +17,15 @@
 //!   registrations, tokens, the recording index.
 //! - [`api`]: HTTP: `/metrics`, `/health`, the management and call-control API.
 //! - [`config`]: the config file, its validation and the embedded default.
+//! - [`demo`]: the demo tenant of the embedded default (users, a queue, echo and music).
 //! - [`metrics`]: metric names, described once.
+//! - [`ctl`]: `switchyard ctl`, the operator's console: a client of the API, above everything.
 pub mod actors;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod ctl;
+pub mod demo;
 pub mod media;
 pub mod metrics;
 pub mod routing;

@@ -35,6 +35,10 @@ struct Cli {
     /// alone with no external service.
     #[arg(long, global = true)]
     cluster: Option<PathBuf>,
+    /// Without a config file the node runs a demo tenant (users 1001-1005, queue 5000, echo
+    /// test 9196, music 9664); this turns it off.
+    #[arg(long = "no-demo", global = true)]
+    no_demo: bool,
 }
 
 #[derive(Subcommand)]
@@ -54,6 +58,25 @@ enum Command {
         #[arg(long)]
         realm: String,
     },
+    /// The operator's console over the node's API: a command (`status`, `calls`, `call ID`,
+    /// `hangup ID`, `queues`, `agents`, `agent T/A ready|not-ready|logout`, `trunks`,
+    /// `bans`, `unban IP`, `drain`, `undrain`, `log level LEVEL`), or a prompt without one.
+    Ctl {
+        /// The node's API (default: the config's `http.listen`, else http://127.0.0.1:8080).
+        #[arg(long)]
+        url: Option<String>,
+        /// The node's token (default: the config's `http.token`, else `DATA_DIR/api-token`).
+        #[arg(long)]
+        token: Option<String>,
+        /// A PEM certificate to trust for an HTTPS API (its own, when self-issued).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// JSON as the API answers, for scripts, instead of tables.
+        #[arg(long)]
+        json: bool,
+        /// The command and its arguments; without one, a prompt with history.
+        command: Vec<String>,
+    },
 }
 
 fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
@@ -70,8 +93,99 @@ fn load(cli: &Cli) -> Result<Config, Vec<switchyard::config::ConfigError>> {
     if let Some(d) = &cli.data_dir {
         config.data_dir = d.clone();
     }
+    if cli.config.is_none() && cli.cluster.is_none() && !cli.no_demo {
+        match switchyard::demo::apply(&mut config) {
+            Ok(demo) => print_demo(&demo),
+            Err(e) => {
+                return Err(vec![switchyard::config::ConfigError {
+                    place: "demo".into(),
+                    message: e.to_string(),
+                }])
+            }
+        }
+    }
     config.validate()?;
     Ok(config)
+}
+
+/// `switchyard ctl`: where the node's API is and its token come from the same flags and
+/// config file the node was started with.
+fn ctl(
+    cli: &Cli,
+    url: &Option<String>,
+    token: &Option<String>,
+    ca: &Option<PathBuf>,
+    json: bool,
+    command: &[String],
+) -> ExitCode {
+    let config = match &cli.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{}: {e}", path.display());
+                }
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let data_dir = cli.data_dir.clone().unwrap_or(config.data_dir.clone());
+    let url = url.clone().unwrap_or_else(|| {
+        let mut addr = cli.http_listen.unwrap_or(config.http.listen);
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let scheme = if config.http.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{addr}")
+    });
+    let token = match switchyard::ctl::client::find_token(
+        token.as_deref(),
+        config.http.token.as_deref(),
+        &data_dir,
+    ) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("switchyard ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = switchyard::ctl::Options {
+        target: switchyard::ctl::Target {
+            url: url.trim_end_matches('/').to_string(),
+            token,
+            ca: ca.clone(),
+        },
+        json,
+        history: std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".switchyard_history")),
+    };
+    ExitCode::from(switchyard::ctl::run(options, command))
+}
+
+/// Tells the person who started the node what to try; passwords only when just generated.
+fn print_demo(demo: &switchyard::demo::Demo) {
+    println!(
+        "Demo tenant (no config file; --no-demo turns it off): register as 1001-1005 at {}",
+        demo.domain
+    );
+    if demo.generated {
+        println!(
+            "  passwords (printed this once, kept in {}):",
+            demo.file.display()
+        );
+        for (user, password) in &demo.users {
+            println!("    {user}  {password}");
+        }
+    } else {
+        println!("  passwords in {}", demo.file.display());
+    }
+    println!(
+        "  call 9196 (echo test), 9664 (music on hold), 5000 (queue support: agent 1002 available, 1001 logged out), or 1001-1005"
+    );
 }
 
 fn main() -> ExitCode {
@@ -114,15 +228,16 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Some(Command::Ctl {
+            url,
+            token,
+            ca,
+            json,
+            command,
+        }) => return ctl(&cli, url, token, ca, *json, command),
         Some(Command::Run) | None => {}
     }
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "switchyard=info".into()),
-        )
-        .init();
+    init_logs();
     let mut config = match load(&cli) {
         Ok(c) => c,
         Err(errors) => {
@@ -161,6 +276,32 @@ fn main() -> ExitCode {
         node.shutdown().await;
         ExitCode::SUCCESS
     })
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `switchyard=info`); the filter can be
+/// changed while the node runs (`PUT /log`, `switchyard ctl log level`).
+fn init_logs() {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("switchyard=info"));
+    let current = filter.to_string();
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    switchyard::api::log::install(
+        current,
+        Box::new(move |text| {
+            let filter = EnvFilter::try_new(text).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }),
+    );
 }
 
 async fn wait_for_signal() {

@@ -116,6 +116,7 @@ pub fn describe_all() {
     crate::cluster::checkpoints::describe();
     crate::store::describe();
     crate::actors::call::describe_media();
+    crate::demo::describe();
 
     metrics::describe_gauge!(
         BUILD_INFO,

@@ -378,6 +378,13 @@ pub struct AgentCheckpoint {
     rules: Option<OfferRules>,
 }
 
+impl AgentCheckpoint {
+    /// The agent's state, as the API names it.
+    pub fn status_label(&self) -> &'static str {
+        self.status.label()
+    }
+}
+
 pub struct AgentState {
     cc: Arc<CcContext>,
     myself: ActorRef<AgentMsg>,

@@ -214,6 +214,26 @@ pub struct MediaPolicy {
     pub announce_secs: u64,
     /// The tenant recordings are filed under.
     pub tenant: Option<Arc<str>>,
+    /// The switch itself is the callee (a test number): no B leg.
+    pub service: Option<Service>,
+}
+
+/// What the switch does as the callee of a test number (`echo`, `music`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// Every RTP packet the caller sends goes back to it.
+    Echo,
+    /// Music on hold, until the caller hangs up.
+    Music,
+}
+
+impl Service {
+    pub fn label(self) -> &'static str {
+        match self {
+            Service::Echo => "echo",
+            Service::Music => "music",
+        }
+    }
 }
 
 /// A route's trunks and how one call's order over them is chosen.
@@ -651,8 +671,14 @@ impl NumberRoute {
             CcTarget::Queue(q) => tenant.queues.iter().find(|c| &c.id == q),
             _ => None,
         };
+        let service = match &target {
+            CcTarget::Echo => Some(Service::Echo),
+            CcTarget::Music => Some(Service::Music),
+            _ => None,
+        };
         let record = tenant.record || queue.is_some_and(|q| q.record);
-        let answer_first = queue.is_some_and(|q| q.answer_first);
+        // A test number is answered by the switch, so its media is always anchored.
+        let answer_first = queue.is_some_and(|q| q.answer_first) || service.is_some();
         let id: Arc<str> = Arc::from(tenant.id.as_str());
         Some(NumberRoute {
             tenant: id.clone(),
@@ -664,6 +690,7 @@ impl NumberRoute {
                 answer_first,
                 announce_secs: queue.map_or(0, |q| q.announce_secs),
                 tenant: Some(id),
+                service,
             },
         })
     }
@@ -907,6 +934,33 @@ impl Router {
                         let (tenant, u) = (n.tenant.clone(), u.clone());
                         self.call_user(msg, source, &reg.location, &tenant, &u, parties)
                     }
+                    CcTarget::Echo | CcTarget::Music => {
+                        let label = n.media.service.map_or("", Service::label);
+                        let route = Route {
+                            id: Arc::from(label),
+                            from_trunks: false,
+                            prefix: label.to_string(),
+                            target: RouteTarget {
+                                addr: source.remote,
+                                protocol: source.protocol,
+                            },
+                            strip: 0,
+                            prepend: String::new(),
+                            target_text: label.to_string(),
+                            group: None,
+                            media: n.media.clone(),
+                        };
+                        parties.tenant = Some(n.tenant.clone());
+                        self.admit_and_start(
+                            msg,
+                            source,
+                            &route,
+                            Bytes::from(user),
+                            Vec::new(),
+                            None,
+                            parties,
+                        )
+                    }
                     _ => self.answer(&msg, &source, 404, "Not Found", &[]),
                 };
             }
@@ -1069,6 +1123,7 @@ impl Router {
             }
         }
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
+        self.ctx.rate.count(call::rate::unix_secs());
         let init = call::NewCall {
             invite: Inbound { msg, source },
             route: route.clone(),

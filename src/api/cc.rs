@@ -213,6 +213,11 @@ impl ContactCentre {
     pub(super) fn calls(&self) -> &Arc<crate::actors::call::CallContext> {
         &self.cc.calls
     }
+
+    /// The node's contact centre (for [`super::status`]).
+    pub(super) fn context(&self) -> &Arc<CcContext> {
+        &self.cc
+    }
 }
 
 impl std::fmt::Debug for ContactCentre {

@@ -21,10 +21,12 @@ pub mod cc;
 mod cluster;
 mod config;
 mod health;
+pub mod log;
 mod problem;
 pub mod recordings;
 mod security;
 mod server;
+mod status;
 pub mod tls;
 pub mod tokens;
 
@@ -82,6 +84,7 @@ pub fn describe() {
     recordings::describe();
     tls::describe();
     tokens::describe();
+    log::describe();
 }
 
 /// Shared state of the HTTP handlers; cheap to clone (one per request): handles and `Arc`s.
@@ -399,6 +402,8 @@ pub fn router(state: ApiState) -> Router {
     let router = config::routes(router);
     let router = security::routes(router);
     let router = tokens::routes(router);
+    let router = status::routes(router);
+    let router = log::routes(router);
     // Authentication covers the fallbacks too: without a token, an unknown path is a 401
     // like a known one, so the routes cannot be mapped without a token.
     router

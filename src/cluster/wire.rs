@@ -611,6 +611,8 @@ pub enum WireTarget {
     User(String),
     Number(String),
     Status(u16),
+    Echo,
+    Music,
 }
 
 impl WireCallMsg {
@@ -639,6 +641,8 @@ impl WireCallMsg {
                 CcTarget::User(u) => WireTarget::User(u),
                 CcTarget::Number(n) => WireTarget::Number(n),
                 CcTarget::Status(s) => WireTarget::Status(s),
+                CcTarget::Echo => WireTarget::Echo,
+                CcTarget::Music => WireTarget::Music,
             }),
             CallMsg::QueueResync => WireCallMsg::QueueResync,
             CallMsg::AgentResync { agent, offer } => WireCallMsg::AgentResync {
@@ -704,6 +708,8 @@ impl WireCallMsg {
                 WireTarget::User(u) => CcTarget::User(u.clone()),
                 WireTarget::Number(n) => CcTarget::Number(n.clone()),
                 WireTarget::Status(s) => CcTarget::Status(*s),
+                WireTarget::Echo => CcTarget::Echo,
+                WireTarget::Music => CcTarget::Music,
             }),
             WireCallMsg::QueueResync => CallMsg::QueueResync,
             WireCallMsg::AgentResync { agent, offer } => CallMsg::AgentResync {

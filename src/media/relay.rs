@@ -55,6 +55,7 @@ pub const EXPECTED: &str = "switchyard_media_expected_packets_total";
 pub const PLAYBACKS: &str = "switchyard_media_playback_streams";
 pub const DTMF: &str = "switchyard_media_dtmf_digits_total";
 pub const REAPED: &str = "switchyard_media_sessions_reaped_total";
+pub const ECHOED: &str = "switchyard_media_echoed_packets_total";
 use super::recording::RECORDINGS_ACTIVE;
 
 /// Describes the relay's metrics.
@@ -73,6 +74,10 @@ pub fn describe() {
         "Anchoring refused because the RTP port range was used up"
     );
     describe_counter!(PACKETS, "RTP and RTCP packets, by dir (in, out) and kind");
+    describe_counter!(
+        ECHOED,
+        "RTP packets sent back to their sender by the echo test (also counted in packets out)"
+    );
     describe_counter!(BYTES, "RTP and RTCP bytes, by dir (in, out)");
     describe_counter!(
         DROPPED,
@@ -320,6 +325,11 @@ impl Session {
     pub fn stop_play(&self, side: Side) {
         self.send(Command::StopPlay(side));
     }
+    /// The echo test: every RTP packet `side` sends goes back to it (to where it was
+    /// latched, like any relayed packet: the echo reflects nothing to a third party).
+    pub fn echo(&self, side: Side) {
+        self.send(Command::Echo(side));
+    }
     /// Starts recording both legs (left: A, right: B) as recording `id` of `tenant`.
     pub fn record(&self, id: String, tenant: String) {
         *lock(&self.recording) = Some(id.clone());
@@ -387,6 +397,7 @@ enum Command {
         playlist: Playlist,
     },
     StopPlay(Side),
+    Echo(Side),
     Record {
         id: String,
         tenant: String,
@@ -744,6 +755,8 @@ struct LegIo {
     events: EventDetector,
     inband: Option<InbandDetector>,
     play: Option<Player>,
+    /// The echo test: what the leg sends goes back to it (under the switch's SSRC).
+    echo: bool,
     dtmf_out: VecDeque<rtp::TelephoneEvent>,
     dtmf_ts: u32,
     out_ssrc: u32,
@@ -789,6 +802,7 @@ impl LegIo {
             ssrc_in: None,
             events: EventDetector::new(),
             inband: inband.then(InbandDetector::new),
+            echo: false,
             play: None,
             dtmf_out: VecDeque::new(),
             dtmf_ts: 0,
@@ -970,6 +984,7 @@ struct Counters {
     late: u64,
     dtmf_rfc4733: u64,
     dtmf_inband: u64,
+    echoed: u64,
     /// Packets not relayed because the leg they would go to hears a mix instead.
     mixed: u64,
     mix: super::mixer::MixCounters,
@@ -1298,6 +1313,24 @@ impl RelayThread {
                 this.rec_buf.drain(..over);
             }
         }
+        if this.echo {
+            // Back under the switch's own SSRC: a phone may drop packets bearing its own.
+            let Some(dest) = this.latch.dest() else {
+                self.counters.no_peer += 1;
+                return;
+            };
+            self.buf[8..12].copy_from_slice(&this.out_ssrc.to_be_bytes());
+            match this.send_rtp(&self.buf[..n], dest) {
+                Ok(_) => {
+                    this.packets_out += 1;
+                    self.counters.rtp_out += 1;
+                    self.counters.echoed += 1;
+                    self.counters.bytes_out += n as u64;
+                }
+                Err(_) => self.counters.send_error += 1,
+            }
+            return;
+        }
         if let Some((mix, pid)) = &this.mix {
             // In a mix: the audio goes there (telephone events and other payloads do not).
             if this.recv_ok {
@@ -1591,6 +1624,7 @@ impl RelayThread {
         add(mix::CPU, &[], c.mix_cpu.as_micros() as u64);
         add(DTMF, &[("source", "rfc4733")], c.dtmf_rfc4733);
         add(DTMF, &[("source", "inband")], c.dtmf_inband);
+        add(ECHOED, &[], c.echoed);
     }
 
     /// Reports calls whose media stopped: no RTP or RTCP from either leg for
@@ -1608,7 +1642,7 @@ impl RelayThread {
         let now = Instant::now();
         for s in self.sessions.iter_mut().flatten() {
             let packets: u64 = s.legs.iter().map(|l| l.packets_in + l.rtcp_in).sum();
-            let held = !s.bridged
+            let held = (!s.bridged && !s.legs.iter().any(|l| l.echo))
                 || s.legs.iter().any(|l| {
                     !l.send_ok || !l.recv_ok || l.play.is_some() || l.latch.on_hold_address()
                 });
@@ -1855,6 +1889,7 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
                 playbacks(engine, -1);
             }
         }
+        Command::Echo(side) => s.legs[side.idx()].echo = true,
         Command::PauseRecording(p) => {
             if let Some(rec) = &mut s.rec {
                 rec.paused = p;

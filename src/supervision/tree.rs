@@ -144,6 +144,7 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
     // 1. process
     crate::transport::tls::install_crypto_provider();
     let metrics = crate::metrics::install()?;
+    metrics::gauge!(crate::demo::DEMO_TENANT).set(if config.demo { 1.0 } else { 0.0 });
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
     // 2. api keys

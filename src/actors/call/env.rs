@@ -346,6 +346,7 @@ pub(super) fn media(ctx: &CallContext, call: &Bytes, op: MediaOp) {
             );
         }
         MediaOp::StopPlay(side) => session.stop_play(side),
+        MediaOp::Echo(side) => session.echo(side),
         MediaOp::Record { id, tenant } => session.record(id, tenant),
         MediaOp::PauseRecording(paused) => session.pause_recording(paused),
         MediaOp::StopRecording => session.stop_recording(),

@@ -33,6 +33,7 @@ use crate::transport::{Dest, Inbound, Protocol, Source, Transports};
 
 pub mod core;
 mod env;
+pub mod rate;
 
 pub use self::core::consult_owner;
 pub use self::core::media::describe as describe_media;
@@ -115,6 +116,7 @@ pub fn describe() {
     self::core::transfer::describe();
     self::core::consult_describe();
     self::core::mixing_describe();
+    self::core::service::describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
@@ -134,6 +136,8 @@ pub struct CallContext {
     pub max_duration: Option<Duration>,
     /// Calls admitted and not yet ended (admission control reads it).
     pub active: AtomicUsize,
+    /// Calls admitted per second (`GET /status`).
+    pub rate: rate::CallRate,
     pub user_agent: Bytes,
     pub advertise: Option<IpAddr>,
     /// The static routes and trunk groups (click-to-call routes the customer's number).
@@ -172,6 +176,7 @@ impl CallContext {
             no_answer,
             max_duration,
             active: AtomicUsize::new(0),
+            rate: rate::CallRate::new(),
             user_agent: Bytes::copy_from_slice(user_agent.as_bytes()),
             advertise,
             cc: OnceLock::new(),

@@ -169,6 +169,8 @@ pub enum MediaOp {
         announce: Option<(u32, Option<u64>)>,
     },
     StopPlay(Side),
+    /// Sends every RTP packet `side` sends straight back to it (the echo test).
+    Echo(Side),
     Record {
         id: String,
         tenant: String,

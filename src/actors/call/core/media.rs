@@ -272,11 +272,17 @@ impl CallCore {
         let a = self.side_of(Leg::A);
         let answer = self.switch_answer(a, &offer)?;
         self.media_op(MediaOp::Bridge(false));
-        self.play_music(None);
+        let service = self.service();
+        match service {
+            Some(service) => self.service_media(service),
+            None => self.play_music(None),
+        }
         let mut ok = self.a_response(200, "OK", true);
         ok.push(HeaderName::ContentType, "application/sdp");
         ok.body = answer;
-        self.schedule_announcement(std::time::Duration::ZERO);
+        if service.is_none() {
+            self.schedule_announcement(std::time::Duration::ZERO);
+        }
         Some(ok)
     }
 
@@ -394,7 +400,9 @@ impl CallCore {
         let Some(core) = self.core.as_ref() else {
             return;
         };
-        if !matches!(core.phase, Phase::Answered | Phase::Confirmed) || core.held.is_some() {
+        let up = matches!(core.phase, Phase::Answered | Phase::Confirmed)
+            || (self.service().is_some() && self.a_answered());
+        if !up || core.held.is_some() {
             return;
         }
         let timeout = self.env.media().and_then(|m| m.rtp_timeout);

@@ -12,7 +12,8 @@
 //!
 //! The behaviour is split by concern: `b2bua.rs` (the relay rules between the legs),
 //! `transactions.rs`, `queue_leg.rs`, `trunk_leg.rs`, `originate.rs` (click-to-call),
-//! `media.rs` (anchoring, SDP rewriting, music), `cdr.rs` (the end and the CDR).
+//! `media.rs` (anchoring, SDP rewriting, music), `cdr.rs` (the end and the CDR),
+//! `service.rs` (the test numbers the switch answers itself: echo, music).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -45,6 +46,7 @@ pub(crate) mod mixing;
 mod originate;
 mod queue_leg;
 mod replaces;
+pub(crate) mod service;
 #[cfg(test)]
 mod tests;
 mod transactions;
@@ -971,8 +973,8 @@ impl CallCore {
             target: route.target_text.clone(),
             ..CdrDraft::default()
         };
-        if queue.is_some() || route.group.is_some() {
-            // Queued: no B leg until the queue offers an agent. Through a trunk group: the
+        if queue.is_some() || route.group.is_some() || route.media.service.is_some() {
+            // Queued (or a test number the switch answers itself): no B leg until the queue offers an agent. Through a trunk group: the
             // B leg goes to the first trunk of the call's plan, then the next on failover.
             let b = pending_b_dialog();
             self.core = Some(Arc::new(Checkpoint {
@@ -1029,6 +1031,9 @@ impl CallCore {
             self.new_server_tx(Leg::A, Role::AInvite, a_invite, a_branch, a_dest);
             if !self.media_settled(anchored) {
                 return;
+            }
+            if let Some(service) = route.media.service {
+                return self.start_service(service);
             }
             if let Some(group) = &route.group {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));

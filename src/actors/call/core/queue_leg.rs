@@ -462,7 +462,8 @@ impl CallCore {
                 }
                 self.fail_queued(code, reason_phrase(code), "queue overflow")
             }
-            CcTarget::Number(_) => {
+            // Not overflow targets (validation refuses them); as an unresolved number.
+            CcTarget::Number(_) | CcTarget::Echo | CcTarget::Music => {
                 if let Some(q) = self.core().queue.as_mut() {
                     q.waiting = false;
                 }

@@ -2373,3 +2373,106 @@ fn a_three_ways_parties_are_muted_and_made_deaf_in_the_relation() {
         "the caller left"
     );
 }
+
+// ---- test numbers the switch answers itself ----
+
+fn service_route(service: crate::actors::router::Service) -> Route {
+    let mut r = route_to(A);
+    r.target_text = service.label().into();
+    r.media = MediaPolicy {
+        anchor: true,
+        answer_first: true,
+        service: Some(service),
+        ..MediaPolicy::default()
+    };
+    r
+}
+
+fn media_env() -> FakeEnv {
+    FakeEnv {
+        media: Some(MediaSettings::default()),
+        ..FakeEnv::default()
+    }
+}
+
+#[test]
+fn the_echo_number_answers_at_once_echoes_and_ends_on_bye() {
+    use crate::actors::router::Service;
+    let mut c = Call::with(cfg(), media_env());
+    c.begin(
+        &invite("echo-1", "9196", SDP_A),
+        service_route(Service::Echo),
+        vec![],
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    assert!(
+        body(&ok).contains("m=audio 20000 "),
+        "the switch's own answer"
+    );
+    assert!(!c.has(B, |_| true), "no B leg is ever placed");
+    let side = crate::media::relay::Side::A;
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::Echo(s) if *s == side)));
+    assert!(!c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })));
+    assert!(
+        !c.timers
+            .iter()
+            .any(|t| t.1 == TimerFire::Call(CallTimer::Announce)),
+        "no queue announcements"
+    );
+    let view = c.checkpoint.as_ref().expect("a checkpoint").view();
+    assert_eq!(view.legs.len(), 1);
+    assert_eq!(view.legs[0].state, "up");
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(c.ended);
+    let cdr = &c.cdrs[0];
+    assert_eq!(cdr.target.as_deref(), Some("echo"));
+    assert!(cdr.answer_at.is_some(), "an answered call in the CDR");
+}
+
+#[test]
+fn the_music_number_plays_music_and_is_bounded() {
+    use crate::actors::router::Service;
+    let mut c = Call::with(cfg(), media_env());
+    c.begin(
+        &invite("music-1", "9664", SDP_A),
+        service_route(Service::Music),
+        vec![],
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::Music { announce: None, .. })));
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    c.advance(super::service::SERVICE_MAX_DURATION + Duration::from_secs(1));
+    c.request(A, Method::Bye);
+    assert!(c.ended);
+}
+
+#[test]
+fn a_test_number_without_media_or_an_offer_is_refused_with_488() {
+    use crate::actors::router::Service;
+    // No relay engine: nothing to answer with.
+    let mut c = Call::start(
+        &invite("echo-2", "9196", SDP_A),
+        service_route(Service::Echo),
+        vec![],
+    );
+    c.status(A, 488, Method::Invite);
+    assert!(c.ended);
+    // A delayed offer (no SDP in the INVITE).
+    let mut c = Call::with(cfg(), media_env());
+    c.begin(
+        &invite("echo-3", "9196", ""),
+        service_route(Service::Echo),
+        vec![],
+    );
+    c.status(A, 488, Method::Invite);
+}

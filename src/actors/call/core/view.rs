@@ -114,6 +114,8 @@ impl Checkpoint {
             user: self.users[0].as_deref().map(str::to_string),
             state: match self.phase {
                 _ if held(Leg::A) => "held",
+                // A test number (echo, music): the switch answered, no one else comes.
+                Phase::Setup if self.media.as_ref().is_some_and(|m| m.service.is_some()) => "up",
                 Phase::Queued => "waiting",
                 Phase::Setup | Phase::Early if self.a_up || transferring => "waiting",
                 Phase::Setup | Phase::Early => "setup",
