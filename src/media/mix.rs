@@ -66,7 +66,8 @@ impl Mix {
         Mix {
             id,
             state: Mutex::new(MixState {
-                mixer: Mixer::new(MIX_CAPACITY),
+                // Room for a three-way call; a conference grows.
+                mixer: Mixer::with_room(3, MIX_CAPACITY),
                 ticks: 0,
                 members: Vec::with_capacity(4),
                 cpu: Duration::ZERO,

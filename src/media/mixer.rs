@@ -14,8 +14,9 @@
 //! its turn is dropped (counted late). G.711 μ-law or A-law in, decoded to linear, summed
 //! in 32 bits and saturated to 16, re-encoded to each listener's law.
 //!
-//! All buffers are allocated when the mixer and its participant slots are made; pushing
-//! a packet and ticking allocate nothing.
+//! All buffers are allocated when the mixer and its participant slots are made (a slot,
+//! about 3.5 KB, when a participant beyond the ones made room for joins); pushing a packet
+//! and ticking allocate nothing.
 
 use super::g711::Codec;
 use super::relay::FRAME;
@@ -203,6 +204,8 @@ impl Slot {
 /// A mix of up to [`MAX_PARTICIPANTS`] participants.
 pub struct Mixer {
     slots: Vec<Slot>,
+    /// The most participants (slots are made up to this many).
+    limit: usize,
     /// Participants in the mix (bit i: slot i active).
     members: u64,
     counters: MixCounters,
@@ -212,12 +215,20 @@ pub struct Mixer {
 }
 
 impl Mixer {
-    /// A mixer with room for `capacity` participants (at most [`MAX_PARTICIPANTS`]); all
-    /// its buffers are allocated here.
+    /// A mixer of at most `capacity` participants (at most [`MAX_PARTICIPANTS`]), its
+    /// buffers allocated here.
     pub fn new(capacity: usize) -> Mixer {
-        let capacity = capacity.clamp(1, MAX_PARTICIPANTS);
+        Mixer::with_room(capacity, capacity)
+    }
+
+    /// A mixer of at most `limit` participants with slots made for `room` of them now (the
+    /// others are made as they join: a three-way call does not pay for a conference).
+    pub fn with_room(room: usize, limit: usize) -> Mixer {
+        let limit = limit.clamp(1, MAX_PARTICIPANTS);
+        let room = room.clamp(1, limit);
         Mixer {
-            slots: (0..capacity).map(|_| Slot::new()).collect(),
+            slots: (0..room).map(|_| Slot::new()).collect(),
+            limit,
             members: 0,
             counters: MixCounters::default(),
             total: Box::new([0; FRAME]),
@@ -229,7 +240,14 @@ impl Mixer {
     /// Adds a participant sent `codec`: it hears everyone and everyone hears it (change
     /// that with [`Mixer::set_hears`] before the next tick). None when the mix is full.
     pub fn add(&mut self, codec: Codec) -> Option<Pid> {
-        let pid = self.slots.iter().position(|s| !s.active)?;
+        let pid = match self.slots.iter().position(|s| !s.active) {
+            Some(pid) => pid,
+            None if self.slots.len() < self.limit => {
+                self.slots.push(Slot::new());
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
         let bit = 1u64 << pid;
         let others = self.members;
         let slot = &mut self.slots[pid];
@@ -644,6 +662,18 @@ mod tests {
             m.tick();
         }
         assert_eq!(m.take_counters().lost, 0);
+    }
+
+    #[test]
+    fn slots_are_made_as_participants_join_up_to_the_limit() {
+        let mut m = Mixer::with_room(2, 3);
+        let pids: Vec<_> = (0..3).map(|_| m.add(Codec::Pcmu)).collect();
+        assert_eq!(pids, vec![Some(0), Some(1), Some(2)]);
+        assert!(m.add(Codec::Pcmu).is_none());
+        assert!(
+            m.hears(2, 0) && m.hears(0, 2),
+            "the newcomer is in the relation"
+        );
     }
 
     #[test]

@@ -1161,9 +1161,14 @@ impl CallCore {
                     self.ack_b(Bytes::new(), None);
                 }
                 let status = self.core().cdr.final_status;
+                // A three-way's caller or agent that left has no dialog to end.
+                let gone = self.mix_gone();
                 self.end(status, by, reason);
-                self.after_cdr(AfterCdr::Bye(Leg::A));
-                self.after_cdr(AfterCdr::Bye(Leg::B));
+                for leg in [Leg::A, Leg::B] {
+                    if gone != Some(leg) {
+                        self.after_cdr(AfterCdr::Bye(leg));
+                    }
+                }
             }
             Some(Phase::Setup | Phase::Early | Phase::Queued) if self.a_answered() => {
                 self.hang_up_answered_caller(by, reason);

@@ -261,6 +261,11 @@ impl CallCore {
         Ok("ended".into())
     }
 
+    /// A three-way's caller or agent that left (its dialog is over).
+    pub(super) fn mix_gone(&self) -> Option<Leg> {
+        self.core.as_ref()?.consult.as_ref()?.gone
+    }
+
     /// The third party answered: the three legs meet in the mix.
     pub(super) fn mix_up(&mut self) {
         let Some(c) = self.core().consult.as_mut() else {

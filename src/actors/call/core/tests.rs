@@ -2476,3 +2476,24 @@ fn a_test_number_without_media_or_an_offer_is_refused_with_488() {
     );
     c.status(A, 488, Method::Invite);
 }
+
+#[test]
+fn a_three_way_released_after_the_caller_left_sends_no_bye_to_the_caller() {
+    let (mut c, _, mut a, _) = anchored_call("3way-release", None);
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    c.feed(Event::Hangup("released by api".into()));
+    c.request(B, Method::Bye);
+    c.request(C, Method::Bye);
+    assert!(
+        !c.has(A, |m| method(m) == Some(Method::Bye)),
+        "its dialog is over"
+    );
+    assert!(c.ended);
+}
