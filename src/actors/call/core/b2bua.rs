@@ -293,6 +293,9 @@ impl CallCore {
             self.end(status, by, "bye");
             return self.after_cdr(AfterCdr::Relay(leg, Box::new(msg), server));
         }
+        if self.mixed_leg_alone(leg, &method, server) {
+            return;
+        }
         self.relay_request(leg, &msg, server);
     }
 

@@ -397,6 +397,27 @@ impl CallCore {
         true
     }
 
+    /// An in-dialog request other than BYE from the caller or agent of a three-way whose
+    /// other main leg left: nothing to relay it to, so it is answered here. A re-INVITE or
+    /// UPDATE gets 488, which leaves the session as it was (RFC 3261 §14.2; its media is
+    /// the mix's), anything else 200. True when it was dealt with here.
+    pub(super) fn mixed_leg_alone(&mut self, leg: Leg, method: &Method, server: u32) -> bool {
+        let Some(gone) = self.mix_gone() else {
+            return false;
+        };
+        if leg == Leg::X {
+            return false;
+        }
+        if leg == gone {
+            self.respond(server, 481, "Call/Transaction Does Not Exist", None);
+        } else if matches!(method, Method::Invite | Method::Update) {
+            self.respond(server, 488, "Not Acceptable Here", None);
+        } else {
+            self.respond(server, 200, "OK", None);
+        }
+        true
+    }
+
     /// A BYE from the third party (`Leg::X`, transaction `id`) of a three-way or monitor.
     /// True when it was dealt with here.
     pub(super) fn mixed_x_bye(&mut self, id: u32) -> bool {

@@ -2497,3 +2497,22 @@ fn a_three_way_released_after_the_caller_left_sends_no_bye_to_the_caller() {
     );
     assert!(c.ended);
 }
+
+#[test]
+fn the_agent_alone_with_the_third_party_is_answered_by_the_switch() {
+    let (mut c, _, mut a, mut b) = anchored_call("3way-alone", None);
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    c.from(B, &b.request("INFO", 0, "", ""));
+    c.status(B, 200, Method::Info);
+    c.from(B, &b.request("INVITE", 0, "", SDP_B));
+    c.status(B, 488, Method::Invite);
+    assert!(!c.has(A, |_| true), "nothing goes to the caller who left");
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
