@@ -224,12 +224,22 @@ mod tests {
     //! Mixing on the relay with real sockets on loopback: phones on their own 127.0.0.x
     //! addresses send distinct tones; what each receives is checked by Goertzel.
     use super::*;
-    use crate::media::relay::{EngineConfig, MediaEngine, Session};
+    use crate::media::recording::KeyRing;
+    use crate::media::relay::{EngineConfig, MediaEngine, MediaEvent, Session};
     use crate::media::rtp;
     use crate::media::tone::{goertzel_power, ToneGen, SAMPLE_RATE};
     use std::net::{IpAddr, SocketAddr, UdpSocket};
+    use std::sync::Arc;
 
     fn engine(ports: (u16, u16)) -> MediaEngine {
+        engine_with(ports, std::env::temp_dir(), None)
+    }
+
+    fn engine_with(
+        ports: (u16, u16),
+        recordings_dir: std::path::PathBuf,
+        keys: Option<Arc<KeyRing>>,
+    ) -> MediaEngine {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         MediaEngine::start(EngineConfig {
             bind: ip,
@@ -237,8 +247,8 @@ mod tests {
             ports,
             // Two threads: the calls of a mix sit on different ones.
             threads: 2,
-            recordings_dir: std::env::temp_dir(),
-            keys: None,
+            recordings_dir,
+            keys,
             inband_dtmf: false,
             rtp_timeout: None,
         })
@@ -386,5 +396,66 @@ mod tests {
         talk(&mut [&mut caller, &mut agent], 25);
         assert_eq!(caller.tones(&T, 0.3), vec![T[1]]);
         assert_eq!(agent.tones(&T, 0.3), vec![T[0]]);
+    }
+
+    #[test]
+    fn a_recorded_call_in_a_mix_records_the_caller_and_everyone_it_hears() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = std::collections::BTreeMap::from([(
+            "k1".to_string(),
+            format!("hex:{}", "11".repeat(32)),
+        )]);
+        let ring = Arc::new(
+            KeyRing::from_config(&keys, None, std::path::Path::new("/nonexistent")).unwrap(),
+        );
+        let e = engine_with((48920, 48939), dir.path().to_path_buf(), Some(ring.clone()));
+        let done = Arc::new(std::sync::Mutex::new(None));
+        let sink = done.clone();
+        e.set_sink(Arc::new(move |ev| {
+            if let MediaEvent::RecordingFinished { finished, .. } = ev {
+                *sink.lock().unwrap() = Some(finished.path);
+            }
+        }));
+        let one = e.allocate(&Bytes::from_static(b"rec-call-1")).unwrap();
+        let two = e.allocate(&Bytes::from_static(b"rec-call-2")).unwrap();
+        let mut caller = Phone::new("127.0.0.34", &one, Side::A, T[0], Codec::Pcmu);
+        let mut agent = Phone::new("127.0.0.35", &one, Side::B, T[1], Codec::Pcmu);
+        let mut third = Phone::new("127.0.0.36", &two, Side::A, T[2], Codec::Pcma);
+        let mix = e.mix("recorded");
+        for (s, side) in [(&one, Side::A), (&one, Side::B), (&two, Side::A)] {
+            e.join_mix(&mix, s, side).unwrap();
+        }
+        one.record("mixrec-1".into(), "acme".into());
+        talk(&mut [&mut caller, &mut agent, &mut third], 40);
+        one.stop_recording();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let path = loop {
+            if let Some(p) = done.lock().unwrap().clone() {
+                break p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recording never finished"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let wav: Vec<u8> = crate::media::recording::open(&path, &ring)
+            .unwrap()
+            .flat_map(|c| c.unwrap())
+            .collect();
+        let (left, right, _) = crate::media::wav::read_stereo(&wav).unwrap();
+        let tones = |pcm: &[i16]| -> Vec<f32> {
+            T.iter()
+                .copied()
+                .filter(|&f| goertzel_power(pcm, f, SAMPLE_RATE) > 1_000_000.0)
+                .collect()
+        };
+        assert!(left.len() >= 8000 * 6 / 10, "{} samples", left.len());
+        assert_eq!(tones(&left), vec![T[0]], "left: the caller");
+        assert_eq!(
+            tones(&right),
+            vec![T[1], T[2]],
+            "right: what the caller hears"
+        );
     }
 }

@@ -1307,7 +1307,10 @@ impl RelayThread {
                     emit_dtmf(&self.engine, call, side, digit, DtmfSource::Inband);
                 }
             }
-            if recording {
+            // With both legs in a mix the right track is what the caller hears (everyone
+            // else in the mix, filled at the tick), not the B leg's own voice.
+            let mixed_b = side == 1 && this.mix.is_some() && other.mix.is_some();
+            if recording && !mixed_b {
                 this.rec_buf.extend(self.pcm[..len].iter().copied());
                 let over = this.rec_buf.len().saturating_sub(REC_BUFFER);
                 this.rec_buf.drain(..over);
@@ -1445,12 +1448,18 @@ impl RelayThread {
         let mut frame = [0i16; FRAME];
         let mut out = [0u8; 12 + FRAME];
         let mut mixed = [(Codec::Pcmu, [0u8; FRAME]); 4];
+        let mut heard = [[0i16; FRAME]; 4];
         let mut ended = 0i64;
         for slot in 0..self.sessions.len() {
             let Some(s) = self.sessions[slot].as_mut() else {
                 continue;
             };
-            for leg in s.legs.iter_mut() {
+            // A recorded call whose legs are in a mix: left the caller, right what the
+            // caller hears (the mix of everyone else: agent, third party, supervisor).
+            let record_mix =
+                s.rec.as_ref().is_some_and(|r| !r.paused) && s.legs.iter().all(|l| l.mix.is_some());
+            let mut heard_by_a = 0;
+            for (i, leg) in s.legs.iter_mut().enumerate() {
                 // Outgoing RFC 4733 digits first, then playback.
                 // Only to where the leg sent from, or its signalling host (no reflection).
                 if let (Some(pt), Some(dest), false) =
@@ -1490,6 +1499,12 @@ impl RelayThread {
                         }
                     }
                 }
+                if record_mix && i == 0 {
+                    for (k, (codec, enc)) in mixed[..n_mixed].iter().enumerate() {
+                        codec.decode_into(enc, &mut heard[k]);
+                    }
+                    heard_by_a = n_mixed;
+                }
                 if let Some(player) = &mut leg.play {
                     let more = player.next_frame(&mut frame);
                     if !more {
@@ -1520,6 +1535,14 @@ impl RelayThread {
                         &mut self.counters,
                     );
                 }
+            }
+            if record_mix {
+                let b = &mut s.legs[1];
+                for frame in &heard[..heard_by_a] {
+                    b.rec_buf.extend(frame.iter().copied());
+                }
+                let over = b.rec_buf.len().saturating_sub(REC_BUFFER);
+                b.rec_buf.drain(..over);
             }
             if let Some(rec) = s.rec.as_mut().filter(|r| !r.paused) {
                 let mut l = [0i16; FRAME];
