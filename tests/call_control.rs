@@ -1786,3 +1786,83 @@ async fn a_supervisor_listens_whispers_and_barges_in_and_others_may_not() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultation_completed_as_a_conference_mixes_all_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "48400-48499")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = three_phones(sw, 170).await;
+    agent_offerable(&node).await;
+    let cid = "consult-conf-node-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    let c = consult(
+        &node,
+        cid,
+        ("consult", r#"{"target":"1003"}"#),
+        &agent,
+        &p1003,
+    )
+    .await;
+    let (status, v) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult/conference"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["call"]["held"].is_null(),
+        "the customer no longer holds: {v}"
+    );
+    let phones = [
+        (&caller, to_switch_a),
+        (&agent, c.agent_to_consult),
+        (&p1003, c.to_switch_c),
+    ];
+    let heard = talk_tones(&phones).await;
+    assert_heard(
+        &heard,
+        &[&[1, 2], &[0, 2], &[0, 1]],
+        "consultation as a conference",
+    );
+
+    // 1003 is let go: the agent is re-INVITEd back to the customer's session.
+    let (status, _) = api(
+        &node,
+        "DELETE",
+        &format!("/calls/{cid}/conference"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (bye, _) = p1003.ua.expect_request("BYE").await;
+    p1003.ok(&bye, c.from_c).await;
+    let (back, from) = agent.ua.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&back);
+    agent
+        .ua
+        .send(
+            from,
+            &answer(&back, 200, "OK", "", agent.ua.addr, &agent.rtp.sdp()),
+        )
+        .await;
+    agent.ua.expect_request("ACK").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &agent,
+        to_switch_b,
+        "caller and agent after the conference",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &agent, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("conference:api>user:1003"));
+    node.shutdown().await;
+}

@@ -56,6 +56,7 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("POST", "/calls/{call_id}/consult"),
     ("POST", "/calls/{call_id}/consult/complete"),
     ("POST", "/calls/{call_id}/consult/cancel"),
+    ("POST", "/calls/{call_id}/consult/conference"),
     ("POST", "/calls/{call_id}/conference"),
     ("PUT", "/calls/{call_id}/conference"),
     ("DELETE", "/calls/{call_id}/conference"),

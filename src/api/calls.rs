@@ -8,6 +8,7 @@
 //! | `POST /calls/{call_id}/transfer` `{"target", "mode": "blind"}` | [`ControlAnswer`]: the agent's leg leaves, the other party is connected to the target |
 //! | `POST /calls/{call_id}/transfer` `{"target", "mode": "attended"}`, `POST /calls/{call_id}/consult` `{"target"}` | [`ControlAnswer`]: the customer holds while the target rings, then talks with the agent |
 //! | `POST /calls/{call_id}/consult/complete`, `/consult/cancel` | [`ControlAnswer`]: the target takes the agent's place (an attended transfer), or the agent is back with the customer |
+//! | `POST /calls/{call_id}/consult/conference` | [`ControlAnswer`]: a consultation whose target answered becomes a three-way (the customer stops holding and joins) |
 //! | `POST /calls/{call_id}/conference` `{"target"}`, `DELETE` | [`ControlAnswer`]: the target rings and joins the caller and the agent in a three-way call; DELETE lets it go |
 //! | `PUT /calls/{call_id}/conference` `{"party", "mute", "deaf"}` | [`ControlAnswer`]: `caller`, `agent` or `third` is muted (nobody hears it) or deaf (it hears nobody), or back |
 //! | `POST /calls/{call_id}/monitor` `{"supervisor", "mode"}`, `PUT` `{"mode"}`, `DELETE` | [`ControlAnswer`]: a supervisor of the call's queue rings and joins in `listen`, `whisper` or `barge` (403 for anyone else); PUT changes the mode, DELETE lets it go |
@@ -44,7 +45,7 @@ use super::{route, ApiState, Caller, Params, Problem, AUTH_REFUSED_TOTAL};
 use crate::actors::call::{CallContext, CallMsg, CallView, Command, Phase};
 
 /// Counter, labels `action` (`hold`, `unhold`, `transfer`, `consult`, `consult_complete`,
-/// `consult_cancel`, `conference`, `conference_party`, `conference_end`, `monitor`, `monitor_mode`,
+/// `consult_cancel`, `consult_conference`, `conference`, `conference_party`, `conference_end`, `monitor`, `monitor_mode`,
 /// `monitor_end`, `release`) and `result` (`ok`, `refused`, `not_found`, `unavailable`,
 /// `bad_request`): call-control commands on the API.
 pub const CALL_CONTROL_TOTAL: &str = "switchyard_call_control_total";
@@ -169,6 +170,11 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
     );
     let router = route(
         router,
+        "/calls/{call_id}/consult/conference",
+        post(consult_conference),
+    );
+    let router = route(
+        router,
         "/calls/{call_id}/conference",
         post(conference_call)
             .put(conference_party)
@@ -290,6 +296,16 @@ async fn consult_cancel(
 ) -> Response {
     let command = Ok(Command::ConsultCancel);
     control(&state, &caller, call_id, "consult_cancel", command).await
+}
+
+/// `POST /calls/{call_id}/consult/conference`: the consultation becomes a three-way.
+async fn consult_conference(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+) -> Response {
+    let command = Ok(Command::ConsultConference);
+    control(&state, &caller, call_id, "consult_conference", command).await
 }
 
 /// `POST /calls/{call_id}/conference {"target"}`: a three-way call.

@@ -148,6 +148,7 @@ impl CallCore {
             gone: None,
             muted: [false; 3],
             deaf: [false; 3],
+            agent_on_consult: false,
         }));
         self.register(call_id.clone());
         self.new_client_tx(Leg::X, Role::Consult, inv, branch, fork.dest);

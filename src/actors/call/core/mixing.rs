@@ -175,6 +175,39 @@ impl CallCore {
         Ok(label)
     }
 
+    /// `POST /calls/{id}/consult/conference`: the consultation becomes a three-way; the
+    /// customer stops holding and joins the agent and the target in the mix (the agent
+    /// stays on the consultation's session).
+    pub(super) fn api_consult_conference(&mut self) -> Result<String, Refused> {
+        let up = self
+            .core
+            .as_ref()
+            .and_then(|c| c.consult.as_ref())
+            .map(|c| (c.up, c.mix.is_some()));
+        match up {
+            Some((true, false)) => {}
+            Some((_, true)) => return Err(Refused::new(409, "a three-way or monitor is on")),
+            Some((false, _)) => {
+                return Err(Refused::new(
+                    409,
+                    "the consultation target has not answered",
+                ))
+            }
+            None => return Err(Refused::new(409, "no consultation in progress")),
+        }
+        if let Some(c) = self.core().consult.as_mut() {
+            c.mix = Some(MixKind::Conference);
+            c.agent_on_consult = true;
+        }
+        if self.core().held.take().is_some() {
+            let a = self.side_of(Leg::A);
+            self.media_op(MediaOp::StopPlay(a));
+        }
+        metrics::counter!(MIXES, "kind" => "conference", "outcome" => "started").increment(1);
+        let target = self.mix_up_joined();
+        Ok(target)
+    }
+
     /// `PUT /calls/{id}/monitor {mode}`: the monitor goes on in another mode.
     pub(super) fn api_monitor_mode(&mut self, mode: MonitorMode) -> Result<String, Refused> {
         let Some(c) = self.core().consult.as_mut() else {
@@ -272,6 +305,14 @@ impl CallCore {
             return;
         };
         c.up = true;
+        self.mix_up_joined();
+    }
+
+    /// The three legs meet in the mix; the CDR and the counters say so. The target.
+    fn mix_up_joined(&mut self) -> String {
+        let Some(c) = self.core().consult.as_mut() else {
+            return String::new();
+        };
         let (kind, target, id) = (
             c.mix.unwrap_or(MixKind::Conference),
             c.target.clone(),
@@ -289,6 +330,20 @@ impl CallCore {
         self.core().cdr.transfers.push(entry);
         metrics::counter!(MIXES, "kind" => kind.label(), "outcome" => "joined").increment(1);
         self.checkpoint();
+        target
+    }
+
+    /// After a consultation completed as a conference, the mix ended with the agent still
+    /// on the consultation's session: it comes back to the call's, bridged with the customer.
+    fn agent_back_from_consult(&mut self, c: &Consult) {
+        if !c.agent_on_consult || c.gone == Some(Leg::B) {
+            return;
+        }
+        self.media_op(MediaOp::Bridge(true));
+        if let Some(ports) = self.session {
+            let side = self.side_of(Leg::B);
+            self.reoffer_on(Leg::B, ports, side, Reoffer::Refresh);
+        }
     }
 
     /// The mix as it should be now: who is in it and who does not hear whom.
@@ -302,12 +357,20 @@ impl CallCore {
         let call = self.core().a_call_id.clone();
         let mut legs = Vec::with_capacity(3);
         for leg in [Leg::A, Leg::B] {
-            if c.gone != Some(leg) {
-                legs.push(MixLeg {
+            if c.gone == Some(leg) {
+                continue;
+            }
+            legs.push(if leg == Leg::B && c.agent_on_consult {
+                MixLeg {
+                    session: consult_key(&call),
+                    side: Side::A,
+                }
+            } else {
+                MixLeg {
                     session: call.clone(),
                     side: self.side_of(leg),
-                });
-            }
+                }
+            });
         }
         legs.push(MixLeg {
             session: consult_key(&call),
@@ -349,6 +412,7 @@ impl CallCore {
             self.out.push(Effect::Mix(MixOp::End));
             let id = String::from_utf8_lossy(&c.leg.dialog.call_id).into_owned();
             self.leg_left(&id, outcome);
+            self.agent_back_from_consult(c);
         }
         let outcome = if c.up { outcome } else { "failed" };
         metrics::counter!(MIXES, "kind" => kind.label(), "outcome" => outcome).increment(1);
@@ -457,6 +521,7 @@ impl CallCore {
             self.leg_left(&left, "bye");
             metrics::counter!(MIXES, "kind" => c.mix.map_or("conference", |k| k.label()), "outcome" => "left")
                 .increment(1);
+            self.agent_back_from_consult(&c);
             // `consult_over` must not count it again as failed.
             if let Some(k) = self.core().consult.take() {
                 self.stale_consults.push(k.leg.dialog.call_id.clone());

@@ -82,6 +82,8 @@ pub enum Command {
     ConsultComplete,
     /// The consultation ends; the agent is back with the customer.
     ConsultCancel,
+    /// The consultation becomes a three-way: the customer joins the agent and the target.
+    ConsultConference,
     /// A third party joins the caller and the agent (a three-way call).
     Conference {
         target: String,
@@ -361,6 +363,9 @@ struct Consult {
     /// A three-way's parties muted and deaf, by [`mixing::Party`] index.
     muted: [bool; 3],
     deaf: [bool; 3],
+    /// A consultation completed as a conference: the agent talks on the second session
+    /// (its A side), where the consultation had moved it.
+    agent_on_consult: bool,
 }
 
 /// A transfer in progress: the new leg rings in the B position while the transferor waits
@@ -730,6 +735,7 @@ impl CallCore {
             Command::Consult { target } => self.api_consult(&target),
             Command::ConsultComplete => self.api_consult_complete(),
             Command::ConsultCancel => self.api_consult_cancel(),
+            Command::ConsultConference => self.api_consult_conference(),
             Command::Conference { target } => self.api_conference(&target),
             Command::ConferenceEnd => self.api_mix_end(false),
             Command::ConferenceParty { party, mute, deaf } => {

@@ -2516,3 +2516,54 @@ fn the_agent_alone_with_the_third_party_is_answered_by_the_switch() {
     assert!(!c.has(A, |_| true), "nothing goes to the caller who left");
     assert_eq!(c.phase(), Phase::Confirmed);
 }
+
+#[test]
+fn a_consultation_completed_as_a_conference_joins_the_customer_and_ends_back_with_the_agent() {
+    let (mut c, inv_c, _) = consulting("consult-conf");
+    c.media.clear();
+    assert_eq!(
+        command(&mut c, Command::ConsultConference),
+        Ok("user:1003".to_string())
+    );
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
+    let (legs, apart) = last_mix(&c).expect("a mix");
+    assert_eq!(
+        legs,
+        vec![
+            ("consult-conf".to_string(), crate::media::relay::Side::A),
+            (
+                "consult-conf~consult".to_string(),
+                crate::media::relay::Side::A
+            ),
+            (
+                "consult-conf~consult".to_string(),
+                crate::media::relay::Side::B
+            ),
+        ],
+        "the agent stays on the consultation's session"
+    );
+    assert!(apart.is_empty());
+    assert_eq!(
+        command(&mut c, Command::ConsultConference)
+            .unwrap_err()
+            .status,
+        409
+    );
+    // The third party is let go: the agent comes back to the customer's session.
+    assert_eq!(
+        command(&mut c, Command::ConferenceEnd),
+        Ok("ended".to_string())
+    );
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    assert_eq!(c.mixes.last(), Some(&MixOp::End));
+    let back = c.request(B, Method::Invite);
+    assert!(
+        body(&back).contains("m=audio 20002 "),
+        "back on the call's session"
+    );
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+}
