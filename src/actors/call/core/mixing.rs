@@ -437,6 +437,11 @@ impl CallCore {
                     _ => self.core().b.call_id.clone(),
                 };
                 self.leg_left(&String::from_utf8_lossy(&id), "bye");
+                if leg == Leg::B {
+                    // A queue's agent who leaves is free (wrap-up) while the others talk on.
+                    let now = self.wall_ms;
+                    self.release_agent(Some(now));
+                }
                 self.mix_topology();
                 self.respond(server, 200, "OK", None);
                 self.checkpoint();

@@ -2567,3 +2567,19 @@ fn a_consultation_completed_as_a_conference_joins_the_customer_and_ends_back_wit
     );
     assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
 }
+
+#[test]
+fn a_queue_agent_who_leaves_a_three_way_is_freed_while_the_others_talk_on() {
+    let (mut c, _, _, mut b) = queue_call("3way-agent");
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    assert!(agent_msgs(&c, "alice").is_empty());
+    c.from(B, &b.request("BYE", 0, "", ""));
+    c.status(B, 200, Method::Bye);
+    assert_eq!(agent_msgs(&c, "alice"), vec!["call-ended".to_string()]);
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
