@@ -8,8 +8,8 @@
 //! conference is the full relation; supervisor listen, whisper and barge are the relation
 //! with some pairs removed (see the call core), so no mode lives in the media engine.
 //!
-//! Per input a small jitter buffer orders packets by RTP sequence number and plays them
-//! out one frame per tick after a short prefill; a frame missing at its turn is silence
+//! Per input a small jitter buffer places packets by RTP timestamp (any packet length)
+//! and plays them out one 20 ms frame per tick after a short prefill; a frame missing at its turn is silence
 //! (counted lost once the stream shows it was a gap, not a pause), a packet arriving after
 //! its turn is dropped (counted late). G.711 μ-law or A-law in, decoded to linear, summed
 //! in 32 bits and saturated to 16, re-encoded to each listener's law.
@@ -63,15 +63,20 @@ enum Play {
     Playing,
 }
 
-/// One input's jitter buffer: decoded frames in slots by sequence number.
+/// One input's jitter buffer: decoded audio placed by RTP timestamp into 20 ms frames
+/// (frame numbers count from the stream's first timestamp), so packets of any length
+/// (20, 30, 40 ms) fill the frames they cover, in whatever order they arrive.
 struct Jitter {
     frames: [[i16; FRAME]; JB_SLOTS],
-    seqs: [u16; JB_SLOTS],
-    present: [bool; JB_SLOTS],
+    /// The frame number each slot holds, and how many of its samples arrived.
+    numbers: [u32; JB_SLOTS],
+    filled: [u16; JB_SLOTS],
     ssrc: Option<u32>,
     state: Play,
-    /// The sequence number played next.
-    play_seq: u16,
+    /// The timestamp of frame 0.
+    base_ts: u32,
+    /// The frame played next.
+    play: u32,
     /// Missing frames in the current run (counted lost only if the stream goes on).
     missing: u32,
 }
@@ -80,55 +85,75 @@ impl Jitter {
     fn new() -> Jitter {
         Jitter {
             frames: [[0; FRAME]; JB_SLOTS],
-            seqs: [0; JB_SLOTS],
-            present: [false; JB_SLOTS],
+            numbers: [u32::MAX; JB_SLOTS],
+            filled: [0; JB_SLOTS],
             ssrc: None,
             state: Play::Idle,
-            play_seq: 0,
+            base_ts: 0,
+            play: 0,
             missing: 0,
         }
     }
 
-    fn restart(&mut self, ssrc: u32, seq: u16) {
-        self.present = [false; JB_SLOTS];
+    fn restart(&mut self, ssrc: u32, ts: u32) {
+        self.numbers = [u32::MAX; JB_SLOTS];
+        self.filled = [0; JB_SLOTS];
         self.ssrc = Some(ssrc);
         self.state = Play::Prefill;
-        self.play_seq = seq;
+        self.base_ts = ts;
+        self.play = 0;
         self.missing = 0;
     }
 
-    /// Frames buffered from the play position on.
+    /// Whole frames buffered from the play position on.
     fn buffered(&self) -> usize {
-        (0..JB_SLOTS)
+        (0..JB_SLOTS as u32)
             .filter(|&i| {
-                let seq = self.play_seq.wrapping_add(i as u16);
-                let idx = seq as usize % JB_SLOTS;
-                self.present[idx] && self.seqs[idx] == seq
+                let n = self.play.wrapping_add(i);
+                let idx = n as usize % JB_SLOTS;
+                self.numbers[idx] == n && self.filled[idx] as usize >= FRAME
             })
             .count()
     }
 
-    fn push(&mut self, ssrc: u32, seq: u16, codec: Codec, payload: &[u8], c: &mut MixCounters) {
+    fn push(&mut self, ssrc: u32, ts: u32, codec: Codec, payload: &[u8], c: &mut MixCounters) {
         if self.state == Play::Idle || self.ssrc != Some(ssrc) {
-            self.restart(ssrc, seq);
+            self.restart(ssrc, ts);
         }
-        let ahead = seq.wrapping_sub(self.play_seq) as i16;
-        if ahead < 0 {
+        // Where the packet starts, in samples from the play position (signed, modulo the
+        // 32-bit timestamp: before it is late).
+        let offset = ts
+            .wrapping_sub(self.base_ts)
+            .wrapping_sub(self.play.wrapping_mul(FRAME as u32)) as i32 as i64;
+        if offset < 0 {
             c.late += 1;
             return;
         }
-        if ahead as usize >= JB_SLOTS {
-            // Far ahead of playout (a jump in the sender's numbering, or a long stall of
-            // ours): start again from this packet rather than wait for it.
-            self.restart(ssrc, seq);
+        if offset + payload.len() as i64 > (JB_SLOTS * FRAME) as i64 {
+            // Far ahead of playout (a jump in the sender's clock, a talkspurt after a
+            // pause of ours): start again from this packet rather than wait for it.
+            self.restart(ssrc, ts);
         }
-        let idx = seq as usize % JB_SLOTS;
-        let frame = &mut self.frames[idx];
-        let n = payload.len().min(FRAME);
-        codec.decode_into(&payload[..n], &mut frame[..n]);
-        frame[n..].fill(0);
-        self.seqs[idx] = seq;
-        self.present[idx] = true;
+        let start = ts.wrapping_sub(self.base_ts);
+        let mut done = 0;
+        while done < payload.len() {
+            let at = start.wrapping_add(done as u32);
+            let number = at / FRAME as u32;
+            let within = (at % FRAME as u32) as usize;
+            let idx = number as usize % JB_SLOTS;
+            if self.numbers[idx] != number {
+                self.numbers[idx] = number;
+                self.filled[idx] = 0;
+                self.frames[idx] = [0; FRAME];
+            }
+            let n = (FRAME - within).min(payload.len() - done);
+            codec.decode_into(
+                &payload[done..done + n],
+                &mut self.frames[idx][within..within + n],
+            );
+            self.filled[idx] = (self.filled[idx] as usize + n).min(FRAME) as u16;
+            done += n;
+        }
     }
 
     /// The next frame into `out`; false when there is none to play (silence).
@@ -144,16 +169,17 @@ impl Jitter {
             Play::Playing => {
                 if self.buffered() > HIGH_WATER {
                     // Drift: the sender is ahead of our clock; skip a frame.
-                    let idx = self.play_seq as usize % JB_SLOTS;
-                    self.present[idx] = false;
-                    self.play_seq = self.play_seq.wrapping_add(1);
+                    let idx = self.play as usize % JB_SLOTS;
+                    self.numbers[idx] = u32::MAX;
+                    self.play = self.play.wrapping_add(1);
                 }
             }
         }
-        let idx = self.play_seq as usize % JB_SLOTS;
-        self.play_seq = self.play_seq.wrapping_add(1);
-        if self.present[idx] && self.seqs[idx] == self.play_seq.wrapping_sub(1) {
-            self.present[idx] = false;
+        let number = self.play;
+        let idx = number as usize % JB_SLOTS;
+        self.play = self.play.wrapping_add(1);
+        if self.numbers[idx] == number && self.filled[idx] > 0 {
+            self.numbers[idx] = u32::MAX;
             *out = self.frames[idx];
             c.lost += self.missing as u64;
             self.missing = 0;
@@ -339,14 +365,15 @@ impl Mixer {
         }
     }
 
-    /// An RTP packet's G.711 payload from the participant, `codec` by its payload type.
-    pub fn push(&mut self, pid: Pid, ssrc: u32, seq: u16, codec: Codec, payload: &[u8]) {
+    /// An RTP packet's G.711 payload from the participant (its SSRC and timestamp),
+    /// `codec` by its payload type.
+    pub fn push(&mut self, pid: Pid, ssrc: u32, ts: u32, codec: Codec, payload: &[u8]) {
         if !self.contains(pid) {
             return;
         }
         self.slots[pid]
             .jitter
-            .push(ssrc, seq, codec, payload, &mut self.counters);
+            .push(ssrc, ts, codec, payload, &mut self.counters);
     }
 
     /// Produces the next 20 ms frame of every participant (taken with [`Mixer::pop`]).
@@ -473,7 +500,7 @@ mod tests {
         }
         fn send(&mut self, m: &mut Mixer, pid: Pid) {
             let (seq, p) = self.packet();
-            m.push(pid, self.ssrc, seq, self.codec, &p);
+            m.push(pid, self.ssrc, seq as u32 * 160, self.codec, &p);
         }
     }
 
@@ -599,8 +626,8 @@ mod tests {
         let c = m.add(Codec::Pcmu).unwrap();
         let loud = [Codec::Pcmu.encode(30000); FRAME];
         for seq in 0..6u16 {
-            m.push(a, 1, seq, Codec::Pcmu, &loud);
-            m.push(b, 2, seq, Codec::Pcmu, &loud);
+            m.push(a, 1, seq as u32 * 160, Codec::Pcmu, &loud);
+            m.push(b, 2, seq as u32 * 160, Codec::Pcmu, &loud);
             m.tick();
         }
         let mut out = [0u8; FRAME];
@@ -624,7 +651,7 @@ mod tests {
         let arrivals: [&[u16]; 6] = [&[0], &[2], &[1], &[], &[4], &[5, 3]];
         for seqs in arrivals {
             for &s in seqs {
-                m.push(a, 7, s, Codec::Pcmu, &frame(s));
+                m.push(a, 7, s as u32 * 160, Codec::Pcmu, &frame(s));
             }
             m.tick();
             while m.pop(b, &mut out).is_some() {
@@ -645,12 +672,83 @@ mod tests {
     }
 
     #[test]
+    fn thirty_ms_packets_are_placed_by_timestamp_and_heard_without_gaps() {
+        let mut m = Mixer::new(2);
+        let a = m.add(Codec::Pcmu).unwrap();
+        let b = m.add(Codec::Pcmu).unwrap();
+        let mut gen = ToneGen::new(&[TONES[1]], 6000);
+        let mut heard = Vec::new();
+        let mut out = [0u8; FRAME];
+        let mut ts = 77_000u32;
+        // 60 ms of the clock: two 30 ms packets arrive, three frames are played.
+        for _ in 0..40 {
+            for _ in 0..2 {
+                let mut pcm = [0i16; 240];
+                gen.fill(&mut pcm);
+                let mut p = [0u8; 240];
+                Codec::Pcmu.encode_into(&pcm, &mut p);
+                m.push(a, 5, ts, Codec::Pcmu, &p);
+                ts = ts.wrapping_add(240);
+            }
+            for _ in 0..3 {
+                m.tick();
+                while let Some(codec) = m.pop(b, &mut out) {
+                    let mut pcm = [0i16; FRAME];
+                    codec.decode_into(&out, &mut pcm);
+                    heard.push(pcm);
+                }
+            }
+        }
+        // After the prefill every frame carries the tone, none is silence.
+        let first = heard
+            .iter()
+            .position(|f| f.iter().any(|&v| v.abs() > 1000))
+            .unwrap();
+        assert!(first <= 3, "prefill of {first} frames");
+        let silent = heard[first..]
+            .iter()
+            .filter(|f| f.iter().all(|&v| v.abs() < 100))
+            .count();
+        assert_eq!(silent, 0, "no gaps");
+        let pcm: Vec<i16> = heard[first..].iter().flatten().copied().collect();
+        assert_eq!(tones_in(&pcm), vec![TONES[1]]);
+        let c = m.take_counters();
+        assert_eq!((c.lost, c.late), (0, 0));
+    }
+
+    #[test]
+    fn a_packet_from_before_the_streams_start_is_late_not_a_restart() {
+        let mut m = Mixer::new(2);
+        let a = m.add(Codec::Pcmu).unwrap();
+        let b = m.add(Codec::Pcmu).unwrap();
+        let p = [Codec::Pcmu.encode(3000); FRAME];
+        for k in 0..4u32 {
+            m.push(a, 1, 10_000 + k * 160, Codec::Pcmu, &p);
+        }
+        // Reordered from before the first packet seen.
+        m.push(a, 1, 10_000 - 160, Codec::Pcmu, &p);
+        assert_eq!(m.take_counters().late, 1);
+        let mut out = [0u8; FRAME];
+        for _ in 0..2 {
+            m.tick();
+            m.pop(b, &mut out).expect("a frame");
+            assert!(Codec::Pcmu.decode(out[0]) > 2000, "the stream plays");
+        }
+        let c = m.take_counters();
+        assert_eq!(
+            (c.lost, c.late),
+            (0, 0),
+            "the buffer went on from where it was"
+        );
+    }
+
+    #[test]
     fn a_paused_stream_is_not_counted_lost_and_prefills_again() {
         let mut m = Mixer::new(2);
         let a = m.add(Codec::Pcma).unwrap();
         let payload = [Codec::Pcma.encode(2000); FRAME];
         for seq in 0..10u16 {
-            m.push(a, 9, seq, Codec::Pcma, &payload);
+            m.push(a, 9, seq as u32 * 160, Codec::Pcma, &payload);
             m.tick();
         }
         // On hold: nothing for a second.
@@ -658,7 +756,7 @@ mod tests {
             m.tick();
         }
         for seq in 500..510u16 {
-            m.push(a, 9, seq, Codec::Pcma, &payload);
+            m.push(a, 9, seq as u32 * 160, Codec::Pcma, &payload);
             m.tick();
         }
         assert_eq!(m.take_counters().lost, 0);

@@ -1338,9 +1338,13 @@ impl RelayThread {
             // In a mix: the audio goes there (telephone events and other payloads do not).
             if this.recv_ok {
                 if let Some(codec) = Codec::from_payload_type(h.payload_type) {
-                    mix.lock()
-                        .mixer
-                        .push(*pid, h.ssrc, h.seq, codec, &self.buf[payload.clone()]);
+                    mix.lock().mixer.push(
+                        *pid,
+                        h.ssrc,
+                        h.timestamp,
+                        codec,
+                        &self.buf[payload.clone()],
+                    );
                 }
             }
             return;
