@@ -1303,6 +1303,17 @@ fn validate_contact_centre<'a>(
                 "ring_timeout_secs and max_no_answer must be > 0".into(),
             );
         }
+        let mut seen = std::collections::HashSet::new();
+        for (k, s) in q.supervisors.iter().enumerate() {
+            // Users from a CSV file are read later: only the file's own users are checked.
+            let known = t.users_csv.is_some() || t.users.iter().any(|u| &u.username == s);
+            if s.is_empty() || !known || !seen.insert(s.as_str()) {
+                err(
+                    format!("{place}.supervisors[{k}]"),
+                    format!("{s:?}: a user of this tenant, listed once"),
+                );
+            }
+        }
         for (k, r) in q.required_skills.iter().enumerate() {
             if !(1..=10).contains(&r.level) {
                 err(
@@ -1488,6 +1499,10 @@ pub struct QueueConfig {
     /// Pause before the next offer to an agent whose phone was busy (486 Busy Here).
     #[serde(default = "default_busy_delay")]
     pub busy_delay_secs: u64,
+    /// The tenant's users who supervise this queue: they may monitor its calls
+    /// (`POST /calls/{id}/monitor`: listen, whisper, barge). Empty: nobody may.
+    #[serde(default)]
+    pub supervisors: Vec<String>,
 }
 
 /// An agent: a person with a SIP phone (a tenant user) who answers queue calls.
@@ -1844,6 +1859,27 @@ target = "queue:missing"
             "{errs:?}"
         );
         assert!(Config::from_toml("[[tenants]]\nid = \"t\"\ndomain = \"d\"\n[[tenants.queues]]\nid = \"q\"\nstrategy = \"fastest\"\n").is_err());
+    }
+
+    #[test]
+    fn queue_supervisors_are_users_of_the_tenant_listed_once() {
+        let with = |list: &str| {
+            Config::from_toml(&format!(
+                "[[tenants]]\nid = \"t\"\ndomain = \"d\"\n[[tenants.users]]\nusername = \"1009\"\nha1_md5 = \"00000000000000000000000000000000\"\n[[tenants.queues]]\nid = \"q\"\nsupervisors = {list}\n"
+            ))
+            .unwrap()
+            .validate()
+        };
+        with(r#"["1009"]"#).unwrap();
+        with("[]").unwrap();
+        for bad in [r#"["1010"]"#, r#"["1009", "1009"]"#, r#"[""]"#] {
+            let errs = with(bad).unwrap_err();
+            assert!(
+                errs.iter()
+                    .any(|e| e.place.starts_with("tenants[0].queues[0].supervisors[")),
+                "{bad}: {errs:?}"
+            );
+        }
     }
 
     #[test]

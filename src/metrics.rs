@@ -108,6 +108,7 @@ pub fn describe_all() {
     crate::routing::auth::describe();
     crate::security::describe();
     crate::media::relay::describe();
+    crate::media::mix::describe();
     crate::media::recording::describe();
     crate::cluster::membership::describe();
     crate::cluster::port::describe();

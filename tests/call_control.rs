@@ -20,6 +20,12 @@
 //! - A call actor that panics while its call is held, while a transfer rings and while its
 //!   agent consults: each resumes in a settled state (held; back with the transferor; back
 //!   with the agent).
+//! - The mixer (issue 18), each phone sending its own tone and the tones each hears checked
+//!   by Goertzel: a three-way (everyone hears the two others; the third party leaving
+//!   leaves caller and agent talking; the caller leaving leaves agent and third party
+//!   talking; the actor panicking changes nothing; a muted party is heard by nobody, a deaf
+//!   one hears silence), and a supervisor of the queue (1003)
+//!   listening, whispering and barging in, while others are refused with 403.
 
 mod common;
 
@@ -116,7 +122,9 @@ fn node_config(dir: &std::path::Path, ports: &str) -> Config {
             // 5000: support, where agent a2 (phone 1002) answers; 5001: sales, no agent.
             numbers: vec![number("5000", "support", 5), number("5001", "sales", 1)],
             queues: vec![
-                toml::from_str("id = \"support\"\nring_timeout_secs = 5\nwrap_up_secs = 60")
+                toml::from_str(
+                    "id = \"support\"\nring_timeout_secs = 5\nwrap_up_secs = 60\nsupervisors = [\"1003\"]",
+                )
                     .unwrap(),
                 toml::from_str("id = \"sales\"\nring_timeout_secs = 5").unwrap(),
             ],
@@ -1423,5 +1431,438 @@ async fn a_call_whose_actor_panics_while_consulting_is_back_with_the_agent() {
     )
     .await;
     caller_hangs_up(&caller, &mut a, &p1002, sw).await;
+    node.shutdown().await;
+}
+
+// ---- the mixer: three-way calls and supervision (issue 18) ----
+
+/// The caller's, the agent's and the third phone's tones.
+const TONES: [f32; 3] = [500.0, 1100.0, 1700.0];
+
+/// Of [`TONES`], those a phone heard (PCMU payloads): a strong component at the frequency.
+fn tones_in(payloads: &[Vec<u8>]) -> Vec<f32> {
+    use switchyard::media::{g711::Codec, tone};
+    let pcm: Vec<i16> = payloads
+        .iter()
+        .flatten()
+        .map(|&b| Codec::Pcmu.decode(b))
+        .collect();
+    TONES
+        .iter()
+        .copied()
+        .filter(|&f| tone::goertzel_power(&pcm, f, 8000) > 2_000_000.0)
+        .collect()
+}
+
+/// The phones send their tone of [`TONES`] (the first to the switch address given with it)
+/// for 1.2 s; the tones each heard, and how many packets.
+async fn talk_tones(phones: &[(&Phone, SocketAddr)]) -> Vec<(Vec<f32>, usize)> {
+    for (p, _) in phones {
+        p.rtp.drain();
+    }
+    let senders: Vec<_> = phones
+        .iter()
+        .enumerate()
+        .map(|(i, (p, to))| p.rtp.send_tone(*to, TONES[i], 60))
+        .collect();
+    let window = Duration::from_millis(1400);
+    let listeners: Vec<_> = phones
+        .iter()
+        .map(|(p, _)| {
+            let rtp = Rtp {
+                sock: p.rtp.sock.clone(),
+                addr: p.rtp.addr,
+            };
+            tokio::spawn(async move { rtp.listen(window).await })
+        })
+        .collect();
+    let mut heard = Vec::with_capacity(listeners.len());
+    for l in listeners {
+        let h = l.await.unwrap();
+        heard.push((tones_in(&h), h.len()));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    heard
+}
+
+/// Asserts what each phone heard: `expected[i]` are the indices into [`TONES`] phone `i`
+/// must hear, and no other.
+fn assert_heard(heard: &[(Vec<f32>, usize)], expected: &[&[usize]], what: &str) {
+    for (i, ((tones, packets), want)) in heard.iter().zip(expected).enumerate() {
+        let want: Vec<f32> = want.iter().map(|&k| TONES[k]).collect();
+        assert!(*packets >= 40, "{what}: phone {i} got {packets} packets");
+        assert_eq!(tones, &want, "{what}: phone {i} hears");
+    }
+}
+
+/// `POST /calls/{cid}/{what}` with `body`; 1003's phone rings and answers. Its INVITE,
+/// where it sends to and where the switch reaches it.
+async fn third_party_joins(
+    node: &Node,
+    cid: &str,
+    what: &str,
+    body: &str,
+    p1003: &Phone,
+) -> (Message, SocketAddr, SocketAddr) {
+    let (status, started) = api(node, "POST", &format!("/calls/{cid}/{what}"), ACME, body).await;
+    assert_eq!(status, 200, "{started}");
+    assert_eq!(started["result"], "user:1003", "{started}");
+    assert!(started["call"]["held"].is_null(), "nobody holds: {started}");
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    let to_switch_c = sdp_addr(&inv_c);
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 200, "OK", "ctag", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    p1003.ua.expect_request("ACK").await;
+    view_until(node, cid, "the third party is in the mix", |v| {
+        v["consult"]["up"] == true
+    })
+    .await;
+    (inv_c, to_switch_c, from_c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_way_call_mixes_three_phones_and_two_stay_when_one_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "48100-48199")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = three_phones(sw, 140).await;
+    agent_offerable(&node).await;
+    let cid = "3way-node-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+        ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    // Another tenant's token sees no such call.
+    let (status, _) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/conference"),
+        OTHER,
+        r#"{"target":"1003"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    let (inv_c, to_switch_c, from_c) =
+        third_party_joins(&node, cid, "conference", r#"{"target":"1003"}"#, &p1003).await;
+    let v = view(&node, cid).await;
+    assert_eq!(v["consult"]["kind"], "conference", "{v}");
+    let phones = [
+        (&caller, to_switch_a),
+        (&agent, to_switch_b),
+        (&p1003, to_switch_c),
+    ];
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[0, 2], &[0, 1]], "three-way");
+
+    // The caller muted: agent and 1003 hear only each other, the caller still hears both.
+    let path = format!("/calls/{cid}/conference");
+    let party = |body: &'static str| api(&node, "PUT", &path, ACME, body);
+    let (status, v) = party(r#"{"party":"caller","mute":true}"#).await;
+    assert_eq!((status, &v["result"]), (200, &Value::from("muted")), "{v}");
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[2], &[1]], "the caller muted");
+    // Unmuted, and 1003 deaf: it hears silence, the others hear everyone.
+    let (status, _) = party(r#"{"party":"caller","mute":false}"#).await;
+    assert_eq!(status, 200);
+    let (status, _) = party(r#"{"party":"third","deaf":true}"#).await;
+    assert_eq!(status, 200);
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[0, 2], &[]], "1003 deaf");
+
+    // 1003 hangs up: the caller and the agent go on talking.
+    let mut c_side = Side::callee(p1003.ua.addr, &inv_c, "ctag");
+    p1003
+        .ua
+        .send(from_c, &c_side.request("BYE", 0, "", ""))
+        .await;
+    p1003.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    view_until(&node, cid, "the third party left", |v| {
+        v["consult"].is_null()
+    })
+    .await;
+    talk(
+        &caller,
+        to_switch_a,
+        &agent,
+        to_switch_b,
+        "caller and agent after 1003 left",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &agent, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("conference:api>user:1003"));
+    let third = cdr
+        .legs
+        .iter()
+        .find(|l| l.role == "conference")
+        .expect("the third party's leg");
+    assert_eq!(third.end_reason, "bye");
+    assert!(metric(&node, "switchyard_mixer_frames_total", &["kind=\"mixed\""]).await > 100.0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_caller_leaves_a_three_way_the_agent_and_third_party_talk_on_even_across_a_panic()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "48200-48299")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = three_phones(sw, 150).await;
+    agent_offerable(&node).await;
+    let cid = "3way-node-2";
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+        mut b,
+        ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    let (_, to_switch_c, _) =
+        third_party_joins(&node, cid, "conference", r#"{"target":"1003"}"#, &p1003).await;
+
+    // The call's actor panics: the mix goes on, and so does the call.
+    crash_call(&node, cid).await;
+    let phones = [
+        (&caller, to_switch_a),
+        (&agent, to_switch_b),
+        (&p1003, to_switch_c),
+    ];
+    let heard = talk_tones(&phones).await;
+    assert_heard(
+        &heard,
+        &[&[1, 2], &[0, 2], &[0, 1]],
+        "three-way after a panic",
+    );
+
+    // The caller hangs up: answered at once, agent and 1003 stay connected.
+    caller.ua.send(sw, &a.request("BYE", 0, "", "")).await;
+    caller.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    let heard = talk_tones(&[(&p1003, to_switch_c), (&agent, to_switch_b)]).await;
+    // Here 1003 sends TONES[0] and the agent TONES[1].
+    assert_heard(
+        &heard,
+        &[&[1], &[0]],
+        "agent and 1003 after the caller left",
+    );
+    assert!(
+        request_within(&agent.ua, "BYE", Duration::from_millis(100))
+            .await
+            .is_none(),
+        "the agent was not hung up on"
+    );
+
+    // The agent hangs up: the call ends, 1003 gets the BYE.
+    agent.ua.send(sw, &b.request("BYE", 0, "", "")).await;
+    agent.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    let (bye, from) = p1003.ua.expect_request("BYE").await;
+    p1003.ok(&bye, from).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("conference:api>user:1003"));
+    assert!(
+        wait_until(Duration::from_secs(5), || node
+            .ctx
+            .directory
+            .lookup(cid.as_bytes())
+            .is_none())
+        .await
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_listens_whispers_and_barges_in_and_others_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "48300-48399")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = three_phones(sw, 160).await;
+    agent_offerable(&node).await;
+    let cid = "monitor-node-1";
+    let Up {
+        mut a,
+        to_switch_a,
+        to_switch_b,
+        ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    let path = format!("/calls/{cid}/monitor");
+
+    // 1001 supervises nothing: 403 with a problem body, and nothing rings.
+    let (status, problem) = api(
+        &node,
+        "POST",
+        &path,
+        ACME,
+        r#"{"supervisor":"1001","mode":"listen"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("supervisor")),
+        "{problem}"
+    );
+    let (status, _) = api(
+        &node,
+        "POST",
+        &path,
+        ACME,
+        r#"{"supervisor":"1003","mode":"spy"}"#,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = api(&node, "PUT", &path, ACME, r#"{"mode":"barge"}"#).await;
+    assert_eq!(status, 409, "not monitored yet");
+
+    let (_, to_switch_c, from_c) = third_party_joins(
+        &node,
+        cid,
+        "monitor",
+        r#"{"supervisor":"1003","mode":"listen"}"#,
+        &p1003,
+    )
+    .await;
+    let v = view(&node, cid).await;
+    assert_eq!(v["consult"]["kind"], "monitor", "{v}");
+    assert_eq!(v["consult"]["mode"], "listen", "{v}");
+    let phones = [
+        (&caller, to_switch_a),
+        (&agent, to_switch_b),
+        (&p1003, to_switch_c),
+    ];
+    // Caller 0, agent 1, supervisor 2.
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1], &[0], &[0, 1]], "listen");
+
+    let (status, v) = api(&node, "PUT", &path, ACME, r#"{"mode":"whisper"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1], &[0, 2], &[0, 1]], "whisper");
+
+    let (status, v) = api(&node, "PUT", &path, ACME, r#"{"mode":"barge"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[0, 2], &[0, 1]], "barge");
+
+    // Another tenant cannot end it; acme's token can: the supervisor gets BYE.
+    let (status, _) = api(&node, "DELETE", &path, OTHER, "").await;
+    assert_eq!(status, 404);
+    let (status, v) = api(&node, "DELETE", &path, ACME, "").await;
+    assert_eq!(status, 200, "{v}");
+    let (bye, _) = p1003.ua.expect_request("BYE").await;
+    p1003.ok(&bye, from_c).await;
+    talk(
+        &caller,
+        to_switch_a,
+        &agent,
+        to_switch_b,
+        "caller and agent after the monitor",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &agent, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(
+        cdr.transfers.as_deref(),
+        Some("monitor:listen>user:1003,monitor:whisper>user:1003,monitor:barge>user:1003")
+    );
+    assert!(cdr.legs.iter().any(|l| l.role == "monitor"));
+    assert!(
+        metric(
+            &node,
+            "switchyard_call_mixes_total",
+            &["kind=\"monitor\"", "outcome=\"refused\""]
+        )
+        .await
+            >= 1.0
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultation_completed_as_a_conference_mixes_all_three() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_with(node_config(dir.path(), "48400-48499")).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = three_phones(sw, 170).await;
+    agent_offerable(&node).await;
+    let cid = "consult-conf-node-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+    let c = consult(
+        &node,
+        cid,
+        ("consult", r#"{"target":"1003"}"#),
+        &agent,
+        &p1003,
+    )
+    .await;
+    let (status, v) = api(
+        &node,
+        "POST",
+        &format!("/calls/{cid}/consult/conference"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert!(
+        v["call"]["held"].is_null(),
+        "the customer no longer holds: {v}"
+    );
+    let phones = [
+        (&caller, to_switch_a),
+        (&agent, c.agent_to_consult),
+        (&p1003, c.to_switch_c),
+    ];
+    let heard = talk_tones(&phones).await;
+    assert_heard(
+        &heard,
+        &[&[1, 2], &[0, 2], &[0, 1]],
+        "consultation as a conference",
+    );
+
+    // 1003 is let go: the agent is re-INVITEd back to the customer's session.
+    let (status, _) = api(
+        &node,
+        "DELETE",
+        &format!("/calls/{cid}/conference"),
+        ACME,
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (bye, _) = p1003.ua.expect_request("BYE").await;
+    p1003.ok(&bye, c.from_c).await;
+    let (back, from) = agent.ua.expect_request("INVITE").await;
+    let to_switch_b = sdp_addr(&back);
+    agent
+        .ua
+        .send(
+            from,
+            &answer(&back, 200, "OK", "", agent.ua.addr, &agent.rtp.sdp()),
+        )
+        .await;
+    agent.ua.expect_request("ACK").await;
+    talk(
+        &caller,
+        to_switch_a,
+        &agent,
+        to_switch_b,
+        "caller and agent after the conference",
+    )
+    .await;
+    caller_hangs_up(&caller, &mut a, &agent, sw).await;
+    let cdr = cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.transfers.as_deref(), Some("conference:api>user:1003"));
     node.shutdown().await;
 }

@@ -87,6 +87,9 @@ pub fn describe() {
     );
 }
 
+/// The users who supervise each queue, by (tenant, queue).
+pub type Supervisors = DashMap<(Arc<str>, Arc<str>), Arc<[String]>>;
+
 /// What queues, agents and queued calls share.
 pub struct CcContext {
     pub node: String,
@@ -100,6 +103,9 @@ pub struct CcContext {
     pub queue_checkpoints: DashMap<String, QueueCheckpoint>,
     /// Agent id by (tenant, SIP user), for phone reachability changes.
     pub agents_by_user: DashMap<(Arc<str>, String), Arc<str>>,
+    /// The users who supervise each queue, by (tenant, queue) (`supervisors` of the
+    /// queue's config): who may monitor its calls. Set by the queue actor when it starts.
+    pub supervisors: Supervisors,
     /// Cluster mode: where messages go whose queue, agent or call is not on this node
     /// (set once by `cluster::port`; never set on a node alone).
     pub remote: OnceLock<Arc<dyn super::remote::Remote>>,
@@ -116,6 +122,7 @@ impl CcContext {
             agent_calls: DashMap::new(),
             queue_checkpoints: DashMap::new(),
             agents_by_user: DashMap::new(),
+            supervisors: DashMap::new(),
             remote: OnceLock::new(),
         }
     }
@@ -425,6 +432,10 @@ impl Actor for QueueActor {
             tracing::info!(queue = %name, "queue restored from checkpoint");
         }
         let c = &args.config;
+        args.cc.supervisors.insert(
+            (args.tenant.clone(), Arc::from(c.id.as_str())),
+            Arc::from(c.supervisors.clone()),
+        );
         let rules = OfferRules {
             ring_timeout: Duration::from_secs(c.ring_timeout_secs),
             wrap_up: Duration::from_secs(c.wrap_up_secs),

@@ -8,6 +8,10 @@
 //! | `POST /calls/{call_id}/transfer` `{"target", "mode": "blind"}` | [`ControlAnswer`]: the agent's leg leaves, the other party is connected to the target |
 //! | `POST /calls/{call_id}/transfer` `{"target", "mode": "attended"}`, `POST /calls/{call_id}/consult` `{"target"}` | [`ControlAnswer`]: the customer holds while the target rings, then talks with the agent |
 //! | `POST /calls/{call_id}/consult/complete`, `/consult/cancel` | [`ControlAnswer`]: the target takes the agent's place (an attended transfer), or the agent is back with the customer |
+//! | `POST /calls/{call_id}/consult/conference` | [`ControlAnswer`]: a consultation whose target answered becomes a three-way (the customer stops holding and joins) |
+//! | `POST /calls/{call_id}/conference` `{"target"}`, `DELETE` | [`ControlAnswer`]: the target rings and joins the caller and the agent in a three-way call; DELETE lets it go |
+//! | `PUT /calls/{call_id}/conference` `{"party", "mute", "deaf"}` | [`ControlAnswer`]: `caller`, `agent` or `third` is muted (nobody hears it) or deaf (it hears nobody), or back |
+//! | `POST /calls/{call_id}/monitor` `{"supervisor", "mode"}`, `PUT` `{"mode"}`, `DELETE` | [`ControlAnswer`]: a supervisor of the call's queue rings and joins in `listen`, `whisper` or `barge` (403 for anyone else); PUT changes the mode, DELETE lets it go |
 //! | `DELETE /calls/{call_id}` | 202 [`ControlAnswer`]: BYE to both legs (CDR reason `released by api`) |
 //!
 //! `{call_id}` is the caller leg's Call-ID (the CDR's `a_call_id`, `call_id` in the listing),
@@ -31,6 +35,8 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::actors::call::{MonitorMode, Party};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +45,8 @@ use super::{route, ApiState, Caller, Params, Problem, AUTH_REFUSED_TOTAL};
 use crate::actors::call::{CallContext, CallMsg, CallView, Command, Phase};
 
 /// Counter, labels `action` (`hold`, `unhold`, `transfer`, `consult`, `consult_complete`,
-/// `consult_cancel`, `release`) and `result` (`ok`, `refused`, `not_found`, `unavailable`,
+/// `consult_cancel`, `consult_conference`, `conference`, `conference_party`, `conference_end`, `monitor`, `monitor_mode`,
+/// `monitor_end`, `release`) and `result` (`ok`, `refused`, `not_found`, `unavailable`,
 /// `bad_request`): call-control commands on the API.
 pub const CALL_CONTROL_TOTAL: &str = "switchyard_call_control_total";
 
@@ -100,6 +107,32 @@ struct ConsultBody {
     target: String,
 }
 
+/// The body of `POST /calls/{call_id}/monitor`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorBody {
+    supervisor: String,
+    mode: String,
+}
+
+/// The body of `PUT /calls/{call_id}/conference`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartyBody {
+    party: String,
+    #[serde(default)]
+    mute: Option<bool>,
+    #[serde(default)]
+    deaf: Option<bool>,
+}
+
+/// The body of `PUT /calls/{call_id}/monitor`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MonitorModeBody {
+    mode: String,
+}
+
 #[derive(Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
@@ -130,10 +163,27 @@ pub(super) fn routes(router: Router<ApiState>) -> Router<ApiState> {
         "/calls/{call_id}/consult/complete",
         post(consult_complete),
     );
-    route(
+    let router = route(
         router,
         "/calls/{call_id}/consult/cancel",
         post(consult_cancel),
+    );
+    let router = route(
+        router,
+        "/calls/{call_id}/consult/conference",
+        post(consult_conference),
+    );
+    let router = route(
+        router,
+        "/calls/{call_id}/conference",
+        post(conference_call)
+            .put(conference_party)
+            .delete(conference_end),
+    );
+    route(
+        router,
+        "/calls/{call_id}/monitor",
+        post(monitor_call).put(monitor_mode).delete(monitor_end),
     )
 }
 
@@ -246,6 +296,117 @@ async fn consult_cancel(
 ) -> Response {
     let command = Ok(Command::ConsultCancel);
     control(&state, &caller, call_id, "consult_cancel", command).await
+}
+
+/// `POST /calls/{call_id}/consult/conference`: the consultation becomes a three-way.
+async fn consult_conference(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+) -> Response {
+    let command = Ok(Command::ConsultConference);
+    control(&state, &caller, call_id, "consult_conference", command).await
+}
+
+/// `POST /calls/{call_id}/conference {"target"}`: a three-way call.
+async fn conference_call(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command = Json::<ConsultBody>::from_bytes(&body)
+        .map_err(|e| Problem::bad_request(e.body_text()))
+        .and_then(|b| checked_target(b.0.target))
+        .map(|target| Command::Conference { target });
+    control(&state, &caller, call_id, "conference", command).await
+}
+
+/// `PUT /calls/{call_id}/conference {"party", "mute", "deaf"}`.
+async fn conference_party(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command = party_command(&body);
+    control(&state, &caller, call_id, "conference_party", command).await
+}
+
+fn party_command(body: &[u8]) -> Result<Command, Problem> {
+    let b = Json::<PartyBody>::from_bytes(body)
+        .map_err(|e| Problem::bad_request(e.body_text()))?
+        .0;
+    let party = Party::parse(&b.party)
+        .ok_or_else(|| Problem::bad_request("party: caller, agent or third".to_string()))?;
+    if b.mute.is_none() && b.deaf.is_none() {
+        return Err(Problem::bad_request(
+            "mute or deaf (true or false)".to_string(),
+        ));
+    }
+    Ok(Command::ConferenceParty {
+        party,
+        mute: b.mute,
+        deaf: b.deaf,
+    })
+}
+
+async fn conference_end(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+) -> Response {
+    let command = Ok(Command::ConferenceEnd);
+    control(&state, &caller, call_id, "conference_end", command).await
+}
+
+/// `POST /calls/{call_id}/monitor {"supervisor", "mode"}`.
+async fn monitor_call(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command = monitor_command(&body);
+    control(&state, &caller, call_id, "monitor", command).await
+}
+
+/// `PUT /calls/{call_id}/monitor {"mode"}`.
+async fn monitor_mode(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let command = Json::<MonitorModeBody>::from_bytes(&body)
+        .map_err(|e| Problem::bad_request(e.body_text()))
+        .and_then(|b| checked_mode(&b.0.mode))
+        .map(Command::MonitorMode);
+    control(&state, &caller, call_id, "monitor_mode", command).await
+}
+
+async fn monitor_end(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(call_id): Path<String>,
+) -> Response {
+    let command = Ok(Command::MonitorEnd);
+    control(&state, &caller, call_id, "monitor_end", command).await
+}
+
+fn monitor_command(body: &[u8]) -> Result<Command, Problem> {
+    let b = Json::<MonitorBody>::from_bytes(body)
+        .map_err(|e| Problem::bad_request(e.body_text()))?
+        .0;
+    Ok(Command::Monitor {
+        supervisor: checked_target(b.supervisor)?,
+        mode: checked_mode(&b.mode)?,
+    })
+}
+
+fn checked_mode(mode: &str) -> Result<MonitorMode, Problem> {
+    MonitorMode::parse(mode)
+        .ok_or_else(|| Problem::bad_request("mode: listen, whisper or barge".to_string()))
 }
 
 /// `DELETE /calls/{call_id}`: the call ends at once (BYE to both legs, or the caller's
@@ -427,6 +588,41 @@ mod tests {
         assert_eq!(status(br#"{"target":"1003","extra":1}"#), 400);
         assert_eq!(status(b"{"), 400);
         assert_eq!(status(b""), 400);
+    }
+
+    #[test]
+    fn monitor_bodies_are_checked() {
+        assert_eq!(
+            monitor_command(br#"{"supervisor":"1009","mode":"whisper"}"#).unwrap(),
+            Command::Monitor {
+                supervisor: "1009".into(),
+                mode: MonitorMode::Whisper
+            }
+        );
+        let status = |b: &[u8]| monitor_command(b).unwrap_err().status;
+        assert_eq!(status(br#"{"supervisor":"1009","mode":"spy"}"#), 400);
+        assert_eq!(status(br#"{"supervisor":"1009"}"#), 400);
+        assert_eq!(
+            status(br#"{"supervisor":"sip:x@evil","mode":"listen"}"#),
+            400
+        );
+        assert_eq!(
+            status(br#"{"supervisor":"1009","mode":"listen","x":1}"#),
+            400
+        );
+        assert_eq!(checked_mode("barge").unwrap(), MonitorMode::Barge);
+        assert_eq!(
+            party_command(br#"{"party":"third","mute":true}"#).unwrap(),
+            Command::ConferenceParty {
+                party: Party::Third,
+                mute: Some(true),
+                deaf: None
+            }
+        );
+        let status = |b: &[u8]| party_command(b).unwrap_err().status;
+        assert_eq!(status(br#"{"party":"third"}"#), 400);
+        assert_eq!(status(br#"{"party":"boss","mute":true}"#), 400);
+        assert_eq!(status(br#"{"party":"agent","mute":"yes"}"#), 400);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`tone`]: tone synthesis and dominant-frequency analysis.
 //! - [`wav`]: WAV files in and out (8 kHz mono for prompts, stereo for recordings).
 //! - [`prompts`]: the prompt library (files, espeak-ng text to speech, number composition).
+//! - [`mix`]: a mix on the relay threads (legs of one or several calls, its clock).
+//! - [`mixer`]: the conference mixer (who hears whom, jitter buffers, G.711 in and out).
 //! - [`recording`]: envelope-encrypted two-track recordings (AES-256-GCM) and their keys.
 //! - [`batch`]: batched UDP receive (`recvmmsg`).
 //! - [`ports`]: the RTP/RTCP port pool.
@@ -19,6 +21,8 @@ pub mod batch;
 pub mod dtmf;
 pub mod g711;
 pub mod latch;
+pub mod mix;
+pub mod mixer;
 pub mod ports;
 pub mod prompts;
 pub mod quality;

@@ -36,6 +36,7 @@ use super::batch::{Batch, BATCH};
 use super::dtmf::{EventDetector, InbandDetector};
 use super::g711::Codec;
 use super::latch::{Latch, Verdict};
+use super::mix::{self, Mix};
 use super::ports::PortPool;
 use super::quality::{self, LegQuality, RecvStats};
 use super::recording::{Finished, KeyRing, Recorder};
@@ -80,7 +81,7 @@ pub fn describe() {
     describe_counter!(BYTES, "RTP and RTCP bytes, by dir (in, out)");
     describe_counter!(
         DROPPED,
-        "Packets not relayed, by reason (malformed, no_peer, direction, send_error, playback, foreign_source: from an address the leg may not latch onto, not_latched: to a leg whose SDP address is not the signalling host's, before its first packet)"
+        "Packets not relayed, by reason (malformed, no_peer, direction, send_error, playback, foreign_source: from an address the leg may not latch onto, not_latched: to a leg whose SDP address is not the signalling host's, before its first packet; mixed: to a leg that hears a mix instead)"
     );
     describe_counter!(
         LOST,
@@ -207,6 +208,11 @@ pub struct EngineConfig {
     pub rtp_timeout: Option<Duration>,
 }
 
+/// A mix refused a participant: it is full ([`mix::MIX_CAPACITY`]) or has ended.
+#[derive(Debug, thiserror::Error)]
+#[error("the mix is full or has ended")]
+pub struct MixFull;
+
 /// Why a session could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -258,6 +264,8 @@ pub struct Session {
     stats: Mutex<[LegStats; 2]>,
     recording: Mutex<Option<String>>,
     released: AtomicBool,
+    /// The mix each leg is in, as the control side put it there.
+    mixes: Mutex<[Option<Arc<Mix>>; 2]>,
 }
 
 impl Session {
@@ -400,6 +408,17 @@ enum Command {
         side: Side,
         digit: char,
     },
+    /// The leg's audio goes to the mix and it hears the mix (instead of the other leg).
+    JoinMix {
+        side: Side,
+        mix: Arc<Mix>,
+        pid: super::mixer::Pid,
+    },
+    /// The leg leaves the mix (back to the session's own relay).
+    LeaveMix {
+        side: Side,
+        mix: Arc<Mix>,
+    },
 }
 
 struct Envelope {
@@ -442,6 +461,8 @@ struct EngineInner {
     next_serial: AtomicU64,
     recordings_active: AtomicU64,
     playbacks: AtomicU64,
+    mixes: DashMap<String, Arc<Mix>>,
+    mix_participants: AtomicU64,
 }
 
 /// The relay engine: the port pool, the relay threads and the sessions by Call-ID.
@@ -478,6 +499,8 @@ impl MediaEngine {
             next_serial: AtomicU64::new(1),
             recordings_active: AtomicU64::new(0),
             playbacks: AtomicU64::new(0),
+            mixes: DashMap::new(),
+            mix_participants: AtomicU64::new(0),
         });
         for (i, (poll, rx)) in loops.into_iter().enumerate() {
             let weak = Arc::downgrade(&inner);
@@ -547,6 +570,7 @@ impl MediaEngine {
             stats: Mutex::new([LegStats::default(); 2]),
             recording: Mutex::new(None),
             released: AtomicBool::new(false),
+            mixes: Mutex::new([None, None]),
         });
         let sess = Sess::new(session.clone(), [a, b], inner.cfg.inband_dtmf);
         inner.threads[thread].send(Envelope {
@@ -608,6 +632,71 @@ impl MediaEngine {
                 source: DtmfSource::Info,
             });
         }
+    }
+
+    /// The mix named `id`, made now if there is none (it goes once its last participant
+    /// has left).
+    pub fn mix(&self, id: &str) -> Arc<Mix> {
+        let mix = self
+            .inner
+            .mixes
+            .entry(id.to_string())
+            .or_insert_with(|| Arc::new(Mix::new(id.to_string())))
+            .clone();
+        metrics::gauge!(mix::MIXES_ACTIVE).set(self.inner.mixes.len() as f64);
+        mix
+    }
+
+    /// The mix named `id`, if it exists.
+    pub fn find_mix(&self, id: &str) -> Option<Arc<Mix>> {
+        self.inner.mixes.get(id).map(|m| m.clone())
+    }
+
+    /// Mixes in progress.
+    pub fn mixes(&self) -> usize {
+        self.inner.mixes.len()
+    }
+
+    /// Puts `side` of `session` into `mix` (out of any other mix it was in): from the next
+    /// packet its audio goes to the mix, and it hears what the mix makes for it (everyone
+    /// at first; see [`Mix::set_hears`]). Err when the mix is full or closed.
+    pub fn join_mix(&self, mix: &Arc<Mix>, session: &Session, side: Side) -> Result<(), MixFull> {
+        if mix::closed(mix) {
+            return Err(MixFull);
+        }
+        let previous = lock(&session.mixes)[side.idx()].clone();
+        if let Some(prev) = previous.filter(|p| !Arc::ptr_eq(p, mix)) {
+            self.leave_mix(session, side);
+            drop(prev);
+        }
+        let known = mix.pid(&session.call, side).is_some();
+        let pid = mix.add(&session.call, side, Codec::Pcmu).ok_or(MixFull)?;
+        if !known {
+            self.inner.mix_joined();
+        }
+        lock(&session.mixes)[side.idx()] = Some(mix.clone());
+        session.send(Command::JoinMix {
+            side,
+            mix: mix.clone(),
+            pid,
+        });
+        Ok(())
+    }
+
+    /// Takes `side` of `session` out of its mix (the mix ends with its last participant).
+    pub fn leave_mix(&self, session: &Session, side: Side) {
+        let Some(mix) = lock(&session.mixes)[side.idx()].take() else {
+            return;
+        };
+        if let Some(pid) = mix.pid(&session.call, side) {
+            self.inner.mix_left(&mix, pid);
+        }
+        session.send(Command::LeaveMix { side, mix });
+    }
+
+    /// The mix `side` of `session` is in.
+    pub fn mix_of(&self, session: &Session, side: Side) -> Option<Arc<Mix>> {
+        lock(&session.mixes)[side.idx()].clone()
     }
 
     fn gauges(&self) {
@@ -692,6 +781,8 @@ struct LegIo {
     last_lost: i64,
     last_expected: u64,
     max_seq: Option<u16>,
+    /// The mix the leg is in, and its participant there.
+    mix: Option<(Arc<Mix>, super::mixer::Pid)>,
 }
 
 impl LegIo {
@@ -733,6 +824,7 @@ impl LegIo {
             last_lost: 0,
             last_expected: 0,
             max_seq: None,
+            mix: None,
         }
     }
 
@@ -893,6 +985,10 @@ struct Counters {
     dtmf_rfc4733: u64,
     dtmf_inband: u64,
     echoed: u64,
+    /// Packets not relayed because the leg they would go to hears a mix instead.
+    mixed: u64,
+    mix: super::mixer::MixCounters,
+    mix_cpu: Duration,
 }
 
 struct RelayThread {
@@ -1063,6 +1159,22 @@ impl RelayThread {
             }
         }
         if let Some(engine) = self.engine.upgrade() {
+            for leg in s.legs.iter_mut() {
+                // The call is gone: its legs leave their mixes (the others go on).
+                if let Some((mix, pid)) = leg.mix.take() {
+                    take_mix_counters(&mix, &mut self.counters);
+                    engine.mix_left(&mix, pid);
+                }
+            }
+            for (i, m) in lock(&s.shared.mixes).iter_mut().enumerate() {
+                if let Some(mix) = m.take() {
+                    if let Some(pid) =
+                        mix.pid(&s.shared.call, if i == 0 { Side::A } else { Side::B })
+                    {
+                        engine.mix_left(&mix, pid);
+                    }
+                }
+            }
             for leg in &s.legs {
                 engine.pool.give(leg.port);
             }
@@ -1195,7 +1307,10 @@ impl RelayThread {
                     emit_dtmf(&self.engine, call, side, digit, DtmfSource::Inband);
                 }
             }
-            if recording {
+            // With both legs in a mix the right track is what the caller hears (everyone
+            // else in the mix, filled at the tick), not the B leg's own voice.
+            let mixed_b = side == 1 && this.mix.is_some() && other.mix.is_some();
+            if recording && !mixed_b {
                 this.rec_buf.extend(self.pcm[..len].iter().copied());
                 let over = this.rec_buf.len().saturating_sub(REC_BUFFER);
                 this.rec_buf.drain(..over);
@@ -1219,7 +1334,26 @@ impl RelayThread {
             }
             return;
         }
+        if let Some((mix, pid)) = &this.mix {
+            // In a mix: the audio goes there (telephone events and other payloads do not).
+            if this.recv_ok {
+                if let Some(codec) = Codec::from_payload_type(h.payload_type) {
+                    mix.lock().mixer.push(
+                        *pid,
+                        h.ssrc,
+                        h.timestamp,
+                        codec,
+                        &self.buf[payload.clone()],
+                    );
+                }
+            }
+            return;
+        }
         if !bridged {
+            return;
+        }
+        if other.mix.is_some() {
+            self.counters.mixed += 1;
             return;
         }
         if !this.recv_ok || !other.send_ok {
@@ -1302,7 +1436,7 @@ impl RelayThread {
                     }
                 }
             }
-            if bridged && other.play.is_none() {
+            if bridged && other.play.is_none() && this.mix.is_none() && other.mix.is_none() {
                 if let Some(dest) = other.latch.rtcp_dest() {
                     if other.rtcp.send_to(&self.buf[..n], dest).is_ok() {
                         self.counters.rtcp_out += 1;
@@ -1317,12 +1451,19 @@ impl RelayThread {
     fn tick(&mut self) {
         let mut frame = [0i16; FRAME];
         let mut out = [0u8; 12 + FRAME];
+        let mut mixed = [(Codec::Pcmu, [0u8; FRAME]); 4];
+        let mut heard = [[0i16; FRAME]; 4];
         let mut ended = 0i64;
         for slot in 0..self.sessions.len() {
             let Some(s) = self.sessions[slot].as_mut() else {
                 continue;
             };
-            for leg in s.legs.iter_mut() {
+            // A recorded call whose legs are in a mix: left the caller, right what the
+            // caller hears (the mix of everyone else: agent, third party, supervisor).
+            let record_mix =
+                s.rec.as_ref().is_some_and(|r| !r.paused) && s.legs.iter().all(|l| l.mix.is_some());
+            let mut heard_by_a = 0;
+            for (i, leg) in s.legs.iter_mut().enumerate() {
                 // Outgoing RFC 4733 digits first, then playback.
                 // Only to where the leg sent from, or its signalling host (no reflection).
                 if let (Some(pt), Some(dest), false) =
@@ -1346,57 +1487,66 @@ impl RelayThread {
                     }
                     continue;
                 }
-                let Some(player) = &mut leg.play else {
-                    continue;
-                };
-                let more = player.next_frame(&mut frame);
-                if !more {
-                    leg.play = None;
-                    ended += 1;
-                    continue;
-                }
-                if !leg.send_ok {
-                    continue;
-                }
-                let Some(dest) = leg.latch.dest() else {
-                    // Not before the leg's first packet, unless its SDP address is its
-                    // signalling host's: never music at a third address named in SDP.
-                    self.counters.not_latched += 1;
-                    continue;
-                };
-                let codec = leg.codec.unwrap_or(Codec::Pcmu);
-                let h = rtp::write_rtp_header(
-                    &mut out,
-                    false,
-                    codec.payload_type(),
-                    leg.out_seq,
-                    leg.out_ts,
-                    leg.out_ssrc,
-                );
-                codec.encode_into(&frame, &mut out[h..h + FRAME]);
-                leg.out_seq = leg.out_seq.wrapping_add(1);
-                leg.out_ts = leg.out_ts.wrapping_add(FRAME as u32);
-                match leg.send_rtp(&out[..h + FRAME], dest) {
-                    Ok(_) => {
-                        leg.packets_out += 1;
-                        leg.own_packets = leg.own_packets.wrapping_add(1);
-                        leg.own_octets = leg.own_octets.wrapping_add(FRAME as u32);
-                        self.counters.rtp_out += 1;
-                        self.counters.bytes_out += (h + FRAME) as u64;
-                    }
-                    Err(_) => self.counters.send_error += 1,
-                }
-                // The leg hears the switch, not the other phone: the switch reports as its
-                // sender (RTCP SR with a block on what the leg sends).
-                if leg
-                    .last_own_rtcp
-                    .is_none_or(|t| t.elapsed() >= OWN_RTCP_EVERY)
-                {
-                    leg.last_own_rtcp = Some(Instant::now());
-                    if leg.send_own_rtcp(&mut self.rtcp_out) {
-                        self.counters.rtcp_out += 1;
+                // The leg's frames from its mix (taken even while it is played to, so the
+                // mix does not count them as overrun).
+                let mut n_mixed = 0;
+                if let Some((mix, pid)) = &leg.mix {
+                    let mut st = mix.lock();
+                    Mix::advance(&mut st, mix.epoch());
+                    while n_mixed < mixed.len() {
+                        match st.mixer.pop(*pid, &mut mixed[n_mixed].1) {
+                            Some(codec) => {
+                                mixed[n_mixed].0 = codec;
+                                n_mixed += 1;
+                            }
+                            None => break,
+                        }
                     }
                 }
+                if record_mix && i == 0 {
+                    for (k, (codec, enc)) in mixed[..n_mixed].iter().enumerate() {
+                        codec.decode_into(enc, &mut heard[k]);
+                    }
+                    heard_by_a = n_mixed;
+                }
+                if let Some(player) = &mut leg.play {
+                    let more = player.next_frame(&mut frame);
+                    if !more {
+                        leg.play = None;
+                        ended += 1;
+                        continue;
+                    }
+                    let codec = leg.codec.unwrap_or(Codec::Pcmu);
+                    let mut enc = [0u8; FRAME];
+                    codec.encode_into(&frame, &mut enc);
+                    send_own_frame(
+                        leg,
+                        codec,
+                        &enc,
+                        &mut out,
+                        &mut self.rtcp_out,
+                        &mut self.counters,
+                    );
+                    continue;
+                }
+                for (codec, enc) in &mixed[..n_mixed] {
+                    send_own_frame(
+                        leg,
+                        *codec,
+                        enc,
+                        &mut out,
+                        &mut self.rtcp_out,
+                        &mut self.counters,
+                    );
+                }
+            }
+            if record_mix {
+                let b = &mut s.legs[1];
+                for frame in &heard[..heard_by_a] {
+                    b.rec_buf.extend(frame.iter().copied());
+                }
+                let over = b.rec_buf.len().saturating_sub(REC_BUFFER);
+                b.rec_buf.drain(..over);
             }
             if let Some(rec) = s.rec.as_mut().filter(|r| !r.paused) {
                 let mut l = [0i16; FRAME];
@@ -1443,6 +1593,9 @@ impl RelayThread {
         };
         let mut out = [LegStats::default(); 2];
         for (i, leg) in s.legs.iter_mut().enumerate() {
+            if let Some((mix, _)) = &leg.mix {
+                take_mix_counters(mix, &mut self.counters);
+            }
             if leg.stats_started {
                 let lost = leg.stats.lost();
                 let expected = leg.stats.expected();
@@ -1490,6 +1643,12 @@ impl RelayThread {
         add(LOST, &[], c.lost.max(0) as u64);
         add(EXPECTED, &[], c.expected);
         add(LATE, &[], c.late);
+        add(DROPPED, &[("reason", "mixed")], c.mixed);
+        add(mix::FRAMES, &[("kind", "mixed")], c.mix.frames);
+        add(mix::FRAMES, &[("kind", "lost")], c.mix.lost);
+        add(mix::FRAMES, &[("kind", "late")], c.mix.late);
+        add(mix::FRAMES, &[("kind", "overrun")], c.mix.overrun);
+        add(mix::CPU, &[], c.mix_cpu.as_micros() as u64);
         add(DTMF, &[("source", "rfc4733")], c.dtmf_rfc4733);
         add(DTMF, &[("source", "inband")], c.dtmf_inband);
         add(ECHOED, &[], c.echoed);
@@ -1702,8 +1861,11 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
                 leg.connected = super::batch::disconnect(leg.rtp.as_raw_fd()).is_err();
             }
             s.alive_at = Instant::now();
-            if codec.is_some() {
+            if let Some(c) = codec {
                 leg.codec = codec;
+                if let Some((mix, pid)) = &leg.mix {
+                    mix.lock().set_codec(*pid, c);
+                }
             }
             leg.te_pt = te_pt.or(leg.te_pt);
         }
@@ -1720,7 +1882,27 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
             leg.recv_ok = sends;
             leg.send_ok = receives;
         }
-        Command::Codec { side, codec } => s.legs[side.idx()].codec = Some(codec),
+        Command::Codec { side, codec } => {
+            let leg = &mut s.legs[side.idx()];
+            leg.codec = Some(codec);
+            if let Some((mix, pid)) = &leg.mix {
+                mix.lock().set_codec(*pid, codec);
+            }
+        }
+        Command::JoinMix { side, mix, pid } => {
+            let leg = &mut s.legs[side.idx()];
+            if let Some(codec) = leg.codec {
+                mix.lock().set_codec(pid, codec);
+            }
+            s.alive_at = Instant::now();
+            leg.mix = Some((mix, pid));
+        }
+        Command::LeaveMix { side, mix } => {
+            let leg = &mut s.legs[side.idx()];
+            if leg.mix.as_ref().is_some_and(|(m, _)| Arc::ptr_eq(m, &mix)) {
+                leg.mix = None;
+            }
+        }
         Command::Bridge(on) => s.bridged = on,
         Command::Play { side, playlist } => {
             let leg = &mut s.legs[side.idx()];
@@ -1771,6 +1953,29 @@ fn apply(s: &mut Sess, cmd: Command, engine: &std::sync::Weak<EngineInner>) {
 }
 
 impl EngineInner {
+    fn mix_joined(&self) {
+        let n = self.mix_participants.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!(mix::PARTICIPANTS_ACTIVE).set(n as f64);
+    }
+
+    /// A participant left `mix` (by command or with its session); the mix goes with its
+    /// last participant. Idempotent.
+    fn mix_left(&self, mix: &Arc<Mix>, pid: super::mixer::Pid) {
+        if !mix.remove(pid) {
+            return;
+        }
+        let n = self
+            .mix_participants
+            .fetch_sub(1, Ordering::Relaxed)
+            .saturating_sub(1);
+        metrics::gauge!(mix::PARTICIPANTS_ACTIVE).set(n as f64);
+        if mix.is_empty() {
+            mix.closed.store(true, Ordering::Release);
+            self.mixes.remove_if(mix.id(), |_, m| Arc::ptr_eq(m, mix));
+            metrics::gauge!(mix::MIXES_ACTIVE).set(self.mixes.len() as f64);
+        }
+    }
+
     /// Counts a recording starting (+1) or ending (-1) and sets the gauge.
     fn recordings_active(&self, delta: i64) {
         let n = if delta > 0 {
@@ -1798,6 +2003,69 @@ fn playbacks(engine: &std::sync::Weak<EngineInner>, delta: i64) {
 }
 
 /// The leg at `side` and the other one, both mutable.
+/// Sends a frame of the switch's own stream to the leg (playback or its mix): the leg's
+/// SSRC, sequence and timestamp go on across items; an RTCP SR every few seconds.
+fn send_own_frame(
+    leg: &mut LegIo,
+    codec: Codec,
+    payload: &[u8; FRAME],
+    out: &mut [u8; 12 + FRAME],
+    rtcp_out: &mut Vec<u8>,
+    c: &mut Counters,
+) {
+    if !leg.send_ok {
+        return;
+    }
+    let Some(dest) = leg.latch.dest() else {
+        // Not before the leg's first packet, unless its SDP address is its
+        // signalling host's: never audio at a third address named in SDP.
+        c.not_latched += 1;
+        return;
+    };
+    let h = rtp::write_rtp_header(
+        out,
+        false,
+        codec.payload_type(),
+        leg.out_seq,
+        leg.out_ts,
+        leg.out_ssrc,
+    );
+    out[h..h + FRAME].copy_from_slice(payload);
+    leg.out_seq = leg.out_seq.wrapping_add(1);
+    leg.out_ts = leg.out_ts.wrapping_add(FRAME as u32);
+    match leg.send_rtp(&out[..h + FRAME], dest) {
+        Ok(_) => {
+            leg.packets_out += 1;
+            leg.own_packets = leg.own_packets.wrapping_add(1);
+            leg.own_octets = leg.own_octets.wrapping_add(FRAME as u32);
+            c.rtp_out += 1;
+            c.bytes_out += (h + FRAME) as u64;
+        }
+        Err(_) => c.send_error += 1,
+    }
+    // The leg hears the switch, not the other phone: the switch reports as its
+    // sender (RTCP SR with a block on what the leg sends).
+    if leg
+        .last_own_rtcp
+        .is_none_or(|t| t.elapsed() >= OWN_RTCP_EVERY)
+    {
+        leg.last_own_rtcp = Some(Instant::now());
+        if leg.send_own_rtcp(rtcp_out) {
+            c.rtcp_out += 1;
+        }
+    }
+}
+
+/// Moves a mix's counters and mixing time to the thread's.
+fn take_mix_counters(mix: &Mix, c: &mut Counters) {
+    let (m, cpu) = mix.lock().take();
+    c.mix.frames += m.frames;
+    c.mix.lost += m.lost;
+    c.mix.late += m.late;
+    c.mix.overrun += m.overrun;
+    c.mix_cpu += cpu;
+}
+
 fn pair(legs: &mut [LegIo; 2], side: usize) -> (&mut LegIo, &mut LegIo) {
     let [a, b] = legs;
     if side == 0 {

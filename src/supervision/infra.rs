@@ -264,8 +264,12 @@ pub fn start_media(
     engine.set_sink(crate::actors::call::event_sink(ctx));
     let weak = Arc::downgrade(ctx);
     engine.set_alive_check(Arc::new(move |call| {
-        weak.upgrade()
-            .is_none_or(|ctx| ctx.directory.lookup(call).is_some())
+        // A call's second session (consultation, three-way, monitor) lives while the call.
+        weak.upgrade().is_none_or(|ctx| {
+            ctx.directory.lookup(call).is_some()
+                || crate::actors::call::consult_owner(call)
+                    .is_some_and(|owner| ctx.directory.lookup(owner).is_some())
+        })
     }));
     let dir = m.prompts_dir.clone().unwrap_or_else(prompts::default_dir);
     let mut library = match prompts::PromptLibrary::load(&dir) {

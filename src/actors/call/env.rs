@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::core::{Env, MediaOp, MediaPorts, MediaSettings, TargetError, Tell, TransferTarget};
+use super::core::{
+    Env, MediaOp, MediaPorts, MediaSettings, MixOp, TargetError, Tell, TransferTarget,
+};
 use super::{CallContext, Fork};
 use crate::media::prompts::{position_announcement, PromptLibrary};
 use crate::media::quality::LegQuality;
@@ -207,6 +209,63 @@ impl Env for NodeEnv {
             return Err(TargetError::Forbidden);
         }
         Err(TargetError::Unavailable)
+    }
+
+    fn supervises(&self, tenant: &str, queue: &str, user: &str) -> bool {
+        let Some(cc) = self.ctx.cc.get().and_then(std::sync::Weak::upgrade) else {
+            return false;
+        };
+        cc.supervisors
+            .get(&(Arc::from(tenant), Arc::from(queue)))
+            .is_some_and(|users| users.iter().any(|u| u == user))
+    }
+}
+
+/// Carries a core's mix command to the relay: the call's mix (named by its A-leg Call-ID)
+/// is made to hold exactly the legs named, with the relation asked for.
+pub(super) fn mix(ctx: &CallContext, call: &Bytes, op: MixOp) {
+    let Some(m) = ctx.media.get() else { return };
+    let engine = &m.engine;
+    let name = String::from_utf8_lossy(call);
+    match op {
+        MixOp::Set { legs, apart } => {
+            let mix = engine.mix(&name);
+            // Legs of the mix that are not asked for any more leave it.
+            for (session, side) in mix.members() {
+                if !legs.iter().any(|l| l.session == session && l.side == side) {
+                    if let Some(s) = engine.get(&session) {
+                        engine.leave_mix(&s, side);
+                    }
+                }
+            }
+            for l in &legs {
+                let Some(s) = engine.get(&l.session) else {
+                    tracing::warn!(call_id = %name, "mix: a leg's relay session is gone");
+                    continue;
+                };
+                if let Err(e) = engine.join_mix(&mix, &s, l.side) {
+                    tracing::warn!(call_id = %name, error = %e, "mix: a leg could not join");
+                }
+            }
+            for (i, l) in legs.iter().enumerate() {
+                for (j, s) in legs.iter().enumerate() {
+                    if i != j {
+                        let on = !apart.contains(&(i, j));
+                        mix.set_hears((&l.session, l.side), (&s.session, s.side), on);
+                    }
+                }
+            }
+        }
+        MixOp::End => {
+            let Some(mix) = engine.find_mix(&name) else {
+                return;
+            };
+            for (session, side) in mix.members() {
+                if let Some(s) = engine.get(&session) {
+                    engine.leave_mix(&s, side);
+                }
+            }
+        }
     }
 }
 

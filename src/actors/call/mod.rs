@@ -35,10 +35,12 @@ pub mod core;
 mod env;
 pub mod rate;
 
+pub use self::core::consult_owner;
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
     CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
-    HandedLeg, Now, Phase, RecordingCommand, Refused, Replaces, TimerFire, TimerKey,
+    HandedLeg, MonitorMode, Now, Party, Phase, RecordingCommand, Refused, Replaces, TimerFire,
+    TimerKey,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
@@ -113,6 +115,7 @@ pub fn describe() {
     );
     self::core::transfer::describe();
     self::core::consult_describe();
+    self::core::mixing_describe();
     self::core::service::describe();
 }
 
@@ -769,6 +772,11 @@ impl CallState {
             Effect::ConsultMedia(op) => {
                 if let Some(id) = self.core.a_call_id() {
                     env::media(ctx, &core::consult_key(&id), op);
+                }
+            }
+            Effect::Mix(op) => {
+                if let Some(id) = self.core.a_call_id() {
+                    env::mix(ctx, &id, op);
                 }
             }
             Effect::AskHandOver(replaces) => match ctx.directory.lookup(&replaces.call_id) {

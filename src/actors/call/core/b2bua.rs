@@ -265,6 +265,10 @@ impl CallCore {
         }
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
+        if method == Method::Bye && self.mixed_leg_bye(leg, server) {
+            // A three-way: the other two stay connected.
+            return;
+        }
         if method == Method::Bye {
             if self.core().phase == Phase::Answered {
                 // A BYE before the caller's ACK. From the caller it proves it has our 2xx
@@ -288,6 +292,9 @@ impl CallCore {
             let status = self.core().cdr.final_status.max(200);
             self.end(status, by, "bye");
             return self.after_cdr(AfterCdr::Relay(leg, Box::new(msg), server));
+        }
+        if self.mixed_leg_alone(leg, &method, server) {
+            return;
         }
         self.relay_request(leg, &msg, server);
     }
@@ -1157,9 +1164,14 @@ impl CallCore {
                     self.ack_b(Bytes::new(), None);
                 }
                 let status = self.core().cdr.final_status;
+                // A three-way's caller or agent that left has no dialog to end.
+                let gone = self.mix_gone();
                 self.end(status, by, reason);
-                self.after_cdr(AfterCdr::Bye(Leg::A));
-                self.after_cdr(AfterCdr::Bye(Leg::B));
+                for leg in [Leg::A, Leg::B] {
+                    if gone != Some(leg) {
+                        self.after_cdr(AfterCdr::Bye(leg));
+                    }
+                }
             }
             Some(Phase::Setup | Phase::Early | Phase::Queued) if self.a_answered() => {
                 self.hang_up_answered_caller(by, reason);

@@ -12,6 +12,12 @@
 
 use super::*;
 
+/// The call (its A-leg Call-ID) whose consultation, three-way or monitor session `key` is,
+/// if it is one: how the relay's reaper finds the owner of a second session.
+pub fn consult_owner(key: &[u8]) -> Option<&[u8]> {
+    key.strip_suffix(b"~consult")
+}
+
 /// The relay session of a call's consultation.
 pub fn consult_key(call: &Bytes) -> Bytes {
     let mut k = BytesMut::with_capacity(call.len() + 8);
@@ -44,6 +50,32 @@ impl CallCore {
         if self.core().consult.is_some() {
             return Err(Refused::new(409, "a consultation is in progress"));
         }
+        let (user, forks) = self.phones_of(target)?;
+        self.agent_in_b()?;
+        let key = consult_key(&self.core().a_call_id);
+        let ports = self
+            .env
+            .allocate_media(&key)
+            .map_err(|e| Refused::new(503, format!("no media ports for the consultation: {e}")))?;
+        // The customer holds.
+        if self.core().held.is_none() {
+            let side = self.side_of(Leg::A);
+            self.media_op(MediaOp::Bridge(false));
+            self.media_op(MediaOp::Music {
+                side,
+                announce: None,
+            });
+            self.core().held = Some(Leg::A);
+        }
+        let label = self.dial_x(user, forks, ports, None);
+        metrics::counter!(CONSULTS, "outcome" => "started").increment(1);
+        self.checkpoint();
+        Ok(label)
+    }
+
+    /// The user a consultation, three-way or monitor `target` (a tenant user, agent or
+    /// number leading to one) names, and its registered phones.
+    pub(super) fn phones_of(&mut self, target: &str) -> Result<(Arc<str>, Vec<Fork>), Refused> {
         let tenant = self.core().tenant.clone().unwrap_or_else(|| Arc::from(""));
         let target = match self.env.transfer_target(&tenant, target) {
             Ok(TransferTarget::Phones { user, forks }) => (user, forks),
@@ -72,24 +104,20 @@ impl CallCore {
                 return Err(Refused::new(status, e.status().1));
             }
         };
-        self.agent_in_b()?;
-        let key = consult_key(&self.core().a_call_id);
-        let ports = self
-            .env
-            .allocate_media(&key)
-            .map_err(|e| Refused::new(503, format!("no media ports for the consultation: {e}")))?;
-        let (user, forks) = target;
+        Ok(target)
+    }
+
+    /// Rings `user` (`Leg::X`) with the offer of the call's second relay session (its B
+    /// side): a consultation's target, or a three-way's or monitor's party (`mix`). Its
+    /// label (`user:<name>`).
+    pub(super) fn dial_x(
+        &mut self,
+        user: Arc<str>,
+        forks: Vec<Fork>,
+        ports: MediaPorts,
+        mix: Option<super::mixing::MixKind>,
+    ) -> String {
         let label = format!("user:{user}");
-        // The customer holds.
-        if self.core().held.is_none() {
-            let side = self.side_of(Leg::A);
-            self.media_op(MediaOp::Bridge(false));
-            self.media_op(MediaOp::Music {
-                side,
-                announce: None,
-            });
-            self.core().held = Some(Leg::A);
-        }
         // The target rings with the consultation session's offer (its B side).
         let fork = &forks[0];
         let a_invite = self.core().a_invite.clone();
@@ -116,14 +144,17 @@ impl CallCore {
             },
             ports,
             up: false,
+            mix,
+            gone: None,
+            muted: [false; 3],
+            deaf: [false; 3],
+            agent_on_consult: false,
         }));
         self.register(call_id.clone());
         self.new_client_tx(Leg::X, Role::Consult, inv, branch, fork.dest);
         self.consult_timer =
             Some(self.schedule_call_timer(CallTimer::ConsultNoAnswer, self.cfg.no_answer));
-        metrics::counter!(CONSULTS, "outcome" => "started").increment(1);
-        self.checkpoint();
-        Ok(label)
+        label
     }
 
     /// The consultation target's answer to its INVITE.
@@ -165,6 +196,16 @@ impl CallCore {
                 if let Ok(sdp) = crate::sip::sdp::parse(&resp.body) {
                     let ip = self.signalling_ip(Leg::X);
                     self.learn_consult(Side::B, &sdp, ip);
+                }
+                if self
+                    .core()
+                    .consult
+                    .as_ref()
+                    .is_some_and(|c| c.mix.is_some())
+                {
+                    // A three-way or monitor: the three legs meet in the call's mix.
+                    self.mix_up();
+                    return;
                 }
                 // The agent moves onto the consultation session.
                 let ports = self.core().consult.as_ref().map(|c| c.ports);
@@ -216,6 +257,13 @@ impl CallCore {
         self.core().consult = None;
         self.stale_consults.push(c.leg.dialog.call_id.clone());
         let key = consult_key(&self.core().a_call_id);
+        if let Some(kind) = c.mix {
+            // A three-way's or monitor's party leaves the mix; the others are bridged again.
+            self.mix_over(&c, kind, outcome);
+            self.env.release_media(&key);
+            self.checkpoint();
+            return;
+        }
         self.env.release_media(&key);
         if c.up {
             // The agent comes back to the customer's session.

@@ -81,6 +81,29 @@ pub enum Effect {
     /// Ask the call that has the dialog `Replaces` names for its other leg (an attended
     /// transfer): the answer comes back as [`super::Event::Adopt`].
     AskHandOver(super::Replaces),
+    /// The call's mix (a three-way, a monitor; named by the A-leg Call-ID).
+    Mix(MixOp),
+}
+
+/// One leg in a call's mix: a relay session (by its key: the call's A-leg Call-ID, or
+/// [`super::consult_key`] of it) and its side.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MixLeg {
+    pub session: Bytes,
+    pub side: Side,
+}
+
+/// The call's mix as it should be now (stated whole, so a restarted actor can repeat it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MixOp {
+    /// Exactly these legs are in the mix (others in it leave); everyone hears everyone
+    /// except the `(listener, speaker)` pairs in `apart` (indices into `legs`).
+    Set {
+        legs: Vec<MixLeg>,
+        apart: Vec<(usize, usize)>,
+    },
+    /// The mix ends: its legs go back to their sessions' own relay.
+    End,
 }
 
 /// Messages to the contact centre and the trunks.
@@ -203,6 +226,9 @@ pub trait Env: Send {
     fn lookup_user(&self, tenant: &str, user: &str) -> Vec<super::Fork>;
     /// Where a transfer of a `tenant` call to `user` (a number or a user name) goes.
     fn transfer_target(&self, tenant: &str, user: &str) -> Result<TransferTarget, TargetError>;
+    /// Whether the tenant's `user` is a supervisor of its queue `queue` (may monitor its
+    /// calls).
+    fn supervises(&self, tenant: &str, queue: &str, user: &str) -> bool;
 }
 
 /// Where a transfer goes.

@@ -42,6 +42,7 @@ mod cdr;
 mod consult;
 mod effects;
 pub(crate) mod media;
+pub(crate) mod mixing;
 mod originate;
 mod queue_leg;
 mod replaces;
@@ -53,12 +54,13 @@ pub(crate) mod transfer;
 mod trunk_leg;
 mod view;
 
-pub use consult::{consult_key, describe as consult_describe};
+pub use consult::{consult_key, consult_owner, describe as consult_describe};
 pub use effects::{
-    CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, TargetError, Tell, TimerFire,
-    TimerKey, TransferTarget,
+    CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, MixLeg, MixOp, TargetError, Tell,
+    TimerFire, TimerKey, TransferTarget,
 };
 pub use media::{info_digit, RecordingCommand};
+pub use mixing::{describe as mixing_describe, MixKind, MonitorMode, Party};
 pub use transfer::{HandedLeg, Refused, Replaces};
 pub use view::{CallView, ConsultView, LegView, QueueView, TransferView};
 
@@ -80,6 +82,30 @@ pub enum Command {
     ConsultComplete,
     /// The consultation ends; the agent is back with the customer.
     ConsultCancel,
+    /// The consultation becomes a three-way: the customer joins the agent and the target.
+    ConsultConference,
+    /// A third party joins the caller and the agent (a three-way call).
+    Conference {
+        target: String,
+    },
+    /// The three-way's third party is let go.
+    ConferenceEnd,
+    /// A party of a three-way is muted (nobody hears it) or made deaf (it hears nobody), or
+    /// no longer; `None` leaves that switch as it is.
+    ConferenceParty {
+        party: Party,
+        mute: Option<bool>,
+        deaf: Option<bool>,
+    },
+    /// A supervisor joins the call in a mode.
+    Monitor {
+        supervisor: String,
+        mode: MonitorMode,
+    },
+    /// The monitor goes on in another mode.
+    MonitorMode(MonitorMode),
+    /// The supervisor is let go.
+    MonitorEnd,
 }
 
 /// How often a queued caller reminds its queue that it waits.
@@ -326,8 +352,20 @@ struct Consult {
     target: String,
     leg: Parked,
     ports: MediaPorts,
-    /// The target answered and the agent was moved onto the consultation session.
+    /// The target answered and the agent was moved onto the consultation session (for a
+    /// three-way or monitor: the target answered and the three legs are in the mix).
     up: bool,
+    /// Not a consultation but a three-way call or a supervisor's monitor: the target joins
+    /// the call's mix instead of talking to the agent alone.
+    mix: Option<mixing::MixKind>,
+    /// A three-way's caller or agent that left (the other two stay connected).
+    gone: Option<Leg>,
+    /// A three-way's parties muted and deaf, by [`mixing::Party`] index.
+    muted: [bool; 3],
+    deaf: [bool; 3],
+    /// A consultation completed as a conference: the agent talks on the second session
+    /// (its A side), where the consultation had moved it.
+    agent_on_consult: bool,
 }
 
 /// A transfer in progress: the new leg rings in the B position while the transferor waits
@@ -697,6 +735,15 @@ impl CallCore {
             Command::Consult { target } => self.api_consult(&target),
             Command::ConsultComplete => self.api_consult_complete(),
             Command::ConsultCancel => self.api_consult_cancel(),
+            Command::ConsultConference => self.api_consult_conference(),
+            Command::Conference { target } => self.api_conference(&target),
+            Command::ConferenceEnd => self.api_mix_end(false),
+            Command::ConferenceParty { party, mute, deaf } => {
+                self.api_conference_party(party, mute, deaf)
+            }
+            Command::Monitor { supervisor, mode } => self.api_monitor(&supervisor, mode),
+            Command::MonitorMode(mode) => self.api_monitor_mode(mode),
+            Command::MonitorEnd => self.api_mix_end(true),
         };
         self.sweep();
         std::mem::swap(&mut self.out, out);

@@ -171,6 +171,8 @@ struct FakeEnv {
     media: Option<MediaSettings>,
     users: HashMap<String, Vec<Fork>>,
     targets: HashMap<String, Result<TransferTarget, TargetError>>,
+    /// (queue, user) pairs: the user supervises the queue.
+    supervisors: Vec<(String, String)>,
 }
 
 impl Env for FakeEnv {
@@ -199,6 +201,11 @@ impl Env for FakeEnv {
             .get(user)
             .cloned()
             .unwrap_or(Err(TargetError::NotFound))
+    }
+    fn supervises(&self, _tenant: &str, queue: &str, user: &str) -> bool {
+        self.supervisors
+            .iter()
+            .any(|(q, u)| q == queue && u == user)
     }
 }
 
@@ -247,6 +254,8 @@ struct Call {
     consult_media: Vec<MediaOp>,
     /// Agents asked to be reserved for a transfer.
     reserves: Vec<(Arc<str>, Arc<str>)>,
+    /// The call's mix as it was asked to be, in order.
+    mixes: Vec<MixOp>,
 }
 
 fn cfg() -> CallConfig {
@@ -282,6 +291,7 @@ impl Call {
             asks: Vec::new(),
             consult_media: Vec::new(),
             reserves: Vec::new(),
+            mixes: Vec::new(),
         }
     }
 
@@ -373,6 +383,7 @@ impl Call {
             Effect::AskHandOver(r) => self.asks.push(r),
             Effect::ConsultMedia(op) => self.consult_media.push(op),
             Effect::ReserveAgent { tenant, agent } => self.reserves.push((tenant, agent)),
+            Effect::Mix(op) => self.mixes.push(op),
         }
     }
 
@@ -1990,6 +2001,379 @@ fn the_view_shows_a_consultation() {
     assert_eq!(v.legs[2].user.as_deref(), Some("1003"));
 }
 
+// ---- three-way and supervision (the call's mix) ----
+
+/// Legs of a mix as (session, side), and the (listener, speaker) pairs kept apart.
+type MixShape = (
+    Vec<(String, crate::media::relay::Side)>,
+    Vec<(usize, usize)>,
+);
+
+/// The mix as last asked: its legs (session, side) and the pairs kept apart.
+fn last_mix(c: &Call) -> Option<MixShape> {
+    match c.mixes.last()? {
+        MixOp::Set { legs, apart } => Some((
+            legs.iter()
+                .map(|l| (String::from_utf8_lossy(&l.session).into_owned(), l.side))
+                .collect(),
+            apart.clone(),
+        )),
+        MixOp::End => None,
+    }
+}
+
+/// A third party (1003 at C) rung by `cmd` and answered: it is in the mix. Its INVITE and
+/// its side of the dialog.
+fn third_party_up(c: &mut Call, cmd: Command) -> (Message, Side) {
+    assert_eq!(command(c, cmd), Ok("user:1003".to_string()));
+    assert!(
+        !c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })),
+        "nobody holds while the third party rings"
+    );
+    let inv_c = c.request(C, Method::Invite);
+    assert!(
+        body(&inv_c).contains("m=audio 30002 "),
+        "on the second session"
+    );
+    assert!(c.mixes.is_empty(), "no mix before the answer");
+    c.from(C, &answer(&inv_c, 200, "OK", "ctag", C, SDP_B));
+    c.request(C, Method::Ack);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Invite)),
+        "the agent stays on its session (no re-INVITE)"
+    );
+    let mut side = Side::callee(&inv_c, "ctag");
+    side.me = C.into();
+    (inv_c, side)
+}
+
+/// A queue call of `support` with 1003 as its supervisor.
+fn queue_call(cid: &str) -> (Call, Message, Side, Side) {
+    let (mut c, inv_b, a, b) = anchored_call(cid, None);
+    Arc::make_mut(c.core.core.as_mut().unwrap()).queue = Some(QueueLeg {
+        tenant: Arc::from("acme"),
+        queue: Arc::from("support"),
+        priority: 0,
+        joined_ms: 0,
+        agent: Some(Arc::from("alice")),
+        answered_offer: Some(1),
+        wait_ms: Some(0),
+        abandoned: false,
+        waiting: false,
+        released: false,
+    });
+    (c, inv_b, a, b)
+}
+
+fn supervised(c: &mut Call) {
+    let env = FakeEnv {
+        supervisors: vec![("support".into(), "1003".into())],
+        ..FakeEnv::default()
+    };
+    // Only the supervisor table differs; the targets are anchored_call's.
+    let mut targets = HashMap::new();
+    targets.insert(
+        "1003".to_string(),
+        Ok(TransferTarget::Phones {
+            user: Arc::from("1003"),
+            forks: vec![fork_to(C)],
+        }),
+    );
+    c.core.env = Box::new(FakeEnv {
+        media: Some(MediaSettings {
+            anchor_all: true,
+            ..MediaSettings::default()
+        }),
+        targets,
+        ..env
+    });
+}
+
+#[test]
+fn a_three_way_puts_the_third_party_in_the_mix_and_its_leaving_bridges_the_two_again() {
+    let (mut c, _, mut a, _) = anchored_call("3way-1", None);
+    let (inv_c, mut cs) = third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    let call = call_id(&inv_c);
+    let (legs, apart) = last_mix(&c).expect("a mix");
+    assert_eq!(
+        legs,
+        vec![
+            ("3way-1".to_string(), crate::media::relay::Side::A),
+            ("3way-1".to_string(), crate::media::relay::Side::B),
+            ("3way-1~consult".to_string(), crate::media::relay::Side::B),
+        ]
+    );
+    assert!(apart.is_empty(), "everyone hears everyone");
+    let view = c.checkpoint.as_ref().unwrap().view();
+    assert_eq!(view.consult.as_ref().map(|v| v.kind), Some("conference"));
+    assert!(view.legs.iter().any(|l| l.position == "conference"));
+    // Hold or transfer now would break the three-way.
+    assert_eq!(command(&mut c, Command::Hold).unwrap_err().status, 409);
+    // The third party hangs up: the mix ends, caller and agent stay connected.
+    c.from(C, &cs.request("BYE", 0, "", ""));
+    c.status(C, 200, Method::Bye);
+    assert_eq!(c.mixes.last(), Some(&MixOp::End));
+    assert_eq!(c.phase(), Phase::Confirmed);
+    assert!(!c.has(A, |m| method(m) == Some(Method::Bye)));
+    assert!(!c.has(B, |m| method(m) == Some(Method::Bye)));
+    assert_eq!(
+        command(&mut c, Command::ConferenceEnd).unwrap_err().status,
+        409
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.request(B, Method::Bye);
+    let cdr = &c.cdrs[0];
+    assert_eq!(cdr.transfers.as_deref(), Some("conference:api>user:1003"));
+    let third = cdr
+        .legs
+        .iter()
+        .find(|l| l.call_id == call)
+        .expect("its leg");
+    assert_eq!(
+        (third.role.as_str(), third.end_reason.as_str()),
+        ("conference", "bye")
+    );
+}
+
+#[test]
+fn when_the_caller_leaves_a_three_way_the_agent_and_third_party_stay() {
+    let (mut c, _, mut a, mut b) = anchored_call("3way-2", None);
+    let (inv_c, _) = third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Bye)),
+        "the agent stays"
+    );
+    assert!(
+        !c.has(C, |m| method(m) == Some(Method::Bye)),
+        "the third party stays"
+    );
+    assert_eq!(c.phase(), Phase::Confirmed);
+    let (legs, _) = last_mix(&c).expect("a mix");
+    assert_eq!(
+        legs,
+        vec![
+            ("3way-2".to_string(), crate::media::relay::Side::B),
+            ("3way-2~consult".to_string(), crate::media::relay::Side::B),
+        ]
+    );
+    // Then the agent: the call ends, the third party is sent BYE.
+    c.from(B, &b.request("BYE", 0, "", ""));
+    c.status(B, 200, Method::Bye);
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    assert!(c.ended);
+    assert_eq!(c.cdrs.len(), 1);
+}
+
+#[test]
+fn when_the_agent_leaves_a_three_way_the_third_party_hanging_up_ends_the_call() {
+    let (mut c, _, _, mut b) = anchored_call("3way-3", None);
+    let (_, mut cs) = third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    c.from(B, &b.request("BYE", 0, "", ""));
+    c.status(B, 200, Method::Bye);
+    assert!(!c.has(A, |m| method(m) == Some(Method::Bye)));
+    assert_eq!(
+        command(&mut c, Command::ConferenceEnd).unwrap_err().status,
+        409,
+        "the third party is the call now"
+    );
+    c.from(C, &cs.request("BYE", 0, "", ""));
+    c.status(C, 200, Method::Bye);
+    c.request(A, Method::Bye);
+    assert!(
+        !c.has(B, |m| method(m) == Some(Method::Bye)),
+        "gone already"
+    );
+    assert!(c.ended);
+}
+
+#[test]
+fn a_supervisor_listens_whispers_barges_and_leaves() {
+    let (mut c, _, mut a, _) = queue_call("mon-1");
+    supervised(&mut c);
+    let (inv_c, _) = third_party_up(
+        &mut c,
+        Command::Monitor {
+            supervisor: "1003".into(),
+            mode: MonitorMode::Listen,
+        },
+    );
+    // The caller is 0, the agent 1, the supervisor 2.
+    assert_eq!(last_mix(&c).unwrap().1, vec![(0, 2), (1, 2)]);
+    assert_eq!(
+        command(&mut c, Command::MonitorMode(MonitorMode::Whisper)),
+        Ok("whisper".to_string())
+    );
+    assert_eq!(last_mix(&c).unwrap().1, vec![(0, 2)]);
+    command(&mut c, Command::MonitorMode(MonitorMode::Barge)).unwrap();
+    assert_eq!(last_mix(&c).unwrap().1, vec![]);
+    let view = c.checkpoint.as_ref().unwrap().view();
+    assert_eq!(view.consult.as_ref().and_then(|v| v.mode), Some("barge"));
+    assert_eq!(
+        command(&mut c, Command::ConferenceEnd).unwrap_err().status,
+        409
+    );
+    assert_eq!(
+        command(&mut c, Command::MonitorEnd),
+        Ok("ended".to_string())
+    );
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    assert_eq!(c.mixes.last(), Some(&MixOp::End));
+    assert_eq!(
+        command(&mut c, Command::MonitorMode(MonitorMode::Listen))
+            .unwrap_err()
+            .status,
+        409
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.request(B, Method::Bye);
+    assert_eq!(
+        c.cdrs[0].transfers.as_deref(),
+        Some("monitor:listen>user:1003,monitor:whisper>user:1003,monitor:barge>user:1003")
+    );
+    assert!(c.cdrs[0].legs.iter().any(|l| l.role == "monitor"));
+}
+
+#[test]
+fn only_a_supervisor_of_the_calls_queue_may_monitor() {
+    let monitor = |who: &str| Command::Monitor {
+        supervisor: who.into(),
+        mode: MonitorMode::Listen,
+    };
+    // Not a queue call.
+    let (mut c, _, _, _) = anchored_call("mon-2", None);
+    supervised(&mut c);
+    assert_eq!(command(&mut c, monitor("1003")).unwrap_err().status, 403);
+    // A queue call, but 1003 supervises another queue.
+    let (mut c, _, _, _) = queue_call("mon-3");
+    supervised(&mut c);
+    Arc::make_mut(c.core.core.as_mut().unwrap())
+        .queue
+        .as_mut()
+        .unwrap()
+        .queue = Arc::from("sales");
+    assert_eq!(command(&mut c, monitor("1003")).unwrap_err().status, 403);
+    assert!(!c.has(C, |_| true), "nothing rang");
+    // An unknown user.
+    let (mut c, _, _, _) = queue_call("mon-4");
+    supervised(&mut c);
+    assert_eq!(command(&mut c, monitor("nobody")).unwrap_err().status, 403);
+}
+
+#[test]
+fn a_supervisor_who_does_not_answer_leaves_the_call_as_it_was() {
+    let (mut c, _, _, _) = queue_call("mon-5");
+    supervised(&mut c);
+    command(
+        &mut c,
+        Command::Monitor {
+            supervisor: "1003".into(),
+            mode: MonitorMode::Barge,
+        },
+    )
+    .unwrap();
+    let inv_c = c.request(C, Method::Invite);
+    c.from(C, &answer(&inv_c, 486, "Busy Here", "ctag", C, ""));
+    c.request(C, Method::Ack);
+    assert!(c.mixes.is_empty());
+    assert!(!c.has(B, |m| method(m) == Some(Method::Invite)));
+    assert_eq!(c.phase(), Phase::Confirmed);
+    assert!(
+        command(&mut c, Command::Hold).is_ok(),
+        "nothing is left of it"
+    );
+}
+
+#[test]
+fn a_call_restarted_in_a_three_way_states_its_mix_again() {
+    let (mut c, _, _, _) = anchored_call("rs-3way", None);
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    let before = last_mix(&c);
+    let mut r = restarted(&c);
+    assert_eq!(last_mix(&r), before, "the same mix, stated again");
+    assert!(
+        !r.has(C, |m| method(m) == Some(Method::Bye)),
+        "the third party stays"
+    );
+    assert_eq!(r.phase(), Phase::Confirmed);
+    assert_eq!(
+        command(&mut r, Command::ConferenceEnd),
+        Ok("ended".to_string())
+    );
+    r.request(C, Method::Bye);
+}
+
+#[test]
+fn a_second_session_is_owned_by_its_call() {
+    let call = Bytes::from_static(b"abc@host");
+    assert_eq!(consult_owner(&consult_key(&call)), Some(&b"abc@host"[..]));
+    assert_eq!(consult_owner(b"abc~def@host"), None);
+    assert_eq!(consult_owner(b"abc@host"), None);
+}
+
+#[test]
+fn a_three_ways_parties_are_muted_and_made_deaf_in_the_relation() {
+    let (mut c, _, mut a, _) = anchored_call("3way-mute", None);
+    let party = |party, mute, deaf| Command::ConferenceParty { party, mute, deaf };
+    assert_eq!(
+        command(&mut c, party(Party::Caller, Some(true), None))
+            .unwrap_err()
+            .status,
+        409,
+        "no three-way yet"
+    );
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    // Caller 0, agent 1, third 2; pairs are (listener, speaker).
+    assert_eq!(
+        command(&mut c, party(Party::Caller, Some(true), None)),
+        Ok("muted".to_string())
+    );
+    assert_eq!(last_mix(&c).unwrap().1, vec![(1, 0), (2, 0)]);
+    command(&mut c, party(Party::Third, None, Some(true))).unwrap();
+    assert_eq!(last_mix(&c).unwrap().1, vec![(1, 0), (2, 0), (2, 1)]);
+    command(&mut c, party(Party::Caller, Some(false), None)).unwrap();
+    assert_eq!(last_mix(&c).unwrap().1, vec![(2, 0), (2, 1)]);
+    // The caller leaves: the indices follow the legs still in the mix (agent 0, third 1).
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert_eq!(last_mix(&c).unwrap().1, vec![(1, 0)]);
+    assert_eq!(
+        command(&mut c, party(Party::Caller, Some(true), None))
+            .unwrap_err()
+            .status,
+        409,
+        "the caller left"
+    );
+}
+
 // ---- test numbers the switch answers itself ----
 
 fn service_route(service: crate::actors::router::Service) -> Route {
@@ -2091,4 +2475,111 @@ fn a_test_number_without_media_or_an_offer_is_refused_with_488() {
         vec![],
     );
     c.status(A, 488, Method::Invite);
+}
+
+#[test]
+fn a_three_way_released_after_the_caller_left_sends_no_bye_to_the_caller() {
+    let (mut c, _, mut a, _) = anchored_call("3way-release", None);
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    c.feed(Event::Hangup("released by api".into()));
+    c.request(B, Method::Bye);
+    c.request(C, Method::Bye);
+    assert!(
+        !c.has(A, |m| method(m) == Some(Method::Bye)),
+        "its dialog is over"
+    );
+    assert!(c.ended);
+}
+
+#[test]
+fn the_agent_alone_with_the_third_party_is_answered_by_the_switch() {
+    let (mut c, _, mut a, mut b) = anchored_call("3way-alone", None);
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    c.from(B, &b.request("INFO", 0, "", ""));
+    c.status(B, 200, Method::Info);
+    c.from(B, &b.request("INVITE", 0, "", SDP_B));
+    c.status(B, 488, Method::Invite);
+    assert!(!c.has(A, |_| true), "nothing goes to the caller who left");
+    assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+#[test]
+fn a_consultation_completed_as_a_conference_joins_the_customer_and_ends_back_with_the_agent() {
+    let (mut c, inv_c, _) = consulting("consult-conf");
+    c.media.clear();
+    assert_eq!(
+        command(&mut c, Command::ConsultConference),
+        Ok("user:1003".to_string())
+    );
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
+    let (legs, apart) = last_mix(&c).expect("a mix");
+    assert_eq!(
+        legs,
+        vec![
+            ("consult-conf".to_string(), crate::media::relay::Side::A),
+            (
+                "consult-conf~consult".to_string(),
+                crate::media::relay::Side::A
+            ),
+            (
+                "consult-conf~consult".to_string(),
+                crate::media::relay::Side::B
+            ),
+        ],
+        "the agent stays on the consultation's session"
+    );
+    assert!(apart.is_empty());
+    assert_eq!(
+        command(&mut c, Command::ConsultConference)
+            .unwrap_err()
+            .status,
+        409
+    );
+    // The third party is let go: the agent comes back to the customer's session.
+    assert_eq!(
+        command(&mut c, Command::ConferenceEnd),
+        Ok("ended".to_string())
+    );
+    let bye_c = c.request(C, Method::Bye);
+    assert_eq!(call_id(&bye_c), call_id(&inv_c));
+    assert_eq!(c.mixes.last(), Some(&MixOp::End));
+    let back = c.request(B, Method::Invite);
+    assert!(
+        body(&back).contains("m=audio 20002 "),
+        "back on the call's session"
+    );
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Bridge(true))));
+}
+
+#[test]
+fn a_queue_agent_who_leaves_a_three_way_is_freed_while_the_others_talk_on() {
+    let (mut c, _, _, mut b) = queue_call("3way-agent");
+    third_party_up(
+        &mut c,
+        Command::Conference {
+            target: "1003".into(),
+        },
+    );
+    assert!(agent_msgs(&c, "alice").is_empty());
+    c.from(B, &b.request("BYE", 0, "", ""));
+    c.status(B, 200, Method::Bye);
+    assert_eq!(agent_msgs(&c, "alice"), vec!["call-ended".to_string()]);
+    assert_eq!(c.phase(), Phase::Confirmed);
 }

@@ -495,6 +495,9 @@ impl CallCore {
     /// A request from the parked transferor: its BYE is answered here (nothing to relay to);
     /// anything else is acknowledged.
     pub(super) fn parked_request(&mut self, method: &Method, id: u32) {
+        if *method == Method::Bye && self.mixed_x_bye(id) {
+            return;
+        }
         if *method == Method::Bye {
             if let Some(t) = self.core().transfer.as_mut() {
                 if let Some(p) = t.transferor.take() {
@@ -835,6 +838,12 @@ impl CallCore {
     /// needs nothing: its music plays in the relay and `held` is in the checkpoint.
     pub(super) fn restore_topology(&mut self, phase: Phase) -> bool {
         if let Some(c) = self.core().consult.clone() {
+            if c.mix.is_some() && c.up {
+                // A three-way or monitor in progress goes on (the mix kept mixing): its
+                // topology is stated again.
+                self.mix_topology();
+                return false;
+            }
             if !c.up && c.leg.ack.is_none() {
                 // Still ringing: its INVITE is cancelled without its transaction.
                 let cancel = cancel_for(&c.leg.invite);

@@ -67,8 +67,14 @@ pub struct QueueView {
 pub struct ConsultView {
     /// `user:<name>`.
     pub target: String,
-    /// The target answered and talks with the agent.
+    /// The target answered and talks with the agent (a three-way or monitor: it is in the
+    /// call's mix).
     pub up: bool,
+    /// `consult`, `conference` (a three-way) or `monitor`.
+    pub kind: &'static str,
+    /// A monitor's mode: `listen`, `whisper` or `barge`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
 }
 
 /// A transfer in progress.
@@ -125,7 +131,13 @@ impl Checkpoint {
                 user: self.users[1].as_deref().map(str::to_string),
                 state: match self.phase {
                     _ if held(Leg::B) => "held",
-                    _ if self.consult.as_ref().is_some_and(|c| c.up) => "consulting",
+                    _ if self
+                        .consult
+                        .as_ref()
+                        .is_some_and(|c| c.up && c.mix.is_none()) =>
+                    {
+                        "consulting"
+                    }
                     Phase::Queued | Phase::Setup => "setup",
                     Phase::Early => "ringing",
                     Phase::Answered | Phase::Confirmed | Phase::Ended => "up",
@@ -145,7 +157,11 @@ impl Checkpoint {
         if let Some(c) = &self.consult {
             let id = text(&c.leg.dialog.call_id);
             legs.push(LegView {
-                position: "consulted",
+                position: match c.mix {
+                    None => "consulted",
+                    Some(super::MixKind::Conference) => "conference",
+                    Some(super::MixKind::Monitor(_)) => "supervisor",
+                },
                 party: c.target.clone(),
                 call_id: id,
                 user: c.leg.user.as_deref().map(str::to_string),
@@ -186,6 +202,11 @@ impl Checkpoint {
             consult: self.consult.as_ref().map(|c| ConsultView {
                 target: c.target.clone(),
                 up: c.up,
+                kind: c.mix.map_or("consult", |k| k.label()),
+                mode: match c.mix {
+                    Some(super::MixKind::Monitor(m)) => Some(m.label()),
+                    _ => None,
+                },
             }),
             transfers: self.cdr.transfers.clone(),
         }
