@@ -5,7 +5,8 @@
 #   load/bench.sh [--only limit|switch|open|peer[,...]] [--sustained-secs N]
 #                 [--sweep "1000 2000 3000 4000"] [--sweep-secs N]
 #                 [--overload-cps N] [--no-overload] [--quick]
-#                 [--switch-bin PATH] [--before-bin PATH] [--peer-shm-mb MB]
+#                 [--switch-bin PATH] [--before-bin PATH [--before-has-edge]]
+#                 [--peer-shm-mb MB]
 #                 [--out DIR]
 #
 # Targets (all: caller SIPp -> ... -> callee SIPp, load/run.sh does each run):
@@ -17,8 +18,9 @@
 #           sustained scenario only: the cost of the defence is switch / open
 #           (issue 16: within 5 %).
 #   before  with --before-bin PATH: an older build of the switch (before issue
-#           16's [security], run.sh --pre-edge), sustained scenario only: CPU
-#           and memory per call before and after a change, in one run.
+#           16's [security], run.sh --pre-edge; with --before-has-edge a build
+#           that has it, configured like the switch), sustained scenario only:
+#           CPU and memory per call before and after a change, in one run.
 #   peer    SIPp caller -> Kamailio (load/peers/kamailio.cfg: tm, rr, dialog)
 #           -> SIPp callee.
 # Scenarios per target:
@@ -67,6 +69,7 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1; shift ;;
         --switch-bin) SWITCH_BIN=${2:?--switch-bin needs a value}; shift 2 ;;
         --before-bin) BEFORE_BIN=${2:?--before-bin needs a value}; shift 2 ;;
+        --before-has-edge) BEFORE_EDGE=1; shift ;;
         --out) OUT=${2:?--out needs a value}; shift 2 ;;
         --peer-shm-mb) PEER_SHM_MB=${2:?--peer-shm-mb needs a value}; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -160,7 +163,8 @@ for t in $TARGETS; do
     case "$t" in
         limit) targs=(--target direct) ;;
         switch) targs=(--target switch "${SWITCH_ARGS[@]}" --admission-cps $BIG --admission-max-calls $BIG) ;;
-        before) targs=(--target switch --switch-bin "$BEFORE_BIN" --admission-cps $BIG --admission-max-calls $BIG --pre-edge) ;;
+        before) targs=(--target switch --switch-bin "$BEFORE_BIN" --admission-cps $BIG --admission-max-calls $BIG)
+                [ -n "${BEFORE_EDGE:-}" ] || targs+=(--pre-edge) ;;
         open) targs=(--target switch "${SWITCH_ARGS[@]}" --admission-cps $BIG --admission-max-calls $BIG --no-defence) ;;
         peer) targs=(--target peer --peer-shm-mb "$PEER_SHM_MB") ;;
     esac
