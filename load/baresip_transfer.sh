@@ -408,11 +408,6 @@ if [ -n "$PCAP" ] && [ -s "$OUT/rtp.pcap" ]; then
         | awk -F'\t' '{ k = $2 " -> " $3 ($4 != "" ? " (icmp)" : ""); if (!(k in n)) { first[k] = $1; order[++m] = k } n[k]++; last[k] = $1 }
             END { for (i = 1; i <= m; i++) { k = order[i]; printf "    %-24s %5d packets, %.2f-%.2f s\n", k, n[k], first[k], last[k] } }' | tee -a "$OUT/report.txt"
 fi
-if [ "$VERDICT" = PASS ]; then
-    say "result                 PASS"
-else
-    joined=$(printf '%s; ' "${REASONS[@]}")
-    say "result                 FAIL: ${joined%; }"
-fi
+say "$(verdict_line)"
 say "files                  $OUT"
 [ "$VERDICT" = PASS ]

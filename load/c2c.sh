@@ -533,14 +533,9 @@ POST_SPAN=$(awk -F';' 'NR==2 { a=$4 } NR>1 { b=$4 } END { printf "%.1f", b-a }' 
     echo "switch calls_active    peak $PEAK_SW (1 s samples), after the run $CA_AFTER"
     echo "switch CPU             $SW_CPU_S s during the calls ($(awk -v s="$SW_CPU_S" -v n="$CALLS" 'BEGIN { if (s=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }') us per call), $SW_CPU_TOTAL_S s since start (incl. $AGENTS registrations); wall $(elapsed "$T_START" "$T_END") s"
     echo "switch memory          VmHWM $(kib_mib "$SW_HWM_KB"), sampled peak VmRSS $(kib_mib "$PEAK_RSS_KB"), VmRSS before calls $(kib_mib "$RSS_BEFORE_KB"), after $(kib_mib "$SW_RSS_KB")"
-    echo "switch log             $(awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log")"
+    echo "switch log             $(log_counts)"
     [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the run: CPU and latency figures are disturbed"
-    if [ "$VERDICT" = PASS ]; then
-        echo "result                 PASS"
-    else
-        joined=$(printf '%s; ' "${REASONS[@]}")
-        echo "result                 FAIL: ${joined%; }"
-    fi
+    verdict_line
     echo "files                  $OUT"
 } | tee -a "$OUT/report.txt"
 

@@ -382,7 +382,7 @@ PEAK_RSS_KB=$(awk -F';' 'NR>1 && $3+0>m { m=$3+0 } END { print m+0 }' "$SAMPLES"
     echo "switch CPU             $SW_CPU_S s during the calls ($(awk -v s="$SW_CPU_S" -v n="$CREATED" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }') us per call), $SW_CPU_TOTAL_S s since start"
     echo "switch memory          VmHWM $(kib_mib "$SW_HWM_KB"), sampled peak VmRSS $(kib_mib "$PEAK_RSS_KB"), VmRSS before calls $(kib_mib "$RSS_BEFORE_KB"), after $(kib_mib "$SW_RSS_KB")"
     echo "CDRs                   $CDR_TOTAL rows, $CDR_ANSWERED answered with an agent, $CDR_AGENTS agents; overlapping calls of one agent: $OVERLAPS; shortest time from an agent's call end to its next answer $MIN_GAP ms, shorter than wrap-up + ring - 100 ms ($MIN_ALLOWED): $SHORT_WRAPS${CDR_NOTE:+ ($CDR_NOTE)}"
-    echo "switch log             $(awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log")"
+    echo "switch log             $(log_counts)"
     [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the run: CPU and latency figures are disturbed"
     echo "switchyard_queue_* (tenant cc, after the run):"
     if [ -s "$OUT/metrics_after.txt" ]; then
@@ -400,12 +400,7 @@ PEAK_RSS_KB=$(awk -F';' 'NR>1 && $3+0>m { m=$3+0 } END { print m+0 }' "$SAMPLES"
     else
         echo "    (not fetched)"
     fi
-    if [ "$VERDICT" = PASS ]; then
-        echo "result                 PASS"
-    else
-        joined=$(printf '%s; ' "${REASONS[@]}")
-        echo "result                 FAIL: ${joined%; }"
-    fi
+    verdict_line
     echo "files                  $OUT"
 } | tee -a "$OUT/report.txt"
 

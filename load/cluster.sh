@@ -444,11 +444,6 @@ mean_ms() {
 for n in "${NODES[@]}"; do
     say "metrics $n             takeovers $(metric_sum switchyard_cluster_takeover_seconds_count "$OUT/metrics_$n.txt"), moves $(metric_sum switchyard_cluster_ownership_moves_total "$OUT/metrics_$n.txt"), inter-node sent $(metric_sum switchyard_cluster_messages_sent_total "$OUT/metrics_$n.txt"), failed $(metric_sum switchyard_cluster_message_failures_total "$OUT/metrics_$n.txt"); CDR commit before the hangup: mean $(mean_ms switchyard_cdr_durable_wait_seconds "$OUT/metrics_$n.txt"), not durable $(metric_sum switchyard_cdr_not_durable_total "$OUT/metrics_$n.txt")"
 done
-if [ "$VERDICT" = PASS ]; then
-    say "result                 PASS"
-else
-    joined=$(printf '%s; ' "${REASONS[@]}")
-    say "result                 FAIL: ${joined%; }"
-fi
+say "$(verdict_line)"
 say "files                  $OUT"
 [ "$VERDICT" = PASS ]

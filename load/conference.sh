@@ -76,29 +76,8 @@ pick_port CALLER_PORT; pick_port CALLER_CP; pick_port CALLER_MP
 
 # ---------------------------------------------------------------- data and config
 # The RTP payloads of g711a.pcap (A-law), raw, where the scenarios' rtp_stream finds them.
-python3 - "$PCAP" "$OUT/media_audio.al" <<'PY' || die "could not extract the A-law audio from $PCAP"
-import struct, sys
-data = open(sys.argv[1], "rb").read()
-magic = struct.unpack("<I", data[:4])[0]
-end = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-link = struct.unpack(end + "I", data[20:24])[0]
-l2 = {1: 14, 113: 16, 0: 4}[link]
-off, out = 24, bytearray()
-while off + 16 <= len(data):
-    incl = struct.unpack(end + "I", data[off + 8:off + 12])[0]
-    pkt = data[off + 16:off + 16 + incl]
-    off += 16 + incl
-    ip = pkt[l2:]
-    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
-        continue
-    rtp = ip[(ip[0] & 15) * 4 + 8:]
-    if len(rtp) < 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F != 8:
-        continue
-    out += rtp[12 + 4 * (rtp[0] & 15):]
-if len(out) < 8000:
-    sys.exit("too little A-law audio")
-open(sys.argv[2], "wb").write(out)
-PY
+python3 "$here/lib/alaw_from_pcap.py" "$PCAP" "$OUT/media_audio.al" \
+    || die "could not extract the A-law audio from $PCAP"
 python3 - "$DOMAIN" "$OUT" "$AGENT" "$THIRD" <<'PY'
 import hashlib, sys
 domain, out, users = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -311,14 +290,9 @@ MIX_US_STREAM=$(awk -v u="$MIX_US" -v ss="$STREAM_S" 'BEGIN { if (ss+0==0) print
     echo "switch CPU             $SW_CPU_S s in the window: $US_STREAM us per mixed stream-second (all of it: relay, mixing, signalling); mixing alone $MIX_US_STREAM us"
     echo "switch memory          VmRSS $(kib_mib "$RSS_KB")"
     echo "CDRs                   $CDR_TOTAL rows; with conference:api>user:$THIRD and a conference leg: $CDR_OK"
-    echo "switch log             $(awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log")"
+    echo "switch log             $(log_counts)"
     [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the window: CPU figures are disturbed"
-    if [ "$VERDICT" = PASS ]; then
-        echo "result                 PASS"
-    else
-        joined=$(printf '%s; ' "${REASONS[@]}")
-        echo "result                 FAIL: ${joined%; }"
-    fi
+    verdict_line
     echo "files                  $OUT"
 } | tee -a "$OUT/report.txt"
 [ "$VERDICT" = PASS ] || exit 1

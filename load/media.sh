@@ -152,29 +152,8 @@ for v in SIP_PORT HTTP_PORT UAC_PORT UAS_PORT UAC_MP UAS_MP; do pick_media_port 
 # ---------------------------------------------------------------- media file, buffer shim
 # The RTP payloads of g711a.pcap (A-law, 236 packets of 240 bytes: 7.08 s), raw, in
 # SIPp's working directory where media_uac.xml's rtp_stream finds it.
-python3 - "$PCAP" "$OUT/media_audio.al" <<'PY' || die "could not extract the A-law audio from $PCAP"
-import struct, sys
-data = open(sys.argv[1], "rb").read()
-magic = struct.unpack("<I", data[:4])[0]
-end = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-link = struct.unpack(end + "I", data[20:24])[0]
-l2 = {1: 14, 113: 16, 0: 4}[link]
-off, out = 24, bytearray()
-while off + 16 <= len(data):
-    incl = struct.unpack(end + "I", data[off + 8:off + 12])[0]
-    pkt = data[off + 16:off + 16 + incl]
-    off += 16 + incl
-    ip = pkt[l2:]
-    if len(ip) < 20 or ip[0] >> 4 != 4 or ip[9] != 17:
-        continue
-    rtp = ip[(ip[0] & 15) * 4 + 8:]
-    if len(rtp) < 12 or rtp[0] >> 6 != 2 or rtp[1] & 0x7F != 8:
-        continue
-    out += rtp[12 + 4 * (rtp[0] & 15):]
-if len(out) < 8000:
-    sys.exit("too little A-law audio")
-open(sys.argv[2], "wb").write(out)
-PY
+python3 "$here/lib/alaw_from_pcap.py" "$PCAP" "$OUT/media_audio.al" \
+    || die "could not extract the A-law audio from $PCAP"
 
 SHIM=""
 if [ -n "$UDP_BUFFERS" ]; then
@@ -562,12 +541,7 @@ fi
 [ "$BUILD_SEEN" = 0 ] || say "WARNING                rustc/cargo ran during the run (shared machine)"
 printf '%s\n' "mode;calls;relay_threads;inband_dtmf;rate;window_s;peak_sessions;rtp_in_pps;rtp_out_pps;loss_pct;switch_core_pct;us_per_stream_s;uac_core_pct;uas_core_pct;machine_busy_pct;failed;result" \
     "$MODE;$CALLS;$RELAY_THREADS;${INBAND_DTMF:-default};$RATE;$WIN_S;$PEAK_SESSIONS;$IN_PPS;$OUT_PPS;$LOSS_PCT;$SW_PCT;$US_STREAM;$UAC_PCT;$UAS_PCT;$BUSY_PCT;$FAILED;$VERDICT" > "$OUT/summary.csv"
-if [ "$VERDICT" = PASS ]; then
-    say "result                 PASS"
-else
-    joined=$(printf '%s; ' "${REASONS[@]}")
-    say "result                 FAIL: ${joined%; }"
-fi
+say "$(verdict_line)"
 say "files                  $OUT (samples.csv every ${SAMPLE_S} s, summary.csv)"
 if [ "$VERDICT" != PASS ]; then
     [ ! -s "$OUT/uac_errors.log" ] || { echo "--- first caller errors ---" >&2; head -c 2000 "$OUT/uac_errors.log" >&2; echo >&2; }

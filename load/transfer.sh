@@ -365,14 +365,9 @@ fi
     echo "switch CPU             $SW_CPU_S s during the calls ($(awk -v s="$SW_CPU_S" -v n="$CREATED" 'BEGIN { if (s=="NA" || n=="NA" || n+0==0) print "NA"; else printf "%.0f", s*1e6/n }') us per transferred call: 3 dialogs, REFER, 2 NOTIFYs, anchored media)"
     echo "switch memory          VmHWM $(kib_mib "$SW_HWM_KB"), VmRSS before calls $(kib_mib "$RSS_BEFORE_KB"), after $(kib_mib "$SW_RSS_KB")"
     echo "CDRs                   $CDR_TOTAL rows; showing the chain ($CHAIN_SRC): $CDR_OK, not: $CDR_BAD; end reasons: $REASONS_SQL${CDR_NOTE:+ ($CDR_NOTE)}"
-    echo "switch log             $(awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log")"
+    echo "switch log             $(log_counts)"
     [ "$BUILD_SEEN" = 0 ] || echo "WARNING                rustc/cargo ran during the run: CPU and latency figures are disturbed"
-    if [ "$VERDICT" = PASS ]; then
-        echo "result                 PASS"
-    else
-        joined=$(printf '%s; ' "${REASONS[@]}")
-        echo "result                 FAIL: ${joined%; }"
-    fi
+    verdict_line
     echo "files                  $OUT"
 } | tee -a "$OUT/report.txt"
 

@@ -520,12 +520,7 @@ done
     else
         echo "    (no scrape at the end)"
     fi
-    if [ "$VERDICT" = PASS ]; then
-        echo "result                 PASS"
-    else
-        joined=$(printf '%s; ' "${REASONS[@]}")
-        echo "result                 FAIL: ${joined%; }"
-    fi
+    verdict_line
     echo "files                  $OUT (trunk_samples.csv: every 100 ms sample)"
 } | tee -a "$OUT/report.txt"
 

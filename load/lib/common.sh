@@ -127,6 +127,18 @@ watch_caller() {
 kib_mib() { [ "$1" = NA ] || [ -z "$1" ] && echo NA || awk -v k="$1" 'BEGIN { printf "%.1f MiB", k/1024 }'; }
 say() { echo "$@" | tee -a "$OUT/report.txt"; }
 fail() { VERDICT=FAIL; REASONS+=("$1"); }
+# The report's result line: PASS, or FAIL with the reasons given to fail().
+verdict_line() {
+    if [ "$VERDICT" = PASS ]; then
+        echo "result                 PASS"
+    else
+        local joined
+        joined=$(printf '%s; ' "${REASONS[@]}")
+        echo "result                 FAIL: ${joined%; }"
+    fi
+}
+# WARN and ERROR lines in the switch's log.
+log_counts() { awk '$2=="WARN" { w++ } $2=="ERROR" { e++ } END { printf "%d WARN, %d ERROR lines", w, e }' "$OUT/switch.log"; }
 # Agents' accounts: SIPp's injection file (username;[authentication ...];domain), the
 # switch's users CSV (username,ha1_md5,ha1_sha256: the switch never sees a password) and
 # agents CSV (id,user,queues,skills,state), for N agents a<100000+i> with users u<100000+i>.
