@@ -273,10 +273,7 @@ async fn consult_call(
     Path(call_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let command = Json::<ConsultBody>::from_bytes(&body)
-        .map_err(|e| Problem::bad_request(e.body_text()))
-        .and_then(|b| checked_target(b.0.target))
-        .map(|target| Command::Consult { target });
+    let command = target_of(&body).map(|target| Command::Consult { target });
     control(&state, &caller, call_id, "consult", command).await
 }
 
@@ -315,10 +312,7 @@ async fn conference_call(
     Path(call_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let command = Json::<ConsultBody>::from_bytes(&body)
-        .map_err(|e| Problem::bad_request(e.body_text()))
-        .and_then(|b| checked_target(b.0.target))
-        .map(|target| Command::Conference { target });
+    let command = target_of(&body).map(|target| Command::Conference { target });
     control(&state, &caller, call_id, "conference", command).await
 }
 
@@ -334,9 +328,7 @@ async fn conference_party(
 }
 
 fn party_command(body: &[u8]) -> Result<Command, Problem> {
-    let b = Json::<PartyBody>::from_bytes(body)
-        .map_err(|e| Problem::bad_request(e.body_text()))?
-        .0;
+    let b = Problem::json_body::<PartyBody>(body)?;
     let party = Party::parse(&b.party)
         .ok_or_else(|| Problem::bad_request("party: caller, agent or third".to_string()))?;
     if b.mute.is_none() && b.deaf.is_none() {
@@ -378,9 +370,8 @@ async fn monitor_mode(
     Path(call_id): Path<String>,
     body: Bytes,
 ) -> Response {
-    let command = Json::<MonitorModeBody>::from_bytes(&body)
-        .map_err(|e| Problem::bad_request(e.body_text()))
-        .and_then(|b| checked_mode(&b.0.mode))
+    let command = Problem::json_body::<MonitorModeBody>(&body)
+        .and_then(|b| checked_mode(&b.mode))
         .map(Command::MonitorMode);
     control(&state, &caller, call_id, "monitor_mode", command).await
 }
@@ -394,10 +385,13 @@ async fn monitor_end(
     control(&state, &caller, call_id, "monitor_end", command).await
 }
 
+/// The checked `target` of a `{"target"}` body (consultation, three-way).
+fn target_of(body: &[u8]) -> Result<String, Problem> {
+    checked_target(Problem::json_body::<ConsultBody>(body)?.target)
+}
+
 fn monitor_command(body: &[u8]) -> Result<Command, Problem> {
-    let b = Json::<MonitorBody>::from_bytes(body)
-        .map_err(|e| Problem::bad_request(e.body_text()))?
-        .0;
+    let b = Problem::json_body::<MonitorBody>(body)?;
     Ok(Command::Monitor {
         supervisor: checked_target(b.supervisor)?,
         mode: checked_mode(&b.mode)?,
@@ -442,9 +436,7 @@ async fn release_call(
 /// `attended` starts a consultation with the target, which `/consult/complete` turns into
 /// the transfer.
 fn transfer_command(body: &[u8]) -> Result<Command, Problem> {
-    let parsed = Json::<TransferBody>::from_bytes(body)
-        .map_err(|e| Problem::bad_request(e.body_text()))?
-        .0;
+    let parsed = Problem::json_body::<TransferBody>(body)?;
     let target = checked_target(parsed.target)?;
     Ok(match parsed.mode {
         Mode::Blind => Command::Transfer { target },

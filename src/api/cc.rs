@@ -536,9 +536,7 @@ fn not_ready_command(body: &[u8]) -> Result<Command, Problem> {
     let parsed = if body.iter().all(u8::is_ascii_whitespace) {
         NotReadyBody::default()
     } else {
-        Json::<NotReadyBody>::from_bytes(body)
-            .map_err(|e| Problem::bad_request(e.body_text()))?
-            .0
+        Problem::json_body::<NotReadyBody>(body)?
     };
     let reason = parsed.reason.unwrap_or_else(|| DEFAULT_REASON.to_owned());
     if reason.trim().is_empty() || reason.chars().count() > MAX_REASON {
@@ -618,9 +616,7 @@ pub(super) async fn click_to_call(
     body: Bytes,
 ) -> Response {
     let answer = async {
-        let req: ClickToCall = Json::<ClickToCall>::from_bytes(&body)
-            .map_err(|e| Problem::bad_request(e.body_text()))?
-            .0;
+        let req: ClickToCall = Problem::json_body(&body)?;
         caller.check(&req.tenant)?;
         if req.number.is_empty()
             || !req

@@ -68,6 +68,13 @@ impl Problem {
         Self::new(StatusCode::BAD_REQUEST, detail)
     }
 
+    /// A JSON request body as `T`, or a 400 saying what is wrong with it.
+    pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Self> {
+        Json::<T>::from_bytes(body)
+            .map(|b| b.0)
+            .map_err(|e| Self::bad_request(e.body_text()))
+    }
+
     /// 503: what the request needs does not answer now.
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, detail)

@@ -99,9 +99,7 @@ async fn create_token(
         let wanted = if body.iter().all(u8::is_ascii_whitespace) {
             NewToken::default()
         } else {
-            Json::<NewToken>::from_bytes(&body)
-                .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, e.body_text()))?
-                .0
+            Problem::json_body::<NewToken>(&body)?
         };
         tokens::check_name(&wanted.name)
             .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("name: {e}")))?;
