@@ -283,14 +283,7 @@ impl CallCore {
                 }
                 self.ack_b(Bytes::new(), None);
             }
-            let by = if leg == Leg::A {
-                HangupBy::Caller
-            } else {
-                HangupBy::Callee
-            };
-            self.cancel_call_timers();
-            let status = self.core().cdr.final_status.max(200);
-            self.end(status, by, "bye");
+            self.end_on_bye(leg);
             return self.after_cdr(AfterCdr::Relay(leg, Box::new(msg), server));
         }
         if self.mixed_leg_alone(leg, &method, server) {
@@ -1197,6 +1190,19 @@ impl CallCore {
         if let Some(id) = self.no_answer.take() {
             self.cancel_timer(id);
         }
+    }
+
+    /// A BYE from `leg` ends the call: its timers stop and the CDR is written (what
+    /// follows, the BYE relayed or answered, waits for the CDR).
+    pub(super) fn end_on_bye(&mut self, leg: Leg) {
+        let by = if leg == Leg::A {
+            HangupBy::Caller
+        } else {
+            HangupBy::Callee
+        };
+        self.cancel_call_timers();
+        let status = self.core().cdr.final_status.max(200);
+        self.end(status, by, "bye");
     }
 
     pub(super) fn cancel_call_timers(&mut self) {

@@ -452,14 +452,7 @@ impl CallCore {
             Some(_) => {
                 // The last of caller and agent leaves: the call ends (the third party is
                 // sent BYE with it).
-                let by = if leg == Leg::A {
-                    HangupBy::Caller
-                } else {
-                    HangupBy::Callee
-                };
-                self.cancel_call_timers();
-                let status = self.core().cdr.final_status.max(200);
-                self.end(status, by, "bye");
+                self.end_on_bye(leg);
                 self.after_cdr(AfterCdr::Respond(server, 200, "OK"));
             }
         }
