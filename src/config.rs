@@ -1369,10 +1369,16 @@ fn validate_contact_centre<'a>(
             Ok(CcTarget::Queue(q)) if !queues.contains(q.as_str()) => {
                 err(format!("{place}.target"), format!("no queue {q:?}"))
             }
-            Ok(CcTarget::Queue(_) | CcTarget::User(_) | CcTarget::Echo | CcTarget::Music) => {}
+            Ok(
+                CcTarget::Queue(_)
+                | CcTarget::User(_)
+                | CcTarget::Echo
+                | CcTarget::Music
+                | CcTarget::Conference(_),
+            ) => {}
             Ok(_) => err(
                 format!("{place}.target"),
-                "a number leads to queue:<id>, user:<name>, echo or music".into(),
+                "a number leads to queue:<id>, user:<name>, conference:<id>, echo or music".into(),
             ),
             Err(e) => err(format!("{place}.target"), e),
         }
@@ -1563,6 +1569,18 @@ pub enum CcTarget {
     Echo,
     /// The switch answers and plays music on hold (numbers only).
     Music,
+    /// The switch answers and puts the caller in the tenant's conference of this id, made
+    /// by its first caller (numbers only).
+    Conference(String),
+}
+
+/// A conference id: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn valid_conference_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 impl CcTarget {
@@ -1582,12 +1600,16 @@ impl CcTarget {
             "queue" => Ok(CcTarget::Queue(rest.to_string())),
             "user" => Ok(CcTarget::User(rest.to_string())),
             "number" => Ok(CcTarget::Number(rest.to_string())),
+            "conference" if valid_conference_id(rest) => Ok(CcTarget::Conference(rest.to_string())),
+            "conference" => Err(format!(
+                "{s:?}: a conference id is 1-64 letters, digits, - _ or ."
+            )),
             "status" => match rest.parse::<u16>() {
                 Ok(c) if (400..700).contains(&c) => Ok(CcTarget::Status(c)),
                 _ => Err(format!("{s:?}: a final failure status 400-699")),
             },
             _ => Err(format!(
-                "{s:?}: queue:, user:, number:, status:, echo or music"
+                "{s:?}: queue:, user:, number:, status:, conference:, echo or music"
             )),
         }
     }

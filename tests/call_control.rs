@@ -1866,3 +1866,171 @@ async fn a_consultation_completed_as_a_conference_mixes_all_three() {
     assert_eq!(cdr.transfers.as_deref(), Some("conference:api>user:1003"));
     node.shutdown().await;
 }
+
+// ---- standalone conferences (issue 18) ----
+
+/// `phone` dials `number` (a `conference:<id>` number): the switch answers it. Its dialog
+/// and where it sends its audio.
+async fn dial_in(phone: &Phone, sw: SocketAddr, cid: &str, number: &str) -> (Side, SocketAddr) {
+    phone
+        .ua
+        .send(
+            sw,
+            &invite_sdp(cid, number, phone.ua.addr, &phone.rtp.sdp()),
+        )
+        .await;
+    let (ok, _) = phone.ua.expect("200 to INVITE", is_ok_to("INVITE")).await;
+    let mut a = Side::caller(phone.ua.addr, cid, &ok);
+    phone.ua.send(sw, &a.request("ACK", 1, "", "")).await;
+    (a, sdp_addr(&ok))
+}
+
+/// Polls `GET /conferences/acme/room` until `pred` holds (bounded: 5 s); the last answer.
+async fn room_until(node: &Node, what: &str, pred: impl Fn(u16, &Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, v) = api(node, "GET", "/conferences/acme/room", ACME, "").await;
+        if pred(status, &v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: {status} {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conference_room_mixes_dial_in_and_dial_out_phones_mutes_kicks_and_ends_with_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = node_config(dir.path(), "48600-48699");
+    c.tenants[0].numbers.push(NumberConfig {
+        number: "7000".into(),
+        target: "conference:room".into(),
+        priority: 0,
+    });
+    let node = start_with(c).await;
+    let sw = udp_addr(&node);
+    let (caller, p1002, p1003) = three_phones(sw, 180).await;
+
+    // Rooms are the tenant's: another tenant's token cannot make one in acme.
+    let (status, _) = api(
+        &node,
+        "POST",
+        "/conferences/acme",
+        OTHER,
+        r#"{"id":"room"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, v) = api(&node, "POST", "/conferences/acme", ACME, r#"{"id":"room"}"#).await;
+    assert_eq!(status, 201, "{v}");
+    let (status, _) = api(&node, "POST", "/conferences/acme", ACME, r#"{"id":"room"}"#).await;
+    assert_eq!(status, 409, "the id is taken");
+    let (status, _) = api(&node, "POST", "/conferences/acme", ACME, r#"{"id":"a/b"}"#).await;
+    assert_eq!(status, 400);
+
+    // Two phones dial in; 1003 is dialled out to and answers with its offer.
+    let (mut a1, to_1) = dial_in(&caller, sw, "conf-in-1", "7000").await;
+    let (mut a2, to_2) = dial_in(&p1002, sw, "conf-in-2", "7000").await;
+    let (status, v) = api(
+        &node,
+        "POST",
+        "/conferences/acme/room/participants",
+        ACME,
+        r#"{"target":"1003"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{v}");
+    let out_cid = v["call_id"]
+        .as_str()
+        .expect("the dial-out's call")
+        .to_string();
+    let (inv_c, from_c) = p1003.ua.expect_request("INVITE").await;
+    assert!(inv_c.body.is_empty(), "the phone makes the offer");
+    p1003
+        .ua
+        .send(
+            from_c,
+            &answer(&inv_c, 200, "OK", "ctag", p1003.ua.addr, &p1003.rtp.sdp()),
+        )
+        .await;
+    let (ack, _) = p1003.ua.expect_request("ACK").await;
+    let to_3 = sdp_addr(&ack);
+    let v = room_until(&node, "three in the room", |s, v| {
+        s == 200 && v["participants"].as_array().is_some_and(|p| p.len() == 3)
+    })
+    .await;
+    assert_eq!(v["participants"][2]["via"], "dial-out", "{v}");
+    let (status, _) = api(&node, "GET", "/conferences/acme/room", OTHER, "").await;
+    assert_eq!(status, 404, "another tenant sees no such room");
+
+    let phones = [(&caller, to_1), (&p1002, to_2), (&p1003, to_3)];
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[0, 2], &[0, 1]], "the room");
+
+    // A panic in a participant's call actor changes nothing.
+    crash_call(&node, "conf-in-1").await;
+    // The first caller muted: the others hear only each other; it still hears both.
+    let path = "/conferences/acme/room/participants/conf-in-1";
+    let (status, v) = api(&node, "PUT", path, ACME, r#"{"mute":true}"#).await;
+    assert_eq!((status, &v["muted"]), (200, &Value::from(true)), "{v}");
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[2], &[1]], "the first caller muted");
+    // Unmuted, and 1003 deaf: it hears silence.
+    let (status, _) = api(&node, "PUT", path, ACME, r#"{"mute":false}"#).await;
+    assert_eq!(status, 200);
+    let path_3 = format!("/conferences/acme/room/participants/{out_cid}");
+    let (status, _) = api(&node, "PUT", &path_3, ACME, r#"{"deaf":true}"#).await;
+    assert_eq!(status, 200);
+    let heard = talk_tones(&phones).await;
+    assert_heard(&heard, &[&[1, 2], &[0, 2], &[]], "1003 deaf");
+
+    // 1003 is kicked: a BYE; the two others talk on.
+    let (status, v) = api(&node, "DELETE", &path_3, ACME, "").await;
+    assert_eq!(status, 202, "{v}");
+    let (bye, from) = p1003.ua.expect_request("BYE").await;
+    p1003.ok(&bye, from).await;
+    room_until(&node, "two left", |s, v| {
+        s == 200 && v["participants"].as_array().is_some_and(|p| p.len() == 2)
+    })
+    .await;
+    talk(
+        &caller,
+        to_1,
+        &p1002,
+        to_2,
+        "the two dial-ins after the kick",
+    )
+    .await;
+
+    // The callers hang up; the room ends with the last.
+    caller.ua.send(sw, &a1.request("BYE", 0, "", "")).await;
+    caller.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    p1002.ua.send(sw, &a2.request("BYE", 0, "", "")).await;
+    p1002.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    room_until(&node, "the room ended", |s, _| s == 404).await;
+    let dialled_in = cdr(&node, dir.path(), "conf-in-1").await;
+    assert_eq!(dialled_in.target.as_deref(), Some("conference:room"));
+    assert!(dialled_in.answer_at.is_some());
+    let kicked = cdr(&node, dir.path(), &out_cid).await;
+    assert_eq!(
+        kicked.disconnect_reason,
+        switchyard::api::conferences::KICK_REASON
+    );
+    assert_eq!(
+        metric(&node, "switchyard_conferences_active", &[]).await,
+        0.0
+    );
+    assert!(
+        metric(
+            &node,
+            "switchyard_conference_events_total",
+            &["event=\"kicked\""]
+        )
+        .await
+            >= 1.0
+    );
+    node.shutdown().await;
+}

@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod alarms;
 pub mod call;
+pub mod conference;
 pub mod queue;
 pub mod registrar;
 pub mod remote;

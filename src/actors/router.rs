@@ -214,8 +214,10 @@ pub struct MediaPolicy {
     pub announce_secs: u64,
     /// The tenant recordings are filed under.
     pub tenant: Option<Arc<str>>,
-    /// The switch itself is the callee (a test number): no B leg.
+    /// The switch itself is the callee (a test number, a conference): no B leg.
     pub service: Option<Service>,
+    /// The tenant's conference a `conference:<id>` number puts the caller in.
+    pub conference: Option<Arc<str>>,
 }
 
 /// What the switch does as the callee of a test number (`echo`, `music`).
@@ -225,6 +227,8 @@ pub enum Service {
     Echo,
     /// Music on hold, until the caller hangs up.
     Music,
+    /// The caller joins a conference (`MediaPolicy::conference`).
+    Conference,
 }
 
 impl Service {
@@ -232,6 +236,7 @@ impl Service {
         match self {
             Service::Echo => "echo",
             Service::Music => "music",
+            Service::Conference => "conference",
         }
     }
 }
@@ -674,6 +679,11 @@ impl NumberRoute {
         let service = match &target {
             CcTarget::Echo => Some(Service::Echo),
             CcTarget::Music => Some(Service::Music),
+            CcTarget::Conference(_) => Some(Service::Conference),
+            _ => None,
+        };
+        let conference = match &target {
+            CcTarget::Conference(c) => Some(Arc::from(c.as_str())),
             _ => None,
         };
         let record = tenant.record || queue.is_some_and(|q| q.record);
@@ -691,6 +701,7 @@ impl NumberRoute {
                 announce_secs: queue.map_or(0, |q| q.announce_secs),
                 tenant: Some(id),
                 service,
+                conference,
             },
         })
     }
@@ -917,6 +928,11 @@ impl Router {
                         let label = n.media.service.map_or("", Service::label);
                         (label.to_string(), label.to_string(), None)
                     }
+                    CcTarget::Conference(c) => (
+                        format!("conference:{}/{c}", n.tenant),
+                        format!("conference:{c}"),
+                        None,
+                    ),
                     _ => return self.answer(&msg, &source, 404, "Not Found", &[]),
                 };
                 let route = Route {

@@ -446,7 +446,7 @@ fn transfer_command(body: &[u8]) -> Result<Command, Problem> {
 
 /// A transfer or consultation target: 1 to [`MAX_TARGET`] letters, digits and `+*#._-` (a
 /// user's name or a number; never a URI, so the API cannot make the switch dial anywhere).
-fn checked_target(target: String) -> Result<String, Problem> {
+pub(super) fn checked_target(target: String) -> Result<String, Problem> {
     let ok = !target.is_empty()
         && target.len() <= MAX_TARGET
         && target

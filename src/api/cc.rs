@@ -173,6 +173,11 @@ impl Directory {
         }
     }
 
+    /// `Ok` if the tenant exists; a 404 otherwise.
+    pub(super) fn has_tenant(&self, tenant: &str) -> Result<(), Problem> {
+        self.tenant(tenant).map(|_| ())
+    }
+
     fn has_queue(&self, tenant: &str, queue: &str) -> Result<(), Problem> {
         let (_, m) = self.tenant(tenant)?;
         let found = match &self.live {
@@ -200,8 +205,8 @@ impl Directory {
 
 /// What the contact-centre handlers share (behind an `Arc` in [`ApiState`]).
 pub(super) struct ContactCentre {
-    cc: Arc<CcContext>,
-    directory: Directory,
+    pub(super) cc: Arc<CcContext>,
+    pub(super) directory: Directory,
 }
 
 impl ContactCentre {
@@ -632,13 +637,7 @@ pub(super) async fn click_to_call(
             .await
             .map_err(|e| Problem::unavailable(format!("agent did not answer: {e}")))?;
 
-        let domain = match crate::actors::tenant::lookup(&req.tenant, &cc.node) {
-            Some(t) => crate::actors::tenant::info(&t)
-                .await
-                .map(|i| i.domain)
-                .unwrap_or_else(|_| req.tenant.clone()),
-            None => req.tenant.clone(),
-        };
+        let domain = tenant_domain(&cc, &req.tenant).await;
         let ctx = cc.calls.clone();
         let routes = ctx
             .routes
@@ -710,6 +709,17 @@ pub(super) async fn click_to_call(
 
 // ---------------------------------------------------------------------------- helpers
 
+/// The SIP domain of `tenant` (its users' AORs), or its id if its actor does not answer.
+pub(super) async fn tenant_domain(cc: &CcContext, tenant: &str) -> String {
+    match crate::actors::tenant::lookup(tenant, &cc.node) {
+        Some(t) => crate::actors::tenant::info(&t)
+            .await
+            .map(|i| i.domain)
+            .unwrap_or_else(|_| tenant.to_string()),
+        None => tenant.to_string(),
+    }
+}
+
 /// The answer to a recording command: the recording's id.
 #[derive(Debug, Serialize)]
 struct RecordingAnswer {
@@ -746,7 +756,7 @@ async fn recording_command(
     respond(answer.await)
 }
 
-fn contact_centre(state: &ApiState) -> Result<&ContactCentre, Problem> {
+pub(super) fn contact_centre(state: &ApiState) -> Result<&ContactCentre, Problem> {
     state
         .cc
         .as_deref()

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod calls;
 pub mod cc;
 mod cluster;
+pub mod conferences;
 mod config;
 mod health;
 pub mod log;
@@ -81,6 +82,7 @@ pub fn describe() {
     auth::describe();
     calls::describe();
     cc::describe();
+    conferences::describe();
     recordings::describe();
     tls::describe();
     tokens::describe();
@@ -397,6 +399,7 @@ pub fn router(state: ApiState) -> Router {
     let router = route(router, "/health", get(report_health));
     let router = cc::routes(router);
     let router = calls::routes(router);
+    let router = conferences::routes(router);
     let router = recordings::routes(router);
     let router = cluster::routes(router);
     let router = config::routes(router);

@@ -6,7 +6,8 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use super::core::{
-    Env, MediaOp, MediaPorts, MediaSettings, MixOp, TargetError, Tell, TransferTarget,
+    Env, MediaOp, MediaPorts, MediaSettings, MixOp, Refusal, Seat, TargetError, Tell,
+    TransferTarget,
 };
 use super::{CallContext, Fork};
 use crate::media::prompts::{position_announcement, PromptLibrary};
@@ -209,6 +210,31 @@ impl Env for NodeEnv {
             return Err(TargetError::Forbidden);
         }
         Err(TargetError::Unavailable)
+    }
+
+    fn conference_join(&mut self, seat: Seat) -> Result<(), Refusal> {
+        let m = self
+            .ctx
+            .media
+            .get()
+            .ok_or_else(|| Refusal::Media("media anchoring is not running".into()))?;
+        self.ctx.conferences.join(
+            &m.engine,
+            &seat.tenant,
+            &seat.id,
+            &seat.call,
+            &seat.session,
+            seat.side,
+            &seat.label,
+            seat.via,
+            seat.create,
+            seat.now_ms,
+        )
+    }
+
+    fn conference_leave(&mut self, tenant: &str, id: &str, call: &str) {
+        let engine = self.ctx.media.get().map(|m| &m.engine);
+        self.ctx.conferences.leave(engine, tenant, id, call);
     }
 
     fn supervises(&self, tenant: &str, queue: &str, user: &str) -> bool {

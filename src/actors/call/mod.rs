@@ -38,9 +38,9 @@ pub mod rate;
 pub use self::core::consult_owner;
 pub use self::core::media::describe as describe_media;
 pub use self::core::{
-    CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Event,
-    HandedLeg, MonitorMode, Now, Party, Phase, RecordingCommand, Refused, Replaces, TimerFire,
-    TimerKey,
+    CallConfig, CallCore, CallInfo, CallTimer, CallView, Checkpoint, Command, Effect, Env, Event,
+    HandedLeg, MonitorMode, Now, Party, Phase, RecordingCommand, Refused, Replaces, TargetError,
+    TimerFire, TimerKey, TransferTarget,
 };
 pub use env::{event_sink, MediaCtx, NodeEnv};
 
@@ -116,6 +116,7 @@ pub fn describe() {
     self::core::transfer::describe();
     self::core::consult_describe();
     self::core::mixing_describe();
+    super::conference::describe();
     self::core::service::describe();
 }
 
@@ -152,6 +153,8 @@ pub struct CallContext {
     config: OnceLock<Arc<CallConfig>>,
     /// The tenants' numbers (transfers to a number go where a call to it would).
     pub numbers: OnceLock<Arc<super::router::Numbers>>,
+    /// The tenants' conferences (`POST /conferences`, `conference:<id>` numbers).
+    pub conferences: super::conference::Conferences,
 }
 
 impl CallContext {
@@ -185,6 +188,7 @@ impl CallContext {
             media: OnceLock::new(),
             config: OnceLock::new(),
             numbers: OnceLock::new(),
+            conferences: super::conference::Conferences::default(),
         }
     }
 
@@ -308,6 +312,85 @@ pub async fn originate(
     number: &str,
     route: Route,
 ) -> Result<String, SupervisorError> {
+    let parties = Parties {
+        tenant: agent.as_ref().map(|(t, _)| t.clone()),
+        caller: agent
+            .as_ref()
+            .map(|(_, a)| Arc::from(format!("agent:{a}").as_str())),
+        callee: None,
+    };
+    ring_first(
+        ctx, calls, call_id, agent_aor, agent, forks, number, route, parties,
+    )
+    .await
+}
+
+/// Starts a conference's dial-out: rings `user`'s phones (`forks`) with an INVITE without
+/// SDP; the phone that answers is answered in the ACK from the switch's relay session and
+/// joins the tenant's conference `id`. Returns the call's id (the participant's).
+pub async fn dial_into_conference(
+    ctx: &Arc<CallContext>,
+    calls: &ActorRef<SupervisorMsg>,
+    tenant: &Arc<str>,
+    id: &str,
+    user_aor: &str,
+    forks: Vec<Fork>,
+) -> Result<String, SupervisorError> {
+    let first = forks.first().map(|f| f.dest);
+    let (host, _) = ctx.sent_by(first.map_or(Protocol::Udp, |d| d.protocol));
+    let call_id = format!(
+        "conf-{}@{host}",
+        crate::sip::dialog::random_token(16).escape_ascii()
+    );
+    let target_text = format!("conference:{id}");
+    let route = Route {
+        id: Arc::from(target_text.as_str()),
+        from_trunks: false,
+        prefix: format!("conference:{tenant}/{id}"),
+        target: crate::config::RouteTarget {
+            addr: first.map_or(std::net::SocketAddr::from(([127, 0, 0, 1], 0)), |d| d.addr),
+            protocol: first.map_or(Protocol::Udp, |d| d.protocol),
+        },
+        strip: 0,
+        prepend: String::new(),
+        target_text,
+        group: None,
+        media: super::router::MediaPolicy {
+            anchor: true,
+            answer_first: true,
+            tenant: Some(tenant.clone()),
+            service: Some(super::router::Service::Conference),
+            conference: Some(Arc::from(id)),
+            ..Default::default()
+        },
+    };
+    let parties = Parties {
+        tenant: Some(tenant.clone()),
+        caller: None,
+        callee: None,
+    };
+    // The phone sees the conference calling it.
+    let number = format!("conference-{id}");
+    ring_first(
+        ctx, calls, call_id, user_aor, None, forks, &number, route, parties,
+    )
+    .await
+}
+
+/// Rings `forks` first (an INVITE without SDP, as if the rung party had called `number`),
+/// and goes on along `route` once one answers.
+#[allow(clippy::too_many_arguments)]
+async fn ring_first(
+    ctx: &Arc<CallContext>,
+    calls: &ActorRef<SupervisorMsg>,
+    call_id: String,
+    agent_aor: &str,
+    agent: Option<(Arc<str>, Arc<str>)>,
+    forks: Vec<Fork>,
+    number: &str,
+    route: Route,
+    parties: Parties,
+) -> Result<String, SupervisorError> {
     let first = forks.first().map(|f| f.dest);
     let dest = first.unwrap_or(Dest {
         protocol: Protocol::Udp,
@@ -355,16 +438,8 @@ pub async fn originate(
         dialled: Bytes::copy_from_slice(number.as_bytes()),
         forks,
         queue: None,
-        originate: Some(Originator {
-            agent: agent.clone(),
-        }),
-        parties: Parties {
-            tenant: agent.as_ref().map(|(t, _)| t.clone()),
-            caller: agent
-                .as_ref()
-                .map(|(_, a)| Arc::from(format!("agent:{a}").as_str())),
-            callee: None,
-        },
+        originate: Some(Originator { agent }),
+        parties,
     };
     match start(ctx, calls, call).await {
         Ok(()) => Ok(call_id),

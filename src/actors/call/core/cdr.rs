@@ -25,6 +25,7 @@ impl CallCore {
         if let Some(id) = self.announce.take() {
             self.cancel_timer(id);
         }
+        self.leave_conference();
         self.release_media();
         self.transfer_agent(None, final_status);
         self.queue_call_ended();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{CallTimer, Checkpoint};
 use crate::actors::agent::{AgentCall, AgentMsg};
+pub use crate::actors::conference::Refusal;
 use crate::actors::queue::QueueMsg;
 use crate::actors::router::Retired;
 use crate::actors::trunk::AttemptReport;
@@ -229,6 +230,27 @@ pub trait Env: Send {
     /// Whether the tenant's `user` is a supervisor of its queue `queue` (may monitor its
     /// calls).
     fn supervises(&self, tenant: &str, queue: &str, user: &str) -> bool;
+    /// Puts a leg of the call's relay session into a conference (and its mix).
+    fn conference_join(&mut self, seat: Seat) -> Result<(), Refusal>;
+    /// The call left the conference.
+    fn conference_leave(&mut self, tenant: &str, id: &str, call: &str);
+}
+
+/// A call's leg taking its place in a conference.
+#[derive(Clone, Debug)]
+pub struct Seat {
+    pub tenant: Arc<str>,
+    pub id: Arc<str>,
+    /// The call (its A-leg Call-ID), which is the participant's id.
+    pub call: String,
+    /// The relay session and side of the leg.
+    pub session: Bytes,
+    pub side: Side,
+    pub label: String,
+    pub via: &'static str,
+    /// Make the conference if there is none (a dial-in).
+    pub create: bool,
+    pub now_ms: u64,
 }
 
 /// Where a transfer goes.

@@ -56,8 +56,8 @@ mod view;
 
 pub use consult::{consult_key, consult_owner, describe as consult_describe};
 pub use effects::{
-    CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, MixLeg, MixOp, TargetError, Tell,
-    TimerFire, TimerKey, TransferTarget,
+    CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, MixLeg, MixOp, Refusal, Seat,
+    TargetError, Tell, TimerFire, TimerKey, TransferTarget,
 };
 pub use media::{info_digit, RecordingCommand};
 pub use mixing::{describe as mixing_describe, MixKind, MonitorMode, Party};
@@ -1148,6 +1148,9 @@ impl CallCore {
         self.reattach_media();
         if self.restore_topology(phase) {
             return;
+        }
+        if phase == Phase::Setup && self.service().is_some() && self.a_answered() {
+            return self.restore_service();
         }
         let waiting = self.queue_waiting();
         if self.a_answered()

@@ -180,6 +180,9 @@ impl CallCore {
         let Some(route) = self.orig_route.take() else {
             return;
         };
+        if route.media.service == Some(crate::actors::router::Service::Conference) {
+            return self.conference_answered(&route);
+        }
         let dialled = Bytes::from(self.core().cdr.callee.clone());
         match &route.group {
             Some(group) => {

@@ -1,6 +1,12 @@
-//! Test numbers the switch answers itself (a number's target `echo` or `music`): the caller
-//! is answered at once with the switch's SDP and either hears itself (every RTP packet it
-//! sends goes back to it) or music on hold, until it hangs up. No B leg is ever placed.
+//! Numbers the switch answers itself (a number's target `echo`, `music` or
+//! `conference:<id>`): the caller is answered at once with the switch's SDP and either hears
+//! itself (every RTP packet it sends goes back to it), music on hold, or the tenant's
+//! conference, until it hangs up. No B leg is ever placed.
+//!
+//! A conference's dial-out (`POST /conferences/{id}/participants`) is the same call the
+//! other way round: the switch rings the phone (an INVITE without an offer, like
+//! click-to-call), and when it answers with its offer, the switch answers that in the ACK
+//! from its relay session and the leg joins the room.
 
 use super::*;
 use crate::actors::router::Service;
@@ -31,6 +37,18 @@ impl CallCore {
     /// Answers a call to a test number. Without an anchored session (no media engine, a
     /// delayed offer, no G.711) there is nothing to answer with: 488.
     pub(super) fn start_service(&mut self, service: Service) {
+        if service == Service::Conference {
+            if let Err(r) = self.join_conference() {
+                metrics::counter!(SERVICE_CALLS, "service" => service.label(), "result" => "refused")
+                    .increment(1);
+                let (status, reason) = match r {
+                    Refusal::Full => (486, "Busy Here (Conference Full)"),
+                    Refusal::NotFound => (404, "Not Found (No Such Conference)"),
+                    _ => (503, "Service Unavailable (Conference)"),
+                };
+                return self.refuse(status, reason);
+            }
+        }
         let Some(ok) = self.answer_first() else {
             metrics::counter!(SERVICE_CALLS, "service" => service.label(), "result" => "refused")
                 .increment(1);
@@ -38,18 +56,40 @@ impl CallCore {
         };
         metrics::counter!(SERVICE_CALLS, "service" => service.label(), "result" => "answered")
             .increment(1);
-        self.answer_a(ok);
+        if self.orig.is_some() {
+            // A dial-out: the answer goes in the ACK, once.
+            self.respond_a_invite(ok);
+        } else {
+            self.answer_a(ok);
+        }
         // Music never times out for lack of RTP: a test call is bounded on its own.
-        let limit = self
-            .cfg
-            .max_duration
-            .map_or(SERVICE_MAX_DURATION, |m| m.min(SERVICE_MAX_DURATION));
+        let limit = self.service_limit();
         self.max_duration = Some(self.schedule_call_timer(CallTimer::MaxDuration, limit));
         let now = self.wall_ms;
         let cdr = &mut self.core().cdr;
         cdr.answer_ms = Some(now);
         cdr.final_status = 200;
         metrics::counter!(CALLS_ANSWERED).increment(1);
+        // A restarted actor finds the call answered (and keeps it).
+        self.checkpoint();
+    }
+
+    /// The longest call to a number the switch answers.
+    fn service_limit(&self) -> Duration {
+        self.cfg
+            .max_duration
+            .map_or(SERVICE_MAX_DURATION, |m| m.min(SERVICE_MAX_DURATION))
+    }
+
+    /// A restarted actor of a call the switch answered itself: the caller stays (its echo,
+    /// music or place in a conference's mix lives in the relay session, which outlived the
+    /// actor); only the bound on its length is set again.
+    pub(super) fn restore_service(&mut self) {
+        let answered = self.core().cdr.answer_ms.unwrap_or(self.wall_ms);
+        let elapsed = Duration::from_millis((self.wall_ms - answered).max(0) as u64);
+        let left = self.service_limit().saturating_sub(elapsed);
+        self.max_duration = Some(self.schedule_call_timer(CallTimer::MaxDuration, left));
+        self.checkpoint();
     }
 
     /// What the caller of a test number hears once answered.
@@ -58,6 +98,64 @@ impl CallCore {
         match service {
             Service::Echo => self.media_op(MediaOp::Echo(side)),
             Service::Music => self.play_music(None),
+            // Joined before the answer ([`CallCore::join_conference`]).
+            Service::Conference => {}
         }
+    }
+
+    /// The tenant and id of the conference this call's leg is in (or rings for).
+    pub(super) fn conference(&self) -> Option<(Arc<str>, Arc<str>)> {
+        let m = self.core.as_ref()?.media.as_ref()?;
+        Some((m.tenant.clone()?, m.conference.clone()?))
+    }
+
+    /// The caller's (or the dialled phone's) leg takes its place in the conference. A
+    /// dial-in makes the room if there is none; a dial-out finds it gone if it ended while
+    /// the phone rang.
+    fn join_conference(&mut self) -> Result<(), Refusal> {
+        let Some((tenant, id)) = self.conference() else {
+            return Err(Refusal::NotFound);
+        };
+        let dial_out = self.orig.is_some();
+        let core = self.core.as_ref().expect("a call");
+        let seat = Seat {
+            tenant,
+            id,
+            call: String::from_utf8_lossy(&core.a_call_id).into_owned(),
+            session: core.a_call_id.clone(),
+            side: self.side_of(Leg::A),
+            label: if dial_out {
+                core.cdr.callee.clone()
+            } else {
+                core.cdr.caller.clone()
+            },
+            via: if dial_out { "dial-out" } else { "dial-in" },
+            create: !dial_out,
+            now_ms: self.wall_ms as u64,
+        };
+        self.env.conference_join(seat)
+    }
+
+    /// The call is over: its leg leaves its conference (the room ends with its last).
+    pub(super) fn leave_conference(&mut self) {
+        if let Some((tenant, id)) = self.conference() {
+            let call = self.a_call_id_str();
+            self.env.conference_leave(&tenant, &id, &call);
+        }
+    }
+
+    /// A conference's dial-out: the phone answered with its offer (now the A leg's
+    /// INVITE body). The leg is anchored, joins the room and is answered in the ACK.
+    pub(super) fn conference_answered(&mut self, route: &crate::actors::router::Route) {
+        let (a_invite, a_call_id) = {
+            let c = self.core();
+            (c.a_invite.clone(), c.a_call_id.clone())
+        };
+        let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
+        if !self.media_settled(anchored) {
+            return;
+        }
+        self.core().a_up = true;
+        self.start_service(Service::Conference);
     }
 }

@@ -173,6 +173,10 @@ struct FakeEnv {
     targets: HashMap<String, Result<TransferTarget, TargetError>>,
     /// (queue, user) pairs: the user supervises the queue.
     supervisors: Vec<(String, String)>,
+    /// Conference joins and leaves, as `join <tenant>/<id> <call> <via>` and `leave ...`.
+    seats: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The conference is full: joins are refused.
+    conference_full: bool,
 }
 
 impl Env for FakeEnv {
@@ -206,6 +210,22 @@ impl Env for FakeEnv {
         self.supervisors
             .iter()
             .any(|(q, u)| q == queue && u == user)
+    }
+    fn conference_join(&mut self, seat: Seat) -> Result<(), Refusal> {
+        if self.conference_full {
+            return Err(Refusal::Full);
+        }
+        self.seats.lock().unwrap().push(format!(
+            "join {}/{} {} {} {}",
+            seat.tenant, seat.id, seat.call, seat.via, seat.label
+        ));
+        Ok(())
+    }
+    fn conference_leave(&mut self, tenant: &str, id: &str, call: &str) {
+        self.seats
+            .lock()
+            .unwrap()
+            .push(format!("leave {tenant}/{id} {call}"));
     }
 }
 
@@ -2582,4 +2602,91 @@ fn a_queue_agent_who_leaves_a_three_way_is_freed_while_the_others_talk_on() {
     c.status(B, 200, Method::Bye);
     assert_eq!(agent_msgs(&c, "alice"), vec!["call-ended".to_string()]);
     assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+fn conference_route(id: &str) -> Route {
+    use crate::actors::router::Service;
+    let mut r = service_route(Service::Conference);
+    r.target_text = format!("conference:{id}");
+    r.media.tenant = Some(Arc::from("t1"));
+    r.media.conference = Some(Arc::from(id));
+    r
+}
+
+#[test]
+fn a_conference_number_joins_the_caller_then_answers_and_leaves_on_bye() {
+    let env = media_env();
+    let seats = env.seats.clone();
+    let mut c = Call::with(cfg(), env);
+    c.begin(
+        &invite("conf-1", "7000", SDP_A),
+        conference_route("room"),
+        vec![],
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    assert!(body(&ok).contains("m=audio 20000 "), "the switch answers");
+    assert!(!c.has(B, |_| true), "no B leg");
+    let joined = seats.lock().unwrap().clone();
+    assert_eq!(joined.len(), 1);
+    assert!(
+        joined[0].starts_with("join t1/room conf-1 dial-in sip:alice@"),
+        "{joined:?}"
+    );
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(c.ended);
+    assert_eq!(seats.lock().unwrap()[1], "leave t1/room conf-1");
+    let cdr = &c.cdrs[0];
+    assert_eq!(cdr.target.as_deref(), Some("conference:room"));
+    assert!(cdr.answer_at.is_some());
+}
+
+#[test]
+fn a_full_conference_is_refused_with_486_and_nothing_answered() {
+    let env = FakeEnv {
+        conference_full: true,
+        ..media_env()
+    };
+    let seats = env.seats.clone();
+    let mut c = Call::with(cfg(), env);
+    c.begin(
+        &invite("conf-2", "7000", SDP_A),
+        conference_route("room"),
+        vec![],
+    );
+    c.status(A, 486, Method::Invite);
+    assert!(c.ended);
+    assert!(!c.has(A, |m| m.status() == Some(200)));
+    assert!(
+        !seats.lock().unwrap().iter().any(|s| s.starts_with("join")),
+        "never joined"
+    );
+}
+
+#[test]
+fn a_conference_caller_stays_when_its_actor_restarts_and_leaves_on_bye() {
+    let env = media_env();
+    let mut c = Call::with(cfg(), env);
+    c.begin(
+        &invite("conf-3", "7000", SDP_A),
+        conference_route("room"),
+        vec![],
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    let mut r = restarted(&c);
+    assert!(!r.ended, "an answered caller is not ended by a restart");
+    assert!(!r.has(A, |m| m.status() == Some(500)));
+    assert!(r
+        .timers
+        .iter()
+        .any(|t| t.1 == TimerFire::Call(CallTimer::MaxDuration)));
+    r.from(A, &a.request("BYE", 0, "", ""));
+    r.status(A, 200, Method::Bye);
+    assert!(r.ended);
+    assert_eq!(r.cdrs[0].target.as_deref(), Some("conference:room"));
+    assert!(r.cdrs[0].answer_at.is_some(), "answered before the restart");
 }
