@@ -2034,3 +2034,60 @@ async fn a_conference_room_mixes_dial_in_and_dial_out_phones_mutes_kicks_and_end
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_callers_leg_moves_into_a_conference_and_its_agent_is_let_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = node_config(dir.path(), "48700-48799");
+    c.tenants[0].numbers.push(NumberConfig {
+        number: "7000".into(),
+        target: "conference:room".into(),
+        priority: 0,
+    });
+    let node = start_with(c).await;
+    let sw = udp_addr(&node);
+    let (caller, agent, p1003) = three_phones(sw, 190).await;
+    agent_offerable(&node).await;
+    // 1003 waits in the room (made by its dial-in).
+    let (mut a3, to_3) = dial_in(&p1003, sw, "conf-wait-1", "7000").await;
+    let cid = "move-node-1";
+    let Up {
+        mut a, to_switch_a, ..
+    } = call(&caller, &agent, sw, cid, "5000").await;
+
+    let path = "/conferences/acme/room/participants";
+    let body = format!(r#"{{"call":"{cid}"}}"#);
+    let (status, _) = api(&node, "POST", path, OTHER, &body).await;
+    assert_eq!(status, 404, "another tenant's token");
+    let (status, v) = api(&node, "POST", path, ACME, r#"{"call":"nope"}"#).await;
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = api(&node, "POST", path, ACME, &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["result"], "conference:room", "{v}");
+    // The agent is let go; the caller and 1003 talk in the room.
+    let (bye, from) = agent.ua.expect_request("BYE").await;
+    agent.ok(&bye, from).await;
+    let v = room_until(&node, "the caller in the room", |s, v| {
+        s == 200 && v["participants"].as_array().is_some_and(|p| p.len() == 2)
+    })
+    .await;
+    assert_eq!(v["participants"][1]["via"], "moved", "{v}");
+    talk(
+        &caller,
+        to_switch_a,
+        &p1003,
+        to_3,
+        "the moved caller and 1003",
+    )
+    .await;
+
+    caller.ua.send(sw, &a.request("BYE", 0, "", "")).await;
+    caller.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    p1003.ua.send(sw, &a3.request("BYE", 0, "", "")).await;
+    p1003.ua.expect("200 to BYE", is_ok_to("BYE")).await;
+    room_until(&node, "the room ended", |s, _| s == 404).await;
+    let moved = cdr(&node, dir.path(), cid).await;
+    assert_eq!(moved.transfers.as_deref(), Some("conference:api>room:room"));
+    assert_eq!(moved.agent.as_deref(), Some("a2"));
+    node.shutdown().await;
+}

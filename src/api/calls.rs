@@ -475,7 +475,7 @@ async fn control(
     respond(answer)
 }
 
-async fn run(
+pub(super) async fn run(
     state: &ApiState,
     caller: &Caller,
     call_id: &str,

@@ -8,6 +8,7 @@
 //! | `GET /conferences/{tenant}/{id}` | [`Conference`] with its participants |
 //! | `DELETE /conferences/{tenant}/{id}` | 202: every participant is hung up; the room ends with the last |
 //! | `POST /conferences/{tenant}/{id}/participants` `{"target"}` | 202 [`Dialling`]: the tenant's user (or agent, or a number leading to a user) is rung and joins when it answers |
+//! | `POST /conferences/{tenant}/{id}/participants` `{"call", "leg"?}` | the call's `caller` leg (default) or `callee` leg moves into the room, the other leg is sent BYE (a queue's agent goes to wrap-up); 409 if the call is not connected, 422 if its media is not anchored |
 //! | `PUT /conferences/{tenant}/{id}/participants/{participant}` `{"mute"?, "deaf"?}` | the [`Participant`]: muted (nobody hears it) or deaf (it hears nobody), or back |
 //! | `DELETE /conferences/{tenant}/{id}/participants/{participant}` | 202: the participant is hung up (kicked) |
 //!
@@ -31,7 +32,7 @@ use super::{route, ApiState, Caller, Params, Problem};
 use crate::actors::call::{CallContext, CallMsg, Env, NodeEnv, TargetError, TransferTarget};
 use crate::actors::conference::{valid_id, Conference, Participant, Refusal};
 
-/// Counter, labels `action` (`create`, `end`, `dial`, `set`, `kick`) and `result` (`ok`,
+/// Counter, labels `action` (`create`, `end`, `dial`, `move`, `set`, `kick`) and `result` (`ok`,
 /// `refused`, `not_found`, `unavailable`, `bad_request`): conference commands on the API.
 pub const CONFERENCE_API_TOTAL: &str = "switchyard_conference_api_total";
 
@@ -67,10 +68,17 @@ struct CreateBody {
     id: Option<String>,
 }
 
+/// The body of `POST .../participants`: a `target` to dial, or a `call` whose `leg`
+/// (`caller`, the default, or `callee`) moves in.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DialBody {
-    target: String,
+struct JoinBody {
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    call: Option<String>,
+    #[serde(default)]
+    leg: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -251,23 +259,70 @@ async fn dial(
     Path((tenant, id)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    let answer = dial_out(&state, &caller, &tenant, &id, &body).await;
-    counted("dial", &answer);
-    match answer {
-        Ok(a) => (StatusCode::ACCEPTED, Json(a)).into_response(),
-        Err(p) => p.into_response(),
+    let parsed = caller
+        .check(&tenant)
+        .and_then(|_| Problem::json_body::<JoinBody>(&body));
+    let b = match parsed {
+        Ok(b) => b,
+        Err(p) => {
+            counted::<()>("dial", &Err(p.clone()));
+            return p.into_response();
+        }
+    };
+    match (b.target, b.call) {
+        (Some(target), None) if b.leg.is_none() => {
+            let answer = dial_out(&state, &tenant, &id, target).await;
+            counted("dial", &answer);
+            match answer {
+                Ok(a) => (StatusCode::ACCEPTED, Json(a)).into_response(),
+                Err(p) => p.into_response(),
+            }
+        }
+        (None, Some(call)) => {
+            let answer = move_in(&state, &caller, &tenant, &id, &call, b.leg.as_deref()).await;
+            counted("move", &answer);
+            respond(answer)
+        }
+        _ => {
+            let p = Problem::bad_request("either target, or call (with leg: caller or callee)");
+            counted::<()>("dial", &Err(p.clone()));
+            p.into_response()
+        }
     }
 }
 
-async fn dial_out(
+/// One leg of a call in progress moves into the room; the other is let go.
+async fn move_in(
     state: &ApiState,
     caller: &Caller,
     tenant: &str,
     id: &str,
-    body: &[u8],
+    call: &str,
+    leg: Option<&str>,
+) -> Result<super::calls::ControlAnswer, Problem> {
+    let callee = match leg.unwrap_or("caller") {
+        "caller" => false,
+        "callee" => true,
+        _ => return Err(Problem::bad_request("leg: caller or callee")),
+    };
+    if calls(state)?.conferences.get(tenant, id).is_none() {
+        return Err(missing(tenant, id));
+    }
+    let command = crate::actors::call::Command::JoinConference {
+        tenant: Arc::from(tenant),
+        id: Arc::from(id),
+        callee,
+    };
+    super::calls::run(state, caller, call, Ok(command)).await
+}
+
+async fn dial_out(
+    state: &ApiState,
+    tenant: &str,
+    id: &str,
+    target: String,
 ) -> Result<Dialling, Problem> {
-    caller.check(tenant)?;
-    let target = super::calls::checked_target(Problem::json_body::<DialBody>(body)?.target)?;
+    let target = super::calls::checked_target(target)?;
     let ctx = calls(state)?;
     if ctx.conferences.get(tenant, id).is_none() {
         return Err(missing(tenant, id));

@@ -265,7 +265,9 @@ impl CallCore {
         }
         // Relay to the other leg.
         let server = self.new_server_tx(leg, Role::Local, msg.clone(), branch, dest);
-        if method == Method::Bye && self.mixed_leg_bye(leg, server) {
+        if method == Method::Bye
+            && (self.seated_bye(leg, server) || self.mixed_leg_bye(leg, server))
+        {
             // A three-way: the other two stay connected.
             return;
         }

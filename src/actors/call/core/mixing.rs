@@ -294,9 +294,14 @@ impl CallCore {
         Ok("ended".into())
     }
 
-    /// A three-way's caller or agent that left (its dialog is over).
+    /// A three-way's caller or agent that left, or the leg of a call moved into a
+    /// conference that was let go (its dialog is over).
     pub(super) fn mix_gone(&self) -> Option<Leg> {
-        self.core.as_ref()?.consult.as_ref()?.gone
+        let c = self.core.as_ref()?;
+        c.consult
+            .as_ref()
+            .and_then(|k| k.gone)
+            .or_else(|| self.unseated())
     }
 
     /// The third party answered: the three legs meet in the mix.

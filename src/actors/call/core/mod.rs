@@ -39,6 +39,7 @@ use crate::transport::{status_label, Dest, Inbound, Protocol, Source};
 
 mod b2bua;
 mod cdr;
+mod conference;
 mod consult;
 mod effects;
 pub(crate) mod media;
@@ -106,6 +107,13 @@ pub enum Command {
     MonitorMode(MonitorMode),
     /// The supervisor is let go.
     MonitorEnd,
+    /// The caller's leg (or the callee's) moves into the tenant's conference `id`; the
+    /// other leg is let go.
+    JoinConference {
+        tenant: Arc<str>,
+        id: Arc<str>,
+        callee: bool,
+    },
 }
 
 /// How often a queued caller reminds its queue that it waits.
@@ -344,6 +352,9 @@ pub struct Checkpoint {
     /// An agent a transfer went to (reserved like for a click-to-call; told when its
     /// offer ends and when the call does): tenant, agent, answered.
     agent: Option<(Arc<str>, Arc<str>, bool)>,
+    /// The leg moved into a standalone conference (the other was let go): the call is
+    /// that leg alone, in the room's mix.
+    seated: Option<Leg>,
 }
 
 /// An API consultation: the target's leg and the second relay session it talks on.
@@ -744,6 +755,10 @@ impl CallCore {
             Command::Monitor { supervisor, mode } => self.api_monitor(&supervisor, mode),
             Command::MonitorMode(mode) => self.api_monitor_mode(mode),
             Command::MonitorEnd => self.api_mix_end(true),
+            Command::JoinConference { tenant, id, callee } => {
+                let leg = if callee { Leg::B } else { Leg::A };
+                self.api_join_conference(tenant, id, leg)
+            }
         };
         self.sweep();
         std::mem::swap(&mut self.out, out);
@@ -1029,6 +1044,7 @@ impl CallCore {
                 a_up: false,
                 consult: None,
                 agent: None,
+                seated: None,
             }));
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             self.register(a_call_id.clone());
@@ -1117,6 +1133,7 @@ impl CallCore {
             a_up: false,
             consult: None,
             agent: None,
+            seated: None,
         }));
         self.register(a_call_id.clone());
         self.register(b_call_id);

@@ -2,11 +2,7 @@
 //! `conference:<id>`): the caller is answered at once with the switch's SDP and either hears
 //! itself (every RTP packet it sends goes back to it), music on hold, or the tenant's
 //! conference, until it hangs up. No B leg is ever placed.
-//!
-//! A conference's dial-out (`POST /conferences/{id}/participants`) is the same call the
-//! other way round: the switch rings the phone (an INVITE without an offer, like
-//! click-to-call), and when it answers with its offer, the switch answers that in the ACK
-//! from its relay session and the leg joins the room.
+//! A conference's caller joins its room before it is answered (see `conference.rs`).
 
 use super::*;
 use crate::actors::router::Service;
@@ -101,61 +97,5 @@ impl CallCore {
             // Joined before the answer ([`CallCore::join_conference`]).
             Service::Conference => {}
         }
-    }
-
-    /// The tenant and id of the conference this call's leg is in (or rings for).
-    pub(super) fn conference(&self) -> Option<(Arc<str>, Arc<str>)> {
-        let m = self.core.as_ref()?.media.as_ref()?;
-        Some((m.tenant.clone()?, m.conference.clone()?))
-    }
-
-    /// The caller's (or the dialled phone's) leg takes its place in the conference. A
-    /// dial-in makes the room if there is none; a dial-out finds it gone if it ended while
-    /// the phone rang.
-    fn join_conference(&mut self) -> Result<(), Refusal> {
-        let Some((tenant, id)) = self.conference() else {
-            return Err(Refusal::NotFound);
-        };
-        let dial_out = self.orig.is_some();
-        let core = self.core.as_ref().expect("a call");
-        let seat = Seat {
-            tenant,
-            id,
-            call: String::from_utf8_lossy(&core.a_call_id).into_owned(),
-            session: core.a_call_id.clone(),
-            side: self.side_of(Leg::A),
-            label: if dial_out {
-                core.cdr.callee.clone()
-            } else {
-                core.cdr.caller.clone()
-            },
-            via: if dial_out { "dial-out" } else { "dial-in" },
-            create: !dial_out,
-            now_ms: self.wall_ms as u64,
-        };
-        self.env.conference_join(seat)
-    }
-
-    /// The call is over: its leg leaves its conference (the room ends with its last).
-    pub(super) fn leave_conference(&mut self) {
-        if let Some((tenant, id)) = self.conference() {
-            let call = self.a_call_id_str();
-            self.env.conference_leave(&tenant, &id, &call);
-        }
-    }
-
-    /// A conference's dial-out: the phone answered with its offer (now the A leg's
-    /// INVITE body). The leg is anchored, joins the room and is answered in the ACK.
-    pub(super) fn conference_answered(&mut self, route: &crate::actors::router::Route) {
-        let (a_invite, a_call_id) = {
-            let c = self.core();
-            (c.a_invite.clone(), c.a_call_id.clone())
-        };
-        let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
-        if !self.media_settled(anchored) {
-            return;
-        }
-        self.core().a_up = true;
-        self.start_service(Service::Conference);
     }
 }

@@ -2690,3 +2690,47 @@ fn a_conference_caller_stays_when_its_actor_restarts_and_leaves_on_bye() {
     assert_eq!(r.cdrs[0].target.as_deref(), Some("conference:room"));
     assert!(r.cdrs[0].answer_at.is_some(), "answered before the restart");
 }
+
+#[test]
+fn a_call_moved_into_a_conference_lets_the_other_leg_go_and_ends_on_its_bye() {
+    let (mut c, _, mut a, _) = anchored_call("move-1", None);
+    let seats = Arc::new(std::sync::Mutex::new(Vec::new()));
+    c.core.env = Box::new(FakeEnv {
+        media: Some(MediaSettings {
+            anchor_all: true,
+            ..MediaSettings::default()
+        }),
+        seats: seats.clone(),
+        ..FakeEnv::default()
+    });
+    let join = |tenant: &str| Command::JoinConference {
+        tenant: Arc::from(tenant),
+        id: Arc::from("room"),
+        callee: false,
+    };
+    // Another tenant's room: as if there were no such call.
+    assert_eq!(command(&mut c, join("other")).unwrap_err().status, 404);
+    assert!(seats.lock().unwrap().is_empty());
+    assert_eq!(command(&mut c, join("acme")), Ok("conference:room".into()));
+    let joined = seats.lock().unwrap().clone();
+    assert!(
+        joined[0].starts_with("join acme/room move-1 moved"),
+        "{joined:?}"
+    );
+    // The callee is let go; the caller's leg is the call now.
+    let bye = c.request(B, Method::Bye);
+    c.from(B, &answer(&bye, 200, "OK", "btag", B, ""));
+    assert!(!c.ended);
+    assert_eq!(command(&mut c, Command::Hold).unwrap_err().status, 409);
+    // A re-INVITE would move its media away from the room: 488 leaves it as it is.
+    c.from(A, &a.request("INVITE", 0, "", SDP_A));
+    c.status(A, 488, Method::Invite);
+    assert!(!c.has(B, |_| true), "nothing for the leg that left");
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(c.ended);
+    assert!(!c.has(B, |m| method(m) == Some(Method::Bye)));
+    assert_eq!(seats.lock().unwrap()[1], "leave acme/room move-1");
+    let cdr = &c.cdrs[0];
+    assert_eq!(cdr.transfers.as_deref(), Some("conference:api>room:room"));
+}

@@ -925,6 +925,9 @@ impl CallCore {
         if c.consult.is_some() {
             return Err(Refused::new(409, "a consultation is in progress"));
         }
+        if c.seated.is_some() {
+            return Err(Refused::new(409, "the call is in a conference"));
+        }
         if self.session.is_none() {
             return Err(Refused::new(
                 422,
