@@ -672,6 +672,21 @@ pub struct TrunkConfig {
     /// then feeds the trunk's quality score).
     #[serde(default)]
     pub media: MediaMode,
+    /// The switch REGISTERs `auth_username` with the carrier (at the first gateway) and
+    /// keeps the binding fresh; while it is not registered the trunk is down.
+    #[serde(default)]
+    pub register: bool,
+    /// The binding asked for (a registrar's 423 raises it), 60 to 86400 seconds.
+    #[serde(default = "default_register_expires")]
+    pub register_expires_secs: u32,
+    /// The registrar's domain (Request-URI, To and From of the REGISTER); the first
+    /// gateway's address when not set.
+    #[serde(default)]
+    pub register_domain: Option<String>,
+}
+
+fn default_register_expires() -> u32 {
+    3600
 }
 
 /// Trunk alarms (answer-rate deviation, failure streaks, down/up, saturation): each is logged,
@@ -1132,6 +1147,30 @@ impl Config {
             }
             if let Err(e) = crate::routing::trunks::CostTable::new(t.costs.clone()) {
                 err(format!("{place}.costs"), e.to_string());
+            }
+            if t.register && (t.auth_username.is_none() || t.auth_password.is_none()) {
+                err(
+                    format!("{place}.register"),
+                    "registration needs auth_username and auth_password".into(),
+                );
+            }
+            if !(60..=86_400).contains(&t.register_expires_secs) {
+                err(
+                    format!("{place}.register_expires_secs"),
+                    "60 to 86400 seconds".into(),
+                );
+            }
+            if let Some(d) = &t.register_domain {
+                if d.is_empty()
+                    || !d
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+                {
+                    err(
+                        format!("{place}.register_domain"),
+                        format!("{d:?}: a host name or address"),
+                    );
+                }
             }
             if t.invite_timeout_ms == 0
                 || t.down_after_failed_probes == 0

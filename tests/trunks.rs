@@ -815,3 +815,112 @@ async fn a_trunk_marked_down_is_the_last_resort_when_every_up_trunk_failed() {
     assert_eq!(r.attempts.as_deref(), Some("b:503,a:answered"), "{r:?}");
     node.shutdown().await;
 }
+
+/// A carrier that is another switch: its registrar holds the account `acct1` of its tenant
+/// `carrier.test` (password `pw-acct1`), with a 120 s minimum binding.
+async fn carrier_registrar(dir: &std::path::Path) -> Node {
+    use switchyard::config::{TenantConfig, UserConfig};
+    use switchyard::sip::auth::{ha1, Algorithm};
+    let mut c = config(dir, &[]);
+    c.registrar.min_expires_secs = 120;
+    c.tenants = vec![TenantConfig {
+        id: "carrier".into(),
+        domain: "carrier.test".into(),
+        users: vec![UserConfig {
+            username: "acct1".into(),
+            ha1_md5: Some(ha1(Algorithm::Md5, "acct1", "carrier.test", "pw-acct1")),
+            ha1_sha256: None,
+            outbound: None,
+        }],
+        ..Default::default()
+    }];
+    start_with(c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trunk_registers_with_its_carrier_follows_423_and_is_down_with_a_wrong_password() {
+    let carrier_dir = tempfile::tempdir().unwrap();
+    let carrier = carrier_registrar(carrier_dir.path()).await;
+    let gw = udp_addr(&carrier);
+    let registering = |id: &str, password: &str| {
+        trunk(
+            id,
+            gw,
+            &format!(
+                "register = true\nregister_expires_secs = 60\nregister_domain = \"carrier.test\"\nauth_username = \"acct1\"\nauth_password = \"{password}\""
+            ),
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let callee = Ua::new().await;
+    let mut c = trunk_config(
+        dir.path(),
+        vec![registering("good", "pw-acct1"), registering("bad", "wrong")],
+        "priority",
+    );
+    c.routes
+        .extend(config(dir.path(), &[("77", format!("sip:{}", callee.addr))]).routes);
+    let node = start_with(c).await;
+    let table = node.ctx.trunks.get().unwrap().clone();
+    // The good trunk answers the challenge and the 423 (60 s asked, 120 s the minimum): the
+    // carrier holds a binding for acct1 at the switch's address.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            !carrier.location.lookup("carrier", "acct1").is_empty()
+        })
+        .await,
+        "the carrier has a binding for acct1"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || table
+            .get("good")
+            .unwrap()
+            .is_up())
+        .await,
+        "registered, so up"
+    );
+    let bindings = carrier.location.lookup("carrier", "acct1");
+    assert!(
+        bindings[0].expires_at_ms > switchyard::store::now_unix_ms() as u64 + 100_000,
+        "the 423's minimum was followed"
+    );
+    // The wrong password: refused, and the trunk is down with an alarm.
+    let failed = "switchyard_trunk_registrations_total{trunk=\"bad\",result=\"failed\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let m = http_request(node.http_addr, "GET", "/metrics", None, "")
+            .await
+            .body;
+        if m.contains(failed) || tokio::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(metrics.contains(failed), "{metrics}");
+    assert!(!table.get("bad").unwrap().is_registered());
+    assert!(!table.get("bad").unwrap().is_up());
+    assert!(
+        metrics.contains("switchyard_alarms_total{kind=\"trunk-down\",trunk=\"bad\"}"),
+        "an alarm"
+    );
+    assert!(
+        metrics.contains("switchyard_trunk_registered{trunk=\"good\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("switchyard_trunk_registered{trunk=\"bad\"} 0"));
+    assert!(metrics.contains("switchyard_trunk_up{trunk=\"bad\"} 0"));
+
+    // The carrier calls the registered account (our Contact) for the number in To.
+    let sw = udp_addr(&node);
+    let from_carrier = Ua::new().await;
+    let inv = format!(
+        "INVITE sip:acct1@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bK-regin-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:+4930111@carrier.test>;tag=c1\r\nTo: <sip:77001@carrier.test>\r\nCall-ID: regin-1\r\nCSeq: 1 INVITE\r\nContact: <sip:c@{}>\r\nContent-Length: 0\r\n\r\n",
+        from_carrier.addr, from_carrier.addr
+    );
+    from_carrier.send(sw, &inv).await;
+    let (got, _) = callee.expect_request("INVITE").await;
+    let ruri = String::from_utf8_lossy(got.request_uri().unwrap()).into_owned();
+    assert!(ruri.starts_with("sip:77001@"), "routed by To: {ruri}");
+    node.shutdown().await;
+    carrier.shutdown().await;
+}

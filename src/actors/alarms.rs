@@ -88,6 +88,21 @@ impl Alarm {
         }
     }
 
+    /// The trunk's registration with its carrier failed (`detail` says how): it is down.
+    pub fn trunk_unregistered(trunk: Arc<str>, detail: String, at_ms: u64) -> Alarm {
+        Alarm {
+            alarm: "trunk-down",
+            kind: "trunk-down",
+            raised: true,
+            trunk,
+            at_ms,
+            fields: vec![
+                ("reason", Value::Str("registration".into())),
+                ("detail", Value::Str(detail)),
+            ],
+        }
+    }
+
     /// The trunk came back after `down_ms` down.
     pub fn trunk_up(trunk: Arc<str>, down_ms: u64, at_ms: u64) -> Alarm {
         Alarm {

@@ -872,10 +872,27 @@ impl Router {
         let ruri = msg
             .request_uri()
             .and_then(|u| crate::sip::uri::Uri::parse(u).ok());
-        let user = ruri
+        let mut user = ruri
             .as_ref()
             .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
             .unwrap_or_default();
+        if self
+            .ctx
+            .trunks
+            .get()
+            .is_some_and(|t| t.registered_account(source.remote.ip(), &user))
+        {
+            // A carrier's call to the account the switch registered with it (our Contact):
+            // the number the caller dialled is in To.
+            if let Some(to) = msg
+                .to()
+                .and_then(|t| crate::sip::uri::Uri::parse(&t.uri).ok())
+                .and_then(|u| u.user_unescaped().map(|c| c.into_owned()))
+            {
+                metrics::counter!(super::trunk::TRUNK_REGISTERED_CALLS).increment(1);
+                user = to;
+            }
+        }
         let mut parties = call::Parties::default();
         // The tenant's user the caller authenticated as, if any.
         let mut member: Option<Member> = None;
@@ -1188,6 +1205,14 @@ impl Handler for Router {
                 }
                 Passed::Response(msg) => msg,
             };
+            if let Some(trunk) = super::trunk::parse_register_call_id(&call_id) {
+                // The answer to a trunk's REGISTER with its carrier.
+                let node = self.ctx.cc.get().and_then(std::sync::Weak::upgrade);
+                if let Some(t) = node.and_then(|cc| super::trunk::lookup(&trunk, &cc.node)) {
+                    let _ = t.cast(super::trunk::TrunkMsg::RegisterAnswered(Box::new(msg)));
+                }
+                return;
+            }
             if let Some((trunk, seq)) = super::trunk::parse_probe_call_id(&call_id) {
                 // The answer to a trunk's OPTIONS probe.
                 let status = msg.status().unwrap_or(0);

@@ -23,11 +23,17 @@ use crate::routing::trunks::{
     HealthConfig, HealthState, Outcome, Resource, SaturationAlarm, Transition, TrunkView, Window,
     WindowConfig,
 };
+use crate::sip::auth::Challenge;
 use crate::sip::dialog::{new_branch, random_token};
+
+mod registration;
 use crate::sip::message::{HeaderName, Message, Method};
 use crate::store::now_unix_ms;
 use crate::timer::TimerId;
 use crate::transport::Dest;
+pub use registration::{
+    parse_register_call_id, TRUNK_REGISTERED, TRUNK_REGISTERED_CALLS, TRUNK_REGISTRATIONS,
+};
 
 pub const TRUNK_UP: &str = "switchyard_trunk_up";
 pub const TRUNK_CHANNELS: &str = "switchyard_trunk_channels";
@@ -82,6 +88,7 @@ pub fn describe() {
         ROUTE_CHOICES,
         "First-choice trunk of a route's plan, by route, trunk and policy"
     );
+    registration::describe();
 }
 
 /// The registered name of a trunk's actor.
@@ -111,6 +118,9 @@ pub struct TrunkShared {
     channel_cap: AtomicU32,
     cps_cap: AtomicU32,
     up: AtomicBool,
+    /// Registered with the carrier (always, for a trunk that does not register): a trunk
+    /// is up only when healthy and registered.
+    registered: AtomicBool,
     /// Seizures refused for want of a channel / a CPS token since the trunk actor last
     /// looked (its saturation alarms read and reset them).
     refused_channels: AtomicU32,
@@ -137,7 +147,14 @@ impl TrunkShared {
             .filter(|c| !c.is_empty())
             .map(Arc::new);
         let id: Arc<str> = Arc::from(config.id.as_str());
-        metrics::gauge!(TRUNK_UP, "trunk" => id.to_string()).set(1.0);
+        metrics::gauge!(TRUNK_UP, "trunk" => id.to_string()).set(if config.register {
+            0.0
+        } else {
+            1.0
+        });
+        if config.register {
+            metrics::gauge!(TRUNK_REGISTERED, "trunk" => id.to_string()).set(0.0);
+        }
         TrunkShared {
             id,
             gateways,
@@ -147,6 +164,7 @@ impl TrunkShared {
             channel_cap: AtomicU32::new(config.max_channels),
             cps_cap: AtomicU32::new(config.max_cps),
             up: AtomicBool::new(true),
+            registered: AtomicBool::new(!config.register),
             refused_channels: AtomicU32::new(0),
             refused_cps: AtomicU32::new(0),
             figures: Mutex::new((None, None)),
@@ -176,7 +194,11 @@ impl TrunkShared {
                 keep(&old.cps_cap, new.config.max_cps),
             );
         }
-        new.set_up(old.is_up());
+        new.set_up(old.up.load(Ordering::Relaxed));
+        if new.config.register && old.config.register {
+            // Still registered until the new actor's first answer says otherwise.
+            new.set_registered(old.registered.load(Ordering::Relaxed));
+        }
         *new.figures.get_mut().unwrap_or_else(|e| e.into_inner()) =
             *old.figures.lock().unwrap_or_else(|e| e.into_inner());
         let handed = match old.durable() {
@@ -208,7 +230,12 @@ impl TrunkShared {
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.up.load(Ordering::Relaxed) && self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Whether the carrier registration holds (true for a trunk that does not register).
+    pub fn is_registered(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
     }
 
     pub fn channels(&self) -> u32 {
@@ -330,6 +357,21 @@ impl TrunkShared {
 
     fn set_up(&self, up: bool) {
         self.up.store(up, Ordering::Relaxed);
+        self.up_gauge();
+    }
+
+    fn set_registered(&self, registered: bool) {
+        self.registered.store(registered, Ordering::Relaxed);
+        metrics::gauge!(TRUNK_REGISTERED, "trunk" => self.id.to_string()).set(if registered {
+            1.0
+        } else {
+            0.0
+        });
+        self.up_gauge();
+    }
+
+    fn up_gauge(&self) {
+        let up = self.is_up();
         metrics::gauge!(TRUNK_UP, "trunk" => self.id.to_string()).set(if up { 1.0 } else { 0.0 });
     }
 }
@@ -393,6 +435,17 @@ impl LiveTrunks {
     }
 
     /// One trunk of the table in force.
+    /// Whether `user` is the account a registering trunk whose gateway is `from` registered
+    /// (a carrier's call to the switch's Contact).
+    pub fn registered_account(&self, from: std::net::IpAddr, user: &[u8]) -> bool {
+        !user.is_empty()
+            && self.current().values().any(|t| {
+                t.config.register
+                    && t.config.auth_username.as_deref().map(str::as_bytes) == Some(user)
+                    && t.gateways.iter().any(|g| g.addr.ip() == from)
+            })
+    }
+
     pub fn get(&self, id: &str) -> Option<Arc<TrunkShared>> {
         self.table
             .read()
@@ -462,6 +515,10 @@ pub enum TrunkMsg {
     },
     /// With probes off: the hold-down after failed calls is over.
     HoldOver,
+    /// Time to look at the carrier registration (an attempt's timeout, a refresh, a retry).
+    RegisterTick,
+    /// A final (or provisional) answer to one of our REGISTERs.
+    RegisterAnswered(Box<Message>),
     /// Time to look at channel and CPS use (saturation alarms).
     CheckSaturation,
     GetInfo(RpcReplyPort<TrunkInfo>),
@@ -682,6 +739,10 @@ pub struct TrunkState {
     timer: Option<TimerId>,
     /// The pending saturation check.
     saturation_timer: Option<TimerId>,
+    /// The carrier registration (`register = true`), and its digest nonce count.
+    reg: Option<crate::routing::registration::Registration>,
+    reg_nonce: String,
+    reg_nc: u32,
 }
 
 impl Actor for TrunkActor {
@@ -726,7 +787,11 @@ impl Actor for TrunkActor {
             probe_out: None,
             timer: None,
             saturation_timer: None,
+            reg: None,
+            reg_nonce: String::new(),
+            reg_nc: 0,
         };
+        state.register_start(now);
         state.schedule_probe();
         state.schedule_saturation_check();
         if !state.cp.health.is_up() && state.shared.config.probe_interval_secs == 0 {
@@ -779,6 +844,8 @@ impl Actor for TrunkActor {
                     state.transition(t);
                 }
             }
+            TrunkMsg::RegisterTick => state.register_tick(now),
+            TrunkMsg::RegisterAnswered(resp) => state.register_answered(&resp, now),
             TrunkMsg::CheckSaturation => {
                 state.check_saturation(now);
                 state.schedule_saturation_check();
