@@ -2734,3 +2734,31 @@ fn a_call_moved_into_a_conference_lets_the_other_leg_go_and_ends_on_its_bye() {
     let cdr = &c.cdrs[0];
     assert_eq!(cdr.transfers.as_deref(), Some("conference:api>room:room"));
 }
+
+#[test]
+fn in_dialog_requests_to_a_number_the_switch_answers_are_answered_here() {
+    use crate::actors::router::Service;
+    let mut c = Call::with(cfg(), media_env());
+    c.begin(
+        &invite("echo-dlg", "9196", SDP_A),
+        service_route(Service::Echo),
+        vec![],
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    c.from(A, &a.request("OPTIONS", 0, "", ""));
+    c.status(A, 200, Method::Options);
+    // Its media is the switch's: an offer would move nothing (491: a phone keeps the
+    // session it has).
+    c.from(A, &a.request("INVITE", 0, "", SDP_A));
+    c.status(A, 491, Method::Invite);
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(c.ended);
+    assert!(!c.has(B, |_| true), "nothing is ever sent to a B leg");
+    assert!(
+        !c.has(A, |m| m.method().is_some()),
+        "no request is sent back to the caller"
+    );
+}
