@@ -400,12 +400,20 @@ pub struct LiveTrunks {
     /// The edge's view of the gateways, kept current with the table (see
     /// [`LiveTrunks::keep_gateways`]).
     trust: std::sync::OnceLock<Arc<crate::security::trust::Trust>>,
+    /// Some trunk registers with its carrier (the router looks for calls to its account
+    /// only then: one load per INVITE otherwise).
+    registering: AtomicBool,
+}
+
+fn any_registering(table: &TrunkTable) -> bool {
+    table.values().any(|t| t.config.register)
 }
 
 impl LiveTrunks {
     /// The trunks of a node's start.
     pub fn new(table: TrunkTable) -> LiveTrunks {
         LiveTrunks {
+            registering: AtomicBool::new(any_registering(&table)),
             table: std::sync::RwLock::new(Arc::new(table)),
             trust: std::sync::OnceLock::new(),
         }
@@ -438,7 +446,8 @@ impl LiveTrunks {
     /// Whether `user` is the account a registering trunk whose gateway is `from` registered
     /// (a carrier's call to the switch's Contact).
     pub fn registered_account(&self, from: std::net::IpAddr, user: &[u8]) -> bool {
-        !user.is_empty()
+        self.registering.load(Ordering::Relaxed)
+            && !user.is_empty()
             && self.current().values().any(|t| {
                 t.config.register
                     && t.config.auth_username.as_deref().map(str::as_bytes) == Some(user)
@@ -457,6 +466,8 @@ impl LiveTrunks {
     /// Puts `table` in force (and its gateways in the edge's view).
     pub fn replace(&self, table: TrunkTable) {
         self.sync_gateways(&table);
+        self.registering
+            .store(any_registering(&table), Ordering::Relaxed);
         *self.table.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
     }
 }
