@@ -70,6 +70,11 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/numbers"),
     ("GET", "/tenants/{tenant}/users"),
     ("GET", "/tenants/{tenant}/tokens"),
+    ("GET", "/cdrs"),
+    ("GET", "/cdrs/export"),
+    ("GET", "/reports/queues"),
+    ("GET", "/reports/agents"),
+    ("GET", "/audit"),
 ];
 
 /// Paths open without a token: what load balancers and Prometheus scrape.
@@ -165,6 +170,7 @@ pub async fn authenticate(
     match state.identify(request.headers()) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(state.audit_sink());
             next.run(request).await
         }
         Err(denied) => refuse(denied),

@@ -15,11 +15,14 @@
 //! unless [`auth::TENANT_ROUTES`] lists it. A handler that must be the node's whatever the
 //! table says calls [`ApiState::authorize`].
 
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod cc;
+pub mod cdrs;
 mod cluster;
 mod config;
+pub mod db;
 mod health;
 pub mod log;
 mod problem;
@@ -78,8 +81,10 @@ pub fn describe() {
         HTTP_REQUESTS_TOTAL,
         "HTTP API requests answered, by route template (`other` if unrouted) and status code"
     );
+    audit::describe();
     auth::describe();
     calls::describe();
+    cdrs::describe();
     cc::describe();
     recordings::describe();
     tls::describe();
@@ -108,6 +113,9 @@ pub struct ApiState {
     config: Option<Arc<crate::cluster::shared_config::SharedConfig>>,
     /// Without the edge's tables the ban routes answer 404.
     security: Option<Arc<crate::security::EdgeGuard>>,
+    /// The store (CDRs, reports, the audit log). Without it the CDR and report routes
+    /// answer 404 and changes are not audited.
+    store: Option<Arc<db::Db>>,
 }
 
 impl ApiState {
@@ -124,7 +132,15 @@ impl ApiState {
             cluster: None,
             config: None,
             security: None,
+            store: None,
         }
+    }
+
+    /// Serve CDRs and reports from `database`, and record every change in its audit log
+    /// (see [`audit`]).
+    pub fn with_store(mut self, database: crate::store::Database) -> Self {
+        self.store = Some(db::Db::new(database));
+        self
     }
 
     /// Accept `token` (as `Authorization: Bearer <token>`) as the node's: every route.
@@ -198,6 +214,14 @@ impl ApiState {
                 token: Arc::clone(&issued.id),
             }),
             None => Err(Denied::WrongToken),
+        }
+    }
+
+    /// What the audit layer ([`audit::record`]) writes into.
+    fn audit_sink(&self) -> audit::AuditSink {
+        audit::AuditSink {
+            db: self.store.clone(),
+            config: self.config.clone(),
         }
     }
 
@@ -380,14 +404,36 @@ pub async fn serve<L>(
 ) -> io::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
+    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     if let Ok(addr) = listener.local_addr() {
         let scheme = if state.https { "https" } else { "http" };
         tracing::info!(%addr, scheme, "HTTP API listening");
     }
-    axum::serve(listener, router(state))
+    // The client's address reaches the handlers (the audit log records it).
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The client's address, in each request's `ConnectInfo<Peer>` (for plain and TLS
+/// listeners alike).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 /// The API's routes with request counting and problem-body fallbacks.
@@ -404,6 +450,8 @@ pub fn router(state: ApiState) -> Router {
     let router = tokens::routes(router);
     let router = status::routes(router);
     let router = log::routes(router);
+    let router = cdrs::routes(router);
+    let router = audit::routes(router);
     // Authentication covers the fallbacks too: without a token, an unknown path is a 401
     // like a known one, so the routes cannot be mapped without a token.
     router
@@ -434,11 +482,15 @@ where
     });
     let guard =
         middleware::from_fn(move |request: Request, next: Next| auth::guard(path, request, next));
+    // Inside the guard: only requests allowed to reach the handler are recorded.
+    let audit =
+        middleware::from_fn(move |request: Request, next: Next| audit::record(path, request, next));
     // The 405 fallback is set here, before the layers, so that it is guarded and labelled too.
     router.route(
         path,
         method_router
             .fallback(method_not_allowed)
+            .layer(audit)
             .layer(guard)
             .layer(label),
     )

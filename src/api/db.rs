@@ -1,0 +1,123 @@
+//! The API's connections to the store (the CDR database: SQLite alone, PostgreSQL in a
+//! cluster): a few kept open and reused, each used by one blocking task at a time, never the
+//! writers'. At most [`MAX_CONNECTIONS`] queries run at once, so a flood of report requests
+//! queues behind them instead of opening a connection each; waiting longer than
+//! [`QUEUE_WAIT`] is a 503.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::Problem;
+use crate::store::{Database, Store, StoreError, Synchronous};
+
+/// Queries (and exports) running at once.
+pub const MAX_CONNECTIONS: usize = 4;
+/// How long a request waits for a free connection before it is answered 503.
+const QUEUE_WAIT: Duration = Duration::from_secs(5);
+
+/// The store as the API reads (and audits into) it.
+#[derive(Debug)]
+pub struct Db {
+    database: Database,
+    idle: Mutex<Vec<Store>>,
+    permits: Arc<Semaphore>,
+}
+
+/// A connection taken from the pool; given back when dropped (unless it failed).
+pub struct Conn {
+    store: Option<Store>,
+    db: Arc<Db>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    pub fn store(&mut self) -> &mut Store {
+        self.store.as_mut().expect("present until dropped")
+    }
+
+    /// The connection failed: close it rather than give it back.
+    pub fn discard(&mut self) {
+        self.store = None;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(s) = self.store.take() {
+            if let Ok(mut idle) = self.db.idle.lock() {
+                idle.push(s);
+            }
+        }
+    }
+}
+
+impl Db {
+    pub fn new(database: Database) -> Arc<Db> {
+        Arc::new(Db {
+            database,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        })
+    }
+
+    /// A connection, waiting for a free one (503 after [`QUEUE_WAIT`]). Blocks to connect:
+    /// call it from the blocking pool through [`Db::run`], or from an async context with
+    /// [`Db::acquire`].
+    pub async fn acquire(self: &Arc<Self>) -> Result<Conn, Problem> {
+        let permit = tokio::time::timeout(QUEUE_WAIT, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| Problem::unavailable("the store is busy: try again"))?
+            .map_err(|_| Problem::unavailable("the store is closed"))?;
+        let idle = self.idle.lock().ok().and_then(|mut i| i.pop());
+        let store = match idle {
+            Some(s) => s,
+            None => {
+                let database = self.database.clone();
+                tokio::task::spawn_blocking(move || Store::connect(&database, Synchronous::Full))
+                    .await
+                    .map_err(|e| internal(format!("store task: {e}")))?
+                    .map_err(|e| store_failed(&e))?
+            }
+        };
+        Ok(Conn {
+            store: Some(store),
+            db: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// Runs `work` on a pooled connection on the blocking pool; a store error is a 503 (the
+    /// connection is closed, the next request opens a fresh one).
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let mut conn = self.acquire().await?;
+        tokio::task::spawn_blocking(move || {
+            let out = work(conn.store());
+            if out.is_err() {
+                conn.discard();
+            }
+            out
+        })
+        .await
+        .map_err(|e| internal(format!("store task: {e}")))?
+        .map_err(|e| store_failed(&e))
+    }
+}
+
+/// A store failure as the client sees it (the details go to the log).
+pub fn store_failed(e: &StoreError) -> Problem {
+    tracing::warn!(error = %e, "API store query failed");
+    Problem::unavailable("the store did not answer: try again")
+}
+
+fn internal(detail: String) -> Problem {
+    tracing::error!(%detail, "API store task failed");
+    Problem::new(
+        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+        "internal error",
+    )
+}
