@@ -71,6 +71,7 @@ pub fn actor(caller: &Caller) -> String {
     match caller {
         Caller::Node => "node".to_string(),
         Caller::Tenant { tenant, token } => format!("token:{tenant}/{token}"),
+        Caller::Key { tenant, key, .. } => format!("key:{tenant}/{key}"),
     }
 }
 

@@ -16,8 +16,9 @@
 //!    (`GET /queues`, `GET /agents`, `GET /numbers`, `POST /calls`, recordings, the calls
 //!    of [`super::calls`]) filter by the [`Caller`] in their handlers.
 //!
-//! Access keys with roles (issue 21) fit in here: a key resolves to a caller with a role, and
-//! the policy table gains the least role per route.
+//! A signed request ([`super::keys`]) resolves to [`Caller::Key`] with a role; [`guard`] lets
+//! it reach the routes its role does ([`super::keys::least_role`]: [`TENANT_ROUTES`] plus an
+//! admin's key management), its own tenant's objects only.
 //!
 //! Every refusal is counted in [`AUTH_REFUSED_TOTAL`] by reason.
 
@@ -32,8 +33,9 @@ use super::{ApiState, Denied, Problem};
 
 /// Counter, label `reason`: API requests refused before their handler ran —
 /// `missing` (no bearer credential: 401), `invalid` (a token the node does not know: 403),
-/// `node_only` (a tenant's token on a node-wide route: 403), `other_tenant` (a tenant's token
-/// on another tenant's object: 404).
+/// `node_only` (a tenant's token or key on a node-wide route: 403), `role` (an access key
+/// whose role does not reach the route: 403), `other_tenant` (a tenant's token or key on
+/// another tenant's object: 404).
 pub const AUTH_REFUSED_TOTAL: &str = "switchyard_api_auth_refused_total";
 
 /// The routes a tenant's token may use, by method and template; everything else needs the
@@ -75,6 +77,7 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/reports/queues"),
     ("GET", "/reports/agents"),
     ("GET", "/audit"),
+    ("GET", "/tenants/{tenant}/keys"),
 ];
 
 /// Paths open without a token: what load balancers and Prometheus scrape.
@@ -99,6 +102,13 @@ pub enum Caller {
         /// The token's id (`file` for the config file's `api_token`).
         token: Arc<str>,
     },
+    /// A tenant's access key (a signed request, see [`super::keys`]): the routes its role
+    /// reaches ([`super::keys::least_role`]), that tenant's objects only.
+    Key {
+        tenant: Arc<str>,
+        key: Arc<str>,
+        role: super::keys::Role,
+    },
 }
 
 impl Caller {
@@ -106,7 +116,7 @@ impl Caller {
     pub fn tenant(&self) -> Option<&str> {
         match self {
             Caller::Node => None,
-            Caller::Tenant { tenant, .. } => Some(tenant),
+            Caller::Tenant { tenant, .. } | Caller::Key { tenant, .. } => Some(tenant),
         }
     }
 
@@ -167,6 +177,16 @@ pub async fn authenticate(
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
+    if super::keys::is_signed(request.headers()) {
+        return match super::keys::verify(&state, request).await {
+            Ok((caller, mut request)) => {
+                request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(state.audit_sink());
+                next.run(request).await
+            }
+            Err(refused) => refused,
+        };
+    }
     match state.identify(request.headers()) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -183,9 +203,21 @@ pub async fn guard(template: &'static str, request: Request, next: Next) -> Resp
     let caller = request.extensions().get::<Caller>().cloned();
     match caller {
         Some(Caller::Node) => next.run(request).await,
-        Some(Caller::Tenant { tenant, .. }) => {
-            if !tenant_may(request.method(), template) {
-                return refuse(Denied::NodeOnly);
+        Some(caller @ (Caller::Tenant { .. } | Caller::Key { .. })) => {
+            let tenant = match &caller {
+                Caller::Tenant { tenant, .. } | Caller::Key { tenant, .. } => Arc::clone(tenant),
+                Caller::Node => unreachable!("matched above"),
+            };
+            match &caller {
+                Caller::Key { role, .. } => {
+                    match super::keys::least_role(request.method(), template) {
+                        None => return refuse(Denied::NodeOnly),
+                        Some(least) if *role < least => return refuse(Denied::Role),
+                        Some(_) => {}
+                    }
+                }
+                _ if !tenant_may(request.method(), template) => return refuse(Denied::NodeOnly),
+                _ => {}
             }
             let (mut parts, body) = request.into_parts();
             if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {

@@ -24,6 +24,7 @@ mod cluster;
 mod config;
 pub mod db;
 mod health;
+pub mod keys;
 pub mod log;
 mod problem;
 pub mod recordings;
@@ -85,6 +86,7 @@ pub fn describe() {
     auth::describe();
     calls::describe();
     cdrs::describe();
+    keys::describe();
     cc::describe();
     recordings::describe();
     tls::describe();
@@ -116,6 +118,8 @@ pub struct ApiState {
     /// The store (CDRs, reports, the audit log). Without it the CDR and report routes
     /// answer 404 and changes are not audited.
     store: Option<Arc<db::Db>>,
+    /// Tenants' access keys (signed requests); needs the store.
+    keys: Option<Arc<keys::AccessKeys>>,
 }
 
 impl ApiState {
@@ -133,7 +137,15 @@ impl ApiState {
             config: None,
             security: None,
             store: None,
+            keys: None,
         }
+    }
+
+    /// Accept requests signed with tenants' access keys, kept in the store (see
+    /// [`Self::with_store`]) sealed under `seal` (see [`keys`]).
+    pub fn with_access_keys(mut self, seal: keys::SealKey) -> Self {
+        self.keys = Some(Arc::new(keys::AccessKeys::new(seal)));
+        self
     }
 
     /// Serve CDRs and reports from `database`, and record every change in its audit log
@@ -230,7 +242,7 @@ impl ApiState {
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Denied> {
         match self.identify(headers)? {
             Caller::Node => Ok(()),
-            Caller::Tenant { .. } => Err(Denied::NodeOnly),
+            Caller::Tenant { .. } | Caller::Key { .. } => Err(Denied::NodeOnly),
         }
     }
 }
@@ -244,6 +256,8 @@ pub enum Denied {
     WrongToken,
     /// A tenant's token on a route of the node's: 403.
     NodeOnly,
+    /// An access key whose role does not reach the route: 403.
+    Role,
 }
 
 impl Denied {
@@ -253,6 +267,7 @@ impl Denied {
             Denied::NoCredentials => "missing",
             Denied::WrongToken => "invalid",
             Denied::NodeOnly => "node_only",
+            Denied::Role => "role",
         }
     }
 }
@@ -274,6 +289,11 @@ impl IntoResponse for Denied {
             Denied::NodeOnly => Problem::new(
                 StatusCode::FORBIDDEN,
                 "this route needs the node's token, not a tenant's",
+            )
+            .into_response(),
+            Denied::Role => Problem::new(
+                StatusCode::FORBIDDEN,
+                "this access key's role does not reach this route",
             )
             .into_response(),
         }
@@ -452,6 +472,7 @@ pub fn router(state: ApiState) -> Router {
     let router = log::routes(router);
     let router = cdrs::routes(router);
     let router = audit::routes(router);
+    let router = keys::routes(router);
     // Authentication covers the fallbacks too: without a token, an unknown path is a 401
     // like a known one, so the routes cannot be mapped without a token.
     router

@@ -24,6 +24,7 @@
 //! The recording index (`recordings`) stays in each node's SQLite file, because the files it
 //! indexes are node-local.
 
+pub mod access_keys;
 pub mod audit;
 mod cdr;
 pub mod config;
@@ -149,6 +150,8 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX cdrs_start_at ON cdrs (start_at);",
     // 11: the audit log of management changes (see `audit`).
     audit::MIGRATION,
+    // 12: tenants' access keys, their secrets sealed (see `access_keys`).
+    access_keys::MIGRATION,
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -1540,6 +1543,7 @@ mod tests {
         assert_eq!(
             tables,
             vec![
+                "access_keys",
                 "agent_stats",
                 "audit_log",
                 "cdr_legs",

@@ -282,7 +282,9 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
             .with_config(shared_config)
             .with_security(guard)
             // CDRs, reports and the audit log (the CDRs' database: PostgreSQL in a cluster).
-            .with_store(database.clone());
+            .with_store(database.clone())
+            // Tenants' access keys, sealed under `data_dir/access-keys.key`.
+            .with_access_keys(crate::api::keys::load_seal_key(&config.data_dir)?);
         if let Some(c) = &cluster {
             state = state.with_cluster(c.membership.clone());
         }
