@@ -78,6 +78,7 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/reports/agents"),
     ("GET", "/audit"),
     ("GET", "/tenants/{tenant}/keys"),
+    ("GET", "/openapi.json"),
 ];
 
 /// Paths open without a token: what load balancers and Prometheus scrape.

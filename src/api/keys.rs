@@ -493,9 +493,16 @@ pub async fn verify(state: &ApiState, request: Request) -> Result<(Caller, Reque
             "the request's date is more than 5 minutes from the node's clock",
         ));
     }
+    // A key of a tenant that no longer exists is no key.
+    let live = |e: &KeyEntry| {
+        state
+            .config
+            .as_ref()
+            .is_none_or(|c| c.tenant_exists(&e.tenant))
+    };
     let entry = match keys.find(db, &id).await {
-        Ok(Some(e)) => e,
-        Ok(None) => {
+        Ok(Some(e)) if live(&e) => e,
+        Ok(_) => {
             return Err(refuse(
                 "unknown_key",
                 StatusCode::FORBIDDEN,

@@ -26,6 +26,7 @@ pub mod db;
 mod health;
 pub mod keys;
 pub mod log;
+pub mod openapi;
 mod problem;
 pub mod recordings;
 mod security;
@@ -473,6 +474,7 @@ pub fn router(state: ApiState) -> Router {
     let router = cdrs::routes(router);
     let router = audit::routes(router);
     let router = keys::routes(router);
+    let router = openapi::routes(router);
     // Authentication covers the fallbacks too: without a token, an unknown path is a 401
     // like a known one, so the routes cannot be mapped without a token.
     router
@@ -497,6 +499,9 @@ pub fn route<S>(router: Router<S>, path: &'static str, method_router: MethodRout
 where
     S: Clone + Send + Sync + 'static,
 {
+    if let Ok(mut registered) = REGISTERED.lock() {
+        registered.insert(path);
+    }
     let label = middleware::map_response(move |mut response: Response| async move {
         response.extensions_mut().insert(RouteLabel(path));
         response
@@ -515,6 +520,18 @@ where
             .layer(guard)
             .layer(label),
     )
+}
+
+/// Every route template registered with [`route`] (what the OpenAPI test walks).
+static REGISTERED: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The route templates registered so far (every one, once [`router`] has run).
+pub fn registered_routes() -> Vec<&'static str> {
+    REGISTERED
+        .lock()
+        .map(|r| r.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 /// The route template a response came from, for the `path` label.
