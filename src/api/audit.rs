@@ -34,8 +34,9 @@ use crate::store::audit::AuditRecord;
 /// could not be committed: the request was answered 503 and changed nothing).
 pub const AUDIT_RECORDS_TOTAL: &str = "switchyard_api_audit_records_total";
 
-/// The largest request body a change may have (bodies are read whole to be summarised).
-pub const MAX_BODY: usize = 1024 * 1024;
+/// The largest request body a change may have (bodies are read whole to be summarised):
+/// axum's own default limit, so the audit refuses nothing a handler would take.
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The longest body summary kept.
 pub const MAX_SUMMARY: usize = 2048;
 /// `limit` of `GET /audit` without one, and the largest.
@@ -290,7 +291,7 @@ async fn list_inner(state: &ApiState, caller: &Caller, uri: &Uri) -> Result<Audi
         .as_ref()
         .ok_or_else(|| Problem::not_found("this node has no store"))?;
     let records = db
-        .run(move |s| s.list_audit(tenant.as_deref(), cursor, limit))
+        .run_heavy(move |s| s.list_audit(tenant.as_deref(), cursor, limit))
         .await?;
     let next_cursor = (records.len() == limit)
         .then(|| records.last().map(|r| super::cdrs::encode_cursor(r.id)))

@@ -45,6 +45,9 @@ pub const MAX_LIMIT: usize = crate::store::reports::MAX_PAGE;
 pub const EXPORT_PAGE: usize = 1000;
 /// Chunks buffered between the export's store walk and the response.
 const EXPORT_CHUNKS: usize = 2;
+/// How long an export waits for a client that does not read before it gives up (its store
+/// connection and permit go back).
+const EXPORT_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// The most intervals one report may span.
 pub const MAX_INTERVALS: i64 = 10_000;
 /// Longest id, number or name accepted in a filter.
@@ -171,7 +174,7 @@ async fn list_inner(state: &ApiState, caller: &Caller, uri: &Uri) -> Result<CdrP
     }
     let cursor = params.get("cursor").map(decode_cursor).transpose()?;
     let cdrs = db(state)?
-        .run(move |s| s.find_cdrs(&filter, cursor, limit))
+        .run_heavy(move |s| s.find_cdrs(&filter, cursor, limit))
         .await?;
     let next_cursor = (cdrs.len() == limit)
         .then(|| cdrs.last().map(|r| encode_cursor(r.id)))
@@ -295,7 +298,7 @@ async fn export_inner(state: &ApiState, caller: &Caller, uri: &Uri) -> Result<Bo
         _ => return Err(Problem::bad_request("format must be csv")),
     }
     let filter = parse_filter(&params, caller)?;
-    let mut conn = db(state)?.acquire().await?;
+    let mut conn = db(state)?.acquire_heavy().await?;
     // The first page is read before answering, so a failing store is a 503 rather than a
     // 200 cut short.
     let first = {
@@ -310,6 +313,7 @@ async fn export_inner(state: &ApiState, caller: &Caller, uri: &Uri) -> Result<Bo
     let (mut conn, page) = first;
     let page = page.map_err(|e| store_failed(&e))?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_CHUNKS);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut page = page;
         let mut header = true;
@@ -318,8 +322,10 @@ async fn export_inner(state: &ApiState, caller: &Caller, uri: &Uri) -> Result<Bo
             let chunk = csv_chunk(&page, header);
             header = false;
             metrics::counter!(EXPORT_ROWS_TOTAL).increment(page.len() as u64);
-            if tx.blocking_send(Ok(chunk)).is_err() {
-                return; // the client went away
+            // A client that stops reading for a minute lets its store connection go.
+            let sent = runtime.block_on(tx.send_timeout(Ok(chunk), EXPORT_STALL));
+            if sent.is_err() {
+                return; // the client went away or stalled
             }
             let Some(cursor) = cursor.filter(|_| page.len() == EXPORT_PAGE) else {
                 return;
@@ -511,7 +517,7 @@ async fn report_inner(
         short_abandon_ms: short_abandon_secs * 1000,
     };
     let rows = db(state)?
-        .run(move |s| match queues {
+        .run_heavy(move |s| match queues {
             true => s.queue_report(&q),
             false => s.agent_report(&q),
         })

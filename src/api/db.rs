@@ -1,8 +1,10 @@
 //! The API's connections to the store (the CDR database: SQLite alone, PostgreSQL in a
 //! cluster): a few kept open and reused, each used by one blocking task at a time, never the
-//! writers'. At most [`MAX_CONNECTIONS`] queries run at once, so a flood of report requests
-//! queues behind them instead of opening a connection each; waiting longer than
-//! [`QUEUE_WAIT`] is a 503.
+//! writers'. Two kinds of work wait for separate permits, so that one cannot starve the
+//! other: at most [`MAX_HEAVY`] listings, exports and reports ([`Db::run_heavy`]), and at most
+//! [`MAX_LIGHT`] short ones — audit records, access key lookups and changes ([`Db::run`]).
+//! A flood of report requests queues behind its permits instead of opening a connection
+//! each, and never delays an audited change; waiting longer than [`QUEUE_WAIT`] is a 503.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +14,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::Problem;
 use crate::store::{Database, Store, StoreError, Synchronous};
 
-/// Queries (and exports) running at once.
-pub const MAX_CONNECTIONS: usize = 4;
+/// Listings, exports and reports running at once.
+pub const MAX_HEAVY: usize = 4;
+/// Short queries (audit, access keys) running at once.
+pub const MAX_LIGHT: usize = 4;
 /// How long a request waits for a free connection before it is answered 503.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
@@ -22,7 +26,8 @@ const QUEUE_WAIT: Duration = Duration::from_secs(5);
 pub struct Db {
     database: Database,
     idle: Mutex<Vec<Store>>,
-    permits: Arc<Semaphore>,
+    heavy: Arc<Semaphore>,
+    light: Arc<Semaphore>,
 }
 
 /// A connection taken from the pool; given back when dropped (unless it failed).
@@ -58,15 +63,19 @@ impl Db {
         Arc::new(Db {
             database,
             idle: Mutex::new(Vec::new()),
-            permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            heavy: Arc::new(Semaphore::new(MAX_HEAVY)),
+            light: Arc::new(Semaphore::new(MAX_LIGHT)),
         })
     }
 
-    /// A connection, waiting for a free one (503 after [`QUEUE_WAIT`]). Blocks to connect:
-    /// call it from the blocking pool through [`Db::run`], or from an async context with
-    /// [`Db::acquire`].
-    pub async fn acquire(self: &Arc<Self>) -> Result<Conn, Problem> {
-        let permit = tokio::time::timeout(QUEUE_WAIT, self.permits.clone().acquire_owned())
+    /// A connection for heavy work (an export holds it while it streams), waiting for a
+    /// permit (503 after [`QUEUE_WAIT`]).
+    pub async fn acquire_heavy(self: &Arc<Self>) -> Result<Conn, Problem> {
+        self.acquire(&self.heavy).await
+    }
+
+    async fn acquire(self: &Arc<Self>, permits: &Arc<Semaphore>) -> Result<Conn, Problem> {
+        let permit = tokio::time::timeout(QUEUE_WAIT, permits.clone().acquire_owned())
             .await
             .map_err(|_| Problem::unavailable("the store is busy: try again"))?
             .map_err(|_| Problem::unavailable("the store is closed"))?;
@@ -88,13 +97,29 @@ impl Db {
         })
     }
 
-    /// Runs `work` on a pooled connection on the blocking pool; a store error is a 503 (the
-    /// connection is closed, the next request opens a fresh one).
+    /// Runs short `work` (audit, access keys) on a pooled connection on the blocking pool; a
+    /// store error is a 503 (the connection is closed, the next request opens a fresh one).
     pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Problem> {
-        let mut conn = self.acquire().await?;
+        let conn = self.acquire(&self.light).await?;
+        Self::work_on(conn, work).await
+    }
+
+    /// [`Db::run`] for a listing or report.
+    pub async fn run_heavy<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let conn = self.acquire(&self.heavy).await?;
+        Self::work_on(conn, work).await
+    }
+
+    async fn work_on<T: Send + 'static>(
+        mut conn: Conn,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Problem> {
         tokio::task::spawn_blocking(move || {
             let out = work(conn.store());
             if out.is_err() {

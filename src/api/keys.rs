@@ -61,7 +61,7 @@ pub const NONCE_CAPACITY: usize = 100_000;
 /// Keys a tenant may have.
 pub const MAX_KEYS: usize = 100;
 /// The largest body a signed request may have (it is read whole to be hashed).
-pub const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// Name of the seal key's file in the data directory.
 pub const SEAL_KEY_FILE: &str = "access-keys.key";
 /// How long a looked-up key (or its absence) is trusted before the store is asked again: a
@@ -521,7 +521,7 @@ pub async fn verify(state: &ApiState, request: Request) -> Result<(Caller, Reque
             return Err(refuse(
                 "body_too_large",
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "a signed request's body is at most 1 MiB",
+                "a signed request's body is at most 2 MiB",
             ))
         }
     };
