@@ -3,8 +3,10 @@
 //! writers'. Two kinds of work wait for separate permits, so that one cannot starve the
 //! other: at most [`MAX_HEAVY`] listings, exports and reports ([`Db::run_heavy`]), and at most
 //! [`MAX_LIGHT`] short ones — audit records, access key lookups and changes ([`Db::run`]).
-//! A flood of report requests queues behind its permits instead of opening a connection
-//! each, and never delays an audited change; waiting longer than [`QUEUE_WAIT`] is a 503.
+//! The key lookups of signed requests ([`Db::run_lookup`]) have [`MAX_LOOKUPS`] permits of
+//! their own. A flood of report requests (or of requests naming made-up keys) queues behind
+//! its permits instead of opening a connection each, and never delays an audited change;
+//! waiting longer than [`QUEUE_WAIT`] is a 503.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,8 +18,11 @@ use crate::store::{Database, Store, StoreError, Synchronous};
 
 /// Listings, exports and reports running at once.
 pub const MAX_HEAVY: usize = 4;
-/// Short queries (audit, access keys) running at once.
+/// Short queries (audit, access key changes) running at once.
 pub const MAX_LIGHT: usize = 4;
+/// Access key lookups of signed requests running at once (anyone can send a signed request
+/// naming a key id, so they have permits of their own).
+pub const MAX_LOOKUPS: usize = 2;
 /// How long a request waits for a free connection before it is answered 503.
 const QUEUE_WAIT: Duration = Duration::from_secs(5);
 
@@ -28,6 +33,7 @@ pub struct Db {
     idle: Mutex<Vec<Store>>,
     heavy: Arc<Semaphore>,
     light: Arc<Semaphore>,
+    lookups: Arc<Semaphore>,
 }
 
 /// A connection taken from the pool; given back when dropped (unless it failed).
@@ -65,6 +71,7 @@ impl Db {
             idle: Mutex::new(Vec::new()),
             heavy: Arc::new(Semaphore::new(MAX_HEAVY)),
             light: Arc::new(Semaphore::new(MAX_LIGHT)),
+            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
         })
     }
 
@@ -113,6 +120,15 @@ impl Db {
         work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, Problem> {
         let conn = self.acquire(&self.heavy).await?;
+        Self::work_on(conn, work).await
+    }
+
+    /// [`Db::run`] for the key lookup of a signed request.
+    pub async fn run_lookup<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&mut Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let conn = self.acquire(&self.lookups).await?;
         Self::work_on(conn, work).await
     }
 

@@ -385,7 +385,14 @@ impl AccessKeys {
             return Ok(entry);
         }
         let wanted = id.to_string();
-        let row = db.run(move |s| s.access_key(&wanted)).await?;
+        // Only ids of the shape this node gives out are looked up.
+        let shaped = id.len() == 19
+            && id.starts_with("ak_")
+            && id[3..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !shaped {
+            return Ok(None);
+        }
+        let row = db.run_lookup(move |s| s.access_key(&wanted)).await?;
         let entry = row.filter(|r| r.revoked_ms.is_none()).and_then(|r| {
             Some(Arc::new(KeyEntry {
                 tenant: Arc::from(r.tenant.as_str()),
