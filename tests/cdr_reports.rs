@@ -205,3 +205,103 @@ fn a_database_of_the_previous_schema_migrates_and_keeps_its_cdrs() {
         4
     );
 }
+
+/// The audit log and the access keys' table: the same statements on both engines.
+fn audit_and_keys(s: &mut Store) -> Vec<String> {
+    use switchyard::store::access_keys::AccessKeyRow;
+    use switchyard::store::audit::AuditRecord;
+    let mut out = Vec::new();
+    let mut ids = Vec::new();
+    for (n, tenant) in [Some("t1"), None, Some("t2"), Some("t1")]
+        .into_iter()
+        .enumerate()
+    {
+        let rec = AuditRecord {
+            at: 1000 + n as i64,
+            tenant: tenant.map(str::to_string),
+            actor: "node".into(),
+            source: "127.0.0.1:1".into(),
+            method: "PUT".into(),
+            route: "/routes/{id}".into(),
+            path: format!("/routes/{n}"),
+            summary: Some("{\"prefix\":\"9\"}".into()),
+            before: (n % 2 == 0).then(|| "{\"a\":1}".to_string()),
+            ..Default::default()
+        };
+        ids.push(s.insert_audit(&rec).unwrap());
+    }
+    s.complete_audit(ids[0], 201, Some("{\"a\":2}"), 2000)
+        .unwrap();
+    let strip = |v: Vec<AuditRecord>| -> Vec<AuditRecord> {
+        // Row ids differ between engines only by where the sequence starts.
+        v.into_iter().map(|r| AuditRecord { id: 0, ..r }).collect()
+    };
+    out.push(format!(
+        "{:?}",
+        strip(s.list_audit(Some("t1"), None, 10).unwrap())
+    ));
+    out.push(format!(
+        "{:?}",
+        strip(s.list_audit(None, Some(ids[3]), 2).unwrap())
+    ));
+    for (n, role) in ["admin", "agent", "read_only"].into_iter().enumerate() {
+        s.insert_access_key(&AccessKeyRow {
+            id: format!("ak_{n:016x}"),
+            tenant: "t1".into(),
+            name: format!("k{n}"),
+            role: role.into(),
+            sealed: "00".into(),
+            created_ms: n as i64,
+            rotated_ms: None,
+            revoked_ms: None,
+        })
+        .unwrap();
+    }
+    assert!(s
+        .rotate_access_key("t1", "ak_0000000000000001", "ff", 9)
+        .unwrap());
+    assert!(
+        !s.rotate_access_key("t2", "ak_0000000000000001", "ff", 9)
+            .unwrap(),
+        "another tenant's"
+    );
+    assert!(s
+        .revoke_access_key("t1", "ak_0000000000000002", 10)
+        .unwrap());
+    assert!(
+        !s.revoke_access_key("t1", "ak_0000000000000002", 11)
+            .unwrap(),
+        "twice"
+    );
+    assert!(
+        !s.rotate_access_key("t1", "ak_0000000000000002", "ee", 12)
+            .unwrap(),
+        "revoked"
+    );
+    out.push(format!("{:?}", s.access_keys("t1").unwrap()));
+    out.push(format!(
+        "{:?}",
+        s.access_key("ak_0000000000000002").unwrap()
+    ));
+    out
+}
+
+#[test]
+fn audit_log_and_access_keys_agree_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lite = Store::open(&dir.path().join("s.db")).unwrap();
+    let on_sqlite = audit_and_keys(&mut lite);
+    assert!(
+        on_sqlite[0].contains("status: Some(201)"),
+        "{}",
+        on_sqlite[0]
+    );
+    assert!(
+        on_sqlite[3].contains("revoked_ms: Some(10)"),
+        "{}",
+        on_sqlite[3]
+    );
+    let Some(pg) = Pg::try_start() else { return };
+    let mut pgs = Store::connect(&Database::Postgres(pg.url.clone()), Synchronous::Full).unwrap();
+    assert_eq!(on_sqlite, audit_and_keys(&mut pgs));
+}
