@@ -198,43 +198,45 @@ pub async fn authenticate(
     }
 }
 
-/// The layer on each route `template`: a tenant's token reaches only [`TENANT_ROUTES`],
-/// and in them only its own `{tenant}`.
+/// The layer on each route `template`: a tenant's token reaches only [`TENANT_ROUTES`], an
+/// access key the routes of its role ([`super::keys::least_role`]), and both only their own
+/// `{tenant}`.
 pub async fn guard(template: &'static str, request: Request, next: Next) -> Response {
     let caller = request.extensions().get::<Caller>().cloned();
     match caller {
         Some(Caller::Node) => next.run(request).await,
-        Some(caller @ (Caller::Tenant { .. } | Caller::Key { .. })) => {
-            let tenant = match &caller {
-                Caller::Tenant { tenant, .. } | Caller::Key { tenant, .. } => Arc::clone(tenant),
-                Caller::Node => unreachable!("matched above"),
-            };
-            match &caller {
-                Caller::Key { role, .. } => {
-                    match super::keys::least_role(request.method(), template) {
-                        None => return refuse(Denied::NodeOnly),
-                        Some(least) if *role < least => return refuse(Denied::Role),
-                        Some(_) => {}
-                    }
-                }
-                _ if !tenant_may(request.method(), template) => return refuse(Denied::NodeOnly),
-                _ => {}
+        Some(Caller::Tenant { tenant, .. }) => {
+            if !tenant_may(request.method(), template) {
+                return refuse(Denied::NodeOnly);
             }
-            let (mut parts, body) = request.into_parts();
-            if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {
-                if let Some((_, asked)) = params.iter().find(|(name, _)| *name == "tenant") {
-                    if asked != &*tenant {
-                        return other_tenant(asked).into_response();
-                    }
-                }
+            own_tenant_only(&tenant, request, next).await
+        }
+        Some(Caller::Key { tenant, role, .. }) => {
+            match super::keys::least_role(request.method(), template) {
+                None => refuse(Denied::NodeOnly),
+                Some(least) if role < least => refuse(Denied::Role),
+                Some(_) => own_tenant_only(&tenant, request, next).await,
             }
-            next.run(Request::from_parts(parts, body)).await
         }
         // Only the open paths come without a caller; anything else means the request did
         // not pass `authenticate` (a router built without it): refused.
         None if OPEN_PATHS.contains(&template) => next.run(request).await,
         None => refuse(Denied::NoCredentials),
     }
+}
+
+/// Runs the handler unless the path's `{tenant}` is another tenant than `own` (a 404, as
+/// for a tenant that does not exist).
+async fn own_tenant_only(own: &str, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {
+        if let Some((_, asked)) = params.iter().find(|(name, _)| *name == "tenant") {
+            if asked != own {
+                return other_tenant(asked).into_response();
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// A refusal's response, counted by reason.
