@@ -240,6 +240,11 @@ async fn caller_reaches_agent_and_agent_moves_on() {
     }
     let cdr = found.expect("CDR written");
     assert_eq!(cdr.queue.as_deref(), Some("cc/q0"));
+    assert_eq!(
+        cdr.tenant.as_deref(),
+        Some("cc"),
+        "the CDR knows its tenant"
+    );
     assert_eq!(cdr.agent.as_deref(), Some("a1"));
     assert!(!cdr.abandoned && cdr.wait_ms.is_some());
     // The queue's statistics are snapshotted into the store (every second here), and the

@@ -73,6 +73,7 @@ fn cdr(n: u32) -> Cdr {
         }),
         // Every fourth call was transferred: its chain and three legs (one never answered).
         transfers: (n % 4 == 1).then(|| format!("blind:phone>user:10{n}")),
+        tenant: Some("t".to_string()),
         legs: if n % 4 == 1 {
             legs(n, start)
         } else {

@@ -50,6 +50,7 @@ fn cdr(seq: u64, end_at: i64) -> Cdr {
         recording: None,
         media: None,
         transfers: None,
+        tenant: None,
         legs: Vec::new(),
     }
 }

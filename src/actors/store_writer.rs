@@ -725,6 +725,7 @@ mod tests {
             recording: None,
             media: None,
             transfers: None,
+            tenant: None,
             legs: Vec::new(),
         }
     }

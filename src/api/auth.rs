@@ -16,8 +16,9 @@
 //!    (`GET /queues`, `GET /agents`, `GET /numbers`, `POST /calls`, recordings, the calls
 //!    of [`super::calls`]) filter by the [`Caller`] in their handlers.
 //!
-//! Access keys with roles (issue 21) fit in here: a key resolves to a caller with a role, and
-//! the policy table gains the least role per route.
+//! A signed request ([`super::keys`]) resolves to [`Caller::Key`] with a role; [`guard`] lets
+//! it reach the routes its role does ([`super::keys::least_role`]: [`TENANT_ROUTES`] plus an
+//! admin's key management), its own tenant's objects only.
 //!
 //! Every refusal is counted in [`AUTH_REFUSED_TOTAL`] by reason.
 
@@ -32,8 +33,9 @@ use super::{ApiState, Denied, Problem};
 
 /// Counter, label `reason`: API requests refused before their handler ran —
 /// `missing` (no bearer credential: 401), `invalid` (a token the node does not know: 403),
-/// `node_only` (a tenant's token on a node-wide route: 403), `other_tenant` (a tenant's token
-/// on another tenant's object: 404).
+/// `node_only` (a tenant's token or key on a node-wide route: 403), `role` (an access key
+/// whose role does not reach the route: 403), `other_tenant` (a tenant's token or key on
+/// another tenant's object: 404).
 pub const AUTH_REFUSED_TOTAL: &str = "switchyard_api_auth_refused_total";
 
 /// The routes a tenant's token may use, by method and template; everything else needs the
@@ -83,6 +85,13 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/numbers"),
     ("GET", "/tenants/{tenant}/users"),
     ("GET", "/tenants/{tenant}/tokens"),
+    ("GET", "/cdrs"),
+    ("GET", "/cdrs/export"),
+    ("GET", "/reports/queues"),
+    ("GET", "/reports/agents"),
+    ("GET", "/audit"),
+    ("GET", "/tenants/{tenant}/keys"),
+    ("GET", "/openapi.json"),
 ];
 
 /// Paths open without a token: what load balancers and Prometheus scrape.
@@ -107,6 +116,13 @@ pub enum Caller {
         /// The token's id (`file` for the config file's `api_token`).
         token: Arc<str>,
     },
+    /// A tenant's access key (a signed request, see [`super::keys`]): the routes its role
+    /// reaches ([`super::keys::least_role`]), that tenant's objects only.
+    Key {
+        tenant: Arc<str>,
+        key: Arc<str>,
+        role: super::keys::Role,
+    },
 }
 
 impl Caller {
@@ -114,7 +130,7 @@ impl Caller {
     pub fn tenant(&self) -> Option<&str> {
         match self {
             Caller::Node => None,
-            Caller::Tenant { tenant, .. } => Some(tenant),
+            Caller::Tenant { tenant, .. } | Caller::Key { tenant, .. } => Some(tenant),
         }
     }
 
@@ -175,17 +191,29 @@ pub async fn authenticate(
     if OPEN_PATHS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
+    if super::keys::is_signed(request.headers()) {
+        return match super::keys::verify(&state, request).await {
+            Ok((caller, mut request)) => {
+                request.extensions_mut().insert(caller);
+                request.extensions_mut().insert(state.audit_sink());
+                next.run(request).await
+            }
+            Err(refused) => refused,
+        };
+    }
     match state.identify(request.headers()) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(state.audit_sink());
             next.run(request).await
         }
         Err(denied) => refuse(denied),
     }
 }
 
-/// The layer on each route `template`: a tenant's token reaches only [`TENANT_ROUTES`],
-/// and in them only its own `{tenant}`.
+/// The layer on each route `template`: a tenant's token reaches only [`TENANT_ROUTES`], an
+/// access key the routes of its role ([`super::keys::least_role`]), and both only their own
+/// `{tenant}`.
 pub async fn guard(template: &'static str, request: Request, next: Next) -> Response {
     let caller = request.extensions().get::<Caller>().cloned();
     match caller {
@@ -194,21 +222,34 @@ pub async fn guard(template: &'static str, request: Request, next: Next) -> Resp
             if !tenant_may(request.method(), template) {
                 return refuse(Denied::NodeOnly);
             }
-            let (mut parts, body) = request.into_parts();
-            if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {
-                if let Some((_, asked)) = params.iter().find(|(name, _)| *name == "tenant") {
-                    if asked != &*tenant {
-                        return other_tenant(asked).into_response();
-                    }
-                }
+            own_tenant_only(&tenant, request, next).await
+        }
+        Some(Caller::Key { tenant, role, .. }) => {
+            match super::keys::least_role(request.method(), template) {
+                None => refuse(Denied::NodeOnly),
+                Some(least) if role < least => refuse(Denied::Role),
+                Some(_) => own_tenant_only(&tenant, request, next).await,
             }
-            next.run(Request::from_parts(parts, body)).await
         }
         // Only the open paths come without a caller; anything else means the request did
         // not pass `authenticate` (a router built without it): refused.
         None if OPEN_PATHS.contains(&template) => next.run(request).await,
         None => refuse(Denied::NoCredentials),
     }
+}
+
+/// Runs the handler unless the path's `{tenant}` is another tenant than `own` (a 404, as
+/// for a tenant that does not exist).
+async fn own_tenant_only(own: &str, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &()).await {
+        if let Some((_, asked)) = params.iter().find(|(name, _)| *name == "tenant") {
+            if asked != own {
+                return other_tenant(asked).into_response();
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
 }
 
 /// A refusal's response, counted by reason.

@@ -15,14 +15,19 @@
 //! unless [`auth::TENANT_ROUTES`] lists it. A handler that must be the node's whatever the
 //! table says calls [`ApiState::authorize`].
 
+pub mod audit;
 pub mod auth;
 pub mod calls;
 pub mod cc;
+pub mod cdrs;
 mod cluster;
 pub mod conferences;
 mod config;
+pub mod db;
 mod health;
+pub mod keys;
 pub mod log;
+pub mod openapi;
 mod problem;
 pub mod recordings;
 mod security;
@@ -79,8 +84,11 @@ pub fn describe() {
         HTTP_REQUESTS_TOTAL,
         "HTTP API requests answered, by route template (`other` if unrouted) and status code"
     );
+    audit::describe();
     auth::describe();
     calls::describe();
+    cdrs::describe();
+    keys::describe();
     cc::describe();
     conferences::describe();
     recordings::describe();
@@ -110,6 +118,11 @@ pub struct ApiState {
     config: Option<Arc<crate::cluster::shared_config::SharedConfig>>,
     /// Without the edge's tables the ban routes answer 404.
     security: Option<Arc<crate::security::EdgeGuard>>,
+    /// The store (CDRs, reports, the audit log). Without it the CDR and report routes
+    /// answer 404 and changes are not audited.
+    store: Option<Arc<db::Db>>,
+    /// Tenants' access keys (signed requests); needs the store.
+    keys: Option<Arc<keys::AccessKeys>>,
 }
 
 impl ApiState {
@@ -126,7 +139,23 @@ impl ApiState {
             cluster: None,
             config: None,
             security: None,
+            store: None,
+            keys: None,
         }
+    }
+
+    /// Accept requests signed with tenants' access keys, kept in the store (see
+    /// [`Self::with_store`]) sealed under `seal` (see [`keys`]).
+    pub fn with_access_keys(mut self, seal: keys::SealKey) -> Self {
+        self.keys = Some(Arc::new(keys::AccessKeys::new(seal)));
+        self
+    }
+
+    /// Serve CDRs and reports from `database`, and record every change in its audit log
+    /// (see [`audit`]).
+    pub fn with_store(mut self, database: crate::store::Database) -> Self {
+        self.store = Some(db::Db::new(database));
+        self
     }
 
     /// Accept `token` (as `Authorization: Bearer <token>`) as the node's: every route.
@@ -203,12 +232,20 @@ impl ApiState {
         }
     }
 
+    /// What the audit layer ([`audit::record`]) writes into.
+    fn audit_sink(&self) -> audit::AuditSink {
+        audit::AuditSink {
+            db: self.store.clone(),
+            config: self.config.clone(),
+        }
+    }
+
     /// `Ok` only for the node's token: for handlers of node-wide things (the [`auth`] guard
     /// already keeps tenants' tokens off every route [`auth::TENANT_ROUTES`] does not list).
     pub fn authorize(&self, headers: &HeaderMap) -> Result<(), Denied> {
         match self.identify(headers)? {
             Caller::Node => Ok(()),
-            Caller::Tenant { .. } => Err(Denied::NodeOnly),
+            Caller::Tenant { .. } | Caller::Key { .. } => Err(Denied::NodeOnly),
         }
     }
 }
@@ -222,6 +259,8 @@ pub enum Denied {
     WrongToken,
     /// A tenant's token on a route of the node's: 403.
     NodeOnly,
+    /// An access key whose role does not reach the route: 403.
+    Role,
 }
 
 impl Denied {
@@ -231,6 +270,7 @@ impl Denied {
             Denied::NoCredentials => "missing",
             Denied::WrongToken => "invalid",
             Denied::NodeOnly => "node_only",
+            Denied::Role => "role",
         }
     }
 }
@@ -252,6 +292,11 @@ impl IntoResponse for Denied {
             Denied::NodeOnly => Problem::new(
                 StatusCode::FORBIDDEN,
                 "this route needs the node's token, not a tenant's",
+            )
+            .into_response(),
+            Denied::Role => Problem::new(
+                StatusCode::FORBIDDEN,
+                "this access key's role does not reach this route",
             )
             .into_response(),
         }
@@ -382,14 +427,36 @@ pub async fn serve<L>(
 ) -> io::Result<()>
 where
     L: axum::serve::Listener<Addr = SocketAddr>,
+    Peer: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
     if let Ok(addr) = listener.local_addr() {
         let scheme = if state.https { "https" } else { "http" };
         tracing::info!(%addr, scheme, "HTTP API listening");
     }
-    axum::serve(listener, router(state))
+    // The client's address reaches the handlers (the audit log records it).
+    let app = router(state).into_make_service_with_connect_info::<Peer>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The client's address, in each request's `ConnectInfo<Peer>` (for plain and TLS
+/// listeners alike).
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
 }
 
 /// The API's routes with request counting and problem-body fallbacks.
@@ -407,6 +474,10 @@ pub fn router(state: ApiState) -> Router {
     let router = tokens::routes(router);
     let router = status::routes(router);
     let router = log::routes(router);
+    let router = cdrs::routes(router);
+    let router = audit::routes(router);
+    let router = keys::routes(router);
+    let router = openapi::routes(router);
     // Authentication covers the fallbacks too: without a token, an unknown path is a 401
     // like a known one, so the routes cannot be mapped without a token.
     router
@@ -431,20 +502,39 @@ pub fn route<S>(router: Router<S>, path: &'static str, method_router: MethodRout
 where
     S: Clone + Send + Sync + 'static,
 {
+    if let Ok(mut registered) = REGISTERED.lock() {
+        registered.insert(path);
+    }
     let label = middleware::map_response(move |mut response: Response| async move {
         response.extensions_mut().insert(RouteLabel(path));
         response
     });
     let guard =
         middleware::from_fn(move |request: Request, next: Next| auth::guard(path, request, next));
+    // Inside the guard: only requests allowed to reach the handler are recorded.
+    let audit =
+        middleware::from_fn(move |request: Request, next: Next| audit::record(path, request, next));
     // The 405 fallback is set here, before the layers, so that it is guarded and labelled too.
     router.route(
         path,
         method_router
             .fallback(method_not_allowed)
+            .layer(audit)
             .layer(guard)
             .layer(label),
     )
+}
+
+/// Every route template registered with [`route`] (what the OpenAPI test walks).
+static REGISTERED: std::sync::Mutex<std::collections::BTreeSet<&'static str>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The route templates registered so far (every one, once [`router`] has run).
+pub fn registered_routes() -> Vec<&'static str> {
+    REGISTERED
+        .lock()
+        .map(|r| r.iter().copied().collect())
+        .unwrap_or_default()
 }
 
 /// The route template a response came from, for the `path` label.

@@ -440,3 +440,54 @@ async fn a_tenant_token_sees_its_tenant_only() {
         assert!(metrics.contains(&series), "{series} in {metrics}");
     }
 }
+
+/// Every method of every route the router serves is in the OpenAPI document, and every
+/// operation the document lists is served (not a 405): a route added without its row in
+/// [`openapi::OPERATIONS`] fails here.
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_the_router_serves() {
+    let server = start(Health::new()).await;
+    let documented: std::collections::BTreeSet<(String, String)> = openapi::OPERATIONS
+        .iter()
+        .map(|(m, t, _)| (m.to_string(), t.to_string()))
+        .collect();
+    let mut served = std::collections::BTreeSet::new();
+    let templates = registered_routes();
+    assert!(templates.len() > 50, "{templates:?}");
+    for template in templates {
+        let path: String = template
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "x" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in ["GET", "POST", "PUT", "DELETE", "PATCH"] {
+            let reply = request_as(server.addr, method, &path, NODE).await;
+            if reply.status != 405 {
+                served.insert((method.to_string(), template.to_string()));
+            }
+        }
+    }
+    let missing: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "served but not in the OpenAPI document: {missing:?}"
+    );
+    let stale: Vec<_> = documented.difference(&served).collect();
+    assert!(stale.is_empty(), "documented but not served: {stale:?}");
+    let doc = request_as(server.addr, "GET", "/openapi.json", NODE).await;
+    assert_eq!(doc.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc.body).unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert_eq!(
+        request_as(server.addr, "GET", "/openapi.json", T1)
+            .await
+            .status,
+        200,
+        "a tenant's token may read it"
+    );
+    assert_eq!(
+        request(server.addr, "GET", "/openapi.json").await.status,
+        401
+    );
+    let _ = server.stop.send(());
+}

@@ -99,7 +99,12 @@ pub struct Cdr {
     pub media: Option<CdrMedia>,
     /// Transfers carried out, in order: `kind:by>target` (e.g. `blind:B>user:1003`).
     pub transfers: Option<String>,
+    /// The tenant the call belongs to (its number's, queue's or caller's), if any: what
+    /// scopes `GET /cdrs` and the reports to a tenant's credentials.
+    pub tenant: Option<String>,
     /// Who talked to whom: every leg that joined the call, in order (the `cdr_legs` table).
+    /// Left out of listings (`GET /cdrs`), which read no legs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub legs: Vec<CdrLeg>,
 }
 
@@ -147,15 +152,15 @@ pub fn now_unix_ms() -> i64 {
 const COLUMNS: &str = "a_call_id, b_call_id, caller, callee, route, target, start_at, ringing_at, \
      answer_at, end_at, duration_ms, billable_ms, final_status, hangup_by, disconnect_reason, \
      queue, agent, wait_ms, abandoned, trunk, attempts, dtmf, recording, mos_a, mos_b, loss_a, \
-     loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, packets_a, packets_b, transfers";
+     loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, packets_a, packets_b, transfers, tenant";
 
 pub(super) const INSERT_SQL: &str = "INSERT INTO cdrs (a_call_id, b_call_id, caller, callee, \
      route, target, start_at, ringing_at, answer_at, end_at, duration_ms, billable_ms, \
      final_status, hangup_by, disconnect_reason, queue, agent, wait_ms, abandoned, trunk, \
      attempts, dtmf, recording, mos_a, mos_b, loss_a, loss_b, jitter_a_ms, jitter_b_ms, rtt_ms, \
-     packets_a, packets_b, transfers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, \
-     $32, $33) RETURNING id";
+     packets_a, packets_b, transfers, tenant) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+     $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, \
+     $31, $32, $33, $34) RETURNING id";
 
 /// One leg of the CDR whose row id is `$1` (the `cdr_legs` table).
 pub(super) const INSERT_LEG_SQL: &str = "INSERT INTO cdr_legs (cdr_id, seq, call_id, role, \
@@ -175,7 +180,7 @@ pub(super) static BY_CALL_ID_SQL: std::sync::LazyLock<String> = std::sync::LazyL
 });
 
 /// The values of [`INSERT_SQL`]'s placeholders for `c`, in order.
-pub(super) fn values(c: &Cdr) -> [Value<'_>; 33] {
+pub(super) fn values(c: &Cdr) -> [Value<'_>; 34] {
     let m = c.media;
     [
         c.a_call_id.as_str().into(),
@@ -211,6 +216,7 @@ pub(super) fn values(c: &Cdr) -> [Value<'_>; 33] {
         m.map(|m| m.packets_a).into(),
         m.map(|m| m.packets_b).into(),
         c.transfers.as_deref().into(),
+        c.tenant.as_deref().into(),
     ]
 }
 
@@ -250,7 +256,13 @@ pub(super) fn leg_from_row(r: &dyn SqlRow) -> Result<(i64, CdrLeg), StoreError> 
 /// Read a row selected with `COLUMNS, id`: the CDR (legs not filled) and its row id.
 pub(super) fn from_row_with_id(r: &dyn SqlRow) -> Result<(i64, Cdr), StoreError> {
     let cdr = from_row(r)?;
-    Ok((req(r.int(33)?, 33)?, cdr))
+    Ok((req(r.int(34)?, 34)?, cdr))
+}
+
+/// The columns of a CDR row in [`from_row_with_id`]'s order (`id` last), for queries of
+/// other modules.
+pub(super) fn select_columns() -> String {
+    format!("{COLUMNS}, id")
 }
 
 /// Read a row selected with `COLUMNS`, in that order.
@@ -298,6 +310,7 @@ fn from_row(r: &dyn SqlRow) -> Result<Cdr, StoreError> {
             }),
         },
         transfers: r.text(32)?,
+        tenant: r.text(33)?,
         legs: Vec::new(),
     })
 }

@@ -24,10 +24,13 @@
 //! The recording index (`recordings`) stays in each node's SQLite file, because the files it
 //! indexes are node-local.
 
+pub mod access_keys;
+pub mod audit;
 mod cdr;
 pub mod config;
 pub mod recordings;
 pub mod registrations;
+pub mod reports;
 pub mod tokens;
 
 use std::cell::RefCell;
@@ -139,6 +142,16 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cdr_id, seq)
     ) WITHOUT ROWID;
     CREATE INDEX cdr_legs_call_id ON cdr_legs (call_id);",
+    // 10: the tenant of each CDR (what scopes `GET /cdrs` and the reports); CDRs written
+    // before keep NULL and are seen by the node's credentials only. Indexes for the
+    // listings (newest first per tenant) and the reports (by start time).
+    "ALTER TABLE cdrs ADD COLUMN tenant TEXT;
+    CREATE INDEX cdrs_tenant ON cdrs (tenant, id);
+    CREATE INDEX cdrs_start_at ON cdrs (start_at);",
+    // 11: the audit log of management changes (see `audit`).
+    audit::MIGRATION,
+    // 12: tenants' access keys, their secrets sealed (see `access_keys`).
+    access_keys::MIGRATION,
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -1189,6 +1202,7 @@ mod tests {
             recording: None,
             media: None,
             transfers: None,
+            tenant: Some("t".to_string()),
             legs: Vec::new(),
         }
     }
@@ -1529,7 +1543,9 @@ mod tests {
         assert_eq!(
             tables,
             vec![
+                "access_keys",
                 "agent_stats",
+                "audit_log",
                 "cdr_legs",
                 "cdrs",
                 "config_overrides",
@@ -1539,7 +1555,7 @@ mod tests {
             ],
         );
         assert_eq!(cols["cdrs"][0], "id");
-        assert_eq!(cols["cdrs"].last().unwrap(), "transfers");
+        assert_eq!(cols["cdrs"].last().unwrap(), "tenant");
         assert_eq!(cols["cdr_legs"][0], "cdr_id");
     }
 

@@ -280,7 +280,11 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
             ))
             // Tenants' tokens (the file's `api_token`s and the API's) come with it.
             .with_config(shared_config)
-            .with_security(guard);
+            .with_security(guard)
+            // CDRs, reports and the audit log (the CDRs' database: PostgreSQL in a cluster).
+            .with_store(database.clone())
+            // Tenants' access keys, sealed under `data_dir/access-keys.key`.
+            .with_access_keys(crate::api::keys::load_seal_key(&config.data_dir)?);
         if let Some(c) = &cluster {
             state = state.with_cluster(c.membership.clone());
         }

@@ -213,6 +213,7 @@ impl Checkpoint {
             dtmf: (!d.dtmf.is_empty()).then(|| d.dtmf.clone()),
             recording: d.recording.clone(),
             transfers: (!d.transfers.is_empty()).then(|| d.transfers.join(",")),
+            tenant: self.tenant.as_deref().map(str::to_string),
             legs: d
                 .legs
                 .iter()
