@@ -143,12 +143,23 @@ const AGENT_ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/calls/{call_id}/conference"),
 ];
 
-/// What a supervisor adds: monitoring and releasing calls.
+/// What a supervisor adds: monitoring and releasing calls, running conference rooms.
 const SUPERVISOR_ROUTES: &[(&str, &str)] = &[
     ("POST", "/calls/{call_id}/monitor"),
     ("PUT", "/calls/{call_id}/monitor"),
     ("DELETE", "/calls/{call_id}/monitor"),
     ("DELETE", "/calls/{call_id}"),
+    ("POST", "/conferences/{tenant}"),
+    ("DELETE", "/conferences/{tenant}/{id}"),
+    ("POST", "/conferences/{tenant}/{id}/participants"),
+    (
+        "PUT",
+        "/conferences/{tenant}/{id}/participants/{participant}",
+    ),
+    (
+        "DELETE",
+        "/conferences/{tenant}/{id}/participants/{participant}",
+    ),
 ];
 
 /// The least role that may use `method` on `template`; None for a route no key reaches

@@ -114,6 +114,37 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "Change the monitor's mode",
     ),
     ("DELETE", "/calls/{call_id}/monitor", "End the monitor"),
+    ("GET", "/conferences", "The conference rooms on this node"),
+    (
+        "POST",
+        "/conferences/{tenant}",
+        "Make a conference room: {\"id\"?}",
+    ),
+    (
+        "GET",
+        "/conferences/{tenant}/{id}",
+        "One room with its participants",
+    ),
+    (
+        "DELETE",
+        "/conferences/{tenant}/{id}",
+        "End a room: every participant is hung up",
+    ),
+    (
+        "POST",
+        "/conferences/{tenant}/{id}/participants",
+        "Dial a user into the room {\"target\"}, or move a call's leg in {\"call\", \"leg\"?}",
+    ),
+    (
+        "PUT",
+        "/conferences/{tenant}/{id}/participants/{participant}",
+        "Mute or deafen a participant: {\"mute\"?, \"deaf\"?}",
+    ),
+    (
+        "DELETE",
+        "/conferences/{tenant}/{id}/participants/{participant}",
+        "Hang a participant up (kick)",
+    ),
     (
         "POST",
         "/calls/{call_id}/recording/{command}",
