@@ -28,6 +28,7 @@ mod cdr;
 pub mod config;
 pub mod recordings;
 pub mod registrations;
+pub mod risk;
 pub mod tokens;
 
 use std::cell::RefCell;
@@ -139,6 +140,9 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (cdr_id, seq)
     ) WITHOUT ROWID;
     CREATE INDEX cdr_legs_call_id ON cdr_legs (call_id);",
+    // 10: risk control: black and white lists, outbound attempts counted by frequency caps
+    // (see `risk`; self-contained, so it may be renumbered after other branches' migrations).
+    risk::MIGRATION,
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
