@@ -1452,7 +1452,10 @@ impl RiskConfig {
         for (i, t) in self.tenants.iter().enumerate() {
             let place = format!("risk.tenants[{i}]");
             if t.tenant.is_empty() || !seen.insert(t.tenant.as_str()) {
-                err(format!("{place}.tenant"), "a tenant's id, named once".into());
+                err(
+                    format!("{place}.tenant"),
+                    "a tenant's id, named once".into(),
+                );
             }
             for (k, tag) in t.tags.iter().enumerate() {
                 if !valid_risk_name(tag) {
@@ -1462,7 +1465,11 @@ impl RiskConfig {
                     );
                 }
             }
-            let zone = |z: &str| jiff::tz::TimeZone::get(z).map(|_| ()).map_err(|e| e.to_string());
+            let zone = |z: &str| {
+                jiff::tz::TimeZone::get(z)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
             if let Some(z) = &t.time_zone {
                 if let Err(e) = zone(z) {
                     err(format!("{place}.time_zone"), e);
@@ -1478,7 +1485,10 @@ impl RiskConfig {
             }
             for (k, d) in t.holidays.iter().enumerate() {
                 if d.parse::<jiff::civil::Date>().is_err() {
-                    err(format!("{place}.holidays[{k}]"), format!("{d:?}: YYYY-MM-DD"));
+                    err(
+                        format!("{place}.holidays[{k}]"),
+                        format!("{d:?}: YYYY-MM-DD"),
+                    );
                 }
             }
             for (k, w) in t.forbidden.iter().enumerate() {

@@ -22,8 +22,8 @@ use serde::Serialize;
 
 use crate::config::RiskConfig;
 use crate::routing::risk::{
-    self, applicable_caps, cap_verdict, screen, CapScope, Decision, Entry, ListKind, Lists,
-    Rule, Rules, Scope, Subject,
+    self, applicable_caps, cap_verdict, screen, CapScope, Decision, Entry, ListKind, Lists, Rule,
+    Rules, Scope, Subject,
 };
 use crate::store::risk::Counted;
 use crate::store::{Database, Store, StoreError, Synchronous};
@@ -296,7 +296,10 @@ impl RiskDesk {
         let _one = self.changes.lock().await;
         {
             let lists = self.lists.read().unwrap_or_else(|e| e.into_inner());
-            let mut probe = lists.get(&scope).map(|p| p.list(kind).clone()).unwrap_or_default();
+            let mut probe = lists
+                .get(&scope)
+                .map(|p| p.list(kind).clone())
+                .unwrap_or_default();
             drop(lists);
             for e in &remove {
                 probe.remove(e);
@@ -344,7 +347,11 @@ impl RiskDesk {
     }
 
     fn publish_counts(&self) {
-        let counts = self.lists.read().unwrap_or_else(|e| e.into_inner()).counts();
+        let counts = self
+            .lists
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts();
         for (scope, n) in counts {
             metrics::gauge!(risk::RISK_LIST_ENTRIES, "scope" => scope).set(n as f64);
         }
@@ -418,8 +425,14 @@ mod tests {
 
         let desk = Arc::new(RiskDesk::open(&config(), &db).unwrap());
         assert_eq!(desk.list(&t, ListKind::Black), ["33*", "44*"]);
-        assert_eq!(desk.check(attempt("acme", "4930")).await.rule, Rule::TenantCap);
-        assert_eq!(desk.check(attempt("acme", "4420")).await.rule, Rule::TenantBlacklist);
+        assert_eq!(
+            desk.check(attempt("acme", "4930")).await.rule,
+            Rule::TenantCap
+        );
+        assert_eq!(
+            desk.check(attempt("acme", "4420")).await.rule,
+            Rule::TenantBlacklist
+        );
     }
 
     #[tokio::test]
@@ -436,7 +449,12 @@ mod tests {
         );
         let entries = |v: &[&str]| v.iter().map(|e| Entry::parse(e).unwrap()).collect();
         let err = desk
-            .change_list(Scope::Platform, ListKind::Black, entries(&["1", "2", "3"]), vec![])
+            .change_list(
+                Scope::Platform,
+                ListKind::Black,
+                entries(&["1", "2", "3"]),
+                vec![],
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, ListError::TooMany(3, 2)));

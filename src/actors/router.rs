@@ -1018,11 +1018,7 @@ impl Router {
     /// (None for a trusted peer or a trunk's transit: platform lists and route caps only).
     /// Refused: 403 naming the rule (503 when the counts cannot be read); the Call-ID's
     /// claim is given up, so a retransmission is decided again.
-    async fn risk_gate(
-        ctx: &CallContext,
-        init: &call::NewCall,
-        call_id: &Bytes,
-    ) -> Result<(), ()> {
+    async fn risk_gate(ctx: &CallContext, init: &call::NewCall, call_id: &Bytes) -> Result<(), ()> {
         let Some(desk) = ctx.risk.get() else {
             return Ok(());
         };
@@ -1039,7 +1035,9 @@ impl Router {
             return Ok(());
         }
         let (status, phrase) = match d.rule {
-            crate::routing::risk::Rule::CapUnavailable => (503, "Service Unavailable (Risk Counts)"),
+            crate::routing::risk::Rule::CapUnavailable => {
+                (503, "Service Unavailable (Risk Counts)")
+            }
             _ => (403, "Forbidden (Risk Rule)"),
         };
         let reason = format!("{phrase}: {}", d.rule.label());
@@ -1126,7 +1124,16 @@ impl Router {
         let dialled = Bytes::copy_from_slice(name.as_bytes());
         parties.tenant = Some(Arc::from(tenant));
         parties.callee = Some(Arc::from(name));
-        self.admit_and_start(msg, source, &route, dialled, forks, None, parties, Outbound::No);
+        self.admit_and_start(
+            msg,
+            source,
+            &route,
+            dialled,
+            forks,
+            None,
+            parties,
+            Outbound::No,
+        );
     }
 
     /// Admission control, then a call actor for the INVITE (its Call-ID claimed first).
@@ -1191,7 +1198,8 @@ impl Router {
         };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
-            if outbound == Outbound::Yes && Router::risk_gate(&ctx, &init, &call_id).await.is_err() {
+            if outbound == Outbound::Yes && Router::risk_gate(&ctx, &init, &call_id).await.is_err()
+            {
                 return;
             }
             if let Err(e) = call::start(&ctx, &calls, init).await {

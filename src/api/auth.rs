@@ -83,6 +83,11 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/numbers"),
     ("GET", "/tenants/{tenant}/users"),
     ("GET", "/tenants/{tenant}/tokens"),
+    ("GET", "/risk/check"),
+    ("GET", "/risk/decisions"),
+    ("GET", "/risk/tenants/{tenant}/{kind}"),
+    ("POST", "/risk/tenants/{tenant}/{kind}"),
+    ("POST", "/risk/tenants/{tenant}/{kind}/remove"),
 ];
 
 /// Paths open without a token: what load balancers and Prometheus scrape.

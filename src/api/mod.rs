@@ -25,6 +25,7 @@ mod health;
 pub mod log;
 mod problem;
 pub mod recordings;
+mod risk;
 mod security;
 mod server;
 mod status;
@@ -404,6 +405,7 @@ pub fn router(state: ApiState) -> Router {
     let router = cluster::routes(router);
     let router = config::routes(router);
     let router = security::routes(router);
+    let router = risk::routes(router);
     let router = tokens::routes(router);
     let router = status::routes(router);
     let router = log::routes(router);

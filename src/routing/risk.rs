@@ -30,6 +30,8 @@ pub const RISK_DECISIONS: &str = "switchyard_risk_decisions_total";
 pub const RISK_LIST_ENTRIES: &str = "switchyard_risk_list_entries";
 /// Counter, label `result` (ok, bad_request, too_many, unavailable): list changes on the API.
 pub const RISK_LIST_CHANGES: &str = "switchyard_risk_list_changes_total";
+/// Counter, label `result` (allow, refuse): `GET /risk/check` answers (nothing recorded).
+pub const RISK_CHECKS: &str = "switchyard_risk_checks_total";
 
 /// Describes this module's metrics.
 pub fn describe() {
@@ -40,6 +42,10 @@ pub fn describe() {
     metrics::describe_gauge!(
         RISK_LIST_ENTRIES,
         "Black and white list entries in force, by scope (platform, tag, tenant)"
+    );
+    metrics::describe_counter!(
+        RISK_CHECKS,
+        "GET /risk/check answers (dry checks, nothing recorded), by result (allow, refuse)"
     );
     metrics::describe_counter!(
         RISK_LIST_CHANGES,
@@ -56,7 +62,8 @@ pub fn normalize(number: &str) -> Option<&str> {
     let n = number.strip_prefix('+').unwrap_or(number);
     let ok = !n.is_empty()
         && n.len() <= MAX_NUMBER_LEN
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#');
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'*' || b == b'#');
     ok.then_some(n)
 }
 
@@ -492,11 +499,7 @@ fn tenant_rules(t: &RiskTenantConfig) -> TenantRules {
             .unwrap_or(TimeZone::UTC),
         zones,
         holidays: t.holidays.iter().filter_map(|d| d.parse().ok()).collect(),
-        windows: t
-            .forbidden
-            .iter()
-            .filter_map(|w| w.window().ok())
-            .collect(),
+        windows: t.forbidden.iter().filter_map(|w| w.window().ok()).collect(),
         caps: caps(&t.caps),
     }
 }
@@ -545,7 +548,12 @@ pub fn screen(
     let black = tag_scopes
         .iter()
         .find_map(|s| Some((s, lists.matches(s, ListKind::Black, number)?)))
-        .map(|(s, e)| (Rule::TagBlacklist, format!("tag {} black {}", s.owner(), e.text())))
+        .map(|(s, e)| {
+            (
+                Rule::TagBlacklist,
+                format!("tag {} black {}", s.owner(), e.text()),
+            )
+        })
         .or_else(|| {
             lists
                 .matches(&own, ListKind::Black, number)
@@ -575,7 +583,11 @@ pub fn screen(
             return Decision::refuse(Rule::Holiday, format!("{date} ({})", zone_name(zone)));
         }
         let minute = (local.hour() as u16) * 60 + local.minute() as u16;
-        if let Some(w) = r.windows.iter().find(|w| w.contains(local.weekday(), minute)) {
+        if let Some(w) = r
+            .windows
+            .iter()
+            .find(|w| w.contains(local.weekday(), minute))
+        {
             return Decision::refuse(
                 Rule::ForbiddenWindow,
                 format!(
@@ -697,7 +709,10 @@ mod tests {
             assert!(l.insert(&Entry::parse(e).unwrap()));
         }
         assert!(!l.insert(&Entry::parse("44*").unwrap()));
-        assert_eq!(l.matches("4420794600"), Some(Entry::Number("4420794600".into())));
+        assert_eq!(
+            l.matches("4420794600"),
+            Some(Entry::Number("4420794600".into()))
+        );
         assert_eq!(l.matches("4420794601"), Some(Entry::Prefix("4420".into())));
         assert_eq!(l.matches("4413"), Some(Entry::Prefix("44".into())));
         assert_eq!(l.matches("33"), None);
@@ -848,7 +863,10 @@ mod tests {
         let d = cap_verdict(&caps, &[1, 1, 1]).unwrap();
         assert_eq!((d.allow, d.rule), (false, Rule::TenantCap));
         assert_eq!(d.detail, "1 calls in 1d (at most 1)");
-        assert_eq!(cap_verdict(&caps, &[0, 3, 0]).unwrap().rule, Rule::TenantCap);
+        assert_eq!(
+            cap_verdict(&caps, &[0, 3, 0]).unwrap().rule,
+            Rule::TenantCap
+        );
         assert_eq!(cap_verdict(&caps, &[0, 0, 5]).unwrap().rule, Rule::RouteCap);
         assert!(applicable_caps(&rules, Some("other"), None).is_empty());
         assert_eq!(applicable_caps(&rules, None, Some("uk")).len(), 1);

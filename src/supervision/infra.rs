@@ -74,12 +74,11 @@ pub async fn risk(
     database: &crate::store::Database,
 ) -> Result<Arc<crate::actors::risk::RiskDesk>, String> {
     let (risk, database) = (config.risk.clone(), database.clone());
-    let desk = tokio::task::spawn_blocking(move || {
-        crate::actors::risk::RiskDesk::open(&risk, &database)
-    })
-    .await
-    .map_err(|e| format!("risk desk: {e}"))?
-    .map_err(|e| format!("risk desk: {e}"))?;
+    let desk =
+        tokio::task::spawn_blocking(move || crate::actors::risk::RiskDesk::open(&risk, &database))
+            .await
+            .map_err(|e| format!("risk desk: {e}"))?
+            .map_err(|e| format!("risk desk: {e}"))?;
     Ok(Arc::new(desk))
 }
 
