@@ -30,7 +30,7 @@ pub struct Problem {
     /// The risk rule that refused an outbound call (`tenant_blacklist`, ...): an extension
     /// member of the 409s of click-to-call.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rule: Option<String>,
+    pub rule: Option<&'static str>,
 }
 
 impl Problem {

@@ -46,7 +46,7 @@ pub(super) fn refusal(d: &Decision) -> Problem {
         status,
         format!("refused by risk rule {}: {}", d.rule.label(), d.detail),
     );
-    p.rule = Some(d.rule.label().to_string());
+    p.rule = Some(d.rule.label());
     p
 }
 
@@ -442,7 +442,7 @@ mod tests {
             "tenant black 44*",
         ));
         assert_eq!(p.status, 409);
-        assert_eq!(p.rule.as_deref(), Some("tenant_blacklist"));
+        assert_eq!(p.rule, Some("tenant_blacklist"));
         let body = serde_json::to_value(&p).unwrap();
         assert_eq!(body["rule"], "tenant_blacklist");
         assert_eq!(
