@@ -2001,6 +2001,56 @@ mod tests {
     }
 
     #[test]
+    fn risk_rules_are_validated_with_their_place() {
+        let text = r#"
+            [risk]
+            max_list_entries = 0
+            [[risk.tenants]]
+            tenant = "acme"
+            tags = ["ok", "not ok"]
+            time_zone = "Mars/Olympus"
+            zones = { "1x" = "America/New_York" }
+            holidays = ["2026-13-01"]
+            forbidden = [{ days = ["someday"], from = "09:00", to = "17:00" }, { from = "25:00", to = "01:00" }, { from = "09:00", to = "09:00" }]
+            caps = [{ window = "1y", max = 1 }, { window = "1d", max = 0 }, { window = "401d", max = 1 }]
+            [[risk.tenants]]
+            tenant = "acme"
+            [[risk.routes]]
+            route = "9"
+            caps = [{ window = "0d", max = 1 }]
+        "#;
+        let errors = Config::from_toml(text).unwrap().validate().unwrap_err();
+        let places: Vec<&str> = errors.iter().map(|e| e.place.as_str()).collect();
+        for place in [
+            "risk.max_list_entries",
+            "risk.tenants[0].tags[1]",
+            "risk.tenants[0].time_zone",
+            "risk.tenants[0].zones.1x",
+            "risk.tenants[0].holidays[0]",
+            "risk.tenants[0].forbidden[0]",
+            "risk.tenants[0].forbidden[1]",
+            "risk.tenants[0].forbidden[2]",
+            "risk.tenants[0].caps[0].window",
+            "risk.tenants[0].caps[1].max",
+            "risk.tenants[0].caps[2].window",
+            "risk.tenants[1].tenant",
+            "risk.routes[0].caps[0].window",
+        ] {
+            assert!(places.contains(&place), "{place} not in {places:?}");
+        }
+        assert_eq!(parse_risk_window("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_risk_window("12h"), Ok(12 * 3_600));
+        let w = RiskWindowConfig {
+            days: vec!["Sat".into(), "sun".into()],
+            from: "21:00".into(),
+            to: "24:00".into(),
+        }
+        .window()
+        .unwrap();
+        assert_eq!((w.days, w.from, w.to), (0b110_0000, 21 * 60, 24 * 60));
+    }
+
+    #[test]
     fn the_example_file_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("switchyard.example.toml");
         Config::load(&path).unwrap();

@@ -1539,7 +1539,9 @@ mod tests {
                 "config_overrides",
                 "queue_stats",
                 "recordings",
-                "registrations"
+                "registrations",
+                "risk_attempts",
+                "risk_lists"
             ],
         );
         assert_eq!(cols["cdrs"][0], "id");
