@@ -604,3 +604,45 @@ fn a_frequency_cap_holds_across_connections_racing_for_one_number() {
         .unwrap();
     assert_eq!(counts, [3]);
 }
+
+/// Risk lists on the cluster's PostgreSQL: a change made through one node's desk reaches
+/// another node's desk at its next refresh (the nodes poll the lists' version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_risk_list_change_on_one_node_reaches_another() {
+    use switchyard::actors::risk::{Attempt, Origin, RiskDesk};
+    use switchyard::routing::risk::{Entry, ListKind, Rule, Scope};
+    let Some(pg) = Pg::try_start() else { return };
+    let db = Database::Postgres(pg.url.clone());
+    let open = |db: Database| async move {
+        tokio::task::spawn_blocking(move || RiskDesk::open(&Default::default(), &db).unwrap())
+            .await
+            .unwrap()
+    };
+    let a = Arc::new(open(db.clone()).await);
+    let b = Arc::new(open(db.clone()).await);
+    a.change_list(
+        Scope::Platform,
+        ListKind::Black,
+        vec![Entry::parse("900*").unwrap()],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let attempt = Attempt {
+        tenant: None,
+        number: "9001",
+        route: None,
+        origin: Origin::Phone,
+        zone: None,
+    };
+    assert!(b.check(attempt).await.allow, "not refreshed yet");
+    let b2 = b.clone();
+    assert!(tokio::task::spawn_blocking(move || b2.refresh().unwrap())
+        .await
+        .unwrap());
+    assert_eq!(b.check(attempt).await.rule, Rule::PlatformBlacklist);
+    let b2 = b.clone();
+    assert!(!tokio::task::spawn_blocking(move || b2.refresh().unwrap())
+        .await
+        .unwrap());
+}

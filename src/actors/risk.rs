@@ -14,7 +14,7 @@
 //! (one connection behind a mutex); only calls that a cap applies to touch the store.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use jiff::tz::TimeZone;
@@ -89,6 +89,8 @@ pub struct RiskDesk {
     recorded: AtomicU64,
     /// Held through a list change (size check, store write, swap).
     changes: tokio::sync::Mutex<()>,
+    /// The stored lists' version loaded (see [`RiskDesk::refresh`]).
+    version: AtomicI64,
     /// The longest cap window (ms): older attempts are pruned.
     longest_ms: i64,
 }
@@ -105,20 +107,10 @@ impl RiskDesk {
     /// A desk over `store` (None: no lists persist, and a call a cap applies to is refused
     /// as [`Rule::CapUnavailable`]); loads the stored lists. Blocks (database).
     pub fn new(config: &RiskConfig, store: Option<Store>) -> Result<RiskDesk, StoreError> {
-        let mut lists = Lists::default();
-        if let Some(s) = &store {
-            for row in s.risk_lists()? {
-                let (Some(scope), Some(kind), Ok(entry)) = (
-                    Scope::from_parts(&row.scope, &row.owner),
-                    ListKind::parse(&row.kind),
-                    Entry::parse(&row.entry),
-                ) else {
-                    tracing::warn!(?row, "risk list entry skipped: does not parse");
-                    continue;
-                };
-                lists.get_mut(scope).list_mut(kind).insert(&entry);
-            }
-        }
+        let (version, lists) = match &store {
+            Some(s) => load_lists(s)?,
+            None => (0, Lists::default()),
+        };
         let rules = Rules::from_config(config);
         let longest_ms = rules
             .tenants
@@ -137,6 +129,7 @@ impl RiskDesk {
             ring: Mutex::new(VecDeque::new()),
             recorded: AtomicU64::new(0),
             changes: tokio::sync::Mutex::new(()),
+            version: AtomicI64::new(version),
             longest_ms,
         };
         desk.publish_counts();
@@ -346,6 +339,24 @@ impl RiskDesk {
         Ok(len)
     }
 
+    /// Reloads the lists if the stored version moved (another node of the cluster changed
+    /// them); whether it did. Blocks (database): call it from `spawn_blocking`.
+    pub fn refresh(&self) -> Result<bool, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let store = store.lock().unwrap_or_else(|e| e.into_inner());
+        if store.risk_list_version()? == self.version.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let (version, lists) = load_lists(&store)?;
+        drop(store);
+        *self.lists.write().unwrap_or_else(|e| e.into_inner()) = lists;
+        self.version.store(version, Ordering::Relaxed);
+        self.publish_counts();
+        Ok(true)
+    }
+
     fn publish_counts(&self) {
         let counts = self
             .lists
@@ -356,6 +367,60 @@ impl RiskDesk {
             metrics::gauge!(risk::RISK_LIST_ENTRIES, "scope" => scope).set(n as f64);
         }
     }
+}
+
+impl Drop for RiskDesk {
+    /// The PostgreSQL client must not be dropped on a tokio worker (its connection's drop
+    /// blocks on a runtime of its own): it goes on a thread of its own.
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            let _ = std::thread::Builder::new()
+                .name("risk-store-close".into())
+                .spawn(move || drop(store));
+        }
+    }
+}
+
+/// The stored lists and their version (read first: a change landing meanwhile is seen by
+/// the next [`RiskDesk::refresh`]).
+fn load_lists(store: &Store) -> Result<(i64, Lists), StoreError> {
+    let version = store.risk_list_version()?;
+    let mut lists = Lists::default();
+    for row in store.risk_lists()? {
+        let (Some(scope), Some(kind), Ok(entry)) = (
+            Scope::from_parts(&row.scope, &row.owner),
+            ListKind::parse(&row.kind),
+            Entry::parse(&row.entry),
+        ) else {
+            tracing::warn!(?row, "risk list entry skipped: does not parse");
+            continue;
+        };
+        lists.get_mut(scope).list_mut(kind).insert(&entry);
+    }
+    Ok((version, lists))
+}
+
+/// How often a node of a cluster looks for list changes made on other nodes.
+pub const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Polls the stored lists' version every [`REFRESH_INTERVAL`] (cluster mode: the lists are
+/// in the shared PostgreSQL), until the desk is dropped.
+pub fn spawn_refresh(desk: &Arc<RiskDesk>) {
+    let weak = Arc::downgrade(desk);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(desk) = weak.upgrade() else { return };
+            match tokio::task::spawn_blocking(move || desk.refresh()).await {
+                Ok(Ok(true)) => tracing::info!("risk lists reloaded (changed on another node)"),
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "risk lists not refreshed"),
+                Err(e) => tracing::warn!(error = %e, "risk list refresh failed"),
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -1541,7 +1541,8 @@ mod tests {
                 "recordings",
                 "registrations",
                 "risk_attempts",
-                "risk_lists"
+                "risk_lists",
+                "risk_meta"
             ],
         );
         assert_eq!(cols["cdrs"][0], "id");

@@ -8,6 +8,9 @@
 //! once, on one node or on two nodes sharing the cluster's PostgreSQL, cannot both take the
 //! last call a cap allows.
 //!
+//! Every list change bumps `risk_meta.version`, which the nodes of a cluster poll to reload
+//! the lists another node changed.
+//!
 //! The migration is self-contained (`IF NOT EXISTS`): it may be renumbered when branches
 //! merge.
 
@@ -32,7 +35,11 @@ pub const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS risk_lists (
         at_ms       INTEGER NOT NULL
     );
     CREATE INDEX IF NOT EXISTS risk_attempts_number ON risk_attempts (number, at_ms);
-    CREATE INDEX IF NOT EXISTS risk_attempts_at ON risk_attempts (at_ms);";
+    CREATE INDEX IF NOT EXISTS risk_attempts_at ON risk_attempts (at_ms);
+    CREATE TABLE IF NOT EXISTS risk_meta (
+        id          INTEGER NOT NULL PRIMARY KEY CHECK (id = 1),
+        version     INTEGER NOT NULL
+    );";
 
 /// One list entry as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,8 +119,21 @@ impl Store {
                     ],
                 )?;
             }
+            tx.execute(
+                "INSERT INTO risk_meta (id, version) VALUES (1, 1) \
+                 ON CONFLICT (id) DO UPDATE SET version = risk_meta.version + 1",
+                &[],
+            )?;
             Ok(())
         })
+    }
+
+    /// The lists' version: bumped by every change (0 before the first).
+    pub fn risk_list_version(&self) -> Result<i64, StoreError> {
+        let v = self.query("SELECT version FROM risk_meta WHERE id = 1", &[], |r| {
+            req(r.int(0)?, 0)
+        })?;
+        Ok(v.first().copied().unwrap_or(0))
     }
 
     /// Counts the attempts to `number` each of `counted` names, asks `verdict` whether this
@@ -234,6 +254,7 @@ mod tests {
             .unwrap();
         let rows = store.risk_lists().unwrap();
         assert_eq!(rows.len(), 1);
+        assert_eq!(store.risk_list_version().unwrap(), 2);
         assert_eq!(rows[0].entry, "44*");
 
         let counted = |since| {

@@ -66,22 +66,26 @@ pub fn node_name(config: &Config) -> String {
     }
 }
 
-/// Registrations, CDRs and statistics: the node's SQLite file, or in a cluster the shared
-/// PostgreSQL (bindings made through one node reach the others by NOTIFY).
 /// The risk desk of outbound calls, on `database` (its lists and attempt counts).
 pub async fn risk(
     config: &Config,
     database: &crate::store::Database,
 ) -> Result<Arc<crate::actors::risk::RiskDesk>, String> {
-    let (risk, database) = (config.risk.clone(), database.clone());
-    let desk =
-        tokio::task::spawn_blocking(move || crate::actors::risk::RiskDesk::open(&risk, &database))
-            .await
-            .map_err(|e| format!("risk desk: {e}"))?
-            .map_err(|e| format!("risk desk: {e}"))?;
-    Ok(Arc::new(desk))
+    let (risk, db) = (config.risk.clone(), database.clone());
+    let desk = tokio::task::spawn_blocking(move || crate::actors::risk::RiskDesk::open(&risk, &db))
+        .await
+        .map_err(|e| format!("risk desk: {e}"))?
+        .map_err(|e| format!("risk desk: {e}"))?;
+    let desk = Arc::new(desk);
+    // In a cluster other nodes change the shared lists too.
+    if database.is_postgres() {
+        crate::actors::risk::spawn_refresh(&desk);
+    }
+    Ok(desk)
 }
 
+/// Registrations, CDRs and statistics: the node's SQLite file, or in a cluster the shared
+/// PostgreSQL (bindings made through one node reach the others by NOTIFY).
 pub fn database(config: &Config) -> crate::store::Database {
     match config.cluster.as_ref().and_then(|c| c.database.as_ref()) {
         Some(db) => crate::store::Database::Postgres(db.url.clone()),
