@@ -75,6 +75,11 @@ pub enum ListError {
     Store(String),
 }
 
+/// Count checks waiting for or using the database at once; beyond, an attempt a cap
+/// applies to is refused at once as [`Rule::CapUnavailable`] (503) instead of queueing
+/// behind a slow database (a flood of capped calls costs a refusal each, not a thread).
+pub const MAX_COUNTS_IN_FLIGHT: usize = 64;
+
 /// Attempts recorded between two prunes of rows older than the longest window.
 const PRUNE_EVERY: u64 = 1000;
 
@@ -91,6 +96,8 @@ pub struct RiskDesk {
     changes: tokio::sync::Mutex<()>,
     /// The stored lists' version loaded (see [`RiskDesk::refresh`]).
     version: AtomicI64,
+    /// Bounds the count checks in flight ([`MAX_COUNTS_IN_FLIGHT`]).
+    counting: Arc<tokio::sync::Semaphore>,
     /// The longest cap window (ms): older attempts are pruned.
     longest_ms: i64,
 }
@@ -130,6 +137,7 @@ impl RiskDesk {
             recorded: AtomicU64::new(0),
             changes: tokio::sync::Mutex::new(()),
             version: AtomicI64::new(version),
+            counting: Arc::new(tokio::sync::Semaphore::new(MAX_COUNTS_IN_FLIGHT)),
             longest_ms,
         };
         desk.publish_counts();
@@ -185,6 +193,9 @@ impl RiskDesk {
         let Some(store) = self.store.clone() else {
             return Decision::refuse(Rule::CapUnavailable, "no database for the counts");
         };
+        let Ok(permit) = self.counting.clone().try_acquire_owned() else {
+            return Decision::refuse(Rule::CapUnavailable, "too many count checks at once");
+        };
         let now_ms = now.as_millisecond();
         let (number, tenant, route) = (
             number.to_string(),
@@ -196,6 +207,7 @@ impl RiskDesk {
         let before = now_ms - self.longest_ms;
         let caps_for_store = caps.clone();
         let counted = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
             let windows: Vec<Counted<'_>> = caps_for_store
                 .iter()
@@ -498,6 +510,26 @@ mod tests {
             desk.check(attempt("acme", "4420")).await.rule,
             Rule::TenantBlacklist
         );
+    }
+
+    #[tokio::test]
+    async fn count_checks_in_flight_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::Sqlite(dir.path().join("switchyard.db"));
+        let desk = Arc::new(RiskDesk::open(&config(), &db).unwrap());
+        // A slow database: every count slot is taken.
+        let held = desk
+            .counting
+            .clone()
+            .acquire_many_owned(MAX_COUNTS_IN_FLIGHT as u32)
+            .await
+            .unwrap();
+        let d = desk.decide(attempt("acme", "4930")).await;
+        assert_eq!((d.allow, d.rule), (false, Rule::CapUnavailable));
+        // Calls no cap applies to do not need a slot.
+        assert!(desk.decide(attempt("other", "4930")).await.allow);
+        drop(held);
+        assert!(desk.decide(attempt("acme", "4930")).await.allow);
     }
 
     #[tokio::test]
