@@ -7,7 +7,8 @@
 //! nothing), a white entry lets a number under it through; click-to-call is refused with a
 //! 409 problem naming the rule (a tag's black list) before the agent's phone rings; a
 //! frequency cap counted in the SQLite file holds across a node restart; a forbidden window
-//! in the callee's zone refuses a call.
+//! in the callee's zone refuses a call; a trusted peer's calls (no tenant) meet the route's caps and
+//! the platform's list.
 
 mod common;
 
@@ -444,6 +445,54 @@ async fn a_forbidden_window_refuses_a_phones_call() {
     )
     .await;
     assert!(r.body.contains("America/New_York"), "{}", r.body);
+    assert!(hears_no_invite(&carrier, Duration::from_millis(300)).await);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_peers_calls_meet_the_routes_caps_and_the_platforms_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let carrier = ua_at(CARRIER).await;
+    // Route 9 (the trunk group) carries at most one call a day to one number, whoever
+    // makes it.
+    let risk = r#"
+        [[routes]]
+        route = "9"
+        caps = [{ window = "1d", max = 1 }]
+    "#;
+    let mut c = risk_config(dir.path(), carrier.addr, risk);
+    c.security.trusted = vec!["127.0.0.10/32".into()];
+    let node = start_with(c).await;
+    let sw = udp_addr(&node);
+    let r = api(&node, "POST", "/risk/platform/black", API_TOKEN, "118*\n").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let pbx = ua_at("127.0.0.10").await;
+    pbx.send(sw, &invite("peer-1", "9441234", pbx.addr, sw))
+        .await;
+    let inv = carrier_busy(&carrier).await;
+    assert!(val(&inv, HeaderName::To).contains("441234"), "{inv}");
+    let final_for = |cid: &'static str| {
+        let pbx = &pbx;
+        async move {
+            pbx.expect(&format!("the final answer to {cid}"), |m| {
+                m.status().is_some_and(|s| s >= 200)
+                    && m.call_id().is_some_and(|c| c == cid.as_bytes())
+            })
+            .await
+            .0
+        }
+    };
+    assert_eq!(final_for("peer-1").await.status(), Some(486));
+    pbx.send(sw, &invite("peer-2", "9441234", pbx.addr, sw))
+        .await;
+    let r = final_for("peer-2").await;
+    assert_eq!(r.status(), Some(403), "{r}");
+    assert!(status_line(&r).contains("route_frequency_cap"), "{r}");
+    pbx.send(sw, &invite("peer-3", "911800", pbx.addr, sw))
+        .await;
+    let r = final_for("peer-3").await;
+    assert_eq!(r.status(), Some(403), "{r}");
+    assert!(status_line(&r).contains("platform_blacklist"), "{r}");
     assert!(hears_no_invite(&carrier, Duration::from_millis(300)).await);
     node.shutdown().await;
 }
