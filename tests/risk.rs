@@ -1,14 +1,15 @@
 //! Risk rules on outbound calls (issue 20) on a real node, loopback addresses standing in
 //! for the internet:
 //! - 127.0.0.2: user 1001's phone (tenant acme, which may dial out through route `9`);
+//! - 127.0.0.10: a trusted peer (a PBX);
 //! - 127.0.0.50: the carrier behind trunk `carrier`.
 //!
 //! A black-listed prefix refuses a phone's call with 403 naming the rule (the carrier hears
 //! nothing), a white entry lets a number under it through; click-to-call is refused with a
 //! 409 problem naming the rule (a tag's black list) before the agent's phone rings; a
 //! frequency cap counted in the SQLite file holds across a node restart; a forbidden window
-//! in the callee's zone refuses a call; a trusted peer's calls (no tenant) meet the route's caps and
-//! the platform's list.
+//! in the callee's zone refuses a call; a trusted peer's calls (no tenant) meet the route's
+//! caps and the platform's list.
 
 mod common;
 
