@@ -45,6 +45,10 @@ pub struct Config {
     /// The edge: trusted peers, flood and scanner bans, connections per source.
     #[serde(default)]
     pub security: SecurityConfig,
+    /// Risk rules of outbound calls: forbidden windows and frequency caps per tenant and
+    /// route, list bounds (the lists themselves are managed through the API).
+    #[serde(default)]
+    pub risk: RiskConfig,
     /// Cluster membership (`--cluster cluster.toml`); None for a node alone.
     #[serde(skip)]
     pub cluster: Option<crate::cluster::ClusterConfig>,
@@ -1223,6 +1227,7 @@ impl Config {
         }
         self.security.validate(&mut err);
         self.validate_edge(&mut err);
+        self.risk.validate(&mut err);
         if errors.is_empty() {
             Ok(())
         } else {
@@ -1312,6 +1317,242 @@ impl Config {
             t4: Duration::from_millis(self.timers.t4_ms),
         }
     }
+}
+
+/// `[risk]`: risk rules of outbound calls (see `routing::risk`). The black and white lists
+/// are not here: they are managed through the API and kept in the database.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskConfig {
+    /// Most entries one list (one scope, black or white) may hold.
+    #[serde(default = "default_risk_max_list_entries")]
+    pub max_list_entries: usize,
+    /// Decisions kept in memory for `GET /risk/decisions` (the newest).
+    #[serde(default = "default_risk_decisions_kept")]
+    pub decisions_kept: usize,
+    /// Rules per tenant.
+    #[serde(default)]
+    pub tenants: Vec<RiskTenantConfig>,
+    /// Frequency caps per route (trunk group), counting every tenant's calls through it.
+    #[serde(default)]
+    pub routes: Vec<RiskRouteConfig>,
+}
+
+impl Default for RiskConfig {
+    fn default() -> Self {
+        RiskConfig {
+            max_list_entries: default_risk_max_list_entries(),
+            decisions_kept: default_risk_decisions_kept(),
+            tenants: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+fn default_risk_max_list_entries() -> usize {
+    100_000
+}
+
+fn default_risk_decisions_kept() -> usize {
+    1000
+}
+
+/// `[[risk.tenants]]`: one tenant's risk rules.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskTenantConfig {
+    pub tenant: String,
+    /// Tags whose lists (managed by the operator) apply to this tenant too.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The tenant's IANA zone (`Europe/London`): the callee's unless `zones` says otherwise.
+    /// Default UTC.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// Callees' zones by number prefix (`"1" = "America/New_York"`), longest prefix first.
+    #[serde(default)]
+    pub zones: std::collections::BTreeMap<String, String>,
+    /// Dates (`YYYY-MM-DD`, the callee's) on which no call may be made.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    /// Forbidden windows (the callee's local time).
+    #[serde(default)]
+    pub forbidden: Vec<RiskWindowConfig>,
+    /// Frequency caps per callee number over this tenant's calls.
+    #[serde(default)]
+    pub caps: Vec<RiskCapConfig>,
+}
+
+/// A forbidden window: `days` (`mon` … `sun`; empty: every day) from `from` to `to`
+/// (`HH:MM`, `to` may be `24:00`; `to` before `from` wraps over midnight).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskWindowConfig {
+    #[serde(default)]
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+}
+
+impl RiskWindowConfig {
+    /// The window, or why it does not parse.
+    pub fn window(&self) -> Result<crate::routing::risk::Window, String> {
+        const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        let mut days = 0u8;
+        for d in &self.days {
+            let i = DAYS
+                .iter()
+                .position(|x| x.eq_ignore_ascii_case(d))
+                .ok_or_else(|| format!("{d:?}: one of {}", DAYS.join(", ")))?;
+            days |= 1 << i;
+        }
+        if self.days.is_empty() {
+            days = 0x7f;
+        }
+        let minute = |t: &str| -> Result<u16, String> {
+            let bad = || format!("{t:?}: HH:MM from 00:00 to 24:00");
+            let (h, m) = t.split_once(':').ok_or_else(bad)?;
+            let (h, m): (u16, u16) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+            if m > 59 || h * 60 + m > 24 * 60 {
+                return Err(bad());
+            }
+            Ok(h * 60 + m)
+        };
+        let (from, to) = (minute(&self.from)?, minute(&self.to)?);
+        if from == to || from == 24 * 60 {
+            return Err("from and to must differ, from before 24:00".into());
+        }
+        Ok(crate::routing::risk::Window { days, from, to })
+    }
+}
+
+/// A frequency cap: at most `max` calls to one number within `window` (`1d`, `7d`, `12h`,
+/// `30m`; at most 400 days).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskCapConfig {
+    pub window: String,
+    pub max: u32,
+}
+
+/// `[[risk.routes]]`: frequency caps of one route (trunk group), by the route's id.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskRouteConfig {
+    pub route: String,
+    pub caps: Vec<RiskCapConfig>,
+}
+
+/// Seconds of a cap's window: `<n>d`, `<n>h`, `<n>m` or `<n>s`, at most 400 days.
+pub fn parse_risk_window(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?}: a number and d, h, m or s (1d, 7d, 12h), at most 400d");
+    let t = text.trim();
+    let unit = match t.chars().last() {
+        Some('d') => 86_400,
+        Some('h') => 3_600,
+        Some('m') => 60,
+        Some('s') => 1,
+        _ => return Err(bad()),
+    };
+    let n: u64 = t[..t.len() - 1].parse().map_err(|_| bad())?;
+    let secs = n.checked_mul(unit).ok_or_else(bad)?;
+    if secs == 0 || secs > 400 * 86_400 {
+        return Err(bad());
+    }
+    Ok(secs)
+}
+
+impl RiskConfig {
+    /// Zones, dates, windows and caps parse; tenants and routes named once.
+    fn validate(&self, err: &mut impl FnMut(String, String)) {
+        if !(1..=10_000_000).contains(&self.max_list_entries) {
+            err(
+                "risk.max_list_entries".into(),
+                "must be between 1 and 10000000".into(),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.decisions_kept) {
+            err(
+                "risk.decisions_kept".into(),
+                "must be between 1 and 1000000".into(),
+            );
+        }
+        let caps = |place: String, caps: &[RiskCapConfig], err: &mut dyn FnMut(String, String)| {
+            for (k, c) in caps.iter().enumerate() {
+                if let Err(e) = parse_risk_window(&c.window) {
+                    err(format!("{place}[{k}].window"), e);
+                }
+                if c.max == 0 {
+                    err(format!("{place}[{k}].max"), "must be > 0".into());
+                }
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            let place = format!("risk.tenants[{i}]");
+            if t.tenant.is_empty() || !seen.insert(t.tenant.as_str()) {
+                err(
+                    format!("{place}.tenant"),
+                    "a tenant's id, named once".into(),
+                );
+            }
+            for (k, tag) in t.tags.iter().enumerate() {
+                if !valid_risk_name(tag) {
+                    err(
+                        format!("{place}.tags[{k}]"),
+                        format!("{tag:?}: 1-64 letters, digits, - _ ."),
+                    );
+                }
+            }
+            let zone = |z: &str| {
+                jiff::tz::TimeZone::get(z)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if let Some(z) = &t.time_zone {
+                if let Err(e) = zone(z) {
+                    err(format!("{place}.time_zone"), e);
+                }
+            }
+            for (p, z) in &t.zones {
+                if crate::routing::risk::Entry::parse(p).is_err() {
+                    err(format!("{place}.zones.{p}"), "a prefix is digits".into());
+                }
+                if let Err(e) = zone(z) {
+                    err(format!("{place}.zones.{p}"), e);
+                }
+            }
+            for (k, d) in t.holidays.iter().enumerate() {
+                if d.parse::<jiff::civil::Date>().is_err() {
+                    err(
+                        format!("{place}.holidays[{k}]"),
+                        format!("{d:?}: YYYY-MM-DD"),
+                    );
+                }
+            }
+            for (k, w) in t.forbidden.iter().enumerate() {
+                if let Err(e) = w.window() {
+                    err(format!("{place}.forbidden[{k}]"), e);
+                }
+            }
+            caps(format!("{place}.caps"), &t.caps, err);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.route.is_empty() || !seen.insert(r.route.as_str()) {
+                err(
+                    format!("risk.routes[{i}].route"),
+                    "a route's id, named once".into(),
+                );
+            }
+            caps(format!("risk.routes[{i}].caps"), &r.caps, err);
+        }
+    }
+}
+
+/// A tag's name: 1 to 64 letters, digits, `-`, `_` or `.`.
+pub fn valid_risk_name(name: &str) -> bool {
+    valid_conference_id(name)
 }
 
 /// Queues, agents and numbers of one tenant.
@@ -1796,6 +2037,56 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert!(c.routes.is_empty(), "nothing is routed by default");
         assert_eq!(c.timers.t1_ms, 500);
+    }
+
+    #[test]
+    fn risk_rules_are_validated_with_their_place() {
+        let text = r#"
+            [risk]
+            max_list_entries = 0
+            [[risk.tenants]]
+            tenant = "acme"
+            tags = ["ok", "not ok"]
+            time_zone = "Mars/Olympus"
+            zones = { "1x" = "America/New_York" }
+            holidays = ["2026-13-01"]
+            forbidden = [{ days = ["someday"], from = "09:00", to = "17:00" }, { from = "25:00", to = "01:00" }, { from = "09:00", to = "09:00" }]
+            caps = [{ window = "1y", max = 1 }, { window = "1d", max = 0 }, { window = "401d", max = 1 }]
+            [[risk.tenants]]
+            tenant = "acme"
+            [[risk.routes]]
+            route = "9"
+            caps = [{ window = "0d", max = 1 }]
+        "#;
+        let errors = Config::from_toml(text).unwrap().validate().unwrap_err();
+        let places: Vec<&str> = errors.iter().map(|e| e.place.as_str()).collect();
+        for place in [
+            "risk.max_list_entries",
+            "risk.tenants[0].tags[1]",
+            "risk.tenants[0].time_zone",
+            "risk.tenants[0].zones.1x",
+            "risk.tenants[0].holidays[0]",
+            "risk.tenants[0].forbidden[0]",
+            "risk.tenants[0].forbidden[1]",
+            "risk.tenants[0].forbidden[2]",
+            "risk.tenants[0].caps[0].window",
+            "risk.tenants[0].caps[1].max",
+            "risk.tenants[0].caps[2].window",
+            "risk.tenants[1].tenant",
+            "risk.routes[0].caps[0].window",
+        ] {
+            assert!(places.contains(&place), "{place} not in {places:?}");
+        }
+        assert_eq!(parse_risk_window("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_risk_window("12h"), Ok(12 * 3_600));
+        let w = RiskWindowConfig {
+            days: vec!["Sat".into(), "sun".into()],
+            from: "21:00".into(),
+            to: "24:00".into(),
+        }
+        .window()
+        .unwrap();
+        assert_eq!((w.days, w.from, w.to), (0b110_0000, 21 * 60, 24 * 60));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub fn describe_all() {
     crate::transport::describe();
     crate::security::describe();
     crate::actors::router::describe();
+    crate::routing::risk::describe();
     crate::actors::call::describe();
     crate::actors::tenant::describe();
     crate::actors::queue::describe();

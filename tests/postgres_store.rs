@@ -562,3 +562,88 @@ async fn bindings_registered_through_one_node_reach_the_other() {
     a.actor.stop_and_wait(None, None).await.unwrap();
     b.actor.stop_and_wait(None, None).await.unwrap();
 }
+
+/// Frequency caps on the cluster's PostgreSQL (issue 20): eight connections (eight nodes'
+/// risk desks) race for a number whose cap allows three calls; the per-number advisory lock
+/// lets exactly three through, and every connection sees the same count.
+#[test]
+fn a_frequency_cap_holds_across_connections_racing_for_one_number() {
+    use switchyard::store::risk::Counted;
+    let Some(pg) = Pg::try_start() else { return };
+    pg_store(&pg.url); // migrate once
+    let barrier = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, barrier) = (pg.url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                let mut store = pg_store(&url);
+                let counted = [Counted::Route {
+                    route: "uk",
+                    since_ms: 0,
+                }];
+                barrier.wait();
+                let (_, go) = store
+                    .risk_attempt("441234", ("", "uk"), &counted, 1_000, |c| c[0] < 3)
+                    .unwrap();
+                go
+            })
+        })
+        .collect();
+    let allowed = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|&go| go)
+        .count();
+    assert_eq!(allowed, 3);
+    let mut store = pg_store(&pg.url);
+    let counted = [Counted::Tenant {
+        tenant: "",
+        since_ms: 0,
+    }];
+    let (counts, _) = store
+        .risk_attempt("441234", ("", "uk"), &counted, 1_000, |_| false)
+        .unwrap();
+    assert_eq!(counts, [3]);
+}
+
+/// Risk lists on the cluster's PostgreSQL: a change made through one node's desk reaches
+/// another node's desk at its next refresh (the nodes poll the lists' version).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_risk_list_change_on_one_node_reaches_another() {
+    use switchyard::actors::risk::{Attempt, Origin, RiskDesk};
+    use switchyard::routing::risk::{Entry, ListKind, Rule, Scope};
+    let Some(pg) = Pg::try_start() else { return };
+    let db = Database::Postgres(pg.url.clone());
+    let open = |db: Database| async move {
+        tokio::task::spawn_blocking(move || RiskDesk::open(&Default::default(), &db).unwrap())
+            .await
+            .unwrap()
+    };
+    let a = Arc::new(open(db.clone()).await);
+    let b = Arc::new(open(db.clone()).await);
+    a.change_list(
+        Scope::Platform,
+        ListKind::Black,
+        vec![Entry::parse("900*").unwrap()],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let attempt = Attempt {
+        tenant: None,
+        number: "9001",
+        route: None,
+        origin: Origin::Phone,
+        zone: None,
+    };
+    assert!(b.check(attempt).await.allow, "not refreshed yet");
+    let b2 = b.clone();
+    assert!(tokio::task::spawn_blocking(move || b2.refresh().unwrap())
+        .await
+        .unwrap());
+    assert_eq!(b.check(attempt).await.rule, Rule::PlatformBlacklist);
+    let b2 = b.clone();
+    assert!(!tokio::task::spawn_blocking(move || b2.refresh().unwrap())
+        .await
+        .unwrap());
+}

@@ -6,6 +6,8 @@
 //!   `routing::acd`.
 //! - [`remote`]: the hook through which messages reach queues, agents and calls on other
 //!   nodes (cluster mode).
+//! - [`risk`]: not an actor but a shared service: the risk decision point of every outbound
+//!   call (lists, windows, frequency caps counted in the store).
 //! - [`call`]: one per call, a B2BUA owning both legs.
 //! - [`router`]: not an actor but the transport's handler: Call-ID directory, admission
 //!   control, stateless answers, call actor start.
@@ -19,6 +21,7 @@ pub mod conference;
 pub mod queue;
 pub mod registrar;
 pub mod remote;
+pub mod risk;
 pub mod router;
 pub mod store_writer;
 pub mod tenant;

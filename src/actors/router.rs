@@ -707,6 +707,14 @@ impl NumberRoute {
     }
 }
 
+/// Whether a new call leaves the switch through a static route (it then passes the risk
+/// rules) or stays local (a number, a user).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outbound {
+    Yes,
+    No,
+}
+
 /// A caller authenticated as a tenant's user: its tenant, and its own outbound list.
 struct Member {
     tenant: Arc<crate::routing::auth::TenantUsers>,
@@ -975,6 +983,7 @@ impl Router {
                     Vec::new(),
                     join,
                     parties,
+                    Outbound::No,
                 );
             }
             // A call to a tenant's user goes to the phones it registered, all at once.
@@ -1010,7 +1019,55 @@ impl Router {
             return self.refuse(&msg, &source, refused, &user);
         }
         let dialled = Routes::rewrite(&route, &user);
-        self.admit_and_start(msg, source, &route, dialled, Vec::new(), None, parties);
+        self.admit_and_start(
+            msg,
+            source,
+            &route,
+            dialled,
+            Vec::new(),
+            None,
+            parties,
+            Outbound::Yes,
+        );
+    }
+
+    /// The risk rules' decision on a call through a route (issue 20): the calling tenant's
+    /// (None for a trusted peer or a trunk's transit: platform lists and route caps only).
+    /// Refused: 403 naming the rule (503 when the counts cannot be read); the Call-ID's
+    /// claim is given up, so a retransmission is decided again.
+    async fn risk_gate(ctx: &CallContext, init: &call::NewCall, call_id: &Bytes) -> Result<(), ()> {
+        let Some(desk) = ctx.risk.get() else {
+            return Ok(());
+        };
+        let number = String::from_utf8_lossy(&init.dialled);
+        let attempt = super::risk::Attempt {
+            tenant: init.parties.tenant.as_deref(),
+            number: &number,
+            route: Some(&init.route.id),
+            origin: super::risk::Origin::Phone,
+            zone: None,
+        };
+        let d = desk.decide(attempt).await;
+        if d.allow {
+            return Ok(());
+        }
+        let (status, phrase) = match d.rule {
+            crate::routing::risk::Rule::CapUnavailable => {
+                (503, "Service Unavailable (Risk Counts)")
+            }
+            _ => (403, "Forbidden (Risk Rule)"),
+        };
+        let reason = format!("{phrase}: {}", d.rule.label());
+        metrics::counter!(STATELESS_ANSWERS, "status" => status_label(status)).increment(1);
+        let mut resp = response_to(&init.invite.msg, status, &reason, Some(&random_token(10)));
+        resp.push(HeaderName::Server, ctx.user_agent.clone());
+        if status == 503 {
+            resp.push(HeaderName::RetryAfter, Bytes::from_static(b"5"));
+        }
+        ctx.transports().send_response(&init.invite.source, &resp);
+        ctx.directory.remove(call_id);
+        ctx.active.fetch_sub(1, Ordering::Relaxed);
+        Err(())
     }
 
     /// An INVITE with Replaces: handed to the call that has the dialog it names (which
@@ -1084,7 +1141,16 @@ impl Router {
         let dialled = Bytes::copy_from_slice(name.as_bytes());
         parties.tenant = Some(Arc::from(tenant));
         parties.callee = Some(Arc::from(name));
-        self.admit_and_start(msg, source, &route, dialled, forks, None, parties);
+        self.admit_and_start(
+            msg,
+            source,
+            &route,
+            dialled,
+            forks,
+            None,
+            parties,
+            Outbound::No,
+        );
     }
 
     /// Admission control, then a call actor for the INVITE (its Call-ID claimed first).
@@ -1098,6 +1164,7 @@ impl Router {
         forks: Vec<Fork>,
         queue: Option<QueueJoin>,
         parties: call::Parties,
+        outbound: Outbound,
     ) {
         let active = self.ctx.active.load(Ordering::Relaxed);
         let ip = source.remote.ip();
@@ -1148,6 +1215,10 @@ impl Router {
         };
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
+            if outbound == Outbound::Yes && Router::risk_gate(&ctx, &init, &call_id).await.is_err()
+            {
+                return;
+            }
             if let Err(e) = call::start(&ctx, &calls, init).await {
                 tracing::error!(call_id = %String::from_utf8_lossy(&call_id), error = %e, "call actor did not start");
                 ctx.directory.remove(&call_id);

@@ -92,6 +92,11 @@ pub const TENANT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/audit"),
     ("GET", "/tenants/{tenant}/keys"),
     ("GET", "/openapi.json"),
+    ("GET", "/risk/check"),
+    ("GET", "/risk/decisions"),
+    ("GET", "/risk/tenants/{tenant}/{kind}"),
+    ("POST", "/risk/tenants/{tenant}/{kind}"),
+    ("POST", "/risk/tenants/{tenant}/{kind}/remove"),
 ];
 
 /// Paths open without a token: what load balancers and Prometheus scrape.

@@ -650,6 +650,21 @@ pub(super) async fn click_to_call(
             )
         })?;
         let dialled = crate::actors::router::Routes::rewrite(&route, req.number.as_bytes());
+        // The risk rules, before the agent's phone rings: a refusal is a 409 naming the rule.
+        if let Some(desk) = ctx.risk.get() {
+            let number = String::from_utf8_lossy(&dialled);
+            let attempt = crate::actors::risk::Attempt {
+                tenant: Some(&req.tenant),
+                number: &number,
+                route: Some(&route.id),
+                origin: crate::actors::risk::Origin::ClickToCall,
+                zone: None,
+            };
+            let decision = desk.decide(attempt).await;
+            if !decision.allow {
+                return Err(super::risk::refusal(&decision));
+            }
+        }
         let calls = ractor::registry::where_is(crate::supervision::catalog::calls_name(&cc.node))
             .map(ractor::ActorRef::<crate::supervision::SupervisorMsg>::from)
             .ok_or_else(|| Problem::unavailable("calls supervisor not running"))?;

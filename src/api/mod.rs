@@ -30,6 +30,7 @@ pub mod log;
 pub mod openapi;
 mod problem;
 pub mod recordings;
+mod risk;
 mod security;
 mod server;
 mod status;
@@ -471,6 +472,7 @@ pub fn router(state: ApiState) -> Router {
     let router = cluster::routes(router);
     let router = config::routes(router);
     let router = security::routes(router);
+    let router = risk::routes(router);
     let router = tokens::routes(router);
     let router = status::routes(router);
     let router = log::routes(router);

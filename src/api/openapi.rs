@@ -114,6 +114,61 @@ pub const OPERATIONS: &[(&str, &str, &str)] = &[
         "Change the monitor's mode",
     ),
     ("DELETE", "/calls/{call_id}/monitor", "End the monitor"),
+    (
+        "GET",
+        "/risk/check",
+        "May this tenant call this number now, and if not, which rule",
+    ),
+    (
+        "GET",
+        "/risk/decisions",
+        "Recent risk decisions on this node",
+    ),
+    (
+        "GET",
+        "/risk/tenants/{tenant}/{kind}",
+        "A tenant's black or white list",
+    ),
+    (
+        "POST",
+        "/risk/tenants/{tenant}/{kind}",
+        "Add entries to a tenant's black or white list",
+    ),
+    (
+        "POST",
+        "/risk/tenants/{tenant}/{kind}/remove",
+        "Remove entries from a tenant's black or white list",
+    ),
+    (
+        "GET",
+        "/risk/tags/{tag}/{kind}",
+        "A tag's black or white list",
+    ),
+    (
+        "POST",
+        "/risk/tags/{tag}/{kind}",
+        "Add entries to a tag's black or white list",
+    ),
+    (
+        "POST",
+        "/risk/tags/{tag}/{kind}/remove",
+        "Remove entries from a tag's black or white list",
+    ),
+    (
+        "GET",
+        "/risk/platform/{kind}",
+        "The platform's black or white list",
+    ),
+    (
+        "POST",
+        "/risk/platform/{kind}",
+        "Add entries to the platform's black or white list",
+    ),
+    (
+        "POST",
+        "/risk/platform/{kind}/remove",
+        "Remove entries from the platform's black or white list",
+    ),
     ("GET", "/conferences", "The conference rooms on this node"),
     (
         "POST",

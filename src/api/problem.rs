@@ -27,6 +27,10 @@ pub struct Problem {
     /// Where to send the request instead (the `Location` of a 307); not in the body.
     #[serde(skip)]
     pub location: Option<String>,
+    /// The risk rule that refused an outbound call (`tenant_blacklist`, ...): an extension
+    /// member of the 409s of click-to-call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
 }
 
 impl Problem {
@@ -47,6 +51,7 @@ impl Problem {
             status: status.as_u16(),
             detail,
             location: None,
+            rule: None,
         }
     }
 

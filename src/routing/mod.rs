@@ -7,7 +7,10 @@
 //!   refresh, retry), pure.
 //! - [`trunks`]: trunk decisions (failover causes, cost tables, sliding-window statistics,
 //!   health with hysteresis, alarms, route policies), pure.
+//! - [`risk`]: risk rules of outbound calls (black and white lists, forbidden windows,
+//!   frequency caps), pure; `actors::risk` holds their state.
 pub mod acd;
 pub mod auth;
 pub mod registration;
+pub mod risk;
 pub mod trunks;

@@ -31,6 +31,7 @@ pub mod config;
 pub mod recordings;
 pub mod registrations;
 pub mod reports;
+pub mod risk;
 pub mod tokens;
 
 use std::cell::RefCell;
@@ -152,6 +153,9 @@ pub const MIGRATIONS: &[&str] = &[
     audit::MIGRATION,
     // 12: tenants' access keys, their secrets sealed (see `access_keys`).
     access_keys::MIGRATION,
+    // 13: risk control: black and white lists, outbound attempts counted by frequency caps
+    // (see `risk`; self-contained, so it may be renumbered after other branches' migrations).
+    risk::MIGRATION,
 ];
 
 /// One snapshot of a queue's counters (the `queue_stats` table; counters are totals since
@@ -1551,7 +1555,10 @@ mod tests {
                 "config_overrides",
                 "queue_stats",
                 "recordings",
-                "registrations"
+                "registrations",
+                "risk_attempts",
+                "risk_lists",
+                "risk_meta"
             ],
         );
         assert_eq!(cols["cdrs"][0], "id");

@@ -66,6 +66,24 @@ pub fn node_name(config: &Config) -> String {
     }
 }
 
+/// The risk desk of outbound calls, on `database` (its lists and attempt counts).
+pub async fn risk(
+    config: &Config,
+    database: &crate::store::Database,
+) -> Result<Arc<crate::actors::risk::RiskDesk>, String> {
+    let (risk, db) = (config.risk.clone(), database.clone());
+    let desk = tokio::task::spawn_blocking(move || crate::actors::risk::RiskDesk::open(&risk, &db))
+        .await
+        .map_err(|e| format!("risk desk: {e}"))?
+        .map_err(|e| format!("risk desk: {e}"))?;
+    let desk = Arc::new(desk);
+    // In a cluster other nodes change the shared lists too.
+    if database.is_postgres() {
+        crate::actors::risk::spawn_refresh(&desk);
+    }
+    Ok(desk)
+}
+
 /// Registrations, CDRs and statistics: the node's SQLite file, or in a cluster the shared
 /// PostgreSQL (bindings made through one node reach the others by NOTIFY).
 pub fn database(config: &Config) -> crate::store::Database {

@@ -170,6 +170,8 @@ pub async fn start_node(config: Config) -> StartResult<Started> {
     let tenants = infra::tenants(&config, &auth)?;
     // 8. actors
     let database = infra::database(&config);
+    // The risk desk (lists and attempt counts in the store) before the first call.
+    let _ = ctx.risk.set(infra::risk(&config, &database).await?);
     let tree = start(
         &config.data_dir,
         &node,

@@ -155,6 +155,8 @@ pub struct CallContext {
     pub numbers: OnceLock<Arc<super::router::Numbers>>,
     /// The tenants' conferences (`POST /conferences`, `conference:<id>` numbers).
     pub conferences: super::conference::Conferences,
+    /// Risk rules of outbound calls (the router and click-to-call ask it).
+    pub risk: OnceLock<Arc<super::risk::RiskDesk>>,
 }
 
 impl CallContext {
@@ -189,6 +191,7 @@ impl CallContext {
             config: OnceLock::new(),
             numbers: OnceLock::new(),
             conferences: super::conference::Conferences::default(),
+            risk: OnceLock::new(),
         }
     }
 
