@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::transport::{ListenSpec, Protocol};
 
+pub mod flow;
+
 /// The whole configuration. Every section has defaults, so an empty file is valid.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +204,9 @@ pub struct TenantConfig {
     /// Numbers (DIDs) that lead to this tenant's queues or users.
     #[serde(default)]
     pub numbers: Vec<NumberConfig>,
+    /// Call flows (IVR) numbers may lead to (`target = "flow:<id>"`), see [`flow`].
+    #[serde(default)]
+    pub flows: Vec<flow::FlowConfig>,
     /// Record every call of this tenant's queues (anchors their media).
     #[serde(default)]
     pub record: bool,
@@ -220,6 +225,37 @@ pub struct TenantConfig {
 impl TenantConfig {
     pub fn realm(&self) -> &str {
         self.realm.as_deref().unwrap_or(&self.domain)
+    }
+
+    /// The tenant's flows compiled (`prompts`: the prompt ids that exist, None: not
+    /// checked); errors with their place (`tenants[i].flows[j]...`).
+    pub fn compile_flows(
+        &self,
+        i: usize,
+        prompts: Option<&std::collections::BTreeSet<String>>,
+        err: &mut impl FnMut(String, String),
+    ) -> Vec<flow::Flow> {
+        let queues = self.queues.iter().map(|q| q.id.clone()).collect();
+        let scope = flow::FlowScope {
+            queues: &queues,
+            prompts,
+        };
+        let mut ids = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (j, f) in self.flows.iter().enumerate() {
+            let place = format!("tenants[{i}].flows[{j}]");
+            if !ids.insert(f.id.as_str()) {
+                err(
+                    format!("{place}.id"),
+                    format!("{:?}: unique in the tenant", f.id),
+                );
+            }
+            match flow::compile(&place, f, &scope) {
+                Ok(c) => out.push(c),
+                Err(es) => es.into_iter().for_each(|(p, m)| err(p, m)),
+            }
+        }
+        out
     }
 }
 
@@ -1179,8 +1215,16 @@ impl Config {
             );
         }
         let mut numbers = std::collections::HashSet::new();
+        let prompts = self.tenants.iter().any(|t| !t.flows.is_empty()).then(|| {
+            let dir =
+                (self.media.prompts_dir.clone()).unwrap_or_else(crate::media::prompts::default_dir);
+            flow::known_prompts(&dir, &self.media.tts)
+        });
         for (i, t) in self.tenants.iter().enumerate() {
             validate_contact_centre(i, t, &mut numbers, &mut err);
+            if let Some(prompts) = &prompts {
+                t.compile_flows(i, Some(prompts), &mut err);
+            }
         }
         self.security.validate(&mut err);
         self.validate_edge(&mut err);
@@ -1369,10 +1413,19 @@ fn validate_contact_centre<'a>(
             Ok(CcTarget::Queue(q)) if !queues.contains(q.as_str()) => {
                 err(format!("{place}.target"), format!("no queue {q:?}"))
             }
-            Ok(CcTarget::Queue(_) | CcTarget::User(_) | CcTarget::Echo | CcTarget::Music) => {}
+            Ok(CcTarget::Flow(f)) if !t.flows.iter().any(|x| x.id == f) => {
+                err(format!("{place}.target"), format!("no flow {f:?}"))
+            }
+            Ok(
+                CcTarget::Queue(_)
+                | CcTarget::User(_)
+                | CcTarget::Echo
+                | CcTarget::Music
+                | CcTarget::Flow(_),
+            ) => {}
             Ok(_) => err(
                 format!("{place}.target"),
-                "a number leads to queue:<id>, user:<name>, echo or music".into(),
+                "a number leads to queue:<id>, user:<name>, flow:<id>, echo or music".into(),
             ),
             Err(e) => err(format!("{place}.target"), e),
         }
@@ -1563,6 +1616,8 @@ pub enum CcTarget {
     Echo,
     /// The switch answers and plays music on hold (numbers only).
     Music,
+    /// The switch answers and runs the tenant's call flow (numbers only).
+    Flow(String),
 }
 
 impl CcTarget {
@@ -1582,12 +1637,13 @@ impl CcTarget {
             "queue" => Ok(CcTarget::Queue(rest.to_string())),
             "user" => Ok(CcTarget::User(rest.to_string())),
             "number" => Ok(CcTarget::Number(rest.to_string())),
+            "flow" => Ok(CcTarget::Flow(rest.to_string())),
             "status" => match rest.parse::<u16>() {
                 Ok(c) if (400..700).contains(&c) => Ok(CcTarget::Status(c)),
                 _ => Err(format!("{s:?}: a final failure status 400-699")),
             },
             _ => Err(format!(
-                "{s:?}: queue:, user:, number:, status:, echo or music"
+                "{s:?}: queue:, user:, number:, flow:, status:, echo or music"
             )),
         }
     }

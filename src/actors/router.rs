@@ -216,6 +216,8 @@ pub struct MediaPolicy {
     pub tenant: Option<Arc<str>>,
     /// The switch itself is the callee (a test number): no B leg.
     pub service: Option<Service>,
+    /// The switch answers and runs this call flow (IVR) first.
+    pub flow: Option<Arc<crate::config::flow::Flow>>,
 }
 
 /// What the switch does as the callee of a test number (`echo`, `music`).
@@ -676,9 +678,24 @@ impl NumberRoute {
             CcTarget::Music => Some(Service::Music),
             _ => None,
         };
+        let flow = match &target {
+            CcTarget::Flow(f) => {
+                let config = tenant.flows.iter().find(|c| &c.id == f)?;
+                let queues = tenant.queues.iter().map(|q| q.id.clone()).collect();
+                let scope = crate::config::flow::FlowScope {
+                    queues: &queues,
+                    prompts: None,
+                };
+                Some(Arc::new(
+                    crate::config::flow::compile(f, config, &scope).ok()?,
+                ))
+            }
+            _ => None,
+        };
         let record = tenant.record || queue.is_some_and(|q| q.record);
-        // A test number is answered by the switch, so its media is always anchored.
-        let answer_first = queue.is_some_and(|q| q.answer_first) || service.is_some();
+        // A test number or a flow is answered by the switch, so its media is always anchored.
+        let answer_first =
+            queue.is_some_and(|q| q.answer_first) || service.is_some() || flow.is_some();
         let id: Arc<str> = Arc::from(tenant.id.as_str());
         Some(NumberRoute {
             tenant: id.clone(),
@@ -691,6 +708,7 @@ impl NumberRoute {
                 announce_secs: queue.map_or(0, |q| q.announce_secs),
                 tenant: Some(id),
                 service,
+                flow,
             },
         })
     }
@@ -916,6 +934,9 @@ impl Router {
                     CcTarget::Echo | CcTarget::Music => {
                         let label = n.media.service.map_or("", Service::label);
                         (label.to_string(), label.to_string(), None)
+                    }
+                    CcTarget::Flow(f) => {
+                        (format!("flow:{}/{f}", n.tenant), format!("flow:{f}"), None)
                     }
                     _ => return self.answer(&msg, &source, 404, "Not Found", &[]),
                 };

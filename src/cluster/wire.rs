@@ -618,6 +618,7 @@ pub enum WireTarget {
     Status(u16),
     Echo,
     Music,
+    Flow(String),
 }
 
 impl WireCallMsg {
@@ -648,6 +649,7 @@ impl WireCallMsg {
                 CcTarget::Status(s) => WireTarget::Status(s),
                 CcTarget::Echo => WireTarget::Echo,
                 CcTarget::Music => WireTarget::Music,
+                CcTarget::Flow(f) => WireTarget::Flow(f),
             }),
             CallMsg::QueueResync => WireCallMsg::QueueResync,
             CallMsg::AgentResync { agent, offer } => WireCallMsg::AgentResync {
@@ -715,6 +717,7 @@ impl WireCallMsg {
                 WireTarget::Status(s) => CcTarget::Status(*s),
                 WireTarget::Echo => CcTarget::Echo,
                 WireTarget::Music => CcTarget::Music,
+                WireTarget::Flow(f) => CcTarget::Flow(f.clone()),
             }),
             WireCallMsg::QueueResync => CallMsg::QueueResync,
             WireCallMsg::AgentResync { agent, offer } => CallMsg::AgentResync {

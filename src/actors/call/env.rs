@@ -219,6 +219,12 @@ impl Env for NodeEnv {
             .get(&(Arc::from(tenant), Arc::from(queue)))
             .is_some_and(|users| users.iter().any(|u| u == user))
     }
+
+    fn prompt_ms(&self, id: &str) -> Option<u64> {
+        let m = self.ctx.media.get()?;
+        // 8 samples per millisecond at 8 kHz.
+        m.prompts.get(id).map(|p| p.len() as u64 / 8)
+    }
 }
 
 /// Carries a core's mix command to the relay: the call's mix (named by its A-leg Call-ID)
@@ -346,6 +352,13 @@ pub(super) fn media(ctx: &CallContext, call: &Bytes, op: MediaOp) {
             );
         }
         MediaOp::StopPlay(side) => session.stop_play(side),
+        MediaOp::Prompts { side, ids } => session.play(
+            side,
+            Playlist {
+                items: ids.iter().filter_map(|id| m.prompts.get(id)).collect(),
+                then_loop: None,
+            },
+        ),
         MediaOp::Echo(side) => session.echo(side),
         MediaOp::Record { id, tenant } => session.record(id, tenant),
         MediaOp::PauseRecording(paused) => session.pause_recording(paused),

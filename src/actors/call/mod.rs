@@ -117,6 +117,7 @@ pub fn describe() {
     self::core::consult_describe();
     self::core::mixing_describe();
     self::core::service::describe();
+    self::core::flow::describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and

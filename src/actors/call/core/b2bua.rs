@@ -1269,6 +1269,7 @@ impl CallCore {
             CallTimer::ResendRelayed2xx(tx) => self.resend_relayed_2xx(tx, id),
             CallTimer::Announce if self.announce == Some(id) => self.request_position(),
             CallTimer::CdrWait if self.cdr_timer == Some(id) => self.cdr_wait_over(),
+            CallTimer::Flow => self.on_flow_timer(id),
             CallTimer::ConsultNoAnswer if self.consult_timer == Some(id) => {
                 self.consult_timer = None;
                 self.consult_failed(480);

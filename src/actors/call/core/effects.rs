@@ -169,6 +169,12 @@ pub enum MediaOp {
         announce: Option<(u32, Option<u64>)>,
     },
     StopPlay(Side),
+    /// Prompts of the library (by id) to `side`, one after the other, then silence (a
+    /// call flow's step).
+    Prompts {
+        side: Side,
+        ids: Vec<String>,
+    },
     /// Sends every RTP packet `side` sends straight back to it (the echo test).
     Echo(Side),
     Record {
@@ -229,6 +235,8 @@ pub trait Env: Send {
     /// Whether the tenant's `user` is a supervisor of its queue `queue` (may monitor its
     /// calls).
     fn supervises(&self, tenant: &str, queue: &str, user: &str) -> bool;
+    /// How long prompt `id` of the library plays, in milliseconds (None: no such prompt).
+    fn prompt_ms(&self, id: &str) -> Option<u64>;
 }
 
 /// Where a transfer goes.

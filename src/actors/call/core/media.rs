@@ -273,14 +273,17 @@ impl CallCore {
         let answer = self.switch_answer(a, &offer)?;
         self.media_op(MediaOp::Bridge(false));
         let service = self.service();
+        let flow = self.in_flow();
         match service {
             Some(service) => self.service_media(service),
+            // A flow plays its own prompts.
+            None if flow => {}
             None => self.play_music(None),
         }
         let mut ok = self.a_response(200, "OK", true);
         ok.push(HeaderName::ContentType, "application/sdp");
         ok.body = answer;
-        if service.is_none() {
+        if service.is_none() && !flow {
             self.schedule_announcement(std::time::Duration::ZERO);
         }
         Some(ok)
@@ -401,7 +404,7 @@ impl CallCore {
             return;
         };
         let up = matches!(core.phase, Phase::Answered | Phase::Confirmed)
-            || (self.service().is_some() && self.a_answered());
+            || ((self.service().is_some() || core.flow.is_some()) && self.a_answered());
         if !up || core.held.is_some() {
             return;
         }
@@ -425,6 +428,9 @@ impl CallCore {
             if core.cdr.dtmf.len() < 64 {
                 core.cdr.dtmf.push(digit);
             }
+        }
+        if self.in_flow() && leg == self.side_of(Leg::A) {
+            self.flow_digit(digit);
         }
     }
 

@@ -13,7 +13,8 @@
 //! The behaviour is split by concern: `b2bua.rs` (the relay rules between the legs),
 //! `transactions.rs`, `queue_leg.rs`, `trunk_leg.rs`, `originate.rs` (click-to-call),
 //! `media.rs` (anchoring, SDP rewriting, music), `cdr.rs` (the end and the CDR),
-//! `service.rs` (the test numbers the switch answers itself: echo, music).
+//! `service.rs` (the test numbers the switch answers itself: echo, music), `flow.rs` (call
+//! flows: IVR menus the switch runs before the call goes on).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -41,6 +42,7 @@ mod b2bua;
 mod cdr;
 mod consult;
 mod effects;
+pub(crate) mod flow;
 pub(crate) mod media;
 pub(crate) mod mixing;
 mod originate;
@@ -251,6 +253,8 @@ pub enum CallTimer {
     ConsultNoAnswer,
     /// The CDR's commit took too long: the hangup goes on without waiting more.
     CdrWait,
+    /// A call flow's step: its prompt ended, or no input came in time.
+    Flow,
 }
 
 /// A snapshot for tests and the API.
@@ -344,6 +348,8 @@ pub struct Checkpoint {
     /// An agent a transfer went to (reserved like for a click-to-call; told when its
     /// offer ends and when the call does): tenant, agent, answered.
     agent: Option<(Arc<str>, Arc<str>, bool)>,
+    /// The call flow the caller is in (boxed: only while it runs).
+    flow: Option<Box<flow::FlowRun>>,
 }
 
 /// An API consultation: the target's leg and the second relay session it talks on.
@@ -610,6 +616,8 @@ pub struct CallCore {
     cdr_timer: Option<TimerKey>,
     /// Call-IDs of consultations that are over (their late messages still come here).
     stale_consults: Vec<Bytes>,
+    /// The current call flow step's timer.
+    flow_timer: Option<TimerKey>,
 }
 
 impl CallCore {
@@ -657,6 +665,7 @@ impl CallCore {
             consult_timer: None,
             cdr_timer: None,
             stale_consults: Vec::new(),
+            flow_timer: None,
         }
     }
 
@@ -979,7 +988,11 @@ impl CallCore {
             target: route.target_text.clone(),
             ..CdrDraft::default()
         };
-        if queue.is_some() || route.group.is_some() || route.media.service.is_some() {
+        if queue.is_some()
+            || route.group.is_some()
+            || route.media.service.is_some()
+            || route.media.flow.is_some()
+        {
             // Queued (or a test number the switch answers itself): no B leg until the queue offers an agent. Through a trunk group: the
             // B leg goes to the first trunk of the call's plan, then the next on failover.
             let b = pending_b_dialog();
@@ -1029,6 +1042,7 @@ impl CallCore {
                 a_up: false,
                 consult: None,
                 agent: None,
+                flow: None,
             }));
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             self.register(a_call_id.clone());
@@ -1040,6 +1054,9 @@ impl CallCore {
             }
             if let Some(service) = route.media.service {
                 return self.start_service(service);
+            }
+            if let Some(flow) = route.media.flow.clone() {
+                return self.start_flow(flow, 0);
             }
             if let Some(group) = &route.group {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
@@ -1117,6 +1134,7 @@ impl CallCore {
             a_up: false,
             consult: None,
             agent: None,
+            flow: None,
         }));
         self.register(a_call_id.clone());
         self.register(b_call_id);
@@ -1148,6 +1166,10 @@ impl CallCore {
         self.reattach_media();
         if self.restore_topology(phase) {
             return;
+        }
+        if self.in_flow() && self.a_answered() && phase != Phase::Ended {
+            // The caller hears its flow's current step again.
+            return self.resume_flow();
         }
         let waiting = self.queue_waiting();
         if self.a_answered()

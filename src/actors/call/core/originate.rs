@@ -65,6 +65,7 @@ impl CallCore {
             a_up: false,
             consult: None,
             agent: None,
+            flow: None,
         }));
         self.orig_route = Some(Box::new(route));
         self.orig = Some(Originated {

@@ -465,7 +465,7 @@ impl CallCore {
                 self.fail_queued(code, reason_phrase(code), "queue overflow")
             }
             // Not overflow targets (validation refuses them); as an unresolved number.
-            CcTarget::Number(_) | CcTarget::Echo | CcTarget::Music => {
+            CcTarget::Number(_) | CcTarget::Echo | CcTarget::Music | CcTarget::Flow(_) => {
                 if let Some(q) = self.core().queue.as_mut() {
                     q.waiting = false;
                 }

@@ -173,6 +173,8 @@ struct FakeEnv {
     targets: HashMap<String, Result<TransferTarget, TargetError>>,
     /// (queue, user) pairs: the user supervises the queue.
     supervisors: Vec<(String, String)>,
+    /// Prompt lengths (ms) by id.
+    prompts: HashMap<String, u64>,
 }
 
 impl Env for FakeEnv {
@@ -206,6 +208,9 @@ impl Env for FakeEnv {
         self.supervisors
             .iter()
             .any(|(q, u)| q == queue && u == user)
+    }
+    fn prompt_ms(&self, id: &str) -> Option<u64> {
+        self.prompts.get(id).copied()
     }
 }
 
@@ -2582,4 +2587,275 @@ fn a_queue_agent_who_leaves_a_three_way_is_freed_while_the_others_talk_on() {
     c.status(B, 200, Method::Bye);
     assert_eq!(agent_msgs(&c, "alice"), vec!["call-ended".to_string()]);
     assert_eq!(c.phase(), Phase::Confirmed);
+}
+
+// ---- call flows (IVR) ----
+
+const FLOW: &str = r##"
+id = "main"
+[[steps]]
+id = "welcome"
+type = "menu"
+prompt = "welcome"
+choices = { "1" = "sales", "2" = "more" }
+timeout_secs = 5
+retries = 1
+timeout_prompt = "no-input"
+invalid_prompt = "invalid"
+fail = "bye"
+[[steps]]
+id = "more"
+type = "menu"
+prompt = "more"
+choices = { "3" = "vip", "4" = "account" }
+[[steps]]
+id = "vip"
+type = "set"
+priority = 9
+next = "sales"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "sales"
+[[steps]]
+id = "account"
+type = "collect"
+var = "account"
+max_digits = 4
+terminator = "#"
+next = "desk"
+[[steps]]
+id = "desk"
+type = "user"
+target = "1001"
+[[steps]]
+id = "bye"
+type = "play"
+prompt = "bye"
+next = "end"
+[[steps]]
+id = "end"
+type = "hangup"
+"##;
+
+fn flow_route() -> Route {
+    let config: crate::config::flow::FlowConfig = toml::from_str(FLOW).expect("flow parses");
+    let queues = ["sales".to_string()].into();
+    let flow = crate::config::flow::compile(
+        "flow",
+        &config,
+        &crate::config::flow::FlowScope {
+            queues: &queues,
+            prompts: None,
+        },
+    )
+    .expect("flow compiles");
+    let mut r = route_to(A);
+    r.target_text = "flow:main".into();
+    r.media = MediaPolicy {
+        anchor: true,
+        answer_first: true,
+        tenant: Some(Arc::from("acme")),
+        flow: Some(Arc::new(flow)),
+        ..MediaPolicy::default()
+    };
+    r
+}
+
+fn flow_env() -> FakeEnv {
+    let mut env = media_env();
+    for (id, ms) in [
+        ("welcome", 2000),
+        ("more", 1500),
+        ("no-input", 800),
+        ("invalid", 700),
+        ("bye", 1000),
+    ] {
+        env.prompts.insert(id.into(), ms);
+    }
+    env
+}
+
+/// A call answered by the flow, its ACK sent.
+fn flow_call(cid: &str, env: FakeEnv) -> (Call, Side) {
+    let mut c = Call::with(cfg(), env);
+    c.begin_as(
+        &invite(cid, "8000", SDP_A),
+        flow_route(),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    assert!(
+        body(&ok).contains("m=audio 20000 "),
+        "the switch's own answer"
+    );
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    (c, a)
+}
+
+fn digit(c: &mut Call, d: char) {
+    c.feed(Event::Dtmf {
+        side: crate::media::relay::Side::A,
+        digit: d,
+        source: crate::media::relay::DtmfSource::Rfc4733,
+    });
+}
+
+/// The prompt lists played to the caller, in order.
+fn prompts_played(c: &Call) -> Vec<Vec<String>> {
+    c.media
+        .iter()
+        .filter_map(|op| match op {
+            MediaOp::Prompts { ids, .. } => Some(ids.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn joined_queue(c: &Call) -> Option<(String, u32)> {
+    c.tells.iter().find_map(|t| match t {
+        Tell::Queue {
+            queue,
+            msg: crate::actors::queue::QueueMsg::Join(j),
+            ..
+        } => Some((queue.to_string(), j.priority)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_flow_answers_plays_its_menu_and_two_digits_lead_to_the_queue_with_priority() {
+    let (mut c, _a) = flow_call("flow-1", flow_env());
+    assert_eq!(prompts_played(&c), vec![vec!["welcome".to_string()]]);
+    assert!(
+        !c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })),
+        "no music while the flow plays its prompts"
+    );
+    assert!(c.core.info().anchored);
+    digit(&mut c, '2');
+    assert_eq!(prompts_played(&c)[1], vec!["more".to_string()]);
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
+    digit(&mut c, '3');
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 9)));
+    assert_eq!(c.phase(), Phase::Queued);
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })));
+    assert_eq!(c.core.info().dtmf, "23");
+    // The flow's timer is gone: nothing more happens in the menu.
+    c.advance(Duration::from_secs(30));
+    assert_eq!(prompts_played(&c).len(), 2);
+    assert!(!c.ended);
+}
+
+#[test]
+fn a_menu_retries_on_timeout_and_invalid_input_then_takes_its_fail_step() {
+    let (mut c, _a) = flow_call("flow-2", flow_env());
+    // Nothing for the prompt (2 s) and the timeout (5 s): the timeout prompt, the menu again.
+    c.advance(Duration::from_millis(6900));
+    assert_eq!(
+        prompts_played(&c).len(),
+        1,
+        "not before the prompt and timeout"
+    );
+    c.advance(Duration::from_millis(200));
+    assert_eq!(
+        prompts_played(&c)[1],
+        vec!["no-input".to_string(), "welcome".to_string()]
+    );
+    // A digit the menu lacks: out of retries (1), the fail step plays and hangs up.
+    digit(&mut c, '7');
+    assert_eq!(prompts_played(&c)[2], vec!["bye".to_string()]);
+    assert!(!c.ended);
+    c.advance(Duration::from_millis(1000));
+    c.request(A, Method::Bye);
+    assert!(c.ended);
+    assert_eq!(c.cdrs[0].disconnect_reason, "flow hangup");
+    assert!(joined_queue(&c).is_none());
+}
+
+#[test]
+fn an_invalid_digit_hears_the_invalid_prompt_and_the_menu_again() {
+    let (mut c, _a) = flow_call("flow-3", flow_env());
+    digit(&mut c, '9');
+    assert_eq!(
+        prompts_played(&c)[1],
+        vec!["invalid".to_string(), "welcome".to_string()]
+    );
+    digit(&mut c, '1');
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0)));
+}
+
+#[test]
+fn collect_takes_digits_up_to_the_terminator_then_rings_the_user() {
+    let mut env = flow_env();
+    env.users.insert(
+        "1001".into(),
+        vec![Fork {
+            ruri: Bytes::from(format!("sip:1001@{B}")),
+            dest: Dest {
+                protocol: Protocol::Udp,
+                addr: addr(B),
+                conn: None,
+            },
+        }],
+    );
+    let (mut c, _a) = flow_call("flow-4", env);
+    digit(&mut c, '2');
+    digit(&mut c, '4');
+    for d in ['5', '6', '#'] {
+        digit(&mut c, d);
+    }
+    let inv = c.request(B, Method::Invite);
+    assert!(
+        body(&inv).contains("m=audio 20002 "),
+        "the user is offered the switch's SDP"
+    );
+    assert_eq!(c.phase(), Phase::Setup);
+}
+
+#[test]
+fn a_flow_user_not_registered_ends_the_call() {
+    let (mut c, _a) = flow_call("flow-5", flow_env());
+    digit(&mut c, '2');
+    digit(&mut c, '4');
+    // The collect step times out with what it has.
+    digit(&mut c, '5');
+    c.advance(Duration::from_secs(6));
+    c.request(A, Method::Bye);
+    assert_eq!(c.cdrs[0].disconnect_reason, "flow user not registered");
+}
+
+#[test]
+fn a_flow_without_media_is_refused_and_a_restarted_actor_plays_the_step_again() {
+    let mut c = Call::with(cfg(), FakeEnv::default());
+    c.begin(&invite("flow-6", "8000", SDP_A), flow_route(), vec![]);
+    c.status(A, 488, Method::Invite);
+    assert!(c.ended);
+
+    let (mut c, _a) = flow_call("flow-7", flow_env());
+    digit(&mut c, '2');
+    let cp = c.checkpoint.clone().expect("a checkpoint");
+    let mut r = Call::with(cfg(), flow_env());
+    r.feed(Event::Restore(Box::new(cp)));
+    assert_eq!(prompts_played(&r), vec![vec!["more".to_string()]]);
+    digit(&mut r, '3');
+    assert_eq!(joined_queue(&r), Some(("sales".to_string(), 9)));
+}
+
+#[test]
+fn the_caller_hanging_up_in_a_menu_ends_the_call_and_its_timer_does_nothing() {
+    let (mut c, mut a) = flow_call("flow-8", flow_env());
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(c.ended);
+    let before = prompts_played(&c).len();
+    c.advance(Duration::from_secs(30));
+    assert_eq!(prompts_played(&c).len(), before);
 }

@@ -1,0 +1,397 @@
+//! Call flows (IVR): a number with `target = "flow:<id>"` is answered by the switch, which
+//! runs the tenant's flow ([`crate::config::flow`]) before the call goes anywhere: prompts
+//! played, menus and digit collection driven by the caller's DTMF (RFC 4733, SIP INFO or
+//! in-band, as the relay reports them), variables and priority set, and at the end a
+//! queue, a user, a tenant number or a hangup.
+//!
+//! Everything here is pure like the rest of the core: a step plays a prompt through a
+//! [`MediaOp::Prompts`] effect and waits on a call timer ([`CallTimer::Flow`]) whose length
+//! is the prompt's (read through [`super::Env::prompt_ms`]) plus the step's input timeout;
+//! a digit arrives as [`super::Event::Dtmf`]. The flow's position is part of the call's
+//! checkpoint: a restarted call actor plays the current step again.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::config::flow::{Action, Flow};
+
+/// Counter, label `result` (`answered`, `refused`): calls that entered a flow.
+pub const FLOW_CALLS: &str = "switchyard_flow_calls_total";
+/// Counter, label `step` (`play`, `menu`, `collect`, `set`, `queue`, `user`, `number`,
+/// `hangup`): flow steps entered.
+pub const FLOW_STEPS: &str = "switchyard_flow_steps_total";
+/// Counter, label `input` (`choice`, `invalid`, `timeout`): what callers did at menus.
+pub const FLOW_MENU_INPUTS: &str = "switchyard_flow_menu_inputs_total";
+/// Counter, label `outcome` (`queue`, `user`, `hangup`, `unreachable`): how flows
+/// ended (a caller hanging up mid-flow is in the CDR).
+pub const FLOW_OUTCOMES: &str = "switchyard_flow_outcomes_total";
+
+/// Steps one event may run without waiting (validation refuses loops that wait for no
+/// input; this bounds a flow changed under a running call all the same).
+const MAX_STEPS_PER_EVENT: usize = 64;
+
+pub fn describe() {
+    use metrics::describe_counter;
+    describe_counter!(
+        FLOW_CALLS,
+        "Calls that entered a call flow (IVR), by result"
+    );
+    describe_counter!(FLOW_STEPS, "Call flow steps entered, by step type");
+    describe_counter!(
+        FLOW_MENU_INPUTS,
+        "Caller inputs at flow menus: a valid choice, an invalid digit, a timeout"
+    );
+    describe_counter!(
+        FLOW_OUTCOMES,
+        "How call flows ended: queue, user, number, hangup, unreachable (target missing)"
+    );
+}
+
+/// A call's place in its flow (part of the checkpoint).
+#[derive(Clone, Debug)]
+pub(super) struct FlowRun {
+    flow: Arc<Flow>,
+    step: usize,
+    /// Timeouts and invalid digits so far at the current menu.
+    tries: u32,
+    /// Digits entered at the current step.
+    digits: String,
+    /// The flow's variables (collected digits, `set` values).
+    vars: BTreeMap<String, String>,
+    /// The caller's priority in the queue it joins.
+    priority: u32,
+    /// The current step's prompt is still playing (a digit stops it).
+    playing: bool,
+}
+
+impl CallCore {
+    pub(super) fn in_flow(&self) -> bool {
+        self.core.as_ref().is_some_and(|c| c.flow.is_some())
+    }
+
+    fn run(&mut self) -> &mut FlowRun {
+        self.core().flow.as_deref_mut().expect("in a flow")
+    }
+
+    /// Answers a call to a flow's number and runs its first step. Without an anchored
+    /// session (no media engine, a delayed offer, no G.711) nothing can be played: 488.
+    pub(super) fn start_flow(&mut self, flow: Arc<Flow>, priority: u32) {
+        let start = flow.start;
+        self.core().flow = Some(Box::new(FlowRun {
+            flow,
+            step: start,
+            tries: 0,
+            digits: String::new(),
+            vars: BTreeMap::new(),
+            priority,
+            playing: false,
+        }));
+        let Some(ok) = self.answer_first() else {
+            self.core().flow = None;
+            metrics::counter!(FLOW_CALLS, "result" => "refused").increment(1);
+            return self.refuse(488, "Not Acceptable Here (G.711 Offer Needed)");
+        };
+        metrics::counter!(FLOW_CALLS, "result" => "answered").increment(1);
+        self.answer_a(ok);
+        if let Some(max) = self.cfg.max_duration {
+            self.max_duration = Some(self.schedule_call_timer(CallTimer::MaxDuration, max));
+        }
+        let now = self.wall_ms;
+        let cdr = &mut self.core().cdr;
+        cdr.answer_ms = Some(now);
+        cdr.final_status = 200;
+        metrics::counter!(CALLS_ANSWERED).increment(1);
+        self.enter_step(start);
+    }
+
+    /// A restarted call actor: the caller hears its current step again.
+    pub(super) fn resume_flow(&mut self) {
+        let step = self.run().step;
+        self.enter_step(step);
+    }
+
+    /// The caller's digit while in the flow.
+    pub(super) fn flow_digit(&mut self, digit: char) {
+        if self.core.as_ref().is_none_or(|c| c.ended) {
+            return;
+        }
+        let run = self.run();
+        let Some(step) = run.flow.step(run.step).cloned() else {
+            return;
+        };
+        match step.action {
+            Action::Menu { choices, .. } => {
+                self.stop_prompt();
+                match choices.iter().find(|c| c.0 == digit) {
+                    Some(&(_, next)) => {
+                        metrics::counter!(FLOW_MENU_INPUTS, "input" => "choice").increment(1);
+                        self.enter_step(next);
+                    }
+                    None => {
+                        metrics::counter!(FLOW_MENU_INPUTS, "input" => "invalid").increment(1);
+                        self.menu_retry(false);
+                    }
+                }
+            }
+            Action::Collect {
+                var,
+                max_digits,
+                terminator,
+                timeout,
+                next,
+                ..
+            } => {
+                self.stop_prompt();
+                if Some(digit) == terminator {
+                    return self.collected(&var, next);
+                }
+                let run = self.run();
+                run.digits.push(digit);
+                if run.digits.len() >= max_digits as usize {
+                    return self.collected(&var, next);
+                }
+                // The next digit may take the step's timeout again.
+                self.flow_wait(timeout);
+            }
+            // Digits during a prompt are only for the CDR.
+            _ => {}
+        }
+    }
+
+    /// The current step's timer: a prompt ended (play) or no input came in time.
+    pub(super) fn on_flow_timer(&mut self, id: TimerKey) {
+        if self.flow_timer != Some(id) {
+            return;
+        }
+        self.flow_timer = None;
+        if !self.in_flow() || self.core.as_ref().is_some_and(|c| c.ended) {
+            return;
+        }
+        let run = self.run();
+        let Some(step) = run.flow.step(run.step).cloned() else {
+            return;
+        };
+        match step.action {
+            Action::Play { next, .. } => self.enter_step(next),
+            Action::Menu { .. } => {
+                metrics::counter!(FLOW_MENU_INPUTS, "input" => "timeout").increment(1);
+                self.menu_retry(true);
+            }
+            Action::Collect { var, next, .. } => self.collected(&var, next),
+            _ => {}
+        }
+    }
+
+    /// A collect step is over: its digits go into its variable.
+    fn collected(&mut self, var: &str, next: usize) {
+        let run = self.run();
+        let digits = std::mem::take(&mut run.digits);
+        run.vars.insert(var.to_string(), digits);
+        self.enter_step(next);
+    }
+
+    /// A timeout or an invalid digit at a menu: its own prompt and the menu again, or the
+    /// menu's `fail` step once the retries are spent.
+    fn menu_retry(&mut self, timeout: bool) {
+        let run = self.run();
+        let Some(Action::Menu {
+            prompt,
+            retries,
+            timeout_prompt,
+            invalid_prompt,
+            timeout: wait,
+            fail,
+            ..
+        }) = run.flow.step(run.step).map(|s| s.action.clone())
+        else {
+            return;
+        };
+        run.tries += 1;
+        if run.tries > retries {
+            return match fail {
+                Some(step) => self.enter_step(step),
+                None => self.flow_hangup("flow menu: no valid input"),
+            };
+        }
+        let first = if timeout {
+            timeout_prompt
+        } else {
+            invalid_prompt
+        };
+        let ids: Vec<String> = first.into_iter().chain([prompt]).collect();
+        let ms = self.play_prompts(ids);
+        self.flow_wait(Duration::from_millis(ms) + wait);
+    }
+
+    /// Plays `ids` to the caller one after the other; their length in milliseconds.
+    fn play_prompts(&mut self, ids: Vec<String>) -> u64 {
+        let ms = ids
+            .iter()
+            .map(|id| self.env.prompt_ms(id).unwrap_or(0))
+            .sum();
+        let side = self.side_of(Leg::A);
+        self.media_op(MediaOp::Prompts { side, ids });
+        self.run().playing = true;
+        ms
+    }
+
+    fn stop_prompt(&mut self) {
+        if std::mem::replace(&mut self.run().playing, false) {
+            let side = self.side_of(Leg::A);
+            self.media_op(MediaOp::StopPlay(side));
+        }
+    }
+
+    /// (Re)arms the step's timer.
+    fn flow_wait(&mut self, after: Duration) {
+        if let Some(id) = self.flow_timer.take() {
+            self.cancel_timer(id);
+        }
+        self.flow_timer = Some(self.schedule_call_timer(CallTimer::Flow, after));
+    }
+
+    /// Runs steps from `step` until one waits (a prompt, a menu, a collect) or the flow
+    /// ends.
+    fn enter_step(&mut self, mut step: usize) {
+        for _ in 0..MAX_STEPS_PER_EVENT {
+            let run = self.run();
+            let Some(s) = run.flow.step(step).cloned() else {
+                return self.flow_hangup("flow step missing");
+            };
+            run.step = step;
+            run.tries = 0;
+            run.digits.clear();
+            run.playing = false;
+            metrics::counter!(FLOW_STEPS, "step" => s.action.label()).increment(1);
+            tracing::debug!(flow = %run.flow.id, step = %s.id, "flow step");
+            self.checkpoint();
+            match s.action {
+                Action::Play { prompt, .. } => {
+                    let ms = self.play_prompts(vec![prompt]);
+                    return self.flow_wait(Duration::from_millis(ms));
+                }
+                Action::Menu {
+                    prompt, timeout, ..
+                } => {
+                    let ms = self.play_prompts(vec![prompt]);
+                    return self.flow_wait(Duration::from_millis(ms) + timeout);
+                }
+                Action::Collect {
+                    prompt, timeout, ..
+                } => {
+                    let ms = match prompt {
+                        Some(p) => self.play_prompts(vec![p]),
+                        None => 0,
+                    };
+                    return self.flow_wait(Duration::from_millis(ms) + timeout);
+                }
+                Action::Set {
+                    priority,
+                    vars,
+                    next,
+                } => {
+                    let run = self.run();
+                    if let Some(p) = priority {
+                        run.priority = p;
+                    }
+                    for (k, v) in vars {
+                        run.vars.insert(k, v);
+                    }
+                    step = next;
+                }
+                Action::Queue(queue) => return self.flow_to_queue(Arc::from(queue.as_str())),
+                Action::User(user) => return self.flow_to_user(&user, format!("user:{user}")),
+                Action::Number(number) => return self.flow_to_number(&number),
+                Action::Hangup => {
+                    metrics::counter!(FLOW_OUTCOMES, "outcome" => "hangup").increment(1);
+                    return self.flow_hangup("flow hangup");
+                }
+            }
+        }
+        tracing::warn!("flow ran {MAX_STEPS_PER_EVENT} steps without waiting: hung up");
+        self.flow_hangup("flow loop");
+    }
+
+    /// The flow is over (the call goes on elsewhere or ends): its timer stops.
+    fn leave_flow(&mut self) {
+        if let Some(id) = self.flow_timer.take() {
+            self.cancel_timer(id);
+        }
+        self.stop_prompt();
+        if let Some(run) = self.core().flow.take() {
+            let vars: Vec<String> = run.vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            if !vars.is_empty() {
+                tracing::debug!(flow = %run.flow.id, vars = %vars.join(","), "flow left");
+            }
+        }
+    }
+
+    fn flow_hangup(&mut self, why: &str) {
+        self.leave_flow();
+        self.hang_up_answered_caller(HangupBy::System, why);
+    }
+
+    /// The caller waits in the tenant's queue (with music), its place kept from now.
+    fn flow_to_queue(&mut self, queue: Arc<str>) {
+        let priority = self.run().priority;
+        self.leave_flow();
+        let Some(tenant) = self.core().tenant.clone() else {
+            metrics::counter!(FLOW_OUTCOMES, "outcome" => "unreachable").increment(1);
+            return self.hang_up_answered_caller(HangupBy::System, "flow without tenant");
+        };
+        metrics::counter!(FLOW_OUTCOMES, "outcome" => "queue").increment(1);
+        let now = self.wall_ms as u64;
+        self.core().queue = Some(QueueLeg {
+            tenant,
+            queue: queue.clone(),
+            priority,
+            joined_ms: now,
+            agent: None,
+            answered_offer: None,
+            wait_ms: None,
+            abandoned: false,
+            waiting: true,
+            released: false,
+        });
+        self.core().cdr.route = format!("queue:{queue}");
+        self.core().phase = Phase::Queued;
+        self.play_music(None);
+        self.schedule_announcement(Duration::ZERO);
+        self.checkpoint();
+        self.join_queue();
+    }
+
+    /// The caller's call goes on to a tenant user's phones.
+    fn flow_to_user(&mut self, user: &str, target: String) {
+        self.leave_flow();
+        let tenant = self.core().tenant.clone();
+        let forks = match &tenant {
+            Some(t) => self.env.lookup_user(t, user),
+            None => Vec::new(),
+        };
+        if forks.is_empty() {
+            metrics::counter!(FLOW_OUTCOMES, "outcome" => "unreachable").increment(1);
+            return self.hang_up_answered_caller(HangupBy::System, "flow user not registered");
+        }
+        metrics::counter!(FLOW_OUTCOMES, "outcome" => "user").increment(1);
+        self.place_b_leg(&forks, Bytes::from(user.to_string()), target, None);
+        self.no_answer = Some(self.schedule_call_timer(CallTimer::NoAnswer, self.cfg.no_answer));
+        self.set_phase(Phase::Setup);
+    }
+
+    /// The call goes where a call to the tenant's `number` (or user name) would.
+    fn flow_to_number(&mut self, number: &str) {
+        let tenant = self.core().tenant.clone().unwrap_or_else(|| Arc::from(""));
+        match self.env.transfer_target(&tenant, number) {
+            Ok(TransferTarget::Queue { queue, .. }) => self.flow_to_queue(queue),
+            Ok(TransferTarget::Phones { user, .. } | TransferTarget::Agent { user, .. }) => {
+                self.flow_to_user(&user, format!("number:{number}"))
+            }
+            Err(_) => {
+                self.leave_flow();
+                metrics::counter!(FLOW_OUTCOMES, "outcome" => "unreachable").increment(1);
+                self.hang_up_answered_caller(HangupBy::System, "flow number unresolved");
+            }
+        }
+    }
+}

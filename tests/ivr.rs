@@ -1,0 +1,248 @@
+//! Call flows (IVR) on a real node: a caller dials a number whose target is a flow, hears
+//! the first menu's prompt (compared byte for byte with the prompt library), presses
+//! digits sent as RFC 4733 telephone-events through a second menu, and lands in the queue,
+//! where the agent's phone is offered the call.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use switchyard::config::{AgentConfig, MembershipConfig, NumberConfig, TenantConfig, UserConfig};
+use switchyard::media::g711::Codec;
+use switchyard::media::prompts::{default_dir, PromptLibrary};
+use switchyard::media::{dtmf, rtp};
+use switchyard::sip::auth::{ha1, Algorithm};
+use switchyard::sip::message::Message;
+use tokio::net::UdpSocket;
+
+const DOMAIN: &str = "ivr.test";
+
+const FLOW: &str = r#"
+id = "main"
+[[steps]]
+id = "welcome"
+type = "menu"
+prompt = "thank-you-for-waiting"
+choices = { "1" = "bye", "2" = "sales-menu" }
+timeout_secs = 10
+[[steps]]
+id = "sales-menu"
+type = "menu"
+prompt = "all-agents-busy"
+choices = { "4" = "sales" }
+timeout_secs = 10
+[[steps]]
+id = "sales"
+type = "queue"
+target = "q"
+[[steps]]
+id = "bye"
+type = "hangup"
+"#;
+
+/// The caller's RTP socket: sends RFC 4733 digits, collects what it hears.
+struct Phone {
+    sock: Arc<UdpSocket>,
+    port: u16,
+    seq: u16,
+    ts: u32,
+}
+
+impl Phone {
+    async fn new() -> Phone {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = sock.local_addr().unwrap().port();
+        Phone {
+            sock: Arc::new(sock),
+            port,
+            seq: 1,
+            ts: 0,
+        }
+    }
+
+    fn sdp(&self) -> String {
+        format!(
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n",
+            self.port
+        )
+    }
+
+    /// One digit as RFC 4733 packets (100 ms), paced at 20 ms.
+    async fn digit(&mut self, to: SocketAddr, d: char) {
+        let mut buf = [0u8; 64];
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for ev in dtmf::event_packets(d, 100) {
+            tick.tick().await;
+            let h = rtp::write_rtp_header(&mut buf, false, 101, self.seq, self.ts, 0x1234);
+            let n = rtp::write_telephone_event(&mut buf[h..], &ev);
+            self.sock.send_to(&buf[..h + n], to).await.unwrap();
+            self.seq = self.seq.wrapping_add(1);
+        }
+        self.ts = self.ts.wrapping_add(1600);
+    }
+
+    /// The PCMU payload bytes heard for `window`.
+    async fn listen(&self, window: Duration) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + window;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Ok(Ok((n, _))) = tokio::time::timeout(left, self.sock.recv_from(&mut buf)).await
+            else {
+                return got;
+            };
+            if let Some(h) = rtp::parse_rtp(&buf[..n]) {
+                if h.payload_type == 0 {
+                    got.extend_from_slice(h.payload(&buf[..n]));
+                }
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A prompt of the shipped library as the caller hears it (PCMU bytes).
+fn prompt_bytes(id: &str) -> Vec<u8> {
+    let library = PromptLibrary::load(&default_dir()).unwrap();
+    let pcm = library.get(id).expect("shipped prompt");
+    pcm.iter().map(|&s| Codec::Pcmu.encode(s)).collect()
+}
+
+fn sdp_addr(m: &Message) -> SocketAddr {
+    let sdp = switchyard::sip::sdp::parse(&m.body).expect("SDP");
+    let audio = sdp.audio().expect("audio");
+    SocketAddr::new(sdp.connection(0).expect("c="), audio.port)
+}
+
+fn is_ok_invite(m: &Message) -> bool {
+    m.status() == Some(200) && m.cseq().is_some_and(|c| c.method.to_string() == "INVITE")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc4733_digits_walk_a_two_level_menu_into_the_queue_and_reach_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (caller, agent) = (Ua::new().await, Ua::new().await);
+    let mut phone = Phone::new().await;
+    let mut c = common::config(dir.path(), &[]);
+    c.media.rtp_ports = "44000-44999".into();
+    c.registrar.algorithms = vec!["MD5".into()];
+    c.tenants = vec![TenantConfig {
+        id: "cc".into(),
+        domain: DOMAIN.into(),
+        users: vec![UserConfig {
+            username: "2001".into(),
+            ha1_md5: Some(ha1(Algorithm::Md5, "2001", DOMAIN, "pw")),
+            ha1_sha256: None,
+            outbound: None,
+        }],
+        numbers: vec![NumberConfig {
+            number: "8000".into(),
+            target: "flow:main".into(),
+            priority: 0,
+        }],
+        queues: vec![
+            toml::from_str("id = \"q\"\nannounce_secs = 0\nring_timeout_secs = 5").unwrap(),
+        ],
+        agents: vec![AgentConfig {
+            id: "a1".into(),
+            user: "2001".into(),
+            queues: vec![MembershipConfig {
+                queue: "q".into(),
+                tier: 1,
+                penalty: 0,
+            }],
+            skills: Default::default(),
+            wrap_up_secs: None,
+            state: Some("available".into()),
+        }],
+        flows: vec![toml::from_str(FLOW).unwrap()],
+        ..Default::default()
+    }];
+    let node = common::start_with(c).await;
+    let sw = common::udp_addr(&node);
+
+    // The switch answers the flow's number itself, with its own SDP.
+    let cid = "ivr-1";
+    let sdp = phone.sdp();
+    let inv = format!(
+        "INVITE sip:8000@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{ua}>;tag=a-{cid}\r\nTo: <sip:8000@{sw}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        ua = caller.addr,
+    );
+    caller.send(sw, &inv).await;
+    let (ok, _) = caller.expect("200 to INVITE", is_ok_invite).await;
+    let to_switch = sdp_addr(&ok);
+    let mut a = Side::caller(caller.addr, cid, &ok);
+    caller.send(sw, &a.request("ACK", 1, "", "")).await;
+
+    // The first menu's prompt, byte for byte.
+    let first = prompt_bytes("thank-you-for-waiting");
+    let heard = phone.listen(Duration::from_millis(1500)).await;
+    let mid = first.len() / 2;
+    assert!(
+        contains(&heard, &first[400..1200]) || contains(&heard, &first[mid..mid + 800]),
+        "the caller hears the first menu ({} bytes heard)",
+        heard.len()
+    );
+
+    // 2: the second menu, whose prompt is heard next.
+    phone.digit(to_switch, '2').await;
+    let second = prompt_bytes("all-agents-busy");
+    let heard = phone.listen(Duration::from_millis(1500)).await;
+    assert!(
+        contains(&heard, &second[400..1200]),
+        "the caller hears the second menu ({} bytes heard)",
+        heard.len()
+    );
+
+    // 4: the queue; the agent's phone registers and is offered the call.
+    phone.digit(to_switch, '4').await;
+    let waiting = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let q = switchyard::actors::queue::lookup("cc", "q", &node.name).expect("queue");
+            let s = switchyard::actors::queue::stats(&q).await.expect("stats");
+            if s.waiting == 1 || tokio::time::Instant::now() > deadline {
+                break s.waiting;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    assert_eq!(waiting, 1, "the caller waits in the queue after 2, 4");
+    common::register_udp(&agent, sw, DOMAIN, "2001", "pw").await;
+    let (offer, from) = agent.expect_request("INVITE").await;
+    agent
+        .send(
+            from,
+            &answer(&offer, 200, "OK", "ag", agent.addr, &phone_sdp_for_agent()),
+        )
+        .await;
+    agent.expect_request("ACK").await;
+
+    // The caller hangs up; the CDR keeps the digits and the queue it reached.
+    caller.send(sw, &a.request("BYE", 0, "", "")).await;
+    let (bye, from) = agent.expect_request("BYE").await;
+    agent
+        .send(from, &answer(&bye, 200, "OK", "", agent.addr, ""))
+        .await;
+    caller
+        .expect("200 to BYE", |m| {
+            m.status() == Some(200) && m.cseq().is_some_and(|c| c.method.to_string() == "BYE")
+        })
+        .await;
+    let cdr = common::cdr(&node, dir.path(), cid).await;
+    assert_eq!(cdr.dtmf.as_deref(), Some("24"), "{cdr:?}");
+    assert_eq!(cdr.route.as_deref(), Some("queue:q"), "{cdr:?}");
+    assert_eq!(cdr.queue.as_deref(), Some("cc/q"), "{cdr:?}");
+    assert_eq!(cdr.agent.as_deref(), Some("a1"), "{cdr:?}");
+}
+
+fn phone_sdp_for_agent() -> String {
+    "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 47000 RTP/AVP 0\r\n".into()
+}
