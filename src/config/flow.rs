@@ -19,7 +19,7 @@
 //!
 //! Steps (`type`): `play` (`prompt`, then `next`), `menu` (above), `collect` (`var`,
 //! `max_digits` and/or `terminator`, `timeout_secs`, optional `prompt`, then `next`), `set`
-//! (`priority`, `vars`, then `next`), `queue` / `user` / `number` (`target`: a queue id, a
+//! (`priority`, `skills` = { name = level }, `vars`, then `next`), `queue` / `user` / `number` (`target`: a queue id, a
 //! user name, a tenant number: the flow ends there) and `hangup`. `next` defaults to the
 //! step that follows in the list. Validation refuses unknown types and fields, steps no
 //! path reaches, loops that wait for no input (only `menu` and `collect` wait for the
@@ -86,6 +86,9 @@ pub struct StepConfig {
     /// set: variables.
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
+    /// set: skills (name -> level 1-10) the agent must have, on top of the queue's.
+    #[serde(default)]
+    pub skills: BTreeMap<String, u8>,
     /// queue, user, number: where the flow ends.
     #[serde(default)]
     pub target: Option<String>,
@@ -133,6 +136,7 @@ pub enum Action {
     Set {
         priority: Option<u32>,
         vars: Vec<(String, String)>,
+        skills: Vec<crate::routing::acd::Requirement>,
         next: usize,
     },
     Queue(String),
@@ -392,9 +396,25 @@ pub fn compile(
                         err(format!("{at}.vars"), format!("{k:?}: a variable name"));
                     }
                 }
+                for (k, level) in &s.skills {
+                    if k.is_empty() || !(1..=10).contains(level) {
+                        err(
+                            format!("{at}.skills"),
+                            format!("{k:?} = {level}: a skill name and a level 1-10"),
+                        );
+                    }
+                }
                 Action::Set {
                     priority: s.priority,
                     vars: s.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    skills: s
+                        .skills
+                        .iter()
+                        .map(|(k, l)| crate::routing::acd::Requirement {
+                            skill: k.clone(),
+                            level: *l,
+                        })
+                        .collect(),
                     next: next(&mut err),
                 }
             }

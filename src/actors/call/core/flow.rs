@@ -60,6 +60,8 @@ pub(super) struct FlowRun {
     vars: BTreeMap<String, String>,
     /// The caller's priority in the queue it joins.
     priority: u32,
+    /// Skills the caller needs in the queue it joins.
+    skills: Vec<crate::routing::acd::Requirement>,
     /// The current step's prompt is still playing (a digit stops it).
     playing: bool,
 }
@@ -84,6 +86,7 @@ impl CallCore {
             digits: String::new(),
             vars: BTreeMap::new(),
             priority,
+            skills: Vec::new(),
             playing: false,
         }));
         let Some(ok) = self.answer_first() else {
@@ -288,12 +291,14 @@ impl CallCore {
                 Action::Set {
                     priority,
                     vars,
+                    skills,
                     next,
                 } => {
                     let run = self.run();
                     if let Some(p) = priority {
                         run.priority = p;
                     }
+                    run.skills = crate::routing::acd::merge_requirements(&run.skills, &skills);
                     for (k, v) in vars {
                         run.vars.insert(k, v);
                     }
@@ -333,7 +338,10 @@ impl CallCore {
 
     /// The caller waits in the tenant's queue (with music), its place kept from now.
     fn flow_to_queue(&mut self, queue: Arc<str>) {
-        let priority = self.run().priority;
+        let (priority, skills) = {
+            let run = self.run();
+            (run.priority, std::mem::take(&mut run.skills))
+        };
         self.leave_flow();
         let Some(tenant) = self.core().tenant.clone() else {
             metrics::counter!(FLOW_OUTCOMES, "outcome" => "unreachable").increment(1);
@@ -346,6 +354,7 @@ impl CallCore {
             queue: queue.clone(),
             priority,
             joined_ms: now,
+            skills,
             agent: None,
             answered_offer: None,
             wait_ms: None,

@@ -195,6 +195,8 @@ struct QueueLeg {
     queue: Arc<str>,
     priority: u32,
     joined_ms: u64,
+    /// Skills the caller needs on top of the queue's (a call flow's `set` step).
+    skills: Vec<crate::routing::acd::Requirement>,
     /// The agent who answered, and the offer it answered.
     agent: Option<Arc<str>>,
     answered_offer: Option<u64>,
@@ -1025,6 +1027,7 @@ impl CallCore {
                     queue: join.queue,
                     priority: join.priority,
                     joined_ms: self.wall_ms as u64,
+                    skills: Vec::new(),
                     agent: None,
                     answered_offer: None,
                     wait_ms: None,

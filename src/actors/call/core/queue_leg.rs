@@ -35,6 +35,7 @@ impl CallCore {
                 user,
                 priority: q.priority,
                 joined_ms: q.joined_ms,
+                skills: q.skills.clone(),
             }),
         );
         if let Some(id) = self.keepalive.take() {

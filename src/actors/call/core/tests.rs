@@ -2060,6 +2060,7 @@ fn queue_call(cid: &str) -> (Call, Message, Side, Side) {
         queue: Arc::from("support"),
         priority: 0,
         joined_ms: 0,
+        skills: Vec::new(),
         agent: Some(Arc::from("alice")),
         answered_offer: Some(1),
         wait_ms: Some(0),
@@ -2612,6 +2613,7 @@ choices = { "3" = "vip", "4" = "account" }
 id = "vip"
 type = "set"
 priority = 9
+skills = { vip = 5 }
 next = "sales"
 [[steps]]
 id = "sales"
@@ -2717,13 +2719,14 @@ fn prompts_played(c: &Call) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn joined_queue(c: &Call) -> Option<(String, u32)> {
+/// The queue joined, with the caller's priority and the number of its own skills.
+fn joined_queue(c: &Call) -> Option<(String, u32, usize)> {
     c.tells.iter().find_map(|t| match t {
         Tell::Queue {
             queue,
             msg: crate::actors::queue::QueueMsg::Join(j),
             ..
-        } => Some((queue.to_string(), j.priority)),
+        } => Some((queue.to_string(), j.priority, j.skills.len())),
         _ => None,
     })
 }
@@ -2744,7 +2747,7 @@ fn a_flow_answers_plays_its_menu_and_two_digits_lead_to_the_queue_with_priority(
         .iter()
         .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
     digit(&mut c, '3');
-    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 9)));
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 9, 1)));
     assert_eq!(c.phase(), Phase::Queued);
     assert!(c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })));
     assert_eq!(c.core.info().dtmf, "23");
@@ -2789,7 +2792,7 @@ fn an_invalid_digit_hears_the_invalid_prompt_and_the_menu_again() {
         vec!["invalid".to_string(), "welcome".to_string()]
     );
     digit(&mut c, '1');
-    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0)));
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
 }
 
 #[test]
@@ -2846,7 +2849,7 @@ fn a_flow_without_media_is_refused_and_a_restarted_actor_plays_the_step_again() 
     r.feed(Event::Restore(Box::new(cp)));
     assert_eq!(prompts_played(&r), vec![vec!["more".to_string()]]);
     digit(&mut r, '3');
-    assert_eq!(joined_queue(&r), Some(("sales".to_string(), 9)));
+    assert_eq!(joined_queue(&r), Some(("sales".to_string(), 9, 1)));
 }
 
 #[test]
