@@ -551,6 +551,8 @@ pub struct SharedConfig {
     writing: tokio::sync::Mutex<()>,
     /// The tenants' API tokens in force (the file's and the entries'), read by the API.
     tokens: Arc<TokenTable>,
+    /// The file's media section: the prompts a call flow changed here may name.
+    media: crate::config::MediaConfig,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -598,6 +600,7 @@ impl SharedConfig {
             backend,
             writing: tokio::sync::Mutex::new(()),
             tokens,
+            media: config.media.clone(),
         };
         match &config.cluster {
             None => {
@@ -825,6 +828,7 @@ impl SharedConfig {
     fn check_tenant(&self, t: &Tables, full: &TenantConfig) -> Result<(), ChangeError> {
         let mut c = Config {
             tenants: self.tenants_with(t),
+            media: self.media.clone(),
             ..with_routes(t)
         };
         for n in t.numbers.values() {
@@ -1223,6 +1227,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
+            media: self.media.clone(),
             ..with_routes(t)
         };
         let tenant = &mut c.tenants[ti];
@@ -1257,6 +1262,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
+            media: self.media.clone(),
             ..with_routes(t)
         };
         c.tenants[ti].numbers = self.numbers_of(t, tenant);
@@ -1560,6 +1566,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
+            media: self.media.clone(),
             ..with_routes(t)
         };
         for other in t.numbers.values().filter(|o| o.number != n.number) {
@@ -2335,6 +2342,7 @@ mod tests {
             backend: Backend::Sqlite(PathBuf::new()),
             writing: tokio::sync::Mutex::new(()),
             tokens: Arc::default(),
+            media: config.media.clone(),
         }
     }
 
@@ -2569,6 +2577,35 @@ mod tests {
         s.install(t);
         assert!(s.trunk_table.get("b").is_none());
         assert!(Arc::ptr_eq(&new_a, &s.trunk_table.get("a").unwrap()));
+    }
+
+    #[test]
+    fn a_tenants_flows_are_checked_against_the_nodes_prompts() {
+        let mut c = config();
+        c.media.tts.insert("hello".into(), "Hello".into());
+        let s = shared(&c);
+        let t = s.snapshot();
+        let mut full: TenantConfig = serde_json::from_value(json!({
+            "id": "ivr",
+            "domain": "ivr.test",
+            "numbers": [{"number": "7700", "target": "flow:f"}],
+            "flows": [{"id": "f", "steps": [
+                {"id": "a", "type": "play", "prompt": "hello", "next": "b"},
+                {"id": "b", "type": "hangup"}
+            ]}]
+        }))
+        .unwrap();
+        assert!(s.check_tenant(&t, &full).is_ok(), "a media.tts prompt");
+        full.flows[0].steps[0].prompt = Some("nope".into());
+        let e = s.check_tenant(&t, &full).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("flows[0].steps[0].prompt"),
+            "{e:?}"
+        );
+        full.flows[0].steps[0].prompt = Some("hello".into());
+        full.numbers[0].target = "flow:other".into();
+        let e = s.check_tenant(&t, &full).unwrap_err();
+        assert!(format!("{e:?}").contains("no flow"), "{e:?}");
     }
 
     #[test]
