@@ -207,6 +207,13 @@ pub struct TenantConfig {
     /// Call flows (IVR) numbers may lead to (`target = "flow:<id>"`), see [`flow`].
     #[serde(default)]
     pub flows: Vec<flow::FlowConfig>,
+    /// The tenant's time zone (IANA name, e.g. `Asia/Shanghai`; default UTC): its flows'
+    /// schedule steps read the time there.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// The tenant's holidays (`YYYY-MM-DD`): schedule steps take their `holiday` branch.
+    #[serde(default)]
+    pub holidays: Vec<String>,
     /// Record every call of this tenant's queues (anchors their media).
     #[serde(default)]
     pub record: bool,
@@ -227,6 +234,15 @@ impl TenantConfig {
         self.realm.as_deref().unwrap_or(&self.domain)
     }
 
+    /// The tenant's time zone and holidays (errors placed under `tenants[i]`).
+    pub fn calendar(&self, i: usize) -> Result<flow::Calendar, Vec<(String, String)>> {
+        flow::Calendar::parse(
+            &format!("tenants[{i}]"),
+            self.time_zone.as_deref(),
+            &self.holidays,
+        )
+    }
+
     /// The tenant's flows compiled (`prompts`: the prompt ids that exist, None: not
     /// checked); errors with their place (`tenants[i].flows[j]...`).
     pub fn compile_flows(
@@ -236,8 +252,16 @@ impl TenantConfig {
         err: &mut impl FnMut(String, String),
     ) -> Vec<flow::Flow> {
         let queues = self.queues.iter().map(|q| q.id.clone()).collect();
+        let calendar = match self.calendar(i) {
+            Ok(c) => c,
+            Err(es) => {
+                es.into_iter().for_each(|(p, m)| err(p, m));
+                return Vec::new();
+            }
+        };
         let scope = flow::FlowScope {
             queues: &queues,
+            calendar: &calendar,
             prompts,
         };
         let mut ids = std::collections::HashSet::new();

@@ -682,8 +682,10 @@ impl NumberRoute {
             CcTarget::Flow(f) => {
                 let config = tenant.flows.iter().find(|c| &c.id == f)?;
                 let queues = tenant.queues.iter().map(|q| q.id.clone()).collect();
+                let calendar = tenant.calendar(0).ok()?;
                 let scope = crate::config::flow::FlowScope {
                     queues: &queues,
+                    calendar: &calendar,
                     prompts: None,
                 };
                 Some(Arc::new(

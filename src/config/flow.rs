@@ -18,7 +18,9 @@
 //! ```
 //!
 //! Steps (`type`): `play` (`prompt`, then `next`), `menu` (above), `collect` (`var`,
-//! `max_digits` and/or `terminator`, `timeout_secs`, optional `prompt`, then `next`), `set`
+//! `max_digits` and/or `terminator`, `timeout_secs`, optional `prompt`, then `next`),
+//! `schedule` (`hours` like `"mon-fri 09:00-18:00"` in the tenant's `time_zone`, the
+//! tenant's `holidays`; branches `open`, `closed`, `holiday` (default: closed)), `set`
 //! (`priority`, `skills` = { name = level }, `vars`, then `next`), `queue` / `user` / `number` (`target`: a queue id, a
 //! user name, a tenant number: the flow ends there) and `hangup`. `next` defaults to the
 //! step that follows in the list. Validation refuses unknown types and fields, steps no
@@ -92,14 +94,172 @@ pub struct StepConfig {
     /// queue, user, number: where the flow ends.
     #[serde(default)]
     pub target: Option<String>,
+    /// schedule: opening hours, `"mon-fri 09:00-18:00"`, `"sat 10:00-14:00"` (the tenant's
+    /// time zone; a range ends the same day, `24:00` at the latest).
+    #[serde(default)]
+    pub hours: Vec<String>,
+    /// schedule: where the call goes in opening hours, outside them, and on one of the
+    /// tenant's holidays (default: `closed`).
+    #[serde(default)]
+    pub open: Option<String>,
+    #[serde(default)]
+    pub closed: Option<String>,
+    #[serde(default)]
+    pub holiday: Option<String>,
 }
 
 /// A compiled flow: steps by index, every reference resolved.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Flow {
     pub id: String,
     pub start: usize,
     pub steps: Vec<Step>,
+    /// The tenant's time zone and holidays (schedule steps).
+    pub calendar: Calendar,
+}
+
+/// A tenant's time zone and holiday dates.
+#[derive(Clone, Debug)]
+pub struct Calendar {
+    pub tz: jiff::tz::TimeZone,
+    pub holidays: Vec<jiff::civil::Date>,
+}
+
+impl Default for Calendar {
+    fn default() -> Calendar {
+        Calendar {
+            tz: jiff::tz::TimeZone::UTC,
+            holidays: Vec::new(),
+        }
+    }
+}
+
+impl Calendar {
+    /// The tenant's `time_zone` (IANA name, default UTC) and `holidays` (`YYYY-MM-DD`), or
+    /// the errors with their place under `place` (`tenants[0]`).
+    pub fn parse(
+        place: &str,
+        time_zone: Option<&str>,
+        holidays: &[String],
+    ) -> Result<Calendar, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        let tz = match time_zone {
+            None => jiff::tz::TimeZone::UTC,
+            Some(name) => jiff::tz::TimeZone::get(name).unwrap_or_else(|e| {
+                errors.push((
+                    format!("{place}.time_zone"),
+                    format!("{name:?}: an IANA time zone like \"Asia/Shanghai\" ({e})"),
+                ));
+                jiff::tz::TimeZone::UTC
+            }),
+        };
+        let mut dates = Vec::new();
+        for (k, h) in holidays.iter().enumerate() {
+            match h.parse::<jiff::civil::Date>() {
+                Ok(d) => dates.push(d),
+                Err(_) => errors.push((
+                    format!("{place}.holidays[{k}]"),
+                    format!("{h:?}: a date YYYY-MM-DD"),
+                )),
+            }
+        }
+        if errors.is_empty() {
+            Ok(Calendar {
+                tz,
+                holidays: dates,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Where a schedule with `hours` stands at `wall_ms` (Unix milliseconds).
+    pub fn status(&self, hours: &[Hours], wall_ms: i64) -> ScheduleStatus {
+        let Ok(ts) = jiff::Timestamp::from_millisecond(wall_ms) else {
+            return ScheduleStatus::Closed;
+        };
+        let local = self.tz.to_datetime(ts);
+        if self.holidays.contains(&local.date()) {
+            return ScheduleStatus::Holiday;
+        }
+        let day = local.weekday().to_monday_zero_offset() as u8;
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        let open = hours
+            .iter()
+            .any(|h| h.days & (1 << day) != 0 && h.from <= minute && minute < h.to);
+        if open {
+            ScheduleStatus::Open
+        } else {
+            ScheduleStatus::Closed
+        }
+    }
+}
+
+/// What a schedule step found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleStatus {
+    Open,
+    Closed,
+    Holiday,
+}
+
+impl ScheduleStatus {
+    pub fn label(self) -> &'static str {
+        match self {
+            ScheduleStatus::Open => "open",
+            ScheduleStatus::Closed => "closed",
+            ScheduleStatus::Holiday => "holiday",
+        }
+    }
+}
+
+/// One opening-hours line: days of the week (bit 0 Monday .. bit 6 Sunday) and minutes of
+/// the day `[from, to)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hours {
+    pub days: u8,
+    pub from: u16,
+    pub to: u16,
+}
+
+impl Hours {
+    /// `"mon-fri 09:00-18:00"`, `"sat,sun 10:00-14:00"`, `"wed 08:30-12:00"`.
+    pub fn parse(s: &str) -> Result<Hours, String> {
+        const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        let bad = || format!("{s:?}: like \"mon-fri 09:00-18:00\"");
+        let (days, times) = s.trim().split_once(' ').ok_or_else(bad)?;
+        let day = |d: &str| DAYS.iter().position(|x| x.eq_ignore_ascii_case(d.trim()));
+        let mut mask = 0u8;
+        for part in days.split(',') {
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let (a, b) = (day(a).ok_or_else(bad)?, day(b).ok_or_else(bad)?);
+                    if a > b {
+                        return Err(bad());
+                    }
+                    for d in a..=b {
+                        mask |= 1 << d;
+                    }
+                }
+                None => mask |= 1 << day(part).ok_or_else(bad)?,
+            }
+        }
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+        };
+        let (from, to) = times.trim().split_once('-').ok_or_else(bad)?;
+        let (from, to) = (minute(from).ok_or_else(bad)?, minute(to).ok_or_else(bad)?);
+        if from >= to {
+            return Err(format!("{s:?}: a range ends after it starts, the same day"));
+        }
+        Ok(Hours {
+            days: mask,
+            from,
+            to,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -139,6 +299,12 @@ pub enum Action {
         skills: Vec<crate::routing::acd::Requirement>,
         next: usize,
     },
+    Schedule {
+        hours: Vec<Hours>,
+        open: usize,
+        closed: usize,
+        holiday: usize,
+    },
     Queue(String),
     User(String),
     Number(String),
@@ -153,6 +319,7 @@ impl Action {
             Action::Menu { .. } => "menu",
             Action::Collect { .. } => "collect",
             Action::Set { .. } => "set",
+            Action::Schedule { .. } => "schedule",
             Action::Queue(_) => "queue",
             Action::User(_) => "user",
             Action::Number(_) => "number",
@@ -176,6 +343,12 @@ impl Action {
                 .map(|c| c.1)
                 .chain(fail.iter().copied())
                 .collect(),
+            Action::Schedule {
+                open,
+                closed,
+                holiday,
+                ..
+            } => vec![*open, *closed, *holiday],
             Action::Queue(_) | Action::User(_) | Action::Number(_) | Action::Hangup => Vec::new(),
         }
     }
@@ -190,6 +363,8 @@ impl Flow {
 /// What a tenant offers a flow to refer to.
 pub struct FlowScope<'a> {
     pub queues: &'a BTreeSet<String>,
+    /// The tenant's time zone and holidays.
+    pub calendar: &'a Calendar,
     /// Prompt ids that exist (`None`: not checked).
     pub prompts: Option<&'a BTreeSet<String>>,
 }
@@ -427,11 +602,46 @@ pub fn compile(
             }
             "user" => Action::User(target(&mut err)),
             "number" => Action::Number(target(&mut err)),
+            "schedule" => {
+                let mut hours = Vec::new();
+                for (k, h) in s.hours.iter().enumerate() {
+                    match Hours::parse(h) {
+                        Ok(h) => hours.push(h),
+                        Err(e) => err(format!("{at}.hours[{k}]"), e),
+                    }
+                }
+                if s.hours.is_empty() {
+                    err(format!("{at}.hours"), "opening hours are needed".into());
+                }
+                let branch = |field: &str,
+                              v: &Option<String>,
+                              err: &mut dyn FnMut(String, String)| {
+                    match v {
+                        Some(n) => refer(field, n, err),
+                        None => {
+                            err(format!("{at}.{field}"), "a step is needed".into());
+                            0
+                        }
+                    }
+                };
+                let open = branch("open", &s.open, &mut err);
+                let closed = branch("closed", &s.closed, &mut err);
+                let holiday = match &s.holiday {
+                    Some(n) => refer("holiday", n, &mut err),
+                    None => closed,
+                };
+                Action::Schedule {
+                    hours,
+                    open,
+                    closed,
+                    holiday,
+                }
+            }
             "hangup" => Action::Hangup,
             other => {
                 err(
                     format!("{at}.type"),
-                    format!("{other:?}: play, menu, collect, set, queue, user, number or hangup"),
+                    format!("{other:?}: play, menu, collect, set, schedule, queue, user, number or hangup"),
                 );
                 Action::Hangup
             }
@@ -476,6 +686,7 @@ pub fn compile(
             id: f.id.clone(),
             start,
             steps,
+            calendar: scope.calendar.clone(),
         })
     } else {
         Err(errors)
@@ -537,6 +748,7 @@ mod tests {
             f,
             &FlowScope {
                 queues: &queues,
+                calendar: &Calendar::default(),
                 prompts: Some(&prompts),
             },
         )
@@ -678,6 +890,114 @@ target = "sales"
 "#,
         ))
         .expect("a loop through a menu is fine");
+    }
+
+    fn at(rfc3339: &str) -> i64 {
+        rfc3339
+            .parse::<jiff::Timestamp>()
+            .expect("a timestamp")
+            .as_millisecond()
+    }
+
+    #[test]
+    fn opening_hours_parse_and_refuse_what_they_cannot_mean() {
+        assert_eq!(
+            Hours::parse("mon-fri 09:00-18:00"),
+            Ok(Hours {
+                days: 0b0011111,
+                from: 540,
+                to: 1080
+            })
+        );
+        assert_eq!(Hours::parse("sat,SUN 10:00-24:00").unwrap().days, 0b1100000);
+        for bad in [
+            "mon-fri",
+            "fri-mon 09:00-10:00",
+            "mon 18:00-09:00",
+            "mon 09:60-10:00",
+            "xyz 09:00-10:00",
+        ] {
+            assert!(Hours::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn schedules_read_the_tenants_clock_across_time_zones_and_holidays() {
+        let hours = [Hours::parse("mon-fri 09:00-18:00").unwrap()];
+        let cal = |tz: &str, holidays: &[&str]| {
+            let h: Vec<String> = holidays.iter().map(|s| s.to_string()).collect();
+            Calendar::parse("t", Some(tz), &h).expect("a calendar")
+        };
+        // Monday 2026-12-07 02:00 UTC: 10:00 on Monday in Shanghai, 21:00 on Sunday in
+        // New York, 02:00 on Monday in UTC.
+        let t = at("2026-12-07T02:00:00Z");
+        assert_eq!(
+            cal("Asia/Shanghai", &[]).status(&hours, t),
+            ScheduleStatus::Open
+        );
+        assert_eq!(
+            cal("America/New_York", &[]).status(&hours, t),
+            ScheduleStatus::Closed
+        );
+        assert_eq!(cal("UTC", &[]).status(&hours, t), ScheduleStatus::Closed);
+        // A holiday is a local date: the 7th in Shanghai, still the 6th in New York.
+        let holiday = ["2026-12-07"];
+        assert_eq!(
+            cal("Asia/Shanghai", &holiday).status(&hours, t),
+            ScheduleStatus::Holiday
+        );
+        assert_eq!(
+            cal("America/New_York", &holiday).status(&hours, t),
+            ScheduleStatus::Closed
+        );
+        // Daylight saving: Monday 2026-03-09 13:30 UTC is 09:30 EDT (open); the same time
+        // of day a week earlier is 08:30 EST (closed).
+        let ny = cal("America/New_York", &[]);
+        assert_eq!(
+            ny.status(&hours, at("2026-03-09T13:30:00Z")),
+            ScheduleStatus::Open
+        );
+        assert_eq!(
+            ny.status(&hours, at("2026-03-02T13:30:00Z")),
+            ScheduleStatus::Closed
+        );
+        // The end of a range is outside it.
+        assert_eq!(
+            cal("UTC", &[]).status(&hours, at("2026-12-07T18:00:00Z")),
+            ScheduleStatus::Closed
+        );
+        assert_eq!(
+            cal("UTC", &[]).status(&hours, at("2026-12-07T17:59:00Z")),
+            ScheduleStatus::Open
+        );
+    }
+
+    #[test]
+    fn bad_time_zones_holidays_and_schedule_steps_are_refused_with_their_place() {
+        let e = Calendar::parse("tenants[0]", Some("Mars/Olympus"), &["2026-13-01".into()])
+            .unwrap_err();
+        let places: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(places, ["tenants[0].time_zone", "tenants[0].holidays[0]"]);
+        let e = errors_of(
+            r#"
+id = "x"
+[[steps]]
+id = "hours"
+type = "schedule"
+hours = ["mon-fri 9-18"]
+open = "q"
+[[steps]]
+id = "q"
+type = "queue"
+target = "sales"
+"#,
+        );
+        let places: Vec<&str> = e.iter().map(|x| x.0.as_str()).collect();
+        assert_eq!(
+            places,
+            ["flows[0].steps[0].hours[0]", "flows[0].steps[0].closed"],
+            "{e:?}"
+        );
     }
 
     #[test]

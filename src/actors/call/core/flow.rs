@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::config::flow::{Action, Flow};
+use crate::config::flow::{Action, Flow, ScheduleStatus};
 
 /// Counter, label `result` (`answered`, `refused`): calls that entered a flow.
 pub const FLOW_CALLS: &str = "switchyard_flow_calls_total";
@@ -22,6 +22,8 @@ pub const FLOW_CALLS: &str = "switchyard_flow_calls_total";
 pub const FLOW_STEPS: &str = "switchyard_flow_steps_total";
 /// Counter, label `input` (`choice`, `invalid`, `timeout`): what callers did at menus.
 pub const FLOW_MENU_INPUTS: &str = "switchyard_flow_menu_inputs_total";
+/// Counter, label `status` (`open`, `closed`, `holiday`): what schedule steps found.
+pub const FLOW_SCHEDULES: &str = "switchyard_flow_schedules_total";
 /// Counter, label `outcome` (`queue`, `user`, `hangup`, `unreachable`): how flows
 /// ended (a caller hanging up mid-flow is in the CDR).
 pub const FLOW_OUTCOMES: &str = "switchyard_flow_outcomes_total";
@@ -40,6 +42,10 @@ pub fn describe() {
     describe_counter!(
         FLOW_MENU_INPUTS,
         "Caller inputs at flow menus: a valid choice, an invalid digit, a timeout"
+    );
+    describe_counter!(
+        FLOW_SCHEDULES,
+        "Flow schedule steps by what they found: open, closed, holiday"
     );
     describe_counter!(
         FLOW_OUTCOMES,
@@ -303,6 +309,21 @@ impl CallCore {
                         run.vars.insert(k, v);
                     }
                     step = next;
+                }
+                Action::Schedule {
+                    hours,
+                    open,
+                    closed,
+                    holiday,
+                } => {
+                    let now = self.wall_ms;
+                    let status = self.run().flow.calendar.status(&hours, now);
+                    metrics::counter!(FLOW_SCHEDULES, "status" => status.label()).increment(1);
+                    step = match status {
+                        ScheduleStatus::Open => open,
+                        ScheduleStatus::Closed => closed,
+                        ScheduleStatus::Holiday => holiday,
+                    };
                 }
                 Action::Queue(queue) => return self.flow_to_queue(Arc::from(queue.as_str())),
                 Action::User(user) => return self.flow_to_user(&user, format!("user:{user}")),

@@ -2641,13 +2641,18 @@ type = "hangup"
 "##;
 
 fn flow_route() -> Route {
-    let config: crate::config::flow::FlowConfig = toml::from_str(FLOW).expect("flow parses");
+    flow_route_with(FLOW, crate::config::flow::Calendar::default())
+}
+
+fn flow_route_with(text: &str, calendar: crate::config::flow::Calendar) -> Route {
+    let config: crate::config::flow::FlowConfig = toml::from_str(text).expect("flow parses");
     let queues = ["sales".to_string()].into();
     let flow = crate::config::flow::compile(
         "flow",
         &config,
         &crate::config::flow::FlowScope {
             queues: &queues,
+            calendar: &calendar,
             prompts: None,
         },
     )
@@ -2861,4 +2866,65 @@ fn the_caller_hanging_up_in_a_menu_ends_the_call_and_its_timer_does_nothing() {
     let before = prompts_played(&c).len();
     c.advance(Duration::from_secs(30));
     assert_eq!(prompts_played(&c).len(), before);
+}
+
+const SCHEDULED: &str = r#"
+id = "hours"
+[[steps]]
+id = "hours"
+type = "schedule"
+hours = ["mon-fri 09:00-18:00"]
+open = "sales"
+closed = "closed"
+holiday = "bye"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "sales"
+[[steps]]
+id = "closed"
+type = "play"
+prompt = "bye"
+next = "end"
+[[steps]]
+id = "bye"
+type = "hangup"
+[[steps]]
+id = "end"
+type = "hangup"
+"#;
+
+/// A call to the scheduled flow with the tenant's calendar, at the test clock (Tuesday
+/// 2023-11-14 22:13:20 UTC).
+fn scheduled_call(cid: &str, tz: &str, holidays: &[&str]) -> Call {
+    let holidays: Vec<String> = holidays.iter().map(|s| s.to_string()).collect();
+    let calendar = crate::config::flow::Calendar::parse("t", Some(tz), &holidays).unwrap();
+    let mut c = Call::with(cfg(), flow_env());
+    c.begin_as(
+        &invite(cid, "8001", SDP_A),
+        flow_route_with(SCHEDULED, calendar),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    c.status(A, 200, Method::Invite);
+    c
+}
+
+#[test]
+fn a_schedule_step_branches_on_the_tenants_local_time_and_holidays() {
+    // 22:13 on Tuesday in UTC: closed, the closed message plays.
+    let c = scheduled_call("sched-1", "UTC", &[]);
+    assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]]);
+    assert!(joined_queue(&c).is_none());
+    // 09:13 on Wednesday in Sydney (UTC+11 in November): open, the queue.
+    let c = scheduled_call("sched-2", "Australia/Sydney", &[]);
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+    // The same, but the 15th is a holiday in Sydney: hung up.
+    let mut c = scheduled_call("sched-3", "Australia/Sydney", &["2023-11-15"]);
+    assert!(joined_queue(&c).is_none());
+    c.request(A, Method::Bye);
+    assert!(c.ended);
 }
