@@ -214,6 +214,12 @@ pub struct TenantConfig {
     /// The tenant's holidays (`YYYY-MM-DD`): schedule steps take their `holiday` branch.
     #[serde(default)]
     pub holidays: Vec<String>,
+    /// Where its flows' webhook steps POST (http:// or https://) and the HMAC-SHA256 key
+    /// they sign with (at least 16 characters).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
     /// Record every call of this tenant's queues (anchors their media).
     #[serde(default)]
     pub record: bool,
@@ -243,6 +249,15 @@ impl TenantConfig {
         )
     }
 
+    /// The tenant's webhook (errors placed under `tenants[i]`).
+    pub fn webhook(&self, i: usize) -> Result<Option<flow::WebhookTarget>, Vec<(String, String)>> {
+        flow::WebhookTarget::parse(
+            &format!("tenants[{i}]"),
+            self.webhook_url.as_deref(),
+            self.webhook_secret.as_deref(),
+        )
+    }
+
     /// The tenant's flows compiled (`prompts`: the prompt ids that exist, None: not
     /// checked); errors with their place (`tenants[i].flows[j]...`).
     pub fn compile_flows(
@@ -259,9 +274,17 @@ impl TenantConfig {
                 return Vec::new();
             }
         };
+        let webhook = match self.webhook(i) {
+            Ok(w) => w.map(std::sync::Arc::new),
+            Err(es) => {
+                es.into_iter().for_each(|(p, m)| err(p, m));
+                return Vec::new();
+            }
+        };
         let scope = flow::FlowScope {
             queues: &queues,
             calendar: &calendar,
+            webhook: webhook.as_ref(),
             prompts,
         };
         let mut ids = std::collections::HashSet::new();
@@ -1246,9 +1269,8 @@ impl Config {
         });
         for (i, t) in self.tenants.iter().enumerate() {
             validate_contact_centre(i, t, &mut numbers, &mut err);
-            if let Some(prompts) = &prompts {
-                t.compile_flows(i, Some(prompts), &mut err);
-            }
+            // Also without flows: the tenant's time zone, holidays and webhook are checked.
+            t.compile_flows(i, prompts.as_ref(), &mut err);
         }
         self.security.validate(&mut err);
         self.validate_edge(&mut err);

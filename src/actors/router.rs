@@ -683,9 +683,11 @@ impl NumberRoute {
                 let config = tenant.flows.iter().find(|c| &c.id == f)?;
                 let queues = tenant.queues.iter().map(|q| q.id.clone()).collect();
                 let calendar = tenant.calendar(0).ok()?;
+                let webhook = tenant.webhook(0).ok()?.map(Arc::new);
                 let scope = crate::config::flow::FlowScope {
                     queues: &queues,
                     calendar: &calendar,
+                    webhook: webhook.as_ref(),
                     prompts: None,
                 };
                 Some(Arc::new(

@@ -681,6 +681,7 @@ impl WireCallMsg {
             | CallMsg::HandOver(..)
             | CallMsg::Adopt(_)
             | CallMsg::AgentReserved { .. }
+            | CallMsg::WebhookAnswered { .. }
             | CallMsg::Replacing { .. }
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)

@@ -19,6 +19,9 @@
 //!
 //! Steps (`type`): `play` (`prompt`, then `next`), `menu` (above), `collect` (`var`,
 //! `max_digits` and/or `terminator`, `timeout_secs`, optional `prompt`, then `next`),
+//! `webhook` (POSTs the call's variables to the tenant's `webhook_url`, signed with
+//! `webhook_secret`; `timeout_ms` and `fallback` required; the answer `{"next": "<step>"}`
+//! names the next step, see `src/actors/call/core/flow.rs`),
 //! `schedule` (`hours` like `"mon-fri 09:00-18:00"` in the tenant's `time_zone`, the
 //! tenant's `holidays`; branches `open`, `closed`, `holiday` (default: closed)), `set`
 //! (`priority`, `skills` = { name = level }, `vars`, then `next`), `queue` / `user` / `number` (`target`: a queue id, a
@@ -106,6 +109,69 @@ pub struct StepConfig {
     pub closed: Option<String>,
     #[serde(default)]
     pub holiday: Option<String>,
+    /// webhook: how long the tenant's server has to answer (100 to 10000 ms), and the step
+    /// a late, failed or bad answer leads to.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub fallback: Option<String>,
+}
+
+/// Where a tenant's webhook steps POST, and the key they sign with.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub url: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    // Never the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The shortest webhook secret accepted (HMAC-SHA256 key).
+pub const MIN_WEBHOOK_SECRET: usize = 16;
+
+impl WebhookTarget {
+    /// A tenant's `webhook_url` and `webhook_secret` (both or neither), or the errors with
+    /// their place under `place` (`tenants[0]`).
+    pub fn parse(
+        place: &str,
+        url: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<Option<WebhookTarget>, Vec<(String, String)>> {
+        let mut errors = Vec::new();
+        match (url, secret) {
+            (None, None) => return Ok(None),
+            (Some(u), _) if !(u.starts_with("http://") || u.starts_with("https://")) || u.len() > 2048 => {
+                errors.push((
+                    format!("{place}.webhook_url"),
+                    format!("{u:?}: an http:// or https:// URL"),
+                ))
+            }
+            (Some(_), Some(s)) if s.len() >= MIN_WEBHOOK_SECRET => {}
+            (Some(_), _) => errors.push((
+                format!("{place}.webhook_secret"),
+                format!("at least {MIN_WEBHOOK_SECRET} characters (the HMAC-SHA256 key webhooks are signed with)"),
+            )),
+            (None, Some(_)) => errors.push((
+                format!("{place}.webhook_url"),
+                "a webhook_secret needs its webhook_url".into(),
+            )),
+        }
+        if errors.is_empty() {
+            Ok(Some(WebhookTarget {
+                url: url.unwrap_or_default().to_string(),
+                secret: secret.unwrap_or_default().to_string(),
+            }))
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 /// A compiled flow: steps by index, every reference resolved.
@@ -116,6 +182,8 @@ pub struct Flow {
     pub steps: Vec<Step>,
     /// The tenant's time zone and holidays (schedule steps).
     pub calendar: Calendar,
+    /// The tenant's webhook (webhook steps).
+    pub webhook: Option<std::sync::Arc<WebhookTarget>>,
 }
 
 /// A tenant's time zone and holiday dates.
@@ -305,6 +373,11 @@ pub enum Action {
         closed: usize,
         holiday: usize,
     },
+    /// POST the call's variables to the tenant's webhook; its answer names the next step.
+    Webhook {
+        timeout: Duration,
+        fallback: usize,
+    },
     Queue(String),
     User(String),
     Number(String),
@@ -320,6 +393,7 @@ impl Action {
             Action::Collect { .. } => "collect",
             Action::Set { .. } => "set",
             Action::Schedule { .. } => "schedule",
+            Action::Webhook { .. } => "webhook",
             Action::Queue(_) => "queue",
             Action::User(_) => "user",
             Action::Number(_) => "number",
@@ -349,6 +423,8 @@ impl Action {
                 holiday,
                 ..
             } => vec![*open, *closed, *holiday],
+            // Its answer may name any step (see the reachability check in `compile`).
+            Action::Webhook { fallback, .. } => vec![*fallback],
             Action::Queue(_) | Action::User(_) | Action::Number(_) | Action::Hangup => Vec::new(),
         }
     }
@@ -358,6 +434,11 @@ impl Flow {
     pub fn step(&self, i: usize) -> Option<&Step> {
         self.steps.get(i)
     }
+
+    /// The index of step `id`.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.steps.iter().position(|s| s.id == id)
+    }
 }
 
 /// What a tenant offers a flow to refer to.
@@ -365,6 +446,8 @@ pub struct FlowScope<'a> {
     pub queues: &'a BTreeSet<String>,
     /// The tenant's time zone and holidays.
     pub calendar: &'a Calendar,
+    /// The tenant's webhook, if it has one.
+    pub webhook: Option<&'a std::sync::Arc<WebhookTarget>>,
     /// Prompt ids that exist (`None`: not checked).
     pub prompts: Option<&'a BTreeSet<String>>,
 }
@@ -637,11 +720,37 @@ pub fn compile(
                     holiday,
                 }
             }
+            "webhook" => {
+                if scope.webhook.is_none() {
+                    err(
+                        format!("{at}.type"),
+                        "a webhook step needs the tenant's webhook_url and webhook_secret".into(),
+                    );
+                }
+                let timeout = s.timeout_ms.unwrap_or(0);
+                if !(100..=10_000).contains(&timeout) {
+                    err(format!("{at}.timeout_ms"), "100 to 10000 (required)".into());
+                }
+                let fallback = match &s.fallback {
+                    Some(n) => refer("fallback", n, &mut err),
+                    None => {
+                        err(
+                            format!("{at}.fallback"),
+                            "a fallback step is required".into(),
+                        );
+                        0
+                    }
+                };
+                Action::Webhook {
+                    timeout: Duration::from_millis(timeout),
+                    fallback,
+                }
+            }
             "hangup" => Action::Hangup,
             other => {
                 err(
                     format!("{at}.type"),
-                    format!("{other:?}: play, menu, collect, set, schedule, queue, user, number or hangup"),
+                    format!("{other:?}: play, menu, collect, set, schedule, webhook, queue, user, number or hangup"),
                 );
                 Action::Hangup
             }
@@ -660,6 +769,10 @@ pub fn compile(
     while let Some(i) = todo.pop() {
         if std::mem::replace(&mut seen[i], true) {
             continue;
+        }
+        if matches!(steps[i].action, Action::Webhook { .. }) {
+            // A webhook's answer may name any step.
+            todo.extend(0..steps.len());
         }
         todo.extend(steps[i].action.successors());
     }
@@ -687,6 +800,7 @@ pub fn compile(
             start,
             steps,
             calendar: scope.calendar.clone(),
+            webhook: scope.webhook.cloned(),
         })
     } else {
         Err(errors)
@@ -749,6 +863,7 @@ mod tests {
             &FlowScope {
                 queues: &queues,
                 calendar: &Calendar::default(),
+                webhook: None,
                 prompts: Some(&prompts),
             },
         )

@@ -83,6 +83,32 @@ pub enum Effect {
     AskHandOver(super::Replaces),
     /// The call's mix (a three-way, a monitor; named by the A-leg Call-ID).
     Mix(MixOp),
+    /// POST a call flow's webhook; the answer comes back as
+    /// [`super::Event::WebhookAnswered`] with `seq`.
+    Webhook(Box<WebhookRequest>),
+}
+
+/// A call flow's webhook request.
+#[derive(Debug)]
+pub struct WebhookRequest {
+    pub target: Arc<crate::config::flow::WebhookTarget>,
+    /// The JSON body (signed as it is).
+    pub body: String,
+    pub timeout: Duration,
+    pub seq: u32,
+}
+
+/// How a webhook request went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// An HTTP answer: its status and body.
+    Answer { status: u16, body: Bytes },
+    /// No answer within the step's timeout.
+    Timeout,
+    /// Too many webhooks in flight on this node: not sent.
+    Busy,
+    /// Not sent or no answer (connection refused, DNS, TLS, a body too large).
+    Failed(String),
 }
 
 /// One leg in a call's mix: a relay session (by its key: the call's A-leg Call-ID, or

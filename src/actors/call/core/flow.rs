@@ -24,6 +24,36 @@ pub const FLOW_STEPS: &str = "switchyard_flow_steps_total";
 pub const FLOW_MENU_INPUTS: &str = "switchyard_flow_menu_inputs_total";
 /// Counter, label `status` (`open`, `closed`, `holiday`): what schedule steps found.
 pub const FLOW_SCHEDULES: &str = "switchyard_flow_schedules_total";
+/// Counter, label `result` (`ok`, `timeout`, `status`, `bad_answer`, `unknown_step`,
+/// `failed`, `busy`, `late`): webhook steps' answers; all but `ok` (and `late`, which came
+/// after the step had moved on) took the fallback step.
+pub const FLOW_WEBHOOKS: &str = "switchyard_flow_webhooks_total";
+/// Histogram (seconds): webhook round trips, answered or not (recorded by the call actor).
+pub const FLOW_WEBHOOK_SECONDS: &str = "switchyard_flow_webhook_seconds";
+/// The largest webhook answer read (bytes); a longer one is a bad answer.
+pub const WEBHOOK_MAX_ANSWER: u64 = 64 * 1024;
+/// Header names of a webhook request: when it was signed (Unix seconds) and the signature.
+pub const WEBHOOK_TIMESTAMP_HEADER: &str = "X-Switchyard-Timestamp";
+pub const WEBHOOK_SIGNATURE_HEADER: &str = "X-Switchyard-Signature";
+
+/// The signature header's value for `body` signed at `timestamp` (Unix seconds):
+/// `sha256=` and the hex HMAC-SHA256 of `"{timestamp}.{body}"` under the tenant's secret.
+/// The receiver recomputes it and refuses old timestamps (replays).
+pub fn webhook_signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    let mut hex = String::with_capacity(7 + 64);
+    hex.push_str("sha256=");
+    for b in tag {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
 /// Counter, label `outcome` (`queue`, `user`, `hangup`, `unreachable`): how flows
 /// ended (a caller hanging up mid-flow is in the CDR).
 pub const FLOW_OUTCOMES: &str = "switchyard_flow_outcomes_total";
@@ -48,6 +78,15 @@ pub fn describe() {
         "Flow schedule steps by what they found: open, closed, holiday"
     );
     describe_counter!(
+        FLOW_WEBHOOKS,
+        "Flow webhook answers by result (all but ok and late took the fallback step)"
+    );
+    metrics::describe_histogram!(
+        FLOW_WEBHOOK_SECONDS,
+        metrics::Unit::Seconds,
+        "Flow webhook round trips, answered or not"
+    );
+    describe_counter!(
         FLOW_OUTCOMES,
         "How call flows ended: queue, user, number, hangup, unreachable (target missing)"
     );
@@ -70,6 +109,19 @@ pub(super) struct FlowRun {
     skills: Vec<crate::routing::acd::Requirement>,
     /// The current step's prompt is still playing (a digit stops it).
     playing: bool,
+    /// The webhook request the current step waits for (answers to older ones are late).
+    webhook_seq: u32,
+}
+
+/// What a webhook may answer: the next step, and variables and a priority to set first.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookAnswer {
+    next: String,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default)]
+    priority: Option<u32>,
 }
 
 impl CallCore {
@@ -94,6 +146,7 @@ impl CallCore {
             priority,
             skills: Vec::new(),
             playing: false,
+            webhook_seq: 0,
         }));
         let Some(ok) = self.answer_first() else {
             self.core().flow = None;
@@ -187,8 +240,100 @@ impl CallCore {
                 self.menu_retry(true);
             }
             Action::Collect { var, next, .. } => self.collected(&var, next),
+            Action::Webhook { fallback, .. } => {
+                metrics::counter!(FLOW_WEBHOOKS, "result" => "timeout").increment(1);
+                tracing::info!(flow = %step.id, "flow webhook timed out: fallback");
+                self.enter_step(fallback);
+            }
             _ => {}
         }
+    }
+
+    /// The answer to the current step's webhook: the step it names, or the fallback.
+    pub(super) fn webhook_answered(&mut self, seq: u32, result: WebhookResult) {
+        let late = || metrics::counter!(FLOW_WEBHOOKS, "result" => "late").increment(1);
+        if !self.in_flow() || self.core.as_ref().is_some_and(|c| c.ended) {
+            return late();
+        }
+        let run = self.run();
+        let Some(Action::Webhook { fallback, .. }) =
+            run.flow.step(run.step).map(|s| s.action.clone())
+        else {
+            return late();
+        };
+        if seq != run.webhook_seq {
+            return late();
+        }
+        let flow = run.flow.clone();
+        let outcome = match result {
+            WebhookResult::Answer { status, body } if (200..300).contains(&status) => {
+                match serde_json::from_slice::<WebhookAnswer>(&body) {
+                    Ok(a) => match flow.index_of(&a.next) {
+                        Some(next) => Ok((next, a)),
+                        None => Err("unknown_step"),
+                    },
+                    Err(_) => Err("bad_answer"),
+                }
+            }
+            WebhookResult::Answer { .. } => Err("status"),
+            WebhookResult::Timeout => Err("timeout"),
+            WebhookResult::Busy => Err("busy"),
+            WebhookResult::Failed(_) => Err("failed"),
+        };
+        if let Some(id) = self.flow_timer.take() {
+            self.cancel_timer(id);
+        }
+        match outcome {
+            Ok((next, answer)) => {
+                metrics::counter!(FLOW_WEBHOOKS, "result" => "ok").increment(1);
+                let run = self.run();
+                if let Some(p) = answer.priority {
+                    run.priority = p;
+                }
+                // Bounded like the call's own variables.
+                for (k, v) in answer.vars.into_iter().take(32) {
+                    if run.vars.len() < 64 && k.len() <= 64 && v.len() <= 256 {
+                        run.vars.insert(k, v);
+                    }
+                }
+                self.enter_step(next);
+            }
+            Err(reason) => {
+                metrics::counter!(FLOW_WEBHOOKS, "result" => reason).increment(1);
+                tracing::info!(flow = %flow.id, reason, "flow webhook failed: fallback");
+                self.enter_step(fallback);
+            }
+        }
+    }
+
+    /// The JSON a webhook step POSTs: the call, where it is in the flow, and its variables.
+    fn webhook_body(&mut self) -> String {
+        let core = self.core();
+        let call_id = String::from_utf8_lossy(&core.a_call_id).into_owned();
+        let (caller, called, digits) = (
+            core.cdr.caller.clone(),
+            core.cdr.callee.clone(),
+            core.cdr.dtmf.clone(),
+        );
+        let tenant = core.tenant.as_deref().unwrap_or_default().to_string();
+        let run = self.run();
+        let step = run
+            .flow
+            .step(run.step)
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        serde_json::json!({
+            "tenant": tenant,
+            "flow": run.flow.id,
+            "step": step,
+            "call_id": call_id,
+            "caller": caller,
+            "called": called,
+            "digits": digits,
+            "priority": run.priority,
+            "vars": run.vars,
+        })
+        .to_string()
     }
 
     /// A collect step is over: its digits go into its variable.
@@ -324,6 +469,24 @@ impl CallCore {
                         ScheduleStatus::Closed => closed,
                         ScheduleStatus::Holiday => holiday,
                     };
+                }
+                Action::Webhook { timeout, fallback } => {
+                    let Some(target) = self.run().flow.webhook.clone() else {
+                        // Validation refuses this; a flow changed under the call goes on.
+                        step = fallback;
+                        continue;
+                    };
+                    let body = self.webhook_body();
+                    let run = self.run();
+                    run.webhook_seq = run.webhook_seq.wrapping_add(1);
+                    let seq = run.webhook_seq;
+                    self.out.push(Effect::Webhook(Box::new(WebhookRequest {
+                        target,
+                        body,
+                        timeout,
+                        seq,
+                    })));
+                    return self.flow_wait(timeout);
                 }
                 Action::Queue(queue) => return self.flow_to_queue(Arc::from(queue.as_str())),
                 Action::User(user) => return self.flow_to_user(&user, format!("user:{user}")),

@@ -59,7 +59,7 @@ mod view;
 pub use consult::{consult_key, consult_owner, describe as consult_describe};
 pub use effects::{
     CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, MixLeg, MixOp, TargetError, Tell,
-    TimerFire, TimerKey, TransferTarget,
+    TimerFire, TimerKey, TransferTarget, WebhookRequest, WebhookResult,
 };
 pub use media::{info_digit, RecordingCommand};
 pub use mixing::{describe as mixing_describe, MixKind, MonitorMode, Party};
@@ -162,6 +162,8 @@ pub enum Event {
         invite: Box<Inbound>,
         user: Option<(Arc<str>, Arc<str>)>,
     },
+    /// A call flow's webhook answered (or did not).
+    WebhookAnswered { seq: u32, result: WebhookResult },
 }
 
 /// The clock as the actor read it when the event arrived.
@@ -705,6 +707,7 @@ impl CallCore {
                 phones,
             } => self.agent_reserved(tenant, agent, phones),
             Event::Replacing { invite, user } => self.replacing_invite(*invite, user),
+            Event::WebhookAnswered { seq, result } => self.webhook_answered(seq, result),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);

@@ -261,6 +261,8 @@ struct Call {
     reserves: Vec<(Arc<str>, Arc<str>)>,
     /// The call's mix as it was asked to be, in order.
     mixes: Vec<MixOp>,
+    /// Webhook requests of call flows.
+    webhooks: Vec<WebhookRequest>,
 }
 
 fn cfg() -> CallConfig {
@@ -297,6 +299,7 @@ impl Call {
             consult_media: Vec::new(),
             reserves: Vec::new(),
             mixes: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -389,6 +392,7 @@ impl Call {
             Effect::ConsultMedia(op) => self.consult_media.push(op),
             Effect::ReserveAgent { tenant, agent } => self.reserves.push((tenant, agent)),
             Effect::Mix(op) => self.mixes.push(op),
+            Effect::Webhook(req) => self.webhooks.push(*req),
         }
     }
 
@@ -2645,6 +2649,14 @@ fn flow_route() -> Route {
 }
 
 fn flow_route_with(text: &str, calendar: crate::config::flow::Calendar) -> Route {
+    flow_route_hooked(text, calendar, None)
+}
+
+fn flow_route_hooked(
+    text: &str,
+    calendar: crate::config::flow::Calendar,
+    webhook: Option<Arc<crate::config::flow::WebhookTarget>>,
+) -> Route {
     let config: crate::config::flow::FlowConfig = toml::from_str(text).expect("flow parses");
     let queues = ["sales".to_string()].into();
     let flow = crate::config::flow::compile(
@@ -2653,6 +2665,7 @@ fn flow_route_with(text: &str, calendar: crate::config::flow::Calendar) -> Route
         &crate::config::flow::FlowScope {
             queues: &queues,
             calendar: &calendar,
+            webhook: webhook.as_ref(),
             prompts: None,
         },
     )
@@ -2927,4 +2940,132 @@ fn a_schedule_step_branches_on_the_tenants_local_time_and_holidays() {
     assert!(joined_queue(&c).is_none());
     c.request(A, Method::Bye);
     assert!(c.ended);
+}
+
+const HOOKED: &str = r#"
+id = "hooked"
+[[steps]]
+id = "ask"
+type = "webhook"
+timeout_ms = 2000
+fallback = "closed"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "sales"
+[[steps]]
+id = "closed"
+type = "play"
+prompt = "bye"
+next = "end"
+[[steps]]
+id = "end"
+type = "hangup"
+"#;
+
+fn hooked_call(cid: &str) -> Call {
+    let target = Arc::new(crate::config::flow::WebhookTarget {
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "0123456789abcdef".into(),
+    });
+    let mut c = Call::with(cfg(), flow_env());
+    c.begin_as(
+        &invite(cid, "8002", SDP_A),
+        flow_route_hooked(
+            HOOKED,
+            crate::config::flow::Calendar::default(),
+            Some(target),
+        ),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    c.status(A, 200, Method::Invite);
+    c
+}
+
+fn hook_answer(c: &mut Call, status: u16, body: &str) {
+    let seq = c.webhooks.last().expect("a webhook request").seq;
+    c.feed(Event::WebhookAnswered {
+        seq,
+        result: WebhookResult::Answer {
+            status,
+            body: Bytes::from(body.to_string()),
+        },
+    });
+}
+
+#[test]
+fn a_webhook_posts_the_calls_variables_and_its_answer_names_the_next_step() {
+    let mut c = hooked_call("hook-1");
+    let req = &c.webhooks[0];
+    assert_eq!(req.timeout, Duration::from_millis(2000));
+    let body: serde_json::Value = serde_json::from_str(&req.body).unwrap();
+    assert_eq!(body["call_id"], "hook-1");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["flow"], "hooked");
+    assert_eq!(body["step"], "ask");
+    assert_eq!(body["called"], "8002");
+    hook_answer(
+        &mut c,
+        200,
+        r#"{"next": "sales", "priority": 3, "vars": {"tier": "gold"}}"#,
+    );
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 3, 0)));
+    assert!(prompts_played(&c).is_empty());
+}
+
+#[test]
+fn bad_late_and_failed_webhook_answers_take_the_fallback() {
+    for (cid, status, body) in [
+        ("hook-json", 200, "{not json"),
+        ("hook-500", 500, r#"{"next": "sales"}"#),
+        ("hook-step", 200, r#"{"next": "nowhere"}"#),
+        ("hook-field", 200, r#"{"next": "sales", "run": "rm -rf"}"#),
+    ] {
+        let mut c = hooked_call(cid);
+        hook_answer(&mut c, status, body);
+        assert!(joined_queue(&c).is_none(), "{cid}");
+        assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]], "{cid}");
+    }
+    // No answer in the step's timeout: the fallback; the answer that comes later is ignored.
+    let mut c = hooked_call("hook-slow");
+    c.advance(Duration::from_millis(1999));
+    assert!(prompts_played(&c).is_empty());
+    c.advance(Duration::from_millis(1));
+    assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]]);
+    hook_answer(&mut c, 200, r#"{"next": "sales"}"#);
+    assert!(joined_queue(&c).is_none(), "a late answer changes nothing");
+    // A node with too many webhooks in flight: the fallback at once.
+    let mut c = hooked_call("hook-busy");
+    let seq = c.webhooks[0].seq;
+    c.feed(Event::WebhookAnswered {
+        seq,
+        result: WebhookResult::Busy,
+    });
+    assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]]);
+}
+
+#[test]
+fn the_webhook_signature_is_hmac_sha256_of_timestamp_and_body() {
+    // RFC 4231 test case 2 key and data, with the timestamp prefix the receiver rebuilds.
+    let sig = super::flow::webhook_signature(b"Jefe", 0, b"what do ya want for nothing?");
+    assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
+    assert_ne!(
+        sig,
+        super::flow::webhook_signature(b"Jefe", 1, b"what do ya want for nothing?"),
+        "the timestamp is signed"
+    );
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").unwrap();
+    mac.update(b"0.what do ya want for nothing?");
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(sig, format!("sha256={hex}"));
 }
