@@ -137,6 +137,15 @@ type Agent<'a> = (&'a str, &'a str, &'a [(&'a str, u8)]);
 /// A node whose tenant `cc` has the flow on 8000, the queue `q` (strategy `top-down`: a1 first) and
 /// agents `(id, user, skills)`, available once their phones register.
 async fn node(dir: &std::path::Path, agents: &[Agent<'_>]) -> Node {
+    node_with(dir, agents, |_| {}).await
+}
+
+/// [`node`] with a last touch to the tenant.
+async fn node_with(
+    dir: &std::path::Path,
+    agents: &[Agent<'_>],
+    touch: impl FnOnce(&mut TenantConfig),
+) -> Node {
     let mut c = common::config(dir, &[]);
     c.media.rtp_ports = "44000-44999".into();
     c.registrar.algorithms = vec!["MD5".into()];
@@ -179,15 +188,26 @@ async fn node(dir: &std::path::Path, agents: &[Agent<'_>]) -> Node {
         flows: vec![toml::from_str(FLOW).unwrap()],
         ..Default::default()
     }];
+    touch(&mut c.tenants[0]);
     common::start_with(c).await
 }
 
 /// The caller dials the flow's number: answered by the switch with its own SDP. Returns
 /// the caller's dialog and the switch's audio address.
 async fn dial_flow(caller: &Ua, phone: &Phone, sw: SocketAddr, cid: &str) -> (Side, SocketAddr) {
+    dial(caller, phone, sw, cid, "8000").await
+}
+
+async fn dial(
+    caller: &Ua,
+    phone: &Phone,
+    sw: SocketAddr,
+    cid: &str,
+    number: &str,
+) -> (Side, SocketAddr) {
     let sdp = phone.sdp();
     let inv = format!(
-        "INVITE sip:8000@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{ua}>;tag=a-{cid}\r\nTo: <sip:8000@{sw}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        "INVITE sip:{number}@{sw} SIP/2.0\r\nVia: SIP/2.0/UDP {ua};branch=z9hG4bK-{cid}-1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:alice@{ua}>;tag=a-{cid}\r\nTo: <sip:{number}@{sw}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\nContact: <sip:alice@{ua}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         sdp.len(),
         ua = caller.addr,
     );
@@ -302,4 +322,158 @@ async fn a_flows_set_step_gives_the_caller_skills_only_a_skilled_agent_is_offere
 
 fn phone_sdp_for_agent() -> String {
     "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 47000 RTP/AVP 0\r\n".into()
+}
+
+const HOOKED: &str = r#"
+id = "hooked"
+[[steps]]
+id = "ask"
+type = "webhook"
+timeout_ms = 1000
+fallback = "bye"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "q"
+[[steps]]
+id = "bye"
+type = "hangup"
+"#;
+
+const SECRET: &str = "a-webhook-secret-of-the-tenant";
+
+/// One request the webhook server received: its headers (lower-case names) and body.
+struct HookRequest {
+    headers: std::collections::HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// A webhook server on loopback that answers by the Call-ID in the body: `slow` after 2 s,
+/// `badjson` with a body that is not JSON, `fails` with 500, anything else `{"next":
+/// "sales"}`. Every request it read goes to the returned channel.
+async fn hook_server() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<HookRequest>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let headers: std::collections::HashMap<String, String> = head
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                    .collect();
+                let len: usize = headers
+                    .get("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = buf[head_end..head_end + len].to_vec();
+                let text = String::from_utf8_lossy(&body).into_owned();
+                let (status, answer) = if text.contains("hook-slow") {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    (200, r#"{"next": "sales"}"#)
+                } else if text.contains("hook-badjson") {
+                    (200, "{next: sales")
+                } else if text.contains("hook-fails") {
+                    (500, r#"{"next": "sales"}"#)
+                } else {
+                    (200, r#"{"next": "sales", "priority": 2}"#)
+                };
+                let _ = tx.send(HookRequest { headers, body });
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_step_routes_by_a_signed_answer_and_falls_back_on_slow_bad_and_500() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, mut requests) = hook_server().await;
+    let node = node_with(dir.path(), &[("a1", "2001", &[])], |t| {
+        t.webhook_url = Some(format!("http://{hook}/ivr"));
+        t.webhook_secret = Some(SECRET.into());
+        t.flows.push(toml::from_str(HOOKED).unwrap());
+        t.numbers.push(NumberConfig {
+            number: "8100".into(),
+            target: "flow:hooked".into(),
+            priority: 0,
+        });
+    })
+    .await;
+    let sw = common::udp_addr(&node);
+    let phone = Phone::new().await;
+
+    // A good answer: the caller waits in the queue the answer named.
+    let caller = Ua::new().await;
+    let (mut a, _) = dial(&caller, &phone, sw, "hook-good", "8100").await;
+    assert_eq!(waiting(&node, 1).await, 1, "the answer's step: the queue");
+    let req = requests.recv().await.expect("the webhook was called");
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(body["call_id"], "hook-good");
+    assert_eq!(body["tenant"], "cc");
+    assert_eq!(body["called"], "8100");
+    // The signature: HMAC-SHA256 of "<timestamp>.<body>" under the tenant's secret.
+    let ts = req.headers["x-switchyard-timestamp"].clone();
+    let mut signed = ts.into_bytes();
+    signed.push(b'.');
+    signed.extend_from_slice(&req.body);
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&signed);
+    let want: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        req.headers["x-switchyard-signature"],
+        format!("sha256={want}")
+    );
+    caller.send(sw, &a.request("BYE", 0, "", "")).await;
+    assert_eq!(waiting(&node, 0).await, 0);
+
+    // A slow answer (2 s for a 1 s timeout), bad JSON and a 500: the fallback hangs up.
+    for cid in ["hook-slow", "hook-badjson", "hook-fails"] {
+        let caller = Ua::new().await;
+        dial(&caller, &phone, sw, cid, "8100").await;
+        let (bye, _) = caller.expect_request("BYE").await;
+        assert_eq!(common::call_id(&bye), cid);
+        let req = requests.recv().await.expect("the webhook was called");
+        assert!(String::from_utf8_lossy(&req.body).contains(cid));
+    }
+    assert_eq!(waiting(&node, 0).await, 0, "no fallback reached the queue");
 }
