@@ -97,6 +97,9 @@ pub struct StepConfig {
     /// queue, user, number: where the flow ends.
     #[serde(default)]
     pub target: Option<String>,
+    /// queue: a digit that leaves the queue for a step of the flow (`{ "0" = "menu" }`).
+    #[serde(default)]
+    pub exit_keys: BTreeMap<String, String>,
     /// schedule: opening hours, `"mon-fri 09:00-18:00"`, `"sat 10:00-14:00"` (the tenant's
     /// time zone; a range ends the same day, `24:00` at the latest).
     #[serde(default)]
@@ -378,7 +381,11 @@ pub enum Action {
         timeout: Duration,
         fallback: usize,
     },
-    Queue(String),
+    /// The caller waits in the queue; an exit key leaves it for its step.
+    Queue {
+        queue: String,
+        exits: Vec<(char, usize)>,
+    },
     User(String),
     Number(String),
     Hangup,
@@ -394,7 +401,7 @@ impl Action {
             Action::Set { .. } => "set",
             Action::Schedule { .. } => "schedule",
             Action::Webhook { .. } => "webhook",
-            Action::Queue(_) => "queue",
+            Action::Queue { .. } => "queue",
             Action::User(_) => "user",
             Action::Number(_) => "number",
             Action::Hangup => "hangup",
@@ -403,7 +410,10 @@ impl Action {
 
     /// Whether the step waits for the caller's digits (what breaks a loop).
     fn waits_for_input(&self) -> bool {
-        matches!(self, Action::Menu { .. } | Action::Collect { .. })
+        matches!(
+            self,
+            Action::Menu { .. } | Action::Collect { .. } | Action::Queue { .. }
+        )
     }
 
     /// The steps this one may go on to.
@@ -425,7 +435,8 @@ impl Action {
             } => vec![*open, *closed, *holiday],
             // Its answer may name any step (see the reachability check in `compile`).
             Action::Webhook { fallback, .. } => vec![*fallback],
-            Action::Queue(_) | Action::User(_) | Action::Number(_) | Action::Hangup => Vec::new(),
+            Action::Queue { exits, .. } => exits.iter().map(|e| e.1).collect(),
+            Action::User(_) | Action::Number(_) | Action::Hangup => Vec::new(),
         }
     }
 }
@@ -559,6 +570,24 @@ pub fn compile(
                     }
                 }
             };
+        // Digit -> step maps (menu choices, queue exit keys).
+        let digit_map =
+            |field: &str, map: &BTreeMap<String, String>, err: &mut dyn FnMut(String, String)| {
+                let mut out = Vec::new();
+                for (d, to) in map {
+                    let mut cs = d.chars();
+                    match (cs.next(), cs.next()) {
+                        (Some(c), None) if c.is_ascii_digit() || c == '*' || c == '#' => {
+                            out.push((c, refer(field, to, err)))
+                        }
+                        _ => err(
+                            format!("{at}.{field}"),
+                            format!("{d:?}: one digit 0-9, * or #"),
+                        ),
+                    }
+                }
+                out
+            };
         let timeout = |err: &mut dyn FnMut(String, String), default: u64| {
             let t = s.timeout_secs.unwrap_or(default);
             if t == 0 || t > MAX_TIMEOUT_SECS {
@@ -582,19 +611,7 @@ pub fn compile(
                 next: next(&mut err),
             },
             "menu" => {
-                let mut choices = Vec::new();
-                for (d, to) in &s.choices {
-                    let mut cs = d.chars();
-                    match (cs.next(), cs.next()) {
-                        (Some(c), None) if c.is_ascii_digit() || c == '*' || c == '#' => {
-                            choices.push((c, refer("choices", to, &mut err)))
-                        }
-                        _ => err(
-                            format!("{at}.choices"),
-                            format!("{d:?}: one digit 0-9, * or #"),
-                        ),
-                    }
-                }
+                let choices = digit_map("choices", &s.choices, &mut err);
                 if choices.is_empty() {
                     err(format!("{at}.choices"), "a menu needs choices".into());
                 }
@@ -681,7 +698,10 @@ pub fn compile(
                 if !q.is_empty() && !scope.queues.contains(&q) {
                     err(format!("{at}.target"), format!("no queue {q:?}"));
                 }
-                Action::Queue(q)
+                Action::Queue {
+                    queue: q,
+                    exits: digit_map("exit_keys", &s.exit_keys, &mut err),
+                }
             }
             "user" => Action::User(target(&mut err)),
             "number" => Action::Number(target(&mut err)),

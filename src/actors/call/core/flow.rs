@@ -22,6 +22,8 @@ pub const FLOW_CALLS: &str = "switchyard_flow_calls_total";
 pub const FLOW_STEPS: &str = "switchyard_flow_steps_total";
 /// Counter, label `input` (`choice`, `invalid`, `timeout`): what callers did at menus.
 pub const FLOW_MENU_INPUTS: &str = "switchyard_flow_menu_inputs_total";
+/// Counter: callers that left a queue by an exit key for a step of their flow.
+pub const FLOW_QUEUE_EXITS: &str = "switchyard_flow_queue_exits_total";
 /// Counter, label `status` (`open`, `closed`, `holiday`): what schedule steps found.
 pub const FLOW_SCHEDULES: &str = "switchyard_flow_schedules_total";
 /// Counter, label `result` (`ok`, `timeout`, `status`, `bad_answer`, `unknown_step`,
@@ -78,6 +80,10 @@ pub fn describe() {
         "Flow schedule steps by what they found: open, closed, holiday"
     );
     describe_counter!(
+        FLOW_QUEUE_EXITS,
+        "Callers that left a queue by an exit key for a step of their flow"
+    );
+    describe_counter!(
         FLOW_WEBHOOKS,
         "Flow webhook answers by result (all but ok and late took the fallback step)"
     );
@@ -111,6 +117,9 @@ pub(super) struct FlowRun {
     playing: bool,
     /// The webhook request the current step waits for (answers to older ones are late).
     webhook_seq: u32,
+    /// The caller waits in the queue of the current step (which has exit keys): the flow
+    /// runs again only on one of them.
+    parked: bool,
 }
 
 /// What a webhook may answer: the next step, and variables and a priority to set first.
@@ -125,8 +134,43 @@ struct WebhookAnswer {
 }
 
 impl CallCore {
+    /// Whether the caller is in a flow's step (not parked in a queue).
     pub(super) fn in_flow(&self) -> bool {
-        self.core.as_ref().is_some_and(|c| c.flow.is_some())
+        self.core
+            .as_ref()
+            .and_then(|c| c.flow.as_ref())
+            .is_some_and(|f| !f.parked)
+    }
+
+    /// A digit of a caller waiting in a queue its flow sent it to: an exit key leaves the
+    /// queue for its step (not while an agent's phone rings: the offer goes on).
+    pub(super) fn queue_exit_digit(&mut self, digit: char) {
+        let Some(run) = self.core.as_ref().and_then(|c| c.flow.as_ref()) else {
+            return;
+        };
+        if !run.parked || !self.queue_waiting() || self.offering() {
+            return;
+        }
+        let Some(Action::Queue { exits, .. }) = run.flow.step(run.step).map(|s| &s.action) else {
+            return;
+        };
+        let Some(&(_, next)) = exits.iter().find(|e| e.0 == digit) else {
+            return;
+        };
+        metrics::counter!(FLOW_QUEUE_EXITS).increment(1);
+        if let Some(q) = self.core().queue.as_mut() {
+            q.waiting = false;
+        }
+        self.leave_queue(false);
+        if let Some(id) = self.announce.take() {
+            self.cancel_timer(id);
+        }
+        self.core().queue = None;
+        self.core().phase = Phase::Setup;
+        let side = self.side_of(Leg::A);
+        self.media_op(MediaOp::StopPlay(side));
+        self.run().parked = false;
+        self.enter_step(next);
     }
 
     fn run(&mut self) -> &mut FlowRun {
@@ -147,6 +191,7 @@ impl CallCore {
             skills: Vec::new(),
             playing: false,
             webhook_seq: 0,
+            parked: false,
         }));
         let Some(ok) = self.answer_first() else {
             self.core().flow = None;
@@ -488,7 +533,9 @@ impl CallCore {
                     })));
                     return self.flow_wait(timeout);
                 }
-                Action::Queue(queue) => return self.flow_to_queue(Arc::from(queue.as_str())),
+                Action::Queue { queue, exits } => {
+                    return self.flow_to_queue(Arc::from(queue.as_str()), !exits.is_empty())
+                }
                 Action::User(user) => return self.flow_to_user(&user, format!("user:{user}")),
                 Action::Number(number) => return self.flow_to_number(&number),
                 Action::Hangup => {
@@ -520,13 +567,22 @@ impl CallCore {
         self.hang_up_answered_caller(HangupBy::System, why);
     }
 
-    /// The caller waits in the tenant's queue (with music), its place kept from now.
-    fn flow_to_queue(&mut self, queue: Arc<str>) {
+    /// The caller waits in the tenant's queue (with music), its place kept from now. With
+    /// exit keys the flow stays, parked, for a digit that leaves the queue.
+    fn flow_to_queue(&mut self, queue: Arc<str>, exits: bool) {
         let (priority, skills) = {
             let run = self.run();
             (run.priority, std::mem::take(&mut run.skills))
         };
-        self.leave_flow();
+        if exits {
+            if let Some(id) = self.flow_timer.take() {
+                self.cancel_timer(id);
+            }
+            self.stop_prompt();
+            self.run().parked = true;
+        } else {
+            self.leave_flow();
+        }
         let Some(tenant) = self.core().tenant.clone() else {
             metrics::counter!(FLOW_OUTCOMES, "outcome" => "unreachable").increment(1);
             return self.hang_up_answered_caller(HangupBy::System, "flow without tenant");
@@ -576,7 +632,7 @@ impl CallCore {
     fn flow_to_number(&mut self, number: &str) {
         let tenant = self.core().tenant.clone().unwrap_or_else(|| Arc::from(""));
         match self.env.transfer_target(&tenant, number) {
-            Ok(TransferTarget::Queue { queue, .. }) => self.flow_to_queue(queue),
+            Ok(TransferTarget::Queue { queue, .. }) => self.flow_to_queue(queue, false),
             Ok(TransferTarget::Phones { user, .. } | TransferTarget::Agent { user, .. }) => {
                 self.flow_to_user(&user, format!("number:{number}"))
             }

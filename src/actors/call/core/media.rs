@@ -429,8 +429,12 @@ impl CallCore {
                 core.cdr.dtmf.push(digit);
             }
         }
-        if self.in_flow() && leg == self.side_of(Leg::A) {
-            self.flow_digit(digit);
+        if leg == self.side_of(Leg::A) {
+            if self.in_flow() {
+                self.flow_digit(digit);
+            } else {
+                self.queue_exit_digit(digit);
+            }
         }
     }
 

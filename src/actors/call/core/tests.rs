@@ -3069,3 +3069,70 @@ fn the_webhook_signature_is_hmac_sha256_of_timestamp_and_body() {
         .collect();
     assert_eq!(sig, format!("sha256={hex}"));
 }
+
+const EXITS: &str = r#"
+id = "exits"
+[[steps]]
+id = "wait"
+type = "queue"
+target = "sales"
+exit_keys = { "0" = "menu" }
+[[steps]]
+id = "menu"
+type = "menu"
+prompt = "more"
+choices = { "1" = "wait", "2" = "end" }
+[[steps]]
+id = "end"
+type = "hangup"
+"#;
+
+#[test]
+fn an_exit_key_leaves_the_queue_for_its_step_and_the_caller_can_go_back() {
+    let mut c = Call::with(cfg(), flow_env());
+    c.begin_as(
+        &invite("exit-1", "8003", SDP_A),
+        flow_route_with(EXITS, crate::config::flow::Calendar::default()),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    c.status(A, 200, Method::Invite);
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+    assert_eq!(c.phase(), Phase::Queued);
+    // A digit that is no exit key changes nothing.
+    digit(&mut c, '5');
+    assert_eq!(c.phase(), Phase::Queued);
+    assert!(prompts_played(&c).is_empty());
+    // 0: the caller leaves the queue (not an abandon) for the menu.
+    digit(&mut c, '0');
+    let left = c.tells.iter().any(|t| {
+        matches!(
+            t,
+            Tell::Queue {
+                msg: crate::actors::queue::QueueMsg::Leave {
+                    abandoned: false,
+                    ..
+                },
+                ..
+            }
+        )
+    });
+    assert!(left, "the queue is told the caller left");
+    assert_eq!(prompts_played(&c), vec![vec!["more".to_string()]]);
+    assert_ne!(c.phase(), Phase::Queued);
+    // 1: back in the queue (joined afresh).
+    c.tells.clear();
+    digit(&mut c, '1');
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+    assert_eq!(c.phase(), Phase::Queued);
+    // A restarted actor keeps the caller waiting in its place, the exit key still works.
+    let cp = c.checkpoint.clone().expect("a checkpoint");
+    let mut r = Call::with(cfg(), flow_env());
+    r.feed(Event::Restore(Box::new(cp)));
+    assert!(prompts_played(&r).is_empty(), "no flow step is replayed");
+    digit(&mut r, '0');
+    assert_eq!(prompts_played(&r), vec![vec!["more".to_string()]]);
+}
