@@ -793,6 +793,12 @@ impl CallCore {
                     }
                     return;
                 }
+                if self.a_answered() {
+                    // The caller was answered by the switch (a call flow, a queue's overflow
+                    // to a user): its INVITE has its 200, so it gets a BYE, not the failure.
+                    let why = format!("callee answered {status}");
+                    return self.hang_up_answered_caller(HangupBy::Callee, &why);
+                }
                 let mut out = self.a_response(st, &reason, false);
                 if let Some(ra) = resp.value(HeaderName::RetryAfter) {
                     out.push(HeaderName::RetryAfter, ra.clone());

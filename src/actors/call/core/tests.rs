@@ -3136,3 +3136,32 @@ fn an_exit_key_leaves_the_queue_for_its_step_and_the_caller_can_go_back() {
     digit(&mut r, '0');
     assert_eq!(prompts_played(&r), vec![vec!["more".to_string()]]);
 }
+
+#[test]
+fn a_flow_user_who_is_busy_ends_the_answered_caller_with_a_bye() {
+    let mut env = flow_env();
+    env.users.insert(
+        "1001".into(),
+        vec![Fork {
+            ruri: Bytes::from(format!("sip:1001@{B}")),
+            dest: Dest {
+                protocol: Protocol::Udp,
+                addr: addr(B),
+                conn: None,
+            },
+        }],
+    );
+    let (mut c, _a) = flow_call("flow-busy", env);
+    for d in ['2', '4', '#'] {
+        digit(&mut c, d);
+    }
+    let inv = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv, 486, "Busy Here", "b1", B, ""));
+    assert!(
+        !c.has(A, |m| m.status() == Some(486)),
+        "no failure after the caller's 200"
+    );
+    c.request(A, Method::Bye);
+    assert!(c.ended);
+    assert_eq!(c.cdrs[0].disconnect_reason, "callee answered 486");
+}
