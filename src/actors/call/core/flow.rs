@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::config::flow::{Action, Flow, ScheduleStatus};
 
-/// Counter, label `result` (`answered`, `refused`): calls that entered a flow.
+/// Counter, labels `tenant`, `flow`, `result` (`answered`, `refused`): calls that entered
+/// a flow.
 pub const FLOW_CALLS: &str = "switchyard_flow_calls_total";
-/// Counter, label `step` (`play`, `menu`, `collect`, `set`, `queue`, `user`, `number`,
-/// `hangup`): flow steps entered.
+/// Counter, labels `tenant`, `flow`, `step` (the step's type: `play`, `menu`, `collect`,
+/// `set`, `schedule`, `webhook`, `queue`, `user`, `number`, `hangup`): flow steps entered.
 pub const FLOW_STEPS: &str = "switchyard_flow_steps_total";
 /// Counter, label `input` (`choice`, `invalid`, `timeout`): what callers did at menus.
 pub const FLOW_MENU_INPUTS: &str = "switchyard_flow_menu_inputs_total";
@@ -173,6 +174,19 @@ impl CallCore {
         self.enter_step(next);
     }
 
+    /// The call's tenant and flow id (metric labels: bounded by the configured flows).
+    fn flow_labels(&self) -> (String, String) {
+        let core = self.core.as_ref();
+        (
+            core.and_then(|c| c.tenant.as_deref())
+                .unwrap_or_default()
+                .to_string(),
+            core.and_then(|c| c.flow.as_ref())
+                .map(|f| f.flow.id.clone())
+                .unwrap_or_default(),
+        )
+    }
+
     fn run(&mut self) -> &mut FlowRun {
         self.core().flow.as_deref_mut().expect("in a flow")
     }
@@ -195,10 +209,14 @@ impl CallCore {
         }));
         let Some(ok) = self.answer_first() else {
             self.core().flow = None;
-            metrics::counter!(FLOW_CALLS, "result" => "refused").increment(1);
+            let (tenant, flow) = self.flow_labels();
+            metrics::counter!(FLOW_CALLS, "tenant" => tenant, "flow" => flow, "result" => "refused")
+                .increment(1);
             return self.refuse(488, "Not Acceptable Here (G.711 Offer Needed)");
         };
-        metrics::counter!(FLOW_CALLS, "result" => "answered").increment(1);
+        let (tenant, flow) = self.flow_labels();
+        metrics::counter!(FLOW_CALLS, "tenant" => tenant, "flow" => flow, "result" => "answered")
+            .increment(1);
         self.answer_a(ok);
         if let Some(max) = self.cfg.max_duration {
             self.max_duration = Some(self.schedule_call_timer(CallTimer::MaxDuration, max));
@@ -461,8 +479,10 @@ impl CallCore {
             run.tries = 0;
             run.digits.clear();
             run.playing = false;
-            metrics::counter!(FLOW_STEPS, "step" => s.action.label()).increment(1);
             tracing::debug!(flow = %run.flow.id, step = %s.id, "flow step");
+            let (tenant, flow) = self.flow_labels();
+            metrics::counter!(FLOW_STEPS, "tenant" => tenant, "flow" => flow, "step" => s.action.label())
+                .increment(1);
             self.checkpoint();
             match s.action {
                 Action::Play { prompt, .. } => {
