@@ -694,7 +694,10 @@ impl SharedConfig {
     /// Every tenant added through the API, as stored (the file's are not listed).
     pub fn added_tenants(&self) -> Vec<Value> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        t.tenants.values().map(|e| e.body.clone()).collect()
+        t.tenants
+            .values()
+            .map(|e| without_secrets(e.body.clone()))
+            .collect()
     }
 
     /// The tenants' API tokens in force: the file's `api_token`s and those made through
@@ -817,7 +820,7 @@ impl SharedConfig {
             let number = json!({ "tenant": id, "target": n.target, "priority": n.priority });
             self.put_entry(Kind::Number, &n.number, number).await?;
         }
-        let mut view = stored;
+        let mut view = without_secrets(stored);
         view["users"] = json!(full.users.iter().map(|u| &u.username).collect::<Vec<_>>());
         view["numbers"] = json!(full.numbers.iter().map(|n| &n.number).collect::<Vec<_>>());
         Ok((true, view))
@@ -1775,6 +1778,16 @@ pub fn route_json(id: &str, r: &RouteConfig) -> Value {
 
 /// An empty configuration with the routes and trunks in force in `t` (a tenant's or user's
 /// `outbound` is checked against the routes).
+/// A stored tenant as the API shows it: its webhook secret is never echoed.
+fn without_secrets(mut v: Value) -> Value {
+    if let Some(s) = v.get_mut("webhook_secret") {
+        if !s.is_null() {
+            *s = json!("(set)");
+        }
+    }
+    v
+}
+
 fn with_routes(t: &Tables) -> Config {
     Config {
         routes: t.routes.values().cloned().collect(),
