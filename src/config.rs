@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use crate::transport::{ListenSpec, Protocol};
 
+pub mod flow;
+
 /// The whole configuration. Every section has defaults, so an empty file is valid.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -206,6 +208,22 @@ pub struct TenantConfig {
     /// Numbers (DIDs) that lead to this tenant's queues or users.
     #[serde(default)]
     pub numbers: Vec<NumberConfig>,
+    /// Call flows (IVR) numbers may lead to (`target = "flow:<id>"`), see [`flow`].
+    #[serde(default)]
+    pub flows: Vec<flow::FlowConfig>,
+    /// The tenant's time zone (IANA name, e.g. `Asia/Shanghai`; default UTC): its flows'
+    /// schedule steps read the time there.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// The tenant's holidays (`YYYY-MM-DD`): schedule steps take their `holiday` branch.
+    #[serde(default)]
+    pub holidays: Vec<String>,
+    /// Where its flows' webhook steps POST (http:// or https://) and the HMAC-SHA256 key
+    /// they sign with (at least 16 characters).
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
     /// Record every call of this tenant's queues (anchors their media).
     #[serde(default)]
     pub record: bool,
@@ -224,6 +242,71 @@ pub struct TenantConfig {
 impl TenantConfig {
     pub fn realm(&self) -> &str {
         self.realm.as_deref().unwrap_or(&self.domain)
+    }
+
+    /// The tenant's time zone and holidays (errors placed under `tenants[i]`).
+    pub fn calendar(&self, i: usize) -> Result<flow::Calendar, Vec<(String, String)>> {
+        flow::Calendar::parse(
+            &format!("tenants[{i}]"),
+            self.time_zone.as_deref(),
+            &self.holidays,
+        )
+    }
+
+    /// The tenant's webhook (errors placed under `tenants[i]`).
+    pub fn webhook(&self, i: usize) -> Result<Option<flow::WebhookTarget>, Vec<(String, String)>> {
+        flow::WebhookTarget::parse(
+            &format!("tenants[{i}]"),
+            self.webhook_url.as_deref(),
+            self.webhook_secret.as_deref(),
+        )
+    }
+
+    /// The tenant's flows compiled (`prompts`: the prompt ids that exist, None: not
+    /// checked); errors with their place (`tenants[i].flows[j]...`).
+    pub fn compile_flows(
+        &self,
+        i: usize,
+        prompts: Option<&std::collections::BTreeSet<String>>,
+        err: &mut impl FnMut(String, String),
+    ) -> Vec<flow::Flow> {
+        let queues = self.queues.iter().map(|q| q.id.clone()).collect();
+        let calendar = match self.calendar(i) {
+            Ok(c) => c,
+            Err(es) => {
+                es.into_iter().for_each(|(p, m)| err(p, m));
+                return Vec::new();
+            }
+        };
+        let webhook = match self.webhook(i) {
+            Ok(w) => w.map(std::sync::Arc::new),
+            Err(es) => {
+                es.into_iter().for_each(|(p, m)| err(p, m));
+                return Vec::new();
+            }
+        };
+        let scope = flow::FlowScope {
+            queues: &queues,
+            calendar: &calendar,
+            webhook: webhook.as_ref(),
+            prompts,
+        };
+        let mut ids = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (j, f) in self.flows.iter().enumerate() {
+            let place = format!("tenants[{i}].flows[{j}]");
+            if !ids.insert(f.id.as_str()) {
+                err(
+                    format!("{place}.id"),
+                    format!("{:?}: unique in the tenant", f.id),
+                );
+            }
+            match flow::compile(&place, f, &scope) {
+                Ok(c) => out.push(c),
+                Err(es) => es.into_iter().for_each(|(p, m)| err(p, m)),
+            }
+        }
+        out
     }
 }
 
@@ -1222,8 +1305,15 @@ impl Config {
             );
         }
         let mut numbers = std::collections::HashSet::new();
+        let prompts = self.tenants.iter().any(|t| !t.flows.is_empty()).then(|| {
+            let dir =
+                (self.media.prompts_dir.clone()).unwrap_or_else(crate::media::prompts::default_dir);
+            flow::known_prompts(&dir, &self.media.tts)
+        });
         for (i, t) in self.tenants.iter().enumerate() {
             validate_contact_centre(i, t, &mut numbers, &mut err);
+            // Also without flows: the tenant's time zone, holidays and webhook are checked.
+            t.compile_flows(i, prompts.as_ref(), &mut err);
         }
         self.security.validate(&mut err);
         self.validate_edge(&mut err);
@@ -1649,16 +1739,20 @@ fn validate_contact_centre<'a>(
             Ok(CcTarget::Queue(q)) if !queues.contains(q.as_str()) => {
                 err(format!("{place}.target"), format!("no queue {q:?}"))
             }
+            Ok(CcTarget::Flow(f)) if !t.flows.iter().any(|x| x.id == f) => {
+                err(format!("{place}.target"), format!("no flow {f:?}"))
+            }
             Ok(
                 CcTarget::Queue(_)
                 | CcTarget::User(_)
                 | CcTarget::Echo
                 | CcTarget::Music
-                | CcTarget::Conference(_),
+                | CcTarget::Conference(_)
+                | CcTarget::Flow(_),
             ) => {}
             Ok(_) => err(
                 format!("{place}.target"),
-                "a number leads to queue:<id>, user:<name>, conference:<id>, echo or music".into(),
+                "a number leads to queue:<id>, user:<name>, flow:<id>, conference:<id>, echo or music".into(),
             ),
             Err(e) => err(format!("{place}.target"), e),
         }
@@ -1852,6 +1946,8 @@ pub enum CcTarget {
     /// The switch answers and puts the caller in the tenant's conference of this id, made
     /// by its first caller (numbers only).
     Conference(String),
+    /// The switch answers and runs the tenant's call flow (numbers only).
+    Flow(String),
 }
 
 /// A conference id: 1 to 64 letters, digits, `-`, `_` or `.`.
@@ -1884,12 +1980,13 @@ impl CcTarget {
             "conference" => Err(format!(
                 "{s:?}: a conference id is 1-64 letters, digits, - _ or ."
             )),
+            "flow" => Ok(CcTarget::Flow(rest.to_string())),
             "status" => match rest.parse::<u16>() {
                 Ok(c) if (400..700).contains(&c) => Ok(CcTarget::Status(c)),
                 _ => Err(format!("{s:?}: a final failure status 400-699")),
             },
             _ => Err(format!(
-                "{s:?}: queue:, user:, number:, status:, conference:, echo or music"
+                "{s:?}: queue:, user:, number:, flow:, status:, conference:, echo or music"
             )),
         }
     }

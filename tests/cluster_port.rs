@@ -328,6 +328,7 @@ async fn messages_without_a_reachable_owner_are_retried_then_counted() {
             user: None,
             priority: 0,
             joined_ms: 0,
+            skills: Vec::new(),
         })
     };
 
@@ -664,6 +665,7 @@ async fn ports_connect_over_tls() {
         user: None,
         priority: 0,
         joined_ms: 0,
+        skills: Vec::new(),
     });
     assert!(queue::tell(&p.a.cc, "cc", "q0", join));
     let ids = wait_waiting(&p.b, |ids| !ids.is_empty()).await;

@@ -208,6 +208,9 @@ pub struct Join {
     pub user: Option<Arc<str>>,
     pub priority: u32,
     pub joined_ms: u64,
+    /// Skills this caller needs on top of the queue's `required_skills` (a call flow's
+    /// `set` step); the higher level of the two wins.
+    pub skills: Vec<crate::routing::acd::Requirement>,
 }
 
 /// An agent's figures as its queues see them.
@@ -411,6 +414,9 @@ pub struct QueueState {
     tick: Option<crate::timer::TimerId>,
     myself: ActorRef<QueueMsg>,
     labels: [(&'static str, String); 2],
+    /// Callers' own skill requirements, by Call-ID (each keep-alive's Join repeats them, so
+    /// a restarted actor learns them again).
+    caller_skills: HashMap<Arc<str>, Vec<crate::routing::acd::Requirement>>,
 }
 
 const DECISIONS_KEPT: usize = 200;
@@ -471,6 +477,7 @@ impl Actor for QueueActor {
             tick: None,
             myself,
             labels,
+            caller_skills: HashMap::new(),
             config: args.config,
         };
         // Agents that are already running (a queue restart) tell us their state again.
@@ -559,7 +566,11 @@ impl Actor for QueueActor {
 impl QueueState {
     fn on_join(&mut self, j: Join, now: u64) {
         if self.cp.waiting.get(&j.call_id).is_some() {
-            return; // a keep-alive of a caller already here
+            // A keep-alive of a caller already here (after a restart: its skills again).
+            if !j.skills.is_empty() {
+                self.caller_skills.insert(j.call_id.clone(), j.skills);
+            }
+            return;
         }
         if self.config.max_length > 0 && self.cp.waiting.len() >= self.config.max_length {
             return self.overflow_at_join(&j.call_id, "full", self.overflow_full.clone());
@@ -579,6 +590,14 @@ impl QueueState {
             offered: Vec::new(),
             attempts: 0,
         });
+        if !j.skills.is_empty() {
+            if self.caller_skills.len() > 2 * self.cp.waiting.len() + 16 {
+                // Callers answered or gone leave entries behind: keep the waiting ones only.
+                let waiting = &self.cp.waiting;
+                self.caller_skills.retain(|id, _| waiting.get(id).is_some());
+            }
+            self.caller_skills.insert(j.call_id.clone(), j.skills);
+        }
         tracing::debug!(queue = %self.name, call_id = %j.call_id, position, "caller joined");
         self.dirty = true;
     }
@@ -591,6 +610,7 @@ impl QueueState {
     }
 
     fn on_leave(&mut self, call_id: &str, abandoned: bool, _now: u64) {
+        self.caller_skills.remove(call_id);
         if let Some(c) = self.cp.waiting.remove(call_id) {
             if abandoned {
                 self.cp.counts.abandoned += 1;
@@ -786,10 +806,17 @@ impl QueueState {
             if let Some(i) = own {
                 self.members[i].available = false;
             }
+            let reqs = match self.caller_skills.get(&caller.call_id) {
+                Some(own) => std::borrow::Cow::Owned(acd::merge_requirements(
+                    &self.config.required_skills,
+                    own,
+                )),
+                None => std::borrow::Cow::Borrowed(&self.config.required_skills[..]),
+            };
             let ranking = acd::rank_top(
                 self.config.strategy,
                 &self.members,
-                &self.config.required_skills,
+                &reqs,
                 &self.config.relax,
                 waited,
                 now,

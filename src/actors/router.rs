@@ -218,6 +218,8 @@ pub struct MediaPolicy {
     pub service: Option<Service>,
     /// The tenant's conference a `conference:<id>` number puts the caller in.
     pub conference: Option<Arc<str>>,
+    /// The switch answers and runs this call flow (IVR) first.
+    pub flow: Option<Arc<crate::config::flow::Flow>>,
 }
 
 /// What the switch does as the callee of a test number (`echo`, `music`).
@@ -686,9 +688,28 @@ impl NumberRoute {
             CcTarget::Conference(c) => Some(Arc::from(c.as_str())),
             _ => None,
         };
+        let flow = match &target {
+            CcTarget::Flow(f) => {
+                let config = tenant.flows.iter().find(|c| &c.id == f)?;
+                let queues = tenant.queues.iter().map(|q| q.id.clone()).collect();
+                let calendar = tenant.calendar(0).ok()?;
+                let webhook = tenant.webhook(0).ok()?.map(Arc::new);
+                let scope = crate::config::flow::FlowScope {
+                    queues: &queues,
+                    calendar: &calendar,
+                    webhook: webhook.as_ref(),
+                    prompts: None,
+                };
+                Some(Arc::new(
+                    crate::config::flow::compile(f, config, &scope).ok()?,
+                ))
+            }
+            _ => None,
+        };
         let record = tenant.record || queue.is_some_and(|q| q.record);
-        // A test number is answered by the switch, so its media is always anchored.
-        let answer_first = queue.is_some_and(|q| q.answer_first) || service.is_some();
+        // A test number or a flow is answered by the switch, so its media is always anchored.
+        let answer_first =
+            queue.is_some_and(|q| q.answer_first) || service.is_some() || flow.is_some();
         let id: Arc<str> = Arc::from(tenant.id.as_str());
         Some(NumberRoute {
             tenant: id.clone(),
@@ -702,6 +723,7 @@ impl NumberRoute {
                 tenant: Some(id),
                 service,
                 conference,
+                flow,
             },
         })
     }
@@ -958,6 +980,9 @@ impl Router {
                         format!("conference:{c}"),
                         None,
                     ),
+                    CcTarget::Flow(f) => {
+                        (format!("flow:{}/{f}", n.tenant), format!("flow:{f}"), None)
+                    }
                     _ => return self.answer(&msg, &source, 404, "Not Found", &[]),
                 };
                 let route = Route {

@@ -551,6 +551,8 @@ pub struct SharedConfig {
     writing: tokio::sync::Mutex<()>,
     /// The tenants' API tokens in force (the file's and the entries'), read by the API.
     tokens: Arc<TokenTable>,
+    /// The file's media section: the prompts a call flow changed here may name.
+    media: crate::config::MediaConfig,
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -598,6 +600,7 @@ impl SharedConfig {
             backend,
             writing: tokio::sync::Mutex::new(()),
             tokens,
+            media: config.media.clone(),
         };
         match &config.cluster {
             None => {
@@ -691,7 +694,10 @@ impl SharedConfig {
     /// Every tenant added through the API, as stored (the file's are not listed).
     pub fn added_tenants(&self) -> Vec<Value> {
         let t = self.tables.lock().unwrap_or_else(|e| e.into_inner());
-        t.tenants.values().map(|e| e.body.clone()).collect()
+        t.tenants
+            .values()
+            .map(|e| without_secrets(e.body.clone()))
+            .collect()
     }
 
     /// The tenants' API tokens in force: the file's `api_token`s and those made through
@@ -814,7 +820,7 @@ impl SharedConfig {
             let number = json!({ "tenant": id, "target": n.target, "priority": n.priority });
             self.put_entry(Kind::Number, &n.number, number).await?;
         }
-        let mut view = stored;
+        let mut view = without_secrets(stored);
         view["users"] = json!(full.users.iter().map(|u| &u.username).collect::<Vec<_>>());
         view["numbers"] = json!(full.numbers.iter().map(|n| &n.number).collect::<Vec<_>>());
         Ok((true, view))
@@ -825,6 +831,7 @@ impl SharedConfig {
     fn check_tenant(&self, t: &Tables, full: &TenantConfig) -> Result<(), ChangeError> {
         let mut c = Config {
             tenants: self.tenants_with(t),
+            media: self.media.clone(),
             ..with_routes(t)
         };
         for n in t.numbers.values() {
@@ -1223,6 +1230,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
+            media: self.media.clone(),
             ..with_routes(t)
         };
         let tenant = &mut c.tenants[ti];
@@ -1257,6 +1265,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
+            media: self.media.clone(),
             ..with_routes(t)
         };
         c.tenants[ti].numbers = self.numbers_of(t, tenant);
@@ -1560,6 +1569,7 @@ impl SharedConfig {
         };
         let mut c = Config {
             tenants,
+            media: self.media.clone(),
             ..with_routes(t)
         };
         for other in t.numbers.values().filter(|o| o.number != n.number) {
@@ -1768,6 +1778,16 @@ pub fn route_json(id: &str, r: &RouteConfig) -> Value {
 
 /// An empty configuration with the routes and trunks in force in `t` (a tenant's or user's
 /// `outbound` is checked against the routes).
+/// A stored tenant as the API shows it: its webhook secret is never echoed.
+fn without_secrets(mut v: Value) -> Value {
+    if let Some(s) = v.get_mut("webhook_secret") {
+        if !s.is_null() {
+            *s = json!("(set)");
+        }
+    }
+    v
+}
+
 fn with_routes(t: &Tables) -> Config {
     Config {
         routes: t.routes.values().cloned().collect(),
@@ -2335,6 +2355,7 @@ mod tests {
             backend: Backend::Sqlite(PathBuf::new()),
             writing: tokio::sync::Mutex::new(()),
             tokens: Arc::default(),
+            media: config.media.clone(),
         }
     }
 
@@ -2569,6 +2590,35 @@ mod tests {
         s.install(t);
         assert!(s.trunk_table.get("b").is_none());
         assert!(Arc::ptr_eq(&new_a, &s.trunk_table.get("a").unwrap()));
+    }
+
+    #[test]
+    fn a_tenants_flows_are_checked_against_the_nodes_prompts() {
+        let mut c = config();
+        c.media.tts.insert("hello".into(), "Hello".into());
+        let s = shared(&c);
+        let t = s.snapshot();
+        let mut full: TenantConfig = serde_json::from_value(json!({
+            "id": "ivr",
+            "domain": "ivr.test",
+            "numbers": [{"number": "7700", "target": "flow:f"}],
+            "flows": [{"id": "f", "steps": [
+                {"id": "a", "type": "play", "prompt": "hello", "next": "b"},
+                {"id": "b", "type": "hangup"}
+            ]}]
+        }))
+        .unwrap();
+        assert!(s.check_tenant(&t, &full).is_ok(), "a media.tts prompt");
+        full.flows[0].steps[0].prompt = Some("nope".into());
+        let e = s.check_tenant(&t, &full).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("flows[0].steps[0].prompt"),
+            "{e:?}"
+        );
+        full.flows[0].steps[0].prompt = Some("hello".into());
+        full.numbers[0].target = "flow:other".into();
+        let e = s.check_tenant(&t, &full).unwrap_err();
+        assert!(format!("{e:?}").contains("no flow"), "{e:?}");
     }
 
     #[test]

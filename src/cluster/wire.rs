@@ -173,6 +173,9 @@ pub enum WireQueueMsg {
         user: Option<String>,
         priority: u32,
         joined_ms: u64,
+        /// The caller's own skill requirements (skill, level).
+        #[serde(default)]
+        skills: Vec<(String, u8)>,
     },
     Leave {
         call_id: String,
@@ -222,6 +225,7 @@ impl WireQueueMsg {
                 user: j.user.map(|u| u.to_string()),
                 priority: j.priority,
                 joined_ms: j.joined_ms,
+                skills: j.skills.into_iter().map(|r| (r.skill, r.level)).collect(),
             },
             QueueMsg::Leave { call_id, abandoned } => WireQueueMsg::Leave {
                 call_id: call_id.to_string(),
@@ -284,12 +288,20 @@ impl WireQueueMsg {
                 user,
                 priority,
                 joined_ms,
+                skills,
             } => QueueMsg::Join(Join {
                 call_id: Arc::from(call_id.as_str()),
                 from: from.clone(),
                 user: user.as_deref().map(Arc::from),
                 priority: *priority,
                 joined_ms: *joined_ms,
+                skills: skills
+                    .iter()
+                    .map(|(skill, level)| crate::routing::acd::Requirement {
+                        skill: skill.clone(),
+                        level: *level,
+                    })
+                    .collect(),
             }),
             WireQueueMsg::Leave { call_id, abandoned } => QueueMsg::Leave {
                 call_id: Arc::from(call_id.as_str()),
@@ -619,6 +631,7 @@ pub enum WireTarget {
     Echo,
     Music,
     Conference(String),
+    Flow(String),
 }
 
 impl WireCallMsg {
@@ -650,6 +663,7 @@ impl WireCallMsg {
                 CcTarget::Echo => WireTarget::Echo,
                 CcTarget::Music => WireTarget::Music,
                 CcTarget::Conference(c) => WireTarget::Conference(c),
+                CcTarget::Flow(f) => WireTarget::Flow(f),
             }),
             CallMsg::QueueResync => WireCallMsg::QueueResync,
             CallMsg::AgentResync { agent, offer } => WireCallMsg::AgentResync {
@@ -669,6 +683,7 @@ impl WireCallMsg {
             | CallMsg::HandOver(..)
             | CallMsg::Adopt(_)
             | CallMsg::AgentReserved { .. }
+            | CallMsg::WebhookAnswered { .. }
             | CallMsg::Replacing { .. }
             | CallMsg::Hangup(_)
             | CallMsg::GetInfo(_)
@@ -718,6 +733,7 @@ impl WireCallMsg {
                 WireTarget::Echo => CcTarget::Echo,
                 WireTarget::Music => CcTarget::Music,
                 WireTarget::Conference(c) => CcTarget::Conference(c.clone()),
+                WireTarget::Flow(f) => CcTarget::Flow(f.clone()),
             }),
             WireCallMsg::QueueResync => CallMsg::QueueResync,
             WireCallMsg::AgentResync { agent, offer } => CallMsg::AgentResync {
@@ -815,6 +831,10 @@ mod tests {
                 user: Some(Arc::from("1001")),
                 priority: 7,
                 joined_ms: 1234,
+                skills: vec![crate::routing::acd::Requirement {
+                    skill: "billing".into(),
+                    level: 4,
+                }],
             }),
             QueueMsg::Leave {
                 call_id: id.clone(),

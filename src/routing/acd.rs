@@ -53,6 +53,19 @@ pub struct Requirement {
     pub level: u8,
 }
 
+/// The queue's requirements with a caller's own on top: every skill of either, at the
+/// higher level where both name it.
+pub fn merge_requirements(queue: &[Requirement], caller: &[Requirement]) -> Vec<Requirement> {
+    let mut all = queue.to_vec();
+    for r in caller {
+        match all.iter_mut().find(|q| q.skill == r.skill) {
+            Some(q) => q.level = q.level.max(r.level),
+            None => all.push(r.clone()),
+        }
+    }
+    all
+}
+
 /// A relaxation step: once the caller has waited `after_secs`, every required level drops
 /// by `by` (cumulative over the steps passed, never below 1), like Asterisk's queue rules.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -1082,6 +1095,18 @@ mod tests {
 
     fn ids(w: &Waiting) -> Vec<&str> {
         w.iter().map(|c| &*c.call_id).collect()
+    }
+
+    #[test]
+    fn a_callers_requirements_add_to_the_queues_at_the_higher_level() {
+        let r = |s: &str, l: u8| Requirement {
+            skill: s.into(),
+            level: l,
+        };
+        assert_eq!(
+            merge_requirements(&[r("en", 3), r("sales", 5)], &[r("sales", 2), r("vip", 7)]),
+            vec![r("en", 3), r("sales", 5), r("vip", 7)]
+        );
     }
 
     #[test]

@@ -245,6 +245,12 @@ impl Env for NodeEnv {
             .get(&(Arc::from(tenant), Arc::from(queue)))
             .is_some_and(|users| users.iter().any(|u| u == user))
     }
+
+    fn prompt_ms(&self, id: &str) -> Option<u64> {
+        let m = self.ctx.media.get()?;
+        // 8 samples per millisecond at 8 kHz.
+        m.prompts.get(id).map(|p| p.len() as u64 / 8)
+    }
 }
 
 /// Carries a core's mix command to the relay: the call's mix (named by its A-leg Call-ID)
@@ -372,10 +378,92 @@ pub(super) fn media(ctx: &CallContext, call: &Bytes, op: MediaOp) {
             );
         }
         MediaOp::StopPlay(side) => session.stop_play(side),
+        MediaOp::Prompts { side, ids } => session.play(
+            side,
+            Playlist {
+                items: ids.iter().filter_map(|id| m.prompts.get(id)).collect(),
+                then_loop: None,
+            },
+        ),
         MediaOp::Echo(side) => session.echo(side),
         MediaOp::Record { id, tenant } => session.record(id, tenant),
         MediaOp::PauseRecording(paused) => session.pause_recording(paused),
         MediaOp::StopRecording => session.stop_recording(),
         MediaOp::DtmfFromSignalling { .. } => {}
+    }
+}
+
+/// Webhooks in flight on this node at most: beyond, a webhook step takes its fallback at
+/// once (counted `busy`), so a flood of calls into webhook steps holds no more threads.
+const WEBHOOKS_IN_FLIGHT: usize = 128;
+
+static WEBHOOK_PERMITS: tokio::sync::Semaphore =
+    tokio::sync::Semaphore::const_new(WEBHOOKS_IN_FLIGHT);
+
+/// POSTs a call flow's webhook (ureq, on a blocking thread, bounded by the step's timeout)
+/// and hands the answer back to the call as [`super::CallMsg::WebhookAnswered`].
+pub(super) fn webhook(me: ractor::ActorRef<super::CallMsg>, req: super::core::WebhookRequest) {
+    use super::core::WebhookResult;
+    let seq = req.seq;
+    let Ok(permit) = WEBHOOK_PERMITS.try_acquire() else {
+        let _ = me.cast(super::CallMsg::WebhookAnswered {
+            seq,
+            result: WebhookResult::Busy,
+        });
+        return;
+    };
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || post_webhook(&req))
+            .await
+            .unwrap_or_else(|e| WebhookResult::Failed(e.to_string()));
+        drop(permit);
+        metrics::histogram!(super::core::flow::FLOW_WEBHOOK_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        let _ = me.cast(super::CallMsg::WebhookAnswered { seq, result });
+    });
+}
+
+fn post_webhook(req: &super::core::WebhookRequest) -> super::core::WebhookResult {
+    use super::core::flow::{
+        webhook_signature, WEBHOOK_MAX_ANSWER, WEBHOOK_SIGNATURE_HEADER, WEBHOOK_TIMESTAMP_HEADER,
+    };
+    use super::core::WebhookResult;
+    crate::transport::tls::install_crypto_provider();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(req.timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent("switchyard")
+        .build()
+        .into();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signature = webhook_signature(req.target.secret.as_bytes(), now, req.body.as_bytes());
+    let sent = agent
+        .post(&req.target.url)
+        .header("Content-Type", "application/json")
+        .header(WEBHOOK_TIMESTAMP_HEADER, &now.to_string())
+        .header(WEBHOOK_SIGNATURE_HEADER, &signature)
+        .send(req.body.as_bytes());
+    let mut resp = match sent {
+        Ok(r) => r,
+        Err(ureq::Error::Timeout(_)) => return WebhookResult::Timeout,
+        Err(e) => return WebhookResult::Failed(e.to_string()),
+    };
+    let status = resp.status().as_u16();
+    match resp
+        .body_mut()
+        .with_config()
+        .limit(WEBHOOK_MAX_ANSWER)
+        .read_to_vec()
+    {
+        Ok(body) => WebhookResult::Answer {
+            status,
+            body: Bytes::from(body),
+        },
+        Err(ureq::Error::Timeout(_)) => WebhookResult::Timeout,
+        Err(e) => WebhookResult::Failed(e.to_string()),
     }
 }

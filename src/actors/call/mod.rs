@@ -118,6 +118,7 @@ pub fn describe() {
     self::core::mixing_describe();
     super::conference::describe();
     self::core::service::describe();
+    self::core::flow::describe();
 }
 
 /// What every call shares: transports, timers, directory, checkpoints, the CDR writer and
@@ -604,6 +605,11 @@ pub enum CallMsg {
         invite: Box<Inbound>,
         user: Option<(Arc<str>, Arc<str>)>,
     },
+    /// A call flow's webhook answered (or did not).
+    WebhookAnswered {
+        seq: u32,
+        result: core::WebhookResult,
+    },
 }
 
 // Local only: ractor's `cluster` feature (on for ractor_cluster) asks each message type to
@@ -730,6 +736,7 @@ impl Actor for CallActor {
                 agent,
                 phones,
             },
+            CallMsg::WebhookAnswered { seq, result } => Event::WebhookAnswered { seq, result },
         };
         state.run(event);
         Ok(())
@@ -847,6 +854,7 @@ impl CallState {
                 }
             }
             Effect::ReserveAgent { tenant, agent } => self.reserve_agent(tenant, agent, events),
+            Effect::Webhook(req) => env::webhook(self.myself.clone(), *req),
             Effect::ConsultMedia(op) => {
                 if let Some(id) = self.core.a_call_id() {
                     env::media(ctx, &core::consult_key(&id), op);

@@ -795,6 +795,12 @@ impl CallCore {
                     }
                     return;
                 }
+                if self.a_answered() {
+                    // The caller was answered by the switch (a call flow, a queue's overflow
+                    // to a user): its INVITE has its 200, so it gets a BYE, not the failure.
+                    let why = format!("callee answered {status}");
+                    return self.hang_up_answered_caller(HangupBy::Callee, &why);
+                }
                 let mut out = self.a_response(st, &reason, false);
                 if let Some(ra) = resp.value(HeaderName::RetryAfter) {
                     out.push(HeaderName::RetryAfter, ra.clone());
@@ -1271,6 +1277,7 @@ impl CallCore {
             CallTimer::ResendRelayed2xx(tx) => self.resend_relayed_2xx(tx, id),
             CallTimer::Announce if self.announce == Some(id) => self.request_position(),
             CallTimer::CdrWait if self.cdr_timer == Some(id) => self.cdr_wait_over(),
+            CallTimer::Flow => self.on_flow_timer(id),
             CallTimer::ConsultNoAnswer if self.consult_timer == Some(id) => {
                 self.consult_timer = None;
                 self.consult_failed(480);

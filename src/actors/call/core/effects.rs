@@ -84,6 +84,32 @@ pub enum Effect {
     AskHandOver(super::Replaces),
     /// The call's mix (a three-way, a monitor; named by the A-leg Call-ID).
     Mix(MixOp),
+    /// POST a call flow's webhook; the answer comes back as
+    /// [`super::Event::WebhookAnswered`] with `seq`.
+    Webhook(Box<WebhookRequest>),
+}
+
+/// A call flow's webhook request.
+#[derive(Debug)]
+pub struct WebhookRequest {
+    pub target: Arc<crate::config::flow::WebhookTarget>,
+    /// The JSON body (signed as it is).
+    pub body: String,
+    pub timeout: Duration,
+    pub seq: u32,
+}
+
+/// How a webhook request went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookResult {
+    /// An HTTP answer: its status and body.
+    Answer { status: u16, body: Bytes },
+    /// No answer within the step's timeout.
+    Timeout,
+    /// Too many webhooks in flight on this node: not sent.
+    Busy,
+    /// Not sent or no answer (connection refused, DNS, TLS, a body too large).
+    Failed(String),
 }
 
 /// One leg in a call's mix: a relay session (by its key: the call's A-leg Call-ID, or
@@ -170,6 +196,12 @@ pub enum MediaOp {
         announce: Option<(u32, Option<u64>)>,
     },
     StopPlay(Side),
+    /// Prompts of the library (by id) to `side`, one after the other, then silence (a
+    /// call flow's step).
+    Prompts {
+        side: Side,
+        ids: Vec<String>,
+    },
     /// Sends every RTP packet `side` sends straight back to it (the echo test).
     Echo(Side),
     Record {
@@ -230,6 +262,8 @@ pub trait Env: Send {
     /// Whether the tenant's `user` is a supervisor of its queue `queue` (may monitor its
     /// calls).
     fn supervises(&self, tenant: &str, queue: &str, user: &str) -> bool;
+    /// How long prompt `id` of the library plays, in milliseconds (None: no such prompt).
+    fn prompt_ms(&self, id: &str) -> Option<u64>;
     /// Puts a leg of the call's relay session into a conference (and its mix).
     fn conference_join(&mut self, seat: Seat) -> Result<(), Refusal>;
     /// The call left the conference.

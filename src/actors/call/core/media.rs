@@ -273,14 +273,17 @@ impl CallCore {
         let answer = self.switch_answer(a, &offer)?;
         self.media_op(MediaOp::Bridge(false));
         let service = self.service();
+        let flow = self.in_flow();
         match service {
             Some(service) => self.service_media(service),
+            // A flow plays its own prompts.
+            None if flow => {}
             None => self.play_music(None),
         }
         let mut ok = self.a_response(200, "OK", true);
         ok.push(HeaderName::ContentType, "application/sdp");
         ok.body = answer;
-        if service.is_none() {
+        if service.is_none() && !flow {
             self.schedule_announcement(std::time::Duration::ZERO);
         }
         Some(ok)
@@ -401,7 +404,7 @@ impl CallCore {
             return;
         };
         let up = matches!(core.phase, Phase::Answered | Phase::Confirmed)
-            || (self.service().is_some() && self.a_answered());
+            || ((self.service().is_some() || core.flow.is_some()) && self.a_answered());
         if !up || core.held.is_some() {
             return;
         }
@@ -424,6 +427,13 @@ impl CallCore {
         if let Some(core) = self.core.as_mut().map(std::sync::Arc::make_mut) {
             if core.cdr.dtmf.len() < 64 {
                 core.cdr.dtmf.push(digit);
+            }
+        }
+        if leg == self.side_of(Leg::A) {
+            if self.in_flow() {
+                self.flow_digit(digit);
+            } else {
+                self.queue_exit_digit(digit);
             }
         }
     }

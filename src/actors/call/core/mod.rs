@@ -13,7 +13,8 @@
 //! The behaviour is split by concern: `b2bua.rs` (the relay rules between the legs),
 //! `transactions.rs`, `queue_leg.rs`, `trunk_leg.rs`, `originate.rs` (click-to-call),
 //! `media.rs` (anchoring, SDP rewriting, music), `cdr.rs` (the end and the CDR),
-//! `service.rs` (the test numbers the switch answers itself: echo, music).
+//! `service.rs` (the test numbers the switch answers itself: echo, music), `flow.rs` (call
+//! flows: IVR menus the switch runs before the call goes on).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ mod cdr;
 mod conference;
 mod consult;
 mod effects;
+pub(crate) mod flow;
 pub(crate) mod media;
 pub(crate) mod mixing;
 mod originate;
@@ -58,7 +60,7 @@ mod view;
 pub use consult::{consult_key, consult_owner, describe as consult_describe};
 pub use effects::{
     CallConfig, Effect, Env, MediaOp, MediaPorts, MediaSettings, MixLeg, MixOp, Refusal, Seat,
-    TargetError, Tell, TimerFire, TimerKey, TransferTarget,
+    TargetError, Tell, TimerFire, TimerKey, TransferTarget, WebhookRequest, WebhookResult,
 };
 pub use media::{info_digit, RecordingCommand};
 pub use mixing::{describe as mixing_describe, MixKind, MonitorMode, Party};
@@ -168,6 +170,8 @@ pub enum Event {
         invite: Box<Inbound>,
         user: Option<(Arc<str>, Arc<str>)>,
     },
+    /// A call flow's webhook answered (or did not).
+    WebhookAnswered { seq: u32, result: WebhookResult },
 }
 
 /// The clock as the actor read it when the event arrived.
@@ -201,6 +205,8 @@ struct QueueLeg {
     queue: Arc<str>,
     priority: u32,
     joined_ms: u64,
+    /// Skills the caller needs on top of the queue's (a call flow's `set` step).
+    skills: Vec<crate::routing::acd::Requirement>,
     /// The agent who answered, and the offer it answered.
     agent: Option<Arc<str>>,
     answered_offer: Option<u64>,
@@ -259,6 +265,8 @@ pub enum CallTimer {
     ConsultNoAnswer,
     /// The CDR's commit took too long: the hangup goes on without waiting more.
     CdrWait,
+    /// A call flow's step: its prompt ended, or no input came in time.
+    Flow,
 }
 
 /// A snapshot for tests and the API.
@@ -355,6 +363,8 @@ pub struct Checkpoint {
     /// The leg moved into a standalone conference (the other was let go): the call is
     /// that leg alone, in the room's mix.
     seated: Option<Leg>,
+    /// The call flow the caller is in (boxed: only while it runs).
+    flow: Option<Box<flow::FlowRun>>,
 }
 
 /// An API consultation: the target's leg and the second relay session it talks on.
@@ -621,6 +631,8 @@ pub struct CallCore {
     cdr_timer: Option<TimerKey>,
     /// Call-IDs of consultations that are over (their late messages still come here).
     stale_consults: Vec<Bytes>,
+    /// The current call flow step's timer.
+    flow_timer: Option<TimerKey>,
 }
 
 impl CallCore {
@@ -668,6 +680,7 @@ impl CallCore {
             consult_timer: None,
             cdr_timer: None,
             stale_consults: Vec::new(),
+            flow_timer: None,
         }
     }
 
@@ -705,6 +718,7 @@ impl CallCore {
                 phones,
             } => self.agent_reserved(tenant, agent, phones),
             Event::Replacing { invite, user } => self.replacing_invite(*invite, user),
+            Event::WebhookAnswered { seq, result } => self.webhook_answered(seq, result),
         }
         self.sweep();
         std::mem::swap(&mut self.out, out);
@@ -994,7 +1008,11 @@ impl CallCore {
             target: route.target_text.clone(),
             ..CdrDraft::default()
         };
-        if queue.is_some() || route.group.is_some() || route.media.service.is_some() {
+        if queue.is_some()
+            || route.group.is_some()
+            || route.media.service.is_some()
+            || route.media.flow.is_some()
+        {
             // Queued (or a test number the switch answers itself): no B leg until the queue offers an agent. Through a trunk group: the
             // B leg goes to the first trunk of the call's plan, then the next on failover.
             let b = pending_b_dialog();
@@ -1027,6 +1045,7 @@ impl CallCore {
                     queue: join.queue,
                     priority: join.priority,
                     joined_ms: self.wall_ms as u64,
+                    skills: Vec::new(),
                     agent: None,
                     answered_offer: None,
                     wait_ms: None,
@@ -1045,6 +1064,7 @@ impl CallCore {
                 consult: None,
                 agent: None,
                 seated: None,
+                flow: None,
             }));
             let anchored = self.anchor_media(&a_invite, &a_call_id, &route.media);
             self.register(a_call_id.clone());
@@ -1056,6 +1076,9 @@ impl CallCore {
             }
             if let Some(service) = route.media.service {
                 return self.start_service(service);
+            }
+            if let Some(flow) = route.media.flow.clone() {
+                return self.start_flow(flow, 0);
             }
             if let Some(group) = &route.group {
                 let plan = group.plan(&route.prefix, &String::from_utf8_lossy(&dialled));
@@ -1134,6 +1157,7 @@ impl CallCore {
             consult: None,
             agent: None,
             seated: None,
+            flow: None,
         }));
         self.register(a_call_id.clone());
         self.register(b_call_id);
@@ -1165,6 +1189,10 @@ impl CallCore {
         self.reattach_media();
         if self.restore_topology(phase) {
             return;
+        }
+        if self.in_flow() && self.a_answered() && phase != Phase::Ended {
+            // The caller hears its flow's current step again.
+            return self.resume_flow();
         }
         if phase == Phase::Setup && self.service().is_some() && self.a_answered() {
             return self.restore_service();

@@ -66,6 +66,7 @@ impl CallCore {
             consult: None,
             agent: None,
             seated: None,
+            flow: None,
         }));
         self.orig_route = Some(Box::new(route));
         self.orig = Some(Originated {

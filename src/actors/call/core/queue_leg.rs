@@ -35,6 +35,7 @@ impl CallCore {
                 user,
                 priority: q.priority,
                 joined_ms: q.joined_ms,
+                skills: q.skills.clone(),
             }),
         );
         if let Some(id) = self.keepalive.take() {
@@ -465,7 +466,11 @@ impl CallCore {
                 self.fail_queued(code, reason_phrase(code), "queue overflow")
             }
             // Not overflow targets (validation refuses them); as an unresolved number.
-            CcTarget::Number(_) | CcTarget::Echo | CcTarget::Music | CcTarget::Conference(_) => {
+            CcTarget::Number(_)
+            | CcTarget::Echo
+            | CcTarget::Music
+            | CcTarget::Conference(_)
+            | CcTarget::Flow(_) => {
                 if let Some(q) = self.core().queue.as_mut() {
                     q.waiting = false;
                 }

@@ -177,6 +177,8 @@ struct FakeEnv {
     seats: Arc<std::sync::Mutex<Vec<String>>>,
     /// The conference is full: joins are refused.
     conference_full: bool,
+    /// Prompt lengths (ms) by id.
+    prompts: HashMap<String, u64>,
 }
 
 impl Env for FakeEnv {
@@ -227,6 +229,9 @@ impl Env for FakeEnv {
             .unwrap()
             .push(format!("leave {tenant}/{id} {call}"));
     }
+    fn prompt_ms(&self, id: &str) -> Option<u64> {
+        self.prompts.get(id).copied()
+    }
 }
 
 /// A route to the static target B.
@@ -276,6 +281,8 @@ struct Call {
     reserves: Vec<(Arc<str>, Arc<str>)>,
     /// The call's mix as it was asked to be, in order.
     mixes: Vec<MixOp>,
+    /// Webhook requests of call flows.
+    webhooks: Vec<WebhookRequest>,
 }
 
 fn cfg() -> CallConfig {
@@ -312,6 +319,7 @@ impl Call {
             consult_media: Vec::new(),
             reserves: Vec::new(),
             mixes: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 
@@ -404,6 +412,7 @@ impl Call {
             Effect::ConsultMedia(op) => self.consult_media.push(op),
             Effect::ReserveAgent { tenant, agent } => self.reserves.push((tenant, agent)),
             Effect::Mix(op) => self.mixes.push(op),
+            Effect::Webhook(req) => self.webhooks.push(*req),
         }
     }
 
@@ -2075,6 +2084,7 @@ fn queue_call(cid: &str) -> (Call, Message, Side, Side) {
         queue: Arc::from("support"),
         priority: 0,
         joined_ms: 0,
+        skills: Vec::new(),
         agent: Some(Arc::from("alice")),
         answered_offer: Some(1),
         wait_ms: Some(0),
@@ -2761,4 +2771,576 @@ fn in_dialog_requests_to_a_number_the_switch_answers_are_answered_here() {
         !c.has(A, |m| m.method().is_some()),
         "no request is sent back to the caller"
     );
+}
+
+// ---- call flows (IVR) ----
+
+const FLOW: &str = r##"
+id = "main"
+[[steps]]
+id = "welcome"
+type = "menu"
+prompt = "welcome"
+choices = { "1" = "sales", "2" = "more" }
+timeout_secs = 5
+retries = 1
+timeout_prompt = "no-input"
+invalid_prompt = "invalid"
+fail = "bye"
+[[steps]]
+id = "more"
+type = "menu"
+prompt = "more"
+choices = { "3" = "vip", "4" = "account" }
+[[steps]]
+id = "vip"
+type = "set"
+priority = 9
+skills = { vip = 5 }
+next = "sales"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "sales"
+[[steps]]
+id = "account"
+type = "collect"
+var = "account"
+max_digits = 4
+terminator = "#"
+next = "desk"
+[[steps]]
+id = "desk"
+type = "user"
+target = "1001"
+[[steps]]
+id = "bye"
+type = "play"
+prompt = "bye"
+next = "end"
+[[steps]]
+id = "end"
+type = "hangup"
+"##;
+
+fn flow_route() -> Route {
+    flow_route_with(FLOW, crate::config::flow::Calendar::default())
+}
+
+fn flow_route_with(text: &str, calendar: crate::config::flow::Calendar) -> Route {
+    flow_route_hooked(text, calendar, None)
+}
+
+fn flow_route_hooked(
+    text: &str,
+    calendar: crate::config::flow::Calendar,
+    webhook: Option<Arc<crate::config::flow::WebhookTarget>>,
+) -> Route {
+    let config: crate::config::flow::FlowConfig = toml::from_str(text).expect("flow parses");
+    let queues = ["sales".to_string()].into();
+    let flow = crate::config::flow::compile(
+        "flow",
+        &config,
+        &crate::config::flow::FlowScope {
+            queues: &queues,
+            calendar: &calendar,
+            webhook: webhook.as_ref(),
+            prompts: None,
+        },
+    )
+    .expect("flow compiles");
+    let mut r = route_to(A);
+    r.target_text = "flow:main".into();
+    r.media = MediaPolicy {
+        anchor: true,
+        answer_first: true,
+        tenant: Some(Arc::from("acme")),
+        flow: Some(Arc::new(flow)),
+        ..MediaPolicy::default()
+    };
+    r
+}
+
+fn flow_env() -> FakeEnv {
+    let mut env = media_env();
+    for (id, ms) in [
+        ("welcome", 2000),
+        ("more", 1500),
+        ("no-input", 800),
+        ("invalid", 700),
+        ("bye", 1000),
+    ] {
+        env.prompts.insert(id.into(), ms);
+    }
+    env
+}
+
+/// A call answered by the flow, its ACK sent.
+fn flow_call(cid: &str, env: FakeEnv) -> (Call, Side) {
+    let mut c = Call::with(cfg(), env);
+    c.begin_as(
+        &invite(cid, "8000", SDP_A),
+        flow_route(),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    let ok = c.status(A, 200, Method::Invite);
+    assert!(
+        body(&ok).contains("m=audio 20000 "),
+        "the switch's own answer"
+    );
+    let mut a = Side::caller(&ok);
+    c.from(A, &a.request("ACK", 1, "", ""));
+    (c, a)
+}
+
+fn digit(c: &mut Call, d: char) {
+    c.feed(Event::Dtmf {
+        side: crate::media::relay::Side::A,
+        digit: d,
+        source: crate::media::relay::DtmfSource::Rfc4733,
+    });
+}
+
+/// The prompt lists played to the caller, in order.
+fn prompts_played(c: &Call) -> Vec<Vec<String>> {
+    c.media
+        .iter()
+        .filter_map(|op| match op {
+            MediaOp::Prompts { ids, .. } => Some(ids.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The queue joined, with the caller's priority and the number of its own skills.
+fn joined_queue(c: &Call) -> Option<(String, u32, usize)> {
+    c.tells.iter().find_map(|t| match t {
+        Tell::Queue {
+            queue,
+            msg: crate::actors::queue::QueueMsg::Join(j),
+            ..
+        } => Some((queue.to_string(), j.priority, j.skills.len())),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_flow_answers_plays_its_menu_and_two_digits_lead_to_the_queue_with_priority() {
+    let (mut c, _a) = flow_call("flow-1", flow_env());
+    assert_eq!(prompts_played(&c), vec![vec!["welcome".to_string()]]);
+    assert!(
+        !c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })),
+        "no music while the flow plays its prompts"
+    );
+    assert!(c.core.info().anchored);
+    digit(&mut c, '2');
+    assert_eq!(prompts_played(&c)[1], vec!["more".to_string()]);
+    assert!(c
+        .media
+        .iter()
+        .any(|op| matches!(op, MediaOp::StopPlay(crate::media::relay::Side::A))));
+    digit(&mut c, '3');
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 9, 1)));
+    assert_eq!(c.phase(), Phase::Queued);
+    assert!(c.media.iter().any(|op| matches!(op, MediaOp::Music { .. })));
+    assert_eq!(c.core.info().dtmf, "23");
+    // The flow's timer is gone: nothing more happens in the menu.
+    c.advance(Duration::from_secs(30));
+    assert_eq!(prompts_played(&c).len(), 2);
+    assert!(!c.ended);
+}
+
+#[test]
+fn a_menu_retries_on_timeout_and_invalid_input_then_takes_its_fail_step() {
+    let (mut c, _a) = flow_call("flow-2", flow_env());
+    // Nothing for the prompt (2 s) and the timeout (5 s): the timeout prompt, the menu again.
+    c.advance(Duration::from_millis(6900));
+    assert_eq!(
+        prompts_played(&c).len(),
+        1,
+        "not before the prompt and timeout"
+    );
+    c.advance(Duration::from_millis(200));
+    assert_eq!(
+        prompts_played(&c)[1],
+        vec!["no-input".to_string(), "welcome".to_string()]
+    );
+    // A digit the menu lacks: out of retries (1), the fail step plays and hangs up.
+    digit(&mut c, '7');
+    assert_eq!(prompts_played(&c)[2], vec!["bye".to_string()]);
+    assert!(!c.ended);
+    c.advance(Duration::from_millis(1000));
+    c.request(A, Method::Bye);
+    assert!(c.ended);
+    assert_eq!(c.cdrs[0].disconnect_reason, "flow hangup");
+    assert!(joined_queue(&c).is_none());
+}
+
+#[test]
+fn an_invalid_digit_hears_the_invalid_prompt_and_the_menu_again() {
+    let (mut c, _a) = flow_call("flow-3", flow_env());
+    digit(&mut c, '9');
+    assert_eq!(
+        prompts_played(&c)[1],
+        vec!["invalid".to_string(), "welcome".to_string()]
+    );
+    digit(&mut c, '1');
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+}
+
+#[test]
+fn collect_takes_digits_up_to_the_terminator_then_rings_the_user() {
+    let mut env = flow_env();
+    env.users.insert(
+        "1001".into(),
+        vec![Fork {
+            ruri: Bytes::from(format!("sip:1001@{B}")),
+            dest: Dest {
+                protocol: Protocol::Udp,
+                addr: addr(B),
+                conn: None,
+            },
+        }],
+    );
+    let (mut c, _a) = flow_call("flow-4", env);
+    digit(&mut c, '2');
+    digit(&mut c, '4');
+    for d in ['5', '6', '#'] {
+        digit(&mut c, d);
+    }
+    let inv = c.request(B, Method::Invite);
+    assert!(
+        body(&inv).contains("m=audio 20002 "),
+        "the user is offered the switch's SDP"
+    );
+    assert_eq!(c.phase(), Phase::Setup);
+}
+
+#[test]
+fn a_flow_user_not_registered_ends_the_call() {
+    let (mut c, _a) = flow_call("flow-5", flow_env());
+    digit(&mut c, '2');
+    digit(&mut c, '4');
+    // The collect step times out with what it has.
+    digit(&mut c, '5');
+    c.advance(Duration::from_secs(6));
+    c.request(A, Method::Bye);
+    assert_eq!(c.cdrs[0].disconnect_reason, "flow user not registered");
+}
+
+#[test]
+fn a_flow_without_media_is_refused_and_a_restarted_actor_plays_the_step_again() {
+    let mut c = Call::with(cfg(), FakeEnv::default());
+    c.begin(&invite("flow-6", "8000", SDP_A), flow_route(), vec![]);
+    c.status(A, 488, Method::Invite);
+    assert!(c.ended);
+
+    let (mut c, _a) = flow_call("flow-7", flow_env());
+    digit(&mut c, '2');
+    let cp = c.checkpoint.clone().expect("a checkpoint");
+    let mut r = Call::with(cfg(), flow_env());
+    r.feed(Event::Restore(Box::new(cp)));
+    assert_eq!(prompts_played(&r), vec![vec!["more".to_string()]]);
+    digit(&mut r, '3');
+    assert_eq!(joined_queue(&r), Some(("sales".to_string(), 9, 1)));
+}
+
+#[test]
+fn the_caller_hanging_up_in_a_menu_ends_the_call_and_its_timer_does_nothing() {
+    let (mut c, mut a) = flow_call("flow-8", flow_env());
+    c.from(A, &a.request("BYE", 0, "", ""));
+    c.status(A, 200, Method::Bye);
+    assert!(c.ended);
+    let before = prompts_played(&c).len();
+    c.advance(Duration::from_secs(30));
+    assert_eq!(prompts_played(&c).len(), before);
+}
+
+const SCHEDULED: &str = r#"
+id = "hours"
+[[steps]]
+id = "hours"
+type = "schedule"
+hours = ["mon-fri 09:00-18:00"]
+open = "sales"
+closed = "closed"
+holiday = "bye"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "sales"
+[[steps]]
+id = "closed"
+type = "play"
+prompt = "bye"
+next = "end"
+[[steps]]
+id = "bye"
+type = "hangup"
+[[steps]]
+id = "end"
+type = "hangup"
+"#;
+
+/// A call to the scheduled flow with the tenant's calendar, at the test clock (Tuesday
+/// 2023-11-14 22:13:20 UTC).
+fn scheduled_call(cid: &str, tz: &str, holidays: &[&str]) -> Call {
+    let holidays: Vec<String> = holidays.iter().map(|s| s.to_string()).collect();
+    let calendar = crate::config::flow::Calendar::parse("t", Some(tz), &holidays).unwrap();
+    let mut c = Call::with(cfg(), flow_env());
+    c.begin_as(
+        &invite(cid, "8001", SDP_A),
+        flow_route_with(SCHEDULED, calendar),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    c.status(A, 200, Method::Invite);
+    c
+}
+
+#[test]
+fn a_schedule_step_branches_on_the_tenants_local_time_and_holidays() {
+    // 22:13 on Tuesday in UTC: closed, the closed message plays.
+    let c = scheduled_call("sched-1", "UTC", &[]);
+    assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]]);
+    assert!(joined_queue(&c).is_none());
+    // 09:13 on Wednesday in Sydney (UTC+11 in November): open, the queue.
+    let c = scheduled_call("sched-2", "Australia/Sydney", &[]);
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+    // The same, but the 15th is a holiday in Sydney: hung up.
+    let mut c = scheduled_call("sched-3", "Australia/Sydney", &["2023-11-15"]);
+    assert!(joined_queue(&c).is_none());
+    c.request(A, Method::Bye);
+    assert!(c.ended);
+}
+
+const HOOKED: &str = r#"
+id = "hooked"
+[[steps]]
+id = "ask"
+type = "webhook"
+timeout_ms = 2000
+fallback = "closed"
+[[steps]]
+id = "sales"
+type = "queue"
+target = "sales"
+[[steps]]
+id = "closed"
+type = "play"
+prompt = "bye"
+next = "end"
+[[steps]]
+id = "end"
+type = "hangup"
+"#;
+
+fn hooked_call(cid: &str) -> Call {
+    let target = Arc::new(crate::config::flow::WebhookTarget {
+        url: "http://127.0.0.1:9/hook".into(),
+        secret: "0123456789abcdef".into(),
+    });
+    let mut c = Call::with(cfg(), flow_env());
+    c.begin_as(
+        &invite(cid, "8002", SDP_A),
+        flow_route_hooked(
+            HOOKED,
+            crate::config::flow::Calendar::default(),
+            Some(target),
+        ),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    c.status(A, 200, Method::Invite);
+    c
+}
+
+fn hook_answer(c: &mut Call, status: u16, body: &str) {
+    let seq = c.webhooks.last().expect("a webhook request").seq;
+    c.feed(Event::WebhookAnswered {
+        seq,
+        result: WebhookResult::Answer {
+            status,
+            body: Bytes::from(body.to_string()),
+        },
+    });
+}
+
+#[test]
+fn a_webhook_posts_the_calls_variables_and_its_answer_names_the_next_step() {
+    let mut c = hooked_call("hook-1");
+    let req = &c.webhooks[0];
+    assert_eq!(req.timeout, Duration::from_millis(2000));
+    let body: serde_json::Value = serde_json::from_str(&req.body).unwrap();
+    assert_eq!(body["call_id"], "hook-1");
+    assert_eq!(body["tenant"], "acme");
+    assert_eq!(body["flow"], "hooked");
+    assert_eq!(body["step"], "ask");
+    assert_eq!(body["called"], "8002");
+    hook_answer(
+        &mut c,
+        200,
+        r#"{"next": "sales", "priority": 3, "vars": {"tier": "gold"}}"#,
+    );
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 3, 0)));
+    assert!(prompts_played(&c).is_empty());
+}
+
+#[test]
+fn bad_late_and_failed_webhook_answers_take_the_fallback() {
+    for (cid, status, body) in [
+        ("hook-json", 200, "{not json"),
+        ("hook-500", 500, r#"{"next": "sales"}"#),
+        ("hook-step", 200, r#"{"next": "nowhere"}"#),
+        ("hook-field", 200, r#"{"next": "sales", "run": "rm -rf"}"#),
+    ] {
+        let mut c = hooked_call(cid);
+        hook_answer(&mut c, status, body);
+        assert!(joined_queue(&c).is_none(), "{cid}");
+        assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]], "{cid}");
+    }
+    // No answer in the step's timeout: the fallback; the answer that comes later is ignored.
+    let mut c = hooked_call("hook-slow");
+    c.advance(Duration::from_millis(1999));
+    assert!(prompts_played(&c).is_empty());
+    c.advance(Duration::from_millis(1));
+    assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]]);
+    hook_answer(&mut c, 200, r#"{"next": "sales"}"#);
+    assert!(joined_queue(&c).is_none(), "a late answer changes nothing");
+    // A node with too many webhooks in flight: the fallback at once.
+    let mut c = hooked_call("hook-busy");
+    let seq = c.webhooks[0].seq;
+    c.feed(Event::WebhookAnswered {
+        seq,
+        result: WebhookResult::Busy,
+    });
+    assert_eq!(prompts_played(&c), vec![vec!["bye".to_string()]]);
+}
+
+#[test]
+fn the_webhook_signature_is_hmac_sha256_of_timestamp_and_body() {
+    // RFC 4231 test case 2 key and data, with the timestamp prefix the receiver rebuilds.
+    let sig = super::flow::webhook_signature(b"Jefe", 0, b"what do ya want for nothing?");
+    assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
+    assert_ne!(
+        sig,
+        super::flow::webhook_signature(b"Jefe", 1, b"what do ya want for nothing?"),
+        "the timestamp is signed"
+    );
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"Jefe").unwrap();
+    mac.update(b"0.what do ya want for nothing?");
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(sig, format!("sha256={hex}"));
+}
+
+const EXITS: &str = r#"
+id = "exits"
+[[steps]]
+id = "wait"
+type = "queue"
+target = "sales"
+exit_keys = { "0" = "menu" }
+[[steps]]
+id = "menu"
+type = "menu"
+prompt = "more"
+choices = { "1" = "wait", "2" = "end" }
+[[steps]]
+id = "end"
+type = "hangup"
+"#;
+
+#[test]
+fn an_exit_key_leaves_the_queue_for_its_step_and_the_caller_can_go_back() {
+    let mut c = Call::with(cfg(), flow_env());
+    c.begin_as(
+        &invite("exit-1", "8003", SDP_A),
+        flow_route_with(EXITS, crate::config::flow::Calendar::default()),
+        vec![],
+        super::super::Parties {
+            tenant: Some(Arc::from("acme")),
+            ..Default::default()
+        },
+    );
+    c.status(A, 200, Method::Invite);
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+    assert_eq!(c.phase(), Phase::Queued);
+    // A digit that is no exit key changes nothing.
+    digit(&mut c, '5');
+    assert_eq!(c.phase(), Phase::Queued);
+    assert!(prompts_played(&c).is_empty());
+    // 0: the caller leaves the queue (not an abandon) for the menu.
+    digit(&mut c, '0');
+    let left = c.tells.iter().any(|t| {
+        matches!(
+            t,
+            Tell::Queue {
+                msg: crate::actors::queue::QueueMsg::Leave {
+                    abandoned: false,
+                    ..
+                },
+                ..
+            }
+        )
+    });
+    assert!(left, "the queue is told the caller left");
+    assert_eq!(prompts_played(&c), vec![vec!["more".to_string()]]);
+    assert_ne!(c.phase(), Phase::Queued);
+    // 1: back in the queue (joined afresh).
+    c.tells.clear();
+    digit(&mut c, '1');
+    assert_eq!(joined_queue(&c), Some(("sales".to_string(), 0, 0)));
+    assert_eq!(c.phase(), Phase::Queued);
+    // A restarted actor keeps the caller waiting in its place, the exit key still works.
+    let cp = c.checkpoint.clone().expect("a checkpoint");
+    let mut r = Call::with(cfg(), flow_env());
+    r.feed(Event::Restore(Box::new(cp)));
+    assert!(prompts_played(&r).is_empty(), "no flow step is replayed");
+    digit(&mut r, '0');
+    assert_eq!(prompts_played(&r), vec![vec!["more".to_string()]]);
+}
+
+#[test]
+fn a_flow_user_who_is_busy_ends_the_answered_caller_with_a_bye() {
+    let mut env = flow_env();
+    env.users.insert(
+        "1001".into(),
+        vec![Fork {
+            ruri: Bytes::from(format!("sip:1001@{B}")),
+            dest: Dest {
+                protocol: Protocol::Udp,
+                addr: addr(B),
+                conn: None,
+            },
+        }],
+    );
+    let (mut c, _a) = flow_call("flow-busy", env);
+    for d in ['2', '4', '#'] {
+        digit(&mut c, d);
+    }
+    let inv = c.request(B, Method::Invite);
+    c.from(B, &answer(&inv, 486, "Busy Here", "b1", B, ""));
+    assert!(
+        !c.has(A, |m| m.status() == Some(486)),
+        "no failure after the caller's 200"
+    );
+    c.request(A, Method::Bye);
+    assert!(c.ended);
+    assert_eq!(c.cdrs[0].disconnect_reason, "callee answered 486");
 }

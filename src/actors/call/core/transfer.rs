@@ -301,6 +301,7 @@ impl CallCore {
                     queue,
                     priority,
                     joined_ms,
+                    skills: Vec::new(),
                     agent: None,
                     answered_offer: None,
                     wait_ms: None,
