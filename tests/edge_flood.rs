@@ -391,16 +391,21 @@ async fn exempt_sources_and_nat_gateways_are_not_banned() {
     let sw = udp_addr(&node);
     for (ip, sent, want) in [("127.0.0.14", 300, 300), ("127.0.0.15", 300, 100)] {
         let ua = ua_at(ip).await;
+        let mut ok = 0;
         for i in 0..sent {
             ua.send(sw, &options(&format!("x-{ip}-{i}"), ua.addr, "UDP"))
                 .await;
             if i % 25 == 24 {
-                // Far above the density limit still (300 in ~30 ms), but not a burst that
-                // overflows a socket buffer on a busy machine (lost datagrams are not bans).
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                // Take the answers so far: the test's own socket buffer (212 KB of kernel
+                // accounting, ~160 answers) must not be what drops them. Still far above the
+                // density limit (300 in about 100 ms).
+                while let Some((m, _)) = ua.recv(Duration::from_millis(5)).await {
+                    if m.status() == Some(200) {
+                        ok += 1;
+                    }
+                }
             }
         }
-        let mut ok = 0;
         while let Some((m, _)) = ua.recv(Duration::from_millis(1500)).await {
             if m.status() == Some(200) {
                 ok += 1;
