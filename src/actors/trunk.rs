@@ -1081,12 +1081,37 @@ impl TrunkState {
         };
         self.probe_seq += 1;
         let seq = self.probe_seq;
-        let (host, port) = self.ctx.sent_by(gw.protocol);
+        let (host, _) = self.ctx.sent_by(gw.protocol);
         let call_id = probe_call_id(&self.shared.id, seq, &host);
-        let mut m = Message::request(
+        let m = self.gateway_request(
             Method::Options,
-            format!("sip:{}{}", gw.addr, gw.protocol.uri_param()),
+            format!("sip:{}", gw.addr),
+            &gw,
+            &format!("<sip:probe@{host}>"),
+            format!("<sip:{}>", gw.addr),
+            call_id,
+            seq,
         );
+        self.send_to_gateway(&gw, &m);
+        self.probe_out = Some((seq, false));
+    }
+
+    /// A request of the switch's own to a gateway, outside any dialog (an OPTIONS probe, a
+    /// REGISTER): Request-URI, a Via with a new branch and rport, Max-Forwards, From with a
+    /// new tag, To, Call-ID, CSeq and User-Agent; the caller adds the rest.
+    #[allow(clippy::too_many_arguments)]
+    fn gateway_request(
+        &self,
+        method: Method,
+        ruri: String,
+        gw: &RouteTarget,
+        from: &str,
+        to: String,
+        call_id: String,
+        cseq: u64,
+    ) -> Message {
+        let (host, port) = self.ctx.sent_by(gw.protocol);
+        let mut m = Message::request(method.clone(), format!("{ruri}{}", gw.protocol.uri_param()));
         m.push(
             HeaderName::Via,
             format!(
@@ -1098,24 +1123,24 @@ impl TrunkState {
         m.push(HeaderName::MaxForwards, "70");
         m.push(
             HeaderName::From,
-            format!(
-                "<sip:probe@{host}>;tag={}",
-                String::from_utf8_lossy(&random_token(8))
-            ),
+            format!("{from};tag={}", String::from_utf8_lossy(&random_token(8))),
         );
-        m.push(HeaderName::To, format!("<sip:{}>", gw.addr));
+        m.push(HeaderName::To, to);
         m.push(HeaderName::CallId, call_id);
-        m.push(HeaderName::CSeq, format!("{seq} OPTIONS"));
+        m.push(HeaderName::CSeq, format!("{cseq} {method}"));
         m.push(HeaderName::UserAgent, self.ctx.user_agent.clone());
+        m
+    }
+
+    fn send_to_gateway(&self, gw: &RouteTarget, m: &Message) {
         self.ctx.transports().send_message(
             Dest {
                 protocol: gw.protocol,
                 addr: gw.addr,
                 conn: None,
             },
-            &m,
+            m,
         );
-        self.probe_out = Some((seq, false));
     }
 
     fn publish(&mut self, now: u64) {

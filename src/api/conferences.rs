@@ -212,14 +212,24 @@ async fn show(
     })())
 }
 
-/// Asks a participant's call to hang up.
+/// Asks a participant's call to hang up (a kick).
 fn hang_up(ctx: &CallContext, call_id: &str) -> Result<(), Problem> {
     let actor = ctx.directory.lookup(call_id.as_bytes()).ok_or_else(|| {
         Problem::unavailable(format!("call {call_id:?} is restarting; try again"))
     })?;
     actor
         .cast(CallMsg::Hangup(KICK_REASON.to_string()))
-        .map_err(|e| Problem::unavailable(format!("the call did not take the command: {e}")))
+        .map_err(|e| Problem::unavailable(format!("the call did not take the command: {e}")))?;
+    metrics::counter!(crate::actors::conference::CONFERENCE_EVENTS, "event" => "kicked")
+        .increment(1);
+    Ok(())
+}
+
+/// The participants' call ids of a room the caller may see (404 if there is none).
+fn members(ctx: &CallContext, tenant: &str, id: &str) -> Result<Vec<String>, Problem> {
+    ctx.conferences
+        .calls(tenant, id)
+        .ok_or_else(|| missing(tenant, id))
 }
 
 async fn end(
@@ -230,17 +240,12 @@ async fn end(
     let answer = (|| {
         caller.check(&tenant)?;
         let ctx = calls(&state)?;
-        let members = ctx
-            .conferences
-            .calls(&tenant, &id)
-            .ok_or_else(|| missing(&tenant, &id))?;
+        let members = members(ctx, &tenant, &id)?;
         if members.is_empty() {
             ctx.conferences.remove_empty(&tenant, &id);
         }
         for call in &members {
             hang_up(ctx, call)?;
-            metrics::counter!(crate::actors::conference::CONFERENCE_EVENTS, "event" => "kicked")
-                .increment(1);
         }
         Ok(
             serde_json::json!({ "conference": id, "result": "ending", "participants": members.len() }),
@@ -410,18 +415,12 @@ async fn kick(
     let answer = (|| {
         caller.check(&tenant)?;
         let ctx = calls(&state)?;
-        let members = ctx
-            .conferences
-            .calls(&tenant, &id)
-            .ok_or_else(|| missing(&tenant, &id))?;
-        if !members.contains(&participant) {
+        if !members(ctx, &tenant, &id)?.contains(&participant) {
             return Err(Problem::not_found(format!(
                 "no participant {participant:?} in {tenant}/{id}"
             )));
         }
         hang_up(ctx, &participant)?;
-        metrics::counter!(crate::actors::conference::CONFERENCE_EVENTS, "event" => "kicked")
-            .increment(1);
         Ok(serde_json::json!({ "conference": id, "participant": participant, "result": "kicked" }))
     })();
     counted("kick", &answer);

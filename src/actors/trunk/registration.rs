@@ -170,29 +170,15 @@ impl TrunkState {
         let (host, port) = self.ctx.sent_by(gw.protocol);
         let ruri = format!("sip:{domain}");
         let aor = format!("<sip:{user}@{domain}>");
-        let mut m = Message::request(
+        let mut m = self.gateway_request(
             Method::Register,
-            format!("{ruri}{}", gw.protocol.uri_param()),
-        );
-        m.push(
-            HeaderName::Via,
-            format!(
-                "SIP/2.0/{} {host}:{port};branch={};rport",
-                gw.protocol.as_str().to_ascii_uppercase(),
-                String::from_utf8_lossy(&new_branch())
-            ),
-        );
-        m.push(HeaderName::MaxForwards, "70");
-        m.push(
-            HeaderName::From,
-            format!("{aor};tag={}", String::from_utf8_lossy(&random_token(8))),
-        );
-        m.push(HeaderName::To, aor);
-        m.push(
-            HeaderName::CallId,
+            ruri.clone(),
+            &gw,
+            &aor,
+            aor.clone(),
             format!("{REGISTER_PREFIX}{}@{host}", self.shared.id),
+            u64::from(cseq),
         );
-        m.push(HeaderName::CSeq, format!("{cseq} REGISTER"));
         m.push(
             HeaderName::Contact,
             format!("<sip:{user}@{host}:{port}{}>", gw.protocol.uri_param()),
@@ -216,16 +202,8 @@ impl TrunkState {
             };
             m.push(name, value);
         }
-        m.push(HeaderName::UserAgent, self.ctx.user_agent.clone());
         counted(&self.shared.id, "sent");
-        self.ctx.transports().send_message(
-            Dest {
-                protocol: gw.protocol,
-                addr: gw.addr,
-                conn: None,
-            },
-            &m,
-        );
+        self.send_to_gateway(&gw, &m);
     }
 }
 
