@@ -225,81 +225,15 @@ say "customer               SIPp UAS udp:$HOST:$CUST_PORT (trunk carrier, route 
 start_switch
 
 # ---------------------------------------------------------------- agent phones (UAS)
-AGENT_RECV_MS=$(( (TALK + 60) * 1000 ))
-(
-    cd "$OUT"
-    exec sipp -sf "$OUT/c2c_agent.xml" -i "$HOST" -p "$AGENT_PORT" -cp "$AGENT_CP" \
-        -nostdin -buff_size "$BUFF" -max_socket 50000 \
-        -recv_timeout "$AGENT_RECV_MS" \
-        -trace_stat -stf "$OUT/agent_stat.csv" -fd 1 \
-        -trace_rtt -rtt_freq 1 \
-        -trace_err -error_file "$OUT/agent_errors.log" \
-        -trace_screen -screen_file "$OUT/agent_screen.log"
-) > "$OUT/agent.out" 2>&1 < /dev/null &
-AGENT_PID=$!
-CHILD_PIDS+=("$AGENT_PID")
-wait_udp_bound "$AGENT_PORT" "$AGENT_PID" "SIPp agent UAS"
+start_agent_uas "$OUT/c2c_agent.xml"
 
 # ---------------------------------------------------------------- registrations
 VERDICT=PASS
 REASONS=()
-t0=$(now_s)
-(cd "$OUT" && timeout $((AGENTS / REG_RATE + 60)) sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
-    -auth_uri "$DOMAIN" \
-    -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" \
-    -m "$AGENTS" -r "$REG_RATE" -l $((REG_RATE * 2)) -buff_size "$BUFF" \
-    -i "$HOST" -p "$REG_PORT" -cp "$REG_CP" -nostdin \
-    -trace_stat -stf "$OUT/register_stat.csv" -fd 1 -trace_err -error_file "$OUT/register_errors.log" \
-    > "$OUT/register.out" 2>&1 < /dev/null) || true
-t1=$(now_s)
-REG_OK=$(stat_col "$OUT/register_stat.csv" "SuccessfulCall(C)")
-REG_FAIL=$(stat_col "$OUT/register_stat.csv" "FailedCall(C)")
-awk -v ok="$REG_OK" -v f="$REG_FAIL" -v n="$AGENTS" -v a="$t0" -v b="$t1" 'BEGIN {
-    printf "registrations          %s ok, %s failed of %d in %.1f s (%.0f/s)\n", ok, f, n, b - a, (b > a ? ok / (b - a) : 0) }' | tee -a "$OUT/report.txt"
-if [ "$REG_OK" != "$AGENTS" ] || [ "$REG_FAIL" != 0 ]; then
-    echo "c2c.sh: agent registration failed; first errors:" >&2
-    head -c 2000 "$OUT/register_errors.log" >&2 2>/dev/null || true
-    say "result                 FAIL: registrations $REG_OK ok, $REG_FAIL failed of $AGENTS"
-    say "files                  $OUT"
-    exit 1
-fi
+register_agents
 
 # ---------------------------------------------------------------- agents available
-api_available() {
-    local body
-    body=$(api_get "/agents?tenant=cc&state=available&limit=1") || { echo NA; return; }
-    printf '%s' "$body" | python3 -c '
-import json, sys
-try:
-    print(int(json.load(sys.stdin)["total"]))
-except Exception:
-    print("NA")
-' 2>/dev/null || echo NA
-}
-AVAIL=NA BINDINGS=NA AVAIL_SRC=metric
-deadline=$(( $(date +%s) + 30 + AGENTS / 1000 ))
-while :; do
-    kill -0 "$SW" 2>/dev/null || die "switch exited while agents registered (log: $OUT/switch.log)"
-    if scrape "$OUT/metrics_agents.txt"; then
-        BINDINGS=$(metric_sum switchyard_registrar_bindings "$OUT/metrics_agents.txt" 'tenant="cc"')
-        AVAIL=$(metric_sum switchyard_agents "$OUT/metrics_agents.txt" 'tenant="cc"' 'state="available"')
-    fi
-    if [ "$AVAIL" = NA ]; then AVAIL=$(api_available); AVAIL_SRC="GET /agents"; else AVAIL_SRC=metric; fi
-    if is_num "$BINDINGS" && [ "$BINDINGS" -ge "$AGENTS" ] && is_num "$AVAIL" && [ "$AVAIL" -ge "$AGENTS" ]; then
-        break
-    fi
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        if ! is_num "$AVAIL" && is_num "$BINDINGS" && [ "$BINDINGS" -ge "$AGENTS" ]; then
-            echo "c2c.sh: WARNING: the switch does not say how many agents are available; going on with $BINDINGS bindings" >&2
-            break
-        fi
-        say "result                 FAIL: agents not ready after the registrations: bindings $BINDINGS, available $AVAIL ($AVAIL_SRC) of $AGENTS"
-        say "files                  $OUT"
-        exit 1
-    fi
-    sleep 0.5
-done
-say "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
+wait_agents_available
 
 # ---------------------------------------------------------------- customer (UAS)
 # -trace_msg: the INVITEs' receive times for the client-side latency.
@@ -307,7 +241,7 @@ say "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
     cd "$OUT"
     exec sipp -sf "$scen/c2c_customer.xml" -i "$HOST" -p "$CUST_PORT" -cp "$CUST_CP" -aa \
         -nostdin -buff_size "$BUFF" -max_socket 50000 \
-        -recv_timeout "$AGENT_RECV_MS" \
+        -recv_timeout $(( (TALK + 60) * 1000 )) \
         -trace_msg -message_file "$OUT/customer_msg.log" \
         -trace_stat -stf "$OUT/customer_stat.csv" -fd 1 \
         -trace_err -error_file "$OUT/customer_errors.log" \

@@ -82,15 +82,6 @@ TALK_MS=$((TALK * 1000))
 
 # ---------------------------------------------------------------- children
 
-# ---------------------------------------------------------------- helpers
-# "n p50 p99 max" (nearest rank) of the rtd named $2 in SIPp rtt file $1.
-rtd_stats() {
-    if [ -z "$1" ] || [ ! -s "$1" ]; then echo "0 NA NA NA"; return; fi
-    awk -F';' -v name="$2" 'NR>1 && $3==name { print $2+0 }' "$1" | sort -g | awk '{ v[NR]=$1 }
-        function rank(p,  r) { r=int(p*NR); if (r<p*NR) r++; if (r<1) r=1; return v[r] }
-        END { if (NR==0) print "0 NA NA NA"; else printf "%d %s %s %s\n", NR, rank(0.50), rank(0.99), v[NR] }'
-}
-
 pick_port SIP_PORT; pick_port HTTP_PORT
 pick_port AGENT_PORT; pick_port AGENT_CP
 pick_port REG_PORT; pick_port REG_CP
@@ -164,86 +155,15 @@ say "agent phones           SIPp UAS udp:$HOST:$AGENT_PORT (registered from udp:
 start_switch
 
 # ---------------------------------------------------------------- agent phones (UAS)
-# One UDP socket for every agent; the calls are told apart by Call-ID (so a switch that
-# forked one Call-ID to several agents would confuse it). -recv_timeout bounds a call that
-# never gets its ACK or its BYE's 200; -max_socket only matters with -t un.
-(
-    cd "$OUT"
-    exec sipp -sf "$OUT/cc_agent.xml" -i "$HOST" -p "$AGENT_PORT" -cp "$AGENT_CP" \
-        -nostdin -buff_size "$BUFF" -max_socket 50000 \
-        -recv_timeout $(( (TALK + 60) * 1000 )) \
-        -trace_stat -stf "$OUT/agent_stat.csv" -fd 1 \
-        -trace_rtt -rtt_freq 1 \
-        -trace_err -error_file "$OUT/agent_errors.log" \
-        -trace_screen -screen_file "$OUT/agent_screen.log"
-) > "$OUT/agent.out" 2>&1 < /dev/null &
-AGENT_PID=$!
-CHILD_PIDS+=("$AGENT_PID")
-wait_udp_bound "$AGENT_PORT" "$AGENT_PID" "SIPp agent UAS"
+start_agent_uas "$OUT/cc_agent.xml"
 
 # ---------------------------------------------------------------- registrations
 VERDICT=PASS
 REASONS=()
-t0=$(now_s)
-(cd "$OUT" && timeout $((AGENTS / REG_RATE + 60)) sipp "$HOST:$SIP_PORT" -sf "$scen/cc_register.xml" \
-    -auth_uri "$DOMAIN" \
-    -inf "$OUT/sipp_users.csv" -key agent_port "$AGENT_PORT" \
-    -m "$AGENTS" -r "$REG_RATE" -l $((REG_RATE * 2)) -buff_size "$BUFF" \
-    -i "$HOST" -p "$REG_PORT" -cp "$REG_CP" -nostdin \
-    -trace_stat -stf "$OUT/register_stat.csv" -fd 1 -trace_err -error_file "$OUT/register_errors.log" \
-    > "$OUT/register.out" 2>&1 < /dev/null) || true
-t1=$(now_s)
-REG_OK=$(stat_col "$OUT/register_stat.csv" "SuccessfulCall(C)")
-REG_FAIL=$(stat_col "$OUT/register_stat.csv" "FailedCall(C)")
-awk -v ok="$REG_OK" -v f="$REG_FAIL" -v n="$AGENTS" -v a="$t0" -v b="$t1" 'BEGIN {
-    printf "registrations          %s ok, %s failed of %d in %.1f s (%.0f/s)\n", ok, f, n, b - a, (b > a ? ok / (b - a) : 0) }' | tee -a "$OUT/report.txt"
-if [ "$REG_OK" != "$AGENTS" ] || [ "$REG_FAIL" != 0 ]; then
-    echo "cc.sh: agent registration failed; first errors:" >&2
-    head -c 2000 "$OUT/register_errors.log" >&2 2>/dev/null || true
-    say "result                 FAIL: registrations $REG_OK ok, $REG_FAIL failed of $AGENTS"
-    say "files                  $OUT"
-    exit 1
-fi
+register_agents
 
 # ---------------------------------------------------------------- agents available
-# Every binding is in the registrar and the switch counts every agent available: the
-# gauge switchyard_agents{tenant="cc",state="available"}, else GET /agents (its "total").
-api_available() {
-    local body
-    body=$(api_get "/agents?tenant=cc&state=available&limit=1") || { echo NA; return; }
-    printf '%s' "$body" | python3 -c '
-import json, sys
-try:
-    t = json.load(sys.stdin)["total"]
-    print(int(t))
-except Exception:
-    print("NA")
-' 2>/dev/null || echo NA
-}
-AVAIL=NA BINDINGS=NA AVAIL_SRC=metric
-deadline=$(( $(date +%s) + 30 + AGENTS / 1000 ))
-while :; do
-    kill -0 "$SW" 2>/dev/null || die "switch exited while agents registered (log: $OUT/switch.log)"
-    if scrape "$OUT/metrics_agents.txt"; then
-        BINDINGS=$(metric_sum switchyard_registrar_bindings "$OUT/metrics_agents.txt" 'tenant="cc"')
-        AVAIL=$(metric_sum switchyard_agents "$OUT/metrics_agents.txt" 'tenant="cc"' 'state="available"')
-    fi
-    if [ "$AVAIL" = NA ]; then AVAIL=$(api_available); AVAIL_SRC="GET /agents"; else AVAIL_SRC=metric; fi
-    if is_num "$BINDINGS" && [ "$BINDINGS" -ge "$AGENTS" ] && is_num "$AVAIL" && [ "$AVAIL" -ge "$AGENTS" ]; then
-        break
-    fi
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        if ! is_num "$AVAIL" && is_num "$BINDINGS" && [ "$BINDINGS" -ge "$AGENTS" ]; then
-            echo "cc.sh: WARNING: neither switchyard_agents{state=\"available\"} nor GET /agents?tenant=cc says how many agents are available; going on with $BINDINGS bindings" >&2
-            break
-        fi
-        say "result                 FAIL: agents not ready after the registrations: bindings $BINDINGS, available $AVAIL ($AVAIL_SRC) of $AGENTS"
-        say "files                  $OUT"
-        exit 1
-    fi
-    sleep 0.5
-done
-say "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
+wait_agents_available
 
 # ---------------------------------------------------------------- callers
 scrape "$OUT/metrics_before.txt" || die "GET /metrics failed before the calls"
