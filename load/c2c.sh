@@ -99,27 +99,7 @@ ADM_CPS=$(( RATE * 4 )); [ "$ADM_CPS" -ge 5000 ] || ADM_CPS=5000
 cat > "$OUT/switchyard.toml" <<CFG
 # Written by load/c2c.sh.
 data_dir = "$OUT/data"
-[sip]
-listen = ["udp:$HOST:$SIP_PORT"]
-[http]
-listen = "$HOST:$HTTP_PORT"
-token = "$TOKEN"
-# SIPp runs on loopback: its addresses are trusted peers (nothing is by default;
-# untrusted callers reach only tenants' numbers and users, never a route).
-[security]
-trusted = ["127.0.0.0/8"]
-[admission]
-max_calls = $MAX_CALLS
-cps = $ADM_CPS
-per_source_cps = 0
-# SIPp sends far above a phone's rate from loopback: never banned (README "The edge").
-[security.flood]
-exempt = ["127.0.0.0/8"]
-[registrar]
-max_auth_failures = 1000000
-# SIPp 3.6 answers only the first challenge and knows only MD5.
-algorithms = ["MD5"]
-max_expires_secs = 7200
+$(sipp_node_config)
 [[trunks]]
 id = "carrier"
 gateways = ["sip:$HOST:$CUST_PORT"]

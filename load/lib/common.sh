@@ -297,3 +297,32 @@ wait_agents_available() {
     done
     say "agents ready           bindings $BINDINGS, available $AVAIL ($AVAIL_SRC)"
 }
+
+# The node settings of a switch that SIPp agents and callers on loopback drive (cc.sh,
+# c2c.sh, ivr.sh): listeners, SIPp's addresses trusted and never banned, admission at
+# $MAX_CALLS / $ADM_CPS, a registrar for SIPp's digest. Printed into their config file.
+sipp_node_config() {
+    cat <<CFG
+[sip]
+listen = ["udp:$HOST:$SIP_PORT"]
+[http]
+listen = "$HOST:$HTTP_PORT"
+token = "$TOKEN"
+# SIPp runs on loopback: its addresses are trusted peers (nothing is by default;
+# untrusted callers reach only tenants' numbers and users, never a route).
+[security]
+trusted = ["127.0.0.0/8"]
+[admission]
+max_calls = $MAX_CALLS
+cps = $ADM_CPS
+per_source_cps = 0
+# SIPp sends far above a phone's rate from loopback: never banned (README "The edge").
+[security.flood]
+exempt = ["127.0.0.0/8"]
+[registrar]
+max_auth_failures = 1000000
+# SIPp 3.6 answers only the first challenge and knows only MD5.
+algorithms = ["MD5"]
+max_expires_secs = 7200
+CFG
+}
